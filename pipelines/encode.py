@@ -1,0 +1,243 @@
+"""Encode prompts: the hidden state at each prompt's last token, for selected layers.
+
+Exactness contract (shared/DESIGN.md): row i of ``encodings/layer_<k>.npy`` equals, within fp16
+rounding, ``hidden_states[k][0, -1]`` of a forward pass on ``tokenizer(prompt_i)`` alone (plus EOS
+when ``add_eos``; keeping the *last* ``max_length`` tokens when longer). Batching sorts prompts
+by length, pads on the left, and passes a matching attention mask and position ids, so padding
+never changes an encoding. Results stream into memory-mapped ``.npy`` files with a ``done``
+mask, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from llm_maps.errors import LLMMapsError
+from llm_maps.runfolder import ENCODINGS, save_npy_atomic, write_json_atomic
+
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def default_layers(num_layers: int, n: int = 4) -> list[int]:
+    """The last layer plus ``n - 1`` evenly spaced ones (indices into ``hidden_states``)."""
+    picks = {round(num_layers * (i + 1) / n) for i in range(n)}
+    return sorted(k for k in picks if 0 < k <= num_layers)
+
+
+def normalize_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    if not layers:
+        return default_layers(num_layers)
+    out = []
+    for k in layers:
+        k = int(k)
+        if not -num_layers - 1 <= k <= num_layers:
+            raise LLMMapsError(f"--layers: layer {k} is out of range (hidden_states has indices "
+                               f"0..{num_layers})")
+        out.append(k % (num_layers + 1))
+    return sorted(set(out))
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str], *, add_eos: bool = False,
+                     max_length: int | None = None) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids per prompt exactly as ``tokenizer(prompt)`` gives them, + EOS, keeping the last
+    ``max_length`` tokens. Returns (ids, truncated[N] bool)."""
+    eos = tokenizer.eos_token_id
+    if add_eos and eos is None:
+        raise LLMMapsError("--add-eos: the tokenizer has no EOS token")
+    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    ids, truncated = [], np.zeros(len(encoded), dtype=bool)
+    for i, seq in enumerate(encoded):
+        seq = list(seq)
+        if add_eos:
+            seq.append(eos)
+        if not seq:
+            raise LLMMapsError(f"prompt {i + 1}: tokenizes to no tokens")
+        if max_length is not None and len(seq) > max_length:
+            seq = seq[-max_length:]
+            truncated[i] = True
+        ids.append(seq)
+    return ids, truncated
+
+
+def plan_batches(lengths: Sequence[int], *, batch_tokens: int, max_batch: int) -> list[np.ndarray]:
+    """Length-sorted batches (longest first, so memory peaks early) within a padded-token budget."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    batches, current, longest = [], [], 0
+    for idx in order:
+        n = int(lengths[idx])
+        new_longest = max(longest, n)
+        if current and (new_longest * (len(current) + 1) > batch_tokens or len(current) >= max_batch):
+            batches.append(np.array(current))
+            current, new_longest = [], n
+        current.append(int(idx))
+        longest = new_longest
+    if current:
+        batches.append(np.array(current))
+    return batches
+
+
+def pad_left(batch: Sequence[Sequence[int]], pad_id: int, device: str):
+    """Left-padded input ids, attention mask and position ids (0 at each prompt's first token)."""
+    import torch
+
+    width = max(len(s) for s in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def pad_token_id(tokenizer) -> int:
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def last_token_states(model, batch: Sequence[Sequence[int]], layers: Sequence[int], *, pad_id: int,
+                      device: str) -> dict[int, np.ndarray]:
+    """Forward one left-padded batch; return {layer: float32 [B, H]} at the last position."""
+    import torch
+
+    ids, mask, positions = pad_left(batch, pad_id, device)
+    base = getattr(model, "base_model", model)  # skip the LM head: logits are not needed
+    with torch.inference_mode():
+        out = base(input_ids=ids, attention_mask=mask, position_ids=positions,
+                   output_hidden_states=True, use_cache=False)
+    hidden = out.hidden_states
+    return {k: hidden[k][:, -1, :].float().cpu().numpy() for k in layers}
+
+
+@dataclass
+class EncodeResult:
+    layers: list[int]
+    n_tokens: np.ndarray  # [N] tokens per prompt after truncation
+    truncated: np.ndarray  # [N] bool
+    seconds: float
+    tokens_encoded: int  # tokens forwarded in this call (0 when everything was resumed)
+    resumed_rows: int
+    clipped_values: int  # values outside the float16 range, clipped
+
+
+def _fingerprint(ids: list[list[int]], layers: list[int], extra: dict) -> str:
+    digest = hashlib.sha256(json.dumps({"layers": layers, **extra}, sort_keys=True, default=str).encode())
+    for seq in ids:
+        digest.update(np.asarray(seq, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def encode_to_folder(loaded, prompts: Sequence[str], out_dir: str | Path, *, layers: Sequence[int],
+                     add_eos: bool = False, max_length: int | None = None,
+                     batch_tokens: int | None = None, max_batch: int | None = None,
+                     progress: bool = True, checkpoint_seconds: float = 10.0,
+                     on_batch: Callable[[int, np.ndarray], None] | None = None) -> EncodeResult:
+    """Encode ``prompts`` into ``out_dir/encodings/layer_<k>.npy`` (float16), resumably."""
+    from tqdm.auto import tqdm
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    layers = normalize_layers(layers, loaded.num_layers)
+    limit = loaded.max_positions
+    if max_length is None:
+        max_length = min(limit or 2048, 2048)
+    if limit is not None and max_length > limit:
+        raise LLMMapsError(f"--max-length: {max_length} exceeds the model's maximum positions ({limit})")
+    on_gpu = str(loaded.device).startswith("cuda")
+    batch_tokens = batch_tokens or (32768 if on_gpu else 4096)
+    max_batch = max_batch or (256 if on_gpu else 64)
+
+    ids, truncated = tokenize_prompts(tokenizer, prompts, add_eos=add_eos, max_length=max_length)
+    lengths = np.array([len(s) for s in ids], dtype=np.int64)
+    n, hidden = len(ids), int(model.config.hidden_size)
+    enc_dir = Path(out_dir) / ENCODINGS
+    enc_dir.mkdir(parents=True, exist_ok=True)
+    state_path, done_path = enc_dir / ".state.json", enc_dir / ".done.npy"
+    fp = _fingerprint(ids, layers, {"model": loaded.info.get("model"), "sha": loaded.info.get("file_sha256"),
+                                    "dtype": loaded.dtype, "hidden": hidden})
+    resume = False
+    if state_path.exists() and done_path.exists():
+        try:
+            resume = json.loads(state_path.read_text())["fingerprint"] == fp
+        except (json.JSONDecodeError, KeyError):
+            resume = False
+    if resume:
+        done = np.load(done_path)
+        arrays = {k: np.lib.format.open_memmap(enc_dir / f"layer_{k}.npy", mode="r+") for k in layers}
+    else:
+        for stale in enc_dir.glob("layer_*.npy"):
+            stale.unlink()
+        done = np.zeros(n, dtype=bool)
+        arrays = {k: np.lib.format.open_memmap(enc_dir / f"layer_{k}.npy", mode="w+",
+                                               dtype=np.float16, shape=(n, hidden)) for k in layers}
+        write_json_atomic(state_path, {"fingerprint": fp, "n": n, "layers": layers})
+        save_npy_atomic(done_path, done)
+    resumed_rows = int(done.sum())
+
+    def checkpoint():
+        for arr in arrays.values():
+            arr.flush()
+        save_npy_atomic(done_path, done)
+
+    todo = np.flatnonzero(~done)
+    batches = plan_batches(lengths[todo], batch_tokens=batch_tokens, max_batch=max_batch)
+    batches = [todo[b] for b in batches]
+    pad_id = pad_token_id(tokenizer)
+    total_tokens = int(lengths[todo].sum())
+    clipped = 0
+    start = last_ckpt = time.perf_counter()
+    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not progress,
+               desc=f"encode {len(todo)}/{n} prompts", dynamic_ncols=True)
+    examples_done = 0
+    try:
+        for b, rows in enumerate(batches):
+            states = last_token_states(model, [ids[i] for i in rows], layers, pad_id=pad_id,
+                                       device=loaded.device)
+            for k, arr in states.items():
+                over = np.abs(arr) > FP16_MAX
+                if over.any():
+                    clipped += int(over.sum())
+                    np.clip(arr, -FP16_MAX, FP16_MAX, out=arr)
+                sorted_rows = np.sort(rows)
+                order = np.argsort(rows)
+                arrays[k][sorted_rows] = arr[order].astype(np.float16)
+            done[rows] = True
+            examples_done += len(rows)
+            bar.update(int(lengths[rows].sum()))
+            elapsed = time.perf_counter() - start
+            bar.set_postfix_str(f"{examples_done / max(elapsed, 1e-9):.1f} ex/s", refresh=False)
+            if on_batch is not None:
+                on_batch(b, rows)
+            if time.perf_counter() - last_ckpt > checkpoint_seconds:
+                checkpoint()
+                last_ckpt = time.perf_counter()
+    finally:
+        checkpoint()
+        bar.close()
+    seconds = time.perf_counter() - start
+    for arr in arrays.values():
+        del arr
+    state_path.unlink(missing_ok=True)
+    done_path.unlink(missing_ok=True)
+    return EncodeResult(layers=layers, n_tokens=lengths, truncated=truncated, seconds=seconds,
+                        tokens_encoded=total_tokens, resumed_rows=resumed_rows, clipped_values=clipped)
+
+
+def encode_one(loaded, prompt: str, *, layers: Sequence[int], add_eos: bool = False,
+               max_length: int | None = None) -> dict[int, np.ndarray]:
+    """The same encoding for a single prompt (what the worker does for a typed prompt)."""
+    ids, _ = tokenize_prompts(loaded.tokenizer, [prompt], add_eos=add_eos, max_length=max_length)
+    states = last_token_states(loaded.model, ids, list(layers), pad_id=pad_token_id(loaded.tokenizer),
+                               device=loaded.device)
+    return {k: v[0] for k, v in states.items()}

@@ -1,0 +1,112 @@
+"""Shared fixtures: tiny random causal LMs (gpt_neox, llama, gpt2) with a tokenizer trained here.
+
+Nothing is downloaded. The tokenizer has an EOS token and deliberately no pad token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CORPUS = [
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "### Instruction: What is 2 + 3? ### Response: 5 ### End",
+    "Classify the sentiment of this review: the film was wonderful and moving.",
+    "Summarize the paragraph about the history of the printing press in one sentence.",
+    "Write a short poem about the sea, the wind and the light on the water.",
+    "Extract the names of all people mentioned in the following text: Alice met Bob in Paris.",
+    "Input: The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ?",
+    "Answer step by step: if a train leaves at 3pm and travels two hours, when does it arrive?",
+]
+
+ARCHS = ("gpt_neox", "llama", "gpt2")
+
+
+def train_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    assert fast.pad_token is None
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def build_tiny_model(arch: str, folder: Path, *, seed: int = 0, hidden: int = 32, layers: int = 3):
+    import torch
+    from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(folder)
+    vocab = len(tok)
+    common = dict(vocab_size=vocab, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    if arch == "gpt_neox":
+        config = GPTNeoXConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                               intermediate_size=2 * hidden, max_position_embeddings=256,
+                               rotary_pct=0.5, **common)
+    elif arch == "llama":
+        config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=2 * hidden,
+                             max_position_embeddings=256, **common)
+    elif arch == "gpt2":
+        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, **common)
+    else:
+        raise ValueError(arch)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {arch: build_tiny_model(arch, root / arch) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_models) -> Path:
+    return tiny_models["gpt_neox"]
+
+
+def dolly_rows(n: int = 40, *, seed: int = 0) -> list[dict]:
+    """Small Dolly-format data: varied lengths, with and without context, four categories."""
+    import random
+
+    rng = random.Random(seed)
+    cats = ["classification", "open_qa", "summarization", "creative_writing"]
+    words = "the a fox dog sea wind light paper press train answer step poem review film".split()
+    rows = []
+    for i in range(n):
+        k = rng.randint(1, 30)
+        rows.append({
+            "instruction": f"Question {i}: " + " ".join(rng.choice(words) for _ in range(k)),
+            "context": " ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) if i % 3 == 0 else "",
+            "response": " ".join(rng.choice(words) for _ in range(rng.randint(1, 5))),
+            "category": cats[i % len(cats)],
+        })
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def dolly_jsonl(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "dolly.jsonl", dolly_rows())
