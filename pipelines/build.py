@@ -218,6 +218,9 @@ def build_run(*, model: str, data: str | Sequence[str], out: str | Path, templat
         default = normalize_layers([default_layer], loaded.num_layers)[0]
         if default not in layer_list:
             layer_list = sorted(set(layer_list) | {default})
+    limit_positions = loaded.max_positions
+    if max_length is not None and limit_positions is not None and max_length > limit_positions:
+        raise LLMMapsError(f"--max-length: {max_length} exceeds the model's maximum positions ({limit_positions})")
     tmpl = get_template(template, loaded.tokenizer)
     frame["prompt"] = [tmpl.render(i, c, tokenizer=loaded.tokenizer)
                        for i, c in zip(frame["instruction"], frame["context"])]

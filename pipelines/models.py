@@ -136,6 +136,9 @@ def load_model(model: str, *, gguf_file: str | None = None, revision: str | None
     else:
         load_from = spec  # hub id
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars show progress; keep stderr to one line on errors
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     try:

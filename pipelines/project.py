@@ -151,7 +151,11 @@ def fit_projection(encodings: np.ndarray, fit_rows: np.ndarray, *, method: str =
         raise LLMMapsError("--projection umap: needs at least 4 examples to fit (use pca)")
     reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric,
                         random_state=seed, init="spectral" if n_fit > n_neighbors + 2 else "random")
-    emb = reducer.fit_transform(x_fit).astype(np.float64)  # [F, 2]
+    import warnings
+
+    with warnings.catch_warnings():  # "n_jobs overridden by random_state": expected, we want determinism
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        emb = reducer.fit_transform(x_fit).astype(np.float64)  # [F, 2]
     proj = Projection("umap", metric, {"n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed,
                                        "layer": layer, "n_fit": n_fit,
                                        "placement": "umap-membership-weighted-mean-of-exact-knn"},

@@ -249,7 +249,7 @@ def load_source(data: str | Path, *, columns: dict[str, str] | None = None,
     rows = []
     seen: dict[str, int] = {}
     used = {c for c in resolved.values() if c}
-    for rowno, rec in records:
+    for record_no, (rowno, rec) in enumerate(records, start=1):
         def loc(fieldname: str) -> str:
             return f"{where}, {unit} {rowno}, field '{fieldname}'"
 
@@ -274,7 +274,7 @@ def load_source(data: str | Path, *, columns: dict[str, str] | None = None,
             if not ex_id:
                 raise LLMMapsError(f"{loc(resolved['id'])}: empty id")
         else:
-            ex_id = f"{name}-{rowno}"
+            ex_id = f"{name}-{record_no}"
         if ex_id in seen:
             raise LLMMapsError(f"{loc(resolved['id'] or 'id')}: duplicate id '{ex_id}' "
                                f"(first at {unit} {seen[ex_id]})")
