@@ -1,0 +1,126 @@
+"""Falloff statistics: accuracy against distance to the nearest training prompt.
+
+Torch-free and pure (numpy/pandas), shared by `llm-maps falloff` (which writes
+``falloff.json`` into a run) and the dashboard (which draws it, or computes it on the fly for the
+stored ``dist_to_train`` when a run has no ``falloff.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+
+Z95 = 1.959963984540054
+FALLOFF_FILE = "falloff.json"
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n (95 % by default)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def equal_count_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin edges (n_bins + 1, fewer if values repeat) holding about equal counts."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return np.array([])
+    n_bins = max(1, min(int(n_bins), len(values)))
+    edges = np.quantile(values, np.linspace(0, 1, n_bins + 1))
+    return np.unique(edges)
+
+
+def assign_bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin index per value (right-closed bins; the first bin includes its lower edge)."""
+    if len(edges) < 2:
+        return np.zeros(len(values), dtype=int)
+    idx = np.searchsorted(edges, values, side="left") - 1
+    return np.clip(idx, 0, len(edges) - 2)
+
+
+def logistic_trend(distance: np.ndarray, correct: np.ndarray, *, ridge: float = 1e-6,
+                   max_iter: int = 100) -> dict:
+    """Logistic regression of correct on distance (IRLS); slope with its 95 % Wald interval."""
+    x = np.asarray(distance, dtype=float)
+    y = np.asarray(correct, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0 or y.min() == y.max():
+        return {"n": int(n), "slope": None, "slope_low": None, "slope_high": None, "intercept": None,
+                "note": "not enough variation to fit"}
+    X = np.column_stack([np.ones(n), x])
+    beta = np.zeros(2)
+    for _ in range(max_iter):
+        p = 1 / (1 + np.exp(-(X @ beta)))
+        w = np.maximum(p * (1 - p), 1e-12)
+        hess = X.T @ (X * w[:, None]) + ridge * np.eye(2)
+        step = np.linalg.solve(hess, X.T @ (y - p) - ridge * beta)
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    p = 1 / (1 + np.exp(-(X @ beta)))
+    cov = np.linalg.inv(X.T @ (X * np.maximum(p * (1 - p), 1e-12)[:, None]) + ridge * np.eye(2))
+    se = float(math.sqrt(max(cov[1, 1], 0.0)))
+    return {"n": int(n), "intercept": float(beta[0]), "slope": float(beta[1]),
+            "slope_low": float(beta[1] - Z95 * se), "slope_high": float(beta[1] + Z95 * se),
+            "slope_se": se}
+
+
+def group_falloff(distance: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> dict:
+    """Accuracy per distance bin (given edges) with Wilson intervals, plus the logistic trend."""
+    distance = np.asarray(distance, dtype=float)
+    correct = np.asarray(correct, dtype=bool)
+    bins = []
+    idx = assign_bins(distance, edges)
+    for b in range(max(len(edges) - 1, 0)):
+        sel = idx == b
+        n, k = int(sel.sum()), int(correct[sel].sum())
+        low, high = wilson_interval(k, n)
+        bins.append({"bin": b, "lo": float(edges[b]), "hi": float(edges[b + 1]),
+                     "median": float(np.median(distance[sel])) if n else None,
+                     "n": n, "correct": k, "accuracy": (k / n) if n else None,
+                     "low": low if n else None, "high": high if n else None})
+    n, k = len(distance), int(correct.sum())
+    low, high = wilson_interval(k, n)
+    return {"n": n, "correct": k, "accuracy": (k / n) if n else None, "low": low if n else None,
+            "high": high if n else None, "bins": bins, "trend": logistic_trend(distance, correct)}
+
+
+def falloff_stats(distance: np.ndarray, correct: np.ndarray, groups: Iterable[str] | None = None, *,
+                  n_bins: int = 5, per_group_bins: bool = True) -> dict:
+    """Falloff for all examples and per group (e.g. domain). Only rows with a finite distance and
+    a non-null ``correct`` count. Bins are equal-count, per group by default."""
+    distance = np.asarray(distance, dtype=float)
+    correct_arr = np.asarray([np.nan if c is None or (isinstance(c, float) and math.isnan(c)) else float(c)
+                              for c in correct])
+    keep = np.isfinite(distance) & np.isfinite(correct_arr)
+    groups_arr = np.asarray(list(groups) if groups is not None else ["all"] * len(distance), dtype=object)
+    d, c, g = distance[keep], correct_arr[keep] > 0.5, groups_arr[keep]
+    overall_edges = equal_count_edges(d, n_bins)
+    out = {"all": group_falloff(d, c, overall_edges)}
+    if groups is not None:
+        for name in sorted(set(g.tolist())):
+            sel = g == name
+            edges = equal_count_edges(d[sel], n_bins) if per_group_bins else overall_edges
+            out[str(name)] = group_falloff(d[sel], c[sel], edges)
+    return out
+
+
+def expected_accuracy(stats: dict, group: str, distance: float) -> dict | None:
+    """Accuracy (and interval) of the bin ``distance`` falls in, for one group of falloff stats."""
+    entry = stats.get(group) or stats.get("all")
+    if not entry or not entry["bins"]:
+        return None
+    edges = np.array([b["lo"] for b in entry["bins"]] + [entry["bins"][-1]["hi"]])
+    b = entry["bins"][int(assign_bins(np.array([distance]), edges)[0])]
+    return {"domain": group if group in stats else "all", "accuracy": b["accuracy"], "low": b["low"],
+            "high": b["high"], "n": b["n"], "bin": b["bin"]}

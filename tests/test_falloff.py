@@ -1,0 +1,56 @@
+"""Falloff statistics on small hand-checkable inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from llm_maps.falloff import (equal_count_edges, expected_accuracy, falloff_stats, logistic_trend,
+                              wilson_interval)
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4901624, abs=1e-6) and high == pytest.approx(0.9433178, abs=1e-6)
+    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_equal_count_bins_and_accuracy_per_bin():
+    d = np.arange(12, dtype=float)  # 0..11
+    correct = np.array([1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0], dtype=bool)
+    edges = equal_count_edges(d, 3)
+    np.testing.assert_allclose(edges, [0, 11 / 3, 22 / 3, 11])
+    stats = falloff_stats(d, correct, n_bins=3)["all"]
+    assert [b["n"] for b in stats["bins"]] == [4, 4, 4]
+    assert [b["correct"] for b in stats["bins"]] == [4, 3, 1]
+    assert [b["accuracy"] for b in stats["bins"]] == [1.0, 0.75, 0.25]
+    assert stats["n"] == 12 and stats["correct"] == 8
+    assert stats["trend"]["slope"] < 0 and stats["trend"]["slope_high"] > stats["trend"]["slope"]
+
+
+def test_groups_nulls_and_expected_accuracy():
+    d = np.array([0.1, 0.2, 0.3, 0.4, 0.1, 0.2, 0.3, 0.4, np.nan, 0.5])
+    c = [True, True, False, False, True, True, True, True, True, None]
+    g = ["A", "A", "A", "A", "B", "B", "B", "B", "B", "B"]
+    stats = falloff_stats(d, c, g, n_bins=2)
+    assert stats["all"]["n"] == 8  # NaN distance and null correct are left out, never counted as wrong
+    assert stats["A"]["accuracy"] == 0.5 and stats["B"]["accuracy"] == 1.0
+    assert [b["accuracy"] for b in stats["A"]["bins"]] == [1.0, 0.0]
+    exp = expected_accuracy(stats, "A", 0.35)
+    assert exp["accuracy"] == 0.0 and exp["n"] == 2 and exp["domain"] == "A"
+    assert expected_accuracy(stats, "A", 0.05)["accuracy"] == 1.0  # below the first edge -> first bin
+    assert expected_accuracy(stats, "zzz", 0.35)["domain"] == "all"
+
+
+def test_logistic_trend_recovers_slope():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 4000)
+    p = 1 / (1 + np.exp(-(2.0 - 4.0 * x)))
+    y = rng.random(4000) < p
+    t = logistic_trend(x, y)
+    assert t["slope_low"] < -4.0 < t["slope_high"]
+    assert t["intercept"] == pytest.approx(2.0, abs=0.3)
+    assert logistic_trend(x, np.ones_like(x))["slope"] is None
