@@ -142,6 +142,30 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from pipelines.build import summarize_run
+    from pipelines.score import score_run
+
+    result = score_run(args.run, splits=[s.strip() for s in args.splits.split(",") if s.strip()],
+                       generate=args.generate, metric=args.metric, thresholds=args.threshold,
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                       seed=args.seed, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                       progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    print(summarize_run(args.run))
+    print("metrics    " + ", ".join(f"{m}: {n}" for m, n in result["by_metric"].items())
+          + f" (thresholds: {', '.join(f'{m} {t:g}' for m, t in result['thresholds'].items())})")
+    return 0
+
+
+def cmd_falloff(args) -> int:
+    from pipelines.falloff_run import falloff_run, format_falloff
+
+    result = falloff_run(args.run, n_bins=args.bins, layers=args.layers,
+                         metrics=[m.strip() for m in args.metrics.split(",") if m.strip()], split=args.split)
+    print(format_falloff(result))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from pipelines.demo import run_demo
 
@@ -198,6 +222,40 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_DIR")
     _add_neighbour_args(p, layer=True)
     p.set_defaults(func=cmd_neighbours)
+
+    p = sub.add_parser("score", help="generate outputs and score them (score, correct)",
+                       description="Generate completions with the run's model and template (only where no "
+                                   "output is stored, unless --generate always) and score each example with a "
+                                   "metric suited to its task. Re-scoring never re-runs generation.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--splits", default="test", help="comma-separated splits to score (test, train)")
+    p.add_argument("--generate", default="auto", choices=["auto", "always", "never"],
+                   help="auto: generate where output is missing; never: re-score stored outputs only")
+    p.add_argument("--metric", default="auto",
+                   help="auto | exact | contains | rougeL | mc, optionally with per-category/task overrides: "
+                        "'auto,summarization=rougeL,arithmetic=exact' (auto: mc when the example has choices, "
+                        "rougeL for free-text categories, else contains)")
+    p.add_argument("--threshold", default=None,
+                   help="score threshold for correct, per metric, e.g. 'rougeL=0.5' (defaults: 0.5; rougeL 0.4)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="prompts per generation batch (16 CPU / 64 CUDA)")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("falloff", help="accuracy vs distance to train, per domain (writes falloff.json)",
+                       description="Equal-count distance bins with Wilson 95%% intervals and a logistic trend, per "
+                                   "domain and overall, for every stored layer and for cosine and euclidean distance.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--bins", type=int, default=5, help="equal-count bins (default 5)")
+    p.add_argument("--layers", type=_layers, default=None, help="stored layers (default: all)")
+    p.add_argument("--metrics", default="cosine,euclidean")
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.set_defaults(func=cmd_falloff)
 
     p = sub.add_parser("info", help="print a run's summary")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")

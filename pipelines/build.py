@@ -78,10 +78,14 @@ def _frame_for_parquet(frame):
     frame = frame.copy()
     for col in frame.columns:
         if frame[col].dtype == object:
+            # missing keys in ragged sources come back as float NaN: make them nulls
+            # (an explicit object Series: pandas would otherwise infer a str dtype with NaN holes)
+            values = [None if v is pd.NA or (isinstance(v, float) and v != v) else v for v in frame[col]]
             try:
-                pa.array(frame[col].tolist())
+                pa.array(values)
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-                frame[col] = [None if v is None else json.dumps(v, default=str) for v in frame[col]]
+                values = [None if v is None else json.dumps(v, default=str) for v in values]
+            frame[col] = pd.Series(values, index=frame.index, dtype=object)
     frame["output"] = frame["output"].astype("string")
     frame["score"] = pd.to_numeric(frame["score"]).astype("Float64")
     frame["correct"] = frame["correct"].astype("boolean")

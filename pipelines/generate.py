@@ -84,7 +84,8 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int = 64, temper
     texts_ids: list[list[int]] = [[] for _ in range(n)]
     want_hidden = hidden_layer is not None
     with torch.inference_mode():
-        out = model(input_ids=ids_t, attention_mask=mask, position_ids=pos, use_cache=True)
+        # logits_to_keep=1: the LM head only at the last position (the prefill's big saving)
+        out = model(input_ids=ids_t, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         past = out.past_key_values
         logits = out.logits[:, -1, :]
         last_pos = pos[:, -1:]
@@ -193,7 +194,7 @@ def choice_loglikelihoods(loaded, prompt: str, choices: Sequence[str]) -> list[d
     dev = loaded.device
     n, width, lc = len(conts), max(len(c) for c in conts), len(ctx)
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([ctx], device=dev), use_cache=True)
+        out = model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # [V]
         past = out.past_key_values
         past.batch_repeat_interleave(n)

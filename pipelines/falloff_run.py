@@ -1,0 +1,86 @@
+"""`llm-maps falloff`: accuracy vs distance to train, per domain, for every stored layer and
+both distance metrics; written to RUN/falloff.json and printed as a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from llm_maps.errors import LLMMapsError
+from llm_maps.falloff import FALLOFF_FILE, falloff_stats
+from llm_maps.runfolder import EXAMPLES, Run, write_json_atomic
+from pipelines.neighbours import nearest_train
+
+
+def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] | None = None,
+                metrics: Sequence[str] = ("cosine", "euclidean"), split: str = "test") -> dict:
+    run = Run(run_dir)
+    frame = run.examples
+    manifest = run.manifest
+    if frame["correct"].notna().sum() == 0:
+        raise LLMMapsError(f"{run.path / EXAMPLES}, field 'correct': no scored examples (run `llm-maps score` first)")
+    if n_bins < 1:
+        raise LLMMapsError(f"--bins: must be >= 1, got {n_bins}")
+    layers = list(layers) if layers else run.layers
+    for k in layers:
+        if k not in run.layers:
+            raise LLMMapsError(f"--layers: layer {k} is not stored in this run (stored: {run.layers})")
+    is_train = (frame["split"] == "train").to_numpy()
+    rows = (frame["split"] == split).to_numpy()
+    correct = frame["correct"].astype("boolean").to_numpy(dtype=object, na_value=None)[rows]
+    domains = frame["domain"].to_numpy()[rows]
+    default_metric = manifest.get("distance_metric", "cosine")
+    variants = []
+    for k in layers:
+        enc = None
+        for metric in metrics:
+            is_default = k == run.default_layer and metric == default_metric
+            if is_default:
+                dist = frame["dist_to_train"].to_numpy(dtype=float)
+            else:
+                enc = run.encodings(k) if enc is None else enc
+                dist, _, _ = nearest_train(enc, is_train, k=1, metric=metric)
+            variants.append({"layer": int(k), "metric": metric, "default": bool(is_default),
+                             "stats": falloff_stats(dist[rows], correct, domains, n_bins=n_bins)})
+    out = {"format_version": 1, "split": split, "n_bins": n_bins, "binning": "equal-count",
+           "correct_threshold": (manifest.get("scoring") or {}).get("thresholds"),
+           "default_layer": run.default_layer, "default_metric": default_metric, "variants": variants}
+    write_json_atomic(run.path / FALLOFF_FILE, out)
+    return out
+
+
+def _fmt(v, spec=".3f"):
+    return "-" if v is None else format(v, spec)
+
+
+def format_falloff(result: dict, *, all_variants: bool = True) -> str:
+    """The default variant as a table per domain, then the trend slope of every variant."""
+    lines = []
+    default = next((v for v in result["variants"] if v["default"]), result["variants"][0])
+    lines.append(f"accuracy vs distance to train ({result['split']}, layer {default['layer']}, "
+                 f"{default['metric']}, {result['n_bins']} equal-count bins, 95% Wilson intervals)")
+    for group, st in default["stats"].items():
+        lines.append("")
+        lines.append(f"{group}: accuracy {_fmt(st['accuracy'])} [{_fmt(st['low'])}, {_fmt(st['high'])}], n={st['n']}")
+        lines.append(f"  {'distance':>23}  {'n':>5}  {'acc':>6}  {'95% interval':>15}")
+        for b in st["bins"]:
+            lines.append(f"  {b['lo']:>10.4f} – {b['hi']:<10.4f}  {b['n']:>5}  {_fmt(b['accuracy']):>6}  "
+                         f"[{_fmt(b['low'])}, {_fmt(b['high'])}]")
+        t = st["trend"]
+        if t.get("slope") is not None:
+            lines.append(f"  logistic slope {t['slope']:.3f} per unit distance [{t['slope_low']:.3f}, {t['slope_high']:.3f}]")
+    if all_variants and len(result["variants"]) > 1:
+        groups = [g for g in default["stats"] if g != "all"]
+        lines.append("")
+        lines.append("logistic slope (accuracy vs distance) per layer and metric:")
+        lines.append(f"  {'layer':>5}  {'metric':<9}  " + "  ".join(f"{g:>22}" for g in ["all"] + groups))
+        for v in result["variants"]:
+            cells = []
+            for g in ["all"] + groups:
+                t = v["stats"].get(g, {}).get("trend", {})
+                cells.append(f"{_fmt(t.get('slope'), '.2f'):>8} [{_fmt(t.get('slope_low'), '.1f')}, {_fmt(t.get('slope_high'), '.1f')}]"
+                             if t.get("slope") is not None else f"{'-':>22}")
+            lines.append(f"  {v['layer']:>5}  {v['metric']:<9}  " + "  ".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)

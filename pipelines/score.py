@@ -1,0 +1,192 @@
+"""`llm-maps score`: generate outputs for a run's examples and score them.
+
+Generation runs only for rows without an output (or all with ``generate="always"``); scoring
+reads stored outputs and stored choice log-likelihoods, so re-scoring with another metric or
+threshold never re-runs generation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from llm_maps.errors import LLMMapsError
+from llm_maps.runfolder import EXAMPLES, read_manifest
+from pipelines.metrics import (TEXT_METRIC_FUNCS, metric_for, parse_metric_spec, parse_thresholds)
+
+
+def _choices(value) -> list[str] | None:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return None
+    return [str(v) for v in value] if len(value) else None
+
+
+def _null(value) -> bool:
+    """True for None / NaN / pd.NA; a list or array (even empty) is a value."""
+    import pandas as pd
+
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return False
+    return bool(pd.isna(value))
+
+
+def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[str], max_new_tokens: int,
+                     temperature: float, top_p: float, seed: int, batch_size: int, max_length: int | None,
+                     progress: bool = True) -> dict:
+    """Generate for ``rows`` of ``frame`` (length-sorted batches); returns column -> values."""
+    from tqdm.auto import tqdm
+
+    from pipelines.generate import generate
+
+    prompts = frame["prompt"].to_numpy()
+    order = rows[np.argsort([-len(prompts[i]) for i in rows], kind="stable")]
+    cols = {"output": {}, "output_token_ids": {}, "output_logprobs": {}, "stop_reason": {}}
+    bar = tqdm(total=len(rows), unit="ex", desc="generate", disable=not progress, dynamic_ncols=True)
+    start, n_tokens = time.perf_counter(), 0
+    for b in range(0, len(order), batch_size):
+        batch = order[b: b + batch_size]
+        results = generate(loaded, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_p=top_p, seed=seed + b, stop_strings=stop_strings,
+                           max_length=max_length)
+        for i, res in zip(batch, results):
+            cols["output"][i] = res.text
+            cols["output_token_ids"][i] = res.token_ids
+            cols["output_logprobs"][i] = [round(x, 6) for x in res.logprobs]
+            cols["stop_reason"][i] = res.stop_reason
+            n_tokens += len(res.tokens)
+        bar.update(len(batch))
+        bar.set_postfix_str(f"{n_tokens / max(time.perf_counter() - start, 1e-9):.1f} tok/s", refresh=False)
+    bar.close()
+    cols["_seconds"] = time.perf_counter() - start
+    cols["_tokens"] = n_tokens
+    return cols
+
+
+def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generate: str = "auto",
+              metric: str | None = "auto", thresholds: str | None = None, max_new_tokens: int = 48,
+              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int | None = None,
+              dtype: str = "auto", device: str = "auto", progress: bool = True, log=print) -> dict:
+    """Generate (when needed) and score; rewrites examples.parquet and the manifest atomically."""
+    import pandas as pd
+
+    from pipelines.build import _write_run_files, now_iso
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    frame = pd.read_parquet(run_dir / EXAMPLES)
+    default, overrides = parse_metric_spec(metric)
+    thr = parse_thresholds(thresholds)
+    if generate not in ("auto", "always", "never"):
+        raise LLMMapsError(f"--generate: must be auto, always or never, got '{generate}'")
+    bad = [s for s in splits if s not in ("train", "test")]
+    if bad:
+        raise LLMMapsError(f"--splits: unknown split '{bad[0]}' (train, test)")
+    selected = frame["split"].isin(list(splits)).to_numpy()
+    if "choices" not in frame.columns:
+        frame["choices"] = None
+    choices = [_choices(c) for c in frame["choices"]]
+    metrics = [metric_for(cat, task, ch is not None, default, overrides)
+               for cat, task, ch in zip(frame["category"], frame["task"], choices)]
+    for i in np.flatnonzero(selected):
+        if metrics[i] == "mc" and choices[i] is None:
+            raise LLMMapsError(f"{run_dir / EXAMPLES}, row {i + 1} ({frame['example_id'][i]}), field 'choices': "
+                               "metric mc needs choices")
+    for col in ("output_token_ids", "output_logprobs", "stop_reason", "choice_logprobs"):
+        if col not in frame.columns:
+            frame[col] = None
+    frame["output"] = frame["output"].astype(object)
+    outputs_missing = np.array([_null(v) for v in frame["output"]])
+    if generate == "always":
+        gen_rows = np.flatnonzero(selected)
+    elif generate == "auto":
+        gen_rows = np.flatnonzero(selected & outputs_missing)
+    else:
+        gen_rows = np.array([], dtype=int)
+    mc_rows = np.array([i for i in np.flatnonzero(selected)
+                        if metrics[i] == "mc" and (_null(frame["choice_logprobs"][i]) or generate == "always")],
+                       dtype=int)
+
+    loaded, gen_info = None, manifest.get("scoring", {}).get("generation")
+    if len(gen_rows) or len(mc_rows):
+        from pipelines.models import load_model
+
+        loaded = load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype, device=device)
+    if len(gen_rows):
+        on_gpu = str(loaded.device).startswith("cuda")
+        bs = batch_size or (64 if on_gpu else 16)
+        stops = list(manifest["prompt_template"].get("stop_strings") or [])
+        log(f"generating {len(gen_rows)} outputs (max {max_new_tokens} new tokens, "
+            f"{'greedy' if temperature == 0 else f'temperature {temperature}, top-p {top_p}'}) on {loaded.device}")
+        cols = generate_outputs(loaded, frame, gen_rows, stop_strings=stops, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, seed=seed, batch_size=bs,
+                                max_length=manifest.get("max_length"), progress=progress)
+        for col in ("output", "output_token_ids", "output_logprobs", "stop_reason"):
+            values = frame[col].astype(object).to_numpy(copy=True)
+            for i, v in cols[col].items():
+                values[i] = v
+            frame[col] = values
+        gen_info = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                    "batch_size": bs, "stop_strings": stops, "device": loaded.device, "dtype": loaded.dtype,
+                    "seconds": round(cols["_seconds"], 2), "tokens": cols["_tokens"],
+                    "tokens_per_second": round(cols["_tokens"] / max(cols["_seconds"], 1e-9), 1),
+                    "created": now_iso()}
+    if len(mc_rows):
+        from tqdm.auto import tqdm
+
+        from pipelines.generate import choice_loglikelihoods
+
+        values = frame["choice_logprobs"].astype(object).to_numpy(copy=True)
+        start = time.perf_counter()
+        for i in tqdm(mc_rows, desc="choices", unit="ex", disable=not progress, dynamic_ncols=True):
+            res = choice_loglikelihoods(loaded, frame["prompt"][i], choices[i])
+            values[i] = [round(r["logprob"], 6) for r in res]
+        frame["choice_logprobs"] = values
+        log(f"scored {len(mc_rows)} multiple-choice examples by log-likelihood in {time.perf_counter() - start:.1f} s")
+
+    scores = np.full(len(frame), np.nan)
+    used = [None] * len(frame)
+    no_reference = 0
+    for i in np.flatnonzero(selected):
+        ref = frame["reference"][i]
+        if _null(ref) or not str(ref).strip():
+            no_reference += 1
+            continue
+        m = metrics[i]
+        if m == "mc":
+            lps = frame["choice_logprobs"][i]
+            if _null(lps):
+                continue
+            lps = list(lps)
+            pred = choices[i][int(np.argmax(lps))]
+            scores[i] = float(pred.strip() == str(ref).strip())
+        else:
+            out = frame["output"][i]
+            if _null(out):
+                continue
+            scores[i] = TEXT_METRIC_FUNCS[m](str(out), str(ref))
+        used[i] = m
+    frame["metric"] = used
+    frame["score"] = pd.array([None if np.isnan(s) else float(s) for s in scores], dtype="Float64")
+    frame["correct"] = pd.array([None if np.isnan(s) or used[i] is None else bool(s >= thr[used[i]])
+                                 for i, s in enumerate(scores)], dtype="boolean")
+    scored = frame["score"].notna()
+    by_metric = {m: int(n) for m, n in pd.Series([u for u in used if u]).value_counts().items()}
+    acc = float(frame.loc[scored, "correct"].astype(float).mean()) if scored.any() else None
+    manifest = {**manifest, "scoring": {
+        "splits": list(splits), "metric": metric or "auto", "metric_default": default, "metric_overrides": overrides,
+        "thresholds": thr, "correct_rule": "score >= thresholds[metric]", "by_metric": by_metric,
+        "scored": int(scored.sum()), "unscored_no_reference": no_reference, "accuracy": acc,
+        "generation": gen_info, "created": now_iso()}}
+    _write_run_files(run_dir, frame, manifest)
+    return manifest["scoring"]
