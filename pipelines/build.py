@@ -164,31 +164,13 @@ def restage_run(run_dir: str | Path, *, stage: str, **kwargs) -> dict:
     return manifest
 
 
-def build_run(*, model: str, data: str | Sequence[str], out: str | Path, template: str = "auto",
-              columns: dict | None = None, source_split: str | None = None, data_format: str | None = None,
-              split_by: str = "auto", test_size: float = 0.2, seed: int = 0,
-              test_categories: Sequence[str] | None = None, n_test_categories: int = 0,
-              domain_map: str | Path | None = None, layers: Sequence[int] | None = None,
-              default_layer: int | None = None, add_eos: bool = False, max_length: int | None = None,
-              batch_tokens: int | None = None, dtype: str = "auto", device: str = "auto",
-              gguf_file: str | None = None, revision: str | None = None,
-              projection: str | None = "umap", fit_on: str = "train", n_neighbors: int = 15,
-              min_dist: float = 0.1, metric: str = "cosine", k: int = 10, limit: int | None = None,
-              progress: bool = True, log=print) -> Path:
-    """Build a run folder; returns its path. ``projection=None`` stops after encoding."""
+def load_sources(data: str | Path | Sequence[str | Path], *, columns: dict | None = None,
+                 source_split: str | None = None, data_format: str | None = None):
+    """Load and concatenate sources; returns (frame, [source info]). Ids stay unique."""
     import pandas as pd
 
-    from pipelines.encode import encode_to_folder, normalize_layers
-    from pipelines.models import load_model
     from pipelines.sources import load_source
-    from pipelines.splits import assign_splits
-    from pipelines.templates import get_template
 
-    out = Path(out)
-    if out.name.endswith(".partial"):
-        raise LLMMapsError(f"--out {out}: a run name may not end in .partial")
-    if metric not in ("cosine", "euclidean"):
-        raise LLMMapsError(f"--metric: unknown distance metric '{metric}' (cosine, euclidean)")
     datas = [data] if isinstance(data, (str, Path)) else list(data)
     if not datas:
         raise LLMMapsError("--data: no dataset given")
@@ -203,6 +185,40 @@ def build_run(*, model: str, data: str | Sequence[str], out: str | Path, templat
     dup = frame["example_id"].duplicated()
     if dup.any():
         raise LLMMapsError(f"--data, field 'id': duplicate id '{frame['example_id'][dup].iloc[0]}' across sources")
+    return frame, [s.info for s in sources]
+
+
+def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str | Path, template: str = "auto",
+              frame=None, sources_info: list | None = None, extra_manifest: dict | None = None,
+              columns: dict | None = None, source_split: str | None = None, data_format: str | None = None,
+              split_by: str = "auto", test_size: float = 0.2, seed: int = 0,
+              test_categories: Sequence[str] | None = None, n_test_categories: int = 0,
+              domain_map: str | Path | None = None, layers: Sequence[int] | None = None,
+              default_layer: int | None = None, add_eos: bool = False, max_length: int | None = None,
+              batch_tokens: int | None = None, dtype: str = "auto", device: str = "auto",
+              gguf_file: str | None = None, revision: str | None = None,
+              projection: str | None = "umap", fit_on: str = "train", n_neighbors: int = 15,
+              min_dist: float = 0.1, metric: str = "cosine", k: int = 10, limit: int | None = None,
+              progress: bool = True, log=print) -> Path:
+    """Build a run folder; returns its path. ``projection=None`` stops after encoding.
+
+    Examples come from ``data`` (paths/ids) or a ready ``frame`` (with ``sources_info``); rows that
+    already have a ``prompt`` keep it (e.g. lm-eval's exact context), and given ``output``,
+    ``score`` and ``correct`` values are kept.
+    """
+    from pipelines.encode import encode_to_folder, normalize_layers
+    from pipelines.models import load_model
+    from pipelines.splits import assign_splits
+    from pipelines.templates import get_template
+
+    out = Path(out)
+    if out.name.endswith(".partial"):
+        raise LLMMapsError(f"--out {out}: a run name may not end in .partial")
+    if metric not in ("cosine", "euclidean"):
+        raise LLMMapsError(f"--metric: unknown distance metric '{metric}' (cosine, euclidean)")
+    if frame is None:
+        frame, sources_info = load_sources(data, columns=columns, source_split=source_split,
+                                           data_format=data_format)
     if limit:
         frame = frame.iloc[:limit].reset_index(drop=True)
     frame, split_rule = assign_splits(frame, test_size=test_size, seed=seed, by=split_by,
@@ -226,8 +242,9 @@ def build_run(*, model: str, data: str | Sequence[str], out: str | Path, templat
     if max_length is not None and limit_positions is not None and max_length > limit_positions:
         raise LLMMapsError(f"--max-length: {max_length} exceeds the model's maximum positions ({limit_positions})")
     tmpl = get_template(template, loaded.tokenizer)
-    frame["prompt"] = [tmpl.render(i, c, tokenizer=loaded.tokenizer)
-                       for i, c in zip(frame["instruction"], frame["context"])]
+    given = frame["prompt"].tolist() if "prompt" in frame.columns else [None] * len(frame)
+    frame["prompt"] = [p if isinstance(p, str) and p else tmpl.render(i, c, tokenizer=loaded.tokenizer)
+                       for p, i, c in zip(given, frame["instruction"], frame["context"])]
 
     work = partial_dir(out)
     work.mkdir(parents=True, exist_ok=True)
@@ -238,8 +255,11 @@ def build_run(*, model: str, data: str | Sequence[str], out: str | Path, templat
     max_len = max_length or min(loaded.max_positions or 2048, 2048)
     frame["n_tokens"] = result.n_tokens
     frame["truncated"] = result.truncated
-    for col in ("output", "score", "correct", "x", "y", "dist_to_train"):
-        frame[col] = None if col in ("output", "correct") else np.nan
+    for col in ("output", "score", "correct"):
+        if col not in frame.columns:
+            frame[col] = None if col in ("output", "correct") else np.nan
+    for col in ("x", "y", "dist_to_train"):
+        frame[col] = np.nan
     frame["nn_train_ids"] = [[] for _ in range(len(frame))]
     front = ["example_id", "split", "task", "category", "domain", "prompt", "reference", "output", "score",
              "correct", "x", "y", "dist_to_train", "nn_train_ids", "instruction", "context", "n_tokens",
@@ -266,7 +286,7 @@ def build_run(*, model: str, data: str | Sequence[str], out: str | Path, templat
         "distance_metric": metric,
         "split_rule": split_rule,
         "domain_map": {**dmap.to_manifest(), **domain_report},
-        "sources": [s.info for s in sources],
+        "sources": sources_info or [],
         "counts": {},
         "versions": package_versions(),
         "created": now_iso(),
@@ -275,6 +295,7 @@ def build_run(*, model: str, data: str | Sequence[str], out: str | Path, templat
                      "resumed_rows": result.resumed_rows, "clipped_to_float16": result.clipped_values,
                      "batch_tokens": batch_tokens},
     }
+    manifest.update(extra_manifest or {})
     if projection:
         log(f"projecting with {projection} (fit on {fit_on})")
         frame, manifest = project_folder(work, frame, manifest, method=projection, fit_on=fit_on, seed=seed,
