@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
 from .errors import LLMMapsError
 
 UNKNOWN_DOMAIN = "unknown"
-DEFAULT_DOMAIN_FILE = Path(__file__).resolve().parent.parent / "data" / "domains.toml"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_DOMAIN_FILE = DATA_DIR / "domains.toml"
+BIGBENCH_KEYWORDS_FILE = DATA_DIR / "bigbench_keywords.json"
+
+
+@lru_cache(maxsize=1)
+def bigbench_keywords() -> dict[str, list[str]]:
+    """BIG-bench task -> its keywords (shipped in data/, from the bigbench package's task.json)."""
+    try:
+        return json.loads(BIGBENCH_KEYWORDS_FILE.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def task_keywords(task: str | None) -> list[str]:
+    """Keywords of a BIG-bench task named plainly, as ``task/subtask``, or as lm-eval names it
+    (``bigbench_<task>_multiple_choice``)."""
+    if not task:
+        return []
+    name = str(task).split("/")[0].split(":")[0]
+    table = bigbench_keywords()
+    if name.startswith("bigbench_"):
+        name = name[len("bigbench_"):]
+    for suffix in ("", "_multiple_choice", "_generate_until"):
+        candidate = name[: -len(suffix)] if suffix and name.endswith(suffix) else name
+        if candidate in table:
+            return table[candidate]
+    return []
 
 
 def _norm(name: str) -> str:
@@ -55,7 +84,7 @@ class DomainMap:
                     return self.tasks[candidate]
         if category and _norm(category) in self.categories:
             return self.categories[_norm(category)]
-        wanted = {_norm(k) for k in keywords}
+        wanted = {_norm(k) for k in (list(keywords) or task_keywords(task))}
         for key, domain in self.keywords.items():
             if key in wanted:
                 return domain

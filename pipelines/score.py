@@ -76,8 +76,13 @@ def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[
 def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generate: str = "auto",
               metric: str | None = "auto", thresholds: str | None = None, max_new_tokens: int = 48,
               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int | None = None,
-              dtype: str = "auto", device: str = "auto", progress: bool = True, log=print) -> dict:
-    """Generate (when needed) and score; rewrites examples.parquet and the manifest atomically."""
+              mc_output: str = "generate", dtype: str = "auto", device: str = "auto", progress: bool = True,
+              log=print) -> dict:
+    """Generate (when needed) and score; rewrites examples.parquet and the manifest atomically.
+
+    ``mc_output="choice"``: examples scored by multiple choice are not generated; their output is
+    the choice with the highest log-likelihood (as lm-eval reports it), which is much faster.
+    """
     import pandas as pd
 
     from pipelines.build import _write_run_files, now_iso
@@ -107,10 +112,13 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
             frame[col] = None
     frame["output"] = frame["output"].astype(object)
     outputs_missing = np.array([_null(v) for v in frame["output"]])
+    if mc_output not in ("generate", "choice"):
+        raise LLMMapsError(f"--mc-output: must be generate or choice, got '{mc_output}'")
+    wants_text = selected & ~(np.array([m == "mc" for m in metrics]) & (mc_output == "choice"))
     if generate == "always":
-        gen_rows = np.flatnonzero(selected)
+        gen_rows = np.flatnonzero(wants_text)
     elif generate == "auto":
-        gen_rows = np.flatnonzero(selected & outputs_missing)
+        gen_rows = np.flatnonzero(wants_text & outputs_missing)
     else:
         gen_rows = np.array([], dtype=int)
     mc_rows = np.array([i for i in np.flatnonzero(selected)
@@ -170,6 +178,8 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
             lps = list(lps)
             pred = choices[i][int(np.argmax(lps))]
             scores[i] = float(pred.strip() == str(ref).strip())
+            if mc_output == "choice" and _null(frame.at[i, "output"]):
+                frame.at[i, "output"] = pred
         else:
             out = frame["output"][i]
             if _null(out):
@@ -186,7 +196,7 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
     manifest = {**manifest, "scoring": {
         "splits": list(splits), "metric": metric or "auto", "metric_default": default, "metric_overrides": overrides,
         "thresholds": thr, "correct_rule": "score >= thresholds[metric]", "by_metric": by_metric,
-        "scored": int(scored.sum()), "unscored_no_reference": no_reference, "accuracy": acc,
+        "scored": int(scored.sum()), "unscored_no_reference": no_reference, "accuracy": acc, "mc_output": mc_output,
         "generation": gen_info, "created": now_iso()}}
     _write_run_files(run_dir, frame, manifest)
     return manifest["scoring"]

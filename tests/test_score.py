@@ -132,3 +132,14 @@ def test_mc_without_choices_is_a_clear_error(run_dir, capsys):
     err = capsys.readouterr().err
     assert "field 'choices': metric mc needs choices" in err and "row " in err
     assert Run(run_dir).examples["score"].isna().all()  # nothing written
+
+
+def test_mc_output_choice_skips_generation_for_multiple_choice(run_dir):
+    assert main(["score", str(run_dir), "--max-new-tokens", "3", "--mc-output", "choice", "--no-progress"]) == 0
+    ex = Run(run_dir).examples.set_index("example_id")
+    for eid in ("q9", "q13"):
+        row = ex.loc[eid]
+        assert row["metric"] == "mc" and row["output_token_ids"] is None
+        assert row["output"] == list(row["choices"])[int(np.argmax(list(row["choice_logprobs"])))]
+    assert ex.loc["q8", "output_token_ids"] is not None  # text metrics still generate
+    assert Run(run_dir).manifest["scoring"]["mc_output"] == "choice"

@@ -171,3 +171,16 @@ def test_chat_redpajama_and_custom_templates(tiny_model):
     assert custom.render("Why?", "") == "Q: Why?\nA:"
     with pytest.raises(LLMMapsError, match="neither a known template"):
         get_template("no placeholder")
+
+
+def test_bigbench_and_lmeval_task_names_find_domains_by_keyword():
+    from llm_maps.domains import task_keywords
+
+    dm = DomainMap.load()
+    assert "arithmetic" in task_keywords("modified_arithmetic")
+    assert task_keywords("bigbench_logical_deduction_multiple_choice") == task_keywords("logical_deduction")
+    # no category match: the task's BIG-bench keywords decide, in the order of data/domains.toml
+    assert dm.domain_for(task="bigbench_modified_arithmetic_generate_until", category="x") == "Chollet"
+    assert dm.domain_for(task="bigbench_logical_deduction_multiple_choice", category="x") == "Reasoning"
+    assert dm.domain_for(task="causal_judgment", category="mystery") == "Reasoning"
+    assert dm.domain_for(task="not_a_bigbench_task", category="mystery") == "unknown"
