@@ -179,43 +179,68 @@ def continuation_ids(tokenizer, prompt: str, continuation: str) -> tuple[list[in
 
 
 def choice_loglikelihoods(loaded, prompt: str, choices: Sequence[str]) -> list[dict]:
-    """Sum of log-probabilities of each choice after ``prompt``; ``greedy`` if every choice token
-    is the argmax. One forward over the prompt, then all choices at once on its KV cache."""
+    """Sum of log-probabilities of each choice after ``prompt`` (see ``choice_loglikelihoods_batch``)."""
+    return choice_loglikelihoods_batch(loaded, [prompt], [choices])[0]
+
+
+def choice_loglikelihoods_batch(loaded, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> list[list[dict]]:
+    """For each prompt, the summed log-probability of each of its choices' tokens, and whether
+    every choice token is the argmax (lm-eval's ``is_greedy``).
+
+    Two forwards per batch: the left-padded prompts once (KV cache), then every (prompt, choice)
+    continuation at once on that cache repeated per choice; examples with fewer choices are
+    padded with dummies that are ignored.
+    """
     import torch
 
     model, tok = loaded.model, loaded.tokenizer
-    if not choices:
-        raise LLMMapsError("multiple choice: an example has no choices")
-    pairs = [continuation_ids(tok, prompt, c) for c in choices]
-    ctx = pairs[0][0]
-    conts = [p[1] if p[0] == ctx else tok(c, add_special_tokens=False)["input_ids"] for p, c in zip(pairs, choices)]
-    if any(len(c) == 0 for c in conts):
-        raise LLMMapsError("multiple choice: a choice tokenizes to nothing")
+    if len(prompts) != len(choices):
+        raise ValueError("one choice list per prompt")
+    ctxs, conts = [], []
+    for prompt, options in zip(prompts, choices):
+        if not options:
+            raise LLMMapsError("multiple choice: an example has no choices")
+        ctx = list(tok(prompt)["input_ids"])
+        row = []
+        for c in options:
+            c_ctx, c_ids = continuation_ids(tok, prompt, c)
+            c_ids = c_ids if c_ctx == ctx else list(tok(c, add_special_tokens=False)["input_ids"])
+            if not c_ids:
+                raise LLMMapsError("multiple choice: a choice tokenizes to nothing")
+            row.append(c_ids)
+        ctxs.append(ctx)
+        conts.append(row)
     dev = loaded.device
-    n, width, lc = len(conts), max(len(c) for c in conts), len(ctx)
+    b, n_c = len(ctxs), max(len(r) for r in conts)
+    width = max(len(c) for r in conts for c in r)
+    ids, mask, pos = pad_left(ctxs, pad_token_id(tok), dev)
+    inp = torch.zeros((b * n_c, width), dtype=torch.long)
+    cmask = torch.zeros((b * n_c, width), dtype=torch.long)
+    for i, row in enumerate(conts):
+        for j in range(n_c):
+            c = row[min(j, len(row) - 1)]  # dummies repeat the last choice
+            inp[i * n_c + j, : len(c)] = torch.tensor(c)
+            cmask[i * n_c + j, : len(c)] = 1
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # [V]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
         past = out.past_key_values
-        past.batch_repeat_interleave(n)
-        inp = torch.zeros((n, width), dtype=torch.long, device=dev)
-        cmask = torch.zeros((n, width), dtype=torch.long, device=dev)
-        for i, c in enumerate(conts):
-            inp[i, : len(c)] = torch.tensor(c)
-            cmask[i, : len(c)] = 1
-        mask = torch.cat([torch.ones((n, lc), dtype=torch.long, device=dev), cmask], dim=1)
-        positions = (lc + torch.arange(width, device=dev))[None, :].expand(n, width)
-        out2 = model(input_ids=inp, attention_mask=mask, position_ids=positions, past_key_values=past,
-                     use_cache=False)
-        logp = torch.log_softmax(out2.logits.float(), dim=-1)  # [n, width, V]
-    results = []
-    for i, c in enumerate(conts):
-        lps = [float(first[c[0]])]
-        greedy = [int(first.argmax()) == c[0]]
-        for j in range(1, len(c)):
-            row = logp[i, j - 1]
-            lps.append(float(row[c[j]]))
-            greedy.append(int(row.argmax()) == c[j])
-        results.append({"choice": choices[i], "logprob": float(sum(lps)), "n_tokens": len(c),
-                        "n_chars": len(choices[i]), "greedy": all(greedy)})
+        if n_c > 1:
+            past.batch_repeat_interleave(n_c)
+        full_mask = torch.cat([mask.repeat_interleave(n_c, dim=0), cmask.to(dev)], dim=1)
+        positions = pos[:, -1:].repeat_interleave(n_c, dim=0) + 1 + torch.arange(width, device=dev)[None, :]
+        out2 = model(input_ids=inp.to(dev), attention_mask=full_mask, position_ids=positions,
+                     past_key_values=past, use_cache=False)
+        logp = torch.log_softmax(out2.logits.float(), dim=-1)  # [B * C, W, V]
+        results = []
+        for i, row in enumerate(conts):
+            res = []
+            for j, c in enumerate(row):
+                c_t = torch.tensor(c, device=dev)
+                lps = torch.cat([first[i, c_t[:1]], logp[i * n_c + j, torch.arange(len(c) - 1, device=dev), c_t[1:]]])
+                greedy = bool(first[i].argmax() == c_t[0]) and bool(
+                    (logp[i * n_c + j, : len(c) - 1].argmax(-1) == c_t[1:]).all())
+                res.append({"choice": choices[i][j], "logprob": float(lps.sum()), "n_tokens": len(c),
+                            "n_chars": len(choices[i][j]), "greedy": greedy})
+            results.append(res)
     return results

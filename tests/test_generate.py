@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ARCHS
-from pipelines.generate import choice_loglikelihoods, generate
+from pipelines.generate import choice_loglikelihoods, choice_loglikelihoods_batch, generate
 from pipelines.models import load_model
 
 PROMPTS = ["What is 2 + 3?", "Write a short poem about the sea, the wind and the light.", "Hi",
@@ -88,3 +88,17 @@ def test_choice_loglikelihoods_equal_full_sequence_scores(tiny_models, arch):
         expected = sum(float(lp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont))
         assert r["logprob"] == pytest.approx(expected, abs=1e-3)
         assert r["n_tokens"] == len(cont) and math.isfinite(r["logprob"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_choices_equal_one_example_at_a_time(tiny_models, arch):
+    loaded = load_model(str(tiny_models[arch]))
+    prompts = ["Is the sea wet?\nAnswer:", "Classify the sentiment of this long review: the film was wonderful "
+               "and moving and the light on the water was calm.\nAnswer:", "Hi"]
+    choices = [[" yes", " no"], [" positive", " negative", " it was about the sea and the wind"], [" a"]]
+    batched = choice_loglikelihoods_batch(loaded, prompts, choices)
+    for p, c, res in zip(prompts, choices, batched):
+        single = choice_loglikelihoods(loaded, p, c)
+        assert [r["choice"] for r in res] == c
+        np.testing.assert_allclose([r["logprob"] for r in res], [r["logprob"] for r in single], atol=2e-4)
+        assert [r["greedy"] for r in res] == [r["greedy"] for r in single]
