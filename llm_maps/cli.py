@@ -149,7 +149,8 @@ def cmd_score(args) -> int:
     result = score_run(args.run, splits=[s.strip() for s in args.splits.split(",") if s.strip()],
                        generate=args.generate, metric=args.metric, thresholds=args.threshold,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                       seed=args.seed, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                       seed=args.seed, batch_size=args.batch_size, mc_output=args.mc_output,
+                       dtype=args.dtype, device=args.device,
                        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     print(summarize_run(args.run))
     print("metrics    " + ", ".join(f"{m}: {n}" for m, n in result["by_metric"].items())
@@ -166,11 +167,84 @@ def cmd_falloff(args) -> int:
     return 0
 
 
+def _lmeval_build_kwargs(args) -> dict:
+    cols = None
+    if args.columns:
+        from pipelines.sources import parse_columns
+
+        cols = parse_columns(args.columns)
+    return dict(model=args.model, out=args.out, results=args.results, lmeval_metric=args.lmeval_metric,
+                threshold=args.threshold, train=args.train, train_template=args.template, columns=cols,
+                test_size=args.test_size, seed=args.seed, domain_map=args.domain_map, layers=args.layers,
+                default_layer=args.default_layer, add_eos=args.add_eos, max_length=args.max_length,
+                batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device, gguf_file=args.gguf_file,
+                revision=args.revision, progress=not args.no_progress, projection=args.projection,
+                fit_on=args.fit_on, n_neighbors=args.n_neighbors, min_dist=args.min_dist, metric=args.metric,
+                k=args.k, log=lambda m: print(m, file=sys.stderr))
+
+
+def cmd_import_lmeval(args) -> int:
+    from pipelines.build import summarize_run
+    from pipelines.lmeval import build_lmeval_run
+
+    print(summarize_run(build_lmeval_run(samples_files=args.samples, **_lmeval_build_kwargs(args))))
+    return 0
+
+
+def cmd_lmeval(args) -> int:
+    import tempfile
+
+    from pipelines.build import summarize_run
+    from pipelines.lmeval import build_lmeval_run, run_lmeval
+
+    with tempfile.TemporaryDirectory(prefix="llm-maps-lmeval-") as tmp:
+        files = run_lmeval(model=args.model, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+                           output_dir=Path(args.samples_dir) if args.samples_dir else Path(tmp),
+                           include_path=args.include_path, limit=args.lmeval_limit,
+                           batch_size=args.lmeval_batch_size, device=args.device)
+        run = build_lmeval_run(samples_files=files, **_lmeval_build_kwargs(args))
+    print(summarize_run(run))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from pipelines.demo import run_demo
 
     return run_demo(out=Path(args.out) if args.out else None, rebuild=args.rebuild,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, serve=not args.no_serve, port=args.port)
+
+
+def cmd_serve(args) -> int:
+    """Serve the dashboard (torch-free process: imports only llm_maps and dashboard)."""
+    import os
+
+    from dashboard.app import parse_auth, serve
+
+    auth = os.environ.get("LLM_MAPS_AUTH") or None
+    try:
+        parse_auth(auth)
+    except ValueError as exc:
+        raise LLMMapsError(str(exc)) from None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not auth:
+        print(f"llm-maps serve: warning: listening on {args.host} without a password; set "
+              "LLM_MAPS_AUTH=user:password to require one", file=sys.stderr)
+    data_dirs = [Path(d) for d in args.data] if args.data else ([] if args.runs else [Path("data/runs")])
+    for run in args.runs:
+        if not Path(run).exists():
+            raise LLMMapsError(f"{run}: no such run folder")
+    print(f"llm-maps: dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    serve([Path(r) for r in args.runs], data_dirs, host=args.host, port=args.port, auth=auth)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from dashboard.export import export_html
+
+    if not args.html:
+        raise LLMMapsError("export: give --html FILE")
+    out = export_html(args.run, args.html, max_points=args.max_points, plotlyjs=args.plotlyjs)
+    print(f"{out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
 
 
 def cmd_make_demo_data(args) -> int:
@@ -242,6 +316,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None, help="prompts per generation batch (16 CPU / 64 CUDA)")
+    p.add_argument("--mc-output", default="generate", choices=["generate", "choice"],
+                   help="for multiple-choice examples: generate an output too (default), or use the most "
+                        "likely choice as output (faster)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -257,6 +334,42 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.set_defaults(func=cmd_falloff)
 
+    def lmeval_common(p):
+        p.add_argument("--out", required=True, metavar="RUN_DIR")
+        p.add_argument("--results", default=None, help="results_*.json (default: the one beside the samples)")
+        p.add_argument("--lmeval-metric", default=None,
+                       help="per-document metric used as score (default: the task's primary: acc, exact_match, ...)")
+        p.add_argument("--threshold", type=float, default=0.5, help="score >= threshold counts as correct")
+        p.add_argument("--train", nargs="+", default=None, metavar="DATA",
+                       help="training prompts (Dolly-format data, templated with --template); without it the "
+                            "lm-eval documents are split by example (--test-size)")
+        p.add_argument("--columns", default=None, help="column mapping for --train data")
+        p.add_argument("--test-size", type=float, default=0.5)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--domain-map", default=None)
+        _add_model_args(p)
+        _add_projection_args(p)
+        _add_neighbour_args(p)
+
+    p = sub.add_parser("import-lmeval", help="turn lm-eval --log_samples output into a run",
+                       description="Read samples_<task>_<time>.jsonl files (and the results_<time>.json beside "
+                                   "them) written by lm-eval --log_samples; every document becomes a test example "
+                                   "(prompt = lm-eval's context, reference, output, score from the primary metric); "
+                                   "then encode them with --model into a run.")
+    p.add_argument("samples", nargs="+", metavar="SAMPLES_FILE")
+    lmeval_common(p)
+    p.set_defaults(func=cmd_import_lmeval)
+
+    p = sub.add_parser("lmeval", help="run lm-eval (Python API) on tasks and build a run from its samples",
+                       description="Needs the lmeval extra (pip install -e '.[lmeval]').")
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    p.add_argument("--include-path", default=None, help="folder with extra task YAMLs")
+    p.add_argument("--lmeval-limit", type=int, default=None, help="documents per task (lm-eval --limit)")
+    p.add_argument("--lmeval-batch-size", type=int, default=8)
+    p.add_argument("--samples-dir", default=None, help="keep lm-eval's output files here")
+    lmeval_common(p)
+    p.set_defaults(func=cmd_lmeval)
+
     p = sub.add_parser("info", help="print a run's summary")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.set_defaults(func=cmd_info)
@@ -267,7 +380,28 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: data/runs/demo)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if the run exists")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-serve", action="store_true", help="only build (if needed) and print the summary")
+    p.add_argument("--port", type=int, default=8050, help="dashboard port (default 8050, on 127.0.0.1)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve the dashboard over run folders",
+                       description="Serve the Dash dashboard on 127.0.0.1:8050 (debug off). Set "
+                                   "LLM_MAPS_AUTH=user:password to require HTTP basic auth (advised with --host).")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders (default: the runs in data/runs)")
+    p.add_argument("--data", action="append", metavar="DIR", help="also list the runs in this folder (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8050)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write a run's map and falloff plot as one standalone HTML file",
+                       description="One HTML file, no server needed: the map coloured by split and correctness "
+                                   "with hover text, and the accuracy-vs-distance falloff plot.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--html", required=True, metavar="FILE", help="HTML file to write")
+    p.add_argument("--max-points", type=int, default=20000, help="points drawn (a fixed sample above this)")
+    p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
+                   help="inline plotly.js (works offline) or load it from the CDN (much smaller file)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("make-demo-data", help="regenerate data/demo/bigbench_demo.jsonl from BIG-bench",
                        description="Curate the demo set from the `bigbench` package (pip install --no-deps bigbench).")

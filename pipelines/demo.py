@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from llm_maps.errors import LLMMapsError
-from llm_maps.runfolder import MANIFEST
+from llm_maps.falloff import FALLOFF_FILE
+from llm_maps.runfolder import MANIFEST, read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "data" / "demo" / "bigbench_demo.jsonl"
@@ -44,12 +45,39 @@ def build_demo(out: Path | None = None, *, progress: bool = True, limit: int | N
                      log=lambda m: print(m, file=sys.stderr), **DEMO_SETTINGS)
 
 
-def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool = True) -> int:
+DEMO_SCORING = dict(max_new_tokens=32, mc_output="choice", splits=("test",))
+
+
+def score_demo(out: Path, *, progress: bool = True) -> None:
+    """Real scores from the demo model: multiple choice by log-likelihood (the choice is the
+    output), ROUGE-L / answer-contained on generated text; then the falloff statistics."""
+    from pipelines.falloff_run import falloff_run
+    from pipelines.score import score_run
+
+    print("scoring the demo run's test examples with the demo model...", file=sys.stderr)
+    score_run(out, progress=progress, log=lambda m: print(m, file=sys.stderr), **DEMO_SCORING)
+    falloff_run(out)
+
+
+def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool = True, serve: bool = False,
+             port: int = 8050) -> int:
+    """Build the demo run if needed, print its summary and, with ``serve``, show it in the dashboard
+    on 127.0.0.1:``port`` (in a fresh process, so the web server never holds torch)."""
+    import subprocess
+
     from pipelines.build import summarize_run
 
     out = Path(out) if out else DEMO_RUN
     if rebuild or not (out / MANIFEST).exists():
         print(f"building the demo run in {out} (SmolLM2-135M-Instruct, BIG-bench demo set)...", file=sys.stderr)
         build_demo(out, progress=progress)
-    print(summarize_run(out))
-    return 0
+    if rebuild or "scoring" not in read_manifest(out) or not (out / FALLOFF_FILE).exists():
+        score_demo(out, progress=progress)
+    print(summarize_run(out), flush=True)
+    if not serve:
+        return 0
+    print(f"open http://127.0.0.1:{port}/map?run={out.name} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        return subprocess.call([sys.executable, "-m", "llm_maps.cli", "serve", str(out), "--port", str(port)])
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,196 @@
+"""Dashboard speed on a synthetic run, in real headless Chromium, next to the shared Plotly baseline.
+
+    python benchmarks/bench_dashboard.py                 # 100k points (hidden 576) + the 1M check
+    python benchmarks/bench_dashboard.py --sizes 100000 --no-baseline
+
+For each size: writes a synthetic run (dashboard.synthetic), starts `llm-maps serve` in its own
+process, opens /map in Chromium with software WebGL (the baseline's flags) and measures
+  first paint     navigation start -> the frame after the map holds every (or the sampled) point
+  recolour        choose another colour in the UI -> frame after the new colours are drawn;
+                  server time (request start -> first response byte) and payload bytes
+  filter          untick "train" -> frame after only the test points are drawn; server time, bytes
+  memory          resident memory of the web process after these
+then runs /work/shared/bench/plotly_baseline.py (plain Plotly HTML) in the same session and prints
+ratios (ours / baseline). Needs playwright (pip) and chromium (apt); no `playwright install`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+BASELINE = Path(os.environ.get("LLM_MAPS_BASELINE", "/work/shared/bench/plotly_baseline.py"))
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu-sandbox", "--use-gl=angle", "--use-angle=swiftshader"]
+GD = "document.querySelector('#map-graph .js-plotly-plot')"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run: Path, port: int) -> subprocess.Popen:
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(run), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/runs", timeout=60).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("server exited")
+            time.sleep(0.2)
+    raise RuntimeError("server did not start")
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+class Traffic:
+    """Server time and bytes of the Dash callback responses seen since ``reset()``."""
+
+    def __init__(self, page):
+        self.items = []
+        page.on("requestfinished", self._done)
+
+    def _done(self, request):
+        if "_dash-update-component" in request.url:
+            t = request.timing
+            resp = request.response()
+            size = len(resp.body()) if resp and resp.status == 200 else 0
+            self.items.append({"server_ms": t["responseStart"] - t["requestStart"], "bytes": size})
+
+    def reset(self):
+        self.items = []
+
+    def summary(self):
+        return {"server_ms": round(max((i["server_ms"] for i in self.items), default=0), 1),
+                "bytes": sum(i["bytes"] for i in self.items), "requests": len(self.items)}
+
+
+def frame_after(page, condition: str, timeout=600_000) -> float:
+    page.wait_for_function(f"() => {condition}", polling="raf", timeout=timeout)
+    return page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(performance.now()))))")
+
+
+def measure(pw, chromium: str, url: str, n_expected: int, n_test: int, sampled: bool) -> dict:
+    browser = pw.chromium.launch(executable_path=chromium, headless=True, args=FLAGS)
+    try:
+        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        traffic = Traffic(page)
+        page.goto(url, wait_until="commit", timeout=600_000)
+        painted = frame_after(page, f"{GD} && {GD}._fullData && {GD}._fullData[0] && {GD}._fullData[0]._length === {n_expected}")
+        out = {"first_paint_ms": round(painted, 1), "first_paint_payload_bytes": traffic.summary()["bytes"]}
+        page.wait_for_timeout(1500)
+        t0 = page.evaluate("() => performance.now()")
+        responsive = page.evaluate("() => performance.now()") - t0
+        out["main_thread_probe_ms"] = round(responsive, 1)
+        # recolour by task (41-50 categories) through the UI
+        traffic.reset()
+        page.click("#map-colour")
+        t0 = page.evaluate("() => performance.now()")
+        page.get_by_role("option", name="task", exact=True).click()
+        t1 = frame_after(page, f"{GD}._fullLayout.legend.title.text === 'task'")
+        page.wait_for_timeout(300)
+        out["recolour_ms"] = round(t1 - t0, 1)
+        out["recolour_server"] = traffic.summary()
+        # filter: only test points
+        traffic.reset()
+        t0 = page.evaluate("() => performance.now()")
+        page.get_by_label("train").uncheck()
+        cond = (f"{GD}._fullData[0]._length === {n_test}" if not sampled
+                else f"{GD}._fullData[0]._length <= {n_test} && {GD}._fullData[0]._length < {n_expected} + 1 && "
+                     "window.location.search.includes('split=test')")
+        t1 = frame_after(page, cond)
+        page.wait_for_timeout(300)
+        out["filter_ms"] = round(t1 - t0, 1)
+        out["filter_server"] = traffic.summary()
+        return out
+    finally:
+        browser.close()
+
+
+def run_baseline(sizes, chromium) -> dict:
+    if not BASELINE.exists():
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "baseline.json"
+        subprocess.run([sys.executable, str(BASELINE), *map(str, sizes), "--reps", "1", "--chromium", chromium,
+                        "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+        return {int(k): v for k, v in json.loads(out.read_text()).items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--hidden", type=int, default=576)
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    ap.add_argument("--out", help="also write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    from dashboard import figures as F
+    from dashboard.synthetic import write_synthetic_run
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        for n in args.sizes:
+            t = time.time()
+            hidden = args.hidden if n <= 200_000 else 16  # the map never reads encodings
+            run = write_synthetic_run(Path(tmp) / f"synthetic_{n}", n, hidden=hidden, layers=(30,), n_tasks=48)
+            import pandas as pd
+
+            n_test = int((pd.read_parquet(run / "examples.parquet", columns=["split"])["split"] == "test").sum())
+            write_s = time.time() - t
+            port = free_port()
+            t = time.time()
+            proc = start_server(run, port)
+            try:
+                start_s = time.time() - t
+                sampled = n > F.MAX_POINTS
+                n_drawn = min(n, F.MAX_POINTS)
+                res = measure(pw, args.chromium, f"http://127.0.0.1:{port}/map?run={run.name}", n_drawn,
+                              min(n_test, F.MAX_POINTS), sampled)
+                res.update(points=n, drawn=n_drawn, sampled=sampled, hidden=hidden, write_run_s=round(write_s, 1),
+                           server_start_s=round(start_s, 1), web_rss_mb=round(rss_mb(proc.pid), 1))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+            results[n] = res
+            print(json.dumps({"dashboard": res}), flush=True)
+        if not args.no_baseline:
+            base = run_baseline(args.sizes, args.chromium)
+            for n, b in base.items():
+                print(json.dumps({"baseline": b}), flush=True)
+                ours = results[n]
+                ratios = {"first_paint": ours["first_paint_ms"] / b["first_paint_ms"],
+                          "recolour_vs_strings": ours["recolour_ms"] / b["recolour_strings_ms"],
+                          "recolour_vs_numeric": ours["recolour_ms"] / b["recolour_numeric_ms"]}
+                results[n]["baseline"] = b
+                results[n]["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
+                print(json.dumps({"points": n, "ratios_ours_over_baseline": results[n]["ratios"]}), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

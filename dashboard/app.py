@@ -1,0 +1,133 @@
+"""The Dash app: ``create_app(...)`` and a module-level ``server`` for ``gunicorn dashboard.app:server``.
+
+Runs come from arguments or, for ``server``, from the environment:
+
+    LLM_MAPS_RUNS   run folders, separated by ``os.pathsep`` (":" on Linux)
+    LLM_MAPS_DATA   folders holding runs (default: data/runs under the working directory)
+    LLM_MAPS_AUTH   "user:password" to require HTTP basic auth
+
+The web process never imports torch, transformers or ``pipelines``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+import threading
+from pathlib import Path
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Input, Output, dcc, html
+
+from dashboard.data import RunRegistry
+
+HERE = Path(__file__).resolve().parent
+_CREATE_LOCK = threading.Lock()
+
+
+def _env_paths(name: str) -> list[Path]:
+    return [Path(p) for p in os.environ.get(name, "").split(os.pathsep) if p.strip()]
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """"user:password" -> (user, password); None or "" -> None."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("LLM_MAPS_AUTH must look like user:password")
+    return user, password
+
+
+def _install_basic_auth(server, credentials: tuple[str, str]) -> None:
+    import flask
+
+    expected = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+
+    @server.before_request
+    def _check_auth():
+        header = flask.request.headers.get("Authorization", "")
+        given = header[6:] if header.startswith("Basic ") else ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return flask.Response("authentication required", 401, {"WWW-Authenticate": 'Basic realm="llm-maps"'})
+        return None
+
+
+def _navbar() -> dbc.Navbar:
+    links = [dbc.NavItem(dbc.NavLink(name, href=href, active="partial", id=f"nav-{name.lower()}"))
+             for name, href in (("Map", "/map"), ("Falloff", "/falloff"), ("Examples", "/examples"), ("Runs", "/runs"))]
+    return dbc.Navbar(dbc.Container([
+        dbc.NavbarBrand("LLM Maps", href="/map"),
+        dbc.Nav(links, navbar=True, className="me-auto"),
+        dbc.Switch(id="theme-dark", label="dark", value=False, persistence=True, persistence_type="local",
+                   className="mb-0"),
+    ], fluid=True), color="primary", dark=True, className="mb-2")
+
+
+def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None = None,
+               title: str = "LLM Maps") -> dash.Dash:
+    """A Dash app serving ``runs`` (run folders) and the runs found in ``data_dirs``.
+
+    Without arguments, runs come from LLM_MAPS_RUNS / LLM_MAPS_DATA (default data/runs) and basic
+    auth from LLM_MAPS_AUTH."""
+    runs = _env_paths("LLM_MAPS_RUNS") if runs is None else [Path(p) for p in runs]
+    if data_dirs is None:
+        data_dirs = _env_paths("LLM_MAPS_DATA") or ([] if runs else [Path.cwd() / "data" / "runs"])
+    if auth is None:
+        auth = os.environ.get("LLM_MAPS_AUTH")
+    credentials = parse_auth(auth) if isinstance(auth, str) else auth
+
+    with _CREATE_LOCK:  # page modules register their callbacks globally; bind them to this app now
+        app = dash.Dash(__name__, use_pages=True, pages_folder=str(HERE / "pages"),
+                        assets_folder=str(HERE / "assets"), assets_ignore=r"^(flatly|darkly)\.min\.css$",
+                        external_stylesheets=[], suppress_callback_exceptions=True, title=title,
+                        serve_locally=True, update_title=None)
+        app.server.config["LLM_MAPS_REGISTRY"] = RunRegistry(runs, data_dirs)
+        app.layout = html.Div([
+            html.Link(id="theme-css", rel="stylesheet", href="/assets/themes/flatly.min.css"),
+            _navbar(),
+            dash.page_container,
+            html.Div(id="theme-sync", hidden=True), html.Div(id="run-nav", hidden=True),
+        ])
+        dash.clientside_callback(dash.ClientsideFunction("llm_maps", "theme"), Output("theme-sync", "children"),
+                                 Input("theme-dark", "value"))
+        dash.clientside_callback(dash.ClientsideFunction("llm_maps", "pickRun"), Output("run-nav", "children"),
+                                 Input("run-picker", "value"), prevent_initial_call=True)
+        with app.server.test_request_context("/"):
+            app._setup_server()
+    if credentials:
+        _install_basic_auth(app.server, credentials)
+    _install_home_redirect(app.server)
+    return app
+
+
+def _install_home_redirect(server) -> None:
+    import flask
+
+    @server.before_request
+    def _home():
+        if flask.request.path == "/":
+            query = flask.request.query_string.decode()
+            return flask.redirect("/map" + (f"?{query}" if query else ""))
+        return None
+
+
+_default_app: dash.Dash | None = None
+
+
+def __getattr__(name: str):
+    """``server`` (and ``app``) are created on first use, so importing this module is cheap."""
+    global _default_app
+    if name in ("server", "app"):
+        if _default_app is None:
+            _default_app = create_app()
+        return _default_app.server if name == "server" else _default_app
+    raise AttributeError(name)
+
+
+def serve(runs=(), data_dirs=(), *, host: str = "127.0.0.1", port: int = 8050, auth: str | None = None) -> None:
+    """Run the app with its own threaded server (debug off). Use gunicorn for production."""
+    app = create_app(list(runs), list(data_dirs), auth=auth)
+    app.run(host=host, port=port, debug=False)

@@ -1,0 +1,118 @@
+"""Shared page components. User text (prompts, outputs, references) is always passed to Dash as
+plain strings, which React renders as text: never as HTML or Markdown."""
+
+from __future__ import annotations
+
+import dash_bootstrap_components as dbc
+import flask
+import numpy as np
+from dash import dcc, html
+
+from llm_maps.errors import LLMMapsError
+
+
+def registry():
+    """The RunRegistry of the app serving this request."""
+    return flask.current_app.config["LLM_MAPS_REGISTRY"]
+
+
+def load(run_id):
+    """(RunData, None) or (None, error message) — pages show the message as a banner."""
+    try:
+        return registry().load(run_id or None), None
+    except LLMMapsError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a corrupt file can raise anything; never take the app down
+        return None, f"could not read run '{run_id}': {type(exc).__name__}: {exc}"
+
+
+def banner(message: str, color: str = "danger", className: str = "", **kwargs) -> dbc.Alert:
+    return dbc.Alert([html.Strong("This run cannot be shown. " if color == "danger" else ""), message],
+                     color=color, className=f"run-banner {className}".strip(), **kwargs)
+
+
+def run_picker(current: str | None) -> html.Div:
+    entries = registry().entries()
+    options = [{"label": e.id + ("" if e.ok else " (unreadable)"), "value": e.id} for e in entries]
+    return html.Div([dbc.Label("Run", html_for="run-picker", className="mb-0 small"),
+                     dcc.Dropdown(id="run-picker", options=options, value=current, clearable=False)],
+                    className="mb-2")
+
+
+def query_list(value) -> list[str]:
+    if value is None or value == "":
+        return []
+    return [v for v in (value if isinstance(value, list) else [value]) if v != ""]
+
+
+def query_range(value) -> list[float] | None:
+    try:
+        lo, hi = (float(v) for v in str(value).split(","))
+        return [lo, hi]
+    except (TypeError, ValueError):
+        return None
+
+
+def query_int(value, default=None):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _text_block(label: str, value, cls: str) -> html.Div:
+    import pandas as pd
+
+    text = "" if value is None or (np.ndim(value) == 0 and pd.isna(value)) else str(value)
+    return html.Div([html.Div(label, className="small text-muted"),
+                     html.Pre(text if text else "—", className=f"drill-text {cls}")], className="mb-2")
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    try:
+        if value != value:
+            return "—"
+    except (TypeError, ValueError):
+        pass
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def drilldown(data, row: int | None) -> html.Div:
+    """Everything about one example and its nearest training examples (text + distance)."""
+    if row is None:
+        return html.Div("Click a point (or a table row) to see its prompt, output and nearest training "
+                        "examples.", className="text-muted small", id="drill-empty")
+    r = data.frame.iloc[row]
+    fields = [("example", r["example_id"]), ("split", r["split"]), ("task", r["task"]),
+              ("category", r["category"]), ("domain", r["domain"]), ("score", _fmt(data.score[row], 3)),
+              ("correctness", data.cats["correct"].names[int(data.cats["correct"].codes[row])]),
+              ("distance to train", _fmt(data.dist[row]))]
+    table = html.Table([html.Tr([html.Th(k, className="pe-3 small"), html.Td(str(v), className="small")])
+                        for k, v in fields], className="mb-2")
+    nbrs = data.neighbours(row)
+    items = []
+    for j, d in nbrs:
+        prompt = data.frame["prompt"].iloc[j]
+        items.append(html.Li([
+            html.Div([html.Code(str(data.frame["example_id"].iloc[j])), html.Span(f"  distance {_fmt(d)}",
+                                                                                  className="small text-muted")]),
+            html.Pre(str(prompt)[-600:], className="drill-text drill-neighbour small")], className="mb-1"))
+    return html.Div([
+        html.H6(["Example ", html.Code(str(r["example_id"]))]), table,
+        _text_block("prompt", r["prompt"], "drill-prompt"),
+        _text_block("reference", r["reference"], "drill-reference"),
+        _text_block("output", r["output"], "drill-output"),
+        html.Div(f"{len(nbrs)} nearest training examples", className="small text-muted"),
+        html.Ol(items, className="drill-neighbours ps-3"),
+        dcc.Link("show on the map", href=f"/map?run={data.id}&sel={r['example_id']}", className="small"),
+    ], id="drill-panel-content")
+
+
+def row_of(data, example_id) -> int | None:
+    if example_id is None:
+        return None
+    return data.id_index.get(str(example_id))

@@ -1,0 +1,333 @@
+"""Read-only data access for the dashboard: which runs exist, and each run loaded once.
+
+Runs are read through ``llm_maps.runfolder`` (manifest, Parquet, memory-mapped encodings) and kept
+in a bounded LRU cache keyed on the run's path and file stamps, so a re-published run is reloaded.
+Nothing here imports torch or the ``pipelines`` package.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from llm_maps.errors import LLMMapsError
+from llm_maps.falloff import FALLOFF_FILE
+from llm_maps.runfolder import EXAMPLES, MANIFEST, Run, find_runs, read_manifest
+
+CACHE_RUNS = int(os.environ.get("LLM_MAPS_CACHE_RUNS", "4"))
+# On-the-fly distances for a layer/metric without stored ones: only when N * N_train * hidden is
+# at most this (about a second of numpy on a laptop); larger runs need `llm-maps falloff`.
+ONLINE_DISTANCE_LIMIT = float(os.environ.get("LLM_MAPS_ONLINE_DISTANCE_LIMIT", "2e10"))
+HOVER_CHARS = 80
+
+CORRECTNESS_NAMES = ["train", "test: correct", "test: wrong", "test: unscored"]
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One run the app knows about; ``error`` is set when it cannot be read."""
+    id: str
+    path: Path
+    error: str | None = None
+    manifest: dict | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class RunRegistry:
+    """Runs given explicitly plus the finished (and unfinished) runs found in data folders."""
+
+    def __init__(self, runs=(), data_dirs=()):
+        self.runs = [Path(p) for p in runs]
+        self.data_dirs = [Path(p) for p in data_dirs]
+
+    def entries(self) -> list[RunEntry]:
+        paths: list[Path] = list(self.runs)
+        for root in self.data_dirs:
+            paths += find_runs(root)
+            if root.is_dir():  # unfinished builds show as such, not silently missing
+                paths += sorted(p for p in root.iterdir() if p.is_dir() and p.name.endswith(".partial")
+                                and not p.with_name(p.name[:-len(".partial")]).exists())
+        seen: dict[str, int] = {}
+        out, resolved = [], set()
+        for p in paths:
+            key = p.resolve()
+            if key in resolved:
+                continue
+            resolved.add(key)
+            name = p.name or "run"
+            seen[name] = seen.get(name, 0) + 1
+            run_id = name if seen[name] == 1 else f"{name}-{seen[name]}"
+            try:
+                out.append(RunEntry(run_id, p, None, read_manifest(p)))
+            except LLMMapsError as exc:
+                out.append(RunEntry(run_id, p, str(exc)))
+        return out
+
+    def entry(self, run_id: str | None) -> RunEntry | None:
+        entries = self.entries()
+        if run_id is None:
+            return next((e for e in entries if e.ok), entries[0] if entries else None)
+        return next((e for e in entries if e.id == run_id), None)
+
+    def load(self, run_id: str | None) -> "RunData":
+        """The loaded run, or LLMMapsError with a message fit for a banner."""
+        entry = self.entry(run_id)
+        if entry is None:
+            if run_id is None:
+                raise LLMMapsError("no runs found: build one with `llm-maps build` or `llm-maps demo`, "
+                                   "or pass a run folder to `llm-maps serve`")
+            raise LLMMapsError(f"no run named '{run_id}'")
+        if entry.error:
+            raise LLMMapsError(entry.error)
+        return load_run(str(entry.path), _stamp(entry.path), entry.id)
+
+
+def _stamp(path: Path) -> tuple:
+    out = []
+    for name in (MANIFEST, EXAMPLES, FALLOFF_FILE):
+        try:
+            st = (path / name).stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=CACHE_RUNS)
+def load_run(path: str, stamp: tuple, run_id: str) -> "RunData":
+    return RunData(Path(path), run_id)
+
+
+class Categorical:
+    """Codes [N] (small ints) and their names."""
+
+    def __init__(self, codes: np.ndarray, names: list[str]):
+        self.codes, self.names = codes, names
+
+    @classmethod
+    def of(cls, values) -> "Categorical":
+        import pandas as pd
+
+        cat = pd.Categorical(pd.Series(values).astype("string").fillna("(none)"))
+        dtype = np.uint8 if len(cat.categories) < 256 else np.uint16
+        return cls(cat.codes.astype(dtype), [str(c) for c in cat.categories])
+
+    def codes_of(self, names) -> np.ndarray:
+        lookup = {n: i for i, n in enumerate(self.names)}
+        return np.array([lookup[n] for n in names if n in lookup], dtype=np.int64)
+
+
+class RunData:
+    """One run loaded for the dashboard: typed column arrays plus lazily built extras."""
+
+    def __init__(self, path: Path, run_id: str):
+        import pandas as pd
+
+        self.id = run_id
+        self.run = Run(path)
+        self.path = path
+        self.manifest = self.run.manifest
+        frame = self.run.examples
+        self.frame = frame
+        self.n = len(frame)
+        self.x = frame["x"].to_numpy(dtype=np.float32, na_value=np.nan)  # [N]
+        self.y = frame["y"].to_numpy(dtype=np.float32, na_value=np.nan)  # [N]
+        self.score = pd.to_numeric(frame["score"], errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
+        self.correct = frame["correct"].astype("boolean")  # nullable [N]
+        self.dist = pd.to_numeric(frame["dist_to_train"], errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
+        out = frame["output"].astype("string")
+        self.out_len = out.str.len().to_numpy(dtype=np.float32, na_value=np.nan)
+        self.is_train = (frame["split"] == "train").to_numpy()
+        self.cats = {c: Categorical.of(frame[c]) for c in ("split", "domain", "task", "category")}
+        self.has_scores = bool(self.correct.notna().any())
+        corr = np.where(self.is_train, 0, 3).astype(np.uint8)
+        scored = self.correct.notna().to_numpy()
+        cvals = self.correct.fillna(False).to_numpy(dtype=bool)
+        corr[~self.is_train & scored & cvals] = 1
+        corr[~self.is_train & scored & ~cvals] = 2
+        self.cats["correct"] = Categorical(corr, list(CORRECTNESS_NAMES))
+        self._lock = threading.Lock()
+        self._lazy: dict = {}
+        self.falloff_file, self.falloff_error = _read_falloff(path)
+
+    # --- lazily built, cached per run ------------------------------------------------------
+    def _cached(self, key, build):
+        with self._lock:
+            if key not in self._lazy:
+                self._lazy[key] = build()
+            return self._lazy[key]
+
+    @property
+    def hover(self) -> np.ndarray:
+        """[N] hover strings: the prompt's (instruction's, when stored) first line (shortened, HTML-escaped) and the key fields."""
+        def build():
+            import html
+
+            import pandas as pd
+
+            source = self.frame["instruction"] if "instruction" in self.frame else self.frame["prompt"]
+            first = source.astype("string").fillna("").str.strip().str.split("\n", n=1).str[0]
+            short = first.str.slice(0, HOVER_CHARS)
+            short = short.where(first.str.len() <= HOVER_CHARS, short + "…").map(lambda t: html.escape(t, quote=False))
+            dist = pd.Series(self.dist).map(lambda v: "" if v != v else f" · dist {v:.4g}")
+            score = pd.Series(self.score).map(lambda v: "" if v != v else f" · score {v:.2f}")
+            text = (short + "<br>" + self.frame["task"].astype("string").fillna("").map(lambda t: html.escape(t, quote=False))
+                    + " · " + self.frame["split"].astype("string").fillna("") + dist.to_numpy() + score.to_numpy())
+            return text.to_numpy(dtype=object)
+        return self._cached("hover", build)
+
+    @property
+    def id_index(self) -> dict:
+        return self._cached("id_index", lambda: {v: i for i, v in enumerate(self.frame["example_id"].tolist())})
+
+    def search_mask(self, text: str) -> np.ndarray:
+        """[N] bool: prompts containing ``text`` (case-insensitive, literal)."""
+        text = (text or "").strip()
+        key = ("search", text.lower())
+        hits = self._lazy.get(key)
+        if hits is None:
+            hits = self.frame["prompt"].astype("string").str.contains(text, case=False, regex=False) \
+                .fillna(False).to_numpy(dtype=bool)
+            with self._lock:
+                if sum(1 for k in self._lazy if k[0] == "search") > 16:
+                    for k in [k for k in self._lazy if k[0] == "search"]:
+                        del self._lazy[k]
+                self._lazy[key] = hits
+        return hits
+
+    @property
+    def metric(self) -> str:
+        return str(self.manifest.get("distance_metric", "cosine"))
+
+    @property
+    def layers(self) -> list[int]:
+        return self.run.layers
+
+    @property
+    def default_layer(self) -> int:
+        return self.run.default_layer
+
+    def n_train(self) -> int:
+        return int(self.is_train.sum())
+
+    def distances_available(self, layer: int, metric: str) -> bool:
+        if int(layer) == self.default_layer and metric == self.metric:
+            return True
+        return self.n * self.n_train() * self._hidden() <= ONLINE_DISTANCE_LIMIT
+
+    def _hidden(self) -> int:
+        try:
+            return int(self.run.encodings(self.default_layer).shape[1])
+        except LLMMapsError:
+            return 1 << 30
+
+    def distances(self, layer: int | None = None, metric: str | None = None) -> np.ndarray:
+        """[N] distance to the nearest train example (another one for train rows) in ``layer``.
+
+        The stored ``dist_to_train`` for the run's own layer and metric; otherwise computed exactly
+        from the memory-mapped encodings when the run is small enough, else LLMMapsError."""
+        layer = self.default_layer if layer is None else int(layer)
+        metric = metric or self.metric
+        if layer == self.default_layer and metric == self.metric:
+            return self.dist
+        if not self.distances_available(layer, metric):
+            raise LLMMapsError(f"distances for layer {layer} ({metric}) are not stored and the run is too "
+                               f"large to compute them here: run `llm-maps falloff {self.path}`")
+        return self._cached(("dist", layer, metric),
+                            lambda: nearest_train_distance(self.run.encodings(layer), self.is_train, metric))
+
+    def neighbours(self, row: int) -> list[tuple[int, float | None]]:
+        """The stored k nearest training examples of ``row``: (row index, distance)."""
+        ids = self.frame["nn_train_ids"].iloc[row]
+        ids = [] if ids is None else list(ids)
+        dists = self.frame["nn_train_dists"].iloc[row] if "nn_train_dists" in self.frame else None
+        dists = list(dists) if dists is not None else [None] * len(ids)
+        index = self.id_index
+        return [(index[i], None if d is None else float(d)) for i, d in zip(ids, dists) if i in index]
+
+    def option_names(self, column: str) -> list[str]:
+        return self.cats[column].names
+
+
+def nearest_train_distance(enc: np.ndarray, is_train: np.ndarray, metric: str,
+                           chunk: int = 2048) -> np.ndarray:
+    """[N] exact distance to the nearest train row (excluding the row itself), float32."""
+    base = np.asarray(enc[is_train], dtype=np.float32)  # [T, H]
+    train_rows = np.flatnonzero(is_train)
+    if metric == "cosine":
+        base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-30)
+    else:
+        base_sq = np.einsum("ij,ij->i", base, base)
+    out = np.empty(len(enc), dtype=np.float32)
+    for start in range(0, len(enc), chunk):
+        q = np.asarray(enc[start:start + chunk], dtype=np.float32)  # [C, H]
+        if metric == "cosine":
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+            d = 1.0 - q @ base.T
+        else:
+            d = np.sqrt(np.maximum(np.einsum("ij,ij->i", q, q)[:, None] + base_sq[None] - 2 * q @ base.T, 0))
+        rows = np.arange(start, start + len(q))
+        own = np.searchsorted(train_rows, rows)
+        hit = (own < len(train_rows)) & (train_rows[np.minimum(own, len(train_rows) - 1)] == rows)
+        d[np.flatnonzero(hit), own[hit]] = np.inf
+        out[start:start + len(q)] = d.min(axis=1) if d.shape[1] else np.nan
+    return out
+
+
+def _read_falloff(path: Path) -> tuple[dict | None, str | None]:
+    file = path / FALLOFF_FILE
+    if not file.exists():
+        return None, None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        if not isinstance(data.get("variants"), list):
+            raise ValueError("no 'variants' list")
+        return data, None
+    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+        return None, f"{file}: unreadable falloff statistics ({exc}); computing them on the fly"
+
+
+def falloff_variant(falloff: dict | None, layer: int, metric: str) -> dict | None:
+    """The variant of a falloff.json for this layer and metric, if there is one."""
+    for v in (falloff or {}).get("variants", []):
+        if int(v.get("layer", -1)) == int(layer) and v.get("metric") == metric:
+            return v
+    return None
+
+
+def falloff_for(data: RunData, *, layer: int | None = None, metric: str | None = None, n_bins: int = 5,
+                tasks: list[str] | None = None) -> tuple[dict | None, str]:
+    """Falloff statistics to draw and where they came from.
+
+    Uses falloff.json when it holds this layer/metric with the same bins and no task filter is set;
+    otherwise ``llm_maps.falloff.falloff_stats`` on the test rows. (None, reason) when impossible."""
+    from llm_maps.falloff import falloff_stats
+
+    layer = data.default_layer if layer is None else int(layer)
+    metric = metric or data.metric
+    if not data.has_scores:
+        return None, "no scores yet"
+    variant = falloff_variant(data.falloff_file, layer, metric)
+    if variant is not None and not tasks and int(data.falloff_file.get("n_bins", -1)) == int(n_bins):
+        return variant["stats"], f"from {FALLOFF_FILE}"
+    try:
+        dist = data.distances(layer, metric)
+    except LLMMapsError as exc:
+        return None, str(exc)
+    sel = ~data.is_train & data.correct.notna().to_numpy()
+    if tasks:
+        sel &= np.isin(data.cats["task"].codes, data.cats["task"].codes_of(tasks))
+    key = ("falloff", layer, metric, int(n_bins), tuple(sorted(tasks or ())))
+    stats = data._cached(key, lambda: falloff_stats(
+        dist[sel], data.correct.to_numpy(dtype=object, na_value=None)[sel],
+        data.frame["domain"].astype(str).to_numpy()[sel], n_bins=int(n_bins)))
+    return stats, "computed on the fly"

@@ -1,0 +1,73 @@
+"""`llm-maps export RUN --html FILE`: one standalone HTML file with the map and the falloff plot."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+
+from dashboard import figures as F
+from dashboard.data import RunData, falloff_for, load_run, _stamp
+
+
+def export_map_figure(data: RunData, *, max_points: int = 20_000, seed: int = 0) -> go.Figure:
+    """The map coloured by split and correctness (train / test correct / wrong / unscored), one trace
+    per group so the legend toggles them; at most ``max_points`` points (a fixed sample)."""
+    rows, sampled = _sample_rows(data, max_points, seed)
+    cat = data.cats["correct"]
+    colours = F.category_colours("correct", cat.names)
+    traces = []
+    for code, (name, colour) in enumerate(zip(cat.names, colours)):
+        r = rows[cat.codes[rows] == code]
+        if len(r) == 0:
+            continue
+        label = "test" if (name == "test: unscored" and not data.has_scores) else name
+        traces.append(go.Scattergl(x=np.round(data.x[r], 3), y=np.round(data.y[r], 3), mode="markers", name=label,
+                                   text=data.hover[r], hovertemplate="%{text}<extra></extra>",
+                                   marker={"color": colour, "size": 4 if len(rows) > 5000 else 6, "opacity": 0.8}))
+    fig = go.Figure(traces)
+    title = f"{data.id}: {data.n:,} examples" + (f" ({len(rows):,} drawn)" if sampled else "")
+    fig.update_layout(template="plotly_white", height=620, title=title, hovermode="closest",
+                      legend={"itemsizing": "constant"}, margin={"l": 10, "r": 10, "t": 50, "b": 10},
+                      xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
+
+
+def _sample_rows(data: RunData, max_points: int, seed: int):
+    from dashboard.filters import view_rows
+
+    return view_rows(data.x, data.y, np.arange(data.n), max_points=max_points, seed=seed)
+
+
+def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_000, plotlyjs: str = "inline") -> Path:
+    """Write the standalone HTML file and return its path. ``plotlyjs``: "inline" (works offline)
+    or "cdn" (a much smaller file that loads plotly.js from the CDN)."""
+    run_dir, out = Path(run_dir), Path(out)
+    data = load_run(str(run_dir), _stamp(run_dir), run_dir.name)
+    config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+    parts = [export_map_figure(data, max_points=max_points).to_html(
+        full_html=False, include_plotlyjs=True if plotlyjs == "inline" else "cdn", config=config, div_id="map")]
+    stats, source = falloff_for(data)
+    if stats is not None:
+        groups = F.falloff_groups(stats)
+        fig = F.falloff_figure(stats, groups, title="Accuracy vs distance to the nearest training prompt",
+                               metric=data.metric)
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=False, config=config, div_id="falloff"))
+        parts.append(f"<p class='note'>Falloff statistics {html.escape(source)}; error bars: Wilson 95 % intervals.</p>")
+    else:
+        parts.append(f"<p class='note' id='falloff'>No falloff plot: {html.escape(source)}.</p>")
+    m = data.manifest
+    c = m.get("counts", {})
+    head = (f"<h2>{html.escape(data.id)}</h2><p class='note'>model {html.escape(str(m.get('model')))} · "
+            f"{c.get('examples', data.n)} examples ({c.get('train', '?')} train, {c.get('test', '?')} test) · "
+            f"layer {m.get('default_layer')} · {html.escape(str(m.get('distance_metric')))} distance · made with LLM Maps</p>")
+    doc = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(f"LLM Maps · {data.id}") +
+           "</title><style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:1rem auto;padding:0 1rem}"
+           ".note{color:#666;font-size:0.9rem}</style></head><body>" + head + "".join(parts) + "</body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    tmp.replace(out)
+    return out

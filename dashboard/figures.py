@@ -1,0 +1,264 @@
+"""Pure figure builders: the map (Scattergl with typed arrays), its colouring, and the falloff plot.
+
+Figures are plain plotly objects built from numpy arrays (plotly serialises them as base64 typed
+arrays). The map's trace layout is fixed so callbacks can patch parts of it:
+
+    data[0]  the points            (customdata = row index in examples.parquet)
+    data[1]  neighbour overlay     (lines from the selected point to its nearest train examples)
+    data[2]  density heatmap       (only when the points are sampled, e.g. 1M points zoomed out)
+    data[3:] legend slots          (LEGEND_SLOTS tiny traces; unused ones hidden)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+
+POINTS, OVERLAY, DENSITY, LEGEND0 = 0, 1, 2, 3
+LEGEND_SLOTS = 30
+HOVER_TEXT_MAX = 30_000    # above this many drawn points, the tooltip is short; details show below
+MAX_POINTS = 200_000       # above this many rows in view, draw a density heatmap + a sample
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+           "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"]
+FIXED_COLOURS = {
+    "split": {"train": "#b8c0c8", "test": "#1f77b4"},
+    "correct": {"train": "#d5d9de", "test: correct": "#2ca02c", "test: wrong": "#d62728",
+                "test: unscored": "#8c8c8c"},
+    "domain": {"Chollet": "#e6550d", "Reasoning": "#3182bd"},
+}
+MISSING = "#c0c0c0"
+
+COLOUR_OPTIONS = [  # value, label, kind
+    ("split", "split (train / test)", "categorical"),
+    ("correct", "correctness", "categorical"),
+    ("score", "score", "continuous"),
+    ("dist", "distance to train", "continuous"),
+    ("domain", "domain", "categorical"),
+    ("task", "task", "categorical"),
+    ("category", "category", "categorical"),
+    ("out_len", "output length", "continuous"),
+]
+COLOUR_KIND = {v: k for v, _, k in COLOUR_OPTIONS}
+CONTINUOUS_SCALES = {"score": "RdYlGn", "dist": "Viridis", "out_len": "Cividis"}
+
+EXPORT_CONFIG = {"displaylogo": False, "scrollZoom": True,
+                 "toImageButtonOptions": {"format": "png", "scale": 2},
+                 "modeBarButtonsToAdd": ["lasso2d", "select2d"]}
+
+
+@dataclass
+class ColourSpec:
+    values: np.ndarray            # [M] codes (categorical) or floats with NaN mapped (continuous)
+    colorscale: list
+    cmin: float
+    cmax: float
+    legend: list[tuple[str, str]]  # (name, colour) for categorical
+    title: str
+    continuous: bool
+
+
+def stepped_scale(colours: list[str]) -> list:
+    """A colour scale mapping integer code k (cmin=-0.5, cmax=K-0.5) to colours[k]."""
+    k = max(len(colours), 1)
+    scale = []
+    for i, c in enumerate(colours or ["#888888"]):
+        scale += [[i / k, c], [(i + 1) / k, c]]
+    return scale
+
+
+def category_colours(column: str, names: list[str]) -> list[str]:
+    fixed = FIXED_COLOURS.get(column, {})
+    return [fixed.get(n) or (MISSING if n == "(none)" else PALETTE[i % len(PALETTE)]) for i, n in enumerate(names)]
+
+
+def colour_spec(data, colour_by: str, rows: np.ndarray, dist: np.ndarray | None = None) -> ColourSpec:
+    """How to colour ``rows`` of a run by one of COLOUR_OPTIONS."""
+    label = dict((v, lbl) for v, lbl, _ in COLOUR_OPTIONS).get(colour_by, colour_by)
+    if COLOUR_KIND.get(colour_by) == "categorical":
+        cat = data.cats[colour_by]
+        colours = category_colours(colour_by, cat.names)
+        codes = cat.codes[rows]
+        present = np.bincount(codes, minlength=len(cat.names)) > 0 if len(codes) else np.zeros(len(cat.names), bool)
+        legend = [(n, c) for n, c, p in zip(cat.names, colours, present) if p]
+        return ColourSpec(codes, stepped_scale(colours), -0.5, len(colours) - 0.5, legend, label, False)
+    source = {"score": data.score, "dist": data.dist if dist is None else dist, "out_len": data.out_len}[colour_by]
+    vals = np.asarray(source[rows], dtype=np.float32)
+    finite = np.isfinite(vals)
+    lo, hi = (float(vals[finite].min()), float(vals[finite].max())) if finite.any() else (0.0, 1.0)
+    if colour_by == "score":
+        lo, hi = 0.0, 1.0
+    if hi <= lo:
+        hi = lo + 1.0
+    import plotly.colors as pc
+
+    base = pc.get_colorscale(CONTINUOUS_SCALES[colour_by])
+    if finite.all():
+        return ColourSpec(vals, base, lo, hi, [], label, True)
+    g = 0.04  # a grey band below the scale for rows without a value
+    span = hi - lo
+    vals = np.where(finite, vals, lo - span * g).astype(np.float32)
+    f = g / (1 + g)
+    scale = [[0.0, MISSING], [f, MISSING]] + [[f + p * (1 - f), c] for p, c in base]
+    return ColourSpec(vals, scale, lo - span * g, hi, [], label + " (grey: none)", True)
+
+
+def typed_array(values: np.ndarray) -> dict:
+    """A numpy array as a plotly.js typed-array spec (base64), for payloads built outside a Figure
+    (e.g. a dash Patch), which would otherwise be sent as JSON lists."""
+    import base64
+
+    values = np.ascontiguousarray(values)
+    code = {np.dtype(np.uint8): "u1", np.dtype(np.uint16): "u2", np.dtype(np.int32): "i4",
+            np.dtype(np.float32): "f4", np.dtype(np.float64): "f8"}.get(values.dtype)
+    if code is None:
+        values, code = values.astype(np.float32), "f4"
+    return {"dtype": code, "bdata": base64.b64encode(values.tobytes()).decode("ascii")}
+
+
+def points_marker(spec: ColourSpec, n_points: int) -> dict:
+    size = 6 if n_points < 5_000 else 4 if n_points < 50_000 else 3
+    marker = {"color": spec.values, "colorscale": spec.colorscale, "cmin": spec.cmin, "cmax": spec.cmax,
+              "size": size, "opacity": 0.85 if n_points < 50_000 else 0.7, "showscale": spec.continuous}
+    if spec.continuous:
+        marker["colorbar"] = {"title": {"text": spec.title}, "thickness": 14}
+    return marker
+
+
+def legend_traces(spec: ColourSpec) -> list[go.Scattergl]:
+    """LEGEND_SLOTS tiny traces carrying the categorical legend (unused slots hidden)."""
+    out = []
+    entries = spec.legend[:LEGEND_SLOTS]
+    for i in range(LEGEND_SLOTS):
+        if i < len(entries):
+            name, colour = entries[i]
+            out.append(go.Scattergl(x=[None], y=[None], mode="markers", name=name, showlegend=True,
+                                    marker={"color": colour, "size": 9}, hoverinfo="skip"))
+        else:
+            out.append(go.Scattergl(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                                    name=""))
+    return out
+
+
+def hover_text(data, rows: np.ndarray) -> np.ndarray | None:
+    return data.hover[rows] if len(rows) <= HOVER_TEXT_MAX else None
+
+
+def points_trace(data, rows: np.ndarray, spec: ColourSpec) -> go.Scattergl:
+    rows = np.asarray(rows, dtype=np.int32)
+    text = hover_text(data, rows)
+    return go.Scattergl(
+        # customdata as a plain list: dcc.Graph reads clickData/selectedData customdata from the
+        # figure as given, where a typed-array spec cannot be indexed (about as small as base64 anyway)
+        x=data.x[rows], y=data.y[rows], customdata=rows.tolist(), mode="markers", name="examples",
+        showlegend=False, marker=points_marker(spec, len(rows)), text=text,
+        hovertemplate=("%{text}<extra></extra>" if text is not None
+                       else "row %{customdata} (details below the map)<extra></extra>"))
+
+
+def overlay_trace(data, row: int | None, neighbours: list[tuple[int, float | None]]) -> go.Scattergl:
+    """Lines from the selected point to its nearest train examples, with both ends marked."""
+    if row is None:
+        return go.Scattergl(x=[], y=[], mode="lines+markers", showlegend=False, hoverinfo="skip", name="neighbours")
+    xs, ys, sizes, colours, text = [], [], [], [], []
+    x0, y0 = float(data.x[row]), float(data.y[row])
+    for j, d in neighbours:
+        xs += [x0, float(data.x[j]), None]
+        ys += [y0, float(data.y[j]), None]
+        sizes += [16, 11, 0]
+        colours += ["#000000", "#ff7f0e", "#ff7f0e"]
+        text += ["selected", f"neighbour, distance {d:.4g}" if d is not None else "neighbour", ""]
+    if not neighbours:
+        xs, ys, sizes, colours, text = [x0], [y0], [16], ["#000000"], ["selected"]
+    return go.Scattergl(x=xs, y=ys, mode="lines+markers", name="neighbours", showlegend=False,
+                        line={"color": "#ff7f0e", "width": 1.5}, text=text, hoverinfo="text",
+                        marker={"size": sizes, "color": colours, "symbol": "circle-open",
+                                "line": {"width": 2}})
+
+
+def density_trace(x: np.ndarray, y: np.ndarray, rows: np.ndarray | None, *, bins: int = 200) -> go.Heatmap:
+    """Counts on a bins × bins grid (log-scaled colour) of all rows, for views too big to draw."""
+    if rows is None or len(rows) == 0:
+        return go.Heatmap(z=[], visible=False, showscale=False, hoverinfo="skip", name="density")
+    xs, ys = x[rows], y[rows]
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    h, xe, ye = np.histogram2d(xs[ok], ys[ok], bins=bins)
+    z = np.log10(h.T + 1).astype(np.float32)
+    z[h.T == 0] = np.nan
+    return go.Heatmap(z=z, x=((xe[:-1] + xe[1:]) / 2).astype(np.float32), y=((ye[:-1] + ye[1:]) / 2).astype(np.float32),
+                      colorscale="Greys", showscale=False, opacity=0.45, hoverinfo="skip", name="density",
+                      zsmooth=False)
+
+
+def map_figure(data, rows: np.ndarray, spec: ColourSpec, *, selected: int | None = None,
+               neighbours=(), density_rows: np.ndarray | None = None, dark: bool = False,
+               uirevision: str = "map") -> go.Figure:
+    fig = go.Figure([points_trace(data, rows, spec), overlay_trace(data, selected, list(neighbours)),
+                     density_trace(data.x, data.y, density_rows)] + legend_traces(spec))
+    fig.update_layout(
+        template="plotly_dark" if dark else "plotly_white", uirevision=uirevision,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10}, height=640, dragmode="zoom", hovermode="closest",
+        xaxis={"showgrid": False, "zeroline": False, "showticklabels": False, "title": None},
+        yaxis={"showgrid": False, "zeroline": False, "showticklabels": False, "title": None},
+        legend={"title": {"text": spec.title}, "itemsizing": "constant", "bgcolor": "rgba(255,255,255,0.6)"},
+        title={"text": f"{len(rows):,} of {data.n:,} examples" + (" (sampled; zoom in for all)"
+                                                                  if density_rows is not None else ""),
+               "font": {"size": 13}, "x": 0.01})
+    return fig
+
+
+# --- falloff ------------------------------------------------------------------------------
+
+def falloff_groups(stats: dict, domains: list[str] | None = None, *, include_all: bool = True) -> list[str]:
+    names = [k for k in stats if k != "all"]
+    if domains:
+        names = [k for k in names if k in domains]
+    return (["all"] if include_all else []) + names
+
+
+def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", title: str = "",
+                   dark: bool = False, metric: str = "cosine") -> go.Figure:
+    """Accuracy per distance bin with Wilson 95 % intervals, one line per group (overlaid) or one
+    panel per group (side by side). Bin counts are shown as text and in the hover."""
+    from plotly.subplots import make_subplots
+
+    groups = [g for g in groups if g in stats and stats[g]["bins"]]
+    side = layout == "side" and len(groups) > 1
+    fig = make_subplots(rows=1, cols=len(groups), shared_yaxes=True, subplot_titles=groups) if side else go.Figure()
+    colours = {"all": "#555555", "Chollet": FIXED_COLOURS["domain"]["Chollet"],
+               "Reasoning": FIXED_COLOURS["domain"]["Reasoning"]}
+    for i, g in enumerate(groups):
+        entry = stats[g]
+        bins = [b for b in entry["bins"] if b["n"]]
+        x = [b["median"] for b in bins]
+        y = [b["accuracy"] for b in bins]
+        colour = colours.get(g, PALETTE[i % len(PALETTE)])
+        trend = entry.get("trend") or {}
+        slope = trend.get("slope")
+        name = f"{g} (n={entry['n']}, acc {entry['accuracy']:.2f}" + (f", slope {slope:.3g})" if slope is not None else ")")
+        trace = go.Scatter(
+            x=x, y=y, mode="lines+markers+text", name=name, line={"color": colour, "width": 2},
+            marker={"size": 8, "color": colour}, text=[f"n={b['n']}" for b in bins], textposition="top center",
+            textfont={"size": 10, "color": colour},
+            error_y={"type": "data", "symmetric": False, "array": [b["high"] - b["accuracy"] for b in bins],
+                     "arrayminus": [b["accuracy"] - b["low"] for b in bins], "color": colour, "thickness": 1.2},
+            customdata=[[b["lo"], b["hi"], b["n"], b["correct"], b["low"], b["high"]] for b in bins],
+            hovertemplate=("distance %{customdata[0]:.4g}–%{customdata[1]:.4g}<br>accuracy %{y:.3f} "
+                           "[%{customdata[4]:.3f}, %{customdata[5]:.3f}]<br>%{customdata[3]} / %{customdata[2]} correct"
+                           f"<extra>{g}</extra>"))
+        if side:
+            fig.add_trace(trace, row=1, col=i + 1)
+        else:
+            fig.add_trace(trace)
+    fig.update_layout(template="plotly_dark" if dark else "plotly_white", height=480, title={"text": title},
+                      margin={"l": 50, "r": 20, "t": 60, "b": 50}, legend={"orientation": "h", "y": -0.18})
+    fig.update_yaxes(range=[-0.02, 1.08])
+    if side:
+        fig.update_yaxes(title_text="accuracy (95 % interval)", col=1)
+    else:
+        fig.update_layout(yaxis_title="accuracy (95 % interval)")
+    fig.update_xaxes(title_text=f"distance to nearest train prompt ({metric}, bin median)")
+    return fig

@@ -1,0 +1,81 @@
+"""Pure filtering: which rows of a run the map and the table show."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llm_maps.falloff import wilson_interval
+
+
+@dataclass(frozen=True)
+class Filters:
+    split: tuple[str, ...] | None = None     # None = no constraint
+    domain: tuple[str, ...] | None = None
+    task: tuple[str, ...] | None = None
+    score: tuple[float, float] | None = None
+    dist: tuple[float, float] | None = None
+    search: str = ""
+
+    @classmethod
+    def make(cls, *, split=None, domain=None, task=None, score=None, dist=None, search=None) -> "Filters":
+        def tup(v):
+            return tuple(v) if v else None
+
+        def rng(v):
+            return (float(v[0]), float(v[1])) if v and len(v) == 2 and None not in v else None
+
+        return cls(tup(split), tup(domain), tup(task), rng(score), rng(dist), (search or "").strip())
+
+
+def filter_mask(data, f: Filters, dist: np.ndarray | None = None) -> np.ndarray:
+    """[N] bool of the rows passing every filter. A score or distance range drops rows without one."""
+    mask = np.ones(data.n, dtype=bool)
+    for column in ("split", "domain", "task"):
+        wanted = getattr(f, column)
+        if wanted is not None:
+            cat = data.cats[column]
+            mask &= np.isin(cat.codes, cat.codes_of(wanted))
+    if f.score is not None:
+        with np.errstate(invalid="ignore"):
+            mask &= (data.score >= f.score[0]) & (data.score <= f.score[1])
+    if f.dist is not None:
+        d = data.dist if dist is None else dist
+        with np.errstate(invalid="ignore"):
+            mask &= (d >= f.dist[0]) & (d <= f.dist[1])
+    if f.search:
+        mask &= data.search_mask(f.search)
+    return mask
+
+
+def view_rows(x: np.ndarray, y: np.ndarray, rows: np.ndarray, *, max_points: int,
+              xrange=None, yrange=None, seed: int = 0) -> tuple[np.ndarray, bool]:
+    """Rows to draw as points: those in the visible window, at most ``max_points`` (a fixed random
+    sample when more, in row order). Returns (rows, sampled)."""
+    if xrange is not None and yrange is not None:
+        xs, ys = x[rows], y[rows]
+        keep = (xs >= min(xrange)) & (xs <= max(xrange)) & (ys >= min(yrange)) & (ys <= max(yrange))
+        rows = rows[keep]
+    if len(rows) <= max_points:
+        return rows, False
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(rows), size=max_points, replace=False))
+    return rows[pick], True
+
+
+def selection_summary(data, rows: np.ndarray, *, max_tasks: int = 8) -> dict:
+    """Count, test accuracy with its Wilson interval, and the most frequent tasks of some rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    cat = data.cats["correct"]
+    codes = cat.codes[rows]
+    k, wrong = int((codes == 1).sum()), int((codes == 2).sum())
+    n = k + wrong
+    low, high = wilson_interval(k, n) if n else (None, None)
+    task = data.cats["task"]
+    counts = np.bincount(task.codes[rows], minlength=len(task.names))
+    order = np.argsort(-counts, kind="stable")
+    tasks = [(task.names[i], int(counts[i])) for i in order[:max_tasks] if counts[i] > 0]
+    return {"count": int(len(rows)), "train": int(data.is_train[rows].sum()), "scored": n, "correct": k,
+            "accuracy": (k / n) if n else None, "low": low, "high": high, "tasks": tasks,
+            "n_tasks": int((counts > 0).sum())}

@@ -1,0 +1,74 @@
+"""Examples page: every example in a server-side table; a row opens the drill-down."""
+
+from __future__ import annotations
+
+import dash
+import dash_ag_grid as dag
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, callback, dcc, html
+from dash.exceptions import PreventUpdate
+
+from dashboard import components as C
+from dashboard.table import NUMBER_COLUMNS, query_table
+
+dash.register_page(__name__, path="/examples", name="Examples", title="LLM Maps · examples", order=2)
+
+COLUMNS = [("example_id", 190), ("split", 80), ("task", 200), ("domain", 110), ("text", 360), ("reference", 160),
+           ("output", 200), ("score", 90), ("correctness", 130), ("dist_to_train", 120)]
+
+
+def layout(run=None, sel=None, **_):
+    data, error = C.load(run)
+    if data is None:
+        return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
+                              dcc.Link("choose another run", href="/runs")], fluid=True, className="pt-3")
+    column_defs = [{"field": c, "width": w, "sortable": True,
+                    "filter": "agNumberColumnFilter" if c in NUMBER_COLUMNS else "agTextColumnFilter",
+                    **({"valueFormatter": {"function": "params.value == null ? '' : d3.format('.4~g')(params.value)"}}
+                       if c in NUMBER_COLUMNS else {})}
+                   for c, w in COLUMNS]
+    grid = dag.AgGrid(id="examples-grid", columnDefs=column_defs, rowModelType="infinite",
+                      dashGridOptions={"pagination": True, "paginationPageSize": 50, "cacheBlockSize": 50,
+                                       "rowSelection": {"mode": "singleRow", "checkboxes": False,
+                                                        "enableClickSelection": True},
+                                       "maxBlocksInCache": 20},
+                      getRowId="params.data.example_id", style={"height": "560px"}, className="ag-theme-alpine")
+    return dbc.Container([
+        dcc.Store(id="examples-run", data=data.id), dcc.Store(id="examples-selected", data=sel),
+        html.Div(id="examples-url-sync", hidden=True),
+        dbc.Row([dbc.Col(C.run_picker(data.id), md=3),
+                 dbc.Col(html.Div(f"{data.n:,} examples; sort and filter from the column headers "
+                                  "(done on the server); click a row for details.",
+                                  className="small text-muted pt-4"), md=9)]),
+        grid,
+        dbc.Card(dbc.CardBody(html.Div(id="examples-drill")), className="mt-2"),
+    ], fluid=True)
+
+
+@callback(Output("examples-grid", "getRowsResponse"), Input("examples-grid", "getRowsRequest"),
+          State("examples-run", "data"))
+def rows(request, run_id):
+    data, _ = C.load(run_id)
+    if data is None or not request:
+        raise PreventUpdate
+    return query_table(data, request)
+
+
+@callback(Output("examples-selected", "data"), Input("examples-grid", "cellClicked"), prevent_initial_call=True)
+def on_row(cell):
+    row_id = (cell or {}).get("rowId")
+    if row_id is None:
+        raise PreventUpdate
+    return row_id
+
+
+@callback(Output("examples-drill", "children"), Input("examples-selected", "data"), State("examples-run", "data"))
+def show(sel, run_id):
+    data, _ = C.load(run_id)
+    if data is None:
+        raise PreventUpdate
+    return C.drilldown(data, C.row_of(data, sel))
+
+
+dash.clientside_callback(dash.ClientsideFunction("llm_maps", "syncExamplesUrl"), Output("examples-url-sync", "children"),
+                         Input("examples-run", "data"), Input("examples-selected", "data"))

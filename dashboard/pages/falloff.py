@@ -1,0 +1,84 @@
+"""Falloff page: accuracy against distance to the nearest training prompt, per domain."""
+
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, callback, dcc, html
+from dash.exceptions import PreventUpdate
+
+from dashboard import components as C
+from dashboard import figures as F
+from dashboard.data import falloff_for
+
+dash.register_page(__name__, path="/falloff", name="Falloff", title="LLM Maps · falloff", order=1)
+
+NO_SCORES = ("No scores yet: this run has no scored test examples, so there is no accuracy to plot. "
+             "Score it with `llm-maps score RUN`, then `llm-maps falloff RUN`.")
+
+
+def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, mode="overlay", **_):
+    data, error = C.load(run)
+    if data is None:
+        return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
+                              dcc.Link("choose another run", href="/runs")], fluid=True, className="pt-3")
+    layer = C.query_int(layer, data.default_layer)
+    metric = metric if metric in ("cosine", "euclidean") else data.metric
+    stored = {(int(v["layer"]), v["metric"]) for v in (data.falloff_file or {}).get("variants", [])}
+    controls = [
+        C.run_picker(data.id),
+        dbc.Label("Layer", className="mb-0 small"),
+        dcc.Dropdown(id="falloff-layer", options=[{"label": f"layer {k}", "value": k} for k in data.layers],
+                     value=layer, clearable=False, className="mb-2"),
+        dbc.Label("Distance metric", className="mb-0 small"),
+        dcc.Dropdown(id="falloff-metric", options=["cosine", "euclidean"], value=metric, clearable=False,
+                     className="mb-2"),
+        dbc.Label("Bins (equal count)", className="mb-0 small"),
+        dcc.Dropdown(id="falloff-bins", options=[{"label": str(b), "value": b} for b in (3, 4, 5, 6, 8, 10, 15, 20)],
+                     value=C.query_int(bins, 5), clearable=False, className="mb-2"),
+        dbc.Label("Domains", className="mb-0 small"),
+        dcc.Dropdown(id="falloff-domain", options=data.option_names("domain"), value=C.query_list(domain),
+                     multi=True, placeholder="all domains", className="mb-2"),
+        dbc.Label("Tasks", className="mb-0 small"),
+        dcc.Dropdown(id="falloff-task", options=data.option_names("task"), value=C.query_list(task), multi=True,
+                     placeholder="all tasks", className="mb-2"),
+        dbc.RadioItems(id="falloff-mode", options=[{"label": "overlaid", "value": "overlay"},
+                                                   {"label": "side by side", "value": "side"}],
+                       value=mode if mode in ("overlay", "side") else "overlay", inline=True, className="mb-2"),
+        html.Div(f"falloff.json: {len(stored)} stored variant(s)" if stored else
+                 "no falloff.json: statistics are computed on the fly", className="small text-muted"),
+    ]
+    body = [dcc.Graph(id="falloff-graph", config=F.EXPORT_CONFIG), html.Div(id="falloff-source", className="small")]
+    return dbc.Container([
+        dcc.Store(id="falloff-run", data=data.id), html.Div(id="falloff-url-sync", hidden=True),
+        dbc.Row([dbc.Col(controls, md=3, className="pt-2"),
+                 dbc.Col(([dbc.Alert(NO_SCORES, color="warning", id="no-scores")] if not data.has_scores else [])
+                         + ([dbc.Alert(data.falloff_error, color="warning")] if data.falloff_error else [])
+                         + body, md=9)]),
+    ], fluid=True)
+
+
+@callback(Output("falloff-graph", "figure"), Output("falloff-source", "children"),
+          Input("falloff-layer", "value"), Input("falloff-metric", "value"), Input("falloff-bins", "value"),
+          Input("falloff-domain", "value"), Input("falloff-task", "value"), Input("falloff-mode", "value"),
+          State("falloff-run", "data"))
+def update_falloff(layer, metric, bins, domains, tasks, mode, run_id):
+    data, error = C.load(run_id)
+    if data is None:
+        raise PreventUpdate
+    stats, source = falloff_for(data, layer=layer, metric=metric, n_bins=int(bins or 5), tasks=tasks or None)
+    if stats is None:
+        fig = F.falloff_figure({}, [], title="no falloff to show")
+        return fig, dbc.Alert(NO_SCORES if source == "no scores yet" else source, color="warning", className="mt-2")
+    groups = F.falloff_groups(stats, domains or None, include_all=not domains)
+    title = f"{data.id}: accuracy vs distance to train (layer {layer}, {metric})"
+    fig = F.falloff_figure(stats, groups, layout=mode, title=title, metric=metric)
+    return fig, html.Span(f"Statistics {source}; bins of equal count per group; error bars: Wilson 95 % "
+                          f"intervals; n = test examples per bin.", id="falloff-source-text")
+
+
+dash.clientside_callback(
+    dash.ClientsideFunction("llm_maps", "syncFalloffUrl"), Output("falloff-url-sync", "children"),
+    Input("falloff-run", "data"), Input("falloff-layer", "value"), Input("falloff-metric", "value"),
+    Input("falloff-bins", "value"), Input("falloff-domain", "value"), Input("falloff-task", "value"),
+    Input("falloff-mode", "value"))

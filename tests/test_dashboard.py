@@ -1,0 +1,386 @@
+"""The dashboard: data layer and pure figure/filter functions on runs written in the test, then the
+pages in real headless Chromium (Playwright driving the system browser; nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from dashboard import figures as F
+from dashboard.data import RunRegistry, falloff_for, load_run, nearest_train_distance
+from dashboard.filters import Filters, filter_mask, selection_summary, view_rows
+from dashboard.synthetic import write_synthetic_run
+from dashboard.table import query_table
+from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server
+from llm_maps.falloff import falloff_stats, wilson_interval
+
+XSS = "<script>alert(1)</script> **not bold** <b>raw tag</b> [link](http://example.com)\nsecond line"
+N = 240
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dash_runs")
+    scored = write_synthetic_run(root / "scored", N, layers=(1, 2), prompts={0: XSS}, seed=1)
+    unscored = write_synthetic_run(root / "unscored", 120, scored=False, seed=2)
+    # a run with falloff.json as `llm-maps falloff` writes it (stats deliberately for 3 bins)
+    withfile = write_synthetic_run(root / "withfile", 150, seed=3)
+    data = RunRegistry([withfile]).load("withfile")
+    test = ~data.is_train
+    stats = falloff_stats(data.dist[test], data.correct.to_numpy(dtype=object, na_value=None)[test],
+                          data.frame["domain"].to_numpy()[test], n_bins=3)
+    (withfile / "falloff.json").write_text(json.dumps({
+        "format_version": 1, "split": "test", "n_bins": 3, "binning": "equal-count", "correct_threshold": 0.5,
+        "variants": [{"layer": 2, "metric": "cosine", "default": True, "stats": stats}]}))
+    broken = write_synthetic_run(root / "broken", 50, seed=4)
+    (broken / "examples.parquet").write_bytes(b"this is not parquet")
+    half = root / "half.partial"
+    half.mkdir()
+    return {"root": root, "scored": scored, "unscored": unscored, "withfile": withfile, "broken": broken}
+
+
+@pytest.fixture(scope="module")
+def scored_data(runs):
+    return RunRegistry([runs["scored"]]).load("scored")
+
+
+# --- data layer and pure functions ---------------------------------------------------------------
+
+def test_registry_lists_good_broken_and_unfinished_runs(runs):
+    reg = RunRegistry([], [runs["root"]])
+    entries = {e.id: e for e in reg.entries()}
+    assert set(entries) == {"broken", "scored", "unscored", "withfile", "half.partial"}
+    assert entries["scored"].ok and entries["scored"].manifest["counts"]["examples"] == N
+    assert "still being built" in entries["half.partial"].error
+    with pytest.raises(Exception, match="unreadable Parquet"):
+        reg.load("broken")
+    assert reg.load("scored").n == N  # a broken run does not stop the others
+
+
+def test_run_cache_is_bounded_and_keyed_on_files(runs):
+    info = load_run.cache_info()
+    assert info.maxsize is not None and info.maxsize <= 16
+    a = RunRegistry([runs["scored"]]).load("scored")
+    assert RunRegistry([runs["scored"]]).load("scored") is a
+
+
+def test_filter_mask_counts_are_exact(scored_data):
+    d, f = scored_data, scored_data.frame
+    assert filter_mask(d, Filters.make(split=["test"])).sum() == (f["split"] == "test").sum()
+    m = filter_mask(d, Filters.make(split=["test"], domain=["Chollet"]))
+    assert m.sum() == ((f["split"] == "test") & (f["domain"] == "Chollet")).sum()
+    tasks = sorted(f["task"].unique())[:2]
+    m = filter_mask(d, Filters.make(task=tasks, score=[0.5, 1.0], dist=[0.0, 0.2]))
+    expect = f["task"].isin(tasks) & (f["score"] >= 0.5) & (f["dist_to_train"] <= 0.2)
+    assert m.sum() == expect.sum()
+    assert filter_mask(d, Filters.make(search="PROMPT 17 of")).tolist() == (f["prompt"].str.startswith("Prompt 17 of")).tolist()
+    assert filter_mask(d, Filters.make(search="<script>")).sum() == 1
+
+
+def test_view_rows_samples_a_fixed_subset():
+    x = np.arange(1000, dtype=np.float32)
+    rows, sampled = view_rows(x, x, np.arange(1000), max_points=2000)
+    assert not sampled and len(rows) == 1000
+    rows, sampled = view_rows(x, x, np.arange(1000), max_points=100, seed=3)
+    again, _ = view_rows(x, x, np.arange(1000), max_points=100, seed=3)
+    assert sampled and len(rows) == 100 and np.array_equal(rows, again) and np.all(np.diff(rows) > 0)
+    rows, sampled = view_rows(x, x, np.arange(1000), max_points=100, xrange=(10, 59.5), yrange=(0, 999))
+    assert not sampled and rows.tolist() == list(range(10, 60))
+
+
+def test_colour_specs(scored_data):
+    rows = np.arange(scored_data.n)
+    spec = F.colour_spec(scored_data, "domain", rows)
+    assert not spec.continuous and spec.values.tolist() == scored_data.cats["domain"].codes.tolist()
+    assert [n for n, _ in spec.legend] == ["Chollet", "Reasoning"]
+    assert spec.colorscale == [[0.0, "#e6550d"], [0.5, "#e6550d"], [0.5, "#3182bd"], [1.0, "#3182bd"]]
+    corr = F.colour_spec(scored_data, "correct", rows)
+    test = ~scored_data.is_train
+    assert set(corr.values[scored_data.is_train].tolist()) == {0}
+    assert set(corr.values[test].tolist()) <= {1, 2}
+    score = F.colour_spec(scored_data, "score", rows)
+    assert score.continuous and (score.cmin, score.cmax) == (0.0, 1.0)
+    out_len = F.colour_spec(scored_data, "out_len", rows)
+    assert out_len.continuous and np.isfinite(out_len.values).all()
+
+
+def test_map_figure_uses_typed_arrays_and_fixed_slots(scored_data):
+    rows = np.flatnonzero(~scored_data.is_train)
+    fig = F.map_figure(scored_data, rows, F.colour_spec(scored_data, "split", rows))
+    js = fig.to_plotly_json()
+    assert len(js["data"]) == F.LEGEND0 + F.LEGEND_SLOTS
+    payload = fig.to_json()
+    assert '"bdata"' in payload  # numpy arrays travel as base64 typed arrays
+    assert len(fig.data[F.POINTS].x) == len(rows)
+    assert list(fig.data[F.POINTS].customdata) == rows.tolist()
+    ta = F.typed_array(np.array([1, 2, 3], dtype=np.uint8))
+    assert ta == {"dtype": "u1", "bdata": "AQID"}
+
+
+def test_selection_summary_accuracy_and_interval(scored_data):
+    rows = np.arange(60)
+    s = selection_summary(scored_data, rows)
+    codes = scored_data.cats["correct"].codes[rows]
+    k, n = int((codes == 1).sum()), int(((codes == 1) | (codes == 2)).sum())
+    assert s["count"] == 60 and s["scored"] == n and s["correct"] == k
+    assert (s["low"], s["high"]) == pytest.approx(wilson_interval(k, n))
+    assert sum(c for _, c in s["tasks"]) <= 60 and s["n_tasks"] >= len(s["tasks"])
+
+
+def test_table_query_sorts_filters_and_pages_on_the_server(scored_data):
+    out = query_table(scored_data, {"startRow": 0, "endRow": 10, "sortModel": [{"colId": "dist_to_train", "sort": "desc"}],
+                                    "filterModel": {"split": {"filterType": "text", "type": "equals", "filter": "test"}}})
+    f = scored_data.frame
+    test = f[f["split"] == "test"]
+    assert out["rowCount"] == len(test)
+    assert [r["example_id"] for r in out["rowData"]] == test.sort_values("dist_to_train", ascending=False)["example_id"][:10].tolist()
+    out = query_table(scored_data, {"startRow": 5, "endRow": 8, "filterModel": {
+        "score": {"filterType": "number", "type": "greaterThanOrEqual", "filter": 0.5}}})
+    assert out["rowCount"] == int((f["score"] >= 0.5).sum()) and len(out["rowData"]) == 3
+
+
+def test_falloff_from_file_or_on_the_fly(runs, scored_data):
+    withfile = RunRegistry([runs["withfile"]]).load("withfile")
+    stats, source = falloff_for(withfile, n_bins=3)
+    assert source == "from falloff.json" and len(stats["all"]["bins"]) == 3
+    stats5, source5 = falloff_for(withfile, n_bins=5)
+    assert source5 == "computed on the fly" and len(stats5["all"]["bins"]) == 5
+    stats, source = falloff_for(scored_data, n_bins=4)
+    test = ~scored_data.is_train
+    assert stats["all"]["n"] == int(test.sum()) and {"Chollet", "Reasoning"} <= set(stats)
+    # another stored layer: distances computed exactly from the memory-mapped encodings
+    stats1, source1 = falloff_for(scored_data, layer=1, n_bins=4)
+    assert source1 == "computed on the fly" and stats1["all"]["n"] == int(test.sum())
+    unscored = RunRegistry([runs["unscored"]]).load("unscored")
+    assert falloff_for(unscored) == (None, "no scores yet")
+
+
+def test_online_distances_match_brute_force(scored_data):
+    enc = np.asarray(scored_data.run.encodings(1), dtype=np.float64)
+    train = np.flatnonzero(scored_data.is_train)
+    got = nearest_train_distance(scored_data.run.encodings(1), scored_data.is_train, "euclidean")
+    full = np.sqrt(((enc[:, None, :] - enc[None, train, :]) ** 2).sum(-1))
+    full[train, np.arange(len(train))] = np.inf
+    np.testing.assert_allclose(got, full.min(1), rtol=1e-3, atol=1e-3)
+
+
+def test_web_process_never_imports_torch():
+    code = ("import sys; import dashboard.app as a; app = a.create_app([], []); import dashboard.export; "
+            "bad = [m for m in ('torch', 'transformers', 'pipelines') if m in sys.modules]; "
+            "assert not bad, bad; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_basic_auth_from_environment(runs, monkeypatch):
+    from dashboard.app import create_app
+
+    monkeypatch.setenv("LLM_MAPS_AUTH", "ann:s3cret")
+    client = create_app([runs["scored"]], []).server.test_client()
+    assert client.get("/runs").status_code == 401
+    import base64
+
+    good = {"Authorization": "Basic " + base64.b64encode(b"ann:s3cret").decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b"ann:nope").decode()}
+    assert client.get("/runs", headers=bad).status_code == 401
+    assert client.get("/runs", headers=good).status_code == 200
+
+
+def test_export_writes_one_small_standalone_file(runs, tmp_path):
+    from llm_maps.cli import main
+
+    out = tmp_path / "scored.html"
+    assert main(["export", str(runs["scored"]), "--html", str(out), "--plotlyjs", "cdn"]) == 0
+    text = out.read_text()
+    assert text.count("Plotly.newPlot") == 2 and 'id="map"' in text and 'id="falloff"' in text
+    assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)" in text
+    assert out.stat().st_size < 400_000
+    inline = tmp_path / "inline.html"
+    assert main(["export", str(runs["unscored"]), "--html", str(inline)]) == 0
+    assert "No falloff plot: no scores yet" in inline.read_text()
+
+
+def test_serve_command_binds_localhost(runs):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(runs["scored"]), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/runs", timeout=5) as r:
+                    assert r.status == 200
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+                time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            assert r.url.endswith("/map")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# --- in the browser ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser_page(runs):
+    if not chromium_path():
+        pytest.skip("no system Chromium (apt-get install chromium)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    from dashboard.app import create_app
+
+    app = create_app([runs["scored"], runs["unscored"], runs["withfile"], runs["broken"]], [])
+    with live_server(app) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        log = ConsoleLog(page)
+        yield url, page, log
+        browser.close()
+
+
+GD = "document.querySelector('#map-graph .js-plotly-plot')"
+
+
+def _wait_points(page, n: int | None = None, timeout: int = 20_000):
+    cond = f"{GD} && {GD}._fullData && {GD}._fullData[0]" + (f" && {GD}._fullData[0]._length === {n}" if n is not None else "")
+    page.wait_for_function("() => " + cond, timeout=timeout)
+    return page.evaluate(f"() => {GD}._fullData[0]._length")
+
+
+def _settle(page):
+    page.wait_for_function("() => !document.querySelector('._dash-loading-callback')", timeout=20_000)
+    page.wait_for_timeout(300)
+
+
+def test_map_page_loads_colours_and_filters(browser_page, scored_data):
+    url, page, log = browser_page
+    page.goto(f"{url}/map?run=scored")
+    assert _wait_points(page, N) == N
+    _settle(page)
+    before = page.evaluate(f"() => {GD}._fullData[0].marker.colorscale")
+    assert before == F.colour_spec(scored_data, "split", np.arange(N)).colorscale
+    # recolour by domain: the marker colours become the domain codes and the legend follows
+    page.click("#map-colour")
+    page.get_by_role("option", name="domain", exact=True).click()
+    page.wait_for_function(f"() => JSON.stringify({GD}._fullData[0].marker.colorscale).includes('#e6550d')")
+    colours = page.evaluate(f"() => Array.from({GD}._fullData[0].marker.color)")
+    assert colours == scored_data.cats["domain"].codes.tolist()
+    legend = page.evaluate(f"() => {GD}._fullData.filter(t => t.showlegend).map(t => t.name)")
+    assert legend == ["Chollet", "Reasoning"]
+    # filter: only test points, only one domain -> exactly that many points drawn
+    page.get_by_label("train").uncheck()
+    n_test = int((~scored_data.is_train).sum())
+    assert _wait_points(page, n_test) == n_test
+    page.click("#map-domain")
+    page.get_by_role("option", name="Reasoning", exact=True).click()
+    expect = int(((~scored_data.is_train) & (scored_data.frame["domain"] == "Reasoning").to_numpy()).sum())
+    assert _wait_points(page, expect) == expect
+    page.wait_for_function("() => window.location.search.includes('domain=Reasoning')")
+    assert "split=test" in page.url and "colour=domain" in page.url
+    assert log.take() == []
+
+
+def test_clicking_a_point_shows_its_neighbours(browser_page, scored_data):
+    url, page, log = browser_page
+    page.goto(f"{url}/map?run=scored")
+    _wait_points(page, N)
+    _settle(page)
+    row = 17
+    # click the point at its pixel position (Plotly's own hit test on the WebGL trace)
+    pos = page.evaluate(f"""() => {{ const gd = {GD}; const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        const t = gd._fullData[0]; const i = Array.from(t.customdata).indexOf({row});
+        return [box.left + xa.l2p(t.x[i]), box.top + ya.l2p(t.y[i])]; }}""")
+    page.mouse.move(pos[0], pos[1])
+    page.mouse.click(pos[0], pos[1])
+    page.wait_for_selector("#drill-panel-content", timeout=15_000)
+    clicked = page.inner_text("#drill-panel-content h6")
+    clicked_row = scored_data.id_index[clicked.replace("Example", "").strip()]
+    assert np.hypot(scored_data.x[clicked_row] - scored_data.x[row], scored_data.y[clicked_row] - scored_data.y[row]) < 1.0
+    nbrs = scored_data.neighbours(clicked_row)
+    items = page.locator(".drill-neighbours li code").all_inner_texts()
+    assert items == [scored_data.frame["example_id"].iloc[j] for j, _ in nbrs]
+    page.wait_for_function(f"() => {GD}._fullData[1].x.length === {3 * len(nbrs)}")
+    assert f"sel={clicked.split()[-1]}" in page.url.replace("%2F", "/")
+    assert log.take() == []
+
+
+def test_url_restores_the_view_and_user_text_is_literal(browser_page, scored_data):
+    url, page, log = browser_page
+    sel = scored_data.frame["example_id"].iloc[0]
+    page.goto(f"{url}/map?run=scored&colour=correct&split=test&sel={sel}")
+    n_test = int((~scored_data.is_train).sum())
+    assert _wait_points(page, n_test) == n_test
+    assert page.inner_text("#map-colour") .strip() == "correctness"
+    page.wait_for_function(f"() => {GD}._fullData[1].x.length === {3 * len(scored_data.neighbours(0))}")
+    prompt = page.locator(".drill-prompt")
+    assert prompt.inner_text() == XSS
+    assert page.locator("#map-drill script, #map-drill b, #map-drill strong, #map-drill a[href='http://example.com']").count() == 0
+    assert log.dialogs == []
+    assert log.take() == []
+
+
+FGD = "document.querySelector('#falloff-graph .js-plotly-plot')"
+
+
+def _falloff_traces(page, n: int):
+    page.wait_for_function(f"() => {FGD} && {FGD}._fullData && {FGD}._fullData.length === {n}", timeout=20_000)
+    return page.evaluate(f"() => {FGD}._fullData.map(t => [t.name.split(' ')[0], t.x.length])")
+
+
+def test_falloff_page_draws_stored_or_computed_stats(browser_page):
+    url, page, log = browser_page
+    page.goto(f"{url}/falloff?run=withfile&bins=3")
+    page.wait_for_selector("#falloff-source-text", timeout=20_000)
+    assert "from falloff.json" in page.inner_text("#falloff-source-text")
+    assert [name for name, _ in _falloff_traces(page, 3)] == ["all", "Chollet", "Reasoning"]
+    page.goto(f"{url}/falloff?run=scored&bins=4&mode=side&domain=Chollet&domain=Reasoning")
+    page.wait_for_selector("#falloff-source-text", timeout=20_000)
+    assert "computed on the fly" in page.inner_text("#falloff-source-text")
+    assert _falloff_traces(page, 2) == [["Chollet", 4], ["Reasoning", 4]]
+    page.goto(f"{url}/falloff?run=unscored")
+    page.wait_for_selector("#no-scores", timeout=20_000)
+    assert "No scores yet" in page.inner_text("#no-scores")
+    assert log.take() == []
+
+
+def test_examples_table_and_drilldown(browser_page, scored_data):
+    url, page, log = browser_page
+    page.goto(f"{url}/examples?run=scored")
+    page.wait_for_selector(".ag-row[row-index='0'] .ag-cell", timeout=20_000)
+    first = page.locator(".ag-row[row-index='0'] [col-id='example_id']").first.inner_text()
+    assert first == scored_data.frame["example_id"].iloc[0]
+    page.locator(".ag-row[row-index='0'] [col-id='task']").first.click()
+    page.wait_for_selector("#drill-panel-content", timeout=15_000)
+    assert page.locator(".drill-prompt").inner_text() == XSS
+    assert "sel=" in page.url
+    assert log.take() == []
+
+
+def test_runs_page_404_and_a_broken_run(browser_page):
+    url, page, log = browser_page
+    page.goto(f"{url}/map?run=broken")
+    page.wait_for_selector(".run-banner", timeout=20_000)
+    assert "unreadable Parquet" in page.inner_text(".run-banner")
+    page.goto(f"{url}/map?run=scored")  # the app keeps serving the others
+    assert _wait_points(page, N) == N
+    page.goto(f"{url}/runs")
+    page.wait_for_selector(".run-card", timeout=20_000)
+    assert page.locator(".run-card").count() == 4 and page.locator(".run-banner").count() == 1
+    assert "not scored yet" in page.inner_text("body")
+    page.goto(f"{url}/no/such/page")
+    page.wait_for_selector("#not-found", timeout=20_000)
+    assert page.inner_text("#not-found") == "Page not found"
+    assert log.take() == []
