@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     from pipelines.demo import DEMO_RUN
     from pipelines.encode import encode_one
     from pipelines.models import load_model
-    from pipelines.neighbours import knn
+    from llm_maps.neighbours import knn
     from pipelines.project import Projection
     from pipelines.templates import PromptTemplate
 

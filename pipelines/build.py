@@ -121,7 +121,7 @@ def project_folder(folder: Path, frame, manifest: dict, *, method: str = "umap",
 def neighbours_folder(folder: Path, frame, manifest: dict, *, k: int = 10, metric: str | None = None,
                       layer: int | None = None):
     """Distance to train and k nearest train ids in the full space of one stored layer."""
-    from pipelines.neighbours import nearest_train
+    from llm_maps.neighbours import nearest_train
 
     layer = int(manifest["default_layer"] if layer is None else layer)
     if layer not in manifest["layers"]:

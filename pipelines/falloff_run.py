@@ -11,7 +11,7 @@ import numpy as np
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE, falloff_stats
 from llm_maps.runfolder import EXAMPLES, Run, write_json_atomic
-from pipelines.neighbours import nearest_train
+from llm_maps.neighbours import nearest_train
 
 
 def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] | None = None,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_maps.errors import LLMMapsError
-from pipelines.neighbours import knn
+from llm_maps.neighbours import knn
 
 METHODS = ("umap", "pca")
 

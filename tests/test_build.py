@@ -13,7 +13,7 @@ from llm_maps.cli import main
 from llm_maps.runfolder import MANIFEST_KEYS, REQUIRED_COLUMNS, Run, find_runs, partial_dir
 from pipelines.encode import encode_one
 from pipelines.models import load_model
-from pipelines.neighbours import nearest_train
+from llm_maps.neighbours import nearest_train
 from pipelines.project import Projection
 
 

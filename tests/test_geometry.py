@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.neighbours import knn, nearest_train, pairwise_distances
+from llm_maps.neighbours import knn, nearest_train, pairwise_distances
 from pipelines.project import Projection, _smooth_knn_weights, fit_projection
 
 

@@ -1,10 +1,12 @@
-"""Exact nearest-neighbour distances in the full encoding space, by chunked matrix products."""
+"""Exact nearest-neighbour distances in the full encoding space, by chunked matrix products.
+
+numpy only: shared by the pipelines (build, falloff), the worker and the web process."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from llm_maps.errors import LLMMapsError
+from .errors import LLMMapsError
 
 METRICS = ("cosine", "euclidean")
 
