@@ -24,7 +24,8 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # the interval always contains p (guards float error at k = 0 and k = n)
+    return (max(0.0, min(centre - half, p)), min(1.0, max(centre + half, p)))
 
 
 def equal_count_edges(values: np.ndarray, n_bins: int) -> np.ndarray:

@@ -14,7 +14,10 @@ from llm_maps.falloff import (equal_count_edges, expected_accuracy, falloff_stat
 def test_wilson_interval_known_values():
     low, high = wilson_interval(8, 10)
     assert low == pytest.approx(0.4901624, abs=1e-6) and high == pytest.approx(0.9433178, abs=1e-6)
-    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == 1.0
+    for k, n in ((0, 3), (3, 3), (1, 7), (0, 1000)):
+        low, high = wilson_interval(k, n)
+        assert low <= k / n <= high
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
 
 

@@ -1,0 +1,174 @@
+"""A run's model and map loaded once, to place typed prompts and draw generations as paths.
+
+``RunSession`` reuses the pieces ``llm-maps build`` and ``score`` use — the run's template,
+``encode_one`` (same tokenisation, pooling and truncation, so a typed prompt's encoding equals
+what build would store), the saved ``Projection`` (no refit, no numba), exact ``knn`` over the
+train rows of the default layer, and ``generate`` with hidden states — so a point placed here
+and a point in the run are comparable. ``SessionPool`` keeps at most N sessions (LRU).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from llm_maps.errors import LLMMapsError
+from llm_maps.falloff import FALLOFF_FILE, expected_accuracy, falloff_stats
+from llm_maps.neighbours import knn
+from llm_maps.runfolder import PROJECTION, Run
+
+
+class RunSession:
+    def __init__(self, run_dir: str | Path, *, device: str = "auto", dtype: str = "auto", warm: bool = True):
+        from pipelines.models import load_model
+        from pipelines.project import Projection
+        from pipelines.templates import PromptTemplate
+
+        start = time.perf_counter()
+        self.run = Run(run_dir)
+        m = self.manifest = self.run.manifest
+        if not m.get("projection"):
+            raise LLMMapsError(f"{self.run.path}: run has no projection (run `llm-maps project` first)")
+        self.loaded = load_model(m["model"], revision=m.get("model_revision"), dtype=dtype, device=device)
+        self.template = PromptTemplate.from_manifest(m["prompt_template"])
+        self.layer = self.run.default_layer
+        self.metric = m.get("distance_metric", "cosine")
+        self.k = int((m.get("neighbours") or {}).get("k", 10))
+        self.projection = Projection.load(self.run.path / PROJECTION)
+        enc = self.run.encodings(self.layer)
+        ex = self.run.examples
+        self.fit_enc = (np.asarray(enc[self.projection.fit_rows], dtype=np.float32)
+                        if self.projection.method == "umap" else None)  # [F, H]
+        is_train = (ex["split"] == "train").to_numpy()
+        self.train_rows = np.flatnonzero(is_train)
+        self.train_enc = np.asarray(enc[self.train_rows], dtype=np.float32)  # [T, H]
+        self.train_ids = ex["example_id"].to_numpy()[self.train_rows]
+        self.train_domains = ex["domain"].to_numpy()[self.train_rows]
+        self.falloff = self._falloff_stats(ex)
+        self._lock = threading.Lock()  # one forward at a time per model
+        self.load_seconds = time.perf_counter() - start
+        self.warm_seconds = 0.0
+        if warm:  # first call pays tokenizer/allocator warm-up here, not on a request
+            t = time.perf_counter()
+            self.place("warm-up")
+            self.warm_seconds = time.perf_counter() - t
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    def _falloff_stats(self, ex) -> dict | None:
+        path = self.run.path / FALLOFF_FILE
+        if path.exists():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for v in data.get("variants", []):
+                if v.get("default"):
+                    return v["stats"]
+        test = ex[(ex["split"] == "test") & ex["correct"].notna()]
+        if len(test) == 0:
+            return None
+        return falloff_stats(test["dist_to_train"].to_numpy(dtype=float),
+                             test["correct"].astype(object).tolist(), test["domain"].tolist())
+
+    # ------------------------------------------------------------------ pieces
+    def prompt_for(self, instruction: str, context: str = "") -> str:
+        return self.template.render(instruction, context, tokenizer=self.loaded.tokenizer)
+
+    def n_tokens(self, prompt: str) -> int:
+        return len(self.loaded.tokenizer(prompt)["input_ids"]) + (1 if self.manifest["add_eos"] else 0)
+
+    def project(self, states: np.ndarray) -> np.ndarray:
+        """2-D positions [M, 2] of encodings [M, H] with the run's saved map (fp16-rounded like the
+        run's stored encodings, so a typed prompt lands exactly where build put the same prompt)."""
+        states = np.atleast_2d(states).astype(np.float16).astype(np.float32)
+        return self.projection.transform(states, self.fit_enc)
+
+    def _where(self, state: np.ndarray, domain: str | None) -> dict:
+        state = state.astype(np.float16).astype(np.float32)  # as stored in the run: same distances
+        dists, idx = knn(state[None, :], self.train_enc, k=self.k, metric=self.metric)
+        keep = idx[0] >= 0
+        neighbours = [{"example_id": str(self.train_ids[j]), "distance": float(d)}
+                      for j, d in zip(idx[0][keep], dists[0][keep])]
+        xy = self.project(state)[0]
+        dist = float(dists[0][0])
+        if domain is None and neighbours:
+            votes = Counter(self.train_domains[j] for j in idx[0][keep])
+            top = max(votes.values())
+            domain = next(str(self.train_domains[j]) for j in idx[0][keep] if votes[self.train_domains[j]] == top)
+        expected = expected_accuracy(self.falloff, domain, dist) if self.falloff and domain else None
+        return {"x": float(xy[0]), "y": float(xy[1]), "dist_to_train": dist, "neighbours": neighbours,
+                "domain": domain, "expected_accuracy": expected}
+
+    # ------------------------------------------------------------------ jobs
+    def place(self, instruction: str, context: str = "", *, domain: str | None = None) -> dict:
+        from pipelines.encode import encode_one
+
+        prompt = self.prompt_for(instruction, context)
+        with self._lock:
+            state = encode_one(self.loaded, prompt, layers=[self.layer], add_eos=self.manifest["add_eos"],
+                               max_length=self.manifest["max_length"])[self.layer]
+        return {"prompt": prompt, **self._where(state, domain)}
+
+    def generate(self, instruction: str, context: str = "", *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, domain: str | None = None, top: int = 5,
+                 on_token: Callable[[dict], None] | None = None) -> dict:
+        """Place the prompt, then generate; every token with its logprob, top alternatives and
+        its position on the map (its hidden state at the default layer, projected)."""
+        from pipelines.generate import generate
+
+        result = self.place(instruction, context, domain=domain)
+        tokens: list[dict] = []
+        result["tokens"] = tokens
+
+        def each(_row, tok, state):
+            xy = self.project(state)[0]
+            item = {"text": tok.text, "id": tok.id, "logprob": tok.logprob,
+                    "top": [{"text": t, "logprob": lp} for t, lp in tok.top], "x": float(xy[0]), "y": float(xy[1])}
+            tokens.append(item)
+            if on_token is not None:
+                on_token(item)
+
+        with self._lock:
+            res = generate(self.loaded, [result["prompt"]], max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed, stop_strings=self.template.stop_strings, top_alternatives=top,
+                           hidden_layer=self.layer, max_length=self.manifest["max_length"], on_token=each)[0]
+        # tokens after a stop string were streamed but are not part of the answer
+        del tokens[len(res.tokens):]
+        result["output"] = res.text
+        result["stop_reason"] = res.stop_reason
+        return result
+
+
+class SessionPool:
+    """At most ``max_models`` RunSessions resident; the least recently used is evicted."""
+
+    def __init__(self, run_dirs, *, max_models: int = 2, device: str = "auto", dtype: str = "auto",
+                 factory=RunSession):
+        self.paths = {Path(p).name: Path(p) for p in run_dirs}
+        self.max_models = max(1, int(max_models))
+        self.device, self.dtype, self.factory = device, dtype, factory
+        self._sessions: OrderedDict[str, RunSession] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run: str) -> RunSession:
+        with self._lock:
+            if run in self._sessions:
+                self._sessions.move_to_end(run)
+                return self._sessions[run]
+            if run not in self.paths:
+                raise LLMMapsError(f"run '{run}' is not served by this worker (serves: {', '.join(self.paths)})")
+            while len(self._sessions) >= self.max_models:
+                self._sessions.popitem(last=False)
+            session = self.factory(self.paths[run], device=self.device, dtype=self.dtype)
+            self._sessions[run] = session
+            return session
+
+    @property
+    def resident(self) -> list[str]:
+        return list(self._sessions)
