@@ -232,9 +232,45 @@ def cmd_serve(args) -> int:
     for run in args.runs:
         if not Path(run).exists():
             raise LLMMapsError(f"{run}: no such run folder")
+    from dashboard.app import state_dir_for
+    from llm_maps.runfolder import find_runs
+
+    runs = [Path(r) for r in args.runs]
+    state = state_dir_for(runs, data_dirs)
+    worker = None
+    if not args.no_worker and not os.environ.get("REDIS_URL"):
+        served = runs + [p for d in data_dirs for p in find_runs(d)]
+        if served:
+            worker = start_worker_process(served, state)
     print(f"llm-maps: dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
-    serve([Path(r) for r in args.runs], data_dirs, host=args.host, port=args.port, auth=auth)
+    try:
+        serve(runs, data_dirs, host=args.host, port=args.port, auth=auth)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=10)
+            except Exception:  # noqa: BLE001
+                worker.kill()
     return 0
+
+
+def cmd_worker(args) -> int:
+    from pipelines.worker import main_worker
+
+    for run in args.runs:
+        if not Path(run).exists():
+            raise LLMMapsError(f"{run}: no such run folder")
+    return main_worker([Path(r) for r in args.runs], state_dir=args.state, max_models=args.max_models,
+                       device=args.device, dtype=args.dtype)
+
+
+def start_worker_process(runs, state_dir) -> "subprocess.Popen":
+    """The embedded worker `llm-maps serve` starts when no other worker is configured."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "llm_maps.cli", "worker", *map(str, runs), "--state", str(state_dir)]
+    return subprocess.Popen(cmd)
 
 
 def cmd_export(args) -> int:
@@ -370,6 +406,17 @@ def make_parser() -> argparse.ArgumentParser:
     lmeval_common(p)
     p.set_defaults(func=cmd_lmeval)
 
+    p = sub.add_parser("worker", help="serve place/generate jobs for runs (the dashboard's background worker)",
+                       description="Load each run's model (lazily, at most --max-models resident) and run the jobs "
+                                   "the web process queues: the embedded diskcache queue in --state (default: "
+                                   "beside the runs, or LLM_MAPS_STATE), or Celery on REDIS_URL when it is set.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--state", default=None, help="queue/points folder (default: RUN_PARENT/.llm-maps-state)")
+    p.add_argument("--max-models", type=int, default=2, help="models resident at once (LRU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.set_defaults(func=cmd_worker)
+
     p = sub.add_parser("info", help="print a run's summary")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.set_defaults(func=cmd_info)
@@ -391,6 +438,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", metavar="DIR", help="also list the runs in this folder (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--no-worker", action="store_true",
+                   help="do not start the embedded worker (run `llm-maps worker` yourself, or use REDIS_URL)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="write a run's map and falloff plot as one standalone HTML file",

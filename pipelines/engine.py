@@ -117,12 +117,13 @@ class RunSession:
 
     def generate(self, instruction: str, context: str = "", *, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, domain: str | None = None, top: int = 5,
-                 on_token: Callable[[dict], None] | None = None) -> dict:
-        """Place the prompt, then generate; every token with its logprob, top alternatives and
-        its position on the map (its hidden state at the default layer, projected)."""
+                 on_token: Callable[[dict], None] | None = None, placed: dict | None = None) -> dict:
+        """Place the prompt (unless ``placed`` is given), then generate; every token with its
+        logprob, top alternatives and its position on the map (its hidden state at the default
+        layer, projected)."""
         from pipelines.generate import generate
 
-        result = self.place(instruction, context, domain=domain)
+        result = dict(placed) if placed is not None else self.place(instruction, context, domain=domain)
         tokens: list[dict] = []
         result["tokens"] = tokens
 

@@ -1,0 +1,150 @@
+"""`llm-maps worker`: loads runs' models (lazily, LRU-bounded) and serves place / generate jobs.
+
+Embedded queue (diskcache, llm_maps.jobs) by default; with REDIS_URL the same jobs run as Celery
+tasks (pipelines.celery_app). Each running job heart-beats from a side thread, so a worker that is
+killed leaves its job failed (by the reaper) instead of running forever; generate jobs publish
+their tokens as they are produced.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from llm_maps.errors import LLMMapsError
+from llm_maps.jobs import JobQueue, PointStore
+
+PLACE_FIELDS = ("prompt", "x", "y", "dist_to_train", "neighbours", "domain", "expected_accuracy")
+
+
+class JobTimeout(Exception):
+    pass
+
+
+def run_job(session, job: dict, *, publish=None, deadline: float | None = None) -> dict:
+    """Execute one job dict on a RunSession; ``publish(partial_result)`` streams progress."""
+    p = job["payload"]
+    placed = session.place(p["instruction"], p.get("context") or "", domain=p.get("domain"))
+    if job["kind"] == "place":
+        return placed
+    if publish is not None:
+        publish({**placed, "tokens": []})
+    tokens: list[dict] = []
+
+    def on_token(item: dict) -> None:
+        tokens.append(item)
+        if deadline is not None and time.time() > deadline:
+            raise JobTimeout()
+        if publish is not None:
+            publish({**placed, "tokens": list(tokens)})
+
+    return session.generate(p["instruction"], p.get("context") or "", max_new_tokens=int(p.get("max_new_tokens") or 64),
+                            temperature=float(p.get("temperature") or 0.0), top_p=float(p.get("top_p") or 1.0),
+                            seed=p.get("seed"), placed=placed, on_token=on_token)
+
+
+def point_record(job: dict, result: dict) -> dict:
+    """What the per-run point store keeps of a finished job."""
+    p = job["payload"]
+    return {"id": job["id"], "created": job["created"], "kind": job["kind"], "instruction": p["instruction"],
+            "context": p.get("context") or "", "options": {k: p.get(k) for k in ("max_new_tokens", "temperature",
+                                                                               "top_p", "seed") if k in p},
+            **{k: result.get(k) for k in PLACE_FIELDS},
+            **({"output": result.get("output"), "tokens": result.get("tokens")} if job["kind"] == "generate" else {})}
+
+
+class _Heartbeat:
+    def __init__(self, queue: JobQueue, job_id: str, every: float):
+        self.queue, self.job_id, self.every = queue, job_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.queue.heartbeat(self.job_id)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: str = "auto", dtype: str = "auto",
+               poll: float = 0.1, stop: threading.Event | None = None, max_jobs: int | None = None,
+               log=print, pool=None) -> int:
+    """Claim and run jobs for ``run_dirs`` until ``stop`` is set (or ``max_jobs`` are done)."""
+    from pipelines.engine import SessionPool
+
+    queue = JobQueue(state_dir)
+    points = PointStore(state_dir)
+    pool = pool or SessionPool(run_dirs, max_models=max_models, device=device, dtype=dtype)
+    runs = list(pool.paths)
+    if not runs:
+        raise LLMMapsError("worker: no runs to serve")
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    for run in runs[: pool.max_models]:  # load + warm at start, not on the first request
+        start = time.perf_counter()
+        try:
+            session = pool.get(run)
+        except Exception as exc:  # noqa: BLE001 - keep serving the other runs; its jobs fail with this
+            log(f"worker {worker_id}: cannot load run {run}: {type(exc).__name__}: {exc}")
+            continue
+        log(f"worker {worker_id}: {run} ready in {time.perf_counter() - start:.1f} s "
+            f"(model {getattr(session, 'load_seconds', 0):.1f} s, warm-up {getattr(session, 'warm_seconds', 0):.2f} s)")
+    stop = stop or threading.Event()
+    done, last_reap = 0, 0.0
+    while not stop.is_set():
+        if time.time() - last_reap > queue.heartbeat_timeout / 2:
+            queue.reap()
+            last_reap = time.time()
+        job = queue.claim(runs, worker_id)
+        if job is None:
+            stop.wait(poll)
+            continue
+        deadline = time.time() + queue.job_timeout
+        last = [0.0]
+
+        def publish(partial, job_id=job["id"]):
+            now = time.time()
+            if now - last[0] >= 0.05:  # at most 20 writes a second
+                queue.update(job_id, result=partial)
+                last[0] = now
+
+        try:
+            with _Heartbeat(queue, job["id"], every=max(0.5, queue.heartbeat_timeout / 5)):
+                result = run_job(pool.get(job["run"]), job, publish=publish, deadline=deadline)
+            points.add(job["run"], point_record(job, result))
+            queue.finish(job["id"], result)
+        except JobTimeout:
+            queue.fail(job["id"], f"timed out after {queue.job_timeout:g} s")
+        except LLMMapsError as exc:
+            queue.fail(job["id"], str(exc))
+        except Exception as exc:  # noqa: BLE001 - a job failure must never kill the worker
+            print(f"worker {worker_id}: job {job['id']} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            queue.fail(job["id"], f"internal error ({type(exc).__name__}); see the worker log")
+        done += 1
+        if max_jobs is not None and done >= max_jobs:
+            break
+    return done
+
+
+def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, device: str, dtype: str) -> int:
+    from llm_maps.jobs import default_state_dir
+
+    state = Path(state_dir) if state_dir else default_state_dir(run_dirs)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"llm-maps worker: serving {', '.join(Path(r).name for r in run_dirs)} from queue {state}",
+          file=sys.stderr, flush=True)
+    serve_jobs(run_dirs, state_dir=state, max_models=max_models, device=device, dtype=dtype, stop=stop,
+               log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0

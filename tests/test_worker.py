@@ -1,0 +1,218 @@
+"""Live points: the job queue, a real worker process, the JSON API, reliability."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import dolly_rows, write_jsonl
+from llm_maps.cli import main
+from llm_maps.jobs import JobQueue, PointStore, QueueFull
+
+
+# --- the queue and the point store ------------------------------------------------------------
+
+def test_queue_claims_in_order_atomically_and_is_bounded(tmp_path):
+    q = JobQueue(tmp_path, max_queued=3)
+    ids = [q.submit("r1", "place", {"instruction": f"q{i}"}) for i in range(2)]
+    other = q.submit("r2", "place", {"instruction": "x"})
+    with pytest.raises(QueueFull) as info:
+        q.submit("r1", "place", {"instruction": "too many"})
+    assert info.value.retry_after >= 1
+    assert q.claim(["r1"], "w1")["id"] == ids[0]
+    job = q.get(ids[0])
+    assert job["status"] == "running" and job["worker"] == "w1"
+    # a second queue object on the same folder (another process, a restart) sees the same state
+    q2 = JobQueue(tmp_path, max_queued=3)
+    assert q2.claim(["r2", "r1"], "w2")["id"] == other
+    assert q2.claim(["r1"], "w2")["id"] == ids[1]
+    assert q2.claim(["r1", "r2"], "w2") is None
+    q2.finish(ids[1], {"x": 1.0})
+    assert q.get(ids[1])["status"] == "done" and q.get(ids[1])["result"] == {"x": 1.0}
+    q.submit("r1", "place", {"instruction": "room again"})  # claimed jobs free their places
+
+
+def test_running_job_without_heartbeat_fails_with_reason(tmp_path):
+    q = JobQueue(tmp_path, heartbeat_timeout=0.3)
+    job_id = q.submit("r", "generate", {"instruction": "x"})
+    q.claim(["r"], "host:123")
+    q.heartbeat(job_id)
+    assert q.get(job_id)["status"] == "running"
+    time.sleep(0.5)
+    job = q.get(job_id)
+    assert job["status"] == "failed"
+    assert job["error"] == "worker host:123 stopped responding (no heartbeat for 0.3 s); the job did not finish"
+
+
+def test_point_store_persists_and_deletes(tmp_path):
+    s = PointStore(tmp_path)
+    s.add("demo", {"id": "a", "x": 1.0})
+    s.add("demo", {"id": "b", "x": 2.0})
+    with open(tmp_path / "points" / "demo.jsonl", "a") as fh:
+        fh.write('{"id": "torn')  # a crash mid-write loses only that line
+    assert [p["id"] for p in PointStore(tmp_path).list("demo")] == ["a", "b"]
+    assert s.delete("demo", "a") is True and s.delete("demo", "zzz") is False
+    assert [p["id"] for p in s.list("demo")] == ["b"]
+    assert s.list("other") == []
+
+
+# --- a real worker process behind the real API ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("live")
+    data = write_jsonl(root / "d.jsonl", dolly_rows(30))
+    run = root / "runs" / "tiny"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(run),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--no-progress"]) == 0
+    assert main(["score", str(run), "--max-new-tokens", "3", "--no-progress"]) == 0
+    assert main(["falloff", str(run), "--bins", "2"]) == 0
+    return run, root / "state"
+
+
+def _start_worker(run: Path, state: Path, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "worker", str(run), "--state", str(state)],
+                            env={**os.environ, **{k: str(v) for k, v in env.items()}},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _client(run: Path, state: Path):
+    from dashboard.app import create_app
+
+    return create_app([run], state_dir=state).server.test_client()
+
+
+def _wait(client, job_id: str, until=("done", "failed"), timeout: float = 60.0) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        body = client.get(f"/api/points/{job_id}").get_json()
+        if body["status"] in until:
+            return body
+        assert time.time() < deadline, body
+        time.sleep(0.02)
+
+
+def test_place_and_generate_through_the_api(live):
+    from pipelines.engine import RunSession
+
+    run, state = live
+    client = _client(run, state)
+    # queued before any worker runs: the job waits and survives until a worker starts
+    r = client.post("/api/runs/tiny/points", json={"instruction": "Question 3: the sea and the wind"})
+    assert r.status_code == 202
+    place_id = r.get_json()["id"]
+    assert client.get(f"/api/points/{place_id}").get_json()["status"] == "queued"
+    worker = _start_worker(run, state)
+    try:
+        body = _wait(client, place_id)
+        assert body["status"] == "done", body
+        res = body["result"]
+        expected = RunSession(run, warm=False).place("Question 3: the sea and the wind")
+        assert res["prompt"] == expected["prompt"]
+        assert res["x"] == pytest.approx(expected["x"], abs=1e-6) and res["y"] == pytest.approx(expected["y"], abs=1e-6)
+        assert [n["example_id"] for n in res["neighbours"]] == [n["example_id"] for n in expected["neighbours"]]
+        assert set(res["expected_accuracy"]) >= {"domain", "accuracy", "low", "high", "n"}
+
+        r = client.post("/api/runs/tiny/points", json={"instruction": "Write a poem about the light.", "generate": True,
+                                                      "max_new_tokens": 120, "temperature": 0.8, "seed": 3})
+        gen_id = r.get_json()["id"]
+        seen_partial = []
+        deadline = time.time() + 90
+        while True:
+            body = client.get(f"/api/points/{gen_id}").get_json()
+            if body["status"] == "running" and body.get("result"):
+                seen_partial.append(len(body["result"]["tokens"]))
+            if body["status"] in ("done", "failed"):
+                break
+            assert time.time() < deadline
+            time.sleep(0.005)
+        assert body["status"] == "done", body
+        tokens = body["result"]["tokens"]
+        assert len(tokens) >= 2
+        # streaming: tokens were visible while the job was still running, before the last one
+        assert any(0 < n < len(tokens) for n in seen_partial), (seen_partial, len(tokens))
+        for t in tokens:
+            assert set(t) == {"text", "id", "logprob", "top", "x", "y"} and t["logprob"] <= 0
+        assert body["result"]["output"] is not None
+
+        # user points persist per run, outside the run folder, and can be deleted
+        pts = client.get("/api/runs/tiny/points").get_json()["points"]
+        assert [p["id"] for p in pts] == [place_id, gen_id]
+        assert pts[1]["kind"] == "generate" and pts[1]["options"]["seed"] == 3
+        assert client.delete(f"/api/runs/tiny/points/{place_id}").status_code == 200
+        assert [p["id"] for p in client.get("/api/runs/tiny/points").get_json()["points"]] == [gen_id]
+        assert client.delete(f"/api/runs/tiny/points/{place_id}").status_code == 404
+        assert not any(p.name.startswith("points") for p in run.iterdir())
+        # a web restart loses no finished result
+        again = _client(run, state)
+        assert again.get(f"/api/points/{gen_id}").get_json()["result"]["tokens"] == tokens
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
+
+
+def test_api_errors(live):
+    run, state = live
+    client = _client(run, state)
+    cases = [
+        ("/api/runs/nope/points", {"instruction": "x"}, 404, "unknown run 'nope'"),
+        ("/api/runs/tiny/points", {"context": "only"}, 422, "field 'instruction'"),
+        ("/api/runs/tiny/points", {"instruction": "x", "temperature": -1}, 422, "field 'temperature'"),
+        ("/api/runs/tiny/points", {"instruction": "x", "max_new_tokens": 0}, 422, "field 'max_new_tokens'"),
+        ("/api/runs/tiny/points", {"instruction": "x", "top_p": "high"}, 422, "field 'top_p'"),
+        ("/api/runs/tiny/points", {"instruction": "x", "colour": "red"}, 422, "field 'colour': unknown field"),
+        ("/api/runs/tiny/points", {"instruction": "x" * 8001}, 413, "8001 characters"),
+        ("/api/runs/tiny/points", {"instruction": "the sea " * 200}, 413, "tokens; this run's limit is 256"),
+    ]
+    for url, body, status, message in cases:
+        r = client.post(url, json=body)
+        assert r.status_code == status and message in r.get_json()["error"], (body, r.get_json())
+    r = client.post("/api/runs/tiny/points", data="{oops", content_type="application/json")
+    assert r.status_code == 422 and "invalid JSON" in r.get_json()["error"]
+    assert client.get("/api/points/doesnotexist").status_code == 404
+    ex = client.get("/api/runs/tiny/examples/d-1").get_json()
+    assert ex["example_id"] == "d-1" and isinstance(ex["nn_train_ids"], list)
+    assert client.get("/api/runs/tiny/examples/nope").status_code == 404
+    runs = client.get("/api/runs").get_json()["runs"]
+    assert runs[0]["run"] == "tiny" and runs[0]["counts"]["examples"] == 30
+
+
+def test_queue_full_is_503_with_retry_after(live, tmp_path, monkeypatch):
+    run, _ = live
+    from dashboard.app import create_app
+
+    app = create_app([run], state_dir=tmp_path / "state")
+    app.server.config["LLM_MAPS_QUEUE"].max_queued = 2
+    client = app.server.test_client()
+    assert [client.post("/api/runs/tiny/points", json={"instruction": "x"}).status_code for _ in range(2)] == [202, 202]
+    r = client.post("/api/runs/tiny/points", json={"instruction": "x"})
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1 and "queue full" in r.get_json()["error"]
+
+
+def test_killed_worker_leaves_the_job_failed(live, tmp_path):
+    run, _ = live
+    state = tmp_path / "state"
+    client = _client(run, state)
+    worker = _start_worker(run, state, LLM_MAPS_HEARTBEAT_TIMEOUT=2)
+    try:
+        job_id = client.post("/api/runs/tiny/points", json={"instruction": "Tell a long story.", "generate": True,
+                                                            "max_new_tokens": 200}).get_json()["id"]
+        _wait(client, job_id, until=("running", "done", "failed"))
+        os.kill(worker.pid, signal.SIGSTOP)  # freeze it mid-job (no more heartbeats), then kill it
+        assert client.get(f"/api/points/{job_id}").get_json()["status"] == "running"
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        start = time.time()
+        body = _wait(client, job_id, timeout=15)
+        assert body["status"] == "failed" and "stopped responding" in body["error"]
+        assert time.time() - start < 5  # within the heartbeat timeout (2 s) plus polling
+    finally:
+        if worker.poll() is None:
+            worker.kill()
