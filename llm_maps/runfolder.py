@@ -101,14 +101,20 @@ def publish(work_dir: str | Path, run_dir: str | Path) -> Path:
     work_dir, run_dir = Path(work_dir), Path(run_dir)
     if not (work_dir / MANIFEST).exists():
         raise LLMMapsError(f"{work_dir}: refusing to publish a run without {MANIFEST}")
+    _swap_in(work_dir, run_dir)
+    return run_dir
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Put folder ``new`` at ``final``: the old one is moved aside first and removed only after
+    the new one is in place, so a reader sees either the old or the new folder, whole."""
     old = None
-    if run_dir.exists():
-        old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}-{int(time.time())}")
-        os.replace(run_dir, old)
-    os.replace(work_dir, run_dir)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+        os.replace(final, old)
+    os.replace(new, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return run_dir
 
 
 @contextmanager
@@ -124,13 +130,7 @@ def replacing_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    _swap_in(tmp, final)
 
 
 def read_manifest(run_dir: str | Path) -> dict:
