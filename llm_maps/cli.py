@@ -107,7 +107,8 @@ def cmd_build(args) -> int:
     kwargs = _build_kwargs(args)
     if args.command == "build":
         kwargs.update(projection=args.projection, fit_on=args.fit_on, n_neighbors=args.n_neighbors,
-                      min_dist=args.min_dist, metric=args.metric, k=args.k)
+                      min_dist=args.min_dist, metric=args.metric, k=args.k, distributed=args.distributed,
+                      chunk_size=args.chunk_size)
     else:
         kwargs.update(projection=None)
     run = build_run(**kwargs, log=lambda m: print(m, file=sys.stderr))
@@ -256,13 +257,14 @@ def cmd_serve(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from llm_maps.runfolder import find_runs
     from pipelines.worker import main_worker
 
     for run in args.runs:
         if not Path(run).exists():
             raise LLMMapsError(f"{run}: no such run folder")
-    return main_worker([Path(r) for r in args.runs], state_dir=args.state, max_models=args.max_models,
-                       device=args.device, dtype=args.dtype)
+    runs = [Path(r) for r in args.runs] + [p for d in (args.data or []) for p in find_runs(d)]
+    return main_worker(runs, state_dir=args.state, max_models=args.max_models, device=args.device, dtype=args.dtype)
 
 
 def start_worker_process(runs, state_dir) -> "subprocess.Popen":
@@ -310,6 +312,11 @@ def make_parser() -> argparse.ArgumentParser:
     _add_projection_args(p)
     _add_neighbour_args(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+    d = p.add_argument_group("scale-out")
+    d.add_argument("--distributed", action="store_true",
+                   help="encode in chunks on the `llm-maps worker` processes of REDIS_URL (they must reach "
+                        "the --out folder's parent and the model); same result as a local build")
+    d.add_argument("--chunk-size", type=int, default=512, help="prompts per distributed chunk (default 512)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("encode", help="encode prompts into a run (no map or distances yet)",
@@ -410,7 +417,9 @@ def make_parser() -> argparse.ArgumentParser:
                        description="Load each run's model (lazily, at most --max-models resident) and run the jobs "
                                    "the web process queues: the embedded diskcache queue in --state (default: "
                                    "beside the runs, or LLM_MAPS_STATE), or Celery on REDIS_URL when it is set.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="runs to serve (with REDIS_URL and none given: only `build --distributed` chunks)")
+    p.add_argument("--data", action="append", metavar="DIR", help="also serve every run in this folder (repeatable)")
     p.add_argument("--state", default=None, help="queue/points folder (default: RUN_PARENT/.llm-maps-state)")
     p.add_argument("--max-models", type=int, default=2, help="models resident at once (LRU)")
     p.add_argument("--device", default="auto")

@@ -8,6 +8,10 @@ heartbeat, worker}`` with ``status`` queued -> running -> done | failed. Claimin
 marks the job running in one transaction, so a job is never lost between the two. A running job
 whose worker stops heart-beating (killed, crashed) is failed with a reason after
 ``heartbeat_timeout`` seconds — by whoever looks at it next (a reader or a worker).
+
+Scale-out: with ``REDIS_URL`` set, ``make_queue`` returns a ``RedisJobQueue`` (same interface,
+records as JSON in Redis) whose jobs are delivered to ``llm-maps worker`` processes as Celery
+tasks (``pipelines.celery_app``), sent by task name so this module stays torch-free.
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ class QueueFull(LLMMapsError):
         self.retry_after = retry_after
 
 
+class QueueUnavailable(QueueFull):
+    """The queue's server cannot be reached: answered like a full queue (503 + Retry-After)."""
+
+    def __init__(self, reason: str, retry_after: int = 5):
+        LLMMapsError.__init__(self, f"job queue unavailable ({reason}); retry later")
+        self.retry_after = retry_after
+
+
 def default_state_dir(run_dirs) -> Path:
     env = os.environ.get("LLM_MAPS_STATE")
     if env:
@@ -45,7 +57,31 @@ def default_state_dir(run_dirs) -> Path:
     return base / ".llm-maps-state"
 
 
-class JobQueue:
+class _Staleness:
+    """Heartbeat bookkeeping shared by both queues (same rule, same reason text)."""
+
+    heartbeat_timeout: float
+
+    def _timeout(self, job: dict) -> float:
+        # the claiming worker's own timeout (it sets its heartbeat cadence), else ours
+        return float(job.get("heartbeat_timeout") or self.heartbeat_timeout)
+
+    def _stale(self, job: dict) -> bool:
+        return time.time() - (job.get("heartbeat") or job.get("started") or 0) > self._timeout(job)
+
+    def _stale_failure(self, job: dict) -> dict:
+        return dict(status="failed", finished=time.time(),
+                    error=f"worker {job.get('worker') or '?'} stopped responding (no heartbeat for "
+                          f"{self._timeout(job):g} s); the job did not finish")
+
+
+def _new_job(job_id: str, run: str, kind: str, payload: dict) -> dict:
+    return {"id": job_id, "run": run, "kind": kind, "payload": payload, "status": "queued", "error": None,
+            "result": None, "created": time.time(), "started": None, "finished": None, "heartbeat": None,
+            "worker": None}
+
+
+class JobQueue(_Staleness):
     def __init__(self, directory: str | Path, *, max_queued: int | None = None,
                  heartbeat_timeout: float | None = None, job_timeout: float | None = None,
                  retention: float | None = None):
@@ -66,11 +102,7 @@ class JobQueue:
             if waiting >= self.max_queued:
                 raise QueueFull(waiting, retry_after=max(1, int(self.heartbeat_timeout // 4)))
             job_id = uuid.uuid4().hex
-            now = time.time()
-            self.cache.set(f"job:{job_id}", {"id": job_id, "run": run, "kind": kind, "payload": payload,
-                                             "status": "queued", "error": None, "result": None, "created": now,
-                                             "started": None, "finished": None, "heartbeat": None, "worker": None},
-                           expire=self.retention)
+            self.cache.set(f"job:{job_id}", _new_job(job_id, run, kind, payload), expire=self.retention)
             self.cache.push(job_id, prefix=f"queue:{run}", side="back")
             self.cache.incr("waiting", 1, default=0)
         return job_id
@@ -85,21 +117,12 @@ class JobQueue:
             job = self.cache.get(f"job:{job_id}")
         return job
 
-    def _timeout(self, job: dict) -> float:
-        # the claiming worker's own timeout (it sets its heartbeat cadence), else ours
-        return float(job.get("heartbeat_timeout") or self.heartbeat_timeout)
-
-    def _stale(self, job: dict) -> bool:
-        return time.time() - (job.get("heartbeat") or job.get("started") or 0) > self._timeout(job)
-
     def _fail_stale(self, job_id: str) -> None:
         with self.cache.transact():
             job = self.cache.get(f"job:{job_id}")
             if job is None or job["status"] != "running" or not self._stale(job):
                 return
-            job.update(status="failed", finished=time.time(),
-                       error=f"worker {job.get('worker') or '?'} stopped responding (no heartbeat for "
-                             f"{self._timeout(job):g} s); the job did not finish")
+            job.update(self._stale_failure(job))
             self.cache.set(f"job:{job_id}", job, expire=self.retention)
 
     def reap(self) -> int:
@@ -205,3 +228,241 @@ class PointStore:
             tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in keep), encoding="utf-8")
             os.replace(tmp, self._path(run))
             return True
+
+
+# ---------------------------------------------------------------------------------- scale-out
+# REDIS_URL set: job records live in Redis and jobs reach the workers as Celery tasks sent *by
+# name* (the web process never imports the task code, which imports torch).
+
+TASK_RUN_JOB = "llm_maps.run_job"
+TASK_ENCODE_CHUNK = "llm_maps.encode_chunk"
+BUILD_QUEUE = "llm-maps.build"
+_APPS: dict = {}
+
+
+def redis_url() -> str | None:
+    return os.environ.get("REDIS_URL") or None
+
+
+def run_queue_name(run: str) -> str:
+    """The Celery queue of one run's jobs (workers consume the queues of the runs they serve)."""
+    return f"llm-maps.run.{run}"
+
+
+def celery_app(url: str | None = None):
+    """The Celery app on ``url`` (default REDIS_URL): Redis as broker and result backend, one task at
+    a time per worker, nothing prefetched (a killed worker holds no queued job), acked on receipt."""
+    url = url or redis_url()
+    if not url:
+        raise LLMMapsError("REDIS_URL is not set")
+    app = _APPS.get(url)
+    if app is None:
+        from celery import Celery
+
+        app = Celery("llm_maps", broker=url, backend=url, set_as_current=False)
+        app.conf.update(
+            task_serializer="json", result_serializer="json", accept_content=["json"],
+            task_acks_late=False, worker_prefetch_multiplier=1, worker_disable_prefetch=True,
+            task_default_queue="llm-maps", result_expires=int(DEFAULTS["retention"]),
+            broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+            # acks-late tasks (build chunks) of a killed worker come back after this many seconds
+            broker_transport_options={"visibility_timeout": int(os.environ.get("LLM_MAPS_VISIBILITY_TIMEOUT", 900))},
+        )
+        _APPS[url] = app
+    return app
+
+
+class RedisJobQueue(_Staleness):
+    """``JobQueue``'s interface on Redis: records as JSON (expiring after ``retention``), a sorted
+    set of waiting ids (bounded), a set of running ids (for the reaper); each submitted job is sent
+    as a Celery task to its run's queue and claimed by id (``claim_id``) by whichever worker gets it."""
+
+    def __init__(self, url: str | None = None, *, max_queued: int | None = None,
+                 heartbeat_timeout: float | None = None, job_timeout: float | None = None,
+                 retention: float | None = None, prefix: str = "llm-maps"):
+        import redis
+
+        self.url = url or redis_url()
+        if not self.url:
+            raise LLMMapsError("REDIS_URL is not set")
+        self.redis = redis.Redis.from_url(self.url)
+        self.max_queued = int(max_queued or DEFAULTS["max_queued"])
+        self.heartbeat_timeout = float(heartbeat_timeout or DEFAULTS["heartbeat_timeout"])
+        self.job_timeout = float(job_timeout or DEFAULTS["job_timeout"])
+        self.retention = float(retention or DEFAULTS["retention"])
+        self.prefix = prefix
+        self._waiting, self._running = f"{prefix}:waiting", f"{prefix}:running"
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.retention * 1000))
+
+    def _modify(self, job_id: str, change):
+        """Read-modify-write one record atomically (optimistic WATCH). ``change(job)`` returns the new
+        record, or None to leave it alone. Returns the new record or None."""
+        import redis
+
+        key = self._key(job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    job = json.loads(raw) if raw else None
+                    new = change(job) if job is not None else None
+                    if new is None:
+                        pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    pipe.set(key, json.dumps(new), px=self._ttl_ms)
+                    if new["status"] == "running":
+                        pipe.zrem(self._waiting, job_id)
+                        pipe.sadd(self._running, job_id)
+                    elif new["status"] in ("done", "failed"):
+                        pipe.zrem(self._waiting, job_id)
+                        pipe.srem(self._running, job_id)
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue
+
+    # ------------------------------------------------------------------ web side
+    def submit(self, run: str, kind: str, payload: dict) -> str:
+        import redis
+
+        try:
+            return self._submit(run, kind, payload)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
+
+    def _submit(self, run: str, kind: str, payload: dict) -> str:
+        import redis
+
+        job_id = uuid.uuid4().hex
+        job = _new_job(job_id, run, kind, payload)
+        self.redis.zremrangebyscore(self._waiting, "-inf", time.time() - self.retention)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self._waiting)
+                    waiting = int(pipe.zcard(self._waiting))
+                    if waiting >= self.max_queued:
+                        pipe.unwatch()
+                        raise QueueFull(waiting, retry_after=max(1, int(self.heartbeat_timeout // 4)))
+                    pipe.multi()
+                    pipe.set(self._key(job_id), json.dumps(job), px=self._ttl_ms)
+                    pipe.zadd(self._waiting, {job_id: job["created"]})
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        try:
+            celery_app(self.url).send_task(TASK_RUN_JOB, args=[job_id], queue=run_queue_name(run))
+        except Exception as exc:  # noqa: BLE001 - the broker refused: never leave a job queued forever
+            self.fail(job_id, f"could not queue the job ({type(exc).__name__})")
+            raise QueueUnavailable(f"broker: {type(exc).__name__}") from None
+        return job_id
+
+    def get(self, job_id: str) -> dict | None:
+        raw = self.redis.get(self._key(job_id))
+        job = json.loads(raw) if raw else None
+        if job is not None and job["status"] == "running" and self._stale(job):
+            job = self._modify(job_id, lambda j: {**j, **self._stale_failure(j)}
+                               if j["status"] == "running" and self._stale(j) else None) or self.get(job_id)
+        return job
+
+    def reap(self) -> int:
+        """Fail every running job whose worker stopped heart-beating. Returns how many."""
+        n = 0
+        for raw_id in self.redis.smembers(self._running):
+            job_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            raw = self.redis.get(self._key(job_id))
+            job = json.loads(raw) if raw else None
+            if job is None or job["status"] != "running":
+                self.redis.srem(self._running, job_id)
+            elif self._stale(job) and (self.get(job_id) or {}).get("status") == "failed":
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ worker side
+    def claim_id(self, job_id: str, worker: str) -> dict | None:
+        """Mark a queued job running for ``worker``; None when it is not queued (expired, already
+        claimed by a redelivered message, failed)."""
+        def change(job):
+            if job["status"] != "queued":
+                return None
+            now = time.time()
+            return {**job, "status": "running", "started": now, "heartbeat": now, "worker": worker,
+                    "heartbeat_timeout": self.heartbeat_timeout}
+
+        job = self._modify(job_id, change)
+        if job is None:
+            self.redis.zrem(self._waiting, job_id)
+        return job
+
+    def update(self, job_id: str, **fields) -> None:
+        self._modify(job_id, lambda job: {**job, **fields, "heartbeat": time.time()})
+
+    def heartbeat(self, job_id: str) -> None:
+        self.update(job_id)
+
+    def finish(self, job_id: str, result: dict) -> None:
+        self.update(job_id, status="done", result=result, finished=time.time())
+
+    def fail(self, job_id: str, error: str, result: dict | None = None) -> None:
+        self.update(job_id, status="failed", error=error, finished=time.time(),
+                    **({"result": result} if result is not None else {}))
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+class RedisPointStore:
+    """``PointStore``'s interface in Redis (REDIS_URL): every web process and worker, on any machine,
+    sees the same points. No expiry; durable as far as the Redis server persists (RDB/AOF)."""
+
+    def __init__(self, url: str | None = None, *, prefix: str = "llm-maps"):
+        import redis
+
+        self.redis = redis.Redis.from_url(url or redis_url())
+        self.prefix = prefix
+
+    def _keys(self, run: str) -> tuple[str, str]:
+        if "/" in run or run.startswith("."):
+            raise LLMMapsError(f"bad run name '{run}'")
+        return f"{self.prefix}:points:{run}", f"{self.prefix}:points-order:{run}"
+
+    def add(self, run: str, point: dict) -> None:
+        data, order = self._keys(run)
+        with self.redis.pipeline() as pipe:  # MULTI/EXEC: both or neither
+            pipe.hset(data, point["id"], json.dumps(point, ensure_ascii=False))
+            pipe.zadd(order, {point["id"]: float(point.get("created") or time.time())})
+            pipe.execute()
+
+    def list(self, run: str) -> list[dict]:
+        data, order = self._keys(run)
+        ids = self.redis.zrange(order, 0, -1)
+        if not ids:
+            return []
+        return [json.loads(raw) for raw in self.redis.hmget(data, ids) if raw]
+
+    def delete(self, run: str, point_id: str) -> bool:
+        data, order = self._keys(run)
+        with self.redis.pipeline() as pipe:
+            pipe.hdel(data, point_id)
+            pipe.zrem(order, point_id)
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+
+def make_queue(state_dir: str | Path, **kwargs):
+    """The job queue to use: ``RedisJobQueue`` when REDIS_URL is set, else the embedded ``JobQueue``."""
+    return RedisJobQueue(**kwargs) if redis_url() else JobQueue(state_dir, **kwargs)
+
+
+def make_points(state_dir: str | Path):
+    """Where user points live: Redis when REDIS_URL is set, else ``state_dir/points/<run>.jsonl``."""
+    return RedisPointStore() if redis_url() else PointStore(state_dir)

@@ -199,12 +199,14 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
               gguf_file: str | None = None, revision: str | None = None,
               projection: str | None = "umap", fit_on: str = "train", n_neighbors: int = 15,
               min_dist: float = 0.1, metric: str = "cosine", k: int = 10, limit: int | None = None,
-              progress: bool = True, log=print) -> Path:
+              distributed: bool = False, chunk_size: int = 512, progress: bool = True, log=print) -> Path:
     """Build a run folder; returns its path. ``projection=None`` stops after encoding.
 
     Examples come from ``data`` (paths/ids) or a ready ``frame`` (with ``sources_info``); rows that
     already have a ``prompt`` keep it (e.g. lm-eval's exact context), and given ``output``,
-    ``score`` and ``correct`` values are kept.
+    ``score`` and ``correct`` values are kept. ``distributed=True`` encodes in chunks of
+    ``chunk_size`` prompts on the Celery workers of REDIS_URL (pipelines.distributed); this process
+    then loads only the tokenizer and config.
     """
     from pipelines.encode import encode_to_folder, normalize_layers
     from pipelines.models import load_model
@@ -229,8 +231,14 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
         unknown = ", ".join(f"{c} ({n})" for c, n in domain_report["unknown_categories"].items())
         log(f"warning: categories with no domain in {dmap.path} (kept as '{UNKNOWN_DOMAIN}'): {unknown}")
 
+    if distributed:
+        from llm_maps.jobs import redis_url
+
+        if not redis_url():
+            raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
     loaded = load_model(model, gguf_file=gguf_file, revision=revision, dtype=dtype, device=device,
-                        layers_check=list(layers or []) + ([default_layer] if default_layer is not None else []))
+                        layers_check=list(layers or []) + ([default_layer] if default_layer is not None else []),
+                        weights=not distributed)
     layer_list = normalize_layers(layers, loaded.num_layers)
     if default_layer is None:
         default = max(layer_list)
@@ -248,10 +256,23 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
 
     work = partial_dir(out)
     work.mkdir(parents=True, exist_ok=True)
-    log(f"encoding {len(frame)} prompts with {model} on {loaded.device} ({loaded.dtype}), "
-        f"layers {layer_list}, into {work}")
-    result = encode_to_folder(loaded, frame["prompt"].tolist(), work, layers=layer_list, add_eos=add_eos,
-                              max_length=max_length, batch_tokens=batch_tokens, progress=progress)
+    enc_device, enc_dtype, dist_info = loaded.device, loaded.dtype, None
+    if distributed:
+        from pipelines.distributed import encode_distributed
+
+        log(f"encoding {len(frame)} prompts with {model} on the workers of REDIS_URL, layers {layer_list}, "
+            f"into {work}")
+        result, dist_info = encode_distributed(
+            loaded, frame["prompt"].tolist(), work, layers=layer_list, add_eos=add_eos, max_length=max_length,
+            batch_tokens=batch_tokens, chunk_size=chunk_size, progress=progress, log=log,
+            spec={"model": str(model), "gguf_file": gguf_file, "revision": revision, "dtype": dtype,
+                  "device": device})
+        enc_device, enc_dtype = dist_info.pop("device"), dist_info.pop("dtype")
+    else:
+        log(f"encoding {len(frame)} prompts with {model} on {loaded.device} ({loaded.dtype}), "
+            f"layers {layer_list}, into {work}")
+        result = encode_to_folder(loaded, frame["prompt"].tolist(), work, layers=layer_list, add_eos=add_eos,
+                                  max_length=max_length, batch_tokens=batch_tokens, progress=progress)
     max_len = max_length or min(loaded.max_positions or 2048, 2048)
     frame["n_tokens"] = result.n_tokens
     frame["truncated"] = result.truncated
@@ -272,8 +293,8 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
         "model_revision": loaded.info.get("revision"),
         "model_file_sha256": loaded.info.get("file_sha256"),
         "model_info": loaded.info,
-        "dtype": loaded.dtype,
-        "device": loaded.device,
+        "dtype": enc_dtype,
+        "device": enc_device,
         "prompt_template": tmpl.describe(),
         "pooling": "eos" if add_eos else "last",
         "add_eos": bool(add_eos),
@@ -293,7 +314,7 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
         "encoding": {"seconds": round(result.seconds, 3), "tokens": int(result.n_tokens.sum()),
                      "tokens_per_second": round(result.tokens_encoded / max(result.seconds, 1e-9), 1),
                      "resumed_rows": result.resumed_rows, "clipped_to_float16": result.clipped_values,
-                     "batch_tokens": batch_tokens},
+                     "batch_tokens": batch_tokens, **({"distributed": dist_info} if dist_info else {})},
     }
     manifest.update(extra_manifest or {})
     if projection:

@@ -120,6 +120,33 @@ def last_token_states(model, batch: Sequence[Sequence[int]], layers: Sequence[in
     return {k: hidden[k][:, -1, :].float().cpu().numpy() for k in layers}
 
 
+def states_to_fp16(states: dict[int, np.ndarray]) -> tuple[dict[int, np.ndarray], int]:
+    """float32 states -> float16 as stored (values beyond the fp16 range clipped); (states, n clipped)."""
+    out, clipped = {}, 0
+    for k, arr in states.items():
+        over = np.abs(arr) > FP16_MAX
+        if over.any():
+            clipped += int(over.sum())
+            np.clip(arr, -FP16_MAX, FP16_MAX, out=arr)
+        out[k] = arr.astype(np.float16)
+    return out, clipped
+
+
+def resolve_max_length(loaded, max_length: int | None) -> int:
+    limit = loaded.max_positions
+    if max_length is None:
+        max_length = min(limit or 2048, 2048)
+    if limit is not None and max_length > limit:
+        raise LLMMapsError(f"--max-length: {max_length} exceeds the model's maximum positions ({limit})")
+    return max_length
+
+
+def batch_limits(device: str, batch_tokens: int | None = None, max_batch: int | None = None) -> tuple[int, int]:
+    """(padded tokens per batch, prompts per batch): the defaults depend on the device."""
+    on_gpu = str(device).startswith("cuda")
+    return batch_tokens or (32768 if on_gpu else 4096), max_batch or (256 if on_gpu else 64)
+
+
 @dataclass
 class EncodeResult:
     layers: list[int]
@@ -139,6 +166,12 @@ def _fingerprint(ids: list[list[int]], layers: list[int], extra: dict) -> str:
     return digest.hexdigest()
 
 
+def encode_identity(loaded) -> dict:
+    """What, besides the token ids and layers, decides an encoding (part of resume fingerprints)."""
+    return {"model": loaded.info.get("model"), "sha": loaded.info.get("file_sha256"), "dtype": loaded.dtype,
+            "hidden": int(loaded.model.config.hidden_size)}
+
+
 def encode_to_folder(loaded, prompts: Sequence[str], out_dir: str | Path, *, layers: Sequence[int],
                      add_eos: bool = False, max_length: int | None = None,
                      batch_tokens: int | None = None, max_batch: int | None = None,
@@ -149,14 +182,8 @@ def encode_to_folder(loaded, prompts: Sequence[str], out_dir: str | Path, *, lay
 
     model, tokenizer = loaded.model, loaded.tokenizer
     layers = normalize_layers(layers, loaded.num_layers)
-    limit = loaded.max_positions
-    if max_length is None:
-        max_length = min(limit or 2048, 2048)
-    if limit is not None and max_length > limit:
-        raise LLMMapsError(f"--max-length: {max_length} exceeds the model's maximum positions ({limit})")
-    on_gpu = str(loaded.device).startswith("cuda")
-    batch_tokens = batch_tokens or (32768 if on_gpu else 4096)
-    max_batch = max_batch or (256 if on_gpu else 64)
+    max_length = resolve_max_length(loaded, max_length)
+    batch_tokens, max_batch = batch_limits(loaded.device, batch_tokens, max_batch)
 
     ids, truncated = tokenize_prompts(tokenizer, prompts, add_eos=add_eos, max_length=max_length)
     lengths = np.array([len(s) for s in ids], dtype=np.int64)
@@ -164,8 +191,7 @@ def encode_to_folder(loaded, prompts: Sequence[str], out_dir: str | Path, *, lay
     enc_dir = Path(out_dir) / ENCODINGS
     enc_dir.mkdir(parents=True, exist_ok=True)
     state_path, done_path = enc_dir / ".state.json", enc_dir / ".done.npy"
-    fp = _fingerprint(ids, layers, {"model": loaded.info.get("model"), "sha": loaded.info.get("file_sha256"),
-                                    "dtype": loaded.dtype, "hidden": hidden})
+    fp = _fingerprint(ids, layers, encode_identity(loaded))
     resume = False
     if state_path.exists() and done_path.exists():
         try:
@@ -204,14 +230,11 @@ def encode_to_folder(loaded, prompts: Sequence[str], out_dir: str | Path, *, lay
         for b, rows in enumerate(batches):
             states = last_token_states(model, [ids[i] for i in rows], layers, pad_id=pad_id,
                                        device=loaded.device)
-            for k, arr in states.items():
-                over = np.abs(arr) > FP16_MAX
-                if over.any():
-                    clipped += int(over.sum())
-                    np.clip(arr, -FP16_MAX, FP16_MAX, out=arr)
-                sorted_rows = np.sort(rows)
-                order = np.argsort(rows)
-                arrays[k][sorted_rows] = arr[order].astype(np.float16)
+            half, n_clipped = states_to_fp16(states)
+            clipped += n_clipped
+            order = np.argsort(rows)
+            for k, arr in half.items():
+                arrays[k][rows[order]] = arr[order]
             done[rows] = True
             examples_done += len(rows)
             bar.update(int(lengths[rows].sum()))

@@ -109,8 +109,11 @@ def gguf_to_safetensors(folder: Path, gguf_file: str) -> tuple[Path, str]:
 
 def load_model(model: str, *, gguf_file: str | None = None, revision: str | None = None,
                dtype: str = "auto", device: str = "auto", layers_check: list[int] | None = None,
-               trust_remote_code: bool = False) -> LoadedModel:
-    """Load ``model`` (hub id, folder, or a .gguf file path) for inference."""
+               trust_remote_code: bool = False, weights: bool = True) -> LoadedModel:
+    """Load ``model`` (hub id, folder, or a .gguf file path) for inference.
+
+    ``weights=False``: tokenizer, config and provenance only (``model`` holds just ``.config``;
+    device and dtype are left as given) — what a ``build --distributed`` client needs."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -139,8 +142,8 @@ def load_model(model: str, *, gguf_file: str | None = None, revision: str | None
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars show progress; keep stderr to one line on errors
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
+    dev = resolve_device(device) if weights else device
+    torch_dtype = resolve_dtype(dtype, dev) if weights else None
     try:
         config = AutoConfig.from_pretrained(str(load_from), revision=revision,
                                             trust_remote_code=trust_remote_code)
@@ -155,6 +158,18 @@ def load_model(model: str, *, gguf_file: str | None = None, revision: str | None
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(load_from), revision=revision,
                                                   trust_remote_code=trust_remote_code)
+        if not weights:
+            from types import SimpleNamespace
+
+            if revision is None:
+                info["revision"] = getattr(config, "_commit_hash", None)
+            try:
+                arch = AutoModelForCausalLM._model_mapping[type(config)].__name__
+            except Exception:  # noqa: BLE001 - remote code or an unknown config: what the config says
+                arch = (getattr(config, "architectures", None) or ["?"])[0]
+            info.update({"architecture": arch, "num_layers": n_layers, "hidden_size": int(config.hidden_size)})
+            return LoadedModel(model=SimpleNamespace(config=config), tokenizer=tokenizer, device=str(device),
+                               dtype=str(dtype), info=info)
         lm = AutoModelForCausalLM.from_pretrained(str(load_from), revision=revision, dtype=torch_dtype,
                                                   trust_remote_code=trust_remote_code)
     except OSError as exc:

@@ -77,6 +77,51 @@ class _Heartbeat:
         self._thread.join()
 
 
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def warm_pool(pool, worker_id: str, log=print) -> None:
+    """Load + warm the first runs at start, not on the first request."""
+    for run in list(pool.paths)[: pool.max_models]:
+        start = time.perf_counter()
+        try:
+            session = pool.get(run)
+        except Exception as exc:  # noqa: BLE001 - keep serving the other runs; its jobs fail with this
+            log(f"worker {worker_id}: cannot load run {run}: {type(exc).__name__}: {exc}")
+            continue
+        log(f"worker {worker_id}: {run} ready in {time.perf_counter() - start:.1f} s "
+            f"(model {getattr(session, 'load_seconds', 0):.1f} s, warm-up {getattr(session, 'warm_seconds', 0):.2f} s)")
+
+
+def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
+    """Run one claimed job to its end on either queue (JobQueue or RedisJobQueue): heart-beat while it
+    runs, stream partial results, keep the point, record done/failed. Returns the final status."""
+    deadline = time.time() + queue.job_timeout
+    last = [0.0]
+
+    def publish(partial, job_id=job["id"]):
+        now = time.time()
+        if now - last[0] >= 0.05:  # at most 20 writes a second
+            queue.update(job_id, result=partial)
+            last[0] = now
+
+    try:
+        with _Heartbeat(queue, job["id"], every=max(0.5, queue.heartbeat_timeout / 5)):
+            result = run_job(pool.get(job["run"]), job, publish=publish, deadline=deadline)
+        points.add(job["run"], point_record(job, result))
+        queue.finish(job["id"], result)
+        return "done"
+    except JobTimeout:
+        queue.fail(job["id"], f"timed out after {queue.job_timeout:g} s")
+    except LLMMapsError as exc:
+        queue.fail(job["id"], str(exc))
+    except Exception as exc:  # noqa: BLE001 - a job failure must never kill the worker
+        print(f"worker {worker_id}: job {job['id']} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        queue.fail(job["id"], f"internal error ({type(exc).__name__}); see the worker log")
+    return "failed"
+
+
 def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: str = "auto", dtype: str = "auto",
                poll: float = 0.1, stop: threading.Event | None = None, max_jobs: int | None = None,
                log=print, pool=None) -> int:
@@ -89,16 +134,8 @@ def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: 
     runs = list(pool.paths)
     if not runs:
         raise LLMMapsError("worker: no runs to serve")
-    worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    for run in runs[: pool.max_models]:  # load + warm at start, not on the first request
-        start = time.perf_counter()
-        try:
-            session = pool.get(run)
-        except Exception as exc:  # noqa: BLE001 - keep serving the other runs; its jobs fail with this
-            log(f"worker {worker_id}: cannot load run {run}: {type(exc).__name__}: {exc}")
-            continue
-        log(f"worker {worker_id}: {run} ready in {time.perf_counter() - start:.1f} s "
-            f"(model {getattr(session, 'load_seconds', 0):.1f} s, warm-up {getattr(session, 'warm_seconds', 0):.2f} s)")
+    worker_id = worker_name()
+    warm_pool(pool, worker_id, log)
     stop = stop or threading.Event()
     done, last_reap = 0, 0.0
     while not stop.is_set():
@@ -109,27 +146,7 @@ def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: 
         if job is None:
             stop.wait(poll)
             continue
-        deadline = time.time() + queue.job_timeout
-        last = [0.0]
-
-        def publish(partial, job_id=job["id"]):
-            now = time.time()
-            if now - last[0] >= 0.05:  # at most 20 writes a second
-                queue.update(job_id, result=partial)
-                last[0] = now
-
-        try:
-            with _Heartbeat(queue, job["id"], every=max(0.5, queue.heartbeat_timeout / 5)):
-                result = run_job(pool.get(job["run"]), job, publish=publish, deadline=deadline)
-            points.add(job["run"], point_record(job, result))
-            queue.finish(job["id"], result)
-        except JobTimeout:
-            queue.fail(job["id"], f"timed out after {queue.job_timeout:g} s")
-        except LLMMapsError as exc:
-            queue.fail(job["id"], str(exc))
-        except Exception as exc:  # noqa: BLE001 - a job failure must never kill the worker
-            print(f"worker {worker_id}: job {job['id']} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            queue.fail(job["id"], f"internal error ({type(exc).__name__}); see the worker log")
+        execute_job(queue, points, pool, job, worker_id)
         done += 1
         if max_jobs is not None and done >= max_jobs:
             break
@@ -137,14 +154,21 @@ def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: 
 
 
 def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, device: str, dtype: str) -> int:
-    from llm_maps.jobs import default_state_dir
+    from llm_maps.jobs import default_state_dir, redis_url
 
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if redis_url():  # scale-out: a Celery worker on REDIS_URL (it handles SIGTERM/SIGINT itself)
+        from pipelines.celery_app import serve_celery
+
+        log(f"llm-maps worker: serving {', '.join(Path(r).name for r in run_dirs) or 'build chunks only'} "
+            f"from Celery on REDIS_URL")
+        return serve_celery(run_dirs, max_models=max_models, device=device, dtype=dtype, log=log)
+    if not run_dirs:
+        raise LLMMapsError("worker: give at least one RUN_DIR (or set REDIS_URL to serve build chunks only)")
     state = Path(state_dir) if state_dir else default_state_dir(run_dirs)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"llm-maps worker: serving {', '.join(Path(r).name for r in run_dirs)} from queue {state}",
-          file=sys.stderr, flush=True)
-    serve_jobs(run_dirs, state_dir=state, max_models=max_models, device=device, dtype=dtype, stop=stop,
-               log=lambda m: print(m, file=sys.stderr, flush=True))
+    log(f"llm-maps worker: serving {', '.join(Path(r).name for r in run_dirs)} from queue {state}")
+    serve_jobs(run_dirs, state_dir=state, max_models=max_models, device=device, dtype=dtype, stop=stop, log=log)
     return 0

@@ -1,0 +1,84 @@
+"""Celery on REDIS_URL: the tasks `llm-maps worker` runs when scaled out.
+
+    llm_maps.run_job       one place/generate job by id (queue ``llm-maps.run.<run>``), with this
+                           process's SessionPool: claim it in the RedisJobQueue, then the same
+                           ``execute_job`` as the embedded worker (heartbeats, streaming, timeout)
+    llm_maps.encode_chunk  one chunk of a ``build --distributed`` (queue ``llm-maps.build``)
+
+The app's configuration lives in ``llm_maps.jobs.celery_app`` (torch-free) so that the web process
+sends tasks by name with the same settings and never imports this module. Workers use the solo
+pool: one task at a time in the process that holds the models.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from llm_maps.jobs import BUILD_QUEUE, TASK_ENCODE_CHUNK, TASK_RUN_JOB, celery_app, run_queue_name
+
+_STATE: dict = {}  # set by serve_celery: pool, queue, points, worker id
+
+
+def make_app(url: str | None = None):
+    """The Celery app on ``url`` (default REDIS_URL) with this module's tasks registered."""
+    app = celery_app(url)
+    if TASK_RUN_JOB not in app.tasks:
+        app.task(name=TASK_RUN_JOB, ignore_result=False)(run_job_task)
+        # acks late: a chunk of a worker that dies comes back (chunks are idempotent)
+        app.task(name=TASK_ENCODE_CHUNK, acks_late=True, reject_on_worker_lost=True)(encode_chunk_task)
+    return app
+
+
+def _state() -> dict:
+    if not _STATE:  # a task executed outside serve_celery (e.g. eagerly in a test): serve no runs
+        from llm_maps.jobs import RedisJobQueue, RedisPointStore
+        from pipelines.engine import SessionPool
+
+        _STATE.update(pool=SessionPool([]), queue=RedisJobQueue(), points=RedisPointStore(),
+                      worker_id=f"{socket.gethostname()}:{os.getpid()}", last_reap=0.0)
+    return _STATE
+
+
+def run_job_task(job_id: str) -> dict:
+    from pipelines.worker import execute_job
+
+    st = _state()
+    queue = st["queue"]
+    if time.time() - st["last_reap"] > queue.heartbeat_timeout / 2:
+        queue.reap()  # jobs of workers that died, even when nobody polls them
+        st["last_reap"] = time.time()
+    job = queue.claim_id(job_id, st["worker_id"])
+    if job is None:  # expired, failed, or already taken by another delivery of the same message
+        return {"id": job_id, "status": "skipped"}
+    return {"id": job_id, "status": execute_job(queue, st["points"], st["pool"], job, st["worker_id"])}
+
+
+def encode_chunk_task(*, work: str, chunk: int, fingerprint: str, spec: dict) -> dict:
+    from pipelines.distributed import encode_chunk
+
+    return encode_chunk(work=work, chunk=chunk, fingerprint=fingerprint, spec=spec,
+                        worker=_STATE.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
+
+
+def serve_celery(run_dirs, *, max_models: int = 2, device: str = "auto", dtype: str = "auto", log=print,
+                 loglevel: str = "WARNING") -> int:
+    """Load + warm the runs, then run a solo-pool Celery worker on their queues and the build queue."""
+    from llm_maps.jobs import RedisJobQueue, RedisPointStore
+    from pipelines.engine import SessionPool
+    from pipelines.worker import warm_pool, worker_name
+
+    app = make_app()
+    pool = SessionPool(run_dirs, max_models=max_models, device=device, dtype=dtype)
+    worker_id = worker_name()
+    _STATE.update(pool=pool, queue=RedisJobQueue(), points=RedisPointStore(), worker_id=worker_id, last_reap=0.0)
+    warm_pool(pool, worker_id, log)
+    queues = [run_queue_name(run) for run in pool.paths] + [BUILD_QUEUE]
+    from celery.signals import worker_ready
+
+    worker_ready.connect(lambda **_: log(f"worker {worker_id}: ready, consuming {', '.join(queues)}"), weak=False)
+    app.worker_main(["worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1", "-Q", ",".join(queues),
+                     "-n", f"llm-maps-{os.getpid()}@{socket.gethostname()}", "--without-gossip", "--without-mingle",
+                     "--without-heartbeat", f"--loglevel={loglevel}"])
+    return 0

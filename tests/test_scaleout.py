@@ -1,0 +1,276 @@
+"""Scale-out: a real redis-server, two real `llm-maps worker` processes (Celery, REDIS_URL), the JSON
+API of a web process on the same Redis, and `build --distributed` against a plain build."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import dolly_rows, write_jsonl
+from llm_maps.cli import main
+
+HEARTBEAT = 2  # seconds: the workers' heartbeat timeout in these tests
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    exe = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI installs the Debian package redis-server)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    import redis
+
+    folder = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.time() + 15
+    while True:
+        try:
+            if redis.Redis.from_url(url).ping():
+                break
+        except redis.ConnectionError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("scale")
+    data = write_jsonl(root / "d.jsonl", dolly_rows(40))
+    run = root / "runs" / "tiny"
+    args = ["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--template", "dolly",
+            "--projection", "pca", "--k", "3", "--layers", "1,3", "--batch-tokens", "256", "--no-progress"]
+    assert main(args + ["--out", str(run)]) == 0
+    return run, args
+
+
+def _start_worker(run: Path, url: str) -> subprocess.Popen:
+    env = {**os.environ, "REDIS_URL": url, "LLM_MAPS_HEARTBEAT_TIMEOUT": str(HEARTBEAT)}
+    return subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "worker", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_listening(url: str, n: int, timeout: float = 60.0) -> None:
+    from llm_maps.jobs import BUILD_QUEUE, celery_app
+    from pipelines.distributed import _workers_listening
+
+    deadline = time.time() + timeout
+    while len(_workers_listening(celery_app(url), BUILD_QUEUE, timeout=1.0)) < n:
+        assert time.time() < deadline, f"{n} workers did not start"
+
+
+@pytest.fixture(scope="module")
+def workers(redis_url, plain_run):
+    run, _ = plain_run
+    procs = [_start_worker(run, redis_url) for _ in range(2)]
+    try:
+        _wait_listening(redis_url, 2)
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def web(redis_url, plain_run, monkeypatch, tmp_path):
+    from dashboard.app import create_app
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    app = create_app([plain_run[0]], state_dir=tmp_path / "state")
+    return app.server.test_client(), app.server.config["LLM_MAPS_QUEUE"]
+
+
+def _wait(client, job_id: str, until=("done", "failed"), timeout: float = 60.0) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        body = client.get(f"/api/points/{job_id}").get_json()
+        if body["status"] in until:
+            return body
+        assert time.time() < deadline, body
+        time.sleep(0.01)
+
+
+def test_web_process_with_redis_stays_torch_free(redis_url, plain_run):
+    code = ("import sys; import dashboard.app as a; c = a.create_app([sys.argv[1]], []).server.test_client(); "
+            "r = c.post('/api/runs/tiny/points', json={'instruction': 'hello'}); assert r.status_code == 202, r.data; "
+            "import celery, redis; "
+            "bad = [m for m in ('torch', 'transformers', 'pipelines') if m in sys.modules]; "
+            "assert not bad, bad; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, str(plain_run[0])], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "REDIS_URL": redis_url})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_jobs_run_on_both_workers_and_equal_the_embedded_path(workers, web, plain_run):
+    from pipelines.engine import RunSession
+
+    client, queue = web
+    run, _ = plain_run
+    texts = [f"Question {i}: the sea and the wind {i}" for i in range(8)]
+    place_ids = []
+    for text in texts:
+        r = client.post("/api/runs/tiny/points", json={"instruction": text})
+        assert r.status_code == 202
+        place_ids.append(r.get_json()["id"])
+    greedy_id = client.post("/api/runs/tiny/points", json={"instruction": "Write a poem about the light.",
+                                                           "generate": True, "max_new_tokens": 12}).get_json()["id"]
+    stream_id = client.post("/api/runs/tiny/points", json={"instruction": "Tell a long story.", "generate": True,
+                                                           "max_new_tokens": 150, "temperature": 0.8,
+                                                           "seed": 3}).get_json()["id"]
+    seen_partial = []
+    deadline = time.time() + 90
+    while True:
+        body = client.get(f"/api/points/{stream_id}").get_json()
+        if body["status"] == "running" and body.get("result"):
+            seen_partial.append(len(body["result"]["tokens"]))
+        if body["status"] in ("done", "failed"):
+            break
+        assert time.time() < deadline
+        time.sleep(0.003)
+    assert body["status"] == "done", body
+    tokens = body["result"]["tokens"]
+    # streaming: tokens were visible while the job was still running, before the last one
+    assert any(0 < n < len(tokens) for n in seen_partial), (seen_partial, len(tokens))
+
+    session = RunSession(run, warm=False)
+    for job_id, text in zip(place_ids, texts):
+        res = _wait(client, job_id)
+        assert res["status"] == "done", res
+        res, expected = res["result"], session.place(text)
+        assert res["prompt"] == expected["prompt"]
+        assert res["x"] == pytest.approx(expected["x"], abs=1e-6) and res["y"] == pytest.approx(expected["y"], abs=1e-6)
+        assert [n["example_id"] for n in res["neighbours"]] == [n["example_id"] for n in expected["neighbours"]]
+        assert [n["distance"] for n in res["neighbours"]] == pytest.approx(
+            [n["distance"] for n in expected["neighbours"]], abs=1e-6)
+    greedy = _wait(client, greedy_id)
+    assert greedy["status"] == "done", greedy
+    expected = session.generate("Write a poem about the light.", max_new_tokens=12)
+    assert greedy["result"]["output"] == expected["output"]
+    assert [t["id"] for t in greedy["result"]["tokens"]] == [t["id"] for t in expected["tokens"]]
+
+    ran_on = {queue.get(j)["worker"] for j in place_ids + [greedy_id, stream_id]}
+    assert len(ran_on) == 2, ran_on  # both workers served the same queue
+    assert {int(w.rsplit(":", 1)[1]) for w in ran_on} == {p.pid for p in workers}
+    # points are kept for the run (in Redis, shared by every web process)
+    points = client.get("/api/runs/tiny/points").get_json()["points"]
+    assert {p["id"] for p in points} >= set(place_ids + [greedy_id, stream_id])
+
+
+def test_distributed_build_equals_a_plain_build(workers, plain_run, redis_url, monkeypatch, tmp_path):
+    run, args = plain_run
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    out = tmp_path / "runs" / "dist"
+    assert main(args + ["--out", str(out), "--distributed", "--chunk-size", "6"]) == 0
+    for k in (1, 3):
+        assert (out / "encodings" / f"layer_{k}.npy").read_bytes() == (run / "encodings" / f"layer_{k}.npy").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "examples.parquet"), pd.read_parquet(run / "examples.parquet"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in run.iterdir())
+    for b in sorted((run / "projection").iterdir()):  # the saved map too
+        assert (out / "projection" / b.name).read_bytes() == b.read_bytes(), b.name
+    m_plain, m_dist = (json.loads((r / "manifest.json").read_text()) for r in (run, out))
+    dist = m_dist["encoding"].pop("distributed")
+    assert dist["chunks"] >= 4 and len(dist["workers"]) == 2, dist  # both workers took chunks
+    for m in (m_plain, m_dist):
+        m.pop("created")
+        for key in ("seconds", "tokens_per_second"):
+            m["encoding"].pop(key)
+    assert m_dist == m_plain
+    assert not (out.parent / "dist.partial").exists()
+
+
+def test_killed_worker_fails_its_job_and_queued_jobs_survive_a_restart(workers, web, plain_run, redis_url):
+    client, queue = web
+    run, _ = plain_run
+    job_id = client.post("/api/runs/tiny/points", json={"instruction": "Tell a long story.", "generate": True,
+                                                        "max_new_tokens": 250}).get_json()["id"]
+    _wait(client, job_id, until=("running", "done", "failed"))
+    pid = int(queue.get(job_id)["worker"].rsplit(":", 1)[1])
+    victim = next(p for p in workers if p.pid == pid)
+    os.kill(pid, signal.SIGSTOP)  # freeze it mid-job (no more heartbeats), then kill it
+    assert client.get(f"/api/points/{job_id}").get_json()["status"] == "running"
+    os.kill(pid, signal.SIGKILL)
+    victim.wait(timeout=10)
+    start = time.time()
+    body = _wait(client, job_id, timeout=15)
+    assert body["status"] == "failed" and "stopped responding" in body["error"], body
+    assert f"no heartbeat for {HEARTBEAT:g} s" in body["error"]
+    assert time.time() - start < HEARTBEAT + 3  # within the heartbeat timeout plus polling
+
+    # stop the other worker too (graceful); jobs queued meanwhile wait in Redis for a new worker
+    other = next(p for p in workers if p.pid != pid)
+    other.terminate()
+    other.wait(timeout=30)
+    queued = [client.post("/api/runs/tiny/points", json={"instruction": f"while down {i}"}).get_json()["id"]
+              for i in range(3)]
+    time.sleep(0.5)
+    assert [client.get(f"/api/points/{j}").get_json()["status"] for j in queued] == ["queued"] * 3
+    fresh = _start_worker(run, redis_url)
+    workers.append(fresh)  # the fixture stops it
+    for j in queued:
+        assert _wait(client, j, timeout=60)["status"] == "done"
+    assert {queue.get(j)["worker"].rsplit(":", 1)[1] for j in queued} == {str(fresh.pid)}
+
+
+def test_redis_queue_is_bounded_claims_once_and_fails_stale_jobs_like_the_embedded_one(redis_url):
+    from llm_maps.jobs import JobQueue, QueueFull, RedisJobQueue
+
+    q = RedisJobQueue(redis_url, max_queued=2, heartbeat_timeout=0.3, prefix="unit")
+    ids = [q.submit("nobody", "place", {"instruction": f"q{i}"}) for i in range(2)]  # no worker serves 'nobody'
+    with pytest.raises(QueueFull) as info:
+        q.submit("nobody", "place", {"instruction": "too many"})
+    assert info.value.retry_after >= 1
+    assert q.get(ids[0])["status"] == "queued"
+    job = q.claim_id(ids[0], "host:123")
+    assert job["status"] == "running" and job["worker"] == "host:123"
+    assert q.claim_id(ids[0], "host:456") is None  # a redelivered message does not run it twice
+    q.submit("nobody", "place", {"instruction": "room again"})  # a claimed job frees its place
+    q.heartbeat(ids[0])
+    assert q.get(ids[0])["status"] == "running"
+    time.sleep(0.5)
+    failed = q.get(ids[0])
+    # the same reason, word for word, as the embedded queue gives
+    embedded = JobQueue.__new__(JobQueue)
+    embedded.heartbeat_timeout = 0.3
+    assert failed["status"] == "failed" and failed["error"] == embedded._stale_failure(job)["error"]
+    assert failed["error"] == "worker host:123 stopped responding (no heartbeat for 0.3 s); the job did not finish"
+    assert q.reap() == 0  # already failed; nothing left running
+
+
+def test_unreachable_redis_is_a_503(plain_run, monkeypatch, tmp_path):
+    from dashboard.app import create_app
+
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{_free_port()}/0")  # nothing listens there
+    client = create_app([plain_run[0]], state_dir=tmp_path / "state").server.test_client()
+    start = time.time()
+    r = client.post("/api/runs/tiny/points", json={"instruction": "x"})
+    assert r.status_code == 503 and "queue unavailable" in r.get_json()["error"] and int(r.headers["Retry-After"]) >= 1
+    assert time.time() - start < 30
