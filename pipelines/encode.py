@@ -144,7 +144,7 @@ def resolve_max_length(loaded, max_length: int | None) -> int:
 def batch_limits(device: str, batch_tokens: int | None = None, max_batch: int | None = None) -> tuple[int, int]:
     """(padded tokens per batch, prompts per batch): the defaults depend on the device."""
     on_gpu = str(device).startswith("cuda")
-    return batch_tokens or (32768 if on_gpu else 4096), max_batch or (256 if on_gpu else 64)
+    return batch_tokens or (32768 if on_gpu else 1024), max_batch or (256 if on_gpu else 64)
 
 
 @dataclass
