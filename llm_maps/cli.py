@@ -244,6 +244,9 @@ def cmd_serve(args) -> int:
         if served:
             worker = start_worker_process(served, state)
     print(f"llm-maps: dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so `finally` stops the worker on SIGTERM too
     try:
         serve(runs, data_dirs, host=args.host, port=args.port, auth=auth)
     finally:
@@ -271,8 +274,10 @@ def start_worker_process(runs, state_dir) -> "subprocess.Popen":
     """The embedded worker `llm-maps serve` starts when no other worker is configured."""
     import subprocess
 
+    import os
+
     cmd = [sys.executable, "-m", "llm_maps.cli", "worker", *map(str, runs), "--state", str(state_dir)]
-    return subprocess.Popen(cmd)
+    return subprocess.Popen(cmd, env={**os.environ, "LLM_MAPS_PARENT_PID": str(os.getpid())})
 
 
 def cmd_export(args) -> int:

@@ -126,15 +126,25 @@ class JobQueue(_Staleness):
             self.cache.set(f"job:{job_id}", job, expire=self.retention)
 
     def reap(self) -> int:
-        """Fail every running job whose worker stopped heart-beating. Returns how many."""
+        """Fail every running job whose worker stopped heart-beating. Returns how many.
+
+        Looks only at the index of running jobs, never at every stored job."""
         n = 0
-        for key in list(self.cache.iterkeys()):
-            if isinstance(key, str) and key.startswith("job:"):
-                job = self.cache.get(key)
-                if job and job["status"] == "running" and self._stale(job):
-                    self._fail_stale(job["id"])
-                    n += 1
+        for job_id in list(self.cache.get("running", ())):
+            job = self.cache.get(f"job:{job_id}")
+            if job is None or job["status"] != "running":
+                self._untrack(job_id)
+            elif self._stale(job):
+                self._fail_stale(job_id)
+                self._untrack(job_id)
+                n += 1
         return n
+
+    def _untrack(self, job_id: str) -> None:
+        with self.cache.transact():
+            running = set(self.cache.get("running", ()))
+            running.discard(job_id)
+            self.cache.set("running", running)
 
     # ------------------------------------------------------------------ worker side
     def claim(self, runs, worker: str) -> dict | None:
@@ -152,6 +162,7 @@ class JobQueue(_Staleness):
                 job.update(status="running", started=now, heartbeat=now, worker=worker,
                            heartbeat_timeout=self.heartbeat_timeout)
                 self.cache.set(f"job:{job_id}", job, expire=self.retention)
+                self.cache.set("running", set(self.cache.get("running", ())) | {job_id})
                 return job
         return None
 
@@ -163,6 +174,8 @@ class JobQueue(_Staleness):
             job.update(fields)
             job["heartbeat"] = time.time()
             self.cache.set(f"job:{job_id}", job, expire=self.retention)
+            if job["status"] in ("done", "failed"):
+                self.cache.set("running", set(self.cache.get("running", ())) - {job_id})
 
     def heartbeat(self, job_id: str) -> None:
         self.update(job_id)

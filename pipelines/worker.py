@@ -169,6 +169,13 @@ def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, devi
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    parent = os.environ.get("LLM_MAPS_PARENT_PID")
+    if parent:  # started by `llm-maps serve`: stop when that process is gone, never linger
+        def watch():
+            while not stop.wait(1.0):
+                if os.getppid() != int(parent):
+                    stop.set()
+        threading.Thread(target=watch, daemon=True).start()
     log(f"llm-maps worker: serving {', '.join(Path(r).name for r in run_dirs)} from queue {state}")
     serve_jobs(run_dirs, state_dir=state, max_models=max_models, device=device, dtype=dtype, stop=stop, log=log)
     return 0

@@ -216,3 +216,36 @@ def test_killed_worker_leaves_the_job_failed(live, tmp_path):
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_starts_a_worker_and_stops_it_on_sigterm(live, tmp_path):
+    import psutil
+
+    run, _ = live
+    port = _free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(run), "--port", str(port)],
+                             env={**os.environ, "LLM_MAPS_STATE": str(tmp_path / "state")},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        workers = []
+        while not workers:
+            assert serve.poll() is None and time.time() < deadline
+            workers = [c for c in psutil.Process(serve.pid).children()
+                       if "worker" in " ".join(c.cmdline())]
+            time.sleep(0.2)
+        serve.terminate()
+        serve.wait(timeout=20)
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive  # the embedded worker never outlives the server
+    finally:
+        if serve.poll() is None:
+            serve.kill()
