@@ -6,9 +6,13 @@
 For each size: writes a synthetic run (dashboard.synthetic), starts `llm-maps serve` in its own
 process, opens /map in Chromium with software WebGL (the baseline's flags) and measures
   first paint     navigation start -> the frame after the map holds every (or the sampled) point
-  recolour        choose another colour in the UI -> frame after the new colours are drawn;
-                  server time (request start -> first response byte) and payload bytes
-  filter          untick "train" -> frame after only the test points are drawn; server time, bytes
+                  (the figure comes with the page layout); bytes of the layout and callbacks
+  points payload  the per-point arrays the browser fetches once after the first paint (runs up to
+                  200k points): bytes and when they had arrived
+  recolour        choose another colour in the UI -> frame after the new colours are drawn (in the
+                  browser: Plotly.react with typed arrays; for larger runs a server figure);
+                  server requests, server time (request start -> first byte) and bytes
+  filter          untick "train" -> frame after only the test points are drawn; same fields
   memory          resident memory of the web process after these
 then runs /work/shared/bench/plotly_baseline.py (plain Plotly HTML) in the same session and prints
 ratios (ours / baseline). Needs playwright (pip) and chromium (apt); no `playwright install`.
@@ -70,10 +74,13 @@ class Traffic:
         page.on("requestfinished", self._done)
 
     def _done(self, request):
-        if "_dash-update-component" in request.url:
+        if any(k in request.url for k in ("_dash-update-component", "_dash-layout", "/_llm_maps/")):
             t = request.timing
-            resp = request.response()
-            size = len(resp.body()) if resp and resp.status == 200 else 0
+            try:
+                resp = request.response()
+                size = len(resp.body()) if resp and resp.status == 200 else 0
+            except Exception:  # noqa: BLE001 - the page went away first
+                return
             self.items.append({"server_ms": t["responseStart"] - t["requestStart"], "bytes": size})
 
     def reset(self):
@@ -97,6 +104,11 @@ def measure(pw, chromium: str, url: str, n_expected: int, n_test: int, sampled: 
         page.goto(url, wait_until="commit", timeout=600_000)
         painted = frame_after(page, f"{GD} && {GD}._fullData && {GD}._fullData[0] && {GD}._fullData[0]._length === {n_expected}")
         out = {"first_paint_ms": round(painted, 1), "first_paint_payload_bytes": traffic.summary()["bytes"]}
+        if not sampled:  # the browser fetches the run's arrays once, after the first paint
+            run = url.split("run=")[1]
+            got = page.evaluate("async (run) => { const P = await window.llmMapsState.payloads[run]; "
+                                "return [P.bytes, performance.now()]; }", run)
+            out["points_payload_bytes"], out["points_loaded_ms"] = got[0], round(got[1], 1)
         page.wait_for_timeout(1500)
         t0 = page.evaluate("() => performance.now()")
         responsive = page.evaluate("() => performance.now()") - t0
@@ -112,11 +124,13 @@ def measure(pw, chromium: str, url: str, n_expected: int, n_test: int, sampled: 
         out["recolour_server"] = traffic.summary()
         # filter: only test points
         traffic.reset()
+        page.evaluate(f"() => {{ window.__prevTrace = {GD}._fullData[0]; }}")
         t0 = page.evaluate("() => performance.now()")
         page.get_by_label("train").uncheck()
+        # a sampled view keeps drawing MAX_POINTS points: wait for the new figure itself
         cond = (f"{GD}._fullData[0]._length === {n_test}" if not sampled
-                else f"{GD}._fullData[0]._length <= {n_test} && {GD}._fullData[0]._length < {n_expected} + 1 && "
-                     "window.location.search.includes('split=test')")
+                else f"{GD}._fullData[0] !== window.__prevTrace && {GD}._fullData[0]._length <= {n_test} && "
+                     f"{GD}._fullLayout.legend.title.text === 'task'")
         t1 = frame_after(page, cond)
         page.wait_for_timeout(300)
         out["filter_ms"] = round(t1 - t0, 1)
@@ -183,7 +197,8 @@ def main(argv=None) -> int:
                 ours = results[n]
                 ratios = {"first_paint": ours["first_paint_ms"] / b["first_paint_ms"],
                           "recolour_vs_strings": ours["recolour_ms"] / b["recolour_strings_ms"],
-                          "recolour_vs_numeric": ours["recolour_ms"] / b["recolour_numeric_ms"]}
+                          "recolour_vs_numeric": ours["recolour_ms"] / b["recolour_numeric_ms"],
+                          "filter_vs_numeric_restyle": ours["filter_ms"] / b["recolour_numeric_ms"]}
                 results[n]["baseline"] = b
                 results[n]["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
                 print(json.dumps({"points": n, "ratios_ours_over_baseline": results[n]["ratios"]}), flush=True)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import Input, Output, dcc, html
+from dash import Input, Output, State, dcc, html
 
 from dashboard.data import RunRegistry
+from dashboard.points import install_routes
 
 HERE = Path(__file__).resolve().parent
 _CREATE_LOCK = threading.Lock()
@@ -66,8 +67,36 @@ def _navbar() -> dbc.Navbar:
     ], fluid=True), color="primary", dark=True, className="mb-2")
 
 
+def state_dir_for(runs, data_dirs) -> Path:
+    """Where the job queue and user points live: LLM_MAPS_STATE, else beside the runs."""
+    from llm_maps.jobs import default_state_dir
+
+    if os.environ.get("LLM_MAPS_STATE") or runs:
+        return default_state_dir(runs)
+    return Path(data_dirs[0]) / ".llm-maps-state" if data_dirs else default_state_dir([])
+
+
+def _install_api(server, registry, state_dir: Path) -> None:
+    from dashboard.api import register_api
+    from llm_maps.jobs import make_points, make_queue
+
+    queue = make_queue(state_dir)  # RedisJobQueue (Celery workers) when REDIS_URL is set, else diskcache
+    server.config["LLM_MAPS_QUEUE"] = queue
+    register_api(server, registry, queue, make_points(state_dir))
+
+
+def plot_templates() -> dict:
+    """The layouts of plotly's light and dark templates, which the browser switches figures between."""
+    import plotly.io as pio
+
+    from dashboard.figures import LEGEND_BG, template_name
+
+    return {key: {"template": {"layout": pio.templates[template_name(dark)].layout.to_plotly_json()},
+                  "legend_bg": LEGEND_BG[dark]} for key, dark in (("light", False), ("dark", True))}
+
+
 def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None = None,
-               title: str = "LLM Maps") -> dash.Dash:
+               title: str = "LLM Maps", state_dir: str | Path | None = None) -> dash.Dash:
     """A Dash app serving ``runs`` (run folders) and the runs found in ``data_dirs``.
 
     Without arguments, runs come from LLM_MAPS_RUNS / LLM_MAPS_DATA (default data/runs) and basic
@@ -84,15 +113,18 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
                         assets_folder=str(HERE / "assets"), assets_ignore=r"^(flatly|darkly)\.min\.css$",
                         external_stylesheets=[], suppress_callback_exceptions=True, title=title,
                         serve_locally=True, update_title=None)
-        app.server.config["LLM_MAPS_REGISTRY"] = RunRegistry(runs, data_dirs)
+        registry = RunRegistry(runs, data_dirs)
+        app.server.config["LLM_MAPS_REGISTRY"] = registry
+        _install_api(app.server, registry, state_dir or state_dir_for(runs, data_dirs))
         app.layout = html.Div([
             html.Link(id="theme-css", rel="stylesheet", href="/assets/themes/flatly.min.css"),
             _navbar(),
             dash.page_container,
             html.Div(id="theme-sync", hidden=True), html.Div(id="run-nav", hidden=True),
+            dcc.Store(id="plot-templates", data=plot_templates()),
         ])
         dash.clientside_callback(dash.ClientsideFunction("llm_maps", "theme"), Output("theme-sync", "children"),
-                                 Input("theme-dark", "value"))
+                                 Input("theme-dark", "value"), State("plot-templates", "data"))
         dash.clientside_callback(dash.ClientsideFunction("llm_maps", "pickRun"), Output("run-nav", "children"),
                                  Input("run-picker", "value"), prevent_initial_call=True)
         with app.server.test_request_context("/"):
@@ -100,7 +132,9 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
     if credentials:
         _install_basic_auth(app.server, credentials)
     _install_home_redirect(app.server)
+    install_routes(app.server)
     return app
+
 
 
 def _install_home_redirect(server) -> None:

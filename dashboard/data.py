@@ -155,7 +155,7 @@ class RunData:
         corr[~self.is_train & scored & cvals] = 1
         corr[~self.is_train & scored & ~cvals] = 2
         self.cats["correct"] = Categorical(corr, list(CORRECTNESS_NAMES))
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # lazily built values may use other lazily built values
         self._lazy: dict = {}
         self.falloff_file, self.falloff_error = _read_falloff(path)
 

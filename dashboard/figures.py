@@ -3,7 +3,8 @@
 Figures are plain plotly objects built from numpy arrays (plotly serialises them as base64 typed
 arrays). The map's trace layout is fixed so callbacks can patch parts of it:
 
-    data[0]  the points            (customdata = row index in examples.parquet)
+    data[0]  the points            (customdata = row index in examples.parquet, left out when the
+                                    points are every row in order: then row = point number)
     data[1]  neighbour overlay     (lines from the selected point to its nearest train examples)
     data[2]  density heatmap       (only when the points are sampled, e.g. 1M points zoomed out)
     data[3:] legend slots          (LEGEND_SLOTS tiny traces; unused ones hidden)
@@ -18,7 +19,7 @@ import plotly.graph_objects as go
 
 POINTS, OVERLAY, DENSITY, LEGEND0 = 0, 1, 2, 3
 LEGEND_SLOTS = 30
-HOVER_TEXT_MAX = 30_000    # above this many drawn points, the tooltip is short; details show below
+HOVER_TEXT_MAX = 20_000    # runs above this many rows get a short tooltip; details show below the map
 MAX_POINTS = 200_000       # above this many rows in view, draw a density heatmap + a sample
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -31,6 +32,7 @@ FIXED_COLOURS = {
     "domain": {"Chollet": "#e6550d", "Reasoning": "#3182bd"},
 }
 MISSING = "#c0c0c0"
+MISSING_BAND = 0.04  # the grey band below a continuous scale for rows without a value
 
 COLOUR_OPTIONS = [  # value, label, kind
     ("split", "split (train / test)", "categorical"),
@@ -48,6 +50,11 @@ CONTINUOUS_SCALES = {"score": "RdYlGn", "dist": "Viridis", "out_len": "Cividis"}
 EXPORT_CONFIG = {"displaylogo": False, "scrollZoom": True,
                  "toImageButtonOptions": {"format": "png", "scale": 2},
                  "modeBarButtonsToAdd": ["lasso2d", "select2d"]}
+LEGEND_BG = {False: "rgba(255,255,255,0.6)", True: "rgba(0,0,0,0.4)"}
+
+
+def template_name(dark: bool) -> str:
+    return "plotly_dark" if dark else "plotly_white"
 
 
 @dataclass
@@ -98,7 +105,7 @@ def colour_spec(data, colour_by: str, rows: np.ndarray, dist: np.ndarray | None 
     base = pc.get_colorscale(CONTINUOUS_SCALES[colour_by])
     if finite.all():
         return ColourSpec(vals, base, lo, hi, [], label, True)
-    g = 0.04  # a grey band below the scale for rows without a value
+    g = MISSING_BAND
     span = hi - lo
     vals = np.where(finite, vals, lo - span * g).astype(np.float32)
     f = g / (1 + g)
@@ -128,41 +135,50 @@ def points_marker(spec: ColourSpec, n_points: int) -> dict:
     return marker
 
 
-def legend_traces(spec: ColourSpec) -> list[go.Scattergl]:
-    """LEGEND_SLOTS tiny traces carrying the categorical legend (unused slots hidden)."""
+def legend_traces(spec: ColourSpec) -> list[go.Scatter]:
+    """LEGEND_SLOTS tiny traces carrying the categorical legend (unused slots hidden); plain SVG
+    traces, since every WebGL trace costs a draw pass."""
     out = []
     entries = spec.legend[:LEGEND_SLOTS]
     for i in range(LEGEND_SLOTS):
         if i < len(entries):
             name, colour = entries[i]
-            out.append(go.Scattergl(x=[None], y=[None], mode="markers", name=name, showlegend=True,
-                                    marker={"color": colour, "size": 9}, hoverinfo="skip"))
+            out.append(go.Scatter(x=[None], y=[None], mode="markers", name=name, showlegend=True,
+                                  marker={"color": colour, "size": 9}, hoverinfo="skip"))
         else:
-            out.append(go.Scattergl(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-                                    name=""))
+            out.append(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                                  name=""))
     return out
 
 
 def hover_text(data, rows: np.ndarray) -> np.ndarray | None:
-    return data.hover[rows] if len(rows) <= HOVER_TEXT_MAX else None
+    """Per-point tooltips only for small runs; larger ones show details below the map on hover."""
+    return data.hover[rows] if data.n <= HOVER_TEXT_MAX else None
+
+
+SHORT_HOVER = "%{x:.3g}, %{y:.3g} · details below the map<extra></extra>"
+
+
+def is_identity(rows: np.ndarray, n: int) -> bool:
+    return len(rows) == n and (n == 0 or (int(rows[0]) == 0 and int(rows[-1]) == n - 1))
 
 
 def points_trace(data, rows: np.ndarray, spec: ColourSpec) -> go.Scattergl:
+    """The points: float32 coordinates, typed-array colours; customdata (int32 row numbers) only
+    when the points are not simply every row in order."""
     rows = np.asarray(rows, dtype=np.int32)
     text = hover_text(data, rows)
+    extra = {} if is_identity(rows, data.n) else {"customdata": rows}
     return go.Scattergl(
-        # customdata as a plain list: dcc.Graph reads clickData/selectedData customdata from the
-        # figure as given, where a typed-array spec cannot be indexed (about as small as base64 anyway)
-        x=data.x[rows], y=data.y[rows], customdata=rows.tolist(), mode="markers", name="examples",
-        showlegend=False, marker=points_marker(spec, len(rows)), text=text,
-        hovertemplate=("%{text}<extra></extra>" if text is not None
-                       else "row %{customdata} (details below the map)<extra></extra>"))
+        x=data.x[rows], y=data.y[rows], mode="markers", name="examples", showlegend=False,
+        marker=points_marker(spec, len(rows)), text=text, **extra,
+        hovertemplate="%{text}<extra></extra>" if text is not None else SHORT_HOVER)
 
 
-def overlay_trace(data, row: int | None, neighbours: list[tuple[int, float | None]]) -> go.Scattergl:
-    """Lines from the selected point to its nearest train examples, with both ends marked."""
+def overlay_spec(data, row: int | None, neighbours: list[tuple[int, float | None]]) -> dict:
+    """The neighbour overlay's arrays (what the browser restyles data[1] with)."""
     if row is None:
-        return go.Scattergl(x=[], y=[], mode="lines+markers", showlegend=False, hoverinfo="skip", name="neighbours")
+        return {"x": [], "y": [], "size": [], "color": [], "text": []}
     xs, ys, sizes, colours, text = [], [], [], [], []
     x0, y0 = float(data.x[row]), float(data.y[row])
     for j, d in neighbours:
@@ -173,9 +189,15 @@ def overlay_trace(data, row: int | None, neighbours: list[tuple[int, float | Non
         text += ["selected", f"neighbour, distance {d:.4g}" if d is not None else "neighbour", ""]
     if not neighbours:
         xs, ys, sizes, colours, text = [x0], [y0], [16], ["#000000"], ["selected"]
-    return go.Scattergl(x=xs, y=ys, mode="lines+markers", name="neighbours", showlegend=False,
-                        line={"color": "#ff7f0e", "width": 1.5}, text=text, hoverinfo="text",
-                        marker={"size": sizes, "color": colours, "symbol": "circle-open",
+    return {"x": xs, "y": ys, "size": sizes, "color": colours, "text": text}
+
+
+def overlay_trace(data, row: int | None, neighbours: list[tuple[int, float | None]]) -> go.Scattergl:
+    """Lines from the selected point to its nearest train examples, with both ends marked."""
+    o = overlay_spec(data, row, neighbours)
+    return go.Scattergl(x=o["x"], y=o["y"], mode="lines+markers", name="neighbours", showlegend=False,
+                        line={"color": "#ff7f0e", "width": 1.5}, text=o["text"], hoverinfo="text",
+                        marker={"size": o["size"], "color": o["color"], "symbol": "circle-open",
                                 "line": {"width": 2}})
 
 
@@ -199,15 +221,33 @@ def map_figure(data, rows: np.ndarray, spec: ColourSpec, *, selected: int | None
     fig = go.Figure([points_trace(data, rows, spec), overlay_trace(data, selected, list(neighbours)),
                      density_trace(data.x, data.y, density_rows)] + legend_traces(spec))
     fig.update_layout(
-        template="plotly_dark" if dark else "plotly_white", uirevision=uirevision,
+        template=template_name(dark), uirevision=uirevision,
         margin={"l": 10, "r": 10, "t": 30, "b": 10}, height=640, dragmode="zoom", hovermode="closest",
         xaxis={"showgrid": False, "zeroline": False, "showticklabels": False, "title": None},
         yaxis={"showgrid": False, "zeroline": False, "showticklabels": False, "title": None},
-        legend={"title": {"text": spec.title}, "itemsizing": "constant", "bgcolor": "rgba(255,255,255,0.6)"},
-        title={"text": f"{len(rows):,} of {data.n:,} examples" + (" (sampled; zoom in for all)"
-                                                                  if density_rows is not None else ""),
+        legend={"title": {"text": spec.title}, "itemsizing": "constant", "bgcolor": LEGEND_BG[dark]},
+        title={"text": map_title(len(rows), data.n, density_rows is not None),
                "font": {"size": 13}, "x": 0.01})
     return fig
+
+
+def map_title(drawn: int, n: int, sampled: bool = False) -> str:
+    return f"{drawn:,} of {n:,} examples" + (" (sampled; zoom in for all)" if sampled else "")
+
+
+def client_options(data) -> dict:
+    """How the browser colours points itself (mirrors ``colour_spec``), per colour option."""
+    import plotly.colors as pc
+
+    out = {}
+    for value, label, kind in COLOUR_OPTIONS:
+        if kind == "categorical":
+            names = data.cats[value].names
+            out[value] = {"kind": kind, "title": label, "names": names, "colours": category_colours(value, names)}
+        else:
+            out[value] = {"kind": kind, "title": label, "scale": pc.get_colorscale(CONTINUOUS_SCALES[value]),
+                          "fixed": [0.0, 1.0] if value == "score" else None}
+    return out
 
 
 # --- falloff ------------------------------------------------------------------------------
@@ -253,7 +293,7 @@ def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", t
             fig.add_trace(trace, row=1, col=i + 1)
         else:
             fig.add_trace(trace)
-    fig.update_layout(template="plotly_dark" if dark else "plotly_white", height=480, title={"text": title},
+    fig.update_layout(template=template_name(dark), height=480, title={"text": title},
                       margin={"l": 50, "r": 20, "t": 60, "b": 50}, legend={"orientation": "h", "y": -0.18})
     fig.update_yaxes(range=[-0.02, 1.08])
     if side:

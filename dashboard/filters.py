@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,24 @@ class Filters:
             return (float(v[0]), float(v[1])) if v and len(v) == 2 and None not in v else None
 
         return cls(tup(split), tup(domain), tup(task), rng(score), rng(dist), (search or "").strip())
+
+
+def value_bounds(values: np.ndarray) -> tuple[float, float]:
+    """The (min, max) a range slider over ``values`` offers (finite values; (0, 1) when none)."""
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    return (lo, hi + 1e-6) if hi <= lo else (lo, hi)
+
+
+def active_range(value, bounds: tuple[float, float]):
+    """A slider's range, or None when it spans all of ``bounds`` (no constraint: rows without a
+    value stay in, e.g. unscored train rows)."""
+    if not value or len(value) != 2 or None in value:
+        return None
+    lo, hi = float(value[0]), float(value[1])
+    if abs(lo - bounds[0]) < 1e-12 and abs(hi - bounds[1]) < 1e-12:
+        return None
+    return [lo, hi]
 
 
 def filter_mask(data, f: Filters, dist: np.ndarray | None = None) -> np.ndarray:
@@ -79,3 +98,12 @@ def selection_summary(data, rows: np.ndarray, *, max_tasks: int = 8) -> dict:
     return {"count": int(len(rows)), "train": int(data.is_train[rows].sum()), "scored": n, "correct": k,
             "accuracy": (k / n) if n else None, "low": low, "high": high, "tasks": tasks,
             "n_tasks": int((counts > 0).sum())}
+
+
+def search_hits(data, q: str) -> dict | None:
+    """Rows whose prompt contains ``q``, as a little-endian bitmask (base64) the browser can read."""
+    q = (q or "").strip()
+    if not q:
+        return None
+    bits = np.packbits(data.search_mask(q), bitorder="little")
+    return {"q": q, "bits": base64.b64encode(bits.tobytes()).decode("ascii")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from contextlib import contextmanager
@@ -13,6 +14,25 @@ CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def require_browser() -> None:
+    """Skip browser tests when Chromium or Playwright is missing locally; in CI (``CI`` set) fail
+    instead, so a broken install cannot hide them."""
+    import pytest
+
+    missing = None
+    if not chromium_path():
+        missing = "no system Chromium (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "playwright is not installed (pip install playwright)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests cannot run in CI: {missing}", pytrace=False)
+        pytest.skip(missing)
 
 
 @contextmanager

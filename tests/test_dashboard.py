@@ -18,7 +18,7 @@ from dashboard.data import RunRegistry, falloff_for, load_run, nearest_train_dis
 from dashboard.filters import Filters, filter_mask, selection_summary, view_rows
 from dashboard.synthetic import write_synthetic_run
 from dashboard.table import query_table
-from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server
+from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
 from llm_maps.falloff import falloff_stats, wilson_interval
 
 XSS = "<script>alert(1)</script> **not bold** <b>raw tag</b> [link](http://example.com)\nsecond line"
@@ -120,8 +120,46 @@ def test_map_figure_uses_typed_arrays_and_fixed_slots(scored_data):
     assert '"bdata"' in payload  # numpy arrays travel as base64 typed arrays
     assert len(fig.data[F.POINTS].x) == len(rows)
     assert list(fig.data[F.POINTS].customdata) == rows.tolist()
+    assert js["data"][F.POINTS]["x"]["dtype"] == "f4" and js["data"][F.POINTS]["customdata"]["dtype"] == "i4"
+    # every row in order: no customdata (row = point number), and small runs carry hover text
+    full = F.map_figure(scored_data, np.arange(scored_data.n), F.colour_spec(scored_data, "split", np.arange(scored_data.n)))
+    assert full.data[F.POINTS].customdata is None and len(full.data[F.POINTS].text) == scored_data.n
     ta = F.typed_array(np.array([1, 2, 3], dtype=np.uint8))
     assert ta == {"dtype": "u1", "bdata": "AQID"}
+
+
+def test_points_payload_round_trips_and_matches_the_server_arrays(runs, scored_data):
+    from dashboard.app import create_app
+    from dashboard.points import pack, unpack
+
+    header, arrays = unpack(pack({"a": 1}, {"u": np.array([1, 2, 3], np.uint8), "f": np.array([0.5, np.nan], np.float32)}))
+    assert header == {"a": 1} and arrays["u"].tolist() == [1, 2, 3] and np.isnan(arrays["f"][1])
+    client = create_app([runs["scored"]], []).server.test_client()
+    r = client.get("/_llm_maps/points?run=scored")
+    assert r.status_code == 200 and r.mimetype == "application/octet-stream"
+    header, arrays = unpack(r.data)
+    assert header["n"] == N and header["hover"] == scored_data.hover.tolist()
+    assert np.array_equal(arrays["x"], scored_data.x) and np.array_equal(arrays["cat_task"], scored_data.cats["task"].codes)
+    np.testing.assert_array_equal(arrays["score"], scored_data.score)
+    assert header["options"]["domain"]["colours"] == ["#e6550d", "#3182bd"]
+    assert header["names"]["split"] == ["test", "train"]
+    r = client.get("/_llm_maps/dist?run=scored&layer=1")
+    assert r.status_code == 200
+    np.testing.assert_array_equal(np.frombuffer(r.data, np.float32), scored_data.distances(1))
+    assert client.get("/_llm_maps/points?run=nope").status_code == 404
+
+
+def test_search_hits_bitmask_and_full_ranges(scored_data):
+    import base64
+
+    from dashboard.filters import active_range, search_hits, value_bounds
+
+    hits = search_hits(scored_data, " prompt 17 of ")
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(hits["bits"]), np.uint8), bitorder="little")[:scored_data.n]
+    assert hits["q"] == "prompt 17 of" and bits.astype(bool).tolist() == filter_mask(scored_data, Filters.make(search="prompt 17 of")).tolist()
+    assert search_hits(scored_data, "  ") is None
+    lo, hi = value_bounds(scored_data.dist)
+    assert active_range([lo, hi], (lo, hi)) is None and active_range([lo, 0.1], (lo, hi)) == [lo, 0.1]
 
 
 def test_selection_summary_accuracy_and_interval(scored_data):
@@ -236,9 +274,9 @@ def test_serve_command_binds_localhost(runs):
 
 @pytest.fixture(scope="module")
 def browser_page(runs):
-    if not chromium_path():
-        pytest.skip("no system Chromium (apt-get install chromium)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
     from dashboard.app import create_app
 
     app = create_app([runs["scored"], runs["unscored"], runs["withfile"], runs["broken"]], [])
@@ -246,11 +284,15 @@ def browser_page(runs):
         browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
         log = ConsoleLog(page)
+        page.callbacks = []  # the Dash callbacks the page asked the server for: their outputs
+        page.on("request", lambda r: page.callbacks.append(json.loads(r.post_data or "{}").get("output", ""))
+                if "_dash-update-component" in r.url else None)
         yield url, page, log
         browser.close()
 
 
 GD = "document.querySelector('#map-graph .js-plotly-plot')"
+FGD = "document.querySelector('#falloff-graph .js-plotly-plot')"
 
 
 def _wait_points(page, n: int | None = None, timeout: int = 20_000):
@@ -264,14 +306,29 @@ def _settle(page):
     page.wait_for_timeout(300)
 
 
+def _drawn_rows(page) -> list[int]:
+    """The rows drawn as points (customdata, or every row in order when there is none)."""
+    return page.evaluate(f"""() => {{ const t = {GD}._fullData[0];
+        return t.customdata ? Array.from(t.customdata) : Array.from({{length: t._length}}, (_, i) => i); }}""")
+
+
+def _mask(data, **kw):
+    return np.flatnonzero(filter_mask(data, Filters.make(**kw))).tolist()
+
+
 def test_map_page_loads_colours_and_filters(browser_page, scored_data):
     url, page, log = browser_page
+    page.callbacks.clear()
     page.goto(f"{url}/map?run=scored")
     assert _wait_points(page, N) == N
     _settle(page)
+    # the first figure comes with the page: no callback draws it
+    assert not [c for c in page.callbacks if "map-graph.figure" in c]
     before = page.evaluate(f"() => {GD}._fullData[0].marker.colorscale")
     assert before == F.colour_spec(scored_data, "split", np.arange(N)).colorscale
-    # recolour by domain: the marker colours become the domain codes and the legend follows
+    page.wait_for_function("() => window.llmMapsState.payloads.scored")
+    page.callbacks.clear()
+    # recolour by domain, in the browser: the marker colours become the domain codes, the legend follows
     page.click("#map-colour")
     page.get_by_role("option", name="domain", exact=True).click()
     page.wait_for_function(f"() => JSON.stringify({GD}._fullData[0].marker.colorscale).includes('#e6550d')")
@@ -279,17 +336,45 @@ def test_map_page_loads_colours_and_filters(browser_page, scored_data):
     assert colours == scored_data.cats["domain"].codes.tolist()
     legend = page.evaluate(f"() => {GD}._fullData.filter(t => t.showlegend).map(t => t.name)")
     assert legend == ["Chollet", "Reasoning"]
-    # filter: only test points, only one domain -> exactly that many points drawn
+    # filter: only test points, only one domain -> exactly those rows, still coloured by domain
     page.get_by_label("train").uncheck()
     n_test = int((~scored_data.is_train).sum())
     assert _wait_points(page, n_test) == n_test
     page.click("#map-domain")
     page.get_by_role("option", name="Reasoning", exact=True).click()
-    expect = int(((~scored_data.is_train) & (scored_data.frame["domain"] == "Reasoning").to_numpy()).sum())
-    assert _wait_points(page, expect) == expect
+    expect = _mask(scored_data, split=["test"], domain=["Reasoning"])
+    assert _wait_points(page, len(expect)) == len(expect)
+    assert _drawn_rows(page) == expect
+    assert page.evaluate(f"() => Array.from({GD}._fullData[0].marker.color)") == \
+        scored_data.cats["domain"].codes[expect].tolist()
+    assert page.evaluate(f"() => {GD}._fullLayout.title.text") == f"{len(expect)} of {N} examples"
     page.wait_for_function("() => window.location.search.includes('domain=Reasoning')")
     assert "split=test" in page.url and "colour=domain" in page.url
+    assert page.callbacks == []  # recolour and filter never asked the server
+    # continuous colour on another layer: distances of layer 1, scale bounds exactly as the server's
+    page.click("#map-layer")
+    page.get_by_role("option", name="layer 1", exact=True).click()
+    page.click("#map-colour")
+    page.get_by_role("option", name="distance to train", exact=True).click()
+    page.wait_for_function(f"() => {GD}.layout.legend.title.text === 'distance to train' && {GD}._fullData[0].marker.showscale")
+    spec = F.colour_spec(scored_data, "dist", np.array(expect), scored_data.distances(1))
+    got = page.evaluate(f"() => {{ const m = {GD}._fullData[0].marker; return [Array.from(m.color), m.cmin, m.cmax]; }}")
+    assert got[0] == spec.values.tolist() and (got[1], got[2]) == (spec.cmin, spec.cmax)
+    # text search runs on the server (a bitmask of hits), the rest stays in the browser
+    page.fill("#map-search", "Prompt 1")
+    page.press("#map-search", "Enter")
+    expect = _mask(scored_data, split=["test"], domain=["Reasoning"], search="Prompt 1")
+    assert 0 < len(expect) < n_test and _wait_points(page, len(expect)) == len(expect)
+    assert _drawn_rows(page) == expect
+    assert [c for c in page.callbacks if "map-graph.figure" in c] == []
     assert log.take() == []
+
+
+def _pixel(page, row: int) -> list[float]:
+    return page.evaluate(f"""() => {{ const gd = {GD}; const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        const t = gd._fullData[0]; const i = t.customdata ? Array.from(t.customdata).indexOf({row}) : {row};
+        return [box.left + xa.l2p(t.x[i]), box.top + ya.l2p(t.y[i])]; }}""")
 
 
 def test_clicking_a_point_shows_its_neighbours(browser_page, scored_data):
@@ -299,10 +384,7 @@ def test_clicking_a_point_shows_its_neighbours(browser_page, scored_data):
     _settle(page)
     row = 17
     # click the point at its pixel position (Plotly's own hit test on the WebGL trace)
-    pos = page.evaluate(f"""() => {{ const gd = {GD}; const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-        const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
-        const t = gd._fullData[0]; const i = Array.from(t.customdata).indexOf({row});
-        return [box.left + xa.l2p(t.x[i]), box.top + ya.l2p(t.y[i])]; }}""")
+    pos = _pixel(page, row)
     page.mouse.move(pos[0], pos[1])
     page.mouse.click(pos[0], pos[1])
     page.wait_for_selector("#drill-panel-content", timeout=15_000)
@@ -313,7 +395,115 @@ def test_clicking_a_point_shows_its_neighbours(browser_page, scored_data):
     items = page.locator(".drill-neighbours li code").all_inner_texts()
     assert items == [scored_data.frame["example_id"].iloc[j] for j, _ in nbrs]
     page.wait_for_function(f"() => {GD}._fullData[1].x.length === {3 * len(nbrs)}")
+    ends = page.evaluate(f"() => Array.from({GD}._fullData[1].x)")
+    assert ends[1::3] == pytest.approx([float(scored_data.x[j]) for j, _ in nbrs])
     assert f"sel={clicked.split()[-1]}" in page.url.replace("%2F", "/")
+    assert log.take() == []
+
+
+def _gap_edge(values: np.ndarray, target: float, window: float) -> float:
+    """A coordinate near ``target`` in the middle of the widest gap between points (so a box edge
+    there cannot be a pixel away from deciding a point)."""
+    v = np.sort(values[(values > target - window) & (values < target + window)])
+    i = int(np.argmax(np.diff(v)))
+    return float((v[i] + v[i + 1]) / 2)
+
+
+def test_box_selection_summarises_exactly_the_points_in_the_box(browser_page, scored_data):
+    url, page, log = browser_page
+    page.goto(f"{url}/map?run=scored")
+    _wait_points(page, N)
+    _settle(page)
+    d = scored_data
+    xs, ys = d.x.astype(np.float64), d.y.astype(np.float64)
+    wx, wy = (xs.max() - xs.min()) * 0.05, (ys.max() - ys.min()) * 0.05
+    x0, x1 = _gap_edge(xs, np.quantile(xs, 0.2), wx), _gap_edge(xs, np.quantile(xs, 0.8), wx)
+    y0, y1 = _gap_edge(ys, np.quantile(ys, 0.2), wy), _gap_edge(ys, np.quantile(ys, 0.8), wy)
+    page.evaluate(f"() => Plotly.relayout({GD}, {{dragmode: 'select'}})")
+    corners = page.evaluate(f"""() => {{ const gd = {GD}; const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        return [[box.left + xa.l2p({x0}), box.top + ya.l2p({y1})], [box.left + xa.l2p({x1}), box.top + ya.l2p({y0})]]; }}""")
+    page.mouse.move(*corners[0])
+    page.mouse.down()
+    page.mouse.move(*corners[1], steps=8)
+    page.mouse.up()
+    page.wait_for_selector("#selection-count", timeout=15_000)
+    sel = page.evaluate(f"() => {GD}.layout.selections[0]")
+    bx, by = sorted([sel["x0"], sel["x1"]]), sorted([sel["y0"], sel["y1"]])
+    inside = (xs > bx[0]) & (xs < bx[1]) & (ys > by[0]) & (ys < by[1])
+    rows = np.flatnonzero(inside)
+    assert 10 < len(rows) < N
+    # the exact numbers, computed here from the frame
+    f = d.frame.iloc[rows]
+    test = f[f["split"] == "test"]
+    k, n = int(test["correct"].sum()), int(test["correct"].notna().sum())
+    low, high = wilson_interval(k, n)
+    text = page.inner_text("#selection-count")
+    assert text == (f"{len(rows)} selected ({int((f['split'] == 'train').sum())} train) · accuracy {k / n:.3f} "
+                    f"[{low:.3f}, {high:.3f}] on {n} scored test points")
+    tasks = f["task"].value_counts()
+    top = sorted(tasks.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
+    assert page.locator("#selection-tasks li").all_inner_texts() == [f"{t} ({c})" for t, c in top]
+    assert log.take() == []
+
+
+def _download(page, url: str, ready: str, button: str):
+    """Click a download button in a fresh tab (Chromium limits automatic downloads per tab);
+    returns (file name, bytes)."""
+    tab = page.context.new_page()
+    try:
+        log = ConsoleLog(tab)
+        tab.goto(url)
+        tab.wait_for_function(f"() => {ready}", timeout=20_000)
+        tab.wait_for_timeout(300)
+        with tab.expect_download() as dl:
+            tab.click(button)
+        body = open(dl.value.path(), "rb").read()
+        assert log.take() == []
+        return dl.value.suggested_filename, body
+    finally:
+        tab.close()
+
+
+def test_figures_export_png_and_svg(browser_page):
+    url, page, _ = browser_page
+    drawn = f"{GD} && {GD}._fullData && {GD}._fullData[0]._length === {N}"
+    name, svg = _download(page, f"{url}/map?run=scored", drawn, "#map-graph-svg")
+    svg = svg.decode("utf-8")
+    assert name == "llm-maps-map.svg"
+    assert svg.startswith("<svg") and "of 240 examples" in svg and "<image" in svg  # WebGL points as an image
+    name, png = _download(page, f"{url}/map?run=scored", drawn, "#map-graph-png")
+    assert name == "llm-maps-map.png" and png[:8] == b"\x89PNG\r\n\x1a\n"
+    name, svg = _download(page, f"{url}/falloff?run=scored", "document.querySelector('#falloff-source-text')",
+                          "#falloff-graph-svg")
+    assert name == "llm-maps-falloff.svg" and svg.startswith(b"<svg") and b"accuracy" in svg
+
+
+def test_dark_theme_switches_the_figures(browser_page):
+    import plotly.io as pio
+
+    url, page, log = browser_page
+    dark_bg = pio.templates["plotly_dark"].layout.paper_bgcolor
+    light_bg = pio.templates["plotly_white"].layout.paper_bgcolor
+    page.goto(f"{url}/map?run=scored")
+    _wait_points(page, N)
+    _settle(page)
+    assert page.evaluate(f"() => {GD}._fullLayout.paper_bgcolor") == light_bg
+    try:
+        page.locator("#theme-dark").check()
+        page.wait_for_function(f"() => {GD}._fullLayout.paper_bgcolor === '{dark_bg}'")
+        assert page.evaluate("() => document.documentElement.getAttribute('data-bs-theme')") == "dark"
+        page.goto(f"{url}/falloff?run=scored")  # a figure drawn by the server comes dark too
+        page.wait_for_selector("#falloff-source-text", timeout=20_000)
+        page.wait_for_function(f"() => {FGD} && {FGD}._fullLayout.paper_bgcolor === '{dark_bg}'")
+        page.goto(f"{url}/map?run=scored")  # and the map is built dark from the start (cookie)
+        _wait_points(page, N)
+        assert page.evaluate(f"() => {GD}.layout.template.layout.paper_bgcolor") == dark_bg
+        page.locator("#theme-dark").uncheck()
+        page.wait_for_function(f"() => {GD}._fullLayout.paper_bgcolor === '{light_bg}'")
+    finally:
+        if page.locator("#theme-dark").is_checked():
+            page.locator("#theme-dark").uncheck()
     assert log.take() == []
 
 
@@ -330,9 +520,6 @@ def test_url_restores_the_view_and_user_text_is_literal(browser_page, scored_dat
     assert page.locator("#map-drill script, #map-drill b, #map-drill strong, #map-drill a[href='http://example.com']").count() == 0
     assert log.dialogs == []
     assert log.take() == []
-
-
-FGD = "document.querySelector('#falloff-graph .js-plotly-plot')"
 
 
 def _falloff_traces(page, n: int):
@@ -360,6 +547,8 @@ def test_examples_table_and_drilldown(browser_page, scored_data):
     url, page, log = browser_page
     page.goto(f"{url}/examples?run=scored")
     page.wait_for_selector(".ag-row[row-index='0'] .ag-cell", timeout=20_000)
+    page.wait_for_function("() => (document.querySelector(\".ag-row[row-index='0'] [col-id='example_id']\") || {}).innerText",
+                           timeout=20_000)  # the infinite row model fills rendered rows a moment later
     first = page.locator(".ag-row[row-index='0'] [col-id='example_id']").first.inner_text()
     assert first == scored_data.frame["example_id"].iloc[0]
     page.locator(".ag-row[row-index='0'] [col-id='task']").first.click()

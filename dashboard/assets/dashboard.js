@@ -1,50 +1,334 @@
 // Clientside callbacks: keep page state in the URL (replaceState: no reload, no router round
-// trip), switch runs, switch the light/dark theme.
-window.dash_clientside = Object.assign({}, window.dash_clientside, {
-  llm_maps: {
-    _write(params) {
-      const q = new URLSearchParams();
-      for (const [k, v] of Object.entries(params)) {
-        if (v === null || v === undefined || v === '') continue;
-        if (Array.isArray(v)) { v.forEach((x) => q.append(k, x)); } else { q.set(k, v); }
-      }
-      const url = window.location.pathname + (q.toString() ? '?' + q.toString() : '');
-      if (url !== window.location.pathname + window.location.search) {
-        window.history.replaceState(window.history.state, '', url);
-      }
-      return window.dash_clientside.no_update;
+// trip), switch runs, switch the light/dark theme (page and figures), export figures, and draw
+// the map in the browser: the run's per-point arrays are fetched once (/_llm_maps/points, a
+// binary blob of typed arrays) and colour and filter changes become one Plotly.react on the
+// graph that is already drawn, with no server round trip. This mirrors dashboard/figures.py
+// (colour_spec, points_marker, legend_traces) and dashboard/filters.py (filter_mask).
+(() => {
+  const NO = () => window.dash_clientside.no_update;
+  const TYPES = {u1: Uint8Array, u2: Uint16Array, i4: Int32Array, f4: Float32Array};
+  const MAP = {payloads: {}, dists: {}, seq: 0};
+
+  function gdOf(id) { return document.querySelector('#' + id + ' .js-plotly-plot'); }
+
+  // Resolves with the graph div once Plotly has drawn it.
+  function plotted(id, timeout = 120000) {
+    const t0 = performance.now();
+    return new Promise((resolve, reject) => {
+      const poll = () => {
+        const gd = gdOf(id);
+        if (gd && gd._fullData && gd._fullLayout) return resolve(gd);
+        if (performance.now() - t0 > timeout) return reject(new Error('no figure #' + id));
+        requestAnimationFrame(poll);
+      };
+      poll();
+    });
+  }
+
+  async function fetchBinary(url) {
+    const r = await fetch(url, {credentials: 'same-origin'});
+    if (!r.ok) {
+      let msg = r.status + '';
+      try { msg = (await r.json()).error || msg; } catch (e) { /* not JSON */ }
+      throw new Error(msg);
+    }
+    return r.arrayBuffer();
+  }
+
+  function parsePayload(buf) {
+    const hl = new DataView(buf).getUint32(0, true);
+    const h = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, hl)));
+    const base = 4 + hl + ((8 - ((4 + hl) % 8)) % 8);
+    const a = {};
+    for (const [k, s] of Object.entries(h.arrays)) a[k] = new TYPES[s.dtype](buf, base + s.offset, s.length);
+    return {h, a, bytes: buf.byteLength};
+  }
+
+  function payload(run) {
+    if (!MAP.payloads[run]) {
+      MAP.payloads[run] = fetchBinary('/_llm_maps/points?run=' + encodeURIComponent(run)).then(parsePayload);
+      MAP.payloads[run].catch(() => { delete MAP.payloads[run]; });
+    }
+    return MAP.payloads[run];
+  }
+
+  function layerDist(run, P, layer) {
+    if (layer === null || layer === undefined || layer === P.h.default_layer) return Promise.resolve(P.a.dist);
+    const key = run + '\u0000' + layer;
+    if (!MAP.dists[key]) {
+      MAP.dists[key] = fetchBinary('/_llm_maps/dist?run=' + encodeURIComponent(run) + '&layer=' + layer)
+        .then((buf) => new Float32Array(buf));
+      MAP.dists[key].catch(() => { delete MAP.dists[key]; });
+    }
+    return MAP.dists[key];
+  }
+
+  function activeRange(v, lo, hi) {  // filters.active_range
+    if (!v || v.length !== 2 || v[0] === null || v[1] === null) return null;
+    if (Math.abs(v[0] - lo) < 1e-12 && Math.abs(v[1] - hi) < 1e-12) return null;
+    return [Math.fround(v[0]), Math.fround(v[1])];  // numpy compares float32 columns in float32
+  }
+
+  function allowed(names, wanted, emptyMeansAll) {
+    if (!wanted || !wanted.length) return emptyMeansAll ? null : new Uint8Array(names.length);
+    const ok = new Uint8Array(names.length);
+    for (const w of wanted) { const i = names.indexOf(w); if (i >= 0) ok[i] = 1; }
+    return ok;
+  }
+
+  function decodeBits(b64) {
+    const s = atob(b64);
+    const out = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+    return out;
+  }
+
+  // filters.filter_mask -> Int32Array of the rows that pass
+  function filterRows(P, f, dist) {
+    const a = P.a, n = P.h.n;
+    const sOK = allowed(P.h.names.split, f.split, false);
+    const dOK = allowed(P.h.names.domain, f.domain, true);
+    const tOK = allowed(P.h.names.task, f.task, true);
+    const cs = a.cat_split, cd = a.cat_domain, ct = a.cat_task, score = a.score;
+    const sr = f.score, dr = f.dist, bits = f.bits;
+    const out = new Int32Array(n);
+    let m = 0;
+    for (let i = 0; i < n; i++) {
+      if (!sOK[cs[i]]) continue;
+      if (dOK !== null && !dOK[cd[i]]) continue;
+      if (tOK !== null && !tOK[ct[i]]) continue;
+      if (sr !== null) { const v = score[i]; if (!(v >= sr[0] && v <= sr[1])) continue; }
+      if (dr !== null) { const v = dist[i]; if (!(v >= dr[0] && v <= dr[1])) continue; }
+      if (bits !== null && !((bits[i >> 3] >> (i & 7)) & 1)) continue;
+      out[m++] = i;
+    }
+    return out.slice(0, m);
+  }
+
+  function gather(src, rows) {
+    const out = new src.constructor(rows.length);
+    for (let i = 0; i < rows.length; i++) out[i] = src[rows[i]];
+    return out;
+  }
+
+  function steppedScale(colours) {  // figures.stepped_scale
+    const cs = colours.length ? colours : ['#888888'];
+    const k = Math.max(colours.length, 1), scale = [];
+    cs.forEach((c, i) => { scale.push([i / k, c], [(i + 1) / k, c]); });
+    return scale;
+  }
+
+  function colourSpec(P, colour, rows, identity, dist) {  // figures.colour_spec
+    const o = P.h.options[colour];
+    if (o.kind === 'categorical') {
+      const src = P.a['cat_' + colour];
+      const codes = identity ? src : gather(src, rows);
+      const counts = new Uint32Array(o.names.length);
+      for (let i = 0; i < codes.length; i++) counts[codes[i]]++;
+      const legend = o.names.map((n, i) => [n, o.colours[i]]).filter((_, i) => counts[i] > 0);
+      return {values: codes, colorscale: steppedScale(o.colours), cmin: -0.5, cmax: o.colours.length - 0.5,
+              legend, title: o.title, continuous: false};
+    }
+    const src = colour === 'score' ? P.a.score : colour === 'dist' ? dist : P.a.out_len;
+    let vals = identity ? src : gather(src, rows);
+    let lo = Infinity, hi = -Infinity, allFinite = true;
+    for (let i = 0; i < vals.length; i++) {
+      const v = vals[i];
+      if (Number.isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; } else allFinite = false;
+    }
+    if (lo === Infinity) { lo = 0; hi = 1; }
+    if (o.fixed) { lo = o.fixed[0]; hi = o.fixed[1]; }
+    if (hi <= lo) hi = lo + 1;
+    if (allFinite) return {values: vals, colorscale: o.scale, cmin: lo, cmax: hi, legend: [], title: o.title, continuous: true};
+    const g = P.h.band, span = hi - lo, fill = Math.fround(lo - span * g);
+    vals = Float32Array.from(vals, (v) => (Number.isFinite(v) ? v : fill));
+    const f = g / (1 + g);
+    const scale = [[0, P.h.missing], [f, P.h.missing]].concat(o.scale.map(([p, c]) => [f + p * (1 - f), c]));
+    return {values: vals, colorscale: scale, cmin: lo - span * g, cmax: hi, legend: [], title: o.title + ' (grey: none)',
+            continuous: true};
+  }
+
+  function pointsMarker(spec, m) {  // figures.points_marker
+    const marker = {color: spec.values, colorscale: spec.colorscale, cmin: spec.cmin, cmax: spec.cmax,
+                    size: m < 5000 ? 6 : m < 50000 ? 4 : 3, opacity: m < 50000 ? 0.85 : 0.7, showscale: spec.continuous};
+    if (spec.continuous) marker.colorbar = {title: {text: spec.title}, thickness: 14};
+    return marker;
+  }
+
+  function legendTrace(entry) {  // figures.legend_traces
+    return entry ? {type: 'scatter', x: [null], y: [null], mode: 'markers', name: entry[0], showlegend: true,
+                    marker: {color: entry[1], size: 9}, hoverinfo: 'skip'}
+      : {type: 'scatter', x: [null], y: [null], mode: 'markers', showlegend: false, hoverinfo: 'skip', name: ''};
+  }
+
+  function drawPoints(gd, P, rows, colour, dist) {
+    const n = P.h.n, m = rows.length, identity = m === n;
+    const spec = colourSpec(P, colour, rows, identity, dist);
+    const t0 = Object.assign({}, gd.data[0], {
+      x: identity ? P.a.x : gather(P.a.x, rows), y: identity ? P.a.y : gather(P.a.y, rows),
+      marker: pointsMarker(spec, m)});
+    delete t0.customdata; delete t0.text;
+    if (!identity) t0.customdata = rows;
+    if (P.h.hover) {
+      t0.text = identity ? P.h.hover : Array.from(rows, (i) => P.h.hover[i]);
+      t0.hovertemplate = '%{text}<extra></extra>';
+    } else t0.hovertemplate = P.h.short_hover;
+    const data = gd.data.slice();
+    data[0] = t0;
+    for (let i = 0; i < P.h.legend_slots; i++) data[3 + i] = legendTrace(spec.legend[i]);
+    const L = gd.layout;
+    const layout = Object.assign({}, L, {
+      title: Object.assign({}, L.title, {text: m.toLocaleString('en-US') + ' of ' + n.toLocaleString('en-US') + ' examples'}),
+      legend: Object.assign({}, L.legend, {title: {text: spec.title}})});
+    return Plotly.react(gd, data, layout);
+  }
+
+  function applyTemplate(gd, dark, templates) {
+    const t = templates && templates[dark ? 'dark' : 'light'];
+    if (!gd || !t || !gd._fullLayout) return Promise.resolve();
+    if (gd._fullLayout.paper_bgcolor === t.template.layout.paper_bgcolor) return Promise.resolve();
+    return Plotly.relayout(gd, {template: t.template, 'legend.bgcolor': t.legend_bg});
+  }
+
+  function rowOf(gd, point) {
+    const cd = gd && gd._fullData && gd._fullData[0] && gd._fullData[0].customdata;
+    return cd ? Number(cd[point.pointNumber]) : point.pointNumber;
+  }
+
+  function onError(e) { console.warn('llm-maps map:', e && e.message ? e.message : e); }
+
+  window.dash_clientside = Object.assign({}, window.dash_clientside, {
+    llm_maps: {
+      _write(params) {
+        const q = new URLSearchParams();
+        for (const [k, v] of Object.entries(params)) {
+          if (v === null || v === undefined || v === '') continue;
+          if (Array.isArray(v)) { v.forEach((x) => q.append(k, x)); } else { q.set(k, v); }
+        }
+        const url = window.location.pathname + (q.toString() ? '?' + q.toString() : '');
+        if (url !== window.location.pathname + window.location.search) {
+          window.history.replaceState(window.history.state, '', url);
+        }
+        return NO();
+      },
+      _range(v, lo, hi) {
+        if (!v || v.length !== 2) return null;
+        if (Math.abs(v[0] - lo) < 1e-12 && Math.abs(v[1] - hi) < 1e-12) return null;
+        return v.join(',');
+      },
+      syncMapUrl(run, colour, layer, split, domain, task, score, dist, q, sel, smin, smax, dmin, dmax, splitOpts) {
+        const L = window.dash_clientside.llm_maps;
+        const allSplits = (splitOpts || []).length === (split || []).length;
+        return L._write({run, colour: colour === 'split' ? null : colour, layer, split: allSplits ? null : (split.length ? split : ['none']),
+          domain, task, score: L._range(score, smin, smax), dist: L._range(dist, dmin, dmax), q, sel});
+      },
+      syncFalloffUrl(run, layer, metric, bins, domain, task, mode) {
+        return window.dash_clientside.llm_maps._write({run, layer, metric, bins, domain, task, mode});
+      },
+      syncExamplesUrl(run, sel) {
+        return window.dash_clientside.llm_maps._write({run, sel});
+      },
+      pickRun(run) {
+        if (!run) return NO();
+        const current = new URLSearchParams(window.location.search).get('run');
+        if (current === run) return NO();
+        const path = window.location.pathname === '/' ? '/map' : window.location.pathname;
+        window.location.assign(path + '?run=' + encodeURIComponent(run));
+        return NO();
+      },
+      theme(dark, templates) {
+        const link = document.getElementById('theme-css');
+        const href = dark ? '/assets/themes/darkly.min.css' : '/assets/themes/flatly.min.css';
+        if (link && link.getAttribute('href') !== href) link.setAttribute('href', href);
+        document.documentElement.setAttribute('data-bs-theme', dark ? 'dark' : 'light');
+        // the server reads this to build figures in the right template from the start
+        document.cookie = 'llm_maps_theme=' + (dark ? 'dark' : 'light') + '; path=/; max-age=31536000; SameSite=Lax';
+        document.querySelectorAll('.js-plotly-plot').forEach((gd) => { applyTemplate(gd, dark, templates).catch(onError); });
+        return NO();
+      },
+      exportFigure() {
+        const trig = (window.dash_clientside.callback_context.triggered || [])[0];
+        if (!trig) return NO();
+        const id = trig.prop_id.split('.')[0];
+        const format = id.endsWith('-svg') ? 'svg' : 'png';
+        const graph = id.replace(/-(png|svg)$/, '');
+        const gd = gdOf(graph);
+        if (!gd) return NO();
+        const opts = {format, scale: format === 'png' ? 2 : 1, width: gd._fullLayout.width, height: gd._fullLayout.height};
+        Plotly.toImage(gd, opts).then((url) => {  // a data: URL (PNG base64, SVG URL-encoded)
+          const a = document.createElement('a');
+          a.href = url;
+          a.download = 'llm-maps-' + graph.replace(/-graph$/, '') + '.' + format;
+          document.body.appendChild(a);
+          a.click();
+          setTimeout(() => a.remove(), 1000);
+        }).catch(onError);
+        return NO();
+      },
+      // Colour/filter changes. Client mode: redraw here and return no_update. Server mode (large
+      // runs): return a request the server answers with a new (sampled) figure.
+      mapApply(colour, layer, split, domain, task, score, dist, q, hits, relayout, run, mode, smin, smax, dmin, dmax,
+               dark, templates) {
+        const trig = (window.dash_clientside.callback_context.triggered || []).map((t) => t.prop_id);
+        const byRelayout = trig.length === 1 && trig[0].startsWith('map-graph.');
+        const query = (q || '').trim();
+        const key = JSON.stringify([colour, layer, split, domain, task, score, dist, query]);
+        const gdNow = gdOf('map-graph');
+        if (!gdNow || gdNow.__llmView === undefined) {
+          // the first call for this graph: the figure built into the page already shows this view
+          plotted('map-graph').then((gd) => {
+            if (gd.__llmView === undefined) gd.__llmView = key;
+            applyTemplate(gd, dark, templates).catch(onError);
+            if (mode === 'client') setTimeout(() => payload(run).catch(onError), 0);  // after the first paint
+          }).catch(onError);
+          return NO();
+        }
+        if (mode !== 'client') {
+          const r = relayout || {};
+          let xrange = null, yrange = null;
+          if (byRelayout) {
+            if ('xaxis.range[0]' in r && 'yaxis.range[0]' in r) {
+              xrange = [r['xaxis.range[0]'], r['xaxis.range[1]']];
+              yrange = [r['yaxis.range[0]'], r['yaxis.range[1]']];
+            } else if (!r['xaxis.autorange']) return NO();
+          } else if (key === gdNow.__llmView) return NO();
+          gdNow.__llmView = key;
+          return {colour, layer, split, domain, task, score, dist, q, dark: !!dark, xrange, yrange};
+        }
+        if (byRelayout || key === gdNow.__llmView) return NO();
+        if (query && (!hits || hits.q !== query)) return NO();  // the server's hits come next
+        gdNow.__llmView = key;
+        const seq = ++MAP.seq;
+        (async () => {
+          const P = await payload(run);
+          const d = await layerDist(run, P, layer);
+          if (seq !== MAP.seq) return;
+          const rows = filterRows(P, {split, domain, task, score: P.h.has_scores ? activeRange(score, smin, smax) : null,
+                                      dist: activeRange(dist, dmin, dmax), bits: query ? decodeBits(hits.bits) : null}, d);
+          const gd = await plotted('map-graph');
+          if (seq !== MAP.seq) return;
+          await drawPoints(gd, P, rows, colour, d);
+        })().catch(onError);
+        return NO();
+      },
+      mapOverlay(o) {
+        const gd = gdOf('map-graph');
+        if (!gd || !o) return NO();
+        Plotly.restyle(gd, {x: [o.x], y: [o.y], text: [o.text], 'marker.size': [o.size], 'marker.color': [o.color]}, [1])
+          .catch(onError);
+        return NO();
+      },
+      mapPointRow(ev) {
+        const points = (ev && ev.points) || [];
+        if (!points.length || points[0].curveNumber !== 0) return NO();
+        return rowOf(gdOf('map-graph'), points[0]);
+      },
+      mapSelectRows(ev) {
+        const gd = gdOf('map-graph');
+        const points = ((ev && ev.points) || []).filter((p) => p.curveNumber === 0);
+        return points.map((p) => rowOf(gd, p));
+      },
     },
-    _range(v, lo, hi) {
-      if (!v || v.length !== 2) return null;
-      if (Math.abs(v[0] - lo) < 1e-12 && Math.abs(v[1] - hi) < 1e-12) return null;
-      return v.join(',');
-    },
-    syncMapUrl(run, colour, layer, split, domain, task, score, dist, q, sel, smin, smax, dmin, dmax, splitOpts) {
-      const L = window.dash_clientside.llm_maps;
-      const allSplits = (splitOpts || []).length === (split || []).length;
-      return L._write({run, colour: colour === 'split' ? null : colour, layer, split: allSplits ? null : (split.length ? split : ['none']),
-        domain, task, score: L._range(score, smin, smax), dist: L._range(dist, dmin, dmax), q, sel});
-    },
-    syncFalloffUrl(run, layer, metric, bins, domain, task, mode) {
-      return window.dash_clientside.llm_maps._write({run, layer, metric, bins, domain, task, mode});
-    },
-    syncExamplesUrl(run, sel) {
-      return window.dash_clientside.llm_maps._write({run, sel});
-    },
-    pickRun(run) {
-      if (!run) return window.dash_clientside.no_update;
-      const current = new URLSearchParams(window.location.search).get('run');
-      if (current === run) return window.dash_clientside.no_update;
-      const path = window.location.pathname === '/' ? '/map' : window.location.pathname;
-      window.location.assign(path + '?run=' + encodeURIComponent(run));
-      return window.dash_clientside.no_update;
-    },
-    theme(dark) {
-      const link = document.getElementById('theme-css');
-      const href = dark ? '/assets/themes/darkly.min.css' : '/assets/themes/flatly.min.css';
-      if (link && link.getAttribute('href') !== href) link.setAttribute('href', href);
-      document.documentElement.setAttribute('data-bs-theme', dark ? 'dark' : 'light');
-      return window.dash_clientside.no_update;
-    },
-  },
-});
+  });
+  window.llmMapsState = MAP;  // for tests and benchmarks
+})();

@@ -116,3 +116,24 @@ def row_of(data, example_id) -> int | None:
     if example_id is None:
         return None
     return data.id_index.get(str(example_id))
+
+
+def export_buttons(graph_id: str) -> html.Div:
+    """PNG and SVG download buttons for one figure (Plotly.downloadImage in the browser)."""
+    return html.Div([
+        html.Span("download", className="small text-muted me-1"),
+        dbc.Button("PNG", id=f"{graph_id}-png", size="sm", color="secondary", outline=True, className="me-1 py-0"),
+        dbc.Button("SVG", id=f"{graph_id}-svg", size="sm", color="secondary", outline=True, className="py-0"),
+        html.Div(id=f"{graph_id}-exported", hidden=True),
+    ], className="export-buttons text-nowrap")
+
+
+def register_export(graph_id: str) -> None:
+    """The clientside callback behind ``export_buttons(graph_id)``."""
+    import dash
+    from dash import Input, Output
+
+    dash.clientside_callback(dash.ClientsideFunction("llm_maps", "exportFigure"),
+                             Output(f"{graph_id}-exported", "children"),
+                             Input(f"{graph_id}-png", "n_clicks"), Input(f"{graph_id}-svg", "n_clicks"),
+                             prevent_initial_call=True)

@@ -48,7 +48,9 @@ def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, 
         html.Div(f"falloff.json: {len(stored)} stored variant(s)" if stored else
                  "no falloff.json: statistics are computed on the fly", className="small text-muted"),
     ]
-    body = [dcc.Graph(id="falloff-graph", config=F.EXPORT_CONFIG), html.Div(id="falloff-source", className="small")]
+    body = [dcc.Graph(id="falloff-graph", config=F.EXPORT_CONFIG),
+            html.Div([html.Div(id="falloff-source", className="small flex-grow-1"), C.export_buttons("falloff-graph")],
+                     className="d-flex align-items-start")]
     return dbc.Container([
         dcc.Store(id="falloff-run", data=data.id), html.Div(id="falloff-url-sync", hidden=True),
         dbc.Row([dbc.Col(controls, md=3, className="pt-2"),
@@ -61,18 +63,18 @@ def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, 
 @callback(Output("falloff-graph", "figure"), Output("falloff-source", "children"),
           Input("falloff-layer", "value"), Input("falloff-metric", "value"), Input("falloff-bins", "value"),
           Input("falloff-domain", "value"), Input("falloff-task", "value"), Input("falloff-mode", "value"),
-          State("falloff-run", "data"))
-def update_falloff(layer, metric, bins, domains, tasks, mode, run_id):
+          State("falloff-run", "data"), State("theme-dark", "value"))
+def update_falloff(layer, metric, bins, domains, tasks, mode, run_id, dark=False):
     data, error = C.load(run_id)
     if data is None:
         raise PreventUpdate
     stats, source = falloff_for(data, layer=layer, metric=metric, n_bins=int(bins or 5), tasks=tasks or None)
     if stats is None:
-        fig = F.falloff_figure({}, [], title="no falloff to show")
+        fig = F.falloff_figure({}, [], title="no falloff to show", dark=bool(dark))
         return fig, dbc.Alert(NO_SCORES if source == "no scores yet" else source, color="warning", className="mt-2")
     groups = F.falloff_groups(stats, domains or None, include_all=not domains)
     title = f"{data.id}: accuracy vs distance to train (layer {layer}, {metric})"
-    fig = F.falloff_figure(stats, groups, layout=mode, title=title, metric=metric)
+    fig = F.falloff_figure(stats, groups, layout=mode, title=title, metric=metric, dark=bool(dark))
     return fig, html.Span(f"Statistics {source}; bins of equal count per group; error bars: Wilson 95 % "
                           f"intervals; n = test examples per bin.", id="falloff-source-text")
 
@@ -82,3 +84,4 @@ dash.clientside_callback(
     Input("falloff-run", "data"), Input("falloff-layer", "value"), Input("falloff-metric", "value"),
     Input("falloff-bins", "value"), Input("falloff-domain", "value"), Input("falloff-task", "value"),
     Input("falloff-mode", "value"))
+C.register_export("falloff-graph")

@@ -1,29 +1,46 @@
-"""Map page: every example as a WebGL point; colour, filters, selection summary, drill-down."""
+"""Map page: every example as a WebGL point; colour, filters, selection summary, drill-down.
+
+The first figure is built into the page layout (no callback before the first draw). After that,
+for runs of at most ``CLIENT_MAX_POINTS`` the browser keeps the run's per-point arrays (fetched
+once from ``/_llm_maps/points``) and recolours and filters the map itself (assets/dashboard.js,
+``mapApply``), with no server round trip. The server still does what needs the whole run: text
+search (a bitmask of hits), the drill-down and neighbour lines, hover details, selection summaries,
+and, for larger runs, drawing a sample plus a density layer for the current view.
+"""
 
 from __future__ import annotations
 
 import dash
 import dash_bootstrap_components as dbc
+import flask
 import numpy as np
-from dash import Input, Output, Patch, State, callback, ctx, dcc, html
+from dash import Input, Output, State, callback, dcc, html
 from dash.exceptions import PreventUpdate
 
 from dashboard import components as C
 from dashboard import figures as F
-from dashboard.filters import Filters, filter_mask, selection_summary, view_rows
+from dashboard.filters import (Filters, active_range, filter_mask, search_hits, selection_summary, value_bounds,
+                               view_rows)
+from dashboard.points import CLIENT_MAX_POINTS
 
 dash.register_page(__name__, path="/map", name="Map", title="LLM Maps · map", order=0)
 
+SELECT_HINT = "Lasso or box-select points for a summary."
+
 
 def _range_slider(id_, values: np.ndarray, current, *, disabled=False):
-    finite = values[np.isfinite(values)]
-    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1e-6
+    lo, hi = value_bounds(values)
     value = current if current else [lo, hi]
     return dcc.RangeSlider(id=id_, min=lo, max=hi, step=(hi - lo) / 200, value=value, marks=None,
                            disabled=disabled, tooltip={"placement": "bottom", "always_visible": False},
                            updatemode="mouseup")
+
+
+def dark_cookie() -> bool:
+    try:
+        return flask.request.cookies.get("llm_maps_theme") == "dark"
+    except RuntimeError:  # no request (e.g. called from a test)
+        return False
 
 
 def layout(run=None, colour="split", layer=None, split=None, domain=None, task=None, score=None, dist=None,
@@ -38,8 +55,11 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
     if colour not in F.COLOUR_KIND or (colour in ("correct", "score", "out_len") and not data.has_scores):
         colour = "split"
     layer = C.query_int(layer, data.default_layer)
+    if layer not in data.layers or not data.distances_available(layer, data.metric):
+        layer = data.default_layer
     layer_opts = [{"label": f"layer {k}" + (" (map)" if k == data.default_layer else ""), "value": k,
                    "disabled": not data.distances_available(k, data.metric)} for k in data.layers]
+    split_value = C.query_list(split) or data.option_names("split")
     controls = [
         C.run_picker(data.id),
         dbc.Label("Colour by", className="mb-0 small"),
@@ -47,8 +67,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
         dbc.Label("Layer (distances)", className="mb-0 small"),
         dcc.Dropdown(id="map-layer", options=layer_opts, value=layer, clearable=False, className="mb-2"),
         dbc.Label("Split", className="mb-0 small"),
-        dcc.Checklist(id="map-split", options=data.option_names("split"),
-                      value=C.query_list(split) or data.option_names("split"), inline=True,
+        dcc.Checklist(id="map-split", options=data.option_names("split"), value=split_value, inline=True,
                       inputClassName="me-1", labelClassName="me-3", className="mb-2"),
         dbc.Label("Domain", className="mb-0 small"),
         dcc.Dropdown(id="map-domain", options=data.option_names("domain"), value=C.query_list(domain), multi=True,
@@ -64,90 +83,122 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
         dbc.Input(id="map-search", type="search", value=q or "", debounce=True, placeholder="text in prompts",
                   className="mb-2"),
     ]
+    mode = "client" if data.n <= CLIENT_MAX_POINTS else "server"
+    row = C.row_of(data, sel)
+    try:
+        figure = _figure(data, colour=colour, layer=layer, split=split_value, domain=C.query_list(domain),
+                         task=C.query_list(task), score=C.query_range(score), dist=C.query_range(dist), search=q,
+                         selected=row, dark=dark_cookie())
+    except Exception as exc:  # noqa: BLE001 - e.g. distances of a layer that cannot be read
+        return dbc.Container([C.run_picker(data.id), C.banner(f"could not draw the map: {exc}", id="run-banner")],
+                             fluid=True, className="pt-3")
     return dbc.Container([
-        dcc.Store(id="map-run", data=data.id),
-        dcc.Store(id="map-selected", data=sel), dcc.Store(id="map-drawn", data=False),
-        html.Div(id="url-sync", hidden=True),
+        dcc.Store(id="map-run", data=data.id), dcc.Store(id="map-mode", data=mode),
+        dcc.Store(id="map-selected", data=sel),
+        dcc.Store(id="map-search-hits", data=search_hits(data, q) if mode == "client" else None),
+        dcc.Store(id="map-request"), dcc.Store(id="map-overlay"), dcc.Store(id="map-click-row"),
+        dcc.Store(id="map-hover-row"), dcc.Store(id="map-select-rows"),
+        html.Div(id="url-sync", hidden=True), html.Div(id="map-init", hidden=True),
+        html.Div(id="map-applied", hidden=True), html.Div(id="map-overlay-applied", hidden=True),
         dbc.Row([
             dbc.Col(controls, md=3, className="pt-2"),
             dbc.Col([
-                dcc.Loading(dcc.Graph(id="map-graph", config=F.EXPORT_CONFIG, style={"height": "640px"}),
+                dcc.Loading(dcc.Graph(id="map-graph", figure=figure, config=F.EXPORT_CONFIG, style={"height": "640px"}),
                             delay_show=400, type="dot"),
-                html.Div(id="map-hover", className="small text-muted hover-line"),
+                html.Div([html.Div(id="map-hover", className="small text-muted hover-line flex-grow-1"),
+                          C.export_buttons("map-graph")], className="d-flex align-items-start"),
                 dbc.Row([
-                    dbc.Col(dbc.Card(dbc.CardBody(html.Div("Lasso or box-select points for a summary.",
-                                                           id="map-selection", className="small"))), md=4),
-                    dbc.Col(dbc.Card(dbc.CardBody(html.Div(C.drilldown(data, C.row_of(data, sel)), id="map-drill"))), md=8),
+                    dbc.Col(dbc.Card(dbc.CardBody(html.Div(SELECT_HINT, id="map-selection", className="small"))), md=4),
+                    dbc.Col(dbc.Card(dbc.CardBody(html.Div(C.drilldown(data, row), id="map-drill"))), md=8),
                 ], className="mt-2"),
             ], md=9),
         ]),
     ], fluid=True)
 
 
-def _state(run_id, colour, layer, split, domain, task, score, dist, search):
-    data, error = C.load(run_id)
+def _figure(data, *, colour, layer, split, domain, task, score, dist, search, selected, dark=False,
+            xrange=None, yrange=None):
+    """The whole map figure for one view (the page's first figure; every figure of a large run)."""
+    layer_dist = data.distances(layer) if layer is not None else data.dist
+    if split is not None and not len(split):
+        split = ["\0none"]  # nothing ticked: no rows (the browser does the same)
+    f = Filters.make(split=split, domain=domain, task=task,
+                     score=active_range(score, value_bounds(data.score)) if data.has_scores else None,
+                     dist=active_range(dist, value_bounds(data.dist)), search=search)
+    rows = np.flatnonzero(filter_mask(data, f, layer_dist))
+    drawn, sampled = view_rows(data.x, data.y, rows, max_points=F.MAX_POINTS, xrange=xrange, yrange=yrange)
+    spec = F.colour_spec(data, colour, drawn, layer_dist)
+    return F.map_figure(data, drawn, spec, selected=selected,
+                        neighbours=data.neighbours(selected) if selected is not None else (),
+                        density_rows=rows if sampled else None, uirevision=data.id, dark=dark)
+
+
+# Colour and filters: the browser (client mode) or, for large runs, a request for a new figure.
+dash.clientside_callback(
+    dash.ClientsideFunction("llm_maps", "mapApply"), Output("map-request", "data"),
+    Input("map-colour", "value"), Input("map-layer", "value"), Input("map-split", "value"),
+    Input("map-domain", "value"), Input("map-task", "value"), Input("map-score", "value"),
+    Input("map-dist", "value"), Input("map-search", "value"), Input("map-search-hits", "data"),
+    Input("map-graph", "relayoutData"),
+    State("map-run", "data"), State("map-mode", "data"), State("map-score", "min"), State("map-score", "max"),
+    State("map-dist", "min"), State("map-dist", "max"), State("theme-dark", "value"),
+    State("plot-templates", "data"),
+)
+
+
+@callback(Output("map-graph", "figure"), Input("map-request", "data"), State("map-selected", "data"),
+          State("map-run", "data"), prevent_initial_call=True)
+def server_figure(req, selected, run_id):
+    """A new figure for a large run (sampled + density), drawn by the server."""
+    data, _ = C.load(run_id)
+    if data is None or not req:
+        raise PreventUpdate
+    xr = tuple(req["xrange"]) if req.get("xrange") else None
+    yr = tuple(req["yrange"]) if req.get("yrange") else None
+    return _figure(data, colour=req.get("colour") or "split", layer=req.get("layer"), split=req.get("split"),
+                   domain=req.get("domain"), task=req.get("task"), score=req.get("score"), dist=req.get("dist"),
+                   search=req.get("q"), selected=C.row_of(data, selected), dark=bool(req.get("dark")),
+                   xrange=xr, yrange=yr)
+
+
+@callback(Output("map-search-hits", "data"), Input("map-search", "value"), State("map-run", "data"),
+          State("map-mode", "data"), prevent_initial_call=True)
+def on_search(q, run_id, mode):
+    """Text search stays on the server (prompts are not sent to the browser): a bitmask of hits."""
+    data, _ = C.load(run_id)
+    if data is None or mode != "client":
+        raise PreventUpdate
+    return search_hits(data, q)
+
+
+@callback(Output("map-overlay", "data"), Input("map-selected", "data"), State("map-run", "data"),
+          prevent_initial_call=True)
+def on_selected(selected, run_id):
+    """Neighbour lines for the selected point (the browser restyles data[1] with them)."""
+    data, _ = C.load(run_id)
     if data is None:
         raise PreventUpdate
-    f = Filters.make(split=split, domain=domain, task=task, score=score if data.has_scores else None,
-                     dist=dist, search=search)
-    layer_dist = data.distances(layer) if layer is not None else data.dist
-    rows = np.flatnonzero(filter_mask(data, f, layer_dist))
-    return data, rows, layer_dist
-
-
-def _ranges(relayout) -> tuple:
-    r = relayout or {}
-    if "xaxis.range[0]" in r and "yaxis.range[0]" in r:
-        return (r["xaxis.range[0]"], r["xaxis.range[1]"]), (r["yaxis.range[0]"], r["yaxis.range[1]"])
-    return None, None
-
-
-@callback(Output("map-graph", "figure"), Output("map-drawn", "data"),
-          Input("map-colour", "value"), Input("map-layer", "value"), Input("map-split", "value"),
-          Input("map-domain", "value"), Input("map-task", "value"), Input("map-score", "value"),
-          Input("map-dist", "value"), Input("map-search", "value"), Input("map-graph", "relayoutData"),
-          Input("map-selected", "data"), State("map-run", "data"), State("map-drawn", "data"))
-def update_map(colour, layer, split, domain, task, score, dist, search, relayout, selected, run_id, drawn):
-    """The whole figure; or, once it is drawn, a patch for a recolour or a new selected point."""
-    data, rows, layer_dist = _state(run_id, colour, layer, split, domain, task, score, dist, search)
-    trigger = ctx.triggered_id
-    if trigger == "map-selected" and drawn:
-        row = C.row_of(data, selected)
-        patched = Patch()
-        patched["data"][F.OVERLAY] = F.overlay_trace(data, row, data.neighbours(row) if row is not None else []) \
-            .to_plotly_json()
-        return patched, dash.no_update
-    if trigger == "map-graph":
-        xr, yr = _ranges(relayout)
-        if len(rows) <= F.MAX_POINTS and not (relayout or {}).get("xaxis.autorange"):
-            raise PreventUpdate  # everything is drawn already; zoom is the browser's business
-    else:
-        xr = yr = None
-    drawn_rows, sampled = view_rows(data.x, data.y, rows, max_points=F.MAX_POINTS, xrange=xr, yrange=yr)
-    spec = F.colour_spec(data, colour, drawn_rows, layer_dist)
-    if trigger == "map-colour" and drawn:  # recolour: send only the new colours and legend
-        marker = F.points_marker(spec, len(drawn_rows))
-        marker["color"] = F.typed_array(marker["color"])
-        patched = Patch()
-        patched["data"][F.POINTS]["marker"] = marker
-        for i, tr in enumerate(F.legend_traces(spec)):
-            patched["data"][F.LEGEND0 + i] = tr.to_plotly_json()
-        patched["layout"]["legend"]["title"]["text"] = spec.title
-        return patched, dash.no_update
     row = C.row_of(data, selected)
-    fig = F.map_figure(data, drawn_rows, spec, selected=row, neighbours=data.neighbours(row) if row is not None else (),
-                       density_rows=rows if sampled else None, uirevision=data.id)
-    return fig, True
+    return F.overlay_spec(data, row, data.neighbours(row) if row is not None else [])
 
 
-@callback(Output("map-selected", "data"), Input("map-graph", "clickData"), State("map-run", "data"),
+dash.clientside_callback(dash.ClientsideFunction("llm_maps", "mapOverlay"), Output("map-overlay-applied", "children"),
+                         Input("map-overlay", "data"), prevent_initial_call=True)
+dash.clientside_callback(dash.ClientsideFunction("llm_maps", "mapPointRow"), Output("map-click-row", "data"),
+                         Input("map-graph", "clickData"), prevent_initial_call=True)
+dash.clientside_callback(dash.ClientsideFunction("llm_maps", "mapPointRow"), Output("map-hover-row", "data"),
+                         Input("map-graph", "hoverData"), prevent_initial_call=True)
+dash.clientside_callback(dash.ClientsideFunction("llm_maps", "mapSelectRows"), Output("map-select-rows", "data"),
+                         Input("map-graph", "selectedData"), prevent_initial_call=True)
+
+
+@callback(Output("map-selected", "data"), Input("map-click-row", "data"), State("map-run", "data"),
           prevent_initial_call=True)
-def on_click(click, run_id):
-    points = (click or {}).get("points") or []
-    if not points or points[0].get("curveNumber") != F.POINTS:
-        raise PreventUpdate
+def on_click(row, run_id):
     data, _ = C.load(run_id)
-    return str(data.frame["example_id"].iloc[int(points[0]["customdata"])])
+    if data is None or row is None or not 0 <= int(row) < data.n:
+        raise PreventUpdate
+    return str(data.frame["example_id"].iloc[int(row)])
 
 
 @callback(Output("map-drill", "children"), Input("map-selected", "data"), State("map-run", "data"),
@@ -159,32 +210,35 @@ def show_selected(selected, run_id):
     return C.drilldown(data, C.row_of(data, selected))
 
 
-@callback(Output("map-selection", "children"), Input("map-graph", "selectedData"), State("map-run", "data"),
-          prevent_initial_call=True)
-def on_select(selected, run_id):
-    data, _ = C.load(run_id)
-    rows = [int(p["customdata"]) for p in (selected or {}).get("points", []) if p.get("curveNumber") == F.POINTS]
-    if data is None or not rows:
-        return "Lasso or box-select points for a summary."
-    s = selection_summary(data, np.array(rows))
+def summary_block(data, rows: np.ndarray):
+    s = selection_summary(data, rows)
     acc = ("no scored test points" if s["accuracy"] is None else
            f"accuracy {s['accuracy']:.3f} [{s['low']:.3f}, {s['high']:.3f}] on {s['scored']} scored test points")
     return html.Div([
         html.Div([html.Strong(f"{s['count']:,} selected"), f" ({s['train']:,} train) · {acc}"], id="selection-count"),
         html.Div(f"{s['n_tasks']} tasks:", className="text-muted mt-1"),
-        html.Ul([html.Li(f"{name} ({n})") for name, n in s["tasks"]], className="mb-0 ps-3"),
+        html.Ul([html.Li(f"{name} ({n})") for name, n in s["tasks"]], className="mb-0 ps-3", id="selection-tasks"),
     ])
 
 
-@callback(Output("map-hover", "children"), Input("map-graph", "hoverData"), State("map-run", "data"),
+@callback(Output("map-selection", "children"), Input("map-select-rows", "data"), State("map-run", "data"),
           prevent_initial_call=True)
-def on_hover(hover, run_id):
-    points = (hover or {}).get("points") or []
-    if not points or points[0].get("curveNumber") != F.POINTS:
-        raise PreventUpdate
+def on_select(rows, run_id):
     data, _ = C.load(run_id)
-    row = int(points[0]["customdata"])
-    r = data.frame.iloc[row]
+    rows = np.asarray([r for r in (rows or []) if isinstance(r, int) and 0 <= r < (data.n if data else 0)],
+                      dtype=np.int64)
+    if data is None or not len(rows):
+        return SELECT_HINT
+    return summary_block(data, rows)
+
+
+@callback(Output("map-hover", "children"), Input("map-hover-row", "data"), State("map-run", "data"),
+          prevent_initial_call=True)
+def on_hover(row, run_id):
+    data, _ = C.load(run_id)
+    if data is None or row is None or not 0 <= int(row) < data.n:
+        raise PreventUpdate
+    r = data.frame.iloc[int(row)]
     first = str(r["prompt"]).strip().split("\n", 1)[0][:200]
     return f"{r['example_id']} · {r['task']} · {r['split']} · {first}"
 
@@ -199,3 +253,4 @@ dash.clientside_callback(
     State("map-score", "min"), State("map-score", "max"), State("map-dist", "min"), State("map-dist", "max"),
     State("map-split", "options"),
 )
+C.register_export("map-graph")
