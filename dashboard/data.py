@@ -258,29 +258,12 @@ class RunData:
         return self.cats[column].names
 
 
-def nearest_train_distance(enc: np.ndarray, is_train: np.ndarray, metric: str,
-                           chunk: int = 2048) -> np.ndarray:
-    """[N] exact distance to the nearest train row (excluding the row itself), float32."""
-    base = np.asarray(enc[is_train], dtype=np.float32)  # [T, H]
-    train_rows = np.flatnonzero(is_train)
-    if metric == "cosine":
-        base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-30)
-    else:
-        base_sq = np.einsum("ij,ij->i", base, base)
-    out = np.empty(len(enc), dtype=np.float32)
-    for start in range(0, len(enc), chunk):
-        q = np.asarray(enc[start:start + chunk], dtype=np.float32)  # [C, H]
-        if metric == "cosine":
-            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-            d = 1.0 - q @ base.T
-        else:
-            d = np.sqrt(np.maximum(np.einsum("ij,ij->i", q, q)[:, None] + base_sq[None] - 2 * q @ base.T, 0))
-        rows = np.arange(start, start + len(q))
-        own = np.searchsorted(train_rows, rows)
-        hit = (own < len(train_rows)) & (train_rows[np.minimum(own, len(train_rows) - 1)] == rows)
-        d[np.flatnonzero(hit), own[hit]] = np.inf
-        out[start:start + len(q)] = d.min(axis=1) if d.shape[1] else np.nan
-    return out
+def nearest_train_distance(enc: np.ndarray, is_train: np.ndarray, metric: str) -> np.ndarray:
+    """[N] exact distance to the nearest train row (excluding the row itself), float32 —
+    ``llm_maps.neighbours.nearest_train``, the same code the pipelines use."""
+    from llm_maps.neighbours import nearest_train
+
+    return nearest_train(enc, is_train, k=1, metric=metric)[0].astype(np.float32)
 
 
 def _read_falloff(path: Path) -> tuple[dict | None, str | None]:
