@@ -249,3 +249,44 @@ def test_serve_starts_a_worker_and_stops_it_on_sigterm(live, tmp_path):
     finally:
         if serve.poll() is None:
             serve.kill()
+
+
+def test_job_timeout_and_errors_fail_the_job_but_not_the_worker(tmp_path):
+    from llm_maps.errors import LLMMapsError
+    from pipelines.worker import execute_job
+
+    class SlowSession:
+        def place(self, instruction, context="", domain=None):
+            if instruction == "bad":
+                raise LLMMapsError("prompt is 9000 tokens; this run's limit is 2048")
+            if instruction == "crash":
+                raise RuntimeError("boom")
+            return {"prompt": instruction, "x": 0.0, "y": 0.0, "dist_to_train": 0.1, "neighbours": [],
+                    "domain": None, "expected_accuracy": None}
+
+        def generate(self, instruction, context="", *, on_token=None, placed=None, **kw):
+            for i in range(100):
+                time.sleep(0.02)
+                on_token({"text": "a", "id": i, "logprob": -1.0, "top": [], "x": 0.0, "y": 0.0})
+            return {**placed, "tokens": [], "output": "a" * 100}
+
+    class Pool:
+        max_models = 1
+        paths = {"r": tmp_path}
+
+        def get(self, run):
+            return SlowSession()
+
+    q = JobQueue(tmp_path / "state", job_timeout=0.3)
+    points = PointStore(tmp_path / "state")
+    outcomes = {}
+    for name, kind in (("slow", "generate"), ("bad", "place"), ("crash", "place"), ("ok", "place")):
+        job_id = q.submit("r", kind, {"instruction": name})
+        job = q.claim(["r"], "w")
+        assert execute_job(q, points, Pool(), job, "w") in ("done", "failed")
+        outcomes[name] = q.get(job_id)
+    assert outcomes["slow"]["status"] == "failed" and outcomes["slow"]["error"] == "timed out after 0.3 s"
+    assert outcomes["bad"]["error"] == "prompt is 9000 tokens; this run's limit is 2048"
+    assert outcomes["crash"]["error"] == "internal error (RuntimeError); see the worker log"  # no stack trace
+    assert outcomes["ok"]["status"] == "done"
+    assert [p["instruction"] for p in points.list("r")] == ["ok"]
