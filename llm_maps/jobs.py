@@ -58,7 +58,7 @@ def default_state_dir(run_dirs) -> Path:
 
 
 class _Staleness:
-    """Heartbeat bookkeeping shared by both queues (same rule, same reason text)."""
+    """What both queues share: the heartbeat rule and reason text, and the job transitions."""
 
     heartbeat_timeout: float
 
@@ -73,6 +73,17 @@ class _Staleness:
         return dict(status="failed", finished=time.time(),
                     error=f"worker {job.get('worker') or '?'} stopped responding (no heartbeat for "
                           f"{self._timeout(job):g} s); the job did not finish")
+
+    # job transitions, the same for every queue: each is an ``update`` of the record
+    def heartbeat(self, job_id: str) -> None:
+        self.update(job_id)
+
+    def finish(self, job_id: str, result: dict) -> None:
+        self.update(job_id, status="done", result=result, finished=time.time())
+
+    def fail(self, job_id: str, error: str, result: dict | None = None) -> None:
+        self.update(job_id, status="failed", error=error, finished=time.time(),
+                    **({"result": result} if result is not None else {}))
 
 
 def _new_job(job_id: str, run: str, kind: str, payload: dict) -> dict:
@@ -176,16 +187,6 @@ class JobQueue(_Staleness):
             self.cache.set(f"job:{job_id}", job, expire=self.retention)
             if job["status"] in ("done", "failed"):
                 self.cache.set("running", set(self.cache.get("running", ())) - {job_id})
-
-    def heartbeat(self, job_id: str) -> None:
-        self.update(job_id)
-
-    def finish(self, job_id: str, result: dict) -> None:
-        self.update(job_id, status="done", result=result, finished=time.time())
-
-    def fail(self, job_id: str, error: str, result: dict | None = None) -> None:
-        self.update(job_id, status="failed", error=error, finished=time.time(),
-                    **({"result": result} if result is not None else {}))
 
     def close(self) -> None:
         self.cache.close()
@@ -418,16 +419,6 @@ class RedisJobQueue(_Staleness):
 
     def update(self, job_id: str, **fields) -> None:
         self._modify(job_id, lambda job: {**job, **fields, "heartbeat": time.time()})
-
-    def heartbeat(self, job_id: str) -> None:
-        self.update(job_id)
-
-    def finish(self, job_id: str, result: dict) -> None:
-        self.update(job_id, status="done", result=result, finished=time.time())
-
-    def fail(self, job_id: str, error: str, result: dict | None = None) -> None:
-        self.update(job_id, status="failed", error=error, finished=time.time(),
-                    **({"result": result} if result is not None else {}))
 
     def close(self) -> None:
         self.redis.close()
