@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llm_maps.errors import LLMMapsError
+from pipelines.sources import read_jsonl_objects
 
 SAMPLES_RE = re.compile(r"^samples_(?P<task>.+)_(?P<time>\d{4}-\d{2}-\d{2}T[\d\-.]+)\.jsonl$")
 PRIMARY_METRICS = ("acc", "exact_match", "acc_norm", "em", "f1", "mcc", "bleu", "rouge1", "rougeL")
@@ -85,16 +86,8 @@ def read_samples(path: Path, *, task: str, config: dict, metric: str | None, fil
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise LLMMapsError(f"{path}: not valid UTF-8 ({exc.reason})") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for lineno, s in read_jsonl_objects(path, "\n".join(lines)):
         where = f"{path}, line {lineno}"
-        try:
-            s = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LLMMapsError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(s, dict):
-            raise LLMMapsError(f"{where}: expected a JSON object")
         for field in ("doc_id", "arguments", "filtered_resps", "target"):
             if field not in s:
                 raise LLMMapsError(f"{where}, field '{field}': missing (not an lm-eval samples line)")

@@ -85,7 +85,7 @@ def _decode(path: Path, raw: bytes) -> str:
                            f"at column {col})") from None
 
 
-def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
+def read_jsonl_objects(path: Path, text: str) -> list[tuple[int, dict]]:
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -103,7 +103,7 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
 def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
     stripped = text.lstrip()
     if not stripped.startswith("["):
-        return _read_jsonl(path, text)
+        return read_jsonl_objects(path, text)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -223,7 +223,7 @@ def load_source(data: str | Path, *, columns: dict[str, str] | None = None,
         else:
             text = _decode(path, path.read_bytes())
             if kind == "jsonl":
-                records = _read_jsonl(path, text)
+                records = read_jsonl_objects(path, text)
             elif kind == "json":
                 records = _read_json(path, text)
             else:
