@@ -110,3 +110,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def dolly_jsonl(tmp_path) -> Path:
     return write_jsonl(tmp_path / "dolly.jsonl", dolly_rows())
+
+
+def poll_streaming(client, job_id: str, *, timeout: float = 90.0, every: float = 0.005):
+    """Poll a job through the API to its end; returns (final body, token counts seen while running)."""
+    import time
+
+    seen, deadline = [], time.time() + timeout
+    while True:
+        body = client.get(f"/api/points/{job_id}").get_json()
+        if body["status"] == "running" and body.get("result"):
+            seen.append(len(body["result"]["tokens"]))
+        if body["status"] in ("done", "failed"):
+            return body, seen
+        assert time.time() < deadline, body
+        time.sleep(every)

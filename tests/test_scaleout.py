@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import dolly_rows, write_jsonl
+from conftest import dolly_rows, poll_streaming, write_jsonl
 from llm_maps.cli import main
 
 HEARTBEAT = 2  # seconds: the workers' heartbeat timeout in these tests
@@ -146,16 +146,7 @@ def test_jobs_run_on_both_workers_and_equal_the_embedded_path(workers, web, plai
     stream_id = client.post("/api/runs/tiny/points", json={"instruction": "Tell a long story.", "generate": True,
                                                            "max_new_tokens": 150, "temperature": 0.8,
                                                            "seed": 3}).get_json()["id"]
-    seen_partial = []
-    deadline = time.time() + 90
-    while True:
-        body = client.get(f"/api/points/{stream_id}").get_json()
-        if body["status"] == "running" and body.get("result"):
-            seen_partial.append(len(body["result"]["tokens"]))
-        if body["status"] in ("done", "failed"):
-            break
-        assert time.time() < deadline
-        time.sleep(0.003)
+    body, seen_partial = poll_streaming(client, stream_id, every=0.003)
     assert body["status"] == "done", body
     tokens = body["result"]["tokens"]
     # streaming: tokens were visible while the job was still running, before the last one

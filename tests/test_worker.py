@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dolly_rows, write_jsonl
+from conftest import dolly_rows, poll_streaming, write_jsonl
 from llm_maps.cli import main
 from llm_maps.jobs import JobQueue, PointStore, QueueFull
 
@@ -123,16 +123,7 @@ def test_place_and_generate_through_the_api(live):
         r = client.post("/api/runs/tiny/points", json={"instruction": "Write a poem about the light.", "generate": True,
                                                       "max_new_tokens": 120, "temperature": 0.8, "seed": 3})
         gen_id = r.get_json()["id"]
-        seen_partial = []
-        deadline = time.time() + 90
-        while True:
-            body = client.get(f"/api/points/{gen_id}").get_json()
-            if body["status"] == "running" and body.get("result"):
-                seen_partial.append(len(body["result"]["tokens"]))
-            if body["status"] in ("done", "failed"):
-                break
-            assert time.time() < deadline
-            time.sleep(0.005)
+        body, seen_partial = poll_streaming(client, gen_id, every=0.005)
         assert body["status"] == "done", body
         tokens = body["result"]["tokens"]
         assert len(tokens) >= 2
