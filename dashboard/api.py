@@ -4,9 +4,11 @@ examples and user points. Torch-free: it only talks to the job queue (llm_maps.j
     POST   /api/runs/<run>/points         {"instruction", "context"?, "generate"?, "max_new_tokens"?,
                                            "temperature"?, "top_p"?, "seed"?, "domain"?} -> 202 {"id"}
     GET    /api/points/<id>               {"id", "run", "status", "error"?, "result"?}
+    POST   /api/points/<id>/cancel        cancel a queued or running job -> {"id", "status"}
     GET    /api/runs                      runs with their manifest summary
     GET    /api/runs/<run>/examples/<id>  one example
-    GET    /api/runs/<run>/points         the run's user points
+    GET    /api/runs/<run>/points         the run's user points (?format=csv or jsonl: a download)
+    GET    /api/runs/<run>/points/<id>    one user point
     DELETE /api/runs/<run>/points/<id>    delete one
 
 Errors are ``{"error": "..."}``: 404 unknown run/job/example, 422 bad JSON or field (named),
@@ -125,6 +127,37 @@ def _token_counter(manifest: dict):
     return None
 
 
+EXPORT_FORMATS = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
+CSV_COLUMNS = ["id", "created", "kind", "instruction", "context", "x", "y", "dist_to_train", "domain",
+               "expected_accuracy", "expected_low", "expected_high", "neighbours", "output", "stop_reason",
+               "n_tokens", "mean_logprob", "perplexity", "path_length", "final_dist", "temperature", "seed",
+               "max_new_tokens", "prompt"]
+
+
+def export_points(points: list[dict], fmt: str) -> str:
+    """User points as JSONL (every field, tokens included) or CSV (one row per point: coordinates,
+    expected accuracy, neighbours as ``id:distance`` joined by ``;``, output and path summary)."""
+    import json
+
+    if fmt == "jsonl":
+        return "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in points)
+    import pandas as pd
+
+    rows = []
+    for p in points:
+        exp = p.get("expected_accuracy") or {}
+        opts = p.get("options") or {}
+        row = {k: p.get(k) for k in CSV_COLUMNS}
+        row.update(expected_accuracy=exp.get("accuracy"), expected_low=exp.get("low"), expected_high=exp.get("high"),
+                   neighbours=";".join(f"{n['example_id']}:{n['distance']:.6g}" for n in p.get("neighbours") or []),
+                   temperature=opts.get("temperature"), seed=opts.get("seed"), max_new_tokens=opts.get("max_new_tokens"))
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    for col in ("seed", "max_new_tokens", "n_tokens"):  # integers stay integers next to blanks
+        frame[col] = frame[col].astype("Int64")
+    return frame.to_csv(index=False)
+
+
 def register_api(server, registry, queue: JobQueue, points: PointStore) -> None:
     import flask
 
@@ -165,12 +198,23 @@ def register_api(server, registry, queue: JobQueue, points: PointStore) -> None:
         job = queue.get(job_id)
         if job is None:
             raise ApiError(404, f"unknown point '{job_id}'")
-        out = {"id": job["id"], "run": job["run"], "kind": job["kind"], "status": job["status"]}
+        out = {"id": job["id"], "run": job["run"], "kind": job["kind"], "status": job["status"],
+               "created": job.get("created"), "started": job.get("started"), "finished": job.get("finished")}
+        if job.get("cancel_requested"):
+            out["cancel_requested"] = True
         if job.get("error"):
             out["error"] = job["error"]
         if job.get("result") is not None:
             out["result"] = job["result"]
         return flask.jsonify(out)
+
+    @bp.post("/points/<job_id>/cancel")
+    def cancel(job_id: str):
+        job = queue.cancel(job_id)
+        if job is None:
+            raise ApiError(404, f"unknown point '{job_id}'")
+        return flask.jsonify({"id": job_id, "status": job["status"],
+                              "cancel_requested": bool(job.get("cancel_requested"))})
 
     @bp.get("/runs")
     def runs():
@@ -204,7 +248,22 @@ def register_api(server, registry, queue: JobQueue, points: PointStore) -> None:
     @bp.get("/runs/<run>/points")
     def list_points(run: str):
         entry = entry_or_404(run)
-        return flask.jsonify({"points": points.list(entry.id)})
+        fmt = flask.request.args.get("format", "json")
+        if fmt == "json":
+            return flask.jsonify({"points": points.list(entry.id)})
+        if fmt not in EXPORT_FORMATS:
+            raise ApiError(422, f"field 'format': unknown format '{fmt}' (json, csv, jsonl)")
+        body = export_points(points.list(entry.id), fmt)
+        return flask.Response(body, mimetype=EXPORT_FORMATS[fmt], headers={
+            "Content-Disposition": f'attachment; filename="{entry.id}-points.{fmt}"'})
+
+    @bp.get("/runs/<run>/points/<point_id>")
+    def get_point(run: str, point_id: str):
+        entry = entry_or_404(run)
+        point = points.get(entry.id, point_id)
+        if point is None:
+            raise ApiError(404, f"unknown point '{point_id}' in run '{run}'")
+        return flask.jsonify(point)
 
     @bp.delete("/runs/<run>/points/<point_id>")
     def delete_point(run: str, point_id: str):

@@ -4,7 +4,7 @@ Embedded default: a diskcache folder (SQLite, safe across processes) — no serv
 Torch-free: the web process submits and reads jobs; ``llm-maps worker`` claims and runs them.
 
 A job record: ``{id, run, kind, payload, status, error, result, created, started, finished,
-heartbeat, worker}`` with ``status`` queued -> running -> done | failed. Claiming pops the id and
+heartbeat, worker}`` with ``status`` queued -> running -> done | failed | cancelled. Claiming pops the id and
 marks the job running in one transaction, so a job is never lost between the two. A running job
 whose worker stops heart-beating (killed, crashed) is failed with a reason after
 ``heartbeat_timeout`` seconds — by whoever looks at it next (a reader or a worker).
@@ -32,6 +32,9 @@ DEFAULTS = {  # each overridable with LLM_MAPS_<NAME> in the environment, e.g. L
     "job_timeout": float(os.environ.get("LLM_MAPS_JOB_TIMEOUT", 300)),
     "retention": float(os.environ.get("LLM_MAPS_RETENTION", 7 * 24 * 3600)),
 }
+
+
+FINAL = ("done", "failed", "cancelled")  # a job in one of these states never changes again
 
 
 class QueueFull(LLMMapsError):
@@ -84,6 +87,23 @@ class _Staleness:
     def fail(self, job_id: str, error: str, result: dict | None = None) -> None:
         self.update(job_id, status="failed", error=error, finished=time.time(),
                     **({"result": result} if result is not None else {}))
+
+    # cancelling: a queued job is never run; a running one is asked to stop (its worker checks
+    # ``cancel_requested`` between tokens and ends it with ``mark_cancelled``, keeping what it made)
+    @staticmethod
+    def _cancelled(job: dict) -> dict | None:
+        if job["status"] == "queued":
+            return {**job, "status": "cancelled", "finished": time.time()}
+        if job["status"] == "running" and not job.get("cancel_requested"):
+            return {**job, "cancel_requested": True}
+        return None
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool((self.get(job_id) or {}).get("cancel_requested"))
+
+    def mark_cancelled(self, job_id: str, partial: dict | None = None) -> None:
+        self.update(job_id, status="cancelled", finished=time.time(),
+                    **({"result": partial} if partial is not None else {}))
 
 
 def _new_job(job_id: str, run: str, kind: str, payload: dict) -> dict:
@@ -151,6 +171,18 @@ class JobQueue(_Staleness):
                 n += 1
         return n
 
+    def cancel(self, job_id: str) -> dict | None:
+        """Cancel a job (see ``_cancelled``); returns its record, None when unknown."""
+        with self.cache.transact():
+            job = self.cache.get(f"job:{job_id}")
+            if job is None:
+                return None
+            new = self._cancelled(job)
+            if new is None:
+                return job
+            self.cache.set(f"job:{job_id}", new, expire=self.retention)
+            return new
+
     def _untrack(self, job_id: str) -> None:
         with self.cache.transact():
             running = set(self.cache.get("running", ()))
@@ -159,22 +191,24 @@ class JobQueue(_Staleness):
 
     # ------------------------------------------------------------------ worker side
     def claim(self, runs, worker: str) -> dict | None:
-        """Pop the oldest queued job of any of ``runs`` and mark it running, atomically."""
+        """Pop the oldest queued job of any of ``runs`` and mark it running, in one transaction
+        (ids of expired or cancelled jobs on the way are dropped)."""
         for run in runs:
             with self.cache.transact():
-                _, job_id = self.cache.pull(prefix=f"queue:{run}", side="front")
-                if job_id is None:
-                    continue
-                self.cache.incr("waiting", -1, default=1)
-                job = self.cache.get(f"job:{job_id}")
-                if job is None or job["status"] != "queued":  # expired or cancelled
-                    continue
-                now = time.time()
-                job.update(status="running", started=now, heartbeat=now, worker=worker,
-                           heartbeat_timeout=self.heartbeat_timeout)
-                self.cache.set(f"job:{job_id}", job, expire=self.retention)
-                self.cache.set("running", set(self.cache.get("running", ())) | {job_id})
-                return job
+                while True:
+                    _, job_id = self.cache.pull(prefix=f"queue:{run}", side="front")
+                    if job_id is None:
+                        break
+                    self.cache.incr("waiting", -1, default=1)
+                    job = self.cache.get(f"job:{job_id}")
+                    if job is None or job["status"] != "queued":
+                        continue
+                    now = time.time()
+                    job.update(status="running", started=now, heartbeat=now, worker=worker,
+                               heartbeat_timeout=self.heartbeat_timeout)
+                    self.cache.set(f"job:{job_id}", job, expire=self.retention)
+                    self.cache.set("running", set(self.cache.get("running", ())) | {job_id})
+                    return job
         return None
 
     def update(self, job_id: str, **fields) -> None:
@@ -185,7 +219,7 @@ class JobQueue(_Staleness):
             job.update(fields)
             job["heartbeat"] = time.time()
             self.cache.set(f"job:{job_id}", job, expire=self.retention)
-            if job["status"] in ("done", "failed"):
+            if job["status"] in FINAL:
                 self.cache.set("running", set(self.cache.get("running", ())) - {job_id})
 
     def close(self) -> None:
@@ -231,6 +265,9 @@ class PointStore:
                 except json.JSONDecodeError:
                     continue  # a torn last line from a crash: skip it, keep the rest
         return out
+
+    def get(self, run: str, point_id: str) -> dict | None:
+        return next((p for p in self.list(run) if p.get("id") == point_id), None)
 
     def delete(self, run: str, point_id: str) -> bool:
         with self._locked(run):
@@ -335,7 +372,7 @@ class RedisJobQueue(_Staleness):
                     if new["status"] == "running":
                         pipe.zrem(self._waiting, job_id)
                         pipe.sadd(self._running, job_id)
-                    elif new["status"] in ("done", "failed"):
+                    elif new["status"] in FINAL:
                         pipe.zrem(self._waiting, job_id)
                         pipe.srem(self._running, job_id)
                     pipe.execute()
@@ -420,6 +457,10 @@ class RedisJobQueue(_Staleness):
     def update(self, job_id: str, **fields) -> None:
         self._modify(job_id, lambda job: {**job, **fields, "heartbeat": time.time()})
 
+    def cancel(self, job_id: str) -> dict | None:
+        """Cancel a job (see ``_cancelled``); returns its record, None when unknown."""
+        return self._modify(job_id, self._cancelled) or self.get(job_id)
+
     def close(self) -> None:
         self.redis.close()
 
@@ -452,6 +493,10 @@ class RedisPointStore:
         if not ids:
             return []
         return [json.loads(raw) for raw in self.redis.hmget(data, ids) if raw]
+
+    def get(self, run: str, point_id: str) -> dict | None:
+        raw = self.redis.hget(self._keys(run)[0], point_id)
+        return json.loads(raw) if raw else None
 
     def delete(self, run: str, point_id: str) -> bool:
         data, order = self._keys(run)

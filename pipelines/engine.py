@@ -20,7 +20,7 @@ import numpy as np
 
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE, expected_accuracy, falloff_stats
-from llm_maps.neighbours import knn
+from llm_maps.neighbours import knn, pairwise_distances
 from llm_maps.runfolder import PROJECTION, Run
 
 
@@ -113,7 +113,14 @@ class RunSession:
         with self._lock:
             state = encode_one(self.loaded, prompt, layers=[self.layer], add_eos=self.manifest["add_eos"],
                                max_length=self.manifest["max_length"])[self.layer]
-        return {"prompt": prompt, **self._where(state, domain)}
+        return {"prompt": prompt, **self._where(state, domain), "state": state}
+
+    @staticmethod
+    def _state_of(placed: dict) -> np.ndarray:
+        state = placed.get("state")
+        if state is None:
+            raise LLMMapsError("generate: the placed prompt has no hidden state")
+        return np.asarray(state, dtype=np.float16).astype(np.float32)
 
     def generate(self, instruction: str, context: str = "", *, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, domain: str | None = None, top: int = 5,
@@ -127,10 +134,17 @@ class RunSession:
         tokens: list[dict] = []
         result["tokens"] = tokens
 
+        prev = [self._state_of(result)]
+
         def each(_row, tok, state):
+            state = state.astype(np.float16).astype(np.float32)  # as the run stores encodings
             xy = self.project(state)[0]
+            dist, _ = knn(state[None, :], self.train_enc, k=1, metric=self.metric)
+            step = float(pairwise_distances(prev[0][None, :], state[None, :], self.metric)[0, 0])
+            prev[0] = state
             item = {"text": tok.text, "id": tok.id, "logprob": tok.logprob,
-                    "top": [{"text": t, "logprob": lp} for t, lp in tok.top], "x": float(xy[0]), "y": float(xy[1])}
+                    "top": [{"text": t, "logprob": lp} for t, lp in tok.top], "x": float(xy[0]), "y": float(xy[1]),
+                    "dist": float(dist[0, 0]), "step": step}
             tokens.append(item)
             if on_token is not None:
                 on_token(item)
@@ -143,7 +157,21 @@ class RunSession:
         del tokens[len(res.tokens):]
         result["output"] = res.text
         result["stop_reason"] = res.stop_reason
+        result.pop("state", None)
+        result.update(path_summary(tokens, result["dist_to_train"]))
         return result
+
+
+def path_summary(tokens: list[dict], start_dist: float) -> dict:
+    """What the playground compares generations by: mean log-likelihood per token, perplexity,
+    number of tokens, path length in the full hidden space (sum of the steps from the prompt's
+    state through every token's state, in the run's distance metric) and the final point's
+    distance to the nearest train example."""
+    n = len(tokens)
+    mean = float(np.mean([t["logprob"] for t in tokens])) if n else None
+    return {"n_tokens": n, "mean_logprob": mean, "perplexity": float(np.exp(-mean)) if n else None,
+            "path_length": float(sum(t["step"] for t in tokens)),
+            "final_dist": float(tokens[-1]["dist"]) if n else float(start_dist)}
 
 
 class SessionPool:

@@ -20,32 +20,50 @@ from llm_maps.errors import LLMMapsError
 from llm_maps.jobs import JobQueue, PointStore
 
 PLACE_FIELDS = ("prompt", "x", "y", "dist_to_train", "neighbours", "domain", "expected_accuracy")
+GENERATE_FIELDS = ("output", "tokens", "stop_reason", "n_tokens", "mean_logprob", "perplexity", "path_length",
+                   "final_dist")
 
 
 class JobTimeout(Exception):
     pass
 
 
-def run_job(session, job: dict, *, publish=None, deadline: float | None = None) -> dict:
-    """Execute one job dict on a RunSession; ``publish(partial_result)`` streams progress."""
+class JobCancelled(Exception):
+    """The user cancelled a running job; ``partial`` is what it had produced."""
+
+    def __init__(self, partial: dict):
+        super().__init__("cancelled")
+        self.partial = partial
+
+
+def run_job(session, job: dict, *, publish=None, deadline: float | None = None, cancelled=None) -> dict:
+    """Execute one job dict on a RunSession; ``publish(partial_result)`` streams progress and
+    ``cancelled()`` (checked before every token) stops a generation early."""
     p = job["payload"]
     placed = session.place(p["instruction"], p.get("context") or "", domain=p.get("domain"))
+    public = {k: v for k, v in placed.items() if k != "state"}  # the hidden state stays in the worker
     if job["kind"] == "place":
-        return placed
+        return public
     if publish is not None:
-        publish({**placed, "tokens": []})
+        publish({**public, "tokens": []})
     tokens: list[dict] = []
 
     def on_token(item: dict) -> None:
         tokens.append(item)
         if deadline is not None and time.time() > deadline:
             raise JobTimeout()
+        if cancelled is not None and cancelled():
+            raise JobCancelled({**public, "tokens": list(tokens), "stop_reason": "cancelled"})
         if publish is not None:
-            publish({**placed, "tokens": list(tokens)})
+            publish({**public, "tokens": list(tokens)})
 
-    return session.generate(p["instruction"], p.get("context") or "", max_new_tokens=int(p.get("max_new_tokens") or 64),
-                            temperature=float(p.get("temperature") or 0.0), top_p=float(p.get("top_p") or 1.0),
-                            seed=p.get("seed"), placed=placed, on_token=on_token)
+    if cancelled is not None and cancelled():
+        raise JobCancelled({**public, "tokens": [], "stop_reason": "cancelled"})
+    result = session.generate(p["instruction"], p.get("context") or "", max_new_tokens=int(p.get("max_new_tokens") or 64),
+                              temperature=float(p.get("temperature") or 0.0), top_p=float(p.get("top_p") or 1.0),
+                              seed=p.get("seed"), placed=placed, on_token=on_token)
+    result.pop("state", None)
+    return result
 
 
 def point_record(job: dict, result: dict) -> dict:
@@ -55,7 +73,7 @@ def point_record(job: dict, result: dict) -> dict:
             "context": p.get("context") or "", "options": {k: p.get(k) for k in ("max_new_tokens", "temperature",
                                                                                "top_p", "seed") if k in p},
             **{k: result.get(k) for k in PLACE_FIELDS},
-            **({"output": result.get("output"), "tokens": result.get("tokens")} if job["kind"] == "generate" else {})}
+            **({k: result.get(k) for k in GENERATE_FIELDS} if job["kind"] == "generate" else {})}
 
 
 class _Heartbeat:
@@ -106,12 +124,23 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
             queue.update(job_id, result=partial)
             last[0] = now
 
+    checked = [0.0, False]
+
+    def cancelled(job_id=job["id"]):
+        now = time.time()
+        if not checked[1] and now - checked[0] >= 0.1:  # at most 10 reads a second
+            checked[0], checked[1] = now, queue.cancel_requested(job_id)
+        return checked[1]
+
     try:
         with _Heartbeat(queue, job["id"], every=max(0.5, queue.heartbeat_timeout / 5)):
-            result = run_job(pool.get(job["run"]), job, publish=publish, deadline=deadline)
+            result = run_job(pool.get(job["run"]), job, publish=publish, deadline=deadline, cancelled=cancelled)
         points.add(job["run"], point_record(job, result))
         queue.finish(job["id"], result)
         return "done"
+    except JobCancelled as exc:
+        queue.mark_cancelled(job["id"], exc.partial)
+        return "cancelled"
     except JobTimeout:
         queue.fail(job["id"], f"timed out after {queue.job_timeout:g} s")
     except LLMMapsError as exc:

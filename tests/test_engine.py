@@ -52,7 +52,7 @@ def test_generate_streams_tokens_with_positions(scored_run):
     res = session.generate("Write a short poem about the sea.", max_new_tokens=5, on_token=seen.append)
     assert len(res["tokens"]) >= 1 and seen[: len(res["tokens"])] == res["tokens"]
     for t in res["tokens"]:
-        assert set(t) == {"text", "id", "logprob", "top", "x", "y"}
+        assert set(t) == {"text", "id", "logprob", "top", "x", "y", "dist", "step"}
         assert len(t["top"]) == 5 and t["logprob"] <= 0
         assert t["top"][0]["logprob"] >= t["logprob"] - 1e-6  # greedy picks the top alternative
     direct = session.loaded.tokenizer.decode([t["id"] for t in res["tokens"]], skip_special_tokens=True).strip()
@@ -65,6 +65,39 @@ def test_generate_streams_tokens_with_positions(scored_run):
         out = session.loaded.model(torch.tensor([ids]), output_hidden_states=True)
     xy = session.project(out.hidden_states[session.layer][0, -1].numpy())[0]
     assert res["tokens"][0]["x"] == pytest.approx(xy[0], abs=1e-3) and res["tokens"][0]["y"] == pytest.approx(xy[1], abs=1e-3)
+
+
+def test_generation_path_lengths_and_distances_in_the_full_space(scored_run):
+    """Each token's distance to train and step from the previous state (prompt first), recomputed
+    by brute force from one full forward; the compare-table summary follows from them."""
+    import torch
+
+    session = RunSession(scored_run)
+    res = session.generate("Write a short poem about the sea.", max_new_tokens=6)
+    toks = res["tokens"]
+    n_prompt = len(session.loaded.tokenizer(res["prompt"])["input_ids"])
+    ids = session.loaded.tokenizer(res["prompt"])["input_ids"] + [t["id"] for t in toks]
+    with torch.no_grad():
+        hs = session.loaded.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[session.layer][0]
+    states = [session.place("Write a short poem about the sea.")["state"]] + [
+        hs[n_prompt + i].numpy().astype(np.float16).astype(np.float32) for i in range(len(toks))]
+    ex = Run(scored_run).examples
+    train = np.asarray(Run(scored_run).encodings(), dtype=np.float32)[(ex["split"] == "train").to_numpy()]
+    metric = session.metric
+    assert metric == "cosine"
+
+    def cos(a, b):
+        return 1 - float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    for i, t in enumerate(toks):
+        assert t["step"] == pytest.approx(cos(states[i], states[i + 1]), abs=2e-3)
+        assert t["dist"] == pytest.approx(min(cos(states[i + 1], r) for r in train), abs=2e-3)
+    assert res["n_tokens"] == len(toks) >= 2
+    assert res["path_length"] == pytest.approx(sum(t["step"] for t in toks), rel=1e-9)
+    assert res["final_dist"] == toks[-1]["dist"]
+    mean = float(np.mean([t["logprob"] for t in toks]))
+    assert res["mean_logprob"] == pytest.approx(mean) and res["perplexity"] == pytest.approx(np.exp(-mean))
+    assert "state" not in res
 
 
 def test_session_pool_is_lru_bounded(scored_run, tmp_path):

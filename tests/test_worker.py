@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import dolly_rows, poll_streaming, write_jsonl
@@ -130,7 +131,7 @@ def test_place_and_generate_through_the_api(live):
         # streaming: tokens were visible while the job was still running, before the last one
         assert any(0 < n < len(tokens) for n in seen_partial), (seen_partial, len(tokens))
         for t in tokens:
-            assert set(t) == {"text", "id", "logprob", "top", "x", "y"} and t["logprob"] <= 0
+            assert set(t) == {"text", "id", "logprob", "top", "x", "y", "dist", "step"} and t["logprob"] <= 0
         assert body["result"]["output"] is not None
 
         # user points persist per run, outside the run folder, and can be deleted
@@ -281,3 +282,94 @@ def test_job_timeout_and_errors_fail_the_job_but_not_the_worker(tmp_path):
     assert outcomes["crash"]["error"] == "internal error (RuntimeError); see the worker log"  # no stack trace
     assert outcomes["ok"]["status"] == "done"
     assert [p["instruction"] for p in points.list("r")] == ["ok"]
+
+
+def test_cancel_stops_a_running_generation_and_skips_a_queued_job(tmp_path):
+    """A running generation stops at the next token after cancel and keeps what it made (not stored
+    as a point); a queued job is cancelled before any worker sees it and is never run."""
+    import threading
+
+    from pipelines.worker import execute_job
+
+    started = threading.Event()
+
+    class SlowSession:
+        def place(self, instruction, context="", domain=None):
+            return {"prompt": instruction, "x": 0.0, "y": 0.0, "dist_to_train": 0.1, "neighbours": [],
+                    "domain": None, "expected_accuracy": None, "state": np.zeros(4, dtype=np.float32)}
+
+        def generate(self, instruction, context="", *, on_token=None, placed=None, **kw):
+            for i in range(500):
+                time.sleep(0.01)
+                on_token({"text": "a", "id": i, "logprob": -1.0, "top": [], "x": 0.0, "y": 0.0})
+                if i == 3:
+                    started.set()
+            return {**placed, "tokens": [], "output": "a" * 500}
+
+    class Pool:
+        paths = {"r": tmp_path}
+
+        def get(self, run):
+            return SlowSession()
+
+    q = JobQueue(tmp_path / "state")
+    points = PointStore(tmp_path / "state")
+    queued = q.submit("r", "place", {"instruction": "never"})
+    assert q.cancel(queued)["status"] == "cancelled" and q.cancel("nope") is None
+    running = q.submit("r", "generate", {"instruction": "long", "max_new_tokens": 500})
+    job = q.claim(["r"], "w")
+    assert job["id"] == running  # the cancelled job was skipped
+    outcome = []
+    t = threading.Thread(target=lambda: outcome.append(execute_job(q, points, Pool(), job, "w")))
+    t.start()
+    assert started.wait(10)
+    after = q.cancel(running)
+    assert after["status"] == "running" and after["cancel_requested"] is True
+    t.join(20)
+    assert outcome == ["cancelled"]
+    final = q.get(running)
+    assert final["status"] == "cancelled" and final["result"]["stop_reason"] == "cancelled"
+    assert 4 <= len(final["result"]["tokens"]) < 500 and "state" not in final["result"]
+    assert q.cancel(running)["status"] == "cancelled"  # final states never change
+    assert points.list("r") == [] and q.claim(["r"], "w") is None
+    assert q.get(queued)["status"] == "cancelled" and q.get(queued)["started"] is None
+
+
+def test_cancel_export_and_single_point_through_the_api(live, tmp_path):
+    import csv
+    import io
+
+    run, _ = live
+    state = tmp_path / "state"
+    client = _client(run, state)
+    job_id = client.post("/api/runs/tiny/points", json={"instruction": "queued, then cancelled"}).get_json()["id"]
+    r = client.post(f"/api/points/{job_id}/cancel")
+    assert r.status_code == 200 and r.get_json()["status"] == "cancelled"
+    assert client.get(f"/api/points/{job_id}").get_json()["status"] == "cancelled"
+    assert client.post("/api/points/nope/cancel").status_code == 404
+    # two finished points in the store (as the worker writes them), exported both ways
+    store = PointStore(state)
+    gen = {"id": "g1", "created": 1.0, "kind": "generate", "instruction": 'say "hi", then\na comma',
+           "context": "", "options": {"max_new_tokens": 4, "temperature": 0.7, "seed": 3}, "prompt": "P",
+           "x": 1.5, "y": -2.0, "dist_to_train": 0.25, "domain": "Chollet",
+           "neighbours": [{"example_id": "d-1", "distance": 0.25}, {"example_id": "d-2", "distance": 0.5}],
+           "expected_accuracy": {"domain": "Chollet", "accuracy": 0.5, "low": 0.2, "high": 0.8, "n": 4, "bin": 0},
+           "output": "hi, there", "tokens": [{"text": "hi", "logprob": -0.5}], "stop_reason": "eos", "n_tokens": 1,
+           "mean_logprob": -0.5, "perplexity": 1.6487, "path_length": 0.3, "final_dist": 0.2}
+    store.add("tiny", gen)
+    store.add("tiny", {"id": "p1", "created": 2.0, "kind": "place", "instruction": "<script>x</script>", "context": "",
+                       "options": {}, "prompt": "Q", "x": 0.0, "y": 0.0, "dist_to_train": 0.1, "domain": None,
+                       "neighbours": [], "expected_accuracy": None})
+    assert client.get("/api/runs/tiny/points/g1").get_json() == gen
+    assert client.get("/api/runs/tiny/points/zzz").status_code == 404
+    r = client.get("/api/runs/tiny/points?format=jsonl")
+    assert r.status_code == 200 and 'filename="tiny-points.jsonl"' in r.headers["Content-Disposition"]
+    assert [json.loads(line) for line in r.get_data(as_text=True).splitlines()] == store.list("tiny")
+    r = client.get("/api/runs/tiny/points?format=csv")
+    assert r.status_code == 200 and r.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(r.get_data(as_text=True))))
+    assert [row["id"] for row in rows] == ["g1", "p1"]
+    assert rows[0]["instruction"] == gen["instruction"] and rows[0]["neighbours"] == "d-1:0.25;d-2:0.5"
+    assert (rows[0]["x"], rows[0]["expected_accuracy"], rows[0]["seed"], rows[0]["path_length"]) == ("1.5", "0.5", "3", "0.3")
+    assert rows[1]["instruction"] == "<script>x</script>" and rows[1]["output"] == "" and rows[1]["neighbours"] == ""
+    assert client.get("/api/runs/tiny/points?format=xml").status_code == 422
