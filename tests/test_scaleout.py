@@ -265,3 +265,20 @@ def test_unreachable_redis_is_a_503(plain_run, monkeypatch, tmp_path):
     r = client.post("/api/runs/tiny/points", json={"instruction": "x"})
     assert r.status_code == 503 and "queue unavailable" in r.get_json()["error"] and int(r.headers["Retry-After"]) >= 1
     assert time.time() - start < 30
+
+
+def test_redis_queue_cancels_like_the_embedded_one(redis_url):
+    from llm_maps.jobs import RedisJobQueue
+
+    q = RedisJobQueue(redis_url, max_queued=1, prefix="cancel")
+    queued = q.submit("nobody", "place", {"instruction": "q"})
+    assert q.cancel(queued)["status"] == "cancelled"
+    assert q.claim_id(queued, "w") is None  # its Celery message, when delivered, runs nothing
+    running = q.submit("nobody", "generate", {"instruction": "r"})  # the cancelled job freed its place
+    q.claim_id(running, "w")
+    assert not q.cancel_requested(running)
+    assert q.cancel(running)["cancel_requested"] is True and q.cancel_requested(running)
+    q.mark_cancelled(running, {"tokens": [{"text": "a"}], "stop_reason": "cancelled"})
+    job = q.get(running)
+    assert job["status"] == "cancelled" and job["result"]["tokens"] == [{"text": "a"}]
+    assert not q.redis.sismember(q._running, running) and q.cancel("nope") is None
