@@ -58,7 +58,8 @@ def _install_basic_auth(server, credentials: tuple[str, str]) -> None:
 
 def _navbar() -> dbc.Navbar:
     links = [dbc.NavItem(dbc.NavLink(name, href=href, active="partial", id=f"nav-{name.lower()}"))
-             for name, href in (("Map", "/map"), ("Falloff", "/falloff"), ("Examples", "/examples"), ("Runs", "/runs"))]
+             for name, href in (("Map", "/map"), ("Playground", "/playground"), ("Falloff", "/falloff"), ("Examples", "/examples"),
+                                ("Runs", "/runs"))]
     return dbc.Navbar(dbc.Container([
         dbc.NavbarBrand("LLM Maps", href="/map"),
         dbc.Nav(links, navbar=True, className="me-auto"),
@@ -81,8 +82,9 @@ def _install_api(server, registry, state_dir: Path) -> None:
     from llm_maps.jobs import make_points, make_queue
 
     queue = make_queue(state_dir)  # RedisJobQueue (Celery workers) when REDIS_URL is set, else diskcache
-    server.config["LLM_MAPS_QUEUE"] = queue
-    register_api(server, registry, queue, make_points(state_dir))
+    points = make_points(state_dir)
+    server.config["LLM_MAPS_QUEUE"], server.config["LLM_MAPS_POINTS"] = queue, points
+    register_api(server, registry, queue, points)
 
 
 def plot_templates() -> dict:

@@ -16,6 +16,14 @@ def registry():
     return flask.current_app.config["LLM_MAPS_REGISTRY"]
 
 
+def dark_cookie() -> bool:
+    """Whether this request's page is in the dark theme (the browser sets the cookie)."""
+    try:
+        return flask.request.cookies.get("llm_maps_theme") == "dark"
+    except RuntimeError:  # no request (e.g. called from a test)
+        return False
+
+
 def load(run_id):
     """(RunData, None) or (None, error message) — pages show the message as a banner."""
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dash
 import dash_bootstrap_components as dbc
-import flask
 import numpy as np
 from dash import Input, Output, State, callback, dcc, html
 from dash.exceptions import PreventUpdate
@@ -34,13 +33,6 @@ def _range_slider(id_, values: np.ndarray, current, *, disabled=False):
     return dcc.RangeSlider(id=id_, min=lo, max=hi, step=(hi - lo) / 200, value=value, marks=None,
                            disabled=disabled, tooltip={"placement": "bottom", "always_visible": False},
                            updatemode="mouseup")
-
-
-def dark_cookie() -> bool:
-    try:
-        return flask.request.cookies.get("llm_maps_theme") == "dark"
-    except RuntimeError:  # no request (e.g. called from a test)
-        return False
 
 
 def layout(run=None, colour="split", layer=None, split=None, domain=None, task=None, score=None, dist=None,
@@ -88,7 +80,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
     try:
         figure = _figure(data, colour=colour, layer=layer, split=split_value, domain=C.query_list(domain),
                          task=C.query_list(task), score=C.query_range(score), dist=C.query_range(dist), search=q,
-                         selected=row, dark=dark_cookie())
+                         selected=row, dark=C.dark_cookie())
     except Exception as exc:  # noqa: BLE001 - e.g. distances of a layer that cannot be read
         return dbc.Container([C.run_picker(data.id), C.banner(f"could not draw the map: {exc}", id="run-banner")],
                              fluid=True, className="pt-3")

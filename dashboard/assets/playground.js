@@ -1,0 +1,323 @@
+// Playground (pages/playground.py): the page is a client of the JSON API. Submit posts the form to
+// POST /api/runs/<run>/points and polls GET /api/points/<id>; the point, its neighbour lines and
+// each generation's path are drawn here on the run's map (Plotly.react on the figure the server
+// drew, with our traces tagged meta.pg), and the streamed tokens are rendered as text spans
+// tinted by probability. User text only ever goes into text nodes and title attributes.
+(() => {
+  const COT = "Let's think step by step.";
+  const FINAL = ['done', 'failed', 'cancelled'];
+  const NO = () => window.dash_clientside.no_update;
+  const set = (id, props) => window.dash_clientside.set_props(id, props);
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  // state of this page: full results (tokens) per id, the kept generations, timings for the benchmark
+  const PG = {results: {}, gens: [], overlay: null, current: null, active: null, run: null, palette: [],
+              timing: {}, polling: {}, loading: {}, drawSeq: 0};
+
+  function gdOf(id) { return document.querySelector('#' + id + ' .js-plotly-plot'); }
+  function pct(logprob) { return (100 * Math.exp(logprob)).toFixed(1) + '%'; }
+  function num(v) { return v === null || v === undefined || v === '' || Number.isNaN(Number(v)) ? null : Number(v); }
+
+  function apiMessage(status, body, retryAfter) {
+    const what = {404: 'Not found', 413: 'Input too long', 422: 'Invalid input', 503: 'The server is busy'}[status]
+      || ('Request failed (HTTP ' + status + ')');
+    const msg = (body && body.error) ? body.error : 'no details';
+    return what + ' (' + status + '): ' + msg + (retryAfter ? '. Try again in ' + retryAfter + ' s.' : '');
+  }
+
+  function showError(text) {
+    set('pg-error', {children: text, is_open: true});
+  }
+
+  function progress(text, value, opts = {}) {
+    set('pg-status', {children: text});
+    set('pg-progress', Object.assign({value, striped: false, animated: false}, opts));
+  }
+
+  async function readJson(r) { try { return await r.json(); } catch (e) { return null; } }
+
+  // ---------------------------------------------------------------- drawing
+  function tokenTip(t, k) {
+    const alts = (t.top || []).map((a) => JSON.stringify(a.text) + ' ' + pct(a.logprob)).join(', ');
+    return 'token ' + (k + 1) + ': ' + JSON.stringify(t.text) + ' · p=' + pct(t.logprob)
+      + (alts ? '\ntop alternatives: ' + alts : '')
+      + (t.dist !== undefined ? '\ndistance to train ' + t.dist.toPrecision(4) : '');
+  }
+
+  function pgTraces() {
+    const traces = [];
+    const gens = PG.gens.filter((g) => g.status !== 'removed');
+    const o = PG.overlay, cur = o && PG.results[o.id];
+    const curGen = o && gens.find((g) => g.id === o.id);
+    if (cur && cur.x !== undefined && curGen && !curGen.hidden && o.x.length) {
+      const xs = [], ys = [], text = [], size = [];
+      o.x.forEach((x, i) => {
+        xs.push(cur.x, x, null); ys.push(cur.y, o.y[i], null);
+        text.push('', o.text[i], ''); size.push(0, 11, 0);
+      });
+      traces.push({type: 'scatter', mode: 'lines+markers', x: xs, y: ys, text, hoverinfo: 'text', showlegend: false,
+                   name: 'neighbours', meta: {pg: 'neighbours', id: o.id},
+                   line: {color: '#ff7f0e', width: 1.5, dash: 'dot'},
+                   marker: {size, symbol: 'circle-open', color: '#ff7f0e', line: {width: 2}}});
+    }
+    gens.forEach((g, i) => {
+      const res = PG.results[g.id];
+      if (!res || res.x === undefined || g.hidden) return;
+      const colour = PG.palette[i % PG.palette.length] || '#333';
+      const toks = res.tokens || [];
+      if (toks.length) {
+        const probs = toks.map((t) => Math.exp(t.logprob));
+        traces.push({
+          type: 'scatter', mode: 'lines+markers', name: 'path', showlegend: false, meta: {pg: 'path', id: g.id},
+          x: [res.x].concat(toks.map((t) => t.x)), y: [res.y].concat(toks.map((t) => t.y)),
+          line: {color: colour, width: 1.5},
+          marker: {symbol: ['circle'].concat(toks.map(() => 'arrow')), angleref: 'previous',
+                   size: [0].concat(probs.map((p) => 7 + 9 * p)), color: [1].concat(probs), cmin: 0, cmax: 1,
+                   colorscale: 'RdYlGn', line: {color: colour, width: 1}},
+          text: ['prompt'].concat(toks.map((t, k) => tokenTip(t, k))), hoverinfo: 'text'});
+      }
+      traces.push({type: 'scatter', mode: 'markers', name: 'your prompt', showlegend: false,
+                   meta: {pg: 'point', id: g.id}, x: [res.x], y: [res.y],
+                   text: ['your prompt: ' + String(g.instruction || '').slice(0, 120)
+                          + '\ndistance to train ' + (res.dist_to_train || 0).toPrecision(4)],
+                   hoverinfo: 'text', marker: {symbol: 'star', size: 20, color: colour, line: {color: '#000', width: 1.5}}});
+    });
+    return traces;
+  }
+
+  // Our traces on top of the figure the server drew (whose layout.meta.pg_base says which one).
+  async function drawNow(wantBase) {
+    const seq = ++PG.drawSeq;
+    const t0 = performance.now();
+    let gd = gdOf('pg-graph');
+    while (!gd || !gd._fullLayout || (wantBase && ((gd.layout.meta || {}).pg_base !== wantBase))) {
+      if (performance.now() - t0 > 30000) return;
+      await new Promise(requestAnimationFrame);
+      gd = gdOf('pg-graph');
+    }
+    if (seq !== PG.drawSeq) return;  // a newer draw is on its way
+    const base = gd.data.filter((t) => !(t.meta && t.meta.pg));
+    await Plotly.react(gd, base.concat(pgTraces()), gd.layout);
+    const now = performance.now();
+    for (const g of PG.gens) {
+      const res = PG.results[g.id], tm = PG.timing[g.id];
+      if (!tm || !res) continue;
+      if (tm.point === undefined && res.x !== undefined) tm.point = now;
+      if (tm.firstToken === undefined && (res.tokens || []).length) tm.firstToken = now;
+    }
+  }
+
+  function renderStream(id) {
+    const res = PG.results[id];
+    if (!res) return;
+    const toks = res.tokens || [];
+    const children = toks.map((t, k) => ({
+      type: 'Span', namespace: 'dash_html_components',
+      props: {children: t.text, title: tokenTip(t, k), className: 'pg-tok',
+              style: {backgroundColor: 'hsla(' + Math.round(120 * Math.exp(t.logprob)) + ', 75%, 50%, 0.35)'}}}));
+    if (!toks.length) {
+      children.push({type: 'Span', namespace: 'dash_html_components',
+                     props: {children: res.tokens ? 'waiting for the first token…' : 'placed (no generation).',
+                             className: 'text-muted'}});
+    }
+    set('pg-stream', {children});
+  }
+
+  function setCurrent(id) {
+    const res = PG.results[id];
+    if (!res || res.x === undefined) return;
+    PG.current = id;
+    set('pg-current', {data: {id, x: res.x, y: res.y, neighbours: res.neighbours || [], domain: res.domain,
+                              dist_to_train: res.dist_to_train, expected_accuracy: res.expected_accuracy}});
+    renderStream(id);
+  }
+
+  function updateGen(id, fields) {
+    PG.gens = PG.gens.map((g) => (g.id === id ? Object.assign({}, g, fields) : g));
+    set('pg-gens', {data: PG.gens});
+  }
+
+  function summary(res) {
+    const out = {};
+    for (const k of ['n_tokens', 'mean_logprob', 'perplexity', 'path_length', 'final_dist', 'dist_to_train']) {
+      if (res && res[k] !== undefined) out[k] = res[k];
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- jobs
+  async function poll(id, maxTokens) {
+    if (PG.polling[id]) return;
+    PG.polling[id] = true;
+    const started = performance.now();
+    let shown = false;
+    try {
+      for (;;) {
+        let r;
+        try {
+          r = await fetch('/api/points/' + encodeURIComponent(id), {credentials: 'same-origin'});
+        } catch (e) {
+          showError('Could not reach the server: ' + (e && e.message ? e.message : e));
+          progress('lost contact with the server', 0);
+          await sleep(1000);
+          continue;
+        }
+        const job = await readJson(r);
+        if (!r.ok || !job) {
+          showError(apiMessage(r.status, job));
+          updateGen(id, {status: 'failed'});
+          progress('failed', 0);
+          return;
+        }
+        if (job.result) {
+          PG.results[id] = job.result;
+          if (!shown && job.result.x !== undefined) { shown = true; setCurrent(id); }
+          if (PG.current === id) renderStream(id);
+          drawNow();
+        }
+        const n = ((job.result || {}).tokens || []).length;
+        if (FINAL.includes(job.status)) {
+          const secs = ((job.finished || 0) - (job.started || job.created || 0));
+          updateGen(id, Object.assign({status: job.status}, summary(job.result)));
+          if (PG.active === id) {
+            PG.active = null;
+            set('pg-cancel', {disabled: true});
+            set('pg-submit', {disabled: false});
+          }
+          if (job.status === 'failed') {
+            showError('The job failed: ' + (job.error || 'no reason given'));
+            progress('failed', 0);
+          } else {
+            progress(job.status + (n ? ' · ' + n + ' tokens in ' + secs.toFixed(1) + ' s (' + (n / Math.max(secs, 1e-3)).toFixed(1)
+                                   + ' tokens/s)' : ''), 100);
+          }
+          if (job.status !== 'failed' && !shown && job.result) setCurrent(id);
+          return;
+        }
+        if (job.status === 'queued') {
+          progress('queued — waiting for a worker…', 100, {striped: true, animated: true});
+        } else {
+          const secs = (performance.now() - started) / 1000;
+          progress((job.cancel_requested ? 'cancelling · ' : 'running · ')
+                   + (job.result && job.result.tokens ? n + (maxTokens ? ' / ' + maxTokens : '') + ' tokens · '
+                      + (n / Math.max(secs, 1e-3)).toFixed(1) + ' tokens/s' : 'placing the prompt'),
+                   maxTokens ? Math.round(100 * n / maxTokens) : 100, {striped: true, animated: true});
+        }
+        await sleep(job.status === 'queued' ? 200 : 80);
+      }
+    } finally {
+      delete PG.polling[id];
+    }
+  }
+
+  async function submitJob(run, instruction, context, mode, temperature, seed, maxTokens, cot) {
+    set('pg-error', {is_open: false});
+    let text = instruction || '';
+    if (cot && text.trim()) text = text.replace(/\s+$/, '') + '\n' + COT;
+    const max = num(maxTokens);
+    const body = {instruction: text, context: context || ''};
+    if (max === null || max > 0) {
+      body.generate = true;
+      if (max !== null) body.max_new_tokens = max;
+      body.temperature = mode === 'sampled' ? num(temperature) : 0;
+      if (mode === 'sampled' && num(seed) !== null) body.seed = Math.trunc(num(seed));
+    }
+    const t0 = performance.now();
+    progress('submitting…', 0);
+    let r;
+    try {
+      r = await fetch('/api/runs/' + encodeURIComponent(run) + '/points', {
+        method: 'POST', credentials: 'same-origin', headers: {'Content-Type': 'application/json'},
+        body: JSON.stringify(body)});
+    } catch (e) {
+      showError('Could not reach the server: ' + (e && e.message ? e.message : e));
+      progress('not submitted', 0);
+      return;
+    }
+    const out = await readJson(r);
+    if (r.status !== 202 || !out || !out.id) {
+      showError(apiMessage(r.status, out, r.headers.get('Retry-After')));
+      progress('not submitted', 0);
+      return;
+    }
+    const id = out.id;
+    PG.timing[id] = {submit: t0, accepted: performance.now()};
+    PG.active = id;
+    set('pg-cancel', {disabled: false});
+    PG.gens = PG.gens.concat([{id, status: 'queued', hidden: false, kind: body.generate ? 'generate' : 'place',
+                               instruction: text, temperature: body.generate ? (body.temperature || 0) : null,
+                               seed: body.seed === undefined ? null : body.seed}]);
+    set('pg-gens', {data: PG.gens});
+    poll(id, body.generate ? (max || null) : 0);
+  }
+
+  // a shared link: the server found saved points in the store (status 'done'); other ids
+  // ('loading') are jobs still queued, running or ended without a saved point: poll them
+  async function load(run, g) {
+    const id = g.id;
+    if (PG.loading[id] || PG.results[id] || PG.polling[id]) return;
+    PG.loading[id] = true;
+    if (g.status === 'loading') { poll(id, null); return; }
+    const r = await fetch('/api/runs/' + encodeURIComponent(run) + '/points/' + encodeURIComponent(id),
+                          {credentials: 'same-origin'});
+    const point = await readJson(r);
+    if (!r.ok || !point) { showError(apiMessage(r.status, point)); return; }
+    PG.results[id] = point;
+    const last = PG.gens.filter((x) => x.status !== 'removed').slice(-1)[0];
+    if (last && last.id === id) setCurrent(id);
+    drawNow();
+  }
+
+  window.dash_clientside = Object.assign({}, window.dash_clientside, {
+    playground: {
+      submit(n, run, instruction, context, mode, temperature, seed, maxTokens, cot) {
+        if (!n) return NO();
+        submitJob(run, instruction, context, mode, temperature, seed, maxTokens, cot).catch((e) => showError(String(e)));
+        return NO();
+      },
+      cancel(n) {
+        const id = PG.active;
+        if (!n || !id) return NO();
+        fetch('/api/points/' + encodeURIComponent(id) + '/cancel', {method: 'POST', credentials: 'same-origin'})
+          .then(async (r) => { if (!r.ok) showError(apiMessage(r.status, await readJson(r))); })
+          .catch((e) => showError(String(e)));
+        set('pg-status', {children: 'cancelling…'});
+        return NO();
+      },
+      edit(hideClicks, removeClicks, gens) {
+        const trig = window.dash_clientside.callback_context.triggered_id;
+        if (!trig || !trig.index) return NO();
+        const clicked = window.dash_clientside.callback_context.triggered.some((t) => t.value);
+        if (!clicked) return NO();
+        let out = (gens || []).slice();
+        if (trig.type === 'pg-hide') {
+          out = out.map((g) => (g.id === trig.index ? Object.assign({}, g, {hidden: !g.hidden}) : g));
+        } else {
+          out = out.filter((g) => g.id !== trig.index);
+          if (PG.current === trig.index) { PG.current = null; PG.overlay = null; }
+        }
+        PG.gens = out;
+        return out;
+      },
+      draw(gens, overlay, figure, run, palette) {
+        PG.gens = gens || [];
+        PG.run = run;
+        PG.palette = palette || PG.palette;
+        const trig = (window.dash_clientside.callback_context.triggered || []).map((t) => t.prop_id);
+        if (trig.some((t) => t.startsWith('pg-overlay'))) PG.overlay = overlay;
+        for (const g of PG.gens) {
+          if (!PG.results[g.id] && (g.status === 'loading' || g.status === 'done')) load(run, g).catch(() => {});
+        }
+        drawNow(figure && figure.layout && figure.layout.meta ? figure.layout.meta.pg_base : null).catch(() => {});
+        return NO();
+      },
+      syncUrl(run, instruction, context, mode, temperature, seed, max, cot, colour, gens) {
+        const ids = (gens || []).filter((g) => g.status !== 'removed' && g.status !== 'failed').map((g) => g.id);
+        return window.dash_clientside.llm_maps._write({
+          run, instruction, context, mode: mode === 'sampled' ? mode : null,
+          temperature: mode === 'sampled' ? temperature : null, seed: mode === 'sampled' ? seed : null,
+          max, cot: cot ? '1' : null, colour: colour === 'split' ? null : colour, ids: ids.join(',')});
+      },
+    },
+  });
+  window.llmPlayground = PG;  // for tests and benchmarks
+})();

@@ -1,0 +1,310 @@
+"""Playground: type a prompt, see where it lands among the run's training examples, and watch a
+generation stream in as a path through the map.
+
+The page is a client of the JSON API (dashboard/api.py): the browser posts the form to
+``POST /api/runs/<run>/points`` and polls ``GET /api/points/<id>`` (assets/playground.js), so a
+request never blocks a Dash callback and the page shows exactly the errors the API gives (413,
+422, 503, failed jobs). Streamed tokens and paths are drawn by the browser; the server draws what
+needs the run: the base map, the neighbour list and lines, the expected accuracy and its falloff
+plot, the compare table and the drill-down.
+"""
+
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+import numpy as np
+import pandas as pd
+from dash import ALL, Input, Output, State, callback, ctx, dcc, html
+from dash.exceptions import PreventUpdate
+
+from dashboard import components as C
+from dashboard import figures as F
+from dashboard.data import falloff_for
+from dashboard.filters import view_rows
+
+dash.register_page(__name__, path="/playground", name="Playground", title="LLM Maps · playground", order=1.5)
+
+COT_CUE = "Let's think step by step."
+DEFAULT_MAX_TOKENS = 48
+SUMMARY_FIELDS = ("n_tokens", "mean_logprob", "perplexity", "path_length", "final_dist")
+
+
+def _num(value, default, kind=float):
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def gen_entry(point: dict, status: str = "done") -> dict:
+    """What the page keeps of one generation (the compare table's row; tokens stay in the browser)."""
+    opts = point.get("options") or {}
+    return {"id": point["id"], "status": status, "hidden": False, "kind": point.get("kind"),
+            "instruction": point.get("instruction", ""), "temperature": opts.get("temperature"),
+            "seed": opts.get("seed"), "dist_to_train": point.get("dist_to_train"),
+            **{k: point.get(k) for k in SUMMARY_FIELDS}}
+
+
+def stored_points(run: str, ids: list[str]) -> list[dict]:
+    """The saved points of a shared link, in its order (unknown ids are left to the browser)."""
+    import flask
+
+    store = flask.current_app.config.get("LLM_MAPS_POINTS")
+    out = []
+    for pid in ids:
+        point = store.get(run, pid) if store is not None else None
+        out.append(gen_entry(point) if point else {"id": pid, "status": "loading", "hidden": False})
+    return out
+
+
+def base_figure(data, colour: str, dark: bool):
+    """The run's map as on the Map page (same colours, sampled + density for large runs)."""
+    rows = np.arange(data.n)
+    drawn, sampled = view_rows(data.x, data.y, rows, max_points=F.MAX_POINTS)
+    spec = F.colour_spec(data, colour, drawn, data.dist)
+    fig = F.map_figure(data, drawn, spec, density_rows=rows if sampled else None, uirevision=f"pg-{data.id}",
+                       dark=dark)
+    fig.update_layout(height=560, meta={"pg_base": colour})
+    return fig
+
+
+def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8", seed="0", max=None, cot=None,
+           colour="split", ids=None, **_):
+    data, error = C.load(run)
+    if data is None:
+        return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
+                              dcc.Link("choose another run", href="/runs")], fluid=True, className="pt-3")
+    if colour not in F.COLOUR_KIND or (colour in ("correct", "score", "out_len") and not data.has_scores):
+        colour = "split"
+    colour_opts = [{"label": lbl, "value": v, "disabled": v in ("correct", "score", "out_len") and not data.has_scores}
+                   for v, lbl, _ in F.COLOUR_OPTIONS]
+    id_list = [i for i in str(ids or "").split(",") if i.strip()]
+    form = [
+        C.run_picker(data.id),
+        dbc.Label("Instruction", html_for="pg-instruction", className="mb-0 small"),
+        dbc.Textarea(id="pg-instruction", value=instruction or "", rows=4, className="mb-2",
+                     placeholder="Ask the model something…"),
+        dbc.Label("Context (optional)", html_for="pg-context", className="mb-0 small"),
+        dbc.Textarea(id="pg-context", value=context or "", rows=2, className="mb-2"),
+        dbc.Switch(id="pg-cot", label=f"think step by step (appends “{COT_CUE}”)", value=cot in ("1", "true", True),
+                   className="mb-2"),
+        dbc.RadioItems(id="pg-mode", options=[{"label": "greedy", "value": "greedy"},
+                                              {"label": "sampled", "value": "sampled"}],
+                       value="sampled" if mode == "sampled" else "greedy", inline=True, className="mb-1"),
+        dbc.Row([
+            dbc.Col([dbc.Label("temperature", className="mb-0 small"),
+                     dbc.Input(id="pg-temperature", type="number", min=0.05, max=5, step=0.05,
+                               value=_num(temperature, 0.8), size="sm")]),
+            dbc.Col([dbc.Label("seed", className="mb-0 small"),
+                     dbc.Input(id="pg-seed", type="number", step=1, value=_num(seed, 0, int), size="sm")]),
+            dbc.Col([dbc.Label("max new tokens", className="mb-0 small"),
+                     dbc.Input(id="pg-max", type="number", min=0, step=1, size="sm",
+                               value=_num(max, DEFAULT_MAX_TOKENS, int))]),
+        ], className="g-2 mb-2"),
+        html.Div("0 new tokens: only place the prompt.", className="small text-muted mb-2"),
+        html.Div([dbc.Button("Submit", id="pg-submit", color="primary", className="me-2"),
+                  dbc.Button("Cancel", id="pg-cancel", color="secondary", outline=True, disabled=True)],
+                 className="mb-2"),
+        dbc.Alert(id="pg-error", color="danger", is_open=False, className="small py-2"),
+        html.Div(id="pg-status", className="small text-muted", children="Submit a prompt to place it on the map."),
+        dbc.Progress(id="pg-progress", value=0, max=100, className="mt-1 mb-2", style={"height": "6px"}),
+        html.Div([html.Span("your points: ", className="small text-muted"),
+                  html.A("CSV", href=f"/api/runs/{data.id}/points?format=csv", className="small me-2",
+                         id="pg-export-csv"),
+                  html.A("JSONL", href=f"/api/runs/{data.id}/points?format=jsonl", className="small",
+                         id="pg-export-jsonl")]),
+    ]
+    return dbc.Container([
+        dcc.Store(id="pg-run", data=data.id), dcc.Store(id="pg-palette", data=F.PALETTE),
+        dcc.Store(id="pg-gens", data=stored_points(data.id, id_list)),
+        dcc.Store(id="pg-current"), dcc.Store(id="pg-overlay"), dcc.Store(id="pg-nbr-pick"),
+        html.Div(id="pg-url-sync", hidden=True), html.Div(id="pg-drawn", hidden=True),
+        html.Div(id="pg-submitted", hidden=True), html.Div(id="pg-cancelled", hidden=True),
+        dbc.Row([
+            dbc.Col(form, md=3, className="pt-2"),
+            dbc.Col([
+                dbc.Row([dbc.Col(dcc.Dropdown(id="pg-colour", options=colour_opts, value=colour, clearable=False),
+                                 md=4),
+                         dbc.Col(html.Div("★ your prompt · path: one arrow per generated token, coloured by its "
+                                          "probability (red low, green high)", className="small text-muted pt-2"),
+                                 md=8)], className="mb-1"),
+                dcc.Graph(id="pg-graph", figure=base_figure(data, colour, C.dark_cookie()), config=F.EXPORT_CONFIG,
+                          style={"height": "560px"}),
+                html.Div(C.export_buttons("pg-graph"), className="d-flex justify-content-end"),
+                html.H6("Generation", className="mt-2 mb-1"),
+                html.Div(id="pg-stream", className="pg-stream", children=html.Span(
+                    "The answer streams in here; hover a token for its probability and the alternatives.",
+                    className="text-muted")),
+                html.H6("Compare", className="mt-3 mb-1"),
+                html.Div(id="pg-compare"),
+            ], md=6),
+            dbc.Col([
+                html.H6("Expected accuracy", className="mt-2 mb-1"),
+                html.Div(id="pg-expected", className="small", children="—"),
+                dcc.Graph(id="pg-falloff", config={"displaylogo": False}, style={"height": "260px"},
+                          figure=_empty_falloff()),
+                html.H6("Nearest training examples", className="mt-2 mb-1"),
+                html.Div(id="pg-neighbours", className="small"),
+                dbc.Card(dbc.CardBody(html.Div(id="pg-drill")), className="mt-2"),
+            ], md=3),
+        ]),
+    ], fluid=True)
+
+
+def _empty_falloff():
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.update_layout(height=260, margin={"l": 40, "r": 10, "t": 10, "b": 40},
+                      xaxis={"visible": False}, yaxis={"visible": False},
+                      annotations=[{"text": "submit a prompt", "showarrow": False, "font": {"color": "#888"}}])
+    return fig
+
+
+@callback(Output("pg-graph", "figure"), Input("pg-colour", "value"), State("pg-run", "data"),
+          State("theme-dark", "value"), prevent_initial_call=True)
+def recolour(colour, run_id, dark):
+    data, _ = C.load(run_id)
+    if data is None:
+        raise PreventUpdate
+    return base_figure(data, colour or "split", bool(dark))
+
+
+def neighbour_rows(data, neighbours) -> list[tuple[int, float]]:
+    out = []
+    for n in neighbours or []:
+        row = data.id_index.get(str(n.get("example_id")))
+        if row is not None:
+            out.append((int(row), float(n.get("distance") or 0.0)))
+    return out
+
+
+@callback(Output("pg-neighbours", "children"), Output("pg-overlay", "data"), Output("pg-expected", "children"),
+          Output("pg-falloff", "figure"), Input("pg-current", "data"), State("pg-run", "data"),
+          State("theme-dark", "value"), prevent_initial_call=True)
+def show_current(current, run_id, dark):
+    """The current point's neighbours (list + line ends on the map) and its expected accuracy."""
+    data, _ = C.load(run_id)
+    if data is None or not current:
+        raise PreventUpdate
+    nbrs = neighbour_rows(data, current.get("neighbours"))
+    items = []
+    for row, dist in nbrs:
+        r = data.frame.iloc[row]
+        ok = data.correct.iloc[row]  # nullable boolean: pd.NA when not scored (train rows by default)
+        verdict = "not scored" if pd.isna(ok) else ("correct" if ok else "wrong")
+        first = str(r["prompt"]).strip().splitlines()[-1][:160] if str(r["prompt"]).strip() else ""
+        items.append(html.Li(html.Button([
+            html.Div([html.Code(str(r["example_id"])), f" · {r['task']} · {r['domain']} · distance {dist:.4g}",
+                      html.Span(f" · {verdict}", className=f"pg-verdict-{verdict.split()[0]}",
+                                title="train examples are scored with `llm-maps score RUN --splits train,test`"
+                                if verdict == "not scored" else None)]),
+            html.Div(first, className="text-muted text-truncate")],
+            id={"type": "pg-nbr", "index": str(r["example_id"])}, className="pg-nbr btn btn-link p-0 text-start"),
+            className="mb-1"))
+    overlay = {"x": [float(data.x[row]) for row, _ in nbrs], "y": [float(data.y[row]) for row, _ in nbrs],
+               "text": [f"{data.frame['example_id'].iloc[row]} · distance {dist:.4g}" for row, dist in nbrs],
+               "id": current.get("id")}
+    exp = current.get("expected_accuracy")
+    dist = current.get("dist_to_train")
+    if exp:
+        text = [html.Strong(f"{exp['accuracy']:.2f}"), f" [{exp['low']:.2f}, {exp['high']:.2f}] (95 %) — ",
+                f"test accuracy of {exp['domain']} prompts at this distance ({dist:.4g}; bin {exp['bin'] + 1}, "
+                f"n={exp['n']})"]
+    else:
+        text = ["no falloff statistics for this run (score it first); distance to train ",
+                html.Strong(f"{dist:.4g}" if dist is not None else "—")]
+    return (html.Ol(items, className="ps-3 mb-0", id="pg-neighbour-list"), overlay, html.Div(text, id="pg-expected-text"),
+            _falloff_with_marker(data, current, bool(dark)))
+
+
+def _falloff_with_marker(data, current: dict, dark: bool):
+    import plotly.graph_objects as go
+
+    n_bins = int((data.falloff_file or {}).get("n_bins", 5))
+    stats, _ = falloff_for(data, n_bins=n_bins)
+    exp = current.get("expected_accuracy")
+    if not stats:
+        return _empty_falloff()
+    group = exp["domain"] if exp else (current.get("domain") if current.get("domain") in stats else "all")
+    fig = F.falloff_figure(stats, [group], dark=dark, metric=data.metric)
+    if exp:
+        fig.add_trace(go.Scatter(
+            x=[current["dist_to_train"]], y=[exp["accuracy"]], mode="markers", name="your prompt",
+            marker={"symbol": "star", "size": 16, "color": "#111111", "line": {"color": "#ffd400", "width": 1.5}},
+            error_y={"type": "data", "symmetric": False, "array": [exp["high"] - exp["accuracy"]],
+                     "arrayminus": [exp["accuracy"] - exp["low"]], "color": "#111111"},
+            hovertemplate="your prompt<br>distance %{x:.4g}<br>expected accuracy %{y:.3f}<extra></extra>"))
+    fig.update_layout(height=260, margin={"l": 45, "r": 10, "t": 10, "b": 40}, showlegend=False, title=None,
+                      meta={"pg_marker": current.get("id")})
+    fig.update_xaxes(title_text="distance to train")
+    fig.update_yaxes(title_text="accuracy")
+    return fig
+
+
+@callback(Output("pg-drill", "children"), Input({"type": "pg-nbr", "index": ALL}, "n_clicks"),
+          State("pg-run", "data"), prevent_initial_call=True)
+def drill(clicks, run_id):
+    if not any(clicks or []) or not isinstance(ctx.triggered_id, dict):
+        raise PreventUpdate
+    data, _ = C.load(run_id)
+    if data is None:
+        raise PreventUpdate
+    return C.drilldown(data, C.row_of(data, ctx.triggered_id["index"]))
+
+
+def _fmt(value, digits=4):
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+@callback(Output("pg-compare", "children"), Input("pg-gens", "data"))
+def compare_table(gens):
+    """One row per kept generation: mean log-likelihood, perplexity, tokens, path length in the
+    full space, final distance to train; show/hide and remove."""
+    gens = [g for g in gens or [] if g.get("status") != "removed"]
+    if not gens:
+        return html.Div("Generations you submit are kept here to compare.", className="small text-muted")
+    head = html.Thead(html.Tr([html.Th(h) for h in ("", "prompt", "decoding", "status", "tokens", "mean log-lik",
+                                                     "perplexity", "path length", "final dist", "")]))
+    body = []
+    for i, g in enumerate(gens):
+        dec = "—" if g.get("kind") == "place" else (
+            "greedy" if not g.get("temperature") else f"T={g['temperature']:g} seed {g.get('seed')}")
+        colour = F.PALETTE[i % len(F.PALETTE)]
+        body.append(html.Tr([
+            html.Td(html.Span("●", style={"color": colour})),
+            html.Td(html.Span(str(g.get("instruction") or g["id"])[:80], title=str(g.get("instruction") or "")),
+                    className="pg-cmp-prompt"),
+            html.Td(dec), html.Td(g.get("status"), className="pg-cmp-status"),
+            html.Td(str(g["n_tokens"]) if g.get("n_tokens") is not None else "—"),
+            html.Td(_fmt(g.get("mean_logprob"))), html.Td(_fmt(g.get("perplexity"))),
+            html.Td(_fmt(g.get("path_length"))), html.Td(_fmt(g.get("final_dist"))),
+            html.Td([dbc.Button("show" if g.get("hidden") else "hide", id={"type": "pg-hide", "index": g["id"]},
+                                size="sm", color="secondary", outline=True, className="py-0 me-1"),
+                     dbc.Button("remove", id={"type": "pg-remove", "index": g["id"]}, size="sm", color="danger",
+                                outline=True, className="py-0")], className="text-nowrap"),
+        ], id={"type": "pg-row", "index": g["id"]}, className="pg-hidden" if g.get("hidden") else ""))
+    return dbc.Table([head, html.Tbody(body)], size="sm", hover=True, className="small pg-compare-table mb-0")
+
+
+dash.clientside_callback(dash.ClientsideFunction("playground", "submit"), Output("pg-submitted", "children"),
+                         Input("pg-submit", "n_clicks"),
+                         State("pg-run", "data"), State("pg-instruction", "value"), State("pg-context", "value"),
+                         State("pg-mode", "value"), State("pg-temperature", "value"), State("pg-seed", "value"),
+                         State("pg-max", "value"), State("pg-cot", "value"), prevent_initial_call=True)
+dash.clientside_callback(dash.ClientsideFunction("playground", "cancel"), Output("pg-cancelled", "children"),
+                         Input("pg-cancel", "n_clicks"), prevent_initial_call=True)
+dash.clientside_callback(dash.ClientsideFunction("playground", "edit"), Output("pg-gens", "data"),
+                         Input({"type": "pg-hide", "index": ALL}, "n_clicks"),
+                         Input({"type": "pg-remove", "index": ALL}, "n_clicks"), State("pg-gens", "data"),
+                         prevent_initial_call=True)
+dash.clientside_callback(dash.ClientsideFunction("playground", "draw"), Output("pg-drawn", "children"),
+                         Input("pg-gens", "data"), Input("pg-overlay", "data"), Input("pg-graph", "figure"),
+                         State("pg-run", "data"), State("pg-palette", "data"))
+dash.clientside_callback(dash.ClientsideFunction("playground", "syncUrl"), Output("pg-url-sync", "children"),
+                         Input("pg-run", "data"), Input("pg-instruction", "value"), Input("pg-context", "value"),
+                         Input("pg-mode", "value"), Input("pg-temperature", "value"), Input("pg-seed", "value"),
+                         Input("pg-max", "value"), Input("pg-cot", "value"), Input("pg-colour", "value"),
+                         Input("pg-gens", "data"))
+C.register_export("pg-graph")

@@ -1,0 +1,248 @@
+"""The playground in real headless Chromium: a tiny-model run, the real API and a real worker (in a
+thread of this process), the page driving them like a user."""
+
+from __future__ import annotations
+
+import threading
+import time
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from conftest import dolly_rows, write_jsonl
+from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
+from llm_maps.cli import main
+from llm_maps.errors import LLMMapsError
+
+XSS = "<script>alert(1)</script> **not bold** <b>tag</b>"
+GD = "document.querySelector('#pg-graph .js-plotly-plot')"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("playground")
+    data = write_jsonl(root / "d.jsonl", dolly_rows(40))
+    run = root / "runs" / "tiny"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(run),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--no-progress"]) == 0
+    assert main(["score", str(run), "--max-new-tokens", "3", "--no-progress"]) == 0
+    assert main(["falloff", str(run), "--bins", "2"]) == 0
+    return run
+
+
+def slow_session_factory():
+    """Real RunSessions whose tokens arrive 40 ms apart (so streaming and cancel are observable)
+    and which fail on request (to see a failed job on the page)."""
+    from pipelines.engine import RunSession
+
+    class Session(RunSession):
+        def generate(self, instruction, context="", *, on_token=None, **kw):
+            if "PLEASE FAIL" in instruction:
+                raise LLMMapsError("the model refused this prompt")
+
+            def slow(item):
+                time.sleep(0.04)
+                if on_token is not None:
+                    on_token(item)
+            return super().generate(instruction, context, on_token=slow, **kw)
+
+    return Session
+
+
+@pytest.fixture(scope="module")
+def site(tiny_run, tmp_path_factory):
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    from dashboard.app import create_app
+    from pipelines.engine import SessionPool
+    from pipelines.worker import serve_jobs
+
+    state = tmp_path_factory.mktemp("state")
+    app = create_app([tiny_run], [], state_dir=state)
+    stop = threading.Event()
+    pool = SessionPool([tiny_run], factory=slow_session_factory())
+    worker = threading.Thread(target=serve_jobs, args=([tiny_run],), daemon=True,
+                              kwargs=dict(state_dir=state, stop=stop, pool=pool, poll=0.02, log=lambda m: None))
+    worker.start()
+    with live_server(app) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        context = browser.new_context(viewport={"width": 1500, "height": 1100})
+        page = context.new_page()
+        log = ConsoleLog(page)
+        yield {"url": url, "page": page, "log": log, "context": context, "app": app, "state": state}
+        browser.close()
+    stop.set()
+    worker.join(timeout=30)
+
+
+def traces(page, kind: str) -> list[dict]:
+    """Our traces on the map of one kind (point, path, neighbours): x, y, id."""
+    return page.evaluate(f"""() => {{ const gd = {GD}; if (!gd || !gd.data) return [];
+        return gd.data.filter((t) => t.meta && t.meta.pg === '{kind}')
+                      .map((t) => ({{x: Array.from(t.x), y: Array.from(t.y), id: t.meta.id}})); }}""")
+
+
+def job(url: str, job_id: str) -> dict:
+    import json
+    import urllib.request
+
+    return json.loads(urllib.request.urlopen(f"{url}/api/points/{job_id}").read())
+
+
+def wait_status(page, job_id: str, statuses=("done", "failed", "cancelled"), timeout=60_000):
+    page.wait_for_function(
+        """([id, st]) => { const g = (window.llmPlayground.gens || []).find((x) => x.id === id);
+                           return g && st.includes(g.status); }""", arg=[job_id, list(statuses)], timeout=timeout)
+
+
+def submit(page, instruction: str, *, max_tokens: int = 12, sampled: bool = False, cot: bool = False) -> str:
+    before = page.evaluate("() => window.llmPlayground.gens.length")
+    page.fill("#pg-instruction", instruction)
+    page.fill("#pg-max", str(max_tokens))
+    page.locator("#pg-mode").get_by_text("sampled" if sampled else "greedy", exact=True).click()
+    if page.is_checked("#pg-cot") != cot:
+        page.click("#pg-cot")
+    page.click("#pg-submit")
+    page.wait_for_function("(n) => window.llmPlayground.gens.length > n", arg=before, timeout=20_000)
+    return page.evaluate("() => window.llmPlayground.gens.slice(-1)[0].id")
+
+
+def test_submit_places_the_point_streams_and_draws_the_path(site, tiny_run):
+    url, page, log = site["url"], site["page"], site["log"]
+    page.goto(f"{url}/playground?run=tiny")
+    page.wait_for_function(f"() => {GD} && {GD}._fullData && {GD}._fullData[0]._length === 40", timeout=30_000)
+    job_id = submit(page, XSS, max_tokens=40)
+    # the point and one line to each of its k=3 nearest training examples appear
+    page.wait_for_function("() => window.llmPlayground.timing[Object.keys(window.llmPlayground.timing)[0]].point",
+                           timeout=30_000)
+    point = traces(page, "point")
+    assert len(point) == 1 and point[0]["id"] == job_id
+    page.wait_for_function(f"() => {GD}.data.some((t) => t.meta && t.meta.pg === 'neighbours')", timeout=20_000)
+    nbr = traces(page, "neighbours")[0]
+    assert len(nbr["x"]) == 9 and nbr["x"][0::3] == [point[0]["x"][0]] * 3  # three segments from the point
+    # the streamed text grows while the job runs
+    counts = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        counts.append(page.locator("#pg-stream .pg-tok").count())
+        if page.evaluate("(id) => window.llmPlayground.gens.find((g) => g.id === id).status", job_id) == "done":
+            break
+        time.sleep(0.05)
+    wait_status(page, job_id)
+    final = job(url, job_id)
+    assert final["status"] == "done", final
+    tokens = final["result"]["tokens"]
+    assert len(tokens) >= 3
+    assert any(0 < c < len(tokens) for c in counts), (counts, len(tokens))  # seen partly streamed
+    # the path: the prompt's point, then one step per generated token, at the worker's positions
+    page.wait_for_function(f"(n) => {GD}.data.some((t) => t.meta && t.meta.pg === 'path' && t.x.length === n)",
+                           arg=len(tokens) + 1, timeout=20_000)
+    path = traces(page, "path")[0]
+    assert path["x"][1:] == pytest.approx([t["x"] for t in tokens]) and path["x"][0] == pytest.approx(final["result"]["x"])
+    # the streamed text: one span per token, text as generated, hover = probability and alternatives
+    spans = page.locator("#pg-stream .pg-tok")
+    assert spans.count() == len(tokens)
+    assert "".join(spans.all_text_contents()) == "".join(t["text"] for t in tokens)
+    assert spans.first.get_attribute("title").startswith(f"token 1: ") and "top alternatives" in spans.first.get_attribute("title")
+    # neighbours listed with task/domain/distance; clicking one opens the drill-down
+    nbr_ids = [n["example_id"] for n in final["result"]["neighbours"]]
+    items = page.locator("#pg-neighbour-list li")
+    assert items.count() == 3 and nbr_ids[0] in items.first.inner_text()
+    items.nth(1).locator("button").click()
+    page.wait_for_function("(id) => document.querySelector('#pg-drill') && document.querySelector('#pg-drill').innerText.includes(id)",
+                           arg=nbr_ids[1], timeout=20_000)
+    # expected accuracy with its interval, and a marker on the small falloff plot
+    exp = final["result"]["expected_accuracy"]
+    assert f"{exp['accuracy']:.2f} [{exp['low']:.2f}, {exp['high']:.2f}]" in page.inner_text("#pg-expected-text")
+    marker = page.evaluate("""() => { const gd = document.querySelector('#pg-falloff .js-plotly-plot');
+        const t = gd.data.find((d) => d.name === 'your prompt'); return t && [t.x[0], t.y[0]]; }""")
+    assert marker == pytest.approx([final["result"]["dist_to_train"], exp["accuracy"]])
+    # the compare table's row, with the worker's summary; the user's text shown literally
+    row = page.locator(".pg-compare-table tbody tr").first
+    assert row.locator(".pg-cmp-prompt").inner_text() == XSS
+    cells = row.locator("td").all_inner_texts()
+    assert cells[3] == "done" and cells[4] == str(len(tokens))
+    assert float(cells[5]) == pytest.approx(final["result"]["mean_logprob"], rel=1e-3)
+    assert float(cells[7]) == pytest.approx(final["result"]["path_length"], rel=1e-3)
+    assert not log.dialogs and page.locator("#pg-stream script").count() == 0
+    assert log.take() == []
+
+
+def test_rejected_input_and_failed_jobs_show_their_message(site):
+    url, page, log = site["url"], site["page"], site["log"]
+    page.goto(f"{url}/playground?run=tiny")
+    page.wait_for_selector("#pg-submit")
+    page.fill("#pg-instruction", "   ")
+    page.click("#pg-submit")
+    page.wait_for_selector("#pg-error", state="visible", timeout=20_000)
+    assert page.inner_text("#pg-error") == "Invalid input (422): field 'instruction': required, a non-empty string"
+    page.fill("#pg-instruction", "x" * 8001)
+    page.click("#pg-submit")
+    page.wait_for_function("() => document.querySelector('#pg-error').innerText.includes('413')", timeout=20_000)
+    assert page.inner_text("#pg-error") == ("Input too long (413): field 'instruction': input is 8001 characters; "
+                                            "the limit is 8000")
+    queue = site["app"].server.config["LLM_MAPS_QUEUE"]
+    queue.max_queued, saved = 0, queue.max_queued  # a full queue
+    try:
+        page.fill("#pg-instruction", "a fine prompt")
+        page.click("#pg-submit")
+        page.wait_for_function("() => document.querySelector('#pg-error').innerText.includes('503')", timeout=20_000)
+        assert page.inner_text("#pg-error").startswith("The server is busy (503): queue full")
+        assert "Try again in" in page.inner_text("#pg-error")
+    finally:
+        queue.max_queued = saved
+    job_id = submit(page, "PLEASE FAIL now", max_tokens=5)
+    wait_status(page, job_id)
+    page.wait_for_function("() => document.querySelector('#pg-error').innerText.includes('failed')", timeout=20_000)
+    assert page.inner_text("#pg-error") == "The job failed: the model refused this prompt"
+    assert page.inner_text("#pg-status") == "failed"
+    # the browser logs the three refused requests themselves; nothing else went wrong
+    errors = log.take()
+    assert [e.split("status of ")[1][:3] for e in errors] == ["422", "413", "503"], errors
+
+
+def test_cancel_compare_hide_remove_and_the_link_restores_the_view(site):
+    url, page, log = site["url"], site["page"], site["log"]
+    page.goto(f"{url}/playground?run=tiny")
+    page.wait_for_selector("#pg-submit")
+    long_id = submit(page, "Tell a very long story.", max_tokens=150)
+    page.wait_for_function("(id) => (((window.llmPlayground.results[id] || {}).tokens) || []).length >= 2",
+                           arg=long_id, timeout=30_000)
+    page.click("#pg-cancel")
+    wait_status(page, long_id, ("cancelled",), timeout=30_000)
+    assert 2 <= len(job(url, long_id)["result"]["tokens"]) < 150
+    # the same instruction directly and with "think step by step" (sampled): two generations compared
+    a = submit(page, "Name three colours.", max_tokens=6)
+    wait_status(page, a)
+    b = submit(page, "Name three colours.", max_tokens=6, sampled=True, cot=True)
+    wait_status(page, b)
+    assert job(url, b)["result"]["prompt"].count("Let's think step by step.") == 1
+    page.wait_for_function(f"() => {GD}.data.filter((t) => t.meta && t.meta.pg === 'point').length === 3",
+                           timeout=20_000)
+    rows = page.locator(".pg-compare-table tbody tr")
+    assert rows.count() == 3 and rows.nth(1).locator("td").nth(2).inner_text() == "greedy"
+    assert rows.nth(2).locator("td").nth(2).inner_text().startswith("T=0.8 seed 0")
+    assert rows.nth(0).locator(".pg-cmp-status").inner_text() == "cancelled"
+    # hide the first (its path and point leave the map), remove the cancelled one
+    page.locator("button", has_text="hide").nth(1).click()
+    page.wait_for_function(f"(id) => !{GD}.data.some((t) => t.meta && t.meta.id === id)", arg=a, timeout=20_000)
+    assert {t["id"] for t in traces(page, "point")} == {long_id, b}
+    page.locator("button", has_text="remove").first.click()
+    page.wait_for_function("() => document.querySelectorAll('.pg-compare-table tbody tr').length === 2", timeout=20_000)
+    # the URL holds the view: the form and the kept generations (saved points) come back from a link
+    page.wait_for_function("(ids) => location.search.includes(ids)", arg=f"ids={a}%2C{b}", timeout=20_000)
+    query = parse_qs(urlparse(page.url).query)
+    assert query["instruction"] == ["Name three colours."] and query["cot"] == ["1"] and query["mode"] == ["sampled"]
+    other = site["context"].new_page()
+    other_log = ConsoleLog(other)
+    other.goto(page.url)
+    other.wait_for_function(f"() => {GD} && {GD}.data.filter((t) => t.meta && t.meta.pg === 'point').length === 2",
+                            timeout=30_000)
+    assert other.input_value("#pg-instruction") == "Name three colours." and other.is_checked("#pg-cot")
+    n_b = len(job(url, b)["result"]["tokens"])
+    assert sorted(len(p["x"]) for p in traces(other, "path")) == sorted(
+        [len(job(url, a)["result"]["tokens"]) + 1, n_b + 1])
+    assert other.locator(".pg-compare-table tbody tr").count() == 2
+    other.close()
+    assert log.take() == [] and other_log.take() == []
