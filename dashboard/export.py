@@ -41,13 +41,20 @@ def _sample_rows(data: RunData, max_points: int, seed: int):
     return view_rows(data.x, data.y, np.arange(data.n), max_points=max_points, seed=seed)
 
 
-def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_000, plotlyjs: str = "inline") -> Path:
+def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_000, plotlyjs: str = "inline",
+                points: list[dict] | None = None) -> Path:
     """Write the standalone HTML file and return its path. ``plotlyjs``: "inline" (works offline)
-    or "cdn" (a much smaller file that loads plotly.js from the CDN)."""
+    or "cdn" (a much smaller file that loads plotly.js from the CDN). ``points``: users' saved
+    points (playground results) drawn on the map as stars, generations with their paths."""
+    from dashboard.userpoints import user_points_traces
+
     run_dir, out = Path(run_dir), Path(out)
     data = load_run(str(run_dir), _stamp(run_dir), run_dir.name)
     config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
-    parts = [export_map_figure(data, max_points=max_points).to_html(
+    fig = export_map_figure(data, max_points=max_points)
+    for trace in user_points_traces(points or []):
+        fig.add_trace(trace)
+    parts = [fig.to_html(
         full_html=False, include_plotlyjs=True if plotlyjs == "inline" else "cdn", config=config, div_id="map")]
     stats, source = falloff_for(data)
     if stats is not None:

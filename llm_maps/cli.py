@@ -285,7 +285,13 @@ def cmd_export(args) -> int:
 
     if not args.html:
         raise LLMMapsError("export: give --html FILE")
-    out = export_html(args.run, args.html, max_points=args.max_points, plotlyjs=args.plotlyjs)
+    points = None
+    if args.points:
+        from dashboard.userpoints import load_points
+
+        ids = None if args.points == "all" else [i for i in args.points.split(",") if i.strip()]
+        points = load_points(Path(args.run).name, args.state, ids, run_dirs=[args.run])
+    out = export_html(args.run, args.html, max_points=args.max_points, plotlyjs=args.plotlyjs, points=points)
     print(f"{out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
 
@@ -464,6 +470,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-points", type=int, default=20000, help="points drawn (a fixed sample above this)")
     p.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline",
                    help="inline plotly.js (works offline) or load it from the CDN (much smaller file)")
+    p.add_argument("--points", metavar="all|ID,ID", default=None,
+                   help="also draw users' saved points (playground results, with their generation paths): "
+                        "'all' or point ids, e.g. the ids= of a playground link")
+    p.add_argument("--state", metavar="DIR", default=None,
+                   help="where the points are kept (default: LLM_MAPS_STATE, else .llm-maps-state beside the run)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("make-demo-data", help="regenerate data/demo/bigbench_demo.jsonl from BIG-bench",

@@ -246,3 +246,36 @@ def test_cancel_compare_hide_remove_and_the_link_restores_the_view(site):
     assert other.locator(".pg-compare-table tbody tr").count() == 2
     other.close()
     assert log.take() == [] and other_log.take() == []
+
+
+def test_export_includes_saved_points_and_their_paths(site, tiny_run, tmp_path, capsys):
+    """`llm-maps export --points` draws the playground's saved points (and paths) in the standalone HTML."""
+    import json
+    import re
+
+    from llm_maps.jobs import PointStore
+
+    saved = PointStore(site["state"]).list("tiny")
+    gens = [p for p in saved if p["kind"] == "generate" and p["tokens"]]
+    assert len(saved) >= 3 and gens
+    out = tmp_path / "map.html"
+    assert main(["export", str(tiny_run), "--html", str(out), "--plotlyjs", "cdn", "--points", "all",
+                 "--state", str(site["state"])]) == 0
+    text = out.read_text()
+    data = json.loads(re.search(r'Plotly\.newPlot\(\s*"map",\s*(\[.*?\]),\s*\{', text, re.S).group(1))
+    stars = [t for t in data if (t.get("meta") or {}).get("user") == "point"]
+    paths = {t["meta"]["id"]: t for t in data if (t.get("meta") or {}).get("user") == "path"}
+    assert [t["meta"]["id"] for t in stars] == [p["id"] for p in saved]
+    for p in gens:
+        assert len(paths[p["id"]]["x"]) == len(p["tokens"]) + 1
+        assert paths[p["id"]]["x"][1:] == pytest.approx([t["x"] for t in p["tokens"]])
+    assert "<script>alert(1)" not in text  # the saved XSS instruction stays text
+    one = tmp_path / "one.html"
+    assert main(["export", str(tiny_run), "--html", str(one), "--plotlyjs", "cdn", "--points", gens[0]["id"],
+                 "--state", str(site["state"])]) == 0
+    assert one.read_text().count('"user":"point"') + one.read_text().count('"user": "point"') == 1
+    capsys.readouterr()
+    assert main(["export", str(tiny_run), "--html", str(tmp_path / "bad.html"), "--points", "nope",
+                 "--state", str(site["state"])]) == 2
+    assert capsys.readouterr().err.strip() == "llm-maps export: error: --points: no saved point 'nope' for run 'tiny'"
+    assert not (tmp_path / "bad.html").exists()

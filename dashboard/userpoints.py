@@ -1,0 +1,65 @@
+"""Users' points (the worker API's store) as map traces: the Map page's "your points" layer and the
+standalone HTML export. Each point is a star; a generation adds its path — the prompt's point, then
+one arrow per generated token, coloured and sized by the token's probability (as the playground
+draws it live in assets/playground.js)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from dashboard import figures as F
+
+
+def load_points(run: str, state_dir: str | Path | None = None, ids: list[str] | None = None,
+                run_dirs=()) -> list[dict]:
+    """The run's saved points (all, or ``ids`` in that order; unknown ids are an error)."""
+    from llm_maps.errors import LLMMapsError
+    from llm_maps.jobs import default_state_dir, make_points
+
+    store = make_points(Path(state_dir) if state_dir else default_state_dir(run_dirs))
+    points = store.list(run)
+    if not ids:
+        return points
+    by_id = {p["id"]: p for p in points}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise LLMMapsError(f"--points: no saved point '{missing[0]}' for run '{run}'")
+    return [by_id[i] for i in ids]
+
+
+def _label(point: dict) -> str:
+    text = str(point.get("instruction") or "").strip().splitlines()
+    return (text[0][:100] if text else point.get("id", "")) or point.get("id", "")
+
+
+def user_points_traces(points: list[dict], *, paths: bool = True) -> list[go.Scatter]:
+    """Stars for the points and, for generations, their paths (SVG scatter: arrows need angleref)."""
+    traces = []
+    for i, p in enumerate(points):
+        if p.get("x") is None or p.get("y") is None:
+            continue
+        colour = F.PALETTE[i % len(F.PALETTE)]
+        toks = [t for t in (p.get("tokens") or []) if t.get("x") is not None]
+        if paths and toks:
+            probs = [math.exp(t["logprob"]) for t in toks]
+            traces.append(go.Scatter(
+                x=[p["x"]] + [t["x"] for t in toks], y=[p["y"]] + [t["y"] for t in toks], mode="lines+markers",
+                name=f"path: {_label(p)[:40]}", showlegend=False, line={"color": colour, "width": 1.5},
+                marker={"symbol": ["circle"] + ["arrow"] * len(toks), "angleref": "previous",
+                        "size": [0] + [7 + 9 * q for q in probs], "color": [1.0] + probs, "cmin": 0, "cmax": 1,
+                        "colorscale": "RdYlGn", "line": {"color": colour, "width": 1}},
+                text=["prompt"] + [f"token {k + 1}: {t['text']!r} · p={q:.1%}" for k, (t, q) in enumerate(zip(toks, probs))],
+                hoverinfo="text", meta={"user": "path", "id": p["id"]}))
+        exp = p.get("expected_accuracy") or {}
+        hover = (f"your point: {_label(p)}<br>distance to train {p.get('dist_to_train', float('nan')):.4g}"
+                 + (f"<br>expected accuracy {exp['accuracy']:.2f} [{exp['low']:.2f}, {exp['high']:.2f}]" if exp else "")
+                 + (f"<br>output: {str(p.get('output'))[:100]}" if p.get("output") else ""))
+        traces.append(go.Scatter(x=[p["x"]], y=[p["y"]], mode="markers", name=_label(p)[:40],
+                                 legendgroup="user", legendgrouptitle={"text": "your points"},
+                                 marker={"symbol": "star", "size": 18, "color": colour,
+                                         "line": {"color": "#000000", "width": 1.5}},
+                                 hovertext=[hover], hoverinfo="text", meta={"user": "point", "id": p["id"]}))
+    return traces
