@@ -168,7 +168,10 @@
           progress('failed', 0);
           return;
         }
-        if (job.result) {
+        const seen = ((PG.results[id] || {}).tokens || []).length;
+        const fresh = job.result && (!PG.results[id] || ((job.result.tokens || []).length !== seen)
+                                     || (job.result.x !== undefined && PG.results[id].x === undefined));
+        if (fresh) {  // redraw only when something new arrived
           PG.results[id] = job.result;
           if (!shown && job.result.x !== undefined) { shown = true; setCurrent(id); }
           if (PG.current === id) renderStream(id);
@@ -176,6 +179,11 @@
         }
         const n = ((job.result || {}).tokens || []).length;
         if (FINAL.includes(job.status)) {
+          if (job.result) {  // the final tokens (a stop string's tokens are dropped at the end)
+            PG.results[id] = job.result;
+            if (PG.current === id) renderStream(id);
+            drawNow();
+          }
           const secs = ((job.finished || 0) - (job.started || job.created || 0));
           updateGen(id, Object.assign({status: job.status}, summary(job.result)));
           if (PG.active === id) {

@@ -194,14 +194,15 @@ def show_current(current, run_id, dark):
         r = data.frame.iloc[row]
         ok = data.correct.iloc[row]  # nullable boolean: pd.NA when not scored (train rows by default)
         verdict = "not scored" if pd.isna(ok) else ("correct" if ok else "wrong")
-        first = str(r["prompt"]).strip().splitlines()[-1][:160] if str(r["prompt"]).strip() else ""
+        text = str(r["instruction"] if "instruction" in r and isinstance(r["instruction"], str) else r["prompt"]).strip()
+        first = text.splitlines()[0][:160] if text else ""
         items.append(html.Li(html.Button([
             html.Div([html.Code(str(r["example_id"])), f" · {r['task']} · {r['domain']} · distance {dist:.4g}",
                       html.Span(f" · {verdict}", className=f"pg-verdict-{verdict.split()[0]}",
                                 title="train examples are scored with `llm-maps score RUN --splits train,test`"
                                 if verdict == "not scored" else None)]),
             html.Div(first, className="text-muted text-truncate")],
-            id={"type": "pg-nbr", "index": str(r["example_id"])}, className="pg-nbr btn btn-link p-0 text-start"),
+            id={"type": "pg-nbr", "index": str(r["example_id"])}, className="pg-nbr btn p-0 text-start"),
             className="mb-1"))
     overlay = {"x": [float(data.x[row]) for row, _ in nbrs], "y": [float(data.y[row]) for row, _ in nbrs],
                "text": [f"{data.frame['example_id'].iloc[row]} · distance {dist:.4g}" for row, dist in nbrs],
