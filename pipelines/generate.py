@@ -69,7 +69,7 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int = 64, temper
     limit = loaded.max_positions or 2048
     room = min(max_length or limit, limit) - max_new_tokens
     if room < 1:
-        raise LLMMapsError(f"--max-new-tokens: {max_new_tokens} leaves no room for the prompt "
+        raise LLMMapsError(f"max new tokens (--max-new-tokens, max_new_tokens): {max_new_tokens} leaves no room for the prompt "
                            f"(model maximum positions {limit})")
     ids, _ = tokenize_prompts(tok, prompts, max_length=room)
     n = len(ids)
