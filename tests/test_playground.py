@@ -224,6 +224,12 @@ def test_cancel_compare_hide_remove_and_the_link_restores_the_view(site):
     assert rows.count() == 3 and rows.nth(1).locator("td").nth(2).inner_text() == "greedy"
     assert rows.nth(2).locator("td").nth(2).inner_text().startswith("T=0.8 seed 0")
     assert rows.nth(0).locator(".pg-cmp-status").inner_text() == "cancelled"
+    # recolouring the map (same choices as the Map page) keeps the points and paths on it
+    page.click("#pg-colour")
+    page.get_by_text("domain", exact=True).click()
+    page.wait_for_function(f"() => ({GD}.layout.meta || {{}}).pg_base === 'domain' && "
+                           f"{GD}.data.filter((t) => t.meta && t.meta.pg === 'point').length === 3", timeout=20_000)
+    assert page.evaluate(f"() => {GD}.layout.legend.title.text") == "domain"
     # hide the first (its path and point leave the map), remove the cancelled one
     page.locator("button", has_text="hide").nth(1).click()
     page.wait_for_function(f"(id) => !{GD}.data.some((t) => t.meta && t.meta.id === id)", arg=a, timeout=20_000)
@@ -234,12 +240,14 @@ def test_cancel_compare_hide_remove_and_the_link_restores_the_view(site):
     page.wait_for_function("(ids) => location.search.includes(ids)", arg=f"ids={a}%2C{b}", timeout=20_000)
     query = parse_qs(urlparse(page.url).query)
     assert query["instruction"] == ["Name three colours."] and query["cot"] == ["1"] and query["mode"] == ["sampled"]
+    assert query["colour"] == ["domain"]
     other = site["context"].new_page()
     other_log = ConsoleLog(other)
     other.goto(page.url)
     other.wait_for_function(f"() => {GD} && {GD}.data.filter((t) => t.meta && t.meta.pg === 'point').length === 2",
                             timeout=30_000)
     assert other.input_value("#pg-instruction") == "Name three colours." and other.is_checked("#pg-cot")
+    assert other.evaluate(f"() => ({GD}.layout.meta || {{}}).pg_base") == "domain"
     n_b = len(job(url, b)["result"]["tokens"])
     assert sorted(len(p["x"]) for p in traces(other, "path")) == sorted(
         [len(job(url, a)["result"]["tokens"]) + 1, n_b + 1])
