@@ -63,3 +63,39 @@ def user_points_traces(points: list[dict], *, paths: bool = True) -> list[go.Sca
                                          "line": {"color": "#000000", "width": 1.5}},
                                  hovertext=[hover], hoverinfo="text", meta={"user": "point", "id": p["id"]}))
     return traces
+
+
+# --- the Map page's "your points" layer ------------------------------------------------------
+
+def map_layer_controls(run_id: str, show: bool = False) -> list:
+    """A switch for the layer and the CSV/JSONL downloads of the run's saved points."""
+    import dash_bootstrap_components as dbc
+    from dash import dcc, html
+
+    return [
+        dcc.Store(id="map-user-layer"), html.Div(id="map-user-applied", hidden=True),
+        dbc.Switch(id="map-user", label="show your points (playground)", value=show, className="mb-0 small"),
+        html.Div([html.Span(id="map-user-count", className="text-muted me-2"),
+                  html.A("CSV", href=f"/api/runs/{run_id}/points?format=csv", className="me-2", id="map-user-csv"),
+                  html.A("JSONL", href=f"/api/runs/{run_id}/points?format=jsonl", id="map-user-jsonl")],
+                 className="small mb-2"),
+    ]
+
+
+def register_map_layer() -> None:
+    """Callbacks behind ``map_layer_controls``: the server draws the traces, the browser keeps them
+    on the map (assets/playground.js, ``userLayer``)."""
+    import dash
+    import flask
+    from dash import Input, Output, State
+
+    @dash.callback(Output("map-user-layer", "data"), Output("map-user-count", "children"),
+                   Input("map-user", "value"), State("map-run", "data"))
+    def _user_layer(show, run_id):
+        store = flask.current_app.config.get("LLM_MAPS_POINTS")
+        points = store.list(run_id) if (store is not None and run_id) else []
+        count = f"{len(points)} saved point{'s' if len(points) != 1 else ''}"
+        return ([t.to_plotly_json() for t in user_points_traces(points)] if show else []), count
+
+    dash.clientside_callback(dash.ClientsideFunction("playground", "userLayer"),
+                             Output("map-user-applied", "children"), Input("map-user-layer", "data"))

@@ -179,7 +179,7 @@ def test_rejected_input_and_failed_jobs_show_their_message(site):
     assert page.inner_text("#pg-error") == "Invalid input (422): field 'instruction': required, a non-empty string"
     page.fill("#pg-instruction", "x" * 8001)
     page.click("#pg-submit")
-    page.wait_for_function("() => document.querySelector('#pg-error').innerText.includes('413')", timeout=20_000)
+    page.wait_for_function("() => ((document.querySelector('#pg-error') || {}).innerText || '').includes('413')", timeout=20_000)
     assert page.inner_text("#pg-error") == ("Input too long (413): field 'instruction': input is 8001 characters; "
                                             "the limit is 8000")
     queue = site["app"].server.config["LLM_MAPS_QUEUE"]
@@ -187,14 +187,14 @@ def test_rejected_input_and_failed_jobs_show_their_message(site):
     try:
         page.fill("#pg-instruction", "a fine prompt")
         page.click("#pg-submit")
-        page.wait_for_function("() => document.querySelector('#pg-error').innerText.includes('503')", timeout=20_000)
+        page.wait_for_function("() => ((document.querySelector('#pg-error') || {}).innerText || '').includes('503')", timeout=20_000)
         assert page.inner_text("#pg-error").startswith("The server is busy (503): queue full")
         assert "Try again in" in page.inner_text("#pg-error")
     finally:
         queue.max_queued = saved
     job_id = submit(page, "PLEASE FAIL now", max_tokens=5)
     wait_status(page, job_id)
-    page.wait_for_function("() => document.querySelector('#pg-error').innerText.includes('failed')", timeout=20_000)
+    page.wait_for_function("() => ((document.querySelector('#pg-error') || {}).innerText || '').includes('failed')", timeout=20_000)
     assert page.inner_text("#pg-error") == "The job failed: the model refused this prompt"
     assert page.inner_text("#pg-status") == "failed"
     # the browser logs the three refused requests themselves; nothing else went wrong
@@ -287,3 +287,35 @@ def test_export_includes_saved_points_and_their_paths(site, tiny_run, tmp_path, 
                  "--state", str(site["state"])]) == 2
     assert capsys.readouterr().err.strip() == "llm-maps export: error: --points: no saved point 'nope' for run 'tiny'"
     assert not (tmp_path / "bad.html").exists()
+
+
+def test_map_page_shows_saved_points_as_a_layer(site):
+    from llm_maps.jobs import PointStore
+
+    url, page, log = site["url"], site["page"], site["log"]
+    saved = PointStore(site["state"]).list("tiny")
+    gens = [p for p in saved if p.get("tokens")]
+    mgd = "document.querySelector('#map-graph .js-plotly-plot')"
+    user = (f"(kind) => {{ const gd = {mgd}; return gd && gd.data ? "
+            "gd.data.filter((t) => t.meta && t.meta.user === kind).map((t) => t.meta.id) : []; }")
+    page.goto(f"{url}/map?run=tiny")
+    page.wait_for_function(f"() => {mgd} && {mgd}._fullData && {mgd}._fullData[0]._length === 40", timeout=30_000)
+    assert page.evaluate(user, "point") == [] and page.inner_text("#map-user-count") == f"{len(saved)} saved points"
+    page.click("#map-user")
+    page.wait_for_function(f"(n) => ({user})('point').length === n", arg=len(saved), timeout=20_000)
+    assert page.evaluate(user, "point") == [p["id"] for p in saved]
+    assert sorted(page.evaluate(user, "path")) == sorted(p["id"] for p in gens)
+    page.wait_for_function("() => location.search.includes('mine=1')", timeout=10_000)
+    # recolouring in the browser keeps the layer; the link restores it
+    page.click("#map-colour")
+    page.get_by_text("domain", exact=True).click()
+    page.wait_for_function(f"() => {mgd}.layout.legend.title.text === 'domain'", timeout=20_000)
+    page.wait_for_timeout(300)
+    assert len(page.evaluate(user, "point")) == len(saved)
+    page.goto(page.url)
+    page.wait_for_function(f"(n) => ({user})('point').length === n", arg=len(saved), timeout=30_000)
+    assert page.get_attribute("#map-user-csv", "href") == "/api/runs/tiny/points?format=csv"
+    page.click("#map-user")
+    page.wait_for_function(f"() => ({user})('point').length === 0", timeout=20_000)
+    assert page.evaluate(f"() => {mgd}._fullData[0]._length") == 40  # the examples themselves untouched
+    assert log.take() == []

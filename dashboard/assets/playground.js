@@ -275,8 +275,43 @@
     drawNow();
   }
 
+  // The Map page's "your points" layer: traces drawn by the server (dashboard/userpoints.py), kept on
+  // the map across its redraws (a large run's server figures, colour changes) by re-adding them
+  // after any plot that lost them.
+  const USER = {traces: [], key: 0};
+
+  function syncUserLayer(gd) {
+    const have = [];
+    gd.data.forEach((t, i) => { if (t.meta && t.meta.user) have.push([t, i]); });
+    if (have.length === USER.traces.length && have.every(([t]) => t.meta.key === USER.key)) return;
+    const drop = have.map(([, i]) => i);
+    const add = USER.traces.map((t) => Object.assign({}, t, {meta: Object.assign({}, t.meta, {key: USER.key})}));
+    (drop.length ? Plotly.deleteTraces(gd, drop) : Promise.resolve())
+      .then(() => (add.length ? Plotly.addTraces(gd, add) : null))
+      .catch((e) => console.warn('llm-maps user layer:', e && e.message ? e.message : e));
+  }
+
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     playground: {
+      userLayer(traces) {
+        USER.traces = traces || [];
+        USER.key += 1;
+        const t0 = performance.now();
+        const wait = () => {
+          const gd = gdOf('map-graph');
+          if (!gd || !gd._fullLayout) {
+            if (performance.now() - t0 < 60000) requestAnimationFrame(wait);
+            return;
+          }
+          if (!gd.__llmUserHook) {
+            gd.__llmUserHook = true;
+            gd.on('plotly_afterplot', () => syncUserLayer(gd));
+          }
+          syncUserLayer(gd);
+        };
+        wait();
+        return NO();
+      },
       submit(n, run, instruction, context, mode, temperature, seed, maxTokens, cot) {
         if (!n) return NO();
         submitJob(run, instruction, context, mode, temperature, seed, maxTokens, cot).catch((e) => showError(String(e)));

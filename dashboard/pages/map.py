@@ -21,6 +21,7 @@ from dashboard import figures as F
 from dashboard.filters import (Filters, active_range, filter_mask, search_hits, selection_summary, value_bounds,
                                view_rows)
 from dashboard.points import CLIENT_MAX_POINTS
+from dashboard.userpoints import map_layer_controls, register_map_layer
 
 dash.register_page(__name__, path="/map", name="Map", title="LLM Maps · map", order=0)
 
@@ -36,7 +37,7 @@ def _range_slider(id_, values: np.ndarray, current, *, disabled=False):
 
 
 def layout(run=None, colour="split", layer=None, split=None, domain=None, task=None, score=None, dist=None,
-           q="", sel=None, **_):
+           q="", sel=None, mine=None, **_):
     data, error = C.load(run)
     if data is None:
         return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
@@ -74,6 +75,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
         dbc.Label("Search prompts", className="mb-0 small"),
         dbc.Input(id="map-search", type="search", value=q or "", debounce=True, placeholder="text in prompts",
                   className="mb-2"),
+        *map_layer_controls(data.id, show=mine in ("1", "true")),
     ]
     mode = "client" if data.n <= CLIENT_MAX_POINTS else "server"
     row = C.row_of(data, sel)
@@ -241,8 +243,9 @@ dash.clientside_callback(
     Input("map-run", "data"), Input("map-colour", "value"), Input("map-layer", "value"),
     Input("map-split", "value"), Input("map-domain", "value"), Input("map-task", "value"),
     Input("map-score", "value"), Input("map-dist", "value"), Input("map-search", "value"),
-    Input("map-selected", "data"),
+    Input("map-selected", "data"), Input("map-user", "value"),
     State("map-score", "min"), State("map-score", "max"), State("map-dist", "min"), State("map-dist", "max"),
     State("map-split", "options"),
 )
 C.register_export("map-graph")
+register_map_layer()
