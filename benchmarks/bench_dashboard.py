@@ -10,7 +10,7 @@ process, opens /map in Chromium with software WebGL (the baseline's flags) and m
   points payload  the per-point arrays the browser fetches once after the first paint (runs up to
                   200k points): bytes and when they had arrived
   recolour        choose another colour in the UI -> frame after the new colours are drawn (in the
-                  browser: Plotly.react with typed arrays; for larger runs a server figure);
+                  browser: one Plotly.update with typed arrays; for larger runs a server figure);
                   server requests, server time (request start -> first byte) and bytes
   filter          untick "train" -> frame after only the test points are drawn; same fields
   memory          resident memory of the web process after these
@@ -47,7 +47,8 @@ def free_port() -> int:
 def start_server(run: Path, port: int) -> subprocess.Popen:
     import urllib.request
 
-    proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(run), "--port", str(port)],
+    # --no-worker: the embedded job worker would be starting up (imports, CPU) while the page loads
+    proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(run), "--port", str(port), "--no-worker"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     for _ in range(600):
         try:

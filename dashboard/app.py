@@ -97,6 +97,65 @@ def plot_templates() -> dict:
                   "legend_bg": LEGEND_BG[dark]} for key, dark in (("light", False), ("dark", True))}
 
 
+# Before Dash's scripts: (1) keep the browser's own String.prototype.trim, which Dash's polyfill
+# replaces with a slow one (plotly.js parses every point colour with it; dashboard.js puts it
+# back); (2) plotly.js for the map and falloff pages. dcc.Graph loads plotly.js only once its page
+# layout has arrived; here its download starts with the page (preload) and it is run while the
+# server answers the first callback (the page layout), so neither waits for the other. Until then
+# window.Plotly is a promise-like placeholder that dcc.Graph waits on; plotly.js replaces it.
+EARLY_SCRIPT = """<script>(function () {
+  window.__llmNativeTrim = String.prototype.trim;
+  var path = location.pathname.slice(%(plen)d);
+  if (window.Plotly || !/^(map|falloff)?\\/?$/.test(path)) return;
+  var url = %(url)s, state = 0, waiting = [], fetch0 = window.fetch;
+  var link = document.createElement('link');
+  link.rel = 'preload'; link.as = 'script'; link.href = url;
+  document.head.appendChild(link);
+  ['graph', 'dropdown', 'slider'].forEach(function (name) {  // dcc's chunks the map page needs next
+    var l = document.createElement('link');
+    l.rel = 'preload'; l.as = 'script'; l.href = %(dcc)s + 'async-' + name + '.js';
+    document.head.appendChild(l);
+  });
+  function settle(ok, value) {
+    var w = waiting; waiting = []; state = ok ? 2 : 3;
+    w.forEach(function (p) { p[ok ? 0 : 1](value); });
+  }
+  function load() {
+    if (state) return;
+    state = 1;
+    if (window.fetch === hooked) window.fetch = fetch0;
+    var s = document.createElement('script');
+    s.src = url; s.async = true;
+    s.onload = function () {
+      var P = window.Plotly, ok = !!(P && P.newPlot);
+      settle(ok, P);
+    };
+    s.onerror = function () { window.Plotly = undefined; settle(false, new Error('plotly.js did not load')); };
+    document.head.appendChild(s);
+  }
+  function hooked(input) {
+    if (String((input && input.url) || input).indexOf('_dash-update-component') >= 0) setTimeout(load, 0);
+    return fetch0.apply(this, arguments);
+  }
+  window.fetch = hooked;
+  window.Plotly = {then: function (ok, fail) {
+    load();
+    if (state === 2) ok(window.Plotly); else if (state === 3) fail(new Error('plotly.js did not load'));
+    else waiting.push([ok, fail]);
+  }};
+})();</script>"""
+
+
+def index_string(prefix: str) -> str:
+    """Dash's page with EARLY_SCRIPT in the head."""
+    import json
+
+    url = f"{prefix}_dash-component-suites/plotly/package_data/plotly.min.js"  # what dcc.Graph would load
+    early = EARLY_SCRIPT % {"plen": len(prefix), "url": json.dumps(url),
+                            "dcc": json.dumps(f"{prefix}_dash-component-suites/dash/dcc/")}
+    return dash.dash._default_index.replace("{%css%}", "{%css%}\n        " + early, 1)
+
+
 def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None = None,
                title: str = "LLM Maps", state_dir: str | Path | None = None) -> dash.Dash:
     """A Dash app serving ``runs`` (run folders) and the runs found in ``data_dirs``.
@@ -115,6 +174,7 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
                         assets_folder=str(HERE / "assets"), assets_ignore=r"^(flatly|darkly)\.min\.css$",
                         external_stylesheets=[], suppress_callback_exceptions=True, title=title,
                         serve_locally=True, update_title=None)
+        app.index_string = index_string(app.config.requests_pathname_prefix)
         registry = RunRegistry(runs, data_dirs)
         app.server.config["LLM_MAPS_REGISTRY"] = registry
         _install_api(app.server, registry, state_dir or state_dir_for(runs, data_dirs))

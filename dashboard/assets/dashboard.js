@@ -1,10 +1,16 @@
 // Clientside callbacks: keep page state in the URL (replaceState: no reload, no router round
 // trip), switch runs, switch the light/dark theme (page and figures), export figures, and draw
 // the map in the browser: the run's per-point arrays are fetched once (/_llm_maps/points, a
-// binary blob of typed arrays) and colour and filter changes become one Plotly.react on the
-// graph that is already drawn, with no server round trip. This mirrors dashboard/figures.py
-// (colour_spec, points_marker, legend_traces) and dashboard/filters.py (filter_mask).
+// binary blob of typed arrays) and colour and filter changes become one Plotly.update of the
+// points and legend traces of the graph that is already drawn, with no server round trip. This
+// mirrors dashboard/figures.py (colour_spec, points_marker, legend_traces) and
+// dashboard/filters.py (filter_mask).
 (() => {
+  // Dash's polyfill replaces String.prototype.trim with a slower one, which plotly.js calls for
+  // every point colour; the browser's own (kept by the page head, see app.py) is correct.
+  if (window.__llmNativeTrim && String.prototype.trim !== window.__llmNativeTrim) {
+    Object.defineProperty(String.prototype, 'trim', {value: window.__llmNativeTrim, writable: true, configurable: true});
+  }
   const NO = () => window.dash_clientside.no_update;
   const TYPES = {u1: Uint8Array, u2: Uint16Array, i4: Int32Array, f4: Float32Array};
   const MAP = {payloads: {}, dists: {}, seq: 0};
@@ -161,26 +167,49 @@
       : {type: 'scatter', x: [null], y: [null], mode: 'markers', showlegend: false, hoverinfo: 'skip', name: ''};
   }
 
+  function currentRows(gd, n) {  // the rows trace 0 draws now: array, null (every row in order) or undefined (unknown)
+    const t = gd.data[0];
+    if (t.customdata) return t.customdata;
+    const len = gd._fullData && gd._fullData[0] ? gd._fullData[0]._length : -1;
+    return len === n ? null : undefined;
+  }
+
+  function sameRows(a, rows, n) {
+    if (a === undefined) return false;
+    if (a === null) return rows.length === n;
+    if (a.length !== rows.length) return false;
+    for (let i = 0; i < rows.length; i++) if (a[i] !== rows[i]) return false;
+    return true;
+  }
+
+  // One Plotly.update of trace 0 (marker; points only when the rows changed) and the legend slots
+  // (3..3+legend_slots), plus the title and legend title: the same figure Plotly.react of the
+  // whole figure made, without diffing it.
   function drawPoints(gd, P, rows, colour, dist) {
     const n = P.h.n, m = rows.length, identity = m === n;
     const spec = colourSpec(P, colour, rows, identity, dist);
-    const t0 = Object.assign({}, gd.data[0], {
-      x: identity ? P.a.x : gather(P.a.x, rows), y: identity ? P.a.y : gather(P.a.y, rows),
-      marker: pointsMarker(spec, m)});
-    delete t0.customdata; delete t0.text;
-    if (!identity) t0.customdata = rows;
-    if (P.h.hover) {
-      t0.text = identity ? P.h.hover : Array.from(rows, (i) => P.h.hover[i]);
-      t0.hovertemplate = '%{text}<extra></extra>';
-    } else t0.hovertemplate = P.h.short_hover;
-    const data = gd.data.slice();
-    data[0] = t0;
-    for (let i = 0; i < P.h.legend_slots; i++) data[3 + i] = legendTrace(spec.legend[i]);
-    const L = gd.layout;
-    const layout = Object.assign({}, L, {
-      title: Object.assign({}, L.title, {text: m.toLocaleString('en-US') + ' of ' + n.toLocaleString('en-US') + ' examples'}),
-      legend: Object.assign({}, L.legend, {title: {text: spec.title}})});
-    return Plotly.react(gd, data, layout);
+    const traces = [0], slots = [];
+    for (let i = 0; i < P.h.legend_slots; i++) { traces.push(3 + i); slots.push(legendTrace(spec.legend[i])); }
+    const upd = {
+      marker: [pointsMarker(spec, m)].concat(slots.map((t) => t.marker || null)),
+      name: [gd.data[0].name].concat(slots.map((t) => t.name)),
+      showlegend: [false].concat(slots.map((t) => t.showlegend)),
+    };
+    if (!sameRows(currentRows(gd, n), rows, n)) {
+      const none = slots.map(() => [null]), nulls = slots.map(() => null);
+      upd.x = [identity ? P.a.x : gather(P.a.x, rows)].concat(none);
+      upd.y = [identity ? P.a.y : gather(P.a.y, rows)].concat(none);
+      upd.customdata = [identity ? null : rows].concat(nulls);
+      if (P.h.hover) {
+        upd.text = [identity ? P.h.hover : Array.from(rows, (i) => P.h.hover[i])].concat(nulls);
+        upd.hovertemplate = ['%{text}<extra></extra>'].concat(nulls);
+      } else {
+        upd.text = [null].concat(nulls);
+        upd.hovertemplate = [P.h.short_hover].concat(nulls);
+      }
+    }
+    const title = m.toLocaleString('en-US') + ' of ' + n.toLocaleString('en-US') + ' examples';
+    return Plotly.update(gd, upd, {'title.text': title, 'legend.title.text': spec.title}, traces);
   }
 
   function applyTemplate(gd, dark, templates) {
@@ -216,11 +245,11 @@
         if (Math.abs(v[0] - lo) < 1e-12 && Math.abs(v[1] - hi) < 1e-12) return null;
         return v.join(',');
       },
-      syncMapUrl(run, colour, layer, split, domain, task, score, dist, q, sel, smin, smax, dmin, dmax, splitOpts) {
+      syncMapUrl(run, colour, layer, split, domain, task, score, dist, q, sel, mine, smin, smax, dmin, dmax, splitOpts) {
         const L = window.dash_clientside.llm_maps;
         const allSplits = (splitOpts || []).length === (split || []).length;
         return L._write({run, colour: colour === 'split' ? null : colour, layer, split: allSplits ? null : (split.length ? split : ['none']),
-          domain, task, score: L._range(score, smin, smax), dist: L._range(dist, dmin, dmax), q, sel});
+          domain, task, score: L._range(score, smin, smax), dist: L._range(dist, dmin, dmax), q, sel, mine: mine ? '1' : null});
       },
       syncFalloffUrl(run, layer, metric, bins, domain, task, mode) {
         return window.dash_clientside.llm_maps._write({run, layer, metric, bins, domain, task, mode});
