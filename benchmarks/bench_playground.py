@@ -62,7 +62,8 @@ def main(argv=None) -> int:
             if i == 0:
                 continue  # warm-up: first page callbacks, first generation
             rows.append({"point": t["point"] - t["submit"], "first": t["firstToken"] - t["submit"],
-                         "done": t["end"] - t["submit"], "tokens": n_tok})
+                         "done": t["end"] - t["submit"], "tokens": n_tok, "accepted": t["accepted"] - t["submit"],
+                         "placed_seen": t["placedSeen"] - t["submit"], "token_seen": t["tokenSeen"] - t["submit"]})
             print(f"  #{i}: point {rows[-1]['point']:.0f} ms · first token {rows[-1]['first']:.0f} ms · "
                   f"{n_tok} tokens done {rows[-1]['done']:.0f} ms")
         if args.screenshot:
@@ -75,7 +76,10 @@ def main(argv=None) -> int:
         return f"median {statistics.median(vals):.0f} ms (min {min(vals):.0f}, max {max(vals):.0f})"
 
     print(f"\n{run.name}: {len(rows)} submissions, greedy, max {args.max_new_tokens} new tokens")
+    print(f"submit -> 202 from the API        {med('accepted')}")
+    print(f"submit -> placed result polled    {med('placed_seen')}")
     print(f"submit -> point on the map        {med('point')}")
+    print(f"submit -> first token polled      {med('token_seen')}")
     print(f"submit -> first streamed token    {med('first')}")
     print(f"submit -> generation done         {med('done')}")
     return 0

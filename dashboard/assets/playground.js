@@ -6,12 +6,13 @@
 (() => {
   const COT = "Let's think step by step.";
   const FINAL = ['done', 'failed', 'cancelled'];
+  const MIN_REDRAW_MS = 300;
   const NO = () => window.dash_clientside.no_update;
   const set = (id, props) => window.dash_clientside.set_props(id, props);
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   // state of this page: full results (tokens) per id, the kept generations, timings for the benchmark
   const PG = {results: {}, gens: [], overlay: null, current: null, active: null, run: null, palette: [],
-              timing: {}, polling: {}, loading: {}, drawSeq: 0};
+              timing: {}, polling: {}, loading: {}, drawing: false, drawPending: false, wantBase: null};
 
   function gdOf(id) { return document.querySelector('#' + id + ' .js-plotly-plot'); }
   function pct(logprob) { return (100 * Math.exp(logprob)).toFixed(1) + '%'; }
@@ -85,8 +86,29 @@
   }
 
   // Our traces on top of the figure the server drew (whose layout.meta.pg_base says which one).
+  // Draws never overlap: a request while one is drawing makes one more draw after it (no sooner than
+  // MIN_REDRAW_MS after the last began), so a fast stream of tokens costs few redraws and the CPU
+  // stays with the worker.
   async function drawNow(wantBase) {
-    const seq = ++PG.drawSeq;
+    if (wantBase) PG.wantBase = wantBase;
+    if (PG.drawing) { PG.drawPending = true; return; }
+    PG.drawing = true;
+    try {
+      for (;;) {
+        PG.drawPending = false;
+        const started = performance.now();
+        await drawOnce(PG.wantBase);
+        if (!PG.drawPending) break;
+        // at most ~3 map redraws a second while tokens stream (the text updates on every token)
+        const wait = MIN_REDRAW_MS - (performance.now() - started);
+        if (wait > 0) await sleep(wait);
+      }
+    } finally {
+      PG.drawing = false;
+    }
+  }
+
+  async function drawOnce(wantBase) {
     const t0 = performance.now();
     let gd = gdOf('pg-graph');
     while (!gd || !gd._fullLayout || (wantBase && ((gd.layout.meta || {}).pg_base !== wantBase))) {
@@ -94,7 +116,6 @@
       await new Promise(requestAnimationFrame);
       gd = gdOf('pg-graph');
     }
-    if (seq !== PG.drawSeq) return;  // a newer draw is on its way
     const base = gd.data.filter((t) => !(t.meta && t.meta.pg));
     await Plotly.react(gd, base.concat(pgTraces()), gd.layout);
     const now = performance.now();
@@ -172,6 +193,9 @@
         const fresh = job.result && (!PG.results[id] || ((job.result.tokens || []).length !== seen)
                                      || (job.result.x !== undefined && PG.results[id].x === undefined));
         if (fresh) {  // redraw only when something new arrived
+          const tm = PG.timing[id];
+          if (tm && tm.placedSeen === undefined && job.result.x !== undefined) tm.placedSeen = performance.now();
+          if (tm && tm.tokenSeen === undefined && (job.result.tokens || []).length) tm.tokenSeen = performance.now();
           PG.results[id] = job.result;
           if (!shown && job.result.x !== undefined) { shown = true; setCurrent(id); }
           if (PG.current === id) renderStream(id);
@@ -202,13 +226,13 @@
           return;
         }
         if (job.status === 'queued') {
-          progress('queued — waiting for a worker…', 100, {striped: true, animated: true});
+          progress('queued — waiting for a worker…', 100, {striped: true, animated: false});
         } else {
           const secs = (performance.now() - started) / 1000;
           progress((job.cancel_requested ? 'cancelling · ' : 'running · ')
                    + (job.result && job.result.tokens ? n + (maxTokens ? ' / ' + maxTokens : '') + ' tokens · '
                       + (n / Math.max(secs, 1e-3)).toFixed(1) + ' tokens/s' : 'placing the prompt'),
-                   maxTokens ? Math.round(100 * n / maxTokens) : 100, {striped: true, animated: true});
+                   maxTokens ? Math.round(100 * n / maxTokens) : 100, {striped: true, animated: false});
         }
         await sleep(job.status === 'queued' ? 200 : 80);
       }
