@@ -125,3 +125,17 @@ def poll_streaming(client, job_id: str, *, timeout: float = 90.0, every: float =
             return body, seen
         assert time.time() < deadline, body
         time.sleep(every)
+
+
+def build_scored_run(root: Path, model: Path, n: int) -> Path:
+    """A small run as the live-point tests use it: ``n`` Dolly rows, PCA map, k=3, scored, with
+    falloff statistics (2 bins); at ``root/runs/tiny``."""
+    from llm_maps.cli import main
+
+    data = write_jsonl(root / "d.jsonl", dolly_rows(n))
+    run = root / "runs" / "tiny"
+    assert main(["build", "--model", str(model), "--data", str(data), "--out", str(run),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--no-progress"]) == 0
+    assert main(["score", str(run), "--max-new-tokens", "3", "--no-progress"]) == 0
+    assert main(["falloff", str(run), "--bins", "2"]) == 0
+    return run

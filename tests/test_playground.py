@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from conftest import dolly_rows, write_jsonl
+from conftest import build_scored_run
 from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
 from llm_maps.cli import main
 from llm_maps.errors import LLMMapsError
@@ -20,14 +20,7 @@ GD = "document.querySelector('#pg-graph .js-plotly-plot')"
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("playground")
-    data = write_jsonl(root / "d.jsonl", dolly_rows(40))
-    run = root / "runs" / "tiny"
-    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(run),
-                 "--template", "dolly", "--projection", "pca", "--k", "3", "--no-progress"]) == 0
-    assert main(["score", str(run), "--max-new-tokens", "3", "--no-progress"]) == 0
-    assert main(["falloff", str(run), "--bins", "2"]) == 0
-    return run
+    return build_scored_run(tmp_path_factory.mktemp("playground"), tiny_models["gpt2"], 40)
 
 
 def slow_session_factory():

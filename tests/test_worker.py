@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import dolly_rows, poll_streaming, write_jsonl
-from llm_maps.cli import main
+from conftest import build_scored_run, poll_streaming
 from llm_maps.jobs import JobQueue, PointStore, QueueFull
 
 
@@ -69,13 +68,7 @@ def test_point_store_persists_and_deletes(tmp_path):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("live")
-    data = write_jsonl(root / "d.jsonl", dolly_rows(30))
-    run = root / "runs" / "tiny"
-    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(run),
-                 "--template", "dolly", "--projection", "pca", "--k", "3", "--no-progress"]) == 0
-    assert main(["score", str(run), "--max-new-tokens", "3", "--no-progress"]) == 0
-    assert main(["falloff", str(run), "--bins", "2"]) == 0
-    return run, root / "state"
+    return build_scored_run(root, tiny_models["gpt2"], 30), root / "state"
 
 
 def _start_worker(run: Path, state: Path, **env) -> subprocess.Popen:
