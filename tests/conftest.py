@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -112,10 +113,19 @@ def dolly_jsonl(tmp_path) -> Path:
     return write_jsonl(tmp_path / "dolly.jsonl", dolly_rows())
 
 
+def wait_job(client, job_id: str, until=("done", "failed"), timeout: float = 60.0, every: float = 0.02) -> dict:
+    """Poll a job through the API until its status is one of ``until``; returns the body."""
+    deadline = time.time() + timeout
+    while True:
+        body = client.get(f"/api/points/{job_id}").get_json()
+        if body["status"] in until:
+            return body
+        assert time.time() < deadline, body
+        time.sleep(every)
+
+
 def poll_streaming(client, job_id: str, *, timeout: float = 90.0, every: float = 0.005):
     """Poll a job through the API to its end; returns (final body, token counts seen while running)."""
-    import time
-
     seen, deadline = [], time.time() + timeout
     while True:
         body = client.get(f"/api/points/{job_id}").get_json()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import dolly_rows, poll_streaming, write_jsonl
+from conftest import dolly_rows, poll_streaming, wait_job, write_jsonl
 from llm_maps.cli import main
 
 HEARTBEAT = 2  # seconds: the workers' heartbeat timeout in these tests
@@ -109,14 +109,6 @@ def web(redis_url, plain_run, monkeypatch, tmp_path):
     return app.server.test_client(), app.server.config["LLM_MAPS_QUEUE"]
 
 
-def _wait(client, job_id: str, until=("done", "failed"), timeout: float = 60.0) -> dict:
-    deadline = time.time() + timeout
-    while True:
-        body = client.get(f"/api/points/{job_id}").get_json()
-        if body["status"] in until:
-            return body
-        assert time.time() < deadline, body
-        time.sleep(0.01)
 
 
 def test_web_process_with_redis_stays_torch_free(redis_url, plain_run):
@@ -154,7 +146,7 @@ def test_jobs_run_on_both_workers_and_equal_the_embedded_path(workers, web, plai
 
     session = RunSession(run, warm=False)
     for job_id, text in zip(place_ids, texts):
-        res = _wait(client, job_id)
+        res = wait_job(client, job_id, every=0.01)
         assert res["status"] == "done", res
         res, expected = res["result"], session.place(text)
         assert res["prompt"] == expected["prompt"]
@@ -162,7 +154,7 @@ def test_jobs_run_on_both_workers_and_equal_the_embedded_path(workers, web, plai
         assert [n["example_id"] for n in res["neighbours"]] == [n["example_id"] for n in expected["neighbours"]]
         assert [n["distance"] for n in res["neighbours"]] == pytest.approx(
             [n["distance"] for n in expected["neighbours"]], abs=1e-6)
-    greedy = _wait(client, greedy_id)
+    greedy = wait_job(client, greedy_id, every=0.01)
     assert greedy["status"] == "done", greedy
     expected = session.generate("Write a poem about the light.", max_new_tokens=12)
     assert greedy["result"]["output"] == expected["output"]
@@ -203,7 +195,7 @@ def test_killed_worker_fails_its_job_and_queued_jobs_survive_a_restart(workers, 
     run, _ = plain_run
     job_id = client.post("/api/runs/tiny/points", json={"instruction": "Tell a long story.", "generate": True,
                                                         "max_new_tokens": 250}).get_json()["id"]
-    _wait(client, job_id, until=("running", "done", "failed"))
+    wait_job(client, job_id, until=("running", "done", "failed"), every=0.01)
     pid = int(queue.get(job_id)["worker"].rsplit(":", 1)[1])
     victim = next(p for p in workers if p.pid == pid)
     os.kill(pid, signal.SIGSTOP)  # freeze it mid-job (no more heartbeats), then kill it
@@ -211,7 +203,7 @@ def test_killed_worker_fails_its_job_and_queued_jobs_survive_a_restart(workers, 
     os.kill(pid, signal.SIGKILL)
     victim.wait(timeout=10)
     start = time.time()
-    body = _wait(client, job_id, timeout=15)
+    body = wait_job(client, job_id, timeout=15, every=0.01)
     assert body["status"] == "failed" and "stopped responding" in body["error"], body
     assert f"no heartbeat for {HEARTBEAT:g} s" in body["error"]
     assert time.time() - start < HEARTBEAT + 3  # within the heartbeat timeout plus polling
@@ -227,7 +219,7 @@ def test_killed_worker_fails_its_job_and_queued_jobs_survive_a_restart(workers, 
     fresh = _start_worker(run, redis_url)
     workers.append(fresh)  # the fixture stops it
     for j in queued:
-        assert _wait(client, j, timeout=60)["status"] == "done"
+        assert wait_job(client, j, timeout=60, every=0.01)["status"] == "done"
     assert {queue.get(j)["worker"].rsplit(":", 1)[1] for j in queued} == {str(fresh.pid)}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import build_scored_run, poll_streaming
+from conftest import build_scored_run, poll_streaming, wait_job
 from llm_maps.jobs import JobQueue, PointStore, QueueFull
 
 
@@ -83,14 +83,6 @@ def _client(run: Path, state: Path):
     return create_app([run], state_dir=state).server.test_client()
 
 
-def _wait(client, job_id: str, until=("done", "failed"), timeout: float = 60.0) -> dict:
-    deadline = time.time() + timeout
-    while True:
-        body = client.get(f"/api/points/{job_id}").get_json()
-        if body["status"] in until:
-            return body
-        assert time.time() < deadline, body
-        time.sleep(0.02)
 
 
 def test_place_and_generate_through_the_api(live):
@@ -105,7 +97,7 @@ def test_place_and_generate_through_the_api(live):
     assert client.get(f"/api/points/{place_id}").get_json()["status"] == "queued"
     worker = _start_worker(run, state)
     try:
-        body = _wait(client, place_id)
+        body = wait_job(client, place_id)
         assert body["status"] == "done", body
         res = body["result"]
         expected = RunSession(run, warm=False).place("Question 3: the sea and the wind")
@@ -189,13 +181,13 @@ def test_killed_worker_leaves_the_job_failed(live, tmp_path):
     try:
         job_id = client.post("/api/runs/tiny/points", json={"instruction": "Tell a long story.", "generate": True,
                                                             "max_new_tokens": 200}).get_json()["id"]
-        _wait(client, job_id, until=("running", "done", "failed"))
+        wait_job(client, job_id, until=("running", "done", "failed"))
         os.kill(worker.pid, signal.SIGSTOP)  # freeze it mid-job (no more heartbeats), then kill it
         assert client.get(f"/api/points/{job_id}").get_json()["status"] == "running"
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
         start = time.time()
-        body = _wait(client, job_id, timeout=15)
+        body = wait_job(client, job_id, timeout=15)
         assert body["status"] == "failed" and "stopped responding" in body["error"]
         assert time.time() - start < 5  # within the heartbeat timeout (2 s) plus polling
     finally:
