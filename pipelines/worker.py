@@ -59,11 +59,10 @@ def run_job(session, job: dict, *, publish=None, deadline: float | None = None, 
 
     if cancelled is not None and cancelled():
         raise JobCancelled({**public, "tokens": [], "stop_reason": "cancelled"})
-    result = session.generate(p["instruction"], p.get("context") or "", max_new_tokens=int(p.get("max_new_tokens") or 64),
-                              temperature=float(p.get("temperature") or 0.0), top_p=float(p.get("top_p") or 1.0),
-                              seed=p.get("seed"), placed=placed, on_token=on_token)
-    result.pop("state", None)
-    return result
+    # RunSession.generate drops the prompt's hidden state from what it returns
+    return session.generate(p["instruction"], p.get("context") or "", max_new_tokens=int(p.get("max_new_tokens") or 64),
+                            temperature=float(p.get("temperature") or 0.0), top_p=float(p.get("top_p") or 1.0),
+                            seed=p.get("seed"), placed=placed, on_token=on_token)
 
 
 def point_record(job: dict, result: dict) -> dict:

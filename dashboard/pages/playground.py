@@ -30,9 +30,9 @@ DEFAULT_MAX_TOKENS = 48
 SUMMARY_FIELDS = ("n_tokens", "mean_logprob", "perplexity", "path_length", "final_dist")
 
 
-def _num(value, default, kind=float):
+def _float(value, default):
     try:
-        return kind(value)
+        return float(value)
     except (TypeError, ValueError):
         return default
 
@@ -95,12 +95,12 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
         dbc.Row([
             dbc.Col([dbc.Label("temperature", className="mb-0 small"),
                      dbc.Input(id="pg-temperature", type="number", min=0.05, max=5, step=0.05,
-                               value=_num(temperature, 0.8), size="sm")]),
+                               value=_float(temperature, 0.8), size="sm")]),
             dbc.Col([dbc.Label("seed", className="mb-0 small"),
-                     dbc.Input(id="pg-seed", type="number", step=1, value=_num(seed, 0, int), size="sm")]),
+                     dbc.Input(id="pg-seed", type="number", step=1, value=C.query_int(seed, 0), size="sm")]),
             dbc.Col([dbc.Label("max new tokens", className="mb-0 small"),
                      dbc.Input(id="pg-max", type="number", min=0, step=1, size="sm",
-                               value=_num(max, DEFAULT_MAX_TOKENS, int))]),
+                               value=C.query_int(max, DEFAULT_MAX_TOKENS))]),
         ], className="g-2 mb-2"),
         html.Div("0 new tokens: only place the prompt.", className="small text-muted mb-2"),
         html.Div([dbc.Button("Submit", id="pg-submit", color="primary", className="me-2"),
@@ -255,10 +255,6 @@ def drill(clicks, run_id):
     return C.drilldown(data, C.row_of(data, ctx.triggered_id["index"]))
 
 
-def _fmt(value, digits=4):
-    return "—" if value is None else f"{value:.{digits}g}"
-
-
 @callback(Output("pg-compare", "children"), Input("pg-gens", "data"))
 def compare_table(gens):
     """One row per kept generation: mean log-likelihood, perplexity, tokens, path length in the
@@ -279,8 +275,8 @@ def compare_table(gens):
                     className="pg-cmp-prompt"),
             html.Td(dec), html.Td(g.get("status"), className="pg-cmp-status"),
             html.Td(str(g["n_tokens"]) if g.get("n_tokens") is not None else "—"),
-            html.Td(_fmt(g.get("mean_logprob"))), html.Td(_fmt(g.get("perplexity"))),
-            html.Td(_fmt(g.get("path_length"))), html.Td(_fmt(g.get("final_dist"))),
+            html.Td(C._fmt(g.get("mean_logprob"))), html.Td(C._fmt(g.get("perplexity"))),
+            html.Td(C._fmt(g.get("path_length"))), html.Td(C._fmt(g.get("final_dist"))),
             html.Td([dbc.Button("show" if g.get("hidden") else "hide", id={"type": "pg-hide", "index": g["id"]},
                                 size="sm", color="secondary", outline=True, className="py-0 me-1"),
                      dbc.Button("remove", id={"type": "pg-remove", "index": g["id"]}, size="sm", color="danger",
