@@ -558,6 +558,51 @@ def test_examples_table_and_drilldown(browser_page, scored_data):
     assert log.take() == []
 
 
+def test_every_page_draws_with_the_apps_plotly_bundle(browser_page):
+    """The stock plotly.min.js (4.8 MB) is never fetched: a page without graphs loads nothing, and
+    moving to the map in the browser loads the app's bundle once, which draws the WebGL map."""
+    url, page, log = browser_page
+    page.goto(f"{url}/examples?run=scored")
+    page.wait_for_selector(".ag-row[row-index='0'] .ag-cell", timeout=20_000)
+    page.wait_for_timeout(300)
+    loaded = "() => performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('plotly'))"
+    assert page.evaluate(loaded) == [] and page.evaluate("() => typeof window.Plotly.newPlot") == "undefined"
+    page.click("#nav-map")  # client-side: dcc.Graph asks the placeholder for plotly.js
+    assert _wait_points(page, N) == N
+    names = page.evaluate(loaded)
+    assert len(names) == 1 and "/assets/vendor/plotly-llm-maps.min.js" in names[0]
+    assert page.evaluate(f"() => [Plotly.version, {GD}._fullData[0].type]") == ["4.1.1", "scattergl"]
+    page.goto(f"{url}/falloff?run=scored")
+    page.wait_for_function(f"() => {FGD} && {FGD}._fullData && {FGD}._fullData.length > 0", timeout=20_000)
+    names = page.evaluate(loaded)
+    assert len(names) == 1 and "plotly-llm-maps" in names[0]
+    assert log.take() == []
+
+
+def test_exported_html_draws_offline_with_the_inlined_bundle(browser_page, runs, tmp_path):
+    from llm_maps.cli import main
+
+    from dashboard.app import PLOTLY_BUNDLE
+
+    url, page, log = browser_page
+    out = tmp_path / "inline.html"
+    assert main(["export", str(runs["scored"]), "--html", str(out)]) == 0
+    text = out.read_text()
+    assert text.count("<script>") == 3 and "plotly.js v4.1.1 (MIT" in text  # bundle, map, falloff
+    assert PLOTLY_BUNDLE.stat().st_size < out.stat().st_size < PLOTLY_BUNDLE.stat().st_size + 400_000
+    page.route("http*://**", lambda route: route.abort())  # standalone: nothing is fetched
+    try:
+        page.goto(out.as_uri())
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 2 && "
+                               "document.getElementById('falloff')._fullData", timeout=20_000)
+        types = page.evaluate("() => document.getElementById('map')._fullData.map(t => t.type)")
+        drawn = page.evaluate("() => document.getElementById('map')._fullData.reduce((a, t) => a + t._length, 0)")
+    finally:
+        page.unroute("http*://**")
+    assert set(types) == {"scattergl"} and drawn == N
+    assert log.take() == []
+
+
 def test_runs_page_404_and_a_broken_run(browser_page):
     url, page, log = browser_page
     page.goto(f"{url}/map?run=broken")
