@@ -204,6 +204,13 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
         _install_basic_auth(app.server, credentials)
     _install_home_redirect(app.server)
     install_routes(app.server)
+    if warm:
+        from dashboard.points import prepare_first_view
+
+        thread = threading.Thread(target=registry.warm, kwargs={"prepare": prepare_first_view},
+                                  name="llm-maps-warm", daemon=True)
+        thread.start()
+        app.server.config["LLM_MAPS_WARM"] = thread
     return app
 
 
@@ -227,12 +234,12 @@ def __getattr__(name: str):
     global _default_app
     if name in ("server", "app"):
         if _default_app is None:
-            _default_app = create_app()
+            _default_app = create_app(warm=True)
         return _default_app.server if name == "server" else _default_app
     raise AttributeError(name)
 
 
 def serve(runs=(), data_dirs=(), *, host: str = "127.0.0.1", port: int = 8050, auth: str | None = None) -> None:
     """Run the app with its own threaded server (debug off). Use gunicorn for production."""
-    app = create_app(list(runs), list(data_dirs), auth=auth)
+    app = create_app(list(runs), list(data_dirs), auth=auth, warm=True)
     app.run(host=host, port=port, debug=False)

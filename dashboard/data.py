@@ -88,7 +88,34 @@ class RunRegistry:
             raise LLMMapsError(f"no run named '{run_id}'")
         if entry.error:
             raise LLMMapsError(entry.error)
-        return load_run(str(entry.path), _stamp(entry.path), entry.id)
+        with _load_lock(str(entry.path)):  # requests (and warm()) arriving together load it once
+            return load_run(str(entry.path), _stamp(entry.path), entry.id)
+
+    def warm(self, prepare=None) -> list[str]:
+        """Load the runs a first visit will ask for, so the first page is served from memory: the
+        runs given explicitly, else the default one; at most the cache's size. ``prepare(data)``
+        builds whatever else a first view needs. Returns the ids of the runs loaded."""
+        entries = [e for e in self.entries() if e.ok]
+        chosen = [e for e in entries if any(e.path == p for p in self.runs)] or entries[:1]
+        done = []
+        for e in chosen[:CACHE_RUNS]:
+            try:
+                data = self.load(e.id)
+                if prepare is not None:
+                    prepare(data)
+            except (LLMMapsError, OSError, ValueError):
+                continue  # the page shows the run's banner when it is asked for
+            done.append(e.id)
+        return done
+
+
+_LOAD_LOCKS: dict[str, threading.Lock] = {}
+_LOAD_LOCKS_GUARD = threading.Lock()
+
+
+def _load_lock(path: str) -> threading.Lock:
+    with _LOAD_LOCKS_GUARD:
+        return _LOAD_LOCKS.setdefault(path, threading.Lock())
 
 
 def _stamp(path: Path) -> tuple:

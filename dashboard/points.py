@@ -70,6 +70,12 @@ def points_payload(data) -> bytes:
     return data._cached("points_payload", build)
 
 
+def prepare_first_view(data) -> None:
+    """What the map's first view of a run asks for after its layout: the arrays the browser fetches."""
+    if data.n <= CLIENT_MAX_POINTS:
+        points_payload(data)
+
+
 def dist_payload(data, layer: int) -> bytes:
     return np.ascontiguousarray(data.distances(layer), dtype=np.float32).tobytes()
 

@@ -71,6 +71,49 @@ def test_run_cache_is_bounded_and_keyed_on_files(runs):
     assert RunRegistry([runs["scored"]]).load("scored") is a
 
 
+def test_concurrent_first_loads_read_a_run_once(tmp_path):
+    import threading
+
+    run = write_synthetic_run(tmp_path / "fresh", 90, seed=7)
+    reg, barrier, got = RunRegistry([run]), threading.Barrier(6), []
+
+    def visit():
+        barrier.wait()
+        got.append(reg.load("fresh"))
+
+    misses = load_run.cache_info().misses
+    threads = [threading.Thread(target=visit) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(got) == 6 and all(d is got[0] for d in got)
+    assert load_run.cache_info().misses == misses + 1
+
+
+def test_warm_loads_the_runs_a_first_visit_opens(tmp_path):
+    from dashboard.app import create_app
+    from dashboard.points import points_payload, prepare_first_view
+
+    a = write_synthetic_run(tmp_path / "given" / "a", 60, seed=8)
+    broken = write_synthetic_run(tmp_path / "given" / "bad", 30, seed=9)
+    (broken / "examples.parquet").write_bytes(b"nope")
+    b = write_synthetic_run(tmp_path / "given" / "b", 70, seed=10)
+    assert RunRegistry([a, broken, b]).warm(prepare=prepare_first_view) == ["a", "b"]  # the broken one is skipped
+    loaded = RunRegistry([a]).load("a")
+    assert "points_payload" in loaded._lazy and loaded._lazy["points_payload"] == points_payload(loaded)
+    # a data folder: only the default run (the first good one), which /map opens without ?run=
+    folder = tmp_path / "folder"
+    for name, seed in (("c", 11), ("d", 12)):
+        write_synthetic_run(folder / name, 40, seed=seed)
+    assert RunRegistry([], [folder]).warm() == ["c"]
+    # the served app warms in a background thread; an app made for tests does not
+    app = create_app([b], [], warm=True)
+    app.server.config["LLM_MAPS_WARM"].join(60)
+    assert not app.server.config["LLM_MAPS_WARM"].is_alive()
+    assert "LLM_MAPS_WARM" not in create_app([b], []).server.config
+
+
 def test_filter_mask_counts_are_exact(scored_data):
     d, f = scored_data, scored_data.frame
     assert filter_mask(d, Filters.make(split=["test"])).sum() == (f["split"] == "test").sum()
