@@ -216,6 +216,16 @@ def register_api(server, registry, queue: JobQueue, points: PointStore) -> None:
         return flask.jsonify({"id": job_id, "status": job["status"],
                               "cancel_requested": bool(job.get("cancel_requested"))})
 
+    @bp.get("/health")
+    def health():
+        """Readiness: 503 while the runs a first visit opens are still being loaded, then 200."""
+        warm = flask.current_app.config.get("LLM_MAPS_WARM")
+        body = {"status": "warming" if warm is not None and warm.is_alive() else "ready",
+                "runs": len(registry.entries())}
+        if body["status"] == "warming":
+            return flask.jsonify(body), 503, {"Retry-After": "1"}
+        return flask.jsonify(body)
+
     @bp.get("/runs")
     def runs():
         out = []

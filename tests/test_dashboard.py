@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,10 +109,25 @@ def test_warm_loads_the_runs_a_first_visit_opens(tmp_path):
         write_synthetic_run(folder / name, 40, seed=seed)
     assert RunRegistry([], [folder]).warm() == ["c"]
     # the served app warms in a background thread; an app made for tests does not
-    app = create_app([b], [], warm=True)
-    app.server.config["LLM_MAPS_WARM"].join(60)
-    assert not app.server.config["LLM_MAPS_WARM"].is_alive()
+    # the served app warms in a background thread, and says so on /api/health; an app made for tests does not
+    import threading
+
+    gate = threading.Event()
+    app = create_app([b, broken], [], warm=True)
+    held = threading.Thread(target=gate.wait)  # stands in for a warm-up still loading
+    held.start()
+    real, app.server.config["LLM_MAPS_WARM"] = app.server.config["LLM_MAPS_WARM"], held
+    client = app.server.test_client()
+    r = client.get("/api/health")
+    assert r.status_code == 503 and r.json["status"] == "warming" and r.headers["Retry-After"] == "1"
+    gate.set()
+    held.join(10)
+    real.join(60)
+    app.server.config["LLM_MAPS_WARM"] = real
+    r = client.get("/api/health")
+    assert r.status_code == 200 and r.json == {"status": "ready", "runs": 2}
     assert "LLM_MAPS_WARM" not in create_app([b], []).server.config
+    assert create_app([b], []).server.test_client().get("/api/health").json["status"] == "ready"
 
 
 def test_filter_mask_counts_are_exact(scored_data):
@@ -619,6 +635,48 @@ def test_every_page_draws_with_the_apps_plotly_bundle(browser_page):
     page.wait_for_function(f"() => {FGD} && {FGD}._fullData && {FGD}._fullData.length > 0", timeout=20_000)
     names = page.evaluate(loaded)
     assert len(names) == 1 and "plotly-llm-maps" in names[0]
+    assert log.take() == []
+
+
+def test_bundle_colours_every_point_exactly_as_stock_plotly(browser_page, tmp_path):
+    """The bundle's one patch (colours memoised per distinct value) changes speed, not colours: the
+    per-point RGBA the WebGL scatter is given equals stock plotly.js's, for category codes on a
+    discrete scale, more distinct continuous values than the memo holds, and colour strings."""
+    import plotly
+
+    from dashboard.app import PLOTLY_BUNDLE
+
+    stock = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    rng = np.random.default_rng(0)
+    n = 6000
+    codes = rng.integers(0, 48, n).tolist()
+    discrete = [[k / 48 + e, f"hsl({k * 7},70%,50%)"] for k in range(48) for e in (0, 1 / 48)]
+    discrete[-1][0] = 1.0
+    cases = [
+        {"color": codes, "colorscale": discrete, "cmin": 0, "cmax": 48, "opacity": 0.8},
+        {"color": rng.normal(size=n).tolist(), "colorscale": "Viridis", "opacity": 1},  # > 4096 distinct
+        {"color": [["#1f77b4", "red", "rgba(0,128,0,0.5)"][c % 3] for c in codes], "opacity": 0.6},
+    ]
+    xs = rng.normal(size=n).tolist()
+    script = """async ([xs, cases]) => {
+        const out = [];
+        for (const marker of cases) {
+            const gd = document.createElement('div'); document.body.appendChild(gd);
+            await Plotly.newPlot(gd, [{type: 'scattergl', mode: 'markers', x: xs, y: xs, marker}]);
+            out.push(gd._fullLayout._plots.xy._scene.markerOptions[0].colors.map((c) => Array.from(c)));
+            Plotly.purge(gd); gd.remove();
+        }
+        return out;
+    }"""
+    url, page, log = browser_page
+    got = {}
+    for name, js in (("stock", stock), ("bundle", PLOTLY_BUNDLE)):
+        page.goto("about:blank")
+        page.add_script_tag(path=str(js))
+        got[name] = page.evaluate(script, [xs, cases])
+    assert [len(c) for c in got["bundle"]] == [n, n, n]
+    assert got["bundle"] == got["stock"]
+    assert got["bundle"][0][0][3] == pytest.approx(0.8) and len({tuple(c) for c in got["bundle"][0]}) == 48
     assert log.take() == []
 
 
