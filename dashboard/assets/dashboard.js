@@ -50,6 +50,10 @@
     return {h, a, bytes: buf.byteLength};
   }
 
+  function afterPaint(fn) {  // the frame after the next one: the current one has been presented
+    requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(fn, 0)));
+  }
+
   function payload(run) {
     if (!MAP.payloads[run]) {
       MAP.payloads[run] = fetchBinary('/_llm_maps/points?run=' + encodeURIComponent(run)).then(parsePayload);
@@ -308,7 +312,9 @@
           plotted('map-graph').then((gd) => {
             if (gd.__llmView === undefined) gd.__llmView = key;
             applyTemplate(gd, dark, templates).catch(onError);
-            if (mode === 'client') setTimeout(() => payload(run).catch(onError), 0);  // after the first paint
+            // the run's arrays once the first frame is on screen, so their download and parsing
+            // never hold it back
+            if (mode === 'client') afterPaint(() => payload(run).catch(onError));
           }).catch(onError);
           return NO();
         }
