@@ -304,6 +304,20 @@ def test_export_writes_one_small_standalone_file(runs, tmp_path):
     assert "No falloff plot: no scores yet" in inline.read_text()
 
 
+def test_every_dashboard_asset_ships_in_the_package():
+    """A wheel (non-editable install) carries every file the pages load, the plotly bundle included."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dashboard"]
+    files = [p.relative_to(root / "dashboard").as_posix() for p in (root / "dashboard" / "assets").rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    assert "assets/vendor/plotly-llm-maps.min.js" in files
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    assert missing == []
+
+
 def test_serve_command_binds_localhost(runs):
     import socket
 
