@@ -21,6 +21,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html
 
+from dashboard.bundle import PLOTLY_BUNDLE
 from dashboard.data import RunRegistry
 from dashboard.points import install_routes
 
@@ -49,6 +50,8 @@ def _install_basic_auth(server, credentials: tuple[str, str]) -> None:
 
     @server.before_request
     def _check_auth():
+        if flask.request.path == "/api/health":  # readiness probes carry no password
+            return None
         header = flask.request.headers.get("Authorization", "")
         given = header[6:] if header.startswith("Basic ") else ""
         if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -120,17 +123,22 @@ EARLY_SCRIPT = """<script>(function () {
     var w = waiting; waiting = []; state = ok ? 2 : 3;
     w.forEach(function (p) { p[ok ? 0 : 1](value); });
   }
+  function fail() {  // dcc.Graph then loads plotly.js itself
+    window.Plotly = undefined;
+    settle(false, new Error('plotly.js did not load'));
+  }
   function load() {
     if (state) return;
     state = 1;
+    if (window.Plotly && window.Plotly.newPlot) { settle(true, window.Plotly); return; }  // loaded already
     if (window.fetch === hooked) window.fetch = fetch0;
     var s = document.createElement('script');
     s.src = url; s.async = true;
     s.onload = function () {
-      var P = window.Plotly, ok = !!(P && P.newPlot);
-      settle(ok, P);
+      var P = window.Plotly;
+      if (P && P.newPlot) settle(true, P); else fail();
     };
-    s.onerror = function () { window.Plotly = undefined; settle(false, new Error('plotly.js did not load')); };
+    s.onerror = fail;
     document.head.appendChild(s);
   }
   function hooked(input) {
@@ -150,9 +158,6 @@ EARLY_SCRIPT = """<script>(function () {
     else waiting.push([ok, fail]);
   }};
 })();</script>"""
-
-PLOTLY_BUNDLE = HERE / "assets" / "vendor" / "plotly-llm-maps.min.js"
-
 
 def index_string(prefix: str) -> str:
     """Dash's page with EARLY_SCRIPT in the head."""
@@ -182,7 +187,7 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
         app = dash.Dash(__name__, use_pages=True, pages_folder=str(HERE / "pages"),
                         assets_folder=str(HERE / "assets"), assets_ignore=r"^((flatly|darkly)\.min\.css|plotly-llm-maps\.min\.js)$",
                         external_stylesheets=[], suppress_callback_exceptions=True, title=title,
-                        serve_locally=True, update_title=None)
+                        serve_locally=True, update_title=None, eager_loading=False)
         app.index_string = index_string(app.config.requests_pathname_prefix)
         registry = RunRegistry(runs, data_dirs)
         app.server.config["LLM_MAPS_REGISTRY"] = registry
@@ -205,13 +210,21 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
     _install_home_redirect(app.server)
     install_routes(app.server)
     if warm:
-        from dashboard.points import prepare_first_view
-
-        thread = threading.Thread(target=registry.warm, kwargs={"prepare": prepare_first_view},
-                                  name="llm-maps-warm", daemon=True)
-        thread.start()
-        app.server.config["LLM_MAPS_WARM"] = thread
+        _start_warm(app.server, registry)
+        # gunicorn --preload forks workers from this process: each starts its own warm-up (the
+        # child's run cache starts empty, see dashboard.data._after_fork_in_child)
+        os.register_at_fork(after_in_child=lambda: _start_warm(app.server, registry))
     return app
+
+
+def _start_warm(server, registry) -> None:
+    """RunRegistry.warm in a background thread; /api/health says "warming" until it ends."""
+    from dashboard.points import prepare_first_view
+
+    thread = threading.Thread(target=registry.warm, kwargs={"prepare": prepare_first_view},
+                              name="llm-maps-warm", daemon=True)
+    server.config["LLM_MAPS_WARM"] = thread
+    thread.start()
 
 
 

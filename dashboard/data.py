@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE
 from llm_maps.runfolder import EXAMPLES, MANIFEST, Run, find_runs, read_manifest
 
+log = logging.getLogger("llm_maps.dashboard")
 CACHE_RUNS = int(os.environ.get("LLM_MAPS_CACHE_RUNS", "4"))
 # On-the-fly distances for a layer/metric without stored ones: only when N * N_train * hidden is
 # at most this (about a second of numpy on a laptop); larger runs need `llm-maps falloff`.
@@ -94,8 +96,13 @@ class RunRegistry:
     def warm(self, prepare=None) -> list[str]:
         """Load the runs a first visit will ask for, so the first page is served from memory: the
         runs given explicitly, else the default one; at most the cache's size. ``prepare(data)``
-        builds whatever else a first view needs. Returns the ids of the runs loaded."""
-        entries = [e for e in self.entries() if e.ok]
+        builds whatever else a first view needs. Returns the ids of the runs loaded. Never raises:
+        a run that fails is logged and shows its banner when a page asks for it."""
+        try:
+            entries = [e for e in self.entries() if e.ok]
+        except Exception as exc:  # noqa: BLE001 - warming is an optimisation
+            log.warning("warm-up: listing runs failed: %s", exc)
+            return []
         chosen = [e for e in entries if any(e.path == p for p in self.runs)] or entries[:1]
         done = []
         for e in chosen[:CACHE_RUNS]:
@@ -103,8 +110,9 @@ class RunRegistry:
                 data = self.load(e.id)
                 if prepare is not None:
                     prepare(data)
-            except (LLMMapsError, OSError, ValueError):
-                continue  # the page shows the run's banner when it is asked for
+            except Exception as exc:  # noqa: BLE001
+                log.warning("warm-up: run %s: %s", e.id, exc)
+                continue
             done.append(e.id)
         return done
 
@@ -116,6 +124,19 @@ _LOAD_LOCKS_GUARD = threading.Lock()
 def _load_lock(path: str) -> threading.Lock:
     with _LOAD_LOCKS_GUARD:
         return _LOAD_LOCKS.setdefault(path, threading.Lock())
+
+
+def _after_fork_in_child() -> None:
+    """A fork (gunicorn --preload) copies locks that another thread, such as a warm-up, may hold
+    at that moment and that nothing would then release: the child starts with new locks and an
+    empty run cache (a cached run's own lock may be held too)."""
+    global _LOAD_LOCKS_GUARD
+    _LOAD_LOCKS.clear()
+    _LOAD_LOCKS_GUARD = threading.Lock()
+    load_run.cache_clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _stamp(path: Path) -> tuple:

@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from dashboard import figures as F
+from dashboard.bundle import plotly_script
 from dashboard.data import RunData, falloff_for, load_run, _stamp
 
 
@@ -39,16 +40,6 @@ def _sample_rows(data: RunData, max_points: int, seed: int):
     from dashboard.filters import view_rows
 
     return view_rows(data.x, data.y, np.arange(data.n), max_points=max_points, seed=seed)
-
-
-def plotly_script() -> str:
-    """The dashboard's plotly.js bundle (scatter, scattergl, heatmap) as an inline <script>."""
-    from dashboard.app import PLOTLY_BUNDLE
-
-    code = PLOTLY_BUNDLE.read_text(encoding="utf-8")
-    if "</script" in code.lower():  # cannot happen with a minified bundle; never write a broken page
-        raise ValueError(f"{PLOTLY_BUNDLE}: contains '</script', cannot be inlined")
-    return f"<script>{code}</script>"
 
 
 def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_000, plotlyjs: str = "inline",

@@ -108,7 +108,6 @@ def test_warm_loads_the_runs_a_first_visit_opens(tmp_path):
     for name, seed in (("c", 11), ("d", 12)):
         write_synthetic_run(folder / name, 40, seed=seed)
     assert RunRegistry([], [folder]).warm() == ["c"]
-    # the served app warms in a background thread; an app made for tests does not
     # the served app warms in a background thread, and says so on /api/health; an app made for tests does not
     import threading
 
@@ -128,6 +127,45 @@ def test_warm_loads_the_runs_a_first_visit_opens(tmp_path):
     assert r.status_code == 200 and r.json == {"status": "ready", "runs": 2}
     assert "LLM_MAPS_WARM" not in create_app([b], []).server.config
     assert create_app([b], []).server.test_client().get("/api/health").json["status"] == "ready"
+    # behind basic auth, probes still reach /api/health (and nothing else)
+    guarded = create_app([b], [], auth="ann:s3cret").server.test_client()
+    assert guarded.get("/api/health").status_code == 200 and guarded.get("/api/runs").status_code == 401
+    # a run whose warm-up fails in an unexpected way is skipped, not the end of the warm-up
+    assert RunRegistry([a, b]).warm(prepare=lambda d: {}["boom"] if d.id == "a" else None) == ["b"]
+
+
+FORKED_WORKER = """
+import json, os, sys, time
+from pathlib import Path
+from dashboard import data as D
+from dashboard.app import create_app
+run = Path(sys.argv[1])
+app = create_app([run], [], warm=True)
+app.server.config["LLM_MAPS_WARM"].join(60)
+D._load_lock(str(run)).acquire()  # as if a warm-up were mid-load when gunicorn --preload forks
+D._LOAD_LOCKS_GUARD.acquire()
+pid = os.fork()
+if pid == 0:
+    try:
+        client, deadline = app.server.test_client(), time.time() + 60
+        while client.get("/api/health").status_code != 200 and time.time() < deadline:
+            time.sleep(0.05)
+        n = app.server.config["LLM_MAPS_REGISTRY"].load(run.name).n
+        print(json.dumps({"n": n, "health": client.get("/api/health").json["status"],
+                          "cached": D.load_run.cache_info().currsize}), flush=True)
+    finally:
+        os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_forked_worker_warms_itself_and_never_waits_on_the_parents_locks(tmp_path):
+    run = write_synthetic_run(tmp_path / "forked", 80, seed=13)
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", FORKED_WORKER, str(run)], capture_output=True, text=True,
+                         timeout=120, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"n": 80, "health": "ready", "cached": 1}
 
 
 def test_filter_mask_counts_are_exact(scored_data):
@@ -634,6 +672,8 @@ def test_examples_table_and_drilldown(browser_page, scored_data):
 def test_every_page_draws_with_the_apps_plotly_bundle(browser_page):
     """The stock plotly.min.js (4.8 MB) is never fetched: a page without graphs loads nothing, and
     moving to the map in the browser loads the app's bundle once, which draws the WebGL map."""
+    from dashboard.bundle import bundle_version
+
     url, page, log = browser_page
     page.goto(f"{url}/examples?run=scored")
     page.wait_for_selector(".ag-row[row-index='0'] .ag-cell", timeout=20_000)
@@ -644,12 +684,28 @@ def test_every_page_draws_with_the_apps_plotly_bundle(browser_page):
     assert _wait_points(page, N) == N
     names = page.evaluate(loaded)
     assert len(names) == 1 and "/assets/vendor/plotly-llm-maps.min.js" in names[0]
-    assert page.evaluate(f"() => [Plotly.version, {GD}._fullData[0].type]") == ["4.1.1", "scattergl"]
+    assert page.evaluate(f"() => [Plotly.version, {GD}._fullData[0].type]") == [bundle_version(), "scattergl"]
     page.goto(f"{url}/falloff?run=scored")
     page.wait_for_function(f"() => {FGD} && {FGD}._fullData && {FGD}._fullData.length > 0", timeout=20_000)
     names = page.evaluate(loaded)
     assert len(names) == 1 and "plotly-llm-maps" in names[0]
     assert log.take() == []
+
+
+def test_map_still_draws_when_the_bundle_cannot_load(browser_page):
+    """If the app's plotly.js fails to load, dcc.Graph falls back to the stock plotly.js."""
+    url, page, log = browser_page
+    page.route("**/plotly-llm-maps.min.js*", lambda route: route.abort())
+    try:
+        page.goto(f"{url}/map?run=scored")
+        assert _wait_points(page, N) == N
+        names = page.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)"
+                              ".filter(n => n.includes('plotly'))")
+    finally:
+        page.unroute("**/plotly-llm-maps.min.js*")
+    assert any("package_data/plotly.min.js" in n for n in names)
+    errors = log.take()
+    assert errors and all("ERR_FAILED" in e or "Failed to load resource" in e for e in errors), errors
 
 
 def test_bundle_colours_every_point_exactly_as_stock_plotly(browser_page, tmp_path):
@@ -658,9 +714,11 @@ def test_bundle_colours_every_point_exactly_as_stock_plotly(browser_page, tmp_pa
     discrete scale, more distinct continuous values than the memo holds, and colour strings."""
     import plotly
 
-    from dashboard.app import PLOTLY_BUNDLE
+    from dashboard.bundle import PLOTLY_BUNDLE, bundle_version
 
     stock = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if bundle_version(stock) != bundle_version():
+        pytest.skip(f"installed plotly ships plotly.js {bundle_version(stock)}, the bundle is {bundle_version()}")
     rng = np.random.default_rng(0)
     n = 6000
     codes = rng.integers(0, 48, n).tolist()
@@ -697,13 +755,13 @@ def test_bundle_colours_every_point_exactly_as_stock_plotly(browser_page, tmp_pa
 def test_exported_html_draws_offline_with_the_inlined_bundle(browser_page, runs, tmp_path):
     from llm_maps.cli import main
 
-    from dashboard.app import PLOTLY_BUNDLE
+    from dashboard.bundle import PLOTLY_BUNDLE, bundle_version
 
     url, page, log = browser_page
     out = tmp_path / "inline.html"
     assert main(["export", str(runs["scored"]), "--html", str(out)]) == 0
     text = out.read_text()
-    assert text.count("<script>") == 3 and "plotly.js v4.1.1 (MIT" in text  # bundle, map, falloff
+    assert text.count("<script>") == 3 and f"plotly.js v{bundle_version()} (MIT" in text  # bundle, map, falloff
     assert PLOTLY_BUNDLE.stat().st_size < out.stat().st_size < PLOTLY_BUNDLE.stat().st_size + 400_000
     page.route("http*://**", lambda route: route.abort())  # standalone: nothing is fetched
     try:
