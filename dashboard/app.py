@@ -219,6 +219,12 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
 
 def _start_warm(server, registry) -> None:
     """RunRegistry.warm in a background thread; /api/health says "warming" until it ends."""
+    # what loading a run imports, imported here first: a thread importing pyarrow.parquet while
+    # the main thread imports something it needs can see a half-initialised module
+    import pandas  # noqa: F401
+    import plotly.graph_objects  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
     from dashboard.points import prepare_first_view
 
     thread = threading.Thread(target=registry.warm, kwargs={"prepare": prepare_first_view},
