@@ -590,6 +590,31 @@ def test_figures_export_png_and_svg(browser_page):
     assert name == "llm-maps-falloff.svg" and svg.startswith(b"<svg") and b"accuracy" in svg
 
 
+# WCAG contrast of each element's text against the first opaque background behind it (text
+# colour alpha-composited over that background); the smallest of them.
+MIN_CONTRAST = """(selectors) => {
+  const rgba = (c) => (c.match(/[\\d.]+/g) || []).map(Number).concat([1]).slice(0, 4);
+  const lum = (c) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                       return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
+  const out = {};
+  for (const sel of selectors) {
+    const el = document.querySelector(sel);
+    let bg = [255, 255, 255, 1];
+    for (let e = el; e; e = e.parentElement) {
+      const b = rgba(getComputedStyle(e).backgroundColor);
+      if (b[3] >= 0.99) { bg = b; break; }
+    }
+    const t = rgba(getComputedStyle(el).color);
+    const fg = [0, 1, 2].map((i) => t[i] * t[3] + bg[i] * (1 - t[3]));
+    const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    out[sel] = Math.round((a + 0.05) / (b + 0.05) * 10) / 10;
+  }
+  return out;
+}"""
+CONTROLS = ["#map-colour .dash-dropdown-value-item", "#map-split .dash-options-list-option-text",
+            "#map-score .dash-range-slider-min-input", "#map-search"]
+
+
 def test_dark_theme_switches_the_figures(browser_page):
     import plotly.io as pio
 
@@ -601,9 +626,22 @@ def test_dark_theme_switches_the_figures(browser_page):
     _settle(page)
     assert page.evaluate(f"() => {GD}._fullLayout.paper_bgcolor") == light_bg
     try:
+        light = page.evaluate(MIN_CONTRAST, CONTROLS)
         page.locator("#theme-dark").check()
         page.wait_for_function(f"() => {GD}._fullLayout.paper_bgcolor === '{dark_bg}'")
         assert page.evaluate("() => document.documentElement.getAttribute('data-bs-theme')") == "dark"
+        page.wait_for_timeout(300)  # the dark stylesheet has loaded
+        dark = page.evaluate(MIN_CONTRAST, CONTROLS)
+        # the controls stay readable (WCAG AA: 4.5) in both themes, and really changed colour
+        assert min(light.values()) >= 4.5 and min(dark.values()) >= 4.5, (light, dark)
+        colour_of = "() => getComputedStyle(document.querySelector('#map-colour .dash-dropdown-value-item')).color"
+        assert page.evaluate(colour_of) != "rgba(0, 9, 38, 0.9)"
+        page.goto(f"{url}/examples?run=scored")  # the table follows the theme
+        page.wait_for_selector(".ag-row[row-index='0'] .ag-cell", timeout=20_000)
+        grid = page.evaluate(MIN_CONTRAST, [".ag-row[row-index='0'] .ag-cell"])
+        assert list(grid.values())[0] >= 4.5
+        bg = page.evaluate("() => getComputedStyle(document.querySelector('.ag-root-wrapper')).backgroundColor")
+        assert sum(map(float, bg[bg.index("(") + 1:bg.index(")")].split(",")[:3])) < 3 * 100, bg  # dark
         page.goto(f"{url}/falloff?run=scored")  # a figure drawn by the server comes dark too
         page.wait_for_selector("#falloff-source-text", timeout=20_000)
         page.wait_for_function(f"() => {FGD} && {FGD}._fullLayout.paper_bgcolor === '{dark_bg}'")

@@ -274,6 +274,7 @@
         const href = dark ? '/assets/themes/darkly.min.css' : '/assets/themes/flatly.min.css';
         if (link && link.getAttribute('href') !== href) link.setAttribute('href', href);
         document.documentElement.setAttribute('data-bs-theme', dark ? 'dark' : 'light');
+        document.documentElement.setAttribute('data-ag-theme-mode', dark ? 'dark' : 'light');  // the examples table
         // the server reads this to build figures in the right template from the start
         document.cookie = 'llm_maps_theme=' + (dark ? 'dark' : 'light') + '; path=/; max-age=31536000; SameSite=Lax';
         document.querySelectorAll('.js-plotly-plot').forEach((gd) => { applyTemplate(gd, dark, templates).catch(onError); });
