@@ -158,10 +158,10 @@ def export_points(points: list[dict], fmt: str) -> str:
     return frame.to_csv(index=False)
 
 
-def register_api(server, registry, queue: JobQueue, points: PointStore) -> None:
+def register_api(server, registry, queue: JobQueue, points: PointStore, url_prefix: str = "/api") -> None:
     import flask
 
-    bp = flask.Blueprint("llm_maps_api", __name__, url_prefix="/api")
+    bp = flask.Blueprint("llm_maps_api", __name__, url_prefix=url_prefix)
     counters: dict = {}
 
     def entry_or_404(run: str):
@@ -191,7 +191,7 @@ def register_api(server, registry, queue: JobQueue, points: PointStore) -> None:
             job_id = queue.submit(entry.id, "generate" if payload["generate"] else "place", payload)
         except QueueFull as exc:
             raise ApiError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from None
-        return flask.jsonify({"id": job_id}), 202, {"Location": f"/api/points/{job_id}"}
+        return flask.jsonify({"id": job_id}), 202, {"Location": f"{url_prefix}/points/{job_id}"}
 
     @bp.get("/points/<job_id>")
     def status(job_id: str):

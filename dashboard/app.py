@@ -5,6 +5,7 @@ Runs come from arguments or, for ``server``, from the environment:
     LLM_MAPS_RUNS   run folders, separated by ``os.pathsep`` (":" on Linux)
     LLM_MAPS_DATA   folders holding runs (default: data/runs under the working directory)
     LLM_MAPS_AUTH   "user:password" to require HTTP basic auth
+    LLM_MAPS_PREFIX the URL path the app lives under (default "/"), e.g. "/llm-maps/" behind a proxy
 
 The web process never imports torch, transformers or ``pipelines``.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import hmac
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -43,14 +45,22 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def _install_basic_auth(server, credentials: tuple[str, str]) -> None:
+def normalise_prefix(prefix: str | None) -> str:
+    """"/", "/llm-maps/": a URL path that starts and ends with "/"."""
+    prefix = (prefix or "/").strip()
+    if not re.fullmatch(r"[A-Za-z0-9._~/-]*", prefix):
+        raise ValueError(f"URL prefix {prefix!r}: use letters, digits and . _ ~ - / only")
+    return "/" + "/".join(p for p in prefix.split("/") if p) + ("/" if prefix.strip("/") else "")
+
+
+def _install_basic_auth(server, credentials: tuple[str, str], prefix: str = "/") -> None:
     import flask
 
     expected = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
 
     @server.before_request
     def _check_auth():
-        if flask.request.path == "/api/health":  # readiness probes carry no password
+        if flask.request.path == f"{prefix}api/health":  # readiness probes carry no password
             return None
         header = flask.request.headers.get("Authorization", "")
         given = header[6:] if header.startswith("Basic ") else ""
@@ -59,12 +69,11 @@ def _install_basic_auth(server, credentials: tuple[str, str]) -> None:
         return None
 
 
-def _navbar() -> dbc.Navbar:
-    links = [dbc.NavItem(dbc.NavLink(name, href=href, active="partial", id=f"nav-{name.lower()}"))
-             for name, href in (("Map", "/map"), ("Playground", "/playground"), ("Falloff", "/falloff"), ("Examples", "/examples"),
-                                ("Runs", "/runs"))]
+def _navbar(prefix: str = "/") -> dbc.Navbar:
+    links = [dbc.NavItem(dbc.NavLink(name, href=prefix + name.lower(), active="partial", id=f"nav-{name.lower()}"))
+             for name in ("Map", "Playground", "Falloff", "Examples", "Runs")]
     return dbc.Navbar(dbc.Container([
-        dbc.NavbarBrand("LLM Maps", href="/map"),
+        dbc.NavbarBrand("LLM Maps", href=prefix + "map"),
         dbc.Nav(links, navbar=True, className="me-auto"),
         dbc.Switch(id="theme-dark", label="dark", value=False, persistence=True, persistence_type="local",
                    className="mb-0"),
@@ -80,14 +89,14 @@ def state_dir_for(runs, data_dirs) -> Path:
     return Path(data_dirs[0]) / ".llm-maps-state" if data_dirs else default_state_dir([])
 
 
-def _install_api(server, registry, state_dir: Path) -> None:
+def _install_api(server, registry, state_dir: Path, prefix: str = "/") -> None:
     from dashboard.api import register_api
     from llm_maps.jobs import make_points, make_queue
 
     queue = make_queue(state_dir)  # RedisJobQueue (Celery workers) when REDIS_URL is set, else diskcache
     points = make_points(state_dir)
     server.config["LLM_MAPS_QUEUE"], server.config["LLM_MAPS_POINTS"] = queue, points
-    register_api(server, registry, queue, points)
+    register_api(server, registry, queue, points, url_prefix=f"{prefix}api")
 
 
 def plot_templates() -> dict:
@@ -170,31 +179,36 @@ def index_string(prefix: str) -> str:
 
 
 def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None = None,
-               title: str = "LLM Maps", state_dir: str | Path | None = None, warm: bool = False) -> dash.Dash:
+               title: str = "LLM Maps", state_dir: str | Path | None = None, warm: bool = False,
+               prefix: str | None = None) -> dash.Dash:
     """A Dash app serving ``runs`` (run folders) and the runs found in ``data_dirs``.
 
     Without arguments, runs come from LLM_MAPS_RUNS / LLM_MAPS_DATA (default data/runs) and basic
     auth from LLM_MAPS_AUTH. ``warm``: load the runs a first visit opens in a background thread
-    (RunRegistry.warm), so the first page does not wait for Parquet reads."""
+    (RunRegistry.warm), so the first page does not wait for Parquet reads. ``prefix``: the URL path
+    the app is served under (default LLM_MAPS_PREFIX, else "/"): pages, assets and the API all
+    live below it."""
     runs = _env_paths("LLM_MAPS_RUNS") if runs is None else [Path(p) for p in runs]
     if data_dirs is None:
         data_dirs = _env_paths("LLM_MAPS_DATA") or ([] if runs else [Path.cwd() / "data" / "runs"])
     if auth is None:
         auth = os.environ.get("LLM_MAPS_AUTH")
     credentials = parse_auth(auth) if isinstance(auth, str) else auth
+    prefix = normalise_prefix(os.environ.get("LLM_MAPS_PREFIX") if prefix is None else prefix)
 
     with _CREATE_LOCK:  # page modules register their callbacks globally; bind them to this app now
         app = dash.Dash(__name__, use_pages=True, pages_folder=str(HERE / "pages"),
                         assets_folder=str(HERE / "assets"), assets_ignore=r"^((flatly|darkly)\.min\.css|plotly-llm-maps\.min\.js)$",
                         external_stylesheets=[], suppress_callback_exceptions=True, title=title,
-                        serve_locally=True, update_title=None, eager_loading=False)
+                        serve_locally=True, update_title=None, eager_loading=False, url_base_pathname=prefix)
         app.index_string = index_string(app.config.requests_pathname_prefix)
         registry = RunRegistry(runs, data_dirs)
         app.server.config["LLM_MAPS_REGISTRY"] = registry
-        _install_api(app.server, registry, state_dir or state_dir_for(runs, data_dirs))
+        app.server.config["LLM_MAPS_PREFIX"] = prefix
+        _install_api(app.server, registry, state_dir or state_dir_for(runs, data_dirs), prefix)
         app.layout = html.Div([
-            html.Link(id="theme-css", rel="stylesheet", href="/assets/themes/flatly.min.css"),
-            _navbar(),
+            html.Link(id="theme-css", rel="stylesheet", href=f"{prefix}assets/themes/flatly.min.css"),
+            _navbar(prefix),
             dash.page_container,
             html.Div(id="theme-sync", hidden=True), html.Div(id="run-nav", hidden=True),
             dcc.Store(id="plot-templates", data=plot_templates()),
@@ -206,9 +220,9 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
         with app.server.test_request_context("/"):
             app._setup_server()
     if credentials:
-        _install_basic_auth(app.server, credentials)
-    _install_home_redirect(app.server)
-    install_routes(app.server)
+        _install_basic_auth(app.server, credentials, prefix)
+    _install_home_redirect(app.server, prefix)
+    install_routes(app.server, prefix)
     if warm:
         _start_warm(app.server, registry)
         # gunicorn --preload forks workers from this process: each starts its own warm-up (the
@@ -234,14 +248,14 @@ def _start_warm(server, registry) -> None:
 
 
 
-def _install_home_redirect(server) -> None:
+def _install_home_redirect(server, prefix: str = "/") -> None:
     import flask
 
     @server.before_request
     def _home():
-        if flask.request.path == "/":
+        if flask.request.path in ("/", prefix, prefix.rstrip("/")):
             query = flask.request.query_string.decode()
-            return flask.redirect("/map" + (f"?{query}" if query else ""))
+            return flask.redirect(f"{prefix}map" + (f"?{query}" if query else ""))
         return None
 
 
@@ -258,7 +272,8 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def serve(runs=(), data_dirs=(), *, host: str = "127.0.0.1", port: int = 8050, auth: str | None = None) -> None:
+def serve(runs=(), data_dirs=(), *, host: str = "127.0.0.1", port: int = 8050, auth: str | None = None,
+          prefix: str | None = None) -> None:
     """Run the app with its own threaded server (debug off). Use gunicorn for production."""
-    app = create_app(list(runs), list(data_dirs), auth=auth, warm=True)
+    app = create_app(list(runs), list(data_dirs), auth=auth, warm=True, prefix=prefix)
     app.run(host=host, port=port, debug=False)

@@ -86,7 +86,7 @@ def dist_payload(data, layer: int) -> bytes:
     return np.ascontiguousarray(data.distances(layer), dtype=np.float32).tobytes()
 
 
-def install_routes(server) -> None:
+def install_routes(server, prefix: str = "/") -> None:
     """The two read-only endpoints on the app's Flask server (behind its basic auth, if any)."""
     import flask
 
@@ -101,7 +101,7 @@ def install_routes(server) -> None:
     def _binary(blob: bytes) -> flask.Response:
         return flask.Response(blob, mimetype="application/octet-stream", headers={"Cache-Control": "no-cache"})
 
-    @server.route("/_llm_maps/points")
+    @server.route(f"{prefix}_llm_maps/points")
     def _points():
         data = _load()
         if data.n > CLIENT_MAX_POINTS:
@@ -109,7 +109,7 @@ def install_routes(server) -> None:
                                   mimetype="application/json")
         return _binary(points_payload(data))
 
-    @server.route("/_llm_maps/dist")
+    @server.route(f"{prefix}_llm_maps/dist")
     def _dist():
         data = _load()
         try:

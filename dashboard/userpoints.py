@@ -10,6 +10,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from dashboard import components as C
 from dashboard import figures as F
 
 
@@ -76,8 +77,8 @@ def map_layer_controls(run_id: str, show: bool = False) -> list:
         dcc.Store(id="map-user-layer"), html.Div(id="map-user-applied", hidden=True),
         dbc.Switch(id="map-user", label="show your points (playground)", value=show, className="mb-0 small"),
         html.Div([html.Span(id="map-user-count", className="text-muted me-2"),
-                  html.A("CSV", href=f"/api/runs/{run_id}/points?format=csv", className="me-2", id="map-user-csv"),
-                  html.A("JSONL", href=f"/api/runs/{run_id}/points?format=jsonl", id="map-user-jsonl")],
+                  html.A("CSV", href=C.url(f"/api/runs/{run_id}/points?format=csv"), className="me-2", id="map-user-csv"),
+                  html.A("JSONL", href=C.url(f"/api/runs/{run_id}/points?format=jsonl"), id="map-user-jsonl")],
                  className="small mb-2"),
     ]
 

@@ -219,11 +219,12 @@ def cmd_serve(args) -> int:
     """Serve the dashboard (torch-free process: imports only llm_maps and dashboard)."""
     import os
 
-    from dashboard.app import parse_auth, serve
+    from dashboard.app import normalise_prefix, parse_auth, serve
 
     auth = os.environ.get("LLM_MAPS_AUTH") or None
     try:
         parse_auth(auth)
+        prefix = normalise_prefix(args.prefix if args.prefix is not None else os.environ.get("LLM_MAPS_PREFIX"))
     except ValueError as exc:
         raise LLMMapsError(str(exc)) from None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not auth:
@@ -243,12 +244,12 @@ def cmd_serve(args) -> int:
         served = runs + [p for d in data_dirs for p in find_runs(d)]
         if served:
             worker = start_worker_process(served, state)
-    print(f"llm-maps: dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    print(f"llm-maps: dashboard on http://{args.host}:{args.port}{prefix} (Ctrl-C to stop)", file=sys.stderr)
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so `finally` stops the worker on SIGTERM too
     try:
-        serve(runs, data_dirs, host=args.host, port=args.port, auth=auth)
+        serve(runs, data_dirs, host=args.host, port=args.port, auth=auth, prefix=prefix)
     finally:
         if worker is not None:
             worker.terminate()
@@ -458,6 +459,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", metavar="DIR", help="also list the runs in this folder (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--prefix", default=None, metavar="PATH",
+                   help="serve under this URL path, e.g. /llm-maps/ behind a proxy (default: LLM_MAPS_PREFIX or /)")
     p.add_argument("--no-worker", action="store_true",
                    help="do not start the embedded worker (run `llm-maps worker` yourself, or use REDIS_URL)")
     p.set_defaults(func=cmd_serve)

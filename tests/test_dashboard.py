@@ -814,6 +814,55 @@ def test_exported_html_draws_offline_with_the_inlined_bundle(browser_page, runs,
     assert log.take() == []
 
 
+def test_the_app_works_under_a_url_prefix(runs, browser_page, scored_data):
+    """Behind a proxy at /team/maps/: pages, assets, the API, the points payload and every link
+    live below the prefix."""
+    from dashboard.app import create_app, normalise_prefix
+    from llm_maps.cli import main
+
+    assert [normalise_prefix(p) for p in (None, "", "/", "team/maps", "//team//maps/")] == \
+        ["/", "/", "/", "/team/maps/", "/team/maps/"]
+    with pytest.raises(ValueError, match="URL prefix '/a b/'"):
+        normalise_prefix("/a b/")
+    assert main(["serve", str(runs["scored"]), "--prefix", "<x>", "--no-worker"]) == 2
+    app = create_app([runs["scored"]], [], prefix="team/maps")
+    c = app.server.test_client()
+    assert c.get("/").headers["Location"].endswith("/team/maps/map")
+    assert c.get("/team/maps/").headers["Location"].endswith("/team/maps/map")
+    assert c.get("/team/maps/api/health").json["status"] == "ready" and c.get("/api/health").status_code == 404
+    assert c.get("/team/maps/_llm_maps/points?run=scored").status_code == 200
+    assert '"/team/maps/assets/vendor/plotly-llm-maps.min.js' in c.get("/team/maps/map").get_data(as_text=True)
+    _, first, _ = browser_page
+    page = first.context.new_page()
+    log = ConsoleLog(page)
+    try:
+        with live_server(app) as url:
+            page.goto(f"{url}/team/maps/map?run=scored")
+            assert _wait_points(page, N) == N
+            page.wait_for_function("() => window.llmMapsState.payloads.scored")
+            assert page.evaluate("async () => (await window.llmMapsState.payloads.scored).h.n") == N
+            page.click("#map-colour")
+            page.get_by_role("option", name="domain", exact=True).click()
+            page.wait_for_function(f"() => {GD}._fullLayout.legend.title.text === 'domain'")
+            assert page.evaluate(f"() => Array.from({GD}._fullData[0].marker.color)") == \
+                scored_data.cats["domain"].codes.tolist()
+            assert page.get_attribute("#nav-runs", "href") == "/team/maps/runs"
+            assert page.get_attribute("#map-user-csv", "href") == "/team/maps/api/runs/scored/points?format=csv"
+            runs_seen = "() => fetch(llmMapsUrl('/api/runs')).then(r => r.json()).then(j => j.runs.map(r => r.run))"
+            assert page.evaluate(runs_seen) == ["scored"]
+            page.locator("#theme-dark").check()
+            page.wait_for_function("() => document.getElementById('theme-css').getAttribute('href') === "
+                                   "'/team/maps/assets/themes/darkly.min.css'")
+            page.locator("#theme-dark").uncheck()
+            page.click("#nav-runs")
+            page.wait_for_selector(".run-card", timeout=20_000)
+            hrefs = page.eval_on_selector_all(".run-card a", "els => els.map(e => e.getAttribute('href'))")
+            assert hrefs == [f"/team/maps/{p}?run=scored" for p in ("map", "falloff", "examples")]
+            assert log.take() == []
+    finally:
+        page.close()
+
+
 def test_runs_page_404_and_a_broken_run(browser_page):
     url, page, log = browser_page
     page.goto(f"{url}/map?run=broken")

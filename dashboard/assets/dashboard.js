@@ -12,6 +12,17 @@
     Object.defineProperty(String.prototype, 'trim', {value: window.__llmNativeTrim, writable: true, configurable: true});
   }
   const NO = () => window.dash_clientside.no_update;
+  // The URL path the app lives under (Dash's requests_pathname_prefix, "/" by default): every
+  // fetch and link the browser makes goes below it. Shared with playground.js.
+  let prefix = null;
+  function url(path) {
+    if (prefix === null) {
+      try { prefix = JSON.parse(document.getElementById('_dash-config').textContent).requests_pathname_prefix || '/'; }
+      catch (e) { prefix = '/'; }
+    }
+    return prefix.replace(/\/$/, '') + path;
+  }
+  window.llmMapsUrl = url;
   const TYPES = {u1: Uint8Array, u2: Uint16Array, i4: Int32Array, f4: Float32Array};
   const MAP = {payloads: {}, dists: {}, seq: 0};
 
@@ -56,7 +67,7 @@
 
   function payload(run) {
     if (!MAP.payloads[run]) {
-      MAP.payloads[run] = fetchBinary('/_llm_maps/points?run=' + encodeURIComponent(run)).then(parsePayload);
+      MAP.payloads[run] = fetchBinary(url('/_llm_maps/points?run=') + encodeURIComponent(run)).then(parsePayload);
       MAP.payloads[run].catch(() => { delete MAP.payloads[run]; });
     }
     return MAP.payloads[run];
@@ -66,7 +77,7 @@
     if (layer === null || layer === undefined || layer === P.h.default_layer) return Promise.resolve(P.a.dist);
     const key = run + '\u0000' + layer;
     if (!MAP.dists[key]) {
-      MAP.dists[key] = fetchBinary('/_llm_maps/dist?run=' + encodeURIComponent(run) + '&layer=' + layer)
+      MAP.dists[key] = fetchBinary(url('/_llm_maps/dist?run=') + encodeURIComponent(run) + '&layer=' + layer)
         .then((buf) => new Float32Array(buf));
       MAP.dists[key].catch(() => { delete MAP.dists[key]; });
     }
@@ -265,18 +276,18 @@
         if (!run) return NO();
         const current = new URLSearchParams(window.location.search).get('run');
         if (current === run) return NO();
-        const path = window.location.pathname === '/' ? '/map' : window.location.pathname;
+        const path = window.location.pathname === url('/') ? url('/map') : window.location.pathname;
         window.location.assign(path + '?run=' + encodeURIComponent(run));
         return NO();
       },
       theme(dark, templates) {
         const link = document.getElementById('theme-css');
-        const href = dark ? '/assets/themes/darkly.min.css' : '/assets/themes/flatly.min.css';
+        const href = url(dark ? '/assets/themes/darkly.min.css' : '/assets/themes/flatly.min.css');
         if (link && link.getAttribute('href') !== href) link.setAttribute('href', href);
         document.documentElement.setAttribute('data-bs-theme', dark ? 'dark' : 'light');
         document.documentElement.setAttribute('data-ag-theme-mode', dark ? 'dark' : 'light');  // the examples table
         // the server reads this to build figures in the right template from the start
-        document.cookie = 'llm_maps_theme=' + (dark ? 'dark' : 'light') + '; path=/; max-age=31536000; SameSite=Lax';
+        document.cookie = 'llm_maps_theme=' + (dark ? 'dark' : 'light') + '; path=' + url('/') + '; max-age=31536000; SameSite=Lax';
         document.querySelectorAll('.js-plotly-plot').forEach((gd) => { applyTemplate(gd, dark, templates).catch(onError); });
         return NO();
       },

@@ -175,7 +175,7 @@
       for (;;) {
         let r;
         try {
-          r = await fetch('/api/points/' + encodeURIComponent(id), {credentials: 'same-origin'});
+          r = await fetch(window.llmMapsUrl('/api/points/') + encodeURIComponent(id), {credentials: 'same-origin'});
         } catch (e) {
           showError('Could not reach the server: ' + (e && e.message ? e.message : e));
           progress('lost contact with the server', 0);
@@ -257,7 +257,7 @@
     progress('submitting…', 0);
     let r;
     try {
-      r = await fetch('/api/runs/' + encodeURIComponent(run) + '/points', {
+      r = await fetch(window.llmMapsUrl('/api/runs/') + encodeURIComponent(run) + '/points', {
         method: 'POST', credentials: 'same-origin', headers: {'Content-Type': 'application/json'},
         body: JSON.stringify(body)});
     } catch (e) {
@@ -289,7 +289,7 @@
     if (PG.loading[id] || PG.results[id] || PG.polling[id]) return;
     PG.loading[id] = true;
     if (g.status === 'loading') { poll(id, null); return; }
-    const r = await fetch('/api/runs/' + encodeURIComponent(run) + '/points/' + encodeURIComponent(id),
+    const r = await fetch(window.llmMapsUrl('/api/runs/') + encodeURIComponent(run) + '/points/' + encodeURIComponent(id),
                           {credentials: 'same-origin'});
     const point = await readJson(r);
     if (!r.ok || !point) { showError(apiMessage(r.status, point)); return; }
@@ -344,7 +344,7 @@
       cancel(n) {
         const id = PG.active;
         if (!n || !id) return NO();
-        fetch('/api/points/' + encodeURIComponent(id) + '/cancel', {method: 'POST', credentials: 'same-origin'})
+        fetch(window.llmMapsUrl('/api/points/') + encodeURIComponent(id) + '/cancel', {method: 'POST', credentials: 'same-origin'})
           .then(async (r) => { if (!r.ok) showError(apiMessage(r.status, await readJson(r))); })
           .catch((e) => showError(String(e)));
         set('pg-status', {children: 'cancelling…'});

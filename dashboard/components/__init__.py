@@ -16,6 +16,12 @@ def registry():
     return flask.current_app.config["LLM_MAPS_REGISTRY"]
 
 
+def url(path: str) -> str:
+    """An app path ("/map?run=x") under the URL prefix of the app serving this request."""
+    prefix = flask.current_app.config.get("LLM_MAPS_PREFIX", "/") if flask.has_app_context() else "/"
+    return prefix.rstrip("/") + path
+
+
 def dark_cookie() -> bool:
     """Whether this request's page is in the dark theme (the browser sets the cookie)."""
     try:
@@ -116,7 +122,7 @@ def drilldown(data, row: int | None) -> html.Div:
         _text_block("output", r["output"], "drill-output"),
         html.Div(f"{len(nbrs)} nearest training examples", className="small text-muted"),
         html.Ol(items, className="drill-neighbours ps-3"),
-        dcc.Link("show on the map", href=f"/map?run={data.id}&sel={r['example_id']}", className="small"),
+        dcc.Link("show on the map", href=url(f"/map?run={data.id}&sel={r['example_id']}"), className="small"),
     ], id="drill-panel-content")
 
 

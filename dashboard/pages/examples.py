@@ -21,7 +21,7 @@ def layout(run=None, sel=None, **_):
     data, error = C.load(run)
     if data is None:
         return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
-                              dcc.Link("choose another run", href="/runs")], fluid=True, className="pt-3")
+                              dcc.Link("choose another run", href=C.url("/runs"))], fluid=True, className="pt-3")
     column_defs = [{"field": c, "width": w, "sortable": True,
                     "filter": "agNumberColumnFilter" if c in NUMBER_COLUMNS else "agTextColumnFilter",
                     **({"valueFormatter": {"function": "params.value == null ? '' : d3.format('.4~g')(params.value)"}}

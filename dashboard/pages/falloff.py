@@ -21,7 +21,7 @@ def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, 
     data, error = C.load(run)
     if data is None:
         return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
-                              dcc.Link("choose another run", href="/runs")], fluid=True, className="pt-3")
+                              dcc.Link("choose another run", href=C.url("/runs"))], fluid=True, className="pt-3")
     layer = C.query_int(layer, data.default_layer)
     metric = metric if metric in ("cosine", "euclidean") else data.metric
     stored = {(int(v["layer"]), v["metric"]) for v in (data.falloff_file or {}).get("variants", [])}

@@ -41,7 +41,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
     data, error = C.load(run)
     if data is None:
         return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
-                              dcc.Link("choose another run", href="/runs")], fluid=True, className="pt-3")
+                              dcc.Link("choose another run", href=C.url("/runs"))], fluid=True, className="pt-3")
     colour_opts = [{"label": lbl + (" (no scores yet)" if v in ("correct", "score") and not data.has_scores else ""),
                     "value": v, "disabled": v in ("correct", "score", "out_len") and not data.has_scores}
                    for v, lbl, _ in F.COLOUR_OPTIONS]

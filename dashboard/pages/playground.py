@@ -74,7 +74,7 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
     data, error = C.load(run)
     if data is None:
         return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
-                              dcc.Link("choose another run", href="/runs")], fluid=True, className="pt-3")
+                              dcc.Link("choose another run", href=C.url("/runs"))], fluid=True, className="pt-3")
     if colour not in F.COLOUR_KIND or (colour in ("correct", "score", "out_len") and not data.has_scores):
         colour = "split"
     colour_opts = [{"label": lbl, "value": v, "disabled": v in ("correct", "score", "out_len") and not data.has_scores}
@@ -110,9 +110,9 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
         html.Div(id="pg-status", className="small text-muted", children="Submit a prompt to place it on the map."),
         dbc.Progress(id="pg-progress", value=0, max=100, className="mt-1 mb-2", style={"height": "6px"}),
         html.Div([html.Span("your points: ", className="small text-muted"),
-                  html.A("CSV", href=f"/api/runs/{data.id}/points?format=csv", className="small me-2",
+                  html.A("CSV", href=C.url(f"/api/runs/{data.id}/points?format=csv"), className="small me-2",
                          id="pg-export-csv"),
-                  html.A("JSONL", href=f"/api/runs/{data.id}/points?format=jsonl", className="small",
+                  html.A("JSONL", href=C.url(f"/api/runs/{data.id}/points?format=jsonl"), className="small",
                          id="pg-export-jsonl")]),
     ]
     return dbc.Container([

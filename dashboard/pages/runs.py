@@ -31,7 +31,7 @@ def _card(entry) -> dbc.Card:
             ("layers", f"{m.get('layers')} (default {m.get('default_layer')})"),
             ("map", f"{proj.get('method', '?')} fit on {proj.get('fit_on', '?')}"),
             ("distance", m.get("distance_metric")), ("accuracy", accuracy), ("created", m.get("created"))]
-    links = [dcc.Link(p, href=f"/{p.lower()}?run={entry.id}", className="me-3") for p in ("Map", "Falloff", "Examples")]
+    links = [dcc.Link(p, href=C.url(f"/{p.lower()}?run={entry.id}"), className="me-3") for p in ("Map", "Falloff", "Examples")]
     body = [html.H5(entry.id), html.Div(str(entry.path), className="small text-muted mb-2"),
             html.Table([html.Tr([html.Th(k, className="pe-3 small"), html.Td(str(v), className="small")])
                         for k, v in rows])]
