@@ -45,7 +45,7 @@ class LiveServer:
     def __enter__(self):
         self.started = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(self.run), "--port",
-                                      str(self.port)], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+                                      str(self.port), "--prefix", "/"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while True:  # web up
             try:

@@ -48,8 +48,8 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 def normalise_prefix(prefix: str | None) -> str:
     """"/", "/llm-maps/": a URL path that starts and ends with "/"."""
     prefix = (prefix or "/").strip()
-    if not re.fullmatch(r"[A-Za-z0-9._~/-]*", prefix):
-        raise ValueError(f"URL prefix {prefix!r}: use letters, digits and . _ ~ - / only")
+    if not re.fullmatch(r"[A-Za-z0-9._~/-]*", prefix) or {".", ".."} & set(prefix.split("/")):
+        raise ValueError(f"URL prefix {prefix!r}: use letters, digits and . _ ~ - / only, no . or .. parts")
     return "/" + "/".join(p for p in prefix.split("/") if p) + ("/" if prefix.strip("/") else "")
 
 

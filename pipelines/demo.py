@@ -81,6 +81,7 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
         return 0
     print(f"open http://127.0.0.1:{port}/map?run={out.name} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
-        return subprocess.call([sys.executable, "-m", "llm_maps.cli", "serve", str(out), "--port", str(port)])
+        return subprocess.call([sys.executable, "-m", "llm_maps.cli", "serve", str(out), "--port", str(port),
+                                "--prefix", "/"])  # the URL printed above
     except KeyboardInterrupt:
         return 0
