@@ -222,6 +222,7 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
     if credentials:
         _install_basic_auth(app.server, credentials, prefix)
     _install_home_redirect(app.server, prefix)
+    _install_bundle_caching(app.server, prefix)
     install_routes(app.server, prefix)
     if warm:
         _start_warm(app.server, registry)
@@ -246,6 +247,20 @@ def _start_warm(server, registry) -> None:
     server.config["LLM_MAPS_WARM"] = thread
     thread.start()
 
+
+
+def _install_bundle_caching(server, prefix: str = "/") -> None:
+    """The plotly bundle's URL carries its file's mtime (?m=): browsers may keep it for a year
+    instead of asking again on every page load."""
+    import flask
+
+    path = f"{prefix}assets/vendor/{PLOTLY_BUNDLE.name}"
+
+    @server.after_request
+    def _cache_bundle(response):
+        if flask.request.path == path and flask.request.args.get("m") and response.status_code == 200:
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        return response
 
 
 def _install_home_redirect(server, prefix: str = "/") -> None:
