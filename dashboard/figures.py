@@ -46,6 +46,20 @@ COLOUR_OPTIONS = [  # value, label, kind
 ]
 COLOUR_KIND = {v: k for v, _, k in COLOUR_OPTIONS}
 CONTINUOUS_SCALES = {"score": "RdYlGn", "dist": "Viridis", "out_len": "Cividis"}
+NEEDS_SCORES = ("correct", "score", "out_len")  # colours a run without scores cannot offer
+
+
+def colour_choice(data, colour) -> str:
+    """``colour`` if this run can colour by it, else "split"."""
+    return "split" if colour not in COLOUR_KIND or (colour in NEEDS_SCORES and not data.has_scores) else colour
+
+
+def colour_dropdown(data, *, note: bool = False) -> list[dict]:
+    """The colour dropdown's options; those needing scores are disabled on a run without them
+    (``note``: say so in the correctness and score labels)."""
+    return [{"label": lbl + (" (no scores yet)" if note and v in ("correct", "score") and not data.has_scores else ""),
+             "value": v, "disabled": v in NEEDS_SCORES and not data.has_scores}
+            for v, lbl, _ in COLOUR_OPTIONS]
 
 EXPORT_CONFIG = {"displaylogo": False, "scrollZoom": True,
                  "toImageButtonOptions": {"format": "png", "scale": 2},
@@ -229,6 +243,30 @@ def map_figure(data, rows: np.ndarray, spec: ColourSpec, *, selected: int | None
         title={"text": map_title(len(rows), data.n, density_rows is not None),
                "font": {"size": 13}, "x": 0.01})
     return fig
+
+
+def view_figure(data, *, colour: str = "split", layer: int | None = None, split=None, domain=None, task=None,
+                score=None, dist=None, search: str | None = "", selected: int | None = None, dark: bool = False,
+                xrange=None, yrange=None, uirevision: str | None = None) -> go.Figure:
+    """The map figure for one view: the rows passing the filters (a slider at its full range
+    constrains nothing), a sample plus a density layer above MAX_POINTS rows in view, coloured by
+    ``colour``. The Map page's first figure and every figure of a large run, the playground's map
+    and the server's warm-up all come from here."""
+    from dashboard.filters import Filters, active_range, filter_mask, value_bounds, view_rows
+
+    layer_dist = data.distances(layer) if layer is not None else data.dist
+    if split is not None and not len(split):
+        split = ["\0none"]  # nothing ticked: no rows (the browser does the same)
+    f = Filters.make(split=split, domain=domain, task=task,
+                     score=active_range(score, value_bounds(data.score)) if data.has_scores else None,
+                     dist=active_range(dist, value_bounds(data.dist)), search=search)
+    rows = np.flatnonzero(filter_mask(data, f, layer_dist))
+    drawn, sampled = view_rows(data.x, data.y, rows, max_points=MAX_POINTS, xrange=xrange, yrange=yrange)
+    spec = colour_spec(data, colour, drawn, layer_dist)
+    return map_figure(data, drawn, spec, selected=selected,
+                      neighbours=data.neighbours(selected) if selected is not None else (),
+                      density_rows=rows if sampled else None, dark=dark,
+                      uirevision=data.id if uirevision is None else uirevision)
 
 
 def map_title(drawn: int, n: int, sampled: bool = False) -> str:

@@ -74,10 +74,7 @@ def prepare_first_view(data) -> None:
     """What the map's first view of a run needs: its default figure built once (which also brings
     in plotly's figure classes and templates, ~50 ms the first time in a process) and the arrays
     the browser fetches after it."""
-    from dashboard.filters import view_rows
-
-    rows, _ = view_rows(data.x, data.y, np.arange(data.n), max_points=F.MAX_POINTS)
-    F.map_figure(data, rows, F.colour_spec(data, "split", rows, data.dist), uirevision=data.id)
+    F.view_figure(data)
     if data.n <= CLIENT_MAX_POINTS:
         points_payload(data)
 

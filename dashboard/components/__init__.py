@@ -40,6 +40,12 @@ def load(run_id):
         return None, f"could not read run '{run_id}': {type(exc).__name__}: {exc}"
 
 
+def no_run_page(run, error: str) -> dbc.Container:
+    """A page for a run that cannot be shown: the run picker, the reason, a link to the runs."""
+    return dbc.Container([run_picker(run), banner(error, id="run-banner"),
+                          dcc.Link("choose another run", href=url("/runs"))], fluid=True, className="pt-3")
+
+
 def banner(message: str, color: str = "danger", className: str = "", **kwargs) -> dbc.Alert:
     return dbc.Alert([html.Strong("This run cannot be shown. " if color == "danger" else ""), message],
                      color=color, className=f"run-banner {className}".strip(), **kwargs)

@@ -20,8 +20,7 @@ COLUMNS = [("example_id", 190), ("split", 80), ("task", 200), ("domain", 110), (
 def layout(run=None, sel=None, **_):
     data, error = C.load(run)
     if data is None:
-        return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
-                              dcc.Link("choose another run", href=C.url("/runs"))], fluid=True, className="pt-3")
+        return C.no_run_page(run, error)
     column_defs = [{"field": c, "width": w, "sortable": True,
                     "filter": "agNumberColumnFilter" if c in NUMBER_COLUMNS else "agTextColumnFilter",
                     **({"valueFormatter": {"function": "params.value == null ? '' : d3.format('.4~g')(params.value)"}}

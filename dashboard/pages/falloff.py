@@ -20,8 +20,7 @@ NO_SCORES = ("No scores yet: this run has no scored test examples, so there is n
 def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, mode="overlay", **_):
     data, error = C.load(run)
     if data is None:
-        return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
-                              dcc.Link("choose another run", href=C.url("/runs"))], fluid=True, className="pt-3")
+        return C.no_run_page(run, error)
     layer = C.query_int(layer, data.default_layer)
     metric = metric if metric in ("cosine", "euclidean") else data.metric
     stored = {(int(v["layer"]), v["metric"]) for v in (data.falloff_file or {}).get("variants", [])}

@@ -18,8 +18,7 @@ from dash.exceptions import PreventUpdate
 
 from dashboard import components as C
 from dashboard import figures as F
-from dashboard.filters import (Filters, active_range, filter_mask, search_hits, selection_summary, value_bounds,
-                               view_rows)
+from dashboard.filters import search_hits, selection_summary, value_bounds
 from dashboard.points import CLIENT_MAX_POINTS
 from dashboard.userpoints import map_layer_controls, register_map_layer
 
@@ -40,13 +39,9 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
            q="", sel=None, mine=None, **_):
     data, error = C.load(run)
     if data is None:
-        return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
-                              dcc.Link("choose another run", href=C.url("/runs"))], fluid=True, className="pt-3")
-    colour_opts = [{"label": lbl + (" (no scores yet)" if v in ("correct", "score") and not data.has_scores else ""),
-                    "value": v, "disabled": v in ("correct", "score", "out_len") and not data.has_scores}
-                   for v, lbl, _ in F.COLOUR_OPTIONS]
-    if colour not in F.COLOUR_KIND or (colour in ("correct", "score", "out_len") and not data.has_scores):
-        colour = "split"
+        return C.no_run_page(run, error)
+    colour_opts = F.colour_dropdown(data, note=True)
+    colour = F.colour_choice(data, colour)
     layer = C.query_int(layer, data.default_layer)
     if layer not in data.layers or not data.distances_available(layer, data.metric):
         layer = data.default_layer
@@ -80,7 +75,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
     mode = "client" if data.n <= CLIENT_MAX_POINTS else "server"
     row = C.row_of(data, sel)
     try:
-        figure = _figure(data, colour=colour, layer=layer, split=split_value, domain=C.query_list(domain),
+        figure = F.view_figure(data, colour=colour, layer=layer, split=split_value, domain=C.query_list(domain),
                          task=C.query_list(task), score=C.query_range(score), dist=C.query_range(dist), search=q,
                          selected=row, dark=C.dark_cookie())
     except Exception as exc:  # noqa: BLE001 - e.g. distances of a layer that cannot be read
@@ -110,23 +105,6 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
     ], fluid=True)
 
 
-def _figure(data, *, colour, layer, split, domain, task, score, dist, search, selected, dark=False,
-            xrange=None, yrange=None):
-    """The whole map figure for one view (the page's first figure; every figure of a large run)."""
-    layer_dist = data.distances(layer) if layer is not None else data.dist
-    if split is not None and not len(split):
-        split = ["\0none"]  # nothing ticked: no rows (the browser does the same)
-    f = Filters.make(split=split, domain=domain, task=task,
-                     score=active_range(score, value_bounds(data.score)) if data.has_scores else None,
-                     dist=active_range(dist, value_bounds(data.dist)), search=search)
-    rows = np.flatnonzero(filter_mask(data, f, layer_dist))
-    drawn, sampled = view_rows(data.x, data.y, rows, max_points=F.MAX_POINTS, xrange=xrange, yrange=yrange)
-    spec = F.colour_spec(data, colour, drawn, layer_dist)
-    return F.map_figure(data, drawn, spec, selected=selected,
-                        neighbours=data.neighbours(selected) if selected is not None else (),
-                        density_rows=rows if sampled else None, uirevision=data.id, dark=dark)
-
-
 # Colour and filters: the browser (client mode) or, for large runs, a request for a new figure.
 dash.clientside_callback(
     dash.ClientsideFunction("llm_maps", "mapApply"), Output("map-request", "data"),
@@ -149,7 +127,7 @@ def server_figure(req, selected, run_id):
         raise PreventUpdate
     xr = tuple(req["xrange"]) if req.get("xrange") else None
     yr = tuple(req["yrange"]) if req.get("yrange") else None
-    return _figure(data, colour=req.get("colour") or "split", layer=req.get("layer"), split=req.get("split"),
+    return F.view_figure(data, colour=req.get("colour") or "split", layer=req.get("layer"), split=req.get("split"),
                    domain=req.get("domain"), task=req.get("task"), score=req.get("score"), dist=req.get("dist"),
                    search=req.get("q"), selected=C.row_of(data, selected), dark=bool(req.get("dark")),
                    xrange=xr, yrange=yr)

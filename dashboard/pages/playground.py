@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dash
 import dash_bootstrap_components as dbc
-import numpy as np
 import pandas as pd
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html
 from dash.exceptions import PreventUpdate
@@ -21,7 +20,6 @@ from dash.exceptions import PreventUpdate
 from dashboard import components as C
 from dashboard import figures as F
 from dashboard.data import falloff_for
-from dashboard.filters import view_rows
 
 dash.register_page(__name__, path="/playground", name="Playground", title="LLM Maps · playground", order=1.5)
 
@@ -60,11 +58,7 @@ def stored_points(run: str, ids: list[str]) -> list[dict]:
 
 def base_figure(data, colour: str, dark: bool):
     """The run's map as on the Map page (same colours, sampled + density for large runs)."""
-    rows = np.arange(data.n)
-    drawn, sampled = view_rows(data.x, data.y, rows, max_points=F.MAX_POINTS)
-    spec = F.colour_spec(data, colour, drawn, data.dist)
-    fig = F.map_figure(data, drawn, spec, density_rows=rows if sampled else None, uirevision=f"pg-{data.id}",
-                       dark=dark)
+    fig = F.view_figure(data, colour=colour, dark=dark, uirevision=f"pg-{data.id}")
     fig.update_layout(height=560, meta={"pg_base": colour})
     return fig
 
@@ -73,12 +67,9 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
            colour="split", ids=None, **_):
     data, error = C.load(run)
     if data is None:
-        return dbc.Container([C.run_picker(run), C.banner(error, id="run-banner"),
-                              dcc.Link("choose another run", href=C.url("/runs"))], fluid=True, className="pt-3")
-    if colour not in F.COLOUR_KIND or (colour in ("correct", "score", "out_len") and not data.has_scores):
-        colour = "split"
-    colour_opts = [{"label": lbl, "value": v, "disabled": v in ("correct", "score", "out_len") and not data.has_scores}
-                   for v, lbl, _ in F.COLOUR_OPTIONS]
+        return C.no_run_page(run, error)
+    colour = F.colour_choice(data, colour)
+    colour_opts = F.colour_dropdown(data)
     id_list = [i for i in str(ids or "").split(",") if i.strip()]
     form = [
         C.run_picker(data.id),
