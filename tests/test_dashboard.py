@@ -357,11 +357,9 @@ def test_every_dashboard_asset_ships_in_the_package():
 
 
 def test_serve_command_binds_localhost(runs):
-    import socket
+    from conftest import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(runs["scored"]), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -853,7 +851,7 @@ def test_the_app_works_under_a_url_prefix(runs, browser_page, scored_data):
                 scored_data.cats["domain"].codes.tolist()
             assert page.get_attribute("#nav-runs", "href") == "/team/maps/runs"
             assert page.get_attribute("#map-user-csv", "href") == "/team/maps/api/runs/scored/points?format=csv"
-            runs_seen = "() => fetch(llmMapsUrl('/api/runs')).then(r => r.json()).then(j => j.runs.map(r => r.run))"
+            runs_seen = "() => fetch(llmMaps.url('/api/runs')).then(r => r.json()).then(j => j.runs.map(r => r.run))"
             assert page.evaluate(runs_seen) == ["scored"]
             page.locator("#theme-dark").check()
             page.wait_for_function("() => document.getElementById('theme-css').getAttribute('href') === "

@@ -13,7 +13,7 @@
   }
   const NO = () => window.dash_clientside.no_update;
   // The URL path the app lives under (Dash's requests_pathname_prefix, "/" by default): every
-  // fetch and link the browser makes goes below it. Shared with playground.js.
+  // fetch and link the browser makes goes below it.
   let prefix = null;
   function url(path) {
     if (prefix === null) {
@@ -22,19 +22,18 @@
     }
     return prefix.replace(/\/$/, '') + path;
   }
-  window.llmMapsUrl = url;
   const TYPES = {u1: Uint8Array, u2: Uint16Array, i4: Int32Array, f4: Float32Array};
   const MAP = {payloads: {}, dists: {}, seq: 0};
 
   function gdOf(id) { return document.querySelector('#' + id + ' .js-plotly-plot'); }
 
-  // Resolves with the graph div once Plotly has drawn it.
-  function plotted(id, timeout = 120000) {
+  // Resolves with the graph div once Plotly has drawn it (and ``ready(gd)`` holds).
+  function plotted(id, timeout = 120000, ready = () => true) {
     const t0 = performance.now();
     return new Promise((resolve, reject) => {
       const poll = () => {
         const gd = gdOf(id);
-        if (gd && gd._fullData && gd._fullLayout) return resolve(gd);
+        if (gd && gd._fullData && gd._fullLayout && ready(gd)) return resolve(gd);
         if (performance.now() - t0 > timeout) return reject(new Error('no figure #' + id));
         requestAnimationFrame(poll);
       };
@@ -249,9 +248,9 @@
           if (v === null || v === undefined || v === '') continue;
           if (Array.isArray(v)) { v.forEach((x) => q.append(k, x)); } else { q.set(k, v); }
         }
-        const url = window.location.pathname + (q.toString() ? '?' + q.toString() : '');
-        if (url !== window.location.pathname + window.location.search) {
-          window.history.replaceState(window.history.state, '', url);
+        const next = window.location.pathname + (q.toString() ? '?' + q.toString() : '');
+        if (next !== window.location.pathname + window.location.search) {
+          window.history.replaceState(window.history.state, '', next);
         }
         return NO();
       },
@@ -300,9 +299,9 @@
         const gd = gdOf(graph);
         if (!gd) return NO();
         const opts = {format, scale: format === 'png' ? 2 : 1, width: gd._fullLayout.width, height: gd._fullLayout.height};
-        Plotly.toImage(gd, opts).then((url) => {  // a data: URL (PNG base64, SVG URL-encoded)
+        Plotly.toImage(gd, opts).then((dataUrl) => {  // PNG base64, SVG URL-encoded
           const a = document.createElement('a');
-          a.href = url;
+          a.href = dataUrl;
           a.download = 'llm-maps-' + graph.replace(/-graph$/, '') + '.' + format;
           document.body.appendChild(a);
           a.click();
@@ -378,4 +377,5 @@
     },
   });
   window.llmMapsState = MAP;  // for tests and benchmarks
+  window.llmMaps = {url, plotted};  // for playground.js
 })();

@@ -14,7 +14,7 @@
   const PG = {results: {}, gens: [], overlay: null, current: null, active: null, run: null, palette: [],
               timing: {}, polling: {}, loading: {}, drawing: false, drawPending: false, wantBase: null};
 
-  function gdOf(id) { return document.querySelector('#' + id + ' .js-plotly-plot'); }
+  const plotted = (...args) => window.llmMaps.plotted(...args);  // dashboard.js
   function pct(logprob) { return (100 * Math.exp(logprob)).toFixed(1) + '%'; }
   function num(v) { return v === null || v === undefined || v === '' || Number.isNaN(Number(v)) ? null : Number(v); }
 
@@ -109,12 +109,11 @@
   }
 
   async function drawOnce(wantBase) {
-    const t0 = performance.now();
-    let gd = gdOf('pg-graph');
-    while (!gd || !gd._fullLayout || (wantBase && ((gd.layout.meta || {}).pg_base !== wantBase))) {
-      if (performance.now() - t0 > 30000) return;
-      await new Promise(requestAnimationFrame);
-      gd = gdOf('pg-graph');
+    let gd;
+    try {  // the figure the server drew for this colour
+      gd = await plotted('pg-graph', 30000, (g) => !wantBase || (g.layout.meta || {}).pg_base === wantBase);
+    } catch (e) {
+      return;
     }
     const base = gd.data.filter((t) => !(t.meta && t.meta.pg));
     await Plotly.react(gd, base.concat(pgTraces()), gd.layout);
@@ -175,7 +174,7 @@
       for (;;) {
         let r;
         try {
-          r = await fetch(window.llmMapsUrl('/api/points/') + encodeURIComponent(id), {credentials: 'same-origin'});
+          r = await fetch(window.llmMaps.url('/api/points/') + encodeURIComponent(id), {credentials: 'same-origin'});
         } catch (e) {
           showError('Could not reach the server: ' + (e && e.message ? e.message : e));
           progress('lost contact with the server', 0);
@@ -257,7 +256,7 @@
     progress('submitting…', 0);
     let r;
     try {
-      r = await fetch(window.llmMapsUrl('/api/runs/') + encodeURIComponent(run) + '/points', {
+      r = await fetch(window.llmMaps.url('/api/runs/') + encodeURIComponent(run) + '/points', {
         method: 'POST', credentials: 'same-origin', headers: {'Content-Type': 'application/json'},
         body: JSON.stringify(body)});
     } catch (e) {
@@ -289,7 +288,7 @@
     if (PG.loading[id] || PG.results[id] || PG.polling[id]) return;
     PG.loading[id] = true;
     if (g.status === 'loading') { poll(id, null); return; }
-    const r = await fetch(window.llmMapsUrl('/api/runs/') + encodeURIComponent(run) + '/points/' + encodeURIComponent(id),
+    const r = await fetch(window.llmMaps.url('/api/runs/') + encodeURIComponent(run) + '/points/' + encodeURIComponent(id),
                           {credentials: 'same-origin'});
     const point = await readJson(r);
     if (!r.ok || !point) { showError(apiMessage(r.status, point)); return; }
@@ -320,20 +319,13 @@
       userLayer(traces) {
         USER.traces = traces || [];
         USER.key += 1;
-        const t0 = performance.now();
-        const wait = () => {
-          const gd = gdOf('map-graph');
-          if (!gd || !gd._fullLayout) {
-            if (performance.now() - t0 < 60000) requestAnimationFrame(wait);
-            return;
-          }
+        plotted('map-graph', 60000).then((gd) => {
           if (!gd.__llmUserHook) {
             gd.__llmUserHook = true;
             gd.on('plotly_afterplot', () => syncUserLayer(gd));
           }
           syncUserLayer(gd);
-        };
-        wait();
+        }).catch(() => {});  // no map on this page
         return NO();
       },
       submit(n, run, instruction, context, mode, temperature, seed, maxTokens, cot) {
@@ -344,7 +336,7 @@
       cancel(n) {
         const id = PG.active;
         if (!n || !id) return NO();
-        fetch(window.llmMapsUrl('/api/points/') + encodeURIComponent(id) + '/cancel', {method: 'POST', credentials: 'same-origin'})
+        fetch(window.llmMaps.url('/api/points/') + encodeURIComponent(id) + '/cancel', {method: 'POST', credentials: 'same-origin'})
           .then(async (r) => { if (!r.ok) showError(apiMessage(r.status, await readJson(r))); })
           .catch((e) => showError(String(e)));
         set('pg-status', {children: 'cancelling…'});
