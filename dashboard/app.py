@@ -23,7 +23,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html
 
-from dashboard.bundle import PLOTLY_BUNDLE
+from dashboard.bundle import PLOTLY_BUNDLE, bundle_path
 from dashboard.data import RunRegistry
 from dashboard.points import install_routes
 
@@ -168,11 +168,12 @@ EARLY_SCRIPT = """<script>(function () {
   }};
 })();</script>"""
 
+
 def index_string(prefix: str) -> str:
     """Dash's page with EARLY_SCRIPT in the head."""
     import json
 
-    url = f"{prefix}assets/vendor/{PLOTLY_BUNDLE.name}?m={int(PLOTLY_BUNDLE.stat().st_mtime)}"
+    url = f"{bundle_path(prefix)}?m={int(PLOTLY_BUNDLE.stat().st_mtime)}"
     early = EARLY_SCRIPT % {"plen": len(prefix), "url": json.dumps(url),
                             "dcc": json.dumps(f"{prefix}_dash-component-suites/dash/dcc/")}
     return dash.dash._default_index.replace("{%css%}", "{%css%}\n        " + early, 1)
@@ -248,13 +249,12 @@ def _start_warm(server, registry) -> None:
     thread.start()
 
 
-
 def _install_bundle_caching(server, prefix: str = "/") -> None:
     """The plotly bundle's URL carries its file's mtime (?m=): browsers may keep it for a year
     instead of asking again on every page load."""
     import flask
 
-    path = f"{prefix}assets/vendor/{PLOTLY_BUNDLE.name}"
+    path = bundle_path(prefix)
 
     @server.after_request
     def _cache_bundle(response):

@@ -10,6 +10,11 @@ from pathlib import Path
 PLOTLY_BUNDLE = Path(__file__).resolve().parent / "assets" / "vendor" / "plotly-llm-maps.min.js"
 
 
+def bundle_path(prefix: str = "/") -> str:
+    """The bundle's URL path in an app served under ``prefix`` (it lives in the assets folder)."""
+    return f"{prefix}assets/vendor/{PLOTLY_BUNDLE.name}"
+
+
 def bundle_version(path: Path = PLOTLY_BUNDLE) -> str | None:
     """The plotly.js version in a bundle's header comment ("plotly.js v4.1.1"), or None."""
     with open(path, encoding="utf-8") as f:
