@@ -220,7 +220,7 @@ class JobQueue(_Staleness):
             job["heartbeat"] = time.time()
             self.cache.set(f"job:{job_id}", job, expire=self.retention)
             if job["status"] in FINAL:
-                self.cache.set("running", set(self.cache.get("running", ())) - {job_id})
+                self._untrack(job_id)  # (a nested transaction: the same one)
 
     def close(self) -> None:
         self.cache.close()

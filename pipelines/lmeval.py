@@ -83,10 +83,10 @@ def read_samples(path: Path, *, task: str, config: dict, metric: str | None, fil
         raise LLMMapsError(f"{path}, field 'output_type': task '{task}' has unknown output type {output_type!r}")
     rows, chosen_metric, chosen_filter = [], metric, filter_name
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise LLMMapsError(f"{path}: not valid UTF-8 ({exc.reason})") from None
-    for lineno, s in read_jsonl_objects(path, "\n".join(lines)):
+    for lineno, s in read_jsonl_objects(path, text):
         where = f"{path}, line {lineno}"
         for field in ("doc_id", "arguments", "filtered_resps", "target"):
             if field not in s:
