@@ -113,11 +113,24 @@ def dolly_jsonl(tmp_path) -> Path:
     return write_jsonl(tmp_path / "dolly.jsonl", dolly_rows())
 
 
-def wait_job(client, job_id: str, until=("done", "failed"), timeout: float = 60.0, every: float = 0.02) -> dict:
-    """Poll a job through the API until its status is one of ``until``; returns the body."""
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_job(client, job_id: str, until=("done", "failed"), timeout: float = 60.0, every: float = 0.02,
+             on_body=None) -> dict:
+    """Poll a job through the API until its status is one of ``until``; returns the body.
+    ``on_body(body)`` sees every body polled, the last one included."""
     deadline = time.time() + timeout
     while True:
         body = client.get(f"/api/points/{job_id}").get_json()
+        if on_body is not None:
+            on_body(body)
         if body["status"] in until:
             return body
         assert time.time() < deadline, body
@@ -126,15 +139,13 @@ def wait_job(client, job_id: str, until=("done", "failed"), timeout: float = 60.
 
 def poll_streaming(client, job_id: str, *, timeout: float = 90.0, every: float = 0.005):
     """Poll a job through the API to its end; returns (final body, token counts seen while running)."""
-    seen, deadline = [], time.time() + timeout
-    while True:
-        body = client.get(f"/api/points/{job_id}").get_json()
+    seen = []
+
+    def record(body):
         if body["status"] == "running" and body.get("result"):
             seen.append(len(body["result"]["tokens"]))
-        if body["status"] in ("done", "failed"):
-            return body, seen
-        assert time.time() < deadline, body
-        time.sleep(every)
+
+    return wait_job(client, job_id, timeout=timeout, every=every, on_body=record), seen
 
 
 def build_scored_run(root: Path, model: Path, n: int) -> Path:

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import dolly_rows, poll_streaming, wait_job, write_jsonl
+from conftest import dolly_rows, free_port, poll_streaming, wait_job, write_jsonl
 from llm_maps.cli import main
 
 HEARTBEAT = 2  # seconds: the workers' heartbeat timeout in these tests
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +31,7 @@ def redis_url(tmp_path_factory):
     import redis
 
     folder = tmp_path_factory.mktemp("redis")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
@@ -251,7 +244,7 @@ def test_redis_queue_is_bounded_claims_once_and_fails_stale_jobs_like_the_embedd
 def test_unreachable_redis_is_a_503(plain_run, monkeypatch, tmp_path):
     from dashboard.app import create_app
 
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{_free_port()}/0")  # nothing listens there
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     client = create_app([plain_run[0]], state_dir=tmp_path / "state").server.test_client()
     start = time.time()
     r = client.post("/api/runs/tiny/points", json={"instruction": "x"})

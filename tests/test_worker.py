@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import build_scored_run, poll_streaming, wait_job
+from conftest import build_scored_run, free_port, poll_streaming, wait_job
 from llm_maps.jobs import JobQueue, PointStore, QueueFull
 
 
@@ -195,19 +195,11 @@ def test_killed_worker_leaves_the_job_failed(live, tmp_path):
             worker.kill()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_starts_a_worker_and_stops_it_on_sigterm(live, tmp_path):
     import psutil
 
     run, _ = live
-    port = _free_port()
+    port = free_port()
     serve = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(run), "--port", str(port)],
                              env={**os.environ, "LLM_MAPS_STATE": str(tmp_path / "state")},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
