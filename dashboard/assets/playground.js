@@ -301,17 +301,25 @@
   // The Map page's "your points" layer: traces drawn by the server (dashboard/userpoints.py), kept on
   // the map across its redraws (a large run's server figures, colour changes) by re-adding them
   // after any plot that lost them.
-  const USER = {traces: [], key: 0};
+  // One sync at a time: our own deleteTraces/addTraces fire plotly_afterplot too, and two syncs
+  // working on the graph at once would each add the layer (and then keep correcting each other).
+  const USER = {traces: [], key: 0, syncing: false, again: false};
 
   function syncUserLayer(gd) {
+    if (USER.syncing) { USER.again = true; return; }
     const have = [];
     gd.data.forEach((t, i) => { if (t.meta && t.meta.user) have.push([t, i]); });
     if (have.length === USER.traces.length && have.every(([t]) => t.meta.key === USER.key)) return;
     const drop = have.map(([, i]) => i);
     const add = USER.traces.map((t) => Object.assign({}, t, {meta: Object.assign({}, t.meta, {key: USER.key})}));
+    USER.syncing = true;
     (drop.length ? Plotly.deleteTraces(gd, drop) : Promise.resolve())
       .then(() => (add.length ? Plotly.addTraces(gd, add) : null))
-      .catch((e) => console.warn('llm-maps user layer:', e && e.message ? e.message : e));
+      .catch((e) => console.warn('llm-maps user layer:', e && e.message ? e.message : e))
+      .finally(() => {
+        USER.syncing = false;
+        if (USER.again) { USER.again = false; syncUserLayer(gd); }  // what changed meanwhile
+      });
   }
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
