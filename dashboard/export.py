@@ -43,11 +43,12 @@ def _sample_rows(data: RunData, max_points: int, seed: int):
 
 
 def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_000, plotlyjs: str = "inline",
-                points: list[dict] | None = None) -> Path:
+                points: list[dict] | None = None, compare: list[str | Path] | None = None) -> Path:
     """Write the standalone HTML file and return its path. ``plotlyjs``: "inline" (works offline;
     the app's own plotly.js bundle of the traces drawn here, 1.5 MB instead of 4.8) or "cdn" (a much
     smaller file that loads the full plotly.js from the CDN). ``points``: users' saved
-    points (playground results) drawn on the map as stars, generations with their paths."""
+    points (playground results) drawn on the map as stars, generations with their paths.
+    ``compare``: other runs over the same examples; adds the Compare section (this run first)."""
     from dashboard.userpoints import user_points_traces
 
     run_dir, out = Path(run_dir), Path(out)
@@ -68,6 +69,13 @@ def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_00
         parts.append(f"<p class='note'>Falloff statistics {html.escape(source)}; error bars: Wilson 95 % intervals.</p>")
     else:
         parts.append(f"<p class='note' id='falloff'>No falloff plot: {html.escape(source)}.</p>")
+    if compare:
+        from dashboard.compare_figures import compare_section
+        from llm_maps.compare import compare_runs
+        from llm_maps.runfolder import Run
+
+        group = [Run(run_dir)] + [Run(p) for p in compare]
+        parts.append(compare_section(group, compare_runs(group, cka="auto")))
     m = data.manifest
     c = m.get("counts", {})
     head = (f"<h2>{html.escape(data.id)}</h2><p class='note'>model {html.escape(str(m.get('model')))} · "

@@ -20,6 +20,11 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
 
 
+def _layers_or_all(text: str):
+    """``--layers`` of build/encode: comma-separated indices, or ``all`` (every hidden state)."""
+    return "all" if text.strip().lower() == "all" else _layers(text)
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, nargs="+", metavar="DATA",
@@ -52,8 +57,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--template", default="auto",
                    help="auto | dolly | chat | redpajama | plain | a template string with {instruction}, "
                         "{context}, {context_block}")
-    g.add_argument("--layers", type=_layers, default=None,
-                   help="hidden_states indices to store, e.g. '8,15,22,30' (default: last + 3 evenly spaced)")
+    g.add_argument("--layers", type=_layers_or_all, default=None,
+                   help="hidden_states indices to store, e.g. '8,15,22,30', or 'all' (0 = embeddings .. last; "
+                        "default: last + 3 evenly spaced)")
     g.add_argument("--default-layer", type=int, default=None, help="layer used for the map and distances "
                                                                   "(default: the last stored)")
     g.add_argument("--add-eos", action="store_true", help="pool at an appended EOS token (pooling=eos)")
@@ -292,8 +298,45 @@ def cmd_export(args) -> int:
 
         ids = None if args.points == "all" else [i for i in args.points.split(",") if i.strip()]
         points = load_points(Path(args.run).name, args.state, ids, run_dirs=[args.run])
-    out = export_html(args.run, args.html, max_points=args.max_points, plotlyjs=args.plotlyjs, points=points)
+    out = export_html(args.run, args.html, max_points=args.max_points, plotlyjs=args.plotlyjs, points=points,
+                      compare=args.compare)
     print(f"{out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from llm_maps.compare import compare_runs, format_compare, probe_run
+    from llm_maps.runfolder import Run, write_json_atomic
+
+    if len(args.runs) < 2:
+        raise LLMMapsError("compare: give at least two runs")
+    runs = [Run(r) for r in args.runs]
+    result = compare_runs(runs, axis=args.axis, n_bins=args.bins, cka="skip" if args.no_cka else "use",
+                          cka_between=args.cka_between, progress=not args.no_progress)
+    if args.probes:
+        for run in runs:
+            probe_run(run, folds=args.folds, progress=not args.no_progress)
+    if args.json:
+        write_json_atomic(args.json, result)
+    if args.html:
+        from dashboard.compare_figures import compare_html
+
+        out = compare_html(runs, result, args.html)
+        print(f"{out} ({out.stat().st_size / 1e6:.2f} MB)", file=sys.stderr)
+    print(format_compare(result))
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from llm_maps.compare import PROBE_TARGETS, format_probes, probe_run
+    from llm_maps.runfolder import Run, write_json_atomic
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else list(PROBE_TARGETS)
+    result = probe_run(Run(args.run), layers=args.layers, targets=targets, folds=args.folds, max_dim=args.max_dim,
+                       seed=args.seed, progress=not args.no_progress)
+    if args.json:
+        write_json_atomic(args.json, result)
+    print(format_probes(result))
     return 0
 
 
@@ -478,7 +521,45 @@ def make_parser() -> argparse.ArgumentParser:
                         "'all' or point ids, e.g. the ids= of a playground link")
     p.add_argument("--state", metavar="DIR", default=None,
                    help="where the points are kept (default: LLM_MAPS_STATE, else .llm-maps-state beside the run)")
+    p.add_argument("--compare", nargs="+", metavar="RUN_DIR", default=None,
+                   help="add the Compare section: these runs (over the same examples) beside RUN_DIR (CKA as "
+                        "stored by `llm-maps compare`)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compare", help="compare runs over the same examples: scaling, maps, CKA",
+                       description="Runs over the same examples (matched by example_id and prompt hash): accuracy per "
+                                   "task and domain against model size (n_params, log) or checkpoint step with Wilson "
+                                   "intervals and curve classes, falloff per run, maps aligned to the first run "
+                                   "(Procrustes), the examples whose nearest train set changed most, and linear CKA "
+                                   "between the stored layers of every pair of runs (kept in each run's cka.json).")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs in order (the first is the reference map)")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the comparison as JSON")
+    p.add_argument("--html", metavar="FILE", default=None, help="write the comparison as one standalone HTML file")
+    p.add_argument("--axis", choices=["step", "n_params", "order"], default=None,
+                   help="x axis (default: step when every run has one, else n_params, else the order given)")
+    p.add_argument("--bins", type=int, default=5, help="equal-count falloff bins (default 5)")
+    p.add_argument("--cka-between", choices=["all", "first"], default="all",
+                   help="CKA between every pair of runs (default) or only with the first run")
+    p.add_argument("--no-cka", action="store_true", help="skip CKA")
+    p.add_argument("--probes", action="store_true", help="also run the linear probes of every run (probes.json)")
+    p.add_argument("--folds", type=int, default=5, help="probe cross-validation folds (with --probes)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("probe", help="linear probes for domain, task and correctness from each stored layer",
+                       description="Cross-validated logistic-regression accuracy (grouped by task where the target "
+                                   "is not the task) for predicting domain, task and correctness from each stored "
+                                   "layer, against the majority baseline; written to RUN/probes.json.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the result here")
+    p.add_argument("--layers", type=_layers, default=None, help="stored layers (default: all stored)")
+    p.add_argument("--targets", default=None, help="comma-separated: domain,task,correct (default: all three)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--max-dim", type=int, default=256,
+                   help="PCA dimensions the probe sees when the hidden size is larger (fitted inside each fold)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("make-demo-data", help="regenerate data/demo/bigbench_demo.jsonl from BIG-bench",
                        description="Curate the demo set from the `bigbench` package (pip install --no-deps bigbench).")

@@ -57,6 +57,20 @@ def assign_domains(frame, domain_map: DomainMap):
     return frame, {"unknown_categories": {str(k): int(v) for k, v in unknown.items()}}
 
 
+def count_parameters(loaded) -> int:
+    """The model's parameter count (tied weights once), for the manifest's ``n_params``. A
+    ``build --distributed`` client holds no weights: the model is then built from its config on
+    the meta device, which allocates nothing."""
+    model = loaded.model
+    if not hasattr(model, "parameters"):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model.config)
+    return int(sum(p.numel() for p in model.parameters()))
+
+
 def _counts(frame) -> dict:
     def vc(col):
         return {str(k): int(v) for k, v in frame[col].value_counts().sort_index().items()}
@@ -237,7 +251,8 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
         if not redis_url():
             raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
     loaded = load_model(model, gguf_file=gguf_file, revision=revision, dtype=dtype, device=device,
-                        layers_check=list(layers or []) + ([default_layer] if default_layer is not None else []),
+                        layers_check=([] if layers == "all" else list(layers or []))
+                        + ([default_layer] if default_layer is not None else []),
                         weights=not distributed)
     layer_list = normalize_layers(layers, loaded.num_layers)
     if default_layer is None:
@@ -303,6 +318,7 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
         "layers": layer_list,
         "default_layer": int(default),
         "hidden_size": int(loaded.model.config.hidden_size),
+        "n_params": count_parameters(loaded),
         "projection": None,
         "distance_metric": metric,
         "split_rule": split_rule,

@@ -32,7 +32,13 @@ def default_layers(num_layers: int, n: int = 4) -> list[int]:
     return sorted(k for k in picks if 0 < k <= num_layers)
 
 
-def normalize_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
+def normalize_layers(layers: Sequence[int] | str | None, num_layers: int) -> list[int]:
+    """Stored layer indices, sorted: ``None`` the default, ``"all"`` every hidden state (0 = the
+    embeddings .. num_layers), else the given ones (negative counts from the end)."""
+    if isinstance(layers, str):
+        if layers != "all":
+            raise LLMMapsError(f"--layers: expected 'all' or comma-separated integers, got '{layers}'")
+        return list(range(num_layers + 1))
     if not layers:
         return default_layers(num_layers)
     out = []

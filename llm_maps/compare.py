@@ -1,0 +1,837 @@
+"""Compare runs over the same examples: scaling / trajectory curves, aligned maps, movers, CKA, probes.
+
+Pure and torch-free (numpy, pandas, scipy, scikit-learn), shared by `llm-maps compare`,
+`llm-maps probe` and the dashboard's Compare page.
+
+Runs compare when they hold the same examples, matched by ``example_id`` and a hash of the prompt
+(and the split); a mismatch is one line with the counts of matched, missing and changed rows.
+Every array here is in the *group order*: the row order of the first run, each other run's rows
+permuted to it.
+
+Encodings are never all in memory at once: CKA keeps one layer of one run (centred, float32) and
+streams the other through its memory map in row chunks, accumulating the cross-covariance
+``Xa^T Xb`` (hidden_a x hidden_b) in float64; probes load one layer of one run at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import LLMMapsError
+from .falloff import falloff_stats, wilson_interval
+from .runfolder import Run, write_json_atomic
+
+COMPARE_VERSION = 1
+ONLINE_CKA_LIMIT = 2e10  # multiply-adds of CKA done on request ("auto": about a second or two of BLAS)
+PROBES_FILE = "probes.json"
+CKA_FILE = "cka.json"
+CHANGE = 0.10  # accuracy change (fraction) below which a task's curve counts as flat
+EMERGENT_SHARE = 2 / 3  # share of the rise in one step that makes a rising curve "emergent"
+CLASSES = ("flat", "smooth", "emergent", "inverse")
+CLASS_RULE = ("Each task's curve runs from the smallest (or earliest) run to the largest (or latest). "
+              f"flat: the last run is within {CHANGE:.0%} (accuracy points x 100) of the first; "
+              f"inverse: it is lower by {CHANGE:.0%} or more; smooth: it is higher by {CHANGE:.0%} or more "
+              f"and no single step between consecutive runs carries {EMERGENT_SHARE:.0%} of the rise; "
+              f"emergent: higher by {CHANGE:.0%} or more and one step carries at least {EMERGENT_SHARE:.0%} "
+              "of the rise (needs 3 or more runs; with 2 runs a rise is smooth). Classes describe the "
+              "measured curves; with few test examples per task a class can come from noise (see n).")
+PROBE_TARGETS = ("domain", "task", "correct")
+
+
+# --------------------------------------------------------------------------- matching
+
+def prompt_hash(text: object) -> str:
+    """sha256 of the prompt's UTF-8 text, first 16 hex digits."""
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class RunGroup:
+    """Runs over the same examples; ``orders[r]`` = run r's rows in the group order (run 0's rows)."""
+    runs: list[Run]
+    orders: list[np.ndarray]  # [R] of [N] int64
+
+    @property
+    def n(self) -> int:
+        return len(self.orders[0])
+
+    @property
+    def frame(self):
+        """The first run's examples (the group order)."""
+        return self.runs[0].examples
+
+    def column(self, r: int, name: str) -> np.ndarray:
+        """One column of run r in the group order."""
+        return self.runs[r].examples[name].to_numpy()[self.orders[r]]
+
+    @property
+    def names(self) -> list[str]:
+        return unique_names(self.runs)
+
+
+def unique_names(runs: Sequence[Run]) -> list[str]:
+    """Run folder names, made unique with their parent folder (then a number) where they clash."""
+    names = [r.name for r in runs]
+    out = []
+    for i, r in enumerate(runs):
+        name = names[i]
+        if names.count(name) > 1:
+            name = f"{r.path.parent.name}/{name}"
+        while name in out:
+            name = f"{name}-{i + 1}"
+        out.append(name)
+    return out
+
+
+def match_runs(runs: Sequence[Run]) -> RunGroup:
+    """Check that every run holds the same examples as the first; the rows of each in that order.
+
+    Raises LLMMapsError (one line: matched / missing / changed counts and the first culprit) when a
+    run holds other examples, or the same ids with another prompt or split."""
+    import pandas as pd
+
+    runs = list(runs)
+    if len(runs) < 1:
+        raise LLMMapsError("compare: give at least one run")
+    ref = runs[0].examples
+    ids0 = ref["example_id"].astype(str).to_numpy()
+    key0 = np.array([prompt_hash(p) + "|" + str(s) for p, s in zip(ref["prompt"], ref["split"])], dtype=object)
+    orders = [np.arange(len(ref), dtype=np.int64)]
+    names = unique_names(runs)
+    for r, run in enumerate(runs[1:], start=1):
+        frame = run.examples
+        ids = frame["example_id"].astype(str).to_numpy()
+        pos = pd.Index(ids).get_indexer(ids0)  # [N0] row in this run, -1 when absent
+        found = pos >= 0
+        key = np.array([prompt_hash(p) + "|" + str(s) for p, s in zip(frame["prompt"], frame["split"])], dtype=object)
+        same = np.zeros(len(ids0), dtype=bool)
+        same[found] = key[pos[found]] == key0[found]
+        n_changed = int((found & ~same).sum())
+        n_missing = int((~found).sum()) + int(len(ids) - found.sum())
+        n_matched = int(same.sum())
+        if n_missing or n_changed:
+            if n_changed:
+                i = int(np.flatnonzero(found & ~same)[0])
+                what = "prompt" if key[pos[i]].split("|")[0] != key0[i].split("|")[0] else "split"
+                first = f"first: example '{ids0[i]}' has another {what}"
+            elif (~found).any():
+                first = f"first: example '{ids0[int(np.flatnonzero(~found)[0])]}' is not in '{names[r]}'"
+            else:
+                extra = np.setdiff1d(ids, ids0)
+                first = f"first: example '{extra[0]}' is only in '{names[r]}'"
+            raise LLMMapsError(f"runs '{names[0]}' and '{names[r]}' do not hold the same examples (matched by "
+                               f"example_id and prompt hash): {n_matched} matched, {n_missing} missing, "
+                               f"{n_changed} changed; {first}")
+        orders.append(pos.astype(np.int64))
+    return RunGroup(runs, orders)
+
+
+# --------------------------------------------------------------------------- runs and axes
+
+def run_info(run: Run, name: str | None = None) -> dict:
+    m = run.manifest
+    step = m.get("step")
+    n_params = m.get("n_params")
+    return {"name": name or run.name, "model": str(m.get("model")),
+            "n_params": int(n_params) if n_params is not None else None,
+            "step": int(step) if step is not None else None, "base_run": m.get("base_run"),
+            "path": str(run.path), "layers": run.layers, "default_layer": run.default_layer}
+
+
+def x_axis(infos: Sequence[dict], prefer: str | None = None) -> tuple[str, list[float]]:
+    """What the curves are plotted against: ``step`` when every run has one (a fine-tuning
+    trajectory), else ``n_params`` when every run has it (a scaling curve, log scale), else the
+    order the runs were given in. ``prefer`` picks one of the available axes."""
+    have = {"step": all(i.get("step") is not None for i in infos),
+            "n_params": all(i.get("n_params") for i in infos), "order": True}
+    kind = prefer if prefer in have and have[prefer] else next(k for k in ("step", "n_params", "order") if have[k])
+    if kind == "order":
+        return kind, [float(i + 1) for i in range(len(infos))]
+    return kind, [float(i[kind]) for i in infos]
+
+
+def available_axes(infos: Sequence[dict]) -> list[str]:
+    out = [k for k in ("step", "n_params") if all(i.get(k) is not None and (k != "n_params" or i.get(k))
+                                                 for i in infos)]
+    return out + ["order"]
+
+
+# --------------------------------------------------------------------------- accuracy curves
+
+def _correct_matrix(group: RunGroup) -> np.ndarray:
+    """[R, N] float: 1 correct, 0 wrong, NaN unscored (train rows are NaN)."""
+    out = np.full((len(group.runs), group.n), np.nan)
+    for r in range(len(group.runs)):
+        c = group.runs[r].examples["correct"].astype("boolean").to_numpy(dtype=float, na_value=np.nan)
+        split = group.runs[r].examples["split"].to_numpy()
+        c = np.where(split == "test", c, np.nan)
+        out[r] = c[group.orders[r]]
+    return out
+
+
+def classify_curve(x: Sequence[float], accuracy: Sequence[float | None], *, change: float = CHANGE,
+                   emergent_share: float = EMERGENT_SHARE) -> str | None:
+    """flat / smooth / emergent / inverse (see CLASS_RULE); None when a run has no accuracy."""
+    if any(a is None or (isinstance(a, float) and math.isnan(a)) for a in accuracy) or len(accuracy) < 2:
+        return None
+    a = np.asarray(accuracy, dtype=float)[np.argsort(np.asarray(x, dtype=float), kind="stable")]
+    d = a[-1] - a[0]
+    eps = 1e-12
+    if abs(d) < change - eps:
+        return "flat"
+    if d < 0:
+        return "inverse"
+    if len(a) >= 3 and np.max(np.diff(a)) >= emergent_share * d - eps:
+        return "emergent"
+    return "smooth"
+
+
+def _acc_entry(k: int, n: int) -> dict:
+    low, high = wilson_interval(k, n)
+    return {"accuracy": (k / n) if n else None, "low": low if n else None, "high": high if n else None,
+            "n": int(n), "correct": int(k)}
+
+
+def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHANGE) -> dict:
+    """Per task and per domain: accuracy of every run (Wilson 95 % over examples), the task's
+    curve class, class counts per domain, and per domain a sign test over tasks between the
+    first and the last run on the x axis."""
+    from scipy.stats import binomtest
+
+    correct = _correct_matrix(group)  # [R, N]
+    task = group.frame["task"].astype(str).to_numpy()
+    domain = group.frame["domain"].astype(str).to_numpy()
+    scored_any = np.isfinite(correct).any(axis=0)
+    tasks: dict = {}
+    for t in sorted(set(task[scored_any].tolist())):
+        rows = task == t
+        doms = domain[rows]
+        values, counts = np.unique(doms, return_counts=True)
+        entry = {"domain": str(values[np.argmax(counts)]), "accuracy": [], "low": [], "high": [], "n": []}
+        for r in range(len(group.runs)):
+            c = correct[r, rows]
+            c = c[np.isfinite(c)]
+            e = _acc_entry(int(c.sum()), len(c))
+            for key in ("accuracy", "low", "high", "n"):
+                entry[key].append(e[key])
+        entry["class"] = classify_curve(x, entry["accuracy"], change=change)
+        tasks[t] = entry
+    first, last = int(np.argmin(x)), int(np.argmax(x))
+    domains: dict = {}
+    for d in sorted(set(domain[scored_any].tolist())):
+        rows = domain == d
+        runs_acc = []
+        for r in range(len(group.runs)):
+            c = correct[r, rows]
+            c = c[np.isfinite(c)]
+            runs_acc.append(_acc_entry(int(c.sum()), len(c)))
+        dtasks = [t for t, e in tasks.items() if e["domain"] == d]
+        counts = {k: sum(1 for t in dtasks if tasks[t]["class"] == k) for k in CLASSES}
+        up = sum(1 for t in dtasks if _delta(tasks[t], first, last) > 0)
+        down = sum(1 for t in dtasks if _delta(tasks[t], first, last) < 0)
+        p = float(binomtest(up, up + down, 0.5).pvalue) if up + down else None
+        domains[d] = {"runs": runs_acc, "n_tasks": len(dtasks), "n_examples": int(runs_acc[0]["n"]),
+                      "classes": counts, "sign_test": {"up": up, "down": down, "ties": len(dtasks) - up - down,
+                                                       "p_value": p},
+                      "verdict": _domain_verdict(d, runs_acc, first, last, up, down, len(dtasks), p)}
+    return {"tasks": tasks, "domains": domains,
+            "classes": {k: sum(1 for e in tasks.values() if e["class"] == k) for k in CLASSES},
+            "rule": CLASS_RULE, "unit": "accuracy on scored test examples; 95 % Wilson intervals over examples; "
+                                        "verdicts: sign test over tasks (tasks are the unit of independence)"}
+
+
+def _delta(entry: dict, first: int, last: int) -> float:
+    a, b = entry["accuracy"][first], entry["accuracy"][last]
+    return 0.0 if a is None or b is None else b - a
+
+
+def _domain_verdict(domain, runs_acc, first, last, up, down, n_tasks, p) -> str:
+    a, b = runs_acc[first], runs_acc[last]
+    if a["accuracy"] is None or b["accuracy"] is None:
+        return f"{domain}: not supported: no scored test examples in some run"
+    head = (f"{domain}: accuracy {a['accuracy']:.2f} [{a['low']:.2f}, {a['high']:.2f}] -> {b['accuracy']:.2f} "
+            f"[{b['low']:.2f}, {b['high']:.2f}] ({b['n']} examples, {n_tasks} tasks); {up} tasks up, {down} down")
+    if p is None:
+        return head + "; not supported: no task changed"
+    if p < 0.05:
+        return head + f"; {'rises' if up > down else 'falls'} (sign test over tasks p = {p:.3g})"
+    return head + f"; not supported: sign test over tasks p = {p:.3g}"
+
+
+# --------------------------------------------------------------------------- falloff
+
+def distance_percentile(distance: np.ndarray) -> np.ndarray:
+    """Each distance's percentile (0-1) among the given distances (mid-rank: (rank - 1/2) / n; ties
+    share their average rank). NaN stays NaN. The findings issue defines the same scale (the
+    percentile among the run's test distances); this is the simple transform used here."""
+    from scipy.stats import rankdata
+
+    d = np.asarray(distance, dtype=float)
+    out = np.full(len(d), np.nan)
+    ok = np.isfinite(d)
+    if ok.any():
+        out[ok] = (rankdata(d[ok], method="average") - 0.5) / ok.sum()
+    return out
+
+
+def falloff_curves(group: RunGroup, *, n_bins: int = 5, scale: str = "percentile") -> list[dict]:
+    """Per run: falloff statistics per domain (llm_maps.falloff) of its test examples against
+    ``dist_to_train``, raw or as a percentile among the run's test distances."""
+    out = []
+    for r, run in enumerate(group.runs):
+        f = run.examples
+        test = (f["split"] == "test").to_numpy()
+        dist = f["dist_to_train"].to_numpy(dtype=float, na_value=np.nan)[test]
+        correct = f["correct"].astype("boolean").to_numpy(dtype=object, na_value=None)[test]
+        if not any(c is not None for c in correct) or not np.isfinite(dist).any():
+            out.append({"run": group.names[r], "scale": scale, "stats": None})
+            continue
+        values = distance_percentile(dist) if scale == "percentile" else dist
+        stats = falloff_stats(values, correct, f["domain"].astype(str).to_numpy()[test], n_bins=n_bins)
+        out.append({"run": group.names[r], "scale": scale, "metric": run.manifest.get("distance_metric"),
+                    "stats": stats})
+    return out
+
+
+# --------------------------------------------------------------------------- aligned maps
+
+def procrustes_align(source: np.ndarray, target: np.ndarray) -> dict:
+    """Align a 2-D map to a target map of the same points: translation, isotropic scaling and an
+    orthogonal transform (rotation or reflection; scipy.linalg.orthogonal_procrustes).
+
+    Returns ``aligned`` [M, 2] (source in the target's frame), ``rotation`` [2, 2], ``scale``,
+    and ``residual``: the Procrustes disparity, the sum of squared differences between the
+    standardised target and the aligned standardised source (0 = the same shape; at most 1),
+    as scipy.spatial.procrustes reports it."""
+    from scipy.linalg import orthogonal_procrustes
+
+    s = np.asarray(source, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    mu_s, mu_t = s.mean(axis=0), t.mean(axis=0)
+    a, b = s - mu_s, t - mu_t
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        raise LLMMapsError("alignment: a map has all its points in one place")
+    a, b = a / na, b / nb
+    rot, sv_sum = orthogonal_procrustes(a, b)  # min ||a @ rot - b||, sv_sum = sum of the singular values
+    aligned_unit = sv_sum * (a @ rot)
+    residual = float(np.sum((aligned_unit - b) ** 2))
+    fit = {"rotation": rot, "scale": float(sv_sum * nb / na), "source_mean": mu_s, "target_mean": mu_t,
+           "residual": max(residual, 0.0)}
+    fit["aligned"] = apply_alignment(fit, s)
+    return fit
+
+
+def apply_alignment(fit: dict, xy: np.ndarray) -> np.ndarray:
+    """Points of the source map [M, 2] in the target's frame (the fit of ``procrustes_align``)."""
+    return (np.asarray(xy, dtype=np.float64) - fit["source_mean"]) @ fit["rotation"] * fit["scale"] + fit["target_mean"]
+
+
+def aligned_maps(group: RunGroup) -> dict:
+    """Every run's 2-D map aligned to the first run's (Procrustes on all shared examples placed in
+    both maps); residuals as ``procrustes_align`` defines them (0 for the first run)."""
+    coords, residuals = [], []
+    ref = np.column_stack([group.column(0, "x").astype(float), group.column(0, "y").astype(float)])
+    ok = np.isfinite(ref).all(axis=1)
+    for r in range(len(group.runs)):
+        xy = np.column_stack([group.column(r, "x").astype(float), group.column(r, "y").astype(float)])
+        both = ok & np.isfinite(xy).all(axis=1)
+        if both.sum() < 3:
+            coords.append(None)
+            residuals.append(None)
+            continue
+        fit = procrustes_align(xy[both], ref[both])
+        coords.append(apply_alignment(fit, xy))
+        residuals.append(0.0 if r == 0 else round(fit["residual"], 9))
+    return {"coords": coords, "residuals": residuals}
+
+
+# --------------------------------------------------------------------------- who moved
+
+def _neighbour_lists(group: RunGroup, r: int) -> list[list[str]]:
+    """Run r's stored k nearest train ids (group order); computed from the default layer when the
+    run stores none."""
+    frame = group.runs[r].examples
+    lists = [list(v) if v is not None else [] for v in frame["nn_train_ids"]]
+    if not any(lists) and (frame["split"] == "train").any():
+        from .neighbours import nearest_train
+
+        run = group.runs[r]
+        k = int((run.manifest.get("neighbours") or {}).get("k", 10))
+        _, rows, _ = nearest_train(run.encodings(), (frame["split"] == "train").to_numpy(), k=k,
+                                   metric=run.manifest.get("distance_metric") or "cosine")
+        ids = frame["example_id"].astype(str).to_numpy()
+        lists = [[str(ids[j]) for j in row if j >= 0] for row in rows]
+    return [lists[i] for i in group.orders[r]]
+
+
+def neighbour_jaccard(group: RunGroup, *, k: int | None = None) -> tuple[np.ndarray, int]:
+    """[R, N] Jaccard index of each example's k nearest train set in run r with that in the first
+    run (1 = the same neighbours, 0 = none shared), in each run's full encoding space as its
+    ``nn_train_ids`` store it; k = the smallest stored k of the runs unless given."""
+    lists = [_neighbour_lists(group, r) for r in range(len(group.runs))]
+    stored_k = min((max((len(v) for v in lst), default=0) for lst in lists), default=0)
+    k = stored_k if k is None else min(int(k), stored_k)
+    out = np.full((len(group.runs), group.n), np.nan)
+    base = [set(v[:k]) for v in lists[0]]
+    for r, lst in enumerate(lists):
+        for i, v in enumerate(lst):
+            a, b = base[i], set(v[:k])
+            union = len(a | b)
+            out[r, i] = len(a & b) / union if union else np.nan
+    return out, int(k)
+
+
+def top_movers(group: RunGroup, jaccard: np.ndarray, *, run: int | None = None, limit: int = 20) -> list[dict]:
+    """The examples whose k nearest train sets changed most between the first run and ``run``
+    (default the last): lowest Jaccard first, ties by example id."""
+    run = len(group.runs) - 1 if run is None else int(run)
+    j = jaccard[run]
+    ids = group.frame["example_id"].astype(str).to_numpy()
+    ok = np.flatnonzero(np.isfinite(j))
+    order = ok[np.lexsort((ids[ok], j[ok]))][:limit]
+    frame = group.frame
+    return [{"example_id": str(ids[i]), "row": int(i), "jaccard": [None if not np.isfinite(v) else round(float(v), 4)
+                                                                   for v in jaccard[:, i]],
+             "task": str(frame["task"].iloc[i]), "domain": str(frame["domain"].iloc[i]),
+             "split": str(frame["split"].iloc[i])} for i in order]
+
+
+# --------------------------------------------------------------------------- CKA (streamed)
+
+@dataclass(frozen=True)
+class LayerSource:
+    """One stored layer of one run, read in the group order: an array or memory map [N, H] and the
+    rows to take (None = in order)."""
+    run: str
+    layer: int
+    array: np.ndarray
+    rows: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = len(self.rows) if self.rows is not None else self.array.shape[0]
+        return n, int(self.array.shape[1])
+
+    @property
+    def dtype(self):
+        return np.float64 if self.array.dtype == np.float64 else np.float32
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        rows = slice(start, stop) if self.rows is None else np.sort(self.rows[start:stop])
+        if self.rows is not None:  # read sorted (memory map friendly), then put back in group order
+            sel = self.rows[start:stop]
+            x = np.asarray(self.array[rows], dtype=self.dtype)
+            return x[np.searchsorted(rows, sel)]
+        return np.asarray(self.array[rows], dtype=self.dtype)
+
+
+def _chunk_rows(hidden_a: int, hidden_b: int, budget: int = 64 << 20) -> int:
+    return max(256, int(budget // (4 * max(hidden_a, hidden_b, 1))))
+
+
+def column_means(src: LayerSource) -> np.ndarray:
+    n, h = src.shape
+    total = np.zeros(h)
+    step = _chunk_rows(h, h)
+    for s in range(0, n, step):
+        total += src.block(s, min(n, s + step)).sum(axis=0, dtype=np.float64)
+    return total / max(n, 1)
+
+
+def _centred(src: LayerSource, mean: np.ndarray) -> np.ndarray:
+    """The whole layer, centred, in compute precision (float32 for stored fp16): [N, H]."""
+    n, h = src.shape
+    out = np.empty((n, h), dtype=src.dtype)
+    step = _chunk_rows(h, h)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        out[s:e] = src.block(s, e) - mean.astype(src.dtype)
+    return out
+
+
+def _cross_sq(left: np.ndarray, right: LayerSource, right_mean: np.ndarray) -> float:
+    """||left^T (right - mean)||_F^2 with ``right`` streamed in row chunks (float64 accumulator)."""
+    n, h = right.shape
+    acc = np.zeros((left.shape[1], h))
+    step = _chunk_rows(left.shape[1], h)
+    dt = np.result_type(left.dtype, right.dtype)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        acc += left[s:e].T.astype(dt, copy=False) @ (right.block(s, e) - right_mean.astype(right.dtype))
+    return float(np.sum(acc * acc))
+
+
+def cka_pairs(sources: Sequence[LayerSource], pairs: Iterable[tuple[int, int]], *,
+              progress: Callable[[int], None] | None = None) -> dict[tuple[int, int], float]:
+    """Linear CKA (Kornblith et al. 2019) for index pairs of ``sources`` (all with the same rows):
+
+        CKA(X, Y) = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F),  Xc = X - column means.
+
+    Streamed: one source is held centred in memory at a time (the left of its pairs); the right
+    of each pair is read chunk by chunk from its memory map. ``progress(k)`` is called as pairs
+    finish."""
+    pairs = sorted({(min(a, b), max(a, b)) for a, b in pairs})
+    n0 = {s.shape[0] for s in sources}
+    if len(n0) > 1:
+        raise LLMMapsError(f"CKA: layers hold different numbers of rows ({sorted(n0)})")
+    needed = sorted({i for p in pairs for i in p})
+    means = {i: column_means(sources[i]) for i in needed}
+    self_sq: dict[int, float] = {}
+    out: dict[tuple[int, int], float] = {}
+    by_left: dict[int, list[int]] = {}
+    for a, b in pairs:
+        by_left.setdefault(a, []).append(b)
+    for i in needed:
+        by_left.setdefault(i, [])
+    for a in sorted(by_left):
+        left = _centred(sources[a], means[a])  # the only layer held whole
+        self_sq[a] = _cross_sq(left, sources[a], means[a]) if a not in self_sq else self_sq[a]
+        for b in by_left[a]:
+            if b == a:
+                out[(a, b)] = 1.0 if self_sq[a] > 0 else math.nan
+                continue
+            out[(a, b)] = _cross_sq(left, sources[b], means[b])
+            if progress:
+                progress(1)
+        del left
+    for (a, b), v in list(out.items()):
+        if a != b:
+            denom = math.sqrt(self_sq[a] * self_sq[b])  # sqrt(fl(s * s)) == s: CKA(X, X) is exactly 1
+            out[(a, b)] = v / denom if denom > 0 else math.nan
+    return out
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA of two in-memory arrays [N, P], [N, Q] (the streamed code on two sources)."""
+    return cka_pairs([LayerSource("x", 0, np.asarray(x)), LayerSource("y", 0, np.asarray(y))], [(0, 1)])[(0, 1)]
+
+
+def run_fingerprint(run: Run) -> str:
+    """Identifies one build of a run (cache key for CKA between runs)."""
+    m = run.manifest
+    key = json.dumps([m.get("created"), m.get("model"), m.get("layers"), (m.get("counts") or {}).get("examples"),
+                      run.path.name], default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def group_sources(group: RunGroup, layers: dict[int, Sequence[int]] | None = None) -> list[LayerSource]:
+    names = group.names
+    out = []
+    for r, run in enumerate(group.runs):
+        for k in (layers or {}).get(r, run.layers):
+            out.append(LayerSource(names[r], int(k), run.encodings(k), None if r == 0 else group.orders[r]))
+    return out
+
+
+def group_cka(group: RunGroup, *, between: str = "all", cache: str = "use", progress: bool = False) -> list[dict]:
+    """Linear CKA between every stored layer of every pair of runs (``between="first"``: only
+    pairs with the first run) and between the layers of each run.
+
+    ``cache``: "use" reads pairs stored in each run's cka.json and stores the new ones there;
+    "read" only reads them (the web process: pairs not stored are left out unless computed by the
+    caller); "auto" reads them and computes the missing ones without storing them when that takes
+    at most ONLINE_CKA_LIMIT multiply-adds (else leaves them out); "off" neither reads nor writes."""
+    names = group.names
+    sources = group_sources(group)
+    index = {(s.run, s.layer): i for i, s in enumerate(sources)}
+    prints = [run_fingerprint(r) for r in group.runs]
+    wanted = []
+    for a in range(len(group.runs)):
+        for b in range(a, len(group.runs)):
+            if between == "first" and a != 0 and a != b:
+                continue
+            for la in group.runs[a].layers:
+                for lb in group.runs[b].layers:
+                    if a == b and lb < la:
+                        continue
+                    wanted.append((a, b, int(la), int(lb)))
+    stored = {}
+    if cache in ("use", "read", "auto"):
+        for a, run in enumerate(group.runs):
+            for e in _read_cka_cache(run).get("pairs", []):
+                stored[(prints[a], e["other"], int(e["layer_a"]), int(e["layer_b"]))] = float(e["cka"])
+    values: dict[tuple, float] = {}
+    todo = []
+    for a, b, la, lb in wanted:
+        v = stored.get((prints[a], prints[b], la, lb))
+        if v is None:
+            v = stored.get((prints[b], prints[a], lb, la))
+        if v is not None:
+            values[(a, b, la, lb)] = v
+        elif cache != "read":
+            todo.append((a, b, la, lb))
+    if todo and cache == "auto":
+        hidden = {(names[r], int(k)): int(run.encodings(k).shape[1]) for r, run in enumerate(group.runs)
+                  for k in run.layers}
+        cost = sum(group.n * hidden[(names[a], la)] * hidden[(names[b], lb)] for a, b, la, lb in todo)
+        if cost > ONLINE_CKA_LIMIT:
+            todo = []
+    if todo:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len([t for t in todo if not (t[0] == t[1] and t[2] == t[3])]), desc="CKA layer pairs",
+                       unit="pair")
+        got = cka_pairs(sources, [(index[(names[a], la)], index[(names[b], lb)]) for a, b, la, lb in todo],
+                        progress=bar.update if bar else None)
+        if bar:
+            bar.close()
+        for a, b, la, lb in todo:
+            i, j = index[(names[a], la)], index[(names[b], lb)]
+            values[(a, b, la, lb)] = got[(min(i, j), max(i, j))]
+        if cache == "use":
+            for a, run in enumerate(group.runs):
+                mine = [(b, la, lb, v) for (a2, b, la, lb), v in values.items() if a2 == a]
+                _write_cka_cache(run, [{"other": prints[b], "other_name": names[b], "layer_a": la, "layer_b": lb,
+                                        "cka": v} for b, la, lb, v in mine])
+    return [{"run_a": names[a], "run_b": names[b], "layer_a": la, "layer_b": lb,
+             "cka": None if v is None or math.isnan(v) else round(float(v), 6)}
+            for (a, b, la, lb), v in sorted(values.items())]
+
+
+def _read_cka_cache(run: Run) -> dict:
+    path = run.path / CKA_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data.get("pairs"), list) else {}
+    except (FileNotFoundError, ValueError, UnicodeDecodeError, AttributeError):
+        return {}
+
+
+def _write_cka_cache(run: Run, entries: list[dict]) -> None:
+    old = _read_cka_cache(run).get("pairs", [])
+    keys = {(e["other"], e["layer_a"], e["layer_b"]) for e in entries}
+    pairs = [e for e in old if (e.get("other"), e.get("layer_a"), e.get("layer_b")) not in keys] + entries
+    try:
+        write_json_atomic(run.path / CKA_FILE, {"format_version": 1, "self": run_fingerprint(run),
+                                                "measure": "linear CKA", "pairs": pairs})
+    except OSError:  # a read-only run still compares; the pairs are just not kept
+        pass
+
+
+# --------------------------------------------------------------------------- probes
+
+def _probe_target(frame, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, labels) used for one probe target."""
+    if target == "correct":
+        c = frame["correct"].astype("boolean")
+        rows = np.flatnonzero((frame["split"] == "test").to_numpy() & c.notna().to_numpy())
+        return rows, c.to_numpy(dtype=object, na_value=None)[rows].astype(bool).astype(str)
+    if target not in ("domain", "task"):
+        raise LLMMapsError(f"--targets: unknown probe target '{target}' (domain, task, correct)")
+    return np.arange(len(frame)), frame[target].astype(str).to_numpy()
+
+
+def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, folds: int = 5, max_dim: int = 256,
+                 c: float = 1.0, seed: int = 0) -> dict:
+    """Cross-validated accuracy of a logistic-regression probe predicting ``y`` from ``x`` [N, H]
+    (standardised, PCA to ``max_dim`` dimensions when H is larger, both fitted inside each fold),
+    and of the majority class of each training fold (the baseline), pooled over the folds.
+    ``groups`` (e.g. task): GroupKFold, so no group is in both the training and the test folds;
+    else StratifiedKFold. Returns accuracy, baseline, their Wilson intervals, n, folds, cv."""
+    from sklearn.decomposition import PCA
+    from sklearn.dummy import DummyClassifier
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(y)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ValueError("only one class")
+    if groups is not None:
+        n_groups = len(np.unique(groups))
+        k = min(folds, n_groups)
+        if k < 2:
+            raise ValueError("fewer than 2 groups")
+        cv = GroupKFold(n_splits=k)
+        cv_name = f"GroupKFold({k}) by task"
+    else:
+        k = min(folds, int(np.min(np.unique(y, return_counts=True)[1])))
+        if k < 2:
+            raise ValueError("a class has fewer than 2 examples")
+        cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        cv_name = f"StratifiedKFold({k})"
+    steps = [StandardScaler()]
+    dim = x.shape[1]
+    if dim > max_dim:
+        steps.append(PCA(n_components=max_dim, svd_solver="randomized", random_state=seed))
+        dim = max_dim
+    model = make_pipeline(*steps, LogisticRegression(C=c, max_iter=1000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pred = cross_val_predict(model, x, y, groups=groups, cv=cv)
+    base = cross_val_predict(DummyClassifier(strategy="most_frequent"), x, y, groups=groups, cv=cv)
+    n = len(y)
+    hits, base_hits = int((pred == y).sum()), int((base == y).sum())
+    lo, hi = wilson_interval(hits, n)
+    blo, bhi = wilson_interval(base_hits, n)
+    return {"accuracy": hits / n, "low": lo, "high": hi, "baseline": base_hits / n, "baseline_low": blo,
+            "baseline_high": bhi, "n": n, "n_classes": int(len(classes)), "folds": k, "cv": cv_name,
+            "features": f"standardised, PCA to {max_dim} dimensions inside each fold" if x.shape[1] > max_dim
+            else "standardised", "C": c}
+
+
+def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequence[str] = PROBE_TARGETS,
+              folds: int = 5, max_dim: int = 256, seed: int = 0, progress: bool = False,
+              save: bool = True) -> dict:
+    """Linear probes of every stored layer (or ``layers``) of one run for each target; one layer
+    in memory at a time. Domain and correctness are cross-validated grouped by task (the probe
+    must carry over to unseen tasks); task itself with stratified folds. Written to RUN/probes.json
+    when ``save``."""
+    frame = run.examples
+    layers = list(layers) if layers else run.layers
+    for k in layers:
+        if int(k) not in run.layers:
+            raise LLMMapsError(f"--layers: layer {k} is not stored in {run.path} (stored: {run.layers})")
+    tasks = frame["task"].astype(str).to_numpy()
+    plan, skipped = [], []
+    for target in targets:
+        rows, y = _probe_target(frame, target)
+        if len(np.unique(y)) < 2:
+            skipped.append({"target": target, "reason": "fewer than 2 classes" if len(rows) else "no rows"})
+            continue
+        if target == "task":  # tasks need examples in every fold
+            vals, counts = np.unique(y, return_counts=True)
+            keep = np.isin(y, vals[counts >= 2])
+            rows, y = rows[keep], y[keep]
+        plan.append((target, rows, y))
+    out_rows = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(layers) * len(plan), desc=f"probes {run.name}", unit="probe")
+    for k in layers:
+        x_all = np.asarray(run.encodings(int(k)), dtype=np.float32)  # one layer in memory: [N, H]
+        for target, rows, y in plan:
+            groups = None if target == "task" else tasks[rows]
+            try:
+                res = probe_scores(x_all[rows], y, groups, folds=folds, max_dim=max_dim, seed=seed)
+            except ValueError as exc:
+                if not any(s["target"] == target for s in skipped):
+                    skipped.append({"target": target, "reason": str(exc)})
+                if bar:
+                    bar.update(1)
+                continue
+            out_rows.append({"layer": int(k), "target": target, "accuracy": round(res["accuracy"], 6),
+                             "baseline": round(res["baseline"], 6), "low": res["low"], "high": res["high"],
+                             "baseline_low": res["baseline_low"], "baseline_high": res["baseline_high"],
+                             "n": res["n"], "n_tasks": int(len(np.unique(tasks[rows]))),
+                             "n_classes": res["n_classes"], "cv": res["cv"], "features": res["features"]})
+            if bar:
+                bar.update(1)
+        del x_all
+    if bar:
+        bar.close()
+    result = {"format_version": 1, "run": run.name, "model": run.manifest.get("model"),
+              "probe": "logistic regression (scikit-learn, C=1), cross-validated; baseline: the majority class "
+                       "of each training fold; accuracy pooled over folds with 95 % Wilson intervals over examples",
+              "layers": out_rows, "skipped": skipped, "fingerprint": run_fingerprint(run)}
+    if save:
+        try:
+            write_json_atomic(run.path / PROBES_FILE, result)
+        except OSError:
+            pass
+    return result
+
+
+def read_probes(run: Run) -> dict | None:
+    """RUN/probes.json when it belongs to this build of the run."""
+    try:
+        data = json.loads((run.path / PROBES_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
+        return None
+    if data.get("fingerprint") not in (None, run_fingerprint(run)):
+        return None
+    return data
+
+
+# --------------------------------------------------------------------------- everything
+
+def compare_runs(runs: Sequence[Run], *, axis: str | None = None, n_bins: int = 5, cka: str = "use",
+                 cka_between: str = "all", movers: int = 20, progress: bool = False) -> dict:
+    """The comparison `llm-maps compare` writes as JSON (and the page draws)."""
+    group = match_runs(runs)
+    names = group.names
+    infos = [run_info(r, n) for r, n in zip(group.runs, names)]
+    kind, x = x_axis(infos, axis)
+    curves = accuracy_curves(group, x)
+    align = aligned_maps(group)
+    jac, k = neighbour_jaccard(group)
+    result = {
+        "format_version": COMPARE_VERSION,
+        "runs": infos,
+        "n_examples": group.n,
+        "n_test": int((group.frame["split"] == "test").sum()),
+        "n_tasks": int(group.frame["task"].nunique()),
+        "axis": {"kind": kind, "values": x, "log": kind == "n_params"},
+        "tasks": curves["tasks"],
+        "domains": curves["domains"],
+        "classes": curves["classes"],
+        "class_rule": curves["rule"],
+        "unit": curves["unit"],
+        "falloff": falloff_curves(group, n_bins=n_bins),
+        "alignment": {"method": "orthogonal Procrustes (translation, isotropic scale, rotation or reflection) "
+                                "of each run's 2-D map onto the first run's, on all shared examples",
+                      "procrustes_residual": align["residuals"]},
+        "moved": {"k": k, "measure": "Jaccard index of the k nearest train examples in the full space, run vs the "
+                                     "first run (1 = same neighbours)",
+                  "mean_jaccard": [None if not np.isfinite(jac[r]).any() else round(float(np.nanmean(jac[r])), 4)
+                                   for r in range(len(group.runs))],
+                  "top": top_movers(group, jac, limit=movers)},
+        "cka": {"measure": "linear CKA (Kornblith et al. 2019) on the encodings of all shared examples",
+                "layer_pairs": group_cka(group, between=cka_between, cache=cka, progress=progress) if cka != "skip"
+                else []},
+    }
+    return result
+
+
+def format_compare(result: dict) -> str:
+    """A short text summary of a comparison (what `llm-maps compare` prints)."""
+    lines = [f"{len(result['runs'])} runs over the same {result['n_examples']} examples "
+             f"({result['n_test']} test, {result['n_tasks']} tasks); axis: {result['axis']['kind']}"]
+    for i, r in enumerate(result["runs"]):
+        res = result["alignment"]["procrustes_residual"][i]
+        lines.append(f"  {r['name']:<20} {r['model']:<30} n_params {r['n_params'] or '-':>12}  step "
+                     f"{r['step'] if r['step'] is not None else '-':>6}  map residual "
+                     f"{'-' if res is None else format(res, '.3f')}  mean neighbour Jaccard "
+                     f"{result['moved']['mean_jaccard'][i]}")
+    lines.append("")
+    for d, e in result["domains"].items():
+        lines.append(e["verdict"])
+        lines.append("  task classes: " + ", ".join(f"{k} {v}" for k, v in e["classes"].items()))
+    lines.append("task classes (all): " + ", ".join(f"{k} {v}" for k, v in result["classes"].items()))
+    pairs = result["cka"]["layer_pairs"]
+    if pairs:
+        lines.append("")
+        lines.append("linear CKA, same-run layers excluded (run_a layer_a ~ run_b layer_b):")
+        for p in [p for p in pairs if p["run_a"] != p["run_b"]][:40]:
+            lines.append(f"  {p['run_a']} {p['layer_a']:>3} ~ {p['run_b']} {p['layer_b']:>3}: {p['cka']}")
+    return "\n".join(lines)
+
+
+def format_probes(result: dict) -> str:
+    lines = [f"linear probes of {result['run']} ({result['probe']})",
+             f"  {'layer':>5}  {'target':<8}  {'accuracy':>8}  {'95% interval':>15}  {'baseline':>8}  {'n':>6}  "
+             f"{'tasks':>5}  cv"]
+    for r in result["layers"]:
+        lines.append(f"  {r['layer']:>5}  {r['target']:<8}  {r['accuracy']:>8.3f}  [{r['low']:.3f}, {r['high']:.3f}]  "
+                     f"{r['baseline']:>8.3f}  {r['n']:>6}  {r['n_tasks']:>5}  {r['cv']}")
+    for s in result["skipped"]:
+        lines.append(f"  skipped {s['target']}: {s['reason']}")
+    return "\n".join(lines)
