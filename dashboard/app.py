@@ -115,13 +115,13 @@ def plot_templates() -> dict:
 # 1.5 MB instead of 4.8, evaluated in ~0.2 s instead of ~1 s). window.Plotly starts as a
 # promise-like placeholder that dcc.Graph waits on, on every page, so the stock plotly.min.js is
 # never loaded; the first `then` loads the bundle. On the pages with graphs (map, falloff,
-# playground) its download also starts with the page (preload), and it is run while the server
+# playground, compare) its download also starts with the page (preload), and it is run while the server
 # answers the first callback (the page layout), so neither waits for the other.
 EARLY_SCRIPT = """<script>(function () {
   window.__llmNativeTrim = String.prototype.trim;
   if (window.Plotly) return;
   var path = location.pathname.slice(%(plen)d);
-  var eager = /^(map|falloff|playground)?\\/?$/.test(path);
+  var eager = /^(map|falloff|playground|compare)?\\/?$/.test(path);
   var url = %(url)s, state = 0, waiting = [], fetch0 = window.fetch;
   function preload(href) {
     var link = document.createElement('link');

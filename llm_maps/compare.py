@@ -633,17 +633,18 @@ def _probe_target(frame, target: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, folds: int = 5, max_dim: int = 256,
-                 c: float = 1.0, seed: int = 0) -> dict:
+                 c: float = 1.0, seed: int = 0, max_iter: int = 300) -> dict:
     """Cross-validated accuracy of a logistic-regression probe predicting ``y`` from ``x`` [N, H]
     (standardised, PCA to ``max_dim`` dimensions when H is larger, both fitted inside each fold),
     and of the majority class of each training fold (the baseline), pooled over the folds.
     ``groups`` (e.g. task): GroupKFold, so no group is in both the training and the test folds;
-    else StratifiedKFold. Returns accuracy, baseline, their Wilson intervals, n, folds, cv."""
+    else StratifiedKFold. Returns accuracy, baseline, their Wilson intervals, n, folds, cv, and
+    whether every fold's fit converged within ``max_iter`` lbfgs iterations."""
+    from sklearn.base import clone
     from sklearn.decomposition import PCA
-    from sklearn.dummy import DummyClassifier
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -665,15 +666,22 @@ def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, fol
         cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         cv_name = f"StratifiedKFold({k})"
     steps = [StandardScaler()]
-    dim = x.shape[1]
-    if dim > max_dim:
+    if x.shape[1] > max_dim:
         steps.append(PCA(n_components=max_dim, svd_solver="randomized", random_state=seed))
-        dim = max_dim
-    model = make_pipeline(*steps, LogisticRegression(C=c, max_iter=1000))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        pred = cross_val_predict(model, x, y, groups=groups, cv=cv)
-    base = cross_val_predict(DummyClassifier(strategy="most_frequent"), x, y, groups=groups, cv=cv)
+    pred = np.empty(len(y), dtype=y.dtype)
+    base = np.empty(len(y), dtype=y.dtype)
+    iterations, converged = [], True
+    for train, test in cv.split(x, y, groups):
+        model = make_pipeline(*[clone(s_) for s_ in steps], LogisticRegression(C=c, max_iter=max_iter))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(x[train], y[train])
+        n_iter = int(np.max(model[-1].n_iter_))
+        iterations.append(n_iter)
+        converged &= n_iter < max_iter
+        pred[test] = model.predict(x[test])
+        values, counts = np.unique(y[train], return_counts=True)
+        base[test] = values[np.argmax(counts)]  # the training fold's majority (first in sort order on ties)
     n = len(y)
     hits, base_hits = int((pred == y).sum()), int((base == y).sum())
     lo, hi = wilson_interval(hits, n)
@@ -681,7 +689,7 @@ def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, fol
     return {"accuracy": hits / n, "low": lo, "high": hi, "baseline": base_hits / n, "baseline_low": blo,
             "baseline_high": bhi, "n": n, "n_classes": int(len(classes)), "folds": k, "cv": cv_name,
             "features": f"standardised, PCA to {max_dim} dimensions inside each fold" if x.shape[1] > max_dim
-            else "standardised", "C": c}
+            else "standardised", "C": c, "iterations": max(iterations), "converged": bool(converged)}
 
 
 def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequence[str] = PROBE_TARGETS,
@@ -730,7 +738,8 @@ def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequenc
                              "baseline": round(res["baseline"], 6), "low": res["low"], "high": res["high"],
                              "baseline_low": res["baseline_low"], "baseline_high": res["baseline_high"],
                              "n": res["n"], "n_tasks": int(len(np.unique(tasks[rows]))),
-                             "n_classes": res["n_classes"], "cv": res["cv"], "features": res["features"]})
+                             "n_classes": res["n_classes"], "cv": res["cv"], "features": res["features"],
+                             "converged": res["converged"]})
             if bar:
                 bar.update(1)
         del x_all

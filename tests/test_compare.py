@@ -351,7 +351,8 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
     small, big = runs["small"][0], runs["big"][0]
     group = CMP.match_runs([Run(small), Run(big)])
     coords = CMP.aligned_maps(group)["coords"]
-    app = create_app([small, big], [])
+    other = write_synthetic_run(root / "other", 40, seed=3)  # other examples: cannot compare
+    app = create_app([small, big, other], [])
     gd = "document.querySelector('#compare-map-graph .js-plotly-plot')"
     hm = "document.querySelector('#compare-cka-graph .js-plotly-plot')"
     with live_server(app) as url, sync_playwright() as pw:
@@ -391,6 +392,17 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
         np.testing.assert_allclose(page.evaluate(f"() => Array.from({gd}.data[0].x)"), np.round(coords[1][:, 0], 4),
                                    atol=1e-9)
         assert page.evaluate(f"() => {hm}._fullData.filter(t => t.type === 'heatmap').map(t => t.z.length)") == [4, 4]
+        # drawn with the app's own plotly.js bundle (heatmap included), never the stock one
+        from dashboard.bundle import bundle_version
+
+        assert page.evaluate("() => Plotly.version") == bundle_version()
+        assert {n.split("/")[-1].split("?")[0] for n in page.evaluate(
+            "() => performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('plotly'))")} \
+            == {"plotly-llm-maps.min.js"}
+        assert log.take() == []
         # mismatched runs: the one-line error as a banner
+        page.goto(f"{url}/compare?runs=small&runs=other")
+        banner = page.wait_for_selector("#compare-banner", timeout=20_000).inner_text()
+        assert "runs 'small' and 'other' do not hold the same examples" in banner and "0 matched, 80 missing" in banner
         assert log.take() == []
         browser.close()
