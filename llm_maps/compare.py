@@ -667,7 +667,7 @@ def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, fol
         cv_name = f"StratifiedKFold({k})"
     steps = [StandardScaler()]
     if x.shape[1] > max_dim:
-        steps.append(PCA(n_components=max_dim, svd_solver="randomized", random_state=seed))
+        steps.append(PCA(n_components=max_dim, svd_solver="covariance_eigh"))  # N >> H: eigh of H x H
     pred = np.empty(len(y), dtype=y.dtype)
     base = np.empty(len(y), dtype=y.dtype)
     iterations, converged = [], True

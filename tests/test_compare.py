@@ -193,6 +193,22 @@ def test_accuracy_curves_match_direct_counts_and_statsmodels_wilson(tmp_path):
     assert res["tasks"][reasoning[0]]["accuracy"][1] == 0.0
 
 
+def test_checkpoints_use_the_step_axis_and_runs_without_either_the_order_given(tmp_path):
+    a, b = _pair(tmp_path)
+    c = write_synthetic_run(tmp_path / "mid", 240, layers=(1,), seed=5)
+    res = CMP.compare_runs([Run(a), Run(c), Run(b)], cka="off")  # older runs: no n_params, no step
+    assert res["axis"] == {"kind": "order", "values": [1.0, 2.0, 3.0], "log": False}
+    assert [r["name"] for r in res["runs"]] == ["small", "mid", "large"]
+    for run, step in ((a, 0), (c, 100), (b, 50)):
+        _set_manifest(run, step=step, base_run="small", n_params=10)
+    res = CMP.compare_runs([Run(a), Run(c), Run(b)], cka="off")
+    assert res["axis"]["kind"] == "step" and res["axis"]["values"] == [0.0, 100.0, 50.0]
+    assert [(r["step"], r["base_run"]) for r in res["runs"]] == [(0, "small"), (100, "small"), (50, "small")]
+    assert CMP.x_axis(res["runs"], "n_params")[0] == "n_params"  # when every run has it, on request
+    # the first and last runs on the axis (step 0 and 100) are the ends of each curve
+    assert all(e["class"] == CMP.classify_curve([0, 100, 50], e["accuracy"]) for e in res["tasks"].values())
+
+
 def test_movers_are_the_examples_whose_train_neighbours_changed(tmp_path):
     a, b = _pair(tmp_path)
     frame = pd.read_parquet(a / EXAMPLES)
@@ -360,7 +376,7 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
         page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
         log = ConsoleLog(page)
         page.goto(f"{url}/compare?runs=small&runs=big")
-        page.wait_for_function(f"() => {gd} && {gd}._fullData && {hm} && {hm}._fullData", timeout=30_000)
+        page.wait_for_function(f"() => {gd} && {gd}._fullData && {hm} && {hm}._fullData", timeout=60_000)
         xs = page.evaluate(f"() => Array.from({gd}.data[0].x)")
         np.testing.assert_allclose(xs, np.round(coords[0][:, 0], 4), atol=1e-9)
         heat = page.evaluate(f"() => {hm}._fullData.filter(t => t.type === 'heatmap').map(t => t.z.length)")
@@ -388,10 +404,18 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
         assert page.evaluate(f"() => {probes}.data.length") >= 2
         # the URL restores the view
         page.goto(f"{url}/compare?runs=small&runs=big&t=1&cka_a=big&cka_b=big&axis=order")
-        page.wait_for_function(f"() => {gd} && {gd}._fullData && {hm} && {hm}._fullData", timeout=30_000)
+        page.wait_for_function(f"() => {gd} && {gd}._fullData && {hm} && {hm}._fullData", timeout=60_000)
         np.testing.assert_allclose(page.evaluate(f"() => Array.from({gd}.data[0].x)"), np.round(coords[1][:, 0], 4),
                                    atol=1e-9)
         assert page.evaluate(f"() => {hm}._fullData.filter(t => t.type === 'heatmap').map(t => t.z.length)") == [4, 4]
+        # every figure downloads as SVG (and PNG)
+        with page.expect_download() as dl:
+            page.click("#compare-cka-graph-svg")
+        assert dl.value.suggested_filename == "llm-maps-compare-cka.svg"
+        assert Path(dl.value.path()).read_bytes().startswith(b"<svg")
+        with page.expect_download() as dl:
+            page.click("#compare-scaling-graph-png")
+        assert Path(dl.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         # drawn with the app's own plotly.js bundle (heatmap included), never the stock one
         from dashboard.bundle import bundle_version
 
