@@ -467,7 +467,8 @@ def _cross_sq(left: np.ndarray, right: LayerSource, right_mean: np.ndarray) -> f
     for s in range(0, n, step):
         e = min(n, s + step)
         acc += left[s:e].T.astype(dt, copy=False) @ (right.block(s, e) - right_mean.astype(right.dtype))
-    return float(np.sum(acc * acc))
+    flat = acc.ravel()
+    return float(np.dot(flat, flat))  # no [H_a, H_b] temporary
 
 
 def cka_pairs(sources: Sequence[LayerSource], pairs: Iterable[tuple[int, int]], *,
@@ -667,7 +668,7 @@ def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, fol
         cv_name = f"StratifiedKFold({k})"
     steps = [StandardScaler()]
     if x.shape[1] > max_dim:
-        steps.append(PCA(n_components=max_dim, svd_solver="covariance_eigh"))  # N >> H: eigh of H x H
+        steps.append(PCA(n_components=max_dim, svd_solver="auto", random_state=seed))
     pred = np.empty(len(y), dtype=y.dtype)
     base = np.empty(len(y), dtype=y.dtype)
     iterations, converged = [], True

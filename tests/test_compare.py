@@ -424,6 +424,18 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
             "() => performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('plotly'))")} \
             == {"plotly-llm-maps.min.js"}
         assert log.take() == []
+        # the standalone export's Compare section draws offline, with its animation frames and slider
+        from llm_maps.cli import main
+
+        export = root / "page-export.html"
+        assert main(["export", str(small), "--html", str(export), "--compare", str(big)]) == 0
+        page.goto(export.as_uri())
+        em = "document.getElementById('compare-map')"
+        page.wait_for_function(f"() => {em} && {em}._fullData && {em}._fullData.length > 0", timeout=30_000)
+        assert page.evaluate(f"() => {em}._transitionData._frames.length") == 7  # 6 steps small -> big, + big
+        assert page.evaluate(f"() => {em}.layout.sliders[0].steps.map(s => s.label)") == ["small", "big"]
+        assert page.evaluate("() => document.getElementById('compare-cka').data[0].type") == "heatmap"
+        assert log.take() == []
         # mismatched runs: the one-line error as a banner
         page.goto(f"{url}/compare?runs=small&runs=other")
         banner = page.wait_for_selector("#compare-banner", timeout=20_000).inner_text()
