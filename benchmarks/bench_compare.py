@@ -92,7 +92,8 @@ def main(argv=None) -> int:
         between = sum(1 for p in pairs if p["run_a"] != p["run_b"])
         within = len(pairs) - between
         sources = args.runs * args.layers
-        flops = 2.0 * args.n * args.hidden * args.hidden * (len(pairs) + sources)  # cross + self products
+        diagonal = sum(1 for p in pairs if p["run_a"] == p["run_b"] and p["layer_a"] == p["layer_b"])
+        flops = 2.0 * args.n * args.hidden * args.hidden * (len(pairs) - diagonal + sources)  # cross + self products
         all_fp16 = args.runs * args.layers * args.n * args.hidden * 2
         one_f32 = args.n * args.hidden * 4
         vals = [p["cka"] for p in pairs if p["run_a"] != p["run_b"]]

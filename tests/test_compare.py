@@ -367,6 +367,7 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
     small, big = runs["small"][0], runs["big"][0]
     group = CMP.match_runs([Run(small), Run(big)])
     coords = CMP.aligned_maps(group)["coords"]
+    res_tasks = sorted(CMP.compare_runs([Run(small), Run(big)], cka="off")["tasks"])
     other = write_synthetic_run(root / "other", 40, seed=3)  # other examples: cannot compare
     app = create_app([small, big, other], [])
     gd = "document.querySelector('#compare-map-graph .js-plotly-plot')"
@@ -400,14 +401,20 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
                                "document.querySelector('#compare-play').textContent.includes('play')", timeout=20_000)
         assert page.locator("#compare-classes").count() == 1 and "emergent" in page.inner_text("#compare-class-rule")
         assert page.locator("#compare-movers-table tr").count() > 1
+        assert page.locator("#compare-tasks-table tr").count() == 1 + len(res_tasks)
         probes = "document.querySelector('#compare-probes-graph .js-plotly-plot')"
         assert page.evaluate(f"() => {probes}.data.length") >= 2
         # the URL restores the view
-        page.goto(f"{url}/compare?runs=small&runs=big&t=1&cka_a=big&cka_b=big&axis=order")
+        page.goto(f"{url}/compare?runs=small&runs=big&t=1&cka_a=big&cka_b=big&axis=order&task={res_tasks[0]}")
         page.wait_for_function(f"() => {gd} && {gd}._fullData && {hm} && {hm}._fullData", timeout=60_000)
         np.testing.assert_allclose(page.evaluate(f"() => Array.from({gd}.data[0].x)"), np.round(coords[1][:, 0], 4),
                                    atol=1e-9)
         assert page.evaluate(f"() => {hm}._fullData.filter(t => t.type === 'heatmap').map(t => t.z.length)") == [4, 4]
+        sg = "document.querySelector('#compare-scaling-graph .js-plotly-plot')"
+        names = page.evaluate(f"() => {sg}.data.map(t => t.name)")
+        assert len(names) == 3 and names[2].startswith(res_tasks[0])  # 2 domains + the task from the URL
+        assert page.evaluate(f"() => {sg}.layout.xaxis.type") == "linear"  # axis=order (not log n_params)
+        assert "task=" in page.url and "axis=order" in page.url
         # every figure downloads as SVG (and PNG)
         with page.expect_download() as dl:
             page.click("#compare-cka-graph-svg")

@@ -175,6 +175,8 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
         html.Ul([html.Li(e["verdict"], className="small") for e in res["domains"].values()], id="compare-verdicts"),
         _classes_table(res),
         html.Div(res["class_rule"], className="small text-muted", id="compare-class-rule"),
+        html.Details([html.Summary(f"every task ({len(res['tasks'])}): class and accuracy per run", className="small"),
+                      _tasks_table(res)], className="mt-1"),
         html.Div(res["unit"], className="small text-muted"),
     ])
     falloff = CF.falloff_overlay_figure(res, dark=dark)
@@ -253,6 +255,21 @@ def _classes_table(res) -> html.Table:
                     + [html.Td(str(res["classes"][c]), className="pe-3 fw-bold") for c in CLASSES]
                     + [html.Td(str(sum(res["classes"].values())), className="fw-bold")])
     return html.Table([head] + rows + [total], className="small mb-1", id="compare-classes")
+
+
+def _tasks_table(res) -> html.Table:
+    from llm_maps.compare import CLASSES
+
+    names = [r["name"] for r in res["runs"]]
+    order = {c: i for i, c in enumerate(CLASSES)}
+    tasks = sorted(res["tasks"].items(), key=lambda kv: (order.get(kv[1]["class"], 9), kv[1]["domain"], kv[0]))
+    head = html.Tr([html.Th(h, className="pe-3") for h in ("task", "domain", "class")]
+                   + [html.Th(n, className="pe-2") for n in names])
+    rows = [html.Tr([html.Td(t, className="pe-3"), html.Td(e["domain"], className="pe-3"),
+                     html.Td(e["class"] or "—", className="pe-3")]
+                    + [html.Td("—" if a is None else f"{a:.2f} (n={n})", className="pe-2")
+                       for a, n in zip(e["accuracy"], e["n"])]) for t, e in tasks]
+    return html.Table([head] + rows, className="small", id="compare-tasks-table")
 
 
 def _movers(cmp: Comparison, run: int) -> list[dict]:
