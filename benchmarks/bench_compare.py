@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--max-dim", type=int, default=256, help="PCA dimensions the probes see")
     ap.add_argument("--no-probes", action="store_true")
+    ap.add_argument("--no-cka", action="store_true")
     ap.add_argument("--keep", default=None, help="write the runs here (and keep them) instead of a temp folder")
     args = ap.parse_args(argv)
 
@@ -88,21 +89,23 @@ def main(argv=None) -> int:
               f"(float16) in {time.perf_counter() - t0:.1f} s", flush=True)
         runs = [Run(p) for p in paths]
         group = match_runs(runs)
-        pairs, seconds, peak = measure(lambda: group_cka(group, cache="off", progress=True))
-        between = sum(1 for p in pairs if p["run_a"] != p["run_b"])
-        within = len(pairs) - between
-        sources = args.runs * args.layers
-        diagonal = sum(1 for p in pairs if p["run_a"] == p["run_b"] and p["layer_a"] == p["layer_b"])
-        flops = 2.0 * args.n * args.hidden * args.hidden * (len(pairs) - diagonal + sources)  # cross + self products
-        all_fp16 = args.runs * args.layers * args.n * args.hidden * 2
-        one_f32 = args.n * args.hidden * 4
-        vals = [p["cka"] for p in pairs if p["run_a"] != p["run_b"]]
-        print(f"CKA: {len(pairs)} layer pairs ({between} between runs, {within} within runs, incl. the diagonal) "
-              f"in {seconds:.1f} s ({seconds / max(len(pairs), 1):.2f} s a pair; {flops / seconds / 1e9:.0f} GFLOP/s)")
-        print(f"  CKA between runs: min {min(vals):.3f}, median {np.median(vals):.3f}, max {max(vals):.3f}")
-        print(f"  peak allocated {peak / 2**20:,.0f} MiB; all runs' layers at once would be {all_fp16 / 2**20:,.0f} MiB "
-              f"as float16, {2 * all_fp16 / 2**20:,.0f} MiB as float32 (one layer as float32: {one_f32 / 2**20:,.0f} MiB)",
-              flush=True)
+        if not args.no_cka:
+            pairs, seconds, peak = measure(lambda: group_cka(group, cache="off", progress=True))
+            between = sum(1 for p in pairs if p["run_a"] != p["run_b"])
+            within = len(pairs) - between
+            sources = args.runs * args.layers
+            diagonal = sum(1 for p in pairs if p["run_a"] == p["run_b"] and p["layer_a"] == p["layer_b"])
+            flops = 2.0 * args.n * args.hidden * args.hidden * (len(pairs) - diagonal + sources)  # cross + self
+            all_fp16 = args.runs * args.layers * args.n * args.hidden * 2
+            one_f32 = args.n * args.hidden * 4
+            vals = [p["cka"] for p in pairs if p["run_a"] != p["run_b"]]
+            print(f"CKA: {len(pairs)} layer pairs ({between} between runs, {within} within runs, incl. the diagonal) "
+                  f"in {seconds:.1f} s ({seconds / max(len(pairs), 1):.2f} s a pair; {flops / seconds / 1e9:.0f} GFLOP/s)")
+            if vals:
+                print(f"  CKA between runs: min {min(vals):.3f}, median {np.median(vals):.3f}, max {max(vals):.3f}")
+            print(f"  peak allocated {peak / 2**20:,.0f} MiB; all runs' layers at once would be "
+                  f"{all_fp16 / 2**20:,.0f} MiB as float16, {2 * all_fp16 / 2**20:,.0f} MiB as float32 (one layer as "
+                  f"float32: {one_f32 / 2**20:,.0f} MiB)", flush=True)
         if not args.no_probes:
             def probes():
                 return [probe_run(r, folds=args.folds, max_dim=args.max_dim, progress=True, save=False) for r in runs]

@@ -37,12 +37,12 @@ CHANGE = 0.10  # accuracy change (fraction) below which a task's curve counts as
 EMERGENT_SHARE = 2 / 3  # share of the rise in one step that makes a rising curve "emergent"
 CLASSES = ("flat", "smooth", "emergent", "inverse")
 CLASS_RULE = ("Each task's curve runs from the smallest (or earliest) run to the largest (or latest). "
-              f"flat: the last run is within {CHANGE:.0%} (accuracy points x 100) of the first; "
-              f"inverse: it is lower by {CHANGE:.0%} or more; smooth: it is higher by {CHANGE:.0%} or more "
-              f"and no single step between consecutive runs carries {EMERGENT_SHARE:.0%} of the rise; "
-              f"emergent: higher by {CHANGE:.0%} or more and one step carries at least {EMERGENT_SHARE:.0%} "
-              "of the rise (needs 3 or more runs; with 2 runs a rise is smooth). Classes describe the "
-              "measured curves; with few test examples per task a class can come from noise (see n).")
+              f"flat: the last run's accuracy is within {CHANGE:.2f} of the first's; inverse: it is lower by "
+              f"{CHANGE:.2f} or more; smooth: it is higher by {CHANGE:.2f} or more and no single step between "
+              f"consecutive runs carries {EMERGENT_SHARE:.0%} of the rise; emergent: higher by {CHANGE:.2f} or more "
+              f"and one step carries at least {EMERGENT_SHARE:.0%} of the rise (needs 3 or more runs; with 2 runs a "
+              "rise is smooth). Classes describe the measured curves; with few test examples per task a class can "
+              "come from noise (see n).")
 PROBE_TARGETS = ("domain", "task", "correct")
 
 
@@ -391,12 +391,13 @@ def neighbour_jaccard(group: RunGroup, *, k: int | None = None) -> tuple[np.ndar
 
 
 def top_movers(group: RunGroup, jaccard: np.ndarray, *, run: int | None = None, limit: int = 20) -> list[dict]:
-    """The examples whose k nearest train sets changed most between the first run and ``run``
-    (default the last): lowest Jaccard first, ties by example id."""
+    """The examples whose k nearest train sets changed between the first run and ``run`` (default
+    the last), most changed (lowest Jaccard) first, ties by example id; examples whose neighbours
+    did not change are left out."""
     run = len(group.runs) - 1 if run is None else int(run)
     j = jaccard[run]
     ids = group.frame["example_id"].astype(str).to_numpy()
-    ok = np.flatnonzero(np.isfinite(j))
+    ok = np.flatnonzero(np.isfinite(j) & (j < 1))
     order = ok[np.lexsort((ids[ok], j[ok]))][:limit]
     frame = group.frame
     return [{"example_id": str(ids[i]), "row": int(i), "jaccard": [None if not np.isfinite(v) else round(float(v), 4)

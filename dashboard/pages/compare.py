@@ -278,7 +278,10 @@ def _movers(cmp: Comparison, run: int) -> list[dict]:
     return top_movers(cmp.group, cmp.jaccard, run=run, limit=20)
 
 
-def _movers_table(movers, names) -> html.Table:
+def _movers_table(movers, names):
+    if not movers:
+        return html.Div("No example's nearest train examples changed between these runs.",
+                        className="small text-muted", id="compare-movers-table")
     head = html.Tr([html.Th(h, className="pe-3") for h in ("example", "task", "domain", "split")]
                    + [html.Th(f"J {n}", className="pe-2") for n in names[1:]])
     rows = [html.Tr([html.Td(m["example_id"], className="pe-3"), html.Td(m["task"], className="pe-3"),
