@@ -294,6 +294,7 @@ def sized_runs(tmp_path_factory):
     return root, out
 
 
+@pytest.mark.slow
 def test_two_model_sizes_compare_through_the_cli(sized_runs, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -355,6 +356,7 @@ def test_two_model_sizes_compare_through_the_cli(sized_runs, capsys):
     assert "Compare: small, big" in text and "compare-cka" in text
 
 
+@pytest.mark.slow
 def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
     from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
 
