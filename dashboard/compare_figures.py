@@ -104,8 +104,9 @@ def falloff_overlay_figure(result: dict, *, dark: bool = False) -> go.Figure:
                 hovertemplate="percentile %{x:.2f}<br>accuracy %{y:.3f}<br>%{customdata[1]} / %{customdata[0]} correct"
                               f"<extra>{_esc(c['run'])} · {_esc(d)}</extra>"), row=1, col=j + 1)
     scale = (result["falloff"][0].get("scale") if result["falloff"] else "percentile") or "percentile"
+    metric = next((c.get("metric") for c in result["falloff"] if c.get("metric")), None)
     xtitle = "percentile of distance to train among the run's test examples" if scale == "percentile" \
-        else "distance to nearest train prompt"
+        else f"distance to nearest train prompt ({metric or 'raw'}, bin median)"
     fig.update_layout(template=template_name(dark), height=400, margin={"l": 50, "r": 20, "t": 60, "b": 50},
                       title={"text": "Falloff per run: accuracy against distance to train (95 % Wilson intervals)"},
                       legend={"orientation": "h", "y": -0.25})

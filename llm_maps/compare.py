@@ -780,6 +780,11 @@ def compare_runs(runs: Sequence[Run], *, axis: str | None = None, n_bins: int = 
     group = match_runs(runs)
     names = group.names
     infos = [run_info(r, n) for r, n in zip(group.runs, names)]
+    if axis is not None and axis not in available_axes(infos):
+        lacking = next((i["name"] for i in infos if i.get(axis) is None or (axis == "n_params" and not i[axis])),
+                       infos[0]["name"])
+        raise LLMMapsError(f"--axis {axis}: run '{lacking}' has no '{axis}' in its manifest (available: "
+                           f"{', '.join(available_axes(infos))})")
     kind, x = x_axis(infos, axis)
     curves = accuracy_curves(group, x)
     align = aligned_maps(group)

@@ -205,8 +205,27 @@ def test_checkpoints_use_the_step_axis_and_runs_without_either_the_order_given(t
     assert res["axis"]["kind"] == "step" and res["axis"]["values"] == [0.0, 100.0, 50.0]
     assert [(r["step"], r["base_run"]) for r in res["runs"]] == [(0, "small"), (100, "small"), (50, "small")]
     assert CMP.x_axis(res["runs"], "n_params")[0] == "n_params"  # when every run has it, on request
+    _set_manifest(c, step=None)
+    with pytest.raises(CMP.LLMMapsError, match="--axis step: run 'mid' has no 'step' in its manifest"):
+        CMP.compare_runs([Run(a), Run(c), Run(b)], cka="off", axis="step")
     # the first and last runs on the axis (step 0 and 100) are the ends of each curve
     assert all(e["class"] == CMP.classify_curve([0, 100, 50], e["accuracy"]) for e in res["tasks"].values())
+
+
+def test_the_comparison_and_its_figures_never_import_torch(tmp_path):
+    """What the web process runs for the Compare page (and the export) stays torch-free."""
+    import subprocess
+    import sys
+
+    a, b = _pair(tmp_path, n=120)
+    code = ("import sys; from llm_maps.compare import compare_runs, probe_run; from llm_maps.runfolder import Run; "
+            "import dashboard.compare_figures as CF; import dashboard.app as A; A.create_app([], []); "
+            f"runs = [Run({str(a)!r}), Run({str(b)!r})]; res = compare_runs(runs, cka='auto'); probe_run(runs[0], save=False); "
+            "CF.compare_section(runs, res); "
+            "bad = [m for m in ('torch', 'transformers', 'pipelines') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
 
 
 def test_movers_are_the_examples_whose_train_neighbours_changed(tmp_path):
@@ -407,7 +426,7 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
         probes = "document.querySelector('#compare-probes-graph .js-plotly-plot')"
         assert page.evaluate(f"() => {probes}.data.length") >= 2
         # the URL restores the view
-        page.goto(f"{url}/compare?runs=small&runs=big&t=1&cka_a=big&cka_b=big&axis=order&task={res_tasks[0]}")
+        page.goto(f"{url}/compare?runs=small&runs=big&t=1&cka_a=big&cka_b=big&axis=order&task={res_tasks[0]}&fscale=raw")
         page.wait_for_function(f"() => {gd} && {gd}._fullData && {hm} && {hm}._fullData", timeout=60_000)
         np.testing.assert_allclose(page.evaluate(f"() => Array.from({gd}.data[0].x)"), np.round(coords[1][:, 0], 4),
                                    atol=1e-9)
@@ -416,7 +435,11 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
         names = page.evaluate(f"() => {sg}.data.map(t => t.name)")
         assert len(names) == 3 and names[2].startswith(res_tasks[0])  # 2 domains + the task from the URL
         assert page.evaluate(f"() => {sg}.layout.xaxis.type") == "linear"  # axis=order (not log n_params)
-        assert "task=" in page.url and "axis=order" in page.url
+        assert "task=" in page.url and "axis=order" in page.url and "fscale=raw" in page.url
+        fg = "document.querySelector('#compare-falloff-graph .js-plotly-plot')"
+        assert page.evaluate(f"() => {fg}.layout.xaxis.title.text").startswith("distance to nearest train prompt")
+        page.click("label[for='_dash-compare-falloff-scale-percentile'], #compare-falloff-scale label >> nth=0")
+        page.wait_for_function(f"() => {fg}.layout.xaxis.title.text.startsWith('percentile')", timeout=20_000)
         # every figure downloads as SVG (and PNG)
         with page.expect_download() as dl:
             page.click("#compare-cka-graph-svg")

@@ -67,11 +67,11 @@
         if (next >= last - 1e-9) return [last, true, '▶ play'];
         return [Number(next.toFixed(4)), NO(), NO()];
       },
-      syncUrl(runs, axis, tasks, t, ids, ckaA, ckaB, probe, moved) {
+      syncUrl(runs, axis, tasks, t, ids, ckaA, ckaB, probe, moved, fscale) {
         const w = window.dash_clientside.llm_maps && window.dash_clientside.llm_maps._write;
         if (!w) return NO();
         return w({runs, axis, task: tasks, t: t ? Number(t).toFixed(2).replace(/\.?0+$/, '') : null, ids,
-                  cka_a: ckaA, cka_b: ckaB, probe, moved});
+                  cka_a: ckaA, cka_b: ckaB, probe, moved, fscale: fscale === 'raw' ? 'raw' : null});
       },
       pickRuns(runs) {
         if (!runs || runs.length < 2) return NO();

@@ -119,7 +119,8 @@ def _graph_block(graph_id, figure, note=None, extra=None):
     ], className="mb-4")
 
 
-def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=None, probe=None, moved=None, **_):
+def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=None, probe=None, moved=None,
+           fscale=None, **_):
     run_ids = C.query_list(runs) or default_runs()
     picker = html.Div([_label("Runs to compare (the first is the reference map)", html_for="compare-runs"),
                        dcc.Dropdown(id="compare-runs", options=_run_options(), value=run_ids, multi=True)],
@@ -179,7 +180,8 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
                       _tasks_table(res)], className="mt-1"),
         html.Div(res["unit"], className="small text-muted"),
     ])
-    falloff = CF.falloff_overlay_figure(res, dark=dark)
+    scale = "raw" if fscale == "raw" else "percentile"
+    falloff = CF.falloff_overlay_figure(_falloff_result(cmp, scale), dark=dark)
     map_fig = CF.aligned_map_figure(cmp.payload, t=t_value, arrows=arrow_ids, dark=dark)
     marks = {i: {"label": n} for i, n in enumerate(names)}
     residuals = res["alignment"]["procrustes_residual"]
@@ -210,10 +212,13 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
         html.H5("Accuracy against model size / checkpoint", className="mt-2"),
         _graph_block("compare-scaling-graph", scaling, extra=[verdicts]),
         html.H5("Falloff per run"),
+        dbc.RadioItems(id="compare-falloff-scale", options=[
+            {"label": "percentile of distance", "value": "percentile"}, {"label": "raw distance", "value": "raw"}],
+            value=scale, inline=True, className="small"),
         _graph_block("compare-falloff-graph", falloff,
-                     note="x: each test example's distance to train as a percentile among the run's test distances "
-                          "(0-1; raw distances differ in scale between models); equal-count bins per domain and run; "
-                          "error bars: Wilson 95 % intervals."),
+                     note="Percentile: each test example's distance to train as its percentile among the run's test "
+                          "distances (0-1; raw distances differ in scale between models and metrics); equal-count bins "
+                          "per domain and run; error bars: Wilson 95 % intervals."),
         html.H5("Aligned maps"),
         _graph_block("compare-map-graph", map_fig, note=map_note, extra=map_extra),
         html.H5("Representation similarity"),
@@ -227,6 +232,15 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
         html.Div(id="compare-nav", hidden=True),
         dbc.Row([dbc.Col(controls, md=3, className="pt-2"), dbc.Col(body, md=9)]),
     ], fluid=True)
+
+
+def _falloff_result(cmp: Comparison, scale: str) -> dict:
+    """The comparison with its falloff curves on ``scale`` (the result holds the percentile ones)."""
+    if scale == "percentile":
+        return cmp.result
+    from llm_maps.compare import falloff_curves
+
+    return {**cmp.result, "falloff": falloff_curves(cmp.group, scale="raw")}
 
 
 def _axes(res) -> list[str]:
@@ -337,6 +351,13 @@ def update_scaling(axis, tasks, key, dark=False):
     return CF.scaling_figure(cmp.result, tasks=tasks or [], axis=axis, dark=bool(dark))
 
 
+@callback(Output("compare-falloff-graph", "figure"), Input("compare-falloff-scale", "value"),
+          State("compare-key", "data"), State("theme-dark", "value"), prevent_initial_call=True)
+def update_falloff(scale, key, dark=False):
+    cmp = _load(key)
+    return CF.falloff_overlay_figure(_falloff_result(cmp, scale), dark=bool(dark))
+
+
 @callback(Output("compare-cka-graph", "figure"), Input("compare-cka-a", "value"), Input("compare-cka-b", "value"),
           State("compare-key", "data"), State("theme-dark", "value"), prevent_initial_call=True)
 def update_cka(run_a, run_b, key, dark=False):
@@ -381,7 +402,7 @@ dash.clientside_callback(dash.ClientsideFunction("llm_maps_compare", "syncUrl"),
                          Input("compare-runs", "value"), Input("compare-axis", "value"), Input("compare-tasks", "value"),
                          Input("compare-t", "value"), Input("compare-arrows", "value"), Input("compare-cka-a", "value"),
                          Input("compare-cka-b", "value"), Input("compare-probe-run", "value"),
-                         Input("compare-moved-run", "value"))
+                         Input("compare-moved-run", "value"), Input("compare-falloff-scale", "value"))
 dash.clientside_callback(dash.ClientsideFunction("llm_maps_compare", "pickRuns"), Output("compare-nav", "children"),
                          Input("compare-runs", "value"), prevent_initial_call=True)
 for _graph in GRAPHS:
