@@ -1,6 +1,6 @@
 """A valid synthetic run folder of N points, for tests and benchmarks (numpy/pandas only).
 
-Follows the run-folder contract (shared/DESIGN.md) without a model: clustered 2-D positions, a
+Follows the run-folder contract (docs/run-folder.md) without a model: clustered 2-D positions, a
 distance to train that grows with the distance from the cluster centre, scores whose accuracy falls
 with that distance (steeply in the Chollet domain, gently in the Reasoning domain).
 """

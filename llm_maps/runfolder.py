@@ -1,6 +1,7 @@
 """The run folder: the contract between pipelines (writers) and the dashboard/worker (readers).
 
-See shared/DESIGN.md. Everything here is torch-free so the web process can import it.
+The contract is docs/run-folder.md (every file, column and manifest key), written from the types
+in ``llm_maps.contract``. Everything here is torch-free so the web process can import it.
 
 Layout::
 
@@ -15,33 +16,70 @@ a folder without ``.partial`` in its name and with a manifest is finished.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
+import platform
 import shutil
 import time
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .contract import FORMAT_VERSION, MANIFEST_KEYS, REQUIRED_COLUMNS, HistoryEntry
 from .errors import LLMMapsError
 
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "MANIFEST_KEYS", "REQUIRED_COLUMNS", "MANIFEST", "EXAMPLES", "ENCODINGS",
+           "PROJECTION", "Run", "find_runs", "read_manifest", "publish", "replacing_dir", "write_json_atomic",
+           "write_parquet_atomic", "save_npy_atomic", "layer_file", "partial_dir", "package_versions", "now_iso",
+           "history_entry", "with_history", "append_history"]
+
 MANIFEST = "manifest.json"
 EXAMPLES = "examples.parquet"
 ENCODINGS = "encodings"
 PROJECTION = "projection"
 
-REQUIRED_COLUMNS = (
-    "example_id", "split", "task", "category", "domain", "prompt", "reference", "output",
-    "score", "correct", "x", "y", "dist_to_train", "nn_train_ids",
-)
-MANIFEST_KEYS = (
-    "format_version", "model", "dtype", "device", "prompt_template", "pooling", "add_eos",
-    "max_length", "truncation_side", "layers", "default_layer", "projection", "distance_metric",
-    "split_rule", "domain_map", "sources", "counts", "versions", "created",
-)
+PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "pyarrow", "umap-learn",
+            "scikit-learn", "gguf")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of python, llm-maps and the packages a run's numbers depend on (those installed)."""
+    from . import __version__
+
+    out = {"python": platform.python_version(), "llm-maps": __version__}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def history_entry(stage: str, params: Mapping[str, Any], inputs: Mapping[str, Any],
+                  outputs: Sequence[str]) -> HistoryEntry:
+    """One ``manifest.history`` entry: a stage, its parameters, what it read and wrote, when, with what."""
+    return {"stage": stage, "params": dict(params), "inputs": dict(inputs), "outputs": list(outputs),
+            "versions": package_versions(), "created": now_iso()}
+
+
+def with_history(manifest: Mapping[str, Any], *entries: HistoryEntry) -> dict[str, Any]:
+    """A copy of ``manifest`` with ``entries`` appended to its history (earlier entries kept)."""
+    return {**manifest, "history": [*(manifest.get("history") or []), *entries]}
+
+
+def append_history(run_dir: str | Path, entry: HistoryEntry) -> None:
+    """Append one entry to a finished run's manifest (rewritten atomically); for stages that write
+    files beside the manifest (falloff.json) rather than the manifest itself."""
+    manifest = read_manifest(run_dir)
+    write_json_atomic(Path(run_dir) / MANIFEST, {**with_history(manifest, entry), "updated": entry["created"]})
 
 
 def partial_dir(run_dir: str | Path) -> Path:
