@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import (DATA, DISTANCES, MODEL, OUTPUT, PROJECTION, SCALE_OUT, SPLIT, BuildConfig, add_arguments,
                      config_values, from_args, parse_layers)
 from .errors import LLMMapsError
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 _layers = parse_layers
@@ -43,7 +46,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_project(args) -> int:
+def cmd_project(args: argparse.Namespace) -> int:
     from pipelines.build import restage_run, summarize_run
 
     restage_run(args.run, stage="project", method=args.projection, fit_on=args.fit_on, seed=args.seed,
@@ -52,7 +55,7 @@ def cmd_project(args) -> int:
     return 0
 
 
-def cmd_neighbours(args) -> int:
+def cmd_neighbours(args: argparse.Namespace) -> int:
     from pipelines.build import restage_run, summarize_run
 
     restage_run(args.run, stage="neighbours", k=args.k, metric=args.metric, layer=args.layer)
@@ -60,7 +63,7 @@ def cmd_neighbours(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from pipelines.build import summarize_run
 
     for i, run in enumerate(args.runs):
@@ -70,7 +73,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_score(args) -> int:
+def cmd_score(args: argparse.Namespace) -> int:
     from pipelines.build import summarize_run
     from pipelines.score import score_run
 
@@ -86,7 +89,7 @@ def cmd_score(args) -> int:
     return 0
 
 
-def cmd_falloff(args) -> int:
+def cmd_falloff(args: argparse.Namespace) -> int:
     from pipelines.falloff_run import falloff_run, format_falloff
 
     result = falloff_run(args.run, n_bins=args.bins, layers=args.layers,
@@ -106,7 +109,7 @@ def _lmeval_build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 train_template=build.pop("template"), columns=cols, log=_log, **build)
 
 
-def cmd_import_lmeval(args) -> int:
+def cmd_import_lmeval(args: argparse.Namespace) -> int:
     from pipelines.build import summarize_run
     from pipelines.lmeval import build_lmeval_run
 
@@ -114,7 +117,7 @@ def cmd_import_lmeval(args) -> int:
     return 0
 
 
-def cmd_lmeval(args) -> int:
+def cmd_lmeval(args: argparse.Namespace) -> int:
     import tempfile
 
     from pipelines.build import summarize_run
@@ -130,14 +133,14 @@ def cmd_lmeval(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    return run_demo(out=Path(args.out) if args.out else None, rebuild=args.rebuild,
-                    progress=not args.no_progress, serve=not args.no_serve, port=args.port)
+    return int(run_demo(out=Path(args.out) if args.out else None, rebuild=args.rebuild,
+                        progress=not args.no_progress, serve=not args.no_serve, port=args.port) or 0)
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the dashboard (torch-free process: imports only llm_maps and dashboard)."""
     import os
 
@@ -182,7 +185,7 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def cmd_worker(args) -> int:
+def cmd_worker(args: argparse.Namespace) -> int:
     from llm_maps.runfolder import find_runs
     from pipelines.worker import main_worker
 
@@ -190,10 +193,11 @@ def cmd_worker(args) -> int:
         if not Path(run).exists():
             raise LLMMapsError(f"{run}: no such run folder")
     runs = [Path(r) for r in args.runs] + [p for d in (args.data or []) for p in find_runs(d)]
-    return main_worker(runs, state_dir=args.state, max_models=args.max_models, device=args.device, dtype=args.dtype)
+    return int(main_worker(runs, state_dir=args.state, max_models=args.max_models, device=args.device,
+                           dtype=args.dtype) or 0)
 
 
-def start_worker_process(runs, state_dir) -> "subprocess.Popen":
+def start_worker_process(runs: "Sequence[Path]", state_dir: "Path") -> "subprocess.Popen[bytes]":
     """The embedded worker `llm-maps serve` starts when no other worker is configured."""
     import subprocess
 
@@ -203,7 +207,7 @@ def start_worker_process(runs, state_dir) -> "subprocess.Popen":
     return subprocess.Popen(cmd, env={**os.environ, "LLM_MAPS_PARENT_PID": str(os.getpid())})
 
 
-def cmd_export(args) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from dashboard.export import export_html
 
     if not args.html:
@@ -219,7 +223,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_make_demo_data(args) -> int:
+def cmd_make_demo_data(args: argparse.Namespace) -> int:
     from pipelines import demo_data
 
     argv = []
@@ -301,7 +305,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.set_defaults(func=cmd_falloff)
 
-    def lmeval_common(p):
+    def lmeval_common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, metavar="RUN_DIR")
         p.add_argument("--results", default=None, help="results_*.json (default: the one beside the samples)")
         p.add_argument("--lmeval-metric", default=None,

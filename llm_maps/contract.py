@@ -79,7 +79,7 @@ class SplitRule(TypedDict, total=False):
 
 
 class DomainMapInfo(TypedDict, total=False):
-    path: Annotated[str, "the TOML domain map used"]
+    path: Annotated[str | None, "the TOML domain map used"]
     categories: Annotated[dict[str, str], "category -> domain"]
     tasks: Annotated[dict[str, str], "task -> domain"]
     keywords: Annotated[dict[str, str], "keyword -> domain"]

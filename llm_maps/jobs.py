@@ -3,8 +3,8 @@
 Embedded default: a diskcache folder (SQLite, safe across processes) — no server to install.
 Torch-free: the web process submits and reads jobs; ``llm-maps worker`` claims and runs them.
 
-A job record: ``{id, run, kind, payload, status, error, result, created, started, finished,
-heartbeat, worker}`` with ``status`` queued -> running -> done | failed | cancelled. Claiming pops the id and
+A job record (``contract.JobRecord``, docs/run-folder.md): ``{id, run, kind, payload, status, error,
+result, created, started, finished, heartbeat, worker}`` with ``status`` queued -> running -> done | failed | cancelled. Claiming pops the id and
 marks the job running in one transaction, so a job is never lost between the two. A running job
 whose worker stops heart-beating (killed, crashed) is failed with a reason after
 ``heartbeat_timeout`` seconds — by whoever looks at it next (a reader or a worker).
@@ -23,7 +23,9 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, cast
 
+from .contract import JobPayload, JobRecord, PointRecord
 from .errors import LLMMapsError
 
 DEFAULTS = {  # each overridable with LLM_MAPS_<NAME> in the environment, e.g. LLM_MAPS_MAX_QUEUED=200
@@ -51,7 +53,7 @@ class QueueUnavailable(QueueFull):
         self.retry_after = retry_after
 
 
-def default_state_dir(run_dirs) -> Path:
+def default_state_dir(run_dirs: Iterable[str | Path]) -> Path:
     env = os.environ.get("LLM_MAPS_STATE")
     if env:
         return Path(env)
@@ -65,33 +67,39 @@ class _Staleness:
 
     heartbeat_timeout: float
 
-    def _timeout(self, job: dict) -> float:
+    def get(self, job_id: str) -> JobRecord | None:
+        raise NotImplementedError
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        raise NotImplementedError
+
+    def _timeout(self, job: JobRecord) -> float:
         # the claiming worker's own timeout (it sets its heartbeat cadence), else ours
         return float(job.get("heartbeat_timeout") or self.heartbeat_timeout)
 
-    def _stale(self, job: dict) -> bool:
+    def _stale(self, job: JobRecord) -> bool:
         return time.time() - (job.get("heartbeat") or job.get("started") or 0) > self._timeout(job)
 
-    def _stale_failure(self, job: dict) -> dict:
-        return dict(status="failed", finished=time.time(),
-                    error=f"worker {job.get('worker') or '?'} stopped responding (no heartbeat for "
-                          f"{self._timeout(job):g} s); the job did not finish")
+    def _stale_failure(self, job: JobRecord) -> JobRecord:
+        return {"status": "failed", "finished": time.time(),
+                "error": f"worker {job.get('worker') or '?'} stopped responding (no heartbeat for "
+                         f"{self._timeout(job):g} s); the job did not finish"}
 
     # job transitions, the same for every queue: each is an ``update`` of the record
     def heartbeat(self, job_id: str) -> None:
         self.update(job_id)
 
-    def finish(self, job_id: str, result: dict) -> None:
+    def finish(self, job_id: str, result: dict[str, Any]) -> None:
         self.update(job_id, status="done", result=result, finished=time.time())
 
-    def fail(self, job_id: str, error: str, result: dict | None = None) -> None:
+    def fail(self, job_id: str, error: str, result: dict[str, Any] | None = None) -> None:
         self.update(job_id, status="failed", error=error, finished=time.time(),
                     **({"result": result} if result is not None else {}))
 
     # cancelling: a queued job is never run; a running one is asked to stop (its worker checks
     # ``cancel_requested`` between tokens and ends it with ``mark_cancelled``, keeping what it made)
     @staticmethod
-    def _cancelled(job: dict) -> dict | None:
+    def _cancelled(job: JobRecord) -> JobRecord | None:
         if job["status"] == "queued":
             return {**job, "status": "cancelled", "finished": time.time()}
         if job["status"] == "running" and not job.get("cancel_requested"):
@@ -101,12 +109,12 @@ class _Staleness:
     def cancel_requested(self, job_id: str) -> bool:
         return bool((self.get(job_id) or {}).get("cancel_requested"))
 
-    def mark_cancelled(self, job_id: str, partial: dict | None = None) -> None:
+    def mark_cancelled(self, job_id: str, partial: dict[str, Any] | None = None) -> None:
         self.update(job_id, status="cancelled", finished=time.time(),
                     **({"result": partial} if partial is not None else {}))
 
 
-def _new_job(job_id: str, run: str, kind: str, payload: dict) -> dict:
+def _new_job(job_id: str, run: str, kind: str, payload: JobPayload) -> JobRecord:
     return {"id": job_id, "run": run, "kind": kind, "payload": payload, "status": "queued", "error": None,
             "result": None, "created": time.time(), "started": None, "finished": None, "heartbeat": None,
             "worker": None}
@@ -127,7 +135,7 @@ class JobQueue(_Staleness):
         self.retention = float(retention or DEFAULTS["retention"])
 
     # ------------------------------------------------------------------ web side
-    def submit(self, run: str, kind: str, payload: dict) -> str:
+    def submit(self, run: str, kind: str, payload: JobPayload) -> str:
         with self.cache.transact():
             waiting = self._count_waiting()
             if waiting >= self.max_queued:
@@ -141,8 +149,8 @@ class JobQueue(_Staleness):
     def _count_waiting(self) -> int:
         return int(self.cache.get("waiting", 0))
 
-    def get(self, job_id: str) -> dict | None:
-        job = self.cache.get(f"job:{job_id}")
+    def get(self, job_id: str) -> JobRecord | None:
+        job: JobRecord | None = self.cache.get(f"job:{job_id}")
         if job is not None and job["status"] == "running" and self._stale(job):
             self._fail_stale(job_id)
             job = self.cache.get(f"job:{job_id}")
@@ -171,10 +179,10 @@ class JobQueue(_Staleness):
                 n += 1
         return n
 
-    def cancel(self, job_id: str) -> dict | None:
+    def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a job (see ``_cancelled``); returns its record, None when unknown."""
         with self.cache.transact():
-            job = self.cache.get(f"job:{job_id}")
+            job: JobRecord | None = self.cache.get(f"job:{job_id}")
             if job is None:
                 return None
             new = self._cancelled(job)
@@ -190,7 +198,7 @@ class JobQueue(_Staleness):
             self.cache.set("running", running)
 
     # ------------------------------------------------------------------ worker side
-    def claim(self, runs, worker: str) -> dict | None:
+    def claim(self, runs: Iterable[str], worker: str) -> JobRecord | None:
         """Pop the oldest queued job of any of ``runs`` and mark it running, in one transaction
         (ids of expired or cancelled jobs on the way are dropped)."""
         for run in runs:
@@ -203,15 +211,16 @@ class JobQueue(_Staleness):
                     job = self.cache.get(f"job:{job_id}")
                     if job is None or job["status"] != "queued":
                         continue
+                    job = cast(JobRecord, job)
                     now = time.time()
-                    job.update(status="running", started=now, heartbeat=now, worker=worker,
-                               heartbeat_timeout=self.heartbeat_timeout)
+                    job.update({"status": "running", "started": now, "heartbeat": now, "worker": worker,
+                                "heartbeat_timeout": self.heartbeat_timeout})
                     self.cache.set(f"job:{job_id}", job, expire=self.retention)
                     self.cache.set("running", set(self.cache.get("running", ())) | {job_id})
                     return job
         return None
 
-    def update(self, job_id: str, **fields) -> None:
+    def update(self, job_id: str, **fields: Any) -> None:
         with self.cache.transact():
             job = self.cache.get(f"job:{job_id}")
             if job is None:
@@ -239,7 +248,7 @@ class PointStore:
         return self.directory / f"{run}.jsonl"
 
     @contextmanager
-    def _locked(self, run: str):
+    def _locked(self, run: str) -> Iterator[None]:
         with open(self.directory / f".{run}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -247,17 +256,17 @@ class PointStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def add(self, run: str, point: dict) -> None:
+    def add(self, run: str, point: PointRecord) -> None:
         with self._locked(run), open(self._path(run), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(point, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
-    def list(self, run: str) -> list[dict]:
+    def list(self, run: str) -> list[PointRecord]:
         path = self._path(run)
         if not path.exists():
             return []
-        out = []
+        out: list[PointRecord] = []
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 try:
@@ -266,7 +275,7 @@ class PointStore:
                     continue  # a torn last line from a crash: skip it, keep the rest
         return out
 
-    def get(self, run: str, point_id: str) -> dict | None:
+    def get(self, run: str, point_id: str) -> PointRecord | None:
         return next((p for p in self.list(run) if p.get("id") == point_id), None)
 
     def delete(self, run: str, point_id: str) -> bool:
@@ -288,7 +297,7 @@ class PointStore:
 TASK_RUN_JOB = "llm_maps.run_job"
 TASK_ENCODE_CHUNK = "llm_maps.encode_chunk"
 BUILD_QUEUE = "llm-maps.build"
-_APPS: dict = {}
+_APPS: dict[str, Any] = {}
 
 
 def redis_url() -> str | None:
@@ -300,7 +309,7 @@ def run_queue_name(run: str) -> str:
     return f"llm-maps.run.{run}"
 
 
-def celery_app(url: str | None = None):
+def celery_app(url: str | None = None) -> Any:
     """The Celery app on ``url`` (default REDIS_URL): Redis as broker and result backend, one task at
     a time per worker, nothing prefetched (a killed worker holds no queued job), acked on receipt."""
     url = url or redis_url()
@@ -351,7 +360,7 @@ class RedisJobQueue(_Staleness):
     def _ttl_ms(self) -> int:
         return max(1, int(self.retention * 1000))
 
-    def _modify(self, job_id: str, change):
+    def _modify(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
         """Read-modify-write one record atomically (optimistic WATCH). ``change(job)`` returns the new
         record, or None to leave it alone. Returns the new record or None."""
         import redis
@@ -360,7 +369,7 @@ class RedisJobQueue(_Staleness):
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(key)  # type: ignore[no-untyped-call]  # (redis-py leaves it unannotated)
                     raw = pipe.get(key)
                     job = json.loads(raw) if raw else None
                     new = change(job) if job is not None else None
@@ -381,7 +390,7 @@ class RedisJobQueue(_Staleness):
                     continue
 
     # ------------------------------------------------------------------ web side
-    def submit(self, run: str, kind: str, payload: dict) -> str:
+    def submit(self, run: str, kind: str, payload: JobPayload) -> str:
         import redis
 
         try:
@@ -389,7 +398,7 @@ class RedisJobQueue(_Staleness):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
 
-    def _submit(self, run: str, kind: str, payload: dict) -> str:
+    def _submit(self, run: str, kind: str, payload: JobPayload) -> str:
         import redis
 
         job_id = uuid.uuid4().hex
@@ -398,7 +407,7 @@ class RedisJobQueue(_Staleness):
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(self._waiting)
+                    pipe.watch(self._waiting)  # type: ignore[no-untyped-call]
                     waiting = int(pipe.zcard(self._waiting))
                     if waiting >= self.max_queued:
                         pipe.unwatch()
@@ -417,7 +426,7 @@ class RedisJobQueue(_Staleness):
             raise QueueUnavailable(f"broker: {type(exc).__name__}") from None
         return job_id
 
-    def get(self, job_id: str) -> dict | None:
+    def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.get(self._key(job_id))
         job = json.loads(raw) if raw else None
         if job is not None and job["status"] == "running" and self._stale(job):
@@ -439,10 +448,10 @@ class RedisJobQueue(_Staleness):
         return n
 
     # ------------------------------------------------------------------ worker side
-    def claim_id(self, job_id: str, worker: str) -> dict | None:
+    def claim_id(self, job_id: str, worker: str) -> JobRecord | None:
         """Mark a queued job running for ``worker``; None when it is not queued (expired, already
         claimed by a redelivered message, failed)."""
-        def change(job):
+        def change(job: JobRecord) -> JobRecord | None:
             if job["status"] != "queued":
                 return None
             now = time.time()
@@ -454,10 +463,10 @@ class RedisJobQueue(_Staleness):
             self.redis.zrem(self._waiting, job_id)
         return job
 
-    def update(self, job_id: str, **fields) -> None:
-        self._modify(job_id, lambda job: {**job, **fields, "heartbeat": time.time()})
+    def update(self, job_id: str, **fields: Any) -> None:
+        self._modify(job_id, lambda job: cast(JobRecord, {**job, **fields, "heartbeat": time.time()}))
 
-    def cancel(self, job_id: str) -> dict | None:
+    def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a job (see ``_cancelled``); returns its record, None when unknown."""
         return self._modify(job_id, self._cancelled) or self.get(job_id)
 
@@ -472,7 +481,10 @@ class RedisPointStore:
     def __init__(self, url: str | None = None, *, prefix: str = "llm-maps"):
         import redis
 
-        self.redis = redis.Redis.from_url(url or redis_url())
+        url = url or redis_url()
+        if not url:
+            raise LLMMapsError("REDIS_URL is not set")
+        self.redis = redis.Redis.from_url(url)
         self.prefix = prefix
 
     def _keys(self, run: str) -> tuple[str, str]:
@@ -480,21 +492,21 @@ class RedisPointStore:
             raise LLMMapsError(f"bad run name '{run}'")
         return f"{self.prefix}:points:{run}", f"{self.prefix}:points-order:{run}"
 
-    def add(self, run: str, point: dict) -> None:
+    def add(self, run: str, point: PointRecord) -> None:
         data, order = self._keys(run)
         with self.redis.pipeline() as pipe:  # MULTI/EXEC: both or neither
             pipe.hset(data, point["id"], json.dumps(point, ensure_ascii=False))
             pipe.zadd(order, {point["id"]: float(point.get("created") or time.time())})
             pipe.execute()
 
-    def list(self, run: str) -> list[dict]:
+    def list(self, run: str) -> list[PointRecord]:
         data, order = self._keys(run)
         ids = self.redis.zrange(order, 0, -1)
         if not ids:
             return []
-        return [json.loads(raw) for raw in self.redis.hmget(data, ids) if raw]
+        return [json.loads(raw) for raw in self.redis.hmget(data, cast(Any, ids)) if raw]
 
-    def get(self, run: str, point_id: str) -> dict | None:
+    def get(self, run: str, point_id: str) -> PointRecord | None:
         raw = self.redis.hget(self._keys(run)[0], point_id)
         return json.loads(raw) if raw else None
 
@@ -507,11 +519,11 @@ class RedisPointStore:
         return bool(removed)
 
 
-def make_queue(state_dir: str | Path, **kwargs):
+def make_queue(state_dir: str | Path, **kwargs: Any) -> "JobQueue | RedisJobQueue":
     """The job queue to use: ``RedisJobQueue`` when REDIS_URL is set, else the embedded ``JobQueue``."""
     return RedisJobQueue(**kwargs) if redis_url() else JobQueue(state_dir, **kwargs)
 
 
-def make_points(state_dir: str | Path):
+def make_points(state_dir: str | Path) -> "PointStore | RedisPointStore":
     """Where user points live: Redis when REDIS_URL is set, else ``state_dir/points/<run>.jsonl``."""
     return RedisPointStore() if redis_url() else PointStore(state_dir)

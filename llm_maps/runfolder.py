@@ -25,11 +25,11 @@ import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, cast
 
 import numpy as np
 
-from .contract import FORMAT_VERSION, MANIFEST_KEYS, REQUIRED_COLUMNS, HistoryEntry
+from .contract import FORMAT_VERSION, MANIFEST_KEYS, REQUIRED_COLUMNS, HistoryEntry, Manifest
 from .errors import LLMMapsError
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_KEYS", "REQUIRED_COLUMNS", "MANIFEST", "EXAMPLES", "ENCODINGS",
@@ -112,7 +112,8 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def write_parquet_atomic(path: str | Path, frame) -> None:
+def write_parquet_atomic(path: str | Path, frame: Any) -> None:
+    """Write a pandas DataFrame as zstd Parquet, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -171,7 +172,8 @@ def replacing_dir(final: str | Path) -> Iterator[Path]:
     _swap_in(tmp, final)
 
 
-def read_manifest(run_dir: str | Path) -> dict:
+def read_manifest(run_dir: str | Path) -> Manifest:
+    """The manifest of a finished run, with its required keys checked (one-line errors)."""
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST
     if run_dir.name.endswith(".partial"):
@@ -186,13 +188,15 @@ def read_manifest(run_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LLMMapsError(f"{path}: corrupt manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise LLMMapsError(f"{path}: corrupt manifest (not a JSON object)")
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise LLMMapsError(f"{path}, field '{missing[0]}': missing from manifest")
     if manifest["format_version"] > FORMAT_VERSION:
         raise LLMMapsError(f"{path}, field 'format_version': {manifest['format_version']} is newer "
                            f"than this version of llm-maps understands ({FORMAT_VERSION})")
-    return manifest
+    return cast(Manifest, manifest)
 
 
 class Run:
@@ -200,15 +204,16 @@ class Run:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir)
-        self.manifest = read_manifest(self.path)
-        self._examples = None
+        self.manifest: Manifest = read_manifest(self.path)
+        self._examples: Any = None
 
     @property
     def name(self) -> str:
         return self.path.name
 
     @property
-    def examples(self):
+    def examples(self) -> Any:
+        """examples.parquet as a pandas DataFrame (read once, required columns checked)."""
         if self._examples is None:
             import pandas as pd
 
@@ -240,7 +245,8 @@ class Run:
             raise LLMMapsError(f"{self.path}: layer {layer} is not stored (stored: {self.layers})")
         path = layer_file(self.path, layer)
         try:
-            return np.load(path, mmap_mode="r")
+            array: np.ndarray = np.load(path, mmap_mode="r")
+            return array
         except FileNotFoundError:
             raise LLMMapsError(f"{path}: missing") from None
         except ValueError as exc:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import dolly_rows, write_jsonl
+from contract_helpers import assert_follows_contract
 from llm_maps.cli import main
 from llm_maps.runfolder import MANIFEST_KEYS, REQUIRED_COLUMNS, Run, find_runs, partial_dir
 from pipelines.encode import encode_one
@@ -53,6 +54,9 @@ def test_run_folder_follows_the_contract(built_run, tiny_models):
     assert enc.dtype == np.float16 and enc.shape == (48, 32)
     assert isinstance(enc, np.memmap)
     assert not partial_dir(out).exists() and find_runs(out.parent) == [out]
+    assert_follows_contract(out)
+    assert [h["stage"] for h in m["history"]] == ["encode", "project", "neighbours"]
+    assert m["model_info"]["architecture"] == "LlamaForCausalLM" and m["encoding"]["tokens"] == int(ex["n_tokens"].sum())
 
 
 def test_stored_row_equals_single_prompt_encoding(built_run, tiny_models):
