@@ -316,7 +316,8 @@ def make_parser() -> argparse.ArgumentParser:
                             "lm-eval documents are split by example (--test-size)")
         p.add_argument("--columns", default=None, help="column mapping for --train data")
         p.add_argument("--test-size", type=float, default=0.5)
-        p.add_argument("--seed", type=int, default=0, help="seed of the split (without --train) and of the map")
+        p.add_argument("--seed", type=int, default=None,
+                       help="seed of the split (without --train) and of the map (default 0)")
         add_arguments(p, BuildConfig, groups=(MODEL, PROJECTION, DISTANCES),
                       extra=("split_seed", "map_seed", "domain_map"))
 

@@ -4,7 +4,7 @@ One dataclass, one field per parameter, each with its help text and CLI flags in
 metadata. The command line is generated from it (``add_arguments``), parsed back into it
 (``from_args``), ``pipelines.build.build_run`` takes it, and the first entry of a run's
 ``manifest.history`` records it (``BuildConfig.record``). Adding a build parameter is one
-change: a new field here (with ``option(...)``); see docs/run-folder.md, "Adding a field".
+change: a new field here (with ``option(...)``); see docs/run-folder.md, "Extending the contract".
 
 Torch-free: the CLI imports this to build its parser.
 """

@@ -175,10 +175,17 @@ def test_distributed_build_equals_a_plain_build(workers, plain_run, redis_url, m
     m_plain, m_dist = (json.loads((r / "manifest.json").read_text()) for r in (run, out))
     dist = m_dist["encoding"].pop("distributed")
     assert dist["chunks"] >= 4 and len(dist["workers"]) == 2, dist  # both workers took chunks
+    h_plain, h_dist = m_plain.pop("history"), m_dist.pop("history")
+    assert [h["stage"] for h in h_dist] == [h["stage"] for h in h_plain] == ["encode", "project", "neighbours"]
+    assert (h_dist[0]["params"].pop("distributed"), h_dist[0]["params"].pop("chunk_size")) == (True, 6)
+    assert (h_plain[0]["params"].pop("distributed"), h_plain[0]["params"].pop("chunk_size")) == (False, 512)
     for m in (m_plain, m_dist):
         m.pop("created")
         for key in ("seconds", "tokens_per_second"):
             m["encoding"].pop(key)
+    for h in h_plain + h_dist:
+        h.pop("created")
+    assert h_dist == h_plain  # the same parameters, inputs and versions otherwise
     assert m_dist == m_plain
     assert not (out.parent / "dist.partial").exists()
 
