@@ -354,8 +354,16 @@ class FalloffFile(TypedDict):
 # instruments (findings.json, compare, conditions, ...): one TypedDict per file in this section, and
 # a row in JSON_FILES below, so the doc and the contract test pick them up.
 
+class ProjectionFile(TypedDict):
+    format_version: Annotated[int, "projection.json format (1)"]
+    method: Annotated[str, "umap | pca"]
+    metric: Annotated[str, "cosine | euclidean"]
+    params: Annotated[dict[str, Any], "the fit's parameters (as manifest.projection has them)"]
+
+
 JSON_FILES: dict[str, Any] = {
     "falloff.json": FalloffFile,
+    "projection/projection.json": ProjectionFile,
 }
 
 # ================================================================================ state folder

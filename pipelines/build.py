@@ -371,6 +371,13 @@ def summarize_run(run_dir: str | Path) -> str:
     scored = frame["score"].notna()
     if scored.any():
         lines.append(f"accuracy   {frame.loc[scored, 'correct'].mean():.3f} on {int(scored.sum())} scored")
+    if "split_seed" in manifest or "map_seed" in manifest:
+        lines.append(f"seeds      split {manifest.get('split_seed', '-')}, map {manifest.get('map_seed', '-')}")
+    history = manifest.get("history") or []
+    if history:
+        stages = [h["stage"] for h in history]
+        shown = ", ".join(stages[-8:]) + (f" (and {len(stages) - 8} earlier)" if len(stages) > 8 else "")
+        lines.append(f"history    {shown}; last {history[-1]['created']} (manifest.history)")
     unknown = manifest["domain_map"].get("unknown_categories") or {}
     if unknown:
         lines.append("unknown    categories with no domain: " + ", ".join(f"{k} ({v})" for k, v in unknown.items()))

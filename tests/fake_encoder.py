@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,6 +20,7 @@ from llm_maps.runfolder import save_npy_atomic
 from pipelines.encode import EncodeResult
 
 
+@lru_cache(maxsize=None)
 def _unit(text: str, dim: int) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
     v = np.random.default_rng(seed).standard_normal(dim)

@@ -147,6 +147,10 @@ def test_each_stage_appends_history_and_reruns_keep_the_old_entries(staged_run):
     assert falloff["outputs"] == ["falloff.json"]
     assert all(h["versions"]["llm-maps"] and h["created"] for h in history)
     assert manifest["updated"] == falloff["created"]
+    summary = summarize_run(run).splitlines()
+    assert "seeds      split 5, map 9" in summary
+    assert (f"history    encode, project, neighbours, project, score, falloff; last {falloff['created']} "
+            "(manifest.history)") in summary
     # re-scoring appends; the first scoring's entry stays
     score_run(run, splits=("test",), generate="never", metric="contains", progress=False, log=lambda m: None)
     again = Run(run).manifest["history"]
@@ -329,3 +333,10 @@ def test_a_run_written_the_old_way_still_opens_and_gains_history(staged_run, tmp
 
     data = RunRegistry([old], []).load(None)
     assert data is not None and len(data.frame) == 40
+
+
+def test_the_synthetic_runs_of_the_dashboard_tests_follow_the_contract(tmp_path):
+    from contract_helpers import assert_follows_contract
+    from dashboard.synthetic import write_synthetic_run
+
+    assert_follows_contract(write_synthetic_run(tmp_path / "s", 60, layers=(1, 2)))
