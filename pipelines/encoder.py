@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+
+from llm_maps.errors import LLMMapsError
 
 if TYPE_CHECKING:
     from llm_maps.config import BuildConfig
@@ -19,21 +21,36 @@ if TYPE_CHECKING:
     from pipelines.models import LoadedModel
 
 
+@runtime_checkable
 class Encoder(Protocol):
     """A model that writes the run's encodings.
 
     ``encode`` writes ``out_dir/encodings/layer_<k>.npy`` (float16 ``[N, hidden_size]``, row i =
     prompt i, the state at its last token, keeping the last ``max_length`` tokens) for every k in
-    ``layers`` (already normalised to ``0..num_layers``) and returns an ``EncodeResult``.
+    ``layers`` (already normalised to ``0..num_layers``) and returns an ``EncodeResult``. The
+    attributes may be plain attributes or properties.
     """
 
-    num_layers: int  # hidden_states indices are 0..num_layers
-    hidden_size: int
-    max_positions: int | None  # the longest input the model takes (None: unknown)
-    device: str  # recorded in the manifest
-    dtype: str
-    info: dict[str, Any]  # provenance: manifest["model_info"] (revision, file_sha256, architecture...)
-    tokenizer: Any  # for prompt templates (chat templates, EOS); None when the encoder has none
+    @property
+    def num_layers(self) -> int: ...  # hidden_states indices are 0..num_layers
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    @property
+    def max_positions(self) -> int | None: ...  # the longest input the model takes (None: unknown)
+
+    @property
+    def device(self) -> str: ...  # recorded in the manifest
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def info(self) -> dict[str, Any]: ...  # provenance: manifest["model_info"] (revision, file_sha256, ...)
+
+    @property
+    def tokenizer(self) -> Any: ...  # for prompt templates (chat templates, EOS); None when there is none
 
     def encode(self, prompts: Sequence[str], out_dir: Path, *, layers: Sequence[int], add_eos: bool,
                max_length: int | None, batch_tokens: int | None, progress: bool,
@@ -59,7 +76,7 @@ class TransformersEncoder:
             from llm_maps.jobs import redis_url
 
             if not redis_url():
-                raise _error("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
+                raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
         checks = list(config.layers or []) + ([config.default_layer] if config.default_layer is not None else [])
         loaded = load_model(config.model, gguf_file=config.gguf_file, revision=config.revision, dtype=config.dtype,
                             device=config.device, layers_check=checks, weights=not config.distributed)
@@ -74,7 +91,7 @@ class TransformersEncoder:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.loaded.model.config.hidden_size)  # type: ignore[attr-defined]
+        return int(self.loaded.model.config.hidden_size)
 
     @property
     def max_positions(self) -> int | None:
@@ -118,8 +135,3 @@ class TransformersEncoder:
         return encode_to_folder(self.loaded, list(prompts), out_dir, layers=layers, add_eos=add_eos,
                                 max_length=max_length, batch_tokens=batch_tokens, progress=progress)
 
-
-def _error(message: str) -> Exception:
-    from llm_maps.errors import LLMMapsError
-
-    return LLMMapsError(message)

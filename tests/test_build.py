@@ -67,6 +67,13 @@ def test_stored_row_equals_single_prompt_encoding(built_run, tiny_models):
         one = encode_one(loaded, run.examples["prompt"][i], layers=[1, 3])
         for k in (1, 3):
             np.testing.assert_allclose(run.encodings(k)[i].astype(np.float32), one[k], rtol=2e-3, atol=2e-3)
+    # the default encoder of build_run is this model behind the Encoder protocol
+    from pipelines.encoder import Encoder, TransformersEncoder
+
+    enc = TransformersEncoder(loaded=loaded, model_spec=str(tiny_models["llama"]))
+    assert isinstance(enc, Encoder)
+    assert (enc.num_layers, enc.hidden_size, enc.max_positions) == (3, 32, 256)
+    assert run.manifest["hidden_size"] == enc.hidden_size and run.manifest["dtype"] == enc.dtype == "float32"
 
 
 def test_distances_and_neighbours_are_exact(built_run):

@@ -21,6 +21,7 @@ from llm_maps.config import BuildConfig, add_arguments, from_args, option
 from llm_maps.contract import COLUMNS, JSON_FILES, Manifest, check
 from llm_maps.runfolder import MANIFEST_KEYS, REQUIRED_COLUMNS, Run
 from pipelines.build import build_run, restage_run, summarize_run
+from pipelines.encoder import Encoder
 from pipelines.falloff_run import falloff_run
 from pipelines.score import score_run
 
@@ -259,6 +260,7 @@ def test_pipeline_with_the_fake_encoder_writes_a_consistent_run(tmp_path):
     run = build_run(BuildConfig(data=[str(data)], out=str(tmp_path / "r"), model="fake", template="plain",
                                 projection="pca", layers=[1, 4], default_layer=4, max_length=12, add_eos=True,
                                 k=2, metric="euclidean", progress=False), encoder=encoder, log=lambda m: None)
+    assert isinstance(encoder, Encoder)  # the protocol build_run receives
     r = Run(run)
     ex = r.examples
     assert encoder.calls == [{"n": 30, "layers": [1, 4], "add_eos": True, "max_length": 12}]
