@@ -342,3 +342,27 @@ def test_the_synthetic_runs_of_the_dashboard_tests_follow_the_contract(tmp_path)
     from dashboard.synthetic import write_synthetic_run
 
     assert_follows_contract(write_synthetic_run(tmp_path / "s", 60, layers=(1, 2)))
+
+
+def test_encode_project_neighbours_commands_one_stage_at_a_time(tmp_path, monkeypatch, capsys):
+    """`llm-maps encode` stops before the map; `project` and `neighbours` add it, each with its entry
+    (the model is the fake encoder, put where `build_run` loads the real one)."""
+    from llm_maps.cli import main
+    from pipelines.encoder import TransformersEncoder
+
+    monkeypatch.setattr(TransformersEncoder, "load", classmethod(lambda cls, config: FakeEncoder()))
+    data = _data(tmp_path, 30, outputs=False)
+    out = tmp_path / "r"
+    assert main(["encode", "--model", "fake", "--data", str(data), "--out", str(out), "--template", "plain",
+                 "--layers", "2,4", "--metric", "euclidean", "--no-progress"]) == 0
+    r = Run(out)
+    assert r.manifest["projection"] is None and r.manifest["distance_metric"] == "euclidean"
+    assert r.examples[["x", "y", "dist_to_train"]].isna().all().all()
+    assert [h["stage"] for h in r.manifest["history"]] == ["encode"]
+    assert main(["project", str(out), "--method", "pca", "--map-seed", "4"]) == 0
+    assert main(["neighbours", str(out), "-k", "2", "--metric", "euclidean"]) == 0
+    r = Run(out)
+    assert [h["stage"] for h in r.manifest["history"]] == ["encode", "project", "neighbours"]
+    assert r.manifest["map_seed"] == 4 and r.manifest["neighbours"]["metric"] == "euclidean"
+    assert r.examples[["x", "y", "dist_to_train"]].notna().all().all()
+    assert "seeds      split 0, map 4" in capsys.readouterr().out
