@@ -107,10 +107,10 @@ def validate_point(body, *, max_chars: int, max_new_tokens: int, max_length_toke
         kind = FIELDS[key]
         if value is None and key != "instruction":
             continue
+        name = {str: "a string", bool: "true or false", int: "an integer"}.get(kind, "a number")
         if isinstance(value, bool) and kind is not bool:
-            raise ApiError(422, f"field '{key}': expected {'an integer' if kind is int else 'a number'}, got a boolean")
+            raise ApiError(422, f"field '{key}': expected {name}, got a boolean")
         if not isinstance(value, kind):
-            name = {str: "a string", bool: "true or false", int: "an integer"}.get(kind, "a number")
             raise ApiError(422, f"field '{key}': expected {name}")
         if isinstance(value, str):
             check_text(key, value)
@@ -226,7 +226,8 @@ def export_points(points: list[dict], fmt: str) -> str:
             frame[col] = frame[col].astype("Int64")
         except (TypeError, ValueError, OverflowError):  # a value out of int64 (stored before limits): as text
             frame[col] = frame[col].map(lambda v: None if v is None or v != v else str(v))
-    return neutralise_frame(frame).to_csv(index=False)
+    # CRLF rows (RFC 4180): a cell holding a bare carriage return is quoted too
+    return neutralise_frame(frame).to_csv(index=False, lineterminator="\r\n")
 
 
 def register_api(server, registry, queue: JobQueue, points: PointStore, url_prefix: str = "/api") -> None:
