@@ -105,7 +105,7 @@ class _Staleness:
     def register_worker(self, worker_id: str, runs, status: str = "ready") -> None:
         """Record that ``worker_id`` serves ``runs`` (run ids) and is alive now."""
         self._set_worker(worker_id, {"runs": sorted(runs), "status": status, "beat": time.time(),
-                                     "reason": None})
+                                     "reason": None, "timeout": self.heartbeat_timeout})
 
     def worker_gone(self, worker_id: str, reason: str) -> None:
         """Mark a worker dead (it exited, was killed) so health stops counting it at once."""
@@ -120,8 +120,9 @@ class _Staleness:
         out = {}
         for run in runs:
             mine = {w: r for w, r in records.items() if run in (r.get("runs") or ())}
+            # each worker's own timeout (it sets its beat cadence), else ours
             live = [w for w, r in mine.items() if r.get("status") != "gone"
-                    and now - float(r.get("beat") or 0) <= self.heartbeat_timeout]
+                    and now - float(r.get("beat") or 0) <= float(r.get("timeout") or self.heartbeat_timeout)]
             ready = [w for w in live if mine[w].get("status") == "ready"]
             reason = None
             if not ready:
