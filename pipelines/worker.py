@@ -192,8 +192,9 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
 
 def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: str = "auto", dtype: str = "auto",
                poll: float = 0.1, stop: threading.Event | None = None, max_jobs: int | None = None,
-               log=print, pool=None) -> int:
-    """Claim and run jobs for ``run_dirs`` until ``stop`` is set (or ``max_jobs`` are done)."""
+               log=print, pool=None, on_ready=None) -> int:
+    """Claim and run jobs for ``run_dirs`` until ``stop`` is set (or ``max_jobs`` are done);
+    ``on_ready()`` is called once the runs are loaded, before the first job is claimed."""
     from pipelines.engine import SessionPool
 
     queue = JobQueue(state_dir)
@@ -207,6 +208,8 @@ def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: 
     try:
         warm_pool(pool, worker_id, log)
         presence.ready()
+        if on_ready is not None:
+            on_ready()
         return _job_loop(queue, points, pool, runs, worker_id, poll=poll, stop=stop or threading.Event(),
                          max_jobs=max_jobs)
     finally:
@@ -244,9 +247,15 @@ def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, devi
     if not run_dirs:
         raise LLMMapsError("worker: give at least one RUN_DIR (or set REDIS_URL to serve build chunks only)")
     state = Path(state_dir) if state_dir else default_state_dir(run_dirs)
-    stop = threading.Event()
+    stop, serving = threading.Event(), threading.Event()
+
+    def on_signal(*_):
+        stop.set()  # serving: finish the running job, then stop
+        if not serving.is_set():  # still loading models: nothing to finish, leave now
+            raise SystemExit(0)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     parent = os.environ.get("LLM_MAPS_PARENT_PID")
     if parent:  # started by `llm-maps serve`: stop when that process is gone, never linger
         def watch():
@@ -255,5 +264,6 @@ def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, devi
                     stop.set()
         threading.Thread(target=watch, daemon=True).start()
     log(f"llm-maps worker: serving {', '.join(Path(r).name for r in run_dirs)} from queue {state}")
-    serve_jobs(run_dirs, state_dir=state, max_models=max_models, device=device, dtype=dtype, stop=stop, log=log)
+    serve_jobs(run_dirs, state_dir=state, max_models=max_models, device=device, dtype=dtype, stop=stop, log=log,
+               on_ready=serving.set)
     return 0
