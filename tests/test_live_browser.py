@@ -1,7 +1,11 @@
-"""User text drawn by plotly is text: saved points whose instruction, output or tokens hold ``<a href>``,
-``<span style>`` or ``<b>`` show those characters literally — in real headless Chromium — in the Map
-page's legend and hovers, the playground's hovers and the standalone HTML export (plotly renders a
-subset of HTML in labels; without escaping they became live links and styled text)."""
+"""Live points in real headless Chromium, under hostile text and a flaky server.
+
+User text drawn by plotly is text: saved points whose instruction, output or tokens hold ``<a href>``,
+``<span style>`` or ``<b>`` show those characters literally in the Map page's legend and hovers, the
+playground's hovers and the standalone HTML export (plotly renders a subset of HTML in labels;
+without escaping they became live links and styled text). And the playground treats a poll that
+reads as missing (404) or fails (5xx) as a transient miss: it tries again, and reports the job
+failed only after ten misses in a row."""
 
 from __future__ import annotations
 
@@ -117,3 +121,41 @@ def test_user_text_is_literal_in_the_map_playground_and_export(browser_page, tmp
     _check_hovers(page, "#map", {("point", "p1"): ["your point: " + LINK, "output: " + OUTPUT],
                                  ("point", "p2"): ["your point: " + STYLED]})
     assert log.take() == []
+
+
+def test_the_playground_retries_transient_misses_and_gives_up_on_a_job_that_stays_missing(browser_page, tmp_path):
+    from dashboard.app import create_app
+
+    page, log = browser_page
+    run = write_synthetic_run(tmp_path / "syn", 40, seed=6)
+    app = create_app([run], [], state_dir=tmp_path / "state")
+    queue = app.server.config["LLM_MAPS_QUEUE"]
+    job_id = queue.submit("syn", "place", {"instruction": "a job the worker finished"})
+    queue.claim(["syn"], "w")
+    queue.finish(job_id, {"prompt": "P", "x": 0.1, "y": 0.2, "dist_to_train": 0.3, "neighbours": [], "domain": None,
+                          "expected_accuracy": None})
+    answers = {"404": 0, "503": 0}
+
+    def flaky(route):  # the first polls of the finished job read as missing, then as a server error
+        if answers["404"] < 3:
+            answers["404"] += 1
+            return route.fulfill(status=404, content_type="application/json", body='{"error": "unknown point"}')
+        if answers["503"] < 2:
+            answers["503"] += 1
+            return route.fulfill(status=503, content_type="text/html", body="<h1>restarting</h1>")
+        return route.continue_()
+
+    gone = "0" * 32
+    with live_server(app) as url:
+        page.route(f"{url}/api/points/{job_id}", flaky)
+        page.goto(f"{url}/playground?run=syn&ids={job_id},{gone}")
+        status = """([id, st]) => { const g = (window.llmPlayground.gens || []).find((x) => x.id === id);
+                                   return g && g.status === st; }"""
+        page.wait_for_function(status, arg=[job_id, "done"], timeout=30_000)
+        assert answers == {"404": 3, "503": 2}
+        assert page.evaluate("(id) => window.llmPlayground.results[id].x", job_id) == 0.1
+        # an id that stays unknown: failed after ten misses (0.1 + 0.2 + ... + 1.0 s of waiting)
+        page.wait_for_function(status, arg=[gone, "failed"], timeout=30_000)
+        assert "Not found (404): unknown point" in page.inner_text("#pg-error")
+        page.unroute(f"{url}/api/points/{job_id}")
+    log.take()  # the browser logs each 404/503 it was answered
