@@ -152,6 +152,35 @@ def test_health_names_runs_without_a_live_worker_where_workers_are_expected(tmp_
         "workers": {"syn": {"live": True, "workers": ["h:9"], "reason": None}}}
 
 
+def test_supervisor_restarts_with_back_off_records_the_exit_and_stops_its_worker(tmp_path):
+    import re
+
+    from llm_maps.supervisor import WorkerSupervisor
+
+    def supervise(code: str, n: int, **kw):
+        logs, spawned = [], []
+
+        def spawn(runs, state):
+            # worker n + 1 stays up: stop() must end it
+            spawned.append(subprocess.Popen([sys.executable, "-c", code if len(spawned) < n else "import time; time.sleep(60)"]))
+            return spawned[-1]
+
+        sup = WorkerSupervisor([tmp_path / "r"], tmp_path / "state", spawn=spawn, log=logs.append, **kw).start()
+        _until(lambda: len(spawned) > n, 60)
+        sup.stop()
+        assert spawned[-1].returncode == -signal.SIGTERM and sup.restarts == n
+        return logs, spawned
+
+    logs, spawned = supervise("import sys; sys.exit(3)", 5, backoff=0.1, max_backoff=0.4, stable_after=60)
+    assert [re.search(r"restarting it in (\S+) s", m).group(1) for m in logs] == ["0.1", "0.2", "0.4", "0.4", "0.4"]
+    assert all(f"embedded worker {socket.gethostname()}:{p.pid} exited with code 3" in m for m, p in zip(logs, spawned))
+    record = JobQueue(tmp_path / "state").workers()[f"{socket.gethostname()}:{spawned[0].pid}"]
+    assert record["status"] == "gone" and record["reason"] == "exited with code 3; restarting in 0.1 s"
+    # workers that lived `stable_after` seconds reset the back-off
+    logs, _ = supervise("import time; time.sleep(0.4)", 3, backoff=0.1, stable_after=0.3)
+    assert [re.search(r"restarting it in (\S+) s", m).group(1) for m in logs] == ["0.1", "0.1", "0.1"]
+
+
 # --- real processes ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
