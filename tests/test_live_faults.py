@@ -82,11 +82,11 @@ def test_job_records_are_readable_while_a_worker_rewrites_them(tmp_path):
     q = JobQueue(tmp_path)
     job_id = q.submit("r", "generate", {"instruction": "x"})
     q.claim(["r"], "w")
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), job_id, "4"])
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), job_id, "3"])
     try:
         _until(lambda: (q.get(job_id) or {}).get("result"), 30)
         sizes = set()
-        for _ in range(1500):
+        for _ in range(600):  # with side files, most of them missed
             job = q.get(job_id)
             assert job is not None and job["status"] == "running"
             sizes.add(len(job["result"]["tokens"]))
