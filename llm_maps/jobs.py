@@ -100,8 +100,9 @@ class _Staleness:
             return {**job, "cancel_requested": True}
         return None
 
-    # worker liveness: each worker beats a record {runs, status, beat, pid, host}; ``llm-maps serve``'s
-    # supervisor marks one it saw die as gone (with the reason) at once
+    # worker liveness: each worker beats a record {runs, status (starting|ready|gone), beat, timeout,
+    # reason} under its id; ``llm-maps serve``'s supervisor marks one it saw die as gone, with the
+    # reason, at once; /api/health reads ``run_liveness``
     def register_worker(self, worker_id: str, runs, status: str = "ready") -> None:
         """Record that ``worker_id`` serves ``runs`` (run ids) and is alive now."""
         self._set_worker(worker_id, {"runs": sorted(runs), "status": status, "beat": time.time(),
