@@ -26,6 +26,7 @@ from dash import Input, Output, State, dcc, html
 
 from dashboard.bundle import PLOTLY_BUNDLE, bundle_path
 from dashboard.data import RunRegistry
+from dashboard.hardening import install_hardening
 from dashboard.points import install_routes
 
 HERE = Path(__file__).resolve().parent
@@ -97,6 +98,9 @@ def _install_api(server, registry, state_dir: Path, prefix: str = "/") -> None:
     queue = make_queue(state_dir)  # RedisJobQueue (Celery workers) when REDIS_URL is set, else diskcache
     points = make_points(state_dir)
     server.config["LLM_MAPS_QUEUE"], server.config["LLM_MAPS_POINTS"] = queue, points
+    # /api/health reports workers' liveness (503 when a run has none) where workers are expected:
+    # `llm-maps serve` sets this; a gunicorn deployment with workers sets LLM_MAPS_EXPECT_WORKERS=1
+    server.config["LLM_MAPS_EXPECT_WORKERS"] = os.environ.get("LLM_MAPS_EXPECT_WORKERS", "").lower() in ("1", "true", "yes")
     register_api(server, registry, queue, points, url_prefix=f"{prefix}api")
 
 
@@ -176,6 +180,7 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
         app.server.config["LLM_MAPS_REGISTRY"] = registry
         app.server.config["LLM_MAPS_PREFIX"] = prefix
         _install_api(app.server, registry, state_dir or state_dir_for(runs, data_dirs), prefix)
+        install_hardening(app.server, prefix)
         app.layout = html.Div([
             html.Link(id="theme-css", rel="stylesheet", href=f"{prefix}assets/themes/flatly.min.css"),
             _navbar(prefix),

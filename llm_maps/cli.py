@@ -166,9 +166,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state = state_dir_for(runs, data_dirs)
     worker = None
     if not args.no_worker and not os.environ.get("REDIS_URL"):
+        from llm_maps.supervisor import WorkerSupervisor
+
         served = runs + [p for d in data_dirs for p in find_runs(d)]
-        if served:
-            worker = start_worker_process(served, state)
+        if served:  # restarted (with back-off) whenever it dies; /api/health says when none is alive
+            worker = WorkerSupervisor(served, state).start()
+    if not args.no_worker:  # workers expected (embedded, or Celery on REDIS_URL): /api/health checks them
+        os.environ.setdefault("LLM_MAPS_EXPECT_WORKERS", "1")
     print(f"llm-maps: dashboard on http://{args.host}:{args.port}{prefix} (Ctrl-C to stop)", file=sys.stderr)
     import signal
 
@@ -177,11 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve(runs, data_dirs, host=args.host, port=args.port, auth=auth, prefix=prefix)
     finally:
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=10)
-            except Exception:  # noqa: BLE001
-                worker.kill()
+            worker.stop()
     return 0
 
 

@@ -398,6 +398,8 @@ class JobRecord(TypedDict, total=False):
     worker: Annotated[str | None, "worker name"]
     heartbeat_timeout: Annotated[float, "the claiming worker's heartbeat timeout (s)"]
     cancel_requested: Annotated[bool, "a user asked a running job to stop"]
+    run_key: Annotated[str | None, "runfolder.run_key of the run the web process meant; a worker whose run of that id differs fails the job"]
+    slot_freed: Annotated[bool, "a cancelled queued job already gave back its place in the queue"]
 
 
 class Neighbour(TypedDict):

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, cast
+from typing import Any, Iterable, Iterator, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -267,3 +267,67 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".partial")
                   and (p / MANIFEST).exists())
+
+
+def run_ids(paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
+    """The one rule for run ids, shared by the web process, the worker and the point store: a run's
+    id is its folder name; the second folder of the same name (in the order given, a folder seen
+    twice counted once) is ``name-2``, the third ``name-3``. Returns ``(id, path)`` in order."""
+    seen: dict[str, int] = {}
+    taken: set[str] = set()
+    out: list[tuple[str, Path]] = []
+    resolved: set[Path] = set()
+    for p in map(Path, paths):
+        key = p.resolve()
+        if key in resolved:
+            continue
+        resolved.add(key)
+        name = p.name or "run"
+        n = seen.get(name, 0) + 1
+        run_id = name if n == 1 else f"{name}-{n}"
+        while run_id in taken:  # a folder really named "tiny-2" beside two "tiny": "tiny-2-2"
+            run_id += "-2"
+        seen[name] = n
+        taken.add(run_id)
+        out.append((run_id, p))
+    return out
+
+
+def run_key(manifest: Mapping[str, Any]) -> str:
+    """What tells two runs apart beyond their ids (same on every machine that has a copy of the run)."""
+    counts = manifest.get("counts") or {}
+    return f"{manifest.get('created')}|{manifest.get('model')}|{counts.get('examples')}"
+
+
+def check_run_files(run_dir: str | Path, manifest: Mapping[str, Any]) -> None:
+    """Raise LLMMapsError naming the file when a run's files do not match its manifest: the examples
+    file unreadable or of another row count, an encodings file missing, of another shape or row
+    count. Reads only file headers (Parquet footer, .npy header), never the data."""
+    run_dir = Path(run_dir)
+    n = (manifest.get("counts") or {}).get("examples")
+    path = run_dir / EXAMPLES
+    try:
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except FileNotFoundError:
+        raise LLMMapsError(f"{path}: missing") from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+        raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
+    if n is not None and rows != int(n):
+        raise LLMMapsError(f"{path}: {rows} rows, but the manifest says {n} examples")
+    hidden = None
+    for layer in manifest.get("layers") or []:
+        path = layer_file(run_dir, layer)
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise LLMMapsError(f"{path}: missing (layer {layer} is listed in the manifest)") from None
+        except (ValueError, OSError) as exc:
+            raise LLMMapsError(f"{path}: corrupt encodings ({exc})") from None
+        if arr.ndim != 2 or arr.shape[0] != rows:
+            raise LLMMapsError(f"{path}: shape {tuple(arr.shape)}, expected ({rows}, hidden) to match "
+                               f"{EXAMPLES}")
+        if hidden is not None and arr.shape[1] != hidden:
+            raise LLMMapsError(f"{path}: hidden size {arr.shape[1]}, other layers have {hidden}")
+        hidden = arr.shape[1]
