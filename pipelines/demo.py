@@ -34,7 +34,7 @@ def demo_model_path() -> Path:
 # is clearest at the middle-to-late layers and flat at the last one; all four stored layers are
 # in falloff.json and selectable in the dashboard.
 DEMO_SETTINGS = dict(template="chat", projection="umap", fit_on="train", metric="cosine", k=10,
-                     split_by="source", seed=0, layers=[8, 15, 22, 30], default_layer=22)
+                     split_by="source", split_seed=0, map_seed=0, layers=[8, 15, 22, 30], default_layer=22)
 
 
 def build_demo(out: Path | None = None, *, progress: bool = True, limit: int | None = None) -> Path:

@@ -25,6 +25,7 @@ dash.register_page(__name__, path="/playground", name="Playground", title="LLM M
 
 COT_CUE = "Let's think step by step."
 DEFAULT_MAX_TOKENS = 48
+MAX_SHARED_IDS = 200  # saved points a shared link may open at once
 SUMMARY_FIELDS = ("n_tokens", "mean_logprob", "perplexity", "path_length", "final_dist")
 
 
@@ -49,9 +50,10 @@ def stored_points(run: str, ids: list[str]) -> list[dict]:
     import flask
 
     store = flask.current_app.config.get("LLM_MAPS_POINTS")
+    by_id = {p.get("id"): p for p in store.list(run)} if (store is not None and ids) else {}  # one read
     out = []
     for pid in ids:
-        point = store.get(run, pid) if store is not None else None
+        point = by_id.get(pid)
         out.append(gen_entry(point) if point else {"id": pid, "status": "loading", "hidden": False})
     return out
 
@@ -70,7 +72,7 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
         return C.no_run_page(run, error)
     colour = F.colour_choice(data, colour)
     colour_opts = F.colour_dropdown(data)
-    id_list = [i for i in str(ids or "").split(",") if i.strip()]
+    id_list = [i for i in str(ids or "").split(",") if i.strip()][:MAX_SHARED_IDS]
     form = [
         C.run_picker(data.id),
         dbc.Label("Instruction", html_for="pg-instruction", className="mb-0 small"),
@@ -196,7 +198,7 @@ def show_current(current, run_id, dark):
             id={"type": "pg-nbr", "index": str(r["example_id"])}, className="pg-nbr btn p-0 text-start"),
             className="mb-1"))
     overlay = {"x": [float(data.x[row]) for row, _ in nbrs], "y": [float(data.y[row]) for row, _ in nbrs],
-               "text": [f"{data.frame['example_id'].iloc[row]} · distance {dist:.4g}" for row, dist in nbrs],
+               "text": [f"{F.plot_text(data.frame['example_id'].iloc[row])} · distance {dist:.4g}" for row, dist in nbrs],
                "id": current.get("id")}
     exp = current.get("expected_accuracy")
     dist = current.get("dist_to_train")
