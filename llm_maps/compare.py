@@ -21,7 +21,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -64,13 +64,14 @@ class RunGroup:
         return len(self.orders[0])
 
     @property
-    def frame(self):
+    def frame(self) -> Any:
         """The first run's examples (the group order)."""
         return self.runs[0].examples
 
     def column(self, r: int, name: str) -> np.ndarray:
         """One column of run r in the group order."""
-        return self.runs[r].examples[name].to_numpy()[self.orders[r]]
+        out: np.ndarray = self.runs[r].examples[name].to_numpy()[self.orders[r]]
+        return out
 
     @property
     def names(self) -> list[str]:
@@ -136,7 +137,7 @@ def match_runs(runs: Sequence[Run]) -> RunGroup:
 
 # --------------------------------------------------------------------------- runs and axes
 
-def run_info(run: Run, name: str | None = None) -> dict:
+def run_info(run: Run, name: str | None = None) -> dict[str, Any]:
     m = run.manifest
     step = m.get("step")
     n_params = m.get("n_params")
@@ -146,7 +147,7 @@ def run_info(run: Run, name: str | None = None) -> dict:
             "path": str(run.path), "layers": run.layers, "default_layer": run.default_layer}
 
 
-def x_axis(infos: Sequence[dict], prefer: str | None = None) -> tuple[str, list[float]]:
+def x_axis(infos: Sequence[dict[str, Any]], prefer: str | None = None) -> tuple[str, list[float]]:
     """What the curves are plotted against: ``step`` when every run has one (a fine-tuning
     trajectory), else ``n_params`` when every run has it (a scaling curve, log scale), else the
     order the runs were given in. ``prefer`` picks one of the available axes."""
@@ -158,7 +159,7 @@ def x_axis(infos: Sequence[dict], prefer: str | None = None) -> tuple[str, list[
     return kind, [float(i[kind]) for i in infos]
 
 
-def available_axes(infos: Sequence[dict]) -> list[str]:
+def available_axes(infos: Sequence[dict[str, Any]]) -> list[str]:
     out = [k for k in ("step", "n_params") if all(i.get(k) is not None and (k != "n_params" or i.get(k))
                                                  for i in infos)]
     return out + ["order"]
@@ -194,13 +195,13 @@ def classify_curve(x: Sequence[float], accuracy: Sequence[float | None], *, chan
     return "smooth"
 
 
-def _acc_entry(k: int, n: int) -> dict:
+def _acc_entry(k: int, n: int) -> dict[str, Any]:
     low, high = wilson_interval(k, n)
     return {"accuracy": (k / n) if n else None, "low": low if n else None, "high": high if n else None,
             "n": int(n), "correct": int(k)}
 
 
-def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHANGE) -> dict:
+def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHANGE) -> dict[str, Any]:
     """Per task and per domain: accuracy of every run (Wilson 95 % over examples), the task's
     curve class, class counts per domain, and per domain a sign test over tasks between the
     first and the last run on the x axis."""
@@ -210,12 +211,13 @@ def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHAN
     task = group.frame["task"].astype(str).to_numpy()
     domain = group.frame["domain"].astype(str).to_numpy()
     scored_any = np.isfinite(correct).any(axis=0)
-    tasks: dict = {}
+    tasks: dict[str, Any] = {}
     for t in sorted(set(task[scored_any].tolist())):
         rows = task == t
         doms = domain[rows]
         values, counts = np.unique(doms, return_counts=True)
-        entry = {"domain": str(values[np.argmax(counts)]), "accuracy": [], "low": [], "high": [], "n": []}
+        entry: dict[str, Any] = {"domain": str(values[np.argmax(counts)]), "accuracy": [], "low": [], "high": [],
+                                 "n": []}
         for r in range(len(group.runs)):
             c = correct[r, rows]
             c = c[np.isfinite(c)]
@@ -225,7 +227,7 @@ def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHAN
         entry["class"] = classify_curve(x, entry["accuracy"], change=change)
         tasks[t] = entry
     first, last = int(np.argmin(x)), int(np.argmax(x))
-    domains: dict = {}
+    domains: dict[str, Any] = {}
     for d in sorted(set(domain[scored_any].tolist())):
         rows = domain == d
         runs_acc = []
@@ -234,12 +236,12 @@ def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHAN
             c = c[np.isfinite(c)]
             runs_acc.append(_acc_entry(int(c.sum()), len(c)))
         dtasks = [t for t, e in tasks.items() if e["domain"] == d]
-        counts = {k: sum(1 for t in dtasks if tasks[t]["class"] == k) for k in CLASSES}
+        class_counts = {k: sum(1 for t in dtasks if tasks[t]["class"] == k) for k in CLASSES}
         up = sum(1 for t in dtasks if _delta(tasks[t], first, last) > 0)
         down = sum(1 for t in dtasks if _delta(tasks[t], first, last) < 0)
         p = float(binomtest(up, up + down, 0.5).pvalue) if up + down else None
         domains[d] = {"runs": runs_acc, "n_tasks": len(dtasks), "n_examples": int(runs_acc[0]["n"]),
-                      "classes": counts, "sign_test": {"up": up, "down": down, "ties": len(dtasks) - up - down,
+                      "classes": class_counts, "sign_test": {"up": up, "down": down, "ties": len(dtasks) - up - down,
                                                        "p_value": p},
                       "verdict": _domain_verdict(d, runs_acc, first, last, up, down, len(dtasks), p)}
     return {"tasks": tasks, "domains": domains,
@@ -248,12 +250,13 @@ def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHAN
                                         "verdicts: sign test over tasks (tasks are the unit of independence)"}
 
 
-def _delta(entry: dict, first: int, last: int) -> float:
+def _delta(entry: dict[str, Any], first: int, last: int) -> float:
     a, b = entry["accuracy"][first], entry["accuracy"][last]
     return 0.0 if a is None or b is None else b - a
 
 
-def _domain_verdict(domain, runs_acc, first, last, up, down, n_tasks, p) -> str:
+def _domain_verdict(domain: str, runs_acc: list[dict[str, Any]], first: int, last: int, up: int, down: int,
+                    n_tasks: int, p: float | None) -> str:
     a, b = runs_acc[first], runs_acc[last]
     if a["accuracy"] is None or b["accuracy"] is None:
         return f"{domain}: not supported: no scored test examples in some run"
@@ -282,10 +285,10 @@ def distance_percentile(distance: np.ndarray) -> np.ndarray:
     return out
 
 
-def falloff_curves(group: RunGroup, *, n_bins: int = 5, scale: str = "percentile") -> list[dict]:
+def falloff_curves(group: RunGroup, *, n_bins: int = 5, scale: str = "percentile") -> list[dict[str, Any]]:
     """Per run: falloff statistics per domain (llm_maps.falloff) of its test examples against
     ``dist_to_train``, raw or as a percentile among the run's test distances."""
-    out = []
+    out: list[dict[str, Any]] = []
     for r, run in enumerate(group.runs):
         f = run.examples
         test = (f["split"] == "test").to_numpy()
@@ -303,7 +306,7 @@ def falloff_curves(group: RunGroup, *, n_bins: int = 5, scale: str = "percentile
 
 # --------------------------------------------------------------------------- aligned maps
 
-def procrustes_align(source: np.ndarray, target: np.ndarray) -> dict:
+def procrustes_align(source: np.ndarray, target: np.ndarray) -> dict[str, Any]:
     """Align a 2-D map to a target map of the same points: translation, isotropic scaling and an
     orthogonal transform (rotation or reflection; scipy.linalg.orthogonal_procrustes).
 
@@ -330,15 +333,18 @@ def procrustes_align(source: np.ndarray, target: np.ndarray) -> dict:
     return fit
 
 
-def apply_alignment(fit: dict, xy: np.ndarray) -> np.ndarray:
+def apply_alignment(fit: dict[str, Any], xy: np.ndarray) -> np.ndarray:
     """Points of the source map [M, 2] in the target's frame (the fit of ``procrustes_align``)."""
-    return (np.asarray(xy, dtype=np.float64) - fit["source_mean"]) @ fit["rotation"] * fit["scale"] + fit["target_mean"]
+    out: np.ndarray = (np.asarray(xy, dtype=np.float64) - fit["source_mean"]) @ fit["rotation"] * fit["scale"] \
+        + fit["target_mean"]
+    return out
 
 
-def aligned_maps(group: RunGroup) -> dict:
+def aligned_maps(group: RunGroup) -> dict[str, Any]:
     """Every run's 2-D map aligned to the first run's (Procrustes on all shared examples placed in
     both maps); residuals as ``procrustes_align`` defines them (0 for the first run)."""
-    coords, residuals = [], []
+    coords: list[np.ndarray | None] = []
+    residuals: list[float | None] = []
     ref = np.column_stack([group.column(0, "x").astype(float), group.column(0, "y").astype(float)])
     ok = np.isfinite(ref).all(axis=1)
     for r in range(len(group.runs)):
@@ -365,7 +371,8 @@ def _neighbour_lists(group: RunGroup, r: int) -> list[list[str]]:
         from .neighbours import nearest_train
 
         run = group.runs[r]
-        k = int((run.manifest.get("neighbours") or {}).get("k", 10))
+        nb: Any = run.manifest.get("neighbours") or {}
+        k = int(nb.get("k", 10))
         _, rows, _ = nearest_train(run.encodings(), (frame["split"] == "train").to_numpy(), k=k,
                                    metric=run.manifest.get("distance_metric") or "cosine")
         ids = frame["example_id"].astype(str).to_numpy()
@@ -390,7 +397,7 @@ def neighbour_jaccard(group: RunGroup, *, k: int | None = None) -> tuple[np.ndar
     return out, int(k)
 
 
-def top_movers(group: RunGroup, jaccard: np.ndarray, *, run: int | None = None, limit: int = 20) -> list[dict]:
+def top_movers(group: RunGroup, jaccard: np.ndarray, *, run: int | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """The examples whose k nearest train sets changed between the first run and ``run`` (default
     the last), most changed (lowest Jaccard) first, ties by example id; examples whose neighbours
     did not change are left out."""
@@ -423,16 +430,17 @@ class LayerSource:
         return n, int(self.array.shape[1])
 
     @property
-    def dtype(self):
+    def dtype(self) -> type[np.floating[Any]]:
         return np.float64 if self.array.dtype == np.float64 else np.float32
 
     def block(self, start: int, stop: int) -> np.ndarray:
-        rows = slice(start, stop) if self.rows is None else np.sort(self.rows[start:stop])
         if self.rows is not None:  # read sorted (memory map friendly), then put back in group order
             sel = self.rows[start:stop]
+            rows = np.sort(sel)
             x = np.asarray(self.array[rows], dtype=self.dtype)
-            return x[np.searchsorted(rows, sel)]
-        return np.asarray(self.array[rows], dtype=self.dtype)
+            out: np.ndarray = x[np.searchsorted(rows, sel)]
+            return out
+        return np.asarray(self.array[start:stop], dtype=self.dtype)
 
 
 def _chunk_rows(hidden_a: int, hidden_b: int, budget: int = 64 << 20) -> int:
@@ -519,7 +527,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 def run_fingerprint(run: Run) -> str:
     """Identifies one build of a run (cache key for CKA between runs)."""
-    m = run.manifest
+    m: Any = run.manifest
     key = json.dumps([m.get("created"), m.get("model"), m.get("layers"), (m.get("counts") or {}).get("examples"),
                       run.path.name], default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -534,7 +542,7 @@ def group_sources(group: RunGroup, layers: dict[int, Sequence[int]] | None = Non
     return out
 
 
-def group_cka(group: RunGroup, *, between: str = "all", cache: str = "use", progress: bool = False) -> list[dict]:
+def group_cka(group: RunGroup, *, between: str = "all", cache: str = "use", progress: bool = False) -> list[dict[str, Any]]:
     """Linear CKA between every stored layer of every pair of runs (``between="first"``: only
     pairs with the first run) and between the layers of each run.
 
@@ -561,7 +569,7 @@ def group_cka(group: RunGroup, *, between: str = "all", cache: str = "use", prog
         for a, run in enumerate(group.runs):
             for e in _read_cka_cache(run).get("pairs", []):
                 stored[(prints[a], e["other"], int(e["layer_a"]), int(e["layer_b"]))] = float(e["cka"])
-    values: dict[tuple, float] = {}
+    values: dict[tuple[int, int, int, int], float] = {}
     todo = []
     for a, b, la, lb in wanted:
         v = stored.get((prints[a], prints[b], la, lb))
@@ -601,7 +609,7 @@ def group_cka(group: RunGroup, *, between: str = "all", cache: str = "use", prog
             for (a, b, la, lb), v in sorted(values.items())]
 
 
-def _read_cka_cache(run: Run) -> dict:
+def _read_cka_cache(run: Run) -> dict[str, Any]:
     path = run.path / CKA_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -610,7 +618,7 @@ def _read_cka_cache(run: Run) -> dict:
         return {}
 
 
-def _write_cka_cache(run: Run, entries: list[dict]) -> None:
+def _write_cka_cache(run: Run, entries: list[dict[str, Any]]) -> None:
     old = _read_cka_cache(run).get("pairs", [])
     keys = {(e["other"], e["layer_a"], e["layer_b"]) for e in entries}
     pairs = [e for e in old if (e.get("other"), e.get("layer_a"), e.get("layer_b")) not in keys] + entries
@@ -623,7 +631,7 @@ def _write_cka_cache(run: Run, entries: list[dict]) -> None:
 
 # --------------------------------------------------------------------------- probes
 
-def _probe_target(frame, target: str) -> tuple[np.ndarray, np.ndarray]:
+def _probe_target(frame: Any, target: str) -> tuple[np.ndarray, np.ndarray]:
     """(rows, labels) used for one probe target."""
     if target == "correct":
         c = frame["correct"].astype("boolean")
@@ -635,7 +643,7 @@ def _probe_target(frame, target: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, folds: int = 5, max_dim: int = 256,
-                 c: float = 1.0, seed: int = 0, max_iter: int = 300) -> dict:
+                 c: float = 1.0, seed: int = 0, max_iter: int = 300) -> dict[str, Any]:
     """Cross-validated accuracy of a logistic-regression probe predicting ``y`` from ``x`` [N, H]
     (standardised, PCA to ``max_dim`` dimensions when H is larger, both fitted inside each fold),
     and of the majority class of each training fold (the baseline), pooled over the folds.
@@ -696,7 +704,7 @@ def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, fol
 
 def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequence[str] = PROBE_TARGETS,
               folds: int = 5, max_dim: int = 256, seed: int = 0, progress: bool = False,
-              save: bool = True) -> dict:
+              save: bool = True) -> dict[str, Any]:
     """Linear probes of every stored layer (or ``layers``) of one run for each target; one layer
     in memory at a time. Domain and correctness are cross-validated grouped by task (the probe
     must carry over to unseen tasks); task itself with stratified folds. Written to RUN/probes.json
@@ -759,7 +767,7 @@ def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequenc
     return result
 
 
-def read_probes(run: Run) -> dict | None:
+def read_probes(run: Run) -> dict[str, Any] | None:
     """RUN/probes.json when it belongs to this build of the run."""
     try:
         data = json.loads((run.path / PROBES_FILE).read_text(encoding="utf-8"))
@@ -775,7 +783,7 @@ def read_probes(run: Run) -> dict | None:
 # --------------------------------------------------------------------------- everything
 
 def compare_runs(runs: Sequence[Run], *, axis: str | None = None, n_bins: int = 5, cka: str = "use",
-                 cka_between: str = "all", movers: int = 20, progress: bool = False) -> dict:
+                 cka_between: str = "all", movers: int = 20, progress: bool = False) -> dict[str, Any]:
     """The comparison `llm-maps compare` writes as JSON (and the page draws)."""
     group = match_runs(runs)
     names = group.names
@@ -817,7 +825,7 @@ def compare_runs(runs: Sequence[Run], *, axis: str | None = None, n_bins: int = 
     return result
 
 
-def format_compare(result: dict) -> str:
+def format_compare(result: dict[str, Any]) -> str:
     """A short text summary of a comparison (what `llm-maps compare` prints)."""
     lines = [f"{len(result['runs'])} runs over the same {result['n_examples']} examples "
              f"({result['n_test']} test, {result['n_tasks']} tasks); axis: {result['axis']['kind']}"]
@@ -841,7 +849,7 @@ def format_compare(result: dict) -> str:
     return "\n".join(lines)
 
 
-def format_probes(result: dict) -> str:
+def format_probes(result: dict[str, Any]) -> str:
     lines = [f"linear probes of {result['run']} ({result['probe']})",
              f"  {'layer':>5}  {'target':<8}  {'accuracy':>8}  {'95% interval':>15}  {'baseline':>8}  {'n':>6}  "
              f"{'tasks':>5}  cv"]

@@ -52,7 +52,8 @@ def _columns_not_in_contract(run_dir: Path, source_columns: set[str]) -> list[st
 
 @pytest.fixture(scope="module")
 def staged_run(tmp_path_factory):
-    """A run through every stage: build (encode, project, neighbours), project again, score, falloff."""
+    """A run through every stage: build (encode, project, neighbours), project again, score, falloff,
+    probes and CKA (what `llm-maps probe` and `llm-maps compare` keep in a run)."""
     root = tmp_path_factory.mktemp("contract")
     data = _data(root)
     run = _build(data, root / "runs" / "r", seed=5)
@@ -60,6 +61,11 @@ def staged_run(tmp_path_factory):
     restage_run(run, stage="project", method="pca", fit_on="all", seed=9)
     score_run(run, splits=("test", "train"), generate="auto", metric="exact", progress=False, log=lambda m: None)
     falloff_run(run, n_bins=2, metrics=("cosine",))
+    from llm_maps.compare import group_cka, match_runs, probe_run
+    from llm_maps.runfolder import Run
+
+    probe_run(Run(run), folds=2)
+    group_cka(match_runs([Run(run)]))
     return run, data, first_xy
 
 
