@@ -101,10 +101,37 @@ def _build_kwargs(args) -> dict:
                 revision=args.revision, limit=args.limit, progress=not args.no_progress)
 
 
+def _add_extras_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("views and token atlas")
+    g.add_argument("--views", default="prompt", help="prompt,completion: also encode prompt + completion + EOS "
+                                                     "(completion: reference; a scored test row's output)")
+    g.add_argument("--token-atlas", action="store_true",
+                   help="also keep every train reference token's teacher-forced state (generations are measured "
+                        "against it)")
+    g.add_argument("--atlas-layers", type=_layers, default=None, help="atlas layers besides the map layer")
+    g.add_argument("--atlas-max-tokens", type=int, default=200_000,
+                   help="cap on atlas tokens (a seeded sample of train examples above it; default 200000)")
+    g.add_argument("--completion-model", default=None,
+                   help="encode the completion view with this model instead (any transformers model with hidden "
+                        "states, e.g. a reward model; pooled at the last token)")
+
+
+def _extras_kwargs(args) -> dict:
+    return dict(views=args.views, token_atlas=args.token_atlas, atlas_layers=args.atlas_layers,
+                atlas_max_tokens=args.atlas_max_tokens, completion_model=args.completion_model)
+
+
 def cmd_build(args) -> int:
     from pipelines.build import build_run, summarize_run
 
+    if args.command == "encode" and args.run is not None:
+        return cmd_encode_view(args)
+    if args.command == "encode":
+        missing = [f"--{n}" for n in ("model", "data", "out") if getattr(args, n) is None]
+        if missing:
+            raise LLMMapsError(f"encode: give {', '.join(missing)} (or RUN_DIR --view completion for an existing run)")
     kwargs = _build_kwargs(args)
+    kwargs.update(_extras_kwargs(args))
     if args.command == "build":
         kwargs.update(projection=args.projection, fit_on=args.fit_on, n_neighbors=args.n_neighbors,
                       min_dist=args.min_dist, metric=args.metric, k=args.k, distributed=args.distributed,
@@ -113,6 +140,30 @@ def cmd_build(args) -> int:
         kwargs.update(projection=None)
     run = build_run(**kwargs, log=lambda m: print(m, file=sys.stderr))
     print(summarize_run(run))
+    return 0
+
+
+def cmd_encode_view(args) -> int:
+    from pipelines.atlas import encode_view_run
+    from pipelines.build import summarize_run
+
+    if not args.view:
+        raise LLMMapsError("encode RUN_DIR: give --view completion (to build a new run use --model, --data, --out)")
+    encode_view_run(args.run, view=args.view, completion_model=args.completion_model,
+                    batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device,
+                    progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    print(summarize_run(args.run))
+    return 0
+
+
+def cmd_atlas(args) -> int:
+    from pipelines.atlas import atlas_run
+    from pipelines.build import summarize_run
+
+    atlas_run(args.run, atlas_layers=args.atlas_layers, atlas_max_tokens=args.atlas_max_tokens,
+              batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device, seed=args.seed,
+              progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    print(summarize_run(args.run))
     return 0
 
 
@@ -329,16 +380,39 @@ def make_parser() -> argparse.ArgumentParser:
                    help="encode in chunks on the `llm-maps worker` processes of REDIS_URL (they must reach "
                         "the --out folder's parent and the model); same result as a local build")
     d.add_argument("--chunk-size", type=int, default=512, help="prompts per distributed chunk (default 512)")
+    _add_extras_args(p)
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("encode", help="encode prompts into a run (no map or distances yet)",
-                       description="Encode every example into RUN_DIR; run `project` and `neighbours` next.")
+    p = sub.add_parser("encode", help="encode prompts into a run (no map or distances yet), or add a view to a run",
+                       description="Encode every example into --out; run `project` and `neighbours` next. "
+                                   "`llm-maps encode RUN_DIR --view completion` adds the completion view (with its "
+                                   "map and distances) to an existing run.")
+    p.add_argument("run", nargs="?", default=None, metavar="RUN_DIR", help="an existing run (with --view)")
+    p.add_argument("--view", default=None, help="view to add to RUN_DIR: completion")
     _add_data_args(p)
     _add_model_args(p)
+    for action in p._actions:  # not required when RUN_DIR --view is given (checked in cmd_build)
+        if action.dest in ("data", "model"):
+            action.required = False
     p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"],
                    help="distance metric recorded for later stages")
-    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", default=None, metavar="RUN_DIR")
+    _add_extras_args(p)
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("atlas", help="add the token atlas to a run (train reference tokens, teacher-forced)",
+                       description="Keep the state of every train reference token at its own position (prompt + "
+                                   "reference, teacher-forced) for the map layer; fit the token map (train prompts "
+                                   "+ atlas tokens). Generations are then measured against it.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--atlas-layers", type=_layers, default=None, help="atlas layers besides the map layer")
+    p.add_argument("--atlas-max-tokens", type=int, default=200_000, help="cap (a seeded sample of train examples above it)")
+    p.add_argument("--seed", type=int, default=None, help="sample seed (default: the run's)")
+    p.add_argument("--batch-tokens", type=int, default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_atlas)
 
     p = sub.add_parser("project", help="(re)fit the 2-D map of a run",
                        description="Fit UMAP or PCA on a stored layer and save it in the run.")

@@ -199,17 +199,25 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
               gguf_file: str | None = None, revision: str | None = None,
               projection: str | None = "umap", fit_on: str = "train", n_neighbors: int = 15,
               min_dist: float = 0.1, metric: str = "cosine", k: int = 10, limit: int | None = None,
-              distributed: bool = False, chunk_size: int = 512, progress: bool = True, log=print) -> Path:
+              distributed: bool = False, chunk_size: int = 512, progress: bool = True, log=print,
+              # views and token atlas (pipelines/atlas.py)
+              views: str | Sequence[str] = "prompt", token_atlas: bool = False,
+              atlas_layers: Sequence[int] | None = None, atlas_max_tokens: int = 200_000,
+              completion_model: str | None = None) -> Path:
     """Build a run folder; returns its path. ``projection=None`` stops after encoding.
 
     Examples come from ``data`` (paths/ids) or a ready ``frame`` (with ``sources_info``); rows that
     already have a ``prompt`` keep it (e.g. lm-eval's exact context), and given ``output``,
     ``score`` and ``correct`` values are kept. ``distributed=True`` encodes in chunks of
     ``chunk_size`` prompts on the Celery workers of REDIS_URL (pipelines.distributed); this process
-    then loads only the tokenizer and config.
+    then loads only the tokenizer and config. ``views`` (prompt, completion), ``token_atlas``,
+    ``atlas_layers``, ``atlas_max_tokens`` and ``completion_model``: see pipelines/atlas.py; the
+    prompt view is then encoded in the same passes as the others.
     """
+    from pipelines.atlas import encode_extras, finish_extras, wants_extras
     from pipelines.encode import encode_to_folder, normalize_layers
     from pipelines.models import load_model
+    from pipelines.views import parse_views, prompt_result
     from pipelines.splits import assign_splits
     from pipelines.templates import get_template
 
@@ -231,6 +239,10 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
         unknown = ", ".join(f"{c} ({n})" for c, n in domain_report["unknown_categories"].items())
         log(f"warning: categories with no domain in {dmap.path} (kept as '{UNKNOWN_DOMAIN}'): {unknown}")
 
+    extras_wanted = wants_extras(views, token_atlas)
+    if extras_wanted and distributed:
+        raise LLMMapsError("--views completion / --token-atlas: not available with --distributed yet; "
+                           "build without it, then run `llm-maps encode RUN --view completion` / `llm-maps atlas RUN`")
     if distributed:
         from llm_maps.jobs import redis_url
 
@@ -268,6 +280,15 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
             spec={"model": str(model), "gguf_file": gguf_file, "revision": revision, "dtype": dtype,
                   "device": device})
         enc_device, enc_dtype = dist_info.pop("device"), dist_info.pop("dtype")
+    elif extras_wanted:
+        log(f"encoding {len(frame)} examples with {model} on {loaded.device} ({loaded.dtype}), "
+            f"layers {layer_list}, into {work}")
+        extras = encode_extras(loaded, frame, work, views=["prompt", *parse_views(views)], layers=layer_list,
+                               default_layer=default, token_atlas=token_atlas, atlas_layers=atlas_layers,
+                               atlas_max_tokens=atlas_max_tokens, seed=seed, add_eos=add_eos, max_length=max_length,
+                               batch_tokens=batch_tokens, completion_model=completion_model, dtype=dtype,
+                               device=device, progress=progress, log=log)
+        result = prompt_result(extras["result"])
     else:
         log(f"encoding {len(frame)} prompts with {model} on {loaded.device} ({loaded.dtype}), "
             f"layers {layer_list}, into {work}")
@@ -322,6 +343,8 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
         frame, manifest = project_folder(work, frame, manifest, method=projection, fit_on=fit_on, seed=seed,
                                          n_neighbors=n_neighbors, min_dist=min_dist)
         frame, manifest = neighbours_folder(work, frame, manifest, k=k, metric=metric)
+    if extras_wanted:
+        frame, manifest = finish_extras(work, frame, manifest, extras, project=bool(projection), k=k)
     _write_run_files(work, frame, manifest)
     return publish(work, out)
 

@@ -432,3 +432,13 @@ def encode_views_to_folder(loaded, frame, out_dir: str | Path, *, layers: Sequen
         max_batch=max_batch, progress=progress, checkpoint_seconds=checkpoint_seconds, on_batch=on_batch)
     return ViewsResult(plan=plan, layers=target_layers, seconds=seconds, tokens_forwarded=total,
                        resumed_segments=resumed, clipped_values=clipped)
+
+
+def prompt_result(res: ViewsResult):
+    """The prompt view's part of shared passes, as ``encode_to_folder`` reports it."""
+    from pipelines.encode import EncodeResult
+
+    plan = res.plan
+    return EncodeResult(layers=res.layers["prompt"], n_tokens=plan.prompt_tokens, truncated=plan.prompt_truncated,
+                        seconds=res.seconds, tokens_encoded=res.tokens_forwarded, resumed_rows=res.resumed_segments,
+                        clipped_values=res.clipped_values)

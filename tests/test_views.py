@@ -158,3 +158,75 @@ def test_bad_input_is_a_one_line_error(tiny_models, tmp_path):
     with pytest.raises(LLMMapsError, match="no train rows"):
         encode_views_to_folder(loaded, only_test, tmp_path, layers=[3], views=[], atlas=True, progress=False)
     assert not (tmp_path / "encodings").exists()  # nothing half-written
+
+
+def test_build_with_views_and_atlas_matches_adding_them_later(tiny_models, tmp_path):
+    """`build --views prompt,completion --token-atlas` writes the files, columns and manifest entries;
+    `encode RUN --view completion` and `atlas RUN` on a prompt-only run give the same encodings."""
+    from conftest import dolly_rows, write_jsonl
+    from llm_maps.cli import main
+    from llm_maps.runfolder import Run
+
+    data = write_jsonl(tmp_path / "d.jsonl", dolly_rows(24))
+    model = str(tiny_models["gpt_neox"])
+    common = ["--model", model, "--data", str(data), "--template", "dolly", "--projection", "pca", "--k", "3",
+              "--no-progress"]
+    both = tmp_path / "both"
+    assert main(["build", *common, "--out", str(both), "--views", "prompt,completion", "--token-atlas"]) == 0
+    run = Run(both)
+    m, ex = run.manifest, run.examples
+    assert m["views"] == ["prompt", "completion"]
+    assert m["view_settings"]["completion"]["default_layer"] == m["default_layer"]
+    assert m["token_atlas"]["layers"] == [m["default_layer"]] and m["token_atlas"]["sampled"] is False
+    for col in ("completion_source", "x_completion", "dist_to_train_completion", "nn_train_ids_completion",
+                "x_tokens", "y_tokens"):
+        assert ex[col].notna().all(), col
+    assert set(ex["completion_source"]) == {"reference"}
+    tokens = pd.read_parquet(both / "tokens.parquet")
+    assert list(tokens.columns[:5]) == ["row", "example_id", "position", "token_id", "token_text"]
+    assert tokens["example_id"].isin(ex.loc[ex["split"] == "train", "example_id"]).all()
+    atlas = np.load(both / "encodings" / "tokens" / f"layer_{m['default_layer']}.npy")
+    assert atlas.shape[0] == len(tokens) == m["token_atlas"]["tokens"]
+
+    plain = tmp_path / "plain"
+    assert main(["build", *common, "--out", str(plain)]) == 0
+    assert "views" not in Run(plain).manifest
+    assert main(["encode", str(plain), "--view", "completion", "--no-progress"]) == 0
+    assert main(["atlas", str(plain), "--no-progress"]) == 0
+    later = Run(plain)
+    for sub in ("", "completion/", "tokens/"):  # same states (batches differ: fp16 rounding may flip a bit)
+        k = m["default_layer"]
+        np.testing.assert_allclose(np.load(plain / "encodings" / f"{sub}layer_{k}.npy").astype(np.float32),
+                                   np.load(both / "encodings" / f"{sub}layer_{k}.npy").astype(np.float32),
+                                   rtol=2e-3, atol=1e-4)
+    pd.testing.assert_frame_equal(pd.read_parquet(plain / "tokens.parquet"), tokens, rtol=1e-3)
+    np.testing.assert_allclose(later.examples["dist_to_train_completion"], ex["dist_to_train_completion"],
+                               rtol=0.02, atol=1e-6)
+    assert later.manifest["views"] == ["prompt", "completion"] and "token_atlas" in later.manifest
+    assert not (plain / ".extras.partial").exists()
+
+
+def test_cli_errors_are_one_line(tiny_models, tmp_path, capsys):
+    from conftest import dolly_rows, write_jsonl
+    from llm_maps.cli import main
+
+    data = write_jsonl(tmp_path / "d.jsonl", dolly_rows(12))
+    out = tmp_path / "run"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(out),
+                 "--views", "prompt,answer", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "llm-maps build: error: --views: unknown view 'answer' (known: prompt, completion)"
+    assert not out.exists()
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(out),
+                 "--projection", "pca", "--no-progress", "--test-size", "0.5"]) == 0
+    frame = pd.read_parquet(out / "examples.parquet")
+    frame["split"] = "test"
+    frame.to_parquet(out / "examples.parquet")
+    before = sorted(p.name for p in out.rglob("*"))
+    capsys.readouterr()
+    assert main(["atlas", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no train rows" in err
+    assert main(["encode", str(out), "--view", "summary", "--no-progress"]) == 2
+    assert "unknown view 'summary'" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing half-written
