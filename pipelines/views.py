@@ -79,21 +79,23 @@ def _text(value) -> str | None:
 
 def completion_texts(frame) -> tuple[list[str], list[str]]:
     """(completion text, source) per row: ``reference`` for train rows; ``output`` for scored test
-    rows, else ``reference``. A missing or empty completion is a one-line error."""
+    rows, else ``reference``. A missing or empty reference is a one-line error; an empty output
+    is the model's own (empty) completion: the prompt followed by EOS."""
     texts, sources = [], []
     has_score = "score" in frame.columns
     for i, row in enumerate(frame.itertuples(index=False)):
         out = _text(getattr(row, "output", None))
         scored = has_score and _text(getattr(row, "score", None)) is not None
         if row.split != "train" and scored and out is not None:
-            text, source = out, "output"
-        else:
-            text, source = _text(row.reference), "reference"
+            texts.append(out)
+            sources.append("output")
+            continue
+        text = _text(row.reference)
         if not text or not text.strip():
-            raise LLMMapsError(f"examples row {i} (id '{row.example_id}'), field '{source}': empty completion "
-                               "(the completion view needs a non-empty reference, or output when scored)")
+            raise LLMMapsError(f"examples row {i} (id '{row.example_id}'), field 'reference': empty completion "
+                               "(the completion view needs a non-empty reference, or an output when scored)")
         texts.append(text)
-        sources.append(source)
+        sources.append("reference")
     return texts, sources
 
 

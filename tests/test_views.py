@@ -230,3 +230,15 @@ def test_cli_errors_are_one_line(tiny_models, tmp_path, capsys):
     assert main(["encode", str(out), "--view", "summary", "--no-progress"]) == 2
     assert "unknown view 'summary'" in capsys.readouterr().err
     assert sorted(p.name for p in out.rglob("*")) == before  # nothing half-written
+
+
+def test_an_empty_output_is_the_models_own_empty_completion(tiny_models, tmp_path):
+    """A scored test row whose output is empty is encoded as prompt + EOS (the model said nothing)."""
+    loaded = load_model(str(tiny_models["gpt2"]))
+    frame = views_frame()
+    frame.loc[5, "output"] = ""
+    res = encode_views_to_folder(loaded, frame, tmp_path, layers=[3], views=["completion"], progress=False)
+    assert res.plan.completion_source[5] == "output"
+    ids = loaded.tokenizer(PROMPTS[5])["input_ids"] + [loaded.tokenizer.eos_token_id]
+    comp = np.load(tmp_path / "encodings" / "completion" / "layer_3.npy")
+    assert rel_err(comp[5], full_forward(loaded, ids, 3)[-1]) <= 1e-3

@@ -97,7 +97,9 @@ def base_figure(data, colour: str, dark: bool, map_kind: str = "prompt"):
         trace = atlas_trace(data)
         if trace is not None:
             fig.add_trace(trace)
-    fig.update_layout(height=560, meta={"pg_base": f"{colour}|{map_kind}", "pg_map": map_kind})
+    # pg_base tells the browser which figure this is (it redraws our traces on the one it wants)
+    fig.update_layout(height=560, meta={"pg_base": colour if map_kind == "prompt" else f"{colour}|{map_kind}",
+                                        "pg_map": map_kind})
     return fig
 
 
