@@ -242,3 +242,43 @@ def test_an_empty_output_is_the_models_own_empty_completion(tiny_models, tmp_pat
     ids = loaded.tokenizer(PROMPTS[5])["input_ids"] + [loaded.tokenizer.eos_token_id]
     comp = np.load(tmp_path / "encodings" / "completion" / "layer_3.npy")
     assert rel_err(comp[5], full_forward(loaded, ids, 3)[-1]) <= 1e-3
+
+
+def test_completion_model_is_any_hidden_state_model_pooled_at_the_last_token(tiny_models, tmp_path):
+    """--completion-model: a sequence-classification (reward) model encodes the completion view,
+    at its last layers, pooled at the last token (its tokenizer's EOS), recorded in the manifest."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from conftest import dolly_rows, write_jsonl
+    from llm_maps.cli import main
+    from llm_maps.runfolder import Run
+
+    reward = tmp_path / "reward"
+    tok = AutoTokenizer.from_pretrained(str(tiny_models["llama"]))
+    torch.manual_seed(1)
+    cfg = LlamaConfig(hidden_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=48, max_position_embeddings=256, vocab_size=len(tok), num_labels=1,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.eos_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(str(reward))
+    tok.save_pretrained(str(reward))
+    data = write_jsonl(tmp_path / "d.jsonl", dolly_rows(16))
+    run = tmp_path / "run"
+    assert main(["build", "--model", str(tiny_models["gpt_neox"]), "--data", str(data), "--out", str(run),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--views", "prompt,completion",
+                 "--completion-model", str(reward), "--no-progress"]) == 0
+    r = Run(run)
+    settings = r.manifest["view_settings"]["completion"]
+    assert settings["model"] == str(reward) and settings["layers"] == [1, 2] and settings["default_layer"] == 2
+    assert settings["model_info"]["architecture"] == "LlamaModel"
+    enc = np.load(run / "encodings" / "completion" / "layer_2.npy")
+    assert enc.shape == (16, 24)
+    base = LlamaForSequenceClassification.from_pretrained(str(reward)).model
+    for i in (0, 7):
+        row = r.examples.iloc[i]
+        ids = tok(row["prompt"])["input_ids"] + tok(row["reference"], add_special_tokens=False)["input_ids"] \
+            + [tok.eos_token_id]
+        with torch.no_grad():
+            ref = base(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[2][0, -1].numpy()
+        assert rel_err(enc[i], ref) <= 1e-3
+    assert r.examples["dist_to_train_completion"].notna().all()
