@@ -52,7 +52,8 @@ def encode_extras(loaded, frame, work: Path, *, views: Sequence[str], layers: Se
                   token_atlas: bool,
                   atlas_layers: Sequence[int] | None, atlas_max_tokens: int, seed: int, add_eos: bool,
                   max_length: int | None, batch_tokens: int | None, completion_model: str | None = None,
-                  dtype: str = "auto", device: str = "auto", progress: bool = True, log=print) -> dict:
+                  dtype: str = "auto", device: str = "auto", progress: bool = True, log=print,
+                  completion_rows: np.ndarray | None = None) -> dict:
     """Encode the requested views (prompt included when asked) and the atlas into ``work``.
 
     Returns what ``finish_extras`` and the manifest need: the ViewsResult of the shared passes and,
@@ -67,7 +68,7 @@ def encode_extras(loaded, frame, work: Path, *, views: Sequence[str], layers: Se
         res = encode_views_to_folder(loaded, frame, work, layers=layers, views=shared_views, atlas=token_atlas,
                                      atlas_layers=atlas_layers, atlas_max_tokens=atlas_max_tokens, seed=seed,
                                      add_eos=add_eos, max_length=max_length, batch_tokens=batch_tokens,
-                                     progress=progress)
+                                     progress=progress, completion_rows=completion_rows)
         out["result"] = res
     if COMPLETION in views and completion_model:
         from pipelines.encode import default_layers, resolve_max_length
@@ -205,6 +206,10 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
         completion_texts(frame)  # one-line error before loading anything
     work = run_dir / ".extras.partial"
     work.mkdir(exist_ok=True)
+    reuse = _reusable_completion_rows(run_dir, frame, manifest, views, completion_model)
+    if reuse is not None:
+        log(f"completion view: {int(reuse.sum())} of {len(frame)} rows unchanged (reference as before), "
+            f"re-encoding {int((~reuse).sum())}")
     loaded = load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype, device=device,
                         weights=bool(token_atlas or (COMPLETION in views and not completion_model)))
     seed = int((manifest.get("projection") or {}).get("seed", 0) or 0) if seed is None else int(seed)
@@ -213,7 +218,13 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
                            atlas_layers=atlas_layers, atlas_max_tokens=atlas_max_tokens, seed=seed,
                            add_eos=bool(manifest.get("add_eos")), max_length=int(manifest["max_length"]),
                            batch_tokens=batch_tokens, completion_model=completion_model, dtype=dtype, device=device,
-                           progress=progress, log=log)
+                           progress=progress, log=log, completion_rows=None if reuse is None else ~reuse)
+    if reuse is not None:  # copy the unchanged rows from the run's current completion view
+        for k in extras["result"].layers[COMPLETION]:
+            new = np.load(target_file(work, COMPLETION, k), mmap_mode="r+")
+            new[reuse] = np.load(target_file(run_dir, COMPLETION, k), mmap_mode="r")[reuse]
+            new.flush()
+            del new
     # projections, distances and tokens.parquet in the work folder too, then the pieces are swapped in
     frame_out, manifest_out = finish_extras(work, frame, manifest, extras, prompt_folder=run_dir)
     for sub in ([COMPLETION] if COMPLETION in views else []) + ([TOKENS] if token_atlas else []):
@@ -228,6 +239,22 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
     _write_run_files(run_dir, frame_out, manifest_out)
     shutil.rmtree(work, ignore_errors=True)
     return manifest_out
+
+
+def _reusable_completion_rows(run_dir: Path, frame, manifest: dict, views, completion_model) -> np.ndarray | None:
+    """[N] bool: rows whose completion-view encoding can be kept when the view is encoded again (same
+    model and layers, and the row's completion was and still is its reference: prompt and
+    reference do not change in a run); None when nothing can be kept."""
+    old = (manifest.get("view_settings") or {}).get(COMPLETION)
+    if COMPLETION not in views or completion_model or not old or old.get("model") != manifest["model"] \
+            or [int(k) for k in old.get("layers", [])] != [int(k) for k in manifest["layers"]] \
+            or "completion_source" not in frame.columns:
+        return None
+    if not all(target_file(run_dir, COMPLETION, k).exists() for k in manifest["layers"]):
+        return None
+    _, sources = completion_texts(frame)
+    reuse = (frame["completion_source"].to_numpy() == "reference") & (np.asarray(sources) == "reference")
+    return reuse if reuse.any() else None
 
 
 def encode_view_run(run_dir: str | Path, *, view: str, completion_model: str | None = None, **kwargs) -> dict:

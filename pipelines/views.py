@@ -158,8 +158,9 @@ def atlas_sample(n_tokens: np.ndarray, rows: np.ndarray, *, max_tokens: int, see
 
 def plan_views(tokenizer, frame, *, views: Sequence[str], atlas: bool, max_length: int, add_eos: bool = False,
                atlas_max_tokens: int = DEFAULT_ATLAS_MAX_TOKENS, seed: int = 0,
-               completion_tokenizer=None) -> ViewPlan:
-    """Every forward pass the requested views need, prefixes merged (see module doc)."""
+               completion_tokenizer=None, completion_rows: np.ndarray | None = None) -> ViewPlan:
+    """Every forward pass the requested views need, prefixes merged (see module doc).
+    ``completion_rows`` [N] bool: encode the completion view only there (the rest is reused)."""
     import pandas as pd
 
     eos = tokenizer.eos_token_id
@@ -222,7 +223,8 @@ def plan_views(tokenizer, frame, *, views: Sequence[str], atlas: bool, max_lengt
         if COMPLETION in views and comp_ids_all is not None:
             seq, cut = _keep_last(base + list(comp_ids_all[i]) + [eos], max_length)
             c_tokens[i], c_trunc[i] = len(seq), cut > 0
-            wants.append((seq, [(COMPLETION, i, len(seq) - 1)]))
+            if completion_rows is None or completion_rows[i]:
+                wants.append((seq, [(COMPLETION, i, len(seq) - 1)]))
         if atlas and i in atlas_set:
             ref = ref_ids[i]
             seq, cut = _keep_last(base + ref, max_length)
@@ -417,7 +419,8 @@ def encode_views_to_folder(loaded, frame, out_dir: str | Path, *, layers: Sequen
                            atlas_max_tokens: int = DEFAULT_ATLAS_MAX_TOKENS, seed: int = 0, add_eos: bool = False,
                            max_length: int | None = None, batch_tokens: int | None = None,
                            max_batch: int | None = None, progress: bool = True, checkpoint_seconds: float = 10.0,
-                           on_batch: Callable[[int, np.ndarray], None] | None = None) -> ViewsResult:
+                           on_batch: Callable[[int, np.ndarray], None] | None = None,
+                           completion_rows: np.ndarray | None = None) -> ViewsResult:
     """Encode ``views`` (prompt and/or completion) and, with ``atlas``, the token atlas of the
     frame's rows (columns example_id, split, prompt, reference, output, score) into
     ``out_dir/encodings/`` in shared passes. ``atlas_layers`` default to ``layers``."""
@@ -425,7 +428,7 @@ def encode_views_to_folder(loaded, frame, out_dir: str | Path, *, layers: Sequen
     layers = normalize_layers(layers, loaded.num_layers)
     max_length = resolve_max_length(loaded, max_length)
     plan = plan_views(loaded.tokenizer, frame, views=views, atlas=atlas, max_length=max_length, add_eos=add_eos,
-                      atlas_max_tokens=atlas_max_tokens, seed=seed)
+                      atlas_max_tokens=atlas_max_tokens, seed=seed, completion_rows=completion_rows)
     target_layers = {v: layers for v in views}
     if atlas:
         target_layers[TOKENS] = normalize_layers(atlas_layers, loaded.num_layers) if atlas_layers else layers

@@ -282,3 +282,34 @@ def test_completion_model_is_any_hidden_state_model_pooled_at_the_last_token(tin
             ref = base(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[2][0, -1].numpy()
         assert rel_err(enc[i], ref) <= 1e-3
     assert r.examples["dist_to_train_completion"].notna().all()
+
+
+def test_encoding_the_completion_view_again_after_scoring_reencodes_only_outputs(tiny_models, tmp_path, capsys):
+    """After `score`, `encode RUN --view completion` encodes the scored test rows with their outputs and
+    keeps the rows whose completion is still the reference, byte for byte."""
+    import torch
+
+    from conftest import dolly_rows, write_jsonl
+    from llm_maps.cli import main
+
+    data = write_jsonl(tmp_path / "d.jsonl", dolly_rows(20))
+    run = tmp_path / "run"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(run),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--views", "prompt,completion",
+                 "--no-progress"]) == 0
+    before = np.load(run / "encodings" / "completion" / "layer_3.npy")
+    assert main(["score", str(run), "--max-new-tokens", "4", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["encode", str(run), "--view", "completion", "--no-progress"]) == 0
+    ex = pd.read_parquet(run / "examples.parquet")
+    outputs = (ex["completion_source"] == "output").to_numpy()
+    assert outputs.sum() == ((ex["split"] == "test") & ex["score"].notna()).sum() > 0
+    assert f"{int((~outputs).sum())} of {len(ex)} rows unchanged" in capsys.readouterr().err
+    after = np.load(run / "encodings" / "completion" / "layer_3.npy")
+    assert after[~outputs].tobytes() == before[~outputs].tobytes()
+    loaded = load_model(str(tiny_models["gpt2"]))
+    tok = loaded.tokenizer
+    for i in np.flatnonzero(outputs)[:3]:
+        ids = tok(ex["prompt"][i])["input_ids"] + tok(ex["output"][i], add_special_tokens=False)["input_ids"] \
+            + [tok.eos_token_id]
+        assert rel_err(after[i], full_forward(loaded, ids, 3)[-1]) <= 1e-3
