@@ -372,6 +372,17 @@ def summarize_run(run_dir: str | Path) -> str:
             if len(d):
                 lines.append(f"dist/{split:<5} {manifest['distance_metric']}: median {d.median():.4f}, "
                              f"p10 {d.quantile(0.1):.4f}, p90 {d.quantile(0.9):.4f}")
+    views = manifest.get("views") or []
+    if "completion" in views and "dist_to_train_completion" in frame.columns:
+        d = frame.loc[frame["split"] == "test", "dist_to_train_completion"].dropna()
+        src = (manifest.get("view_settings") or {}).get("completion", {}).get("sources", {})
+        lines.append(f"completion view (prompt + completion + EOS): " + ", ".join(f"{k} {v}" for k, v in src.items())
+                     + (f"; dist/test median {d.median():.4f}" if len(d) else ""))
+    atlas = manifest.get("token_atlas")
+    if atlas:
+        lines.append(f"atlas      {atlas['tokens']} reference tokens of {atlas['examples']}/{atlas['train_examples']} "
+                     f"train examples, layers {atlas['layers']}"
+                     + (f" (sampled: cap {atlas['max_tokens']}, seed {atlas['seed']})" if atlas["sampled"] else ""))
     enc = manifest.get("encoding") or {}
     if enc:
         lines.append(f"encoding   {enc['tokens']} tokens in {enc['seconds']:.1f} s "

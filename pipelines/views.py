@@ -31,7 +31,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -135,7 +135,7 @@ class ViewPlan:
     completion_tokens: np.ndarray | None  # [N] (completion view)
     completion_truncated: np.ndarray | None
     completion_source: list[str] | None
-    tokens: "object | None"  # pandas frame of atlas tokens (row, example_id, position, token_id, token_text)
+    tokens: Any  # pandas frame of atlas tokens (row, example_id, position, token_id, token_text)
     atlas: dict | None  # what the manifest records about the atlas
 
 
