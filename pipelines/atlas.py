@@ -204,14 +204,14 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
                            "references)")
     if COMPLETION in views:
         completion_texts(frame)  # one-line error before loading anything
-    work = run_dir / ".extras.partial"
-    work.mkdir(exist_ok=True)
+    work = run_dir / ".extras.partial"  # kept when interrupted: the same command resumes
     reuse = _reusable_completion_rows(run_dir, frame, manifest, views, completion_model)
     if reuse is not None:
         log(f"completion view: {int(reuse.sum())} of {len(frame)} rows unchanged (reference as before), "
             f"re-encoding {int((~reuse).sum())}")
     loaded = load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype, device=device,
                         weights=bool(token_atlas or (COMPLETION in views and not completion_model)))
+    work.mkdir(exist_ok=True)
     seed = int((manifest.get("projection") or {}).get("seed", 0) or 0) if seed is None else int(seed)
     extras = encode_extras(loaded, frame, work, views=views, layers=manifest["layers"],
                            default_layer=int(manifest["default_layer"]), token_atlas=token_atlas,

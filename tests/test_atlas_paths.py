@@ -111,3 +111,33 @@ def test_state_index_equals_a_full_exact_scan(tmp_path):
             d, rows = index.search(q, k=2, parts=[1])
             assert (rows - 3000).tolist() == bi.tolist()
         assert index.search(queries[0], k=1)[0][0] < 1e-9  # a stored row finds itself
+
+
+@pytest.mark.slow  # UMAP (numba) fit: ~40 s on an idle 2-core machine
+def test_umap_token_map_placement_equals_the_saved_projection(tiny_models, tmp_path):
+    """With a UMAP token map, the worker places a token where the saved projection's own transform
+    (exact k nearest of train prompts + atlas tokens) puts its state."""
+    from pipelines.project import Projection
+
+    data = write_jsonl(tmp_path / "d.jsonl", dolly_rows(24))
+    run = tmp_path / "runs" / "umap"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(run),
+                 "--template", "dolly", "--k", "3", "--n-neighbors", "5", "--token-atlas", "--no-progress"]) == 0
+    session = RunSession(run)
+    ex = session.run.examples
+    proj = Projection.load(run / "projection_tokens")
+    assert proj.method == "umap" and proj.params["fit_set"] == "train prompts + atlas tokens"
+    prompts = np.asarray(session.run.encodings(session.layer), dtype=np.float32)
+    atlas = np.load(run / "encodings" / "tokens" / f"layer_{session.layer}.npy").astype(np.float32)
+    fit = np.concatenate([prompts, atlas])[proj.fit_rows]
+    rng = np.random.default_rng(0)
+    for state in [atlas[3], prompts[int(np.flatnonzero(ex["split"] == "test")[0])],
+                  atlas[7] + rng.normal(0, 0.05, atlas.shape[1]).astype(np.float32)]:
+        state = state.astype(np.float16).astype(np.float32)
+        step = session.atlas_step(state)
+        expected = proj.transform(state, fit)[0]
+        assert [step["x"], step["y"]] == pytest.approx(expected.tolist(), abs=1e-6)
+    # a test prompt placed by the worker lands where the build put it
+    row = ex[ex["split"] == "test"].iloc[0]
+    placed = session.place(row["instruction"], row["context"])
+    assert [placed["x_tokens"], placed["y_tokens"]] == pytest.approx([row["x_tokens"], row["y_tokens"]], abs=1e-4)
