@@ -60,6 +60,14 @@ def test_views_in_the_data_layer(views_run):
         reg.load("tiny::answer")
 
 
+def test_api_says_what_paths_are_measured_against(views_run, tmp_path):
+    from dashboard.app import create_app
+
+    app = create_app([views_run], [], state_dir=tmp_path / "state")
+    runs = app.server.test_client().get("/api/runs").get_json()["runs"]
+    assert runs[0]["reference"] == "atlas" and runs[0]["views"] == ["prompt", "completion"]
+
+
 @pytest.fixture(scope="module")
 def site(views_run, tmp_path_factory):
     require_browser()
