@@ -22,15 +22,28 @@ import os
 
 import numpy as np
 
+from llm_maps.csvsafe import neutralise_frame
 from llm_maps.errors import LLMMapsError
 from llm_maps.jobs import JobQueue, PointStore, QueueFull
+from llm_maps.runfolder import run_key
 
 LIMITS = {
     "max_chars": int(os.environ.get("LLM_MAPS_MAX_CHARS", "8000")),
     "max_new_tokens": int(os.environ.get("LLM_MAPS_MAX_NEW_TOKENS", "512")),
+    "max_domain_chars": int(os.environ.get("LLM_MAPS_MAX_DOMAIN_CHARS", "200")),
+    "max_depth": 8,  # JSON nesting of a request body (a point is a flat object: depth 1)
 }
+INT_MAX = 2**63 - 1  # integers: 0 .. 2^63 - 1 (what the generator's seed and every store accept)
+TEMPERATURE_MIN, TEMPERATURE_MAX = 0.01, 5.0  # or exactly 0 (greedy); smaller ones overflow the softmax
+TOP_P_MIN = 0.01
 FIELDS = {"instruction": str, "context": str, "generate": bool, "max_new_tokens": int, "temperature": (int, float),
           "top_p": (int, float), "seed": int, "domain": str}
+
+
+def max_body_bytes() -> int:
+    """The largest POST body the API reads: the longest valid point, every character escaped
+    (``\\uXXXX\\uXXXX`` is 12 bytes), plus room for the other fields."""
+    return 12 * (LIMITS["max_chars"] + LIMITS["max_domain_chars"]) + 4096
 
 
 class ApiError(Exception):
@@ -39,29 +52,83 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+def parse_body(raw: bytes):
+    """A request body -> its JSON value, or ApiError 422 (not UTF-8, not JSON, nested too deep)."""
+    import json
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(422, f"body: not valid UTF-8 (byte {exc.start})") from None
+    depth = _max_depth(text)
+    if depth > LIMITS["max_depth"]:
+        raise ApiError(422, f"body: JSON nested {depth} levels deep; the limit is {LIMITS['max_depth']}")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(422, f"body: invalid JSON ({str(exc).split(':')[0]}); send Content-Type: "
+                            "application/json") from None
+
+
+def _max_depth(text: str) -> int:
+    """How deeply brackets nest in a JSON text (brackets inside strings not counted), without parsing."""
+    import re
+
+    depth = best = 0
+    for token in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', text):
+        c = token.group()
+        if c in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif c in "]}":
+            depth -= 1
+    return best
+
+
+def check_text(field: str, value: str) -> None:
+    """Strings must be valid Unicode: a lone surrogate (from a ``\\ud800`` escape) is rejected."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(422, f"field '{field}': not valid Unicode (lone surrogate at character {exc.start})") from None
+
+
 def validate_point(body, *, max_chars: int, max_new_tokens: int, max_length_tokens: int | None = None,
                    token_count=None) -> dict:
-    """Check a POST body; returns the job payload or raises ApiError (422 naming the field, 413)."""
+    """Check a POST body, every field; returns the job payload or raises ApiError (422 naming the
+    field, 413 over-long text)."""
     if not isinstance(body, dict):
         raise ApiError(422, "body: expected a JSON object")
     for key, value in body.items():
         if key not in FIELDS:
-            raise ApiError(422, f"field '{key}': unknown field (known: {', '.join(FIELDS)})")
+            shown = key if len(key) <= 40 else key[:40] + "…"
+            raise ApiError(422, f"field {shown.encode('ascii', 'backslashreplace').decode()!r}: unknown field "
+                                f"(known: {', '.join(FIELDS)})")
         kind = FIELDS[key]
         if value is None and key != "instruction":
             continue
+        name = {str: "a string", bool: "true or false", int: "an integer"}.get(kind, "a number")
         if isinstance(value, bool) and kind is not bool:
-            raise ApiError(422, f"field '{key}': expected a number, got a boolean")
+            raise ApiError(422, f"field '{key}': expected {name}, got a boolean")
         if not isinstance(value, kind):
-            name = {str: "a string", bool: "true or false", int: "an integer"}.get(kind, "a number")
             raise ApiError(422, f"field '{key}': expected {name}")
+        if isinstance(value, str):
+            check_text(key, value)
+        elif isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= INT_MAX:
+            raise ApiError(422, f"field '{key}': must be between 0 and {INT_MAX}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ApiError(422, f"field '{key}': must be a finite number")
     instruction = body.get("instruction")
     if not isinstance(instruction, str) or not instruction.strip():
         raise ApiError(422, "field 'instruction': required, a non-empty string")
     context = body.get("context") or ""
     chars = len(instruction) + len(context)
     if chars > max_chars:
-        raise ApiError(413, f"field 'instruction': input is {chars} characters; the limit is {max_chars}")
+        field = "instruction" if len(instruction) > len(context) else "context"
+        raise ApiError(413, f"field '{field}': input is {chars} characters; the limit is {max_chars}")
+    domain = body.get("domain")
+    if domain is not None and len(domain) > LIMITS["max_domain_chars"]:
+        raise ApiError(413, f"field 'domain': {len(domain)} characters; the limit is {LIMITS['max_domain_chars']}")
     if max_length_tokens and token_count is not None:
         n = token_count(instruction + "\n\n" + context if context else instruction)
         if n > max_length_tokens:
@@ -74,18 +141,19 @@ def validate_point(body, *, max_chars: int, max_new_tokens: int, max_length_toke
         payload["max_new_tokens"] = mnt
     temp = body.get("temperature")
     if temp is not None:
-        if not (math.isfinite(temp) and 0 <= temp <= 5):
-            raise ApiError(422, "field 'temperature': must be between 0 and 5 (0 = greedy)")
+        if not (temp == 0 or TEMPERATURE_MIN <= temp <= TEMPERATURE_MAX):
+            raise ApiError(422, f"field 'temperature': must be 0 (greedy) or between {TEMPERATURE_MIN:g} and "
+                                f"{TEMPERATURE_MAX:g}")
         payload["temperature"] = float(temp)
     top_p = body.get("top_p")
     if top_p is not None:
-        if not (math.isfinite(top_p) and 0 < top_p <= 1):
-            raise ApiError(422, "field 'top_p': must be in (0, 1]")
+        if not TOP_P_MIN <= top_p <= 1:
+            raise ApiError(422, f"field 'top_p': must be between {TOP_P_MIN:g} and 1")
         payload["top_p"] = float(top_p)
     if body.get("seed") is not None:
         payload["seed"] = int(body["seed"])
-    if body.get("domain"):
-        payload["domain"] = body["domain"]
+    if domain:
+        payload["domain"] = domain
     return payload
 
 
@@ -154,8 +222,12 @@ def export_points(points: list[dict], fmt: str) -> str:
         rows.append(row)
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
     for col in ("seed", "max_new_tokens", "n_tokens"):  # integers stay integers next to blanks
-        frame[col] = frame[col].astype("Int64")
-    return frame.to_csv(index=False)
+        try:
+            frame[col] = frame[col].astype("Int64")
+        except (TypeError, ValueError, OverflowError):  # a value out of int64 (stored before limits): as text
+            frame[col] = frame[col].map(lambda v: None if v is None or v != v else str(v))
+    # CRLF rows (RFC 4180): a cell holding a bare carriage return is quoted too
+    return neutralise_frame(frame).to_csv(index=False, lineterminator="\r\n")
 
 
 def register_api(server, registry, queue: JobQueue, points: PointStore, url_prefix: str = "/api") -> None:
@@ -176,19 +248,29 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
     def _api_error(exc: ApiError):
         return flask.jsonify({"error": exc.message}), exc.status, exc.headers
 
+    @bp.errorhandler(Exception)
+    def _any_error(exc: Exception):
+        """Every other error of the API is JSON too: HTTP errors with their code, the rest a 500 that
+        names the exception's type only (the details go to the log)."""
+        from werkzeug.exceptions import HTTPException
+
+        if isinstance(exc, HTTPException):
+            return flask.jsonify({"error": exc.description or exc.name}), exc.code or 500
+        flask.current_app.logger.exception("API error on %s", flask.request.path)
+        return flask.jsonify({"error": f"internal error ({type(exc).__name__})"}), 500
+
     @bp.post("/runs/<run>/points")
     def submit(run: str):
         entry = entry_or_404(run)
-        body = flask.request.get_json(silent=True)
-        if body is None:
-            raise ApiError(422, "body: invalid JSON (send Content-Type: application/json)")
+        body = parse_body(flask.request.get_data(cache=False))  # the size was checked before (hardening)
         key = (str(entry.path), entry.manifest.get("created"))
         if key not in counters:
             counters[key] = _token_counter(entry.manifest)
         payload = validate_point(body, max_chars=LIMITS["max_chars"], max_new_tokens=LIMITS["max_new_tokens"],
                                  max_length_tokens=entry.manifest.get("max_length"), token_count=counters[key])
         try:
-            job_id = queue.submit(entry.id, "generate" if payload["generate"] else "place", payload)
+            job_id = queue.submit(entry.id, "generate" if payload["generate"] else "place", payload,
+                                  run_key=run_key(entry.manifest))
         except QueueFull as exc:
             raise ApiError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from None
         return flask.jsonify({"id": job_id}), 202, {"Location": f"{url_prefix}/points/{job_id}"}
@@ -218,11 +300,24 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
 
     @bp.get("/health")
     def health():
-        """Readiness: 503 while the runs a first visit opens are still being loaded, then 200."""
+        """Readiness: 503 while the runs a first visit opens are still being loaded; where the app
+        expects workers (``llm-maps serve``, LLM_MAPS_EXPECT_WORKERS=1), 503 naming the reason while
+        a served run has no live worker; else 200."""
         warm = flask.current_app.config.get("LLM_MAPS_WARM")
-        body = {"status": "warming" if warm is not None and warm.is_alive() else "ready",
-                "runs": len(registry.entries())}
-        if body["status"] == "warming":
+        entries = registry.entries()
+        body = {"status": "warming" if warm is not None and warm.is_alive() else "ready", "runs": len(entries)}
+        if flask.current_app.config.get("LLM_MAPS_EXPECT_WORKERS"):
+            try:
+                live = queue.run_liveness([e.id for e in entries if e.ok])
+            except Exception as exc:  # noqa: BLE001 - the queue's server is down: not ready either
+                live = {e.id: {"live": False, "workers": [], "reason": f"job queue unavailable ({type(exc).__name__})"}
+                        for e in entries if e.ok}
+            body["workers"] = live
+            body["broken"] = {e.id: e.error for e in entries if not e.ok}
+            dead = [f"run '{run}': {v['reason']}" for run, v in live.items() if not v["live"]]
+            if dead and body["status"] == "ready":
+                body.update(status="no worker", reason="; ".join(dead))
+        if body["status"] != "ready":
             return flask.jsonify(body), 503, {"Retry-After": "1"}
         return flask.jsonify(body)
 
@@ -284,5 +379,9 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
         if not points.delete(entry.id, point_id):
             raise ApiError(404, f"unknown point '{point_id}' in run '{run}'")
         return flask.jsonify({"deleted": point_id})
+
+    @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    def unknown(rest: str):
+        raise ApiError(404, f"no such API path '{url_prefix}/{rest}'")
 
     server.register_blueprint(bp)

@@ -17,6 +17,7 @@ import hmac
 import os
 import re
 import threading
+from html import escape as html_escape
 from pathlib import Path
 
 import dash
@@ -25,6 +26,7 @@ from dash import Input, Output, State, dcc, html
 
 from dashboard.bundle import PLOTLY_BUNDLE, bundle_path
 from dashboard.data import RunRegistry
+from dashboard.hardening import install_hardening
 from dashboard.points import install_routes
 
 HERE = Path(__file__).resolve().parent
@@ -96,6 +98,9 @@ def _install_api(server, registry, state_dir: Path, prefix: str = "/") -> None:
     queue = make_queue(state_dir)  # RedisJobQueue (Celery workers) when REDIS_URL is set, else diskcache
     points = make_points(state_dir)
     server.config["LLM_MAPS_QUEUE"], server.config["LLM_MAPS_POINTS"] = queue, points
+    # /api/health reports workers' liveness (503 when a run has none) where workers are expected:
+    # `llm-maps serve` sets this; a gunicorn deployment with workers sets LLM_MAPS_EXPECT_WORKERS=1
+    server.config["LLM_MAPS_EXPECT_WORKERS"] = os.environ.get("LLM_MAPS_EXPECT_WORKERS", "").lower() in ("1", "true", "yes")
     register_api(server, registry, queue, points, url_prefix=f"{prefix}api")
 
 
@@ -109,74 +114,28 @@ def plot_templates() -> dict:
                   "legend_bg": LEGEND_BG[dark]} for key, dark in (("light", False), ("dark", True))}
 
 
-# Before Dash's scripts: (1) keep the browser's own String.prototype.trim, which Dash's polyfill
-# replaces with a slow one (plotly.js parses every point colour with it; dashboard.js puts it
-# back); (2) plotly.js, as our own bundle of the three traces the app draws (tools/plotly-bundle:
-# 1.5 MB instead of 4.8, evaluated in ~0.2 s instead of ~1 s). window.Plotly starts as a
-# promise-like placeholder that dcc.Graph waits on, on every page, so the stock plotly.min.js is
-# never loaded; the first `then` loads the bundle. On the pages with graphs (map, falloff,
-# playground) its download also starts with the page (preload), and it is run while the server
-# answers the first callback (the page layout), so neither waits for the other.
-EARLY_SCRIPT = """<script>(function () {
-  window.__llmNativeTrim = String.prototype.trim;
-  if (window.Plotly) return;
-  var path = location.pathname.slice(%(plen)d);
-  var eager = /^(map|falloff|playground)?\\/?$/.test(path);
-  var url = %(url)s, state = 0, waiting = [], fetch0 = window.fetch;
-  function preload(href) {
-    var link = document.createElement('link');
-    link.rel = 'preload'; link.as = 'script'; link.href = href;
-    document.head.appendChild(link);
-  }
-  function settle(ok, value) {
-    var w = waiting; waiting = []; state = ok ? 2 : 3;
-    w.forEach(function (p) { p[ok ? 0 : 1](value); });
-  }
-  function fail() {  // dcc.Graph then loads plotly.js itself
-    window.Plotly = undefined;
-    settle(false, new Error('plotly.js did not load'));
-  }
-  function load() {
-    if (state) return;
-    state = 1;
-    if (window.Plotly && window.Plotly.newPlot) { settle(true, window.Plotly); return; }  // loaded already
-    if (window.fetch === hooked) window.fetch = fetch0;
-    var s = document.createElement('script');
-    s.src = url; s.async = true;
-    s.onload = function () {
-      var P = window.Plotly;
-      if (P && P.newPlot) settle(true, P); else fail();
-    };
-    s.onerror = fail;
-    document.head.appendChild(s);
-  }
-  function hooked(input) {
-    if (String((input && input.url) || input).indexOf('_dash-update-component') >= 0) setTimeout(load, 0);
-    return fetch0.apply(this, arguments);
-  }
-  if (eager) {
-    preload(url);
-    ['graph', 'dropdown', 'slider'].forEach(function (name) {  // dcc's chunks these pages need next
-      preload(%(dcc)s + 'async-' + name + '.js');
-    });
-    window.fetch = hooked;
-  }
-  window.Plotly = {then: function (ok, fail) {
-    load();
-    if (state === 2) ok(window.Plotly); else if (state === 3) fail(new Error('plotly.js did not load'));
-    else waiting.push([ok, fail]);
-  }};
-})();</script>"""
+# The script Dash's page runs first, in <head>: assets/early.js (see its header for what it does
+# and why). Inlined, as it must run before Dash's own scripts, with its settings as data attributes.
+EARLY_JS = HERE / "assets" / "early.js"
 
 
-def index_string(prefix: str) -> str:
-    """Dash's page with EARLY_SCRIPT in the head."""
-    import json
-
+def early_script(prefix: str) -> str:
+    """assets/early.js as an inline <script> for an app served under ``prefix``."""
     url = f"{bundle_path(prefix)}?m={int(PLOTLY_BUNDLE.stat().st_mtime)}"
-    early = EARLY_SCRIPT % {"plen": len(prefix), "url": json.dumps(url),
-                            "dcc": json.dumps(f"{prefix}_dash-component-suites/dash/dcc/")}
-    return dash.dash._default_index.replace("{%css%}", "{%css%}\n        " + early, 1)
+    lines = EARLY_JS.read_text(encoding="utf-8").splitlines()
+    while lines and (lines[0].startswith("//") or not lines[0].strip()):  # its header stays in the file
+        lines.pop(0)
+    code = "\n".join(lines) + "\n"
+    if "</script" in code.lower():
+        raise ValueError(f"{EARLY_JS}: must not contain '</script'")
+    attrs = {"plen": str(len(prefix)), "url": url, "dcc": f"{prefix}_dash-component-suites/dash/dcc/"}
+    data = " ".join(f'data-{k}="{html_escape(v, quote=True)}"' for k, v in attrs.items())
+    return f"<script {data}>\n{code}</script>"
+
+
+def index_string(prefix: str, base: str) -> str:
+    """Dash's page ``base`` (an app's ``index_string``) with the early script in the head."""
+    return base.replace("{%css%}", "{%css%}\n        " + early_script(prefix), 1)
 
 
 def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None = None,
@@ -197,16 +156,31 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
     credentials = parse_auth(auth) if isinstance(auth, str) else auth
     prefix = normalise_prefix(os.environ.get("LLM_MAPS_PREFIX") if prefix is None else prefix)
 
-    with _CREATE_LOCK:  # page modules register their callbacks globally; bind them to this app now
+    # Dash internals used here, and why:
+    # - Dash._setup_server(): the page modules (pages/) register their callbacks with dash.callback
+    #   into Dash's process-wide list when Dash(use_pages=True) imports them, and an app takes that
+    #   list over only in _setup_server, which Dash runs on the app's first request. With more than
+    #   one app in a process (tests, or two create_app calls), the first app to get a request would
+    #   take the callbacks of every app created before it. So each app takes its own now, right
+    #   after creating them, under a lock that keeps another create_app from registering in
+    #   between. Dash has no public call for this. A real first request (Flask's test client)
+    #   would do it through public paths, but Flask refuses new before_request hooks after an app's
+    #   first request, and the auth, redirect and caching hooks are installed below. The request
+    #   context is the one Dash's own first-request hook runs it in, so anything in it that reads
+    #   the request or the app context finds one, as it would there.
+    # Everything else is public: Dash(...) options, app.index_string, app.layout, dash.page_container,
+    # dash.clientside_callback, app.server (the Flask app).
+    with _CREATE_LOCK:
         app = dash.Dash(__name__, use_pages=True, pages_folder=str(HERE / "pages"),
-                        assets_folder=str(HERE / "assets"), assets_ignore=r"^((flatly|darkly)\.min\.css|plotly-llm-maps\.min\.js)$",
+                        assets_folder=str(HERE / "assets"), assets_ignore=r"^((flatly|darkly)\.min\.css|plotly-llm-maps\.min\.js|early\.js)$",
                         external_stylesheets=[], suppress_callback_exceptions=True, title=title,
                         serve_locally=True, update_title=None, eager_loading=False, url_base_pathname=prefix)
-        app.index_string = index_string(app.config.requests_pathname_prefix)
+        app.index_string = index_string(app.config.requests_pathname_prefix, app.index_string)
         registry = RunRegistry(runs, data_dirs)
         app.server.config["LLM_MAPS_REGISTRY"] = registry
         app.server.config["LLM_MAPS_PREFIX"] = prefix
         _install_api(app.server, registry, state_dir or state_dir_for(runs, data_dirs), prefix)
+        install_hardening(app.server, prefix)
         app.layout = html.Div([
             html.Link(id="theme-css", rel="stylesheet", href=f"{prefix}assets/themes/flatly.min.css"),
             _navbar(prefix),
@@ -219,7 +193,7 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
         dash.clientside_callback(dash.ClientsideFunction("llm_maps", "pickRun"), Output("run-nav", "children"),
                                  Input("run-picker", "value"), prevent_initial_call=True)
         with app.server.test_request_context("/"):
-            app._setup_server()
+            app._setup_server()  # see above: bind this app's page callbacks now
     if credentials:
         _install_basic_auth(app.server, credentials, prefix)
     _install_home_redirect(app.server, prefix)

@@ -19,7 +19,8 @@ import numpy as np
 
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE
-from llm_maps.runfolder import EXAMPLES, MANIFEST, Run, find_runs, read_manifest
+from llm_maps.runfolder import (ENCODINGS, EXAMPLES, MANIFEST, Run, check_run_files, find_runs,
+                                read_manifest, run_ids)
 
 log = logging.getLogger("llm_maps.dashboard")
 CACHE_RUNS = int(os.environ.get("LLM_MAPS_CACHE_RUNS", "4"))
@@ -58,18 +59,12 @@ class RunRegistry:
             if root.is_dir():  # unfinished builds show as such, not silently missing
                 paths += sorted(p for p in root.iterdir() if p.is_dir() and p.name.endswith(".partial")
                                 and not p.with_name(p.name[:-len(".partial")]).exists())
-        seen: dict[str, int] = {}
-        out, resolved = [], set()
-        for p in paths:
-            key = p.resolve()
-            if key in resolved:
-                continue
-            resolved.add(key)
-            name = p.name or "run"
-            seen[name] = seen.get(name, 0) + 1
-            run_id = name if seen[name] == 1 else f"{name}-{seen[name]}"
+        out = []
+        for run_id, p in run_ids(paths):
             try:
-                out.append(RunEntry(run_id, p, None, read_manifest(p)))
+                manifest = read_manifest(p)
+                _checked(str(p), _stamp(p, with_encodings=True))
+                out.append(RunEntry(run_id, p, None, manifest))
             except LLMMapsError as exc:
                 out.append(RunEntry(run_id, p, str(exc)))
         return out
@@ -143,15 +138,28 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _stamp(path: Path) -> tuple:
+def _stamp(path: Path, with_encodings: bool = False) -> tuple:
     out = []
-    for name in (MANIFEST, EXAMPLES, FALLOFF_FILE):
+    names = [MANIFEST, EXAMPLES, FALLOFF_FILE]
+    if with_encodings:
+        try:
+            names += sorted(f"{ENCODINGS}/{e.name}" for e in os.scandir(path / ENCODINGS))
+        except OSError:
+            pass
+    for name in names:
         try:
             st = (path / name).stat()
-            out.append((st.st_mtime_ns, st.st_size))
+            out.append((name, st.st_mtime_ns, st.st_size))
         except FileNotFoundError:
             out.append(None)
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _checked(path: str, stamp: tuple) -> None:
+    """``check_run_files`` once per version of a run's files (raises LLMMapsError naming the file;
+    a failure is not cached, so a fixed run is seen at once)."""
+    check_run_files(path, read_manifest(path))
 
 
 @functools.lru_cache(maxsize=CACHE_RUNS)

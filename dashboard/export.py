@@ -29,7 +29,7 @@ def export_map_figure(data: RunData, *, max_points: int = 20_000, seed: int = 0)
                                    text=data.hover[r], hovertemplate="%{text}<extra></extra>",
                                    marker={"color": colour, "size": 4 if len(rows) > 5000 else 6, "opacity": 0.8}))
     fig = go.Figure(traces)
-    title = f"{data.id}: {data.n:,} examples" + (f" ({len(rows):,} drawn)" if sampled else "")
+    title = f"{F.plot_text(data.id)}: {data.n:,} examples" + (f" ({len(rows):,} drawn)" if sampled else "")
     fig.update_layout(template="plotly_white", height=620, title=title, hovermode="closest",
                       legend={"itemsizing": "constant"}, margin={"l": 10, "r": 10, "t": 50, "b": 10},
                       xaxis={"visible": False}, yaxis={"visible": False})

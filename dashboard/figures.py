@@ -12,6 +12,8 @@ arrays). The map's trace layout is fixed so callbacks can patch parts of it:
 
 from __future__ import annotations
 
+import html
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,6 +151,15 @@ def points_marker(spec: ColourSpec, n_points: int) -> dict:
     return marker
 
 
+def plot_text(value) -> str:
+    """Text for plotly to draw as text: plotly renders a subset of HTML in legends, hovers,
+    annotations and titles (``<a href>``, ``<span style>``, ``<b>``, ``<br>``...), so ``&``, ``<`` and
+    ``>`` of user or data text are escaped (plotly shows ``&lt;`` as ``<``). The one rule for every
+    figure the app, the playground and the HTML export draw (assets/dashboard.js ``plotText`` in
+    the browser)."""
+    return html.escape(str(value), quote=False)
+
+
 def legend_traces(spec: ColourSpec) -> list[go.Scatter]:
     """LEGEND_SLOTS tiny traces carrying the categorical legend (unused slots hidden); plain SVG
     traces, since every WebGL trace costs a draw pass."""
@@ -157,7 +168,7 @@ def legend_traces(spec: ColourSpec) -> list[go.Scatter]:
     for i in range(LEGEND_SLOTS):
         if i < len(entries):
             name, colour = entries[i]
-            out.append(go.Scatter(x=[None], y=[None], mode="markers", name=name, showlegend=True,
+            out.append(go.Scatter(x=[None], y=[None], mode="markers", name=plot_text(name), showlegend=True,
                                   marker={"color": colour, "size": 9}, hoverinfo="skip"))
         else:
             out.append(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
@@ -305,7 +316,8 @@ def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", t
 
     groups = [g for g in groups if g in stats and stats[g]["bins"]]
     side = layout == "side" and len(groups) > 1
-    fig = make_subplots(rows=1, cols=len(groups), shared_yaxes=True, subplot_titles=groups) if side else go.Figure()
+    fig = make_subplots(rows=1, cols=len(groups), shared_yaxes=True,
+                                subplot_titles=[plot_text(g) for g in groups]) if side else go.Figure()
     colours = {"all": "#555555", "Chollet": FIXED_COLOURS["domain"]["Chollet"],
                "Reasoning": FIXED_COLOURS["domain"]["Reasoning"]}
     for i, g in enumerate(groups):
@@ -316,7 +328,7 @@ def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", t
         colour = colours.get(g, PALETTE[i % len(PALETTE)])
         trend = entry.get("trend") or {}
         slope = trend.get("slope")
-        name = f"{g} (n={entry['n']}, acc {entry['accuracy']:.2f}" + (f", slope {slope:.3g})" if slope is not None else ")")
+        name = f"{plot_text(g)} (n={entry['n']}, acc {entry['accuracy']:.2f}" + (f", slope {slope:.3g})" if slope is not None else ")")
         trace = go.Scatter(
             x=x, y=y, mode="lines+markers+text", name=name, line={"color": colour, "width": 2},
             marker={"size": 8, "color": colour}, text=[f"n={b['n']}" for b in bins], textposition="top center",
@@ -326,12 +338,12 @@ def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", t
             customdata=[[b["lo"], b["hi"], b["n"], b["correct"], b["low"], b["high"]] for b in bins],
             hovertemplate=("distance %{customdata[0]:.4g}–%{customdata[1]:.4g}<br>accuracy %{y:.3f} "
                            "[%{customdata[4]:.3f}, %{customdata[5]:.3f}]<br>%{customdata[3]} / %{customdata[2]} correct"
-                           f"<extra>{g}</extra>"))
+                           f"<extra>{plot_text(g)}</extra>"))
         if side:
             fig.add_trace(trace, row=1, col=i + 1)
         else:
             fig.add_trace(trace)
-    fig.update_layout(template=template_name(dark), height=480, title={"text": title},
+    fig.update_layout(template=template_name(dark), height=480, title={"text": plot_text(title)},
                       margin={"l": 50, "r": 20, "t": 60, "b": 50}, legend={"orientation": "h", "y": -0.18})
     fig.update_yaxes(range=[-0.02, 1.08])
     if side:

@@ -1,6 +1,6 @@
 """A valid synthetic run folder of N points, for tests and benchmarks (numpy/pandas only).
 
-Follows the run-folder contract (shared/DESIGN.md) without a model: clustered 2-D positions, a
+Follows the run-folder contract (docs/run-folder.md) without a model: clustered 2-D positions, a
 distance to train that grows with the distance from the cluster centre, scores whose accuracy falls
 with that distance (steeply in the Chollet domain, gently in the Reasoning domain).
 """
@@ -83,15 +83,18 @@ def write_synthetic_run(path: str | Path, n: int = 200, *, hidden: int = 16, lay
     counts = frame["split"].value_counts()
     manifest = {
         "format_version": FORMAT_VERSION, "model": "synthetic/no-model", "dtype": "float16", "device": "cpu",
-        "prompt_template": {"name": "plain"}, "pooling": "last", "add_eos": False, "max_length": 2048,
+        "prompt_template": {"name": "plain", "stop_strings": []}, "pooling": "last", "add_eos": False, "max_length": 2048,
         "truncation_side": "left", "layers": list(layers), "default_layer": int(layers[-1]),
         "projection": {"method": "synthetic", "metric": "cosine", "fit_on": "train", "layer": int(layers[-1])},
         "distance_metric": "cosine", "split_rule": {"method": "example"},
         "domain_map": {"categories": CATEGORIES, "unknown_categories": {}},
-        "sources": [{"kind": "synthetic", "path": "synthetic", "rows": n, "seed": seed}],
+        "sources": [{"kind": "synthetic", "id": f"dashboard.synthetic(n={n}, seed={seed})", "rows": n}],
         "counts": {"examples": n, "train": int(counts.get("train", 0)), "test": int(counts.get("test", 0)),
-                   "tasks": int(frame["task"].nunique()),
-                   "by_domain": {str(k_): int(v) for k_, v in frame["domain"].value_counts().sort_index().items()}},
+                   "tasks": int(frame["task"].nunique()), "truncated": 0,
+                   "by_domain": {str(k_): int(v) for k_, v in frame["domain"].value_counts().sort_index().items()},
+                   "by_split_domain": {f"{s_}/{d}": int(v) for (s_, d), v in
+                                       frame.groupby(["split", "domain"]).size().sort_index().items()},
+                   "by_category": {str(k_): int(v) for k_, v in frame["category"].value_counts().sort_index().items()}},
         "versions": {"numpy": np.__version__, "pandas": pd.__version__}, "created": "2025-01-01T00:00:00Z",
     }
     if falloff is not None:

@@ -5,7 +5,6 @@ draws it live in assets/playground.js)."""
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 
@@ -32,9 +31,10 @@ def load_points(run: str, state_dir: str | Path | None = None, ids: list[str] | 
     return [by_id[i] for i in ids]
 
 
-def _label(point: dict) -> str:
+def _label(point: dict, chars: int = 100) -> str:
+    """The point's first line, shortened, escaped for plotly (F.plot_text: drawn as text, never HTML)."""
     text = str(point.get("instruction") or "").strip().splitlines()
-    return (text[0][:100] if text else point.get("id", "")) or point.get("id", "")
+    return F.plot_text((text[0][:chars] if text else point.get("id", "")) or point.get("id", ""))
 
 
 def nearest_text(t: dict) -> str:
@@ -42,7 +42,7 @@ def nearest_text(t: dict) -> str:
     n = t.get("nearest")
     if not n:
         return f" · dist {t['dist']:.4g}" if t.get("dist") is not None else ""
-    esc = lambda v: html.escape(str(v), quote=False)  # noqa: E731
+    esc = F.plot_text
     return (f" · dist {t['dist']:.4g}<br>nearest training step: {esc(n['example_id'])} #{n['position']}: "
             f"…{esc(n.get('before', ''))}[{esc(n['token_text'])}]{esc(n.get('after', ''))}…")
 
@@ -77,18 +77,18 @@ def user_points_traces(points: list[dict], *, paths: bool = True, kind: str = "p
             probs = [math.exp(t["logprob"]) for t in toks]
             traces.append(go.Scatter(
                 x=[px] + [t["x"] for t in toks], y=[py] + [t["y"] for t in toks], mode="lines+markers",
-                name=f"path: {_label(p)[:40]}", showlegend=False, line={"color": colour, "width": 1.5},
+                name=f"path: {_label(p, 40)}", showlegend=False, line={"color": colour, "width": 1.5},
                 marker={"symbol": ["circle"] + ["arrow"] * len(toks), "angleref": "previous",
                         "size": [0] + [7 + 9 * q for q in probs], "color": [1.0] + probs, "cmin": 0, "cmax": 1,
                         "colorscale": "RdYlGn", "line": {"color": colour, "width": 1}},
-                text=["prompt"] + [f"token {k + 1}: {html.escape(repr(t['text']), quote=False)} · p={q:.1%}{nearest_text(t)}"
+                text=["prompt"] + [f"token {k + 1}: {F.plot_text(repr(t['text']))} · p={q:.1%}{nearest_text(t)}"
                                    for k, (t, q) in enumerate(zip(toks, probs))],
                 hoverinfo="text", meta={"user": "path", "id": p["id"]}))
         exp = p.get("expected_accuracy") or {}
         hover = (f"your point: {_label(p)}<br>distance to train {p.get('dist_to_train', float('nan')):.4g}"
                  + (f"<br>expected accuracy {exp['accuracy']:.2f} [{exp['low']:.2f}, {exp['high']:.2f}]" if exp else "")
-                 + (f"<br>output: {str(p.get('output'))[:100]}" if p.get("output") else ""))
-        traces.append(go.Scatter(x=[px], y=[py], mode="markers", name=_label(p)[:40],
+                 + (f"<br>output: {F.plot_text(str(p.get('output'))[:100])}" if p.get("output") else ""))
+        traces.append(go.Scatter(x=[px], y=[py], mode="markers", name=_label(p, 40),
                                  legendgroup="user", legendgrouptitle={"text": "your points"},
                                  marker={"symbol": "star", "size": 18, "color": colour,
                                          "line": {"color": "#000000", "width": 1.5}},

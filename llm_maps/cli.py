@@ -9,141 +9,49 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
+from .config import (DATA, DISTANCES, MODEL, OUTPUT, PROJECTION, SCALE_OUT, SPLIT, VIEWS, BuildConfig,
+                     add_arguments, config_values, from_args, parse_layers)
 from .errors import LLMMapsError
 
-
-def _layers(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+if TYPE_CHECKING:
+    import subprocess
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, nargs="+", metavar="DATA",
-                   help="JSONL/JSON/CSV/TSV/Parquet file(s), a saved `datasets` folder, or a hub id "
-                        "(e.g. databricks/databricks-dolly-15k)")
-    g.add_argument("--columns", default=None,
-                   help="column mapping for non-Dolly data, e.g. 'instruction=question,response=answer,"
-                        "context=passage,category=type,id=uid,split=split' (empty value = no such column)")
-    g.add_argument("--format", dest="data_format", choices=["jsonl", "json", "csv", "tsv", "parquet"],
-                   help="data format when the file suffix does not tell")
-    g.add_argument("--source-split", default=None, help="split of a `datasets` source to read (default: all)")
-    g.add_argument("--limit", type=int, default=None, help="use only the first N examples")
-    g.add_argument("--domain-map", default=None, help="TOML domain map (default: data/domains.toml)")
-    s = p.add_argument_group("split")
-    s.add_argument("--split-by", default="auto", choices=["auto", "source", "example", "category"],
-                   help="auto: the source's split column when present, else by example")
-    s.add_argument("--test-size", type=float, default=0.2, help="fraction of examples sent to test")
-    s.add_argument("--test-categories", default=None,
-                   help="comma-separated categories held out entirely (out-of-distribution test)")
-    s.add_argument("--n-test-categories", type=int, default=0, help="hold out N categories chosen by seed")
-    s.add_argument("--seed", type=int, default=0)
+_layers = parse_layers
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and encoding")
-    g.add_argument("--model", required=True,
-                   help="hub id (e.g. databricks/dolly-v2-3b), local folder, or path to a .gguf file")
-    g.add_argument("--gguf-file", default=None, help="GGUF file name inside the --model folder")
-    g.add_argument("--revision", default=None, help="hub revision")
-    g.add_argument("--template", default="auto",
-                   help="auto | dolly | chat | redpajama | plain | a template string with {instruction}, "
-                        "{context}, {context_block}")
-    g.add_argument("--layers", type=_layers, default=None,
-                   help="hidden_states indices to store, e.g. '8,15,22,30' (default: last + 3 evenly spaced)")
-    g.add_argument("--default-layer", type=int, default=None, help="layer used for the map and distances "
-                                                                  "(default: the last stored)")
-    g.add_argument("--add-eos", action="store_true", help="pool at an appended EOS token (pooling=eos)")
-    g.add_argument("--max-length", type=int, default=None, help="keep the last N tokens (default: "
-                                                                "min(model max positions, 2048))")
-    g.add_argument("--batch-tokens", type=int, default=None,
-                   help="padded tokens per batch (default: 1024 on CPU, where small batches stay in cache and run fastest; 32768 on CUDA)")
-    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
-def _add_projection_args(p: argparse.ArgumentParser, *, layer: bool = False) -> None:
-    g = p.add_argument_group("projection")
-    g.add_argument("--projection", "--method", dest="projection", default="umap", choices=["umap", "pca"])
-    g.add_argument("--fit-on", default="train", choices=["train", "all"])
-    g.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors")
-    g.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist")
-    if layer:
-        g.add_argument("--layer", type=int, default=None, help="stored layer to project (default: the run's)")
-        g.add_argument("--seed", type=int, default=0)
+BUILD_GROUPS = (DATA, SPLIT, MODEL, PROJECTION, DISTANCES, OUTPUT, SCALE_OUT, VIEWS)
+ENCODE_GROUPS = (DATA, SPLIT, MODEL, OUTPUT, VIEWS)
 
 
-def _add_neighbour_args(p: argparse.ArgumentParser, *, layer: bool = False) -> None:
-    g = p.add_argument_group("distances")
-    g.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
-    g.add_argument("-k", "--k", type=int, default=10, help="nearest train examples kept per example")
-    if layer:
-        g.add_argument("--layer", type=int, default=None, help="stored layer (default: the run's)")
-
-
-def _build_kwargs(args) -> dict:
-    cols = None
-    if args.columns:
-        from pipelines.sources import parse_columns
-
-        cols = parse_columns(args.columns)
-    return dict(model=args.model, data=args.data, out=args.out, template=args.template, columns=cols,
-                source_split=args.source_split, data_format=args.data_format, split_by=args.split_by,
-                test_size=args.test_size, seed=args.seed,
-                test_categories=[c.strip() for c in args.test_categories.split(",")] if args.test_categories else None,
-                n_test_categories=args.n_test_categories, domain_map=args.domain_map, layers=args.layers,
-                default_layer=args.default_layer, add_eos=args.add_eos, max_length=args.max_length,
-                batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device, gguf_file=args.gguf_file,
-                revision=args.revision, limit=args.limit, progress=not args.no_progress)
-
-
-def _add_extras_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("views and token atlas")
-    g.add_argument("--views", default="prompt", help="prompt,completion: also encode prompt + completion + EOS "
-                                                     "(completion: reference; a scored test row's output)")
-    g.add_argument("--token-atlas", action="store_true",
-                   help="also keep every train reference token's teacher-forced state (generations are measured "
-                        "against it)")
-    g.add_argument("--atlas-layers", type=_layers, default=None, help="atlas layers besides the map layer")
-    g.add_argument("--atlas-max-tokens", type=int, default=200_000,
-                   help="cap on atlas tokens (a seeded sample of train examples above it; default 200000)")
-    g.add_argument("--completion-model", default=None,
-                   help="encode the completion view with this model instead (any transformers model with hidden "
-                        "states, e.g. a reward model; pooled at the last token)")
-
-
-def _extras_kwargs(args) -> dict:
-    return dict(views=args.views, token_atlas=args.token_atlas, atlas_layers=args.atlas_layers,
-                atlas_max_tokens=args.atlas_max_tokens, completion_model=args.completion_model)
-
-
-def cmd_build(args) -> int:
+def cmd_build(args: argparse.Namespace) -> int:
     from pipelines.build import build_run, summarize_run
 
-    if args.command == "encode" and args.run is not None:
-        return cmd_encode_view(args)
-    if args.command == "encode":
-        missing = [f"--{n}" for n in ("model", "data", "out") if getattr(args, n) is None]
-        if missing:
-            raise LLMMapsError(f"encode: give {', '.join(missing)} (or RUN_DIR --view completion for an existing run)")
-    kwargs = _build_kwargs(args)
-    kwargs.update(_extras_kwargs(args))
-    if args.command == "build":
-        kwargs.update(projection=args.projection, fit_on=args.fit_on, n_neighbors=args.n_neighbors,
-                      min_dist=args.min_dist, metric=args.metric, k=args.k, distributed=args.distributed,
-                      chunk_size=args.chunk_size)
-    else:
-        kwargs.update(projection=None)
-    run = build_run(**kwargs, log=lambda m: print(m, file=sys.stderr))
+    run = build_run(from_args(BuildConfig, args), log=_log)
     print(summarize_run(run))
     return 0
 
 
-def cmd_encode_view(args) -> int:
+def cmd_encode(args: argparse.Namespace) -> int:
+    from pipelines.build import build_run, summarize_run
+
+    if args.run is not None:
+        return cmd_encode_view(args)
+    missing = [f"--{n}" for n in ("model", "data", "out") if not getattr(args, n)]
+    if missing:
+        raise LLMMapsError(f"encode: give {', '.join(missing)} (or RUN_DIR --view completion for an existing run)")
+    run = build_run(from_args(BuildConfig, args, projection=None), log=_log)
+    print(summarize_run(run))
+    return 0
+
+
+def cmd_encode_view(args: argparse.Namespace) -> int:
     from pipelines.atlas import encode_view_run
     from pipelines.build import summarize_run
 
@@ -151,23 +59,23 @@ def cmd_encode_view(args) -> int:
         raise LLMMapsError("encode RUN_DIR: give --view completion (to build a new run use --model, --data, --out)")
     encode_view_run(args.run, view=args.view, completion_model=args.completion_model,
                     batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device,
-                    progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+                    progress=args.progress, log=_log)
     print(summarize_run(args.run))
     return 0
 
 
-def cmd_atlas(args) -> int:
+def cmd_atlas(args: argparse.Namespace) -> int:
     from pipelines.atlas import atlas_run
     from pipelines.build import summarize_run
 
     atlas_run(args.run, atlas_layers=args.atlas_layers, atlas_max_tokens=args.atlas_max_tokens,
               batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device, seed=args.seed,
-              progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+              progress=not args.no_progress, log=_log)
     print(summarize_run(args.run))
     return 0
 
 
-def cmd_project(args) -> int:
+def cmd_project(args: argparse.Namespace) -> int:
     from pipelines.build import restage_run, summarize_run
 
     restage_run(args.run, stage="project", method=args.projection, fit_on=args.fit_on, seed=args.seed,
@@ -176,7 +84,7 @@ def cmd_project(args) -> int:
     return 0
 
 
-def cmd_neighbours(args) -> int:
+def cmd_neighbours(args: argparse.Namespace) -> int:
     from pipelines.build import restage_run, summarize_run
 
     restage_run(args.run, stage="neighbours", k=args.k, metric=args.metric, layer=args.layer)
@@ -184,7 +92,7 @@ def cmd_neighbours(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from pipelines.build import summarize_run
 
     for i, run in enumerate(args.runs):
@@ -194,7 +102,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_score(args) -> int:
+def cmd_score(args: argparse.Namespace) -> int:
     from pipelines.build import summarize_run
     from pipelines.score import score_run
 
@@ -210,7 +118,7 @@ def cmd_score(args) -> int:
     return 0
 
 
-def cmd_falloff(args) -> int:
+def cmd_falloff(args: argparse.Namespace) -> int:
     from pipelines.falloff_run import falloff_run, format_falloff
 
     result = falloff_run(args.run, n_bins=args.bins, layers=args.layers,
@@ -219,23 +127,18 @@ def cmd_falloff(args) -> int:
     return 0
 
 
-def _lmeval_build_kwargs(args) -> dict:
+def _lmeval_build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    build = config_values(BuildConfig, args)  # model, out, test_size, seed, the model/projection/distances groups
     cols = None
-    if args.columns:
+    if build.pop("columns", None):
         from pipelines.sources import parse_columns
 
         cols = parse_columns(args.columns)
-    return dict(model=args.model, out=args.out, results=args.results, lmeval_metric=args.lmeval_metric,
-                threshold=args.threshold, train=args.train, train_template=args.template, columns=cols,
-                test_size=args.test_size, seed=args.seed, domain_map=args.domain_map, layers=args.layers,
-                default_layer=args.default_layer, add_eos=args.add_eos, max_length=args.max_length,
-                batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device, gguf_file=args.gguf_file,
-                revision=args.revision, progress=not args.no_progress, projection=args.projection,
-                fit_on=args.fit_on, n_neighbors=args.n_neighbors, min_dist=args.min_dist, metric=args.metric,
-                k=args.k, log=lambda m: print(m, file=sys.stderr))
+    return dict(results=args.results, lmeval_metric=args.lmeval_metric, threshold=args.threshold, train=args.train,
+                train_template=build.pop("template"), columns=cols, log=_log, **build)
 
 
-def cmd_import_lmeval(args) -> int:
+def cmd_import_lmeval(args: argparse.Namespace) -> int:
     from pipelines.build import summarize_run
     from pipelines.lmeval import build_lmeval_run
 
@@ -243,7 +146,7 @@ def cmd_import_lmeval(args) -> int:
     return 0
 
 
-def cmd_lmeval(args) -> int:
+def cmd_lmeval(args: argparse.Namespace) -> int:
     import tempfile
 
     from pipelines.build import summarize_run
@@ -259,14 +162,14 @@ def cmd_lmeval(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    return run_demo(out=Path(args.out) if args.out else None, rebuild=args.rebuild,
-                    progress=not args.no_progress, serve=not args.no_serve, port=args.port)
+    return int(run_demo(out=Path(args.out) if args.out else None, rebuild=args.rebuild,
+                        progress=not args.no_progress, serve=not args.no_serve, port=args.port) or 0)
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the dashboard (torch-free process: imports only llm_maps and dashboard)."""
     import os
 
@@ -292,9 +195,13 @@ def cmd_serve(args) -> int:
     state = state_dir_for(runs, data_dirs)
     worker = None
     if not args.no_worker and not os.environ.get("REDIS_URL"):
+        from llm_maps.supervisor import WorkerSupervisor
+
         served = runs + [p for d in data_dirs for p in find_runs(d)]
-        if served:
-            worker = start_worker_process(served, state)
+        if served:  # restarted (with back-off) whenever it dies; /api/health says when none is alive
+            worker = WorkerSupervisor(served, state).start()
+    if not args.no_worker:  # workers expected (embedded, or Celery on REDIS_URL): /api/health checks them
+        os.environ.setdefault("LLM_MAPS_EXPECT_WORKERS", "1")
     print(f"llm-maps: dashboard on http://{args.host}:{args.port}{prefix} (Ctrl-C to stop)", file=sys.stderr)
     import signal
 
@@ -303,15 +210,11 @@ def cmd_serve(args) -> int:
         serve(runs, data_dirs, host=args.host, port=args.port, auth=auth, prefix=prefix)
     finally:
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=10)
-            except Exception:  # noqa: BLE001
-                worker.kill()
+            worker.stop()
     return 0
 
 
-def cmd_worker(args) -> int:
+def cmd_worker(args: argparse.Namespace) -> int:
     from llm_maps.runfolder import find_runs
     from pipelines.worker import main_worker
 
@@ -319,10 +222,11 @@ def cmd_worker(args) -> int:
         if not Path(run).exists():
             raise LLMMapsError(f"{run}: no such run folder")
     runs = [Path(r) for r in args.runs] + [p for d in (args.data or []) for p in find_runs(d)]
-    return main_worker(runs, state_dir=args.state, max_models=args.max_models, device=args.device, dtype=args.dtype)
+    return int(main_worker(runs, state_dir=args.state, max_models=args.max_models, device=args.device,
+                           dtype=args.dtype) or 0)
 
 
-def start_worker_process(runs, state_dir) -> "subprocess.Popen":
+def start_worker_process(runs: "Sequence[Path]", state_dir: "Path") -> "subprocess.Popen[bytes]":
     """The embedded worker `llm-maps serve` starts when no other worker is configured."""
     import subprocess
 
@@ -332,7 +236,7 @@ def start_worker_process(runs, state_dir) -> "subprocess.Popen":
     return subprocess.Popen(cmd, env={**os.environ, "LLM_MAPS_PARENT_PID": str(os.getpid())})
 
 
-def cmd_export(args) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from dashboard.export import export_html
 
     if not args.html:
@@ -348,7 +252,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_make_demo_data(args) -> int:
+def cmd_make_demo_data(args: argparse.Namespace) -> int:
     from pipelines import demo_data
 
     argv = []
@@ -370,17 +274,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="the whole pipeline for one dataset: encode, project, distances",
                        description="Encode every example, fit the 2-D map and compute distances to train; "
                                    "writes RUN_DIR atomically (resumes an interrupted build).")
-    _add_data_args(p)
-    _add_model_args(p)
-    _add_projection_args(p)
-    _add_neighbour_args(p)
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
-    d = p.add_argument_group("scale-out")
-    d.add_argument("--distributed", action="store_true",
-                   help="encode in chunks on the `llm-maps worker` processes of REDIS_URL (they must reach "
-                        "the --out folder's parent and the model); same result as a local build")
-    d.add_argument("--chunk-size", type=int, default=512, help="prompts per distributed chunk (default 512)")
-    _add_extras_args(p)
+    add_arguments(p, BuildConfig, groups=BUILD_GROUPS)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("encode", help="encode prompts into a run (no map or distances yet), or add a view to a run",
@@ -389,16 +283,9 @@ def make_parser() -> argparse.ArgumentParser:
                                    "map and distances) to an existing run.")
     p.add_argument("run", nargs="?", default=None, metavar="RUN_DIR", help="an existing run (with --view)")
     p.add_argument("--view", default=None, help="view to add to RUN_DIR: completion")
-    _add_data_args(p)
-    _add_model_args(p)
-    for action in p._actions:  # not required when RUN_DIR --view is given (checked in cmd_build)
-        if action.dest in ("data", "model"):
-            action.required = False
-    p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"],
-                   help="distance metric recorded for later stages")
-    p.add_argument("--out", default=None, metavar="RUN_DIR")
-    _add_extras_args(p)
-    p.set_defaults(func=cmd_build)
+    # --model, --data, --out are checked in cmd_encode (not needed with RUN_DIR --view)
+    add_arguments(p, BuildConfig, groups=ENCODE_GROUPS, extra=("metric",), required=False)
+    p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("atlas", help="add the token atlas to a run (train reference tokens, teacher-forced)",
                        description="Keep the state of every train reference token at its own position (prompt + "
@@ -417,13 +304,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("project", help="(re)fit the 2-D map of a run",
                        description="Fit UMAP or PCA on a stored layer and save it in the run.")
     p.add_argument("run", metavar="RUN_DIR")
-    _add_projection_args(p, layer=True)
+    add_arguments(p, BuildConfig, groups=(PROJECTION,))
+    p.add_argument("--layer", type=int, default=None, help="stored layer to project (default: the run's)")
+    p.add_argument("--map-seed", "--seed", dest="seed", type=int, default=0, help="seed of the map (UMAP/PCA)")
     p.set_defaults(func=cmd_project)
 
     p = sub.add_parser("neighbours", aliases=["neighbors"], help="(re)compute distances to train",
                        description="Exact distance to the nearest train example and the k nearest train ids.")
     p.add_argument("run", metavar="RUN_DIR")
-    _add_neighbour_args(p, layer=True)
+    add_arguments(p, BuildConfig, groups=(DISTANCES,))
+    p.add_argument("--layer", type=int, default=None, help="stored layer (default: the run's)")
     p.set_defaults(func=cmd_neighbours)
 
     p = sub.add_parser("score", help="generate outputs and score them (score, correct)",
@@ -463,7 +353,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.set_defaults(func=cmd_falloff)
 
-    def lmeval_common(p):
+    def lmeval_common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, metavar="RUN_DIR")
         p.add_argument("--results", default=None, help="results_*.json (default: the one beside the samples)")
         p.add_argument("--lmeval-metric", default=None,
@@ -474,11 +364,10 @@ def make_parser() -> argparse.ArgumentParser:
                             "lm-eval documents are split by example (--test-size)")
         p.add_argument("--columns", default=None, help="column mapping for --train data")
         p.add_argument("--test-size", type=float, default=0.5)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--domain-map", default=None)
-        _add_model_args(p)
-        _add_projection_args(p)
-        _add_neighbour_args(p)
+        p.add_argument("--seed", type=int, default=None,
+                       help="seed of the split (without --train) and of the map (default 0)")
+        add_arguments(p, BuildConfig, groups=(MODEL, PROJECTION, DISTANCES),
+                      extra=("split_seed", "map_seed", "domain_map"))
 
     p = sub.add_parser("import-lmeval", help="turn lm-eval --log_samples output into a run",
                        description="Read samples_<task>_<time>.jsonl files (and the results_<time>.json beside "

@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+from .contract import DomainMapInfo
 from .errors import LLMMapsError
 
 UNKNOWN_DOMAIN = "unknown"
@@ -21,7 +22,8 @@ BIGBENCH_KEYWORDS_FILE = DATA_DIR / "bigbench_keywords.json"
 def bigbench_keywords() -> dict[str, list[str]]:
     """BIG-bench task -> its keywords (shipped in data/, from the bigbench package's task.json)."""
     try:
-        return json.loads(BIGBENCH_KEYWORDS_FILE.read_text(encoding="utf-8"))
+        table: dict[str, list[str]] = json.loads(BIGBENCH_KEYWORDS_FILE.read_text(encoding="utf-8"))
+        return table
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
 
@@ -90,6 +92,6 @@ class DomainMap:
                 return domain
         return UNKNOWN_DOMAIN
 
-    def to_manifest(self) -> dict:
+    def to_manifest(self) -> DomainMapInfo:
         return {"path": self.path, "categories": self.categories, "tasks": self.tasks,
                 "keywords": self.keywords}

@@ -8,7 +8,9 @@ stored ``dist_to_train`` when a run has no ``falloff.json``).
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Mapping
+
+from .contract import ExpectedAccuracy, FalloffBin, FalloffGroup, FalloffTrend
 
 import numpy as np
 
@@ -48,7 +50,7 @@ def assign_bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def logistic_trend(distance: np.ndarray, correct: np.ndarray, *, ridge: float = 1e-6,
-                   max_iter: int = 100) -> dict:
+                   max_iter: int = 100) -> FalloffTrend:
     """Logistic regression of correct on distance (IRLS); slope with its 95 % Wald interval."""
     x = np.asarray(distance, dtype=float)
     y = np.asarray(correct, dtype=float)
@@ -76,11 +78,11 @@ def logistic_trend(distance: np.ndarray, correct: np.ndarray, *, ridge: float = 
             "slope_se": se}
 
 
-def group_falloff(distance: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> dict:
+def group_falloff(distance: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> FalloffGroup:
     """Accuracy per distance bin (given edges) with Wilson intervals, plus the logistic trend."""
     distance = np.asarray(distance, dtype=float)
     correct = np.asarray(correct, dtype=bool)
-    bins = []
+    bins: list[FalloffBin] = []
     idx = assign_bins(distance, edges)
     for b in range(max(len(edges) - 1, 0)):
         sel = idx == b
@@ -97,7 +99,7 @@ def group_falloff(distance: np.ndarray, correct: np.ndarray, edges: np.ndarray) 
 
 
 def falloff_stats(distance: np.ndarray, correct: np.ndarray, groups: Iterable[str] | None = None, *,
-                  n_bins: int = 5, per_group_bins: bool = True) -> dict:
+                  n_bins: int = 5, per_group_bins: bool = True) -> dict[str, FalloffGroup]:
     """Falloff for all examples and per group (e.g. domain). Only rows with a finite distance and
     a non-null ``correct`` count. Bins are equal-count, per group by default."""
     distance = np.asarray(distance, dtype=float)
@@ -116,7 +118,7 @@ def falloff_stats(distance: np.ndarray, correct: np.ndarray, groups: Iterable[st
     return out
 
 
-def expected_accuracy(stats: dict, group: str, distance: float) -> dict | None:
+def expected_accuracy(stats: Mapping[str, FalloffGroup], group: str, distance: float) -> ExpectedAccuracy | None:
     """Accuracy (and interval) of the bin ``distance`` falls in, for one group of falloff stats."""
     entry = stats.get(group) or stats.get("all")
     if not entry or not entry["bins"]:

@@ -3,8 +3,8 @@
 Embedded default: a diskcache folder (SQLite, safe across processes) — no server to install.
 Torch-free: the web process submits and reads jobs; ``llm-maps worker`` claims and runs them.
 
-A job record: ``{id, run, kind, payload, status, error, result, created, started, finished,
-heartbeat, worker}`` with ``status`` queued -> running -> done | failed | cancelled. Claiming pops the id and
+A job record (``contract.JobRecord``, docs/run-folder.md): ``{id, run, kind, payload, status, error,
+result, created, started, finished, heartbeat, worker}`` with ``status`` queued -> running -> done | failed | cancelled. Claiming pops the id and
 marks the job running in one transaction, so a job is never lost between the two. A running job
 whose worker stops heart-beating (killed, crashed) is failed with a reason after
 ``heartbeat_timeout`` seconds — by whoever looks at it next (a reader or a worker).
@@ -17,13 +17,17 @@ tasks (``pipelines.celery_app``), sent by task name so this module stays torch-f
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import socket
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, cast
 
+from .contract import JobPayload, JobRecord, PointRecord
 from .errors import LLMMapsError
 
 DEFAULTS = {  # each overridable with LLM_MAPS_<NAME> in the environment, e.g. LLM_MAPS_MAX_QUEUED=200
@@ -51,7 +55,7 @@ class QueueUnavailable(QueueFull):
         self.retry_after = retry_after
 
 
-def default_state_dir(run_dirs) -> Path:
+def default_state_dir(run_dirs: Iterable[str | Path]) -> Path:
     env = os.environ.get("LLM_MAPS_STATE")
     if env:
         return Path(env)
@@ -65,51 +69,135 @@ class _Staleness:
 
     heartbeat_timeout: float
 
-    def _timeout(self, job: dict) -> float:
+    def get(self, job_id: str) -> JobRecord | None:
+        raise NotImplementedError
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        raise NotImplementedError
+
+    def workers(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _set_worker(self, worker_id: str, record: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _running_ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def _timeout(self, job: JobRecord) -> float:
         # the claiming worker's own timeout (it sets its heartbeat cadence), else ours
         return float(job.get("heartbeat_timeout") or self.heartbeat_timeout)
 
-    def _stale(self, job: dict) -> bool:
+    def _stale(self, job: JobRecord) -> bool:
         return time.time() - (job.get("heartbeat") or job.get("started") or 0) > self._timeout(job)
 
-    def _stale_failure(self, job: dict) -> dict:
-        return dict(status="failed", finished=time.time(),
-                    error=f"worker {job.get('worker') or '?'} stopped responding (no heartbeat for "
-                          f"{self._timeout(job):g} s); the job did not finish")
+    def _stale_failure(self, job: JobRecord) -> JobRecord:
+        return {"status": "failed", "finished": time.time(),
+                "error": f"worker {job.get('worker') or '?'} stopped responding (no heartbeat for "
+                         f"{self._timeout(job):g} s); the job did not finish"}
 
     # job transitions, the same for every queue: each is an ``update`` of the record
     def heartbeat(self, job_id: str) -> None:
         self.update(job_id)
 
-    def finish(self, job_id: str, result: dict) -> None:
+    def finish(self, job_id: str, result: dict[str, Any]) -> None:
         self.update(job_id, status="done", result=result, finished=time.time())
 
-    def fail(self, job_id: str, error: str, result: dict | None = None) -> None:
+    def fail(self, job_id: str, error: str, result: dict[str, Any] | None = None) -> None:
         self.update(job_id, status="failed", error=error, finished=time.time(),
                     **({"result": result} if result is not None else {}))
 
     # cancelling: a queued job is never run; a running one is asked to stop (its worker checks
     # ``cancel_requested`` between tokens and ends it with ``mark_cancelled``, keeping what it made)
     @staticmethod
-    def _cancelled(job: dict) -> dict | None:
+    def _cancelled(job: JobRecord) -> JobRecord | None:
         if job["status"] == "queued":
             return {**job, "status": "cancelled", "finished": time.time()}
         if job["status"] == "running" and not job.get("cancel_requested"):
             return {**job, "cancel_requested": True}
         return None
 
+    # worker liveness: each worker beats a record {runs, status (starting|ready|gone), beat, timeout,
+    # reason} under its id; ``llm-maps serve``'s supervisor marks one it saw die as gone, with the
+    # reason, at once; /api/health reads ``run_liveness``
+    def register_worker(self, worker_id: str, runs: Iterable[str], status: str = "ready") -> None:
+        """Record that ``worker_id`` serves ``runs`` (run ids) and is alive now."""
+        self._set_worker(worker_id, {"runs": sorted(runs), "status": status, "beat": time.time(),
+                                     "reason": None, "timeout": self.heartbeat_timeout})
+
+    def worker_gone(self, worker_id: str, reason: str) -> None:
+        """Mark a worker dead (it exited, was killed) so health stops counting it at once."""
+        old = self.workers().get(worker_id) or {"runs": []}
+        self._set_worker(worker_id, {**old, "status": "gone", "reason": reason, "beat": old.get("beat"),
+                                     "gone": time.time()})
+
+    def run_liveness(self, runs: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """For each run id: ``{"live": bool, "workers": [ids], "reason": str | None}``. A worker is live
+        when it beat within the heartbeat timeout and has not been marked gone."""
+        now, records = time.time(), self.workers()
+        out: dict[str, dict[str, Any]] = {}
+        for run in runs:
+            mine = {w: r for w, r in records.items() if run in (r.get("runs") or ())}
+            # each worker's own timeout (it sets its beat cadence), else ours
+            live = [w for w, r in mine.items() if r.get("status") != "gone"
+                    and now - float(r.get("beat") or 0) <= float(r.get("timeout") or self.heartbeat_timeout)]
+            ready = [w for w in live if mine[w].get("status") == "ready"]
+            reason = None
+            if not ready:
+                if live:
+                    reason = f"worker {live[0]} is starting (loading the model)"
+                elif not mine:
+                    reason = "no worker has registered for this run"
+                else:
+                    last_id, last = max(mine.items(), key=lambda kv: float(kv[1].get("gone") or kv[1].get("beat") or 0))
+                    reason = (f"worker {last_id} {last['reason']}" if last.get("status") == "gone" and last.get("reason")
+                              else f"worker {last_id} stopped responding (no heartbeat for "
+                                   f"{now - float(last.get('beat') or 0):.0f} s)")
+            out[run] = {"live": bool(ready), "workers": ready, "reason": reason}
+        return out
+
+    def fail_worker_jobs(self, worker_id: str, reason: str) -> int:
+        """Fail the running jobs of a worker known to be dead (instead of waiting for the heartbeat
+        timeout). Returns how many."""
+        n = 0
+        for job_id in self._running_ids():
+            job = self.get(job_id)
+            if job is not None and job["status"] == "running" and job.get("worker") == worker_id:
+                self.update(job_id, status="failed", finished=time.time(), error=reason)
+                n += 1
+        return n
+
+    @staticmethod
+    def _prune_workers(records: dict[str, Any], keep: float = 3600.0) -> dict[str, Any]:
+        now = time.time()
+        return {w: r for w, r in records.items() if now - float(r.get("gone") or r.get("beat") or 0) < keep}
+
     def cancel_requested(self, job_id: str) -> bool:
         return bool((self.get(job_id) or {}).get("cancel_requested"))
 
-    def mark_cancelled(self, job_id: str, partial: dict | None = None) -> None:
+    def mark_cancelled(self, job_id: str, partial: dict[str, Any] | None = None) -> None:
         self.update(job_id, status="cancelled", finished=time.time(),
                     **({"result": partial} if partial is not None else {}))
 
 
-def _new_job(job_id: str, run: str, kind: str, payload: dict) -> dict:
+def _queue_prefix(run: str) -> str:
+    """The key prefix of one run's queue in the embedded store: a fixed-length digest, so that one
+    run's key range (diskcache pulls ``prefix-000..`` to ``prefix-999..``) never holds another's
+    (with ``queue:<run>`` the range of run ``a`` held the jobs of run ``a-2``)."""
+    return "q:" + hashlib.sha256(run.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def worker_name() -> str:
+    """A worker's id in job records and the liveness registry: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _new_job(job_id: str, run: str, kind: str, payload: JobPayload, run_key: str | None = None) -> JobRecord:
+    """``run_key`` (``runfolder.run_key``) names the very run the web process meant: a worker whose
+    run of that id is another run fails the job instead of answering from the wrong map."""
     return {"id": job_id, "run": run, "kind": kind, "payload": payload, "status": "queued", "error": None,
             "result": None, "created": time.time(), "started": None, "finished": None, "heartbeat": None,
-            "worker": None}
+            "worker": None, "run_key": run_key}
 
 
 class JobQueue(_Staleness):
@@ -120,29 +208,32 @@ class JobQueue(_Staleness):
 
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.cache = diskcache.Cache(str(self.directory / "jobs"), timeout=60, eviction_policy="none")
+        # every value stays inside SQLite (never moved to a side file, which a reader could miss
+        # between the lookup and the open): a record is replaced atomically, readable at any moment
+        self.cache = diskcache.Cache(str(self.directory / "jobs"), timeout=60, eviction_policy="none",
+                                     disk_min_file_size=2**40)
         self.max_queued = int(max_queued or DEFAULTS["max_queued"])
         self.heartbeat_timeout = float(heartbeat_timeout or DEFAULTS["heartbeat_timeout"])
         self.job_timeout = float(job_timeout or DEFAULTS["job_timeout"])
         self.retention = float(retention or DEFAULTS["retention"])
 
     # ------------------------------------------------------------------ web side
-    def submit(self, run: str, kind: str, payload: dict) -> str:
+    def submit(self, run: str, kind: str, payload: JobPayload, run_key: str | None = None) -> str:
         with self.cache.transact():
             waiting = self._count_waiting()
             if waiting >= self.max_queued:
                 raise QueueFull(waiting, retry_after=max(1, int(self.heartbeat_timeout // 4)))
             job_id = uuid.uuid4().hex
-            self.cache.set(f"job:{job_id}", _new_job(job_id, run, kind, payload), expire=self.retention)
-            self.cache.push(job_id, prefix=f"queue:{run}", side="back")
+            self.cache.set(f"job:{job_id}", _new_job(job_id, run, kind, payload, run_key), expire=self.retention)
+            self.cache.push(job_id, prefix=_queue_prefix(run), side="back")
             self.cache.incr("waiting", 1, default=0)
         return job_id
 
     def _count_waiting(self) -> int:
         return int(self.cache.get("waiting", 0))
 
-    def get(self, job_id: str) -> dict | None:
-        job = self.cache.get(f"job:{job_id}")
+    def get(self, job_id: str) -> JobRecord | None:
+        job: JobRecord | None = self.cache.get(f"job:{job_id}", retry=True)
         if job is not None and job["status"] == "running" and self._stale(job):
             self._fail_stale(job_id)
             job = self.cache.get(f"job:{job_id}")
@@ -171,15 +262,18 @@ class JobQueue(_Staleness):
                 n += 1
         return n
 
-    def cancel(self, job_id: str) -> dict | None:
+    def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a job (see ``_cancelled``); returns its record, None when unknown."""
         with self.cache.transact():
-            job = self.cache.get(f"job:{job_id}")
+            job: JobRecord | None = self.cache.get(f"job:{job_id}")
             if job is None:
                 return None
             new = self._cancelled(job)
             if new is None:
                 return job
+            if new["status"] == "cancelled":  # a queued job: its place in the queue is free now
+                new["slot_freed"] = True
+                self.cache.incr("waiting", -1, default=1)
             self.cache.set(f"job:{job_id}", new, expire=self.retention)
             return new
 
@@ -190,28 +284,59 @@ class JobQueue(_Staleness):
             self.cache.set("running", running)
 
     # ------------------------------------------------------------------ worker side
-    def claim(self, runs, worker: str) -> dict | None:
-        """Pop the oldest queued job of any of ``runs`` and mark it running, in one transaction
-        (ids of expired or cancelled jobs on the way are dropped)."""
+    def _running_ids(self) -> list[str]:
+        return list(self.cache.get("running", ()))
+
+    def workers(self) -> dict[str, Any]:
+        return dict(self.cache.get("workers", {}))
+
+    def _set_worker(self, worker_id: str, record: dict[str, Any]) -> None:
+        with self.cache.transact():
+            records = self._prune_workers(dict(self.cache.get("workers", {})))
+            records[worker_id] = record
+            self.cache.set("workers", records)
+
+    def claim(self, runs: Iterable[str], worker: str) -> JobRecord | None:
+        """Pop the oldest queued job of any of ``runs`` (run ids, matched exactly) and mark it running,
+        in one transaction (ids of expired or cancelled jobs on the way are dropped)."""
         for run in runs:
+            self._migrate_legacy(run)
             with self.cache.transact():
                 while True:
-                    _, job_id = self.cache.pull(prefix=f"queue:{run}", side="front")
+                    _, job_id = self.cache.pull(prefix=_queue_prefix(run), side="front")
                     if job_id is None:
                         break
-                    self.cache.incr("waiting", -1, default=1)
                     job = self.cache.get(f"job:{job_id}")
+                    if not (job or {}).get("slot_freed"):
+                        self.cache.incr("waiting", -1, default=1)
                     if job is None or job["status"] != "queued":
                         continue
+                    job = cast(JobRecord, job)
+                    if job["run"] != run:  # never run one run's job on another: back to its own queue
+                        self.cache.push(job_id, prefix=_queue_prefix(job["run"]), side="front")
+                        self.cache.incr("waiting", 1, default=0)
+                        continue
                     now = time.time()
-                    job.update(status="running", started=now, heartbeat=now, worker=worker,
-                               heartbeat_timeout=self.heartbeat_timeout)
+                    job.update({"status": "running", "started": now, "heartbeat": now, "worker": worker,
+                                "heartbeat_timeout": self.heartbeat_timeout})
                     self.cache.set(f"job:{job_id}", job, expire=self.retention)
                     self.cache.set("running", set(self.cache.get("running", ())) | {job_id})
                     return job
         return None
 
-    def update(self, job_id: str, **fields) -> None:
+    def _migrate_legacy(self, run: str) -> None:
+        """Jobs queued by an older version under ``queue:<run>`` (a key range that also held the
+        jobs of ``<run>-2`` etc.) move to their own run's queue, in order."""
+        legacy = f"queue:{run}"
+        with self.cache.transact():
+            while True:
+                _, job_id = self.cache.pull(prefix=legacy, side="front")
+                if job_id is None:
+                    return
+                job = self.cache.get(f"job:{job_id}")
+                self.cache.push(job_id, prefix=_queue_prefix(job["run"] if job else run), side="back")
+
+    def update(self, job_id: str, **fields: Any) -> None:
         with self.cache.transact():
             job = self.cache.get(f"job:{job_id}")
             if job is None:
@@ -232,6 +357,7 @@ class PointStore:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory) / "points"
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._index: dict[str, tuple[tuple[int, int, int], list[PointRecord], dict[str, PointRecord]]] = {}  # run -> (file stamp, points, {id: point}): parsed once per change
 
     def _path(self, run: str) -> Path:
         if "/" in run or run.startswith("."):
@@ -239,7 +365,7 @@ class PointStore:
         return self.directory / f"{run}.jsonl"
 
     @contextmanager
-    def _locked(self, run: str):
+    def _locked(self, run: str) -> Iterator[None]:
         with open(self.directory / f".{run}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -247,27 +373,40 @@ class PointStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def add(self, run: str, point: dict) -> None:
+    def add(self, run: str, point: PointRecord) -> None:
         with self._locked(run), open(self._path(run), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(point, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
-    def list(self, run: str) -> list[dict]:
+    def _read(self, run: str) -> tuple[list[PointRecord], dict[str, PointRecord]]:
+        """The run's points and an index by id, parsed again only when the file changed (its size,
+        mtime or inode: appends and the replace of a delete both change one)."""
         path = self._path(run)
-        if not path.exists():
-            return []
-        out = []
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return [], {}
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._index.get(run)
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
+        out: list[PointRecord] = []
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 try:
                     out.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue  # a torn last line from a crash: skip it, keep the rest
-        return out
+        by_id = {str(p.get("id")): p for p in out}
+        self._index[run] = (stamp, out, by_id)
+        return out, by_id
 
-    def get(self, run: str, point_id: str) -> dict | None:
-        return next((p for p in self.list(run) if p.get("id") == point_id), None)
+    def list(self, run: str) -> list[PointRecord]:
+        return list(self._read(run)[0])
+
+    def get(self, run: str, point_id: str) -> PointRecord | None:
+        return self._read(run)[1].get(point_id)
 
     def delete(self, run: str, point_id: str) -> bool:
         with self._locked(run):
@@ -288,7 +427,7 @@ class PointStore:
 TASK_RUN_JOB = "llm_maps.run_job"
 TASK_ENCODE_CHUNK = "llm_maps.encode_chunk"
 BUILD_QUEUE = "llm-maps.build"
-_APPS: dict = {}
+_APPS: dict[str, Any] = {}
 
 
 def redis_url() -> str | None:
@@ -300,7 +439,7 @@ def run_queue_name(run: str) -> str:
     return f"llm-maps.run.{run}"
 
 
-def celery_app(url: str | None = None):
+def celery_app(url: str | None = None) -> Any:
     """The Celery app on ``url`` (default REDIS_URL): Redis as broker and result backend, one task at
     a time per worker, nothing prefetched (a killed worker holds no queued job), acked on receipt."""
     url = url or redis_url()
@@ -351,7 +490,7 @@ class RedisJobQueue(_Staleness):
     def _ttl_ms(self) -> int:
         return max(1, int(self.retention * 1000))
 
-    def _modify(self, job_id: str, change):
+    def _modify(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
         """Read-modify-write one record atomically (optimistic WATCH). ``change(job)`` returns the new
         record, or None to leave it alone. Returns the new record or None."""
         import redis
@@ -360,7 +499,7 @@ class RedisJobQueue(_Staleness):
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(key)  # type: ignore[no-untyped-call]  # (redis-py leaves it unannotated)
                     raw = pipe.get(key)
                     job = json.loads(raw) if raw else None
                     new = change(job) if job is not None else None
@@ -381,24 +520,24 @@ class RedisJobQueue(_Staleness):
                     continue
 
     # ------------------------------------------------------------------ web side
-    def submit(self, run: str, kind: str, payload: dict) -> str:
+    def submit(self, run: str, kind: str, payload: JobPayload, run_key: str | None = None) -> str:
         import redis
 
         try:
-            return self._submit(run, kind, payload)
+            return self._submit(run, kind, payload, run_key)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
 
-    def _submit(self, run: str, kind: str, payload: dict) -> str:
+    def _submit(self, run: str, kind: str, payload: JobPayload, run_key: str | None = None) -> str:
         import redis
 
         job_id = uuid.uuid4().hex
-        job = _new_job(job_id, run, kind, payload)
+        job = _new_job(job_id, run, kind, payload, run_key)
         self.redis.zremrangebyscore(self._waiting, "-inf", time.time() - self.retention)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(self._waiting)
+                    pipe.watch(self._waiting)  # type: ignore[no-untyped-call]
                     waiting = int(pipe.zcard(self._waiting))
                     if waiting >= self.max_queued:
                         pipe.unwatch()
@@ -417,7 +556,7 @@ class RedisJobQueue(_Staleness):
             raise QueueUnavailable(f"broker: {type(exc).__name__}") from None
         return job_id
 
-    def get(self, job_id: str) -> dict | None:
+    def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.get(self._key(job_id))
         job = json.loads(raw) if raw else None
         if job is not None and job["status"] == "running" and self._stale(job):
@@ -438,11 +577,27 @@ class RedisJobQueue(_Staleness):
                 n += 1
         return n
 
+    def _running_ids(self) -> list[str]:
+        return [i.decode() if isinstance(i, bytes) else i for i in self.redis.smembers(self._running)]
+
+    def workers(self) -> dict[str, Any]:
+        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v)
+                for k, v in self.redis.hgetall(f"{self.prefix}:workers").items()}
+
+    def _set_worker(self, worker_id: str, record: dict[str, Any]) -> None:
+        key = f"{self.prefix}:workers"
+        stale = set(self.workers()) - set(self._prune_workers(self.workers()))
+        with self.redis.pipeline() as pipe:
+            if stale:
+                pipe.hdel(key, *stale)
+            pipe.hset(key, worker_id, json.dumps(record))
+            pipe.execute()
+
     # ------------------------------------------------------------------ worker side
-    def claim_id(self, job_id: str, worker: str) -> dict | None:
+    def claim_id(self, job_id: str, worker: str) -> JobRecord | None:
         """Mark a queued job running for ``worker``; None when it is not queued (expired, already
         claimed by a redelivered message, failed)."""
-        def change(job):
+        def change(job: JobRecord) -> JobRecord | None:
             if job["status"] != "queued":
                 return None
             now = time.time()
@@ -454,10 +609,10 @@ class RedisJobQueue(_Staleness):
             self.redis.zrem(self._waiting, job_id)
         return job
 
-    def update(self, job_id: str, **fields) -> None:
-        self._modify(job_id, lambda job: {**job, **fields, "heartbeat": time.time()})
+    def update(self, job_id: str, **fields: Any) -> None:
+        self._modify(job_id, lambda job: cast(JobRecord, {**job, **fields, "heartbeat": time.time()}))
 
-    def cancel(self, job_id: str) -> dict | None:
+    def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a job (see ``_cancelled``); returns its record, None when unknown."""
         return self._modify(job_id, self._cancelled) or self.get(job_id)
 
@@ -472,7 +627,10 @@ class RedisPointStore:
     def __init__(self, url: str | None = None, *, prefix: str = "llm-maps"):
         import redis
 
-        self.redis = redis.Redis.from_url(url or redis_url())
+        url = url or redis_url()
+        if not url:
+            raise LLMMapsError("REDIS_URL is not set")
+        self.redis = redis.Redis.from_url(url)
         self.prefix = prefix
 
     def _keys(self, run: str) -> tuple[str, str]:
@@ -480,21 +638,21 @@ class RedisPointStore:
             raise LLMMapsError(f"bad run name '{run}'")
         return f"{self.prefix}:points:{run}", f"{self.prefix}:points-order:{run}"
 
-    def add(self, run: str, point: dict) -> None:
+    def add(self, run: str, point: PointRecord) -> None:
         data, order = self._keys(run)
         with self.redis.pipeline() as pipe:  # MULTI/EXEC: both or neither
             pipe.hset(data, point["id"], json.dumps(point, ensure_ascii=False))
             pipe.zadd(order, {point["id"]: float(point.get("created") or time.time())})
             pipe.execute()
 
-    def list(self, run: str) -> list[dict]:
+    def list(self, run: str) -> list[PointRecord]:
         data, order = self._keys(run)
         ids = self.redis.zrange(order, 0, -1)
         if not ids:
             return []
-        return [json.loads(raw) for raw in self.redis.hmget(data, ids) if raw]
+        return [json.loads(raw) for raw in self.redis.hmget(data, cast(Any, ids)) if raw]
 
-    def get(self, run: str, point_id: str) -> dict | None:
+    def get(self, run: str, point_id: str) -> PointRecord | None:
         raw = self.redis.hget(self._keys(run)[0], point_id)
         return json.loads(raw) if raw else None
 
@@ -507,11 +665,11 @@ class RedisPointStore:
         return bool(removed)
 
 
-def make_queue(state_dir: str | Path, **kwargs):
+def make_queue(state_dir: str | Path, **kwargs: Any) -> "JobQueue | RedisJobQueue":
     """The job queue to use: ``RedisJobQueue`` when REDIS_URL is set, else the embedded ``JobQueue``."""
     return RedisJobQueue(**kwargs) if redis_url() else JobQueue(state_dir, **kwargs)
 
 
-def make_points(state_dir: str | Path):
+def make_points(state_dir: str | Path) -> "PointStore | RedisPointStore":
     """Where user points live: Redis when REDIS_URL is set, else ``state_dir/points/<run>.jsonl``."""
     return RedisPointStore() if redis_url() else PointStore(state_dir)

@@ -15,18 +15,22 @@ def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if metric == "cosine":
         norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.maximum(norms, 1e-30)
+        unit: np.ndarray = x / np.maximum(norms, 1e-30)
+        return unit
     return x
 
 
 def distance_block(q: np.ndarray, b: np.ndarray, metric: str, b_sq: np.ndarray | None = None) -> np.ndarray:
     """Distances [M, Nb] between prepared rows (see ``_prepare``)."""
     dots = q @ b.T
+    out: np.ndarray
     if metric == "cosine":
-        return np.clip(1.0 - dots, 0.0, 2.0)
+        out = np.clip(1.0 - dots, 0.0, 2.0)
+        return out
     q_sq = np.einsum("ij,ij->i", q, q)[:, None]
     b_sq = np.einsum("ij,ij->i", b, b)[None, :] if b_sq is None else b_sq[None, :]
-    return np.sqrt(np.maximum(q_sq + b_sq - 2.0 * dots, 0.0))
+    out = np.sqrt(np.maximum(q_sq + b_sq - 2.0 * dots, 0.0))
+    return out
 
 
 def pairwise_distances(q: np.ndarray, b: np.ndarray, metric: str = "cosine") -> np.ndarray:
@@ -77,7 +81,8 @@ def knn(query: np.ndarray, base: np.ndarray, *, k: int, metric: str = "cosine",
     return out_d, out_i
 
 
-def nearest_train(encodings: np.ndarray, is_train: np.ndarray, *, k: int = 10, metric: str = "cosine"):
+def nearest_train(encodings: np.ndarray, is_train: np.ndarray, *, k: int = 10,
+                  metric: str = "cosine") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every example: distance to the nearest train example (itself excluded) and the k
     nearest train rows. Returns (dist_to_train [N], nn_rows [N, k], nn_dists [N, k])."""
     is_train = np.asarray(is_train, dtype=bool)

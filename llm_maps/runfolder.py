@@ -1,6 +1,7 @@
 """The run folder: the contract between pipelines (writers) and the dashboard/worker (readers).
 
-See shared/DESIGN.md. Everything here is torch-free so the web process can import it.
+The contract is docs/run-folder.md (every file, column and manifest key), written from the types
+in ``llm_maps.contract``. Everything here is torch-free so the web process can import it.
 
 Layout::
 
@@ -15,33 +16,76 @@ a folder without ``.partial`` in its name and with a manifest is finished.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
+import platform
 import shutil
 import time
 from contextlib import contextmanager
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence, cast
 
 import numpy as np
 
+from .contract import FORMAT_VERSION, MANIFEST_KEYS, REQUIRED_COLUMNS, HistoryEntry, Manifest
 from .errors import LLMMapsError
 
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "MANIFEST_KEYS", "REQUIRED_COLUMNS", "MANIFEST", "EXAMPLES", "ENCODINGS",
+           "PROJECTION", "Run", "find_runs", "read_manifest", "publish", "replacing_dir", "write_json_atomic",
+           "write_parquet_atomic", "save_npy_atomic", "layer_file", "partial_dir", "package_versions", "now_iso",
+           "history_entry", "with_history", "append_history"]
+
 MANIFEST = "manifest.json"
 EXAMPLES = "examples.parquet"
 ENCODINGS = "encodings"
 PROJECTION = "projection"
 
-REQUIRED_COLUMNS = (
-    "example_id", "split", "task", "category", "domain", "prompt", "reference", "output",
-    "score", "correct", "x", "y", "dist_to_train", "nn_train_ids",
-)
-MANIFEST_KEYS = (
-    "format_version", "model", "dtype", "device", "prompt_template", "pooling", "add_eos",
-    "max_length", "truncation_side", "layers", "default_layer", "projection", "distance_metric",
-    "split_rule", "domain_map", "sources", "counts", "versions", "created",
-)
+PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "pyarrow", "umap-learn",
+            "scikit-learn", "gguf")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of python, llm-maps and the packages a run's numbers depend on (those installed)."""
+    return dict(_package_versions())
+
+
+@lru_cache(maxsize=1)
+def _package_versions() -> tuple[tuple[str, str], ...]:  # read once per process (~30 ms)
+    from . import __version__
+
+    out = {"python": platform.python_version(), "llm-maps": __version__}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return tuple(out.items())
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def history_entry(stage: str, params: Mapping[str, Any], inputs: Mapping[str, Any],
+                  outputs: Sequence[str]) -> HistoryEntry:
+    """One ``manifest.history`` entry: a stage, its parameters, what it read and wrote, when, with what."""
+    return {"stage": stage, "params": dict(params), "inputs": dict(inputs), "outputs": list(outputs),
+            "versions": package_versions(), "created": now_iso()}
+
+
+def with_history(manifest: Mapping[str, Any], *entries: HistoryEntry) -> dict[str, Any]:
+    """A copy of ``manifest`` with ``entries`` appended to its history (earlier entries kept)."""
+    return {**manifest, "history": [*(manifest.get("history") or []), *entries]}
+
+
+def append_history(run_dir: str | Path, entry: HistoryEntry) -> None:
+    """Append one entry to a finished run's manifest (rewritten atomically); for stages that write
+    files beside the manifest (falloff.json) rather than the manifest itself."""
+    manifest = read_manifest(run_dir)
+    write_json_atomic(Path(run_dir) / MANIFEST, {**with_history(manifest, entry), "updated": entry["created"]})
 
 
 def partial_dir(run_dir: str | Path) -> Path:
@@ -74,7 +118,8 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def write_parquet_atomic(path: str | Path, frame) -> None:
+def write_parquet_atomic(path: str | Path, frame: Any) -> None:
+    """Write a pandas DataFrame as zstd Parquet, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -133,7 +178,8 @@ def replacing_dir(final: str | Path) -> Iterator[Path]:
     _swap_in(tmp, final)
 
 
-def read_manifest(run_dir: str | Path) -> dict:
+def read_manifest(run_dir: str | Path) -> Manifest:
+    """The manifest of a finished run, with its required keys checked (one-line errors)."""
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST
     if run_dir.name.endswith(".partial"):
@@ -148,13 +194,15 @@ def read_manifest(run_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LLMMapsError(f"{path}: corrupt manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise LLMMapsError(f"{path}: corrupt manifest (not a JSON object)")
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise LLMMapsError(f"{path}, field '{missing[0]}': missing from manifest")
     if manifest["format_version"] > FORMAT_VERSION:
         raise LLMMapsError(f"{path}, field 'format_version': {manifest['format_version']} is newer "
                            f"than this version of llm-maps understands ({FORMAT_VERSION})")
-    return manifest
+    return cast(Manifest, manifest)
 
 
 class Run:
@@ -162,15 +210,16 @@ class Run:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir)
-        self.manifest = read_manifest(self.path)
-        self._examples = None
+        self.manifest: Manifest = read_manifest(self.path)
+        self._examples: Any = None
 
     @property
     def name(self) -> str:
         return self.path.name
 
     @property
-    def examples(self):
+    def examples(self) -> Any:
+        """examples.parquet as a pandas DataFrame (read once, required columns checked)."""
         if self._examples is None:
             import pandas as pd
 
@@ -202,7 +251,8 @@ class Run:
             raise LLMMapsError(f"{self.path}: layer {layer} is not stored (stored: {self.layers})")
         path = layer_file(self.path, layer)
         try:
-            return np.load(path, mmap_mode="r")
+            array: np.ndarray = np.load(path, mmap_mode="r")
+            return array
         except FileNotFoundError:
             raise LLMMapsError(f"{path}: missing") from None
         except ValueError as exc:
@@ -217,3 +267,67 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".partial")
                   and (p / MANIFEST).exists())
+
+
+def run_ids(paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
+    """The one rule for run ids, shared by the web process, the worker and the point store: a run's
+    id is its folder name; the second folder of the same name (in the order given, a folder seen
+    twice counted once) is ``name-2``, the third ``name-3``. Returns ``(id, path)`` in order."""
+    seen: dict[str, int] = {}
+    taken: set[str] = set()
+    out: list[tuple[str, Path]] = []
+    resolved: set[Path] = set()
+    for p in map(Path, paths):
+        key = p.resolve()
+        if key in resolved:
+            continue
+        resolved.add(key)
+        name = p.name or "run"
+        n = seen.get(name, 0) + 1
+        run_id = name if n == 1 else f"{name}-{n}"
+        while run_id in taken:  # a folder really named "tiny-2" beside two "tiny": "tiny-2-2"
+            run_id += "-2"
+        seen[name] = n
+        taken.add(run_id)
+        out.append((run_id, p))
+    return out
+
+
+def run_key(manifest: Mapping[str, Any]) -> str:
+    """What tells two runs apart beyond their ids (same on every machine that has a copy of the run)."""
+    counts = manifest.get("counts") or {}
+    return f"{manifest.get('created')}|{manifest.get('model')}|{counts.get('examples')}"
+
+
+def check_run_files(run_dir: str | Path, manifest: Mapping[str, Any]) -> None:
+    """Raise LLMMapsError naming the file when a run's files do not match its manifest: the examples
+    file unreadable or of another row count, an encodings file missing, of another shape or row
+    count. Reads only file headers (Parquet footer, .npy header), never the data."""
+    run_dir = Path(run_dir)
+    n = (manifest.get("counts") or {}).get("examples")
+    path = run_dir / EXAMPLES
+    try:
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except FileNotFoundError:
+        raise LLMMapsError(f"{path}: missing") from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+        raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
+    if n is not None and rows != int(n):
+        raise LLMMapsError(f"{path}: {rows} rows, but the manifest says {n} examples")
+    hidden = None
+    for layer in manifest.get("layers") or []:
+        path = layer_file(run_dir, layer)
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise LLMMapsError(f"{path}: missing (layer {layer} is listed in the manifest)") from None
+        except (ValueError, OSError) as exc:
+            raise LLMMapsError(f"{path}: corrupt encodings ({exc})") from None
+        if arr.ndim != 2 or arr.shape[0] != rows:
+            raise LLMMapsError(f"{path}: shape {tuple(arr.shape)}, expected ({rows}, hidden) to match "
+                               f"{EXAMPLES}")
+        if hidden is not None and arr.shape[1] != hidden:
+            raise LLMMapsError(f"{path}: hidden size {arr.shape[1]}, other layers have {hidden}")
+        hidden = arr.shape[1]

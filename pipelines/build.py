@@ -6,39 +6,25 @@ publishes the folder with one ``os.replace`` when everything is written.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import platform
-import shutil
-from importlib import metadata
+from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from llm_maps import __version__
+from llm_maps.config import DISTANCES, PROJECTION as PROJECTION_GROUP, BuildConfig
 from llm_maps.domains import UNKNOWN_DOMAIN, DomainMap
 from llm_maps.errors import LLMMapsError
-from llm_maps.runfolder import (EXAMPLES, FORMAT_VERSION, MANIFEST, PROJECTION, layer_file,
-                                partial_dir, publish, read_manifest, replacing_dir,
-                                write_json_atomic, write_parquet_atomic)
+from llm_maps.runfolder import (EXAMPLES, FORMAT_VERSION, MANIFEST, PROJECTION, history_entry, layer_file,
+                                now_iso, package_versions, partial_dir, publish, read_manifest, replacing_dir,
+                                with_history, write_json_atomic, write_parquet_atomic)
 
-PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "pyarrow", "umap-learn",
-            "scikit-learn", "gguf")
+if TYPE_CHECKING:
+    from pipelines.encoder import Encoder
 
-
-def package_versions() -> dict:
-    out = {"python": platform.python_version(), "llm-maps": __version__}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+__all__ = ["BuildConfig", "build_run", "restage_run", "project_folder", "neighbours_folder", "summarize_run",
+           "load_sources", "assign_domains", "package_versions", "now_iso"]
 
 
 def assign_domains(frame, domain_map: DomainMap):
@@ -97,7 +83,10 @@ def _frame_for_parquet(frame):
 def project_folder(folder: Path, frame, manifest: dict, *, method: str = "umap", fit_on: str = "train",
                    seed: int = 0, layer: int | None = None, n_neighbors: int = 15,
                    min_dist: float = 0.1, metric: str | None = None):
-    """Fit the 2-D map on the default layer; write ``projection/``; return (frame, manifest)."""
+    """Fit the 2-D map on the default layer; write ``projection/``; return (frame, manifest).
+
+    The manifest's ``projection`` and ``map_seed`` describe the new map; ``history`` gains a
+    ``project`` entry (earlier ones are kept)."""
     from pipelines.project import fit_projection
 
     layer = int(manifest["default_layer"] if layer is None else layer)
@@ -114,7 +103,13 @@ def project_folder(folder: Path, frame, manifest: dict, *, method: str = "umap",
         proj.save(tmp)
     frame = frame.copy()
     frame["x"], frame["y"] = coords[:, 0], coords[:, 1]
-    manifest = {**manifest, "projection": {**proj.describe(), "fit_on": fit_on, "path": PROJECTION}}
+    entry = history_entry(
+        "project", {"method": method, "fit_on": fit_on, "seed": int(seed), "layer": layer, "metric": metric,
+                    "n_neighbors": int(n_neighbors), "min_dist": float(min_dist)},
+        {"encodings": str(layer_file(".", layer)), "split": f"{EXAMPLES}:split"},
+        [f"{PROJECTION}/", f"{EXAMPLES}:x", f"{EXAMPLES}:y", "projection", "map_seed"])
+    manifest = with_history({**manifest, "projection": {**proj.describe(), "fit_on": fit_on, "path": PROJECTION},
+                             "map_seed": int(seed)}, entry)
     return frame, manifest
 
 
@@ -135,8 +130,13 @@ def neighbours_folder(folder: Path, frame, manifest: dict, *, k: int = 10, metri
     frame["dist_to_train"] = nearest
     frame["nn_train_ids"] = [[str(ids[r]) for r in row if r >= 0] for row in rows]
     frame["nn_train_dists"] = [[float(d) for d, r in zip(drow, row) if r >= 0] for drow, row in zip(dists, rows)]
-    manifest = {**manifest, "distance_metric": metric,
-                "neighbours": {"k": int(k), "layer": layer, "metric": metric, "exact": True}}
+    entry = history_entry(
+        "neighbours", {"k": int(k), "metric": metric, "layer": layer},
+        {"encodings": str(layer_file(".", layer)), "split": f"{EXAMPLES}:split"},
+        [f"{EXAMPLES}:dist_to_train", f"{EXAMPLES}:nn_train_ids", f"{EXAMPLES}:nn_train_dists", "neighbours",
+         "distance_metric"])
+    manifest = with_history({**manifest, "distance_metric": metric,
+                             "neighbours": {"k": int(k), "layer": layer, "metric": metric, "exact": True}}, entry)
     return frame, manifest
 
 
@@ -171,7 +171,7 @@ def load_sources(data: str | Path | Sequence[str | Path], *, columns: dict | Non
 
     from pipelines.sources import load_source
 
-    datas = [data] if isinstance(data, (str, Path)) else list(data)
+    datas = [data] if isinstance(data, (str, Path)) else list(data or [])
     if not datas:
         raise LLMMapsError("--data: no dataset given")
     sources = [load_source(d, columns=columns, split=source_split, fmt=data_format) for d in datas]
@@ -188,113 +188,119 @@ def load_sources(data: str | Path | Sequence[str | Path], *, columns: dict | Non
     return frame, [s.info for s in sources]
 
 
-def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str | Path, template: str = "auto",
-              frame=None, sources_info: list | None = None, extra_manifest: dict | None = None,
-              columns: dict | None = None, source_split: str | None = None, data_format: str | None = None,
-              split_by: str = "auto", test_size: float = 0.2, seed: int = 0,
-              test_categories: Sequence[str] | None = None, n_test_categories: int = 0,
-              domain_map: str | Path | None = None, layers: Sequence[int] | None = None,
-              default_layer: int | None = None, add_eos: bool = False, max_length: int | None = None,
-              batch_tokens: int | None = None, dtype: str = "auto", device: str = "auto",
-              gguf_file: str | None = None, revision: str | None = None,
-              projection: str | None = "umap", fit_on: str = "train", n_neighbors: int = 15,
-              min_dist: float = 0.1, metric: str = "cosine", k: int = 10, limit: int | None = None,
-              distributed: bool = False, chunk_size: int = 512, progress: bool = True, log=print,
-              # views and token atlas (pipelines/atlas.py)
-              views: str | Sequence[str] = "prompt", token_atlas: bool = False,
-              atlas_layers: Sequence[int] | None = None, atlas_max_tokens: int = 200_000,
-              completion_model: str | None = None) -> Path:
-    """Build a run folder; returns its path. ``projection=None`` stops after encoding.
+def _previous_history(out: Path) -> list:
+    """The history of the run a rebuild replaces (kept, so superseded parameters stay traceable)."""
+    try:
+        return list(json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("history") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
 
-    Examples come from ``data`` (paths/ids) or a ready ``frame`` (with ``sources_info``); rows that
-    already have a ``prompt`` keep it (e.g. lm-eval's exact context), and given ``output``,
-    ``score`` and ``correct`` values are kept. ``distributed=True`` encodes in chunks of
-    ``chunk_size`` prompts on the Celery workers of REDIS_URL (pipelines.distributed); this process
-    then loads only the tokenizer and config. ``views`` (prompt, completion), ``token_atlas``,
-    ``atlas_layers``, ``atlas_max_tokens`` and ``completion_model``: see pipelines/atlas.py; the
-    prompt view is then encoded in the same passes as the others.
+
+_CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig))
+
+
+def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = None, frame=None,
+              sources_info: list | None = None, extra_manifest: dict | None = None,
+              log: Callable[[str], Any] = print, **options: Any) -> Path:
+    """Build a run folder from ``config`` (a ``BuildConfig``; keyword ``options`` set or override its
+    fields, e.g. ``build_run(model=..., data=..., out=...)``); returns its path.
+    ``config.projection=None`` stops after encoding (`llm-maps encode`).
+
+    ``encoder`` writes the encodings (default: ``TransformersEncoder.load(config)``, the
+    transformers model ``config.model``; see ``pipelines.encoder.Encoder``). Examples come from
+    ``config.data`` (paths/ids) or a ready ``frame`` (with ``sources_info``); rows that already have
+    a ``prompt`` keep it (e.g. lm-eval's exact context), and given ``output``, ``score`` and
+    ``correct`` values are kept. ``config.distributed``: encode in chunks of ``chunk_size`` prompts
+    on the Celery workers of REDIS_URL (pipelines.distributed); this process then loads only the
+    tokenizer and config. ``config.views`` / ``token_atlas`` / ``atlas_layers`` / ``atlas_max_tokens``
+    / ``completion_model``: the completion view and the token atlas (pipelines/atlas.py), encoded
+    in the same passes as the prompt view (needs the transformers encoder, not distributed).
     """
     from pipelines.atlas import encode_extras, finish_extras, wants_extras
-    from pipelines.encode import encode_to_folder, normalize_layers
-    from pipelines.models import load_model
+    from pipelines.encode import normalize_layers
     from pipelines.views import parse_views, prompt_result
     from pipelines.splits import assign_splits
     from pipelines.templates import get_template
 
-    out = Path(out)
+    unknown = sorted(set(options) - _CONFIG_FIELDS)
+    if unknown:
+        raise TypeError(f"build_run: unknown option(s) {', '.join(unknown)} (see llm_maps.config.BuildConfig)")
+    cfg = (config or BuildConfig()).replace(**options) if options else (config or BuildConfig())
+    if not cfg.model:
+        raise LLMMapsError("--model: no model given")
+    if not cfg.out:
+        raise LLMMapsError("--out: no run folder given")
+    out = Path(cfg.out)
     if out.name.endswith(".partial"):
         raise LLMMapsError(f"--out {out}: a run name may not end in .partial")
-    if metric not in ("cosine", "euclidean"):
-        raise LLMMapsError(f"--metric: unknown distance metric '{metric}' (cosine, euclidean)")
+    if cfg.metric not in ("cosine", "euclidean"):
+        raise LLMMapsError(f"--metric: unknown distance metric '{cfg.metric}' (cosine, euclidean)")
+    note = cfg.seed_note()
+    if note:
+        log(note)
+    split_seed, map_seed = cfg.resolved_split_seed, cfg.resolved_map_seed
     if frame is None:
-        frame, sources_info = load_sources(data, columns=columns, source_split=source_split,
-                                           data_format=data_format)
-    if limit:
-        frame = frame.iloc[:limit].reset_index(drop=True)
-    frame, split_rule = assign_splits(frame, test_size=test_size, seed=seed, by=split_by,
-                                      test_categories=test_categories, n_test_categories=n_test_categories)
-    dmap = DomainMap.load(domain_map)
+        columns = cfg.columns
+        if isinstance(columns, str):
+            from pipelines.sources import parse_columns
+
+            columns = parse_columns(columns)
+        frame, sources_info = load_sources(cfg.data or [], columns=dict(columns) if columns else None,
+                                           source_split=cfg.source_split, data_format=cfg.data_format)
+    if cfg.limit:
+        frame = frame.iloc[:cfg.limit].reset_index(drop=True)
+    frame, split_rule = assign_splits(frame, test_size=cfg.test_size, seed=split_seed, by=cfg.split_by,
+                                      test_categories=cfg.test_categories, n_test_categories=cfg.n_test_categories)
+    dmap = DomainMap.load(cfg.domain_map)
     frame, domain_report = assign_domains(frame, dmap)
     if domain_report["unknown_categories"]:
-        unknown = ", ".join(f"{c} ({n})" for c, n in domain_report["unknown_categories"].items())
-        log(f"warning: categories with no domain in {dmap.path} (kept as '{UNKNOWN_DOMAIN}'): {unknown}")
+        unknown_cats = ", ".join(f"{c} ({n})" for c, n in domain_report["unknown_categories"].items())
+        log(f"warning: categories with no domain in {dmap.path} (kept as '{UNKNOWN_DOMAIN}'): {unknown_cats}")
 
-    extras_wanted = wants_extras(views, token_atlas)
-    if extras_wanted and distributed:
+    extras_wanted = wants_extras(cfg.views, cfg.token_atlas)
+    if extras_wanted and cfg.distributed:
         raise LLMMapsError("--views completion / --token-atlas: not available with --distributed yet; "
                            "build without it, then run `llm-maps encode RUN --view completion` / `llm-maps atlas RUN`")
-    if distributed:
-        from llm_maps.jobs import redis_url
+    if encoder is None:
+        from pipelines.encoder import TransformersEncoder
 
-        if not redis_url():
-            raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
-    loaded = load_model(model, gguf_file=gguf_file, revision=revision, dtype=dtype, device=device,
-                        layers_check=list(layers or []) + ([default_layer] if default_layer is not None else []),
-                        weights=not distributed)
-    layer_list = normalize_layers(layers, loaded.num_layers)
-    if default_layer is None:
+        encoder = TransformersEncoder.load(cfg)
+    layer_list = normalize_layers(cfg.layers, encoder.num_layers)
+    if cfg.default_layer is None:
         default = max(layer_list)
     else:
-        default = normalize_layers([default_layer], loaded.num_layers)[0]
+        default = normalize_layers([cfg.default_layer], encoder.num_layers)[0]
         if default not in layer_list:
             layer_list = sorted(set(layer_list) | {default})
-    limit_positions = loaded.max_positions
+    limit_positions = encoder.max_positions
+    max_length = cfg.max_length
     if max_length is not None and limit_positions is not None and max_length > limit_positions:
         raise LLMMapsError(f"--max-length: {max_length} exceeds the model's maximum positions ({limit_positions})")
-    tmpl = get_template(template, loaded.tokenizer)
+    tmpl = get_template(cfg.template, encoder.tokenizer)
     given = frame["prompt"].tolist() if "prompt" in frame.columns else [None] * len(frame)
-    frame["prompt"] = [p if isinstance(p, str) and p else tmpl.render(i, c, tokenizer=loaded.tokenizer)
+    frame["prompt"] = [p if isinstance(p, str) and p else tmpl.render(i, c, tokenizer=encoder.tokenizer)
                        for p, i, c in zip(given, frame["instruction"], frame["context"])]
 
     work = partial_dir(out)
     work.mkdir(parents=True, exist_ok=True)
-    enc_device, enc_dtype, dist_info = loaded.device, loaded.dtype, None
-    if distributed:
-        from pipelines.distributed import encode_distributed
-
-        log(f"encoding {len(frame)} prompts with {model} on the workers of REDIS_URL, layers {layer_list}, "
-            f"into {work}")
-        result, dist_info = encode_distributed(
-            loaded, frame["prompt"].tolist(), work, layers=layer_list, add_eos=add_eos, max_length=max_length,
-            batch_tokens=batch_tokens, chunk_size=chunk_size, progress=progress, log=log,
-            spec={"model": str(model), "gguf_file": gguf_file, "revision": revision, "dtype": dtype,
-                  "device": device})
-        enc_device, enc_dtype = dist_info.pop("device"), dist_info.pop("dtype")
-    elif extras_wanted:
-        log(f"encoding {len(frame)} examples with {model} on {loaded.device} ({loaded.dtype}), "
+    if extras_wanted:
+        loaded = getattr(encoder, "loaded", None)
+        if loaded is None:
+            raise LLMMapsError("--views completion / --token-atlas: need the transformers encoder "
+                               f"(got {type(encoder).__name__})")
+        log(f"encoding {len(frame)} examples with {cfg.model} on {loaded.device} ({loaded.dtype}), "
             f"layers {layer_list}, into {work}")
-        extras = encode_extras(loaded, frame, work, views=["prompt", *parse_views(views)], layers=layer_list,
-                               default_layer=default, token_atlas=token_atlas, atlas_layers=atlas_layers,
-                               atlas_max_tokens=atlas_max_tokens, seed=seed, add_eos=add_eos, max_length=max_length,
-                               batch_tokens=batch_tokens, completion_model=completion_model, dtype=dtype,
-                               device=device, progress=progress, log=log)
+        extras = encode_extras(loaded, frame, work, views=["prompt", *parse_views(cfg.views)], layers=layer_list,
+                               default_layer=default, token_atlas=cfg.token_atlas, atlas_layers=cfg.atlas_layers,
+                               atlas_max_tokens=cfg.atlas_max_tokens, seed=split_seed, add_eos=cfg.add_eos,
+                               max_length=max_length, batch_tokens=cfg.batch_tokens,
+                               completion_model=cfg.completion_model, dtype=cfg.dtype, device=cfg.device,
+                               progress=cfg.progress, log=log)
         result = prompt_result(extras["result"])
     else:
-        log(f"encoding {len(frame)} prompts with {model} on {loaded.device} ({loaded.dtype}), "
-            f"layers {layer_list}, into {work}")
-        result = encode_to_folder(loaded, frame["prompt"].tolist(), work, layers=layer_list, add_eos=add_eos,
-                                  max_length=max_length, batch_tokens=batch_tokens, progress=progress)
-    max_len = max_length or min(loaded.max_positions or 2048, 2048)
+        result = encoder.encode(frame["prompt"].tolist(), work, layers=layer_list, add_eos=cfg.add_eos,
+                                max_length=max_length, batch_tokens=cfg.batch_tokens, progress=cfg.progress, log=log)
+    max_len = max_length or min(encoder.max_positions or 2048, 2048)
     frame["n_tokens"] = result.n_tokens
     frame["truncated"] = result.truncated
     for col in ("output", "score", "correct"):
@@ -308,25 +314,34 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
              "truncated"]
     frame = frame[front + [c for c in frame.columns if c not in front]]
 
+    info = encoder.info
+    encode_entry = history_entry(
+        "encode", {**cfg.record(exclude_groups=(PROJECTION_GROUP, DISTANCES)),
+                   "resolved": {"split_seed": split_seed, "map_seed": map_seed, "layers": layer_list,
+                                "default_layer": int(default), "max_length": int(max_len)}},
+        {"sources": sources_info or [], "model": str(cfg.model), "model_revision": info.get("revision"),
+         "model_file_sha256": info.get("file_sha256")},
+        [EXAMPLES, *(str(layer_file(".", k)) for k in layer_list)])
     manifest = {
         "format_version": FORMAT_VERSION,
-        "model": str(model),
-        "model_revision": loaded.info.get("revision"),
-        "model_file_sha256": loaded.info.get("file_sha256"),
-        "model_info": loaded.info,
-        "dtype": enc_dtype,
-        "device": enc_device,
+        "model": str(cfg.model),
+        "model_revision": info.get("revision"),
+        "model_file_sha256": info.get("file_sha256"),
+        "model_info": info,
+        "dtype": result.dtype or encoder.dtype,
+        "device": result.device or encoder.device,
         "prompt_template": tmpl.describe(),
-        "pooling": "eos" if add_eos else "last",
-        "add_eos": bool(add_eos),
+        "pooling": "eos" if cfg.add_eos else "last",
+        "add_eos": bool(cfg.add_eos),
         "max_length": int(max_len),
         "truncation_side": "left",
         "layers": layer_list,
         "default_layer": int(default),
-        "hidden_size": int(loaded.model.config.hidden_size),
+        "hidden_size": int(encoder.hidden_size),
         "projection": None,
-        "distance_metric": metric,
+        "distance_metric": cfg.metric,
         "split_rule": split_rule,
+        "split_seed": split_seed,
         "domain_map": {**dmap.to_manifest(), **domain_report},
         "sources": sources_info or [],
         "counts": {},
@@ -335,16 +350,18 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
         "encoding": {"seconds": round(result.seconds, 3), "tokens": int(result.n_tokens.sum()),
                      "tokens_per_second": round(result.tokens_encoded / max(result.seconds, 1e-9), 1),
                      "resumed_rows": result.resumed_rows, "clipped_to_float16": result.clipped_values,
-                     "batch_tokens": batch_tokens, **({"distributed": dist_info} if dist_info else {})},
+                     "batch_tokens": cfg.batch_tokens,
+                     **({"distributed": result.distributed} if result.distributed else {})},
+        "history": [*_previous_history(out), encode_entry],
     }
     manifest.update(extra_manifest or {})
-    if projection:
-        log(f"projecting with {projection} (fit on {fit_on})")
-        frame, manifest = project_folder(work, frame, manifest, method=projection, fit_on=fit_on, seed=seed,
-                                         n_neighbors=n_neighbors, min_dist=min_dist)
-        frame, manifest = neighbours_folder(work, frame, manifest, k=k, metric=metric)
+    if cfg.projection:
+        log(f"projecting with {cfg.projection} (fit on {cfg.fit_on})")
+        frame, manifest = project_folder(work, frame, manifest, method=cfg.projection, fit_on=cfg.fit_on,
+                                         seed=map_seed, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist)
+        frame, manifest = neighbours_folder(work, frame, manifest, k=cfg.k, metric=cfg.metric)
     if extras_wanted:
-        frame, manifest = finish_extras(work, frame, manifest, extras, project=bool(projection), k=k)
+        frame, manifest = finish_extras(work, frame, manifest, extras, project=bool(cfg.projection), k=cfg.k)
     _write_run_files(work, frame, manifest)
     return publish(work, out)
 
@@ -390,6 +407,13 @@ def summarize_run(run_dir: str | Path) -> str:
     scored = frame["score"].notna()
     if scored.any():
         lines.append(f"accuracy   {frame.loc[scored, 'correct'].mean():.3f} on {int(scored.sum())} scored")
+    if "split_seed" in manifest or "map_seed" in manifest:
+        lines.append(f"seeds      split {manifest.get('split_seed', '-')}, map {manifest.get('map_seed', '-')}")
+    history = manifest.get("history") or []
+    if history:
+        stages = [h["stage"] for h in history]
+        shown = ", ".join(stages[-8:]) + (f" (and {len(stages) - 8} earlier)" if len(stages) > 8 else "")
+        lines.append(f"history    {shown}; last {history[-1]['created']} (manifest.history)")
     unknown = manifest["domain_map"].get("unknown_categories") or {}
     if unknown:
         lines.append("unknown    categories with no domain: " + ", ".join(f"{k} ({v})" for k, v in unknown.items()))

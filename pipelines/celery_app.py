@@ -67,18 +67,33 @@ def serve_celery(run_dirs, *, max_models: int = 2, device: str = "auto", dtype: 
     """Load + warm the runs, then run a solo-pool Celery worker on their queues and the build queue."""
     from llm_maps.jobs import RedisJobQueue, RedisPointStore
     from pipelines.engine import SessionPool
-    from pipelines.worker import warm_pool, worker_name
+    from pipelines.worker import Presence, warm_pool, worker_name
 
     app = make_app()
     pool = SessionPool(run_dirs, max_models=max_models, device=device, dtype=dtype)
     worker_id = worker_name()
-    _STATE.update(pool=pool, queue=RedisJobQueue(), points=RedisPointStore(), worker_id=worker_id, last_reap=0.0)
+    queue = RedisJobQueue()
+    _STATE.update(pool=pool, queue=queue, points=RedisPointStore(), worker_id=worker_id, last_reap=0.0)
+    presence = Presence(queue, worker_id, list(pool.paths)).start() if pool.paths else None  # for /api/health
     warm_pool(pool, worker_id, log)
     queues = [run_queue_name(run) for run in pool.paths] + [BUILD_QUEUE]
     from celery.signals import worker_ready
 
-    worker_ready.connect(lambda **_: log(f"worker {worker_id}: ready, consuming {', '.join(queues)}"), weak=False)
+    def on_ready(**_):
+        if presence is not None:
+            presence.ready()
+        log(f"worker {worker_id}: ready, consuming {', '.join(queues)}")
+
+    worker_ready.connect(on_ready, weak=False)
+    try:
+        _worker_main(app, queues, loglevel)
+    finally:
+        if presence is not None:
+            presence.stop()
+    return 0
+
+
+def _worker_main(app, queues, loglevel: str) -> None:
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1", "-Q", ",".join(queues),
                      "-n", f"llm-maps-{os.getpid()}@{socket.gethostname()}", "--without-gossip", "--without-mingle",
                      "--without-heartbeat", f"--loglevel={loglevel}"])
-    return 0

@@ -37,7 +37,7 @@ def demo_model_path() -> Path:
 # (pipelines/views.py); after scoring, the test rows' completion encodings are redone with the
 # model's own outputs.
 DEMO_SETTINGS = dict(template="chat", projection="umap", fit_on="train", metric="cosine", k=10,
-                     split_by="source", seed=0, layers=[8, 15, 22, 30], default_layer=22,
+                     split_by="source", split_seed=0, map_seed=0, layers=[8, 15, 22, 30], default_layer=22,
                      views="prompt,completion", token_atlas=True)
 
 

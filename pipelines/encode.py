@@ -1,6 +1,6 @@
 """Encode prompts: the hidden state at each prompt's last token, for selected layers.
 
-Exactness contract (shared/DESIGN.md): row i of ``encodings/layer_<k>.npy`` equals, within fp16
+Exactness contract (docs/run-folder.md, "Encodings"): row i of ``encodings/layer_<k>.npy`` equals, within fp16
 rounding, ``hidden_states[k][0, -1]`` of a forward pass on ``tokenizer(prompt_i)`` alone (plus EOS
 when ``add_eos``; keeping the *last* ``max_length`` tokens when longer). Batching sorts prompts
 by length, pads on the left, and passes a matching attention mask and position ids, so padding
@@ -156,6 +156,9 @@ class EncodeResult:
     tokens_encoded: int  # tokens forwarded in this call (0 when everything was resumed)
     resumed_rows: int
     clipped_values: int  # values outside the float16 range, clipped
+    device: str | None = None  # where it ran, when not the encoder's own device (distributed workers)
+    dtype: str | None = None
+    distributed: dict | None = None  # chunks and workers of a distributed encode
 
 
 def _fingerprint(ids: list[list[int]], layers: list[int], extra: dict) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE, expected_accuracy, falloff_stats
 from llm_maps.neighbours import knn, pairwise_distances
-from llm_maps.runfolder import PROJECTION, Run
+from llm_maps.runfolder import PROJECTION, Run, check_run_files, run_ids
 
 
 class RunSession:
@@ -33,6 +33,7 @@ class RunSession:
         start = time.perf_counter()
         self.run = Run(run_dir)
         m = self.manifest = self.run.manifest
+        check_run_files(self.run.path, m)  # a file that does not match the manifest: named, before any load
         if not m.get("projection"):
             raise LLMMapsError(f"{self.run.path}: run has no projection (run `llm-maps project` first)")
         self.loaded = load_model(m["model"], revision=m.get("model_revision"), dtype=dtype, device=device)
@@ -276,7 +277,7 @@ class SessionPool:
 
     def __init__(self, run_dirs, *, max_models: int = 2, device: str = "auto", dtype: str = "auto",
                  factory=RunSession):
-        self.paths = {Path(p).name: Path(p) for p in run_dirs}
+        self.paths = dict(run_ids(run_dirs))  # run id -> folder, by the rule the web process uses
         self.max_models = max(1, int(max_models))
         self.device, self.dtype, self.factory = device, dtype, factory
         self._sessions: OrderedDict[str, RunSession] = OrderedDict()

@@ -8,9 +8,10 @@ from typing import Sequence
 
 import numpy as np
 
+from llm_maps.contract import FALLOFF_FORMAT_VERSION
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE, falloff_stats
-from llm_maps.runfolder import EXAMPLES, Run, write_json_atomic
+from llm_maps.runfolder import EXAMPLES, Run, append_history, history_entry, layer_file, write_json_atomic
 from llm_maps.neighbours import nearest_train
 
 
@@ -44,10 +45,15 @@ def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] |
                 dist, _, _ = nearest_train(enc, is_train, k=1, metric=metric)
             variants.append({"layer": int(k), "metric": metric, "default": bool(is_default),
                              "stats": falloff_stats(dist[rows], correct, domains, n_bins=n_bins)})
-    out = {"format_version": 1, "split": split, "n_bins": n_bins, "binning": "equal-count",
+    out = {"format_version": FALLOFF_FORMAT_VERSION, "split": split, "n_bins": n_bins, "binning": "equal-count",
            "correct_threshold": (manifest.get("scoring") or {}).get("thresholds"),
            "default_layer": run.default_layer, "default_metric": default_metric, "variants": variants}
     write_json_atomic(run.path / FALLOFF_FILE, out)
+    append_history(run.path, history_entry(
+        "falloff", {"n_bins": n_bins, "layers": [int(k) for k in layers], "metrics": list(metrics), "split": split},
+        {"examples": f"{EXAMPLES}:split,domain,correct,dist_to_train",
+         "encodings": [str(layer_file(".", k)) for k in layers]},
+        [FALLOFF_FILE]))
     return out
 
 

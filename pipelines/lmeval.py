@@ -238,7 +238,7 @@ def run_lmeval(*, model: str, tasks: Sequence[str], output_dir: str | Path, incl
 def build_lmeval_run(*, samples_files: Sequence[str | Path], model: str, out: str | Path,
                      results: str | Path | None = None, lmeval_metric: str | None = None, threshold: float = 0.5,
                      train: Sequence[str] | None = None, train_template: str = "auto", columns: dict | None = None,
-                     test_size: float = 0.5, seed: int = 0, log=print, **build_kwargs) -> Path:
+                     test_size: float = 0.5, seed: int | None = None, log=print, **build_kwargs) -> Path:
     """Import lm-eval samples, add training prompts (``train`` data, templated) or split the
     documents themselves, and encode everything into a run with ``model``."""
     import pandas as pd
@@ -253,7 +253,10 @@ def build_lmeval_run(*, samples_files: Sequence[str | Path], model: str, out: st
         frame = pd.concat([train_frame, frame], ignore_index=True)
         infos = train_infos + infos
     else:
-        log(f"no --train data: splitting the lm-eval documents themselves ({1 - test_size:.0%} train, seed {seed})")
+        split_seed = build_kwargs.get("split_seed")
+        split_seed = split_seed if split_seed is not None else (seed or 0)
+        log(f"no --train data: splitting the lm-eval documents themselves ({1 - test_size:.0%} train, "
+            f"seed {split_seed})")
         split_by = "example"
     scoring["per_task_means_match_results"] = True
     return build_run(model=model, frame=frame, sources_info=infos, out=out, template=train_template,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_maps.contract import PROJECTION_FORMAT_VERSION
 from llm_maps.errors import LLMMapsError
 from llm_maps.neighbours import knn
 
@@ -82,7 +83,7 @@ class Projection:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": 1, "method": self.method, "metric": self.metric, "params": self.params}
+        meta = {"format_version": PROJECTION_FORMAT_VERSION, "method": self.method, "metric": self.metric, "params": self.params}
         (folder / "projection.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         arrays = {"fit_rows": self.fit_rows, "embedding": self.embedding, "mean": self.mean,
                   "components": self.components}

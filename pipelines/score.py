@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from llm_maps.errors import LLMMapsError
-from llm_maps.runfolder import EXAMPLES, read_manifest
+from llm_maps.runfolder import EXAMPLES, history_entry, read_manifest, with_history
 from pipelines.metrics import (TEXT_METRIC_FUNCS, metric_for, parse_metric_spec, parse_thresholds)
 
 
@@ -205,5 +205,16 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         "thresholds": thr, "correct_rule": "score >= thresholds[metric]", "by_metric": by_metric,
         "scored": int(scored.sum()), "unscored_no_reference": no_reference, "accuracy": acc, "mc_output": mc_output,
         "generation": gen_info, "created": now_iso()}}
+    entry = history_entry(
+        "score", {"splits": list(splits), "generate": generate, "metric": metric or "auto", "thresholds": thr,
+                  "mc_output": mc_output, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                  "top_p": top_p, "seed": seed, "batch_size": batch_size, "generated_rows": int(len(gen_rows)),
+                  "choice_rows": int(len(mc_rows))},
+        {"examples": f"{EXAMPLES}:prompt,reference,output,choices", "model": manifest["model"],
+         "model_revision": manifest.get("model_revision")},
+        [f"{EXAMPLES}:{c}" for c in ("output", "output_token_ids", "output_logprobs", "stop_reason",
+                                      "choice_logprobs", "metric", "score", "correct")] + ["scoring"])
+    manifest = with_history(manifest, entry)
+    manifest["updated"] = entry["created"]
     _write_run_files(run_dir, frame, manifest)
     return manifest["scoring"]

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
 from llm_maps.errors import LLMMapsError
-from llm_maps.jobs import JobQueue, PointStore
+from llm_maps.jobs import JobQueue, PointStore, worker_name
+from llm_maps.runfolder import run_key
 
 PLACE_FIELDS = ("prompt", "x", "y", "dist_to_train", "neighbours", "domain", "expected_accuracy", "x_tokens",
                 "y_tokens")
@@ -96,8 +96,42 @@ class _Heartbeat:
         self._thread.join()
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+class Presence:
+    """Keeps this worker's liveness record fresh from a side thread (``/api/health`` reads it), so a
+    worker busy with a long job still counts as alive; marks it gone on a clean stop."""
+
+    def __init__(self, queue, worker_id: str, runs, every: float | None = None):
+        self.queue, self.worker_id, self.runs = queue, worker_id, list(runs)
+        self.every = every or max(0.5, queue.heartbeat_timeout / 5)
+        self.status = "starting"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="llm-maps-presence")
+
+    def beat(self) -> None:
+        try:
+            self.queue.register_worker(self.worker_id, self.runs, self.status)
+        except Exception as exc:  # noqa: BLE001 - a missed beat (queue briefly unreachable) is no crash
+            print(f"worker {self.worker_id}: liveness beat failed: {type(exc).__name__}", file=sys.stderr)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.beat()
+
+    def start(self) -> "Presence":
+        self.beat()
+        self._thread.start()
+        return self
+
+    def ready(self) -> None:
+        self.status = "ready"
+        self.beat()
+
+    def stop(self, reason: str = "stopped") -> None:
+        self._stop.set()
+        try:
+            self.queue.worker_gone(self.worker_id, reason)
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def warm_pool(pool, worker_id: str, log=print) -> None:
@@ -135,7 +169,13 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
 
     try:
         with _Heartbeat(queue, job["id"], every=max(0.5, queue.heartbeat_timeout / 5)):
-            result = run_job(pool.get(job["run"]), job, publish=publish, deadline=deadline, cancelled=cancelled)
+            session = pool.get(job["run"])
+            manifest = getattr(session, "manifest", None)
+            if job.get("run_key") and manifest is not None and run_key(manifest) != job["run_key"]:
+                raise LLMMapsError(f"run '{job['run']}' of worker {worker_id} is another run than the one the "
+                                   f"web process serves under that id ({pool.paths.get(job['run'])}); "
+                                   "give the worker the same run folders, in the same order")
+            result = run_job(session, job, publish=publish, deadline=deadline, cancelled=cancelled)
         points.add(job["run"], point_record(job, result))
         queue.finish(job["id"], result)
         return "done"
@@ -154,8 +194,9 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
 
 def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: str = "auto", dtype: str = "auto",
                poll: float = 0.1, stop: threading.Event | None = None, max_jobs: int | None = None,
-               log=print, pool=None) -> int:
-    """Claim and run jobs for ``run_dirs`` until ``stop`` is set (or ``max_jobs`` are done)."""
+               log=print, pool=None, on_ready=None) -> int:
+    """Claim and run jobs for ``run_dirs`` until ``stop`` is set (or ``max_jobs`` are done);
+    ``on_ready()`` is called once the runs are loaded, before the first job is claimed."""
     from pipelines.engine import SessionPool
 
     queue = JobQueue(state_dir)
@@ -165,8 +206,20 @@ def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: 
     if not runs:
         raise LLMMapsError("worker: no runs to serve")
     worker_id = worker_name()
-    warm_pool(pool, worker_id, log)
-    stop = stop or threading.Event()
+    presence = Presence(queue, worker_id, runs).start()
+    try:
+        warm_pool(pool, worker_id, log)
+        presence.ready()
+        if on_ready is not None:
+            on_ready()
+        return _job_loop(queue, points, pool, runs, worker_id, poll=poll, stop=stop or threading.Event(),
+                         max_jobs=max_jobs)
+    finally:
+        presence.stop()
+
+
+def _job_loop(queue, points, pool, runs, worker_id: str, *, poll: float, stop: threading.Event,
+              max_jobs: int | None) -> int:
     done, last_reap = 0, 0.0
     while not stop.is_set():
         if time.time() - last_reap > queue.heartbeat_timeout / 2:
@@ -196,9 +249,15 @@ def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, devi
     if not run_dirs:
         raise LLMMapsError("worker: give at least one RUN_DIR (or set REDIS_URL to serve build chunks only)")
     state = Path(state_dir) if state_dir else default_state_dir(run_dirs)
-    stop = threading.Event()
+    stop, serving = threading.Event(), threading.Event()
+
+    def on_signal(*_):
+        stop.set()  # serving: finish the running job, then stop
+        if not serving.is_set():  # still loading models: nothing to finish, leave now
+            raise SystemExit(0)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     parent = os.environ.get("LLM_MAPS_PARENT_PID")
     if parent:  # started by `llm-maps serve`: stop when that process is gone, never linger
         def watch():
@@ -207,5 +266,6 @@ def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, devi
                     stop.set()
         threading.Thread(target=watch, daemon=True).start()
     log(f"llm-maps worker: serving {', '.join(Path(r).name for r in run_dirs)} from queue {state}")
-    serve_jobs(run_dirs, state_dir=state, max_models=max_models, device=device, dtype=dtype, stop=stop, log=log)
+    serve_jobs(run_dirs, state_dir=state, max_models=max_models, device=device, dtype=dtype, stop=stop, log=log,
+               on_ready=serving.set)
     return 0

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import dolly_rows, write_jsonl
+from contract_helpers import assert_follows_contract
 from llm_maps.cli import main
 from llm_maps.runfolder import MANIFEST_KEYS, REQUIRED_COLUMNS, Run, find_runs, partial_dir
 from pipelines.encode import encode_one
@@ -53,6 +54,9 @@ def test_run_folder_follows_the_contract(built_run, tiny_models):
     assert enc.dtype == np.float16 and enc.shape == (48, 32)
     assert isinstance(enc, np.memmap)
     assert not partial_dir(out).exists() and find_runs(out.parent) == [out]
+    assert_follows_contract(out)
+    assert [h["stage"] for h in m["history"]] == ["encode", "project", "neighbours"]
+    assert m["model_info"]["architecture"] == "LlamaForCausalLM" and m["encoding"]["tokens"] == int(ex["n_tokens"].sum())
 
 
 def test_stored_row_equals_single_prompt_encoding(built_run, tiny_models):
@@ -63,6 +67,13 @@ def test_stored_row_equals_single_prompt_encoding(built_run, tiny_models):
         one = encode_one(loaded, run.examples["prompt"][i], layers=[1, 3])
         for k in (1, 3):
             np.testing.assert_allclose(run.encodings(k)[i].astype(np.float32), one[k], rtol=2e-3, atol=2e-3)
+    # the default encoder of build_run is this model behind the Encoder protocol
+    from pipelines.encoder import Encoder, TransformersEncoder
+
+    enc = TransformersEncoder(loaded=loaded, model_spec=str(tiny_models["llama"]))
+    assert isinstance(enc, Encoder)
+    assert (enc.num_layers, enc.hidden_size, enc.max_positions) == (3, 32, 256)
+    assert run.manifest["hidden_size"] == enc.hidden_size and run.manifest["dtype"] == enc.dtype == "float32"
 
 
 def test_distances_and_neighbours_are_exact(built_run):

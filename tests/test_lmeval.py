@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
+from contract_helpers import assert_follows_contract  # noqa: E402
 from llm_maps.cli import main  # noqa: E402
 from llm_maps.errors import LLMMapsError  # noqa: E402
 from llm_maps.runfolder import Run  # noqa: E402
@@ -156,6 +157,7 @@ def test_import_lmeval_cli_builds_a_run_with_train_data(lmeval_output, tmp_path)
     assert test["score"].notna().all() and ex[ex.split == "train"]["score"].isna().all()
     assert run.manifest["scoring"]["source"] == "lm-eval"
     assert run.manifest["sources"][-1]["lm_eval_version"]
+    assert_follows_contract(out)
     assert test["dist_to_train"].notna().all()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,34 +18,6 @@ from conftest import dolly_rows, free_port, poll_streaming, wait_job, write_json
 from llm_maps.cli import main
 
 HEARTBEAT = 2  # seconds: the workers' heartbeat timeout in these tests
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    exe = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (CI installs the Debian package redis-server)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    import redis
-
-    folder = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.time() + 15
-    while True:
-        try:
-            if redis.Redis.from_url(url).ping():
-                break
-        except redis.ConnectionError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, "redis-server did not start"
-        time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -175,10 +146,17 @@ def test_distributed_build_equals_a_plain_build(workers, plain_run, redis_url, m
     m_plain, m_dist = (json.loads((r / "manifest.json").read_text()) for r in (run, out))
     dist = m_dist["encoding"].pop("distributed")
     assert dist["chunks"] >= 4 and len(dist["workers"]) == 2, dist  # both workers took chunks
+    h_plain, h_dist = m_plain.pop("history"), m_dist.pop("history")
+    assert [h["stage"] for h in h_dist] == [h["stage"] for h in h_plain] == ["encode", "project", "neighbours"]
+    assert (h_dist[0]["params"].pop("distributed"), h_dist[0]["params"].pop("chunk_size")) == (True, 6)
+    assert (h_plain[0]["params"].pop("distributed"), h_plain[0]["params"].pop("chunk_size")) == (False, 512)
     for m in (m_plain, m_dist):
         m.pop("created")
         for key in ("seconds", "tokens_per_second"):
             m["encoding"].pop(key)
+    for h in h_plain + h_dist:
+        h.pop("created")
+    assert h_dist == h_plain  # the same parameters, inputs and versions otherwise
     assert m_dist == m_plain
     assert not (out.parent / "dist.partial").exists()
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_jsonl
+from contract_helpers import assert_follows_contract
 from llm_maps.cli import main
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import falloff_stats
@@ -103,6 +104,8 @@ def test_score_generates_scores_and_rescoring_does_not_regenerate(run_dir, tiny_
     assert set(t2["metric"]) == {"exact"}
     assert t2["score"].tolist() == [exact_match(o, r) for o, r in zip(t2["output"], t2["reference"])]
     assert Run(run_dir).manifest["scoring"]["thresholds"]["exact"] == 1.0
+    assert_follows_contract(run_dir)
+    assert [h["stage"] for h in Run(run_dir).manifest["history"]][-2:] == ["score", "score"]
 
 
 def test_falloff_written_for_every_layer_and_metric(run_dir, capsys):
@@ -125,6 +128,8 @@ def test_falloff_written_for_every_layer_and_metric(run_dir, capsys):
     assert [b["correct"] for b in default[0]["stats"]["all"]["bins"]] == [b["correct"] for b in expected["all"]["bins"]]
     assert set(default[0]["stats"]) == {"all", "Chollet", "Reasoning"}
     assert "accuracy vs distance to train" in printed and "Chollet:" in printed and "Reasoning:" in printed
+    assert_follows_contract(run_dir)
+    assert [h["stage"] for h in run.manifest["history"]] == ["encode", "project", "neighbours", "score", "falloff"]
 
 
 def test_mc_without_choices_is_a_clear_error(run_dir, capsys):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import build_scored_run, free_port, poll_streaming, wait_job
+from llm_maps.contract import JobRecord, PointRecord, check
 from llm_maps.jobs import JobQueue, PointStore, QueueFull
 
 
@@ -36,6 +37,7 @@ def test_queue_claims_in_order_atomically_and_is_bounded(tmp_path):
     assert q2.claim(["r1", "r2"], "w2") is None
     q2.finish(ids[1], {"x": 1.0})
     assert q.get(ids[1])["status"] == "done" and q.get(ids[1])["result"] == {"x": 1.0}
+    assert check(q.get(ids[1]), JobRecord) == [] and check(q.get(ids[0]), JobRecord) == []
     q.submit("r1", "place", {"instruction": "room again"})  # claimed jobs free their places
 
 
@@ -123,6 +125,7 @@ def test_place_and_generate_through_the_api(live):
         pts = client.get("/api/runs/tiny/points").get_json()["points"]
         assert [p["id"] for p in pts] == [place_id, gen_id]
         assert pts[1]["kind"] == "generate" and pts[1]["options"]["seed"] == 3
+        assert [check(p, PointRecord) for p in pts] == [[], []]  # the contract (docs/run-folder.md)
         assert client.delete(f"/api/runs/tiny/points/{place_id}").status_code == 200
         assert [p["id"] for p in client.get("/api/runs/tiny/points").get_json()["points"]] == [gen_id]
         assert client.delete(f"/api/runs/tiny/points/{place_id}").status_code == 404

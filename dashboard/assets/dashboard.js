@@ -175,8 +175,14 @@
     return marker;
   }
 
+  // figures.plot_text: text plotly draws (legend, hover, titles) with & < > escaped, so a name such
+  // as <a href=...> is shown as typed, never as a link or styled text
+  function plotText(value) {
+    return String(value).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+  }
+
   function legendTrace(entry) {  // figures.legend_traces
-    return entry ? {type: 'scatter', x: [null], y: [null], mode: 'markers', name: entry[0], showlegend: true,
+    return entry ? {type: 'scatter', x: [null], y: [null], mode: 'markers', name: plotText(entry[0]), showlegend: true,
                     marker: {color: entry[1], size: 9}, hoverinfo: 'skip'}
       : {type: 'scatter', x: [null], y: [null], mode: 'markers', showlegend: false, hoverinfo: 'skip', name: ''};
   }
@@ -396,5 +402,5 @@
     },
   });
   window.llmMapsState = MAP;  // for tests and benchmarks
-  window.llmMaps = {url, plotted};  // for playground.js
+  window.llmMaps = {url, plotted, plotText};  // for playground.js
 })();

@@ -7,6 +7,7 @@
   const COT = "Let's think step by step.";
   const FINAL = ['done', 'failed', 'cancelled'];
   const MIN_REDRAW_MS = 300;
+  const MAX_MISSES = 10;  // a poll answered 404/5xx this many times in a row: the job is reported failed
   const NO = () => window.dash_clientside.no_update;
   const set = (id, props) => window.dash_clientside.set_props(id, props);
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -15,6 +16,7 @@
               timing: {}, polling: {}, loading: {}, drawing: false, drawPending: false, wantBase: null};
 
   const plotted = (...args) => window.llmMaps.plotted(...args);  // dashboard.js
+  const plotText = (v) => window.llmMaps.plotText(v);  // user text drawn by plotly: escaped (figures.plot_text)
   function pct(logprob) { return (100 * Math.exp(logprob)).toFixed(1) + '%'; }
   function num(v) { return v === null || v === undefined || v === '' || Number.isNaN(Number(v)) ? null : Number(v); }
 
@@ -91,11 +93,11 @@
           marker: {symbol: ['circle'].concat(toks.map(() => 'arrow')), angleref: 'previous',
                    size: [0].concat(probs.map((p) => 7 + 9 * p)), color: [1].concat(probs), cmin: 0, cmax: 1,
                    colorscale: 'RdYlGn', line: {color: colour, width: 1}},
-          text: ['prompt'].concat(toks.map((t, k) => tokenTip(t, k))), hoverinfo: 'text'});
+          text: ['prompt'].concat(toks.map((t, k) => plotText(tokenTip(t, k)))), hoverinfo: 'text'});
       }
       traces.push({type: 'scatter', mode: 'markers', name: 'your prompt', showlegend: false,
                    meta: {pg: 'point', id: g.id}, x: [sx], y: [sy],
-                   text: ['your prompt: ' + String(g.instruction || '').slice(0, 120)
+                   text: ['your prompt: ' + plotText(String(g.instruction || '').slice(0, 120))
                           + '\ndistance to train ' + (res.dist_to_train || 0).toPrecision(4)],
                    hoverinfo: 'text', marker: {symbol: 'star', size: 20, color: colour, line: {color: '#000', width: 1.5}}});
     });
@@ -188,7 +190,7 @@
     if (PG.polling[id]) return;
     PG.polling[id] = true;
     const started = performance.now();
-    let shown = false;
+    let shown = false, misses = 0;
     try {
       for (;;) {
         let r;
@@ -202,11 +204,19 @@
         }
         const job = await readJson(r);
         if (!r.ok || !job) {
+          // a job this page was polling that reads as missing, or a server briefly unable to answer
+          // (restarting, 5xx), is a transient miss: try again a few times before calling it failed
+          if ((r.status === 404 || r.status >= 500 || !job) && misses < MAX_MISSES) {
+            misses += 1;
+            await sleep(Math.min(2000, 100 * misses));
+            continue;
+          }
           showError(apiMessage(r.status, job));
           updateGen(id, {status: 'failed'});
           progress('failed', 0);
           return;
         }
+        misses = 0;
         const seen = ((PG.results[id] || {}).tokens || []).length;
         const fresh = job.result && (!PG.results[id] || ((job.result.tokens || []).length !== seen)
                                      || (job.result.x !== undefined && PG.results[id].x === undefined));

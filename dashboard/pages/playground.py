@@ -25,6 +25,7 @@ dash.register_page(__name__, path="/playground", name="Playground", title="LLM M
 
 COT_CUE = "Let's think step by step."
 DEFAULT_MAX_TOKENS = 48
+MAX_SHARED_IDS = 200  # saved points a shared link may open at once
 SUMMARY_FIELDS = ("n_tokens", "mean_logprob", "perplexity", "path_length", "final_dist", "mean_dist", "max_dist")
 ATLAS_SAMPLE = 4000  # atlas tokens drawn faintly under the token map
 
@@ -50,9 +51,10 @@ def stored_points(run: str, ids: list[str]) -> list[dict]:
     import flask
 
     store = flask.current_app.config.get("LLM_MAPS_POINTS")
+    by_id = {p.get("id"): p for p in store.list(run)} if (store is not None and ids) else {}  # one read
     out = []
     for pid in ids:
-        point = store.get(run, pid) if store is not None else None
+        point = by_id.get(pid)
         out.append(gen_entry(point) if point else {"id": pid, "status": "loading", "hidden": False})
     return out
 
@@ -64,8 +66,6 @@ def map_choices(data) -> list[str]:
 
 def atlas_trace(data):
     """A fixed sample of the atlas tokens, faint, under the token map (their text on hover)."""
-    import html as _html
-
     import numpy as np
     import plotly.graph_objects as go
 
@@ -79,7 +79,7 @@ def atlas_trace(data):
         if len(rows) > ATLAS_SAMPLE:
             rows = np.sort(np.random.default_rng(0).choice(rows, ATLAS_SAMPLE, replace=False))
         t = tokens.iloc[rows]
-        text = [f"training step {_html.escape(str(e), quote=False)} #{p}: {_html.escape(repr(s), quote=False)}"
+        text = [f"training step {F.plot_text(e)} #{p}: {F.plot_text(repr(s))}"
                 for e, p, s in zip(t["example_id"], t["position"], t["token_text"])]
         return go.Scattergl(x=t["x"].to_numpy(), y=t["y"].to_numpy(), mode="markers", name="atlas tokens",
                             text=text, hoverinfo="text", marker={"size": 3, "color": "#9e9e9e", "opacity": 0.35},
@@ -114,7 +114,7 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
                   "prompt": "prompt map (neighbour lines)"}
     colour = F.colour_choice(data, colour)
     colour_opts = F.colour_dropdown(data)
-    id_list = [i for i in str(ids or "").split(",") if i.strip()]
+    id_list = [i for i in str(ids or "").split(",") if i.strip()][:MAX_SHARED_IDS]
     form = [
         C.run_picker(data.id),
         dbc.Label("Instruction", html_for="pg-instruction", className="mb-0 small"),
@@ -245,7 +245,7 @@ def show_current(current, map_kind, run_id, dark):
             id={"type": "pg-nbr", "index": str(r["example_id"])}, className="pg-nbr btn p-0 text-start"),
             className="mb-1"))
     overlay = {"x": [float(shown.x[row]) for row, _ in nbrs], "y": [float(shown.y[row]) for row, _ in nbrs],
-               "text": [f"{data.frame['example_id'].iloc[row]} · distance {dist:.4g}" for row, dist in nbrs],
+               "text": [f"{F.plot_text(data.frame['example_id'].iloc[row])} · distance {dist:.4g}" for row, dist in nbrs],
                "id": current.get("id")}
     exp = current.get("expected_accuracy")
     dist = current.get("dist_to_train")

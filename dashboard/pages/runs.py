@@ -14,7 +14,7 @@ dash.register_page(__name__, path="/runs", name="Runs", title="LLM Maps · runs"
 def _card(entry) -> dbc.Card:
     if not entry.ok:
         return dbc.Card(dbc.CardBody([html.H5(entry.id), html.Div(str(entry.path), className="small text-muted"),
-                                      C.banner(entry.error, className="mt-2 mb-0")]), className="mb-3")
+                                      C.banner(entry.error, className="mt-2 mb-0")]), className="mb-3 run-card")
     m = entry.manifest
     counts = m.get("counts", {})
     data, error = C.load(entry.id)

@@ -1,0 +1,665 @@
+"""The run folder's contract as types: manifest and its sections, example columns, the JSON files
+a run holds (falloff.json), stage history, and the records of the state folder (jobs, points).
+
+docs/run-folder.md is written from this module: each key's type and meaning live here
+(``Annotated[type, "meaning"]``), and the tables between the ``<!-- generated: ... -->`` markers
+of that document are ``python -m llm_maps.contract --write docs/run-folder.md``'s output;
+tests/test_contract.py fails when the document and these types disagree, or when a writer emits
+a manifest key, a nested key or a column that is not listed here.
+
+Adding a manifest key, a section key or a column: add it here (with its meaning), run the command
+above, and describe anything more in the prose of docs/run-folder.md. Torch-free.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, TypedDict, Union
+
+# Leave the format at 1 while changes are additions a reader may ignore (new keys, new files);
+# raise it only when an old reader would misread a new run. What changed, when: docs/run-folder.md.
+FORMAT_VERSION = 1
+FALLOFF_FORMAT_VERSION = 1
+PROJECTION_FORMAT_VERSION = 1
+
+JSONScalar = Union[str, int, float, bool, None]
+
+# ================================================================================ manifest sections
+
+
+class PromptTemplateInfo(TypedDict, total=False):
+    name: Annotated[str, "dolly | chat | redpajama | plain | custom"]
+    stop_strings: Annotated[list[str], "generation stops at the first of these"]
+    template: Annotated[str, "the user template string (custom only)"]
+    chat_template: Annotated[str, "the tokenizer's chat template (chat only), for provenance"]
+
+
+class ModelInfo(TypedDict, total=False):
+    model: Annotated[str, "the --model given"]
+    revision: Annotated[str | None, "hub revision or commit hash"]
+    file_sha256: Annotated[str | None, "sha256 of the (first) weights file; null above 1 GB"]
+    gguf_file: Annotated[str, "GGUF file name (GGUF models)"]
+    converted_to: Annotated[str, "cached safetensors folder a GGUF model was converted to"]
+    architecture: Annotated[str, "transformers class, e.g. GPTNeoXForCausalLM"]
+    num_layers: Annotated[int, "transformer layers (hidden_states has num_layers + 1 entries)"]
+    hidden_size: Annotated[int, "width of an encoding"]
+
+
+class ProjectionInfo(TypedDict, total=False):
+    method: Annotated[str, "umap | pca"]
+    metric: Annotated[str, "cosine | euclidean (cosine PCA normalises rows first)"]
+    fit_on: Annotated[str, "train | all: the rows the map was fitted on"]
+    path: Annotated[str, "folder of the saved projection, relative to the run (projection)"]
+    seed: Annotated[int, "the map seed (random_state)"]
+    layer: Annotated[int | None, "the stored layer the map was fitted on"]
+    n_fit: Annotated[int, "rows fitted"]
+    n_neighbors: Annotated[int, "UMAP n_neighbors (after clipping to the fit size)"]
+    min_dist: Annotated[float, "UMAP min_dist"]
+    placement: Annotated[str, "how non-fit rows and new prompts are placed (UMAP)"]
+    normalize: Annotated[bool, "rows scaled to unit length before PCA (cosine)"]
+    explained_variance_ratio: Annotated[list[float], "PCA: variance share of the two axes"]
+
+
+class SplitCounts(TypedDict):
+    train: Annotated[int, "train examples"]
+    test: Annotated[int, "test examples"]
+
+
+class SplitRule(TypedDict, total=False):
+    method: Annotated[str, "source | example | category"]
+    counts: Annotated[SplitCounts, "examples per split"]
+    test_size: Annotated[float, "probability of test per example (example, category)"]
+    seed: Annotated[int, "the split seed (example, category)"]
+    test_categories: Annotated[list[str], "categories held out entirely (category)"]
+
+
+class DomainMapInfo(TypedDict, total=False):
+    path: Annotated[str | None, "the TOML domain map used"]
+    categories: Annotated[dict[str, str], "category -> domain"]
+    tasks: Annotated[dict[str, str], "task -> domain"]
+    keywords: Annotated[dict[str, str], "keyword -> domain"]
+    unknown_categories: Annotated[dict[str, int], "categories with no domain -> examples (domain 'unknown')"]
+
+
+class SourceInfo(TypedDict, total=False):
+    kind: Annotated[str, "jsonl | json | csv | tsv | parquet | datasets | lm-eval-samples"]
+    path: Annotated[str, "absolute path of a file source"]
+    sha256: Annotated[str, "content hash of a file source"]
+    id: Annotated[str, "hub id or folder of a `datasets` source"]
+    fingerprint: Annotated[str | None, "the `datasets` fingerprint"]
+    rows: Annotated[int, "examples read"]
+    columns: Annotated[dict[str, str], "canonical field -> source column used"]
+    task: Annotated[str, "lm-eval task (lm-eval samples)"]
+    results: Annotated[str, "lm-eval results file (lm-eval samples)"]
+    results_sha256: Annotated[str, "its content hash"]
+    lm_eval_version: Annotated[str | None, "lm-eval version that wrote it"]
+    lmeval_model: Annotated[str | None, "model lm-eval evaluated"]
+
+
+class Counts(TypedDict):
+    examples: Annotated[int, "rows of examples.parquet"]
+    train: Annotated[int, "train rows"]
+    test: Annotated[int, "test rows"]
+    tasks: Annotated[int, "distinct tasks"]
+    truncated: Annotated[int, "prompts cut to max_length"]
+    by_domain: Annotated[dict[str, int], "domain -> rows"]
+    by_split_domain: Annotated[dict[str, int], "'split/domain' -> rows"]
+    by_category: Annotated[dict[str, int], "category -> rows"]
+
+
+class DistributedInfo(TypedDict, total=False):
+    chunks: Annotated[int, "chunks the prompts were encoded in"]
+    workers: Annotated[list[str], "Celery workers that encoded them"]
+
+
+class EncodingInfo(TypedDict, total=False):
+    seconds: Annotated[float, "wall time of the encoding"]
+    tokens: Annotated[int, "tokens in all prompts (after truncation)"]
+    tokens_per_second: Annotated[float, "tokens forwarded per second"]
+    resumed_rows: Annotated[int, "rows taken from an interrupted build"]
+    clipped_to_float16: Annotated[int, "values outside the float16 range, clipped"]
+    batch_tokens: Annotated[int | None, "--batch-tokens given (null: the device default)"]
+    distributed: Annotated[DistributedInfo, "build --distributed only"]
+
+
+class NeighboursInfo(TypedDict):
+    k: Annotated[int, "nearest train examples kept per row (nn_train_ids)"]
+    layer: Annotated[int, "stored layer the distances are measured in"]
+    metric: Annotated[str, "cosine | euclidean"]
+    exact: Annotated[bool, "exact search (always true)"]
+
+
+class GenerationInfo(TypedDict, total=False):
+    max_new_tokens: Annotated[int, "generation limit"]
+    temperature: Annotated[float, "0 = greedy"]
+    top_p: Annotated[float, "nucleus sampling"]
+    seed: Annotated[int, "sampling seed"]
+    batch_size: Annotated[int, "prompts per generation batch"]
+    stop_strings: Annotated[list[str], "from the prompt template"]
+    device: Annotated[str, "where it ran"]
+    dtype: Annotated[str, "model dtype"]
+    seconds: Annotated[float, "wall time"]
+    tokens: Annotated[int, "tokens generated"]
+    tokens_per_second: Annotated[float, "generation rate"]
+    created: Annotated[str, "ISO time (UTC)"]
+
+
+class LmevalTaskInfo(TypedDict, total=False):
+    metric: Annotated[str, "lm-eval metric used as score"]
+    filter: Annotated[str, "lm-eval filter"]
+    n: Annotated[int, "documents"]
+    mean: Annotated[float, "mean score of the samples"]
+    aggregate: Annotated[float, "lm-eval's aggregate (equal to mean)"]
+    output_type: Annotated[str | None, "lm-eval output type"]
+
+
+class ScoringInfo(TypedDict, total=False):
+    splits: Annotated[list[str], "splits scored"]
+    metric: Annotated[str, "the --metric spec given (or 'primary' for lm-eval)"]
+    metric_default: Annotated[str, "metric for rows no override names"]
+    metric_overrides: Annotated[dict[str, str], "category/task -> metric"]
+    thresholds: Annotated[dict[str, float], "metric -> score threshold for correct"]
+    correct_rule: Annotated[str, "how correct follows from score"]
+    by_metric: Annotated[dict[str, int], "metric -> rows scored with it"]
+    scored: Annotated[int, "rows with a score"]
+    unscored_no_reference: Annotated[int, "selected rows without a reference"]
+    accuracy: Annotated[float | None, "mean correct over scored rows"]
+    mc_output: Annotated[str, "generate | choice (multiple choice output)"]
+    generation: Annotated[GenerationInfo | None, "the last generation's settings (null: none)"]
+    created: Annotated[str, "ISO time (UTC)"]
+    source: Annotated[str, "'lm-eval' when scores came from lm-eval samples"]
+    per_task: Annotated[dict[str, LmevalTaskInfo], "lm-eval task -> its metric and means"]
+    per_task_means_match_results: Annotated[bool, "the samples' means equal lm-eval's aggregates"]
+
+
+class HistoryEntry(TypedDict):
+    """One stage run on this run folder (see "Stage history" in docs/run-folder.md)."""
+
+    stage: Annotated[str, "encode | project | neighbours | score | falloff (and later stages)"]
+    params: Annotated[dict[str, Any], "the stage's parameters, as given and as resolved"]
+    inputs: Annotated[dict[str, Any], "what it read: files relative to the run, sources, model"]
+    outputs: Annotated[list[str], "what it wrote: files, columns (as 'examples.parquet:col') and manifest keys"]
+    versions: Annotated[dict[str, str], "package versions (python, llm-maps, torch, ...)"]
+    created: Annotated[str, "ISO time (UTC)"]
+
+
+# ================================================================================ the manifest
+
+
+class ManifestRequired(TypedDict):
+    """Keys every run has (a reader may rely on them; old runs have exactly these at least)."""
+
+    format_version: Annotated[int, "run format (1); a reader refuses a newer one"]
+    model: Annotated[str, "hub id, folder or .gguf path of the model"]
+    dtype: Annotated[str, "dtype the encodings were computed in (float32, bfloat16, ...)"]
+    device: Annotated[str, "device they were computed on (cpu, cuda, ...)"]
+    prompt_template: Annotated[PromptTemplateInfo, "how prompts were rendered"]
+    pooling: Annotated[str, "last | eos: the position encoded"]
+    add_eos: Annotated[bool, "an EOS token was appended before encoding"]
+    max_length: Annotated[int, "prompts keep their last max_length tokens"]
+    truncation_side: Annotated[str, "always 'left'"]
+    layers: Annotated[list[int], "stored hidden_states indices (encodings/layer_<k>.npy)"]
+    default_layer: Annotated[int, "layer of the map and of dist_to_train"]
+    projection: Annotated[ProjectionInfo | None, "the current map (null: not projected yet)"]
+    distance_metric: Annotated[str, "cosine | euclidean: metric of dist_to_train"]
+    split_rule: Annotated[SplitRule, "how train/test was decided"]
+    domain_map: Annotated[DomainMapInfo, "the domain map and the categories it did not know"]
+    sources: Annotated[list[SourceInfo], "data sources with content hashes"]
+    counts: Annotated[Counts, "row counts (rewritten with examples.parquet)"]
+    versions: Annotated[dict[str, str], "package versions at build time"]
+    created: Annotated[str, "ISO time (UTC) of the build"]
+
+
+class Manifest(ManifestRequired, total=False):
+    """manifest.json. Keys below the required ones were added later; old runs may lack them."""
+
+    model_revision: Annotated[str | None, "hub revision or commit hash"]
+    model_file_sha256: Annotated[str | None, "sha256 of the weights file (GGUF: of the .gguf)"]
+    model_info: Annotated[ModelInfo, "what loading the model reported"]
+    hidden_size: Annotated[int, "width of an encoding"]
+    split_seed: Annotated[int, "seed of the train/test split"]
+    map_seed: Annotated[int, "seed of the current map"]
+    encoding: Annotated[EncodingInfo, "how the encoding went"]
+    neighbours: Annotated[NeighboursInfo, "the current dist_to_train / nn_train_ids"]
+    scoring: Annotated[ScoringInfo, "the current score / correct columns"]
+    prompt_note: Annotated[str, "a note on how prompts were made (lm-eval imports)"]
+    updated: Annotated[str, "ISO time (UTC) of the last stage run on the finished run"]
+    history: Annotated[list[HistoryEntry], "every stage run on this run, oldest first, kept across re-runs"]
+    # New manifest keys go here (NotRequired), with their meaning; then regenerate the doc tables.
+
+
+MANIFEST_SECTIONS: dict[str, Any] = {}  # filled below: section TypedDicts documented in the doc
+
+
+# ================================================================================ examples.parquet
+
+
+@dataclass(frozen=True)
+class Column:
+    dtype: str
+    meaning: str
+    required: bool = False  # every run has it (readers may rely on it)
+    stage: str = "build"  # the stage that writes it
+
+
+COLUMNS: dict[str, Column] = {
+    "example_id": Column("string", "unique id (the source's id, or <source>-<n>; <source>:<id> when several "
+                                   "sources are combined)", True),
+    "split": Column("string", "train | test", True),
+    "task": Column("string", "the task (falls back to the category)", True),
+    "category": Column("string", "the source's category (falls back to the task, else 'uncategorized')", True),
+    "domain": Column("string", "the domain the domain map gives (or 'unknown')", True),
+    "prompt": Column("string", "the exact text given to the tokenizer", True),
+    "reference": Column("string?", "the reference answer (null: none)", True),
+    "output": Column("string?", "the model's output (null before scoring)", True, "score"),
+    "score": Column("float?", "score in [0, 1] (null: unscored)", True, "score"),
+    "correct": Column("bool?", "score >= threshold of its metric (null: unscored)", True, "score"),
+    "x": Column("float", "map position (NaN before `project`)", True, "project"),
+    "y": Column("float", "map position (NaN before `project`)", True, "project"),
+    "dist_to_train": Column("float", "distance, at the default layer in the full space, to the nearest train "
+                                     "example (for a train example: the nearest other one)", True, "neighbours"),
+    "nn_train_ids": Column("list[string]", "example_ids of the k nearest train examples, nearest first", True,
+                           "neighbours"),
+    "nn_train_dists": Column("list[float]", "their distances", False, "neighbours"),
+    "instruction": Column("string", "the instruction the prompt was made from"),
+    "context": Column("string", "the context ('' when none)"),
+    "n_tokens": Column("int", "tokens encoded (after truncation, with EOS when added)"),
+    "truncated": Column("bool", "the prompt was cut to its last max_length tokens"),
+    "source_row": Column("int", "line or row of the example in its source"),
+    "choices": Column("list[string]?", "answer options of a multiple-choice example"),
+    "keywords": Column("list[string]? | string?", "keywords the domain map may use"),
+    "metric": Column("string?", "metric the score was computed with", False, "score"),
+    "output_token_ids": Column("list[int]?", "token ids of the generated output", False, "score"),
+    "output_logprobs": Column("list[float]?", "their log-probabilities", False, "score"),
+    "stop_reason": Column("string?", "why generation stopped (eos, stop_string, length)", False, "score"),
+    "choice_logprobs": Column("list[float]?", "log-likelihood of each choice (multiple choice)", False, "score"),
+    "doc_id": Column("int", "lm-eval document id", False, "import-lmeval"),
+    "doc_hash": Column("string?", "lm-eval's hash of the document (for joining back)", False, "import-lmeval"),
+    "prompt_hash": Column("string?", "lm-eval's hash of the prompt", False, "import-lmeval"),
+    "target_hash": Column("string?", "lm-eval's hash of the target", False, "import-lmeval"),
+    "lmeval_metric": Column("string", "lm-eval metric used as score", False, "import-lmeval"),
+    "lmeval_filter": Column("string", "lm-eval filter of the response", False, "import-lmeval"),
+    "output_type": Column("string", "lm-eval output type (multiple_choice, loglikelihood, generate_until)",
+                          False, "import-lmeval"),
+    "target_logprob": Column("float?", "log-likelihood of the target (loglikelihood tasks)", False, "import-lmeval"),
+    "target_is_greedy": Column("bool?", "the target is the greedy continuation (loglikelihood tasks)", False,
+                               "import-lmeval"),
+    # New columns go here, with their meaning and writing stage; then regenerate the doc tables.
+}
+# Other columns of a source are kept as they are (values that Arrow cannot store as one type become
+# JSON strings); the contract test allows those only when the source had them.
+
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(name for name, c in COLUMNS.items() if c.required)
+MANIFEST_KEYS: tuple[str, ...] = tuple(ManifestRequired.__annotations__)
+
+# ================================================================================ falloff.json
+
+
+class FalloffBin(TypedDict):
+    bin: Annotated[int, "bin index, nearest first"]
+    lo: Annotated[float, "lower distance edge"]
+    hi: Annotated[float, "upper distance edge"]
+    median: Annotated[float | None, "median distance in the bin"]
+    n: Annotated[int, "examples"]
+    correct: Annotated[int, "correct examples"]
+    accuracy: Annotated[float | None, "correct / n"]
+    low: Annotated[float | None, "Wilson 95% interval, lower"]
+    high: Annotated[float | None, "Wilson 95% interval, upper"]
+
+
+class FalloffTrend(TypedDict, total=False):
+    n: Annotated[int, "examples fitted"]
+    intercept: Annotated[float | None, "logistic intercept"]
+    slope: Annotated[float | None, "logistic slope of correct on distance, per unit distance"]
+    slope_low: Annotated[float | None, "95% Wald interval, lower"]
+    slope_high: Annotated[float | None, "95% Wald interval, upper"]
+    slope_se: Annotated[float, "standard error of the slope"]
+    note: Annotated[str, "why no slope was fitted"]
+
+
+class FalloffGroup(TypedDict):
+    n: Annotated[int, "examples (with a distance and a correct value)"]
+    correct: Annotated[int, "correct examples"]
+    accuracy: Annotated[float | None, "correct / n"]
+    low: Annotated[float | None, "Wilson 95% interval, lower"]
+    high: Annotated[float | None, "Wilson 95% interval, upper"]
+    bins: Annotated[list[FalloffBin], "equal-count distance bins"]
+    trend: Annotated[FalloffTrend, "logistic regression of correct on distance"]
+
+
+class FalloffVariant(TypedDict):
+    layer: Annotated[int, "stored layer the distances are measured in"]
+    metric: Annotated[str, "cosine | euclidean"]
+    default: Annotated[bool, "the run's default layer and metric (distances = dist_to_train)"]
+    stats: Annotated[dict[str, FalloffGroup], "'all' and each domain -> its falloff"]
+
+
+class FalloffFile(TypedDict):
+    format_version: Annotated[int, "falloff.json format (1)"]
+    split: Annotated[str, "rows the statistics are over (test)"]
+    n_bins: Annotated[int, "equal-count bins asked for"]
+    binning: Annotated[str, "'equal-count'"]
+    correct_threshold: Annotated[dict[str, float] | None, "the scoring thresholds in force"]
+    default_layer: Annotated[int, "the run's default layer"]
+    default_metric: Annotated[str, "the run's distance metric"]
+    variants: Annotated[list[FalloffVariant], "one per stored layer and metric"]
+
+
+# ================================================================================ JSON outputs of research
+# instruments (findings.json, compare, conditions, ...): one TypedDict per file in this section, and
+# a row in JSON_FILES below, so the doc and the contract test pick them up.
+
+class ProjectionFile(TypedDict):
+    format_version: Annotated[int, "projection.json format (1)"]
+    method: Annotated[str, "umap | pca"]
+    metric: Annotated[str, "cosine | euclidean"]
+    params: Annotated[dict[str, Any], "the fit's parameters (as manifest.projection has them)"]
+
+
+JSON_FILES: dict[str, Any] = {
+    "falloff.json": FalloffFile,
+    "projection/projection.json": ProjectionFile,
+}
+
+# ================================================================================ state folder
+# (the job queue and user points: beside the runs, never inside them)
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class JobPayload(TypedDict, total=False):
+    instruction: Annotated[str, "the typed prompt's instruction"]
+    context: Annotated[str, "its context"]
+    generate: Annotated[bool, "generate after placing"]
+    max_new_tokens: Annotated[int, "generation limit"]
+    temperature: Annotated[float, "0 = greedy"]
+    top_p: Annotated[float, "nucleus sampling"]
+    seed: Annotated[int, "sampling seed"]
+    domain: Annotated[str, "domain to read the expected accuracy in"]
+
+
+class JobRecord(TypedDict, total=False):
+    id: Annotated[str, "uuid hex"]
+    run: Annotated[str, "run name"]
+    kind: Annotated[str, "place | generate"]
+    payload: Annotated[JobPayload, "what was asked"]
+    status: Annotated[JobStatus, "queued | running | done | failed | cancelled"]
+    error: Annotated[str | None, "one-line reason (failed)"]
+    result: Annotated[dict[str, Any] | None, "the point so far (running) or in full (done)"]
+    created: Annotated[float, "epoch seconds"]
+    started: Annotated[float | None, "epoch seconds"]
+    finished: Annotated[float | None, "epoch seconds"]
+    heartbeat: Annotated[float | None, "epoch seconds of the worker's last sign of life"]
+    worker: Annotated[str | None, "worker name"]
+    heartbeat_timeout: Annotated[float, "the claiming worker's heartbeat timeout (s)"]
+    cancel_requested: Annotated[bool, "a user asked a running job to stop"]
+    run_key: Annotated[str | None, "runfolder.run_key of the run the web process meant; a worker whose run of that id differs fails the job"]
+    slot_freed: Annotated[bool, "a cancelled queued job already gave back its place in the queue"]
+
+
+class Neighbour(TypedDict):
+    example_id: Annotated[str, "a train example"]
+    distance: Annotated[float, "its distance to the point"]
+
+
+class ExpectedAccuracy(TypedDict):
+    domain: Annotated[str, "domain whose falloff was read ('all' when unknown)"]
+    accuracy: Annotated[float | None, "accuracy of the distance bin the point falls in"]
+    low: Annotated[float | None, "Wilson 95% interval, lower"]
+    high: Annotated[float | None, "Wilson 95% interval, upper"]
+    n: Annotated[int, "examples in that bin"]
+    bin: Annotated[int, "the bin"]
+
+
+class TokenAlternative(TypedDict):
+    text: Annotated[str, "token text"]
+    logprob: Annotated[float, "its log-probability"]
+
+
+class TokenStep(TypedDict):
+    text: Annotated[str, "generated token"]
+    id: Annotated[int, "token id"]
+    logprob: Annotated[float, "its log-probability"]
+    top: Annotated[list[TokenAlternative], "the most likely alternatives"]
+    x: Annotated[float, "map position of its hidden state"]
+    y: Annotated[float, "map position"]
+    dist: Annotated[float, "distance to the nearest train example"]
+    step: Annotated[float, "distance from the previous state"]
+
+
+class PointRecord(TypedDict, total=False):
+    """A user's point (points/<run>.jsonl in the state folder): a placed or generated prompt."""
+
+    id: Annotated[str, "the job id"]
+    created: Annotated[float, "epoch seconds"]
+    kind: Annotated[str, "place | generate"]
+    instruction: Annotated[str, "typed instruction"]
+    context: Annotated[str, "typed context"]
+    options: Annotated[dict[str, JSONScalar], "generation options given"]
+    prompt: Annotated[str, "the rendered prompt"]
+    x: Annotated[float, "map position"]
+    y: Annotated[float, "map position"]
+    dist_to_train: Annotated[float, "distance to the nearest train example"]
+    neighbours: Annotated[list[Neighbour], "nearest train examples"]
+    domain: Annotated[str | None, "given, or the majority domain of the neighbours"]
+    expected_accuracy: Annotated[ExpectedAccuracy | None, "from falloff.json"]
+    output: Annotated[str, "generated text (generate)"]
+    tokens: Annotated[list[TokenStep], "each generated token and where it lies (generate)"]
+    stop_reason: Annotated[str, "eos | stop_string | length | cancelled"]
+    n_tokens: Annotated[int, "tokens generated"]
+    mean_logprob: Annotated[float | None, "mean log-likelihood per token"]
+    perplexity: Annotated[float | None, "exp(-mean_logprob)"]
+    path_length: Annotated[float, "sum of the steps through the hidden space"]
+    final_dist: Annotated[float, "last state's distance to the nearest train example"]
+
+
+STATE_RECORDS: dict[str, Any] = {"job record": JobRecord, "points/<run>.jsonl line": PointRecord}
+
+MANIFEST_SECTIONS.update({
+    "prompt_template": PromptTemplateInfo, "model_info": ModelInfo, "projection": ProjectionInfo,
+    "split_rule": SplitRule, "split_rule.counts": SplitCounts, "domain_map": DomainMapInfo,
+    "sources[]": SourceInfo, "counts": Counts, "encoding": EncodingInfo, "encoding.distributed": DistributedInfo,
+    "neighbours": NeighboursInfo, "scoring": ScoringInfo, "scoring.generation": GenerationInfo,
+    "scoring.per_task{}": LmevalTaskInfo, "history[]": HistoryEntry,
+})
+
+# ================================================================================ checking values
+
+
+def _hints(td: Any) -> dict[str, Any]:
+    return typing.get_type_hints(td, include_extras=True)
+
+
+def is_typeddict(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, dict) and hasattr(tp, "__total__")
+
+
+def _strip(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def check(value: Any, tp: Any, where: str = "") -> list[str]:
+    """Where ``value`` does not fit type ``tp``: keys a TypedDict does not list, missing required
+    keys, values of the wrong kind. [] when it fits."""
+    tp = _strip(tp)
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return []
+    if origin is Union or (sys.version_info >= (3, 10) and isinstance(tp, types.UnionType)):
+        options = typing.get_args(tp)
+        results = [check(value, o, where) for o in options]
+        return [] if any(not r for r in results) else min(results, key=len)
+    if origin is Literal:
+        return [] if value in typing.get_args(tp) else [f"{where}: {value!r} is not one of {typing.get_args(tp)}"]
+    if is_typeddict(tp):
+        if not isinstance(value, Mapping):
+            return [f"{where}: expected an object ({tp.__name__}), got {type(value).__name__}"]
+        hints = _hints(tp)
+        problems = [f"{where}.{k}: key not in the contract ({tp.__name__})".lstrip(".")
+                    for k in value if k not in hints]
+        problems += [f"{where}.{k}: required key missing ({tp.__name__})".lstrip(".")
+                     for k in tp.__required_keys__ if k not in value]
+        for k, v in value.items():
+            if k in hints:
+                problems += check(v, hints[k], f"{where}.{k}".lstrip("."))
+        return problems
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return [f"{where}: expected a list, got {type(value).__name__}"]
+        args = typing.get_args(tp)
+        out: list[str] = []
+        for i, v in enumerate(value):
+            out += check(v, args[0] if args else Any, f"{where}[{i}]")
+        return out
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            return [f"{where}: expected an object, got {type(value).__name__}"]
+        args = typing.get_args(tp)
+        out = []
+        for k, v in value.items():
+            out += check(v, args[1] if args else Any, f"{where}[{k!r}]")
+        return out
+    if tp is type(None):
+        return [] if value is None else [f"{where}: expected null, got {type(value).__name__}"]
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(tp, type):
+        ok = isinstance(value, tp)
+    else:
+        return []
+    return [] if ok else [f"{where}: expected {tp.__name__}, got {type(value).__name__} ({value!r:.40})"]
+
+
+# ================================================================================ the document
+
+
+def _type_name(tp: Any) -> str:
+    tp = _strip(tp)
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if tp is Any:
+        return "any"
+    if origin is Union or (sys.version_info >= (3, 10) and isinstance(tp, types.UnionType)):
+        return " \\| ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return " \\| ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if origin in (dict, Mapping):
+        k, v = typing.get_args(tp)
+        return f"{{{_type_name(k)}: {_type_name(v)}}}"
+    if is_typeddict(tp):
+        return f"object ({tp.__name__})"
+    return {str: "string", int: "int", float: "float", bool: "bool"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: pipes escaped, '<' before a letter (a would-be HTML tag) as &lt;."""
+    return re.sub(r"<(?=[A-Za-z/!])", "&lt;", text.replace("|", "\\|"))
+
+
+def table(td: Any) -> str:
+    """A Markdown table of a TypedDict's keys: key, type, required, meaning."""
+    hints = _hints(td)
+    rows = ["| key | type | required | meaning |", "|---|---|---|---|"]
+    for key, tp in hints.items():
+        meaning = typing.get_args(tp)[1] if typing.get_origin(tp) is Annotated else ""
+        req = "yes" if key in td.__required_keys__ else ""
+        rows.append(f"| `{key}` | {_type_name(tp)} | {req} | {_cell(meaning)} |")
+    return "\n".join(rows)
+
+
+def columns_table() -> str:
+    rows = ["| column | type | required | written by | meaning |", "|---|---|---|---|---|"]
+    for name, c in COLUMNS.items():
+        rows.append(f"| `{name}` | {_cell(c.dtype)} | {'yes' if c.required else ''} | {c.stage} | {_cell(c.meaning)} |")
+    return "\n".join(rows)
+
+
+def generated_blocks() -> dict[str, str]:
+    """name -> Markdown of every generated block of docs/run-folder.md."""
+    blocks = {"manifest": table(Manifest), "columns": columns_table()}
+    for name, td in MANIFEST_SECTIONS.items():
+        blocks[f"manifest.{name}"] = table(td)
+    for name, td in JSON_FILES.items():
+        blocks[name] = table(td)
+        for sub in _nested_typeddicts(td):
+            blocks[f"{name}: {sub.__name__}"] = table(sub)
+    for name, td in STATE_RECORDS.items():
+        blocks[name] = table(td)
+        for sub in _nested_typeddicts(td):
+            blocks[f"{name}: {sub.__name__}"] = table(sub)
+    return blocks
+
+
+def _nested_typeddicts(td: Any, seen: set[Any] | None = None) -> list[Any]:
+    seen = set() if seen is None else seen
+    out: list[Any] = []
+
+    def walk(tp: Any) -> None:
+        tp = _strip(tp)
+        if is_typeddict(tp):
+            if tp not in seen:
+                seen.add(tp)
+                out.append(tp)
+                for h in _hints(tp).values():
+                    walk(h)
+            return
+        for a in typing.get_args(tp):
+            walk(a)
+
+    for h in _hints(td).values():
+        walk(h)
+    return out
+
+
+BEGIN, END = "<!-- generated: {} -->", "<!-- end generated -->"
+
+
+def render_document(text: str) -> str:
+    """``text`` with every generated block replaced by what the types give now."""
+    for name, body in generated_blocks().items():
+        begin = BEGIN.format(name)
+        start = text.find(begin)
+        if start < 0:
+            raise KeyError(f"docs/run-folder.md has no block '{begin}': add it where it belongs")
+        stop = text.find(END, start)
+        text = text[:start] + begin + "\n" + body + "\n" + text[stop:]
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m llm_maps.contract --write docs/run-folder.md``: regenerate its tables;
+    ``--check``: exit 1 when they are out of date."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m llm_maps.contract")
+    p.add_argument("doc", nargs="?", default=str(Path(__file__).resolve().parents[1] / "docs" / "run-folder.md"))
+    p.add_argument("--write", action="store_true", help="rewrite the document's generated blocks")
+    args = p.parse_args(argv)
+    path = Path(args.doc)
+    text = path.read_text(encoding="utf-8")
+    new = render_document(text)
+    if args.write:
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            print(f"{path}: tables regenerated")
+        return 0
+    if new != text:
+        print(f"{path}: tables are out of date; run python -m llm_maps.contract --write {path}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Supervision of the embedded worker of `llm-maps serve`: restart it when it dies, say so.
+
+``WorkerSupervisor(runs, state_dir).start()`` starts ``llm-maps worker RUN... --state STATE`` and
+watches it from a thread. When the worker exits without being asked to (killed, crashed, out of
+memory) the supervisor at once
+
+* marks it gone in the queue's liveness registry, with the reason, so ``/api/health`` answers 503
+  naming it instead of waiting for its heartbeat to age;
+* fails the job it was running with that reason (the job would otherwise wait for the heartbeat
+  timeout);
+* logs one line and starts a new worker after a back-off: 1 s, then doubling up to 30 s while
+  workers keep dying young; a worker that lived 60 s resets it.
+
+Queued jobs are never touched: the next worker claims them. Torch-free (the worker is a separate
+process); the web process imports only this module.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+
+def start_worker_process(runs: Iterable[str | Path], state_dir: str | Path) -> "subprocess.Popen[Any]":
+    from llm_maps.cli import start_worker_process as start
+
+    return start([Path(r) for r in runs], Path(state_dir))
+
+
+def exit_reason(returncode: int) -> str:
+    """``-9`` -> "exited (killed by SIGKILL)", ``1`` -> "exited with code 1"."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"exited (killed by {name})"
+    return f"exited with code {returncode}"
+
+
+class WorkerSupervisor:
+    def __init__(self, runs: Iterable[str | Path], state_dir: str | Path, *, backoff: float | None = None,
+                 max_backoff: float = 30.0, stable_after: float = 60.0,
+                 spawn: Callable[..., "subprocess.Popen[Any]"] = start_worker_process,
+                 log: Callable[[str], None] | None = None):
+        from llm_maps.jobs import make_queue
+
+        self.runs, self.state_dir = [Path(r) for r in runs], Path(state_dir)
+        self.backoff = float(backoff if backoff is not None else os.environ.get("LLM_MAPS_RESTART_BACKOFF", 1.0))
+        self.max_backoff, self.stable_after = max_backoff, stable_after
+        self.spawn = spawn
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.queue = make_queue(self.state_dir)
+        self.proc: subprocess.Popen[Any] | None = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="llm-maps-supervisor", daemon=True)
+
+    @property
+    def worker_id(self) -> str | None:
+        """The running worker's id in job records (``host:pid``, as the worker names itself)."""
+        return f"{socket.gethostname()}:{self.proc.pid}" if self.proc is not None else None
+
+    def start(self) -> "WorkerSupervisor":
+        with self._lock:
+            self.proc = self.spawn(self.runs, self.state_dir)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            proc, started = self.proc, time.time()
+            assert proc is not None  # set by start() before this thread runs
+            rc = proc.wait()
+            if self._stop.is_set():
+                return
+            lived = time.time() - started
+            failures = 1 if lived >= self.stable_after else failures + 1
+            delay = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
+            worker_id = f"{socket.gethostname()}:{proc.pid}"
+            reason = exit_reason(rc)
+            self.log(f"llm-maps serve: embedded worker {worker_id} {reason} after {lived:.0f} s; "
+                     f"restarting it in {delay:g} s (restart {self.restarts + 1})")
+            try:
+                self.queue.worker_gone(worker_id, f"{reason}; restarting in {delay:g} s")
+                self.queue.fail_worker_jobs(worker_id, f"worker {worker_id} {reason}; the job did not finish")
+            except Exception as exc:  # noqa: BLE001 - the restart matters more than the bookkeeping
+                self.log(f"llm-maps serve: could not record the worker's exit: {type(exc).__name__}: {exc}")
+            if self._stop.wait(delay):
+                return
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self.proc = self.spawn(self.runs, self.state_dir)
+                self.restarts += 1
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop supervising and stop the worker (SIGTERM, then SIGKILL after ``timeout``)."""
+        with self._lock:
+            self._stop.set()
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)

@@ -1,0 +1,24 @@
+"""``assert_follows_contract``: a finished run holds only manifest keys, nested keys, columns and
+JSON files that llm_maps/contract.py (and so docs/run-folder.md) lists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from llm_maps.contract import COLUMNS, JSON_FILES, Manifest, check
+
+
+def assert_follows_contract(run_dir: Path, source_columns: Iterable[str] = ()) -> None:
+    """``source_columns``: columns the test's data had that the run keeps as they are."""
+    run_dir = Path(run_dir)
+    assert check(json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")), Manifest) == []
+    extra = set(source_columns)
+    columns = pd.read_parquet(run_dir / "examples.parquet").columns
+    assert [c for c in columns if c not in COLUMNS and c not in extra] == []
+    for name, td in JSON_FILES.items():
+        if (run_dir / name).exists():
+            assert check(json.loads((run_dir / name).read_text(encoding="utf-8")), td) == [], name
