@@ -230,6 +230,11 @@ class Manifest(ManifestRequired, total=False):
     prompt_note: Annotated[str, "a note on how prompts were made (lm-eval imports)"]
     updated: Annotated[str, "ISO time (UTC) of the last stage run on the finished run"]
     history: Annotated[list[HistoryEntry], "every stage run on this run, oldest first, kept across re-runs"]
+    views: Annotated[list[str], "encoded views: prompt, completion (encodings/<view>/, pipelines/atlas.py)"]
+    view_settings: Annotated[dict[str, dict[str, Any]], "per view other than prompt: model, layers, "
+                                                       "default_layer, pooling, path, sources, projection, neighbours"]
+    token_atlas: Annotated[dict[str, Any], "the token atlas: tokens, examples, train_examples, sampled, "
+                                          "max_tokens, seed, layers, map_layer, path, file, projection (the token map)"]
     # New manifest keys go here (NotRequired), with their meaning; then regenerate the doc tables.
 
 
@@ -289,6 +294,21 @@ COLUMNS: dict[str, Column] = {
     "target_logprob": Column("float?", "log-likelihood of the target (loglikelihood tasks)", False, "import-lmeval"),
     "target_is_greedy": Column("bool?", "the target is the greedy continuation (loglikelihood tasks)", False,
                                "import-lmeval"),
+    "completion_source": Column("string", "what the completion view encoded: reference | output", False,
+                                "encode --view completion"),
+    "n_tokens_completion": Column("int", "tokens of the completion view (prompt + completion + EOS, after "
+                                  "truncation)", False, "encode --view completion"),
+    "truncated_completion": Column("bool", "the completion view was cut to its last max_length tokens", False,
+                                   "encode --view completion"),
+    "x_completion": Column("float", "x on the completion view's map", False, "encode --view completion"),
+    "y_completion": Column("float", "y on the completion view's map", False, "encode --view completion"),
+    "dist_to_train_completion": Column("float", "dist_to_train in the completion view", False,
+                                       "encode --view completion"),
+    "nn_train_ids_completion": Column("list[string]", "nn_train_ids in the completion view", False,
+                                      "encode --view completion"),
+    "nn_train_dists_completion": Column("list[float]", "their distances", False, "encode --view completion"),
+    "x_tokens": Column("float", "x of the prompt on the token map (train prompts + atlas tokens)", False, "atlas"),
+    "y_tokens": Column("float", "y of the prompt on the token map", False, "atlas"),
     # New columns go here, with their meaning and writing stage; then regenerate the doc tables.
 }
 # Other columns of a source are kept as they are (values that Arrow cannot store as one type become

@@ -235,6 +235,17 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
             _swap_in(work / name, run_dir / name)
     if token_atlas:
         (work / TOKENS_FILE).replace(run_dir / TOKENS_FILE)
+    from llm_maps.runfolder import history_entry, with_history
+
+    params = {"views": views, "token_atlas": bool(token_atlas), "completion_model": completion_model,
+              "atlas_layers": atlas_layers, "atlas_max_tokens": int(atlas_max_tokens), "seed": seed,
+              "reused_rows": int(reuse.sum()) if reuse is not None else 0}
+    outputs = ([f"{ENCODINGS}/{COMPLETION}/", f"{PROJECTION_COMPLETION}/", "view_settings"] if COMPLETION in views
+               else []) + ([f"{ENCODINGS}/{TOKENS}/", TOKENS_FILE, f"{PROJECTION_TOKENS}/", "token_atlas"]
+                           if token_atlas else [])
+    entry = history_entry("atlas" if token_atlas and not views else "encode-view", params,
+                          {"examples": EXAMPLES, "encodings": f"{ENCODINGS}/"}, outputs)
+    manifest_out = with_history(manifest_out, entry)
     manifest_out["updated"] = now_iso()
     _write_run_files(run_dir, frame_out, manifest_out)
     shutil.rmtree(work, ignore_errors=True)
