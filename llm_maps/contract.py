@@ -441,15 +441,27 @@ class TokenAlternative(TypedDict):
     logprob: Annotated[float, "its log-probability"]
 
 
-class TokenStep(TypedDict):
+class NearestStep(TypedDict):
+    example_id: Annotated[str, "the training example of the nearest atlas state"]
+    position: Annotated[int, "its reference token's position (0 = first response token)"]
+    token_text: Annotated[str, "that token"]
+    before: Annotated[str, "a few reference tokens before it"]
+    after: Annotated[str, "a few after it"]
+
+
+class TokenStepRequired(TypedDict):
     text: Annotated[str, "generated token"]
     id: Annotated[int, "token id"]
     logprob: Annotated[float, "its log-probability"]
     top: Annotated[list[TokenAlternative], "the most likely alternatives"]
-    x: Annotated[float, "map position of its hidden state"]
+    x: Annotated[float, "map position of its hidden state (the token map when the run has a token atlas)"]
     y: Annotated[float, "map position"]
-    dist: Annotated[float, "distance to the nearest train example"]
+    dist: Annotated[float, "distance to the nearest train example (with a token atlas: the nearest atlas state)"]
     step: Annotated[float, "distance from the previous state"]
+
+
+class TokenStep(TokenStepRequired, total=False):
+    nearest: Annotated[NearestStep, "the nearest training step (runs with a token atlas)"]
 
 
 class PointRecord(TypedDict, total=False):
@@ -476,6 +488,11 @@ class PointRecord(TypedDict, total=False):
     perplexity: Annotated[float | None, "exp(-mean_logprob)"]
     path_length: Annotated[float, "sum of the steps through the hidden space"]
     final_dist: Annotated[float, "last state's distance to the nearest train example"]
+    reference: Annotated[str, "what token distances are measured against: atlas | prompts"]
+    mean_dist: Annotated[float | None, "mean of the tokens' atlas distances (token atlas)"]
+    max_dist: Annotated[float | None, "the largest (the weakest step; token atlas)"]
+    x_tokens: Annotated[float | None, "the prompt's place on the token map (token atlas)"]
+    y_tokens: Annotated[float | None, "y on the token map"]
 
 
 STATE_RECORDS: dict[str, Any] = {"job record": JobRecord, "points/<run>.jsonl line": PointRecord}

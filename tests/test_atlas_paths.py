@@ -8,6 +8,7 @@ import pytest
 
 from conftest import dolly_rows, write_jsonl
 from llm_maps.cli import main
+from llm_maps.contract import Manifest, PointRecord, check
 from llm_maps.neighbours import knn
 from pipelines.engine import RunSession
 from pipelines.nearest import StateIndex
@@ -23,6 +24,10 @@ def atlas_runs(tiny_models, tmp_path_factory):
     with_atlas, plain = root / "runs" / "atlas", root / "runs" / "plain"
     assert main(["build", *common, "--out", str(with_atlas), "--token-atlas"]) == 0
     assert main(["build", *common, "--out", str(plain)]) == 0
+    import json
+
+    manifest = json.loads((with_atlas / "manifest.json").read_text())
+    assert check(manifest, Manifest) == []  # views / token_atlas are in the contract
     return with_atlas, plain
 
 
@@ -50,8 +55,9 @@ def test_teacher_forced_training_reference_is_on_the_atlas(atlas_runs):
         assert result["max_dist"] == max(t["dist"] for t in result["tokens"])
         # the prompt lands on the token map where the build put it
         assert result["x_tokens"] == pytest.approx(row["x_tokens"], abs=1e-3)
-        record = point_record({**job, "id": "p", "created": 0}, result)
+        record = point_record({**job, "id": "p", "created": 1.0}, result)
         assert record["reference"] == "atlas" and record["max_dist"] == result["max_dist"]
+        assert check(record, PointRecord) == []  # the contract (docs/run-folder.md)
 
 
 def test_a_free_generation_is_measured_against_the_atlas_exactly(atlas_runs):
