@@ -331,7 +331,10 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
                 item.update(model=m.get("model"), created=m.get("created"), counts=m.get("counts"),
                             accuracy=(m.get("scoring") or {}).get("accuracy"), layers=m.get("layers"),
                             default_layer=m.get("default_layer"), distance_metric=m.get("distance_metric"),
-                            prompt_template=(m.get("prompt_template") or {}).get("name"))
+                            prompt_template=(m.get("prompt_template") or {}).get("name"),
+                            views=m.get("views") or ["prompt"],
+                            # what a generation's per-token dist is measured against
+                            reference="atlas" if (m.get("token_atlas") or {}).get("tokens") else "prompts")
             else:
                 item["error"] = e.error
             out.append(item)

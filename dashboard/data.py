@@ -76,7 +76,11 @@ class RunRegistry:
         return next((e for e in entries if e.id == run_id), None)
 
     def load(self, run_id: str | None) -> "RunData":
-        """The loaded run, or LLMMapsError with a message fit for a banner."""
+        """The loaded run, or LLMMapsError with a message fit for a banner. ``RUN::VIEW`` (a page's
+        run key, see ``view_key``) is that view of the run."""
+        run_id, view = split_key(run_id)
+        if view:
+            return self.load(run_id).for_view(view)
         entry = self.entry(run_id)
         if entry is None:
             if run_id is None:
@@ -163,6 +167,36 @@ def load_run(path: str, stamp: tuple, run_id: str) -> "RunData":
     return RunData(Path(path), run_id)
 
 
+VIEW_SEP = "::"
+# Views a page can show besides the prompt map: the completion view (its own encodings, map and
+# distances) and the token map (prompts placed on the map fitted with the token atlas).
+VIEW_LABELS = {"prompt": "prompt", "completion": "prompt + completion", "tokens": "token map (atlas)"}
+
+
+def split_key(key: str | None) -> tuple[str | None, str | None]:
+    """``"run::completion"`` -> ("run", "completion"); a plain run id -> (id, None)."""
+    if key and VIEW_SEP in key:
+        run, view = key.rsplit(VIEW_SEP, 1)
+        return run, (None if view in ("", "prompt") else view)
+    return key, None
+
+
+def view_key(run_id: str | None, view: str | None) -> str | None:
+    """The key pages keep for a view of a run (the URL shows ``run`` and ``view`` separately)."""
+    return run_id if not run_id or view in (None, "", "prompt") else f"{run_id}{VIEW_SEP}{view}"
+
+
+def run_views(manifest: dict) -> list[str]:
+    """The views a run can show: prompt, plus completion and tokens when it has them."""
+    out = ["prompt"]
+    if "completion" in (manifest.get("views") or []) and \
+            ((manifest.get("view_settings") or {}).get("completion") or {}).get("projection"):
+        out.append("completion")
+    if ((manifest.get("token_atlas") or {}).get("projection")):
+        out.append("tokens")
+    return out
+
+
 class Categorical:
     """Codes [N] (small ints) and their names."""
 
@@ -188,7 +222,8 @@ class RunData:
     def __init__(self, path: Path, run_id: str):
         import pandas as pd
 
-        self.id = run_id
+        self.id = self.base_id = run_id
+        self.view = "prompt"
         self.run = Run(path)
         self.path = path
         self.manifest = self.run.manifest
@@ -261,6 +296,22 @@ class RunData:
         return hits
 
     @property
+    def views(self) -> list[str]:
+        return run_views(self.manifest)
+
+    def for_view(self, view: str | None) -> "RunData":
+        """This run as seen in ``view`` (prompt: itself), built once."""
+        if view in (None, "", "prompt"):
+            return self
+        if view not in self.views:
+            raise LLMMapsError(f"run '{self.base_id}' has no {view} view (it has: {', '.join(self.views)})")
+        return self._cached(("view", view), lambda: ViewData(self, view))
+
+    def encodings(self, layer: int) -> np.ndarray:
+        """Memory-mapped encodings of one stored layer of this view."""
+        return self.run.encodings(layer)
+
+    @property
     def metric(self) -> str:
         return str(self.manifest.get("distance_metric", "cosine"))
 
@@ -282,7 +333,7 @@ class RunData:
 
     def _hidden(self) -> int:
         try:
-            return int(self.run.encodings(self.default_layer).shape[1])
+            return int(self.encodings(self.default_layer).shape[1])
         except LLMMapsError:
             return 1 << 30
 
@@ -299,7 +350,7 @@ class RunData:
             raise LLMMapsError(f"distances for layer {layer} ({metric}) are not stored and the run is too "
                                f"large to compute them here: run `llm-maps falloff {self.path}`")
         return self._cached(("dist", layer, metric),
-                            lambda: nearest_train_distance(self.run.encodings(layer), self.is_train, metric))
+                            lambda: nearest_train_distance(self.encodings(layer), self.is_train, metric))
 
     def neighbours(self, row: int) -> list[tuple[int, float | None]]:
         """The stored k nearest training examples of ``row``: (row index, distance)."""
@@ -312,6 +363,58 @@ class RunData:
 
     def option_names(self, column: str) -> list[str]:
         return self.cats[column].names
+
+
+class ViewData(RunData):
+    """A run seen in another view: the same examples, with the view's map coordinates, distances and
+    neighbours in the columns pages read (``x``, ``y``, ``dist_to_train``, ``nn_train_ids``, ...).
+
+    completion: encodings/completion, x_completion, dist_to_train_completion, its own layers.
+    tokens: the prompts on the token map (x_tokens, y_tokens); distances as in the prompt view.
+    """
+
+    SUFFIXED = ("x", "y", "dist_to_train", "nn_train_ids", "nn_train_dists")
+
+    def __init__(self, base: RunData, view: str):  # noqa: D107 - no RunData.__init__: nothing is re-read
+        import pandas as pd
+
+        self.__dict__.update({k: v for k, v in base.__dict__.items() if k not in ("_lazy", "_lock")})
+        self.view, self.base_id, self.id = view, base.id, view_key(base.id, view)
+        self._lock = threading.RLock()
+        self._lazy = {}
+        frame = base.frame.copy()
+        cols = ("x", "y") if view == "tokens" else self.SUFFIXED
+        for col in cols:
+            if f"{col}_{view}" in frame.columns:
+                frame[col] = frame[f"{col}_{view}"]
+        self.frame = frame
+        self.x = frame["x"].to_numpy(dtype=np.float32, na_value=np.nan)
+        self.y = frame["y"].to_numpy(dtype=np.float32, na_value=np.nan)
+        self.dist = pd.to_numeric(frame["dist_to_train"], errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
+        if view == "completion":
+            self.settings = (self.manifest.get("view_settings") or {})["completion"]
+            self.falloff_file, self.falloff_error = None, None  # falloff.json holds the prompt view
+
+    @property
+    def layers(self) -> list[int]:
+        return [int(k) for k in self.settings["layers"]] if self.view == "completion" else self.run.layers
+
+    @property
+    def default_layer(self) -> int:
+        return int(self.settings["default_layer"]) if self.view == "completion" else self.run.default_layer
+
+    def encodings(self, layer: int) -> np.ndarray:
+        if self.view != "completion":
+            return self.run.encodings(layer)
+        if int(layer) not in self.layers:
+            raise LLMMapsError(f"{self.path}: layer {layer} is not stored in the completion view ({self.layers})")
+        path = self.path / "encodings" / "completion" / f"layer_{int(layer)}.npy"
+        try:
+            return np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise LLMMapsError(f"{path}: missing") from None
+        except ValueError as exc:
+            raise LLMMapsError(f"{path}: corrupt encodings ({exc})") from None
 
 
 def nearest_train_distance(enc: np.ndarray, is_train: np.ndarray, metric: str) -> np.ndarray:

@@ -55,11 +55,19 @@ def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_00
     data = load_run(str(run_dir), _stamp(run_dir), run_dir.name)
     config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
     fig = export_map_figure(data, max_points=max_points)
-    for trace in user_points_traces(points or []):
+    for trace in user_points_traces(points or [], kind="prompt"):
         fig.add_trace(trace)
     parts = [plotly_script()] if plotlyjs == "inline" else []
     parts.append(fig.to_html(full_html=False, include_plotlyjs=False if plotlyjs == "inline" else "cdn",
                              config=config, div_id="map"))
+    if "tokens" in data.views:  # the token map: prompts on the map fitted with the atlas; generation paths
+        tokens = data.for_view("tokens")
+        fig = export_map_figure(tokens, max_points=max_points)
+        fig.update_layout(title=f"{data.id}: token map (train prompts + {data.manifest['token_atlas']['tokens']:,} "
+                                "training-reference tokens); generations measured against the token atlas")
+        for trace in user_points_traces(points or [], kind="tokens"):
+            fig.add_trace(trace)
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=False, config=config, div_id="token-map"))
     stats, source = falloff_for(data)
     if stats is not None:
         groups = F.falloff_groups(stats)

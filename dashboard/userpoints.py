@@ -37,30 +37,58 @@ def _label(point: dict, chars: int = 100) -> str:
     return F.plot_text((text[0][:chars] if text else point.get("id", "")) or point.get("id", ""))
 
 
-def user_points_traces(points: list[dict], *, paths: bool = True) -> list[go.Scatter]:
-    """Stars for the points and, for generations, their paths (SVG scatter: arrows need angleref)."""
+def nearest_text(t: dict) -> str:
+    """A token's nearest training step, for hover text: distance, example, position, context."""
+    n = t.get("nearest")
+    if not n:
+        return f" · dist {t['dist']:.4g}" if t.get("dist") is not None else ""
+    esc = F.plot_text
+    return (f" · dist {t['dist']:.4g}<br>nearest training step: {esc(n['example_id'])} #{n['position']}: "
+            f"…{esc(n.get('before', ''))}[{esc(n['token_text'])}]{esc(n.get('after', ''))}…")
+
+
+def point_xy(point: dict, kind: str) -> tuple[float | None, float | None]:
+    """Where a saved point sits on a map: ``prompt`` (x, y) or ``tokens`` (x_tokens, y_tokens)."""
+    if kind == "tokens":
+        return point.get("x_tokens"), point.get("y_tokens")
+    if kind == "prompt":
+        return point.get("x"), point.get("y")
+    return None, None  # the completion map has no place for a prompt alone
+
+
+def path_map(point: dict) -> str:
+    """The map a generation's token coordinates belong to: the token map when measured against
+    the atlas, else the prompt map."""
+    return "tokens" if point.get("reference") == "atlas" else "prompt"
+
+
+def user_points_traces(points: list[dict], *, paths: bool = True, kind: str = "prompt") -> list[go.Scatter]:
+    """Stars for the points and, for generations, their paths (SVG scatter: arrows need angleref) on
+    the map ``kind`` (prompt | tokens | completion): a path is drawn on the map its tokens were
+    placed on (the token map for runs with an atlas)."""
     traces = []
     for i, p in enumerate(points):
-        if p.get("x") is None or p.get("y") is None:
+        px, py = point_xy(p, kind)
+        if px is None or py is None:
             continue
         colour = F.PALETTE[i % len(F.PALETTE)]
-        toks = [t for t in (p.get("tokens") or []) if t.get("x") is not None]
+        toks = [t for t in (p.get("tokens") or []) if t.get("x") is not None] if path_map(p) == kind else []
         if paths and toks:
             probs = [math.exp(t["logprob"]) for t in toks]
             traces.append(go.Scatter(
-                x=[p["x"]] + [t["x"] for t in toks], y=[p["y"]] + [t["y"] for t in toks], mode="lines+markers",
+                x=[px] + [t["x"] for t in toks], y=[py] + [t["y"] for t in toks], mode="lines+markers",
                 name=f"path: {_label(p, 40)}", showlegend=False, line={"color": colour, "width": 1.5},
                 marker={"symbol": ["circle"] + ["arrow"] * len(toks), "angleref": "previous",
                         "size": [0] + [7 + 9 * q for q in probs], "color": [1.0] + probs, "cmin": 0, "cmax": 1,
                         "colorscale": "RdYlGn", "line": {"color": colour, "width": 1}},
-                text=["prompt"] + [f"token {k + 1}: {F.plot_text(repr(t['text']))} · p={q:.1%}"
-                                  for k, (t, q) in enumerate(zip(toks, probs))],
+                text=["prompt"] + [f"token {k + 1}: {F.plot_text(repr(t['text']))} · p={q:.1%}{nearest_text(t)}"
+                                   for k, (t, q) in enumerate(zip(toks, probs))],
                 hoverinfo="text", meta={"user": "path", "id": p["id"]}))
         exp = p.get("expected_accuracy") or {}
         hover = (f"your point: {_label(p)}<br>distance to train {p.get('dist_to_train', float('nan')):.4g}"
                  + (f"<br>expected accuracy {exp['accuracy']:.2f} [{exp['low']:.2f}, {exp['high']:.2f}]" if exp else "")
                  + (f"<br>output: {F.plot_text(str(p.get('output'))[:100])}" if p.get("output") else ""))
-        traces.append(go.Scatter(x=[p["x"]], y=[p["y"]], mode="markers", name=_label(p, 40),
+        traces.append(go.Scatter(x=[px], y=[py], mode="markers", name=_label(p, 40),
                                  legendgroup="user", legendgrouptitle={"text": "your points"},
                                  marker={"symbol": "star", "size": 18, "color": colour,
                                          "line": {"color": "#000000", "width": 1.5}},
@@ -94,11 +122,15 @@ def register_map_layer() -> None:
 
     @dash.callback(Output("map-user-layer", "data"), Output("map-user-count", "children"),
                    Input("map-user", "value"), State("map-run", "data"))
-    def _user_layer(show, run_id):
+    def _user_layer(show, key):
+        from dashboard.data import split_key
+
+        run_id, view = split_key(key)
         store = flask.current_app.config.get("LLM_MAPS_POINTS")
         points = store.list(run_id) if (store is not None and run_id) else []
         count = f"{len(points)} saved point{'s' if len(points) != 1 else ''}"
-        return ([t.to_plotly_json() for t in user_points_traces(points)] if show else []), count
+        traces = user_points_traces(points, kind=view or "prompt")
+        return ([t.to_plotly_json() for t in traces] if show else []), count
 
     dash.clientside_callback(dash.ClientsideFunction("playground", "userLayer"),
                              Output("map-user-applied", "children"), Input("map-user-layer", "data"))

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .config import (DATA, DISTANCES, MODEL, OUTPUT, PROJECTION, SCALE_OUT, SPLIT, BuildConfig, add_arguments,
-                     config_values, from_args, parse_layers)
+from .config import (DATA, DISTANCES, MODEL, OUTPUT, PROJECTION, SCALE_OUT, SPLIT, VIEWS, BuildConfig,
+                     add_arguments, config_values, from_args, parse_layers)
 from .errors import LLMMapsError
 
 if TYPE_CHECKING:
@@ -26,8 +26,8 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-BUILD_GROUPS = (DATA, SPLIT, MODEL, PROJECTION, DISTANCES, OUTPUT, SCALE_OUT)
-ENCODE_GROUPS = (DATA, SPLIT, MODEL, OUTPUT)
+BUILD_GROUPS = (DATA, SPLIT, MODEL, PROJECTION, DISTANCES, OUTPUT, SCALE_OUT, VIEWS)
+ENCODE_GROUPS = (DATA, SPLIT, MODEL, OUTPUT, VIEWS)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -41,8 +41,37 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     from pipelines.build import build_run, summarize_run
 
+    if args.run is not None:
+        return cmd_encode_view(args)
+    missing = [f"--{n}" for n in ("model", "data", "out") if not getattr(args, n)]
+    if missing:
+        raise LLMMapsError(f"encode: give {', '.join(missing)} (or RUN_DIR --view completion for an existing run)")
     run = build_run(from_args(BuildConfig, args, projection=None), log=_log)
     print(summarize_run(run))
+    return 0
+
+
+def cmd_encode_view(args: argparse.Namespace) -> int:
+    from pipelines.atlas import encode_view_run
+    from pipelines.build import summarize_run
+
+    if not args.view:
+        raise LLMMapsError("encode RUN_DIR: give --view completion (to build a new run use --model, --data, --out)")
+    encode_view_run(args.run, view=args.view, completion_model=args.completion_model,
+                    batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device,
+                    progress=args.progress, log=_log)
+    print(summarize_run(args.run))
+    return 0
+
+
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from pipelines.atlas import atlas_run
+    from pipelines.build import summarize_run
+
+    atlas_run(args.run, atlas_layers=args.atlas_layers, atlas_max_tokens=args.atlas_max_tokens,
+              batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device, seed=args.seed,
+              progress=not args.no_progress, log=_log)
+    print(summarize_run(args.run))
     return 0
 
 
@@ -285,10 +314,29 @@ def make_parser() -> argparse.ArgumentParser:
     add_arguments(p, BuildConfig, groups=BUILD_GROUPS)
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("encode", help="encode prompts into a run (no map or distances yet)",
-                       description="Encode every example into RUN_DIR; run `project` and `neighbours` next.")
-    add_arguments(p, BuildConfig, groups=ENCODE_GROUPS, extra=("metric",))
+    p = sub.add_parser("encode", help="encode prompts into a run (no map or distances yet), or add a view to a run",
+                       description="Encode every example into --out; run `project` and `neighbours` next. "
+                                   "`llm-maps encode RUN_DIR --view completion` adds the completion view (with its "
+                                   "map and distances) to an existing run.")
+    p.add_argument("run", nargs="?", default=None, metavar="RUN_DIR", help="an existing run (with --view)")
+    p.add_argument("--view", default=None, help="view to add to RUN_DIR: completion")
+    # --model, --data, --out are checked in cmd_encode (not needed with RUN_DIR --view)
+    add_arguments(p, BuildConfig, groups=ENCODE_GROUPS, extra=("metric",), required=False)
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("atlas", help="add the token atlas to a run (train reference tokens, teacher-forced)",
+                       description="Keep the state of every train reference token at its own position (prompt + "
+                                   "reference, teacher-forced) for the map layer; fit the token map (train prompts "
+                                   "+ atlas tokens). Generations are then measured against it.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--atlas-layers", type=_layers, default=None, help="atlas layers besides the map layer")
+    p.add_argument("--atlas-max-tokens", type=int, default=200_000, help="cap (a seeded sample of train examples above it)")
+    p.add_argument("--seed", type=int, default=None, help="sample seed (default: the run's)")
+    p.add_argument("--batch-tokens", type=int, default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_atlas)
 
     p = sub.add_parser("project", help="(re)fit the 2-D map of a run",
                        description="Fit UMAP or PCA on a stored layer and save it in the run.")

@@ -59,8 +59,9 @@ def option(default: Any, help: str, group: str, **kwargs: Any) -> Any:
     return field(default=default, metadata={"cli": Option(help=help, group=group, **kwargs)})
 
 
-DATA, SPLIT, MODEL, PROJECTION, DISTANCES, OUTPUT, SCALE_OUT = (
-    "data", "split", "model and encoding", "projection", "distances", "output", "scale-out")
+DATA, SPLIT, MODEL, PROJECTION, DISTANCES, OUTPUT, SCALE_OUT, VIEWS = (
+    "data", "split", "model and encoding", "projection", "distances", "output", "scale-out",
+    "views and token atlas")
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,17 @@ class BuildConfig:
         False, "encode in chunks on the `llm-maps worker` processes of REDIS_URL (they must reach the --out "
                "folder's parent and the model); same result as a local build", SCALE_OUT, action="store_true")
     chunk_size: int = option(512, "prompts per distributed chunk (default 512)", SCALE_OUT)
+    # ---------------------------------------------------------------- views and token atlas (pipelines/atlas.py)
+    views: str = option("prompt", "prompt,completion: also encode prompt + completion + EOS (completion: the "
+                                  "reference; a scored test row's output)", VIEWS)
+    token_atlas: bool = option(False, "also keep every train reference token's teacher-forced state (generations "
+                                      "are measured against it)", VIEWS, action="store_true")
+    atlas_layers: Sequence[int] | None = option(None, "atlas layers besides the map layer", VIEWS, type=parse_layers)
+    atlas_max_tokens: int = option(200_000, "cap on atlas tokens (a seeded sample of train examples above it)",
+                                   VIEWS)
+    completion_model: str | None = option(
+        None, "encode the completion view with this model instead (any transformers model with hidden states, "
+              "e.g. a reward model; pooled at the last token)", VIEWS)
 
     # ---------------------------------------------------------------- derived values
     @property

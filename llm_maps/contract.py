@@ -233,6 +233,11 @@ class Manifest(ManifestRequired, total=False):
     n_params: Annotated[int, "model parameters (tied weights once), counted at build time; the scaling axis of compare"]
     step: Annotated[int, "fine-tuning step of a checkpoint run (0 = the base model); the trajectory axis of compare"]
     base_run: Annotated[str, "the run a checkpoint run was fine-tuned from"]
+    views: Annotated[list[str], "encoded views: prompt, completion (encodings/<view>/, pipelines/atlas.py)"]
+    view_settings: Annotated[dict[str, dict[str, Any]], "per view other than prompt: model, layers, "
+                                                       "default_layer, pooling, path, sources, projection, neighbours"]
+    token_atlas: Annotated[dict[str, Any], "the token atlas: tokens, examples, train_examples, sampled, "
+                                          "max_tokens, seed, layers, map_layer, path, file, projection (the token map)"]
     # New manifest keys go here (NotRequired), with their meaning; then regenerate the doc tables.
 
 
@@ -292,6 +297,21 @@ COLUMNS: dict[str, Column] = {
     "target_logprob": Column("float?", "log-likelihood of the target (loglikelihood tasks)", False, "import-lmeval"),
     "target_is_greedy": Column("bool?", "the target is the greedy continuation (loglikelihood tasks)", False,
                                "import-lmeval"),
+    "completion_source": Column("string", "what the completion view encoded: reference | output", False,
+                                "encode --view completion"),
+    "n_tokens_completion": Column("int", "tokens of the completion view (prompt + completion + EOS, after "
+                                  "truncation)", False, "encode --view completion"),
+    "truncated_completion": Column("bool", "the completion view was cut to its last max_length tokens", False,
+                                   "encode --view completion"),
+    "x_completion": Column("float", "x on the completion view's map", False, "encode --view completion"),
+    "y_completion": Column("float", "y on the completion view's map", False, "encode --view completion"),
+    "dist_to_train_completion": Column("float", "dist_to_train in the completion view", False,
+                                       "encode --view completion"),
+    "nn_train_ids_completion": Column("list[string]", "nn_train_ids in the completion view", False,
+                                      "encode --view completion"),
+    "nn_train_dists_completion": Column("list[float]", "their distances", False, "encode --view completion"),
+    "x_tokens": Column("float", "x of the prompt on the token map (train prompts + atlas tokens)", False, "atlas"),
+    "y_tokens": Column("float", "y of the prompt on the token map", False, "atlas"),
     # New columns go here, with their meaning and writing stage; then regenerate the doc tables.
 }
 # Other columns of a source are kept as they are (values that Arrow cannot store as one type become
@@ -468,15 +488,27 @@ class TokenAlternative(TypedDict):
     logprob: Annotated[float, "its log-probability"]
 
 
-class TokenStep(TypedDict):
+class NearestStep(TypedDict):
+    example_id: Annotated[str, "the training example of the nearest atlas state"]
+    position: Annotated[int, "its reference token's position (0 = first response token)"]
+    token_text: Annotated[str, "that token"]
+    before: Annotated[str, "a few reference tokens before it"]
+    after: Annotated[str, "a few after it"]
+
+
+class TokenStepRequired(TypedDict):
     text: Annotated[str, "generated token"]
     id: Annotated[int, "token id"]
     logprob: Annotated[float, "its log-probability"]
     top: Annotated[list[TokenAlternative], "the most likely alternatives"]
-    x: Annotated[float, "map position of its hidden state"]
+    x: Annotated[float, "map position of its hidden state (the token map when the run has a token atlas)"]
     y: Annotated[float, "map position"]
-    dist: Annotated[float, "distance to the nearest train example"]
+    dist: Annotated[float, "distance to the nearest train example (with a token atlas: the nearest atlas state)"]
     step: Annotated[float, "distance from the previous state"]
+
+
+class TokenStep(TokenStepRequired, total=False):
+    nearest: Annotated[NearestStep, "the nearest training step (runs with a token atlas)"]
 
 
 class PointRecord(TypedDict, total=False):
@@ -503,6 +535,11 @@ class PointRecord(TypedDict, total=False):
     perplexity: Annotated[float | None, "exp(-mean_logprob)"]
     path_length: Annotated[float, "sum of the steps through the hidden space"]
     final_dist: Annotated[float, "last state's distance to the nearest train example"]
+    reference: Annotated[str, "what token distances are measured against: atlas | prompts"]
+    mean_dist: Annotated[float | None, "mean of the tokens' atlas distances (token atlas)"]
+    max_dist: Annotated[float | None, "the largest (the weakest step; token atlas)"]
+    x_tokens: Annotated[float | None, "the prompt's place on the token map (token atlas)"]
+    y_tokens: Annotated[float | None, "y on the token map"]
 
 
 STATE_RECORDS: dict[str, Any] = {"job record": JobRecord, "points/<run>.jsonl line": PointRecord}

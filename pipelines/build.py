@@ -212,9 +212,13 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
     a ``prompt`` keep it (e.g. lm-eval's exact context), and given ``output``, ``score`` and
     ``correct`` values are kept. ``config.distributed``: encode in chunks of ``chunk_size`` prompts
     on the Celery workers of REDIS_URL (pipelines.distributed); this process then loads only the
-    tokenizer and config.
+    tokenizer and config. ``config.views`` / ``token_atlas`` / ``atlas_layers`` / ``atlas_max_tokens``
+    / ``completion_model``: the completion view and the token atlas (pipelines/atlas.py), encoded
+    in the same passes as the prompt view (needs the transformers encoder, not distributed).
     """
+    from pipelines.atlas import encode_extras, finish_extras, wants_extras
     from pipelines.encode import normalize_layers
+    from pipelines.views import parse_views, prompt_result
     from pipelines.splits import assign_splits
     from pipelines.templates import get_template
 
@@ -253,6 +257,10 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
         unknown_cats = ", ".join(f"{c} ({n})" for c, n in domain_report["unknown_categories"].items())
         log(f"warning: categories with no domain in {dmap.path} (kept as '{UNKNOWN_DOMAIN}'): {unknown_cats}")
 
+    extras_wanted = wants_extras(cfg.views, cfg.token_atlas)
+    if extras_wanted and cfg.distributed:
+        raise LLMMapsError("--views completion / --token-atlas: not available with --distributed yet; "
+                           "build without it, then run `llm-maps encode RUN --view completion` / `llm-maps atlas RUN`")
     if encoder is None:
         from pipelines.encoder import TransformersEncoder
 
@@ -275,8 +283,23 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
 
     work = partial_dir(out)
     work.mkdir(parents=True, exist_ok=True)
-    result = encoder.encode(frame["prompt"].tolist(), work, layers=layer_list, add_eos=cfg.add_eos,
-                            max_length=max_length, batch_tokens=cfg.batch_tokens, progress=cfg.progress, log=log)
+    if extras_wanted:
+        loaded = getattr(encoder, "loaded", None)
+        if loaded is None:
+            raise LLMMapsError("--views completion / --token-atlas: need the transformers encoder "
+                               f"(got {type(encoder).__name__})")
+        log(f"encoding {len(frame)} examples with {cfg.model} on {loaded.device} ({loaded.dtype}), "
+            f"layers {layer_list}, into {work}")
+        extras = encode_extras(loaded, frame, work, views=["prompt", *parse_views(cfg.views)], layers=layer_list,
+                               default_layer=default, token_atlas=cfg.token_atlas, atlas_layers=cfg.atlas_layers,
+                               atlas_max_tokens=cfg.atlas_max_tokens, seed=split_seed, add_eos=cfg.add_eos,
+                               max_length=max_length, batch_tokens=cfg.batch_tokens,
+                               completion_model=cfg.completion_model, dtype=cfg.dtype, device=cfg.device,
+                               progress=cfg.progress, log=log)
+        result = prompt_result(extras["result"])
+    else:
+        result = encoder.encode(frame["prompt"].tolist(), work, layers=layer_list, add_eos=cfg.add_eos,
+                                max_length=max_length, batch_tokens=cfg.batch_tokens, progress=cfg.progress, log=log)
     max_len = max_length or min(encoder.max_positions or 2048, 2048)
     frame["n_tokens"] = result.n_tokens
     frame["truncated"] = result.truncated
@@ -339,6 +362,8 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
         frame, manifest = project_folder(work, frame, manifest, method=cfg.projection, fit_on=cfg.fit_on,
                                          seed=map_seed, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist)
         frame, manifest = neighbours_folder(work, frame, manifest, k=cfg.k, metric=cfg.metric)
+    if extras_wanted:
+        frame, manifest = finish_extras(work, frame, manifest, extras, project=bool(cfg.projection), k=cfg.k)
     _write_run_files(work, frame, manifest)
     return publish(work, out)
 
@@ -366,6 +391,17 @@ def summarize_run(run_dir: str | Path) -> str:
             if len(d):
                 lines.append(f"dist/{split:<5} {manifest['distance_metric']}: median {d.median():.4f}, "
                              f"p10 {d.quantile(0.1):.4f}, p90 {d.quantile(0.9):.4f}")
+    views = manifest.get("views") or []
+    if "completion" in views and "dist_to_train_completion" in frame.columns:
+        d = frame.loc[frame["split"] == "test", "dist_to_train_completion"].dropna()
+        src = (manifest.get("view_settings") or {}).get("completion", {}).get("sources", {})
+        lines.append(f"completion view (prompt + completion + EOS): " + ", ".join(f"{k} {v}" for k, v in src.items())
+                     + (f"; dist/test median {d.median():.4f}" if len(d) else ""))
+    atlas = manifest.get("token_atlas")
+    if atlas:
+        lines.append(f"atlas      {atlas['tokens']} reference tokens of {atlas['examples']}/{atlas['train_examples']} "
+                     f"train examples, layers {atlas['layers']}"
+                     + (f" (sampled: cap {atlas['max_tokens']}, seed {atlas['seed']})" if atlas["sampled"] else ""))
     enc = manifest.get("encoding") or {}
     if enc:
         lines.append(f"encoding   {enc['tokens']} tokens in {enc['seconds']:.1f} s "

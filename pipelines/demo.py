@@ -33,8 +33,12 @@ def demo_model_path() -> Path:
 # Layer 22 of 30 is the map's default: in this model the falloff (accuracy vs distance to train)
 # is clearest at the middle-to-late layers and flat at the last one; all four stored layers are
 # in falloff.json and selectable in the dashboard.
+# The completion view and the token atlas come from the same passes as the prompt encodings
+# (pipelines/views.py); after scoring, the test rows' completion encodings are redone with the
+# model's own outputs.
 DEMO_SETTINGS = dict(template="chat", projection="umap", fit_on="train", metric="cosine", k=10,
-                     split_by="source", split_seed=0, map_seed=0, layers=[8, 15, 22, 30], default_layer=22)
+                     split_by="source", split_seed=0, map_seed=0, layers=[8, 15, 22, 30], default_layer=22,
+                     views="prompt,completion", token_atlas=True)
 
 
 def build_demo(out: Path | None = None, *, progress: bool = True, limit: int | None = None) -> Path:
@@ -57,8 +61,12 @@ def score_demo(out: Path, *, progress: bool = True) -> None:
     from pipelines.falloff_run import falloff_run
     from pipelines.score import score_run
 
+    from pipelines.atlas import encode_view_run
+
     print("scoring the demo run's test examples with the demo model...", file=sys.stderr)
     score_run(out, progress=progress, log=lambda m: print(m, file=sys.stderr), **DEMO_SCORING)
+    if "completion" in (read_manifest(out).get("views") or []):  # test rows: their outputs now
+        encode_view_run(out, view="completion", progress=progress, log=lambda m: print(m, file=sys.stderr))
     falloff_run(out)
 
 

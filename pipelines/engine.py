@@ -52,6 +52,7 @@ class RunSession:
         self.train_ids = ex["example_id"].to_numpy()[self.train_rows]
         self.train_domains = ex["domain"].to_numpy()[self.train_rows]
         self.falloff = self._falloff_stats(ex)
+        self._load_atlas(ex)
         self._lock = threading.Lock()  # one forward at a time per model
         self.load_seconds = time.perf_counter() - start
         self.warm_seconds = 0.0
@@ -76,6 +77,62 @@ class RunSession:
             return None
         return falloff_stats(test["dist_to_train"].to_numpy(dtype=float),
                              test["correct"].astype(object).tolist(), test["domain"].tolist())
+
+    def _load_atlas(self, ex) -> None:
+        """The token atlas of the map layer (when the run has one): generated tokens are measured
+        against it and placed on the token map (fitted on train prompts + atlas tokens)."""
+        from llm_maps.atlas import has_atlas, load_atlas, read_tokens
+        from pipelines.nearest import StateIndex
+        from pipelines.project import Projection
+
+        self.atlas = None
+        info = self.manifest.get("token_atlas") or {}
+        if not has_atlas(self.manifest) or self.layer not in [int(k) for k in info.get("layers", [])] \
+                or not info.get("projection"):
+            return
+        tokens = read_tokens(self.run.path, self.manifest)
+        states = load_atlas(self.run.path, self.manifest, self.layer)  # [T, H] float16, memory-mapped
+        proj = Projection.load(self.run.path / info["projection"]["path"])
+        n = len(ex)
+        fit_rows = np.asarray(proj.fit_rows, dtype=np.int64)
+        prompt_fit = fit_rows[fit_rows < n]  # train prompts in the token map's fit set
+        enc = self.run.encodings(self.layer)
+        # index rows: [atlas tokens (T) | fitted prompts]; where each sits in the projection's fit set
+        where = np.full(int(n + len(tokens)), -1, dtype=np.int64)
+        where[fit_rows] = np.arange(len(fit_rows))
+        to_fit = np.concatenate([where[n + np.arange(len(tokens))], where[prompt_fit]])
+        self.atlas = {"tokens": tokens, "ids": tokens["example_id"].astype(str).to_numpy(),
+                      "positions": tokens["position"].to_numpy(), "texts": tokens["token_text"].astype(str).to_numpy(),
+                      "n": len(tokens), "projection": proj, "to_fit": to_fit,
+                      "index": StateIndex([states, np.asarray(enc[prompt_fit], dtype=np.float16)], metric=self.metric)}
+
+    def _token_map(self, state: np.ndarray, rows: np.ndarray, dists: np.ndarray) -> np.ndarray:
+        """Position [2] of ``state`` on the token map, given its nearest index rows (UMAP) ."""
+        proj = self.atlas["projection"]
+        if proj.method == "pca":
+            return proj.transform(state[None, :])[0]
+        k = min(int(proj.params["n_neighbors"]), len(proj.embedding))
+        from pipelines.project import _smooth_knn_weights
+
+        fit = self.atlas["to_fit"][rows[:k]]
+        w = _smooth_knn_weights(dists[None, :k])
+        w = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
+        return (w[0][:, None] * proj.embedding[fit].astype(np.float64)).sum(axis=0)
+
+    def atlas_step(self, state: np.ndarray) -> dict:
+        """For one (fp16-rounded) state: distance to the nearest atlas state, that training step
+        (example, position, token and its context) and the position on the token map."""
+        a = self.atlas
+        proj = a["projection"]
+        k = 1 if proj.method == "pca" else min(int(proj.params["n_neighbors"]), len(proj.embedding))
+        dists, rows = a["index"].search(state, k=k, every=True)
+        first = int(np.flatnonzero(rows < a["n"])[0])  # the nearest atlas token (always a candidate)
+        row = int(rows[first])
+        before, tok, after = _context(a, row)
+        xy = self._token_map(state, rows, dists)
+        return {"dist": float(dists[first]), "x": float(xy[0]), "y": float(xy[1]),
+                "nearest": {"example_id": str(a["ids"][row]), "position": int(a["positions"][row]),
+                            "token_text": tok, "before": before, "after": after}}
 
     # ------------------------------------------------------------------ pieces
     def prompt_for(self, instruction: str, context: str = "") -> str:
@@ -114,7 +171,11 @@ class RunSession:
         with self._lock:
             state = encode_one(self.loaded, prompt, layers=[self.layer], add_eos=self.manifest["add_eos"],
                                max_length=self.manifest["max_length"])[self.layer]
-        return {"prompt": prompt, **self._where(state, domain), "state": state}
+        out = {"prompt": prompt, **self._where(state, domain), "state": state}
+        if self.atlas is not None:  # the prompt's place on the token map too
+            step = self.atlas_step(state.astype(np.float16).astype(np.float32))
+            out["x_tokens"], out["y_tokens"] = step["x"], step["y"]
+        return out
 
     @staticmethod
     def _state_of(placed: dict) -> np.ndarray:
@@ -125,11 +186,25 @@ class RunSession:
 
     def generate(self, instruction: str, context: str = "", *, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, domain: str | None = None, top: int = 5,
-                 on_token: Callable[[dict], None] | None = None, placed: dict | None = None) -> dict:
+                 on_token: Callable[[dict], None] | None = None, placed: dict | None = None,
+                 teacher_force: str | None = None) -> dict:
         """Place the prompt (unless ``placed`` is given), then generate; every token with its
         logprob, top alternatives and its position on the map (its hidden state at the default
-        layer, projected)."""
+        layer, projected).
+
+        With a token atlas (``"reference": "atlas"``) each token's ``dist`` is to the nearest
+        atlas state, ``nearest`` names that training step and ``x``, ``y`` are on the token map;
+        without one (``"reference": "prompts"``) ``dist`` is to the nearest train prompt end and
+        ``x``, ``y`` on the prompt map. ``teacher_force``: feed this text's tokens instead of
+        choosing them (what a training reference looks like on the same path)."""
         from pipelines.generate import generate
+
+        forced = None
+        if teacher_force is not None:
+            forced = list(self.loaded.tokenizer(teacher_force, add_special_tokens=False)["input_ids"])
+            if not forced:
+                raise LLMMapsError("generate: teacher_force tokenizes to no tokens")
+            max_new_tokens = len(forced)
 
         result = dict(placed) if placed is not None else self.place(instruction, context, domain=domain)
         tokens: list[dict] = []
@@ -139,13 +214,16 @@ class RunSession:
 
         def each(_row, tok, state):
             state = state.astype(np.float16).astype(np.float32)  # as the run stores encodings
-            xy = self.project(state)[0]
-            dist, _ = knn(state[None, :], self.train_enc, k=1, metric=self.metric)
+            if self.atlas is not None:
+                where = self.atlas_step(state)
+            else:
+                xy = self.project(state)[0]
+                dist, _ = knn(state[None, :], self.train_enc, k=1, metric=self.metric)
+                where = {"x": float(xy[0]), "y": float(xy[1]), "dist": float(dist[0, 0])}
             step = float(pairwise_distances(prev[0][None, :], state[None, :], self.metric)[0, 0])
             prev[0] = state
             item = {"text": tok.text, "id": tok.id, "logprob": tok.logprob,
-                    "top": [{"text": t, "logprob": lp} for t, lp in tok.top], "x": float(xy[0]), "y": float(xy[1]),
-                    "dist": float(dist[0, 0]), "step": step}
+                    "top": [{"text": t, "logprob": lp} for t, lp in tok.top], **where, "step": step}
             tokens.append(item)
             if on_token is not None:
                 on_token(item)
@@ -153,26 +231,45 @@ class RunSession:
         with self._lock:
             res = generate(self.loaded, [result["prompt"]], max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p, seed=seed, stop_strings=self.template.stop_strings, top_alternatives=top,
-                           hidden_layer=self.layer, max_length=self.manifest["max_length"], on_token=each)[0]
+                           hidden_layer=self.layer, max_length=self.manifest["max_length"], on_token=each,
+                           forced_ids=forced)[0]
         # tokens after a stop string were streamed but are not part of the answer
         del tokens[len(res.tokens):]
         result["output"] = res.text
         result["stop_reason"] = res.stop_reason
         result.pop("state", None)
-        result.update(path_summary(tokens, result["dist_to_train"]))
+        result["reference"] = "atlas" if self.atlas is not None else "prompts"
+        result.update(path_summary(tokens, result["dist_to_train"], atlas=self.atlas is not None))
         return result
 
 
-def path_summary(tokens: list[dict], start_dist: float) -> dict:
+def _context(atlas: dict, row: int, before: int = 6, after: int = 2) -> tuple[str, str, str]:
+    """(text before, token, text after) of atlas row ``row`` within its training reference."""
+    ids, texts = atlas["ids"], atlas["texts"]
+    lo, hi = row, row
+    while lo > 0 and ids[lo - 1] == ids[row] and row - lo < before:
+        lo -= 1
+    while hi + 1 < len(ids) and ids[hi + 1] == ids[row] and hi - row < after:
+        hi += 1
+    return "".join(texts[lo:row]), str(texts[row]), "".join(texts[row + 1:hi + 1])
+
+
+def path_summary(tokens: list[dict], start_dist: float, *, atlas: bool = False) -> dict:
     """What the playground compares generations by: mean log-likelihood per token, perplexity,
     number of tokens, path length in the full hidden space (sum of the steps from the prompt's
     state through every token's state, in the run's distance metric) and the final point's
-    distance to the nearest train example."""
+    distance to the nearest train example (with an atlas: to the nearest training step; then
+    also ``mean_dist`` and ``max_dist``, the weakest step)."""
     n = len(tokens)
     mean = float(np.mean([t["logprob"] for t in tokens])) if n else None
-    return {"n_tokens": n, "mean_logprob": mean, "perplexity": float(np.exp(-mean)) if n else None,
-            "path_length": float(sum(t["step"] for t in tokens)),
-            "final_dist": float(tokens[-1]["dist"]) if n else float(start_dist)}
+    out = {"n_tokens": n, "mean_logprob": mean, "perplexity": float(np.exp(-mean)) if n else None,
+           "path_length": float(sum(t["step"] for t in tokens)),
+           "final_dist": float(tokens[-1]["dist"]) if n else float(start_dist)}
+    if atlas:
+        dists = [float(t["dist"]) for t in tokens]
+        out["mean_dist"] = float(np.mean(dists)) if n else None
+        out["max_dist"] = float(np.max(dists)) if n else None
+    return out
 
 
 class SessionPool:

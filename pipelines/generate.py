@@ -55,8 +55,10 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int = 64, temper
              top_p: float = 1.0, seed: int | None = None, stop_strings: Sequence[str] = (),
              top_alternatives: int = 0, hidden_layer: int | None = None,
              max_length: int | None = None,
-             on_token: Callable[[int, GeneratedToken, np.ndarray | None], None] | None = None) -> list[Generation]:
-    """Generate a continuation for each prompt (one batch; call per batch for large sets)."""
+             on_token: Callable[[int, GeneratedToken, np.ndarray | None], None] | None = None,
+             forced_ids: Sequence[int] | None = None) -> list[Generation]:
+    """Generate a continuation for each prompt (one batch; call per batch for large sets).
+    ``forced_ids``: teacher forcing, these tokens are fed instead of chosen (logprobs are theirs)."""
     import torch
 
     model, tok = loaded.model, loaded.tokenizer
@@ -91,7 +93,11 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int = 64, temper
         last_pos = pos[:, -1:]
         for step in range(max_new_tokens):
             logp = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
-            if temperature > 0:
+            if forced_ids is not None:
+                if step >= len(forced_ids):
+                    break
+                nxt = torch.full((n,), int(forced_ids[step]), dtype=torch.long, device=logits.device)
+            elif temperature > 0:
                 probs = torch.softmax(logits.float() / temperature, dim=-1)
                 if top_p < 1.0:
                     sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -126,7 +132,8 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int = 64, temper
                     if _cut_at_stop(text, stop_strings) is not None:
                         done[r] = True
                         results[r].stop_reason = "stop_string"
-            all_done = all(done) or step == max_new_tokens - 1
+            last_forced = forced_ids is not None and step == len(forced_ids) - 1
+            all_done = all(done) or step == max_new_tokens - 1 or last_forced
             if all_done and not want_hidden:
                 if on_token is not None:
                     for r in fed_rows:

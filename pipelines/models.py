@@ -109,13 +109,15 @@ def gguf_to_safetensors(folder: Path, gguf_file: str) -> tuple[Path, str]:
 
 def load_model(model: str, *, gguf_file: str | None = None, revision: str | None = None,
                dtype: str = "auto", device: str = "auto", layers_check: list[int] | None = None,
-               trust_remote_code: bool = False, weights: bool = True) -> LoadedModel:
+               trust_remote_code: bool = False, weights: bool = True, any_model: bool = False) -> LoadedModel:
     """Load ``model`` (hub id, folder, or a .gguf file path) for inference.
 
     ``weights=False``: tokenizer, config and provenance only (``model`` holds just ``.config``;
-    device and dtype are left as given) — what a ``build --distributed`` client needs."""
+    device and dtype are left as given) — what a ``build --distributed`` client needs.
+    ``any_model=True``: the backbone of any architecture (``AutoModel``: e.g. a sequence-classification
+    reward model without its head), for hidden states only."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     spec = str(model)
     info: dict = {"model": spec, "revision": revision}
@@ -170,7 +172,7 @@ def load_model(model: str, *, gguf_file: str | None = None, revision: str | None
             info.update({"architecture": arch, "num_layers": n_layers, "hidden_size": int(config.hidden_size)})
             return LoadedModel(model=SimpleNamespace(config=config), tokenizer=tokenizer, device=str(device),
                                dtype=str(dtype), info=info)
-        lm = AutoModelForCausalLM.from_pretrained(str(load_from), revision=revision, dtype=torch_dtype,
+        lm = (AutoModel if any_model else AutoModelForCausalLM).from_pretrained(str(load_from), revision=revision, dtype=torch_dtype,
                                                   trust_remote_code=trust_remote_code)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -19,9 +19,10 @@ from llm_maps.errors import LLMMapsError
 from llm_maps.jobs import JobQueue, PointStore, worker_name
 from llm_maps.runfolder import run_key
 
-PLACE_FIELDS = ("prompt", "x", "y", "dist_to_train", "neighbours", "domain", "expected_accuracy")
+PLACE_FIELDS = ("prompt", "x", "y", "dist_to_train", "neighbours", "domain", "expected_accuracy", "x_tokens",
+                "y_tokens")
 GENERATE_FIELDS = ("output", "tokens", "stop_reason", "n_tokens", "mean_logprob", "perplexity", "path_length",
-                   "final_dist")
+                   "final_dist", "reference", "mean_dist", "max_dist")
 
 
 class JobTimeout(Exception):
@@ -62,7 +63,8 @@ def run_job(session, job: dict, *, publish=None, deadline: float | None = None, 
     # RunSession.generate drops the prompt's hidden state from what it returns
     return session.generate(p["instruction"], p.get("context") or "", max_new_tokens=int(p.get("max_new_tokens") or 64),
                             temperature=float(p.get("temperature") or 0.0), top_p=float(p.get("top_p") or 1.0),
-                            seed=p.get("seed"), placed=placed, on_token=on_token)
+                            seed=p.get("seed"), placed=placed, on_token=on_token,
+                            teacher_force=p.get("teacher_force"))
 
 
 def point_record(job: dict, result: dict) -> dict:

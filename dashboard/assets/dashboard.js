@@ -265,17 +265,36 @@
         if (Math.abs(v[0] - lo) < 1e-12 && Math.abs(v[1] - hi) < 1e-12) return null;
         return v.join(',');
       },
-      syncMapUrl(run, colour, layer, split, domain, task, score, dist, q, sel, mine, smin, smax, dmin, dmax, splitOpts) {
+      _key(key) {  // a page's run key "RUN::VIEW" (dashboard/data.py view_key) -> {run, view}
+        const i = (key || '').lastIndexOf('::');
+        return i < 0 ? {run: key, view: null} : {run: key.slice(0, i), view: key.slice(i + 2)};
+      },
+      syncMapUrl(key, colour, layer, split, domain, task, score, dist, q, sel, mine, smin, smax, dmin, dmax, splitOpts) {
         const L = window.dash_clientside.llm_maps;
+        const {run, view} = L._key(key);
         const allSplits = (splitOpts || []).length === (split || []).length;
-        return L._write({run, colour: colour === 'split' ? null : colour, layer, split: allSplits ? null : (split.length ? split : ['none']),
+        return L._write({run, view, colour: colour === 'split' ? null : colour, layer, split: allSplits ? null : (split.length ? split : ['none']),
           domain, task, score: L._range(score, smin, smax), dist: L._range(dist, dmin, dmax), q, sel, mine: mine ? '1' : null});
       },
-      syncFalloffUrl(run, layer, metric, bins, domain, task, mode) {
-        return window.dash_clientside.llm_maps._write({run, layer, metric, bins, domain, task, mode});
+      syncFalloffUrl(key, layer, metric, bins, domain, task, mode) {
+        const L = window.dash_clientside.llm_maps;
+        const {run, view} = L._key(key);
+        return L._write({run, view, layer, metric, bins, domain, task, mode});
       },
-      syncExamplesUrl(run, sel) {
-        return window.dash_clientside.llm_maps._write({run, sel});
+      syncExamplesUrl(key, sel) {
+        const L = window.dash_clientside.llm_maps;
+        const {run, view} = L._key(key);
+        return L._write({run, view, sel});
+      },
+      pickView(view) {  // the view switch: the same page and run in another view (other settings reset)
+        if (!view) return NO();
+        const q = new URLSearchParams(window.location.search);
+        if ((q.get('view') || 'prompt') === view) return NO();
+        const next = new URLSearchParams();
+        if (q.get('run')) next.set('run', q.get('run'));
+        if (view !== 'prompt') next.set('view', view);
+        window.location.assign(window.location.pathname + '?' + next.toString());
+        return NO();
       },
       pickRun(run) {
         if (!run) return NO();

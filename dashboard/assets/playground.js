@@ -12,7 +12,7 @@
   const set = (id, props) => window.dash_clientside.set_props(id, props);
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   // state of this page: full results (tokens) per id, the kept generations, timings for the benchmark
-  const PG = {results: {}, gens: [], overlay: null, current: null, active: null, run: null, palette: [],
+  const PG = {results: {}, gens: [], overlay: null, current: null, active: null, run: null, palette: [], map: 'prompt',
               timing: {}, polling: {}, loading: {}, drawing: false, drawPending: false, wantBase: null};
 
   const plotted = (...args) => window.llmMaps.plotted(...args);  // dashboard.js
@@ -39,22 +39,37 @@
   async function readJson(r) { try { return await r.json(); } catch (e) { return null; } }
 
   // ---------------------------------------------------------------- drawing
+  function nearestTip(t) {  // the training step nearest to this token (runs with a token atlas)
+    const n = t.nearest;
+    if (!n) return t.dist !== undefined ? '\ndistance to train ' + t.dist.toPrecision(4) : '';
+    return '\ndistance to the nearest training step ' + t.dist.toPrecision(4) + '\nnearest training step: '
+      + n.example_id + ' #' + n.position + ': …' + (n.before || '') + '[' + n.token_text + ']' + (n.after || '') + '…';
+  }
+
   function tokenTip(t, k) {
     const alts = (t.top || []).map((a) => JSON.stringify(a.text) + ' ' + pct(a.logprob)).join(', ');
     return 'token ' + (k + 1) + ': ' + JSON.stringify(t.text) + ' · p=' + pct(t.logprob)
-      + (alts ? '\ntop alternatives: ' + alts : '')
-      + (t.dist !== undefined ? '\ndistance to train ' + t.dist.toPrecision(4) : '');
+      + (alts ? '\ntop alternatives: ' + alts : '') + nearestTip(t);
   }
+
+  // Where a result sits on the map shown (PG.map: 'tokens' = the token map of a run with an atlas,
+  // 'prompt' = the prompt map), and whether its path belongs there: a generation measured against
+  // the atlas (reference 'atlas') has its tokens on the token map.
+  function startXY(res) {
+    return PG.map === 'tokens' ? [res.x_tokens, res.y_tokens] : [res.x, res.y];
+  }
+  function pathHere(res) { return (res.reference === 'atlas') === (PG.map === 'tokens'); }
 
   function pgTraces() {
     const traces = [];
     const gens = PG.gens.filter((g) => g.status !== 'removed');
     const o = PG.overlay, cur = o && PG.results[o.id];
     const curGen = o && gens.find((g) => g.id === o.id);
-    if (cur && cur.x !== undefined && curGen && !curGen.hidden && o.x.length) {
+    if (cur && startXY(cur)[0] !== undefined && curGen && !curGen.hidden && o.x.length) {
       const xs = [], ys = [], text = [], size = [];
+      const [cx, cy] = startXY(cur);
       o.x.forEach((x, i) => {
-        xs.push(cur.x, x, null); ys.push(cur.y, o.y[i], null);
+        xs.push(cx, x, null); ys.push(cy, o.y[i], null);
         text.push('', o.text[i], ''); size.push(0, 11, 0);
       });
       traces.push({type: 'scatter', mode: 'lines+markers', x: xs, y: ys, text, hoverinfo: 'text', showlegend: false,
@@ -65,13 +80,15 @@
     gens.forEach((g, i) => {
       const res = PG.results[g.id];
       if (!res || res.x === undefined || g.hidden) return;
+      const [sx, sy] = startXY(res);
+      if (sx === undefined || sx === null) return;
       const colour = PG.palette[i % PG.palette.length] || '#333';
-      const toks = res.tokens || [];
+      const toks = pathHere(res) ? (res.tokens || []) : [];
       if (toks.length) {
         const probs = toks.map((t) => Math.exp(t.logprob));
         traces.push({
           type: 'scatter', mode: 'lines+markers', name: 'path', showlegend: false, meta: {pg: 'path', id: g.id},
-          x: [res.x].concat(toks.map((t) => t.x)), y: [res.y].concat(toks.map((t) => t.y)),
+          x: [sx].concat(toks.map((t) => t.x)), y: [sy].concat(toks.map((t) => t.y)),
           line: {color: colour, width: 1.5},
           marker: {symbol: ['circle'].concat(toks.map(() => 'arrow')), angleref: 'previous',
                    size: [0].concat(probs.map((p) => 7 + 9 * p)), color: [1].concat(probs), cmin: 0, cmax: 1,
@@ -79,7 +96,7 @@
           text: ['prompt'].concat(toks.map((t, k) => plotText(tokenTip(t, k)))), hoverinfo: 'text'});
       }
       traces.push({type: 'scatter', mode: 'markers', name: 'your prompt', showlegend: false,
-                   meta: {pg: 'point', id: g.id}, x: [res.x], y: [res.y],
+                   meta: {pg: 'point', id: g.id}, x: [sx], y: [sy],
                    text: ['your prompt: ' + plotText(String(g.instruction || '').slice(0, 120))
                           + '\ndistance to train ' + (res.dist_to_train || 0).toPrecision(4)],
                    hoverinfo: 'text', marker: {symbol: 'star', size: 20, color: colour, line: {color: '#000', width: 1.5}}});
@@ -117,6 +134,7 @@
     } catch (e) {
       return;
     }
+    PG.map = (gd.layout.meta || {}).pg_map || 'prompt';
     const base = gd.data.filter((t) => !(t.meta && t.meta.pg));
     await Plotly.react(gd, base.concat(pgTraces()), gd.layout);
     const now = performance.now();
@@ -160,7 +178,8 @@
 
   function summary(res) {
     const out = {};
-    for (const k of ['n_tokens', 'mean_logprob', 'perplexity', 'path_length', 'final_dist', 'dist_to_train']) {
+    for (const k of ['n_tokens', 'mean_logprob', 'perplexity', 'path_length', 'final_dist', 'dist_to_train',
+                     'mean_dist', 'max_dist']) {
       if (res && res[k] !== undefined) out[k] = res[k];
     }
     return out;
@@ -387,12 +406,13 @@
         drawNow(figure && figure.layout && figure.layout.meta ? figure.layout.meta.pg_base : null).catch(() => {});
         return NO();
       },
-      syncUrl(run, instruction, context, mode, temperature, seed, max, cot, colour, gens) {
+      syncUrl(run, instruction, context, mode, temperature, seed, max, cot, colour, gens, map, maps) {
         const ids = (gens || []).filter((g) => g.status !== 'removed' && g.status !== 'failed').map((g) => g.id);
         return window.dash_clientside.llm_maps._write({
           run, instruction, context, mode: mode === 'sampled' ? mode : null,
           temperature: mode === 'sampled' ? temperature : null, seed: mode === 'sampled' ? seed : null,
-          max, cot: cot ? '1' : null, colour: colour === 'split' ? null : colour, ids: ids.join(',')});
+          max, cot: cot ? '1' : null, colour: colour === 'split' ? null : colour, ids: ids.join(','),
+          map: (maps || []).length > 1 && map !== maps[0].value ? map : null});
       },
     },
   });

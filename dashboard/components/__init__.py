@@ -30,10 +30,13 @@ def dark_cookie() -> bool:
         return False
 
 
-def load(run_id):
-    """(RunData, None) or (None, error message) — pages show the message as a banner."""
+def load(run_id, view: str | None = None):
+    """(RunData, None) or (None, error message) — pages show the message as a banner. ``run_id`` may
+    be a page's run key (``RUN::VIEW``), or give ``view``."""
+    from dashboard.data import view_key
+
     try:
-        return registry().load(run_id or None), None
+        return registry().load(view_key(run_id, view) if view else (run_id or None)), None
     except LLMMapsError as exc:
         return None, str(exc)
     except Exception as exc:  # a corrupt file can raise anything; never take the app down
@@ -57,6 +60,28 @@ def run_picker(current: str | None) -> html.Div:
     return html.Div([dbc.Label("Run", html_for="run-picker", className="mb-0 small"),
                      dcc.Dropdown(id="run-picker", options=options, value=current, clearable=False)],
                     className="mb-2")
+
+
+def view_picker(data, allowed=("prompt", "completion", "tokens")):
+    """The view switch (prompt | completion | token map) of a run that has more than the prompt
+    view; changing it reloads the page with ``view=`` in the URL."""
+    from dashboard.data import VIEW_LABELS
+
+    views = [v for v in data.views if v in allowed]
+    if len(views) < 2:
+        return html.Div(id="view-picker-none", hidden=True)
+    return html.Div([dbc.Label("View", html_for="view-picker", className="mb-0 small"),
+                     dcc.Dropdown(id="view-picker", options=[{"label": VIEW_LABELS[v], "value": v} for v in views],
+                                  value=data.view, clearable=False),
+                     html.Div(id="view-nav", hidden=True)], className="mb-2")
+
+
+def register_view_picker() -> None:
+    import dash
+    from dash import Input, Output
+
+    dash.clientside_callback(dash.ClientsideFunction("llm_maps", "pickView"), Output("view-nav", "children"),
+                             Input("view-picker", "value"), prevent_initial_call=True)
 
 
 def query_list(value) -> list[str]:

@@ -17,8 +17,8 @@ COLUMNS = [("example_id", 190), ("split", 80), ("task", 200), ("domain", 110), (
            ("output", 200), ("score", 90), ("correctness", 130), ("dist_to_train", 120)]
 
 
-def layout(run=None, sel=None, **_):
-    data, error = C.load(run)
+def layout(run=None, sel=None, view=None, **_):
+    data, error = C.load(run, None if view == "tokens" else view)
     if data is None:
         return C.no_run_page(run, error)
     column_defs = [{"field": c, "width": w, "sortable": True,
@@ -35,10 +35,11 @@ def layout(run=None, sel=None, **_):
     return dbc.Container([
         dcc.Store(id="examples-run", data=data.id), dcc.Store(id="examples-selected", data=sel),
         html.Div(id="examples-url-sync", hidden=True),
-        dbc.Row([dbc.Col(C.run_picker(data.id), md=3),
+        dbc.Row([dbc.Col(C.run_picker(data.base_id), md=3),
+                 dbc.Col(C.view_picker(data, ("prompt", "completion")), md=2),
                  dbc.Col(html.Div(f"{data.n:,} examples; sort and filter from the column headers "
                                   "(done on the server); click a row for details.",
-                                  className="small text-muted pt-4"), md=9)]),
+                                  className="small text-muted pt-4"), md=7)]),
         grid,
         dbc.Card(dbc.CardBody(html.Div(id="examples-drill")), className="mt-2"),
     ], fluid=True)

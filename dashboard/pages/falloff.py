@@ -17,15 +17,16 @@ NO_SCORES = ("No scores yet: this run has no scored test examples, so there is n
              "Score it with `llm-maps score RUN`, then `llm-maps falloff RUN`.")
 
 
-def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, mode="overlay", **_):
-    data, error = C.load(run)
+def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, mode="overlay", view=None, **_):
+    data, error = C.load(run, None if view == "tokens" else view)
     if data is None:
         return C.no_run_page(run, error)
     layer = C.query_int(layer, data.default_layer)
     metric = metric if metric in ("cosine", "euclidean") else data.metric
     stored = {(int(v["layer"]), v["metric"]) for v in (data.falloff_file or {}).get("variants", [])}
     controls = [
-        C.run_picker(data.id),
+        C.run_picker(data.base_id),
+        C.view_picker(data, ("prompt", "completion")),
         dbc.Label("Layer", className="mb-0 small"),
         dcc.Dropdown(id="falloff-layer", options=[{"label": f"layer {k}", "value": k} for k in data.layers],
                      value=layer, clearable=False, className="mb-2"),
@@ -72,7 +73,8 @@ def update_falloff(layer, metric, bins, domains, tasks, mode, run_id, dark=False
         fig = F.falloff_figure({}, [], title="no falloff to show", dark=bool(dark))
         return fig, dbc.Alert(NO_SCORES if source == "no scores yet" else source, color="warning", className="mt-2")
     groups = F.falloff_groups(stats, domains or None, include_all=not domains)
-    title = f"{data.id}: accuracy vs distance to train (layer {layer}, {metric})"
+    view = "" if data.view == "prompt" else f", {data.view} view"
+    title = f"{data.base_id}: accuracy vs distance to train (layer {layer}, {metric}{view})"
     fig = F.falloff_figure(stats, groups, layout=mode, title=title, metric=metric, dark=bool(dark))
     return fig, html.Span(f"Statistics {source}; bins of equal count per group; error bars: Wilson 95 % "
                           f"intervals; n = test examples per bin.", id="falloff-source-text")

@@ -36,8 +36,8 @@ def _range_slider(id_, values: np.ndarray, current, *, disabled=False):
 
 
 def layout(run=None, colour="split", layer=None, split=None, domain=None, task=None, score=None, dist=None,
-           q="", sel=None, mine=None, **_):
-    data, error = C.load(run)
+           q="", sel=None, mine=None, view=None, **_):
+    data, error = C.load(run, view)
     if data is None:
         return C.no_run_page(run, error)
     colour_opts = F.colour_dropdown(data, note=True)
@@ -49,7 +49,8 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
                    "disabled": not data.distances_available(k, data.metric)} for k in data.layers]
     split_value = C.query_list(split) or data.option_names("split")
     controls = [
-        C.run_picker(data.id),
+        C.run_picker(data.base_id),
+        C.view_picker(data),
         dbc.Label("Colour by", className="mb-0 small"),
         dcc.Dropdown(id="map-colour", options=colour_opts, value=colour, clearable=False, className="mb-2"),
         dbc.Label("Layer (distances)", className="mb-0 small"),
@@ -70,7 +71,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
         dbc.Label("Search prompts", className="mb-0 small"),
         dbc.Input(id="map-search", type="search", value=q or "", debounce=True, placeholder="text in prompts",
                   className="mb-2"),
-        *map_layer_controls(data.id, show=mine in ("1", "true")),
+        *map_layer_controls(data.base_id, show=mine in ("1", "true")),
     ]
     mode = "client" if data.n <= CLIENT_MAX_POINTS else "server"
     row = C.row_of(data, sel)
@@ -79,7 +80,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
                          task=C.query_list(task), score=C.query_range(score), dist=C.query_range(dist), search=q,
                          selected=row, dark=C.dark_cookie())
     except Exception as exc:  # noqa: BLE001 - e.g. distances of a layer that cannot be read
-        return dbc.Container([C.run_picker(data.id), C.banner(f"could not draw the map: {exc}", id="run-banner")],
+        return dbc.Container([C.run_picker(data.base_id), C.banner(f"could not draw the map: {exc}", id="run-banner")],
                              fluid=True, className="pt-3")
     return dbc.Container([
         dcc.Store(id="map-run", data=data.id), dcc.Store(id="map-mode", data=mode),
@@ -227,3 +228,4 @@ dash.clientside_callback(
 )
 C.register_export("map-graph")
 register_map_layer()
+C.register_view_picker()

@@ -26,7 +26,8 @@ dash.register_page(__name__, path="/playground", name="Playground", title="LLM M
 COT_CUE = "Let's think step by step."
 DEFAULT_MAX_TOKENS = 48
 MAX_SHARED_IDS = 200  # saved points a shared link may open at once
-SUMMARY_FIELDS = ("n_tokens", "mean_logprob", "perplexity", "path_length", "final_dist")
+SUMMARY_FIELDS = ("n_tokens", "mean_logprob", "perplexity", "path_length", "final_dist", "mean_dist", "max_dist")
+ATLAS_SAMPLE = 4000  # atlas tokens drawn faintly under the token map
 
 
 def _float(value, default):
@@ -58,18 +59,59 @@ def stored_points(run: str, ids: list[str]) -> list[dict]:
     return out
 
 
-def base_figure(data, colour: str, dark: bool):
-    """The run's map as on the Map page (same colours, sampled + density for large runs)."""
-    fig = F.view_figure(data, colour=colour, dark=dark, uirevision=f"pg-{data.id}")
-    fig.update_layout(height=560, meta={"pg_base": colour})
+def map_choices(data) -> list[str]:
+    """The maps a path can be drawn on: the token map first when the run has a token atlas."""
+    return ["tokens", "prompt"] if "tokens" in data.views else ["prompt"]
+
+
+def atlas_trace(data):
+    """A fixed sample of the atlas tokens, faint, under the token map (their text on hover)."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from llm_maps.atlas import read_tokens
+
+    def build():
+        tokens = read_tokens(data.path, data.manifest)
+        if "x" not in tokens.columns or not len(tokens):
+            return None
+        rows = np.arange(len(tokens))
+        if len(rows) > ATLAS_SAMPLE:
+            rows = np.sort(np.random.default_rng(0).choice(rows, ATLAS_SAMPLE, replace=False))
+        t = tokens.iloc[rows]
+        text = [f"training step {F.plot_text(e)} #{p}: {F.plot_text(repr(s))}"
+                for e, p, s in zip(t["example_id"], t["position"], t["token_text"])]
+        return go.Scattergl(x=t["x"].to_numpy(), y=t["y"].to_numpy(), mode="markers", name="atlas tokens",
+                            text=text, hoverinfo="text", marker={"size": 3, "color": "#9e9e9e", "opacity": 0.35},
+                            meta={"atlas": True})
+    return data._cached("pg_atlas_trace", build)
+
+
+def base_figure(data, colour: str, dark: bool, map_kind: str = "prompt"):
+    """The run's map as on the Map page (same colours, sampled + density for large runs): the prompt
+    map, or the token map (prompts placed on the map fitted with the token atlas, and a faint
+    sample of the atlas tokens)."""
+    shown = data.for_view("tokens") if map_kind == "tokens" else data
+    fig = F.view_figure(shown, colour=colour, dark=dark, uirevision=f"pg-{data.id}-{map_kind}")
+    if map_kind == "tokens":
+        trace = atlas_trace(data)
+        if trace is not None:
+            fig.add_trace(trace)
+    # pg_base tells the browser which figure this is (it redraws our traces on the one it wants)
+    fig.update_layout(height=560, meta={"pg_base": colour if map_kind == "prompt" else f"{colour}|{map_kind}",
+                                        "pg_map": map_kind})
     return fig
 
 
 def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8", seed="0", max=None, cot=None,
-           colour="split", ids=None, **_):
+           colour="split", ids=None, map=None, **_):
     data, error = C.load(run)
     if data is None:
         return C.no_run_page(run, error)
+    maps = map_choices(data)
+    map_kind = map if map in maps else maps[0]
+    map_labels = {"tokens": "token map (paths against the training references)",
+                  "prompt": "prompt map (neighbour lines)"}
     colour = F.colour_choice(data, colour)
     colour_opts = F.colour_dropdown(data)
     id_list = [i for i in str(ids or "").split(",") if i.strip()][:MAX_SHARED_IDS]
@@ -122,7 +164,11 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
                          dbc.Col(html.Div("★ your prompt · path: one arrow per generated token, coloured by its "
                                           "probability (red low, green high)", className="small text-muted pt-2"),
                                  md=8)], className="mb-1"),
-                dcc.Graph(id="pg-graph", figure=base_figure(data, colour, C.dark_cookie()), config=F.EXPORT_CONFIG,
+                html.Div(dbc.RadioItems(id="pg-map", options=[{"label": map_labels[m], "value": m} for m in maps],
+                                        value=map_kind, inline=True, className="small"),
+                         hidden=len(maps) < 2, className="mb-1"),
+                dcc.Graph(id="pg-graph", figure=base_figure(data, colour, C.dark_cookie(), map_kind),
+                          config=F.EXPORT_CONFIG,
                           style={"height": "560px"}),
                 html.Div(C.export_buttons("pg-graph"), className="d-flex justify-content-end"),
                 html.H6("Generation", className="mt-2 mb-1"),
@@ -155,13 +201,13 @@ def _empty_falloff():
     return fig
 
 
-@callback(Output("pg-graph", "figure"), Input("pg-colour", "value"), State("pg-run", "data"),
+@callback(Output("pg-graph", "figure"), Input("pg-colour", "value"), Input("pg-map", "value"), State("pg-run", "data"),
           State("theme-dark", "value"), prevent_initial_call=True)
-def recolour(colour, run_id, dark):
+def recolour(colour, map_kind, run_id, dark):
     data, _ = C.load(run_id)
     if data is None:
         raise PreventUpdate
-    return base_figure(data, colour or "split", bool(dark))
+    return base_figure(data, colour or "split", bool(dark), map_kind if map_kind in map_choices(data) else "prompt")
 
 
 def neighbour_rows(data, neighbours) -> list[tuple[int, float]]:
@@ -174,13 +220,14 @@ def neighbour_rows(data, neighbours) -> list[tuple[int, float]]:
 
 
 @callback(Output("pg-neighbours", "children"), Output("pg-overlay", "data"), Output("pg-expected", "children"),
-          Output("pg-falloff", "figure"), Input("pg-current", "data"), State("pg-run", "data"),
-          State("theme-dark", "value"), prevent_initial_call=True)
-def show_current(current, run_id, dark):
-    """The current point's neighbours (list + line ends on the map) and its expected accuracy."""
+          Output("pg-falloff", "figure"), Input("pg-current", "data"), Input("pg-map", "value"),
+          State("pg-run", "data"), State("theme-dark", "value"), prevent_initial_call=True)
+def show_current(current, map_kind, run_id, dark):
+    """The current point's neighbours (list + line ends on the map shown) and its expected accuracy."""
     data, _ = C.load(run_id)
     if data is None or not current:
         raise PreventUpdate
+    shown = data.for_view("tokens") if map_kind == "tokens" and "tokens" in data.views else data
     nbrs = neighbour_rows(data, current.get("neighbours"))
     items = []
     for row, dist in nbrs:
@@ -197,7 +244,7 @@ def show_current(current, run_id, dark):
             html.Div(first, className="text-muted text-truncate")],
             id={"type": "pg-nbr", "index": str(r["example_id"])}, className="pg-nbr btn p-0 text-start"),
             className="mb-1"))
-    overlay = {"x": [float(data.x[row]) for row, _ in nbrs], "y": [float(data.y[row]) for row, _ in nbrs],
+    overlay = {"x": [float(shown.x[row]) for row, _ in nbrs], "y": [float(shown.y[row]) for row, _ in nbrs],
                "text": [f"{F.plot_text(data.frame['example_id'].iloc[row])} · distance {dist:.4g}" for row, dist in nbrs],
                "id": current.get("id")}
     exp = current.get("expected_accuracy")
@@ -251,12 +298,15 @@ def drill(clicks, run_id):
 @callback(Output("pg-compare", "children"), Input("pg-gens", "data"))
 def compare_table(gens):
     """One row per kept generation: mean log-likelihood, perplexity, tokens, path length in the
-    full space, final distance to train; show/hide and remove."""
+    full space, final distance to train (with a token atlas: the mean and the largest distance of
+    the steps to their nearest training steps); show/hide and remove."""
     gens = [g for g in gens or [] if g.get("status") != "removed"]
     if not gens:
         return html.Div("Generations you submit are kept here to compare.", className="small text-muted")
+    atlas = any(g.get("mean_dist") is not None for g in gens)
+    extra = ("mean step dist", "max step dist") if atlas else ()
     head = html.Thead(html.Tr([html.Th(h) for h in ("", "prompt", "decoding", "status", "tokens", "mean log-lik",
-                                                     "perplexity", "path length", "final dist", "")]))
+                                                     "perplexity", "path length", "final dist", *extra, "")]))
     body = []
     for i, g in enumerate(gens):
         dec = "—" if g.get("kind") == "place" else (
@@ -270,6 +320,8 @@ def compare_table(gens):
             html.Td(str(g["n_tokens"]) if g.get("n_tokens") is not None else "—"),
             html.Td(C._fmt(g.get("mean_logprob"))), html.Td(C._fmt(g.get("perplexity"))),
             html.Td(C._fmt(g.get("path_length"))), html.Td(C._fmt(g.get("final_dist"))),
+            *([html.Td(C._fmt(g.get("mean_dist")), className="pg-cmp-mean-dist"),
+               html.Td(C._fmt(g.get("max_dist")), className="pg-cmp-max-dist")] if atlas else []),
             html.Td([dbc.Button("show" if g.get("hidden") else "hide", id={"type": "pg-hide", "index": g["id"]},
                                 size="sm", color="secondary", outline=True, className="py-0 me-1"),
                      dbc.Button("remove", id={"type": "pg-remove", "index": g["id"]}, size="sm", color="danger",
@@ -296,5 +348,5 @@ dash.clientside_callback(dash.ClientsideFunction("playground", "syncUrl"), Outpu
                          Input("pg-run", "data"), Input("pg-instruction", "value"), Input("pg-context", "value"),
                          Input("pg-mode", "value"), Input("pg-temperature", "value"), Input("pg-seed", "value"),
                          Input("pg-max", "value"), Input("pg-cot", "value"), Input("pg-colour", "value"),
-                         Input("pg-gens", "data"))
+                         Input("pg-gens", "data"), Input("pg-map", "value"), State("pg-map", "options"))
 C.register_export("pg-graph")
