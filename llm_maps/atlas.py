@@ -5,20 +5,24 @@ map and the nearest step's context; the worker, pipelines/nearest.py, searches t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from .errors import LLMMapsError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 TOKENS_FILE = "tokens.parquet"
 TOKENS_DIR = "tokens"
 
 
-def has_atlas(manifest: dict) -> bool:
+def has_atlas(manifest: Mapping[str, Any]) -> bool:
     return bool(manifest.get("token_atlas"))
 
 
-def read_tokens(run_dir: str | Path, manifest: dict):
+def read_tokens(run_dir: str | Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
     """tokens.parquet of a run with an atlas, checked against the manifest."""
     import pandas as pd
 
@@ -42,14 +46,14 @@ def atlas_file(run_dir: str | Path, layer: int) -> Path:
     return Path(run_dir) / "encodings" / TOKENS_DIR / f"layer_{int(layer)}.npy"
 
 
-def load_atlas(run_dir: str | Path, manifest: dict, layer: int) -> np.ndarray:
+def load_atlas(run_dir: str | Path, manifest: Mapping[str, Any], layer: int) -> np.ndarray:
     """Memory-mapped float16 [T, H] atlas states of one layer."""
     info = manifest.get("token_atlas") or {}
     if int(layer) not in [int(k) for k in info.get("layers", [])]:
         raise LLMMapsError(f"{run_dir}: the token atlas has no layer {layer} (has {info.get('layers')})")
     path = atlas_file(run_dir, layer)
     try:
-        arr = np.load(path, mmap_mode="r")
+        arr: np.ndarray = np.load(path, mmap_mode="r")
     except FileNotFoundError:
         raise LLMMapsError(f"{path}: missing") from None
     except ValueError as exc:
