@@ -71,7 +71,7 @@ def _install_basic_auth(server, credentials: tuple[str, str], prefix: str = "/")
 
 def _navbar(prefix: str = "/") -> dbc.Navbar:
     links = [dbc.NavItem(dbc.NavLink(name, href=prefix + name.lower(), active="partial", id=f"nav-{name.lower()}"))
-             for name in ("Map", "Playground", "Falloff", "Examples", "Runs")]
+             for name in ("Map", "Playground", "Falloff", "Findings", "Examples", "Runs")]
     return dbc.Navbar(dbc.Container([
         dbc.NavbarBrand("LLM Maps", href=prefix + "map"),
         dbc.Nav(links, navbar=True, className="me-auto"),
@@ -114,14 +114,14 @@ def plot_templates() -> dict:
 # back); (2) plotly.js, as our own bundle of the three traces the app draws (tools/plotly-bundle:
 # 1.5 MB instead of 4.8, evaluated in ~0.2 s instead of ~1 s). window.Plotly starts as a
 # promise-like placeholder that dcc.Graph waits on, on every page, so the stock plotly.min.js is
-# never loaded; the first `then` loads the bundle. On the pages with graphs (map, falloff,
+# never loaded; the first `then` loads the bundle. On the pages with graphs (map, falloff, findings,
 # playground) its download also starts with the page (preload), and it is run while the server
 # answers the first callback (the page layout), so neither waits for the other.
 EARLY_SCRIPT = """<script>(function () {
   window.__llmNativeTrim = String.prototype.trim;
   if (window.Plotly) return;
   var path = location.pathname.slice(%(plen)d);
-  var eager = /^(map|falloff|playground)?\\/?$/.test(path);
+  var eager = /^(map|falloff|findings|playground)?\\/?$/.test(path);
   var url = %(url)s, state = 0, waiting = [], fetch0 = window.fetch;
   function preload(href) {
     var link = document.createElement('link');

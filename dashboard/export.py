@@ -1,4 +1,5 @@
-"""`llm-maps export RUN --html FILE`: one standalone HTML file with the map and the falloff plot."""
+"""`llm-maps export RUN --html FILE`: one standalone HTML file with the map, the falloff plot and the
+findings (when `llm-maps findings` has written them)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,9 @@ def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_00
         parts.append(f"<p class='note'>Falloff statistics {html.escape(source)}; error bars: Wilson 95 % intervals.</p>")
     else:
         parts.append(f"<p class='note' id='falloff'>No falloff plot: {html.escape(source)}.</p>")
+    from dashboard.findings_view import export_section
+
+    parts.append(export_section(run_dir))
     m = data.manifest
     c = m.get("counts", {})
     head = (f"<h2>{html.escape(data.id)}</h2><p class='note'>model {html.escape(str(m.get('model')))} · "

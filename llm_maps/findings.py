@@ -34,27 +34,37 @@ DEFAULT_CONTRAST = ("Chollet", "Reasoning")
 FIRST_TOKEN_COLUMNS = ("first_entropy", "first_top_prob", "first_kl_to_mean")
 METRICS = ("cosine", "euclidean")
 Z80 = 0.8416212335729143  # one-sided normal quantile for 80 % power
-UNIT = ("slope = change in the log-odds of a correct answer per unit distance percentile (0 = the nearest test "
-        "example to the training data, 1 = the farthest); negative = accuracy falls with distance")
+UNIT = ("slope = change in the log-odds of a correct answer per unit distance percentile (the fraction of test "
+        "examples nearer to the training data: 0 = nearest, 1 = farthest); negative = accuracy falls with distance")
 MAX_SLOPE = 60.0  # |slope| beyond this per unit percentile = (quasi-)separation, not an estimate
 
 
 # --- the distance scale ----------------------------------------------------------------------------
 
 def percentile_scale(distance: np.ndarray) -> np.ndarray:
-    """[N] each finite distance's percentile among the finite ones: (average rank - 1) / (n - 1),
-    so the nearest is 0 and the farthest 1 (ties share their mean rank; NaN stays NaN)."""
-    from scipy.stats import rankdata
-
+    """[N] each finite distance's percentile rank among the finite ones, (average rank - 1/2) / n:
+    the fraction of the split nearer to the training data (ties count one half), from 1/(2n) for
+    the nearest to 1 - 1/(2n) for the farthest. Repeating every example leaves it unchanged.
+    NaN stays NaN. (scipy.stats.rankdata's average ranks, without importing scipy.stats.)"""
     d = np.asarray(distance, dtype=float)
     out = np.full(d.shape, np.nan)
-    ok = np.isfinite(d)
-    n = int(ok.sum())
-    if n == 1:
-        out[ok] = 0.5
-    elif n > 1:
-        out[ok] = (rankdata(d[ok], method="average") - 1) / (n - 1)
+    ok = np.flatnonzero(np.isfinite(d))
+    if len(ok):
+        v = d[ok]
+        order = np.argsort(v, kind="stable")
+        sv = v[order]
+        starts = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]])
+        ends = np.r_[starts[1:], len(sv)]
+        avg = (starts + 1 + ends) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+        ranks = np.empty(len(v))
+        ranks[order] = np.repeat(avg, ends - starts)
+        out[ok] = (ranks - 0.5) / len(v)
     return out
+
+
+def expit(z: np.ndarray) -> np.ndarray:
+    """The logistic function, overflow-free."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 # --- batched fits ----------------------------------------------------------------------------------
@@ -71,8 +81,6 @@ def fit_logistic(*, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = N
     ([R, n] case weights, e.g. bootstrap counts; None = one fit with unit weights) at once, by
     Newton's method. Returns (intercept [R], slope [R], ok [R]); ``ok`` is False where a fit has
     one class only, no spread in x, did not converge, or separates (|slope| > MAX_SLOPE)."""
-    from scipy.special import expit
-
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     w_all = np.ones((1, len(x))) if weights is None else np.atleast_2d(np.asarray(weights, dtype=float))
@@ -90,22 +98,24 @@ def fit_logistic(*, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = N
         s = np.zeros_like(a)
         done = ~valid
         for _ in range(max_iter):
-            p = expit(a[:, None] + s[:, None] * x[None, :])
-            r = w * (y - p)
-            g0, g1 = r.sum(1), (r * x).sum(1)
-            v = w * p * (1 - p)
-            h00, h01, h11 = v.sum(1), (v * x).sum(1), (v * x * x).sum(1)
+            act = np.flatnonzero(~done)  # rows still moving: the others are not recomputed
+            if len(act) == 0:
+                break
+            wa = w[act]
+            p = expit(a[act, None] + s[act, None] * x[None, :])
+            r = wa * (y - p)
+            g0, g1 = r.sum(1), r @ x
+            v = wa * p * (1 - p)
+            h00, h01, h11 = v.sum(1), v @ x, v @ (x * x)
             det = h00 * h11 - h01 * h01
             det = np.where(np.abs(det) > 1e-300, det, np.nan)
             d0 = (h11 * g0 - h01 * g1) / det
             d1 = (h00 * g1 - h01 * g0) / det
             big = np.maximum(np.abs(d0), np.abs(d1))
             scale = np.where(big > 5, 5 / np.where(big > 0, big, 1), 1.0)  # damp wild first steps
-            d0, d1 = np.where(done, 0, d0 * scale), np.where(done, 0, d1 * scale)
-            a, s = a + np.nan_to_num(d0), s + np.nan_to_num(d1)
-            done |= ~(big > tol) | ~np.isfinite(big)
-            if done.all():
-                break
+            a[act] += np.nan_to_num(d0 * scale)
+            s[act] += np.nan_to_num(d1 * scale)
+            done[act] = ~(big > tol) | ~np.isfinite(big)
         conv = done & valid & np.isfinite(s) & (np.abs(s) < MAX_SLOPE)
         a_out[sl], s_out[sl], ok_out[sl] = np.where(conv, a, np.nan), np.where(conv, s, np.nan), conv
     return a_out, s_out, ok_out
@@ -163,7 +173,7 @@ def _cond_loglik(x: np.ndarray, y: np.ndarray, betas: np.ndarray) -> np.ndarray:
 
 
 def conditional_logit_slope(*, x: np.ndarray, y: np.ndarray, task: np.ndarray,
-                            task_weights: np.ndarray | None = None, lim: float = 30.0,
+                            task_weights: np.ndarray | None = None, lim: float = 20.0,
                             grid_step: float = 0.05) -> tuple[float, np.ndarray, int]:
     """Within-task slope: the conditional-logit (task fixed effects) MLE of correct on ``x``, which
     statsmodels' ConditionalLogit also fits. Tasks where all or none are correct carry no
@@ -171,8 +181,6 @@ def conditional_logit_slope(*, x: np.ndarray, y: np.ndarray, task: np.ndarray,
     ``np.unique`` order) gives the slope of each task-resampled replicate from the per-task
     log-likelihoods on a grid (refined by a parabola). Returns (slope, replicate slopes [R],
     informative tasks); NaN where the maximum is not interior (separation)."""
-    from scipy.optimize import minimize_scalar
-
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     names, codes = np.unique(np.asarray(task), return_inverse=True)
     groups = [np.flatnonzero(codes == t) for t in range(len(names))]
@@ -188,9 +196,16 @@ def conditional_logit_slope(*, x: np.ndarray, y: np.ndarray, task: np.ndarray,
     i = int(np.argmax(total))
     slope = math.nan
     if 0 < i < len(grid) - 1:
-        f = lambda b: -sum(float(_cond_loglik(x[groups[t]], y[groups[t]], np.array([b]))[0]) for t in informative)
-        res = minimize_scalar(f, bounds=(grid[i - 1], grid[i + 1]), method="bounded", options={"xatol": 1e-9})
-        slope = float(res.x)
+        lo, hi = grid[i - 1], grid[i + 1]
+        for _ in range(3):  # zoom in: the log-likelihood is concave in beta
+            fine = np.linspace(lo, hi, 41)
+            ll = sum(_cond_loglik(x[groups[t]], y[groups[t]], fine) for t in informative)
+            j = int(np.clip(np.argmax(ll), 1, len(fine) - 2))
+            lo, hi = fine[j - 1], fine[j + 1]
+        fine = np.linspace(lo, hi, 3)
+        l0, l1, l2 = sum(_cond_loglik(x[groups[t]], y[groups[t]], fine) for t in informative)
+        curv = l0 - 2 * l1 + l2
+        slope = float(fine[1] + (0.5 * (l0 - l2) / curv * (fine[1] - fine[0]) if curv < 0 else 0.0))
     if task_weights is not None:
         ll = np.atleast_2d(np.asarray(task_weights, dtype=float)) @ per_task  # [R, G]
         j = np.argmax(ll, axis=1)
@@ -379,8 +394,6 @@ def risk_coverage(*, x: np.ndarray, y: np.ndarray, steps: int = 20) -> list[dict
 
 def _domain_stats(dd: DomainData, boot: dict | None, *, n_boot: int, seed: int, n_bins: int,
                   first_token: dict[str, np.ndarray] | None, curve_x: np.ndarray) -> dict:
-    from scipy.special import expit
-
     rng = np.random.default_rng(seed + 104729 + sum(map(ord, dd.name)))
     counts = boot["counts"] if boot is not None else task_resample_counts(n_tasks=dd.n_tasks, n_boot=n_boot, rng=rng)
     w = dd.weights(counts)
@@ -619,10 +632,12 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
 
 def robustness_table(run, *, rows, correct, domain, task, contrast, n_boot: int, seed: int, views: list[str],
                      progress: bool = True, where: str = "run") -> list[dict]:
-    """The contrast for every stored layer x metric x view x raw/centred encodings."""
+    """The contrast for every stored layer x metric x view, on raw and train-mean-centred encodings
+    (cosine only: euclidean distances do not change when every encoding moves by the same vector)."""
     from tqdm.auto import tqdm
 
-    combos = [(k, m, v, c) for v in views for k in run.layers for m in METRICS for c in (False, True)]
+    combos = [(k, m, v, c) for v in views for k in run.layers for m in METRICS for c in (False, True)
+              if not (c and m == "euclidean")]
     out = []
     for k, m, v, c in tqdm(combos, desc="robustness", unit="variant", disable=not progress, dynamic_ncols=True):
         dist = variant_distances(run, rows=rows, layer=k, metric=m, view=v, centred=c)
