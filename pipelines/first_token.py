@@ -75,11 +75,17 @@ def first_token_stats(loaded, prompts: Sequence[str], *, train_prompts: Sequence
     return out
 
 
+MAX_MEAN_PROMPTS = 1000
+
+
 def add_first_token_columns(frame, selected: np.ndarray, *, loaded, load: Callable[[], object], always: bool,
-                            max_length: int | None, progress: bool = True, log=print) -> tuple[object, dict | None]:
+                            max_length: int | None, progress: bool = True, log=print,
+                            max_mean_prompts: int = MAX_MEAN_PROMPTS) -> tuple[object, dict | None]:
     """Fill the first-token columns of ``frame`` for the ``selected`` rows that lack them (all of
-    them when ``always``); loads the model with ``load()`` only when there is work. Returns (the
-    loaded model or None, provenance for the manifest or None when nothing ran)."""
+    them when ``always``); loads the model with ``load()`` only when there is work. The mean
+    distribution is over every train prompt, or a fixed random sample (seed 0) of
+    ``max_mean_prompts`` of them in a larger run. Returns (the loaded model or None, provenance for
+    the manifest or None when nothing ran)."""
     for col in COLUMNS:
         if col not in frame.columns:
             frame[col] = np.nan
@@ -91,6 +97,9 @@ def add_first_token_columns(frame, selected: np.ndarray, *, loaded, load: Callab
     start = time.perf_counter()
     prompts = frame["prompt"].to_numpy()
     train = np.flatnonzero((frame["split"] == "train").to_numpy())
+    n_train = len(train)
+    if n_train > max_mean_prompts:
+        train = np.sort(np.random.default_rng(0).choice(train, size=max_mean_prompts, replace=False))
     stats = first_token_stats(loaded, [prompts[i] for i in rows], train_prompts=[prompts[i] for i in train],
                               max_length=max_length, progress=progress)
     for col in COLUMNS:
@@ -98,7 +107,10 @@ def add_first_token_columns(frame, selected: np.ndarray, *, loaded, load: Callab
         values[rows] = stats[col]
         frame[col] = values
     seconds = time.perf_counter() - start
-    log(f"first-token statistics for {len(rows)} examples (train mean over {len(train)} prompts) in {seconds:.1f} s")
+    log(f"first-token statistics for {len(rows)} examples (train mean over {len(train)} of {n_train} prompts) "
+        f"in {seconds:.1f} s")
     return loaded, {"columns": list(COLUMNS), "units": "nats (entropy, KL); probability (top)",
-                    "mean_over": f"{len(train)} train prompts", "rows": int(len(rows)),
+                    "mean_over": f"{len(train)} train prompts" + (f" (a random sample, seed 0, of {n_train})"
+                                                                 if len(train) < n_train else ""),
+                    "rows": int(len(rows)),
                     "seconds": round(seconds, 2)}

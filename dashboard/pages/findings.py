@@ -178,8 +178,8 @@ def update_findings(layer, metric, view, centred, a, b, run_id, dark=False):
                        "findings.json: run `llm-maps findings RUN` for this contrast.", className="small text-muted"))
     out_figs = [figs.get(g) or _empty("no first-token statistics in this run: re-run `llm-maps score`", dark)
                 for g in GRAPHS]
-    return (verdict, src, *out_figs, *[False] * len(GRAPHS), _table(V.domain_rows(result), "findings-domain-table"),
-            robust)
+    return (verdict, src, *out_figs, *[g not in figs for g in GRAPHS],
+            _table(V.domain_rows(result), "findings-domain-table"), robust)
 
 
 dash.clientside_callback(
