@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -199,11 +199,11 @@ def conditional_logit_slope(*, x: np.ndarray, y: np.ndarray, task: np.ndarray,
         lo, hi = grid[i - 1], grid[i + 1]
         for _ in range(3):  # zoom in: the log-likelihood is concave in beta
             fine = np.linspace(lo, hi, 41)
-            ll = sum(_cond_loglik(x[groups[t]], y[groups[t]], fine) for t in informative)
+            ll = np.sum([_cond_loglik(x[groups[t]], y[groups[t]], fine) for t in informative], axis=0)
             j = int(np.clip(np.argmax(ll), 1, len(fine) - 2))
             lo, hi = fine[j - 1], fine[j + 1]
         fine = np.linspace(lo, hi, 3)
-        l0, l1, l2 = sum(_cond_loglik(x[groups[t]], y[groups[t]], fine) for t in informative)
+        l0, l1, l2 = np.sum([_cond_loglik(x[groups[t]], y[groups[t]], fine) for t in informative], axis=0)
         curv = l0 - 2 * l1 + l2
         slope = float(fine[1] + (0.5 * (l0 - l2) / curv * (fine[1] - fine[0]) if curv < 0 else 0.0))
     if task_weights is not None:
@@ -298,7 +298,7 @@ def check_contrast(*, domains: Sequence[str], tasks_per_domain: dict[str, int], 
 def contrast_bootstrap(*, da: DomainData, db: DomainData, n_boot: int, seed: int) -> dict:
     """Slopes of two domains and their difference (a - b) with task-clustered bootstrap replicates."""
     rng = np.random.default_rng(seed)
-    out = {}
+    out: dict[str, Any] = {}
     for key, dd in (("a", da), ("b", db)):
         counts = task_resample_counts(n_tasks=dd.n_tasks, n_boot=n_boot, rng=rng)
         ia, sa, _ = fit_logistic(x=dd.x, y=dd.y)

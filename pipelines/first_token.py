@@ -14,7 +14,7 @@ stores the results as the columns ``first_entropy``, ``first_top_prob``, ``first
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ COLUMNS = ("first_entropy", "first_top_prob", "first_kl_to_mean")
 
 def next_token_logprobs(loaded, prompts: Sequence[str], *, max_length: int | None = None,
                         batch_tokens: int | None = None, progress: bool = True,
-                        desc: str = "first token") -> Iterator[tuple[np.ndarray, "object"]]:
+                        desc: str = "first token") -> Iterator[tuple[np.ndarray, Any]]:
     """Yield (prompt indices [b], log-probabilities [b, V] as a float32 torch tensor) per batch."""
     import torch
     from tqdm.auto import tqdm
@@ -56,9 +56,9 @@ def first_token_stats(loaded, prompts: Sequence[str], *, train_prompts: Sequence
     distributions over ``train_prompts`` (NaN when there are none)."""
     import torch
 
-    mean = None
+    mean: Any = None
     if len(train_prompts):
-        total = None
+        total: Any = None
         for _, lp in next_token_logprobs(loaded, train_prompts, max_length=max_length, progress=progress,
                                          desc="first token (train mean)"):
             s = lp.double().exp().sum(0)

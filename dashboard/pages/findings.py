@@ -42,8 +42,8 @@ def _stored(data) -> tuple[dict | None, str | None]:
     return data._cached(("findings_file", stamp), lambda: read_findings(data.path))
 
 
-def _matches(stored: dict | None, layer: int, metric: str, view: str, centred: bool, contrast: tuple) -> bool:
-    return bool(stored) and (int(stored.get("layer", -1)), stored.get("metric"), stored.get("view"),
+def _matches(stored: dict, layer: int, metric: str, view: str, centred: bool, contrast: tuple) -> bool:
+    return (int(stored.get("layer", -1)), stored.get("metric"), stored.get("view"),
                              bool(stored.get("centred")), (stored["contrast"]["a"], stored["contrast"]["b"])) == \
         (int(layer), metric, view, bool(centred), tuple(contrast))
 
@@ -53,7 +53,7 @@ def findings_for(data, *, layer: int, metric: str, view: str = "prompt", centred
     """(result, where it came from): findings.json when it holds this variant, else computed (cached
     per run). LLMMapsError when impossible (no scores, one domain, a run too large, ...)."""
     stored, _ = _stored(data)
-    if _matches(stored, layer, metric, view, centred, contrast):
+    if stored is not None and _matches(stored, layer, metric, view, centred, contrast):
         return stored, f"from findings.json (B = {stored.get('bootstrap')})"
     if not data.has_scores:
         raise LLMMapsError(NO_SCORES)
