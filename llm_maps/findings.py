@@ -588,10 +588,10 @@ def variant_distances(run, *, rows: np.ndarray, layer: int, metric: str, view: s
 def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str | None = None, view: str = "prompt",
                  centred: bool = False, contrast: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0,
                  split: str = "test", robustness: bool = True, write: bool = True, progress: bool = True,
-                 run=None) -> dict:
+                 run=None, notes: Sequence[str] = ()) -> dict:
     """Findings of a run (``llm-maps findings``): the chosen variant in full and, with
     ``robustness``, the contrast for every stored layer x metric x view x raw/centred. Written to
-    RUN/findings.json (atomically) when ``write``."""
+    RUN/findings.json (atomically) when ``write``. ``notes``: caveats to show with the numbers."""
     from .runfolder import EXAMPLES, Run, write_json_atomic
 
     run = run or Run(run_dir)
@@ -619,8 +619,9 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
                               n_boot=n_boot, seed=seed, first_token=first or None, where=where)
     out = {"format_version": FORMAT_VERSION, "split": split, "layer": layer, "metric": metric, "view": view,
            "centred": bool(centred), "model": run.manifest.get("model"), **result}
+    out["notes"] = list(notes) + out.get("notes", [])
     if not first:
-        out.setdefault("notes", []).append("first-token statistics (first_entropy, first_top_prob, first_kl_to_mean) "
+        out["notes"].append("first-token statistics (first_entropy, first_top_prob, first_kl_to_mean) "
                                            "are not stored: re-run `llm-maps score RUN` to add them")
     out["robustness"] = robustness_table(run, rows=rows, correct=correct, domain=domain, task=task,
                                          contrast=contrast, n_boot=n_boot, seed=seed, views=views,

@@ -75,7 +75,7 @@ def first_token_stats(loaded, prompts: Sequence[str], *, train_prompts: Sequence
     return out
 
 
-MAX_MEAN_PROMPTS = 1000
+MAX_MEAN_PROMPTS = 500
 
 
 def add_first_token_columns(frame, selected: np.ndarray, *, loaded, load: Callable[[], object], always: bool,
