@@ -476,7 +476,8 @@ def compute_findings(*, distance: np.ndarray, correct: Sequence, domain: Sequenc
     boot = contrast_bootstrap(da=data[a], db=data[b], n_boot=n_boot, seed=seed)
     diff = boot["diff"] if np.isfinite(boot["diff"]) else None
     lo, hi = _interval(boot["boot_diff"])
-    se = float(np.nanstd(boot["boot_diff"], ddof=1)) if np.isfinite(boot["boot_diff"]).sum() >= 10 else None
+    # the standard error the interval implies (robust to the odd near-separated replicate)
+    se = None if lo is None or hi is None else float((hi - lo) / (2 * Z95))
     p, n_perm = (permutation_p_value(da=data[a], db=data[b], observed=boot["diff"], n_perm=n_boot, seed=seed)
                  if permutation else (None, 0))
     con = {"a": a, "b": b, "slope_a": _num(boot["a"]["slope"]), "slope_b": _num(boot["b"]["slope"]),
@@ -521,8 +522,7 @@ def _notes(domains: dict, a: str, b: str) -> list[str]:
                          "slope is poorly determined; a stronger model (or easier/harder tasks) gives a sharper answer")
         if st["n_tasks"] < 10:
             notes.append(f"{name}: only {st['n_tasks']} tasks; intervals from so few clusters are rough")
-        w, s = st["slope_within_task"], st["slope"]
-        if w is not None and s is not None and s < 0 and st["slope_within_task_high"] is not None \
+        if st["slope_high"] is not None and st["slope_high"] < 0 and st["slope_within_task_high"] is not None \
                 and st["slope_within_task_high"] >= 0:
             notes.append(f"{name}: the within-task slope's interval includes 0: the falloff may be hard tasks lying "
                          "far from the training data rather than distance within a task")

@@ -143,6 +143,11 @@ def test_equal_slopes_give_an_interval_covering_zero_in_at_least_90_percent_of_s
         con = res["contrast"]
         covered += con["low"] <= 0 <= con["high"]
         verdicts.add(res["verdict"].split(":")[0])
+        # the minimum detectable difference (80 % power, 5 % level) from the interval's standard error
+        se = (con["high"] - con["low"]) / (2 * 1.959963984540054)
+        assert con["mdd"] == pytest.approx((1.959963984540054 + 0.8416212335729143) * se)
+        if con["low"] <= 0 <= con["high"]:
+            assert f"a difference smaller than {con['mdd']:.2f} cannot be detected" in res["verdict"]
     assert covered / len(seeds) >= 0.9
     assert "not supported" in verdicts
 
