@@ -73,7 +73,7 @@ def _install_basic_auth(server, credentials: tuple[str, str], prefix: str = "/")
 
 def _navbar(prefix: str = "/") -> dbc.Navbar:
     links = [dbc.NavItem(dbc.NavLink(name, href=prefix + name.lower(), active="partial", id=f"nav-{name.lower()}"))
-             for name in ("Map", "Playground", "Falloff", "Compare", "Examples", "Runs")]
+             for name in ("Map", "Playground", "Falloff", "Findings", "Compare", "Examples", "Runs")]
     return dbc.Navbar(dbc.Container([
         dbc.NavbarBrand("LLM Maps", href=prefix + "map"),
         dbc.Nav(links, navbar=True, className="me-auto"),

@@ -1,4 +1,5 @@
-"""`llm-maps export RUN --html FILE`: one standalone HTML file with the map and the falloff plot."""
+"""`llm-maps export RUN --html FILE`: one standalone HTML file with the map, the falloff plot and the
+findings (when `llm-maps findings` has written them)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,9 @@ def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_00
 
         group = [Run(run_dir)] + [Run(p) for p in compare]
         parts.append(compare_section(group, compare_runs(group, cka="auto")))
+    from dashboard.findings_view import export_section
+
+    parts.append(export_section(run_dir))
     m = data.manifest
     c = m.get("counts", {})
     head = (f"<h2>{html.escape(data.id)}</h2><p class='note'>model {html.escape(str(m.get('model')))} · "

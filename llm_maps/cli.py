@@ -127,6 +127,25 @@ def cmd_falloff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_findings(args: argparse.Namespace) -> int:
+    from llm_maps.findings import findings_run, format_findings
+    from llm_maps.runfolder import write_json_atomic
+
+    contrast = [c.strip() for c in args.contrast.split(",")] if args.contrast else None
+    result = findings_run(args.run, layer=args.layer, metric=args.metric, view=args.view, centred=args.centred,
+                          contrast=contrast, n_boot=args.bootstrap, seed=args.seed, split=args.split,
+                          robustness=not args.no_robustness, progress=not args.no_progress)
+    print(format_findings(result))
+    if args.json:
+        write_json_atomic(args.json, result)
+    if args.html:
+        from dashboard.findings_view import write_findings_html
+
+        out = write_findings_html(result, args.html, title=Path(args.run).resolve().name)
+        print(f"{out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 def _lmeval_build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     build = config_values(BuildConfig, args)  # model, out, test_size, seed, the model/projection/distances groups
     cols = None
@@ -389,6 +408,29 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="cosine,euclidean")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.set_defaults(func=cmd_falloff)
+
+    p = sub.add_parser("findings", help="does accuracy fall off more steeply in one domain? (writes findings.json)",
+                       description="Logistic slope of correct on the distance percentile per domain with task-clustered "
+                                   "bootstrap 95%% intervals, the contrast between two domains with a task-level "
+                                   "permutation p-value, AUROC of distance for an error, within-task slopes, "
+                                   "first-token confidence vs distance, a verdict, and the same contrast for every "
+                                   "stored layer, metric and view on raw and train-mean-centred encodings.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the result to FILE")
+    p.add_argument("--html", metavar="FILE", default=None, help="write a standalone HTML page (plotly.js inlined)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="B", help="bootstrap replicates and permutations "
+                                                                            "(default 2000)")
+    p.add_argument("--contrast", default=None, metavar="A,B", help="the two domains compared, slope A - B "
+                                                                   "(default Chollet,Reasoning)")
+    p.add_argument("--layer", type=int, default=None, help="stored layer (default: the run's)")
+    p.add_argument("--metric", default=None, choices=["cosine", "euclidean"], help="default: the run's")
+    p.add_argument("--view", default="prompt", help="encoding view (prompt, or one manifest.views lists)")
+    p.add_argument("--centred", action="store_true", help="distances on train-mean-centred encodings")
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-robustness", action="store_true", help="skip the table over layers, metrics and views")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_findings)
 
     def lmeval_common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, metavar="RUN_DIR")

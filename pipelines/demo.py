@@ -9,6 +9,7 @@ from pathlib import Path
 
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE
+from llm_maps.findings import FINDINGS_FILE
 from llm_maps.runfolder import MANIFEST, read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,12 +53,17 @@ def build_demo(out: Path | None = None, *, progress: bool = True, limit: int | N
                      log=lambda m: print(m, file=sys.stderr), **DEMO_SETTINGS)
 
 
+DEMO_NOTE = ("the demo model is SmolLM2-135M-Instruct (135M parameters, 4-bit GGUF), far smaller than the models the "
+             "Chollet/Reasoning claim is about, on a few hundred BIG-bench test examples: read these numbers as a "
+             "demonstration of the method, not as evidence for or against the claim")
 DEMO_SCORING = dict(max_new_tokens=32, mc_output="choice", splits=("test",))
 
 
 def score_demo(out: Path, *, progress: bool = True) -> None:
     """Real scores from the demo model: multiple choice by log-likelihood (the choice is the
-    output), ROUGE-L / answer-contained on generated text; then the falloff statistics."""
+    output), ROUGE-L / answer-contained on generated text; then the falloff statistics and the
+    findings (findings.json)."""
+    from llm_maps.findings import findings_run
     from pipelines.falloff_run import falloff_run
     from pipelines.score import score_run
 
@@ -68,6 +74,7 @@ def score_demo(out: Path, *, progress: bool = True) -> None:
     if "completion" in (read_manifest(out).get("views") or []):  # test rows: their outputs now
         encode_view_run(out, view="completion", progress=progress, log=lambda m: print(m, file=sys.stderr))
     falloff_run(out)
+    findings_run(out, progress=progress, notes=[DEMO_NOTE])
 
 
 def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool = True, serve: bool = False,
@@ -82,7 +89,8 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
     if rebuild or not (out / MANIFEST).exists():
         print(f"building the demo run in {out} (SmolLM2-135M-Instruct, BIG-bench demo set)...", file=sys.stderr)
         build_demo(out, progress=progress)
-    if rebuild or "scoring" not in read_manifest(out) or not (out / FALLOFF_FILE).exists():
+    if rebuild or "scoring" not in read_manifest(out) or not (out / FALLOFF_FILE).exists() \
+            or not (out / FINDINGS_FILE).exists():
         score_demo(out, progress=progress)
     print(summarize_run(out), flush=True)
     if not serve:

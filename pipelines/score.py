@@ -169,6 +169,16 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         frame["choice_logprobs"] = values
         log(f"scored {len(mc_rows)} multiple-choice examples by log-likelihood in {time.perf_counter() - start:.1f} s")
 
+    ft_info = (manifest.get("scoring") or {}).get("first_token")
+    if generate != "never":  # first-token statistics (entropy, top probability, KL to the train mean)
+        from pipelines.first_token import add_first_token_columns
+        from pipelines.models import load_model as _load_model
+
+        loaded, ran = add_first_token_columns(
+            frame, selected, loaded=loaded, always=generate == "always", max_length=manifest.get("max_length"),
+            load=lambda: _load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype,
+                                     device=device), progress=progress, log=log)
+        ft_info = ran or ft_info
     scores = np.full(len(frame), np.nan)
     used = [None] * len(frame)
     no_reference = 0
@@ -204,7 +214,7 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         "splits": list(splits), "metric": metric or "auto", "metric_default": default, "metric_overrides": overrides,
         "thresholds": thr, "correct_rule": "score >= thresholds[metric]", "by_metric": by_metric,
         "scored": int(scored.sum()), "unscored_no_reference": no_reference, "accuracy": acc, "mc_output": mc_output,
-        "generation": gen_info, "created": now_iso()}}
+        "generation": gen_info, "first_token": ft_info, "created": now_iso()}}
     entry = history_entry(
         "score", {"splits": list(splits), "generate": generate, "metric": metric or "auto", "thresholds": thr,
                   "mc_output": mc_output, "max_new_tokens": max_new_tokens, "temperature": temperature,
@@ -213,7 +223,8 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         {"examples": f"{EXAMPLES}:prompt,reference,output,choices", "model": manifest["model"],
          "model_revision": manifest.get("model_revision")},
         [f"{EXAMPLES}:{c}" for c in ("output", "output_token_ids", "output_logprobs", "stop_reason",
-                                      "choice_logprobs", "metric", "score", "correct")] + ["scoring"])
+                                      "choice_logprobs", "metric", "score", "correct",
+                                      "first_entropy", "first_top_prob", "first_kl_to_mean")] + ["scoring"])
     manifest = with_history(manifest, entry)
     manifest["updated"] = entry["created"]
     _write_run_files(run_dir, frame, manifest)

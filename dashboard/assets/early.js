@@ -18,7 +18,7 @@
   window.__llmNativeTrim = String.prototype.trim;
   if (window.Plotly) return;
   var path = location.pathname.slice(cfg.plen);
-  var eager = /^(map|falloff|playground|compare)?\/?$/.test(path);
+  var eager = /^(map|falloff|findings|playground|compare)?\/?$/.test(path);
   var url = cfg.url, state = 0, waiting = [], fetch0 = window.fetch;
   function preload(href) {
     var link = document.createElement('link');

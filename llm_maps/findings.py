@@ -1,0 +1,699 @@
+"""Findings: does accuracy fall off more steeply with distance to the training data in one domain
+("Chollet") than in another ("Reasoning")? Statistics a reviewer accepts, torch-free.
+
+* One distance scale for every run: a test example's distance to train as its percentile among the
+  run's test distances (0 = nearest, 1 = farthest), so slopes compare across layers, metrics, views
+  and models. Raw units are reported beside it.
+* Tasks are the unit of independence: every interval is a *task-clustered* bootstrap (tasks are
+  resampled with replacement within each domain; a replicate is a weighting of the rows, so the
+  logistic fits of all replicates run at once as a few Newton steps in numpy), and the contrast's
+  p-value permutes domain labels across tasks.
+* The within-task slope is the conditional-logit (task fixed effects) slope: each task's own
+  accuracy is conditioned out, so only the ordering of right and wrong answers *inside* a task
+  carries it.
+
+Compute functions are pure and keyword-only; ``findings_run`` reads a run folder
+(``llm_maps.runfolder``) and is what ``llm-maps findings``, the Findings page and ``llm-maps
+export`` share. The result is JSON-ready (see ``compute_findings``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import LLMMapsError
+from .falloff import Z95, wilson_interval
+
+FINDINGS_FILE = "findings.json"
+FORMAT_VERSION = 1
+DEFAULT_CONTRAST = ("Chollet", "Reasoning")
+FIRST_TOKEN_COLUMNS = ("first_entropy", "first_top_prob", "first_kl_to_mean")
+METRICS = ("cosine", "euclidean")
+Z80 = 0.8416212335729143  # one-sided normal quantile for 80 % power
+UNIT = ("slope = change in the log-odds of a correct answer per unit distance percentile (the fraction of test "
+        "examples nearer to the training data: 0 = nearest, 1 = farthest); negative = accuracy falls with distance")
+MAX_SLOPE = 60.0  # |slope| beyond this per unit percentile = (quasi-)separation, not an estimate
+
+
+# --- the distance scale ----------------------------------------------------------------------------
+
+def percentile_scale(distance: np.ndarray) -> np.ndarray:
+    """[N] each finite distance's percentile rank among the finite ones, (average rank - 1/2) / n:
+    the fraction of the split nearer to the training data (ties count one half), from 1/(2n) for
+    the nearest to 1 - 1/(2n) for the farthest. Repeating every example leaves it unchanged.
+    NaN stays NaN. (scipy.stats.rankdata's average ranks, without importing scipy.stats.)"""
+    d = np.asarray(distance, dtype=float)
+    out = np.full(d.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(d))
+    if len(ok):
+        v = d[ok]
+        order = np.argsort(v, kind="stable")
+        sv = v[order]
+        starts = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]])
+        ends = np.r_[starts[1:], len(sv)]
+        avg = (starts + 1 + ends) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+        ranks = np.empty(len(v))
+        ranks[order] = np.repeat(avg, ends - starts)
+        out[ok] = (ranks - 0.5) / len(v)
+    return out
+
+
+def expit(z: np.ndarray) -> np.ndarray:
+    """The logistic function, overflow-free."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+# --- batched fits ----------------------------------------------------------------------------------
+
+def _blocks(n_rep: int, n_rows: int, budget: float = 4e6) -> Iterable[slice]:
+    step = max(1, int(budget // max(n_rows, 1)))
+    for start in range(0, n_rep, step):
+        yield slice(start, min(n_rep, start + step))
+
+
+def fit_logistic(*, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, max_iter: int = 50,
+                 tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logistic regression of ``y`` (0/1) on ``x`` with an intercept, for every row of ``weights``
+    ([R, n] case weights, e.g. bootstrap counts; None = one fit with unit weights) at once, by
+    Newton's method. Returns (intercept [R], slope [R], ok [R]); ``ok`` is False where a fit has
+    one class only, no spread in x, did not converge, or separates (|slope| > MAX_SLOPE)."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    w_all = np.ones((1, len(x))) if weights is None else np.atleast_2d(np.asarray(weights, dtype=float))
+    n_rep = w_all.shape[0]
+    a_out, s_out, ok_out = np.full(n_rep, np.nan), np.full(n_rep, np.nan), np.zeros(n_rep, dtype=bool)
+    for sl in _blocks(n_rep, len(x)):
+        w = w_all[sl]  # [r, n]
+        sw = w.sum(1)
+        sy = (w * y).sum(1)
+        mx = (w * x).sum(1) / np.maximum(sw, 1e-300)
+        vx = (w * (x - mx[:, None]) ** 2).sum(1)
+        valid = (sy > 0) & (sy < sw) & (vx > 1e-12 * np.maximum(sw, 1))
+        ybar = np.clip(sy / np.maximum(sw, 1e-300), 1e-6, 1 - 1e-6)
+        a = np.log(ybar / (1 - ybar))
+        s = np.zeros_like(a)
+        done = ~valid
+        for _ in range(max_iter):
+            act = np.flatnonzero(~done)  # rows still moving: the others are not recomputed
+            if len(act) == 0:
+                break
+            wa = w[act]
+            p = expit(a[act, None] + s[act, None] * x[None, :])
+            r = wa * (y - p)
+            g0, g1 = r.sum(1), r @ x
+            v = wa * p * (1 - p)
+            h00, h01, h11 = v.sum(1), v @ x, v @ (x * x)
+            det = h00 * h11 - h01 * h01
+            det = np.where(np.abs(det) > 1e-300, det, np.nan)
+            d0 = (h11 * g0 - h01 * g1) / det
+            d1 = (h00 * g1 - h01 * g0) / det
+            big = np.maximum(np.abs(d0), np.abs(d1))
+            scale = np.where(big > 5, 5 / np.where(big > 0, big, 1), 1.0)  # damp wild first steps
+            a[act] += np.nan_to_num(d0 * scale)
+            s[act] += np.nan_to_num(d1 * scale)
+            done[act] = ~(big > tol) | ~np.isfinite(big)
+        conv = done & valid & np.isfinite(s) & (np.abs(s) < MAX_SLOPE)
+        a_out[sl], s_out[sl], ok_out[sl] = np.where(conv, a, np.nan), np.where(conv, s, np.nan), conv
+    return a_out, s_out, ok_out
+
+
+def fit_ols_slope(*, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Weighted least-squares slope of y on x for every row of ``weights`` ([R, n]; None = one fit)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    w = np.ones((1, len(x))) if weights is None else np.atleast_2d(np.asarray(weights, dtype=float))
+    sw = np.maximum(w.sum(1), 1e-300)
+    mx, my = (w * x).sum(1) / sw, (w * y).sum(1) / sw
+    sxx = (w * (x - mx[:, None]) ** 2).sum(1)
+    sxy = (w * (x - mx[:, None]) * (y - my[:, None])).sum(1)
+    return np.where(sxx > 1e-12, sxy / np.where(sxx > 1e-12, sxx, 1), np.nan)
+
+
+def weighted_auroc(*, score: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """AUROC of ``score`` for ``positive`` (ties count one half), for every row of ``weights``
+    ([R, n] case weights; None = one unweighted value). Equals scikit-learn's roc_auc_score with
+    ``sample_weight``. NaN where a row has no positive or no negative weight."""
+    score = np.asarray(score, dtype=float)
+    pos = np.asarray(positive, dtype=bool)
+    w = np.ones((1, len(score))) if weights is None else np.atleast_2d(np.asarray(weights, dtype=float))
+    order = np.argsort(score, kind="stable")
+    s_sorted = score[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # groups of tied scores
+    pos_o = pos[order]
+    out = np.full(w.shape[0], np.nan)
+    for sl in _blocks(w.shape[0], len(score)):
+        wo = w[sl][:, order]
+        wp = np.add.reduceat(np.where(pos_o, wo, 0.0), starts, axis=1)  # [r, G]
+        wn = np.add.reduceat(np.where(pos_o, 0.0, wo), starts, axis=1)
+        below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each group
+        num = (wp * (below + 0.5 * wn)).sum(1)
+        den = wp.sum(1) * wn.sum(1)
+        out[sl] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    return out
+
+
+def _cond_loglik(x: np.ndarray, y: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """Conditional-logit log-likelihood of one task at each of ``betas`` ([G] -> [G]): the log
+    probability that exactly the observed rows are the correct ones, given how many are."""
+    x = np.asarray(x, dtype=float)
+    x = x - x.mean()  # a shift cancels in the conditional likelihood
+    k = int(y.sum())
+    sign = 1.0
+    if k > len(y) - k:  # the complement set has the same likelihood at -beta
+        y, k, sign = 1 - y, len(y) - k, -1.0
+    b = sign * np.asarray(betas, dtype=float)
+    log_e = np.full((len(b), k + 1), -np.inf)
+    log_e[:, 0] = 0.0
+    for xi in x:  # elementary symmetric polynomials of exp(b * x), in log space
+        log_e[:, 1:] = np.logaddexp(log_e[:, 1:], log_e[:, :-1] + (b * xi)[:, None])
+    return b * float(x[y > 0].sum()) - log_e[:, k]
+
+
+def conditional_logit_slope(*, x: np.ndarray, y: np.ndarray, task: np.ndarray,
+                            task_weights: np.ndarray | None = None, lim: float = 20.0,
+                            grid_step: float = 0.05) -> tuple[float, np.ndarray, int]:
+    """Within-task slope: the conditional-logit (task fixed effects) MLE of correct on ``x``, which
+    statsmodels' ConditionalLogit also fits. Tasks where all or none are correct carry no
+    information and drop out. ``task_weights`` [R, T] (T = number of distinct tasks, in
+    ``np.unique`` order) gives the slope of each task-resampled replicate from the per-task
+    log-likelihoods on a grid (refined by a parabola). Returns (slope, replicate slopes [R],
+    informative tasks); NaN where the maximum is not interior (separation)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    names, codes = np.unique(np.asarray(task), return_inverse=True)
+    groups = [np.flatnonzero(codes == t) for t in range(len(names))]
+    informative = [t for t, g in enumerate(groups) if 0 < y[g].sum() < len(g) and np.ptp(x[g]) > 0]
+    reps = np.full(0 if task_weights is None else np.atleast_2d(task_weights).shape[0], np.nan)
+    if not informative:
+        return math.nan, reps, 0
+    grid = np.arange(-lim, lim + grid_step / 2, grid_step)
+    per_task = np.zeros((len(names), len(grid)))  # [T, G]
+    for t in informative:
+        per_task[t] = _cond_loglik(x[groups[t]], y[groups[t]], grid)
+    total = per_task.sum(0)
+    i = int(np.argmax(total))
+    slope = math.nan
+    if 0 < i < len(grid) - 1:
+        lo, hi = grid[i - 1], grid[i + 1]
+        for _ in range(3):  # zoom in: the log-likelihood is concave in beta
+            fine = np.linspace(lo, hi, 41)
+            ll = np.sum([_cond_loglik(x[groups[t]], y[groups[t]], fine) for t in informative], axis=0)
+            j = int(np.clip(np.argmax(ll), 1, len(fine) - 2))
+            lo, hi = fine[j - 1], fine[j + 1]
+        fine = np.linspace(lo, hi, 3)
+        l0, l1, l2 = np.sum([_cond_loglik(x[groups[t]], y[groups[t]], fine) for t in informative], axis=0)
+        curv = l0 - 2 * l1 + l2
+        slope = float(fine[1] + (0.5 * (l0 - l2) / curv * (fine[1] - fine[0]) if curv < 0 else 0.0))
+    if task_weights is not None:
+        ll = np.atleast_2d(np.asarray(task_weights, dtype=float)) @ per_task  # [R, G]
+        j = np.argmax(ll, axis=1)
+        interior = (j > 0) & (j < len(grid) - 1)
+        jj = np.clip(j, 1, len(grid) - 2)
+        rows = np.arange(len(j))
+        l0, l1, l2 = ll[rows, jj - 1], ll[rows, jj], ll[rows, jj + 1]
+        curv = l0 - 2 * l1 + l2
+        shift = np.where(curv < 0, 0.5 * (l0 - l2) / np.where(curv < 0, curv, -1), 0.0)
+        reps = np.where(interior, grid[jj] + np.clip(shift, -0.5, 0.5) * grid_step, np.nan)
+    return slope, reps, len(informative)
+
+
+# --- clustered resampling --------------------------------------------------------------------------
+
+def task_resample_counts(*, n_tasks: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[B, T] how often each of ``n_tasks`` tasks is drawn in each of ``n_boot`` replicates."""
+    return rng.multinomial(n_tasks, np.full(n_tasks, 1.0 / n_tasks), size=n_boot).astype(float)
+
+
+def _interval(values: np.ndarray) -> tuple[float | None, float | None]:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 10:
+        return None, None
+    lo, hi = np.percentile(v, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _num(v) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+# --- the analysis ----------------------------------------------------------------------------------
+
+class DomainData:
+    """The rows of one domain: percentile x, correct y, task codes (0..T-1) and names."""
+
+    def __init__(self, name: str, x: np.ndarray, y: np.ndarray, task: np.ndarray, raw: np.ndarray):
+        self.name, self.x, self.y, self.raw = name, x, y.astype(float), raw
+        self.task_names, self.codes = np.unique(task, return_inverse=True)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_names)
+
+    def weights(self, counts: np.ndarray) -> np.ndarray:
+        """[B, n] row weights of task-resample counts [B, T]."""
+        return counts[:, self.codes]
+
+
+def _prepare(*, distance, correct, domain, task, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                      np.ndarray, np.ndarray, np.ndarray]:
+    d = np.asarray(distance, dtype=float)
+    c = np.array([np.nan if v is None or (isinstance(v, float) and math.isnan(v)) else float(bool(v))
+                  for v in correct])
+    dom = np.array([str(v) for v in domain], dtype=object)
+    tsk = np.array([str(v) for v in task], dtype=object)
+    if not (len(d) == len(c) == len(dom) == len(tsk)):
+        raise LLMMapsError(f"{where}: distance, correct, domain and task differ in length")
+    pct = percentile_scale(d)  # among all of the split's distances, scored or not
+    keep = np.isfinite(d) & np.isfinite(c)
+    if not keep.any():
+        raise LLMMapsError(f"{where}, field 'correct': no scored test examples with a distance "
+                           "(run `llm-maps score RUN` first)")
+    return keep, pct, d, c, dom, tsk
+
+
+def check_contrast(*, domains: Sequence[str], tasks_per_domain: dict[str, int], contrast: Sequence[str],
+                   where: str) -> tuple[str, str]:
+    present = sorted(set(domains))
+    if len(present) < 2:
+        raise LLMMapsError(f"{where}, field 'domain': the scored test examples are all in one domain "
+                           f"('{present[0]}'); findings compare two domains")
+    a, b = contrast
+    for name in (a, b):
+        if name not in present:
+            raise LLMMapsError(f"{where}, field 'domain': no scored test examples in domain '{name}' "
+                               f"(domains: {', '.join(present)}); choose two with --contrast A,B")
+    if a == b:
+        raise LLMMapsError(f"--contrast: the two domains must differ, got '{a}' twice")
+    for name in (a, b):
+        if tasks_per_domain[name] < 2:
+            raise LLMMapsError(f"{where}, field 'task': domain '{name}' has only {tasks_per_domain[name]} task "
+                               "among the scored test examples; a task-clustered interval needs at least 2 tasks "
+                               "per domain (tasks, not examples, are the unit of independence)")
+    return a, b
+
+
+def contrast_bootstrap(*, da: DomainData, db: DomainData, n_boot: int, seed: int) -> dict:
+    """Slopes of two domains and their difference (a - b) with task-clustered bootstrap replicates."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for key, dd in (("a", da), ("b", db)):
+        counts = task_resample_counts(n_tasks=dd.n_tasks, n_boot=n_boot, rng=rng)
+        ia, sa, _ = fit_logistic(x=dd.x, y=dd.y)
+        ib, sb, ok = fit_logistic(x=dd.x, y=dd.y, weights=dd.weights(counts))
+        out[key] = {"intercept": float(ia[0]), "slope": float(sa[0]), "boot_intercept": ib, "boot_slope": sb,
+                    "counts": counts}
+    diff = out["a"]["boot_slope"] - out["b"]["boot_slope"]
+    out["diff"] = out["a"]["slope"] - out["b"]["slope"]
+    out["boot_diff"] = diff
+    return out
+
+
+def permutation_p_value(*, da: DomainData, db: DomainData, observed: float, n_perm: int, seed: int) -> tuple[float | None, int]:
+    """Two-sided p-value of the slope difference: domain labels shuffled across the pooled tasks
+    (each domain keeps its number of tasks). Returns (p, permutations that fitted)."""
+    if not np.isfinite(observed):
+        return None, 0
+    rng = np.random.default_rng(seed + 7919)
+    x = np.r_[da.x, db.x]
+    y = np.r_[da.y, db.y]
+    codes = np.r_[da.codes, db.codes + da.n_tasks]
+    n_all = da.n_tasks + db.n_tasks
+    labels = np.zeros((n_perm, n_all))
+    labels[:, :da.n_tasks] = 1.0
+    labels = rng.permuted(labels, axis=1)  # [P, T]: 1 = task goes to a
+    wa = labels[:, codes]
+    _, sa, oka = fit_logistic(x=x, y=y, weights=wa)
+    _, sb, okb = fit_logistic(x=x, y=y, weights=1.0 - wa)
+    good = oka & okb
+    d = (sa - sb)[good]
+    if len(d) == 0:
+        return None, 0
+    return float((1 + np.sum(np.abs(d) >= abs(observed) - 1e-12)) / (len(d) + 1)), int(len(d))
+
+
+def verdict_line(contrast: dict) -> str:
+    """The plain verdict, generated from the contrast's numbers."""
+    a, b = contrast["a"], contrast["b"]
+    d, lo, hi, p = contrast["slope_diff"], contrast["low"], contrast["high"], contrast["p_value"]
+    tasks = f"{contrast['n_tasks_a']} vs {contrast['n_tasks_b']} tasks, {contrast['n_a']} vs {contrast['n_b']} examples"
+    if d is None or lo is None or hi is None:
+        return (f"not supported: the slope difference {a} − {b} could not be estimated (a domain's accuracy is all "
+                f"right or all wrong, or its distances do not vary; {tasks})")
+    ptxt = "" if p is None else f", p = {p:.3g}"
+    if lo > 0 or hi < 0:
+        steeper, flatter = (a, b) if d < 0 else (b, a)
+        return (f"{steeper} falls off more steeply than {flatter}: slope difference ({a} − {b}) {d:+.2f} "
+                f"[{lo:+.2f}, {hi:+.2f}] per unit percentile{ptxt} ({tasks})")
+    mdd = contrast.get("mdd")
+    tail = (f"; with these task counts a difference smaller than {mdd:.2f} cannot be detected (80 % power, "
+            "5 % level)" if mdd is not None else "")
+    return (f"not supported: the slope difference ({a} − {b}) {d:+.2f} has interval [{lo:+.2f}, {hi:+.2f}], "
+            f"which includes 0{ptxt}{tail} ({tasks})")
+
+
+def _bins_on_scale(x: np.ndarray, y: np.ndarray, n_bins: int) -> list[dict]:
+    """Accuracy (or mean) in equal-width percentile bins, with Wilson intervals for 0/1 values."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        sel = idx == b
+        n = int(sel.sum())
+        if not n:
+            continue
+        k = int(y[sel].sum())
+        lo, hi = wilson_interval(k, n)
+        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "x": float(np.mean(x[sel])), "n": n,
+                    "correct": k, "accuracy": k / n, "low": lo, "high": hi})
+    return out
+
+
+def _quartile(dd: DomainData, which: str) -> dict:
+    """Accuracy in the domain's nearest or farthest quarter of examples (by distance), Wilson 95 %."""
+    q = np.quantile(dd.x, 0.25 if which == "near" else 0.75)
+    sel = dd.x <= q if which == "near" else dd.x >= q
+    n, k = int(sel.sum()), int(dd.y[sel].sum())
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "correct": k, "accuracy": k / n if n else None, "low": _num(lo), "high": _num(hi),
+            "percentile_max" if which == "near" else "percentile_min": float(q)}
+
+
+def risk_coverage(*, x: np.ndarray, y: np.ndarray, steps: int = 20) -> list[dict]:
+    """Accuracy when only the nearest ``coverage`` fraction of examples is answered."""
+    order = np.argsort(x, kind="stable")
+    ys = y[order]
+    out = []
+    for c in np.linspace(1 / steps, 1, steps):
+        n = max(1, int(round(c * len(ys))))
+        out.append({"coverage": round(float(c), 4), "n": n, "accuracy": float(ys[:n].mean())})
+    return out
+
+
+def _domain_stats(dd: DomainData, boot: dict | None, *, n_boot: int, seed: int, n_bins: int,
+                  first_token: dict[str, np.ndarray] | None, curve_x: np.ndarray) -> dict:
+    rng = np.random.default_rng(seed + 104729 + sum(map(ord, dd.name)))
+    counts = boot["counts"] if boot is not None else task_resample_counts(n_tasks=dd.n_tasks, n_boot=n_boot, rng=rng)
+    w = dd.weights(counts)
+    if boot is None:
+        ia, sa, _ = fit_logistic(x=dd.x, y=dd.y)
+        ib, sb, _ = fit_logistic(x=dd.x, y=dd.y, weights=w) if dd.n_tasks >= 2 else (None, np.full(0, np.nan), None)
+        intercept, slope = float(ia[0]), float(sa[0])
+    else:
+        intercept, slope, ib, sb = boot["intercept"], boot["slope"], boot["boot_intercept"], boot["boot_slope"]
+    lo, hi = _interval(sb) if dd.n_tasks >= 2 else (None, None)
+    _, raw_slope, _ = fit_logistic(x=dd.raw, y=dd.y)
+    err = dd.y < 0.5
+    auc = weighted_auroc(score=dd.x, positive=err)[0]
+    auc_b = weighted_auroc(score=dd.x, positive=err, weights=w) if dd.n_tasks >= 2 else np.full(0, np.nan)
+    alo, ahi = _interval(auc_b)
+    within, within_b, n_inf = conditional_logit_slope(x=dd.x, y=dd.y, task=dd.codes,
+                                                      task_weights=counts if dd.n_tasks >= 2 else None)
+    wlo, whi = _interval(within_b) if n_inf >= 2 else (None, None)
+    curve = None
+    if np.isfinite(slope):
+        p = expit(intercept + slope * curve_x)
+        band_lo = band_hi = None
+        if ib is not None and np.isfinite(sb).sum() >= 10:
+            good = np.isfinite(sb)
+            pb = expit(ib[good, None] + sb[good, None] * curve_x[None, :])
+            band_lo, band_hi = np.percentile(pb, 2.5, axis=0).tolist(), np.percentile(pb, 97.5, axis=0).tolist()
+        curve = {"x": curve_x.tolist(), "p": p.tolist(), "low": band_lo, "high": band_hi}
+    conf = {}
+    for col, values in (first_token or {}).items():
+        v = np.asarray(values, dtype=float)
+        ok = np.isfinite(v)
+        if ok.sum() < 3:
+            continue
+        s = float(fit_ols_slope(x=dd.x[ok], y=v[ok])[0])
+        sb_ = fit_ols_slope(x=dd.x[ok], y=v[ok], weights=w[:, ok]) if dd.n_tasks >= 2 else np.full(0, np.nan)
+        clo, chi = _interval(sb_)
+        edges = np.linspace(0, 1, n_bins + 1)
+        idx = np.clip(np.searchsorted(edges, dd.x[ok], side="right") - 1, 0, n_bins - 1)
+        bins = [{"x": float(dd.x[ok][idx == b].mean()), "n": int((idx == b).sum()), "mean": float(v[ok][idx == b].mean())}
+                for b in range(n_bins) if (idx == b).any()]
+        conf[col] = {"n": int(ok.sum()), "mean": float(v[ok].mean()), "slope": _num(s), "low": clo, "high": chi,
+                     "bins": bins}
+    n, k = len(dd.y), int(dd.y.sum())
+    alow, ahigh = wilson_interval(k, n)
+    return {
+        "n": n, "n_tasks": dd.n_tasks, "correct": k, "accuracy": k / n, "accuracy_low": alow, "accuracy_high": ahigh,
+        "slope": _num(slope), "slope_low": lo, "slope_high": hi, "intercept": _num(intercept),
+        "slope_raw": _num(raw_slope[0]),
+        "auroc": _num(auc), "auroc_low": alo, "auroc_high": ahi,
+        "slope_within_task": _num(within), "slope_within_task_low": wlo, "slope_within_task_high": whi,
+        "n_tasks_within": n_inf,
+        "near": _quartile(dd, "near"), "far": _quartile(dd, "far"),
+        "bins": _bins_on_scale(dd.x, dd.y, n_bins), "curve": curve,
+        "risk_coverage": risk_coverage(x=dd.x, y=dd.y), "confidence": conf,
+        "bootstrap_failed": int((~np.isfinite(sb)).sum()) if len(sb) else None,
+    }
+
+
+def compute_findings(*, distance: np.ndarray, correct: Sequence, domain: Sequence, task: Sequence,
+                     contrast: Sequence[str] = DEFAULT_CONTRAST, n_boot: int = 2000, seed: int = 0,
+                     first_token: dict[str, np.ndarray] | None = None, n_bins: int = 5,
+                     permutation: bool = True, details: bool = True, where: str = "run") -> dict:
+    """Findings for one distance variant of a split.
+
+    ``distance`` [N] raw distances to train of the split's examples (NaN = none); ``correct`` [N]
+    bool or None (unscored rows count in the percentile scale, not in the fits); ``domain``,
+    ``task`` [N]. Returns domains (slope per unit percentile with a task-clustered 95 % interval,
+    nearest/farthest-quartile accuracy with Wilson intervals, AUROC of distance for an error with a
+    clustered interval, within-task slope, risk-coverage, confidence-vs-distance slopes), the
+    contrast ``a - b`` with its interval, task-level permutation p-value and minimum detectable
+    difference, and the verdict. ``details=False``: the contrast only (robustness rows)."""
+    if n_boot < 100:
+        raise LLMMapsError(f"--bootstrap: at least 100 replicates are needed for a 95 % interval, got {n_boot}")
+    keep, pct, d, c, dom, tsk = _prepare(distance=distance, correct=correct, domain=domain, task=task, where=where)
+    tasks_per_domain = {name: len(set(tsk[keep & (dom == name)])) for name in set(dom[keep])}
+    a, b = check_contrast(domains=list(dom[keep]), tasks_per_domain=tasks_per_domain, contrast=tuple(contrast),
+                          where=where)
+    data = {name: DomainData(name, pct[keep & (dom == name)], c[keep & (dom == name)], tsk[keep & (dom == name)],
+                             d[keep & (dom == name)]) for name in sorted(tasks_per_domain)}
+    boot = contrast_bootstrap(da=data[a], db=data[b], n_boot=n_boot, seed=seed)
+    diff = boot["diff"] if np.isfinite(boot["diff"]) else None
+    lo, hi = _interval(boot["boot_diff"])
+    # the standard error the interval implies (robust to the odd near-separated replicate)
+    se = None if lo is None or hi is None else float((hi - lo) / (2 * Z95))
+    p, n_perm = (permutation_p_value(da=data[a], db=data[b], observed=boot["diff"], n_perm=n_boot, seed=seed)
+                 if permutation else (None, 0))
+    con = {"a": a, "b": b, "slope_a": _num(boot["a"]["slope"]), "slope_b": _num(boot["b"]["slope"]),
+           "slope_diff": _num(diff), "low": lo, "high": hi, "p_value": p, "se": se,
+           "mdd": None if se is None else float((Z95 + Z80) * se),
+           "n_tasks_a": data[a].n_tasks, "n_tasks_b": data[b].n_tasks, "n_a": len(data[a].y), "n_b": len(data[b].y),
+           "bootstrap_failed": int((~np.isfinite(boot["boot_diff"])).sum()), "permutations": n_perm}
+    out = {"n_test": int(keep.sum()), "n_tasks": int(len(set(tsk[keep]))), "contrast": con,
+           "verdict": verdict_line(con)}
+    if not details:
+        return out
+    curve_x = np.linspace(0, 1, 21)
+    domains = {}
+    for name, dd in data.items():
+        shared = {"a": boot["a"], "b": boot["b"]}.get("a" if name == a else "b" if name == b else "", None)
+        domains[name] = _domain_stats(dd, shared, n_boot=n_boot, seed=seed, n_bins=n_bins,
+                                      first_token={k: np.asarray(v, dtype=float)[keep & (dom == name)]
+                                                   for k, v in (first_token or {}).items()},
+                                      curve_x=curve_x)
+    finite = d[np.isfinite(d)]
+    out.update({
+        "unit": UNIT,
+        "interval": (f"95 % percentile interval of a task-clustered bootstrap (tasks resampled with replacement "
+                     f"within each domain), B = {n_boot}, seed {seed}; p-value: {n_perm} permutations of domain "
+                     "labels across tasks; Wilson intervals for quartile accuracies"),
+        "bootstrap": n_boot, "seed": seed,
+        "distance_raw": {"n": int(len(finite)), "min": float(finite.min()), "max": float(finite.max()),
+                         "quartiles": [float(v) for v in np.quantile(finite, [0.25, 0.5, 0.75])]},
+        "domains": domains,
+        "risk_coverage": risk_coverage(x=pct[keep], y=c[keep]),
+        "notes": _notes(domains, a, b),
+    })
+    return out
+
+
+def _notes(domains: dict, a: str, b: str) -> list[str]:
+    notes = []
+    for name in (a, b):
+        st = domains[name]
+        if st["accuracy"] < 0.1 or st["accuracy"] > 0.9:
+            notes.append(f"{name}: accuracy {st['accuracy']:.2f} is near {'0' if st['accuracy'] < 0.5 else '1'}, so its "
+                         "slope is poorly determined; a stronger model (or easier/harder tasks) gives a sharper answer")
+        if st["n_tasks"] < 10:
+            notes.append(f"{name}: only {st['n_tasks']} tasks; intervals from so few clusters are rough")
+        if st["slope_high"] is not None and st["slope_high"] < 0 and st["slope_within_task_high"] is not None \
+                and st["slope_within_task_high"] >= 0:
+            notes.append(f"{name}: the within-task slope's interval includes 0: the falloff may be hard tasks lying "
+                         "far from the training data rather than distance within a task")
+    return notes
+
+
+# --- run folders -----------------------------------------------------------------------------------
+
+def run_views(manifest: dict) -> list[str]:
+    """"prompt" plus the views ``manifest.views`` lists (names, or objects with a "name")."""
+    out = ["prompt"]
+    for v in manifest.get("views") or []:
+        name = v.get("name") if isinstance(v, dict) else v
+        if name and str(name) not in out:
+            out.append(str(name))
+    return out
+
+
+def view_encodings(run, view: str, layer: int) -> np.ndarray:
+    """Memory-mapped [N, H] encodings of one view and layer (``encodings/<view>/layer_<k>.npy``)."""
+    from .runfolder import ENCODINGS
+
+    if view == "prompt":
+        return run.encodings(layer)
+    path = run.path / ENCODINGS / view / f"layer_{int(layer)}.npy"
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise LLMMapsError(f"{path}: missing (view '{view}' is listed in the manifest)") from None
+
+
+def variant_distances(run, *, rows: np.ndarray, layer: int, metric: str, view: str = "prompt",
+                      centred: bool = False) -> np.ndarray:
+    """[len(rows)] distance of each of ``rows`` to its nearest train example in one layer, metric,
+    view, on raw or train-mean-centred encodings. The stored column when it is that variant."""
+    from .neighbours import knn
+
+    frame = run.examples
+    default_metric = run.manifest.get("distance_metric", "cosine")
+    if metric not in METRICS:
+        raise LLMMapsError(f"--metric: unknown distance metric '{metric}' (cosine, euclidean)")
+    if not centred and layer == run.default_layer and metric == default_metric:
+        col = "dist_to_train" if view == "prompt" else f"dist_to_train_{view}"
+        if col in frame.columns:
+            return frame[col].to_numpy(dtype=float, na_value=np.nan)[rows]
+    enc = view_encodings(run, view, layer)
+    is_train = (frame["split"] == "train").to_numpy()
+    train = np.asarray(enc[is_train], dtype=np.float32)
+    query = np.asarray(enc[rows], dtype=np.float32)
+    if len(train) == 0:
+        raise LLMMapsError(f"{run.path}: the run has no train examples to measure distances to")
+    if centred:
+        mean = train.mean(0, dtype=np.float64).astype(np.float32)
+        train, query = train - mean, query - mean
+    own = np.full(len(rows), -1, dtype=np.int64)
+    train_pos = np.full(len(frame), -1, dtype=np.int64)
+    train_pos[is_train] = np.arange(int(is_train.sum()))
+    own[:] = train_pos[rows]  # a train row skips itself
+    dist, _ = knn(query, train, k=1, metric=metric, self_index=own)
+    return np.where(np.isfinite(dist[:, 0]), dist[:, 0], np.nan)
+
+
+def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str | None = None, view: str = "prompt",
+                 centred: bool = False, contrast: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0,
+                 split: str = "test", robustness: bool = True, write: bool = True, progress: bool = True,
+                 run=None, notes: Sequence[str] = ()) -> dict:
+    """Findings of a run (``llm-maps findings``): the chosen variant in full and, with
+    ``robustness``, the contrast for every stored layer x metric x view x raw/centred. Written to
+    RUN/findings.json (atomically) when ``write``. ``notes``: caveats to show with the numbers."""
+    from .runfolder import EXAMPLES, Run, write_json_atomic
+
+    run = run or Run(run_dir)
+    frame = run.examples
+    where = str(run.path / EXAMPLES)
+    layer = run.default_layer if layer is None else int(layer)
+    if layer not in run.layers:
+        raise LLMMapsError(f"--layer: layer {layer} is not stored in this run (stored: {run.layers})")
+    metric = metric or run.manifest.get("distance_metric", "cosine")
+    views = run_views(run.manifest)
+    if view not in views:
+        raise LLMMapsError(f"--view: the run has no view '{view}' (views: {', '.join(views)})")
+    contrast = tuple(contrast or DEFAULT_CONTRAST)
+    if len(contrast) != 2:
+        raise LLMMapsError(f"--contrast: give two domains as A,B, got {','.join(contrast)!r}")
+    rows = np.flatnonzero((frame["split"] == split).to_numpy())
+    if frame["correct"].iloc[rows].notna().sum() == 0:
+        raise LLMMapsError(f"{where}, field 'correct': no scored {split} examples (run `llm-maps score {run.path}` first)")
+    correct = frame["correct"].astype("boolean").to_numpy(dtype=object, na_value=None)[rows]
+    domain = frame["domain"].astype(str).to_numpy()[rows]
+    task = frame["task"].astype(str).to_numpy()[rows]
+    first = {c: frame[c].to_numpy(dtype=float, na_value=np.nan)[rows] for c in FIRST_TOKEN_COLUMNS if c in frame.columns}
+    dist = variant_distances(run, rows=rows, layer=layer, metric=metric, view=view, centred=centred)
+    result = compute_findings(distance=dist, correct=correct, domain=domain, task=task, contrast=contrast,
+                              n_boot=n_boot, seed=seed, first_token=first or None, where=where)
+    out = {"format_version": FORMAT_VERSION, "split": split, "layer": layer, "metric": metric, "view": view,
+           "centred": bool(centred), "model": run.manifest.get("model"), **result}
+    out["notes"] = list(notes) + out.get("notes", [])
+    if not first:
+        out["notes"].append("first-token statistics (first_entropy, first_top_prob, first_kl_to_mean) "
+                                           "are not stored: re-run `llm-maps score RUN` to add them")
+    out["robustness"] = robustness_table(run, rows=rows, correct=correct, domain=domain, task=task,
+                                         contrast=contrast, n_boot=n_boot, seed=seed, views=views,
+                                         progress=progress, where=where) if robustness else []
+    if write:
+        write_json_atomic(run.path / FINDINGS_FILE, out)
+    return out
+
+
+def robustness_table(run, *, rows, correct, domain, task, contrast, n_boot: int, seed: int, views: list[str],
+                     progress: bool = True, where: str = "run") -> list[dict]:
+    """The contrast for every stored layer x metric x view, on raw and train-mean-centred encodings
+    (cosine only: euclidean distances do not change when every encoding moves by the same vector)."""
+    from tqdm.auto import tqdm
+
+    combos = [(k, m, v, c) for v in views for k in run.layers for m in METRICS for c in (False, True)
+              if not (c and m == "euclidean")]
+    out = []
+    for k, m, v, c in tqdm(combos, desc="robustness", unit="variant", disable=not progress, dynamic_ncols=True):
+        dist = variant_distances(run, rows=rows, layer=k, metric=m, view=v, centred=c)
+        res = compute_findings(distance=dist, correct=correct, domain=domain, task=task, contrast=contrast,
+                               n_boot=n_boot, seed=seed, permutation=False, details=False, where=where)
+        con = res["contrast"]
+        lo, hi = con["low"], con["high"]
+        out.append({"layer": int(k), "metric": m, "view": v, "centred": bool(c), "slope_a": con["slope_a"],
+                    "slope_b": con["slope_b"], "slope_diff": con["slope_diff"], "low": lo, "high": hi,
+                    "supported": bool(lo is not None and hi is not None and (lo > 0 or hi < 0))})
+    return out
+
+
+def read_findings(run_dir: str | Path) -> tuple[dict | None, str | None]:
+    """RUN/findings.json as ``llm-maps findings`` wrote it: (result, None), (None, None) when there is
+    none, or (None, reason) when it cannot be read."""
+    import json
+
+    path = Path(run_dir) / FINDINGS_FILE
+    if not path.exists():
+        return None, None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data.get("domains"), dict) or not isinstance(data.get("contrast"), dict):
+            raise ValueError("no 'domains' or 'contrast'")
+        return data, None
+    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+        return None, f"{path}: unreadable findings ({exc})"
+
+
+def format_findings(result: dict) -> str:
+    """The findings as text: verdict, per-domain table, contrast, robustness."""
+    f = lambda v, s=".2f": "-" if v is None else format(v, s)
+    lines = [f"findings ({result['split']}, layer {result['layer']}, {result['metric']}, view {result['view']}"
+             f"{', centred' if result.get('centred') else ''}): {result['n_test']} scored examples in "
+             f"{result['n_tasks']} tasks", "", result["verdict"], ""]
+    if result.get("domains"):
+        lines.append(f"  {'domain':<12} {'n':>5} {'tasks':>5} {'acc':>5}  {'slope [95% CI]':<22} {'within-task':<22} "
+                     f"{'AUROC(error) [95% CI]':<22} {'near q acc':>10} {'far q acc':>10}")
+        for name, st in result["domains"].items():
+            lines.append(f"  {name:<12} {st['n']:>5} {st['n_tasks']:>5} {st['accuracy']:>5.2f}  "
+                         f"{f(st['slope']) + ' [' + f(st['slope_low']) + ', ' + f(st['slope_high']) + ']':<22} "
+                         f"{f(st['slope_within_task']) + ' [' + f(st['slope_within_task_low']) + ', ' + f(st['slope_within_task_high']) + ']':<22} "
+                         f"{f(st['auroc'], '.3f') + ' [' + f(st['auroc_low'], '.3f') + ', ' + f(st['auroc_high'], '.3f') + ']':<22} "
+                         f"{f(st['near']['accuracy']):>10} {f(st['far']['accuracy']):>10}")
+        lines.append(f"  ({result['unit']}; {result['interval']})")
+    con = result["contrast"]
+    lines += ["", f"contrast {con['a']} − {con['b']}: {f(con['slope_diff'])} [{f(con['low'])}, {f(con['high'])}], "
+                  f"p = {f(con['p_value'], '.3g')}, minimum detectable difference {f(con['mdd'])}"]
+    for note in result.get("notes", []):
+        lines.append(f"note: {note}")
+    if result.get("robustness"):
+        lines += ["", "robustness (slope difference, 95% interval):",
+                  f"  {'view':<10} {'layer':>5} {'metric':<9} {'encodings':<9} {'diff':>7}  {'interval':<18} supported"]
+        for r in result["robustness"]:
+            lines.append(f"  {r['view']:<10} {r['layer']:>5} {r['metric']:<9} {'centred' if r['centred'] else 'raw':<9} "
+                         f"{f(r['slope_diff']):>7}  [{f(r['low'])}, {f(r['high'])}]{'':<4} {'yes' if r['supported'] else 'no'}")
+    return "\n".join(lines)

@@ -1,0 +1,451 @@
+"""Findings (llm_maps.findings, `llm-maps findings`, the Findings page): every statistic against a
+reference implementation on the same rows (statsmodels, scikit-learn, scipy), simulated runs with
+a known answer, clustering, first-token statistics on a tiny model, bad input, the CLI's JSON
+shape, the standalone HTML, the export section and the page."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard.synthetic import write_synthetic_run
+from llm_maps.cli import main
+from llm_maps.errors import LLMMapsError
+from llm_maps.findings import (compute_findings, conditional_logit_slope, fit_logistic, fit_ols_slope,
+                               percentile_scale, task_resample_counts, variant_distances, weighted_auroc)
+from llm_maps.runfolder import Run, read_manifest, write_json_atomic, write_parquet_atomic
+
+
+def simulate(seed: int, slope_a: float, slope_b: float, *, n_tasks: int = 30, per_task: int = 20,
+             task_sd: float = 0.7, duplicate: int = 1) -> dict:
+    """Two domains of ``n_tasks`` tasks each; log-odds of correct = 1.5 + task effect + slope * distance
+    (distance uniform on [0, 1]); every example repeated ``duplicate`` times."""
+    rng = np.random.default_rng(seed)
+    cols = {"distance": [], "correct": [], "domain": [], "task": []}
+    for name, slope in (("Chollet", slope_a), ("Reasoning", slope_b)):
+        for t in range(n_tasks):
+            x = rng.random(per_task)
+            p = 1 / (1 + np.exp(-(1.5 + rng.normal(0, task_sd) + slope * x)))
+            y = rng.random(per_task) < p
+            cols["distance"] += list(np.repeat(x, duplicate))
+            cols["correct"] += list(np.repeat(y, duplicate))
+            cols["domain"] += [name] * per_task * duplicate
+            cols["task"] += [f"{name}/t{t}"] * per_task * duplicate
+    return {k: np.array(v, dtype=object if k in ("domain", "task") else None) for k, v in cols.items()}
+
+
+# --- each statistic equals a reference implementation on the same rows ------------------------------
+
+def test_statistics_equal_statsmodels_sklearn_and_scipy_on_the_same_rows():
+    import statsmodels.api as sm
+    from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score
+    from statsmodels.discrete.conditional_models import ConditionalLogit
+    from statsmodels.stats.proportion import proportion_confint
+
+    sim = simulate(3, -3.0, -1.0, n_tasks=12, per_task=25)
+    sim["distance"] = np.round(sim["distance"] * 40) / 10  # raw units (0..4) with ties
+    res = compute_findings(**sim, n_boot=200, seed=1)
+    pct = percentile_scale(sim["distance"])
+    np.testing.assert_allclose(pct, (rankdata(sim["distance"]) - 0.5) / len(pct))
+    assert res["n_test"] == 600 and res["n_tasks"] == 24
+    for name in ("Chollet", "Reasoning"):
+        sel = sim["domain"] == name
+        x, y, raw = pct[sel], sim["correct"][sel].astype(float), sim["distance"][sel]
+        st = res["domains"][name]
+        ref = sm.Logit(y, sm.add_constant(x)).fit(disp=0)
+        assert st["slope"] == pytest.approx(ref.params[1], rel=1e-8)
+        assert st["intercept"] == pytest.approx(ref.params[0], rel=1e-8)
+        assert st["slope_raw"] == pytest.approx(sm.Logit(y, sm.add_constant(raw)).fit(disp=0).params[1], rel=1e-8)
+        assert st["auroc"] == pytest.approx(roc_auc_score(y == 0, raw), abs=1e-12)  # the percentile keeps the order
+        cl = ConditionalLogit(y, x[:, None], groups=sim["task"][sel]).fit(disp=0, method="newton")
+        assert st["slope_within_task"] == pytest.approx(cl.params[0], abs=1e-6)
+        assert st["n"] == 300 and st["n_tasks"] == 12 and st["accuracy"] == pytest.approx(y.mean())
+        near = x <= np.quantile(x, 0.25)
+        assert st["near"]["n"] == near.sum() and st["near"]["accuracy"] == pytest.approx(y[near].mean())
+        lo, hi = proportion_confint(int(y[near].sum()), int(near.sum()), method="wilson")
+        assert (st["near"]["low"], st["near"]["high"]) == (pytest.approx(lo), pytest.approx(hi))
+        assert st["slope_low"] < st["slope"] < st["slope_high"]
+        assert st["auroc_low"] < st["auroc"] < st["auroc_high"]
+    con = res["contrast"]
+    assert con["slope_diff"] == pytest.approx(res["domains"]["Chollet"]["slope"] - res["domains"]["Reasoning"]["slope"])
+
+
+def test_a_bootstrap_replicate_is_the_fit_on_its_resampled_tasks():
+    """A replicate weights each row by how often its task was drawn: the same as refitting on the
+    materialised resample (statsmodels Logit / WLS, scikit-learn AUROC with repeated rows)."""
+    import statsmodels.api as sm
+    from sklearn.metrics import roc_auc_score
+
+    sim = simulate(5, -2.0, 0.0, n_tasks=10, per_task=15)
+    sel = sim["domain"] == "Chollet"
+    x, y = sim["distance"][sel].astype(float), sim["correct"][sel].astype(float)
+    codes = np.unique(sim["task"][sel], return_inverse=True)[1]
+    counts = task_resample_counts(n_tasks=10, n_boot=5, rng=np.random.default_rng(0))
+    assert (counts.sum(1) == 10).all()
+    w = counts[:, codes]
+    _, slopes, ok = fit_logistic(x=x, y=y, weights=w)
+    auc = weighted_auroc(score=np.round(x, 1), positive=y == 0, weights=w)
+    ols = fit_ols_slope(x=x, y=y, weights=w)
+    for r in range(5):
+        rows = np.repeat(np.arange(len(x)), w[r].astype(int))
+        assert ok[r]
+        assert slopes[r] == pytest.approx(sm.Logit(y[rows], sm.add_constant(x[rows])).fit(disp=0).params[1], rel=1e-8)
+        assert auc[r] == pytest.approx(roc_auc_score(y[rows] == 0, np.round(x[rows], 1)), abs=1e-12)
+        assert ols[r] == pytest.approx(sm.OLS(y[rows], sm.add_constant(x[rows])).fit().params[1], rel=1e-8)
+    # the within-task replicates come from the per-task log-likelihoods: close to a refit
+    from statsmodels.discrete.conditional_models import ConditionalLogit
+
+    _, reps, _ = conditional_logit_slope(x=x, y=y, task=codes, task_weights=counts[:2])
+    for r in range(2):
+        # materialise each drawn copy of a task as its own group
+        xs, ys, gs, g = [], [], [], 0
+        for t in range(10):
+            for _ in range(int(counts[r, t])):
+                xs.append(x[codes == t]), ys.append(y[codes == t]), gs.append(np.full((codes == t).sum(), g))
+                g += 1
+        ref = ConditionalLogit(np.concatenate(ys), np.concatenate(xs)[:, None], groups=np.concatenate(gs)).fit(
+            disp=0, method="newton")
+        assert reps[r] == pytest.approx(ref.params[0], abs=2e-3)
+    # one class only or no spread: no fit
+    assert not fit_logistic(x=x, y=np.ones_like(y))[2][0] and not fit_logistic(x=np.ones_like(x), y=y)[2][0]
+
+
+# --- simulated runs with a known answer -----------------------------------------------------------------
+
+def test_steep_versus_flat_domain_is_detected_and_the_verdict_says_so():
+    sim = simulate(0, -4.0, 0.0)
+    res = compute_findings(**sim, n_boot=1000, seed=0)
+    con = res["contrast"]
+    assert con["high"] < 0 and con["low"] < con["slope_diff"] < con["high"]
+    assert con["p_value"] < 0.01 and con["permutations"] == 1000
+    assert (con["n_tasks_a"], con["n_tasks_b"], con["n_a"], con["n_b"]) == (30, 30, 600, 600)
+    assert res["verdict"].startswith("Chollet falls off more steeply than Reasoning: slope difference "
+                                     f"(Chollet − Reasoning) {con['slope_diff']:+.2f} [{con['low']:+.2f}, {con['high']:+.2f}]")
+    assert "30 vs 30 tasks" in res["verdict"]
+    # the other order: the sign flips, the verdict does not
+    rev = compute_findings(**sim, contrast=("Reasoning", "Chollet"), n_boot=1000, seed=0)
+    assert rev["contrast"]["slope_diff"] == pytest.approx(-con["slope_diff"]) and rev["contrast"]["low"] > 0
+    assert rev["verdict"].startswith("Chollet falls off more steeply than Reasoning")
+    assert res["domains"]["Chollet"]["auroc_low"] > 0.5  # distance flags the steep domain's errors
+
+
+def test_equal_slopes_give_an_interval_covering_zero_in_at_least_90_percent_of_seeds():
+    covered, verdicts = 0, set()
+    seeds = range(40)
+    for seed in seeds:
+        res = compute_findings(**simulate(100 + seed, -2.0, -2.0, n_tasks=20, per_task=15), n_boot=300, seed=seed,
+                               permutation=False, details=False)
+        con = res["contrast"]
+        covered += con["low"] <= 0 <= con["high"]
+        verdicts.add(res["verdict"].split(":")[0])
+        # the minimum detectable difference (80 % power, 5 % level) from the interval's standard error
+        se = (con["high"] - con["low"]) / (2 * 1.959963984540054)
+        assert con["mdd"] == pytest.approx((1.959963984540054 + 0.8416212335729143) * se)
+        if con["low"] <= 0 <= con["high"]:
+            assert f"a difference smaller than {con['mdd']:.2f} cannot be detected" in res["verdict"]
+    assert covered / len(seeds) >= 0.9
+    assert "not supported" in verdicts
+
+
+def test_duplicating_every_example_does_not_shrink_the_clustered_interval():
+    from llm_maps.falloff import logistic_trend
+
+    once = compute_findings(**simulate(7, -3.0, -1.0, n_tasks=12, per_task=10), n_boot=300, seed=3)
+    ten = compute_findings(**simulate(7, -3.0, -1.0, n_tasks=12, per_task=10, duplicate=10), n_boot=300, seed=3)
+    for key in ("slope_diff", "low", "high"):
+        assert ten["contrast"][key] == pytest.approx(once["contrast"][key], rel=1e-6)
+    for name in ("Chollet", "Reasoning"):
+        a, b = once["domains"][name], ten["domains"][name]
+        assert (b["slope_low"], b["slope_high"]) == (pytest.approx(a["slope_low"], rel=1e-6),
+                                                      pytest.approx(a["slope_high"], rel=1e-6))
+        assert (b["auroc_low"], b["auroc_high"]) == (pytest.approx(a["auroc_low"]), pytest.approx(a["auroc_high"]))
+    assert ten["contrast"]["mdd"] == pytest.approx(once["contrast"]["mdd"], rel=1e-6)
+    # an interval that treats examples as independent shrinks by about sqrt(10)
+    sim1 = simulate(7, -3.0, -1.0, n_tasks=12, per_task=10)
+    sim10 = simulate(7, -3.0, -1.0, n_tasks=12, per_task=10, duplicate=10)
+    w1 = logistic_trend(sim1["distance"], sim1["correct"])
+    w10 = logistic_trend(sim10["distance"], sim10["correct"])
+    ratio = (w1["slope_high"] - w1["slope_low"]) / (w10["slope_high"] - w10["slope_low"])
+    assert ratio == pytest.approx(math.sqrt(10), rel=0.01)
+
+
+# --- bad input: one line, no traceback ------------------------------------------------------------------
+
+def test_bad_input_gives_one_line_errors(tmp_path, capsys):
+    sim = simulate(1, -2.0, 0.0, n_tasks=5, per_task=10)
+    with pytest.raises(LLMMapsError, match="no scored test examples"):
+        compute_findings(**{**sim, "correct": [None] * len(sim["correct"])})
+    one = {**sim, "domain": np.array(["Chollet"] * len(sim["domain"]), dtype=object)}
+    with pytest.raises(LLMMapsError, match=r"all in one domain \('Chollet'\)"):
+        compute_findings(**one)
+    single = {**sim, "task": np.where(sim["domain"] == "Chollet", "Chollet/only", sim["task"])}
+    with pytest.raises(LLMMapsError, match="domain 'Chollet' has only 1 task"):
+        compute_findings(**single)
+    with pytest.raises(LLMMapsError, match="no scored test examples in domain 'Agentic'"):
+        compute_findings(**sim, contrast=("Chollet", "Agentic"))
+    with pytest.raises(LLMMapsError, match="at least 100 replicates"):
+        compute_findings(**sim, n_boot=10)
+    # through the CLI: exit 2 and one line on stderr
+    unscored = write_synthetic_run(tmp_path / "unscored", 80, scored=False, seed=2)
+    assert main(["findings", str(unscored), "--bootstrap", "200"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "field 'correct': no scored test examples" in err and "Traceback" not in err
+    run = write_synthetic_run(tmp_path / "onetask", 200, seed=3)
+    frame = pd.read_parquet(run / "examples.parquet")
+    frame.loc[frame["domain"] == "Chollet", "task"] = "classification/only"
+    write_parquet_atomic(run / "examples.parquet", frame)
+    assert main(["findings", str(run), "--bootstrap", "200", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "field 'task': domain 'Chollet' has only 1 task" in err
+    assert not (run / "findings.json").exists()
+    for args, msg in ((["--contrast", "Chollet"], "give two domains"), (["--layer", "7"], "layer 7 is not stored"),
+                      (["--view", "completion"], "no view 'completion'")):
+        assert main(["findings", str(unscored), *args]) == 2
+        assert msg in capsys.readouterr().err
+
+
+# --- the run-level command ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def syn_run(tmp_path_factory):
+    """A synthetic scored run (two stored layers) with a second view, and first-token columns."""
+    root = tmp_path_factory.mktemp("findings")
+    run = write_synthetic_run(root / "syn", 600, layers=(1, 2), seed=1)
+    frame = pd.read_parquet(run / "examples.parquet")
+    rng = np.random.default_rng(0)
+    frame["first_entropy"] = frame["dist_to_train"] * 3 + rng.normal(0, 0.1, len(frame))
+    frame["first_top_prob"] = 1 / (1 + frame["first_entropy"])
+    frame["first_kl_to_mean"] = np.abs(rng.normal(0, 1, len(frame)))
+    write_parquet_atomic(run / "examples.parquet", frame)
+    (run / "encodings" / "completion").mkdir()
+    for k in (1, 2):
+        np.save(run / "encodings" / "completion" / f"layer_{k}.npy",
+                rng.normal(size=(len(frame), 16)).astype(np.float16))
+    manifest = read_manifest(run)
+    write_json_atomic(run / "manifest.json", {**manifest, "views": ["completion"]})
+    return run
+
+
+INTERFACE_DOMAIN_KEYS = {"n", "n_tasks", "accuracy", "slope", "slope_low", "slope_high", "auroc", "auroc_low",
+                         "auroc_high", "slope_within_task"}
+
+
+def test_findings_command_writes_the_json_shape_html_and_run_file(syn_run, tmp_path, capsys):
+    out_json, out_html = tmp_path / "f.json", tmp_path / "f.html"
+    assert main(["findings", str(syn_run), "--json", str(out_json), "--html", str(out_html), "--bootstrap", "300",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out_json.read_text())
+    assert json.loads((syn_run / "findings.json").read_text()) == res
+    assert {"split", "layer", "metric", "view", "n_test", "domains", "contrast", "verdict", "robustness"} <= set(res)
+    assert (res["split"], res["layer"], res["metric"], res["view"]) == ("test", 2, "cosine", "prompt")
+    run = Run(syn_run)
+    test = run.examples[run.examples["split"] == "test"]
+    assert res["n_test"] == len(test) and set(res["domains"]) == {"Chollet", "Reasoning"}
+    for name, st in res["domains"].items():
+        assert INTERFACE_DOMAIN_KEYS <= set(st) and st["n"] == int((test["domain"] == name).sum())
+        assert st["slope"] < 0  # the synthetic run's accuracy falls with distance in both domains
+        assert set(st["confidence"]) == {"first_entropy", "first_top_prob", "first_kl_to_mean"}
+        assert st["confidence"]["first_entropy"]["slope"] > 0 and st["confidence"]["first_top_prob"]["slope"] < 0
+    assert set(res["contrast"]) >= {"a", "b", "slope_diff", "low", "high", "p_value"}
+    assert (res["contrast"]["a"], res["contrast"]["b"]) == ("Chollet", "Reasoning")
+    # same numbers as the compute function on the stored distances
+    ref = compute_findings(distance=test["dist_to_train"].to_numpy(), correct=test["correct"].astype(object).tolist(),
+                           domain=test["domain"].tolist(), task=test["task"].tolist(), n_boot=300, seed=0)
+    assert res["contrast"]["slope_diff"] == pytest.approx(ref["contrast"]["slope_diff"])
+    assert res["verdict"] == ref["verdict"] and res["verdict"] in printed
+    # robustness: every stored layer x metric x view, raw and centred (cosine: centring cannot move euclidean)
+    combos = [(r["view"], r["layer"], r["metric"], r["centred"]) for r in res["robustness"]]
+    assert combos == [(v, k, m, c) for v in ("prompt", "completion") for k in (1, 2)
+                      for m, c in (("cosine", False), ("cosine", True), ("euclidean", False))]
+    for r in res["robustness"]:
+        assert {"layer", "metric", "view", "centred", "slope_diff", "low", "high"} <= set(r)
+    own = next(r for r in res["robustness"] if (r["view"], r["layer"], r["metric"], r["centred"]) == ("prompt", 2, "cosine", False))
+    assert (own["slope_diff"], own["low"], own["high"]) == (res["contrast"]["slope_diff"], res["contrast"]["low"],
+                                                             res["contrast"]["high"])
+    html = out_html.read_text()
+    assert "plotly.js v" in html and html.count("Plotly.newPlot") == 4 and "findings-robustness" in html
+    assert "https://" not in html.split("</script>", 1)[1].split("made with")[0].replace("https://github.com", "")
+
+
+def test_variant_distances_raw_centred_and_views(syn_run):
+    from scipy.spatial.distance import cdist
+
+    run = Run(syn_run)
+    is_train = (run.examples["split"] == "train").to_numpy()
+    rows = np.flatnonzero(~is_train)
+    for view, folder in (("prompt", syn_run / "encodings"), ("completion", syn_run / "encodings" / "completion")):
+        enc = np.load(folder / "layer_1.npy").astype(np.float32)
+        mean = enc[is_train].mean(0)
+        for centred in (False, True):
+            e = enc - mean if centred else enc
+            ref = cdist(e[rows], e[is_train], "cosine").min(1)
+            got = variant_distances(run, rows=rows, layer=1, metric="cosine", view=view, centred=centred)
+            np.testing.assert_allclose(got, ref, atol=1e-5)
+        eu = variant_distances(run, rows=rows, layer=1, metric="euclidean", view=view)
+        np.testing.assert_allclose(eu, cdist(enc[rows], enc[is_train]).min(1), rtol=1e-4)
+    # the run's own variant is the stored column
+    np.testing.assert_array_equal(variant_distances(run, rows=rows, layer=2, metric="cosine"),
+                                  run.examples["dist_to_train"].to_numpy()[rows])
+
+
+def test_export_gains_a_findings_section(syn_run, tmp_path):
+    out = tmp_path / "export.html"
+    if not (syn_run / "findings.json").exists():
+        assert main(["findings", str(syn_run), "--bootstrap", "200", "--no-robustness", "--no-progress"]) == 0
+    assert main(["export", str(syn_run), "--html", str(out), "--plotlyjs", "cdn"]) == 0
+    text = out.read_text()
+    assert "<h3>Findings</h3>" in text and "id='findings-verdict'" in text and 'id="findings-curves"' in text
+    verdict = json.loads((syn_run / "findings.json").read_text())["verdict"]
+    import html as _html
+
+    assert _html.escape(verdict) in text
+
+
+# --- first-token statistics on a tiny model ---------------------------------------------------------------
+
+def test_first_token_statistics_equal_a_direct_softmax(tiny_models, tmp_path):
+    import torch
+
+    from conftest import write_jsonl
+    from pipelines.models import load_model
+
+    rows = [{"id": f"q{i}", "instruction": f"Question {i}: what is {i} plus {i}?" + " more" * (i % 5), "context": "",
+             "response": str(2 * i), "category": ["arithmetic", "summarization"][i % 2],
+             "split": "train" if i < 8 else "test"} for i in range(14)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    run_dir = tmp_path / "run"
+    model = tiny_models["gpt2"]
+    assert main(["build", "--model", str(model), "--data", str(data), "--out", str(run_dir), "--template", "dolly",
+                 "--projection", "pca", "--no-progress"]) == 0
+    assert main(["score", str(run_dir), "--max-new-tokens", "2", "--batch-size", "4", "--no-progress"]) == 0
+    run = Run(run_dir)
+    ex = run.examples
+    loaded = load_model(str(model))
+
+    def logprobs(prompt):
+        ids = loaded.tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            return torch.log_softmax(loaded.model(**ids).logits[0, -1].double(), -1)
+
+    mean = torch.stack([logprobs(p).exp() for p in ex["prompt"][ex["split"] == "train"]]).mean(0)
+    test = np.flatnonzero(ex["split"] == "test")
+    assert ex["first_entropy"][ex["split"] == "train"].isna().all()  # only the scored split
+    for i in test:
+        lp = logprobs(ex["prompt"][i])
+        p = lp.exp()
+        assert ex["first_entropy"][i] == pytest.approx(float(-(p * lp).sum()), rel=1e-5)
+        assert ex["first_top_prob"][i] == pytest.approx(float(p.max()), rel=1e-5)
+        assert ex["first_kl_to_mean"][i] == pytest.approx(float((p * (lp - mean.log())).sum()), rel=1e-4, abs=1e-7)
+    info = run.manifest["scoring"]["first_token"]
+    assert info["rows"] == len(test) and info["mean_over"] == "8 train prompts"
+    # re-scoring stored outputs keeps them and loads no model
+    before = ex["first_entropy"].to_numpy(copy=True)
+    assert main(["score", str(run_dir), "--generate", "never", "--metric", "exact"]) == 0
+    after = Run(run_dir)
+    np.testing.assert_array_equal(after.examples["first_entropy"].to_numpy(), before)
+    assert after.manifest["scoring"]["first_token"] == info
+
+
+# --- the page ---------------------------------------------------------------------------------------------
+
+def test_findings_page_layout_and_callback_build_without_a_browser(syn_run, tmp_path):
+    import sys
+
+    import dash
+
+    from dashboard.app import create_app
+
+    app = create_app([syn_run], [])
+    entry = next(p for p in dash.page_registry.values() if p["path"] == "/findings")
+    page = sys.modules[entry["module"]]  # the module as Dash's pages loader imported it
+    client = app.server.test_client()
+    assert client.get("/findings?run=syn").status_code == 200
+    with app.server.test_request_context("/findings?run=syn"):
+        tree = page.layout(run="syn", centred="centred", layer="1")
+        ids = {c.id for c in _walk(tree) if getattr(c, "id", None)}
+        assert {"findings-layer", "findings-metric", "findings-view", "findings-centred", "findings-a", "findings-b",
+                "findings-curves", "findings-contrast", "findings-detector", "findings-confidence",
+                "findings-curves-png", "findings-curves-svg", "findings-robustness"} <= ids
+        layer = next(c for c in _walk(tree) if getattr(c, "id", None) == "findings-layer")
+        assert layer.value == 1
+        out = page.update_findings(2, "cosine", "prompt", "raw", "Chollet", "Reasoning", "syn", False)
+        verdict, figs = out[0], out[2:6]
+        stored = json.loads((syn_run / "findings.json").read_text()) if (syn_run / "findings.json").exists() else None
+        text = _text(verdict)
+        assert text.startswith(("Chollet falls off", "Reasoning falls off", "not supported"))
+        if stored and stored["layer"] == 2 and stored["metric"] == "cosine" and not stored["centred"]:
+            assert text == stored["verdict"] and "from findings.json" in _text(out[1])
+        assert [len(f.data) > 0 for f in figs] == [True] * 4
+        # another variant is computed here
+        out = page.update_findings(1, "euclidean", "completion", "centred", "Reasoning", "Chollet", "syn", True)
+        assert "computed here (B = 1000)" in _text(out[1]) and "view completion, centred" in _text(out[1])
+        bad = page.update_findings(2, "cosine", "prompt", "raw", "Chollet", "Chollet", "syn", False)
+        assert "must differ" in _text(bad[0])
+
+
+def _walk(node):
+    yield node
+    children = getattr(node, "children", None)
+    if children is None:
+        return
+    for child in children if isinstance(children, (list, tuple)) else [children]:
+        if child is not None and not isinstance(child, (str, int, float)):
+            yield from _walk(child)
+
+
+def _text(node) -> str:
+    if node is None:
+        return ""
+    if isinstance(node, (str, int, float)):
+        return str(node)
+    children = getattr(node, "children", None)
+    if isinstance(children, (list, tuple)):
+        return "".join(_text(c) for c in children)
+    return _text(children)
+
+
+def test_findings_page_in_the_browser(syn_run):
+    from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
+
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    from dashboard.app import create_app
+
+    if not (syn_run / "findings.json").exists():
+        assert main(["findings", str(syn_run), "--bootstrap", "200", "--no-progress"]) == 0
+    stored = json.loads((syn_run / "findings.json").read_text())
+    app = create_app([syn_run], [])
+    with live_server(app) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True).new_page()
+        log = ConsoleLog(page)
+        try:
+            page.goto(f"{url}/findings?run=syn")
+            page.wait_for_selector("#findings-verdict-text", timeout=30_000)
+            assert page.inner_text("#findings-verdict-text") == stored["verdict"]
+            page.wait_for_function("() => document.querySelector('#findings-curves .js-plotly-plot')?._fullData"
+                                   "?.length > 0", timeout=30_000)
+            rows = page.eval_on_selector_all("#findings-robustness-table tbody tr", "els => els.length")
+            assert rows == len(stored["robustness"])
+            page.click("#nav-findings")  # the navbar links the page
+            page.wait_for_selector("#findings-verdict-text", timeout=30_000)
+            page.locator("label", has_text="train-mean-centred").click()  # URL state follows the controls
+            page.wait_for_function("() => location.search.includes('centred=centred')", timeout=20_000)
+            page.wait_for_function("() => document.querySelector('#findings-source-text')?.innerText"
+                                   ".includes('computed here')", timeout=30_000)
+            with page.expect_download() as dl:
+                page.click("#findings-contrast-svg")
+            assert dl.value.suggested_filename == "llm-maps-findings-contrast.svg"
+            page.goto(page.url)  # a reload keeps the variant
+            page.wait_for_function("() => document.querySelector('#findings-source-text')?.innerText"
+                                   ".includes('centred')", timeout=30_000)
+            assert log.take() == []
+        finally:
+            browser.close()
