@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -37,6 +38,7 @@ from pipelines.encode import batch_limits, pad_left, pad_token_id, plan_batches,
 CPU_MAX_SLOTS = 64
 GPU_MAX_SLOTS = 512
 CPU_KV_BUDGET = 1 << 30  # bytes of KV cache on CPU
+MIN_SHARED_PREFIX = 4  # common first tokens worth computing once for all prompts
 GPU_FREE_FRACTION = 0.6  # of the free GPU memory, for the KV cache (the rest: activations, logits)
 
 
@@ -191,7 +193,7 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[i
              on_token: Callable[[int, GeneratedToken, np.ndarray | None], None] | None = None,
              batch_size: int | None = None, keys: Sequence[int] | None = None,
              on_progress: Callable[[int, int], None] | None = None,
-             stats: dict | None = None) -> list[Generation]:
+             stats: dict | None = None, share_prefix: bool = True) -> list[Generation]:
     """Generate a continuation for each prompt (any number: they are batched continuously).
 
     ``max_new_tokens``: one limit, or one per prompt. ``batch_size``: at most this many rows
@@ -200,7 +202,8 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[i
     example's row so a chunk samples what a whole run samples). ``on_token(row, token, state)``:
     every token of every row in order (``state``: its hidden state when ``hidden_layer`` is set).
     ``on_progress(rows_finished, tokens)`` after every step. ``stats`` (a dict) receives slots,
-    steps and prefills.
+    steps and prefills. ``share_prefix``: the first tokens common to all prompts (at least
+    ``MIN_SHARED_PREFIX``, e.g. a chat template's system turn) are computed once.
     """
     import torch
 
@@ -261,7 +264,7 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[i
             texts[t] = tok.decode([t])
         return texts[t]
 
-    state = {"A": 0, "c": 0, "r0": 0, "steps": 0, "prefills": 0, "shifts": 0}
+    state = {"A": 0, "c": 0, "r0": 0, "steps": 0, "prefills": 0, "shifts": 0, "prefill_s": 0.0}
 
     def move_columns(lo: int, hi: int, dst: int) -> None:
         """Move the active slots' columns [lo, hi) to start at ``dst``."""
@@ -278,27 +281,60 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[i
         state["r0"] += dst - lo
         state["c"] += dst - lo
 
+    # the prompts' common first tokens (a chat template's system turn): their keys and values are
+    # computed once and copied into every slot; only the rest of each prompt is prefilled
+    shared = 0
+    if n > 1 and share_prefix:
+        first, shortest = ids[0], int(lengths.min())
+        shared = shortest - 1
+        for seq in ids[1:]:
+            j = 0
+            while j < shared and seq[j] == first[j]:
+                j += 1
+            shared = j
+        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    prefix_kv = None
+    if shared:
+        from transformers import DynamicCache
+
+        with torch.inference_mode():
+            pcache = DynamicCache(config=model.config)
+            model(input_ids=torch.as_tensor([ids[0][:shared]], device=dev), cache=pcache, use_cache=True,
+                  logits_to_keep=1)
+        prefix_kv = [(layer.keys, layer.values) for layer in pcache.layers]
+
     def insert(group: np.ndarray):
-        """Prefill prompts ``group`` into the next free slots, ending at the current column."""
-        seqs = [ids[r] for r in group]
+        """Prefill prompts ``group`` into the next free slots, ending at the current column (the
+        shared prefix, copied, then each prompt's own tokens, left-padded)."""
+        seqs = [ids[r][shared:] for r in group]
         k, width = len(seqs), max(len(s) for s in seqs)
         a = state["A"]
-        if state["c"] < width:  # shift the active rows right to make room on the left
+        if state["c"] < width + shared:  # shift the active rows right to make room on the left
             if a:
-                move_columns(state["r0"], state["c"], state["r0"] + width - state["c"])
-            state["c"] = width
+                move_columns(state["r0"], state["c"], state["r0"] + width + shared - state["c"])
+            state["c"] = width + shared
         c = state["c"]
         inp, mask2, positions = pad_left(seqs, pad, dev)
         valid = mask2.bool()
         causal = torch.ones((width, width), dtype=torch.bool, device=dev).tril()
         allowed = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=dev)[None]
-        slots.rows, slots.write, slots.read = slice(a, a + k), slice(c - width, c), slice(c - width, c)
+        if shared:
+            for layer, (pk, pv) in zip(cache.layers, prefix_kv):
+                if not layer.is_initialized:
+                    layer.lazy_initialization(pk, pv)
+                layer.keys[a:a + k, :, c - width - shared:c - width] = pk
+                layer.values[a:a + k, :, c - width - shared:c - width] = pv
+            allowed = torch.cat([torch.ones((k, width, shared), dtype=torch.bool, device=dev), allowed], dim=-1)
+            positions = positions + shared
+        slots.rows, slots.write, slots.read = slice(a, a + k), slice(c - width, c), slice(c - width - shared, c)
         out = model(input_ids=inp, attention_mask=attention_mask_4d(model, allowed[:, None]), position_ids=positions,
                     cache=cache, use_cache=True, logits_to_keep=1)
         mask[a:a + k] = False
+        mask[a:a + k, c - width - shared:c - width] = True
         mask[a:a + k, c - width:c] = valid
         plen = lengths[group]
-        start[a:a + k], pos[a:a + k], n_gen[a:a + k], row_of[a:a + k] = c - plen, plen, 0, group
+        start[a:a + k] = c - width - shared
+        pos[a:a + k], n_gen[a:a + k], row_of[a:a + k] = plen, 0, group
         state["A"] = a + k
         state["r0"] = int(start[:a + k].min())
         state["prefills"] += 1
@@ -377,12 +413,14 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[i
             free = n_slots - state["A"]
             if qi < n and free >= min(refill_at, n - qi):
                 parts = [] if logits is None else [logits]
+                t0 = time.perf_counter()
                 while free and qi < n:
                     width = int(lengths[order[qi]])
                     take = int(max(1, min(free, n - qi, prefill_tokens // max(width, 1))))
                     parts.append(insert(order[qi: qi + take]))
                     qi, free = qi + take, free - take
                 logits = torch.cat(parts) if len(parts) > 1 else parts[0]
+                state["prefill_s"] += time.perf_counter() - t0
             a = state["A"]
             nxt, chosen, top = select(logits)
             toks, lps = nxt.cpu().numpy(), chosen.cpu().numpy()
@@ -430,7 +468,8 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[i
 
     if stats is not None:
         stats.update({"slots": n_slots, "columns": columns, "decode_steps": state["steps"],
-                      "prefills": state["prefills"], "shifts": state["shifts"]})
+                      "prefills": state["prefills"], "shifts": state["shifts"],
+                      "prefill_seconds": state["prefill_s"], "shared_prefix": shared})
     results = []
     cut_rows = []
     for r in range(n):

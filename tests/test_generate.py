@@ -77,6 +77,24 @@ def test_continuous_batching_equals_hf_generate_with_rows_finishing_apart(tiny_m
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_a_common_prompt_prefix_is_computed_once_with_the_same_outputs(tiny_models, arch):
+    loaded = load_model(str(tiny_models[arch]))
+    prompts = ["Below is an instruction that describes a task. " + p for p in PROMPTS]
+    shared_stats: dict = {}
+    res = generate(loaded, prompts, max_new_tokens=[8, 3, 10, 5, 6, 9, 4], top_alternatives=2, batch_size=3,
+                   stats=shared_stats)
+    common = loaded.tokenizer(prompts[0])["input_ids"]
+    for p in prompts[1:]:
+        ids = loaded.tokenizer(p)["input_ids"]
+        common = common[: next((j for j, (a, b) in enumerate(zip(common, ids)) if a != b), min(len(common), len(ids)))]
+    assert shared_stats["shared_prefix"] == len(common) >= 8
+    plain = generate(loaded, prompts, max_new_tokens=[8, 3, 10, 5, 6, 9, 4], batch_size=3, share_prefix=False)
+    for prompt, limit, r, q in zip(prompts, [8, 3, 10, 5, 6, 9, 4], res, plain):
+        assert r.token_ids == q.token_ids == hf_greedy(loaded, prompt, limit)
+        np.testing.assert_allclose(r.logprobs, full_logprobs(loaded, prompt, r.token_ids), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_stop_strings_cut_output_and_tokens(tiny_models, arch):
     loaded = load_model(str(tiny_models[arch]))
     free = generate(loaded, PROMPTS, max_new_tokens=12)
