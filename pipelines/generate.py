@@ -34,7 +34,8 @@ from llm_maps.errors import LLMMapsError
 from pipelines.encode import batch_limits, pad_left, pad_token_id, plan_batches, tokenize_prompts
 
 # Slots (rows decoded together): at most this many, and as many as the KV cache budget holds.
-# CPU: measured with benchmarks/bench_generate.py (tokens/s stops growing past ~64 on 2 cores).
+# CPU: at 64 rows a decode step is already compute-bound (2·N FLOPs a row against the weights read
+# once), so more rows add latency to every row, not throughput; `--batch-size` raises it.
 CPU_MAX_SLOTS = 64
 GPU_MAX_SLOTS = 512
 CPU_KV_BUDGET = 1 << 30  # bytes of KV cache on CPU
