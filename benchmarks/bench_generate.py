@@ -158,7 +158,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (1 on a machine shared with other jobs: no waiting on descheduled threads)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     loaded = load_model(args.model or str(demo_model_path()), device=args.device, dtype=args.dtype)
     rows = [json.loads(line) for line in DEMO_DATA.read_text(encoding="utf-8").splitlines()]
