@@ -416,7 +416,7 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[i
                 parts = [] if logits is None else [logits]
                 t0 = time.perf_counter()
                 while free and qi < n:
-                    width = int(lengths[order[qi]])
+                    width = int(lengths[order[qi]]) - shared  # what the prefill forwards
                     take = int(max(1, min(free, n - qi, prefill_tokens // max(width, 1))))
                     parts.append(insert(order[qi: qi + take]))
                     qi, free = qi + take, free - take
