@@ -110,8 +110,9 @@ def cmd_score(args: argparse.Namespace) -> int:
                        generate=args.generate, metric=args.metric, thresholds=args.threshold,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                        seed=args.seed, batch_size=args.batch_size, mc_output=args.mc_output,
-                       dtype=args.dtype, device=args.device,
-                       progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+                       dtype=args.dtype, device=args.device, distributed=args.distributed,
+                       chunk_size=args.chunk_size, progress=not args.no_progress,
+                       log=lambda m: print(m, file=sys.stderr))
     print(summarize_run(args.run))
     print("metrics    " + ", ".join(f"{m}: {n}" for m, n in result["by_metric"].items())
           + f" (thresholds: {', '.join(f'{m} {t:g}' for m, t in result['thresholds'].items())})")
@@ -390,10 +391,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None, help="prompts per generation batch (16 CPU / 64 CUDA)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="at most this many rows generated together (default: as many as the KV cache's memory "
+                        "allows, up to 64 CPU / 512 CUDA)")
     p.add_argument("--mc-output", default="generate", choices=["generate", "choice"],
                    help="for multiple-choice examples: generate an output too (default), or use the most "
                         "likely choice as output (faster)")
+    p.add_argument("--distributed", action="store_true",
+                   help="generate and score in chunks on the `llm-maps worker` processes of REDIS_URL (they must "
+                        "reach RUN_DIR); the result equals a single-process score")
+    p.add_argument("--chunk-size", type=int, default=512, help="rows per distributed chunk (default 512)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

@@ -4,6 +4,7 @@
                            process's SessionPool: claim it in the RedisJobQueue, then the same
                            ``execute_job`` as the embedded worker (heartbeats, streaming, timeout)
     llm_maps.encode_chunk  one chunk of a ``build --distributed`` (queue ``llm-maps.build``)
+    llm_maps.score_chunk   one chunk of a ``score --distributed`` (same queue, same acks-late retry)
 
 The app's configuration lives in ``llm_maps.jobs.celery_app`` (torch-free) so that the web process
 sends tasks by name with the same settings and never imports this module. Workers use the solo
@@ -16,7 +17,7 @@ import os
 import socket
 import time
 
-from llm_maps.jobs import BUILD_QUEUE, TASK_ENCODE_CHUNK, TASK_RUN_JOB, celery_app, run_queue_name
+from llm_maps.jobs import BUILD_QUEUE, TASK_ENCODE_CHUNK, TASK_RUN_JOB, TASK_SCORE_CHUNK, celery_app, run_queue_name
 
 _STATE: dict = {}  # set by serve_celery: pool, queue, points, worker id
 
@@ -28,6 +29,7 @@ def make_app(url: str | None = None):
         app.task(name=TASK_RUN_JOB, ignore_result=False)(run_job_task)
         # acks late: a chunk of a worker that dies comes back (chunks are idempotent)
         app.task(name=TASK_ENCODE_CHUNK, acks_late=True, reject_on_worker_lost=True)(encode_chunk_task)
+        app.task(name=TASK_SCORE_CHUNK, acks_late=True, reject_on_worker_lost=True)(score_chunk_task)
     return app
 
 
@@ -60,6 +62,13 @@ def encode_chunk_task(*, work: str, chunk: int, fingerprint: str, spec: dict) ->
 
     return encode_chunk(work=work, chunk=chunk, fingerprint=fingerprint, spec=spec,
                         worker=_STATE.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
+
+
+def score_chunk_task(*, work: str, chunk: int, fingerprint: str) -> dict:
+    from pipelines.distributed import score_chunk
+
+    return score_chunk(work=work, chunk=chunk, fingerprint=fingerprint,
+                       worker=_STATE.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
 
 
 def serve_celery(run_dirs, *, max_models: int = 2, device: str = "auto", dtype: str = "auto", log=print,

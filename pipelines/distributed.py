@@ -53,6 +53,36 @@ def _workers_listening(app, queue: str, timeout: float = 3.0) -> list[str]:
     return sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
 
 
+def run_chunks(app, task: str, pending: Sequence[int], kwargs, *, desc: str, progress: bool = True,
+               poll: float = 0.2) -> None:
+    """Send one ``task`` per pending chunk to the build queue (``kwargs(i)``) and wait for all of them;
+    a chunk that fails on a worker is a clear error. Chunks are acked late and idempotent: a chunk of a
+    worker that dies comes back after the broker's visibility timeout."""
+    from tqdm.auto import tqdm
+
+    from llm_maps.jobs import BUILD_QUEUE
+
+    listening = _workers_listening(app, BUILD_QUEUE)
+    if not listening:
+        raise LLMMapsError("--distributed: no `llm-maps worker` is listening on REDIS_URL (start one or more "
+                           "with the same REDIS_URL and access to this folder)")
+    results = {i: app.send_task(task, queue=BUILD_QUEUE, kwargs=kwargs(i)) for i in pending}
+    bar = tqdm(total=len(pending), unit="chunk", disable=not progress, desc=f"{desc} on {len(listening)} worker(s)",
+               dynamic_ncols=True)
+    try:
+        while results:
+            for i, res in list(results.items()):
+                if res.ready():
+                    if res.failed():
+                        raise LLMMapsError(f"--distributed: chunk {i} failed on a worker: {res.result!r}")
+                    res.forget()
+                    del results[i]
+                    bar.update(1)
+            time.sleep(poll)
+    finally:
+        bar.close()
+
+
 def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec: dict, layers: Sequence[int],
                        add_eos: bool = False, max_length: int | None = None, batch_tokens: int | None = None,
                        max_batch: int | None = None, chunk_size: int = 512, progress: bool = True,
@@ -60,9 +90,7 @@ def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec
     """Encode ``prompts`` into ``work/encodings`` with the Celery workers. ``loaded`` may be a
     weights-free ``load_model(..., weights=False)``; ``spec`` = how workers load the model
     (model, gguf_file, revision, dtype, device). Returns (EncodeResult, {device, dtype, chunks, workers})."""
-    from tqdm.auto import tqdm
-
-    from llm_maps.jobs import BUILD_QUEUE, TASK_ENCODE_CHUNK, celery_app
+    from llm_maps.jobs import TASK_ENCODE_CHUNK, celery_app
     from pipelines.encode import (EncodeResult, _fingerprint, batch_limits, encode_identity, normalize_layers,
                                   pad_token_id, plan_batches, resolve_max_length, tokenize_prompts)
 
@@ -101,30 +129,10 @@ def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec
     resumed_rows = int(sum(len(b) for i in set(range(len(chunks))) - set(pending) for b in chunks[i]))
     start = time.perf_counter()
     if pending:
-        listening = _workers_listening(app, BUILD_QUEUE)
-        if not listening:
-            raise LLMMapsError("--distributed: no `llm-maps worker` is listening on REDIS_URL (start one or more "
-                               "with the same REDIS_URL and access to this folder)")
-        log(f"distributed encoding: {len(pending)} of {len(chunks)} chunks to {len(listening)} worker(s), "
-            f"work folder {dist}")
-        results = {i: app.send_task(TASK_ENCODE_CHUNK, queue=BUILD_QUEUE,
-                                    kwargs={"work": str(Path(work).resolve()), "chunk": i, "fingerprint": fp,
-                                            "spec": spec})
-                   for i in pending}
-        bar = tqdm(total=len(pending), unit="chunk", disable=not progress, desc="encode (distributed)",
-                   dynamic_ncols=True)
-        try:
-            while results:
-                for i, res in list(results.items()):
-                    if res.ready():
-                        if res.failed():
-                            raise LLMMapsError(f"--distributed: chunk {i} failed on a worker: {res.result!r}")
-                        res.forget()
-                        del results[i]
-                        bar.update(1)
-                time.sleep(poll)
-        finally:
-            bar.close()
+        log(f"distributed encoding: {len(pending)} of {len(chunks)} chunks, work folder {dist}")
+        run_chunks(app, TASK_ENCODE_CHUNK, pending,
+                   lambda i: {"work": str(Path(work).resolve()), "chunk": i, "fingerprint": fp, "spec": spec},
+                   desc="encode (distributed)", progress=progress, poll=poll)
     seconds = time.perf_counter() - start
 
     # assemble: every row written exactly once, in the order of examples.parquet
@@ -206,4 +214,152 @@ def encode_chunk(*, work: str, chunk: int, fingerprint: str, spec: dict, worker:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, out)
+    return meta
+
+
+# ------------------------------------------------------------------------------ score --distributed
+
+SCORE_DIR = ".distributed-score"
+
+
+def score_chunk_path(dist: Path, chunk: int) -> Path:
+    return dist / f"chunk_{chunk:05d}.json"
+
+
+def plan_score_chunks(tokenizer, prompts: Sequence[str], gen_rows: Sequence[int], mc_choices: dict, *,
+                      device: str, chunk_size: int) -> list[dict]:
+    """Chunks of a distributed ``score``: generation rows longest prompt first, ``chunk_size`` a chunk;
+    multiple-choice rows in the batches ``choice_loglikelihoods_batch`` plans for the whole set (same
+    order, same padding), grouped like ``build --distributed`` groups encoding batches."""
+    from pipelines.encode import batch_limits, plan_batches, tokenize_prompts
+    from pipelines.generate import choice_tokens
+
+    chunks: list[dict] = []
+    gen_rows = [int(i) for i in gen_rows]
+    if gen_rows:
+        ids, _ = tokenize_prompts(tokenizer, [prompts[i] for i in gen_rows])
+        order = np.argsort([-len(s) for s in ids], kind="stable")
+        for group in chunk_batches([[gen_rows[j]] for j in order], max(1, chunk_size)):
+            chunks.append({"kind": "generate", "rows": [b[0] for b in group]})
+    mc_rows = sorted(int(i) for i in mc_choices)
+    if mc_rows:
+        packed = choice_tokens(tokenizer, [prompts[i] for i in mc_rows], [mc_choices[i] for i in mc_rows])
+        lengths = [len(ctx) + sum(len(c) for c in conts) for ctx, conts in packed]
+        batch_tokens, max_batch = batch_limits(device)
+        batches = [np.asarray(mc_rows)[b] for b in plan_batches(lengths, batch_tokens=batch_tokens, max_batch=max_batch)]
+        for group in chunk_batches(batches, max(1, chunk_size)):
+            chunks.append({"kind": "mc", "batches": group})
+    return chunks
+
+
+def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict, run_dir: str | Path, *, spec: dict,
+                      gen_kwargs: dict, chunk_size: int = 512, progress: bool = True, log=print, poll: float = 0.2):
+    """Generate for ``gen_rows`` and score the choices of ``mc_choices`` ({row: choices}) on the
+    Celery workers, in chunks (``plan_score_chunks``) written to ``run_dir/.distributed-score``; an
+    interrupted run resumes from its finished chunks. ``loaded``: weights-free is enough. Returns
+    (generation columns as ``score.generate_outputs`` gives them or None, {row: choice logprobs} or
+    None, {device, dtype, chunks, workers})."""
+    import hashlib
+
+    from llm_maps.jobs import TASK_SCORE_CHUNK, celery_app
+
+    app = celery_app()
+    device = spec.get("device") or "auto"
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # this machine's kind, as build --distributed
+    prompts = [str(p) for p in prompts]
+    chunks = plan_score_chunks(loaded.tokenizer, prompts, gen_rows, mc_choices, device=device, chunk_size=chunk_size)
+    used = sorted({int(i) for c in chunks for i in (c.get("rows") or [r for b in c.get("batches", []) for r in b])})
+    inputs = {"prompts": {str(i): prompts[i] for i in used},
+              "choices": {str(i): list(mc_choices[i]) for i in sorted(mc_choices)}}
+    plan = {"chunks": chunks, "generate": gen_kwargs, "spec": spec,
+            "model": {k: loaded.info.get(k) for k in ("model", "revision", "file_sha256")}}
+    fp = hashlib.sha256(json.dumps([plan, inputs], sort_keys=True, default=str).encode()).hexdigest()
+    dist = Path(run_dir).resolve() / SCORE_DIR
+    try:
+        same = json.loads((dist / PLAN).read_text(encoding="utf-8"))["fingerprint"] == fp
+    except (OSError, ValueError, KeyError):
+        same = False
+    if not same:
+        shutil.rmtree(dist, ignore_errors=True)
+        dist.mkdir(parents=True)
+        write_json_atomic(dist / "inputs.json", inputs)
+        write_json_atomic(dist / PLAN, {"fingerprint": fp, **plan})
+    pending = [i for i in range(len(chunks)) if not score_chunk_path(dist, i).exists()]
+    start = time.perf_counter()
+    if pending:
+        log(f"distributed scoring: {len(pending)} of {len(chunks)} chunks, work folder {dist}")
+        run_chunks(app, TASK_SCORE_CHUNK, pending,
+                   lambda i: {"work": str(Path(run_dir).resolve()), "chunk": i, "fingerprint": fp},
+                   desc="score (distributed)", progress=progress, poll=poll)
+    seconds = time.perf_counter() - start
+
+    cols = None
+    if len(gen_rows):
+        cols = {"output": {}, "output_token_ids": {}, "output_logprobs": {}, "stop_reason": {}}
+    mc_values = {} if mc_choices else None
+    devices, dtypes, workers, tokens, slots = set(), set(), set(), 0, set()
+    for i in range(len(chunks)):
+        data = json.loads(score_chunk_path(dist, i).read_text(encoding="utf-8"))
+        meta = data["meta"]
+        devices.add(meta["device"]), dtypes.add(meta["dtype"]), workers.add(meta["worker"])
+        for key, value in data["rows"].items():
+            row = int(key)
+            if meta["kind"] == "generate":
+                for col in cols:
+                    cols[col][row] = value[col]
+                tokens += len(value["output_token_ids"])
+                slots.add(meta["slots"])
+            else:
+                mc_values[row] = value
+    missing = set(int(i) for i in gen_rows) - set(cols["output"] if cols else ())
+    missing |= set(mc_choices) - set(mc_values or ())
+    if missing:
+        raise LLMMapsError(f"--distributed: {len(missing)} rows missing from the chunk files")
+    if cols is not None:
+        cols.update({"_seconds": seconds, "_tokens": tokens, "_slots": max(slots) if slots else None})
+    shutil.rmtree(dist, ignore_errors=True)
+    return cols, mc_values, {"device": ",".join(sorted(devices)), "dtype": ",".join(sorted(dtypes)),
+                             "chunks": len(chunks), "workers": sorted(workers)}
+
+
+def score_chunk(*, work: str, chunk: int, fingerprint: str, worker: str = "?") -> dict:
+    """Run one chunk of a distributed ``score`` into ``chunk_<i>.json`` (idempotent). Returns its meta."""
+    from pipelines.generate import choice_loglikelihoods_batch, generate
+
+    dist = Path(work) / SCORE_DIR
+    plan = json.loads((dist / PLAN).read_text(encoding="utf-8"))
+    if plan["fingerprint"] != fingerprint:
+        raise LLMMapsError(f"{dist}: the score plan changed; chunk {chunk} is stale")
+    out = score_chunk_path(dist, chunk)
+    if out.exists():
+        return json.loads(out.read_text(encoding="utf-8"))["meta"]
+    inputs = json.loads((dist / "inputs.json").read_text(encoding="utf-8"))
+    prompts, choices = inputs["prompts"], inputs["choices"]
+    loaded = _encoder(plan["spec"])
+    item = plan["chunks"][chunk]
+    start = time.perf_counter()
+    rows: dict = {}
+    meta = {"chunk": chunk, "kind": item["kind"], "device": loaded.device, "dtype": loaded.dtype, "worker": worker}
+    if item["kind"] == "generate":
+        g = plan["generate"]
+        stats: dict = {}
+        results = generate(loaded, [prompts[str(i)] for i in item["rows"]], max_new_tokens=g["max_new_tokens"],
+                           temperature=g["temperature"], top_p=g["top_p"], seed=g["seed"],
+                           stop_strings=g["stop_strings"], max_length=g["max_length"], batch_size=g["batch_size"],
+                           keys=item["rows"], stats=stats)
+        for i, res in zip(item["rows"], results):
+            rows[str(i)] = {"output": res.text, "output_token_ids": res.token_ids,
+                            "output_logprobs": [round(x, 6) for x in res.logprobs], "stop_reason": res.stop_reason}
+        meta["slots"] = stats.get("slots")
+    else:
+        for batch in item["batches"]:  # each planned batch as one forward, exactly as a single process runs it
+            res = choice_loglikelihoods_batch(loaded, [prompts[str(i)] for i in batch], [choices[str(i)] for i in batch],
+                                              batch_tokens=1 << 62, max_batch=len(batch))
+            for i, r in zip(batch, res):
+                rows[str(i)] = [round(x["logprob"], 6) for x in r]
+    meta["seconds"] = round(time.perf_counter() - start, 3)
+    write_json_atomic(out, {"meta": meta, "rows": rows})
     return meta

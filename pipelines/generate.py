@@ -1,24 +1,46 @@
 """Generation and log-likelihoods with the run's model: the one generator of LLM Maps.
 
-- ``generate``: batched (left padding, explicit position ids, KV cache), greedy or sampled
-  (temperature, top-p, seed), stop strings and EOS; per generated token its id, text,
-  log-probability under the model, optional top alternatives, and optional hidden state at one
-  layer (the state of the token when it is fed back, i.e. the path through the space). A callback
-  sees each token as it is produced (streaming).
-- ``choice_loglikelihoods``: multiple choice the way lm-eval scores it: the summed log-probability
-  of each choice's tokens after the prompt (prompt computed once, its KV cache shared by the
-  choices), plus whether each choice is the greedy continuation.
+- ``generate``: continuous batching on a pre-allocated KV cache. Prompts are taken longest first
+  into a fixed number of *slots* (as many as the KV cache's memory allows: ``plan_slots``);
+  every decode step runs only the active slots; a row that finishes (EOS, a stop string, its own
+  ``max_new_tokens``) leaves at once and free slots are refilled from the queue, so one long
+  answer never holds short ones. The cache is one ``[slots, kv_heads, columns, head_dim]`` tensor
+  per layer (a ``transformers`` ``Cache`` of our ``SlotLayer``s, written in place, never grown by
+  concatenation); each slot keeps its own start column, position ids and attention mask, so
+  padding and batch-mates never change a row's result. Greedy or sampled (temperature, top-p; the
+  random stream of a row depends only on the seed, the row's key and the step, not on which rows
+  share its batch), stop strings and EOS; per generated token its id, text, log-probability under
+  the model, optional top alternatives, and optional hidden state at one layer (the state of the
+  token when it is fed back, i.e. the path through the space). ``on_token`` sees every token of
+  every row in order as it is produced (streaming).
+- ``choice_loglikelihoods_batch``: multiple choice the way lm-eval scores it: the summed
+  log-probability of each choice's tokens after the prompt, plus whether each choice is the
+  greedy continuation. Each example is packed into one sequence, prompt then every choice, with
+  a tree attention mask (a choice sees the prompt and itself, not the other choices) and the
+  choices' own position ids, so one forward over length-sorted batches (as ``encode`` plans
+  them) scores every choice of many examples; the LM head runs only where a choice token is
+  predicted.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
 from llm_maps.errors import LLMMapsError
-from pipelines.encode import pad_left, pad_token_id, tokenize_prompts
+from pipelines.encode import batch_limits, pad_left, pad_token_id, plan_batches, tokenize_prompts
+
+# Slots (rows decoded together): at most this many, and as many as the KV cache budget holds.
+# CPU: at 64 rows a decode step is already compute-bound (2·N FLOPs a row against the weights read
+# once), so more rows add latency to every row, not throughput; `--batch-size` raises it.
+CPU_MAX_SLOTS = 64
+GPU_MAX_SLOTS = 512
+CPU_KV_BUDGET = 1 << 30  # bytes of KV cache on CPU
+MIN_SHARED_PREFIX = 4  # common first tokens worth computing once for all prompts
+GPU_FREE_FRACTION = 0.6  # of the free GPU memory, for the KV cache (the rest: activations, logits)
 
 
 @dataclass
@@ -51,126 +73,434 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
     return min(cuts) if cuts else None
 
 
-def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+def attention_mask_4d(model, allowed):
+    """A bool ``[B, 1, Q, K]`` mask (True = may attend) in the form the model's attention wants:
+    bool for SDPA, additive float for eager attention."""
+    import torch
+
+    impl = str(getattr(model.config, "_attn_implementation", None) or "sdpa")
+    if impl == "sdpa":
+        return allowed
+    if "flash" in impl or "flex" in impl or "paged" in impl:
+        raise LLMMapsError(f"attention implementation '{impl}' takes no 4-D mask; load the model with sdpa or eager")
+    dtype = model.dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _kv_bytes_per_token(model) -> int:
+    import torch
+
+    cfg = model.config
+    cfg = getattr(cfg, "get_text_config", lambda: cfg)()
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    elem = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
+    return 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * elem
+
+
+def plan_slots(loaded, n_prompts: int, columns: int, batch_size: int | None = None) -> int:
+    """Rows decoded together: as many as a KV cache of ``columns`` tokens a row fits in the memory
+    budget (CUDA: a share of the free memory; CPU: ``CPU_KV_BUDGET``), capped by ``batch_size``
+    (default: ``GPU_MAX_SLOTS`` / ``CPU_MAX_SLOTS``) and by the number of prompts."""
+    import torch
+
+    model = loaded.model
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    per_slot = _kv_bytes_per_token(model) * columns + 3 * 4 * vocab  # + fp32 logits, log-probs, probs
+    if str(loaded.device).startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(loaded.device))
+        budget, cap = GPU_FREE_FRACTION * free, GPU_MAX_SLOTS
+    else:
+        budget, cap = CPU_KV_BUDGET, CPU_MAX_SLOTS
+    if batch_size:
+        cap = int(batch_size)
+    return int(max(1, min(cap, max(n_prompts, 1), budget // max(per_slot, 1))))
+
+
+class _Slots:
+    """Where the next forward reads and writes the slot cache: rows (slots), write columns, read columns."""
+
+    def __init__(self, n_slots: int, columns: int):
+        self.n_slots, self.columns = n_slots, columns
+        self.rows = slice(0, 0)
+        self.write = slice(0, 0)
+        self.read = slice(0, 0)
+
+
+def _slot_cache(model, slots: _Slots):
+    """A transformers ``Cache`` of ``SlotLayer``s: per layer one pre-allocated
+    ``[slots, kv_heads, columns, head_dim]`` tensor for keys and one for values."""
+    import torch
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    class SlotLayer(CacheLayerMixin):
+        is_sliding = False
+
+        def lazy_initialization(self, key_states, value_states) -> None:
+            self.device = key_states.device
+            shape = (slots.n_slots, key_states.shape[1], slots.columns)
+            self.keys = torch.zeros(shape + (key_states.shape[-1],), dtype=key_states.dtype, device=self.device)
+            self.values = torch.zeros(shape + (value_states.shape[-1],), dtype=value_states.dtype, device=self.device)
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            self.keys[slots.rows, :, slots.write] = key_states
+            self.values[slots.rows, :, slots.write] = value_states
+            return self.keys[slots.rows, :, slots.read], self.values[slots.rows, :, slots.read]
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return slots.read.stop - slots.read.start, 0
+
+        def get_seq_length(self) -> int:
+            return (slots.read.stop - slots.read.start) - (slots.write.stop - slots.write.start)
+
+        def get_max_length(self) -> int:
+            return slots.columns
+
+    cfg = getattr(model.config, "get_text_config", lambda: model.config)()
+    return Cache(layers=[SlotLayer() for _ in range(int(cfg.num_hidden_layers))])
+
+
+def _uniform(seed: int, keys: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """One uniform number in [0, 1) per (seed, key, step): a counter-based stream (splitmix64), so a
+    row's samples do not depend on which rows share its batch or chunk."""
+    with np.errstate(over="ignore"):
+        x = (np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+             ^ keys.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+             ^ (steps.astype(np.uint64) + np.uint64(1)) * np.uint64(0x94D049BB133111EB))
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _per_row(value, n: int, name: str) -> np.ndarray:
+    if np.ndim(value) == 0:
+        return np.full(n, int(value), dtype=np.int64)
+    arr = np.asarray(list(value), dtype=np.int64)
+    if len(arr) != n:
+        raise ValueError(f"{name}: one value per prompt ({len(arr)} for {n} prompts)")
+    return arr
+
+
+def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[int] = 64, temperature: float = 0.0,
              top_p: float = 1.0, seed: int | None = None, stop_strings: Sequence[str] = (),
              top_alternatives: int = 0, hidden_layer: int | None = None,
              max_length: int | None = None,
              on_token: Callable[[int, GeneratedToken, np.ndarray | None], None] | None = None,
+             batch_size: int | None = None, keys: Sequence[int] | None = None,
+             on_progress: Callable[[int, int], None] | None = None,
+             stats: dict | None = None, share_prefix: bool = True,
              forced_ids: Sequence[int] | None = None) -> list[Generation]:
-    """Generate a continuation for each prompt (one batch; call per batch for large sets).
-    ``forced_ids``: teacher forcing, these tokens are fed instead of chosen (logprobs are theirs)."""
+    """Generate a continuation for each prompt (any number: they are batched continuously).
+
+    ``max_new_tokens``: one limit, or one per prompt. ``batch_size``: at most this many rows
+    decoded together (default: from the KV cache's memory, see ``plan_slots``). ``keys``: the
+    random stream of each row when sampling (default: its index; ``llm-maps score`` passes the
+    example's row so a chunk samples what a whole run samples). ``on_token(row, token, state)``:
+    every token of every row in order (``state``: its hidden state when ``hidden_layer`` is set).
+    ``on_progress(rows_finished, tokens)`` after every step. ``stats`` (a dict) receives slots,
+    steps and prefills. ``share_prefix``: the first tokens common to all prompts (at least
+    ``MIN_SHARED_PREFIX``, e.g. a chat template's system turn) are computed once.
+    ``forced_ids``: teacher forcing, these tokens are fed instead of chosen, in every row (their
+    log-probabilities are recorded); a row stops after them (or earlier at EOS / its limit).
+    """
     import torch
 
     model, tok = loaded.model, loaded.tokenizer
-    if max_new_tokens < 1:
-        raise LLMMapsError(f"--max-new-tokens: must be >= 1, got {max_new_tokens}")
+    n = len(prompts)
+    limits = _per_row(max_new_tokens, n, "max_new_tokens")
+    if forced_ids is not None:
+        if not len(forced_ids):
+            raise LLMMapsError("forced_ids: no tokens to force")
+        limits = np.minimum(limits, len(forced_ids))
+    if n and limits.min() < 1:
+        raise LLMMapsError(f"--max-new-tokens: must be >= 1, got {int(limits.min())}")
     if temperature < 0:
         raise LLMMapsError(f"--temperature: must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise LLMMapsError(f"--top-p: must be in (0, 1], got {top_p}")
+    if n == 0:
+        return []
     limit = loaded.max_positions or 2048
-    room = min(max_length or limit, limit) - max_new_tokens
-    if room < 1:
-        raise LLMMapsError(f"max new tokens (--max-new-tokens, max_new_tokens): {max_new_tokens} leaves no room for the prompt "
-                           f"(model maximum positions {limit})")
-    ids, _ = tokenize_prompts(tok, prompts, max_length=room)
-    n = len(ids)
+    rooms = min(max_length or limit, limit) - limits
+    if rooms.min() < 1:
+        raise LLMMapsError(f"max new tokens (--max-new-tokens, max_new_tokens): {int(limits.max())} leaves no room for "
+                           f"the prompt (model maximum positions {limit})")
+    ids, _ = tokenize_prompts(tok, prompts)
+    ids = [seq[-int(room):] if len(seq) > room else seq for seq, room in zip(ids, rooms)]
+    lengths = np.array([len(s) for s in ids], dtype=np.int64)
+    row_keys = np.arange(n, dtype=np.int64) if keys is None else np.asarray(list(keys), dtype=np.int64)
     eos = tok.eos_token_id
-    ids_t, mask, pos = pad_left(ids, pad_token_id(tok), loaded.device)
-    gen = None
-    if temperature > 0:
-        gen = torch.Generator(device=loaded.device)
-        gen.manual_seed(0 if seed is None else int(seed))
-    results = [Generation(prompt_tokens=len(s)) for s in ids]
-    done = [False] * n
-    texts_ids: list[list[int]] = [[] for _ in range(n)]
+    pad = pad_token_id(tok)
+    dev = loaded.device
     want_hidden = hidden_layer is not None
+    seed = 0 if seed is None else int(seed)
+
+    order = np.argsort(-lengths, kind="stable")  # longest first: the widest prefill comes first
+    m_max = int(limits.max())
+    span = int(lengths.max()) + m_max
+    columns = span + max(16, span // 4)  # room to write before the window is shifted left
+    n_slots = plan_slots(loaded, n, columns, batch_size)
+    prefill_tokens, _ = batch_limits(dev)
+    slots = _Slots(n_slots, columns)
+    cache = _slot_cache(model, slots)
+
+    # per slot (numpy, slots [0, A) active)
+    row_of = np.full(n_slots, -1, dtype=np.int64)
+    start = np.zeros(n_slots, dtype=np.int64)  # first column of the row's prompt
+    pos = np.zeros(n_slots, dtype=np.int64)  # position id of the next token fed
+    n_gen = np.zeros(n_slots, dtype=np.int64)
+    mask = torch.zeros((n_slots, columns), dtype=torch.bool, device=dev)
+    # per row
+    out_ids = np.zeros((n, m_max), dtype=np.int64)
+    out_lp = np.zeros((n, m_max), dtype=np.float64)
+    count = np.zeros(n, dtype=np.int64)
+    k_top = int(top_alternatives or 0)
+    top_v = np.zeros((n, m_max, k_top), dtype=np.float64) if k_top else None
+    top_i = np.zeros((n, m_max, k_top), dtype=np.int64) if k_top else None
+    reasons = np.array(["length"] * n, dtype=object)
+    hidden: list[list[np.ndarray]] = [[] for _ in range(n)]
+    texts: dict[int, str] = {}
+
+    def text_of(t: int) -> str:
+        if t not in texts:
+            texts[t] = tok.decode([t])
+        return texts[t]
+
+    state = {"A": 0, "c": 0, "r0": 0, "steps": 0, "prefills": 0, "shifts": 0, "prefill_s": 0.0}
+
+    def move_columns(lo: int, hi: int, dst: int) -> None:
+        """Move the active slots' columns [lo, hi) to start at ``dst``."""
+        a, width = state["A"], hi - lo
+        state["shifts"] += 1
+        for layer in cache.layers:
+            if layer.is_initialized:
+                layer.keys[:a, :, dst:dst + width] = layer.keys[:a, :, lo:hi].clone()
+                layer.values[:a, :, dst:dst + width] = layer.values[:a, :, lo:hi].clone()
+        block = mask[:a, lo:hi].clone()
+        mask[:a] = False
+        mask[:a, dst:dst + width] = block
+        start[:a] += dst - lo
+        state["r0"] += dst - lo
+        state["c"] += dst - lo
+
+    # the prompts' common first tokens (a chat template's system turn): their keys and values are
+    # computed once and copied into every slot; only the rest of each prompt is prefilled
+    shared = 0
+    if n > 1 and share_prefix:
+        first, shortest = ids[0], int(lengths.min())
+        shared = shortest - 1
+        for seq in ids[1:]:
+            j = 0
+            while j < shared and seq[j] == first[j]:
+                j += 1
+            shared = j
+        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    prefix_kv = None
+    if shared:
+        from transformers import DynamicCache
+
+        with torch.inference_mode():
+            pcache = DynamicCache(config=model.config)
+            model(input_ids=torch.as_tensor([ids[0][:shared]], device=dev), cache=pcache, use_cache=True,
+                  logits_to_keep=1)
+        prefix_kv = [(layer.keys, layer.values) for layer in pcache.layers]
+
+    def insert(group: np.ndarray):
+        """Prefill prompts ``group`` into the next free slots, ending at the current column (the
+        shared prefix, copied, then each prompt's own tokens, left-padded)."""
+        seqs = [ids[r][shared:] for r in group]
+        k, width = len(seqs), max(len(s) for s in seqs)
+        a = state["A"]
+        if state["c"] < width + shared:  # shift the active rows right to make room on the left
+            if a:
+                move_columns(state["r0"], state["c"], state["r0"] + width + shared - state["c"])
+            state["c"] = width + shared
+        c = state["c"]
+        inp, mask2, positions = pad_left(seqs, pad, dev)
+        valid = mask2.bool()
+        causal = torch.ones((width, width), dtype=torch.bool, device=dev).tril()
+        allowed = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=dev)[None]
+        if shared:
+            for layer, (pk, pv) in zip(cache.layers, prefix_kv):
+                if not layer.is_initialized:
+                    layer.lazy_initialization(pk, pv)
+                layer.keys[a:a + k, :, c - width - shared:c - width] = pk
+                layer.values[a:a + k, :, c - width - shared:c - width] = pv
+            allowed = torch.cat([torch.ones((k, width, shared), dtype=torch.bool, device=dev), allowed], dim=-1)
+            positions = positions + shared
+        slots.rows, slots.write, slots.read = slice(a, a + k), slice(c - width, c), slice(c - width - shared, c)
+        out = model(input_ids=inp, attention_mask=attention_mask_4d(model, allowed[:, None]), position_ids=positions,
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        mask[a:a + k] = False
+        mask[a:a + k, c - width - shared:c - width] = True
+        mask[a:a + k, c - width:c] = valid
+        plen = lengths[group]
+        start[a:a + k] = c - width - shared
+        pos[a:a + k], n_gen[a:a + k], row_of[a:a + k] = plen, 0, group
+        state["A"] = a + k
+        state["r0"] = int(start[:a + k].min())
+        state["prefills"] += 1
+        return out.logits[:, -1, :].float()
+
+    def remove(keep: np.ndarray) -> np.ndarray:
+        """Drop the active slots where ``keep`` is False: the last kept slots fill the holes.
+        Returns the old slot of each new slot."""
+        a = state["A"]
+        new_a = int(keep.sum())
+        holes = np.flatnonzero(~keep[:new_a])
+        movers = new_a + np.flatnonzero(keep[new_a:a])
+        perm = np.arange(new_a)
+        if len(holes):
+            perm[holes] = movers
+            lo, hi = state["r0"], state["c"]
+            h_t, m_t = torch.as_tensor(holes, device=dev), torch.as_tensor(movers, device=dev)
+            for layer in cache.layers:
+                if layer.is_initialized:
+                    layer.keys[h_t, :, lo:hi] = layer.keys[m_t, :, lo:hi]
+                    layer.values[h_t, :, lo:hi] = layer.values[m_t, :, lo:hi]
+            mask[h_t] = mask[m_t]
+            for arr in (row_of, start, pos, n_gen):
+                arr[holes] = arr[movers]
+        state["A"] = new_a
+        if new_a:
+            state["r0"] = int(start[:new_a].min())
+        return perm
+
+    def decode(feed):
+        a = state["A"]
+        if state["c"] >= columns:  # window full: shift everything to column 0
+            move_columns(state["r0"], state["c"], 0)
+        c, r0 = state["c"], state["r0"]
+        mask[:a, c] = True
+        slots.rows, slots.write, slots.read = slice(0, a), slice(c, c + 1), slice(r0, c + 1)
+        allowed = mask[:a, r0:c + 1][:, None, None, :]
+        out = model(input_ids=feed[:, None], attention_mask=attention_mask_4d(model, allowed),
+                    position_ids=torch.as_tensor(pos[:a, None], device=dev), cache=cache, use_cache=True,
+                    output_hidden_states=want_hidden)
+        state["c"] = c + 1
+        pos[:a] += 1
+        state["steps"] += 1
+        states = out.hidden_states[hidden_layer][:, -1].float().cpu().numpy() if want_hidden else None
+        return out.logits[:, -1, :].float(), states
+
+    forced = (torch.as_tensor(list(forced_ids), dtype=torch.long, device=dev)
+              if forced_ids is not None else None)
+
+    def select(logits):
+        a = state["A"]
+        logp = torch.log_softmax(logits, dim=-1)  # [A, V]
+        if temperature > 0 and forced is None:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            order_v = None
+            if top_p < 1.0:
+                probs, order_v = probs.sort(dim=-1, descending=True)
+                probs = probs * (probs.cumsum(-1) - probs < top_p)
+            cdf = probs.cumsum(-1)
+            u = torch.as_tensor(_uniform(seed, row_keys[row_of[:a]], n_gen[:a]), dtype=cdf.dtype, device=dev)
+            idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=cdf.shape[-1] - 1)
+            nxt = order_v.gather(-1, idx)[:, 0] if order_v is not None else idx[:, 0]
+        elif forced is not None:
+            nxt = forced[torch.as_tensor(n_gen[:a], device=dev)]
+        else:
+            nxt = logp.argmax(dim=-1)
+        chosen = logp.gather(-1, nxt[:, None])[:, 0]
+        top = logp.topk(k_top, dim=-1) if k_top else None
+        return nxt, chosen, top
+
+    def token_of(r: int, j: int) -> GeneratedToken:
+        alts = ([(text_of(int(i)), float(v)) for v, i in zip(top_v[r, j], top_i[r, j])] if k_top else [])
+        t = int(out_ids[r, j])
+        return GeneratedToken(id=t, text=text_of(t), logprob=float(out_lp[r, j]), top=alts)
+
+    logits = None
+    qi = 0
+    refill_at = max(1, n_slots // 8)
     with torch.inference_mode():
-        # logits_to_keep=1: the LM head only at the last position (the prefill's big saving)
-        out = model(input_ids=ids_t, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
-        logits = out.logits[:, -1, :]
-        last_pos = pos[:, -1:]
-        for step in range(max_new_tokens):
-            logp = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
-            if forced_ids is not None:
-                if step >= len(forced_ids):
-                    break
-                nxt = torch.full((n,), int(forced_ids[step]), dtype=torch.long, device=logits.device)
-            elif temperature > 0:
-                probs = torch.softmax(logits.float() / temperature, dim=-1)
-                if top_p < 1.0:
-                    sorted_p, order = probs.sort(dim=-1, descending=True)
-                    keep = sorted_p.cumsum(-1) - sorted_p < top_p
-                    sorted_p = sorted_p * keep
-                    probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-                nxt = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=gen)[:, 0]
-            else:
-                nxt = logp.argmax(dim=-1)
-            chosen = logp.gather(-1, nxt[:, None])[:, 0].tolist()
-            top = None
-            if top_alternatives:
-                tv, ti = logp.topk(top_alternatives, dim=-1)
-                top = (tv.tolist(), ti.tolist())
-            nxt_list = nxt.tolist()
-            fed_rows = []
-            for r in range(n):
-                if done[r]:
-                    continue
-                t = nxt_list[r]
-                if eos is not None and t == eos:
-                    done[r] = True
-                    results[r].stop_reason = "eos"
-                    continue
-                alts = [(tok.decode([i]), float(v)) for v, i in zip(top[0][r], top[1][r])] if top else []
-                token = GeneratedToken(id=int(t), text=tok.decode([t]), logprob=float(chosen[r]), top=alts)
-                results[r].tokens.append(token)
-                texts_ids[r].append(int(t))
-                fed_rows.append(r)
-                if stop_strings:
-                    text = tok.decode(texts_ids[r], skip_special_tokens=False)
-                    if _cut_at_stop(text, stop_strings) is not None:
-                        done[r] = True
-                        results[r].stop_reason = "stop_string"
-            last_forced = forced_ids is not None and step == len(forced_ids) - 1
-            all_done = all(done) or step == max_new_tokens - 1 or last_forced
-            if all_done and not want_hidden:
-                if on_token is not None:
-                    for r in fed_rows:
-                        on_token(r, results[r].tokens[-1], None)
-                break
-            feed = torch.where(torch.tensor(done, device=nxt.device) & (nxt == eos if eos is not None else False),
-                               torch.full_like(nxt, pad_token_id(tok)), nxt)
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
-            last_pos = last_pos + 1
-            out = model(input_ids=feed[:, None], attention_mask=mask, position_ids=last_pos,
-                        past_key_values=past, use_cache=True, output_hidden_states=want_hidden)
-            past = out.past_key_values
-            logits = out.logits[:, -1, :]
-            for r in fed_rows:
-                state = out.hidden_states[hidden_layer][r, -1].float().cpu().numpy() if want_hidden else None
-                if state is not None:
-                    results[r].hidden.append(state)
-                if on_token is not None:
-                    on_token(r, results[r].tokens[-1], state)
-            if all_done:
-                break
-    for r, res in enumerate(results):
-        text = tok.decode(texts_ids[r], skip_special_tokens=True)
-        if stop_strings:
-            full = tok.decode(texts_ids[r], skip_special_tokens=False)
-            cut = _cut_at_stop(full, stop_strings)
-            if cut is not None:
-                # keep only the tokens that end before the stop string starts
-                keep, length = 0, 0
-                for j in range(len(texts_ids[r])):
-                    length = len(tok.decode(texts_ids[r][: j + 1], skip_special_tokens=False))
-                    if length > cut:
-                        break
-                    keep = j + 1
-                res.tokens = res.tokens[:keep]
-                res.hidden = res.hidden[:keep]
-                text = tok.decode(texts_ids[r][:keep], skip_special_tokens=True)
+        while qi < n or state["A"]:
+            free = n_slots - state["A"]
+            if qi < n and free >= min(refill_at, n - qi):
+                parts = [] if logits is None else [logits]
+                t0 = time.perf_counter()
+                while free and qi < n:
+                    width = int(lengths[order[qi]]) - shared  # what the prefill forwards
+                    take = int(max(1, min(free, n - qi, prefill_tokens // max(width, 1))))
+                    parts.append(insert(order[qi: qi + take]))
+                    qi, free = qi + take, free - take
+                logits = torch.cat(parts) if len(parts) > 1 else parts[0]
+                state["prefill_s"] += time.perf_counter() - t0
+            a = state["A"]
+            nxt, chosen, top = select(logits)
+            toks, lps = nxt.cpu().numpy(), chosen.cpu().numpy()
+            rows = row_of[:a].copy()
+            is_eos = toks == eos if eos is not None else np.zeros(a, dtype=bool)
+            rec = np.flatnonzero(~is_eos)
+            rr, jj = rows[rec], n_gen[rec]
+            out_ids[rr, jj], out_lp[rr, jj] = toks[rec], lps[rec]
+            if k_top:
+                top_v[rr, jj], top_i[rr, jj] = top.values.cpu().numpy()[rec], top.indices.cpu().numpy()[rec]
+            n_gen[rec] += 1
+            count[rr] = n_gen[rec]
+            reasons[rows[is_eos]] = "eos"
+            finished = np.zeros(a, dtype=bool)
+            finished[rec] = n_gen[rec] >= limits[rr]
+            if stop_strings:
+                decoded = tok.batch_decode([out_ids[r, :count[r]].tolist() for r in rr], skip_special_tokens=False)
+                hit = np.array([_cut_at_stop(t, stop_strings) is not None for t in decoded], dtype=bool)
+                if hit.any():
+                    finished[rec[hit]] = True
+                    reasons[rr[hit]] = "stop_string"
+            if on_token is not None and not want_hidden:
+                for r, j in zip(rr, jj):
+                    on_token(int(r), token_of(r, j), None)
+            if on_progress is not None:
+                on_progress(int(is_eos.sum() + finished.sum()), len(rec))
+            leave_now = is_eos | (finished & (not want_hidden))
+            leave_after = finished & want_hidden
+            if leave_now.any():
+                perm = remove(~leave_now)
+                nxt, leave_after = nxt[torch.as_tensor(perm, device=dev)], leave_after[perm]
+            if not state["A"]:
+                logits = None
+                continue
+            logits, states = decode(nxt)
+            if want_hidden:
+                for s in range(state["A"]):
+                    r = int(row_of[s])
+                    hidden[r].append(states[s])
+                    if on_token is not None:
+                        on_token(r, token_of(r, count[r] - 1), states[s])
+            if leave_after.any():
+                perm = remove(~leave_after)
+                logits = logits[torch.as_tensor(perm, device=dev)] if state["A"] else None
+
+    if stats is not None:
+        stats.update({"slots": n_slots, "columns": columns, "decode_steps": state["steps"],
+                      "prefills": state["prefills"], "shifts": state["shifts"],
+                      "prefill_seconds": state["prefill_s"], "shared_prefix": shared})
+    results = []
+    cut_rows = []
+    for r in range(n):
+        res = Generation(prompt_tokens=int(lengths[r]), stop_reason=str(reasons[r]))
+        res.tokens = [token_of(r, j) for j in range(count[r])]
+        res.hidden = hidden[r]
+        results.append(res)
+        if reasons[r] == "stop_string":
+            cut_rows.append(r)
+    for r in cut_rows:  # keep only the tokens that end before the stop string starts
+        seq = out_ids[r, :count[r]].tolist()
+        cut = _cut_at_stop(tok.decode(seq, skip_special_tokens=False), stop_strings)
+        prefixes = tok.batch_decode([seq[: j + 1] for j in range(len(seq))], skip_special_tokens=False)
+        keep = next((j for j, p in enumerate(prefixes) if len(p) > cut), len(seq))
+        results[r].tokens = results[r].tokens[:keep]
+        results[r].hidden = results[r].hidden[:keep]
+    finals = tok.batch_decode([res.token_ids for res in results], skip_special_tokens=True)
+    for res, text in zip(results, finals):
         res.text = text.strip()
     return results
 
@@ -180,9 +510,13 @@ def continuation_ids(tokenizer, prompt: str, continuation: str) -> tuple[list[in
     what follows the prompt's own tokens (falls back to encoding the continuation alone)."""
     ctx = tokenizer(prompt)["input_ids"]
     whole = tokenizer(prompt + continuation)["input_ids"]
+    return list(ctx), _continuation(tokenizer, ctx, whole, continuation)
+
+
+def _continuation(tokenizer, ctx, whole, continuation: str) -> list[int]:
     if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
-        return list(ctx), list(whole[len(ctx):])
-    return list(ctx), list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        return list(whole[len(ctx):])
+    return list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
 
 
 def choice_loglikelihoods(loaded, prompt: str, choices: Sequence[str]) -> list[dict]:
@@ -190,64 +524,113 @@ def choice_loglikelihoods(loaded, prompt: str, choices: Sequence[str]) -> list[d
     return choice_loglikelihoods_batch(loaded, [prompt], [choices])[0]
 
 
-def choice_loglikelihoods_batch(loaded, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> list[list[dict]]:
+def choice_tokens(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]]):
+    """(prompt ids, [choice ids, ...]) per example, tokenized as ``continuation_ids`` does (in two calls)."""
+    if len(prompts) != len(choices):
+        raise ValueError("one choice list per prompt")
+    for i, options in enumerate(choices):
+        if not options:
+            raise LLMMapsError(f"multiple choice: example {i + 1} has no choices")
+    ctxs = tokenizer(list(prompts))["input_ids"] if len(prompts) else []
+    wholes = iter(tokenizer([p + c for p, opts in zip(prompts, choices) for c in opts])["input_ids"]
+                  if len(prompts) else [])
+    out = []
+    for i, (ctx, options) in enumerate(zip(ctxs, choices)):
+        if not ctx:
+            raise LLMMapsError(f"multiple choice: the prompt of example {i + 1} tokenizes to no tokens")
+        conts = [_continuation(tokenizer, ctx, next(wholes), c) for c in options]
+        if not all(conts):
+            raise LLMMapsError(f"multiple choice: a choice of example {i + 1} tokenizes to nothing")
+        out.append((list(ctx), conts))
+    return out
+
+
+def _lm_head(model, states):
+    """Logits (fp32) of hidden states [M, H] with the model's output layer (and its final logit
+    scaling or soft-capping, where the config has one)."""
+    import torch
+
+    logits = model.get_output_embeddings()(states).float()
+    cfg = model.config
+    scale = getattr(cfg, "logit_scale", None)
+    if isinstance(scale, (int, float)) and scale != 1:
+        logits = logits * scale
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def choice_loglikelihoods_batch(loaded, prompts: Sequence[str], choices: Sequence[Sequence[str]], *,
+                                batch_tokens: int | None = None, max_batch: int | None = None,
+                                on_progress: Callable[[int], None] | None = None) -> list[list[dict]]:
     """For each prompt, the summed log-probability of each of its choices' tokens, and whether
     every choice token is the argmax (lm-eval's ``is_greedy``).
 
-    Two forwards per batch: the left-padded prompts once (KV cache), then every (prompt, choice)
-    continuation at once on that cache repeated per choice; examples with fewer choices are
-    padded with dummies that are ignored.
+    One forward per batch: each example is one row, its prompt then all its choices, with a tree
+    mask (choice tokens attend to the prompt and to their own earlier tokens) and position ids
+    restarting after the prompt for every choice; rows are sorted by length and batched within a
+    padded-token budget like ``encode`` (``batch_tokens``, ``max_batch``); the LM head runs only on
+    the positions that predict a choice token. ``on_progress(n_examples)`` after every batch.
     """
     import torch
 
     model, tok = loaded.model, loaded.tokenizer
-    if len(prompts) != len(choices):
-        raise ValueError("one choice list per prompt")
-    ctxs, conts = [], []
-    for prompt, options in zip(prompts, choices):
-        if not options:
-            raise LLMMapsError("multiple choice: an example has no choices")
-        ctx = list(tok(prompt)["input_ids"])
-        row = []
-        for c in options:
-            c_ctx, c_ids = continuation_ids(tok, prompt, c)
-            c_ids = c_ids if c_ctx == ctx else list(tok(c, add_special_tokens=False)["input_ids"])
-            if not c_ids:
-                raise LLMMapsError("multiple choice: a choice tokenizes to nothing")
-            row.append(c_ids)
-        ctxs.append(ctx)
-        conts.append(row)
+    packed = choice_tokens(tok, prompts, choices)
+    if not packed:
+        return []
+    limit = loaded.max_positions
+    for i, (ctx, conts) in enumerate(packed):
+        longest = len(ctx) + max(len(c) for c in conts)
+        if limit is not None and longest > limit:
+            raise LLMMapsError(f"multiple choice: example {i + 1} is {longest} tokens (prompt + choice), over the "
+                               f"model's maximum positions ({limit})")
     dev = loaded.device
-    b, n_c = len(ctxs), max(len(r) for r in conts)
-    width = max(len(c) for r in conts for c in r)
-    ids, mask, pos = pad_left(ctxs, pad_token_id(tok), dev)
-    inp = torch.zeros((b * n_c, width), dtype=torch.long)
-    cmask = torch.zeros((b * n_c, width), dtype=torch.long)
-    for i, row in enumerate(conts):
-        for j in range(n_c):
-            c = row[min(j, len(row) - 1)]  # dummies repeat the last choice
-            inp[i * n_c + j, : len(c)] = torch.tensor(c)
-            cmask[i * n_c + j, : len(c)] = 1
+    batch_tokens, max_batch = batch_limits(dev, batch_tokens, max_batch)
+    lengths = [len(ctx) + sum(len(c) for c in conts) for ctx, conts in packed]
+    pad = pad_token_id(tok)
+    base = getattr(model, "base_model", model)
+    results: list[list[dict]] = [[] for _ in packed]
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
-        past = out.past_key_values
-        if n_c > 1:
-            past.batch_repeat_interleave(n_c)
-        full_mask = torch.cat([mask.repeat_interleave(n_c, dim=0), cmask.to(dev)], dim=1)
-        positions = pos[:, -1:].repeat_interleave(n_c, dim=0) + 1 + torch.arange(width, device=dev)[None, :]
-        out2 = model(input_ids=inp.to(dev), attention_mask=full_mask, position_ids=positions,
-                     past_key_values=past, use_cache=False)
-        logp = torch.log_softmax(out2.logits.float(), dim=-1)  # [B * C, W, V]
-        results = []
-        for i, row in enumerate(conts):
-            res = []
-            for j, c in enumerate(row):
-                c_t = torch.tensor(c, device=dev)
-                lps = torch.cat([first[i, c_t[:1]], logp[i * n_c + j, torch.arange(len(c) - 1, device=dev), c_t[1:]]])
-                greedy = bool(first[i].argmax() == c_t[0]) and bool(
-                    (logp[i * n_c + j, : len(c) - 1].argmax(-1) == c_t[1:]).all())
-                res.append({"choice": choices[i][j], "logprob": float(lps.sum()), "n_tokens": len(c),
-                            "n_chars": len(choices[i][j]), "greedy": greedy})
-            results.append(res)
+        for rows in plan_batches(lengths, batch_tokens=batch_tokens, max_batch=max_batch):
+            width = max(lengths[i] for i in rows)
+            ids = np.full((len(rows), width), pad, dtype=np.int64)
+            pos = np.zeros((len(rows), width), dtype=np.int64)
+            seg = np.full((len(rows), width), -1, dtype=np.int64)  # -1 pad, 0 prompt, j + 1 choice j
+            pred_b, pred_t, target = [], [], []
+            for b, i in enumerate(rows):
+                ctx, conts = packed[i]
+                p = len(ctx)
+                ids[b, :p], pos[b, :p], seg[b, :p] = ctx, np.arange(p), 0
+                at = p
+                for j, c in enumerate(conts):
+                    n_c = len(c)
+                    ids[b, at:at + n_c], pos[b, at:at + n_c], seg[b, at:at + n_c] = c, p + np.arange(n_c), j + 1
+                    pred_b += [b] * n_c
+                    pred_t += [p - 1] + list(range(at, at + n_c - 1))
+                    target += c
+                    at += n_c
+            seg_t = torch.as_tensor(seg, device=dev)
+            q = torch.arange(width, device=dev)
+            allowed = ((seg_t[:, None, :] >= 0) & (q[None, None, :] <= q[None, :, None])
+                       & ((seg_t[:, None, :] == 0) | (seg_t[:, None, :] == seg_t[:, :, None])))
+            allowed |= torch.eye(width, dtype=torch.bool, device=dev)[None]  # pad rows: no empty softmax
+            out = base(input_ids=torch.as_tensor(ids, device=dev), position_ids=torch.as_tensor(pos, device=dev),
+                       attention_mask=attention_mask_4d(model, allowed[:, None]), use_cache=False)
+            states = out.last_hidden_state[torch.as_tensor(pred_b, device=dev), torch.as_tensor(pred_t, device=dev)]
+            logp = torch.log_softmax(_lm_head(model, states), dim=-1)  # [M, V]
+            tgt = torch.as_tensor(target, device=dev)
+            lps = logp.gather(-1, tgt[:, None])[:, 0].double().cpu().numpy()
+            hits = (logp.argmax(-1) == tgt).cpu().numpy()
+            at = 0
+            for b, i in enumerate(rows):
+                res = []
+                for j, c in enumerate(packed[i][1]):
+                    n_c = len(c)
+                    res.append({"choice": choices[i][j], "logprob": float(lps[at:at + n_c].sum()), "n_tokens": n_c,
+                                "n_chars": len(choices[i][j]), "greedy": bool(hits[at:at + n_c].all())})
+                    at += n_c
+                results[i] = res
+            if on_progress is not None:
+                on_progress(len(rows))
     return results

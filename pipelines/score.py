@@ -42,46 +42,66 @@ def _null(value) -> bool:
 
 
 def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[str], max_new_tokens: int,
-                     temperature: float, top_p: float, seed: int, batch_size: int, max_length: int | None,
+                     temperature: float, top_p: float, seed: int, batch_size: int | None, max_length: int | None,
                      progress: bool = True) -> dict:
-    """Generate for ``rows`` of ``frame`` (length-sorted batches); returns column -> values."""
+    """Generate for ``rows`` of ``frame`` (one continuously batched ``generate``; each row samples
+    with its own stream, keyed by its row); returns column -> {row: value}."""
     from tqdm.auto import tqdm
 
     from pipelines.generate import generate
 
     prompts = frame["prompt"].to_numpy()
-    order = rows[np.argsort([-len(prompts[i]) for i in rows], kind="stable")]
     cols = {"output": {}, "output_token_ids": {}, "output_logprobs": {}, "stop_reason": {}}
     bar = tqdm(total=len(rows), unit="ex", desc="generate", disable=not progress, dynamic_ncols=True)
-    start, n_tokens = time.perf_counter(), 0
-    for b in range(0, len(order), batch_size):
-        batch = order[b: b + batch_size]
-        results = generate(loaded, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
-                           temperature=temperature, top_p=top_p, seed=seed + b, stop_strings=stop_strings,
-                           max_length=max_length)
-        for i, res in zip(batch, results):
-            cols["output"][i] = res.text
-            cols["output_token_ids"][i] = res.token_ids
-            cols["output_logprobs"][i] = [round(x, 6) for x in res.logprobs]
-            cols["stop_reason"][i] = res.stop_reason
-            n_tokens += len(res.tokens)
-        bar.update(len(batch))
-        bar.set_postfix_str(f"{n_tokens / max(time.perf_counter() - start, 1e-9):.1f} tok/s", refresh=False)
+    start, n_tokens = time.perf_counter(), [0]
+
+    def on_progress(finished: int, tokens: int) -> None:
+        n_tokens[0] += tokens
+        if finished:
+            bar.update(finished)
+            bar.set_postfix_str(f"{n_tokens[0] / max(time.perf_counter() - start, 1e-9):.1f} tok/s", refresh=False)
+
+    stats: dict = {}
+    results = generate(loaded, [prompts[i] for i in rows], max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_p=top_p, seed=seed, stop_strings=stop_strings, max_length=max_length,
+                       batch_size=batch_size, keys=[int(i) for i in rows], on_progress=on_progress, stats=stats)
     bar.close()
+    for i, res in zip(rows, results):
+        cols["output"][i] = res.text
+        cols["output_token_ids"][i] = res.token_ids
+        cols["output_logprobs"][i] = [round(x, 6) for x in res.logprobs]
+        cols["stop_reason"][i] = res.stop_reason
     cols["_seconds"] = time.perf_counter() - start
-    cols["_tokens"] = n_tokens
+    cols["_tokens"] = sum(len(r.tokens) for r in results)
+    cols["_slots"] = stats.get("slots")
     return cols
+
+
+def choice_scores(loaded, prompts: Sequence[str], choices: Sequence[Sequence[str]], *,
+                  progress: bool = True) -> list[list[float]]:
+    """Choice log-likelihoods (rounded as stored) of each example, batched across examples."""
+    from tqdm.auto import tqdm
+
+    from pipelines.generate import choice_loglikelihoods_batch
+
+    bar = tqdm(total=len(prompts), desc="choices", unit="ex", disable=not progress, dynamic_ncols=True)
+    res = choice_loglikelihoods_batch(loaded, prompts, choices, on_progress=bar.update)
+    bar.close()
+    return [[round(x["logprob"], 6) for x in r] for r in res]
 
 
 def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generate: str = "auto",
               metric: str | None = "auto", thresholds: str | None = None, max_new_tokens: int = 48,
               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int | None = None,
               mc_output: str = "generate", dtype: str = "auto", device: str = "auto", progress: bool = True,
-              log=print) -> dict:
+              distributed: bool = False, chunk_size: int = 512, log=print) -> dict:
     """Generate (when needed) and score; rewrites examples.parquet and the manifest atomically.
 
     ``mc_output="choice"``: examples scored by multiple choice are not generated; their output is
     the choice with the highest log-likelihood (as lm-eval reports it), which is much faster.
+    ``distributed=True``: generation and choice log-likelihoods run in chunks of ``chunk_size``
+    rows on the Celery workers of REDIS_URL (``pipelines.distributed.score_distributed``), with the
+    same results as here.
     """
     import pandas as pd
 
@@ -126,48 +146,62 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
                        dtype=int)
 
     loaded, gen_info = None, manifest.get("scoring", {}).get("generation")
+    stops = list(manifest["prompt_template"].get("stop_strings") or [])
+    gen_kwargs = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                  "stop_strings": stops, "batch_size": batch_size, "max_length": manifest.get("max_length")}
+    cols, mc_values, dist_info = None, None, None
     if len(gen_rows) or len(mc_rows):
         from pipelines.models import load_model
 
-        loaded = load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype, device=device)
-    if len(gen_rows):
-        on_gpu = str(loaded.device).startswith("cuda")
-        bs = batch_size or (64 if on_gpu else 16)
-        stops = list(manifest["prompt_template"].get("stop_strings") or [])
-        log(f"generating {len(gen_rows)} outputs (max {max_new_tokens} new tokens, "
-            f"{'greedy' if temperature == 0 else f'temperature {temperature}, top-p {top_p}'}) on {loaded.device}")
-        cols = generate_outputs(loaded, frame, gen_rows, stop_strings=stops, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, seed=seed, batch_size=bs,
-                                max_length=manifest.get("max_length"), progress=progress)
+        if distributed:
+            from llm_maps.jobs import redis_url
+
+            if not redis_url():
+                raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
+        loaded = load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype, device=device,
+                            weights=not distributed)
+        mode = "greedy" if temperature == 0 else f"temperature {temperature}, top-p {top_p}"
+        if distributed:
+            from pipelines.distributed import score_distributed
+
+            log(f"scoring on the workers of REDIS_URL: {len(gen_rows)} outputs to generate (max {max_new_tokens} "
+                f"new tokens, {mode}), {len(mc_rows)} multiple-choice examples")
+            spec = {"model": manifest["model"], "gguf_file": None, "revision": manifest.get("model_revision"),
+                    "dtype": dtype, "device": device}
+            cols, mc_values, dist_info = score_distributed(
+                loaded, frame["prompt"].tolist(), gen_rows, {int(i): choices[i] for i in mc_rows}, run_dir,
+                spec=spec, gen_kwargs=gen_kwargs, chunk_size=chunk_size, progress=progress, log=log)
+        else:
+            if len(gen_rows):
+                log(f"generating {len(gen_rows)} outputs (max {max_new_tokens} new tokens, {mode}) on {loaded.device}")
+                cols = generate_outputs(loaded, frame, gen_rows, stop_strings=stops, max_new_tokens=max_new_tokens,
+                                        temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                                        max_length=manifest.get("max_length"), progress=progress)
+            if len(mc_rows):
+                start = time.perf_counter()
+                scored = choice_scores(loaded, [frame["prompt"][i] for i in mc_rows], [choices[i] for i in mc_rows],
+                                       progress=progress)
+                mc_values = dict(zip(mc_rows.tolist(), scored))
+                log(f"scored {len(mc_rows)} multiple-choice examples by log-likelihood in "
+                    f"{time.perf_counter() - start:.1f} s")
+    if cols is not None:
         for col in ("output", "output_token_ids", "output_logprobs", "stop_reason"):
             values = frame[col].astype(object).to_numpy(copy=True)
             for i, v in cols[col].items():
                 values[i] = v
             frame[col] = values
+        where = dist_info or {"device": loaded.device, "dtype": loaded.dtype}
         gen_info = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
-                    "batch_size": bs, "stop_strings": stops, "device": loaded.device, "dtype": loaded.dtype,
-                    "seconds": round(cols["_seconds"], 2), "tokens": cols["_tokens"],
+                    "batch_size": cols["_slots"], "stop_strings": stops, "device": where["device"],
+                    "dtype": where["dtype"], "seconds": round(cols["_seconds"], 2), "tokens": cols["_tokens"],
                     "tokens_per_second": round(cols["_tokens"] / max(cols["_seconds"], 1e-9), 1),
+                    **({"distributed": {k: dist_info[k] for k in ("chunks", "workers")}} if dist_info else {}),
                     "created": now_iso()}
-    if len(mc_rows):
-        from tqdm.auto import tqdm
-
-        from pipelines.generate import choice_loglikelihoods_batch
-
+    if mc_values is not None:
         values = frame["choice_logprobs"].astype(object).to_numpy(copy=True)
-        start = time.perf_counter()
-        mc_batch = 32 if str(loaded.device).startswith("cuda") else 8
-        order = mc_rows[np.argsort([-len(frame["prompt"][i]) for i in mc_rows], kind="stable")]
-        bar = tqdm(total=len(order), desc="choices", unit="ex", disable=not progress, dynamic_ncols=True)
-        for b in range(0, len(order), mc_batch):
-            rows = order[b: b + mc_batch]
-            res = choice_loglikelihoods_batch(loaded, [frame["prompt"][i] for i in rows], [choices[i] for i in rows])
-            for i, r in zip(rows, res):
-                values[i] = [round(x["logprob"], 6) for x in r]
-            bar.update(len(rows))
-        bar.close()
+        for i, v in mc_values.items():
+            values[i] = v
         frame["choice_logprobs"] = values
-        log(f"scored {len(mc_rows)} multiple-choice examples by log-likelihood in {time.perf_counter() - start:.1f} s")
 
     ft_info = (manifest.get("scoring") or {}).get("first_token")
     if generate != "never":  # first-token statistics (entropy, top probability, KL to the train mean)

@@ -161,6 +161,64 @@ def test_distributed_build_equals_a_plain_build(workers, plain_run, redis_url, m
     assert not (out.parent / "dist.partial").exists()
 
 
+def test_distributed_score_equals_a_plain_score_and_resumes(workers, redis_url, monkeypatch, tmp_path, tiny_models,
+                                                           capsys):
+    import numpy as np
+
+    import pipelines.distributed as distributed
+    from llm_maps.runfolder import Run
+
+    rows = dolly_rows(30)
+    for i, row in enumerate(rows):
+        row["split"] = "train" if i < 8 else "test"
+        if i % 3 == 1:
+            row["choices"] = [row["response"], "the sea", "a fox and a dog"]
+    data = write_jsonl(tmp_path / "mc.jsonl", rows)
+    plain = tmp_path / "runs" / "plain"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(plain),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--no-progress"]) == 0
+    dist = tmp_path / "runs" / "dist"
+    shutil.copytree(plain, dist)
+    score = ["--max-new-tokens", "6", "--splits", "test,train", "--no-progress"]
+    assert main(["score", str(plain)] + score) == 0
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    real_run_chunks = distributed.run_chunks
+
+    def interrupted(app, task, pending, kwargs, **kw):  # chunk 0 finishes here, then the client dies
+        distributed.score_chunk(**kwargs(pending[0]), worker="before-the-interruption")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "run_chunks", interrupted)
+    assert main(["score", str(dist), "--distributed", "--chunk-size", "5"] + score) == 130
+    assert "interrupted (re-run the same command to resume)" in capsys.readouterr().err
+    assert (dist / distributed.SCORE_DIR / "chunk_00000.json").exists()
+    monkeypatch.setattr(distributed, "run_chunks", real_run_chunks)
+    capsys.readouterr()
+    assert main(["score", str(dist), "--distributed", "--chunk-size", "5"] + score) == 0
+    err = capsys.readouterr().err
+    n_chunks = Run(dist).manifest["scoring"]["generation"]["distributed"]["chunks"]
+    assert f"distributed scoring: {n_chunks - 1} of {n_chunks} chunks" in err  # the finished chunk was reused
+    assert not (dist / distributed.SCORE_DIR).exists()
+
+    a, b = Run(plain).examples, Run(dist).examples
+    assert b["choice_logprobs"].notna().sum() == 10 and b["output"].notna().all()
+    for col in ("output", "stop_reason", "metric", "score", "correct"):
+        assert a[col].tolist() == b[col].tolist(), col
+    for col in ("output_token_ids", "choice_logprobs"):
+        assert [None if v is None else list(v) for v in a[col]] == [None if v is None else list(v) for v in b[col]]
+    for x, y in zip(a["output_logprobs"], b["output_logprobs"]):
+        np.testing.assert_allclose(list(x), list(y), atol=1e-5)
+    gen = Run(dist).manifest["scoring"]["generation"]
+    assert n_chunks >= 6 and "before-the-interruption" in gen["distributed"]["workers"]
+    assert len(gen["distributed"]["workers"]) == 3, gen  # both workers took chunks, plus the interrupted client
+    plain_scoring, dist_scoring = Run(plain).manifest["scoring"], Run(dist).manifest["scoring"]
+    for m in (plain_scoring, dist_scoring):
+        m.pop("created")
+        m.pop("generation")
+    assert plain_scoring == dist_scoring
+
+
 def test_killed_worker_fails_its_job_and_queued_jobs_survive_a_restart(workers, web, plain_run, redis_url):
     client, queue = web
     run, _ = plain_run
