@@ -158,6 +158,14 @@ class LmevalTaskInfo(TypedDict, total=False):
     output_type: Annotated[str | None, "lm-eval output type"]
 
 
+class FirstTokenInfo(TypedDict):
+    columns: Annotated[list[str], "the columns written: first_entropy, first_top_prob, first_kl_to_mean"]
+    units: Annotated[str, "nats (entropy, KL); probability (top)"]
+    mean_over: Annotated[str, "the train prompts the mean next-token distribution is over (all, or a seeded sample)"]
+    rows: Annotated[int, "rows computed in this scoring"]
+    seconds: Annotated[float, "wall time"]
+
+
 class ScoringInfo(TypedDict, total=False):
     splits: Annotated[list[str], "splits scored"]
     metric: Annotated[str, "the --metric spec given (or 'primary' for lm-eval)"]
@@ -175,6 +183,8 @@ class ScoringInfo(TypedDict, total=False):
     source: Annotated[str, "'lm-eval' when scores came from lm-eval samples"]
     per_task: Annotated[dict[str, LmevalTaskInfo], "lm-eval task -> its metric and means"]
     per_task_means_match_results: Annotated[bool, "the samples' means equal lm-eval's aggregates"]
+    first_token: Annotated[FirstTokenInfo | None, "the last first-token statistics run (pipelines/first_token.py; "
+                                                  "null: none ran, e.g. --generate never)"]
 
 
 class HistoryEntry(TypedDict):
@@ -312,6 +322,12 @@ COLUMNS: dict[str, Column] = {
     "nn_train_dists_completion": Column("list[float]", "their distances", False, "encode --view completion"),
     "x_tokens": Column("float", "x of the prompt on the token map (train prompts + atlas tokens)", False, "atlas"),
     "y_tokens": Column("float", "y of the prompt on the token map", False, "atlas"),
+    "first_entropy": Column("float", "entropy (nats) of the next-token distribution at the end of the prompt "
+                                     "(NaN: not computed; rows of the scored splits only)", False, "score"),
+    "first_top_prob": Column("float", "probability of the most likely first token (NaN: not computed)", False,
+                             "score"),
+    "first_kl_to_mean": Column("float", "KL divergence (nats) of that distribution from the mean over train "
+                                        "prompts (NaN: not computed, or no train prompts)", False, "score"),
     # New columns go here, with their meaning and writing stage; then regenerate the doc tables.
 }
 # Other columns of a source are kept as they are (values that Arrow cannot store as one type become
@@ -426,11 +442,161 @@ class CkaFile(TypedDict):
     pairs: Annotated[list[CkaPair], "cached by `llm-maps compare`; read by the Compare page"]
 
 
+# ================================================================================ findings.json
+# (llm_maps/findings.py: `llm-maps findings`; slopes are per unit distance percentile, intervals
+# task-clustered bootstrap 95 %)
+
+
+class FindingsContrast(TypedDict):
+    a: Annotated[str, "first domain of the contrast (--contrast A,B)"]
+    b: Annotated[str, "second domain"]
+    slope_a: Annotated[float | None, "logistic slope of domain a"]
+    slope_b: Annotated[float | None, "logistic slope of domain b"]
+    slope_diff: Annotated[float | None, "slope_a - slope_b (negative: a falls off more steeply)"]
+    low: Annotated[float | None, "task-clustered bootstrap 95% interval of slope_diff, lower"]
+    high: Annotated[float | None, "upper"]
+    p_value: Annotated[float | None, "two-sided, domain labels permuted across tasks (null: not computed)"]
+    se: Annotated[float | None, "standard error the interval implies ((high - low) / 3.92)"]
+    mdd: Annotated[float | None, "minimum detectable difference (80% power, 5% level)"]
+    n_tasks_a: Annotated[int, "tasks in domain a"]
+    n_tasks_b: Annotated[int, "tasks in domain b"]
+    n_a: Annotated[int, "scored examples in domain a"]
+    n_b: Annotated[int, "scored examples in domain b"]
+    bootstrap_failed: Annotated[int, "replicates whose fit failed (one class or separation), left out"]
+    permutations: Annotated[int, "permutations that fitted (0: no p-value)"]
+
+
+class FindingsQuartileRequired(TypedDict):
+    n: Annotated[int, "examples in the domain's nearest (near) or farthest (far) quarter"]
+    correct: Annotated[int, "correct examples"]
+    accuracy: Annotated[float | None, "correct / n"]
+    low: Annotated[float | None, "Wilson 95% interval, lower"]
+    high: Annotated[float | None, "Wilson 95% interval, upper"]
+
+
+class FindingsQuartile(FindingsQuartileRequired, total=False):
+    percentile_max: Annotated[float, "near: the quarter's largest distance percentile"]
+    percentile_min: Annotated[float, "far: the quarter's smallest distance percentile"]
+
+
+class FindingsBin(TypedDict):
+    lo: Annotated[float, "lower edge (distance percentile)"]
+    hi: Annotated[float, "upper edge"]
+    x: Annotated[float, "mean percentile of its examples"]
+    n: Annotated[int, "examples"]
+    correct: Annotated[int, "correct examples"]
+    accuracy: Annotated[float, "correct / n"]
+    low: Annotated[float, "Wilson 95% interval, lower"]
+    high: Annotated[float, "Wilson 95% interval, upper"]
+
+
+class FindingsCurve(TypedDict):
+    x: Annotated[list[float], "distance percentiles 0, 0.05, ..., 1"]
+    p: Annotated[list[float], "fitted probability of a correct answer there"]
+    low: Annotated[list[float] | None, "pointwise bootstrap 95% band, lower (null: too few replicates)"]
+    high: Annotated[list[float] | None, "upper"]
+
+
+class RiskCoveragePoint(TypedDict):
+    coverage: Annotated[float, "fraction of examples answered, nearest first"]
+    n: Annotated[int, "examples answered"]
+    accuracy: Annotated[float, "their accuracy"]
+
+
+class ConfidenceBin(TypedDict):
+    x: Annotated[float, "mean distance percentile of the bin"]
+    n: Annotated[int, "examples"]
+    mean: Annotated[float, "mean of the statistic"]
+
+
+class FindingsConfidence(TypedDict):
+    n: Annotated[int, "examples with the statistic"]
+    mean: Annotated[float, "its mean"]
+    slope: Annotated[float | None, "least-squares slope of the statistic on distance percentile"]
+    low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower"]
+    high: Annotated[float | None, "upper"]
+    bins: Annotated[list[ConfidenceBin], "means in equal-width percentile bins"]
+
+
+class FindingsDomain(TypedDict):
+    n: Annotated[int, "scored test examples in the domain"]
+    n_tasks: Annotated[int, "their tasks"]
+    correct: Annotated[int, "correct examples"]
+    accuracy: Annotated[float, "correct / n"]
+    accuracy_low: Annotated[float, "Wilson 95% interval, lower"]
+    accuracy_high: Annotated[float, "Wilson 95% interval, upper"]
+    slope: Annotated[float | None, "logistic slope of correct on distance percentile"]
+    slope_low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower"]
+    slope_high: Annotated[float | None, "upper"]
+    intercept: Annotated[float | None, "logistic intercept"]
+    slope_raw: Annotated[float | None, "the slope per unit raw distance"]
+    auroc: Annotated[float | None, "AUROC of distance for an error (0.5: no signal)"]
+    auroc_low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower"]
+    auroc_high: Annotated[float | None, "upper"]
+    slope_within_task: Annotated[float | None, "conditional-logit (task fixed effects) slope"]
+    slope_within_task_low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower"]
+    slope_within_task_high: Annotated[float | None, "upper"]
+    n_tasks_within: Annotated[int, "tasks with both right and wrong answers (they carry the within-task slope)"]
+    near: Annotated[FindingsQuartile, "accuracy in the nearest quarter"]
+    far: Annotated[FindingsQuartile, "accuracy in the farthest quarter"]
+    bins: Annotated[list[FindingsBin], "accuracy in equal-width percentile bins"]
+    curve: Annotated[FindingsCurve | None, "the fitted logistic curve (null: no slope)"]
+    risk_coverage: Annotated[list[RiskCoveragePoint], "accuracy answering only the nearest fraction"]
+    confidence: Annotated[dict[str, FindingsConfidence], "first-token column -> its relation to distance "
+                                                        "(empty when the run has none)"]
+    bootstrap_failed: Annotated[int | None, "replicates whose fit failed (null: no replicates)"]
+
+
+class DistanceRaw(TypedDict):
+    n: Annotated[int, "test examples with a distance"]
+    min: Annotated[float, "smallest raw distance"]
+    max: Annotated[float, "largest"]
+    quartiles: Annotated[list[float], "25th, 50th, 75th percentiles of the raw distances"]
+
+
+class RobustnessRow(TypedDict):
+    layer: Annotated[int, "stored layer"]
+    metric: Annotated[str, "cosine | euclidean"]
+    view: Annotated[str, "prompt | completion ..."]
+    centred: Annotated[bool, "encodings centred on the train mean (cosine only)"]
+    slope_a: Annotated[float | None, "slope of domain a"]
+    slope_b: Annotated[float | None, "slope of domain b"]
+    slope_diff: Annotated[float | None, "slope_a - slope_b"]
+    low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower"]
+    high: Annotated[float | None, "upper"]
+    supported: Annotated[bool, "the interval excludes 0"]
+
+
+class FindingsFile(TypedDict):
+    format_version: Annotated[int, "findings.json format (1)"]
+    split: Annotated[str, "rows analysed (test)"]
+    layer: Annotated[int, "stored layer of the distances"]
+    metric: Annotated[str, "cosine | euclidean"]
+    view: Annotated[str, "prompt or another encoded view"]
+    centred: Annotated[bool, "distances on train-mean-centred encodings"]
+    model: Annotated[str | None, "the run's model"]
+    n_test: Annotated[int, "scored examples with a distance"]
+    n_tasks: Annotated[int, "their tasks (the unit of independence)"]
+    contrast: Annotated[FindingsContrast, "slope difference a - b"]
+    verdict: Annotated[str, "plain verdict from the contrast's numbers (may say 'not supported')"]
+    unit: Annotated[str, "what a slope means"]
+    interval: Annotated[str, "how the intervals and p-value were computed"]
+    bootstrap: Annotated[int, "bootstrap replicates (and permutations)"]
+    seed: Annotated[int, "resampling seed"]
+    distance_raw: Annotated[DistanceRaw, "the raw distances behind the percentile scale"]
+    domains: Annotated[dict[str, FindingsDomain], "domain -> its statistics"]
+    risk_coverage: Annotated[list[RiskCoveragePoint], "over all domains"]
+    notes: Annotated[list[str], "caveats to read with the numbers"]
+    robustness: Annotated[list[RobustnessRow], "the contrast for every stored layer x metric x view x "
+                                               "raw/centred ([] with --no-robustness)"]
+
+
 JSON_FILES: dict[str, Any] = {
     "falloff.json": FalloffFile,
     "projection/projection.json": ProjectionFile,
     "probes.json": ProbesFile,
     "cka.json": CkaFile,
+    "findings.json": FindingsFile,
 }
 
 # ================================================================================ state folder
@@ -549,7 +715,7 @@ MANIFEST_SECTIONS.update({
     "split_rule": SplitRule, "split_rule.counts": SplitCounts, "domain_map": DomainMapInfo,
     "sources[]": SourceInfo, "counts": Counts, "encoding": EncodingInfo, "encoding.distributed": DistributedInfo,
     "neighbours": NeighboursInfo, "scoring": ScoringInfo, "scoring.generation": GenerationInfo,
-    "scoring.per_task{}": LmevalTaskInfo, "history[]": HistoryEntry,
+    "scoring.per_task{}": LmevalTaskInfo, "scoring.first_token": FirstTokenInfo, "history[]": HistoryEntry,
 })
 
 # ================================================================================ checking values

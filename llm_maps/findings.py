@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import LLMMapsError
 from .falloff import Z95, wilson_interval
+
+if TYPE_CHECKING:
+    from .runfolder import Run
+
+FloatArray = npt.NDArray[np.float64]
 
 FINDINGS_FILE = "findings.json"
 FORMAT_VERSION = 1
@@ -169,7 +175,8 @@ def _cond_loglik(x: np.ndarray, y: np.ndarray, betas: np.ndarray) -> np.ndarray:
     log_e[:, 0] = 0.0
     for xi in x:  # elementary symmetric polynomials of exp(b * x), in log space
         log_e[:, 1:] = np.logaddexp(log_e[:, 1:], log_e[:, :-1] + (b * xi)[:, None])
-    return b * float(x[y > 0].sum()) - log_e[:, k]
+    out: FloatArray = b * float(x[y > 0].sum()) - log_e[:, k]
+    return out
 
 
 def conditional_logit_slope(*, x: np.ndarray, y: np.ndarray, task: np.ndarray,
@@ -235,7 +242,7 @@ def _interval(values: np.ndarray) -> tuple[float | None, float | None]:
     return float(lo), float(hi)
 
 
-def _num(v) -> float | None:
+def _num(v: float | None) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
 
 
@@ -257,7 +264,8 @@ class DomainData:
         return counts[:, self.codes]
 
 
-def _prepare(*, distance, correct, domain, task, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+def _prepare(*, distance: npt.ArrayLike, correct: Iterable[Any], domain: Iterable[Any], task: Iterable[Any],
+             where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                       np.ndarray, np.ndarray, np.ndarray]:
     d = np.asarray(distance, dtype=float)
     c = np.array([np.nan if v is None or (isinstance(v, float) and math.isnan(v)) else float(bool(v))
@@ -295,7 +303,7 @@ def check_contrast(*, domains: Sequence[str], tasks_per_domain: dict[str, int], 
     return a, b
 
 
-def contrast_bootstrap(*, da: DomainData, db: DomainData, n_boot: int, seed: int) -> dict:
+def contrast_bootstrap(*, da: DomainData, db: DomainData, n_boot: int, seed: int) -> dict[str, Any]:
     """Slopes of two domains and their difference (a - b) with task-clustered bootstrap replicates."""
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {}
@@ -334,7 +342,7 @@ def permutation_p_value(*, da: DomainData, db: DomainData, observed: float, n_pe
     return float((1 + np.sum(np.abs(d) >= abs(observed) - 1e-12)) / (len(d) + 1)), int(len(d))
 
 
-def verdict_line(contrast: dict) -> str:
+def verdict_line(contrast: dict[str, Any]) -> str:
     """The plain verdict, generated from the contrast's numbers."""
     a, b = contrast["a"], contrast["b"]
     d, lo, hi, p = contrast["slope_diff"], contrast["low"], contrast["high"], contrast["p_value"]
@@ -354,7 +362,7 @@ def verdict_line(contrast: dict) -> str:
             f"which includes 0{ptxt}{tail} ({tasks})")
 
 
-def _bins_on_scale(x: np.ndarray, y: np.ndarray, n_bins: int) -> list[dict]:
+def _bins_on_scale(x: np.ndarray, y: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
     """Accuracy (or mean) in equal-width percentile bins, with Wilson intervals for 0/1 values."""
     edges = np.linspace(0, 1, n_bins + 1)
     idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
@@ -371,7 +379,7 @@ def _bins_on_scale(x: np.ndarray, y: np.ndarray, n_bins: int) -> list[dict]:
     return out
 
 
-def _quartile(dd: DomainData, which: str) -> dict:
+def _quartile(dd: DomainData, which: str) -> dict[str, Any]:
     """Accuracy in the domain's nearest or farthest quarter of examples (by distance), Wilson 95 %."""
     q = np.quantile(dd.x, 0.25 if which == "near" else 0.75)
     sel = dd.x <= q if which == "near" else dd.x >= q
@@ -381,7 +389,7 @@ def _quartile(dd: DomainData, which: str) -> dict:
             "percentile_max" if which == "near" else "percentile_min": float(q)}
 
 
-def risk_coverage(*, x: np.ndarray, y: np.ndarray, steps: int = 20) -> list[dict]:
+def risk_coverage(*, x: np.ndarray, y: np.ndarray, steps: int = 20) -> list[dict[str, Any]]:
     """Accuracy when only the nearest ``coverage`` fraction of examples is answered."""
     order = np.argsort(x, kind="stable")
     ys = y[order]
@@ -392,8 +400,8 @@ def risk_coverage(*, x: np.ndarray, y: np.ndarray, steps: int = 20) -> list[dict
     return out
 
 
-def _domain_stats(dd: DomainData, boot: dict | None, *, n_boot: int, seed: int, n_bins: int,
-                  first_token: dict[str, np.ndarray] | None, curve_x: np.ndarray) -> dict:
+def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, seed: int, n_bins: int,
+                  first_token: dict[str, np.ndarray] | None, curve_x: np.ndarray) -> dict[str, Any]:
     rng = np.random.default_rng(seed + 104729 + sum(map(ord, dd.name)))
     counts = boot["counts"] if boot is not None else task_resample_counts(n_tasks=dd.n_tasks, n_boot=n_boot, rng=rng)
     w = dd.weights(counts)
@@ -452,10 +460,10 @@ def _domain_stats(dd: DomainData, boot: dict | None, *, n_boot: int, seed: int, 
     }
 
 
-def compute_findings(*, distance: np.ndarray, correct: Sequence, domain: Sequence, task: Sequence,
+def compute_findings(*, distance: np.ndarray, correct: Sequence[Any], domain: Sequence[Any], task: Sequence[Any],
                      contrast: Sequence[str] = DEFAULT_CONTRAST, n_boot: int = 2000, seed: int = 0,
                      first_token: dict[str, np.ndarray] | None = None, n_bins: int = 5,
-                     permutation: bool = True, details: bool = True, where: str = "run") -> dict:
+                     permutation: bool = True, details: bool = True, where: str = "run") -> dict[str, Any]:
     """Findings for one distance variant of a split.
 
     ``distance`` [N] raw distances to train of the split's examples (NaN = none); ``correct`` [N]
@@ -513,7 +521,7 @@ def compute_findings(*, distance: np.ndarray, correct: Sequence, domain: Sequenc
     return out
 
 
-def _notes(domains: dict, a: str, b: str) -> list[str]:
+def _notes(domains: dict[str, Any], a: str, b: str) -> list[str]:
     notes = []
     for name in (a, b):
         st = domains[name]
@@ -531,7 +539,7 @@ def _notes(domains: dict, a: str, b: str) -> list[str]:
 
 # --- run folders -----------------------------------------------------------------------------------
 
-def run_views(manifest: dict) -> list[str]:
+def run_views(manifest: Mapping[str, Any]) -> list[str]:
     """"prompt" plus the views ``manifest.views`` lists (names, or objects with a "name")."""
     out = ["prompt"]
     for v in manifest.get("views") or []:
@@ -541,7 +549,7 @@ def run_views(manifest: dict) -> list[str]:
     return out
 
 
-def view_encodings(run, view: str, layer: int) -> np.ndarray:
+def view_encodings(run: Run, view: str, layer: int) -> np.ndarray:
     """Memory-mapped [N, H] encodings of one view and layer (``encodings/<view>/layer_<k>.npy``)."""
     from .runfolder import ENCODINGS
 
@@ -549,12 +557,13 @@ def view_encodings(run, view: str, layer: int) -> np.ndarray:
         return run.encodings(layer)
     path = run.path / ENCODINGS / view / f"layer_{int(layer)}.npy"
     try:
-        return np.load(path, mmap_mode="r")
+        enc: np.ndarray = np.load(path, mmap_mode="r")
+        return enc
     except FileNotFoundError:
         raise LLMMapsError(f"{path}: missing (view '{view}' is listed in the manifest)") from None
 
 
-def variant_distances(run, *, rows: np.ndarray, layer: int, metric: str, view: str = "prompt",
+def variant_distances(run: Run, *, rows: np.ndarray, layer: int, metric: str, view: str = "prompt",
                       centred: bool = False) -> np.ndarray:
     """[len(rows)] distance of each of ``rows`` to its nearest train example in one layer, metric,
     view, on raw or train-mean-centred encodings. The stored column when it is that variant."""
@@ -567,7 +576,8 @@ def variant_distances(run, *, rows: np.ndarray, layer: int, metric: str, view: s
     if not centred and layer == run.default_layer and metric == default_metric:
         col = "dist_to_train" if view == "prompt" else f"dist_to_train_{view}"
         if col in frame.columns:
-            return frame[col].to_numpy(dtype=float, na_value=np.nan)[rows]
+            stored: FloatArray = frame[col].to_numpy(dtype=float, na_value=np.nan)[rows]
+            return stored
     enc = view_encodings(run, view, layer)
     is_train = (frame["split"] == "train").to_numpy()
     train = np.asarray(enc[is_train], dtype=np.float32)
@@ -582,13 +592,14 @@ def variant_distances(run, *, rows: np.ndarray, layer: int, metric: str, view: s
     train_pos[is_train] = np.arange(int(is_train.sum()))
     own[:] = train_pos[rows]  # a train row skips itself
     dist, _ = knn(query, train, k=1, metric=metric, self_index=own)
-    return np.where(np.isfinite(dist[:, 0]), dist[:, 0], np.nan)
+    out: FloatArray = np.where(np.isfinite(dist[:, 0]), dist[:, 0], np.nan)
+    return out
 
 
 def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str | None = None, view: str = "prompt",
                  centred: bool = False, contrast: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0,
                  split: str = "test", robustness: bool = True, write: bool = True, progress: bool = True,
-                 run=None, notes: Sequence[str] = ()) -> dict:
+                 run: Run | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
     """Findings of a run (``llm-maps findings``): the chosen variant in full and, with
     ``robustness``, the contrast for every stored layer x metric x view x raw/centred. Written to
     RUN/findings.json (atomically) when ``write``. ``notes``: caveats to show with the numbers."""
@@ -631,8 +642,9 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
     return out
 
 
-def robustness_table(run, *, rows, correct, domain, task, contrast, n_boot: int, seed: int, views: list[str],
-                     progress: bool = True, where: str = "run") -> list[dict]:
+def robustness_table(run: Run, *, rows: np.ndarray, correct: Sequence[Any], domain: Sequence[Any],
+                     task: Sequence[Any], contrast: Sequence[str], n_boot: int, seed: int, views: list[str],
+                     progress: bool = True, where: str = "run") -> list[dict[str, Any]]:
     """The contrast for every stored layer x metric x view, on raw and train-mean-centred encodings
     (cosine only: euclidean distances do not change when every encoding moves by the same vector)."""
     from tqdm.auto import tqdm
@@ -652,7 +664,7 @@ def robustness_table(run, *, rows, correct, domain, task, contrast, n_boot: int,
     return out
 
 
-def read_findings(run_dir: str | Path) -> tuple[dict | None, str | None]:
+def read_findings(run_dir: str | Path) -> tuple[dict[str, Any] | None, str | None]:
     """RUN/findings.json as ``llm-maps findings`` wrote it: (result, None), (None, None) when there is
     none, or (None, reason) when it cannot be read."""
     import json
@@ -669,9 +681,11 @@ def read_findings(run_dir: str | Path) -> tuple[dict | None, str | None]:
         return None, f"{path}: unreadable findings ({exc})"
 
 
-def format_findings(result: dict) -> str:
+def format_findings(result: dict[str, Any]) -> str:
     """The findings as text: verdict, per-domain table, contrast, robustness."""
-    f = lambda v, s=".2f": "-" if v is None else format(v, s)
+    def f(v: float | None, s: str = ".2f") -> str:
+        return "-" if v is None else format(v, s)
+
     lines = [f"findings ({result['split']}, layer {result['layer']}, {result['metric']}, view {result['view']}"
              f"{', centred' if result.get('centred') else ''}): {result['n_test']} scored examples in "
              f"{result['n_tasks']} tasks", "", result["verdict"], ""]

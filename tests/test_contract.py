@@ -53,19 +53,23 @@ def _columns_not_in_contract(run_dir: Path, source_columns: set[str]) -> list[st
 @pytest.fixture(scope="module")
 def staged_run(tmp_path_factory):
     """A run through every stage: build (encode, project, neighbours), project again, score, falloff,
-    probes and CKA (what `llm-maps probe` and `llm-maps compare` keep in a run)."""
+    probes and CKA (what `llm-maps probe` and `llm-maps compare` keep in a run), and findings. Scoring
+    generates nothing (the rows carry outputs; the fake encoder is no language model, so no first-token
+    statistics: test_findings checks those columns and `scoring.first_token` against the contract)."""
     root = tmp_path_factory.mktemp("contract")
     data = _data(root)
     run = _build(data, root / "runs" / "r", seed=5)
     first_xy = pd.read_parquet(run / "examples.parquet")[["x", "y"]].to_numpy()
     restage_run(run, stage="project", method="pca", fit_on="all", seed=9)
-    score_run(run, splits=("test", "train"), generate="auto", metric="exact", progress=False, log=lambda m: None)
+    score_run(run, splits=("test", "train"), generate="never", metric="exact", progress=False, log=lambda m: None)
     falloff_run(run, n_bins=2, metrics=("cosine",))
     from llm_maps.compare import group_cka, match_runs, probe_run
+    from llm_maps.findings import findings_run
     from llm_maps.runfolder import Run
 
     probe_run(Run(run), folds=2)
     group_cka(match_runs([Run(run)]))
+    findings_run(run, n_boot=100, progress=False)  # Chollet vs Reasoning, two tasks each in test
     return run, data, first_xy
 
 

@@ -243,6 +243,9 @@ def test_findings_command_writes_the_json_shape_html_and_run_file(syn_run, tmp_p
     res = json.loads(out_json.read_text())
     assert json.loads((syn_run / "findings.json").read_text()) == res
     assert {"split", "layer", "metric", "view", "n_test", "domains", "contrast", "verdict", "robustness"} <= set(res)
+    from llm_maps.contract import FindingsFile, check
+
+    assert check(res, FindingsFile) == []  # every key and value as docs/run-folder.md lists them
     assert (res["split"], res["layer"], res["metric"], res["view"]) == ("test", 2, "cosine", "prompt")
     run = Run(syn_run)
     test = run.examples[run.examples["split"] == "test"]
@@ -344,6 +347,11 @@ def test_first_token_statistics_equal_a_direct_softmax(tiny_models, tmp_path):
         assert ex["first_kl_to_mean"][i] == pytest.approx(float((p * (lp - mean.log())).sum()), rel=1e-4, abs=1e-7)
     info = run.manifest["scoring"]["first_token"]
     assert info["rows"] == len(test) and info["mean_over"] == "8 train prompts"
+    # what scoring wrote is what the run contract lists (docs/run-folder.md)
+    from llm_maps.contract import COLUMNS, Manifest, check
+
+    assert check(json.loads((run_dir / "manifest.json").read_text()), Manifest) == []
+    assert {"first_entropy", "first_top_prob", "first_kl_to_mean"} <= set(ex.columns) <= set(COLUMNS) | set(rows[0])
     # re-scoring stored outputs keeps them and loads no model
     before = ex["first_entropy"].to_numpy(copy=True)
     assert main(["score", str(run_dir), "--generate", "never", "--metric", "exact"]) == 0
