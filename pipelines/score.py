@@ -208,11 +208,18 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         from pipelines.first_token import add_first_token_columns
         from pipelines.models import load_model as _load_model
 
-        loaded, ran = add_first_token_columns(
-            frame, selected, loaded=loaded, always=generate == "always", max_length=manifest.get("max_length"),
-            load=lambda: _load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype,
-                                     device=device), progress=progress, log=log)
-        ft_info = ran or ft_info
+        try:
+            loaded, ran = add_first_token_columns(
+                frame, selected, loaded=loaded, always=generate == "always", max_length=manifest.get("max_length"),
+                load=lambda: _load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype,
+                                         device=device), progress=progress, log=log)
+            ft_info = ran or ft_info
+        except (LLMMapsError, OSError) as exc:
+            if loaded is not None or generate == "always":
+                raise
+            # every output is stored already (nothing else needed the model): score without the
+            # first-token statistics rather than fail, and say why
+            log(f"note: first-token statistics skipped: the model could not be loaded ({exc})")
     scores = np.full(len(frame), np.nan)
     used = [None] * len(frame)
     no_reference = 0
