@@ -400,7 +400,7 @@ def finetune(run_dir: str | Path, out: str | Path, cfg: FinetuneConfig | None = 
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                     loss, _ = summed_loss(model, *batch_tensors(mb, data, pad_id, device))
                 (loss / max(n_ref, 1)).backward()
-                total += float(loss)
+                total += float(loss.detach())
                 tokens_seen += sum(len(data.input_ids[r]) for r in mb)
             optimizer.step()
             scheduler.step()
