@@ -143,7 +143,7 @@ def test_merged_lora_weights_equal_base_plus_scaled_ba(arch, tiny_models, base_r
     trained = torch.load(ck / "state.pt", weights_only=False)["trainable"]
     scaling = 12 / 4  # peft: lora_alpha / r
     a_names = [n for n in trained if ".lora_A." in n]
-    assert a_names and all(n.rsplit(".", 4)[0].split(".")[-1] in LORA_TARGETS[arch] for n in a_names)
+    assert a_names and all(n.split(".lora_A.")[0].split(".")[-1] in LORA_TARGETS[arch] for n in a_names)
     changed = 0
     for a_name in a_names:
         module = a_name.split(".lora_A.")[0].removeprefix("base_model.model.")
