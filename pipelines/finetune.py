@@ -25,9 +25,11 @@ import math
 import os
 import shutil
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -231,6 +233,15 @@ def link_base_run(base: Path, group: Path, manifest: dict[str, Any]) -> Path:
 
 # --------------------------------------------------------------------------- training
 
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft's own reading of ``model.is_gradient_checkpointing`` (deprecated in transformers 5) warns;
+    the call is not ours, so that one warning is silenced while peft wraps a model."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _lora_model(model: Any, cfg: FinetuneConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -238,7 +249,8 @@ def _lora_model(model: Any, cfg: FinetuneConfig) -> Any:
     targets: Any = LORA_TARGETS.get(model_type, "all-linear")
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
                       target_modules=targets, task_type="CAUSAL_LM", fan_in_fan_out=model_type in FAN_IN_FAN_OUT)
-    return get_peft_model(model, lcfg)
+    with _quiet_peft():
+        return get_peft_model(model, lcfg)
 
 
 def _trainable_state(model: Any) -> dict[str, Any]:
@@ -260,7 +272,8 @@ def save_merged(model: Any, base_model_dir: str, tokenizer: Any, out: Path, *, l
         shutil.rmtree(adapter, ignore_errors=True)
         model.save_pretrained(str(adapter))
         fresh = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(fresh, str(adapter)).merge_and_unload()
+        with _quiet_peft():
+            merged = PeftModel.from_pretrained(fresh, str(adapter)).merge_and_unload()
         merged.save_pretrained(str(tmp))
         shutil.rmtree(adapter, ignore_errors=True)
     else:
@@ -469,5 +482,29 @@ def build_checkpoint_runs(base: Path, group: Path, manifest: dict[str, Any], bcf
                       sources_info=manifest.get("sources") or [],
                       extra_manifest={"step": int(step), "base_run": str(base.resolve()),
                                       "split_rule": manifest.get("split_rule")}, log=log)
+        score_like_base(run, manifest, progress=progress, log=log)
         out.append(run)
     return out
+
+
+def score_like_base(run: Path, base_manifest: dict[str, Any], *, progress: bool = True,
+                    log: Callable[[str], Any] = print) -> None:
+    """Score ``run`` and compute its falloff as the base run was (same splits, metrics, thresholds,
+    generation settings, bins, layers), where the base run was and ``run`` is not yet."""
+    from llm_maps.falloff import FALLOFF_FILE
+    from pipelines.falloff_run import falloff_run
+    from pipelines.score import score_run
+
+    history = base_manifest.get("history") or []
+    score = next((h["params"] for h in reversed(history) if h.get("stage") == "score"), None)
+    fall = next((h["params"] for h in reversed(history) if h.get("stage") == "falloff"), None)
+    if score and "scoring" not in read_manifest(run):
+        log(f"scoring {run.name} as the base run was")
+        thresholds = ",".join(f"{m}={t!r}" for m, t in (score.get("thresholds") or {}).items())
+        score_run(run, splits=score["splits"], generate=score["generate"], metric=score["metric"],
+                  thresholds=thresholds or None, max_new_tokens=score["max_new_tokens"],
+                  temperature=score["temperature"], top_p=score["top_p"], seed=score["seed"],
+                  batch_size=score.get("batch_size"), mc_output=score.get("mc_output", "generate"),
+                  progress=progress, log=log)
+    if score and fall and not (run / FALLOFF_FILE).exists():
+        falloff_run(run, n_bins=fall["n_bins"], layers=fall["layers"], metrics=fall["metrics"], split=fall["split"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import dolly_rows, write_jsonl
+from conftest import build_scored_run, dolly_rows, write_jsonl
 from llm_maps.cli import main
 from llm_maps.errors import LLMMapsError
 
@@ -30,12 +30,19 @@ def base_runs(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def group(base_runs, tmp_path_factory) -> Path:
-    """A LoRA finetune of the gpt_neox run: 4 steps, checkpoints at 2 and 4, each built as a run."""
+def scored_base(tiny_models, tmp_path_factory) -> Path:
+    """A gpt_neox run of 24 Dolly rows, scored (3 new tokens) with falloff (2 bins)."""
+    return build_scored_run(tmp_path_factory.mktemp("scored"), tiny_models["gpt_neox"], 24)
+
+
+@pytest.fixture(scope="module")
+def group(scored_base, tmp_path_factory) -> Path:
+    """A LoRA finetune of the scored gpt_neox run: 4 steps, checkpoints at 2 and 4, each built as a run,
+    scored and with falloff as the base run."""
     from pipelines.finetune import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("group") / "g"
-    finetune(base_runs["gpt_neox"], out, FinetuneConfig(steps=4, save_every=2, lr=5e-3, batch_size=4,
+    finetune(scored_base, out, FinetuneConfig(steps=4, save_every=2, lr=5e-3, batch_size=4,
                                                         progress=False), log=lambda m: None)
     return out
 
@@ -204,12 +211,12 @@ def test_resume_equals_uninterrupted(base_runs, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- checkpoint runs
 
-def test_checkpoint_runs_in_the_group(group, base_runs):
+def test_checkpoint_runs_in_the_group(group, scored_base):
     import pandas as pd
 
     from llm_maps.runfolder import find_runs, read_manifest
 
-    base = base_runs["gpt_neox"]
+    base = scored_base
     assert [p.name for p in find_runs(group)] == ["step-000000", "step-000002", "step-000004"]
     base_m = read_manifest(base)
     base_frame = pd.read_parquet(base / "examples.parquet")
@@ -224,6 +231,12 @@ def test_checkpoint_runs_in_the_group(group, base_runs):
         for col in ("example_id", "split", "prompt", "reference", "domain", "task", "n_tokens"):
             assert frame[col].tolist() == base_frame[col].tolist(), (name, col)
         assert frame["dist_to_train"].notna().all()
+        # scored and with falloff as the base run: same splits, metric and thresholds, same bins
+        for key in ("splits", "metric", "thresholds", "mc_output"):
+            assert m["scoring"][key] == base_m["scoring"][key], (name, key)
+        assert m["scoring"]["scored"] == base_m["scoring"]["scored"] > 0
+        fall = json.loads((group / name / "falloff.json").read_text())
+        assert fall["n_bins"] == 2 and fall["split"] == "test"
     assert read_manifest(group / "step-000004")["model"] == str(
         (group / "checkpoints" / "step-000004" / "model").resolve())
     ft = json.loads((group / "finetune.json").read_text())
@@ -260,7 +273,7 @@ def test_checkpoint_encodings_equal_a_fresh_encode(group):
     assert moved >= len(m["layers"]) - 1  # layer 0 (embeddings) is not a LoRA target; the others moved
 
 
-def test_checkpoint_runs_compare_with_the_base_run(group, base_runs, capsys):
+def test_checkpoint_runs_compare_with_the_base_run(group, scored_base):
     from llm_maps.compare import compare_runs
     from llm_maps.runfolder import Run
 
@@ -268,10 +281,12 @@ def test_checkpoint_runs_compare_with_the_base_run(group, base_runs, capsys):
     result = compare_runs(runs, cka="skip")
     assert result["axis"]["kind"] == "step" and result["axis"]["values"] == [0.0, 2.0, 4.0]
     assert result["n_examples"] == 24
-    assert [r["base_run"] for r in result["runs"]] == [str(base_runs["gpt_neox"].resolve())] * 3
+    assert [r["base_run"] for r in result["runs"]] == [str(scored_base.resolve())] * 3
     assert result["alignment"]["procrustes_residual"][0] == pytest.approx(0.0, abs=1e-9)
+    # accuracy per step on the same scored test examples, and a falloff per checkpoint
+    assert len(result["falloff"]) == 3
     # the base run itself (no step) matches the checkpoint runs example for example
-    assert compare_runs([Run(base_runs["gpt_neox"]), runs[-1]], cka="skip")["n_examples"] == 24
+    assert compare_runs([Run(scored_base), runs[-1]], cka="skip")["n_examples"] == 24
 
 
 # --------------------------------------------------------------------------- bad input
