@@ -285,6 +285,17 @@ def test_checkpoint_runs_compare_with_the_base_run(group, scored_base):
     assert result["alignment"]["procrustes_residual"][0] == pytest.approx(0.0, abs=1e-9)
     # accuracy per step on the same scored test examples, and a falloff per checkpoint
     assert len(result["falloff"]) == 3
+    # the loss curve of the group, as finetune.json holds it, and its figure
+    saved = json.loads((group / "finetune.json").read_text())["curve"]
+    curve = result["loss_curve"]
+    assert [(e["step"], e["loss"]) for e in curve["train"]] == [(e["step"], e["loss"]) for e in saved["train"]]
+    assert curve["eval"] == saved["eval"] and curve["mode"] == "lora"
+    from dashboard.compare_figures import loss_figure
+
+    fig = loss_figure(curve)
+    assert [list(t.x) for t in fig.data] == [[1, 2, 3, 4], [0, 2, 4]]
+    # runs that are not a finetune group have none
+    assert compare_runs([Run(scored_base), Run(scored_base)], cka="skip")["loss_curve"] is None
     # the base run itself (no step) matches the checkpoint runs example for example
     assert compare_runs([Run(scored_base), runs[-1]], cka="skip")["n_examples"] == 24
 
@@ -324,3 +335,31 @@ def test_bad_input_one_line_errors_and_no_group(base_runs, tmp_path, capsys):
     assert err == (f"llm-maps finetune: error: {no_train / 'examples.parquet'}: no train rows with a reference "
                    "to fine-tune on")
     assert not out.exists()
+
+
+def test_compare_page_draws_the_loss_curve(group):
+    from dashboard.app import create_app
+
+    runs = [group / n for n in ("step-000000", "step-000002", "step-000004")]
+    app = create_app(runs, [])
+    from dashboard.pages import compare as page
+
+    with app.server.test_request_context("/compare"):
+        tree = page.layout(runs=[r.name for r in runs])
+
+    def find(node, wanted):
+        if getattr(node, "id", None) == wanted:
+            return node
+        children = getattr(node, "children", None)
+        for child in children if isinstance(children, (list, tuple)) else [children]:
+            if child is not None and not isinstance(child, (str, int, float)):
+                hit = find(child, wanted)
+                if hit is not None:
+                    return hit
+        return None
+
+    graph = find(tree, "compare-loss-graph")
+    assert graph is not None
+    saved = json.loads((group / "finetune.json").read_text())["curve"]
+    assert list(graph.figure.data[0].y) == [e["loss"] for e in saved["train"]]
+    assert list(graph.figure.data[1].x) == [0, 2, 4]
