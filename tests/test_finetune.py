@@ -55,7 +55,8 @@ def _weights(folder: Path) -> dict:
 
 # --------------------------------------------------------------------------- the loss
 
-@pytest.mark.parametrize("arch,full", [("gpt_neox", True), ("llama", True), ("gpt2", True), ("gpt_neox", False)])
+@pytest.mark.parametrize("arch,full", [("gpt_neox", True), pytest.param("llama", True, marks=pytest.mark.slow),
+                                       pytest.param("gpt2", True, marks=pytest.mark.slow), ("gpt_neox", False)])
 def test_loss_falls_on_a_memorisable_set(arch, full, tiny_models, tmp_path):
     """Six examples, five per step: full tuning memorises them (the loss more than halves). LoRA
     leaves the random output head of a 32-wide model as it is, which caps how far the logits can move
