@@ -78,6 +78,22 @@ def _axis_values(result: dict, kind: str) -> list[float]:
     return [float(r[kind]) for r in result["runs"]]
 
 
+def loss_figure(curve: dict, *, dark: bool = False) -> go.Figure:
+    """The fine-tuning loss against the step: train (per step) and the held-out slice (per checkpoint)."""
+    fig = go.Figure()
+    for key, name, mode in (("train", "train", "lines"), ("eval", "held-out slice of train", "lines+markers")):
+        points = curve.get(key) or []
+        if points:
+            fig.add_trace(go.Scatter(x=[p["step"] for p in points], y=[p["loss"] for p in points], mode=mode,
+                                     name=name, hovertemplate="step %{x}<br>loss %{y:.4f}<extra>" + name + "</extra>"))
+    fig.update_layout(template=template_name(dark), height=320, margin={"l": 50, "r": 20, "t": 50, "b": 50},
+                      title={"text": f"Fine-tuning loss ({_esc(curve.get('mode') or '?')})"},
+                      legend={"orientation": "h", "y": -0.25})
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="loss (nats per reference token)")
+    return fig
+
+
 def falloff_overlay_figure(result: dict, *, dark: bool = False) -> go.Figure:
     """Per domain (one panel each), accuracy against the percentile of distance to train, one line
     per run (light to dark in run order), with 95 % Wilson intervals."""

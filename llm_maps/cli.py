@@ -321,6 +321,19 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
     return demo_data.main(argv) or 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from pipelines.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(steps=args.steps, epochs=args.epochs, lr=args.lr, warmup=args.warmup,
+                         batch_size=args.batch_size, batch_tokens=args.batch_tokens, full=args.full,
+                         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                         seed=args.seed, save_every=args.save_every, eval_fraction=args.eval_fraction,
+                         device=args.device, progress=not args.no_progress)
+    out = finetune(args.run, args.out, cfg, log=_log)
+    print(out)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-maps",
@@ -573,6 +586,34 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_demo_data)
+
+    p = sub.add_parser("finetune", help="instruction-tune a run's model on its train split; checkpoints become runs",
+                       description="LoRA (default) or full fine-tuning on the run's train split with its prompt "
+                                   "template, the loss on the reference tokens only; every saved checkpoint (LoRA "
+                                   "merged) becomes a run in GROUP_DIR with the base run's settings, step 0 being "
+                                   "the base run. Re-run the same command to resume an interrupted finetune.")
+    p.add_argument("run", metavar="RUN_DIR", help="the base run")
+    p.add_argument("--out", required=True, metavar="GROUP_DIR", help="folder of the checkpoint runs")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs, else one epoch)")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the train split")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4 LoRA, 2e-5 --full)")
+    p.add_argument("--warmup", type=float, default=0.1, help="share of the steps warming up, then cosine decay")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step (default 8)")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="padded tokens per micro-batch; gradients accumulate over a step's micro-batches "
+                        "(default 1024 on CPU, 16384 on CUDA)")
+    p.add_argument("--full", action="store_true", help="tune every weight instead of LoRA adapters")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the example order, held-out slice and LoRA init")
+    p.add_argument("--save-every", type=int, default=None, metavar="K",
+                   help="save a checkpoint (and build its run) every K steps (default: steps // 4)")
+    p.add_argument("--eval-fraction", type=float, default=0.1,
+                   help="share of the train split held out for the eval loss (default 0.1)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (bf16 autocast on CUDA)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 

@@ -782,6 +782,29 @@ def read_probes(run: Run) -> dict[str, Any] | None:
 
 # --------------------------------------------------------------------------- everything
 
+FINETUNE_FILE = "finetune.json"  # written by `llm-maps finetune` beside its checkpoint runs
+
+
+def loss_curve(runs: Sequence[Run]) -> dict[str, Any] | None:
+    """The fine-tuning loss curve of these runs: the ``finetune.json`` of the group folder holding
+    the checkpoint runs (those with a ``step`` above 0) when they share one, else None."""
+    folders = {Path(r.path).resolve().parent for r in runs if (r.manifest.get("step") or 0) > 0}
+    if len(folders) != 1:
+        return None
+    path = folders.pop() / FINETUNE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        curve = data["curve"]
+        train = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in curve.get("train", [])]
+        held = [{"step": int(e["step"]), "loss": float(e["loss"])} for e in curve.get("eval", [])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    settings = data.get("settings") or {}
+    return {"path": str(path), "train": train, "eval": held, "mode": settings.get("mode"),
+            "unit": "mean cross-entropy per reference token (nats); eval: the held-out slice of the train split "
+                    f"({settings.get('eval_rows', '?')} examples)"}
+
+
 def compare_runs(runs: Sequence[Run], *, axis: str | None = None, n_bins: int = 5, cka: str = "use",
                  cka_between: str = "all", movers: int = 20, progress: bool = False) -> dict[str, Any]:
     """The comparison `llm-maps compare` writes as JSON (and the page draws)."""
@@ -810,6 +833,7 @@ def compare_runs(runs: Sequence[Run], *, axis: str | None = None, n_bins: int = 
         "class_rule": curves["rule"],
         "unit": curves["unit"],
         "falloff": falloff_curves(group, n_bins=n_bins),
+        "loss_curve": loss_curve(group.runs),
         "alignment": {"method": "orthogonal Procrustes (translation, isotropic scale, rotation or reflection) "
                                 "of each run's 2-D map onto the first run's, on all shared examples",
                       "procrustes_residual": align["residuals"]},

@@ -211,6 +211,12 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
     body = [
         html.H5("Accuracy against model size / checkpoint", className="mt-2"),
         _graph_block("compare-scaling-graph", scaling, extra=[verdicts]),
+    ]
+    if res.get("loss_curve"):
+        body += [html.H5("Fine-tuning loss"),
+                 _graph_block("compare-loss-graph", CF.loss_figure(res["loss_curve"], dark=dark),
+                              note=res["loss_curve"]["unit"])]
+    body += [
         html.H5("Falloff per run"),
         dbc.RadioItems(id="compare-falloff-scale", options=[
             {"label": "percentile of distance", "value": "percentile"}, {"label": "raw distance", "value": "raw"}],
