@@ -20,6 +20,15 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
 
 
+def _budget(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got '{text}'") from None
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, nargs="+", metavar="DATA",
@@ -244,13 +253,18 @@ def cmd_serve(args) -> int:
         served = runs + [p for d in data_dirs for p in find_runs(d)]
         if served:
             worker = start_worker_process(served, state)
-    print(f"llm-maps: dashboard on http://{args.host}:{args.port}{prefix} (Ctrl-C to stop)", file=sys.stderr)
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so `finally` stops the worker on SIGTERM too
     try:
-        serve(runs, data_dirs, host=args.host, port=args.port, auth=auth, prefix=prefix)
+        serve(runs, data_dirs, host=args.host, port=args.port, auth=auth, prefix=prefix,
+              announce=lambda url: print(f"llm-maps: dashboard on {url} (Ctrl-C to stop)", file=sys.stderr,
+                                         flush=True))
+    except KeyboardInterrupt:  # Ctrl-C: a clean stop, not an interrupted job
+        pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not leave the worker behind
+            signal.signal(sig, signal.SIG_IGN)
         if worker is not None:
             worker.terminate()
             try:
@@ -366,7 +380,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "rougeL for free-text categories, else contains)")
     p.add_argument("--threshold", default=None,
                    help="score threshold for correct, per metric, e.g. 'rougeL=0.5' (defaults: 0.5; rougeL 0.4)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=_budget, default=48,
+                   help="new tokens per output (default 48), or 'auto': a budget per task that fits its "
+                        "references (recorded in the manifest)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)

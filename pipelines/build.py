@@ -318,10 +318,18 @@ def build_run(*, model: str, data: str | Sequence[str] | None = None, out: str |
     }
     manifest.update(extra_manifest or {})
     if projection:
+        import time
+
         log(f"projecting with {projection} (fit on {fit_on})")
+        t0 = time.perf_counter()
         frame, manifest = project_folder(work, frame, manifest, method=projection, fit_on=fit_on, seed=seed,
                                          n_neighbors=n_neighbors, min_dist=min_dist)
+        t1 = time.perf_counter()
         frame, manifest = neighbours_folder(work, frame, manifest, k=k, metric=metric)
+        t2 = time.perf_counter()
+        manifest["projection"]["seconds"] = round(t1 - t0, 2)
+        manifest["neighbours"]["seconds"] = round(t2 - t1, 2)
+        log(f"projected in {t1 - t0:.1f} s, distances to train in {t2 - t1:.1f} s")
     _write_run_files(work, frame, manifest)
     return publish(work, out)
 

@@ -16,6 +16,9 @@ from llm_maps.neighbours import nearest_train
 
 def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] | None = None,
                 metrics: Sequence[str] = ("cosine", "euclidean"), split: str = "test") -> dict:
+    import time
+
+    start = time.perf_counter()
     run = Run(run_dir)
     frame = run.examples
     manifest = run.manifest
@@ -46,7 +49,8 @@ def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] |
                              "stats": falloff_stats(dist[rows], correct, domains, n_bins=n_bins)})
     out = {"format_version": 1, "split": split, "n_bins": n_bins, "binning": "equal-count",
            "correct_threshold": (manifest.get("scoring") or {}).get("thresholds"),
-           "default_layer": run.default_layer, "default_metric": default_metric, "variants": variants}
+           "default_layer": run.default_layer, "default_metric": default_metric, "variants": variants,
+           "seconds": round(time.perf_counter() - start, 2)}
     write_json_atomic(run.path / FALLOFF_FILE, out)
     return out
 

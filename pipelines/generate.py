@@ -19,6 +19,7 @@ import numpy as np
 
 from llm_maps.errors import LLMMapsError
 from pipelines.encode import pad_left, pad_token_id, tokenize_prompts
+from pipelines.models import kv_cache, with_cache
 
 
 @dataclass
@@ -86,7 +87,7 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int = 64, temper
     with torch.inference_mode():
         # logits_to_keep=1: the LM head only at the last position (the prefill's big saving)
         out = model(input_ids=ids_t, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
+        past = kv_cache(out)
         logits = out.logits[:, -1, :]
         last_pos = pos[:, -1:]
         for step in range(max_new_tokens):
@@ -137,8 +138,8 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int = 64, temper
             mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
             last_pos = last_pos + 1
             out = model(input_ids=feed[:, None], attention_mask=mask, position_ids=last_pos,
-                        past_key_values=past, use_cache=True, output_hidden_states=want_hidden)
-            past = out.past_key_values
+                        **with_cache(past), use_cache=True, output_hidden_states=want_hidden)
+            past = kv_cache(out)
             logits = out.logits[:, -1, :]
             for r in fed_rows:
                 state = out.hidden_states[hidden_layer][r, -1].float().cpu().numpy() if want_hidden else None
@@ -224,13 +225,13 @@ def choice_loglikelihoods_batch(loaded, prompts: Sequence[str], choices: Sequenc
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
-        past = out.past_key_values
+        past = kv_cache(out)
         if n_c > 1:
             past.batch_repeat_interleave(n_c)
         full_mask = torch.cat([mask.repeat_interleave(n_c, dim=0), cmask.to(dev)], dim=1)
         positions = pos[:, -1:].repeat_interleave(n_c, dim=0) + 1 + torch.arange(width, device=dev)[None, :]
         out2 = model(input_ids=inp.to(dev), attention_mask=full_mask, position_ids=positions,
-                     past_key_values=past, use_cache=False)
+                     **with_cache(past), use_cache=False)
         logp = torch.log_softmax(out2.logits.float(), dim=-1)  # [B * C, W, V]
         results = []
         for i, row in enumerate(conts):

@@ -41,24 +41,33 @@ def _null(value) -> bool:
     return bool(pd.isna(value))
 
 
-def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[str], max_new_tokens: int,
+def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[str], max_new_tokens,
                      temperature: float, top_p: float, seed: int, batch_size: int, max_length: int | None,
                      progress: bool = True) -> dict:
-    """Generate for ``rows`` of ``frame`` (length-sorted batches); returns column -> values."""
+    """Generate for ``rows`` of ``frame`` (length-sorted batches); returns column -> values.
+    ``max_new_tokens``: one int, or an [N] array over the frame's rows (per-task budgets; a batch
+    holds rows of one budget)."""
     from tqdm.auto import tqdm
 
+    from pipelines.encode import progress_order
     from pipelines.generate import generate
 
     prompts = frame["prompt"].to_numpy()
-    order = rows[np.argsort([-len(prompts[i]) for i in rows], kind="stable")]
+    budget = np.broadcast_to(np.asarray(max_new_tokens, dtype=np.int64), (len(frame),))
+    order = rows[np.lexsort(([-len(prompts[i]) for i in rows], budget[rows]))]
+    batches = []
+    for v in sorted(set(budget[rows].tolist())):
+        group = order[budget[order] == v]
+        batches += [group[b: b + batch_size] for b in range(0, len(group), batch_size)]
+    batches = progress_order(batches)  # the bar's rate so far is representative of what is left
     cols = {"output": {}, "output_token_ids": {}, "output_logprobs": {}, "stop_reason": {}}
     bar = tqdm(total=len(rows), unit="ex", desc="generate", disable=not progress, dynamic_ncols=True)
-    start, n_tokens = time.perf_counter(), 0
-    for b in range(0, len(order), batch_size):
-        batch = order[b: b + batch_size]
-        results = generate(loaded, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+    start, n_tokens, b = time.perf_counter(), 0, 0
+    for batch in batches:
+        results = generate(loaded, [prompts[i] for i in batch], max_new_tokens=int(budget[batch[0]]),
                            temperature=temperature, top_p=top_p, seed=seed + b, stop_strings=stop_strings,
                            max_length=max_length)
+        b += len(batch)
         for i, res in zip(batch, results):
             cols["output"][i] = res.text
             cols["output_token_ids"][i] = res.token_ids
@@ -74,7 +83,7 @@ def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[
 
 
 def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generate: str = "auto",
-              metric: str | None = "auto", thresholds: str | None = None, max_new_tokens: int = 48,
+              metric: str | None = "auto", thresholds: str | None = None, max_new_tokens: int | str = 48,
               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int | None = None,
               mc_output: str = "generate", dtype: str = "auto", device: str = "auto", progress: bool = True,
               log=print) -> dict:
@@ -82,6 +91,7 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
 
     ``mc_output="choice"``: examples scored by multiple choice are not generated; their output is
     the choice with the highest log-likelihood (as lm-eval reports it), which is much faster.
+    ``max_new_tokens="auto"``: a budget per task that fits its references (pipelines.budgets).
     """
     import pandas as pd
 
@@ -134,9 +144,23 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         on_gpu = str(loaded.device).startswith("cuda")
         bs = batch_size or (64 if on_gpu else 16)
         stops = list(manifest["prompt_template"].get("stop_strings") or [])
-        log(f"generating {len(gen_rows)} outputs (max {max_new_tokens} new tokens, "
+        budgets = None
+        if max_new_tokens == "auto":
+            from pipelines.budgets import BUDGET_RULE, row_budgets, task_budgets
+
+            tasks_gen = set(frame["task"].to_numpy()[gen_rows].tolist())
+            of_tasks = frame["task"].isin(tasks_gen).to_numpy()
+            budgets = task_budgets(loaded.tokenizer, frame["task"][of_tasks].tolist(),
+                                   frame["reference"][of_tasks].tolist())
+            per_row = row_budgets(frame["task"], budgets, BUDGET_RULE["floor"])
+            limit_text = (f"per-task budgets of {int(per_row[gen_rows].min())}-{int(per_row[gen_rows].max())} "
+                          "new tokens (from the references)")
+        else:
+            per_row = int(max_new_tokens)
+            limit_text = f"max {per_row} new tokens"
+        log(f"generating {len(gen_rows)} outputs ({limit_text}, "
             f"{'greedy' if temperature == 0 else f'temperature {temperature}, top-p {top_p}'}) on {loaded.device}")
-        cols = generate_outputs(loaded, frame, gen_rows, stop_strings=stops, max_new_tokens=max_new_tokens,
+        cols = generate_outputs(loaded, frame, gen_rows, stop_strings=stops, max_new_tokens=per_row,
                                 temperature=temperature, top_p=top_p, seed=seed, batch_size=bs,
                                 max_length=manifest.get("max_length"), progress=progress)
         for col in ("output", "output_token_ids", "output_logprobs", "stop_reason"):
@@ -144,7 +168,13 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
             for i, v in cols[col].items():
                 values[i] = v
             frame[col] = values
-        gen_info = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+        gen_info = {"max_new_tokens": max_new_tokens,
+                    **({"token_budgets": {t: b["max_new_tokens"] for t, b in budgets.items()},
+                        "reference_tokens": {t: b["reference_tokens"] for t, b in budgets.items()},
+                        "budget_rule": "min(ceiling, max(floor, ceil(factor * longest reference tokens) + margin))",
+                        "budget_params": BUDGET_RULE} if budgets is not None else {}),
+                    "stopped_by_length": int(sum(1 for v in cols["stop_reason"].values() if v == "length")),
+                    "temperature": temperature, "top_p": top_p, "seed": seed,
                     "batch_size": bs, "stop_strings": stops, "device": loaded.device, "dtype": loaded.dtype,
                     "seconds": round(cols["_seconds"], 2), "tokens": cols["_tokens"],
                     "tokens_per_second": round(cols["_tokens"] / max(cols["_seconds"], 1e-9), 1),
@@ -157,17 +187,19 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         values = frame["choice_logprobs"].astype(object).to_numpy(copy=True)
         start = time.perf_counter()
         mc_batch = 32 if str(loaded.device).startswith("cuda") else 8
+        from pipelines.encode import progress_order
+
         order = mc_rows[np.argsort([-len(frame["prompt"][i]) for i in mc_rows], kind="stable")]
         bar = tqdm(total=len(order), desc="choices", unit="ex", disable=not progress, dynamic_ncols=True)
-        for b in range(0, len(order), mc_batch):
-            rows = order[b: b + mc_batch]
+        for rows in progress_order([order[b: b + mc_batch] for b in range(0, len(order), mc_batch)]):
             res = choice_loglikelihoods_batch(loaded, [frame["prompt"][i] for i in rows], [choices[i] for i in rows])
             for i, r in zip(rows, res):
                 values[i] = [round(x["logprob"], 6) for x in r]
             bar.update(len(rows))
         bar.close()
         frame["choice_logprobs"] = values
-        log(f"scored {len(mc_rows)} multiple-choice examples by log-likelihood in {time.perf_counter() - start:.1f} s")
+        choices_seconds = time.perf_counter() - start
+        log(f"scored {len(mc_rows)} multiple-choice examples by log-likelihood in {choices_seconds:.1f} s")
 
     scores = np.full(len(frame), np.nan)
     used = [None] * len(frame)
@@ -204,6 +236,9 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         "splits": list(splits), "metric": metric or "auto", "metric_default": default, "metric_overrides": overrides,
         "thresholds": thr, "correct_rule": "score >= thresholds[metric]", "by_metric": by_metric,
         "scored": int(scored.sum()), "unscored_no_reference": no_reference, "accuracy": acc, "mc_output": mc_output,
-        "generation": gen_info, "created": now_iso()}}
+        "generation": gen_info, "created": now_iso(),
+        **({"choices": {"examples": int(len(mc_rows)), "seconds": round(choices_seconds, 2)}} if len(mc_rows)
+           else {"choices": manifest.get("scoring", {}).get("choices")} if manifest.get("scoring", {}).get("choices")
+           else {})}}
     _write_run_files(run_dir, frame, manifest)
     return manifest["scoring"]
