@@ -211,7 +211,7 @@ def on_hover(row, run_id):
     if data is None or row is None or not 0 <= int(row) < data.n:
         raise PreventUpdate
     r = data.frame.iloc[int(row)]
-    first = str(r["prompt"]).strip().split("\n", 1)[0][:200]
+    first = data.text_preview(int(row), 200).split("\n", 1)[0]
     return f"{r['example_id']} · {r['task']} · {r['split']} · {first}"
 
 
