@@ -217,3 +217,18 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".partial")
                   and (p / MANIFEST).exists())
+
+
+def model_name(manifest: dict) -> str:
+    """The model as a reader should see it: a hub id as is (``org/name``), a local folder or file
+    by its name only (``SmolLM2-135M-Instruct.Q4_1.gguf``), never the author's file system. The
+    manifest keeps the full path."""
+    import re
+
+    model = str(manifest.get("model") or "")
+    gguf = (manifest.get("model_info") or {}).get("gguf_file")
+    hub_like = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None
+    if hub_like and not Path(model).exists():
+        return model + (f" ({gguf})" if gguf else "")
+    name = Path(model.rstrip("/\\")).name or model
+    return name + (f" ({Path(gguf).name})" if gguf and Path(gguf).name != name else "")

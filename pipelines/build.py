@@ -361,9 +361,11 @@ def summarize_run(run_dir: str | Path) -> str:
     if enc:
         lines.append(f"encoding   {enc['tokens']} tokens in {enc['seconds']:.1f} s "
                      f"({enc['tokens_per_second']:.0f} tokens/s)")
-    scored = frame["score"].notna()
-    if scored.any():
-        lines.append(f"accuracy   {frame.loc[scored, 'correct'].mean():.3f} on {int(scored.sum())} scored")
+    from llm_maps.report import accuracy_lines, falloff_lines
+
+    lines += accuracy_lines(frame)
+    if frame["correct"].notna().any() and frame["dist_to_train"].notna().any():
+        lines += falloff_lines(run_dir, frame, manifest)
     unknown = manifest["domain_map"].get("unknown_categories") or {}
     if unknown:
         lines.append("unknown    categories with no domain: " + ", ".join(f"{k} ({v})" for k, v in unknown.items()))
