@@ -143,9 +143,10 @@ def drilldown(data, row: int | None) -> html.Div:
 def correctness(data, row: int) -> str | None:
     """"correct" / "wrong" when the example was scored (a train example too, after
     `llm-maps score --splits train`), else None."""
-    ok = data.correct.iloc[row]
-    return None if ok is None or ok is np.nan or (not isinstance(ok, (bool, np.bool_)) and ok != ok) \
-        else ("correct" if bool(ok) else "wrong")
+    import pandas as pd
+
+    ok = data.correct.iloc[row]  # nullable boolean: pd.NA when not scored
+    return None if pd.isna(ok) else ("correct" if bool(ok) else "wrong")
 
 
 def known_answer(data, row: int, chars: int = 120, **kwargs) -> html.Div | None:

@@ -136,7 +136,7 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
                           figure=_empty_falloff()),
                 html.H6("Nearest training examples", className="mt-2 mb-1"),
                 html.Div(id="pg-neighbours", className="small"),
-                dbc.Card(dbc.CardBody(html.Div(id="pg-drill")), className="mt-2"),
+                dbc.Card(dbc.CardBody(html.Div(id="pg-drill")), className="mt-2", id="pg-drill-card"),
             ], md=3),
         ]),
     ], fluid=True)
@@ -269,7 +269,8 @@ def compare_table(gens):
                      dbc.Button("remove", id={"type": "pg-remove", "index": g["id"]}, size="sm", color="danger",
                                 outline=True, className="py-0")], className="text-nowrap"),
         ], id={"type": "pg-row", "index": g["id"]}, className="pg-hidden" if g.get("hidden") else ""))
-    return dbc.Table([head, html.Tbody(body)], size="sm", hover=True, className="small pg-compare-table mb-0")
+    return html.Div(dbc.Table([head, html.Tbody(body)], size="sm", hover=True, className="small pg-compare-table mb-0"),
+                    className="table-responsive")
 
 
 dash.clientside_callback(dash.ClientsideFunction("playground", "submit"), Output("pg-submitted", "children"),
