@@ -153,11 +153,8 @@ def test_generation_and_choices_use_the_current_cache_api(tiny_models, arch):
     assert not [m for m in records if "deprecated" in m], records
 
 
-def test_pytest_turns_future_warnings_from_our_code_into_errors():
-    import tomllib
-
-    config = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
-    filters = config["tool"]["pytest"]["ini_options"]["filterwarnings"]
+def test_pytest_turns_future_warnings_from_our_code_into_errors(pytestconfig):
+    filters = pytestconfig.getini("filterwarnings")
     assert "error::FutureWarning:(llm_maps|pipelines|dashboard|benchmarks)" in filters
     with pytest.raises(FutureWarning):
         warnings.warn_explicit("old API", FutureWarning, "x.py", 1, module="pipelines.generate")
@@ -226,3 +223,31 @@ def test_export_names_the_model_and_holds_no_absolute_path(tiny_run, tmp_path):
     assert manifest["model"].startswith("/") and manifest["model"] not in html
     assert "model gpt_neox · " in html
     assert str(tiny_run) not in html and str(tmp_path) not in html and "/tmp/" not in html
+
+
+def test_the_run_ends_with_one_line_naming_what_was_skipped_and_why(pytester):
+    import inspect
+
+    import conftest
+
+    pytester.makeconftest(inspect.getsource(conftest.pytest_terminal_summary))
+    pytester.makepyfile(test_x="""
+import pytest
+
+def test_browser():
+    pytest.skip("no system Chromium (apt-get install chromium)")
+
+def test_browser_2():
+    pytest.skip("no system Chromium (apt-get install chromium)")
+
+def test_redis():
+    pytest.skip("redis-server is not installed (apt-get install redis-server)")
+
+def test_ok():
+    pass
+""")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=3)
+    lines = [ln for ln in result.outlines if ln.startswith("skipped ")]
+    assert lines == ["skipped 3 tests: 2 because no system Chromium (apt-get install chromium); "
+                     "1 because redis-server is not installed (apt-get install redis-server) (see README, 'Tests')"]
