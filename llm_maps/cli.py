@@ -255,7 +255,15 @@ def cmd_serve(args) -> int:
             worker = start_worker_process(served, state)
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so `finally` stops the worker on SIGTERM too
+    def stop(signum, _frame):
+        if worker is not None:  # the worker stops while the server closes, not after
+            worker.terminate()
+        if signum == signal.SIGTERM:
+            sys.exit(0)  # so `finally` waits for the worker
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     try:
         serve(runs, data_dirs, host=args.host, port=args.port, auth=auth, prefix=prefix,
               announce=lambda url: print(f"llm-maps: dashboard on {url} (Ctrl-C to stop)", file=sys.stderr,
