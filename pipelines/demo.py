@@ -81,7 +81,7 @@ def stage_times(run_dir: Path) -> dict[str, float]:
     path = Path(run_dir) / FALLOFF_FILE
     if path.exists():
         found["falloff"] = json.loads(path.read_text(encoding="utf-8")).get("seconds")
-    return {k: float(found[k]) for k in STAGES if found.get(k) is not None}
+    return {k: float(v) for k in STAGES if (v := found.get(k)) is not None}
 
 
 def format_stage_times(times: dict[str, float]) -> str:
