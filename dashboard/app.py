@@ -262,7 +262,25 @@ def __getattr__(name: str):
 
 
 def serve(runs=(), data_dirs=(), *, host: str = "127.0.0.1", port: int = 8050, auth: str | None = None,
-          prefix: str | None = None) -> None:
-    """Run the app with its own threaded server (debug off). Use gunicorn for production."""
+          prefix: str | None = None, threads: int = 8, announce=None) -> None:
+    """Serve the app with waitress, a production WSGI server (pure Python, no debug, no
+    development-server warning), until SIGINT/SIGTERM (KeyboardInterrupt / SystemExit), then
+    close the listening socket. ``announce(url)`` is called once the port is bound."""
+    import logging
+
+    from waitress.server import create_server
+
     app = create_app(list(runs), list(data_dirs), auth=auth, warm=True, prefix=prefix)
-    app.run(host=host, port=port, debug=False)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" notes under load
+    try:
+        server = create_server(app.server, host=host, port=port, threads=threads, ident="llm-maps")
+    except OSError as exc:
+        from llm_maps.errors import LLMMapsError
+
+        raise LLMMapsError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (--port P for another port)") from None
+    if announce is not None:
+        announce(f"http://{host}:{getattr(server, 'effective_port', port)}{normalise_prefix(prefix)}")
+    try:
+        server.run()
+    finally:
+        server.close()

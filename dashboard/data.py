@@ -161,6 +161,16 @@ def _checked(path: str, stamp: tuple) -> None:
     a failure is not cached, so a fixed run is seen at once)."""
     check_run_files(path, read_manifest(path))
 
+def preview(text, chars: int) -> str:
+    """``text`` (whitespace-trimmed) up to ``chars`` characters, cut at the last space when there is one
+    in its second half, with "…" when anything was cut."""
+    text = "" if text is None else str(text).strip()
+    if len(text) <= chars:
+        return text
+    cut = text[:chars]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > chars // 2 else cut).rstrip() + "…"
+
 
 @functools.lru_cache(maxsize=CACHE_RUNS)
 def load_run(path: str, stamp: tuple, run_id: str) -> "RunData":
@@ -258,15 +268,36 @@ class RunData:
             return self._lazy[key]
 
     @property
+    def texts(self) -> np.ndarray:
+        """[N] each example's own text, what people scan: its instruction, then its context (a blank
+        line between); the templated prompt only when the run stores neither (e.g. lm-eval runs,
+        whose prompt is the task's own text). The exact prompt stays in the drill-down."""
+        def build():
+            import pandas as pd
+
+            f = self.frame
+            empty = pd.Series([""] * self.n, index=f.index, dtype="string")
+            instr = f["instruction"].astype("string").fillna("").str.strip() if "instruction" in f else empty
+            ctx = f["context"].astype("string").fillna("").str.strip() if "context" in f else empty
+            own = (instr + "\n\n" + ctx).where((instr != "") & (ctx != ""), instr + ctx)
+            prompt = f["prompt"].astype("string").fillna("").str.strip()
+            return own.where(own != "", prompt).to_numpy(dtype=object)
+        return self._cached("texts", build)
+
+    def text_preview(self, row: int, chars: int = 600) -> str:
+        """The start of an example's own text (``texts``), cut at a word with "…" when longer."""
+        return preview(self.texts[row], chars)
+
+    @property
     def hover(self) -> np.ndarray:
-        """[N] hover strings: the prompt's (instruction's, when stored) first line (shortened, HTML-escaped) and the key fields."""
+        """[N] hover strings: the first line of the example's own text (``texts``; shortened,
+        HTML-escaped) and the key fields."""
         def build():
             import html
 
             import pandas as pd
 
-            source = self.frame["instruction"] if "instruction" in self.frame else self.frame["prompt"]
-            first = source.astype("string").fillna("").str.strip().str.split("\n", n=1).str[0]
+            first = pd.Series(self.texts, dtype="string").str.split("\n", n=1).str[0]
             short = first.str.slice(0, HOVER_CHARS)
             short = short.where(first.str.len() <= HOVER_CHARS, short + "…").map(lambda t: html.escape(t, quote=False))
             dist = pd.Series(self.dist).map(lambda v: "" if v != v else f" · dist {v:.4g}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
+from llm_maps.falloff import format_slope
 
 POINTS, OVERLAY, DENSITY, LEGEND0 = 0, 1, 2, 3
 LEGEND_SLOTS = 30
@@ -326,13 +327,17 @@ def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", t
         x = [b["median"] for b in bins]
         y = [b["accuracy"] for b in bins]
         colour = colours.get(g, PALETTE[i % len(PALETTE)])
-        trend = entry.get("trend") or {}
-        slope = trend.get("slope")
-        name = f"{plot_text(g)} (n={entry['n']}, acc {entry['accuracy']:.2f}" + (f", slope {slope:.3g})" if slope is not None else ")")
+        slope = format_slope(entry.get("trend"))
+        name = (f"{plot_text(g)} · acc {entry['accuracy']:.2f}, n={entry['n']}"
+                + (f" · slope {slope} log-odds per unit distance" if slope else " · slope: not enough variation"))
+        # bin counts above each error bar (never on the marker or the bar itself)
+        for b in bins:
+            fig.add_annotation(x=b["median"], y=b["high"], yshift=9, text=f"n={b['n']}", showarrow=False,
+                               font={"size": 10, "color": colour}, xref=f"x{i + 1 if side and i else ''}",
+                               yref=f"y{i + 1 if side and i else ''}", name="bin-count")
         trace = go.Scatter(
-            x=x, y=y, mode="lines+markers+text", name=name, line={"color": colour, "width": 2},
-            marker={"size": 8, "color": colour}, text=[f"n={b['n']}" for b in bins], textposition="top center",
-            textfont={"size": 10, "color": colour},
+            x=x, y=y, mode="lines+markers", name=name, line={"color": colour, "width": 2},
+            marker={"size": 8, "color": colour},
             error_y={"type": "data", "symmetric": False, "array": [b["high"] - b["accuracy"] for b in bins],
                      "arrayminus": [b["accuracy"] - b["low"] for b in bins], "color": colour, "thickness": 1.2},
             customdata=[[b["lo"], b["hi"], b["n"], b["correct"], b["low"], b["high"]] for b in bins],
@@ -345,7 +350,7 @@ def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", t
             fig.add_trace(trace)
     fig.update_layout(template=template_name(dark), height=480, title={"text": plot_text(title)},
                       margin={"l": 50, "r": 20, "t": 60, "b": 50}, legend={"orientation": "h", "y": -0.18})
-    fig.update_yaxes(range=[-0.02, 1.08])
+    fig.update_yaxes(range=[-0.02, 1.12])
     if side:
         fig.update_yaxes(title_text="accuracy (95 % interval)", col=1)
     else:

@@ -14,7 +14,7 @@ def table_frame(data) -> pd.DataFrame:
     """The columns the table shows (text shortened), built once per run."""
     def build():
         f = data.frame
-        text = (f["instruction"] if "instruction" in f else f["prompt"]).astype("string").fillna("")
+        text = pd.Series(data.texts, dtype="string")  # instruction, then context (not the template)
         return pd.DataFrame({
             "row": np.arange(data.n), "example_id": f["example_id"].astype(str), "split": f["split"].astype(str),
             "task": f["task"].astype(str), "category": f["category"].astype(str), "domain": f["domain"].astype(str),

@@ -22,6 +22,15 @@ if TYPE_CHECKING:
 _layers = parse_layers
 
 
+def _budget(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got '{text}'") from None
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -222,13 +231,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
             worker = WorkerSupervisor(served, state).start()
     if not args.no_worker:  # workers expected (embedded, or Celery on REDIS_URL): /api/health checks them
         os.environ.setdefault("LLM_MAPS_EXPECT_WORKERS", "1")
-    print(f"llm-maps: dashboard on http://{args.host}:{args.port}{prefix} (Ctrl-C to stop)", file=sys.stderr)
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so `finally` stops the worker on SIGTERM too
+    def stop(signum, _frame):
+        if worker is not None:  # the worker stops while the server closes, not after
+            worker.terminate()
+        if signum == signal.SIGTERM:
+            sys.exit(0)  # so `finally` waits for the worker
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     try:
-        serve(runs, data_dirs, host=args.host, port=args.port, auth=auth, prefix=prefix)
+        serve(runs, data_dirs, host=args.host, port=args.port, auth=auth, prefix=prefix,
+              announce=lambda url: print(f"llm-maps: dashboard on {url} (Ctrl-C to stop)", file=sys.stderr,
+                                         flush=True))
+    except KeyboardInterrupt:  # Ctrl-C: a clean stop, not an interrupted job
+        pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not leave the worker behind
+            signal.signal(sig, signal.SIG_IGN)
         if worker is not None:
             worker.stop()
     return 0
@@ -400,7 +422,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "rougeL for free-text categories, else contains)")
     p.add_argument("--threshold", default=None,
                    help="score threshold for correct, per metric, e.g. 'rougeL=0.5' (defaults: 0.5; rougeL 0.4)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=_budget, default=48,
+                   help="new tokens per output (default 48), or 'auto': a budget per task that fits its "
+                        "references (recorded in the manifest)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)

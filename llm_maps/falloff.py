@@ -127,3 +127,26 @@ def expected_accuracy(stats: Mapping[str, FalloffGroup], group: str, distance: f
     b = entry["bins"][int(assign_bins(np.array([distance]), edges)[0])]
     return {"domain": group if group in stats else "all", "accuracy": b["accuracy"], "low": b["low"],
             "high": b["high"], "n": b["n"], "bin": b["bin"]}
+
+
+SLOPE_UNIT = "log-odds of correct per unit of distance"
+
+
+def format_slope(trend: dict | None, *, unit: bool = False) -> str | None:
+    """A logistic trend's slope with its 95 % interval, to 3 significant digits whatever the
+    distance's scale (euclidean slopes are small: -0.0123, not -0.00); None when not fitted."""
+    if not trend or trend.get("slope") is None:
+        return None
+    text = f"{trend['slope']:.3g} [{trend['slope_low']:.3g}, {trend['slope_high']:.3g}]"
+    return text + (f" {SLOPE_UNIT}" if unit else "")
+
+
+def slope_verdict(trend: dict | None) -> str:
+    """A plain reading of the slope's 95 % interval."""
+    if not trend or trend.get("slope") is None:
+        return "not enough variation to fit"
+    if trend["slope_high"] < 0:
+        return "falls with distance"
+    if trend["slope_low"] > 0:
+        return "rises with distance"
+    return "no clear trend (interval spans 0)"

@@ -331,3 +331,18 @@ def check_run_files(run_dir: str | Path, manifest: Mapping[str, Any]) -> None:
         if hidden is not None and arr.shape[1] != hidden:
             raise LLMMapsError(f"{path}: hidden size {arr.shape[1]}, other layers have {hidden}")
         hidden = arr.shape[1]
+
+
+def model_name(manifest: Mapping[str, Any]) -> str:
+    """The model as a reader should see it: a hub id as is (``org/name``), a local folder or file
+    by its name only (``SmolLM2-135M-Instruct.Q4_1.gguf``), never the author's file system. The
+    manifest keeps the full path."""
+    import re
+
+    model = str(manifest.get("model") or "")
+    gguf = (manifest.get("model_info") or {}).get("gguf_file")
+    hub_like = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None
+    if hub_like and not Path(model).exists():
+        return model + (f" ({gguf})" if gguf else "")
+    name = Path(model.rstrip("/\\")).name or model
+    return name + (f" ({Path(gguf).name})" if gguf and Path(gguf).name != name else "")

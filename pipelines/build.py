@@ -358,10 +358,18 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
     }
     manifest.update(extra_manifest or {})
     if cfg.projection:
+        import time
+
         log(f"projecting with {cfg.projection} (fit on {cfg.fit_on})")
+        t0 = time.perf_counter()
         frame, manifest = project_folder(work, frame, manifest, method=cfg.projection, fit_on=cfg.fit_on,
                                          seed=map_seed, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist)
+        t1 = time.perf_counter()
         frame, manifest = neighbours_folder(work, frame, manifest, k=cfg.k, metric=cfg.metric)
+        t2 = time.perf_counter()
+        manifest["projection"]["seconds"] = round(t1 - t0, 2)
+        manifest["neighbours"]["seconds"] = round(t2 - t1, 2)
+        log(f"projected in {t1 - t0:.1f} s, distances to train in {t2 - t1:.1f} s")
     if extras_wanted:
         frame, manifest = finish_extras(work, frame, manifest, extras, project=bool(cfg.projection), k=cfg.k)
     _write_run_files(work, frame, manifest)
@@ -406,9 +414,11 @@ def summarize_run(run_dir: str | Path) -> str:
     if enc:
         lines.append(f"encoding   {enc['tokens']} tokens in {enc['seconds']:.1f} s "
                      f"({enc['tokens_per_second']:.0f} tokens/s)")
-    scored = frame["score"].notna()
-    if scored.any():
-        lines.append(f"accuracy   {frame.loc[scored, 'correct'].mean():.3f} on {int(scored.sum())} scored")
+    from llm_maps.report import accuracy_lines, falloff_lines
+
+    lines += accuracy_lines(frame)
+    if frame["correct"].notna().any() and frame["dist_to_train"].notna().any():
+        lines += falloff_lines(run_dir, frame, manifest)
     if "split_seed" in manifest or "map_seed" in manifest:
         lines.append(f"seeds      split {manifest.get('split_seed', '-')}, map {manifest.get('map_seed', '-')}")
     history = manifest.get("history") or []

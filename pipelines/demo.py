@@ -56,7 +56,9 @@ def build_demo(out: Path | None = None, *, progress: bool = True, limit: int | N
 DEMO_NOTE = ("the demo model is SmolLM2-135M-Instruct (135M parameters, 4-bit GGUF), far smaller than the models the "
              "Chollet/Reasoning claim is about, on a few hundred BIG-bench test examples: read these numbers as a "
              "demonstration of the method, not as evidence for or against the claim")
-DEMO_SCORING = dict(max_new_tokens=32, mc_output="choice", splits=("test",))
+# per-task token budgets that fit each task's references (pipelines.budgets): a short budget cut
+# arithmetic answers off mid-sentence, and a cut answer was scored wrong
+DEMO_SCORING = dict(max_new_tokens="auto", mc_output="choice", splits=("test",))
 
 
 def score_demo(out: Path, *, progress: bool = True) -> None:
@@ -77,12 +79,37 @@ def score_demo(out: Path, *, progress: bool = True) -> None:
     findings_run(out, progress=progress, notes=[DEMO_NOTE])
 
 
+STAGES = ("encode", "project", "neighbours", "generate", "choices", "falloff")
+
+
+def stage_times(run_dir: Path) -> dict[str, float]:
+    """Seconds each stage of the run took, as recorded when it ran (manifest, falloff.json)."""
+    import json
+
+    m = read_manifest(run_dir)
+    scoring = m.get("scoring") or {}
+    found = {"encode": (m.get("encoding") or {}).get("seconds"),
+             "project": (m.get("projection") or {}).get("seconds"),
+             "neighbours": (m.get("neighbours") or {}).get("seconds"),
+             "generate": (scoring.get("generation") or {}).get("seconds"),
+             "choices": (scoring.get("choices") or {}).get("seconds")}
+    path = Path(run_dir) / FALLOFF_FILE
+    if path.exists():
+        found["falloff"] = json.loads(path.read_text(encoding="utf-8")).get("seconds")
+    return {k: float(v) for k in STAGES if (v := found.get(k)) is not None}
+
+
+def format_stage_times(times: dict[str, float]) -> str:
+    if not times:
+        return "stage times: not recorded (a run built before they were)"
+    return ("stage times " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
+            + f" (total {sum(times.values()) / 60:.1f} min)")
+
+
 def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool = True, serve: bool = False,
              port: int = 8050) -> int:
     """Build the demo run if needed, print its summary and, with ``serve``, show it in the dashboard
     on 127.0.0.1:``port`` (in a fresh process, so the web server never holds torch)."""
-    import subprocess
-
     from pipelines.build import summarize_run
 
     out = Path(out) if out else DEMO_RUN
@@ -93,11 +120,39 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
             or not (out / FINDINGS_FILE).exists():
         score_demo(out, progress=progress)
     print(summarize_run(out), flush=True)
+    print(format_stage_times(stage_times(out)), flush=True)
     if not serve:
         return 0
-    print(f"open http://127.0.0.1:{port}/map?run={out.name} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    return serve_child([sys.executable, "-m", "llm_maps.cli", "serve", str(out), "--port", str(port), "--prefix", "/"])
+
+
+def serve_child(cmd: list[str], *, grace: float = 20.0) -> int:
+    """Run ``llm-maps serve`` (which prints the one URL line) as a child and stop it with us:
+    SIGINT or SIGTERM here stops the child (and so its worker) and waits until it has exited and
+    freed its port; returns the child's exit status (0 after a signal)."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(cmd)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SIGINT raises KeyboardInterrupt already
+    stopped = False
     try:
-        return subprocess.call([sys.executable, "-m", "llm_maps.cli", "serve", str(out), "--port", str(port),
-                                "--prefix", "/"])  # the URL printed above
-    except KeyboardInterrupt:
+        return child.wait()
+    except (KeyboardInterrupt, SystemExit):
+        stopped = True
         return 0
+    finally:
+        for sig in previous:  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stopped:
+            print("llm-maps demo: stopped", file=sys.stderr, flush=True)

@@ -10,13 +10,16 @@ import numpy as np
 
 from llm_maps.contract import FALLOFF_FORMAT_VERSION
 from llm_maps.errors import LLMMapsError
-from llm_maps.falloff import FALLOFF_FILE, falloff_stats
+from llm_maps.falloff import FALLOFF_FILE, SLOPE_UNIT, falloff_stats, format_slope, slope_verdict
 from llm_maps.runfolder import EXAMPLES, Run, append_history, history_entry, layer_file, write_json_atomic
 from llm_maps.neighbours import nearest_train
 
 
 def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] | None = None,
                 metrics: Sequence[str] = ("cosine", "euclidean"), split: str = "test") -> dict:
+    import time
+
+    start = time.perf_counter()
     run = Run(run_dir)
     frame = run.examples
     manifest = run.manifest
@@ -47,7 +50,8 @@ def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] |
                              "stats": falloff_stats(dist[rows], correct, domains, n_bins=n_bins)})
     out = {"format_version": FALLOFF_FORMAT_VERSION, "split": split, "n_bins": n_bins, "binning": "equal-count",
            "correct_threshold": (manifest.get("scoring") or {}).get("thresholds"),
-           "default_layer": run.default_layer, "default_metric": default_metric, "variants": variants}
+           "default_layer": run.default_layer, "default_metric": default_metric, "variants": variants,
+           "seconds": round(time.perf_counter() - start, 2)}
     write_json_atomic(run.path / FALLOFF_FILE, out)
     append_history(run.path, history_entry(
         "falloff", {"n_bins": n_bins, "layers": [int(k) for k in layers], "metrics": list(metrics), "split": split},
@@ -76,17 +80,15 @@ def format_falloff(result: dict, *, all_variants: bool = True) -> str:
                          f"[{_fmt(b['low'])}, {_fmt(b['high'])}]")
         t = st["trend"]
         if t.get("slope") is not None:
-            lines.append(f"  logistic slope {t['slope']:.3f} per unit distance [{t['slope_low']:.3f}, {t['slope_high']:.3f}]")
+            lines.append(f"  logistic slope {format_slope(t)} {SLOPE_UNIT} (95% interval; {slope_verdict(t)})")
     if all_variants and len(result["variants"]) > 1:
         groups = [g for g in default["stats"] if g != "all"]
         lines.append("")
-        lines.append("logistic slope (accuracy vs distance) per layer and metric:")
-        lines.append(f"  {'layer':>5}  {'metric':<9}  " + "  ".join(f"{g:>22}" for g in ["all"] + groups))
+        lines.append(f"logistic slope [95% interval] per layer and metric ({SLOPE_UNIT}; "
+                     "cosine and euclidean distances have different scales):")
+        width = max([26] + [len(g) for g in groups])
+        lines.append(f"  {'layer':>5}  {'metric':<9}  " + "  ".join(f"{g:>{width}}" for g in ["all"] + groups))
         for v in result["variants"]:
-            cells = []
-            for g in ["all"] + groups:
-                t = v["stats"].get(g, {}).get("trend", {})
-                cells.append(f"{_fmt(t.get('slope'), '.2f'):>8} [{_fmt(t.get('slope_low'), '.1f')}, {_fmt(t.get('slope_high'), '.1f')}]"
-                             if t.get("slope") is not None else f"{'-':>22}")
-            lines.append(f"  {v['layer']:>5}  {v['metric']:<9}  " + "  ".join(f"{c:>22}" for c in cells))
+            cells = [format_slope(v["stats"].get(g, {}).get("trend")) or "-" for g in ["all"] + groups]
+            lines.append(f"  {v['layer']:>5}  {v['metric']:<9}  " + "  ".join(f"{c:>{width}}" for c in cells))
     return "\n".join(lines)

@@ -37,6 +37,24 @@ class LoadedModel:
         return None
 
 
+def _new_cache_api() -> bool:
+    """Whether transformers names the KV cache ``cache`` (forward argument and output field; its
+    ``past_key_values`` name is deprecated, removed in 5.40) or still ``past_key_values``."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {})
+
+
+def kv_cache(output):
+    """The KV cache a forward returned, by the name this transformers version uses."""
+    return output.cache if _new_cache_api() else output.past_key_values
+
+
+def with_cache(cache) -> dict:
+    """Forward keyword arguments that pass ``cache`` in, by the name this transformers version uses."""
+    return {"cache": cache} if _new_cache_api() else {"past_key_values": cache}
+
+
 def resolve_device(device: str = "auto") -> str:
     import torch
 

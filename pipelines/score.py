@@ -41,11 +41,12 @@ def _null(value) -> bool:
     return bool(pd.isna(value))
 
 
-def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[str], max_new_tokens: int,
+def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[str], max_new_tokens: int | Sequence[int] | np.ndarray,
                      temperature: float, top_p: float, seed: int, batch_size: int | None, max_length: int | None,
                      progress: bool = True) -> dict:
     """Generate for ``rows`` of ``frame`` (one continuously batched ``generate``; each row samples
-    with its own stream, keyed by its row); returns column -> {row: value}."""
+    with its own stream, keyed by its row); returns column -> {row: value}. ``max_new_tokens``: one
+    int, or an [N] array over the frame's rows (per-task budgets)."""
     from tqdm.auto import tqdm
 
     from pipelines.generate import generate
@@ -62,7 +63,8 @@ def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[
             bar.set_postfix_str(f"{n_tokens[0] / max(time.perf_counter() - start, 1e-9):.1f} tok/s", refresh=False)
 
     stats: dict = {}
-    results = generate(loaded, [prompts[i] for i in rows], max_new_tokens=max_new_tokens, temperature=temperature,
+    limits = np.broadcast_to(np.asarray(max_new_tokens, dtype=np.int64), (len(frame),))[rows]
+    results = generate(loaded, [prompts[i] for i in rows], max_new_tokens=[int(v) for v in limits], temperature=temperature,
                        top_p=top_p, seed=seed, stop_strings=stop_strings, max_length=max_length,
                        batch_size=batch_size, keys=[int(i) for i in rows], on_progress=on_progress, stats=stats)
     bar.close()
@@ -91,7 +93,7 @@ def choice_scores(loaded, prompts: Sequence[str], choices: Sequence[Sequence[str
 
 
 def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generate: str = "auto",
-              metric: str | None = "auto", thresholds: str | None = None, max_new_tokens: int = 48,
+              metric: str | None = "auto", thresholds: str | None = None, max_new_tokens: int | str = 48,
               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int | None = None,
               mc_output: str = "generate", dtype: str = "auto", device: str = "auto", progress: bool = True,
               distributed: bool = False, chunk_size: int = 512, log=print) -> dict:
@@ -102,6 +104,7 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
     ``distributed=True``: generation and choice log-likelihoods run in chunks of ``chunk_size``
     rows on the Celery workers of REDIS_URL (``pipelines.distributed.score_distributed``), with the
     same results as here.
+    ``max_new_tokens="auto"``: a budget per task that fits its references (pipelines.budgets).
     """
     import pandas as pd
 
@@ -150,6 +153,7 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
     gen_kwargs = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                   "stop_strings": stops, "batch_size": batch_size, "max_length": manifest.get("max_length")}
     cols, mc_values, dist_info = None, None, None
+    budgets, choices_seconds = None, None
     if len(gen_rows) or len(mc_rows):
         from pipelines.models import load_model
 
@@ -161,11 +165,26 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         loaded = load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype, device=device,
                             weights=not distributed)
         mode = "greedy" if temperature == 0 else f"temperature {temperature}, top-p {top_p}"
+        if max_new_tokens == "auto":
+            if distributed:
+                raise LLMMapsError("--max-new-tokens auto with --distributed: not supported yet; give a number")
+            from pipelines.budgets import BUDGET_RULE, row_budgets, task_budgets
+
+            tasks_gen = set(frame["task"].to_numpy()[gen_rows].tolist())
+            of_tasks = frame["task"].isin(tasks_gen).to_numpy()
+            budgets = task_budgets(loaded.tokenizer, frame["task"][of_tasks].tolist(),
+                                   frame["reference"][of_tasks].tolist())
+            per_row = row_budgets(frame["task"], budgets, BUDGET_RULE["floor"])
+            limit_text = (f"per-task budgets of {int(per_row[gen_rows].min())}-{int(per_row[gen_rows].max())} "
+                          "new tokens (from the references)" if len(gen_rows) else "")
+        else:
+            per_row = int(max_new_tokens)
+            limit_text = f"max {per_row} new tokens"
         if distributed:
             from pipelines.distributed import score_distributed
 
-            log(f"scoring on the workers of REDIS_URL: {len(gen_rows)} outputs to generate (max {max_new_tokens} "
-                f"new tokens, {mode}), {len(mc_rows)} multiple-choice examples")
+            log(f"scoring on the workers of REDIS_URL: {len(gen_rows)} outputs to generate ({limit_text}, "
+                f"{mode}), {len(mc_rows)} multiple-choice examples")
             spec = {"model": manifest["model"], "gguf_file": None, "revision": manifest.get("model_revision"),
                     "dtype": dtype, "device": device}
             cols, mc_values, dist_info = score_distributed(
@@ -173,8 +192,8 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
                 spec=spec, gen_kwargs=gen_kwargs, chunk_size=chunk_size, progress=progress, log=log)
         else:
             if len(gen_rows):
-                log(f"generating {len(gen_rows)} outputs (max {max_new_tokens} new tokens, {mode}) on {loaded.device}")
-                cols = generate_outputs(loaded, frame, gen_rows, stop_strings=stops, max_new_tokens=max_new_tokens,
+                log(f"generating {len(gen_rows)} outputs ({limit_text}, {mode}) on {loaded.device}")
+                cols = generate_outputs(loaded, frame, gen_rows, stop_strings=stops, max_new_tokens=per_row,
                                         temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
                                         max_length=manifest.get("max_length"), progress=progress)
             if len(mc_rows):
@@ -182,8 +201,8 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
                 scored = choice_scores(loaded, [frame["prompt"][i] for i in mc_rows], [choices[i] for i in mc_rows],
                                        progress=progress)
                 mc_values = dict(zip(mc_rows.tolist(), scored))
-                log(f"scored {len(mc_rows)} multiple-choice examples by log-likelihood in "
-                    f"{time.perf_counter() - start:.1f} s")
+                choices_seconds = time.perf_counter() - start
+                log(f"scored {len(mc_rows)} multiple-choice examples by log-likelihood in {choices_seconds:.1f} s")
     if cols is not None:
         for col in ("output", "output_token_ids", "output_logprobs", "stop_reason"):
             values = frame[col].astype(object).to_numpy(copy=True)
@@ -191,7 +210,13 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
                 values[i] = v
             frame[col] = values
         where = dist_info or {"device": loaded.device, "dtype": loaded.dtype}
-        gen_info = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+        gen_info = {"max_new_tokens": max_new_tokens,
+                    **({"token_budgets": {t: b["max_new_tokens"] for t, b in budgets.items()},
+                        "reference_tokens": {t: b["reference_tokens"] for t, b in budgets.items()},
+                        "budget_rule": "min(ceiling, max(floor, ceil(factor * longest reference tokens) + margin))",
+                        "budget_params": BUDGET_RULE} if budgets is not None else {}),
+                    "stopped_by_length": int(sum(1 for v in cols["stop_reason"].values() if v == "length")),
+                    "temperature": temperature, "top_p": top_p, "seed": seed,
                     "batch_size": cols["_slots"], "stop_strings": stops, "device": where["device"],
                     "dtype": where["dtype"], "seconds": round(cols["_seconds"], 2), "tokens": cols["_tokens"],
                     "tokens_per_second": round(cols["_tokens"] / max(cols["_seconds"], 1e-9), 1),
@@ -255,7 +280,11 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         "splits": list(splits), "metric": metric or "auto", "metric_default": default, "metric_overrides": overrides,
         "thresholds": thr, "correct_rule": "score >= thresholds[metric]", "by_metric": by_metric,
         "scored": int(scored.sum()), "unscored_no_reference": no_reference, "accuracy": acc, "mc_output": mc_output,
-        "generation": gen_info, "first_token": ft_info, "created": now_iso()}}
+        "generation": gen_info, "first_token": ft_info, "created": now_iso(),
+        **({"choices": {"examples": int(len(mc_rows)), "seconds": round(choices_seconds, 2)}}
+           if choices_seconds is not None
+           else {"choices": manifest.get("scoring", {}).get("choices")} if manifest.get("scoring", {}).get("choices")
+           else {})}}
     entry = history_entry(
         "score", {"splits": list(splits), "generate": generate, "metric": metric or "auto", "thresholds": thr,
                   "mc_output": mc_output, "max_new_tokens": max_new_tokens, "temperature": temperature,

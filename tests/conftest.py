@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]  # tests of our own pytest hooks
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -191,3 +193,18 @@ def redis_url(tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line at the end naming what was skipped and why (e.g. browser tests without Chromium,
+    Redis tests without redis-server), so a green run never hides lost coverage."""
+    from collections import Counter
+
+    reasons: Counter = Counter()
+    for rep in terminalreporter.stats.get("skipped", []):
+        longrepr = rep.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.write_line(
+            f"skipped {sum(reasons.values())} tests: " + "; ".join(f"{n} because {r}" for r, n in reasons.most_common())
+            + " (see README, 'Tests')", yellow=True, bold=True)

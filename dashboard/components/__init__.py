@@ -133,28 +133,65 @@ def drilldown(data, row: int | None) -> html.Div:
                         "examples.", className="text-muted small", id="drill-empty")
     r = data.frame.iloc[row]
     fields = [("example", r["example_id"]), ("split", r["split"]), ("task", r["task"]),
-              ("category", r["category"]), ("domain", r["domain"]), ("score", _fmt(data.score[row], 3)),
-              ("correctness", data.cats["correct"].names[int(data.cats["correct"].codes[row])]),
-              ("distance to train", _fmt(data.dist[row]))]
+              ("category", r["category"]), ("domain", r["domain"])]
+    verdict = correctness(data, row)
+    if verdict is not None or not data.is_train[row]:  # a train example: only what is known
+        fields += [("score", _fmt(data.score[row], 3)), ("correctness", verdict or "not scored")]
+    fields.append(("distance to train", _fmt(data.dist[row])))
     table = html.Table([html.Tr([html.Th(k, className="pe-3 small"), html.Td(str(v), className="small")])
                         for k, v in fields], className="mb-2")
     nbrs = data.neighbours(row)
     items = []
     for j, d in nbrs:
-        prompt = data.frame["prompt"].iloc[j]
         items.append(html.Li([
             html.Div([html.Code(str(data.frame["example_id"].iloc[j])), html.Span(f"  distance {_fmt(d)}",
                                                                                   className="small text-muted")]),
-            html.Pre(str(prompt)[-600:], className="drill-text drill-neighbour small")], className="mb-1"))
+            html.Pre(data.text_preview(j), className="drill-text drill-neighbour small"),
+            known_answer(data, j, className="small text-muted drill-neighbour-answer")], className="mb-1"))
+    own = data.texts[row]
+    if own == str(r["prompt"]).strip():  # no template around it: the prompt is the example's text
+        text = [_text_block("prompt", r["prompt"], "drill-prompt")]
+    else:  # the example's own text first; the exact templated prompt one click away
+        text = [_text_block("instruction and context", own, "drill-question"),
+                html.Details([html.Summary("exact prompt given to the model", className="small text-muted"),
+                              html.Pre(str(r["prompt"]), className="drill-text drill-prompt")], className="mb-2")]
     return html.Div([
-        html.H6(["Example ", html.Code(str(r["example_id"]))]), table,
-        _text_block("prompt", r["prompt"], "drill-prompt"),
+        html.H6(["Example ", html.Code(str(r["example_id"]))]), table, *text,
         _text_block("reference", r["reference"], "drill-reference"),
         _text_block("output", r["output"], "drill-output"),
         html.Div(f"{len(nbrs)} nearest training examples", className="small text-muted"),
         html.Ol(items, className="drill-neighbours ps-3"),
         dcc.Link("show on the map", href=url(f"/map?run={data.id}&sel={r['example_id']}"), className="small"),
     ], id="drill-panel-content")
+
+
+def correctness(data, row: int) -> str | None:
+    """"correct" / "wrong" when the example was scored (a train example too, after
+    `llm-maps score --splits train`), else None."""
+    import pandas as pd
+
+    ok = data.correct.iloc[row]  # nullable boolean: pd.NA when not scored
+    return None if pd.isna(ok) else ("correct" if bool(ok) else "wrong")
+
+
+def known_answer(data, row: int, chars: int = 120, **kwargs) -> html.Div | None:
+    """What is known about a (training) example's answer: its reference, and the model's score on
+    it when it was scored; None when nothing is."""
+    import pandas as pd
+
+    from dashboard.data import preview
+
+    ref = data.frame["reference"].iloc[row] if "reference" in data.frame else None
+    ref = None if ref is None or (np.ndim(ref) == 0 and pd.isna(ref)) or not str(ref).strip() else str(ref)
+    verdict = correctness(data, row)
+    if ref is None and verdict is None:
+        return None
+    parts = []
+    if ref is not None:
+        parts.append(f"answer: {preview(ref, chars)}")
+    if verdict is not None:
+        parts.append(f"model {verdict} (score {_fmt(data.score[row], 3)})")
+    return html.Div(" · ".join(parts), **kwargs)
 
 
 def row_of(data, example_id) -> int | None:

@@ -13,8 +13,10 @@ from dashboard.table import NUMBER_COLUMNS, query_table
 
 dash.register_page(__name__, path="/examples", name="Examples", title="LLM Maps · examples", order=2)
 
-COLUMNS = [("example_id", 190), ("split", 80), ("task", 200), ("domain", 110), ("text", 360), ("reference", 160),
-           ("output", 200), ("score", 90), ("correctness", 130), ("dist_to_train", 120)]
+# widths leave room for each header's text plus its sort and menu icons (a narrow "split" had its
+# icon over its text)
+COLUMNS = [("example_id", 190), ("split", 110), ("task", 200), ("domain", 120), ("text", 360), ("reference", 160),
+           ("output", 200), ("score", 100), ("correctness", 160), ("dist_to_train", 160)]
 
 
 def layout(run=None, sel=None, view=None, **_):

@@ -10,6 +10,7 @@ from dash.exceptions import PreventUpdate
 from dashboard import components as C
 from dashboard import figures as F
 from dashboard.data import falloff_for
+from llm_maps.falloff import SLOPE_UNIT, format_slope, slope_verdict
 
 dash.register_page(__name__, path="/falloff", name="Falloff", title="LLM Maps · falloff", order=1)
 
@@ -50,7 +51,8 @@ def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, 
     ]
     body = [dcc.Graph(id="falloff-graph", config=F.EXPORT_CONFIG),
             html.Div([html.Div(id="falloff-source", className="small flex-grow-1"), C.export_buttons("falloff-graph")],
-                     className="d-flex align-items-start")]
+                     className="d-flex align-items-start"),
+            html.Div(id="falloff-table", className="mt-3")]
     return dbc.Container([
         dcc.Store(id="falloff-run", data=data.id), html.Div(id="falloff-url-sync", hidden=True),
         dbc.Row([dbc.Col(controls, md=3, className="pt-2"),
@@ -60,7 +62,33 @@ def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, 
     ], fluid=True)
 
 
-@callback(Output("falloff-graph", "figure"), Output("falloff-source", "children"),
+def bins_table(stats: dict, groups: list[str], metric: str) -> html.Div:
+    """The plotted numbers as a table: per group its trend (slope, interval, verdict) and per bin
+    the distance range, examples, correct, accuracy and its Wilson 95 % interval."""
+    head = html.Thead(html.Tr([html.Th(h) for h in ("group", "bin", f"{metric} distance", "examples", "correct",
+                                                    "accuracy", "95 % interval")]))
+    rows = []
+    for g in groups:
+        entry = stats[g]
+        slope = format_slope(entry.get("trend"))
+        rows.append(html.Tr(html.Td([html.Strong(g), f" · accuracy {entry['accuracy']:.3f} "
+                                     f"[{entry['low']:.3f}, {entry['high']:.3f}], n={entry['n']} · "
+                                     + (f"logistic slope {slope} {SLOPE_UNIT} (95 % interval): "
+                                        f"{slope_verdict(entry.get('trend'))}" if slope else
+                                        "logistic slope: not enough variation to fit")],
+                                    colSpan=7, className="falloff-group-row"), className="table-light"))
+        for b in entry["bins"]:
+            rows.append(html.Tr([html.Td(g), html.Td(b["bin"] + 1), html.Td(f"{b['lo']:.4g} – {b['hi']:.4g}"),
+                                 html.Td(b["n"]), html.Td(b["correct"]),
+                                 html.Td("—" if b["accuracy"] is None else f"{b['accuracy']:.3f}"),
+                                 html.Td("—" if b["low"] is None else f"[{b['low']:.3f}, {b['high']:.3f}]")],
+                                className="falloff-bin-row"))
+    return html.Div([html.H6("Bins", className="mb-1"),
+                     dbc.Table([head, html.Tbody(rows)], size="sm", bordered=False, hover=True,
+                               className="small falloff-bins mb-0", id="falloff-bins-table")])
+
+
+@callback(Output("falloff-graph", "figure"), Output("falloff-source", "children"), Output("falloff-table", "children"),
           Input("falloff-layer", "value"), Input("falloff-metric", "value"), Input("falloff-bins", "value"),
           Input("falloff-domain", "value"), Input("falloff-task", "value"), Input("falloff-mode", "value"),
           State("falloff-run", "data"), State("theme-dark", "value"))
@@ -71,13 +99,15 @@ def update_falloff(layer, metric, bins, domains, tasks, mode, run_id, dark=False
     stats, source = falloff_for(data, layer=layer, metric=metric, n_bins=int(bins or 5), tasks=tasks or None)
     if stats is None:
         fig = F.falloff_figure({}, [], title="no falloff to show", dark=bool(dark))
-        return fig, dbc.Alert(NO_SCORES if source == "no scores yet" else source, color="warning", className="mt-2")
+        return fig, dbc.Alert(NO_SCORES if source == "no scores yet" else source, color="warning", className="mt-2"), None
     groups = F.falloff_groups(stats, domains or None, include_all=not domains)
     view = "" if data.view == "prompt" else f", {data.view} view"
     title = f"{data.base_id}: accuracy vs distance to train (layer {layer}, {metric}{view})"
     fig = F.falloff_figure(stats, groups, layout=mode, title=title, metric=metric, dark=bool(dark))
-    return fig, html.Span(f"Statistics {source}; bins of equal count per group; error bars: Wilson 95 % "
-                          f"intervals; n = test examples per bin.", id="falloff-source-text")
+    return (fig, html.Span(f"Statistics {source}; bins of equal count per group; error bars: Wilson 95 % "
+                           f"intervals; n = test examples per bin; slope: logistic regression of correct on "
+                           f"distance, in {SLOPE_UNIT}, with its 95 % interval.", id="falloff-source-text"),
+            bins_table(stats, [g for g in groups if g in stats], metric))
 
 
 dash.clientside_callback(

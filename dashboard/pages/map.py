@@ -28,9 +28,16 @@ SELECT_HINT = "Lasso or box-select points for a summary."
 
 
 def _range_slider(id_, values: np.ndarray, current, *, disabled=False):
+    """A range slider over ``values`` with round bounds and a round step (a power of ten, about
+    1/200 of the range), so its number boxes show short values ("0.0221"), never cut ones."""
+    import math
+
     lo, hi = value_bounds(values)
+    digits = max(0, -math.floor(math.log10((hi - lo) / 200)))
+    step = 10.0 ** -digits
+    lo, hi = round(math.floor(lo / step) * step, digits), round(math.ceil(hi / step) * step, digits)
     value = current if current else [lo, hi]
-    return dcc.RangeSlider(id=id_, min=lo, max=hi, step=(hi - lo) / 200, value=value, marks=None,
+    return dcc.RangeSlider(id=id_, min=lo, max=hi, step=step, value=value, marks=None,
                            disabled=disabled, tooltip={"placement": "bottom", "always_visible": False},
                            updatemode="mouseup")
 
@@ -212,7 +219,7 @@ def on_hover(row, run_id):
     if data is None or row is None or not 0 <= int(row) < data.n:
         raise PreventUpdate
     r = data.frame.iloc[int(row)]
-    first = str(r["prompt"]).strip().split("\n", 1)[0][:200]
+    first = data.text_preview(int(row), 200).split("\n", 1)[0]
     return f"{r['example_id']} · {r['task']} · {r['split']} · {first}"
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dash
 import dash_bootstrap_components as dbc
-import pandas as pd
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
@@ -185,7 +184,7 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
                           figure=_empty_falloff()),
                 html.H6("Nearest training examples", className="mt-2 mb-1"),
                 html.Div(id="pg-neighbours", className="small"),
-                dbc.Card(dbc.CardBody(html.Div(id="pg-drill")), className="mt-2"),
+                dbc.Card(dbc.CardBody(html.Div(id="pg-drill")), className="mt-2", id="pg-drill-card"),
             ], md=3),
         ]),
     ], fluid=True)
@@ -232,16 +231,13 @@ def show_current(current, map_kind, run_id, dark):
     items = []
     for row, dist in nbrs:
         r = data.frame.iloc[row]
-        ok = data.correct.iloc[row]  # nullable boolean: pd.NA when not scored (train rows by default)
-        verdict = "not scored" if pd.isna(ok) else ("correct" if ok else "wrong")
-        text = str(r["instruction"] if "instruction" in r and isinstance(r["instruction"], str) else r["prompt"]).strip()
-        first = text.splitlines()[0][:160] if text else ""
+        verdict = C.correctness(data, row)  # None unless scored (`llm-maps score RUN --splits train,test`)
+        first = data.text_preview(row, 160).split("\n", 1)[0]
+        answer = C.known_answer(data, row, 80, className="text-muted text-truncate pg-nbr-answer")
         items.append(html.Li(html.Button([
-            html.Div([html.Code(str(r["example_id"])), f" · {r['task']} · {r['domain']} · distance {dist:.4g}",
-                      html.Span(f" · {verdict}", className=f"pg-verdict-{verdict.split()[0]}",
-                                title="train examples are scored with `llm-maps score RUN --splits train,test`"
-                                if verdict == "not scored" else None)]),
-            html.Div(first, className="text-muted text-truncate")],
+            html.Div([html.Code(str(r["example_id"])), f" · {r['task']} · {r['domain']} · distance {dist:.4g}"]
+                     + ([html.Span(f" · {verdict}", className=f"pg-verdict-{verdict}")] if verdict else [])),
+            html.Div(first, className="text-truncate pg-nbr-text"), *([answer] if answer is not None else [])],
             id={"type": "pg-nbr", "index": str(r["example_id"])}, className="pg-nbr btn p-0 text-start"),
             className="mb-1"))
     overlay = {"x": [float(shown.x[row]) for row, _ in nbrs], "y": [float(shown.y[row]) for row, _ in nbrs],
@@ -327,7 +323,8 @@ def compare_table(gens):
                      dbc.Button("remove", id={"type": "pg-remove", "index": g["id"]}, size="sm", color="danger",
                                 outline=True, className="py-0")], className="text-nowrap"),
         ], id={"type": "pg-row", "index": g["id"]}, className="pg-hidden" if g.get("hidden") else ""))
-    return dbc.Table([head, html.Tbody(body)], size="sm", hover=True, className="small pg-compare-table mb-0")
+    return html.Div(dbc.Table([head, html.Tbody(body)], size="sm", hover=True, className="small pg-compare-table mb-0"),
+                    className="table-responsive")
 
 
 dash.clientside_callback(dash.ClientsideFunction("playground", "submit"), Output("pg-submitted", "children"),

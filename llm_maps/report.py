@@ -1,0 +1,74 @@
+"""What `llm-maps info` adds about results: accuracy per domain and the falloff per domain.
+
+Torch-free; reads a run's examples and (when present) its falloff.json, else computes the falloff
+of the stored ``dist_to_train`` with ``llm_maps.falloff`` (the same code `llm-maps falloff` uses).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .falloff import FALLOFF_FILE, SLOPE_UNIT, falloff_stats, format_slope, slope_verdict, wilson_interval
+
+
+def _split_scored(frame):
+    """(split name, rows) of the scored examples to report: the test split when it has scores."""
+    scored = frame["correct"].notna().to_numpy()
+    test = scored & (frame["split"] == "test").to_numpy()
+    return ("test", test) if test.any() else ("scored", scored)
+
+
+def accuracy_lines(frame) -> list[str]:
+    """Accuracy overall and per domain, each with its Wilson 95 % interval, examples and tasks."""
+    name, rows = _split_scored(frame)
+    if not rows.any():
+        return []
+    sub = frame.loc[rows]
+    correct = sub["correct"].astype(bool).to_numpy()
+
+    def line(label, sel):
+        k, n = int(correct[sel].sum()), int(sel.sum())
+        lo, hi = wilson_interval(k, n)
+        return (f"{label} {k / n:.3f} [{lo:.3f}, {hi:.3f}] on {n} {name} examples, "
+                f"{sub.loc[sel, 'task'].nunique()} tasks")
+
+    out = [line("accuracy  ", np.ones(len(sub), dtype=bool))]
+    domains = sub["domain"].astype(str).to_numpy()
+    width = max(len(d) for d in domains)
+    out += [line(f"  {d:<{width}}", domains == d) for d in sorted(set(domains))]
+    return out
+
+
+def falloff_lines(run_dir: str | Path, frame, manifest: dict) -> list[str]:
+    """The falloff per domain: logistic slope with its interval and verdict, and the accuracy of
+    the nearest and the farthest distance bin (from falloff.json's default variant, else computed)."""
+    path = Path(run_dir) / FALLOFF_FILE
+    stats, source, n_bins = None, "computed now from dist_to_train", 5
+    layer, metric = manifest.get("default_layer"), manifest.get("distance_metric", "cosine")
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            variant = next(v for v in data["variants"] if v.get("default"))
+            stats, source, n_bins = variant["stats"], FALLOFF_FILE, data.get("n_bins", n_bins)
+            layer, metric = variant["layer"], variant["metric"]
+        except (OSError, ValueError, KeyError, StopIteration):
+            stats = None
+    if stats is None:
+        name, rows = _split_scored(frame)
+        if not rows.any():
+            return []
+        stats = falloff_stats(frame["dist_to_train"].to_numpy(dtype=float)[rows],
+                              frame["correct"].to_numpy(dtype=object)[rows], frame["domain"].to_numpy()[rows],
+                              n_bins=n_bins)
+    out = [f"falloff    layer {layer}, {metric} distance, {n_bins} equal-count bins ({source}); "
+           f"slope in {SLOPE_UNIT} [95% interval]"]
+    width = max(len(g) for g in stats)
+    for group, st in stats.items():
+        bins = [b for b in st["bins"] if b["n"]]
+        ends = (f"; accuracy {bins[0]['accuracy']:.2f} in the nearest bin (n={bins[0]['n']}), "
+                f"{bins[-1]['accuracy']:.2f} in the farthest (n={bins[-1]['n']})") if len(bins) > 1 else ""
+        out.append(f"  {group:<{width}} {format_slope(st['trend']) or '-'}: {slope_verdict(st['trend'])}{ends}")
+    return out
