@@ -233,7 +233,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ.setdefault("LLM_MAPS_EXPECT_WORKERS", "1")
     import signal
 
-    def stop(signum, _frame):
+    def stop(signum: int, _frame: object) -> None:
         if worker is not None:  # the worker stops while the server closes, not after
             worker.terminate()
         if signum == signal.SIGTERM:

@@ -8,7 +8,7 @@ stored ``dist_to_train`` when a run has no ``falloff.json``).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from .contract import ExpectedAccuracy, FalloffBin, FalloffGroup, FalloffTrend
 
@@ -132,7 +132,7 @@ def expected_accuracy(stats: Mapping[str, FalloffGroup], group: str, distance: f
 SLOPE_UNIT = "log-odds of correct per unit of distance"
 
 
-def format_slope(trend: dict | None, *, unit: bool = False) -> str | None:
+def format_slope(trend: Mapping[str, Any] | None, *, unit: bool = False) -> str | None:
     """A logistic trend's slope with its 95 % interval, to 3 significant digits whatever the
     distance's scale (euclidean slopes are small: -0.0123, not -0.00); None when not fitted."""
     if not trend or trend.get("slope") is None:
@@ -141,7 +141,7 @@ def format_slope(trend: dict | None, *, unit: bool = False) -> str | None:
     return text + (f" {SLOPE_UNIT}" if unit else "")
 
 
-def slope_verdict(trend: dict | None) -> str:
+def slope_verdict(trend: Mapping[str, Any] | None) -> str:
     """A plain reading of the slope's 95 % interval."""
     if not trend or trend.get("slope") is None:
         return "not enough variation to fit"

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from .falloff import FALLOFF_FILE, SLOPE_UNIT, falloff_stats, format_slope, slope_verdict, wilson_interval
 
 
-def _split_scored(frame):
+def _split_scored(frame: pd.DataFrame) -> tuple[str, np.ndarray]:
     """(split name, rows) of the scored examples to report: the test split when it has scores."""
     scored = frame["correct"].notna().to_numpy()
     test = scored & (frame["split"] == "test").to_numpy()
     return ("test", test) if test.any() else ("scored", scored)
 
 
-def accuracy_lines(frame) -> list[str]:
+def accuracy_lines(frame: pd.DataFrame) -> list[str]:
     """Accuracy overall and per domain, each with its Wilson 95 % interval, examples and tasks."""
     name, rows = _split_scored(frame)
     if not rows.any():
@@ -29,7 +33,7 @@ def accuracy_lines(frame) -> list[str]:
     sub = frame.loc[rows]
     correct = sub["correct"].astype(bool).to_numpy()
 
-    def line(label, sel):
+    def line(label: str, sel: np.ndarray) -> str:
         k, n = int(correct[sel].sum()), int(sel.sum())
         lo, hi = wilson_interval(k, n)
         return (f"{label} {k / n:.3f} [{lo:.3f}, {hi:.3f}] on {n} {name} examples, "
@@ -42,7 +46,7 @@ def accuracy_lines(frame) -> list[str]:
     return out
 
 
-def falloff_lines(run_dir: str | Path, frame, manifest: dict) -> list[str]:
+def falloff_lines(run_dir: str | Path, frame: pd.DataFrame, manifest: Mapping[str, Any]) -> list[str]:
     """The falloff per domain: logistic slope with its interval and verdict, and the accuracy of
     the nearest and the farthest distance bin (from falloff.json's default variant, else computed)."""
     path = Path(run_dir) / FALLOFF_FILE

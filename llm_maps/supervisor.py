@@ -103,6 +103,14 @@ class WorkerSupervisor:
                 self.proc = self.spawn(self.runs, self.state_dir)
                 self.restarts += 1
 
+    def terminate(self) -> None:
+        """Stop supervising and send the worker SIGTERM without waiting (safe in a signal handler);
+        ``stop()`` then waits for it."""
+        self._stop.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop supervising and stop the worker (SIGTERM, then SIGKILL after ``timeout``)."""
         with self._lock:
