@@ -63,6 +63,7 @@ class ProjectionInfo(TypedDict, total=False):
     placement: Annotated[str, "how non-fit rows and new prompts are placed (UMAP)"]
     normalize: Annotated[bool, "rows scaled to unit length before PCA (cosine)"]
     explained_variance_ratio: Annotated[list[float], "PCA: variance share of the two axes"]
+    seconds: Annotated[float, "wall time of the fit and placement"]
 
 
 class SplitCounts(TypedDict):
@@ -127,7 +128,11 @@ class EncodingInfo(TypedDict, total=False):
     distributed: Annotated[DistributedInfo, "build --distributed only"]
 
 
-class NeighboursInfo(TypedDict):
+class _Timed(TypedDict, total=False):
+    seconds: Annotated[float, "wall time of the stage (s)"]
+
+
+class NeighboursInfo(_Timed):
     k: Annotated[int, "nearest train examples kept per row (nn_train_ids)"]
     layer: Annotated[int, "stored layer the distances are measured in"]
     metric: Annotated[str, "cosine | euclidean"]
@@ -147,6 +152,12 @@ class GenerationInfo(TypedDict, total=False):
     tokens: Annotated[int, "tokens generated"]
     tokens_per_second: Annotated[float, "generation rate"]
     created: Annotated[str, "ISO time (UTC)"]
+    token_budgets: Annotated[dict[str, int], "task -> max new tokens (--max-new-tokens auto, pipelines/budgets.py)"]
+    reference_tokens: Annotated[dict[str, int], "task -> tokens of its longest reference (auto budgets)"]
+    budget_rule: Annotated[str, "how a task's budget follows from its references"]
+    budget_params: Annotated[dict[str, Any], "the rule's factor, margin, floor and ceiling"]
+    stopped_by_length: Annotated[int, "outputs that reached their token budget"]
+    distributed: Annotated[dict[str, Any], "score --distributed: chunks and the workers that ran them"]
 
 
 class LmevalTaskInfo(TypedDict, total=False):
@@ -183,6 +194,7 @@ class ScoringInfo(TypedDict, total=False):
     source: Annotated[str, "'lm-eval' when scores came from lm-eval samples"]
     per_task: Annotated[dict[str, LmevalTaskInfo], "lm-eval task -> its metric and means"]
     per_task_means_match_results: Annotated[bool, "the samples' means equal lm-eval's aggregates"]
+    choices: Annotated[dict[str, Any] | None, "multiple-choice log-likelihoods: examples and seconds"]
     first_token: Annotated[FirstTokenInfo | None, "the last first-token statistics run (pipelines/first_token.py; "
                                                   "null: none ran, e.g. --generate never)"]
 
@@ -378,7 +390,7 @@ class FalloffVariant(TypedDict):
     stats: Annotated[dict[str, FalloffGroup], "'all' and each domain -> its falloff"]
 
 
-class FalloffFile(TypedDict):
+class FalloffFile(_Timed):
     format_version: Annotated[int, "falloff.json format (1)"]
     split: Annotated[str, "rows the statistics are over (test)"]
     n_bins: Annotated[int, "equal-count bins asked for"]

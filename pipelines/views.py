@@ -38,7 +38,7 @@ import numpy as np
 from llm_maps.errors import LLMMapsError
 from llm_maps.runfolder import ENCODINGS, save_npy_atomic, write_json_atomic
 from pipelines.encode import (batch_limits, encode_identity, normalize_layers, pad_left, pad_token_id,
-                              plan_batches, resolve_max_length, states_to_fp16)
+                              plan_batches, progress_order, resolve_max_length, states_to_fp16)
 
 VIEWS = ("prompt", "completion")
 COMPLETION = "completion"
@@ -376,12 +376,14 @@ def run_segments(loaded, segments: list[Segment], out_dir: str | Path, *, layers
     todo = np.flatnonzero(~done)
     batch_tokens, max_batch = batch_limits(loaded.device, batch_tokens, max_batch)
     batches = [todo[b] for b in plan_batches(lengths[todo], batch_tokens=batch_tokens, max_batch=max_batch)]
+    # longest batch first, then a seeded shuffle: the rate so far predicts the rest (honest ETA)
+    batches = progress_order(batches)
     pad_id = pad_token_id(loaded.tokenizer)
     total = int(lengths[todo].sum())
     clipped = 0
     start = last = time.perf_counter()
     bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True,
-               desc=f"{desc} {len(todo)}/{len(segments)} passes")
+               desc=f"{desc} ({len(todo)} of {len(segments)} passes to run)")
     try:
         for b, rows in enumerate(batches):
             segs = [segments[i] for i in rows]

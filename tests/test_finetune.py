@@ -343,7 +343,9 @@ def test_compare_page_draws_the_loss_curve(group):
 
     runs = [group / n for n in ("step-000000", "step-000002", "step-000004")]
     app = create_app(runs, [])
-    from dashboard.pages import compare as page
+    import sys
+
+    page = sys.modules["pages.compare"]  # as Dash loaded it: importing dashboard.pages.compare would register it twice
 
     with app.server.test_request_context("/compare"):
         tree = page.layout(runs=[r.name for r in runs])
