@@ -177,7 +177,8 @@ def test_info_prints_accuracy_per_domain_with_intervals_and_the_falloff(tiny_run
         assert line in out, (line, out)
     falloff = json.loads((tiny_run / "falloff.json").read_text())
     stats = next(v for v in falloff["variants"] if v["default"])["stats"]
-    assert "falloff    layer 3, cosine distance, 2 equal-count bins (falloff.json); slope in log-odds" in out
+    assert (f"falloff    layer 3, cosine distance, {falloff['n_bins']} equal-count bins (falloff.json); "
+            "slope in log-odds") in out
     for group in stats:
         assert re.search(rf"^  {re.escape(group)} +\S", out, re.M), group
 
