@@ -287,8 +287,9 @@ def test_serve_restarts_a_killed_worker_and_health_says_why_meanwhile(two_tiny, 
                       b"Content-Length: 200000000\r\n\r\n" + b"[" * 65536)
             reply = s.recv(65536)
         head, _, payload = reply.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 413") and b"nosniff" in head
-        assert json.loads(payload)["error"].startswith("body: 200000000 bytes; the limit is")
+        # over LLM_MAPS_MAX_BODY the WSGI server (waitress) refuses it from the header, before the
+        # app (whose JSON 413s cover smaller oversize bodies: tests/test_hostile.py)
+        assert head.startswith(b"HTTP/1.1 413"), head
         assert psutil.Process(serve.pid).memory_info().rss - rss < 30e6
         assert health()[0] == 200
     finally:
