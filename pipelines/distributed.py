@@ -179,14 +179,20 @@ def _encoder(spec: dict):
     return _ENCODERS[key]
 
 
+def _current_plan(dist: Path, fingerprint: str, chunk: int, kind: str) -> dict:
+    """The plan a chunk belongs to; a chunk of a replaced plan (another fingerprint) is stale."""
+    plan = json.loads((dist / PLAN).read_text(encoding="utf-8"))
+    if plan["fingerprint"] != fingerprint:
+        raise LLMMapsError(f"{dist}: the {kind} plan changed; chunk {chunk} is stale")
+    return plan
+
+
 def encode_chunk(*, work: str, chunk: int, fingerprint: str, spec: dict, worker: str = "?") -> dict:
     """Encode one chunk of a distributed build into ``chunk_<i>.npz`` (idempotent). Returns its meta."""
     from pipelines.encode import last_token_states, states_to_fp16
 
     dist = Path(work) / DIST_DIR
-    plan = json.loads((dist / PLAN).read_text(encoding="utf-8"))
-    if plan["fingerprint"] != fingerprint:
-        raise LLMMapsError(f"{dist}: the build plan changed; chunk {chunk} is stale")
+    plan = _current_plan(dist, fingerprint, chunk, "build")
     out = chunk_path(dist, chunk)
     if out.exists():
         with np.load(out) as data:
@@ -330,9 +336,7 @@ def score_chunk(*, work: str, chunk: int, fingerprint: str, worker: str = "?") -
     from pipelines.generate import choice_loglikelihoods_batch, generate
 
     dist = Path(work) / SCORE_DIR
-    plan = json.loads((dist / PLAN).read_text(encoding="utf-8"))
-    if plan["fingerprint"] != fingerprint:
-        raise LLMMapsError(f"{dist}: the score plan changed; chunk {chunk} is stale")
+    plan = _current_plan(dist, fingerprint, chunk, "score")
     out = score_chunk_path(dist, chunk)
     if out.exists():
         return json.loads(out.read_text(encoding="utf-8"))["meta"]
