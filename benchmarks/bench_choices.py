@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _figures import report  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
+
 
 def baseline_choices(loaded, prompts, choices, batch: int = 8):
     """The multiple-choice scorer before issue 21 (examples 8 at a time, sorted by prompt length)."""
@@ -157,11 +159,7 @@ def main(argv=None) -> int:
         figures.update({"baseline_tokens_per_s": round(mc_tokens / base_s, 1),
                         "baseline_examples_per_s": round(len(prompts) / base_s, 2),
                         "speedup": round(base_s / ours_s, 2), "max_abs_logprob_diff": float(np.float32(diff))})
-    width = max(len(k) for k in figures)
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, args.json)
     return 0
 
 

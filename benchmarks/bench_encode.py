@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _figures import report  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
+
 
 def matmul_peak(device: str, dtype, seconds: float = 3.0, n: int = 2048) -> float:
     import torch
@@ -115,11 +117,7 @@ def main(argv=None) -> int:
         "speedup": round(batched_tps / naive_tps, 2),
         "batched_mfu": round(flops / batched_s / peak, 3), "naive_mfu": round(naive_flops / naive_s / peak, 3),
     }
-    width = max(len(k) for k in figures)
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, args.json)
     return 0
 
 

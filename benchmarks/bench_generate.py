@@ -30,6 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _figures import report  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
+
 
 def baseline_generate(loaded, prompts, *, max_new_tokens=64, stop_strings=(), hidden_layer=None, on_token=None):
     """The generator before issue 21 (greedy path, verbatim apart from the ``cache=`` keyword)."""
@@ -268,11 +270,7 @@ def main(argv=None) -> int:
         figures["compiled_vs_ours"] = round(ours_s / comp_s, 2)
         figures["compiled_identical"] = f"{sum(c.token_ids == o.token_ids for c, o in zip(compiled, ours))}/{len(ours)}"
 
-    width = max(len(k) for k in figures)
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, args.json)
     return 0
 
 
