@@ -273,12 +273,13 @@ def serve(runs=(), data_dirs=(), *, host: str = "127.0.0.1", port: int = 8050, a
     app = create_app(list(runs), list(data_dirs), auth=auth, warm=True, prefix=prefix)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" notes under load
     try:
-        from dashboard.hardening import max_body
+        from dashboard.hardening import json_error_server, max_body
 
         # waitress reads a request's whole body before the app sees it (spooled to a file): a body
         # over the cap must be refused by waitress itself, from its Content-Length, with a 413
         server = create_server(app.server, host=host, port=port, threads=threads, ident="llm-maps",
                                max_request_body_size=max_body())
+        json_error_server(server)
     except OSError as exc:
         from llm_maps.errors import LLMMapsError
 

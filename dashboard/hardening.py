@@ -7,6 +7,8 @@
 * Security headers: ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: SAMEORIGIN`` and
   ``Content-Security-Policy: frame-ancestors 'self'`` (no framing by other sites).
 * HTTP errors under the API's prefix (and the app's own JSON routes) answered as JSON.
+* The WSGI server's own errors (waitress answers a body over LLM_MAPS_MAX_BODY from its
+  ``Content-Length`` and malformed requests before the app runs) are JSON too: ``json_error_server``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,45 @@ SECURITY_HEADERS = {
 
 def max_body() -> int:
     return int(os.environ.get("LLM_MAPS_MAX_BODY", str(2 * 1024 * 1024)))
+
+
+def json_error_server(server) -> None:
+    """Make waitress's own error responses (413 over ``max_request_body_size``, 400 bad request,
+    431 headers too large...) a JSON body ``{"error": ...}`` with the security headers, like the
+    app's, instead of waitress's plain text. Works on a server from ``waitress.create_server``
+    (one listener or several)."""
+    import json
+
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JSONErrorTask(ErrorTask):
+        def execute(self) -> None:
+            e = self.request.error
+            if e.code == 413:
+                limit = self.channel.server.adj.max_request_body_size
+                length = getattr(self.request, "content_length", 0) or 0
+                message = (f"body: {length} bytes; the limit is {limit} bytes" if length
+                           else f"body: over the limit; the limit is {limit} bytes")
+            else:
+                message = f"{e.reason}: {e.body}".strip()
+            body = json.dumps({"error": message}).encode("utf-8")
+            self.status = f"{e.code} {e.reason}"
+            self.response_headers.extend([("Content-Type", "application/json"),
+                                          *SECURITY_HEADERS.items()])
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JSONErrorChannel(HTTPChannel):
+        error_task_class = JSONErrorTask
+
+    from waitress.server import BaseWSGIServer
+
+    listeners = [server] if isinstance(server, BaseWSGIServer) else \
+        [s for s in (getattr(server, "map", None) or {}).values() if isinstance(s, BaseWSGIServer)]
+    for listener in listeners:
+        listener.channel_class = JSONErrorChannel
 
 
 def install_hardening(server, prefix: str = "/") -> None:

@@ -330,3 +330,49 @@ def test_broken_runs_are_reported_naming_the_file_by_the_api_the_runs_page_and_t
     # fixed files are seen at once
     np.save(layer_file(short, 2), enc)
     assert {r["run"]: r["ok"] for r in client.get("/api/runs").get_json()["runs"]}["short"] is True
+
+
+@pytest.mark.parametrize("listen", [{"host": "127.0.0.1", "port": 0}, {"listen": "127.0.0.1:0 127.0.0.1:0"}])
+def test_the_wsgi_servers_own_errors_are_json(listen):
+    """Bodies over LLM_MAPS_MAX_BODY never reach the app: waitress answers them from the header,
+    and malformed requests too. Those answers are JSON with the security headers, like the app's,
+    on one listener and on several."""
+    import socket
+    import threading
+
+    from waitress.server import create_server
+
+    from dashboard.hardening import json_error_server
+
+    def app(environ, start_response):  # never reached by the requests below
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"app"]
+
+    server = create_server(app, max_request_body_size=1000, **listen)
+    json_error_server(server)
+    ports = ([server.effective_port] if hasattr(server, "effective_port")
+             else [port for _, port in server.effective_listen])
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def ask(port, raw):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(raw)
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        return head.decode().lower(), json.loads(payload)
+
+    try:
+        for port in ports:
+            head, body = ask(port, b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"[" * 100)
+            assert head.startswith("http/1.1 413 request entity too large"), head
+            assert "content-type: application/json" in head and "x-content-type-options: nosniff" in head
+            assert body == {"error": "body: 5000 bytes; the limit is 1000 bytes"}
+            head, body = ask(port, b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+            assert head.startswith("http/1.1 400 bad request"), head
+            assert body["error"].startswith("Bad Request: ") and "content-length" in body["error"].lower()
+    finally:
+        server.close()
+        thread.join(timeout=10)

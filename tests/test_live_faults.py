@@ -288,8 +288,11 @@ def test_serve_restarts_a_killed_worker_and_health_says_why_meanwhile(two_tiny, 
             reply = s.recv(65536)
         head, _, payload = reply.partition(b"\r\n\r\n")
         # over LLM_MAPS_MAX_BODY the WSGI server (waitress) refuses it from the header, before the
-        # app (whose JSON 413s cover smaller oversize bodies: tests/test_hostile.py)
+        # app (whose JSON 413s cover smaller oversize bodies: tests/test_hostile.py), in the same JSON
         assert head.startswith(b"HTTP/1.1 413"), head
+        assert b"content-type: application/json" in head.lower() and b"x-content-type-options: nosniff" in head.lower()
+        limit = int(os.environ.get("LLM_MAPS_MAX_BODY", str(2 * 1024 * 1024)))
+        assert json.loads(payload) == {"error": f"body: 200000000 bytes; the limit is {limit} bytes"}
         assert psutil.Process(serve.pid).memory_info().rss - rss < 30e6
         assert health()[0] == 200
     finally:
