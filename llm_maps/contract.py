@@ -199,6 +199,31 @@ class ScoringInfo(TypedDict, total=False):
                                                   "null: none ran, e.g. --generate never)"]
 
 
+class ConditionInfo(TypedDict, total=False):
+    kind: Annotated[str, "direct | cot | neighbours"]
+    k: Annotated[int, "neighbours:K: demonstrations per prompt"]
+    cue: Annotated[str, "cot: the cue after the prompt"]
+    max_new_tokens: Annotated[int | str, "generation budget (cot: --cot-max-new-tokens; direct: as scored)"]
+    extraction: Annotated[str, "how the scored answer is taken from the output (EXTRACTION_RULES)"]
+    examples: Annotated[int, "examples scored under this condition"]
+    n_tasks: Annotated[int, "their tasks"]
+    accuracy: Annotated[float | None, "fraction correct among them"]
+    seconds: Annotated[float, "generation + scoring time of the last run that scored it"]
+    tokens: Annotated[int, "tokens generated then"]
+    tokens_per_second: Annotated[float, "their rate"]
+    created: Annotated[str, "ISO time (UTC) it was last scored"]
+
+
+class ConditionsInfo(TypedDict, total=False):
+    file: Annotated[str, "conditions.parquet"]
+    conditions: Annotated[dict[str, ConditionInfo], "condition name (direct, cot, neighbours:3) -> settings"]
+    limit_per_task: Annotated[int | None, "at most this many test examples per task were scored (null: all)"]
+    split: Annotated[str, "the split scored (test)"]
+    layer: Annotated[int, "layer of dist_to_train and the path distances (the run's default layer)"]
+    metric: Annotated[str, "distance metric of those (the run's)"]
+    atlas: Annotated[bool, "path distances were measured against the token atlas"]
+
+
 class HistoryEntry(TypedDict):
     """One stage run on this run folder (see "Stage history" in docs/run-folder.md)."""
 
@@ -260,6 +285,7 @@ class Manifest(ManifestRequired, total=False):
                                                        "default_layer, pooling, path, sources, projection, neighbours"]
     token_atlas: Annotated[dict[str, Any], "the token atlas: tokens, examples, train_examples, sampled, "
                                           "max_tokens, seed, layers, map_layer, path, file, projection (the token map)"]
+    conditions: Annotated[ConditionsInfo, "conditions.parquet: the conditions scored (llm_maps/conditions.py)"]
     # New manifest keys go here (NotRequired), with their meaning; then regenerate the doc tables.
 
 
@@ -346,6 +372,45 @@ COLUMNS: dict[str, Column] = {
 # JSON strings); the contract test allows those only when the source had them.
 
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(name for name, c in COLUMNS.items() if c.required)
+
+# ================================================================================ conditions.parquet
+
+CONDITION_COLUMNS: dict[str, Column] = {
+    "example_id": Column("string", "the example (examples.parquet's example_id)", True, "score --conditions"),
+    "condition": Column("string", "direct | cot | neighbours:K", True, "score --conditions"),
+    "prompt": Column("string", "the exact text given to the tokenizer under this condition", True,
+                     "score --conditions"),
+    "output": Column("string?", "the model's output (multiple choice under direct --mc-output choice: the "
+                                "chosen option)", True, "score --conditions"),
+    "answer": Column("string?", "what was scored: the output (direct, neighbours) or the answer extracted from "
+                                "the reasoning (cot)", True, "score --conditions"),
+    "extraction": Column("string", "rule that gave the answer: output, answer_is, last_line, last_number, "
+                                   "choice_after_reasoning, empty", True, "score --conditions"),
+    "metric": Column("string?", "metric the score was computed with (the example's, as `score` chose it)", True,
+                     "score --conditions"),
+    "score": Column("float?", "score in [0, 1] (null: no reference)", True, "score --conditions"),
+    "correct": Column("bool?", "score >= the run's threshold of its metric (null: unscored)", True,
+                      "score --conditions"),
+    "n_tokens": Column("int?", "tokens generated (null: none, e.g. multiple choice scored by log-likelihood)", True,
+                       "score --conditions"),
+    "mean_logprob": Column("float?", "mean log-probability of the generated tokens", True, "score --conditions"),
+    "stop_reason": Column("string?", "why generation stopped (eos, stop_string, length)", False,
+                          "score --conditions"),
+    "choice_logprobs": Column("list[float]?", "log-likelihood of each choice (multiple choice; cot: after the "
+                                              "reasoning)", False, "score --conditions"),
+    "dist_to_train": Column("float", "distance of this condition's prompt (its last-token state at the default "
+                                     "layer, as build encodes prompts) to the nearest train example, in the run's "
+                                     "metric", True, "score --conditions"),
+    "path_dists": Column("list[float]?", "with a token atlas: each generated token's state's distance to the "
+                                         "nearest atlas state (null without an atlas)", False, "score --conditions"),
+    "path_mean_dist": Column("float?", "mean of path_dists (null without an atlas or output)", True,
+                             "score --conditions"),
+    "path_max_dist": Column("float?", "the largest of path_dists: the step farthest from any training "
+                                      "response", True, "score --conditions"),
+    "path_x": Column("list[float]?", "each generated token on the token map (null without an atlas)", False,
+                     "score --conditions"),
+    "path_y": Column("list[float]?", "y on the token map", False, "score --conditions"),
+}
 MANIFEST_KEYS: tuple[str, ...] = tuple(ManifestRequired.__annotations__)
 
 # ================================================================================ falloff.json
@@ -728,6 +793,7 @@ MANIFEST_SECTIONS.update({
     "sources[]": SourceInfo, "counts": Counts, "encoding": EncodingInfo, "encoding.distributed": DistributedInfo,
     "neighbours": NeighboursInfo, "scoring": ScoringInfo, "scoring.generation": GenerationInfo,
     "scoring.per_task{}": LmevalTaskInfo, "scoring.first_token": FirstTokenInfo, "history[]": HistoryEntry,
+    "conditions": ConditionsInfo, "conditions.conditions{}": ConditionInfo,
 })
 
 # ================================================================================ checking values
@@ -841,16 +907,17 @@ def table(td: Any) -> str:
     return "\n".join(rows)
 
 
-def columns_table() -> str:
+def columns_table(columns: dict[str, Column] | None = None) -> str:
     rows = ["| column | type | required | written by | meaning |", "|---|---|---|---|---|"]
-    for name, c in COLUMNS.items():
+    for name, c in (COLUMNS if columns is None else columns).items():
         rows.append(f"| `{name}` | {_cell(c.dtype)} | {'yes' if c.required else ''} | {c.stage} | {_cell(c.meaning)} |")
     return "\n".join(rows)
 
 
 def generated_blocks() -> dict[str, str]:
     """name -> Markdown of every generated block of docs/run-folder.md."""
-    blocks = {"manifest": table(Manifest), "columns": columns_table()}
+    blocks = {"manifest": table(Manifest), "columns": columns_table(),
+              "conditions.parquet": columns_table(CONDITION_COLUMNS)}
     for name, td in MANIFEST_SECTIONS.items():
         blocks[f"manifest.{name}"] = table(td)
     for name, td in JSON_FILES.items():

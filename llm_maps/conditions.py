@@ -1,0 +1,392 @@
+"""Conditions: the same test examples asked in other ways, torch-free (read by the dashboard too).
+
+A *condition* is how a test example's prompt is put to the model:
+
+* ``direct``: the run's own prompt (what ``llm-maps score`` scored; examples.parquet keeps it);
+* ``cot``: the prompt followed by a chain-of-thought cue (default ``Let's think step by step.``),
+  a larger token budget, and the final answer extracted from the reasoning by a stated rule
+  (``extract_answer``; multiple choice: the choice with the highest log-likelihood as a
+  continuation of the reasoning plus ``So the answer is``, as lm-eval does for its CoT variants);
+* ``neighbours:K``: the K nearest *training* examples (by the run's distance, nearest first: the
+  run's ``nn_train_ids``) prepended as demonstrations (prompt + reference in the template's
+  format) before the example's own prompt.
+
+``pipelines/conditions.py`` generates and scores them into ``conditions.parquet`` (one row per
+example and condition, ``direct`` included so the file compares conditions on its own); this
+module reads that file and summarises it: accuracy per domain and condition with task-clustered
+intervals, the paired difference of two conditions (McNemar's test on the discordant pairs, and a
+task-clustered interval of the accuracy difference), and the falloff slope per condition on the
+Findings distance scale (``llm_maps.findings``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import LLMMapsError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .runfolder import Run
+
+CONDITIONS_FILE = "conditions.parquet"
+DIRECT, COT, NEIGHBOURS = "direct", "cot", "neighbours"
+DEFAULT_COT_CUE = "Let's think step by step."
+DEFAULT_COT_MAX_NEW_TOKENS = 256
+MC_COT_SUFFIX = "\nSo the answer is "  # a CoT output + this, then each choice (lm-eval's CoT multiple choice)
+EXTRACTION_RULES = {
+    "output": "direct: the output as generated (multiple choice: the choice with the highest log-likelihood)",
+    "answer_is": "the text after the last 'the answer is', to the end of its line, without trailing punctuation",
+    "last_line": "no 'the answer is': the last non-empty line",
+    "last_number": "numeric reference: the first number after the last 'the answer is', else the last number",
+    "choice_after_reasoning": "multiple choice: the choice with the highest log-likelihood after the reasoning "
+                              "plus 'So the answer is'",
+    "empty": "the output is empty",
+}
+OUTCOMES = ("helped", "hurt", "both right", "both wrong")
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str  # as written on the command line and stored: direct, cot, neighbours:3
+    kind: str  # direct | cot | neighbours
+    k: int = 0  # neighbours:K
+
+
+def parse_conditions(text: str | Sequence[str] | None) -> list[Condition]:
+    """``direct,cot,neighbours:3`` -> conditions, in order, without repeats."""
+    parts = text.split(",") if isinstance(text, str) else list(text or [])
+    out: list[Condition] = []
+    for raw in parts:
+        name = str(raw).strip()
+        if not name:
+            continue
+        kind, sep, arg = name.partition(":")
+        if kind in (DIRECT, COT) and not sep:
+            cond = Condition(name, kind)
+        elif kind == NEIGHBOURS and sep:
+            try:
+                k = int(arg)
+            except ValueError:
+                k = 0
+            if k < 1 or str(k) != arg.strip():
+                raise LLMMapsError(f"--conditions: '{name}': K of neighbours:K must be a whole number >= 1")
+            cond = Condition(f"{NEIGHBOURS}:{k}", NEIGHBOURS, k)
+        else:
+            raise LLMMapsError(f"--conditions: unknown condition '{name}' (direct, cot, neighbours:K)")
+        if cond.name not in [c.name for c in out]:
+            out.append(cond)
+    if not out:
+        raise LLMMapsError("--conditions: give at least one of direct, cot, neighbours:K")
+    return out
+
+
+# --- answer extraction (cot) -----------------------------------------------------------------------
+
+_ANSWER_IS = re.compile(r"answer\s+is\b\s*[:\-]?\s*", re.IGNORECASE)
+_NUMBER = re.compile(r"[-−]?\d[\d,]*(?:\.\d+)?|[-−]?\.\d+")
+_NUMERIC = re.compile(r"^\s*[-−]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)\s*\.?\s*$")
+_TRIM = " \t\"'`*_.,;:!)("
+
+
+def is_numeric(reference: Any) -> bool:
+    """A reference that is one number (``42``, ``-3.5``, ``1,024``): scored by the last number rule."""
+    return reference is not None and bool(_NUMERIC.match(str(reference)))
+
+
+def _number(text: str) -> str:
+    return text.replace(",", "").replace("−", "-").rstrip(".")
+
+
+def extract_answer(output: str | None, *, numeric: bool = False) -> tuple[str, str]:
+    """(answer, rule) of a chain-of-thought output; the rules are ``EXTRACTION_RULES``."""
+    text = (output or "").strip()
+    if not text:
+        return "", "empty"
+    hits = list(_ANSWER_IS.finditer(text))
+    after = text[hits[-1].end():].split("\n", 1)[0] if hits else None
+    if numeric:
+        if after is not None and (m := _NUMBER.search(after)):
+            return _number(m.group()), "last_number"
+        nums = _NUMBER.findall(text)
+        if nums:
+            return _number(nums[-1]), "last_number"
+    if after is not None:
+        answer = after.strip().strip(_TRIM).strip()
+        if answer:
+            return answer, "answer_is"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1], "last_line"
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def has_conditions(manifest: Mapping[str, Any]) -> bool:
+    return bool((manifest.get("conditions") or {}).get("conditions"))
+
+
+def read_conditions(run_dir: str | Path) -> pd.DataFrame | None:
+    """RUN/conditions.parquet, or None when the run has none; required columns checked."""
+    import pandas as pd
+
+    from .contract import CONDITION_COLUMNS
+
+    path = Path(run_dir) / CONDITIONS_FILE
+    if not path.exists():
+        return None
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+        raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
+    for name, col in CONDITION_COLUMNS.items():
+        if col.required and name not in frame.columns:
+            raise LLMMapsError(f"{path}, field '{name}': required column missing")
+    return frame
+
+
+def with_examples(run: Run, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """conditions.parquet joined with the examples' ``row``, ``split``, ``task``, ``domain`` and
+    ``example_dist`` (the example's own distance to train, ``dist_to_train`` of examples.parquet:
+    the distance falloff and findings use for every condition, so conditions share one x)."""
+    import pandas as pd
+
+    cond = read_conditions(run.path) if frame is None else frame
+    if cond is None:
+        raise LLMMapsError(f"{run.path / CONDITIONS_FILE}: missing (run `llm-maps score {run.path} "
+                           "--conditions direct,cot` first)")
+    ex = run.examples
+    info = pd.DataFrame({"example_id": ex["example_id"].astype(str).to_numpy(), "row": np.arange(len(ex)),
+                         "split": ex["split"].astype(str).to_numpy(), "task": ex["task"].astype(str).to_numpy(),
+                         "domain": ex["domain"].astype(str).to_numpy(),
+                         "example_dist": ex["dist_to_train"].to_numpy(dtype=float, na_value=np.nan)})
+    out = cond.assign(example_id=cond["example_id"].astype(str)).merge(info, on="example_id", how="left",
+                                                                      validate="many_to_one")
+    unknown = out["row"].isna()
+    if unknown.any():
+        raise LLMMapsError(f"{run.path / CONDITIONS_FILE}, row {int(np.flatnonzero(unknown)[0]) + 1}, field "
+                           f"'example_id': '{out['example_id'][unknown].iloc[0]}' is not in examples.parquet")
+    out["row"] = out["row"].astype(int)
+    return out
+
+
+def condition_names(frame: pd.DataFrame) -> list[str]:
+    """Stored conditions, direct first, then in the order first seen."""
+    names = list(dict.fromkeys(frame["condition"].astype(str)))
+    return sorted(names, key=lambda n: (n != DIRECT, names.index(n)))
+
+
+def paired(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """One row per example scored under both ``a`` and ``b``: example columns plus ``correct_a``,
+    ``correct_b`` and ``outcome`` (helped: b right where a was wrong; hurt; both right; both wrong)."""
+    keep = ["example_id", "row", "split", "task", "domain", "example_dist"]
+    keep = [c for c in keep if c in frame.columns]
+    scored = frame[frame["correct"].notna()]
+    left = scored[scored["condition"] == a][keep + ["correct"]].rename(columns={"correct": "correct_a"})
+    right = scored[scored["condition"] == b][["example_id", "correct"]].rename(columns={"correct": "correct_b"})
+    both = left.merge(right, on="example_id", how="inner")
+    both["correct_a"] = both["correct_a"].astype(bool)
+    both["correct_b"] = both["correct_b"].astype(bool)
+    both["outcome"] = outcomes(both["correct_a"].to_numpy(), both["correct_b"].to_numpy())
+    return both.sort_values("row").reset_index(drop=True)
+
+
+def outcomes(correct_a: np.ndarray, correct_b: np.ndarray) -> np.ndarray:
+    """helped / hurt / both right / both wrong of condition b against condition a, per example."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    return np.where(a & b, "both right", np.where(~a & ~b, "both wrong", np.where(b, "helped", "hurt")))
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+def mcnemar(*, b: int, c: int, exact: bool | None = None) -> dict[str, Any]:
+    """McNemar's test of a paired 2x2 table from its discordant counts ``b`` (right under the first
+    condition only) and ``c`` (right under the second only), as statsmodels computes it: exact
+    (two-sided binomial on min(b, c) of b + c, p capped at 1) or the chi-square with continuity
+    correction, (|b - c| - 1)^2 / (b + c) on 1 df. ``exact=None``: exact when b + c < 25."""
+    from scipy import stats
+
+    n = int(b) + int(c)
+    exact = n < 25 if exact is None else bool(exact)
+    if n == 0:
+        return {"b": int(b), "c": int(c), "exact": exact, "statistic": 0.0 if exact else None, "p_value": 1.0}
+    if exact:
+        statistic = float(min(b, c))
+        p = float(min(1.0, 2.0 * stats.binom.cdf(statistic, n, 0.5)))
+    else:
+        statistic = float((abs(b - c) - 1.0) ** 2 / n)
+        p = float(stats.chi2.sf(statistic, 1))
+    return {"b": int(b), "c": int(c), "exact": exact, "statistic": statistic, "p_value": p}
+
+
+def _task_boot(task: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """[B, n] row weights: tasks resampled with replacement (tasks are the unit of independence)."""
+    from .findings import task_resample_counts
+
+    names, codes = np.unique(task, return_inverse=True)
+    counts = task_resample_counts(n_tasks=len(names), n_boot=n_boot, rng=np.random.default_rng(seed))
+    weights: np.ndarray = counts[:, codes]
+    return weights
+
+
+def _percentile_interval(values: np.ndarray) -> tuple[float | None, float | None]:
+    v = values[np.isfinite(values)]
+    if len(v) < 10:
+        return None, None
+    lo, hi = np.percentile(v, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def accuracy_with_interval(correct: np.ndarray, task: np.ndarray, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Accuracy with a task-clustered bootstrap 95 % interval (None with fewer than 2 tasks) and the
+    Wilson interval (examples as independent) beside it."""
+    from .falloff import wilson_interval
+
+    y = np.asarray(correct, dtype=float)
+    n, k = len(y), int(y.sum())
+    n_tasks = len(set(task.tolist()))
+    lo = hi = None
+    if n_tasks >= 2:
+        w = _task_boot(task, n_boot, seed)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lo, hi = _percentile_interval((w @ y) / w.sum(axis=1))
+    wlo, whi = wilson_interval(k, n)
+    return {"n": n, "n_tasks": n_tasks, "correct": k, "accuracy": k / n if n else None, "low": lo, "high": hi,
+            "wilson_low": wlo, "wilson_high": whi}
+
+
+def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, task: np.ndarray, *, n_boot: int,
+                      seed: int) -> dict[str, Any]:
+    """Accuracy of b minus accuracy of a on the same examples: the difference, a task-clustered
+    bootstrap 95 % interval, McNemar's test and a verdict ("supported" only when the interval
+    excludes 0 and McNemar's p < 0.05)."""
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    n = len(a)
+    n_tasks = len(set(task.tolist()))
+    diff = float(b.mean() - a.mean()) if n else None
+    lo = hi = None
+    if n_tasks >= 2:
+        w = _task_boot(task, n_boot, seed)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lo, hi = _percentile_interval((w @ (b.astype(float) - a.astype(float))) / w.sum(axis=1))
+    test = mcnemar(b=int((a & ~b).sum()), c=int((~a & b).sum()))
+    table = {"both_right": int((a & b).sum()), "a_only": int((a & ~b).sum()), "b_only": int((~a & b).sum()),
+             "both_wrong": int((~a & ~b).sum())}
+    if lo is None or hi is None:
+        verdict = f"not supported: {n_tasks} task{'s' if n_tasks != 1 else ''} (a task-clustered interval needs 2)"
+    elif (lo > 0 or hi < 0) and test["p_value"] < 0.05:
+        verdict = "supported: " + ("helps" if lo > 0 else "hurts")
+    else:
+        verdict = "not supported: the interval includes 0" if lo <= 0 <= hi else \
+            f"not supported: McNemar p = {test['p_value']:.3g}"
+    return {"n": n, "n_tasks": n_tasks, "diff": diff, "low": lo, "high": hi, "table": table, "mcnemar": test,
+            "verdict": verdict}
+
+
+def summarize(frame: pd.DataFrame, *, baseline: str | None = None, split: str = "test", n_boot: int = 2000,
+              seed: int = 0, contrast: Sequence[str] = ("Chollet", "Reasoning"),
+              slopes: bool = True) -> dict[str, Any]:
+    """The `llm-maps conditions` summary of ``with_examples(run)``: per domain and condition the
+    accuracy (task-clustered interval); per domain each condition against ``baseline`` (default
+    direct, else the first) on the examples scored under both; per condition the falloff slope per
+    domain and the Chollet - Reasoning contrast on the Findings scale (percentile of the example's
+    distance among the compared examples). JSON-ready."""
+    from .findings import UNIT, compute_findings
+
+    frame = frame[(frame["split"] == split) & frame["correct"].notna()]
+    if frame.empty:
+        raise LLMMapsError(f"{CONDITIONS_FILE}: no scored {split} examples under any condition")
+    names = condition_names(frame)
+    baseline = baseline or (DIRECT if DIRECT in names else names[0])
+    if baseline not in names:
+        raise LLMMapsError(f"--baseline: '{baseline}' is not scored in this run (conditions: {', '.join(names)})")
+    domains = sorted(frame["domain"].astype(str).unique())
+    acc: list[dict[str, Any]] = []
+    for dom in domains:
+        for name in names:
+            sub = frame[(frame["domain"] == dom) & (frame["condition"] == name)]
+            if len(sub):
+                acc.append({"domain": dom, "condition": name,
+                            **accuracy_with_interval(sub["correct"].to_numpy(dtype=bool),
+                                                     sub["task"].astype(str).to_numpy(), n_boot=n_boot, seed=seed)})
+    pairs: list[dict[str, Any]] = []
+    for name in names:
+        if name == baseline:
+            continue
+        both = paired(frame, baseline, name)
+        for dom in domains + ["all"]:
+            sub = both if dom == "all" else both[both["domain"] == dom]
+            if len(sub):
+                pairs.append({"domain": dom, "a": baseline, "b": name,
+                              **paired_difference(sub["correct_a"].to_numpy(), sub["correct_b"].to_numpy(),
+                                                  sub["task"].astype(str).to_numpy(), n_boot=n_boot, seed=seed)})
+    falloff: list[dict[str, Any]] = []
+    if slopes:
+        common = set.intersection(*(set(frame.loc[frame["condition"] == n, "example_id"]) for n in names))
+        for name in names:
+            sub = frame[(frame["condition"] == name) & frame["example_id"].isin(common)].sort_values("row")
+            entry: dict[str, Any] = {"condition": name, "n": len(sub)}
+            try:
+                res = compute_findings(distance=sub["example_dist"].to_numpy(dtype=float),
+                                       correct=sub["correct"].astype(bool).tolist(),
+                                       domain=sub["domain"].tolist(), task=sub["task"].tolist(),
+                                       contrast=tuple(contrast), n_boot=n_boot, seed=seed, n_bins=5,
+                                       where=f"{CONDITIONS_FILE} ({name})")
+                entry.update({"domains": {d: {k: st[k] for k in ("n", "n_tasks", "accuracy", "slope", "slope_low",
+                                                                 "slope_high")}
+                                          for d, st in res["domains"].items()},
+                              "contrast": res["contrast"], "verdict": res["verdict"]})
+            except LLMMapsError as exc:
+                entry["error"] = str(exc)
+            falloff.append(entry)
+    return {"split": split, "baseline": baseline, "conditions": names, "n_examples": int(frame["example_id"].nunique()),
+            "n_tasks": int(frame["task"].nunique()), "accuracy": acc, "paired": pairs, "falloff": falloff,
+            "unit": {"accuracy": "fraction of examples correct", "diff": "accuracy of b minus accuracy of a on the "
+                     "examples scored under both (a = the baseline)", "slope": UNIT},
+            "interval": (f"95 % percentile interval of a task-clustered bootstrap (tasks resampled with replacement), "
+                         f"B = {n_boot}, seed {seed}; McNemar's test on the discordant examples (exact binomial when "
+                         "fewer than 25, else chi-square with continuity correction)")}
+
+
+def _f(v: float | None, spec: str = ".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def format_summary(s: Mapping[str, Any]) -> str:
+    """The summary as the text `llm-maps conditions` prints."""
+    lines = [f"conditions ({s['split']}): {', '.join(s['conditions'])}; {s['n_examples']} examples in "
+             f"{s['n_tasks']} tasks", "", "accuracy per domain and condition (95% task-clustered interval):",
+             f"  {'domain':<12} {'condition':<14} {'n':>5} {'tasks':>5} {'acc':>5}  interval"]
+    for r in s["accuracy"]:
+        lines.append(f"  {r['domain']:<12} {r['condition']:<14} {r['n']:>5} {r['n_tasks']:>5} {_f(r['accuracy']):>5}  "
+                     f"[{_f(r['low'])}, {_f(r['high'])}]")
+    if s["paired"]:
+        lines += ["", f"paired difference against {s['baseline']} (accuracy of b - a on the same examples):",
+                  f"  {'domain':<12} {'b':<14} {'n':>5} {'tasks':>5} {'diff':>6}  {'interval':<16} {'b only':>6} "
+                  f"{'a only':>6} {'McNemar p':>9}  verdict"]
+        for r in s["paired"]:
+            lines.append(f"  {r['domain']:<12} {r['b']:<14} {r['n']:>5} {r['n_tasks']:>5} {_f(r['diff'], '+.2f'):>6}  "
+                         f"{'[' + _f(r['low'], '+.2f') + ', ' + _f(r['high'], '+.2f') + ']':<16} "
+                         f"{r['table']['b_only']:>6} {r['table']['a_only']:>6} {_f(r['mcnemar']['p_value'], '.3g'):>9}"
+                         f"  {r['verdict']}")
+    if s["falloff"]:
+        lines += ["", "falloff slope per condition (log-odds per unit distance percentile, 95% task-clustered "
+                      "interval; the examples scored under every condition):"]
+        for r in s["falloff"]:
+            if "error" in r:
+                lines.append(f"  {r['condition']:<14} not computed: {r['error']}")
+                continue
+            parts = [f"{d} {_f(st['slope'])} [{_f(st['slope_low'])}, {_f(st['slope_high'])}] ({st['n_tasks']} tasks)"
+                     for d, st in r["domains"].items()]
+            lines.append(f"  {r['condition']:<14} " + "; ".join(parts))
+            lines.append(f"  {'':<14} {r['verdict']}")
+    lines += ["", f"({s['interval']})"]
+    return "\n".join(lines)
+
