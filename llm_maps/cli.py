@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import (DATA, DISTANCES, MODEL, OUTPUT, PROJECTION, SCALE_OUT, SPLIT, VIEWS, BuildConfig,
                      add_arguments, config_values, from_args, parse_layers)
+from .conditions import DEFAULT_COT_CUE, DEFAULT_COT_MAX_NEW_TOKENS
 from .errors import LLMMapsError
 
 if TYPE_CHECKING:
@@ -115,16 +116,66 @@ def cmd_score(args: argparse.Namespace) -> int:
     from pipelines.build import summarize_run
     from pipelines.score import score_run
 
-    result = score_run(args.run, splits=[s.strip() for s in args.splits.split(",") if s.strip()],
-                       generate=args.generate, metric=args.metric, thresholds=args.threshold,
-                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                       seed=args.seed, batch_size=args.batch_size, mc_output=args.mc_output,
-                       dtype=args.dtype, device=args.device, distributed=args.distributed,
-                       chunk_size=args.chunk_size, progress=not args.no_progress,
-                       log=lambda m: print(m, file=sys.stderr))
+    if args.conditions:
+        return _score_conditions(args)
+    result = score_run(args.run, **_score_args(args))
     print(summarize_run(args.run))
     print("metrics    " + ", ".join(f"{m}: {n}" for m, n in result["by_metric"].items())
           + f" (thresholds: {', '.join(f'{m} {t:g}' for m, t in result['thresholds'].items())})")
+    return 0
+
+
+def _score_args(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(splits=[s.strip() for s in args.splits.split(",") if s.strip()], generate=args.generate,
+                metric=args.metric, thresholds=args.threshold, max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                mc_output=args.mc_output, dtype=args.dtype, device=args.device, distributed=args.distributed,
+                chunk_size=args.chunk_size, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+
+
+def _score_conditions(args: argparse.Namespace) -> int:
+    """`score RUN --conditions ...`: today's scoring first when the run has none (or --generate
+    always), then every other condition; already scored (example, condition) rows are skipped."""
+    from llm_maps.conditions import format_summary, parse_conditions, summarize, with_examples
+    from llm_maps.runfolder import Run, read_manifest
+    from pipelines.conditions import score_conditions
+    from pipelines.score import score_run
+
+    conds = parse_conditions(args.conditions)  # a bad list fails before any model is loaded
+    if args.distributed:
+        raise LLMMapsError("--conditions with --distributed: not supported; conditions run in this process")
+    if "direct" in [c.name for c in conds] and (args.generate == "always" or not read_manifest(args.run).get("scoring")):
+        score_run(args.run, **_score_args(args))
+    score_conditions(args.run, conditions=[c.name for c in conds], cot_cue=args.cot_cue,
+                     cot_max_new_tokens=args.cot_max_new_tokens, limit_per_task=args.limit_per_task,
+                     tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
+                     rescore=args.rescore or args.generate == "always", batch_size=args.batch_size,
+                     dtype=args.dtype, device=args.device, progress=not args.no_progress,
+                     log=lambda m: print(m, file=sys.stderr))
+    try:
+        print(format_summary(summarize(with_examples(Run(args.run)), n_boot=1000, slopes=False)))
+    except LLMMapsError as exc:
+        print(f"summary: {exc}")
+    return 0
+
+
+def cmd_conditions(args: argparse.Namespace) -> int:
+    import json
+
+    from llm_maps.conditions import format_summary, summarize, with_examples
+    from llm_maps.runfolder import Run
+
+    contrast = [c.strip() for c in args.contrast.split(",")] if args.contrast else ["Chollet", "Reasoning"]
+    summary = summarize(with_examples(Run(args.run)), baseline=args.baseline, n_boot=args.bootstrap, seed=args.seed,
+                        contrast=contrast)
+    if args.json == "-":
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(format_summary(summary))
+    if args.json:
+        from llm_maps.runfolder import write_json_atomic
+
+        write_json_atomic(args.json, summary)
     return 0
 
 
@@ -132,7 +183,8 @@ def cmd_falloff(args: argparse.Namespace) -> int:
     from pipelines.falloff_run import falloff_run, format_falloff
 
     result = falloff_run(args.run, n_bins=args.bins, layers=args.layers,
-                         metrics=[m.strip() for m in args.metrics.split(",") if m.strip()], split=args.split)
+                         metrics=[m.strip() for m in args.metrics.split(",") if m.strip()], split=args.split,
+                         condition=args.condition)
     print(format_falloff(result))
     return 0
 
@@ -144,7 +196,8 @@ def cmd_findings(args: argparse.Namespace) -> int:
     contrast = [c.strip() for c in args.contrast.split(",")] if args.contrast else None
     result = findings_run(args.run, layer=args.layer, metric=args.metric, view=args.view, centred=args.centred,
                           contrast=contrast, n_boot=args.bootstrap, seed=args.seed, split=args.split,
-                          robustness=not args.no_robustness, progress=not args.no_progress)
+                          robustness=not args.no_robustness, progress=not args.no_progress,
+                          condition=args.condition)
     print(format_findings(result))
     if args.json:
         write_json_atomic(args.json, result)
@@ -438,10 +491,39 @@ def make_parser() -> argparse.ArgumentParser:
                    help="generate and score in chunks on the `llm-maps worker` processes of REDIS_URL (they must "
                         "reach RUN_DIR); the result equals a single-process score")
     p.add_argument("--chunk-size", type=int, default=512, help="rows per distributed chunk (default 512)")
+    g = p.add_argument_group("conditions", "the test set asked in other ways, into conditions.parquet "
+                                           "(llm_maps/conditions.py; `llm-maps conditions RUN` summarises)")
+    g.add_argument("--conditions", default=None, metavar="LIST",
+                   help="comma-separated: direct (today's scoring; run first when the run has none), cot (a "
+                        "chain-of-thought cue, the answer extracted from the reasoning), neighbours:K (the K "
+                        "nearest train examples as demonstrations); e.g. direct,cot,neighbours:3")
+    g.add_argument("--cot-cue", default=DEFAULT_COT_CUE, help=f"chain-of-thought cue (default {DEFAULT_COT_CUE!r})")
+    g.add_argument("--cot-max-new-tokens", type=int, default=DEFAULT_COT_MAX_NEW_TOKENS,
+                   help=f"token budget of a chain of thought (default {DEFAULT_COT_MAX_NEW_TOKENS})")
+    g.add_argument("--limit-per-task", type=int, default=None, metavar="N",
+                   help="score only the first N test examples of each task (the same rows for every condition)")
+    g.add_argument("--tasks", default=None, metavar="T1,T2", help="score only these tasks' test examples")
+    g.add_argument("--rescore", action="store_true",
+                   help="score (example, condition) rows already in conditions.parquet again")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("conditions", help="accuracy per domain and condition, paired differences, falloff slopes",
+                       description="From conditions.parquet (`llm-maps score RUN --conditions ...`): accuracy per "
+                                   "domain and condition with task-clustered 95%% intervals; each condition against "
+                                   "the baseline on the same examples (difference with a task-clustered interval, "
+                                   "McNemar's test, a verdict); the falloff slope per condition and domain on the "
+                                   "Findings distance scale.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--baseline", default=None, help="condition the others are compared with (default direct)")
+    p.add_argument("--contrast", default=None, metavar="A,B", help="domains of the slope contrast "
+                                                                   "(default Chollet,Reasoning)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="B", help="bootstrap replicates (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the summary to FILE ('-': print JSON only)")
+    p.set_defaults(func=cmd_conditions)
 
     p = sub.add_parser("falloff", help="accuracy vs distance to train, per domain (writes falloff.json)",
                        description="Equal-count distance bins with Wilson 95%% intervals and a logistic trend, per "
@@ -451,6 +533,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_layers, default=None, help="stored layers (default: all)")
     p.add_argument("--metrics", default="cosine,euclidean")
     p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--condition", default=None, help="correctness under this condition of conditions.parquet "
+                                                     "(cot, neighbours:3, ...; printed, falloff.json is left as it is)")
     p.set_defaults(func=cmd_falloff)
 
     p = sub.add_parser("findings", help="does accuracy fall off more steeply in one domain? (writes findings.json)",
@@ -473,6 +557,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-robustness", action="store_true", help="skip the table over layers, metrics and views")
+    p.add_argument("--condition", default=None, help="correctness under this condition of conditions.parquet "
+                                                     "(cot, neighbours:3, ...; printed and --json, findings.json "
+                                                     "is left as it is)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_findings)
 

@@ -390,3 +390,18 @@ def format_summary(s: Mapping[str, Any]) -> str:
     lines += ["", f"({s['interval']})"]
     return "\n".join(lines)
 
+
+
+def condition_rows(run: Run, condition: str, split: str = "test") -> tuple[np.ndarray, list[Any]]:
+    """(rows of examples.parquet, their correct under ``condition``): what falloff and findings use
+    with ``--condition`` (the example's own distance stays the x)."""
+    import pandas as pd
+
+    frame = with_examples(run)
+    names = condition_names(frame)
+    if condition not in names:
+        raise LLMMapsError(f"--condition: '{condition}' is not in {run.path / CONDITIONS_FILE} "
+                           f"(conditions: {', '.join(names)})")
+    sub = frame[(frame["condition"] == condition) & (frame["split"] == split)].sort_values("row")
+    correct = [None if pd.isna(v) else bool(v) for v in sub["correct"].astype(object)]
+    return sub["row"].to_numpy(dtype=np.int64), correct

@@ -218,6 +218,7 @@ class ConditionsInfo(TypedDict, total=False):
     file: Annotated[str, "conditions.parquet"]
     conditions: Annotated[dict[str, ConditionInfo], "condition name (direct, cot, neighbours:3) -> settings"]
     limit_per_task: Annotated[int | None, "at most this many test examples per task were scored (null: all)"]
+    tasks: Annotated[list[str] | None, "only these tasks were scored (null: every task)"]
     split: Annotated[str, "the split scored (test)"]
     layer: Annotated[int, "layer of dist_to_train and the path distances (the run's default layer)"]
     metric: Annotated[str, "distance metric of those (the run's)"]
@@ -644,7 +645,12 @@ class RobustnessRow(TypedDict):
     supported: Annotated[bool, "the interval excludes 0"]
 
 
-class FindingsFile(TypedDict):
+class _FindingsOptional(TypedDict, total=False):
+    condition: Annotated[str, "the condition of conditions.parquet whose correctness was analysed (`findings "
+                              "--condition`; absent: examples.parquet's, i.e. direct)"]
+
+
+class FindingsFile(_FindingsOptional):
     format_version: Annotated[int, "findings.json format (1)"]
     split: Annotated[str, "rows analysed (test)"]
     layer: Annotated[int, "stored layer of the distances"]

@@ -599,7 +599,7 @@ def variant_distances(run: Run, *, rows: np.ndarray, layer: int, metric: str, vi
 def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str | None = None, view: str = "prompt",
                  centred: bool = False, contrast: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0,
                  split: str = "test", robustness: bool = True, write: bool = True, progress: bool = True,
-                 run: Run | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
+                 run: Run | None = None, notes: Sequence[str] = (), condition: str | None = None) -> dict[str, Any]:
     """Findings of a run (``llm-maps findings``): the chosen variant in full and, with
     ``robustness``, the contrast for every stored layer x metric x view x raw/centred. Written to
     RUN/findings.json (atomically) when ``write``. ``notes``: caveats to show with the numbers."""
@@ -619,9 +619,16 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
     if len(contrast) != 2:
         raise LLMMapsError(f"--contrast: give two domains as A,B, got {','.join(contrast)!r}")
     rows = np.flatnonzero((frame["split"] == split).to_numpy())
-    if frame["correct"].iloc[rows].notna().sum() == 0:
+    if condition is not None:  # correctness under a condition; the distances stay the examples' own
+        from .conditions import CONDITIONS_FILE, condition_rows
+
+        rows, correct = condition_rows(run, condition, split)
+        where = f"{run.path / CONDITIONS_FILE} ({condition})"
+        write = False  # findings.json stays the run's direct findings
+    elif frame["correct"].iloc[rows].notna().sum() == 0:
         raise LLMMapsError(f"{where}, field 'correct': no scored {split} examples (run `llm-maps score {run.path}` first)")
-    correct = frame["correct"].astype("boolean").to_numpy(dtype=object, na_value=None)[rows]
+    else:
+        correct = list(frame["correct"].astype("boolean").to_numpy(dtype=object, na_value=None)[rows])
     domain = frame["domain"].astype(str).to_numpy()[rows]
     task = frame["task"].astype(str).to_numpy()[rows]
     first = {c: frame[c].to_numpy(dtype=float, na_value=np.nan)[rows] for c in FIRST_TOKEN_COLUMNS if c in frame.columns}
@@ -629,7 +636,8 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
     result = compute_findings(distance=dist, correct=correct, domain=domain, task=task, contrast=contrast,
                               n_boot=n_boot, seed=seed, first_token=first or None, where=where)
     out = {"format_version": FORMAT_VERSION, "split": split, "layer": layer, "metric": metric, "view": view,
-           "centred": bool(centred), "model": run.manifest.get("model"), **result}
+           "centred": bool(centred), "model": run.manifest.get("model"), **result,
+           **({"condition": condition} if condition is not None else {})}
     out["notes"] = list(notes) + out.get("notes", [])
     if not first:
         out["notes"].append("first-token statistics (first_entropy, first_top_prob, first_kl_to_mean) "
@@ -686,7 +694,7 @@ def format_findings(result: dict[str, Any]) -> str:
     def f(v: float | None, s: str = ".2f") -> str:
         return "-" if v is None else format(v, s)
 
-    lines = [f"findings ({result['split']}, layer {result['layer']}, {result['metric']}, view {result['view']}"
+    lines = [f"findings ({result['split']}{', condition ' + result['condition'] if result.get('condition') else ''}, layer {result['layer']}, {result['metric']}, view {result['view']}"
              f"{', centred' if result.get('centred') else ''}): {result['n_test']} scored examples in "
              f"{result['n_tasks']} tasks", "", result["verdict"], ""]
     if result.get("domains"):

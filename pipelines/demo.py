@@ -80,9 +80,52 @@ def score_demo(out: Path, *, progress: bool = True) -> None:
         findings_run(out, progress=progress, notes=[DEMO_NOTE])
     except LLMMapsError as exc:  # e.g. a domain with one task: the statistics say why, the demo goes on
         print(f"findings: not computed: {exc}", file=sys.stderr)
+    score_demo_conditions(out, progress=progress)
 
 
-STAGES = ("encode", "project", "neighbours", "generate", "choices", "falloff")
+# Conditions in the demo: direct and chain of thought on the first DEMO_COT_PER_TASK test examples
+# of every generated-answer task (multiple-choice tasks are scored by log-likelihood, without
+# generation, and stay direct), so the whole demo keeps its time budget.
+DEMO_COT_PER_TASK = 6
+DEMO_COT_MAX_NEW_TOKENS = 96
+
+
+def demo_cot_tasks(out: Path) -> list[str]:
+    import pandas as pd
+
+    frame = pd.read_parquet(out / "examples.parquet", columns=["split", "task", "metric"])
+    test = frame[(frame["split"] == "test") & frame["metric"].notna()]
+    return sorted(test.loc[test["metric"] != "mc", "task"].astype(str).unique())
+
+
+def score_demo_conditions(out: Path, *, progress: bool = True) -> None:
+    """direct and cot on the demo's fixed subset (DEMO_COT_PER_TASK per generated-answer task)."""
+    from pipelines.conditions import score_conditions
+
+    tasks = demo_cot_tasks(out)
+    if not tasks:
+        return
+    print(f"scoring direct and chain of thought on {DEMO_COT_PER_TASK} test examples of each of {len(tasks)} "
+          "generated-answer tasks...", file=sys.stderr)
+    score_conditions(out, conditions="direct,cot", tasks=tasks, limit_per_task=DEMO_COT_PER_TASK,
+                     cot_max_new_tokens=DEMO_COT_MAX_NEW_TOKENS, progress=progress,
+                     log=lambda m: print(m, file=sys.stderr))
+
+
+def conditions_table(out: Path) -> str | None:
+    """The demo's per-domain conditions table (accuracy per condition, cot - direct with McNemar)."""
+    from llm_maps.conditions import format_summary, read_conditions, summarize, with_examples
+    from llm_maps.runfolder import Run
+
+    if read_conditions(out) is None:
+        return None
+    try:
+        return format_summary(summarize(with_examples(Run(out)), n_boot=1000, slopes=False))
+    except LLMMapsError as exc:
+        return f"conditions: {exc}"
+
+
+STAGES = ("encode", "project", "neighbours", "generate", "choices", "falloff", "conditions")
 
 
 def stage_times(run_dir: Path) -> dict[str, float]:
@@ -95,7 +138,10 @@ def stage_times(run_dir: Path) -> dict[str, float]:
              "project": (m.get("projection") or {}).get("seconds"),
              "neighbours": (m.get("neighbours") or {}).get("seconds"),
              "generate": (scoring.get("generation") or {}).get("seconds"),
-             "choices": (scoring.get("choices") or {}).get("seconds")}
+             "choices": (scoring.get("choices") or {}).get("seconds"),
+             "conditions": sum(float(c.get("seconds") or 0) for name, c in
+                               ((m.get("conditions") or {}).get("conditions") or {}).items() if name != "direct")
+             if (m.get("conditions") or {}).get("conditions") else None}
     path = Path(run_dir) / FALLOFF_FILE
     if path.exists():
         found["falloff"] = json.loads(path.read_text(encoding="utf-8")).get("seconds")
@@ -122,7 +168,12 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
     if rebuild or "scoring" not in read_manifest(out) or not (out / FALLOFF_FILE).exists() \
             or not (out / FINDINGS_FILE).exists():
         score_demo(out, progress=progress)
+    elif "conditions" not in read_manifest(out):  # a demo run from before conditions
+        score_demo_conditions(out, progress=progress)
     print(summarize_run(out), flush=True)
+    table = conditions_table(out)
+    if table:
+        print(table, flush=True)
     print(format_stage_times(stage_times(out)), flush=True)
     if not serve:
         return 0

@@ -294,3 +294,26 @@ def encode_one(loaded, prompt: str, *, layers: Sequence[int], add_eos: bool = Fa
     states = last_token_states(loaded.model, ids, list(layers), pad_id=pad_token_id(loaded.tokenizer),
                                device=loaded.device)
     return {k: v[0] for k, v in states.items()}
+
+
+def encode_prompts(loaded, prompts: Sequence[str], *, layers: Sequence[int], add_eos: bool = False,
+                   max_length: int | None = None, batch_tokens: int | None = None, max_batch: int | None = None,
+                   progress: bool = False, desc: str = "encode") -> dict[int, np.ndarray]:
+    """The build's encodings of ``prompts`` in memory: {layer: float16 [N, H]} (same tokenisation,
+    truncation, pooling and fp16 rounding as ``encode_to_folder``), in length-sorted batches."""
+    from tqdm.auto import tqdm
+
+    layers = list(layers)
+    ids, _ = tokenize_prompts(loaded.tokenizer, prompts, add_eos=add_eos, max_length=max_length)
+    hidden = int(loaded.model.config.hidden_size)
+    out = {k: np.zeros((len(ids), hidden), dtype=np.float16) for k in layers}
+    batch_tokens, max_batch = batch_limits(loaded.device, batch_tokens, max_batch)
+    pad = pad_token_id(loaded.tokenizer)
+    with tqdm(total=len(ids), unit="prompt", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+        for rows in plan_batches([len(s) for s in ids], batch_tokens=batch_tokens, max_batch=max_batch):
+            half, _ = states_to_fp16(last_token_states(loaded.model, [ids[i] for i in rows], layers, pad_id=pad,
+                                                       device=loaded.device))
+            for k, arr in half.items():
+                out[k][rows] = arr
+            bar.update(len(rows))
+    return out

@@ -81,58 +81,14 @@ class RunSession:
     def _load_atlas(self, ex) -> None:
         """The token atlas of the map layer (when the run has one): generated tokens are measured
         against it and placed on the token map (fitted on train prompts + atlas tokens)."""
-        from llm_maps.atlas import has_atlas, load_atlas, read_tokens
-        from pipelines.nearest import StateIndex
-        from pipelines.project import Projection
+        from pipelines.nearest import TokenAtlas
 
-        self.atlas = None
-        info = self.manifest.get("token_atlas") or {}
-        if not has_atlas(self.manifest) or self.layer not in [int(k) for k in info.get("layers", [])] \
-                or not info.get("projection"):
-            return
-        tokens = read_tokens(self.run.path, self.manifest)
-        states = load_atlas(self.run.path, self.manifest, self.layer)  # [T, H] float16, memory-mapped
-        proj = Projection.load(self.run.path / info["projection"]["path"])
-        n = len(ex)
-        fit_rows = np.asarray(proj.fit_rows, dtype=np.int64)
-        prompt_fit = fit_rows[fit_rows < n]  # train prompts in the token map's fit set
-        enc = self.run.encodings(self.layer)
-        # index rows: [atlas tokens (T) | fitted prompts]; where each sits in the projection's fit set
-        where = np.full(int(n + len(tokens)), -1, dtype=np.int64)
-        where[fit_rows] = np.arange(len(fit_rows))
-        to_fit = np.concatenate([where[n + np.arange(len(tokens))], where[prompt_fit]])
-        self.atlas = {"tokens": tokens, "ids": tokens["example_id"].astype(str).to_numpy(),
-                      "positions": tokens["position"].to_numpy(), "texts": tokens["token_text"].astype(str).to_numpy(),
-                      "n": len(tokens), "projection": proj, "to_fit": to_fit,
-                      "index": StateIndex([states, np.asarray(enc[prompt_fit], dtype=np.float16)], metric=self.metric)}
-
-    def _token_map(self, state: np.ndarray, rows: np.ndarray, dists: np.ndarray) -> np.ndarray:
-        """Position [2] of ``state`` on the token map, given its nearest index rows (UMAP) ."""
-        proj = self.atlas["projection"]
-        if proj.method == "pca":
-            return proj.transform(state[None, :])[0]
-        k = min(int(proj.params["n_neighbors"]), len(proj.embedding))
-        from pipelines.project import _smooth_knn_weights
-
-        fit = self.atlas["to_fit"][rows[:k]]
-        w = _smooth_knn_weights(dists[None, :k])
-        w = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
-        return (w[0][:, None] * proj.embedding[fit].astype(np.float64)).sum(axis=0)
+        self.atlas = TokenAtlas.of(self.run, self.layer)
 
     def atlas_step(self, state: np.ndarray) -> dict:
         """For one (fp16-rounded) state: distance to the nearest atlas state, that training step
         (example, position, token and its context) and the position on the token map."""
-        a = self.atlas
-        proj = a["projection"]
-        k = 1 if proj.method == "pca" else min(int(proj.params["n_neighbors"]), len(proj.embedding))
-        dists, rows = a["index"].search(state, k=k, every=True)
-        first = int(np.flatnonzero(rows < a["n"])[0])  # the nearest atlas token (always a candidate)
-        row = int(rows[first])
-        before, tok, after = _context(a, row)
-        xy = self._token_map(state, rows, dists)
-        return {"dist": float(dists[first]), "x": float(xy[0]), "y": float(xy[1]),
-                "nearest": {"example_id": str(a["ids"][row]), "position": int(a["positions"][row]),
-                            "token_text": tok, "before": before, "after": after}}
+        return self.atlas.step(state)
 
     # ------------------------------------------------------------------ pieces
     def prompt_for(self, instruction: str, context: str = "") -> str:
@@ -241,17 +197,6 @@ class RunSession:
         result["reference"] = "atlas" if self.atlas is not None else "prompts"
         result.update(path_summary(tokens, result["dist_to_train"], atlas=self.atlas is not None))
         return result
-
-
-def _context(atlas: dict, row: int, before: int = 6, after: int = 2) -> tuple[str, str, str]:
-    """(text before, token, text after) of atlas row ``row`` within its training reference."""
-    ids, texts = atlas["ids"], atlas["texts"]
-    lo, hi = row, row
-    while lo > 0 and ids[lo - 1] == ids[row] and row - lo < before:
-        lo -= 1
-    while hi + 1 < len(ids) and ids[hi + 1] == ids[row] and hi - row < after:
-        hi += 1
-    return "".join(texts[lo:row]), str(texts[row]), "".join(texts[row + 1:hi + 1])
 
 
 def path_summary(tokens: list[dict], start_dist: float, *, atlas: bool = False) -> dict:

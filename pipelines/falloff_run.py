@@ -16,14 +16,22 @@ from llm_maps.neighbours import nearest_train
 
 
 def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] | None = None,
-                metrics: Sequence[str] = ("cosine", "euclidean"), split: str = "test") -> dict:
+                metrics: Sequence[str] = ("cosine", "euclidean"), split: str = "test",
+                condition: str | None = None) -> dict:
+    """``condition``: correctness under that condition of conditions.parquet (the examples scored
+    under it; the distance stays the example's own); the result is returned, falloff.json (the
+    run's direct falloff) is left as it is."""
     import time
 
     start = time.perf_counter()
     run = Run(run_dir)
     frame = run.examples
     manifest = run.manifest
-    if frame["correct"].notna().sum() == 0:
+    if condition is not None:
+        from llm_maps.conditions import condition_rows
+
+        cond_rows, cond_correct = condition_rows(run, condition, split)
+    if condition is None and frame["correct"].notna().sum() == 0:
         raise LLMMapsError(f"{run.path / EXAMPLES}, field 'correct': no scored examples (run `llm-maps score` first)")
     if n_bins < 1:
         raise LLMMapsError(f"--bins: must be >= 1, got {n_bins}")
@@ -34,6 +42,10 @@ def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] |
     is_train = (frame["split"] == "train").to_numpy()
     rows = (frame["split"] == split).to_numpy()
     correct = frame["correct"].astype("boolean").to_numpy(dtype=object, na_value=None)[rows]
+    if condition is not None:
+        rows = np.zeros(len(frame), dtype=bool)
+        rows[cond_rows] = True
+        correct = np.array(cond_correct, dtype=object)  # cond_rows are sorted, as rows' True entries
     domains = frame["domain"].to_numpy()[rows]
     default_metric = manifest.get("distance_metric", "cosine")
     variants = []
@@ -52,6 +64,8 @@ def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] |
            "correct_threshold": (manifest.get("scoring") or {}).get("thresholds"),
            "default_layer": run.default_layer, "default_metric": default_metric, "variants": variants,
            "seconds": round(time.perf_counter() - start, 2)}
+    if condition is not None:
+        return {**out, "condition": condition}
     write_json_atomic(run.path / FALLOFF_FILE, out)
     append_history(run.path, history_entry(
         "falloff", {"n_bins": n_bins, "layers": [int(k) for k in layers], "metrics": list(metrics), "split": split},
@@ -69,7 +83,9 @@ def format_falloff(result: dict, *, all_variants: bool = True) -> str:
     """The default variant as a table per domain, then the trend slope of every variant."""
     lines = []
     default = next((v for v in result["variants"] if v["default"]), result["variants"][0])
-    lines.append(f"accuracy vs distance to train ({result['split']}, layer {default['layer']}, "
+    lines.append(f"accuracy vs distance to train ({result['split']}"
+                 + (f", condition {result['condition']}" if result.get("condition") else "")
+                 + f", layer {default['layer']}, "
                  f"{default['metric']}, {result['n_bins']} equal-count bins, 95% Wilson intervals)")
     for group, st in default["stats"].items():
         lines.append("")

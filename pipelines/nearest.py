@@ -105,3 +105,113 @@ def _writable(arr: np.ndarray) -> np.ndarray:
     if isinstance(arr, np.memmap) and arr.filename:
         return np.load(arr.filename, mmap_mode="c")
     return np.array(arr)
+
+
+class TokenAtlas:
+    """A run's token atlas at one layer, loaded for measuring generated tokens against it.
+
+    Every state is measured against the atlas (the nearest training response step) and placed on
+    the token map (fitted on the train prompts' encodings followed by the atlas tokens). ``step``
+    answers one state at a time (the playground, token by token: ``StateIndex``, no copy of the
+    memory-mapped atlas); ``steps`` answers many at once (``llm-maps score --conditions``: exact
+    chunked matrix products, ``llm_maps.neighbours.knn``). Both give the same nearest rows (up to
+    exact ties) and the same map position rule: UMAP's fuzzy weights of the ``n_neighbors`` nearest
+    fitted points, or the PCA's linear map."""
+
+    def __init__(self, run, layer: int):
+        from llm_maps.atlas import load_atlas, read_tokens
+        from pipelines.project import Projection
+
+        m = run.manifest
+        info = m.get("token_atlas") or {}
+        ex = run.examples
+        self.metric = m.get("distance_metric", "cosine")
+        self.tokens = read_tokens(run.path, m)
+        self.states = load_atlas(run.path, m, layer)  # [T, H] float16, memory-mapped
+        self.projection = Projection.load(run.path / info["projection"]["path"])
+        n = len(ex)
+        fit_rows = np.asarray(self.projection.fit_rows, dtype=np.int64)
+        prompt_fit = fit_rows[fit_rows < n]  # train prompts in the token map's fit set
+        self.prompt_states = np.asarray(run.encodings(layer)[prompt_fit], dtype=np.float16)
+        # index rows: [atlas tokens (T) | fitted prompts]; where each sits in the projection's fit set
+        where = np.full(int(n + len(self.tokens)), -1, dtype=np.int64)
+        where[fit_rows] = np.arange(len(fit_rows))
+        self.to_fit = np.concatenate([where[n + np.arange(len(self.tokens))], where[prompt_fit]])
+        self.ids = self.tokens["example_id"].astype(str).to_numpy()
+        self.positions = self.tokens["position"].to_numpy()
+        self.texts = self.tokens["token_text"].astype(str).to_numpy()
+        self.n = len(self.tokens)
+        self._index: StateIndex | None = None
+
+    @classmethod
+    def of(cls, run, layer: int) -> "TokenAtlas | None":
+        """The run's atlas at ``layer``, or None when it has none there (or no token map)."""
+        from llm_maps.atlas import has_atlas
+
+        info = run.manifest.get("token_atlas") or {}
+        if not has_atlas(run.manifest) or int(layer) not in [int(k) for k in info.get("layers", [])] \
+                or not info.get("projection"):
+            return None
+        return cls(run, layer)
+
+    @property
+    def index(self) -> StateIndex:
+        if self._index is None:
+            self._index = StateIndex([self.states, self.prompt_states], metric=self.metric)
+        return self._index
+
+    @property
+    def n_neighbors(self) -> int:
+        return 1 if self.projection.method == "pca" else min(int(self.projection.params["n_neighbors"]),
+                                                              len(self.projection.embedding))
+
+    def _map(self, states: np.ndarray, rows: np.ndarray, dists: np.ndarray) -> np.ndarray:
+        """Positions [M, 2] of ``states`` [M, H] on the token map, given their nearest index rows
+        and distances [M, >= n_neighbors] (sorted)."""
+        proj = self.projection
+        if proj.method == "pca":
+            return proj.transform(states)
+        from pipelines.project import _smooth_knn_weights
+
+        k = self.n_neighbors
+        w = _smooth_knn_weights(dists[:, :k])
+        w = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
+        emb = proj.embedding.astype(np.float64)
+        return np.einsum("mk,mkd->md", w, emb[self.to_fit[rows[:, :k]]])
+
+    def context(self, row: int, before: int = 6, after: int = 2) -> tuple[str, str, str]:
+        """(text before, token, text after) of atlas row ``row`` within its training reference."""
+        ids, texts = self.ids, self.texts
+        lo, hi = row, row
+        while lo > 0 and ids[lo - 1] == ids[row] and row - lo < before:
+            lo -= 1
+        while hi + 1 < len(ids) and ids[hi + 1] == ids[row] and hi - row < after:
+            hi += 1
+        return "".join(texts[lo:row]), str(texts[row]), "".join(texts[row + 1:hi + 1])
+
+    def step(self, state: np.ndarray) -> dict:
+        """For one (fp16-rounded) state: distance to the nearest atlas state, that training step
+        (example, position, token and its context) and the position on the token map."""
+        dists, rows = self.index.search(state, k=self.n_neighbors, every=True)
+        first = int(np.flatnonzero(rows < self.n)[0])  # the nearest atlas token (always a candidate)
+        row = int(rows[first])
+        before, tok, after = self.context(row)
+        xy = self._map(np.asarray(state, dtype=np.float64)[None, :], rows[None, :], dists[None, :])[0]
+        return {"dist": float(dists[first]), "x": float(xy[0]), "y": float(xy[1]),
+                "nearest": {"example_id": str(self.ids[row]), "position": int(self.positions[row]),
+                            "token_text": tok, "before": before, "after": after}}
+
+    def steps(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For states [M, H] (fp16-rounded): (distance to the nearest atlas state [M], that atlas
+        row [M], position on the token map [M, 2]), exact, in chunks."""
+        from llm_maps.neighbours import knn
+
+        states = np.asarray(states, dtype=np.float32)
+        if not len(states):
+            return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros((0, 2))
+        dist, row = knn(states, self.states, k=1, metric=self.metric)
+        if self.projection.method == "pca":
+            return dist[:, 0], row[:, 0], self.projection.transform(states)
+        base = np.concatenate([np.asarray(self.states), self.prompt_states])
+        nd, nr = knn(states, base, k=self.n_neighbors, metric=self.metric)
+        return dist[:, 0], row[:, 0], self._map(states, nr, nd)

@@ -58,6 +58,37 @@ class PromptTemplate:
         return self.template.format(instruction=instruction, context=context,
                                     context_block=f"\n\n{context}" if context else "")
 
+    def render_with_demonstrations(self, demos, instruction: str, context: str | None = "", *,
+                                   tokenizer=None) -> str:
+        """The prompt of (instruction, context) preceded by demonstrations, each an (instruction,
+        context, reference) rendered in this template's format and answered by its reference:
+        ``chat``: user/assistant turns of the tokenizer's chat template; ``dolly``: each block's
+        response then ``### End``; ``redpajama``: ``<human>:``/``<bot>:`` turns; ``plain``: each
+        prompt, a blank line, its reference, a blank line; user templates: each rendered prompt
+        directly followed by its reference and a blank line. Instructions and contexts
+        are used verbatim (as ``render`` uses them)."""
+        demos = list(demos)
+        if self.name == "chat":
+            if tokenizer is None:
+                raise LLMMapsError("template 'chat' needs the model's tokenizer")
+            messages = []
+            for d_instr, d_ctx, d_ref in demos:
+                d_ctx = (d_ctx or "").strip()
+                user = f"{d_instr.strip()}\n\n{d_ctx}" if d_ctx else d_instr.strip()
+                messages += [{"role": "user", "content": user}, {"role": "assistant", "content": str(d_ref).strip()}]
+            context = (context or "").strip()
+            user = f"{instruction.strip()}\n\n{context}" if context else instruction.strip()
+            messages.append({"role": "user", "content": user})
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if self.name == "dolly":
+            shots = "".join(f"{self.render(i, c)}{str(r).strip()}\n\n{DOLLY_END_KEY}\n\n" for i, c, r in demos)
+        elif self.name == "redpajama":
+            shots = "".join(f"{self.render(i, c)} {str(r).strip()}\n" for i, c, r in demos)
+        else:  # plain: the answer after a blank line; a user template ends where the answer starts
+            gap = "\n\n" if self.name == "plain" else ""
+            shots = "".join(f"{self.render(i, c)}{gap}{str(r).strip()}\n\n" for i, c, r in demos)
+        return shots + self.render(instruction, context, tokenizer=tokenizer)
+
     def describe(self) -> dict:
         out = {"name": self.name, "stop_strings": list(self.stop_strings)}
         if self.template is not None:

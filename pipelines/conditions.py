@@ -1,0 +1,445 @@
+"""`llm-maps score RUN --conditions direct,cot,neighbours:3`: the test set under other conditions.
+
+For each requested condition and each selected test example (``--limit-per-task N``: the first N
+of each task, in row order, the same rows for every condition), build the conditioned prompt
+(``llm_maps.conditions`` says how), generate with the run's one generator (greedy, continuous
+batching, ``pipelines.score.generate_outputs``), take the answer (CoT: ``extract_answer``;
+multiple choice: the choice log-likelihoods of ``pipelines.score.choice_scores``), score it with
+the example's metric and the run's thresholds, encode the conditioned prompt as build encodes
+prompts (its own distance to train) and, with a token atlas, measure every generated token's
+state against the atlas (``TokenAtlas.steps``). ``direct`` rows are what ``score`` stored.
+
+Rows already in conditions.parquet are skipped unless ``rescore``; the file and then the manifest
+are rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from llm_maps.conditions import (CONDITIONS_FILE, COT, DEFAULT_COT_CUE, DEFAULT_COT_MAX_NEW_TOKENS, DIRECT,
+                                 MC_COT_SUFFIX, Condition, extract_answer, is_numeric, parse_conditions,
+                                 read_conditions)
+from llm_maps.errors import LLMMapsError
+from llm_maps.runfolder import EXAMPLES, Run, history_entry, now_iso, with_history, write_json_atomic, \
+    write_parquet_atomic
+from pipelines.metrics import DEFAULT_THRESHOLDS, TEXT_METRIC_FUNCS, metric_for, parse_metric_spec
+from pipelines.score import _choices, _null
+
+COLUMNS = ("example_id", "condition", "prompt", "output", "answer", "extraction", "metric", "score", "correct",
+           "n_tokens", "mean_logprob", "stop_reason", "choice_logprobs", "dist_to_train", "path_dists",
+           "path_mean_dist", "path_max_dist", "path_x", "path_y")
+
+
+def cot_prompt(prompt: str, cue: str) -> str:
+    """The prompt with the chain-of-thought cue as the start of the response."""
+    if not cue:
+        return prompt
+    return prompt + cue if not prompt or prompt[-1].isspace() else f"{prompt} {cue}"
+
+
+def select_rows(frame, *, split: str = "test", limit_per_task: int | None = None,
+                tasks: Sequence[str] | None = None) -> np.ndarray:
+    """Rows of ``split`` with a reference (of ``tasks`` when given); with ``limit_per_task`` the
+    first N of each task (row order)."""
+    refs = frame["reference"]
+    ok = (frame["split"] == split).to_numpy() & np.array([not _null(r) and bool(str(r).strip()) for r in refs])
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(frame["task"].astype(str)))
+        if unknown:
+            raise LLMMapsError(f"--tasks: no task '{unknown[0]}' in the run")
+        ok &= frame["task"].astype(str).isin(list(tasks)).to_numpy()
+    rows = np.flatnonzero(ok)
+    if limit_per_task is not None:
+        if limit_per_task < 1:
+            raise LLMMapsError(f"--limit-per-task: must be >= 1, got {limit_per_task}")
+        rank = frame.iloc[rows].groupby("task", sort=False).cumcount().to_numpy()
+        rows = rows[rank < limit_per_task]
+    return rows
+
+
+def neighbour_prompts(frame, rows: np.ndarray, k: int, template, tokenizer=None) -> list[str]:
+    """The ``neighbours:k`` prompt of each of ``rows``: its k nearest train examples (``nn_train_ids``,
+    nearest first) as demonstrations, then its own instruction and context, in the run's template.
+    A run without instructions (an lm-eval import) uses each stored prompt followed by its reference."""
+    ids = frame["example_id"].astype(str).to_numpy()
+    where = {e: i for i, e in enumerate(ids)}
+    has_text = "instruction" in frame.columns
+    out = []
+    for r in rows:
+        nn = frame["nn_train_ids"].iloc[r]
+        nn = [] if _null(nn) else [str(x) for x in nn]
+        if len(nn) < k:
+            raise LLMMapsError(f"{EXAMPLES}, row {r + 1} ({ids[r]}), field 'nn_train_ids': {len(nn)} neighbours stored, "
+                               f"neighbours:{k} needs {k} (re-run `llm-maps neighbours RUN --k {k}`)")
+        demos = []
+        for e in nn[:k]:
+            j = where.get(e)
+            if j is None:
+                raise LLMMapsError(f"{EXAMPLES}, row {r + 1}, field 'nn_train_ids': '{e}' is not an example of the run")
+            demos.append(j)
+        if has_text:
+            shots = [(str(frame["instruction"].iloc[j]), _text(frame["context"].iloc[j]) if "context" in frame.columns
+                      else "", str(frame["reference"].iloc[j])) for j in demos]
+            ctx = _text(frame["context"].iloc[r]) if "context" in frame.columns else ""
+            out.append(template.render_with_demonstrations(shots, str(frame["instruction"].iloc[r]), ctx,
+                                                           tokenizer=tokenizer))
+        else:
+            shots_text = "".join(f"{frame['prompt'].iloc[j]}{str(frame['reference'].iloc[j]).strip()}\n\n" for j in demos)
+            out.append(shots_text + str(frame["prompt"].iloc[r]))
+    return out
+
+
+def _text(value) -> str:
+    return "" if _null(value) else str(value)
+
+
+def continuation_states(loaded, prompts: Sequence[str], continuations: Sequence[Sequence[int]], *, layer: int,
+                        max_length: int | None) -> list[np.ndarray]:
+    """For each (prompt, generated token ids): the state [n, H] (fp16-rounded) of every generated
+    token at ``layer`` as it is fed back after the prompt (the path a generation takes: what
+    ``generate(hidden_layer=...)`` records), teacher-forced in length-sorted batches. Tokens cut
+    off by ``max_length`` (the last ``max_length`` of prompt + output kept) are absent."""
+    from pipelines.encode import batch_limits, pad_token_id, plan_batches, tokenize_prompts
+    from pipelines.views import states_at
+
+    ids, _ = tokenize_prompts(loaded.tokenizer, prompts)
+    seqs, positions = [], []
+    for p, c in zip(ids, continuations):
+        seq = list(p) + [int(t) for t in c]
+        cut = max(0, len(seq) - max_length) if max_length else 0
+        seqs.append(seq[cut:])
+        positions.append([j - cut for j in range(len(p), len(seq)) if j >= cut])
+    out: list[np.ndarray] = [np.zeros((0, int(loaded.model.config.hidden_size)), dtype=np.float32)] * len(seqs)
+    todo = [i for i, pos in enumerate(positions) if pos]
+    batch_tokens, max_batch = batch_limits(loaded.device)
+    pad = pad_token_id(loaded.tokenizer)
+    for batch in plan_batches([len(seqs[i]) for i in todo], batch_tokens=batch_tokens, max_batch=max_batch):
+        rows = [todo[b] for b in batch]
+        states = states_at(loaded.model, [seqs[i] for i in rows], [positions[i] for i in rows], [layer], pad_id=pad,
+                           device=loaded.device)[layer]
+        for i, s in zip(rows, states):
+            out[i] = s.astype(np.float16).astype(np.float32)
+    return out
+
+
+class _Model:
+    """The run's model, loaded on first use (a run of direct rows without an atlas needs none)."""
+
+    def __init__(self, manifest: dict, dtype: str, device: str, loaded=None):
+        self.manifest, self.dtype, self.device, self._loaded = manifest, dtype, device, loaded
+
+    def __call__(self):
+        if self._loaded is None:
+            from pipelines.models import load_model
+
+            self._loaded = load_model(self.manifest["model"], revision=self.manifest.get("model_revision"),
+                                      dtype=self.dtype, device=self.device)
+        return self._loaded
+
+
+def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "direct,cot",
+                     cot_cue: str = DEFAULT_COT_CUE, cot_max_new_tokens: int = DEFAULT_COT_MAX_NEW_TOKENS,
+                     limit_per_task: int | None = None, tasks: Sequence[str] | None = None,
+                     rescore: bool = False, batch_size: int | None = None,
+                     dtype: str = "auto", device: str = "auto", progress: bool = True, log=print,
+                     loaded=None) -> dict:
+    """Score the run's test examples under ``conditions``; returns the manifest's conditions section."""
+    import pandas as pd
+
+    from pipelines.templates import PromptTemplate
+
+    run_dir = Path(run_dir)
+    run = Run(run_dir)
+    manifest = dict(run.manifest)
+    frame = run.examples.reset_index(drop=True)
+    conds = parse_conditions(conditions)
+    if cot_max_new_tokens < 1:
+        raise LLMMapsError(f"--cot-max-new-tokens: must be >= 1, got {cot_max_new_tokens}")
+    scoring = manifest.get("scoring") or {}
+    if not scoring or "correct" not in frame.columns or frame["correct"].notna().sum() == 0:
+        raise LLMMapsError(f"{run_dir / EXAMPLES}, field 'correct': no scored examples; the direct condition is "
+                           f"`llm-maps score {run_dir}` (run it first, or add direct to --conditions)")
+    k_max = int((manifest.get("neighbours") or {}).get("k", 0) or 0)
+    for c in conds:
+        if c.kind == "neighbours" and k_max and c.k > k_max:
+            raise LLMMapsError(f"--conditions: {c.name} needs {c.k} neighbours but the run stores {k_max} "
+                               f"(re-run `llm-maps neighbours {run_dir} --k {c.k}`)")
+    rows = select_rows(frame, limit_per_task=limit_per_task, tasks=tasks)
+    if not len(rows):
+        raise LLMMapsError(f"{run_dir / EXAMPLES}: no test examples with a reference to score")
+    default, overrides = parse_metric_spec(scoring.get("metric") or "auto")
+    thresholds = {**DEFAULT_THRESHOLDS, **(scoring.get("thresholds") or {})}
+    choices = [_choices(c) for c in (frame["choices"] if "choices" in frame.columns else [None] * len(frame))]
+    stored_metric = frame["metric"].to_numpy(dtype=object) if "metric" in frame.columns else [None] * len(frame)
+    metrics = [str(m) if not _null(m) else metric_for(cat, task, ch is not None, default, overrides)
+               for m, cat, task, ch in zip(stored_metric, frame["category"], frame["task"], choices)]
+    mc_output = scoring.get("mc_output", "generate")
+    layer = run.default_layer
+    metric_name = manifest.get("distance_metric", "cosine")
+    template = PromptTemplate.from_manifest(manifest["prompt_template"])
+    stops = list(template.stop_strings)
+    max_length = manifest.get("max_length")
+    ids = frame["example_id"].astype(str).to_numpy()
+
+    existing = read_conditions(run_dir)
+    done: set[tuple[str, str]] = set()
+    if existing is not None and not rescore:
+        done = set(zip(existing["example_id"].astype(str), existing["condition"].astype(str)))
+    model = _Model(manifest, dtype, device, loaded)
+    from pipelines.nearest import TokenAtlas
+
+    atlas = TokenAtlas.of(run, layer)
+    train_rows = np.flatnonzero((frame["split"] == "train").to_numpy())
+    train_enc = np.asarray(run.encodings(layer)[train_rows], dtype=np.float32)
+
+    budgets = _direct_budgets(scoring, frame)
+    new_parts, infos = [], dict((manifest.get("conditions") or {}).get("conditions") or {})
+    for cond in conds:
+        todo = np.array([r for r in rows if (ids[r], cond.name) not in done], dtype=int)
+        if cond.kind == DIRECT:
+            todo = np.array([r for r in todo if not _null(frame["correct"].iloc[r])], dtype=int)
+        if not len(todo):
+            log(f"{cond.name}: all {len(rows)} selected examples already scored (--rescore to score them again)")
+            continue
+        start = time.perf_counter()
+        part, gen = _score_condition(cond, frame, todo, model=model, template=template, metrics=metrics,
+                                     choices=choices, thresholds=thresholds, mc_output=mc_output, stops=stops,
+                                     budgets=budgets, cot_cue=cot_cue, cot_max_new_tokens=cot_max_new_tokens,
+                                     batch_size=batch_size, max_length=max_length, progress=progress, log=log)
+        # the conditioned prompt's own distance to train (direct: the stored one)
+        if cond.kind == DIRECT:
+            part["dist_to_train"] = frame["dist_to_train"].to_numpy(dtype=float)[todo]
+        else:
+            part["dist_to_train"] = _prompt_distances(model(), part["prompt"], layer=layer, train_enc=train_enc,
+                                                      metric=metric_name, add_eos=bool(manifest.get("add_eos")),
+                                                      max_length=max_length, progress=progress)
+        _add_paths(part, atlas, model, layer=layer, max_length=max_length, log=log)
+        seconds = time.perf_counter() - start
+        table = pd.DataFrame(part)
+        new_parts.append(table)
+        scored = table["correct"].notna()
+        info = {"kind": cond.kind, "examples": int(len(table)),
+                "n_tasks": int(frame["task"].iloc[todo].nunique()),
+                "accuracy": float(table.loc[scored, "correct"].astype(float).mean()) if scored.any() else None,
+                "seconds": round(seconds, 2), "tokens": int(gen.get("tokens", 0)),
+                "tokens_per_second": round(gen.get("tokens", 0) / max(gen.get("seconds", 0.0), 1e-9), 1)
+                if gen.get("tokens") else 0.0, "created": now_iso()}
+        if cond.kind == COT:
+            info.update({"cue": cot_cue, "max_new_tokens": int(cot_max_new_tokens),
+                         "extraction": "extract_answer (last_number for a numeric reference, answer_is, last_line); "
+                                       "multiple choice: choice_after_reasoning"})
+        elif cond.kind == "neighbours":
+            info.update({"k": cond.k, "max_new_tokens": gen.get("max_new_tokens", "as direct"), "extraction": "output"})
+        else:
+            info.update({"max_new_tokens": (scoring.get("generation") or {}).get("max_new_tokens", "as scored"),
+                         "extraction": "output"})
+        infos[cond.name] = info
+        acc = info["accuracy"]
+        log(f"{cond.name}: {len(table)} examples in {info['n_tasks']} tasks scored in {seconds:.1f} s"
+            + (f", accuracy {acc:.3f}" if acc is not None else "")
+            + (f", {gen['tokens']} tokens at {info['tokens_per_second']:.1f} tok/s" if gen.get("tokens") else ""))
+    if not new_parts:
+        return dict(manifest.get("conditions") or {})
+    table = pd.concat(new_parts, ignore_index=True)
+    if existing is not None:
+        replaced = set(zip(table["example_id"], table["condition"]))
+        keep = [(e, c) not in replaced for e, c in zip(existing["example_id"].astype(str),
+                                                       existing["condition"].astype(str))]
+        table = pd.concat([existing[keep], table], ignore_index=True)
+    order = {e: i for i, e in enumerate(ids)}
+    cond_order = {c: i for i, c in enumerate(dict.fromkeys([DIRECT] + list(infos)))}
+    table = table.assign(_r=table["example_id"].map(order), _c=table["condition"].map(lambda c: cond_order.get(c, 99)))
+    table = table.sort_values(["_c", "_r"], kind="stable").drop(columns=["_r", "_c"]).reset_index(drop=True)
+    table = _typed(table)
+    section = {"file": CONDITIONS_FILE, "conditions": infos, "limit_per_task": limit_per_task,
+               "tasks": sorted(set(tasks)) if tasks is not None else None, "split": "test",
+               "layer": layer, "metric": metric_name, "atlas": atlas is not None}
+    entry = history_entry(
+        "conditions", {"conditions": [c.name for c in conds], "cot_cue": cot_cue,
+                       "cot_max_new_tokens": int(cot_max_new_tokens), "limit_per_task": limit_per_task,
+                       "tasks": sorted(set(tasks)) if tasks is not None else None,
+                       "rescore": bool(rescore), "batch_size": batch_size},
+        {"examples": f"{EXAMPLES}:prompt,instruction,context,reference,choices,nn_train_ids,metric,output,correct",
+         "model": manifest["model"], "encodings": f"encodings/layer_{layer}.npy"},
+        [CONDITIONS_FILE, "conditions"])
+    manifest = with_history({**manifest, "conditions": section}, entry)
+    manifest["updated"] = entry["created"]
+    write_parquet_atomic(run_dir / CONDITIONS_FILE, table)
+    write_json_atomic(run_dir / "manifest.json", manifest)
+    return section
+
+
+def _typed(table):
+    """conditions.parquet's columns in contract order with stable Arrow types."""
+    import pandas as pd
+
+    for col in COLUMNS:
+        if col not in table.columns:
+            table[col] = None
+    table = table[list(COLUMNS)].copy()
+    table["example_id"] = table["example_id"].astype(str)
+    for col in ("score", "mean_logprob", "path_mean_dist", "path_max_dist", "dist_to_train"):
+        table[col] = pd.array([None if _null(v) else float(v) for v in table[col]], dtype="Float64")
+    table["correct"] = pd.array([None if _null(v) else bool(v) for v in table["correct"]], dtype="boolean")
+    table["n_tokens"] = pd.array([None if _null(v) else int(v) for v in table["n_tokens"]], dtype="Int64")
+    for col in ("choice_logprobs", "path_dists", "path_x", "path_y"):
+        table[col] = [None if v is None or (not isinstance(v, (list, np.ndarray)) and _null(v))
+                      else [float(x) for x in v] for v in table[col]]
+    return table
+
+
+def _direct_budgets(scoring: dict, frame) -> np.ndarray | int:
+    """Per-row max new tokens as direct generation used them (per-task budgets of --max-new-tokens
+    auto, else its number; 48 when nothing was generated)."""
+    gen = scoring.get("generation") or {}
+    per_task = gen.get("token_budgets")
+    if per_task:
+        floor = int(min(per_task.values()))
+        return np.array([int(per_task.get(t, floor)) for t in frame["task"]], dtype=np.int64)
+    m = gen.get("max_new_tokens", 48)
+    return int(m) if isinstance(m, (int, float)) else 48
+
+
+def _score_condition(cond: Condition, frame, todo: np.ndarray, *, model, template, metrics, choices, thresholds,
+                     mc_output, stops, budgets, cot_cue, cot_max_new_tokens, batch_size, max_length, progress,
+                     log) -> tuple[dict, dict]:
+    """Columns of one condition's rows (without dist_to_train and paths) and generation figures."""
+    from pipelines.score import choice_scores, generate_outputs
+
+    import pandas as pd
+
+    n = len(todo)
+    prompts = frame["prompt"].astype(str).to_numpy()
+    refs = [str(frame["reference"].iloc[r]) for r in todo]
+    row_metrics = [metrics[r] for r in todo]
+    out: dict = {"example_id": [str(frame["example_id"].iloc[r]) for r in todo], "condition": [cond.name] * n,
+                 "metric": row_metrics}
+    gen: dict = {}
+    if cond.kind == DIRECT:
+        outputs = [None if _null(v) else str(v) for v in frame["output"].iloc[todo]]
+        token_ids = _lists(frame, "output_token_ids", todo)
+        lps = _lists(frame, "output_logprobs", todo)
+        out.update({"prompt": [prompts[r] for r in todo], "output": outputs, "answer": outputs,
+                    "extraction": ["output"] * n,
+                    "score": frame["score"].to_numpy(dtype=float, na_value=np.nan)[todo],
+                    "correct": [None if _null(v) else bool(v) for v in frame["correct"].iloc[todo]],
+                    "n_tokens": [None if t is None else len(t) for t in token_ids],
+                    "mean_logprob": [float(np.mean(x)) if x else None for x in lps],
+                    "stop_reason": [None if _null(v) else str(v) for v in
+                                    (frame["stop_reason"].iloc[todo] if "stop_reason" in frame.columns else [None] * n)],
+                    "choice_logprobs": _lists(frame, "choice_logprobs", todo), "_token_ids": token_ids})
+        return out, gen
+
+    loaded = model()
+    if cond.kind == COT:
+        cprompts = [cot_prompt(prompts[r], cot_cue) for r in todo]
+        limits: np.ndarray | int = int(cot_max_new_tokens)
+        generate_rows = np.arange(n)
+    else:
+        cprompts = neighbour_prompts(frame, todo, cond.k, template, tokenizer=loaded.tokenizer)
+        limits = budgets[todo] if isinstance(budgets, np.ndarray) else int(budgets)
+        is_mc = np.array([m == "mc" for m in row_metrics])
+        generate_rows = np.flatnonzero(~is_mc) if mc_output == "choice" else np.arange(n)
+        gen["max_new_tokens"] = "as direct" if isinstance(budgets, np.ndarray) else int(budgets)
+    outputs: list[str | None] = [None] * n
+    token_ids: list[list[int] | None] = [None] * n
+    mean_lp: list[float | None] = [None] * n
+    stop: list[str | None] = [None] * n
+    if len(generate_rows):
+        log(f"{cond.name}: generating {len(generate_rows)} outputs")
+        cols = generate_outputs(loaded, pd.DataFrame({"prompt": cprompts}), generate_rows, stop_strings=stops,
+                                max_new_tokens=limits, temperature=0.0, top_p=1.0, seed=0, batch_size=batch_size,
+                                max_length=max_length, progress=progress)
+        for i in generate_rows:
+            outputs[i] = cols["output"][i]
+            token_ids[i] = list(cols["output_token_ids"][i])
+            lp = cols["output_logprobs"][i]
+            mean_lp[i] = float(np.mean(lp)) if len(lp) else None
+            stop[i] = cols["stop_reason"][i]
+        gen.update({"tokens": int(cols["_tokens"]), "seconds": float(cols["_seconds"])})
+    answers: list[str | None] = list(outputs)
+    extraction = ["output"] * n
+    choice_lps: list[list[float] | None] = [None] * n
+    mc = [i for i in range(n) if row_metrics[i] == "mc"]
+    if mc:
+        if cond.kind == COT:
+            mc_prompts = [f"{cprompts[i]} {outputs[i] or ''}".rstrip() + MC_COT_SUFFIX for i in mc]
+        else:
+            mc_prompts = [cprompts[i] for i in mc]
+        scored = choice_scores(loaded, mc_prompts, [choices[todo[i]] for i in mc], progress=progress)
+        for i, lp in zip(mc, scored):
+            choice_lps[i] = lp
+            pick = choices[todo[i]][int(np.argmax(lp))]
+            answers[i] = pick
+            extraction[i] = "choice_after_reasoning" if cond.kind == COT else "output"
+            if outputs[i] is None:
+                outputs[i] = pick
+    if cond.kind == COT:
+        for i in range(n):
+            if row_metrics[i] != "mc":
+                answers[i], extraction[i] = extract_answer(outputs[i], numeric=is_numeric(refs[i]))
+    scores = np.full(n, np.nan)
+    for i in range(n):
+        if row_metrics[i] == "mc":
+            scores[i] = float(str(answers[i]).strip() == refs[i].strip())
+        elif answers[i] is not None:
+            scores[i] = TEXT_METRIC_FUNCS[row_metrics[i]](str(answers[i]), refs[i])
+    out.update({"prompt": cprompts, "output": outputs, "answer": answers, "extraction": extraction, "score": scores,
+                "correct": [None if np.isnan(s) else bool(s >= thresholds[m]) for s, m in zip(scores, row_metrics)],
+                "n_tokens": [None if t is None else len(t) for t in token_ids], "mean_logprob": mean_lp,
+                "stop_reason": stop, "choice_logprobs": choice_lps, "_token_ids": token_ids})
+    return out, gen
+
+
+def _lists(frame, col: str, rows: np.ndarray) -> list:
+    if col not in frame.columns:
+        return [None] * len(rows)
+    return [None if v is None or (not isinstance(v, (list, np.ndarray)) and _null(v)) else [x for x in v]
+            for v in frame[col].iloc[rows]]
+
+
+def _prompt_distances(loaded, prompts: Sequence[str], *, layer: int, train_enc: np.ndarray, metric: str,
+                      add_eos: bool, max_length: int | None, progress: bool) -> np.ndarray:
+    """Each prompt's distance to the nearest train example, encoded as build encodes prompts."""
+    from llm_maps.neighbours import knn
+    from pipelines.encode import encode_prompts
+
+    enc = encode_prompts(loaded, list(prompts), layers=[layer], add_eos=add_eos, max_length=max_length,
+                         progress=progress, desc="encode prompts")[layer]
+    dist, _ = knn(enc.astype(np.float32), train_enc, k=1, metric=metric)
+    return np.where(np.isfinite(dist[:, 0]), dist[:, 0], np.nan)
+
+
+def _add_paths(part: dict, atlas, model, *, layer: int, max_length: int | None, log) -> None:
+    """path_dists / path_mean_dist / path_max_dist / path_x / path_y (null without an atlas or output)."""
+    token_ids = part.pop("_token_ids")
+    n = len(token_ids)
+    empty: list = [None] * n
+    part.update({"path_dists": list(empty), "path_mean_dist": list(empty), "path_max_dist": list(empty),
+                 "path_x": list(empty), "path_y": list(empty)})
+    if atlas is None:
+        return
+    have = [i for i in range(n) if token_ids[i]]
+    if not have:
+        return
+    states = continuation_states(model(), [part["prompt"][i] for i in have], [token_ids[i] for i in have],
+                                 layer=layer, max_length=max_length)
+    sizes = [len(s) for s in states]
+    flat = np.concatenate([s for s in states if len(s)]) if any(sizes) else np.zeros((0, 1))
+    dist, _, xy = atlas.steps(flat)
+    at = 0
+    for i, size in zip(have, sizes):
+        if size:
+            d = dist[at:at + size]
+            part["path_dists"][i] = d.tolist()
+            part["path_mean_dist"][i] = float(d.mean())
+            part["path_max_dist"][i] = float(d.max())
+            part["path_x"][i] = xy[at:at + size, 0].tolist()
+            part["path_y"][i] = xy[at:at + size, 1].tolist()
+        at += size
+    log(f"measured {len(flat)} generated tokens against the token atlas")
