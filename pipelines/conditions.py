@@ -346,6 +346,18 @@ def _score_condition(cond: Condition, frame, todo: np.ndarray, *, model, templat
         is_mc = np.array([m == "mc" for m in row_metrics])
         generate_rows = np.flatnonzero(~is_mc) if mc_output == "choice" else np.arange(n)
         gen["max_new_tokens"] = "as direct" if isinstance(budgets, np.ndarray) else int(budgets)
+    limit = loaded.max_positions
+    mc_rows = [i for i in range(n) if row_metrics[i] == "mc"]
+    if limit and mc_rows:  # fail before any generation, naming the example
+        lengths = [len(x) for x in loaded.tokenizer([cprompts[i] for i in mc_rows])["input_ids"]]
+        extra = int(cot_max_new_tokens) + 16 if cond.kind == COT else 0
+        for i, length in zip(mc_rows, lengths):
+            longest = max(len(loaded.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in choices[todo[i]])
+            if length + extra + longest > limit:
+                raise LLMMapsError(f"{EXAMPLES}, row {todo[i] + 1} ({frame['example_id'].iloc[todo[i]]}), condition "
+                                   f"{cond.name}: the prompt ({length} tokens{' + the reasoning' if extra else ''}) and "
+                                   f"its longest choice exceed the model's {limit} positions"
+                                   + (f"; use fewer neighbours than {cond.k}" if cond.k else ""))
     outputs: list[str | None] = [None] * n
     token_ids: list[list[int] | None] = [None] * n
     mean_lp: list[float | None] = [None] * n

@@ -159,11 +159,13 @@ def test_cot_rows_equal_a_recomputation_with_the_model(cond_run):
     enc = np.asarray(run.encodings(layer), dtype=np.float32)
     train = enc[(run.examples["split"] == "train").to_numpy()]
     atlas = np.load(cond_run / "encodings" / "tokens" / f"layer_{layer}.npy").astype(np.float32)
-    gens = generate(loaded, [ex.at[e, "prompt"] + " Let's think step by step." for e in cot["example_id"]],
+    # the Dolly prompt ends with "### Response:\n": the cue starts the response
+    assert all(ex.at[e, "prompt"].endswith("### Response:\n") for e in cot["example_id"])
+    gens = generate(loaded, [ex.at[e, "prompt"] + "Let's think step by step." for e in cot["example_id"]],
                     max_new_tokens=5, stop_strings=m["prompt_template"]["stop_strings"], hidden_layer=layer)
     for (_, row), g in zip(cot.iterrows(), gens):
         e = row["example_id"]
-        assert row["prompt"] == ex.at[e, "prompt"] + " Let's think step by step."
+        assert row["prompt"] == ex.at[e, "prompt"] + "Let's think step by step."
         assert row["output"] == g.text and row["n_tokens"] == len(g.tokens)
         ref = ex.at[e, "reference"]
         assert (row["answer"], row["extraction"]) == extract_answer(g.text, numeric=is_numeric(ref))
@@ -223,14 +225,16 @@ def test_scored_conditions_are_skipped_unless_asked(cond_run, capsys):
     assert main(["score", str(cond_run), "--conditions", "cot", "--limit-per-task", "4", "--cot-max-new-tokens", "5",
                  "--no-progress"]) == 0
     after = pd.read_parquet(cond_run / CONDITIONS_FILE)
-    n_tasks = Run(cond_run).examples.query("split == 'test'")["task"].nunique()
-    assert (after["condition"] == "cot").sum() == (before["condition"] == "cot").sum() + n_tasks
+    per_task = Run(cond_run).examples.query("split == 'test'").groupby("task").size()
+    added = int((per_task.clip(upper=4) - per_task.clip(upper=3)).sum())  # the 4th example of each task that has one
+    assert added >= 1
+    assert (after["condition"] == "cot").sum() == (before["condition"] == "cot").sum() + added
     old = before[before["condition"] == "cot"].set_index("example_id")
     new = after[after["condition"] == "cot"].set_index("example_id").loc[old.index]
     pd.testing.assert_frame_equal(new, old)  # rows scored before are kept as they were
     assert (after["condition"] == "direct").sum() == (before["condition"] == "direct").sum()
     manifest = json.loads((cond_run / "manifest.json").read_text())
-    assert manifest["conditions"]["conditions"]["cot"]["examples"] == n_tasks  # what this run scored
+    assert manifest["conditions"]["conditions"]["cot"]["examples"] == added  # what this run scored
     assert "neighbours:2" in manifest["conditions"]["conditions"]  # other conditions' entries stay
 
 
@@ -293,10 +297,10 @@ def test_multiple_choice_under_cot_picks_the_choice_after_the_reasoning(tiny_mod
     from pipelines.generate import choice_loglikelihoods
     from pipelines.models import load_model
 
-    rows = dolly_rows(24, seed=5)
-    for i, r in enumerate(rows):
-        r["choices"] = ["yes", "no", "maybe"]
-        r["response"] = r["choices"][i % 3]
+    cats = ["classification", "open_qa", "summarization", "creative_writing"]
+    rows = [{"instruction": f"Is {w} {i} near?", "context": "", "category": cats[i % 4],
+             "choices": ["yes", "no", "maybe"], "response": ["yes", "no", "maybe"][i % 3]}
+            for i, w in enumerate(["the sea", "a fox", "the wind", "paper"] * 6)]
     data = write_jsonl(tmp_path / "mc.jsonl", rows)
     run = tmp_path / "mc"
     assert main(["build", "--model", str(tiny_models["gpt_neox"]), "--data", str(data), "--out", str(run),
@@ -321,3 +325,19 @@ def test_multiple_choice_under_cot_picks_the_choice_after_the_reasoning(tiny_mod
     for _, row in nb.iterrows():
         lps = [x["logprob"] for x in choice_loglikelihoods(loaded, row["prompt"], ["yes", "no", "maybe"])]
         assert row["choice_logprobs"] == pytest.approx(lps, abs=1e-4)
+
+
+def test_a_conditioned_multiple_choice_prompt_too_long_for_the_model_is_named(tiny_models, tmp_path):
+    rows = [{"instruction": "word " * (10 + i % 5), "context": "", "category": ["classification", "open_qa"][i % 2],
+             "choices": ["yes", "no"], "response": "yes"} for i in range(16)]
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    run = tmp_path / "long"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(run),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--no-progress"]) == 0
+    assert main(["score", str(run), "--mc-output", "choice", "--no-progress"]) == 0
+    from pipelines.conditions import score_conditions
+
+    with pytest.raises(LLMMapsError, match=r"row \d+ \(.+\), condition neighbours:3: the prompt \(\d+ tokens\) and its "
+                                           r"longest choice exceed the model's 256 positions; use fewer neighbours"):
+        score_conditions(run, conditions="neighbours:3")
+    assert not (run / CONDITIONS_FILE).exists()
