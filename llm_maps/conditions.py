@@ -327,6 +327,7 @@ def summarize(frame: pd.DataFrame, *, baseline: str | None = None, split: str = 
                 pairs.append({"domain": dom, "a": baseline, "b": name,
                               **paired_difference(sub["correct_a"].to_numpy(), sub["correct_b"].to_numpy(),
                                                   sub["task"].astype(str).to_numpy(), n_boot=n_boot, seed=seed)})
+    paths = path_stats(frame, names, domains, n_boot=n_boot, seed=seed)
     falloff: list[dict[str, Any]] = []
     if slopes:
         common = set.intersection(*(set(frame.loc[frame["condition"] == n, "example_id"]) for n in names))
@@ -347,12 +348,58 @@ def summarize(frame: pd.DataFrame, *, baseline: str | None = None, split: str = 
                 entry["error"] = str(exc)
             falloff.append(entry)
     return {"split": split, "baseline": baseline, "conditions": names, "n_examples": int(frame["example_id"].nunique()),
-            "n_tasks": int(frame["task"].nunique()), "accuracy": acc, "paired": pairs, "falloff": falloff,
+            "n_tasks": int(frame["task"].nunique()), "accuracy": acc, "paired": pairs, "paths": paths,
+            "falloff": falloff,
             "unit": {"accuracy": "fraction of examples correct", "diff": "accuracy of b minus accuracy of a on the "
-                     "examples scored under both (a = the baseline)", "slope": UNIT},
+                     "examples scored under both (a = the baseline)", "slope": UNIT,
+                     "path": "distance (the run's metric, default layer) of a generated token's state to the "
+                             "nearest token-atlas state (a training response step); per example its mean and "
+                             "max over the generated tokens"},
             "interval": (f"95 % percentile interval of a task-clustered bootstrap (tasks resampled with replacement), "
                          f"B = {n_boot}, seed {seed}; McNemar's test on the discordant examples (exact binomial when "
                          "fewer than 25, else chi-square with continuity correction)")}
+
+
+def path_stats(frame: pd.DataFrame, names: Sequence[str], domains: Sequence[str], *, n_boot: int,
+               seed: int) -> list[dict[str, Any]]:
+    """Per domain and condition with token-atlas paths: the mean over examples of each path's mean
+    and max distance to the atlas (task-clustered intervals), and the AUROC of the path's max
+    distance for an error (does a chain that strays far from every training response go wrong
+    more often?). Empty without an atlas."""
+    from .findings import weighted_auroc
+
+    if "path_max_dist" not in frame.columns:
+        return []
+    out: list[dict[str, Any]] = []
+    for dom in domains:
+        for name in names:
+            sub = frame[(frame["domain"] == dom) & (frame["condition"] == name) & frame["path_max_dist"].notna()]
+            if not len(sub):
+                continue
+            task = sub["task"].astype(str).to_numpy()
+            mean_d = sub["path_mean_dist"].to_numpy(dtype=float)
+            max_d = sub["path_max_dist"].to_numpy(dtype=float)
+            err = ~sub["correct"].to_numpy(dtype=bool)
+            row: dict[str, Any] = {"domain": dom, "condition": name, "n": len(sub),
+                                   "n_tasks": len(set(task.tolist())),
+                                   "mean_dist": float(mean_d.mean()), "max_dist": float(max_d.mean()),
+                                   "mean_dist_low": None, "mean_dist_high": None, "max_dist_low": None,
+                                   "max_dist_high": None,
+                                   "auroc_max_dist_error": _num(weighted_auroc(score=max_d, positive=err)[0]),
+                                   "auroc_low": None, "auroc_high": None}
+            if row["n_tasks"] >= 2:
+                w = _task_boot(task, n_boot, seed)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    row["mean_dist_low"], row["mean_dist_high"] = _percentile_interval((w @ mean_d) / w.sum(axis=1))
+                    row["max_dist_low"], row["max_dist_high"] = _percentile_interval((w @ max_d) / w.sum(axis=1))
+                row["auroc_low"], row["auroc_high"] = _percentile_interval(
+                    weighted_auroc(score=max_d, positive=err, weights=w))
+            out.append(row)
+    return out
+
+
+def _num(v: float) -> float | None:
+    return None if not np.isfinite(v) else float(v)
 
 
 def _f(v: float | None, spec: str = ".2f") -> str:
@@ -376,6 +423,15 @@ def format_summary(s: Mapping[str, Any]) -> str:
                          f"{'[' + _f(r['low'], '+.2f') + ', ' + _f(r['high'], '+.2f') + ']':<16} "
                          f"{r['table']['b_only']:>6} {r['table']['a_only']:>6} {_f(r['mcnemar']['p_value'], '.3g'):>9}"
                          f"  {r['verdict']}")
+    if s.get("paths"):
+        lines += ["", "chain distance to the training responses (token atlas; mean over examples of each path's "
+                      "mean / max step distance, 95% task-clustered interval; AUROC of the max for an error):",
+                  f"  {'domain':<12} {'condition':<14} {'n':>5} {'mean step':<24} {'farthest step':<24} AUROC(error)"]
+        for r in s["paths"]:
+            lines.append(f"  {r['domain']:<12} {r['condition']:<14} {r['n']:>5} "
+                         f"{_f(r['mean_dist'], '.4f') + ' [' + _f(r['mean_dist_low'], '.4f') + ', ' + _f(r['mean_dist_high'], '.4f') + ']':<24} "
+                         f"{_f(r['max_dist'], '.4f') + ' [' + _f(r['max_dist_low'], '.4f') + ', ' + _f(r['max_dist_high'], '.4f') + ']':<24} "
+                         f"{_f(r['auroc_max_dist_error'])} [{_f(r['auroc_low'])}, {_f(r['auroc_high'])}]")
     if s["falloff"]:
         lines += ["", "falloff slope per condition (log-odds per unit distance percentile, 95% task-clustered "
                       "interval; the examples scored under every condition):"]

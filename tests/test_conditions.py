@@ -256,8 +256,21 @@ def test_summary_falloff_and_findings_by_condition(cond_run, capsys):
         assert r["table"] == {"both_right": int((a & b).sum()), "a_only": int((a & ~b).sum()),
                               "b_only": int((~a & b).sum()), "both_wrong": int((~a & ~b).sum())}
         assert r["diff"] == pytest.approx(b.mean() - a.mean())
+    assert {(r["domain"], r["condition"]) for r in s["paths"]} == {(r["domain"], r["condition"]) for r in s["accuracy"]}
+    from sklearn.metrics import roc_auc_score
+
+    for r in s["paths"]:
+        sub = frame[(frame["domain"] == r["domain"]) & (frame["condition"] == r["condition"])
+                    & frame["correct"].notna() & frame["path_max_dist"].notna()]
+        assert r["n"] == len(sub) and r["max_dist"] == pytest.approx(sub["path_max_dist"].mean())
+        assert r["mean_dist"] == pytest.approx(sub["path_mean_dist"].mean())
+        err = ~sub["correct"].astype(bool)
+        if err.nunique() == 2:
+            assert r["auroc_max_dist_error"] == pytest.approx(roc_auc_score(err, sub["path_max_dist"]))
+        else:
+            assert r["auroc_max_dist_error"] is None
     text = format_summary(s)
-    assert "paired difference against direct" in text and "McNemar" in text
+    assert "paired difference against direct" in text and "McNemar" in text and "chain distance" in text
     assert main(["conditions", str(cond_run), "--bootstrap", "200", "--json", "-"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [r["condition"] for r in printed["falloff"]] == s["conditions"]
@@ -341,3 +354,34 @@ def test_a_conditioned_multiple_choice_prompt_too_long_for_the_model_is_named(ti
                                            r"longest choice exceed the model's 256 positions; use fewer neighbours"):
         score_conditions(run, conditions="neighbours:3")
     assert not (run / CONDITIONS_FILE).exists()
+
+
+def test_summary_on_simulated_conditions_with_known_answers():
+    """Two domains x 6 tasks x 20 examples. cot helps Chollet (+0.4 of its errors fixed) and leaves
+    Reasoning as it is; every wrong cot answer's chain strays farther from the atlas than every
+    right one (AUROC 1)."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for d, dom in enumerate(("Chollet", "Reasoning")):
+        for t in range(6):
+            for j in range(20):
+                eid = f"{dom}-{t}-{j}"
+                a = bool(rng.random() < 0.4)
+                b = a or (dom == "Chollet" and bool(rng.random() < 0.4))
+                for cond, c in (("direct", a), ("cot", b)):
+                    rows.append({"example_id": eid, "condition": cond, "correct": c, "domain": dom,
+                                 "task": f"{dom}-{t}", "split": "test", "row": len(rows),
+                                 "example_dist": float(rng.random()),
+                                 "path_mean_dist": 0.1 + 0.1 * (not c) + 0.01 * rng.random(),
+                                 "path_max_dist": 0.2 + 0.2 * (not c) + 0.05 * rng.random()})
+    frame = pd.DataFrame(rows)
+    s = summarize(frame, n_boot=1000, seed=0)
+    pairs = {r["domain"]: r for r in s["paired"]}
+    assert pairs["Chollet"]["verdict"] == "supported: helps" and pairs["Chollet"]["low"] > 0
+    assert pairs["Reasoning"]["diff"] == 0 and pairs["Reasoning"]["verdict"].startswith("not supported")
+    assert pairs["Reasoning"]["mcnemar"]["p_value"] == 1.0
+    paths = {(r["domain"], r["condition"]): r for r in s["paths"]}
+    assert paths[("Chollet", "cot")]["auroc_max_dist_error"] == 1.0
+    assert paths[("Chollet", "cot")]["n_tasks"] == 6 and paths[("Chollet", "cot")]["auroc_low"] == 1.0
+    assert [r["condition"] for r in s["falloff"]] == ["direct", "cot"]
+    assert all("error" not in r for r in s["falloff"])
