@@ -346,7 +346,7 @@ def drill_section(data, row: int):
     if not len(rows):
         return []
     ex_id = str(data.frame["example_id"].iloc[row])
-    cols = []
+    cols, paths = [], []
     for _, r in rows.iterrows():
         name = str(r["condition"])
         ok = r["correct"]
@@ -367,21 +367,21 @@ def drill_section(data, row: int):
             html.Pre(_text(r["output"]) or "—", className="drill-text drill-cond-output small"),
             html.Div([html.Span("answer ", className="small text-muted"),
                       html.Code(_text(r["answer"]) or "—", className="drill-cond-answer"),
-                      html.Span(f" (rule: {rule}" + (f": {EXTRACTION_RULES[rule]}" if rule in EXTRACTION_RULES else "")
-                                + ")", className="small text-muted drill-cond-rule")], className="mb-1"),
+                      html.Span(f" (rule: {rule})", title=EXTRACTION_RULES.get(rule, ""),
+                                className="small text-muted drill-cond-rule")], className="mb-1"),
             html.Table([html.Tr([html.Th(k, className="pe-2 small fw-normal text-muted"),
                                  html.Td(v, className="small")]) for k, v in facts], className="mb-1 drill-cond-facts"),
         ]
-        if has_path(r):
+        if has_path(r):  # the button in the card, its figure below the cards (full width)
             key = {"run": data.base_id, "ex": ex_id, "cond": name}
-            body += [dbc.Button("path on the token map", id={"type": "cond-path", **key}, size="sm",
-                                color="secondary", outline=True, className="py-0"),
-                     html.Div(id={"type": "cond-path-out", **key})]
+            body.append(dbc.Button("path on the token map", id={"type": "cond-path", **key}, size="sm",
+                                   color="secondary", outline=True, className="py-0"))
+            paths.append(html.Div(id={"type": "cond-path-out", **key}))
         cols.append(dbc.Col(dbc.Card(dbc.CardBody(body, className="p-2"), className="h-100"),
                             className="drill-condition mb-2", md=max(3, 12 // max(len(rows), 1)),
                             id=f"drill-condition-{name}"))
     return [html.Div(f"{len(rows)} conditions (conditions.parquet)", className="small text-muted"),
-            dbc.Row(cols, className="g-2 mb-2 drill-conditions")]
+            dbc.Row(cols, className="g-2 mb-2 drill-conditions"), *paths]
 
 
 def path_figure(data, row: int, name: str, *, dark: bool = False):

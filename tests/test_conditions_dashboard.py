@@ -445,3 +445,21 @@ def test_map_colours_by_condition_outcome_in_the_browser(browser, data):
                        ".find(t => t.meta && t.meta.cond_path).x)")
     assert xs == pytest.approx(list(r["path_x"]))
     assert log.take() == []
+
+
+def test_examples_table_shows_the_condition_columns_in_the_browser(browser, data):
+    url, page, log = browser
+    page.goto(f"{url}/examples?run=cond")
+    page.wait_for_function("() => (document.querySelector(\".ag-row[row-index='0'] [col-id='example_id']\") || {})"
+                           ".innerText", timeout=20_000)
+    page.wait_for_function("""() => {  // scrolled to the right end: the last columns are drawn
+        document.querySelector('.ag-body-horizontal-scroll-viewport').scrollLeft = 5000;
+        return document.querySelector(".ag-header-cell[col-id='✓ · neighbours:2']"); }""", timeout=10_000)
+    headers = page.locator(".ag-header-cell-text").all_inner_texts()
+    assert headers[-6:] == [x for n in NAMES for x in (f"answer · {n}", f"✓ · {n}")]
+    first = query_table(data, {"startRow": 0, "endRow": 1})["rowData"][0]
+    page.wait_for_function("() => (document.querySelector(\".ag-row[row-index='0'] [col-id='answer · cot']\") || {})"
+                           ".innerText !== undefined", timeout=10_000)
+    for col in ("answer · cot", "✓ · cot", "✓ · neighbours:2"):
+        assert page.locator(f".ag-row[row-index='0'] [col-id='{col}']").first.inner_text() == first[col]
+    assert log.take() == []

@@ -31,9 +31,10 @@ def layout(run=None, sel=None, view=None, **_):
                    for c, w in COLUMNS]
     cd, cond_error = data.conditions()
     for name in (cd.names if cd is not None else []):  # one answer and one correct column per condition
-        column_defs += [{"field": CV.answer_column(name), "width": 180, "sortable": True, "filter": "agTextColumnFilter"},
-                        {"field": CV.correct_column(name), "width": 130, "sortable": True,
-                         "filter": "agTextColumnFilter"}]
+        column_defs += [{"field": CV.answer_column(name), "headerName": CV.answer_column(name), "width": 180,
+                         "sortable": True, "filter": "agTextColumnFilter"},
+                        {"field": CV.correct_column(name), "headerName": CV.correct_column(name), "width": 130,
+                         "sortable": True, "filter": "agTextColumnFilter"}]
     grid = dag.AgGrid(id="examples-grid", columnDefs=column_defs, rowModelType="infinite",
                       dashGridOptions={"pagination": True, "paginationPageSize": 50, "cacheBlockSize": 50,
                                        "rowSelection": {"mode": "singleRow", "checkboxes": False,
