@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_maps.errors import LLMMapsError
+from llm_maps.conditions import CONDITIONS_FILE
 from llm_maps.falloff import FALLOFF_FILE
 from llm_maps.runfolder import (ENCODINGS, EXAMPLES, MANIFEST, Run, check_run_files, find_runs,
                                 read_manifest, run_ids)
@@ -140,7 +141,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _stamp(path: Path, with_encodings: bool = False) -> tuple:
     out = []
-    names = [MANIFEST, EXAMPLES, FALLOFF_FILE]
+    names = [MANIFEST, EXAMPLES, FALLOFF_FILE, CONDITIONS_FILE]
     if with_encodings:
         try:
             names += sorted(f"{ENCODINGS}/{e.name}" for e in os.scandir(path / ENCODINGS))
@@ -258,6 +259,8 @@ class RunData:
         self.cats["correct"] = Categorical(corr, list(CORRECTNESS_NAMES))
         self._lock = threading.RLock()  # lazily built values may use other lazily built values
         self._lazy: dict = {}
+        self._shared: dict = {}  # built once per run and shared by its views (ViewData copies the reference)
+        self._shared_lock = threading.Lock()
         self.falloff_file, self.falloff_error = _read_falloff(path)
 
     # --- lazily built, cached per run ------------------------------------------------------
@@ -306,6 +309,24 @@ class RunData:
                     + " · " + self.frame["split"].astype("string").fillna("") + dist.to_numpy() + score.to_numpy())
             return text.to_numpy(dtype=object)
         return self._cached("hover", build)
+
+    def conditions(self):
+        """The run's conditions (conditions.parquet joined with the examples, see
+        ``dashboard.conditions_view.ConditionsData``), read once per run and shared by its views:
+        (data, None); (None, None) when the run has none; (None, one-line message) when the file
+        cannot be read (pages show the message, never fail)."""
+        with self._shared_lock:
+            if "conditions" not in self._shared:
+                from dashboard.conditions_view import load_conditions
+
+                try:
+                    self._shared["conditions"] = (load_conditions(self), None)
+                except LLMMapsError as exc:
+                    self._shared["conditions"] = (None, str(exc))
+                except Exception as exc:  # noqa: BLE001 - a corrupt file can raise anything
+                    self._shared["conditions"] = (None, f"{self.path / CONDITIONS_FILE}: cannot be read "
+                                                        f"({type(exc).__name__}: {exc})")
+            return self._shared["conditions"]
 
     @property
     def id_index(self) -> dict:

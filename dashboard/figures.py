@@ -52,17 +52,33 @@ CONTINUOUS_SCALES = {"score": "RdYlGn", "dist": "Viridis", "out_len": "Cividis"}
 NEEDS_SCORES = ("correct", "score", "out_len")  # colours a run without scores cannot offer
 
 
+OUTCOME = "outcome"  # "condition outcome" of two conditions (dashboard/conditions_view.py), runs with conditions
+
+
+def has_conditions(data) -> bool:
+    from dashboard.conditions_view import conditions_of
+
+    cd = conditions_of(data)
+    return cd is not None and bool(cd.names)
+
+
 def colour_choice(data, colour) -> str:
     """``colour`` if this run can colour by it, else "split"."""
+    if colour == OUTCOME:
+        return OUTCOME if has_conditions(data) else "split"
     return "split" if colour not in COLOUR_KIND or (colour in NEEDS_SCORES and not data.has_scores) else colour
 
 
 def colour_dropdown(data, *, note: bool = False) -> list[dict]:
     """The colour dropdown's options; those needing scores are disabled on a run without them
-    (``note``: say so in the correctness and score labels)."""
-    return [{"label": lbl + (" (no scores yet)" if note and v in ("correct", "score") and not data.has_scores else ""),
-             "value": v, "disabled": v in NEEDS_SCORES and not data.has_scores}
-            for v, lbl, _ in COLOUR_OPTIONS]
+    (``note``: say so in the correctness and score labels). "condition outcome" only on a run with
+    conditions."""
+    out = [{"label": lbl + (" (no scores yet)" if note and v in ("correct", "score") and not data.has_scores else ""),
+            "value": v, "disabled": v in NEEDS_SCORES and not data.has_scores}
+           for v, lbl, _ in COLOUR_OPTIONS]
+    if has_conditions(data):
+        out.append({"label": "condition outcome (B vs A)", "value": OUTCOME, "disabled": False})
+    return out
 
 EXPORT_CONFIG = {"displaylogo": False, "scrollZoom": True,
                  "toImageButtonOptions": {"format": "png", "scale": 2},
@@ -99,8 +115,14 @@ def category_colours(column: str, names: list[str]) -> list[str]:
     return [fixed.get(n) or (MISSING if n == "(none)" else PALETTE[i % len(PALETTE)]) for i, n in enumerate(names)]
 
 
-def colour_spec(data, colour_by: str, rows: np.ndarray, dist: np.ndarray | None = None) -> ColourSpec:
-    """How to colour ``rows`` of a run by one of COLOUR_OPTIONS."""
+def colour_spec(data, colour_by: str, rows: np.ndarray, dist: np.ndarray | None = None,
+                pair: tuple[str | None, str | None] | None = None) -> ColourSpec:
+    """How to colour ``rows`` of a run by one of COLOUR_OPTIONS, or by OUTCOME of the conditions
+    ``pair`` (A, B)."""
+    if colour_by == OUTCOME:
+        from dashboard.conditions_view import outcome_spec
+
+        return outcome_spec(data, np.asarray(rows), pair)
     label = dict((v, lbl) for v, lbl, _ in COLOUR_OPTIONS).get(colour_by, colour_by)
     if COLOUR_KIND.get(colour_by) == "categorical":
         cat = data.cats[colour_by]
@@ -259,11 +281,12 @@ def map_figure(data, rows: np.ndarray, spec: ColourSpec, *, selected: int | None
 
 def view_figure(data, *, colour: str = "split", layer: int | None = None, split=None, domain=None, task=None,
                 score=None, dist=None, search: str | None = "", selected: int | None = None, dark: bool = False,
-                xrange=None, yrange=None, uirevision: str | None = None) -> go.Figure:
+                xrange=None, yrange=None, uirevision: str | None = None,
+                pair: tuple[str | None, str | None] | None = None) -> go.Figure:
     """The map figure for one view: the rows passing the filters (a slider at its full range
     constrains nothing), a sample plus a density layer above MAX_POINTS rows in view, coloured by
-    ``colour``. The Map page's first figure and every figure of a large run, the playground's map
-    and the server's warm-up all come from here."""
+    ``colour`` (OUTCOME: of the conditions ``pair``). The Map page's first figure and every figure
+    of a large run, the playground's map and the server's warm-up all come from here."""
     from dashboard.filters import Filters, active_range, filter_mask, value_bounds, view_rows
 
     layer_dist = data.distances(layer) if layer is not None else data.dist
@@ -274,7 +297,7 @@ def view_figure(data, *, colour: str = "split", layer: int | None = None, split=
                      dist=active_range(dist, value_bounds(data.dist)), search=search)
     rows = np.flatnonzero(filter_mask(data, f, layer_dist))
     drawn, sampled = view_rows(data.x, data.y, rows, max_points=MAX_POINTS, xrange=xrange, yrange=yrange)
-    spec = colour_spec(data, colour, drawn, layer_dist)
+    spec = colour_spec(data, colour, drawn, layer_dist, pair)
     return map_figure(data, drawn, spec, selected=selected,
                       neighbours=data.neighbours(selected) if selected is not None else (),
                       density_rows=rows if sampled else None, dark=dark,
@@ -297,6 +320,10 @@ def client_options(data) -> dict:
         else:
             out[value] = {"kind": kind, "title": label, "scale": pc.get_colorscale(CONTINUOUS_SCALES[value]),
                           "fixed": [0.0, 1.0] if value == "score" else None}
+    if has_conditions(data):
+        from dashboard.conditions_view import client_option
+
+        out[OUTCOME] = client_option()
     return out
 
 

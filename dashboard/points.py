@@ -55,16 +55,20 @@ def unpack(blob: bytes) -> tuple[dict, dict[str, np.ndarray]]:
 
 def points_payload(data) -> bytes:
     """Everything the browser needs to recolour and filter a run's map itself (cached per run)."""
+    from dashboard.conditions_view import client_arrays, client_header
+
     def build():
         cats = data.cats
         arrays = {"x": data.x, "y": data.y, "score": data.score, "dist": data.dist, "out_len": data.out_len}
         arrays.update({f"cat_{c}": cats[c].codes for c in ("split", "correct", "domain", "task", "category")})
+        arrays.update(client_arrays(data))  # per condition: 0 unscored, 1 wrong, 2 right
         header = {
             "run": data.id, "n": data.n, "default_layer": data.default_layer, "has_scores": data.has_scores,
             "options": F.client_options(data), "names": {c: cats[c].names for c in ("split", "domain", "task")},
             "missing": F.MISSING, "band": F.MISSING_BAND, "legend_slots": F.LEGEND_SLOTS,
             "short_hover": F.SHORT_HOVER,
             "hover": data.hover.tolist() if data.n <= F.HOVER_TEXT_MAX else None,
+            **client_header(data),
         }
         return pack(header, arrays)
     return data._cached("points_payload", build)

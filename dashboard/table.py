@@ -11,7 +11,10 @@ CELL_CHARS = 300
 
 
 def table_frame(data) -> pd.DataFrame:
-    """The columns the table shows (text shortened), built once per run."""
+    """The columns the table shows (text shortened), built once per run; with conditions, an answer
+    and a correct column per condition after them (``conditions_view.table_columns``)."""
+    from dashboard.conditions_view import table_columns
+
     def build():
         f = data.frame
         text = pd.Series(data.texts, dtype="string")  # instruction, then context (not the template)
@@ -22,7 +25,7 @@ def table_frame(data) -> pd.DataFrame:
             "reference": f["reference"].astype("string").fillna("").str.slice(0, CELL_CHARS),
             "output": f["output"].astype("string").fillna("").str.slice(0, CELL_CHARS),
             "score": data.score.astype(float), "correctness": np.array(data.cats["correct"].names)[data.cats["correct"].codes],
-            "dist_to_train": data.dist.astype(float)})
+            "dist_to_train": data.dist.astype(float), **table_columns(data)})
     return data._cached("table", build)
 
 

@@ -9,7 +9,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from llm_maps.contract import COLUMNS, JSON_FILES, Manifest, check
+from llm_maps.contract import CONDITION_COLUMNS, COLUMNS, JSON_FILES, Manifest, check
 
 
 def assert_follows_contract(run_dir: Path, source_columns: Iterable[str] = ()) -> None:
@@ -22,3 +22,7 @@ def assert_follows_contract(run_dir: Path, source_columns: Iterable[str] = ()) -
     for name, td in JSON_FILES.items():
         if (run_dir / name).exists():
             assert check(json.loads((run_dir / name).read_text(encoding="utf-8")), td) == [], name
+    if (run_dir / "conditions.parquet").exists():  # `score --conditions`: its columns and no others
+        columns = list(pd.read_parquet(run_dir / "conditions.parquet").columns)
+        assert [c for c in columns if c not in CONDITION_COLUMNS] == []
+        assert [c for c, col in CONDITION_COLUMNS.items() if col.required and c not in columns] == []

@@ -352,6 +352,13 @@ def test_the_synthetic_runs_of_the_dashboard_tests_follow_the_contract(tmp_path)
     from dashboard.synthetic import write_synthetic_run
 
     assert_follows_contract(write_synthetic_run(tmp_path / "s", 60, layers=(1, 2)))
+    # with conditions (and paths on a token map): conditions.parquet has exactly CONDITION_COLUMNS
+    run = write_synthetic_run(tmp_path / "c", 60, layers=(1, 2), conditions=("direct", "cot", "neighbours:2"),
+                              token_map=True)
+    assert_follows_contract(run)
+    cond = pd.read_parquet(run / "conditions.parquet")
+    assert list(cond.columns) == list(contract.CONDITION_COLUMNS)
+    assert Run(run).manifest["conditions"]["conditions"]["neighbours:2"]["k"] == 2
 
 
 def test_encode_project_neighbours_commands_one_stage_at_a_time(tmp_path, monkeypatch, capsys):

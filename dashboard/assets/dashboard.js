@@ -138,8 +138,34 @@
     return scale;
   }
 
-  function colourSpec(P, colour, rows, identity, dist) {  // figures.colour_spec
+  // conditions_view.outcome_codes: B against A per row (0 helped, 1 hurt, 2 both right, 3 both
+  // wrong, 4 not scored under both) from each condition's codes (0 unscored, 1 wrong, 2 right)
+  function outcomeCodes(P, pair) {
+    const names = P.h.conditions || [], dp = P.h.default_pair || [];
+    const a = names.includes(pair && pair[0]) ? pair[0] : dp[0];
+    const b = names.includes(pair && pair[1]) ? pair[1] : dp[1];
+    const ca = P.a['cond_' + names.indexOf(a)], cb = P.a['cond_' + names.indexOf(b)];
+    const out = new Uint8Array(P.h.n).fill(4);
+    if (!ca || !cb) return {codes: out, a, b};
+    for (let i = 0; i < P.h.n; i++) {
+      const x = ca[i], y = cb[i];
+      if (!x || !y) continue;
+      out[i] = x === 2 ? (y === 2 ? 2 : 1) : (y === 2 ? 0 : 3);
+    }
+    return {codes: out, a, b};
+  }
+
+  function colourSpec(P, colour, rows, identity, dist, pair) {  // figures.colour_spec
     const o = P.h.options[colour];
+    if (o.kind === 'outcome') {  // conditions_view.outcome_spec: every outcome with its count
+      const oc = outcomeCodes(P, pair);
+      const codes = identity ? oc.codes : gather(oc.codes, rows);
+      const counts = new Uint32Array(o.names.length);
+      for (let i = 0; i < codes.length; i++) counts[codes[i]]++;
+      const legend = o.names.map((n, i) => [n + ' (' + counts[i] + ')', o.colours[i]]).filter((_, i) => i < 4 || counts[i] > 0);
+      return {values: codes, colorscale: steppedScale(o.colours), cmin: -0.5, cmax: o.colours.length - 0.5,
+              legend, title: o.title + ': ' + oc.b + ' vs ' + oc.a, continuous: false};
+    }
     if (o.kind === 'categorical') {
       const src = P.a['cat_' + colour];
       const codes = identity ? src : gather(src, rows);
@@ -205,9 +231,9 @@
   // One Plotly.update of trace 0 (marker; points only when the rows changed) and the legend slots
   // (3..3+legend_slots), plus the title and legend title: the same figure Plotly.react of the
   // whole figure made, without diffing it.
-  function drawPoints(gd, P, rows, colour, dist) {
+  function drawPoints(gd, P, rows, colour, dist, pair) {
     const n = P.h.n, m = rows.length, identity = m === n;
-    const spec = colourSpec(P, colour, rows, identity, dist);
+    const spec = colourSpec(P, colour, rows, identity, dist, pair);
     const traces = [0], slots = [];
     for (let i = 0; i < P.h.legend_slots; i++) { traces.push(3 + i); slots.push(legendTrace(spec.legend[i])); }
     const upd = {
@@ -269,17 +295,21 @@
         const i = (key || '').lastIndexOf('::');
         return i < 0 ? {run: key, view: null} : {run: key.slice(0, i), view: key.slice(i + 2)};
       },
-      syncMapUrl(key, colour, layer, split, domain, task, score, dist, q, sel, mine, smin, smax, dmin, dmax, splitOpts) {
+      syncMapUrl(key, colour, layer, split, domain, task, score, dist, q, sel, mine, ca, cb, smin, smax, dmin, dmax, splitOpts) {
         const L = window.dash_clientside.llm_maps;
         const {run, view} = L._key(key);
         const allSplits = (splitOpts || []).length === (split || []).length;
+        const outcome = colour === 'outcome';
         return L._write({run, view, colour: colour === 'split' ? null : colour, layer, split: allSplits ? null : (split.length ? split : ['none']),
-          domain, task, score: L._range(score, smin, smax), dist: L._range(dist, dmin, dmax), q, sel, mine: mine ? '1' : null});
+          domain, task, score: L._range(score, smin, smax), dist: L._range(dist, dmin, dmax), q, sel, mine: mine ? '1' : null,
+          ca: outcome ? ca : null, cb: outcome ? cb : null});
       },
-      syncFalloffUrl(key, layer, metric, bins, domain, task, mode) {
+      syncFalloffUrl(key, layer, metric, bins, domain, task, mode, cond, condOpts) {
         const L = window.dash_clientside.llm_maps;
         const {run, view} = L._key(key);
-        return L._write({run, view, layer, metric, bins, domain, task, mode});
+        const all = !condOpts || !condOpts.length || (cond || []).length === condOpts.length;
+        return L._write({run, view, layer, metric, bins, domain, task, mode,
+          cond: all ? null : ((cond || []).length ? cond : ['none'])});
       },
       syncExamplesUrl(key, sel) {
         const L = window.dash_clientside.llm_maps;
@@ -336,12 +366,13 @@
       },
       // Colour/filter changes. Client mode: redraw here and return no_update. Server mode (large
       // runs): return a request the server answers with a new (sampled) figure.
-      mapApply(colour, layer, split, domain, task, score, dist, q, hits, relayout, run, mode, smin, smax, dmin, dmax,
+      mapApply(colour, layer, split, domain, task, score, dist, q, hits, relayout, ca, cb, run, mode, smin, smax, dmin, dmax,
                dark, templates) {
         const trig = (window.dash_clientside.callback_context.triggered || []).map((t) => t.prop_id);
         const byRelayout = trig.length === 1 && trig[0].startsWith('map-graph.');
         const query = (q || '').trim();
-        const key = JSON.stringify([colour, layer, split, domain, task, score, dist, query]);
+        const pair = colour === 'outcome' ? [ca, cb] : null;  // the conditions matter only to that colour
+        const key = JSON.stringify([colour, layer, split, domain, task, score, dist, query, pair]);
         const gdNow = gdOf('map-graph');
         if (!gdNow || gdNow.__llmView === undefined) {
           // the first call for this graph: the figure built into the page already shows this view
@@ -364,7 +395,7 @@
             } else if (!r['xaxis.autorange']) return NO();
           } else if (key === gdNow.__llmView) return NO();
           gdNow.__llmView = key;
-          return {colour, layer, split, domain, task, score, dist, q, dark: !!dark, xrange, yrange};
+          return {colour, layer, split, domain, task, score, dist, q, dark: !!dark, xrange, yrange, ca, cb};
         }
         if (byRelayout || key === gdNow.__llmView) return NO();
         if (query && (!hits || hits.q !== query)) return NO();  // the server's hits come next
@@ -378,7 +409,7 @@
                                       dist: activeRange(dist, dmin, dmax), bits: query ? decodeBits(hits.bits) : null}, d);
           const gd = await plotted('map-graph');
           if (seq !== MAP.seq) return;
-          await drawPoints(gd, P, rows, colour, d);
+          await drawPoints(gd, P, rows, colour, d, pair);
         })().catch(onError);
         return NO();
       },

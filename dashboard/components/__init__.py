@@ -159,10 +159,18 @@ def drilldown(data, row: int | None) -> html.Div:
         html.H6(["Example ", html.Code(str(r["example_id"]))]), table, *text,
         _text_block("reference", r["reference"], "drill-reference"),
         _text_block("output", r["output"], "drill-output"),
+        *condition_blocks(data, row),
         html.Div(f"{len(nbrs)} nearest training examples", className="small text-muted"),
         html.Ol(items, className="drill-neighbours ps-3"),
         dcc.Link("show on the map", href=url(f"/map?run={data.id}&sel={r['example_id']}"), className="small"),
     ], id="drill-panel-content")
+
+
+def condition_blocks(data, row: int) -> list:
+    """Every condition the example was asked under, side by side (dashboard/conditions_view.py)."""
+    from dashboard.conditions_view import drill_section
+
+    return drill_section(data, row)
 
 
 def correctness(data, row: int) -> str | None:

@@ -9,6 +9,7 @@ from dash import Input, Output, State, callback, dcc, html
 from dash.exceptions import PreventUpdate
 
 from dashboard import components as C
+from dashboard import conditions_view as CV
 from dashboard.table import NUMBER_COLUMNS, query_table
 
 dash.register_page(__name__, path="/examples", name="Examples", title="LLM Maps · examples", order=2)
@@ -28,6 +29,12 @@ def layout(run=None, sel=None, view=None, **_):
                     **({"valueFormatter": {"function": "params.value == null ? '' : d3.format('.4~g')(params.value)"}}
                        if c in NUMBER_COLUMNS else {})}
                    for c, w in COLUMNS]
+    cd, cond_error = data.conditions()
+    for name in (cd.names if cd is not None else []):  # one answer and one correct column per condition
+        column_defs += [{"field": CV.answer_column(name), "headerName": CV.answer_column(name), "width": 180,
+                         "sortable": True, "filter": "agTextColumnFilter"},
+                        {"field": CV.correct_column(name), "headerName": CV.correct_column(name), "width": 130,
+                         "sortable": True, "filter": "agTextColumnFilter"}]
     grid = dag.AgGrid(id="examples-grid", columnDefs=column_defs, rowModelType="infinite",
                       dashGridOptions={"pagination": True, "paginationPageSize": 50, "cacheBlockSize": 50,
                                        "rowSelection": {"mode": "singleRow", "checkboxes": False,
@@ -42,6 +49,8 @@ def layout(run=None, sel=None, view=None, **_):
                  dbc.Col(html.Div(f"{data.n:,} examples; sort and filter from the column headers "
                                   "(done on the server); click a row for details.",
                                   className="small text-muted pt-4"), md=7)]),
+        *([dbc.Alert(f"Conditions cannot be shown: {cond_error}", color="warning", className="small py-1",
+                     id="examples-conditions-error")] if cond_error else []),
         grid,
         dbc.Card(dbc.CardBody(html.Div(id="examples-drill")), className="mt-2"),
     ], fluid=True)

@@ -8,8 +8,10 @@ from dash import Input, Output, State, callback, dcc, html
 from dash.exceptions import PreventUpdate
 
 from dashboard import components as C
+from dashboard import conditions_view as CV
 from dashboard import figures as F
 from dashboard.data import falloff_for
+from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import SLOPE_UNIT, format_slope, slope_verdict
 
 dash.register_page(__name__, path="/falloff", name="Falloff", title="LLM Maps · falloff", order=1)
@@ -18,7 +20,27 @@ NO_SCORES = ("No scores yet: this run has no scored test examples, so there is n
              "Score it with `llm-maps score RUN`, then `llm-maps falloff RUN`.")
 
 
-def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, mode="overlay", view=None, **_):
+def condition_controls(data, cond) -> list:
+    """The conditions to overlay (all stored ones unless the URL picks some; ``none``: none), hidden
+    on a run without conditions; a conditions.parquet that cannot be read is said in one line."""
+    cd, error = data.conditions()
+    names = cd.names if cd is not None and data.view == "prompt" else []
+    picked = C.query_list(cond)
+    value = [] if picked == ["none"] else ([c for c in picked if c in names] if picked else list(names))
+    out = [html.Div([dbc.Label("Conditions (conditions.parquet)", className="mb-0 small"),
+                     dcc.Dropdown(id="falloff-conditions", options=names, value=value, multi=True,
+                                  placeholder="none: the run's own scores", className="mb-2")],
+                    id="falloff-conditions-box", hidden=not names)]
+    if error:
+        out.append(dbc.Alert(f"Conditions cannot be shown: {error}", color="warning", className="small py-1",
+                             id="falloff-conditions-error"))
+    elif cd is not None and data.view != "prompt":
+        out.append(html.Div("conditions: shown in the prompt view", className="small text-muted mb-2"))
+    return out
+
+
+def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, mode="overlay", view=None, cond=None,
+           **_):
     data, error = C.load(run, None if view == "tokens" else view)
     if data is None:
         return C.no_run_page(run, error)
@@ -46,6 +68,7 @@ def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, 
         dbc.RadioItems(id="falloff-mode", options=[{"label": "overlaid", "value": "overlay"},
                                                    {"label": "side by side", "value": "side"}],
                        value=mode if mode in ("overlay", "side") else "overlay", inline=True, className="mb-2"),
+        *condition_controls(data, cond),
         html.Div(f"falloff.json: {len(stored)} stored variant(s)" if stored else
                  "no falloff.json: statistics are computed on the fly", className="small text-muted"),
     ]
@@ -91,11 +114,15 @@ def bins_table(stats: dict, groups: list[str], metric: str) -> html.Div:
 @callback(Output("falloff-graph", "figure"), Output("falloff-source", "children"), Output("falloff-table", "children"),
           Input("falloff-layer", "value"), Input("falloff-metric", "value"), Input("falloff-bins", "value"),
           Input("falloff-domain", "value"), Input("falloff-task", "value"), Input("falloff-mode", "value"),
-          State("falloff-run", "data"), State("theme-dark", "value"))
-def update_falloff(layer, metric, bins, domains, tasks, mode, run_id, dark=False):
+          Input("falloff-conditions", "value"), State("falloff-run", "data"), State("theme-dark", "value"))
+def update_falloff(layer, metric, bins, domains, tasks, mode, conditions=None, run_id=None, dark=False):
     data, error = C.load(run_id)
     if data is None:
         raise PreventUpdate
+    cd = CV.conditions_of(data) if data.view == "prompt" else None
+    if cd is not None and conditions:
+        return condition_overlay(data, cd, [c for c in cd.names if c in conditions], layer=layer, metric=metric,
+                                 bins=int(bins or 5), domains=domains, tasks=tasks, mode=mode, dark=bool(dark))
     stats, source = falloff_for(data, layer=layer, metric=metric, n_bins=int(bins or 5), tasks=tasks or None)
     if stats is None:
         fig = F.falloff_figure({}, [], title="no falloff to show", dark=bool(dark))
@@ -110,9 +137,37 @@ def update_falloff(layer, metric, bins, domains, tasks, mode, run_id, dark=False
             bins_table(stats, [g for g in groups if g in stats], metric))
 
 
+def condition_overlay(data, cd, conditions: list[str], *, layer, metric, bins: int, domains, tasks, mode, dark: bool):
+    """The figure, source line and bins table of the conditions overlay: per condition and domain,
+    accuracy against the example's own distance to train in the chosen layer and metric."""
+    try:
+        dist = data.distances(layer, metric)
+    except LLMMapsError as exc:
+        fig = F.falloff_figure({}, [], title="no falloff to show", dark=dark)
+        return fig, dbc.Alert(str(exc), color="warning", className="mt-2"), None
+    key = ("cond_falloff", int(layer), metric, bins, tuple(sorted(tasks or ())), tuple(conditions))
+    per_cond = data._cached(key, lambda: CV.condition_falloff(data, cd, conditions, dist=dist, n_bins=bins,
+                                                              tasks=tasks or None))
+    groups = CV.condition_groups(per_cond, domains or None)
+    title = f"{data.base_id}: accuracy vs the example's distance to train, per condition (layer {layer}, {metric})"
+    fig = CV.conditions_falloff_figure(per_cond, conditions, groups, layout=mode, title=title, dark=dark,
+                                       metric=metric)
+    n_ex = {c: per_cond[c]["stats"]["all"]["n"] for c in conditions}
+    n_tasks = {c: per_cond[c]["tasks"].get("all", 0) for c in conditions}
+    counts = "; ".join(f"{c}: {n_ex[c]} examples in {n_tasks[c]} tasks" for c in conditions)
+    flat, keys = CV.flat_stats(per_cond, conditions, groups)
+    return (fig, html.Span(f"Conditions from conditions.parquet ({counts}). x: each example's own distance to "
+                           f"the nearest train prompt ({metric}, layer {layer}), the same for every condition; bins "
+                           f"of equal count per condition and domain; error bars: Wilson 95 % intervals "
+                           f"(examples as independent; tasks are the unit of independence: see `llm-maps "
+                           f"conditions`); slope: logistic regression of correct on distance, in {SLOPE_UNIT}.",
+                           id="falloff-source-text"),
+            bins_table(flat, keys, metric))
+
+
 dash.clientside_callback(
     dash.ClientsideFunction("llm_maps", "syncFalloffUrl"), Output("falloff-url-sync", "children"),
     Input("falloff-run", "data"), Input("falloff-layer", "value"), Input("falloff-metric", "value"),
     Input("falloff-bins", "value"), Input("falloff-domain", "value"), Input("falloff-task", "value"),
-    Input("falloff-mode", "value"))
+    Input("falloff-mode", "value"), Input("falloff-conditions", "value"), State("falloff-conditions", "options"))
 C.register_export("falloff-graph")

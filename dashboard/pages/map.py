@@ -18,6 +18,7 @@ from dash.exceptions import PreventUpdate
 
 from dashboard import components as C
 from dashboard import figures as F
+from dashboard.conditions_view import map_controls, register_path_callback
 from dashboard.filters import search_hits, selection_summary, value_bounds
 from dashboard.points import CLIENT_MAX_POINTS
 from dashboard.userpoints import map_layer_controls, register_map_layer
@@ -43,7 +44,7 @@ def _range_slider(id_, values: np.ndarray, current, *, disabled=False):
 
 
 def layout(run=None, colour="split", layer=None, split=None, domain=None, task=None, score=None, dist=None,
-           q="", sel=None, mine=None, view=None, **_):
+           q="", sel=None, mine=None, view=None, ca=None, cb=None, **_):
     data, error = C.load(run, view)
     if data is None:
         return C.no_run_page(run, error)
@@ -60,6 +61,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
         C.view_picker(data),
         dbc.Label("Colour by", className="mb-0 small"),
         dcc.Dropdown(id="map-colour", options=colour_opts, value=colour, clearable=False, className="mb-2"),
+        *map_controls(data, ca, cb),
         dbc.Label("Layer (distances)", className="mb-0 small"),
         dcc.Dropdown(id="map-layer", options=layer_opts, value=layer, clearable=False, className="mb-2"),
         dbc.Label("Split", className="mb-0 small"),
@@ -85,7 +87,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
     try:
         figure = F.view_figure(data, colour=colour, layer=layer, split=split_value, domain=C.query_list(domain),
                          task=C.query_list(task), score=C.query_range(score), dist=C.query_range(dist), search=q,
-                         selected=row, dark=C.dark_cookie())
+                         selected=row, dark=C.dark_cookie(), pair=(ca, cb))
     except Exception as exc:  # noqa: BLE001 - e.g. distances of a layer that cannot be read
         return dbc.Container([C.run_picker(data.base_id), C.banner(f"could not draw the map: {exc}", id="run-banner")],
                              fluid=True, className="pt-3")
@@ -119,7 +121,7 @@ dash.clientside_callback(
     Input("map-colour", "value"), Input("map-layer", "value"), Input("map-split", "value"),
     Input("map-domain", "value"), Input("map-task", "value"), Input("map-score", "value"),
     Input("map-dist", "value"), Input("map-search", "value"), Input("map-search-hits", "data"),
-    Input("map-graph", "relayoutData"),
+    Input("map-graph", "relayoutData"), Input("map-cond-a", "value"), Input("map-cond-b", "value"),
     State("map-run", "data"), State("map-mode", "data"), State("map-score", "min"), State("map-score", "max"),
     State("map-dist", "min"), State("map-dist", "max"), State("theme-dark", "value"),
     State("plot-templates", "data"),
@@ -138,7 +140,7 @@ def server_figure(req, selected, run_id):
     return F.view_figure(data, colour=req.get("colour") or "split", layer=req.get("layer"), split=req.get("split"),
                    domain=req.get("domain"), task=req.get("task"), score=req.get("score"), dist=req.get("dist"),
                    search=req.get("q"), selected=C.row_of(data, selected), dark=bool(req.get("dark")),
-                   xrange=xr, yrange=yr)
+                   xrange=xr, yrange=yr, pair=(req.get("ca"), req.get("cb")))
 
 
 @callback(Output("map-search-hits", "data"), Input("map-search", "value"), State("map-run", "data"),
@@ -229,10 +231,11 @@ dash.clientside_callback(
     Input("map-run", "data"), Input("map-colour", "value"), Input("map-layer", "value"),
     Input("map-split", "value"), Input("map-domain", "value"), Input("map-task", "value"),
     Input("map-score", "value"), Input("map-dist", "value"), Input("map-search", "value"),
-    Input("map-selected", "data"), Input("map-user", "value"),
-    State("map-score", "min"), State("map-score", "max"), State("map-dist", "min"), State("map-dist", "max"),
+    Input("map-selected", "data"), Input("map-user", "value"), Input("map-cond-a", "value"),
+    Input("map-cond-b", "value"), State("map-score", "min"), State("map-score", "max"), State("map-dist", "min"), State("map-dist", "max"),
     State("map-split", "options"),
 )
 C.register_export("map-graph")
 register_map_layer()
 C.register_view_picker()
+register_path_callback()  # the drill-down's condition paths, on every page that shows it
