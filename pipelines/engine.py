@@ -178,72 +178,6 @@ class RunSession:
             out["x_tokens"], out["y_tokens"] = step["x"], step["y"]
         return out
 
-    @staticmethod
-    def _state_of(placed: dict) -> np.ndarray:
-        state = placed.get("state")
-        if state is None:
-            raise LLMMapsError("generate: the placed prompt has no hidden state")
-        return np.asarray(state, dtype=np.float16).astype(np.float32)
-
-    def generate(self, instruction: str, context: str = "", *, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, domain: str | None = None, top: int = 5,
-                 on_token: Callable[[dict], None] | None = None, placed: dict | None = None,
-                 teacher_force: str | None = None) -> dict:
-        """Place the prompt (unless ``placed`` is given), then generate; every token with its
-        logprob, top alternatives and its position on the map (its hidden state at the default
-        layer, projected).
-
-        With a token atlas (``"reference": "atlas"``) each token's ``dist`` is to the nearest
-        atlas state, ``nearest`` names that training step and ``x``, ``y`` are on the token map;
-        without one (``"reference": "prompts"``) ``dist`` is to the nearest train prompt end and
-        ``x``, ``y`` on the prompt map. ``teacher_force``: feed this text's tokens instead of
-        choosing them (what a training reference looks like on the same path)."""
-        from pipelines.generate import generate
-
-        forced = None
-        if teacher_force is not None:
-            forced = list(self.loaded.tokenizer(teacher_force, add_special_tokens=False)["input_ids"])
-            if not forced:
-                raise LLMMapsError("generate: teacher_force tokenizes to no tokens")
-            max_new_tokens = len(forced)
-
-        result = dict(placed) if placed is not None else self.place(instruction, context, domain=domain)
-        tokens: list[dict] = []
-        result["tokens"] = tokens
-
-        prev = [self._state_of(result)]
-
-        def each(_row, tok, state):
-            state = state.astype(np.float16).astype(np.float32)  # as the run stores encodings
-            if self.atlas is not None:
-                where = self.atlas_step(state)
-            else:
-                xy = self.project(state)[0]
-                dist, _ = knn(state[None, :], self.train_enc, k=1, metric=self.metric)
-                where = {"x": float(xy[0]), "y": float(xy[1]), "dist": float(dist[0, 0])}
-            step = float(pairwise_distances(prev[0][None, :], state[None, :], self.metric)[0, 0])
-            prev[0] = state
-            item = {"text": tok.text, "id": tok.id, "logprob": tok.logprob,
-                    "top": [{"text": t, "logprob": lp} for t, lp in tok.top], **where, "step": step}
-            tokens.append(item)
-            if on_token is not None:
-                on_token(item)
-
-        with self._lock:
-            res = generate(self.loaded, [result["prompt"]], max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, seed=seed, stop_strings=self.template.stop_strings, top_alternatives=top,
-                           hidden_layer=self.layer, max_length=self.manifest["max_length"], on_token=each,
-                           forced_ids=forced)[0]
-        # tokens after a stop string were streamed but are not part of the answer
-        del tokens[len(res.tokens):]
-        result["output"] = res.text
-        result["stop_reason"] = res.stop_reason
-        result.pop("state", None)
-        result["reference"] = "atlas" if self.atlas is not None else "prompts"
-        result.update(path_summary(tokens, result["dist_to_train"], atlas=self.atlas is not None))
-        return result
-
-
     # ------------------------------------------------------------------ try a variation
     def example_row(self, example_id: str) -> int:
         """Row of ``example_id`` in examples.parquet, or LLMMapsError naming the field."""
@@ -319,6 +253,71 @@ class RunSession:
             score = float(TEXT_METRIC_FUNCS[metric](answer, ref))
         out.update(answer=answer, extraction=rule, score=score, correct=bool(score >= threshold))
         return out
+
+    @staticmethod
+    def _state_of(placed: dict) -> np.ndarray:
+        state = placed.get("state")
+        if state is None:
+            raise LLMMapsError("generate: the placed prompt has no hidden state")
+        return np.asarray(state, dtype=np.float16).astype(np.float32)
+
+    def generate(self, instruction: str, context: str = "", *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, domain: str | None = None, top: int = 5,
+                 on_token: Callable[[dict], None] | None = None, placed: dict | None = None,
+                 teacher_force: str | None = None) -> dict:
+        """Place the prompt (unless ``placed`` is given), then generate; every token with its
+        logprob, top alternatives and its position on the map (its hidden state at the default
+        layer, projected).
+
+        With a token atlas (``"reference": "atlas"``) each token's ``dist`` is to the nearest
+        atlas state, ``nearest`` names that training step and ``x``, ``y`` are on the token map;
+        without one (``"reference": "prompts"``) ``dist`` is to the nearest train prompt end and
+        ``x``, ``y`` on the prompt map. ``teacher_force``: feed this text's tokens instead of
+        choosing them (what a training reference looks like on the same path)."""
+        from pipelines.generate import generate
+
+        forced = None
+        if teacher_force is not None:
+            forced = list(self.loaded.tokenizer(teacher_force, add_special_tokens=False)["input_ids"])
+            if not forced:
+                raise LLMMapsError("generate: teacher_force tokenizes to no tokens")
+            max_new_tokens = len(forced)
+
+        result = dict(placed) if placed is not None else self.place(instruction, context, domain=domain)
+        tokens: list[dict] = []
+        result["tokens"] = tokens
+
+        prev = [self._state_of(result)]
+
+        def each(_row, tok, state):
+            state = state.astype(np.float16).astype(np.float32)  # as the run stores encodings
+            if self.atlas is not None:
+                where = self.atlas_step(state)
+            else:
+                xy = self.project(state)[0]
+                dist, _ = knn(state[None, :], self.train_enc, k=1, metric=self.metric)
+                where = {"x": float(xy[0]), "y": float(xy[1]), "dist": float(dist[0, 0])}
+            step = float(pairwise_distances(prev[0][None, :], state[None, :], self.metric)[0, 0])
+            prev[0] = state
+            item = {"text": tok.text, "id": tok.id, "logprob": tok.logprob,
+                    "top": [{"text": t, "logprob": lp} for t, lp in tok.top], **where, "step": step}
+            tokens.append(item)
+            if on_token is not None:
+                on_token(item)
+
+        with self._lock:
+            res = generate(self.loaded, [result["prompt"]], max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed, stop_strings=self.template.stop_strings, top_alternatives=top,
+                           hidden_layer=self.layer, max_length=self.manifest["max_length"], on_token=each,
+                           forced_ids=forced)[0]
+        # tokens after a stop string were streamed but are not part of the answer
+        del tokens[len(res.tokens):]
+        result["output"] = res.text
+        result["stop_reason"] = res.stop_reason
+        result.pop("state", None)
+        result["reference"] = "atlas" if self.atlas is not None else "prompts"
+        result.update(path_summary(tokens, result["dist_to_train"], atlas=self.atlas is not None))
+        return result
 
 
 def _context(atlas: dict, row: int, before: int = 6, after: int = 2) -> tuple[str, str, str]:
