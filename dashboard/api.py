@@ -2,7 +2,10 @@
 examples and user points. Torch-free: it only talks to the job queue (llm_maps.jobs).
 
     POST   /api/runs/<run>/points         {"instruction", "context"?, "generate"?, "max_new_tokens"?,
-                                           "temperature"?, "top_p"?, "seed"?, "domain"?} -> 202 {"id"}
+                                           "temperature"?, "top_p"?, "seed"?, "domain"?, "example_id"?,
+                                           "cot"?} -> 202 {"id"}
+                                          (example_id: a variation of that example, scored with its
+                                          metric; cot: the instruction ends with the step-by-step cue)
     GET    /api/points/<id>               {"id", "run", "status", "error"?, "result"?}
     POST   /api/points/<id>/cancel        cancel a queued or running job -> {"id", "status"}
     GET    /api/runs                      runs with their manifest summary
@@ -37,7 +40,7 @@ INT_MAX = 2**63 - 1  # integers: 0 .. 2^63 - 1 (what the generator's seed and ev
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.01, 5.0  # or exactly 0 (greedy); smaller ones overflow the softmax
 TOP_P_MIN = 0.01
 FIELDS = {"instruction": str, "context": str, "generate": bool, "max_new_tokens": int, "temperature": (int, float),
-          "top_p": (int, float), "seed": int, "domain": str}
+          "top_p": (int, float), "seed": int, "domain": str, "example_id": str, "cot": bool}
 
 
 def max_body_bytes() -> int:
@@ -154,7 +157,21 @@ def validate_point(body, *, max_chars: int, max_new_tokens: int, max_length_toke
         payload["seed"] = int(body["seed"])
     if domain:
         payload["domain"] = domain
+    example_id = body.get("example_id")
+    if example_id is not None:
+        if not example_id.strip():
+            raise ApiError(422, "field 'example_id': must be an example id of the run (or left out)")
+        payload["example_id"] = example_id  # that it is the run's: checked by the caller (check_example)
+    if body.get("cot"):
+        payload["cot"] = True
     return payload
+
+
+def check_example(data, run: str, example_id: str) -> None:
+    """A variation's ``example_id`` must be one of the run's examples: else 422 naming the field."""
+    if example_id not in data.id_index:
+        shown = example_id if len(example_id) <= 80 else example_id[:80] + "…"
+        raise ApiError(422, f"field 'example_id': unknown example {shown!r} in run '{run}'")
 
 
 def _jsonable(value):
@@ -268,6 +285,12 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
             counters[key] = _token_counter(entry.manifest)
         payload = validate_point(body, max_chars=LIMITS["max_chars"], max_new_tokens=LIMITS["max_new_tokens"],
                                  max_length_tokens=entry.manifest.get("max_length"), token_count=counters[key])
+        if "example_id" in payload:  # try a variation: the example the prompt was edited from
+            try:
+                data = registry.load(entry.id)
+            except LLMMapsError as exc:
+                raise ApiError(404, str(exc)) from None
+            check_example(data, run, payload["example_id"])
         try:
             job_id = queue.submit(entry.id, "generate" if payload["generate"] else "place", payload,
                                   run_key=run_key(entry.manifest))

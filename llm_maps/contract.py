@@ -697,6 +697,10 @@ class JobPayload(TypedDict, total=False):
     top_p: Annotated[float, "nucleus sampling"]
     seed: Annotated[int, "sampling seed"]
     domain: Annotated[str, "domain to read the expected accuracy in"]
+    example_id: Annotated[str, "a variation of this example of the run (try a variation): the answer is scored with "
+                               "its metric and the run's threshold, and the prompt's distance to it is measured"]
+    cot: Annotated[bool, "the instruction ends with the step-by-step cue: a variation scores the answer extracted "
+                         "from the reasoning (llm_maps.conditions.extract_answer)"]
 
 
 class JobRecord(TypedDict, total=False):
@@ -760,6 +764,24 @@ class TokenStep(TokenStepRequired, total=False):
     nearest: Annotated[NearestStep, "the nearest training step (runs with a token atlas)"]
 
 
+class Variation(TypedDict):
+    """How a variation of a run's example did (a job with ``example_id``)."""
+
+    example_id: Annotated[str, "the example the prompt was edited from"]
+    metric: Annotated[str | None, "exact | contains | rougeL | mc: the example's stored metric, else the run's rule "
+                                  "(null: no reference)"]
+    threshold: Annotated[float | None, "the run's scoring.thresholds[metric]"]
+    answer: Annotated[str | None, "what was scored: the output, the answer extracted from a step-by-step output, or "
+                                  "the chosen choice (multiple choice)"]
+    extraction: Annotated[str | None, "rule that gave the answer (conditions.parquet's extraction rules)"]
+    score: Annotated[float | None, "score in [0, 1] (null: not scored, see note)"]
+    correct: Annotated[bool | None, "score >= threshold (null: not scored)"]
+    dist_to_original: Annotated[float, "the prompt's distance to the example's stored encoding (map layer, run's "
+                                       "metric, fp16 as dist_to_train)"]
+    original_dist_to_train: Annotated[float | None, "the example's stored dist_to_train"]
+    note: Annotated[str | None, "why it was not scored (no reference, placed only)"]
+
+
 class PointRecord(TypedDict, total=False):
     """A user's point (points/<run>.jsonl in the state folder): a placed or generated prompt."""
 
@@ -789,6 +811,7 @@ class PointRecord(TypedDict, total=False):
     max_dist: Annotated[float | None, "the largest (the weakest step; token atlas)"]
     x_tokens: Annotated[float | None, "the prompt's place on the token map (token atlas)"]
     y_tokens: Annotated[float | None, "y on the token map"]
+    variation: Annotated[Variation, "a variation of a run's example: its score and distance to the original"]
 
 
 STATE_RECORDS: dict[str, Any] = {"job record": JobRecord, "points/<run>.jsonl line": PointRecord}

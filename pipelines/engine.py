@@ -53,6 +53,7 @@ class RunSession:
         self.train_domains = ex["domain"].to_numpy()[self.train_rows]
         self.falloff = self._falloff_stats(ex)
         self._load_atlas(ex)
+        self._example_rows: dict[str, int] | None = None  # example_id -> row (variations), built on first use
         self._lock = threading.Lock()  # one forward at a time per model
         self.load_seconds = time.perf_counter() - start
         self.warm_seconds = 0.0
@@ -131,6 +132,82 @@ class RunSession:
         if self.atlas is not None:  # the prompt's place on the token map too
             step = self.atlas_step(state.astype(np.float16).astype(np.float32))
             out["x_tokens"], out["y_tokens"] = step["x"], step["y"]
+        return out
+
+    # ------------------------------------------------------------------ try a variation
+    def example_row(self, example_id: str) -> int:
+        """Row of ``example_id`` in examples.parquet, or LLMMapsError naming the field."""
+        if self._example_rows is None:
+            self._example_rows = {str(v): i for i, v in enumerate(self.run.examples["example_id"].tolist())}
+        row = self._example_rows.get(str(example_id))
+        if row is None:
+            raise LLMMapsError(f"field 'example_id': unknown example '{str(example_id)[:80]}' in run '{self.name}'")
+        return int(row)
+
+    def variation(self, example_id: str, placed: dict, output: str | None = None, *, cot: bool = False) -> dict:
+        """Score an edited prompt of a run's example as ``llm-maps score`` would score the example.
+
+        The metric is the example's stored ``metric`` (else the run's rule: ``metric_for`` with the
+        manifest's metric spec) and ``correct`` is ``score >= scoring.thresholds[metric]``. Text
+        metrics score ``output`` (a chain-of-thought variation, ``cot``: the answer extracted from it
+        by ``llm_maps.conditions.extract_answer``); multiple choice scores the choice with the highest
+        log-likelihood given the edited prompt (``cot``: after the prompt, the reasoning and
+        "So the answer is", as ``score --conditions cot`` does). ``dist_to_original``: the edited
+        prompt's distance to the example's stored encoding, at the map layer, in the run's metric,
+        both fp16-rounded as ``dist_to_train`` is."""
+        from llm_maps.conditions import MC_COT_SUFFIX, extract_answer, is_numeric
+        from pipelines.metrics import DEFAULT_THRESHOLDS, TEXT_METRIC_FUNCS, metric_for
+        from pipelines.score import _choices, _null
+
+        row = self.example_row(example_id)
+        ex = self.run.examples
+        state = self._state_of(placed)
+        original = np.asarray(self.run.encodings(self.layer)[row], dtype=np.float32)
+        dist = float(pairwise_distances(state[None, :], original[None, :], self.metric)[0, 0])
+        stored = ex["dist_to_train"].iloc[row]
+        out: dict = {"example_id": str(ex["example_id"].iloc[row]), "metric": None, "threshold": None,
+                     "answer": None, "extraction": None, "score": None, "correct": None,
+                     "dist_to_original": max(dist, 0.0),
+                     "original_dist_to_train": None if _null(stored) else float(stored), "note": None}
+        ref = ex["reference"].iloc[row]
+        if _null(ref) or not str(ref).strip():
+            out["note"] = "the example has no reference to score against"
+            return out
+        ref = str(ref)
+        choices = _choices(ex["choices"].iloc[row]) if "choices" in ex.columns else None
+        scoring = self.manifest.get("scoring") or {}
+        metric = ex["metric"].iloc[row] if "metric" in ex.columns else None
+        if _null(metric) or not metric:
+            metric = metric_for(str(ex["category"].iloc[row]), str(ex["task"].iloc[row]), choices is not None,
+                                scoring.get("metric_default", "auto"), scoring.get("metric_overrides") or {})
+        metric = str(metric)
+        if metric != "mc" and metric not in TEXT_METRIC_FUNCS:
+            out["note"] = f"metric '{metric}' cannot be computed on a variation"
+            return out
+        threshold = float({**DEFAULT_THRESHOLDS, **(scoring.get("thresholds") or {})}[metric])
+        out.update(metric=metric, threshold=threshold)
+        if metric == "mc":
+            if choices is None:
+                out["note"] = "the example has no choices"
+                return out
+            if cot and output is None:
+                out["note"] = "generate the reasoning to score a step-by-step variation"
+                return out
+            from pipelines.generate import choice_loglikelihoods
+
+            prompt = placed["prompt"] + (output + MC_COT_SUFFIX if cot and output is not None else "")
+            with self._lock:
+                lls = choice_loglikelihoods(self.loaded, prompt, choices)
+            answer = choices[int(np.argmax([c["logprob"] for c in lls]))]
+            score = float(answer.strip() == ref.strip())
+            rule = "choice_after_reasoning" if cot else "output"
+        else:
+            if output is None:
+                out["note"] = "placed only: generate an answer to score it"
+                return out
+            answer, rule = extract_answer(output, numeric=is_numeric(ref)) if cot else (output, "output")
+            score = float(TEXT_METRIC_FUNCS[metric](answer, ref))
+        out.update(answer=answer, extraction=rule, score=score, correct=bool(score >= threshold))
         return out
 
     @staticmethod

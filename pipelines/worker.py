@@ -41,9 +41,14 @@ def run_job(session, job: dict, *, publish=None, deadline: float | None = None, 
     """Execute one job dict on a RunSession; ``publish(partial_result)`` streams progress and
     ``cancelled()`` (checked before every token) stops a generation early."""
     p = job["payload"]
+    origin = p.get("example_id")
+    if origin:  # a variation of a run's example: an unknown id fails the job before any work
+        session.example_row(origin)
     placed = session.place(p["instruction"], p.get("context") or "", domain=p.get("domain"))
     public = {k: v for k, v in placed.items() if k != "state"}  # the hidden state stays in the worker
     if job["kind"] == "place":
+        if origin:
+            public["variation"] = session.variation(origin, placed, None, cot=bool(p.get("cot")))
         return public
     if publish is not None:
         publish({**public, "tokens": []})
@@ -61,10 +66,14 @@ def run_job(session, job: dict, *, publish=None, deadline: float | None = None, 
     if cancelled is not None and cancelled():
         raise JobCancelled({**public, "tokens": [], "stop_reason": "cancelled"})
     # RunSession.generate drops the prompt's hidden state from what it returns
-    return session.generate(p["instruction"], p.get("context") or "", max_new_tokens=int(p.get("max_new_tokens") or 64),
-                            temperature=float(p.get("temperature") or 0.0), top_p=float(p.get("top_p") or 1.0),
-                            seed=p.get("seed"), placed=placed, on_token=on_token,
-                            teacher_force=p.get("teacher_force"))
+    result = session.generate(p["instruction"], p.get("context") or "",
+                              max_new_tokens=int(p.get("max_new_tokens") or 64),
+                              temperature=float(p.get("temperature") or 0.0), top_p=float(p.get("top_p") or 1.0),
+                              seed=p.get("seed"), placed=placed, on_token=on_token,
+                              teacher_force=p.get("teacher_force"))
+    if origin:  # scored with the example's metric and the run's threshold (RunSession.variation)
+        result["variation"] = session.variation(origin, placed, result.get("output"), cot=bool(p.get("cot")))
+    return result
 
 
 def point_record(job: dict, result: dict) -> dict:
@@ -74,7 +83,8 @@ def point_record(job: dict, result: dict) -> dict:
             "context": p.get("context") or "", "options": {k: p.get(k) for k in ("max_new_tokens", "temperature",
                                                                                "top_p", "seed") if k in p},
             **{k: result.get(k) for k in PLACE_FIELDS},
-            **({k: result.get(k) for k in GENERATE_FIELDS} if job["kind"] == "generate" else {})}
+            **({k: result.get(k) for k in GENERATE_FIELDS} if job["kind"] == "generate" else {}),
+            **({"variation": result["variation"]} if result.get("variation") else {})}
 
 
 class _Heartbeat:

@@ -312,3 +312,78 @@ def test_map_page_shows_saved_points_as_a_layer(site):
     page.wait_for_function(f"() => ({user})('point').length === 0", timeout=20_000)
     assert page.evaluate(f"() => {mgd}._fullData[0]._length") == 40  # the examples themselves untouched
     assert log.take() == []
+
+
+def test_try_a_variation_from_an_examples_drill_down(site, tiny_run):
+    """The drill-down's "try a variation" opens the playground with the example attached; each
+    answer gets a right/wrong badge (the example's metric and the run's threshold) and its
+    distances to train and to the original; the variations tried are kept, nearest first."""
+    import numpy as np
+
+    from llm_maps.runfolder import Run
+    from pipelines.metrics import TEXT_METRIC_FUNCS
+
+    url, page, log = site["url"], site["page"], site["log"]
+    ex = Run(tiny_run).examples
+    i = int(np.flatnonzero((ex["split"] == "test").to_numpy() & (ex["context"] != "").to_numpy())[0])
+    eid, metric, ref = str(ex["example_id"][i]), str(ex["metric"][i]), str(ex["reference"][i])
+    page.goto(f"{url}/examples?run=tiny&sel={eid}")
+    page.wait_for_selector("#drill-try-variation", timeout=30_000)
+    page.click("#drill-try-variation")
+    page.wait_for_function("(id) => ((document.querySelector('#pg-origin-id') || {}).innerText || '') === id",
+                           arg=eid, timeout=30_000)
+    assert page.input_value("#pg-instruction") == ex["instruction"][i]
+    assert page.input_value("#pg-context") == ex["context"][i]
+    assert page.inner_text("#pg-origin-reference") == ref
+    assert page.inner_text("#pg-origin-metric").startswith(f"scored with {metric} (right when score ≥ ")
+    page.wait_for_function("(id) => new URLSearchParams(location.search).get('example') === id", arg=eid,
+                           timeout=10_000)
+
+    def shown(selector: str, text: str) -> None:
+        page.wait_for_function("([s, t]) => ((document.querySelector(s) || {}).innerText || '').trim() === t",
+                               arg=[selector, text], timeout=30_000)
+
+    # unedited, greedy with the budget `score` had: the stored output, score and verdict; at the original
+    first = submit(page, ex["instruction"][i], max_tokens=3)
+    wait_status(page, first)
+    res = job(url, first)["result"]
+    v = res["variation"]
+    assert v["example_id"] == eid and v["metric"] == metric
+    assert v["dist_to_original"] == pytest.approx(0.0, abs=1e-5)
+    assert res["dist_to_train"] == pytest.approx(float(ex["dist_to_train"][i]), abs=1e-5)
+    assert res["output"] == ex["output"][i]
+    assert v["score"] == pytest.approx(float(ex["score"][i])) and v["correct"] == bool(ex["correct"][i])
+    shown("#pg-var-badge", "right" if v["correct"] else "wrong")
+    shown("#pg-var-dists", f"distance to train {res['dist_to_train']:.4g} · to the original {v['dist_to_original']:.4g}")
+    # edited: walked away from the original, scored against the same reference
+    second = submit(page, ex["instruction"][i] + " the paper press and the light on the water", max_tokens=3)
+    wait_status(page, second)
+    res2 = job(url, second)["result"]
+    v2 = res2["variation"]
+    assert v2["dist_to_original"] > 1e-4
+    assert v2["score"] == TEXT_METRIC_FUNCS[metric](res2["output"], ref)
+    assert v2["correct"] == (v2["score"] >= v2["threshold"])
+    shown("#pg-var-badge", "right" if v2["correct"] else "wrong")
+    shown("#pg-var-dists", f"distance to train {res2['dist_to_train']:.4g} · to the original "
+                           f"{v2['dist_to_original']:.4g}")
+    page.wait_for_function("() => document.querySelectorAll('#pg-var-table tbody tr').length === 2", timeout=20_000)
+    assert page.locator("#pg-var-table .pg-var-orig").all_inner_texts() == [
+        f"{v['dist_to_original']:.4g}", f"{v2['dist_to_original']:.4g}"]  # nearest the original first
+    assert page.locator("#pg-var-table .pg-var-badge").all_inner_texts() == [
+        "right" if x["correct"] else "wrong" for x in (v, v2)]
+    assert page.evaluate("""() => { const gd = document.querySelector('#pg-var-plot .js-plotly-plot');
+        const t = gd.data.find((d) => d.meta && d.meta.pg_var); return t && Array.from(t.x); }""") == pytest.approx(
+        [v["dist_to_original"], v2["dist_to_original"]])
+    # the link keeps the attached example and the variations tried
+    page.wait_for_function("(ids) => location.search.includes(ids)", arg=f"{first}%2C{second}", timeout=20_000)
+    page.goto(page.url)
+    page.wait_for_function("() => document.querySelectorAll('#pg-var-table tbody tr').length === 2", timeout=30_000)
+    assert page.inner_text("#pg-origin-id") == eid
+    # detached: a free prompt again, not scored
+    page.click("#pg-detach")
+    page.wait_for_function("() => !document.querySelector('#pg-origin-id')", timeout=20_000)
+    third = submit(page, "Name three colours.", max_tokens=2)
+    wait_status(page, third)
+    assert "variation" not in job(url, third)["result"]
+    page.wait_for_function("() => !new URLSearchParams(location.search).get('example')", timeout=10_000)
+    assert log.take() == []

@@ -179,7 +179,7 @@
   function summary(res) {
     const out = {};
     for (const k of ['n_tokens', 'mean_logprob', 'perplexity', 'path_length', 'final_dist', 'dist_to_train',
-                     'mean_dist', 'max_dist']) {
+                     'mean_dist', 'max_dist', 'variation']) {
       if (res && res[k] !== undefined) out[k] = res[k];
     }
     return out;
@@ -269,12 +269,15 @@
     }
   }
 
-  async function submitJob(run, instruction, context, mode, temperature, seed, maxTokens, cot) {
+  async function submitJob(run, instruction, context, mode, temperature, seed, maxTokens, cot, example) {
     set('pg-error', {is_open: false});
     let text = instruction || '';
-    if (cot && text.trim()) text = text.replace(/\s+$/, '') + '\n' + COT;
+    const stepByStep = Boolean(cot && text.trim());
+    if (stepByStep) text = text.replace(/\s+$/, '') + '\n' + COT;
     const max = num(maxTokens);
     const body = {instruction: text, context: context || ''};
+    // try a variation: the worker scores the answer against this example's reference
+    if (example) { body.example_id = example; if (stepByStep) body.cot = true; }
     if (max === null || max > 0) {
       body.generate = true;
       if (max !== null) body.max_new_tokens = max;
@@ -365,9 +368,10 @@
         }).catch(() => {});  // no map on this page
         return NO();
       },
-      submit(n, run, instruction, context, mode, temperature, seed, maxTokens, cot) {
+      submit(n, run, instruction, context, mode, temperature, seed, maxTokens, cot, example) {
         if (!n) return NO();
-        submitJob(run, instruction, context, mode, temperature, seed, maxTokens, cot).catch((e) => showError(String(e)));
+        submitJob(run, instruction, context, mode, temperature, seed, maxTokens, cot, example)
+          .catch((e) => showError(String(e)));
         return NO();
       },
       cancel(n) {
@@ -406,13 +410,13 @@
         drawNow(figure && figure.layout && figure.layout.meta ? figure.layout.meta.pg_base : null).catch(() => {});
         return NO();
       },
-      syncUrl(run, instruction, context, mode, temperature, seed, max, cot, colour, gens, map, maps) {
+      syncUrl(run, instruction, context, mode, temperature, seed, max, cot, colour, gens, map, example, maps) {
         const ids = (gens || []).filter((g) => g.status !== 'removed' && g.status !== 'failed').map((g) => g.id);
         return window.dash_clientside.llm_maps._write({
           run, instruction, context, mode: mode === 'sampled' ? mode : null,
           temperature: mode === 'sampled' ? temperature : null, seed: mode === 'sampled' ? seed : null,
           max, cot: cot ? '1' : null, colour: colour === 'split' ? null : colour, ids: ids.join(','),
-          map: (maps || []).length > 1 && map !== maps[0].value ? map : null});
+          map: (maps || []).length > 1 && map !== maps[0].value ? map : null, example});
       },
     },
   });

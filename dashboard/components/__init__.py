@@ -3,6 +3,8 @@ plain strings, which React renders as text: never as HTML or Markdown."""
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import dash_bootstrap_components as dbc
 import flask
 import numpy as np
@@ -163,6 +165,8 @@ def drilldown(data, row: int | None) -> html.Div:
         html.Div(f"{len(nbrs)} nearest training examples", className="small text-muted"),
         html.Ol(items, className="drill-neighbours ps-3"),
         dcc.Link("show on the map", href=url(f"/map?run={data.id}&sel={r['example_id']}"), className="small"),
+        dcc.Link("try a variation", id="drill-try-variation", className="small ms-3",
+                 href=url(f"/playground?{urlencode({'run': data.base_id, 'example': str(r['example_id'])})}")),
     ], id="drill-panel-content")
 
 

@@ -18,6 +18,7 @@ from dash.exceptions import PreventUpdate
 
 from dashboard import components as C
 from dashboard import figures as F
+from dashboard import variation as V
 from dashboard.data import falloff_for
 
 dash.register_page(__name__, path="/playground", name="Playground", title="LLM Maps · playground", order=1.5)
@@ -42,7 +43,8 @@ def gen_entry(point: dict, status: str = "done") -> dict:
     return {"id": point["id"], "status": status, "hidden": False, "kind": point.get("kind"),
             "instruction": point.get("instruction", ""), "temperature": opts.get("temperature"),
             "seed": opts.get("seed"), "dist_to_train": point.get("dist_to_train"),
-            **{k: point.get(k) for k in SUMMARY_FIELDS}}
+            **{k: point.get(k) for k in SUMMARY_FIELDS}, **({"variation": point["variation"]}
+                                                          if point.get("variation") else {})}
 
 
 def stored_points(run: str, ids: list[str]) -> list[dict]:
@@ -103,10 +105,13 @@ def base_figure(data, colour: str, dark: bool, map_kind: str = "prompt"):
 
 
 def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8", seed="0", max=None, cot=None,
-           colour="split", ids=None, map=None, **_):
+           colour="split", ids=None, map=None, example=None, **_):
     data, error = C.load(run)
     if data is None:
         return C.no_run_page(run, error)
+    origin = V.origin(data, example)  # try a variation: opened from an example's drill-down
+    if origin is not None and not instruction and not context:  # (a shared link keeps its edited text)
+        instruction, context = origin["instruction"], origin["context"]
     maps = map_choices(data)
     map_kind = map if map in maps else maps[0]
     map_labels = {"tokens": "token map (paths against the training references)",
@@ -116,6 +121,12 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
     id_list = [i for i in str(ids or "").split(",") if i.strip()][:MAX_SHARED_IDS]
     form = [
         C.run_picker(data.id),
+        html.Div(V.origin_card(origin) if origin else None, id="pg-origin"),
+        html.Div(dbc.Button("detach (edit freely, unscored)", id="pg-detach", size="sm", color="secondary",
+                            outline=True, className="py-0"), id="pg-detach-box", hidden=origin is None,
+                 className="mb-2"),
+        *([dbc.Alert(f"example {str(example)[:80]!r} is not in run '{data.id}'", color="warning",
+                     className="small py-2", id="pg-origin-missing")] if example and origin is None else []),
         dbc.Label("Instruction", html_for="pg-instruction", className="mb-0 small"),
         dbc.Textarea(id="pg-instruction", value=instruction or "", rows=4, className="mb-2",
                      placeholder="Ask the model something…"),
@@ -153,6 +164,7 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
         dcc.Store(id="pg-run", data=data.id), dcc.Store(id="pg-palette", data=F.PALETTE),
         dcc.Store(id="pg-gens", data=stored_points(data.id, id_list)),
         dcc.Store(id="pg-current"), dcc.Store(id="pg-overlay"), dcc.Store(id="pg-nbr-pick"),
+        dcc.Store(id="pg-example", data=origin["example_id"] if origin else None),
         html.Div(id="pg-url-sync", hidden=True), html.Div(id="pg-drawn", hidden=True),
         html.Div(id="pg-submitted", hidden=True), html.Div(id="pg-cancelled", hidden=True),
         dbc.Row([
@@ -178,6 +190,14 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
                 html.Div(id="pg-compare"),
             ], md=6),
             dbc.Col([
+                html.Div([html.H6("Variations", className="mt-2 mb-1"),
+                          html.Div(id="pg-var-result", className="mb-1", children=html.Span(
+                              "Edit the prompt and submit: each answer is scored against the attached reference.",
+                              className="small text-muted")),
+                          dcc.Graph(id="pg-var-plot", config={"displaylogo": False}, style={"height": "200px"},
+                                    figure=V.history_figure([], origin)),
+                          html.Div(id="pg-var-history", className="table-responsive")],
+                         id="pg-variation", hidden=origin is None),
                 html.H6("Expected accuracy", className="mt-2 mb-1"),
                 html.Div(id="pg-expected", className="small", children="—"),
                 dcc.Graph(id="pg-falloff", config={"displaylogo": False}, style={"height": "260px"},
@@ -327,11 +347,34 @@ def compare_table(gens):
                     className="table-responsive")
 
 
+@callback(Output("pg-var-result", "children"), Output("pg-var-plot", "figure"), Output("pg-var-history", "children"),
+          Input("pg-gens", "data"), Input("pg-example", "data"), State("pg-run", "data"), State("theme-dark", "value"))
+def variation_panel(gens, example_id, run_id, dark):
+    """Try a variation: the latest variation's badge and distances, and every variation tried."""
+    data, _ = C.load(run_id)
+    if data is None or not example_id:
+        raise PreventUpdate
+    items = V.variations(gens, example_id)
+    if not items:
+        raise PreventUpdate
+    return V.latest(items[-1]), V.history_figure(items, V.origin(data, example_id), bool(dark)), V.history_table(items)
+
+
+@callback(Output("pg-example", "data"), Output("pg-origin", "children"), Output("pg-variation", "hidden"),
+          Output("pg-detach-box", "hidden"), Input("pg-detach", "n_clicks"), prevent_initial_call=True)
+def detach(n):
+    """Back to a free prompt: nothing attached, nothing scored."""
+    if not n:
+        raise PreventUpdate
+    return None, None, True, True
+
+
 dash.clientside_callback(dash.ClientsideFunction("playground", "submit"), Output("pg-submitted", "children"),
                          Input("pg-submit", "n_clicks"),
                          State("pg-run", "data"), State("pg-instruction", "value"), State("pg-context", "value"),
                          State("pg-mode", "value"), State("pg-temperature", "value"), State("pg-seed", "value"),
-                         State("pg-max", "value"), State("pg-cot", "value"), prevent_initial_call=True)
+                         State("pg-max", "value"), State("pg-cot", "value"), State("pg-example", "data"),
+                         prevent_initial_call=True)
 dash.clientside_callback(dash.ClientsideFunction("playground", "cancel"), Output("pg-cancelled", "children"),
                          Input("pg-cancel", "n_clicks"), prevent_initial_call=True)
 dash.clientside_callback(dash.ClientsideFunction("playground", "edit"), Output("pg-gens", "data"),
@@ -345,5 +388,6 @@ dash.clientside_callback(dash.ClientsideFunction("playground", "syncUrl"), Outpu
                          Input("pg-run", "data"), Input("pg-instruction", "value"), Input("pg-context", "value"),
                          Input("pg-mode", "value"), Input("pg-temperature", "value"), Input("pg-seed", "value"),
                          Input("pg-max", "value"), Input("pg-cot", "value"), Input("pg-colour", "value"),
-                         Input("pg-gens", "data"), Input("pg-map", "value"), State("pg-map", "options"))
+                         Input("pg-gens", "data"), Input("pg-map", "value"), Input("pg-example", "data"),
+                         State("pg-map", "options"))
 C.register_export("pg-graph")
