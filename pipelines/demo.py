@@ -125,7 +125,7 @@ def conditions_table(out: Path) -> str | None:
         return f"conditions: {exc}"
 
 
-STAGES = ("encode", "project", "neighbours", "generate", "choices", "falloff", "conditions")
+STAGES = ("encode", "project", "neighbours", "generate", "choices", "first_token", "falloff", "conditions")
 
 
 def stage_times(run_dir: Path) -> dict[str, float]:
@@ -139,6 +139,7 @@ def stage_times(run_dir: Path) -> dict[str, float]:
              "neighbours": (m.get("neighbours") or {}).get("seconds"),
              "generate": (scoring.get("generation") or {}).get("seconds"),
              "choices": (scoring.get("choices") or {}).get("seconds"),
+             "first_token": (scoring.get("first_token") or {}).get("seconds"),
              "conditions": sum(float(c.get("seconds") or 0) for name, c in
                                ((m.get("conditions") or {}).get("conditions") or {}).items() if name != "direct")
              if (m.get("conditions") or {}).get("conditions") else None}
@@ -161,6 +162,9 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
     on 127.0.0.1:``port`` (in a fresh process, so the web server never holds torch)."""
     from pipelines.build import summarize_run
 
+    import time
+
+    start = time.perf_counter()
     out = Path(out) if out else DEMO_RUN
     if rebuild or not (out / MANIFEST).exists():
         print(f"building the demo run in {out} (SmolLM2-135M-Instruct, BIG-bench demo set)...", file=sys.stderr)
@@ -175,6 +179,9 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
     if table:
         print(table, flush=True)
     print(format_stage_times(stage_times(out)), flush=True)
+    if time.perf_counter() - start > 60:  # it built or scored something: the wall time a newcomer waited
+        print(f"demo ready in {(time.perf_counter() - start) / 60:.1f} min (wall clock, every stage included)",
+              flush=True)
     if not serve:
         return 0
     return serve_child([sys.executable, "-m", "llm_maps.cli", "serve", str(out), "--port", str(port), "--prefix", "/"])

@@ -110,18 +110,21 @@ def test_progress_order_keeps_the_longest_batch_first_and_permutes_the_rest():
 def test_demo_prints_every_stage_time_it_recorded(tiny_run, capsys):
     from pipelines.demo import STAGES, format_stage_times, run_demo, stage_times
 
+    assert run_demo(tiny_run, progress=False, serve=False) == 0  # adds what the demo adds (conditions)
+    out = capsys.readouterr().out
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     times = stage_times(tiny_run)
     assert list(times) == [s for s in STAGES if s != "choices"]  # the tiny run has no multiple choice
     assert times["encode"] == manifest["encoding"]["seconds"]
     assert times["project"] == manifest["projection"]["seconds"]
     assert times["generate"] == manifest["scoring"]["generation"]["seconds"]
+    assert times["first_token"] == manifest["scoring"]["first_token"]["seconds"]
     assert times["falloff"] == json.loads((tiny_run / "falloff.json").read_text())["seconds"]
-    assert run_demo(tiny_run, progress=False, serve=False) == 0
-    out = capsys.readouterr().out
+    assert times["conditions"] == pytest.approx(manifest["conditions"]["conditions"]["cot"]["seconds"])
     assert format_stage_times(times) in out
     assert re.search(r"stage times encode [\d.]+ s, project [\d.]+ s, neighbours [\d.]+ s, generate [\d.]+ s, "
-                     r"falloff [\d.]+ s \(total [\d.]+ min\)", out)
+                     r"first_token [\d.]+ s, falloff [\d.]+ s, conditions [\d.]+ s \(total [\d.]+ min\)", out)
+    assert "conditions (test): direct, cot;" in out  # the per-domain table the demo prints
 
 
 # --- transformers: the current cache API ----------------------------------------------------------
