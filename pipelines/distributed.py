@@ -18,7 +18,7 @@ import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -46,6 +46,42 @@ def chunk_batches(batches: Sequence[np.ndarray], chunk_size: int) -> list[list[l
 
 def chunk_path(dist: Path, chunk: int) -> Path:
     return dist / f"chunk_{chunk:05d}.npz"
+
+
+def client_device(spec: dict) -> str:
+    """The device kind the batches are planned for: the spec's, or this machine's kind for "auto"
+    (pass --batch-tokens to choose)."""
+    device = spec.get("device") or "auto"
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def open_plan(dist: Path, fingerprint: str, write: Callable[[Path], dict]) -> None:
+    """Keep ``dist`` and its finished chunks when its plan has ``fingerprint`` (an interrupted call
+    run again); else start it afresh: ``write(dist)`` stores what the chunks read and returns the
+    plan, written last (``plan.json``, atomically, with the fingerprint)."""
+    try:
+        same = json.loads((dist / PLAN).read_text(encoding="utf-8"))["fingerprint"] == fingerprint
+    except (OSError, ValueError, KeyError):
+        same = False
+    if not same:
+        shutil.rmtree(dist, ignore_errors=True)
+        dist.mkdir(parents=True)
+        write_json_atomic(dist / PLAN, {"fingerprint": fingerprint, **write(dist)})
+
+
+def _save_sequences(dist: Path, ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Token ids of every sequence as ``tokens.npy`` + ``offsets.npy`` (what the chunks read); their lengths."""
+    lengths = np.array([len(s) for s in ids], dtype=np.int64)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    np.save(dist / "offsets.npy", offsets)
+    np.save(dist / "tokens.npy", np.concatenate([np.asarray(s, dtype=np.int64) for s in ids])
+            if len(ids) else np.zeros(0, dtype=np.int64))
+    return lengths
 
 
 def _workers_listening(app, queue: str, timeout: float = 3.0) -> list[str]:
@@ -97,12 +133,7 @@ def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec
     app = celery_app()
     layers = normalize_layers(layers, loaded.num_layers)
     max_length = resolve_max_length(loaded, max_length)
-    device = spec.get("device") or "auto"
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # this machine's kind; pass --batch-tokens to choose
-    batch_tokens, max_batch = batch_limits(device, batch_tokens, max_batch)
+    batch_tokens, max_batch = batch_limits(client_device(spec), batch_tokens, max_batch)
     ids, truncated = tokenize_prompts(loaded.tokenizer, prompts, add_eos=add_eos, max_length=max_length)
     lengths = np.array([len(s) for s in ids], dtype=np.int64)
     n, hidden = len(ids), int(loaded.model.config.hidden_size)
@@ -110,21 +141,12 @@ def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec
     fp = _fingerprint(ids, layers, {**encode_identity(loaded), "dtype": spec.get("dtype"), "chunks": chunks})
 
     dist = Path(work).resolve() / DIST_DIR
-    plan_file = dist / PLAN
-    try:
-        same = json.loads(plan_file.read_text(encoding="utf-8"))["fingerprint"] == fp
-    except (OSError, ValueError, KeyError):
-        same = False
-    if not same:
-        shutil.rmtree(dist, ignore_errors=True)
-        dist.mkdir(parents=True)
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum(lengths)
-        np.save(dist / "offsets.npy", offsets)
-        np.save(dist / "tokens.npy", np.concatenate([np.asarray(s, dtype=np.int64) for s in ids])
-                if n else np.zeros(0, dtype=np.int64))
-        write_json_atomic(plan_file, {"fingerprint": fp, "n": n, "hidden": hidden, "layers": layers,
-                                      "pad_id": pad_token_id(loaded.tokenizer), "chunks": chunks})
+
+    def write(folder: Path) -> dict:
+        _save_sequences(folder, ids)
+        return {"n": n, "hidden": hidden, "layers": layers, "pad_id": pad_token_id(loaded.tokenizer), "chunks": chunks}
+
+    open_plan(dist, fp, write)
     pending = [i for i in range(len(chunks)) if not chunk_path(dist, i).exists()]
     resumed_rows = int(sum(len(b) for i in set(range(len(chunks))) - set(pending) for b in chunks[i]))
     start = time.perf_counter()
@@ -175,7 +197,8 @@ def _encoder(spec: dict):
     if key not in _ENCODERS:
         _ENCODERS.clear()  # one build model resident at a time (beside the runs' sessions)
         _ENCODERS[key] = load_model(spec["model"], gguf_file=spec.get("gguf_file"), revision=spec.get("revision"),
-                                    dtype=spec.get("dtype") or "auto", device=spec.get("device") or "auto")
+                                    dtype=spec.get("dtype") or "auto", device=spec.get("device") or "auto",
+                                    any_model=bool(spec.get("any_model")))
     return _ENCODERS[key]
 
 
@@ -213,14 +236,19 @@ def encode_chunk(*, work: str, chunk: int, fingerprint: str, spec: dict, worker:
             parts[k].append(half[k])
     meta = {"chunk": chunk, "rows": len(rows), "clipped": clipped, "device": loaded.device, "dtype": loaded.dtype,
             "worker": worker, "seconds": round(time.perf_counter() - start, 3)}
+    _save_chunk(dist, chunk, meta, rows=np.asarray(rows, dtype=np.int64),
+                **{f"layer_{k}": np.concatenate(parts[k]) for k in layers})
+    return meta
+
+
+def _save_chunk(dist: Path, chunk: int, meta: dict, **arrays: np.ndarray) -> None:
+    """``chunk_<i>.npz`` (the arrays and ``meta``), atomically: a temp file, fsync, then renamed."""
     tmp = dist / f".chunk_{chunk:05d}.{os.getpid()}.tmp"
     with open(tmp, "wb") as fh:
-        np.savez(fh, rows=np.asarray(rows, dtype=np.int64), meta=np.array(json.dumps(meta)),
-                 **{f"layer_{k}": np.concatenate(parts[k]) for k in layers})
+        np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, out)
-    return meta
+    os.replace(tmp, chunk_path(dist, chunk))
 
 
 # ------------------------------------------------------------------------------ score --distributed
@@ -233,8 +261,9 @@ def score_chunk_path(dist: Path, chunk: int) -> Path:
 
 
 def plan_score_chunks(tokenizer, prompts: Sequence[str], gen_rows: Sequence[int], mc_choices: dict, *,
-                      device: str, chunk_size: int) -> list[dict]:
-    """Chunks of a distributed ``score``: generation rows longest prompt first, ``chunk_size`` a chunk;
+                      device: str, chunk_size: int, max_new_tokens: int | Sequence[int] | np.ndarray = 48) -> list[dict]:
+    """Chunks of a distributed ``score``: generation rows longest prompt first, ``chunk_size`` a chunk,
+    each with its rows' limits (``max_new_tokens``: one int, or one per prompt: per-task budgets);
     multiple-choice rows in the batches ``choice_loglikelihoods_batch`` plans for the whole set (same
     order, same padding), grouped like ``build --distributed`` groups encoding batches."""
     from pipelines.encode import batch_limits, plan_batches, tokenize_prompts
@@ -245,8 +274,10 @@ def plan_score_chunks(tokenizer, prompts: Sequence[str], gen_rows: Sequence[int]
     if gen_rows:
         ids, _ = tokenize_prompts(tokenizer, [prompts[i] for i in gen_rows])
         order = np.argsort([-len(s) for s in ids], kind="stable")
+        limits = np.broadcast_to(np.asarray(max_new_tokens, dtype=np.int64), (len(prompts),))
         for group in chunk_batches([[gen_rows[j]] for j in order], max(1, chunk_size)):
-            chunks.append({"kind": "generate", "rows": [b[0] for b in group]})
+            rows = [b[0] for b in group]
+            chunks.append({"kind": "generate", "rows": rows, "max_new_tokens": [int(limits[i]) for i in rows]})
     mc_rows = sorted(int(i) for i in mc_choices)
     if mc_rows:
         packed = choice_tokens(tokenizer, [prompts[i] for i in mc_rows], [mc_choices[i] for i in mc_rows])
@@ -259,9 +290,11 @@ def plan_score_chunks(tokenizer, prompts: Sequence[str], gen_rows: Sequence[int]
 
 
 def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict, run_dir: str | Path, *, spec: dict,
-                      gen_kwargs: dict, chunk_size: int = 512, progress: bool = True, log=print, poll: float = 0.2):
+                      gen_kwargs: dict, max_new_tokens: int | Sequence[int] | np.ndarray | None = None,
+                      chunk_size: int = 512, progress: bool = True, log=print, poll: float = 0.2):
     """Generate for ``gen_rows`` and score the choices of ``mc_choices`` ({row: choices}) on the
-    Celery workers, in chunks (``plan_score_chunks``) written to ``run_dir/.distributed-score``; an
+    Celery workers (``max_new_tokens``: one limit or one per prompt, e.g. the per-task budgets of
+    ``--max-new-tokens auto``; default ``gen_kwargs["max_new_tokens"]``), in chunks (``plan_score_chunks``) written to ``run_dir/.distributed-score``; an
     interrupted run resumes from its finished chunks. ``loaded``: weights-free is enough. Returns
     (generation columns as ``score.generate_outputs`` gives them or None, {row: choice logprobs} or
     None, {device, dtype, chunks, workers})."""
@@ -270,13 +303,11 @@ def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict
     from llm_maps.jobs import TASK_SCORE_CHUNK, celery_app
 
     app = celery_app()
-    device = spec.get("device") or "auto"
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # this machine's kind, as build --distributed
+    device = client_device(spec)
     prompts = [str(p) for p in prompts]
-    chunks = plan_score_chunks(loaded.tokenizer, prompts, gen_rows, mc_choices, device=device, chunk_size=chunk_size)
+    limits = gen_kwargs["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+    chunks = plan_score_chunks(loaded.tokenizer, prompts, gen_rows, mc_choices, device=device, chunk_size=chunk_size,
+                               max_new_tokens=limits)
     used = sorted({int(i) for c in chunks for i in (c.get("rows") or [r for b in c.get("batches", []) for r in b])})
     inputs = {"prompts": {str(i): prompts[i] for i in used},
               "choices": {str(i): list(mc_choices[i]) for i in sorted(mc_choices)}}
@@ -284,15 +315,12 @@ def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict
             "model": {k: loaded.info.get(k) for k in ("model", "revision", "file_sha256")}}
     fp = hashlib.sha256(json.dumps([plan, inputs], sort_keys=True, default=str).encode()).hexdigest()
     dist = Path(run_dir).resolve() / SCORE_DIR
-    try:
-        same = json.loads((dist / PLAN).read_text(encoding="utf-8"))["fingerprint"] == fp
-    except (OSError, ValueError, KeyError):
-        same = False
-    if not same:
-        shutil.rmtree(dist, ignore_errors=True)
-        dist.mkdir(parents=True)
-        write_json_atomic(dist / "inputs.json", inputs)
-        write_json_atomic(dist / PLAN, {"fingerprint": fp, **plan})
+
+    def write(folder: Path) -> dict:
+        write_json_atomic(folder / "inputs.json", inputs)
+        return plan
+
+    open_plan(dist, fp, write)
     pending = [i for i in range(len(chunks)) if not score_chunk_path(dist, i).exists()]
     start = time.perf_counter()
     if pending:
@@ -350,7 +378,7 @@ def score_chunk(*, work: str, chunk: int, fingerprint: str, worker: str = "?") -
     if item["kind"] == "generate":
         g = plan["generate"]
         stats: dict = {}
-        results = generate(loaded, [prompts[str(i)] for i in item["rows"]], max_new_tokens=g["max_new_tokens"],
+        results = generate(loaded, [prompts[str(i)] for i in item["rows"]], max_new_tokens=item["max_new_tokens"],
                            temperature=g["temperature"], top_p=g["top_p"], seed=g["seed"],
                            stop_strings=g["stop_strings"], max_length=g["max_length"], batch_size=g["batch_size"],
                            keys=item["rows"], stats=stats)
@@ -367,3 +395,4 @@ def score_chunk(*, work: str, chunk: int, fingerprint: str, worker: str = "?") -
     meta["seconds"] = round(time.perf_counter() - start, 3)
     write_json_atomic(out, {"meta": meta, "rows": rows})
     return meta
+

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import dolly_rows, free_port, poll_streaming, wait_job, write_jsonl
+from contract_helpers import assert_follows_contract
 from llm_maps.cli import main
 
 HEARTBEAT = 2  # seconds: the workers' heartbeat timeout in these tests
@@ -222,6 +223,55 @@ def test_distributed_score_equals_a_plain_score_and_resumes(workers, redis_url, 
         m["first_token"].pop("seconds")  # wall time of the first-token pass
         m.pop("choices", None)  # wall time of the local multiple-choice pass (chunks report theirs in generation)
     assert plain_scoring == dist_scoring
+
+
+def test_distributed_score_with_auto_budgets_equals_a_plain_score(workers, redis_url, monkeypatch, tmp_path,
+                                                                   tiny_models):
+    """``--max-new-tokens auto --distributed``: the per-task budgets, computed once here from the
+    references, travel with each chunk as per-row limits; outputs and manifest equal a local run."""
+    import numpy as np
+
+    from llm_maps.runfolder import Run
+
+    rows = dolly_rows(16, seed=5)
+    for i, r in enumerate(rows):  # two tasks with very different reference lengths (budgets)
+        r["response"] = "yes" if i % 2 else "the fox " * 6
+        r["category"] = "classification" if i % 2 else "creative_writing"
+    data = write_jsonl(tmp_path / "budgets.jsonl", rows)
+    plain = tmp_path / "runs" / "plain"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(plain),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--test-size", "0.5", "--no-progress"]) == 0
+    dist = tmp_path / "runs" / "dist"
+    shutil.copytree(plain, dist)
+    score = ["--max-new-tokens", "auto", "--no-progress"]
+    assert main(["score", str(plain)] + score) == 0
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["score", str(dist), "--distributed", "--chunk-size", "2"] + score) == 0
+
+    a, b = Run(plain).examples, Run(dist).examples
+    test = (b["split"] == "test").to_numpy()
+    assert test.sum() >= 6 and b.loc[test, "output"].notna().all()
+    for col in ("output", "stop_reason", "metric", "score", "correct"):
+        assert a[col].tolist() == b[col].tolist(), col
+    assert [None if v is None else list(v) for v in a["output_token_ids"]] == \
+        [None if v is None else list(v) for v in b["output_token_ids"]]
+    for x, y in zip(a["output_logprobs"][test], b["output_logprobs"][test]):
+        np.testing.assert_allclose(list(x), list(y), atol=1e-5)
+    g_plain, g_dist = Run(plain).manifest["scoring"]["generation"], Run(dist).manifest["scoring"]["generation"]
+    budgets = g_dist["token_budgets"]
+    assert g_dist["max_new_tokens"] == "auto" and len(set(budgets.values())) == 2, budgets
+    for task, ids, reason in zip(b["task"][test], b["output_token_ids"][test], b["stop_reason"][test]):
+        assert len(ids) <= budgets[task]  # each row's own limit applied on the worker
+        assert reason != "length" or len(ids) == budgets[task]
+    assert len({len(ids) for ids, r in zip(b["output_token_ids"][test], b["stop_reason"][test]) if r == "length"}) == 2
+    dist_info = g_dist.pop("distributed")
+    assert dist_info["chunks"] >= 4 and len(dist_info["workers"]) == 2, dist_info
+    for g in (g_plain, g_dist):  # wall times, rates and the local batch size differ; the rest is the same
+        for key in ("created", "seconds", "tokens_per_second", "batch_size"):
+            g.pop(key)
+    assert g_dist == g_plain
+    assert not (dist / ".distributed-score").exists()
+    assert_follows_contract(dist)  # max_new_tokens "auto" and the budgets are contract keys
 
 
 def test_killed_worker_fails_its_job_and_queued_jobs_survive_a_restart(workers, web, plain_run, redis_url):
