@@ -396,3 +396,135 @@ def score_chunk(*, work: str, chunk: int, fingerprint: str, worker: str = "?") -
     write_json_atomic(out, {"meta": meta, "rows": rows})
     return meta
 
+
+# ------------------------------------------------------------------------------ views and atlas --distributed
+
+VIEWS_DIR = ".distributed-views"
+
+
+def segments_distributed(loaded, segments, out_dir: str | Path, *, layers: dict, n_rows: dict, spec: dict,
+                         batch_tokens: int | None = None, max_batch: int | None = None, chunk_size: int = 512,
+                         progress: bool = True, log=print, poll: float = 0.2) -> tuple[float, int, int, int, dict]:
+    """``views.run_segments`` on the Celery workers: the planned passes (``views.plan_views`` /
+    ``completion_segments``) in the batches ``run_segments`` forms, ``chunk_size`` passes or more a
+    chunk (``views_chunk``), written under ``out_dir/.distributed-views`` and assembled here into
+    the same files (byte-identical on the same kind of device); an interrupted call resumes from
+    its finished chunks. ``loaded``: weights-free is enough; ``spec``: how workers load the model.
+    Returns (seconds, tokens forwarded, resumed passes, values clipped, {device, dtype, chunks, workers})."""
+    from llm_maps.jobs import TASK_VIEWS_CHUNK, celery_app
+    from pipelines.encode import batch_limits, encode_identity, pad_token_id, plan_batches
+    from pipelines.views import _fingerprint, segment_targets, target_file, view_dir
+
+    app = celery_app()
+    out_dir = Path(out_dir).resolve()
+    targets, all_layers = segment_targets(segments, layers, n_rows)
+    hidden = int(loaded.model.config.hidden_size)
+    lengths = np.array([len(s.ids) for s in segments], dtype=np.int64)
+    batch_tokens, max_batch = batch_limits(client_device(spec), batch_tokens, max_batch)
+    chunks = chunk_batches(plan_batches(lengths, batch_tokens=batch_tokens, max_batch=max_batch), max(1, chunk_size))
+    fp = _fingerprint(segments, {t: layers[t] for t in targets}, {t: n_rows[t] for t in targets},
+                      {**encode_identity(loaded), "spec": spec, "chunks": chunks})
+    dist = out_dir / VIEWS_DIR
+
+    def write(folder: Path) -> dict:
+        _save_sequences(folder, [s.ids for s in segments])
+        kept = [[(targets.index(t), r, p) for t, r, p in s.takes if t in layers] for s in segments]
+        take_offsets = np.zeros(len(segments) + 1, dtype=np.int64)
+        take_offsets[1:] = np.cumsum([len(k) for k in kept])
+        flat = np.array([x for k in kept for x in k], dtype=np.int64).reshape(-1, 3)  # (target, row, position)
+        np.save(folder / "take_offsets.npy", take_offsets)
+        np.save(folder / "takes.npy", flat)
+        return {"targets": targets, "layers": {t: [int(k) for k in layers[t]] for t in targets},
+                "all_layers": all_layers, "pad_id": pad_token_id(loaded.tokenizer), "chunks": chunks}
+
+    open_plan(dist, fp, write)
+    pending = [i for i in range(len(chunks)) if not chunk_path(dist, i).exists()]
+    resumed = int(sum(len(b) for i in set(range(len(chunks))) - set(pending) for b in chunks[i]))
+    start = time.perf_counter()
+    if pending:
+        log(f"distributed passes: {len(pending)} of {len(chunks)} chunks, work folder {dist}")
+        run_chunks(app, TASK_VIEWS_CHUNK, pending,
+                   lambda i: {"work": str(out_dir), "chunk": i, "fingerprint": fp, "spec": spec},
+                   desc="encode views (distributed)", progress=progress, poll=poll)
+    seconds = time.perf_counter() - start
+
+    # assemble: the files run_segments writes, every kept state written once
+    takes = np.load(dist / "takes.npy")
+    for t in targets:
+        view_dir(out_dir, t).mkdir(parents=True, exist_ok=True)
+        for stale in view_dir(out_dir, t).glob("layer_*.npy"):
+            stale.unlink()
+    arrays = {(t, k): np.lib.format.open_memmap(target_file(out_dir, t, k), mode="w+", dtype=np.float16,
+                                                shape=(n_rows[t], hidden)) for t in targets for k in layers[t]}
+    written = np.zeros(len(takes), dtype=bool)
+    clipped, devices, dtypes, workers = 0, set(), set(), set()
+    for i in range(len(chunks)):
+        with np.load(chunk_path(dist, i)) as data:
+            meta = json.loads(str(data["meta"]))
+            for k in all_layers:
+                idx = data[f"takes_{k}"]
+                states = data[f"layer_{k}"]
+                for j, t in enumerate(targets):
+                    here = takes[idx, 0] == j
+                    if k in layers[t] and here.any():
+                        arrays[(t, k)][takes[idx[here], 1]] = states[here]
+                written[idx] = True
+        clipped += int(meta["clipped"])
+        devices.add(meta["device"]), dtypes.add(meta["dtype"]), workers.add(meta["worker"])
+    for arr in arrays.values():
+        arr.flush()
+    arrays.clear()
+    if not written.all():
+        raise LLMMapsError(f"--distributed: {int((~written).sum())} states missing from the chunk files")
+    shutil.rmtree(dist, ignore_errors=True)
+    total = int(sum(lengths[b].sum() for i in pending for b in chunks[i]))
+    return seconds, total, resumed, clipped, {"device": ",".join(sorted(devices)), "dtype": ",".join(sorted(dtypes)),
+                                              "chunks": len(chunks), "workers": sorted(workers)}
+
+
+def views_chunk(*, work: str, chunk: int, fingerprint: str, spec: dict, worker: str = "?") -> dict:
+    """Forward one chunk of ``segments_distributed`` into ``chunk_<i>.npz`` (idempotent): per layer,
+    the kept states (float16, as ``run_segments`` stores them) and the indices of their takes."""
+    from pipelines.encode import states_to_fp16
+    from pipelines.views import states_at
+
+    dist = Path(work) / VIEWS_DIR
+    plan = _current_plan(dist, fingerprint, chunk, "views")
+    out = chunk_path(dist, chunk)
+    if out.exists():
+        with np.load(out) as data:
+            return json.loads(str(data["meta"]))
+    loaded = _encoder(spec)
+    tokens = np.load(dist / "tokens.npy", mmap_mode="r")
+    offsets = np.load(dist / "offsets.npy")
+    take_offsets = np.load(dist / "take_offsets.npy")
+    takes = np.load(dist / "takes.npy")
+    targets = plan["targets"]
+    wanted = {j: {int(k) for k in plan["layers"][t]} for j, t in enumerate(targets)}
+    all_layers = [int(k) for k in plan["all_layers"]]
+    start = time.perf_counter()
+    idx: dict[int, list[np.ndarray]] = {k: [] for k in all_layers}
+    parts: dict[int, list[np.ndarray]] = {k: [] for k in all_layers}
+    clipped = 0
+    for batch in plan["chunks"][chunk]:
+        seqs = [tokens[offsets[i]:offsets[i + 1]].tolist() for i in batch]
+        spans = [np.arange(take_offsets[i], take_offsets[i + 1]) for i in batch]
+        states = states_at(loaded.model, seqs, [takes[sp, 2].tolist() for sp in spans], all_layers,
+                           pad_id=int(plan["pad_id"]), device=loaded.device)
+        for k, per_seq in states.items():
+            for sp, st in zip(spans, per_seq):
+                half, n_clip = states_to_fp16({0: st})  # per pass and layer, as run_segments converts
+                clipped += n_clip
+                keep = np.array([int(k) in wanted[int(j)] for j in takes[sp, 0]], dtype=bool)
+                idx[k].append(sp[keep])
+                parts[k].append(half[0][keep])
+    hidden = int(loaded.model.config.hidden_size)
+    meta = {"chunk": chunk, "passes": int(sum(len(b) for b in plan["chunks"][chunk])), "clipped": clipped,
+            "device": loaded.device, "dtype": loaded.dtype, "worker": worker,
+            "seconds": round(time.perf_counter() - start, 3)}
+    arrays: dict[str, np.ndarray] = {}
+    for k in all_layers:
+        arrays[f"takes_{k}"] = np.concatenate(idx[k]) if idx[k] else np.zeros(0, dtype=np.int64)
+        arrays[f"layer_{k}"] = np.concatenate(parts[k]) if parts[k] else np.zeros((0, hidden), dtype=np.float16)
+    _save_chunk(dist, chunk, meta, **arrays)
+    return meta
