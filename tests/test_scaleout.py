@@ -369,8 +369,13 @@ def test_encode_view_and_atlas_of_an_existing_run_distributed_equal_local(worker
     other = ["--completion-model", str(tiny_models["llama"])]
     assert main(["atlas", str(local), "--atlas-layers", "2", "--no-progress"]) == 0
     assert main(["encode", str(local), "--view", "completion", "--no-progress"] + other) == 0
-    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.delenv("REDIS_URL", raising=False)
     capsys.readouterr()
+    assert main(["atlas", str(dist), "--distributed", "--no-progress"]) == 2  # no Redis: one line, nothing written
+    assert capsys.readouterr().err == ("llm-maps atlas: error: --distributed: set REDIS_URL to the Redis the "
+                                       "`llm-maps worker` processes use\n")
+    assert not (dist / ".extras.partial").exists() and not (dist / "tokens.parquet").exists()
+    monkeypatch.setenv("REDIS_URL", redis_url)
     assert main(["atlas", str(dist), "--atlas-layers", "2", "--distributed", "--chunk-size", "3", "--no-progress"]) == 0
     assert main(["encode", str(dist), "--view", "completion", "--distributed", "--chunk-size", "3",
                  "--no-progress"] + other) == 0
