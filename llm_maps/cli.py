@@ -37,7 +37,7 @@ def _log(message: str) -> None:
 
 
 BUILD_GROUPS = (DATA, SPLIT, MODEL, PROJECTION, DISTANCES, OUTPUT, SCALE_OUT, VIEWS)
-ENCODE_GROUPS = (DATA, SPLIT, MODEL, OUTPUT, VIEWS)
+ENCODE_GROUPS = (DATA, SPLIT, MODEL, OUTPUT, SCALE_OUT, VIEWS)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -69,7 +69,7 @@ def cmd_encode_view(args: argparse.Namespace) -> int:
         raise LLMMapsError("encode RUN_DIR: give --view completion (to build a new run use --model, --data, --out)")
     encode_view_run(args.run, view=args.view, completion_model=args.completion_model,
                     batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device,
-                    progress=args.progress, log=_log)
+                    distributed=args.distributed, chunk_size=args.chunk_size, progress=args.progress, log=_log)
     print(summarize_run(args.run))
     return 0
 
@@ -80,7 +80,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 
     atlas_run(args.run, atlas_layers=args.atlas_layers, atlas_max_tokens=args.atlas_max_tokens,
               batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device, seed=args.seed,
-              progress=not args.no_progress, log=_log)
+              distributed=args.distributed, chunk_size=args.chunk_size, progress=not args.no_progress, log=_log)
     print(summarize_run(args.run))
     return 0
 
@@ -443,6 +443,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-tokens", type=int, default=None)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
+    p.add_argument("--distributed", action="store_true",
+                   help="run the passes in chunks on the `llm-maps worker` processes of REDIS_URL (they must reach "
+                        "RUN_DIR); the result equals a local atlas")
+    p.add_argument("--chunk-size", type=int, default=512, help="passes per distributed chunk (default 512)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_atlas)
 

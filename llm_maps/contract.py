@@ -114,7 +114,7 @@ class Counts(TypedDict):
 
 
 class DistributedInfo(TypedDict, total=False):
-    chunks: Annotated[int, "chunks the prompts were encoded in"]
+    chunks: Annotated[int, "chunks the prompts (with views or the atlas: their shared passes) were encoded in"]
     workers: Annotated[list[str], "Celery workers that encoded them"]
 
 
@@ -140,7 +140,7 @@ class NeighboursInfo(_Timed):
 
 
 class GenerationInfo(TypedDict, total=False):
-    max_new_tokens: Annotated[int, "generation limit"]
+    max_new_tokens: Annotated[int | Literal["auto"], "generation limit, or 'auto': per-task budgets (token_budgets)"]
     temperature: Annotated[float, "0 = greedy"]
     top_p: Annotated[float, "nucleus sampling"]
     seed: Annotated[int, "sampling seed"]
@@ -283,9 +283,11 @@ class Manifest(ManifestRequired, total=False):
     base_run: Annotated[str, "the run a checkpoint run was fine-tuned from"]
     views: Annotated[list[str], "encoded views: prompt, completion (encodings/<view>/, pipelines/atlas.py)"]
     view_settings: Annotated[dict[str, dict[str, Any]], "per view other than prompt: model, layers, "
-                                                       "default_layer, pooling, path, sources, projection, neighbours"]
+                                                       "default_layer, pooling, path, sources, projection, neighbours, "
+                                                       "distributed (--distributed: chunks, workers)"]
     token_atlas: Annotated[dict[str, Any], "the token atlas: tokens, examples, train_examples, sampled, "
-                                          "max_tokens, seed, layers, map_layer, path, file, projection (the token map)"]
+                                          "max_tokens, seed, layers, map_layer, path, file, projection (the token map), "
+                                          "distributed (--distributed: chunks, workers)"]
     conditions: Annotated[ConditionsInfo, "conditions.parquet: the conditions scored (llm_maps/conditions.py)"]
     # New manifest keys go here (NotRequired), with their meaning; then regenerate the doc tables.
 

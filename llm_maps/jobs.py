@@ -427,6 +427,7 @@ class PointStore:
 TASK_RUN_JOB = "llm_maps.run_job"
 TASK_ENCODE_CHUNK = "llm_maps.encode_chunk"
 TASK_SCORE_CHUNK = "llm_maps.score_chunk"
+TASK_VIEWS_CHUNK = "llm_maps.views_chunk"
 BUILD_QUEUE = "llm-maps.build"
 _APPS: dict[str, Any] = {}
 

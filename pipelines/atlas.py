@@ -42,10 +42,10 @@ def wants_extras(views: Sequence[str] | str | None, token_atlas: bool) -> bool:
     return COMPLETION in parse_views(views) or bool(token_atlas)
 
 
-def _load_other(model: str, *, dtype: str, device: str):
+def _load_other(model: str, *, dtype: str, device: str, weights: bool = True):
     from pipelines.models import load_model
 
-    return load_model(model, dtype=dtype, device=device, any_model=True)
+    return load_model(model, dtype=dtype, device=device, any_model=True, weights=weights)
 
 
 def encode_extras(loaded, frame, work: Path, *, views: Sequence[str], layers: Sequence[int], default_layer: int,
@@ -53,11 +53,14 @@ def encode_extras(loaded, frame, work: Path, *, views: Sequence[str], layers: Se
                   atlas_layers: Sequence[int] | None, atlas_max_tokens: int, seed: int, add_eos: bool,
                   max_length: int | None, batch_tokens: int | None, completion_model: str | None = None,
                   dtype: str = "auto", device: str = "auto", progress: bool = True, log=print,
-                  completion_rows: np.ndarray | None = None) -> dict:
+                  completion_rows: np.ndarray | None = None, spec: dict | None = None,
+                  chunk_size: int = 512) -> dict:
     """Encode the requested views (prompt included when asked) and the atlas into ``work``.
 
     Returns what ``finish_extras`` and the manifest need: the ViewsResult of the shared passes and,
-    with ``completion_model``, the other model's completion encodings' settings."""
+    with ``completion_model``, the other model's completion encodings' settings. ``spec`` (how
+    workers load the run's model): every pass runs in chunks of ``chunk_size`` on the Celery workers
+    of REDIS_URL (``--distributed``; ``loaded`` may be weights-free), the other model's too."""
     views = parse_views(views) if views else []
     # the atlas always holds the map layer (the token map and path distances use it)
     atlas_layers = sorted({int(default_layer)} | {int(x) for x in (atlas_layers or [])})
@@ -68,24 +71,36 @@ def encode_extras(loaded, frame, work: Path, *, views: Sequence[str], layers: Se
         res = encode_views_to_folder(loaded, frame, work, layers=layers, views=shared_views, atlas=token_atlas,
                                      atlas_layers=atlas_layers, atlas_max_tokens=atlas_max_tokens, seed=seed,
                                      add_eos=add_eos, max_length=max_length, batch_tokens=batch_tokens,
-                                     progress=progress, completion_rows=completion_rows)
+                                     progress=progress, completion_rows=completion_rows, spec=spec,
+                                     chunk_size=chunk_size, log=log)
         out["result"] = res
     if COMPLETION in views and completion_model:
         from pipelines.encode import default_layers, resolve_max_length
 
-        other = _load_other(completion_model, dtype=dtype, device=device)
+        other = _load_other(completion_model, dtype=dtype, device=device, weights=spec is None)
         texts, sources = completion_texts(frame)
         max_len = resolve_max_length(other, max_length)
         segs, lengths, trunc = completion_segments(other.tokenizer, frame["prompt"].tolist(), texts,
                                                    max_length=max_len, eos_token_id=other.tokenizer.eos_token_id)
         other_layers = default_layers(other.num_layers)
         log(f"encoding the completion view with {completion_model}, layers {other_layers}")
-        seconds, total, _, _ = run_segments(other, segs, work, layers={COMPLETION: other_layers},
-                                            n_rows={COMPLETION: len(frame)}, batch_tokens=batch_tokens,
-                                            progress=progress, desc="encode completion")
+        where: dict = {}
+        if spec is not None:
+            from pipelines.distributed import segments_distributed
+
+            other_spec = {"model": completion_model, "gguf_file": None, "revision": None, "dtype": dtype,
+                          "device": device, "any_model": True}
+            seconds, total, _, _, where = segments_distributed(
+                other, segs, work, layers={COMPLETION: other_layers}, n_rows={COMPLETION: len(frame)},
+                spec=other_spec, batch_tokens=batch_tokens, chunk_size=chunk_size, progress=progress, log=log)
+        else:
+            seconds, total, _, _ = run_segments(other, segs, work, layers={COMPLETION: other_layers},
+                                                n_rows={COMPLETION: len(frame)}, batch_tokens=batch_tokens,
+                                                progress=progress, desc="encode completion")
         out["other"] = {"model": completion_model, "model_info": other.info, "layers": other_layers,
                         "default_layer": max(other_layers), "n_tokens": lengths, "truncated": trunc,
-                        "sources": sources, "seconds": seconds, "tokens": total}
+                        "sources": sources, "seconds": seconds, "tokens": total,
+                        **({"distributed": {k: where[k] for k in ("chunks", "workers")}} if where else {})}
     return out
 
 
@@ -138,6 +153,9 @@ def finish_extras(folder: Path, frame, manifest: dict, extras: dict, *, project:
                  "pooling": "eos", "path": f"{ENCODINGS}/{COMPLETION}",
                  "sources": {s: int(n) for s, n in pd.Series(sources).value_counts().sort_index().items()},
                  "projection": None}
+        ran_on = other.get("distributed") if other else res.distributed
+        if ran_on:  # --distributed: the chunks and the workers that encoded the view
+            entry["distributed"] = ran_on
         enc = np.load(target_file(folder, COMPLETION, default), mmap_mode="r")
         if project and projection:
             fit_rows = np.flatnonzero(is_train) if projection.get("fit_on", "train") == "train" else np.arange(len(frame))
@@ -161,7 +179,8 @@ def finish_extras(folder: Path, frame, manifest: dict, extras: dict, *, project:
         map_layer = int(manifest["default_layer"])
         info = {**res.plan.atlas, "layers": atlas_layers, "path": f"{ENCODINGS}/{TOKENS}", "file": TOKENS_FILE,
                 "map_layer": map_layer, "tokens_per_second": round(res.tokens_per_second, 1),
-                "seconds": round(res.seconds, 3), "projection": None}
+                "seconds": round(res.seconds, 3), "projection": None,
+                **({"distributed": res.distributed} if res.distributed else {})}
         if project and projection and map_layer in atlas_layers and len(tokens):
             prompt_enc = np.load(layer_file(prompt_folder, map_layer), mmap_mode="r")
             atlas_enc = np.load(target_file(folder, TOKENS, map_layer), mmap_mode="r")
@@ -188,7 +207,7 @@ def finish_extras(folder: Path, frame, manifest: dict, extras: dict, *, project:
 def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool, atlas_layers=None,
                 atlas_max_tokens: int = DEFAULT_ATLAS_MAX_TOKENS, completion_model: str | None = None,
                 batch_tokens: int | None = None, dtype: str = "auto", device: str = "auto", seed: int | None = None,
-                progress: bool = True, log=print) -> dict:
+                distributed: bool = False, chunk_size: int = 512, progress: bool = True, log=print) -> dict:
     import pandas as pd
 
     from pipelines.build import _write_run_files, now_iso
@@ -209,8 +228,16 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
     if reuse is not None:
         log(f"completion view: {int(reuse.sum())} of {len(frame)} rows unchanged (reference as before), "
             f"re-encoding {int((~reuse).sum())}")
+    spec = None
+    if distributed:
+        from llm_maps.jobs import redis_url
+
+        if not redis_url():
+            raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
+        spec = {"model": manifest["model"], "gguf_file": None, "revision": manifest.get("model_revision"),
+                "dtype": dtype, "device": device}
     loaded = load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype, device=device,
-                        weights=bool(token_atlas or (COMPLETION in views and not completion_model)))
+                        weights=not distributed and bool(token_atlas or (COMPLETION in views and not completion_model)))
     work.mkdir(exist_ok=True)
     seed = int((manifest.get("projection") or {}).get("seed", 0) or 0) if seed is None else int(seed)
     extras = encode_extras(loaded, frame, work, views=views, layers=manifest["layers"],
@@ -218,7 +245,8 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
                            atlas_layers=atlas_layers, atlas_max_tokens=atlas_max_tokens, seed=seed,
                            add_eos=bool(manifest.get("add_eos")), max_length=int(manifest["max_length"]),
                            batch_tokens=batch_tokens, completion_model=completion_model, dtype=dtype, device=device,
-                           progress=progress, log=log, completion_rows=None if reuse is None else ~reuse)
+                           progress=progress, log=log, completion_rows=None if reuse is None else ~reuse, spec=spec,
+                           chunk_size=chunk_size)
     if reuse is not None:  # copy the unchanged rows from the run's current completion view
         for k in extras["result"].layers[COMPLETION]:
             new = np.load(target_file(work, COMPLETION, k), mmap_mode="r+")
@@ -239,7 +267,8 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
 
     params = {"views": views, "token_atlas": bool(token_atlas), "completion_model": completion_model,
               "atlas_layers": atlas_layers, "atlas_max_tokens": int(atlas_max_tokens), "seed": seed,
-              "reused_rows": int(reuse.sum()) if reuse is not None else 0}
+              "reused_rows": int(reuse.sum()) if reuse is not None else 0, "distributed": bool(distributed),
+              "chunk_size": int(chunk_size)}
     outputs = ([f"{ENCODINGS}/{COMPLETION}/", f"{PROJECTION_COMPLETION}/", "view_settings"] if COMPLETION in views
                else []) + ([f"{ENCODINGS}/{TOKENS}/", TOKENS_FILE, f"{PROJECTION_TOKENS}/", "token_atlas"]
                            if token_atlas else [])

@@ -214,7 +214,7 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
     on the Celery workers of REDIS_URL (pipelines.distributed); this process then loads only the
     tokenizer and config. ``config.views`` / ``token_atlas`` / ``atlas_layers`` / ``atlas_max_tokens``
     / ``completion_model``: the completion view and the token atlas (pipelines/atlas.py), encoded
-    in the same passes as the prompt view (needs the transformers encoder, not distributed).
+    in the same passes as the prompt view (needs the transformers encoder; distributed too).
     """
     from pipelines.atlas import encode_extras, finish_extras, wants_extras
     from pipelines.encode import normalize_layers
@@ -258,9 +258,6 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
         log(f"warning: categories with no domain in {dmap.path} (kept as '{UNKNOWN_DOMAIN}'): {unknown_cats}")
 
     extras_wanted = wants_extras(cfg.views, cfg.token_atlas)
-    if extras_wanted and cfg.distributed:
-        raise LLMMapsError("--views completion / --token-atlas: not available with --distributed yet; "
-                           "build without it, then run `llm-maps encode RUN --view completion` / `llm-maps atlas RUN`")
     if encoder is None:
         from pipelines.encoder import TransformersEncoder
 
@@ -288,14 +285,16 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
         if loaded is None:
             raise LLMMapsError("--views completion / --token-atlas: need the transformers encoder "
                                f"(got {type(encoder).__name__})")
-        log(f"encoding {len(frame)} examples with {cfg.model} on {loaded.device} ({loaded.dtype}), "
-            f"layers {layer_list}, into {work}")
+        where = "the workers of REDIS_URL" if cfg.distributed else f"{loaded.device} ({loaded.dtype})"
+        log(f"encoding {len(frame)} examples with {cfg.model} on {where}, layers {layer_list}, into {work}")
         extras = encode_extras(loaded, frame, work, views=["prompt", *parse_views(cfg.views)], layers=layer_list,
                                default_layer=default, token_atlas=cfg.token_atlas, atlas_layers=cfg.atlas_layers,
                                atlas_max_tokens=cfg.atlas_max_tokens, seed=split_seed, add_eos=cfg.add_eos,
                                max_length=max_length, batch_tokens=cfg.batch_tokens,
                                completion_model=cfg.completion_model, dtype=cfg.dtype, device=cfg.device,
-                               progress=cfg.progress, log=log)
+                               progress=cfg.progress, log=log,
+                               spec=getattr(encoder, "spec", None) if cfg.distributed else None,
+                               chunk_size=cfg.chunk_size)
         result = prompt_result(extras["result"])
     else:
         result = encoder.encode(frame["prompt"].tolist(), work, layers=layer_list, add_eos=cfg.add_eos,

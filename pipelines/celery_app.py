@@ -5,6 +5,7 @@
                            ``execute_job`` as the embedded worker (heartbeats, streaming, timeout)
     llm_maps.encode_chunk  one chunk of a ``build --distributed`` (queue ``llm-maps.build``)
     llm_maps.score_chunk   one chunk of a ``score --distributed`` (same queue, same acks-late retry)
+    llm_maps.views_chunk   one chunk of the completion view / token atlas passes with ``--distributed``
 
 The app's configuration lives in ``llm_maps.jobs.celery_app`` (torch-free) so that the web process
 sends tasks by name with the same settings and never imports this module. Workers use the solo
@@ -17,7 +18,8 @@ import os
 import socket
 import time
 
-from llm_maps.jobs import BUILD_QUEUE, TASK_ENCODE_CHUNK, TASK_RUN_JOB, TASK_SCORE_CHUNK, celery_app, run_queue_name
+from llm_maps.jobs import (BUILD_QUEUE, TASK_ENCODE_CHUNK, TASK_RUN_JOB, TASK_SCORE_CHUNK, TASK_VIEWS_CHUNK, celery_app,
+                           run_queue_name)
 
 _STATE: dict = {}  # set by serve_celery: pool, queue, points, worker id
 
@@ -30,6 +32,7 @@ def make_app(url: str | None = None):
         # acks late: a chunk of a worker that dies comes back (chunks are idempotent)
         app.task(name=TASK_ENCODE_CHUNK, acks_late=True, reject_on_worker_lost=True)(encode_chunk_task)
         app.task(name=TASK_SCORE_CHUNK, acks_late=True, reject_on_worker_lost=True)(score_chunk_task)
+        app.task(name=TASK_VIEWS_CHUNK, acks_late=True, reject_on_worker_lost=True)(views_chunk_task)
     return app
 
 
@@ -68,6 +71,13 @@ def score_chunk_task(*, work: str, chunk: int, fingerprint: str) -> dict:
     from pipelines.distributed import score_chunk
 
     return score_chunk(work=work, chunk=chunk, fingerprint=fingerprint,
+                       worker=_STATE.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
+
+
+def views_chunk_task(*, work: str, chunk: int, fingerprint: str, spec: dict) -> dict:
+    from pipelines.distributed import views_chunk
+
+    return views_chunk(work=work, chunk=chunk, fingerprint=fingerprint, spec=spec,
                        worker=_STATE.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
 
 

@@ -18,7 +18,7 @@ import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -46,6 +46,42 @@ def chunk_batches(batches: Sequence[np.ndarray], chunk_size: int) -> list[list[l
 
 def chunk_path(dist: Path, chunk: int) -> Path:
     return dist / f"chunk_{chunk:05d}.npz"
+
+
+def client_device(spec: dict) -> str:
+    """The device kind the batches are planned for: the spec's, or this machine's kind for "auto"
+    (pass --batch-tokens to choose)."""
+    device = spec.get("device") or "auto"
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def open_plan(dist: Path, fingerprint: str, write: Callable[[Path], dict]) -> None:
+    """Keep ``dist`` and its finished chunks when its plan has ``fingerprint`` (an interrupted call
+    run again); else start it afresh: ``write(dist)`` stores what the chunks read and returns the
+    plan, written last (``plan.json``, atomically, with the fingerprint)."""
+    try:
+        same = json.loads((dist / PLAN).read_text(encoding="utf-8"))["fingerprint"] == fingerprint
+    except (OSError, ValueError, KeyError):
+        same = False
+    if not same:
+        shutil.rmtree(dist, ignore_errors=True)
+        dist.mkdir(parents=True)
+        write_json_atomic(dist / PLAN, {"fingerprint": fingerprint, **write(dist)})
+
+
+def _save_sequences(dist: Path, ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Token ids of every sequence as ``tokens.npy`` + ``offsets.npy`` (what the chunks read); their lengths."""
+    lengths = np.array([len(s) for s in ids], dtype=np.int64)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    np.save(dist / "offsets.npy", offsets)
+    np.save(dist / "tokens.npy", np.concatenate([np.asarray(s, dtype=np.int64) for s in ids])
+            if len(ids) else np.zeros(0, dtype=np.int64))
+    return lengths
 
 
 def _workers_listening(app, queue: str, timeout: float = 3.0) -> list[str]:
@@ -97,12 +133,7 @@ def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec
     app = celery_app()
     layers = normalize_layers(layers, loaded.num_layers)
     max_length = resolve_max_length(loaded, max_length)
-    device = spec.get("device") or "auto"
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # this machine's kind; pass --batch-tokens to choose
-    batch_tokens, max_batch = batch_limits(device, batch_tokens, max_batch)
+    batch_tokens, max_batch = batch_limits(client_device(spec), batch_tokens, max_batch)
     ids, truncated = tokenize_prompts(loaded.tokenizer, prompts, add_eos=add_eos, max_length=max_length)
     lengths = np.array([len(s) for s in ids], dtype=np.int64)
     n, hidden = len(ids), int(loaded.model.config.hidden_size)
@@ -110,21 +141,12 @@ def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec
     fp = _fingerprint(ids, layers, {**encode_identity(loaded), "dtype": spec.get("dtype"), "chunks": chunks})
 
     dist = Path(work).resolve() / DIST_DIR
-    plan_file = dist / PLAN
-    try:
-        same = json.loads(plan_file.read_text(encoding="utf-8"))["fingerprint"] == fp
-    except (OSError, ValueError, KeyError):
-        same = False
-    if not same:
-        shutil.rmtree(dist, ignore_errors=True)
-        dist.mkdir(parents=True)
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum(lengths)
-        np.save(dist / "offsets.npy", offsets)
-        np.save(dist / "tokens.npy", np.concatenate([np.asarray(s, dtype=np.int64) for s in ids])
-                if n else np.zeros(0, dtype=np.int64))
-        write_json_atomic(plan_file, {"fingerprint": fp, "n": n, "hidden": hidden, "layers": layers,
-                                      "pad_id": pad_token_id(loaded.tokenizer), "chunks": chunks})
+
+    def write(folder: Path) -> dict:
+        _save_sequences(folder, ids)
+        return {"n": n, "hidden": hidden, "layers": layers, "pad_id": pad_token_id(loaded.tokenizer), "chunks": chunks}
+
+    open_plan(dist, fp, write)
     pending = [i for i in range(len(chunks)) if not chunk_path(dist, i).exists()]
     resumed_rows = int(sum(len(b) for i in set(range(len(chunks))) - set(pending) for b in chunks[i]))
     start = time.perf_counter()
@@ -175,7 +197,8 @@ def _encoder(spec: dict):
     if key not in _ENCODERS:
         _ENCODERS.clear()  # one build model resident at a time (beside the runs' sessions)
         _ENCODERS[key] = load_model(spec["model"], gguf_file=spec.get("gguf_file"), revision=spec.get("revision"),
-                                    dtype=spec.get("dtype") or "auto", device=spec.get("device") or "auto")
+                                    dtype=spec.get("dtype") or "auto", device=spec.get("device") or "auto",
+                                    any_model=bool(spec.get("any_model")))
     return _ENCODERS[key]
 
 
@@ -213,14 +236,19 @@ def encode_chunk(*, work: str, chunk: int, fingerprint: str, spec: dict, worker:
             parts[k].append(half[k])
     meta = {"chunk": chunk, "rows": len(rows), "clipped": clipped, "device": loaded.device, "dtype": loaded.dtype,
             "worker": worker, "seconds": round(time.perf_counter() - start, 3)}
+    _save_chunk(dist, chunk, meta, rows=np.asarray(rows, dtype=np.int64),
+                **{f"layer_{k}": np.concatenate(parts[k]) for k in layers})
+    return meta
+
+
+def _save_chunk(dist: Path, chunk: int, meta: dict, **arrays: np.ndarray) -> None:
+    """``chunk_<i>.npz`` (the arrays and ``meta``), atomically: a temp file, fsync, then renamed."""
     tmp = dist / f".chunk_{chunk:05d}.{os.getpid()}.tmp"
     with open(tmp, "wb") as fh:
-        np.savez(fh, rows=np.asarray(rows, dtype=np.int64), meta=np.array(json.dumps(meta)),
-                 **{f"layer_{k}": np.concatenate(parts[k]) for k in layers})
+        np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, out)
-    return meta
+    os.replace(tmp, chunk_path(dist, chunk))
 
 
 # ------------------------------------------------------------------------------ score --distributed
@@ -233,8 +261,9 @@ def score_chunk_path(dist: Path, chunk: int) -> Path:
 
 
 def plan_score_chunks(tokenizer, prompts: Sequence[str], gen_rows: Sequence[int], mc_choices: dict, *,
-                      device: str, chunk_size: int) -> list[dict]:
-    """Chunks of a distributed ``score``: generation rows longest prompt first, ``chunk_size`` a chunk;
+                      device: str, chunk_size: int, max_new_tokens: int | Sequence[int] | np.ndarray = 48) -> list[dict]:
+    """Chunks of a distributed ``score``: generation rows longest prompt first, ``chunk_size`` a chunk,
+    each with its rows' limits (``max_new_tokens``: one int, or one per prompt: per-task budgets);
     multiple-choice rows in the batches ``choice_loglikelihoods_batch`` plans for the whole set (same
     order, same padding), grouped like ``build --distributed`` groups encoding batches."""
     from pipelines.encode import batch_limits, plan_batches, tokenize_prompts
@@ -245,8 +274,10 @@ def plan_score_chunks(tokenizer, prompts: Sequence[str], gen_rows: Sequence[int]
     if gen_rows:
         ids, _ = tokenize_prompts(tokenizer, [prompts[i] for i in gen_rows])
         order = np.argsort([-len(s) for s in ids], kind="stable")
+        limits = np.broadcast_to(np.asarray(max_new_tokens, dtype=np.int64), (len(prompts),))
         for group in chunk_batches([[gen_rows[j]] for j in order], max(1, chunk_size)):
-            chunks.append({"kind": "generate", "rows": [b[0] for b in group]})
+            rows = [b[0] for b in group]
+            chunks.append({"kind": "generate", "rows": rows, "max_new_tokens": [int(limits[i]) for i in rows]})
     mc_rows = sorted(int(i) for i in mc_choices)
     if mc_rows:
         packed = choice_tokens(tokenizer, [prompts[i] for i in mc_rows], [mc_choices[i] for i in mc_rows])
@@ -259,9 +290,11 @@ def plan_score_chunks(tokenizer, prompts: Sequence[str], gen_rows: Sequence[int]
 
 
 def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict, run_dir: str | Path, *, spec: dict,
-                      gen_kwargs: dict, chunk_size: int = 512, progress: bool = True, log=print, poll: float = 0.2):
+                      gen_kwargs: dict, max_new_tokens: int | Sequence[int] | np.ndarray | None = None,
+                      chunk_size: int = 512, progress: bool = True, log=print, poll: float = 0.2):
     """Generate for ``gen_rows`` and score the choices of ``mc_choices`` ({row: choices}) on the
-    Celery workers, in chunks (``plan_score_chunks``) written to ``run_dir/.distributed-score``; an
+    Celery workers (``max_new_tokens``: one limit or one per prompt, e.g. the per-task budgets of
+    ``--max-new-tokens auto``; default ``gen_kwargs["max_new_tokens"]``), in chunks (``plan_score_chunks``) written to ``run_dir/.distributed-score``; an
     interrupted run resumes from its finished chunks. ``loaded``: weights-free is enough. Returns
     (generation columns as ``score.generate_outputs`` gives them or None, {row: choice logprobs} or
     None, {device, dtype, chunks, workers})."""
@@ -270,13 +303,11 @@ def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict
     from llm_maps.jobs import TASK_SCORE_CHUNK, celery_app
 
     app = celery_app()
-    device = spec.get("device") or "auto"
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # this machine's kind, as build --distributed
+    device = client_device(spec)
     prompts = [str(p) for p in prompts]
-    chunks = plan_score_chunks(loaded.tokenizer, prompts, gen_rows, mc_choices, device=device, chunk_size=chunk_size)
+    limits = gen_kwargs["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+    chunks = plan_score_chunks(loaded.tokenizer, prompts, gen_rows, mc_choices, device=device, chunk_size=chunk_size,
+                               max_new_tokens=limits)
     used = sorted({int(i) for c in chunks for i in (c.get("rows") or [r for b in c.get("batches", []) for r in b])})
     inputs = {"prompts": {str(i): prompts[i] for i in used},
               "choices": {str(i): list(mc_choices[i]) for i in sorted(mc_choices)}}
@@ -284,15 +315,12 @@ def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict
             "model": {k: loaded.info.get(k) for k in ("model", "revision", "file_sha256")}}
     fp = hashlib.sha256(json.dumps([plan, inputs], sort_keys=True, default=str).encode()).hexdigest()
     dist = Path(run_dir).resolve() / SCORE_DIR
-    try:
-        same = json.loads((dist / PLAN).read_text(encoding="utf-8"))["fingerprint"] == fp
-    except (OSError, ValueError, KeyError):
-        same = False
-    if not same:
-        shutil.rmtree(dist, ignore_errors=True)
-        dist.mkdir(parents=True)
-        write_json_atomic(dist / "inputs.json", inputs)
-        write_json_atomic(dist / PLAN, {"fingerprint": fp, **plan})
+
+    def write(folder: Path) -> dict:
+        write_json_atomic(folder / "inputs.json", inputs)
+        return plan
+
+    open_plan(dist, fp, write)
     pending = [i for i in range(len(chunks)) if not score_chunk_path(dist, i).exists()]
     start = time.perf_counter()
     if pending:
@@ -350,7 +378,7 @@ def score_chunk(*, work: str, chunk: int, fingerprint: str, worker: str = "?") -
     if item["kind"] == "generate":
         g = plan["generate"]
         stats: dict = {}
-        results = generate(loaded, [prompts[str(i)] for i in item["rows"]], max_new_tokens=g["max_new_tokens"],
+        results = generate(loaded, [prompts[str(i)] for i in item["rows"]], max_new_tokens=item["max_new_tokens"],
                            temperature=g["temperature"], top_p=g["top_p"], seed=g["seed"],
                            stop_strings=g["stop_strings"], max_length=g["max_length"], batch_size=g["batch_size"],
                            keys=item["rows"], stats=stats)
@@ -366,4 +394,137 @@ def score_chunk(*, work: str, chunk: int, fingerprint: str, worker: str = "?") -
                 rows[str(i)] = [round(x["logprob"], 6) for x in r]
     meta["seconds"] = round(time.perf_counter() - start, 3)
     write_json_atomic(out, {"meta": meta, "rows": rows})
+    return meta
+
+
+# ------------------------------------------------------------------------------ views and atlas --distributed
+
+VIEWS_DIR = ".distributed-views"
+
+
+def segments_distributed(loaded, segments, out_dir: str | Path, *, layers: dict, n_rows: dict, spec: dict,
+                         batch_tokens: int | None = None, max_batch: int | None = None, chunk_size: int = 512,
+                         progress: bool = True, log=print, poll: float = 0.2) -> tuple[float, int, int, int, dict]:
+    """``views.run_segments`` on the Celery workers: the planned passes (``views.plan_views`` /
+    ``completion_segments``) in the batches ``run_segments`` forms, ``chunk_size`` passes or more a
+    chunk (``views_chunk``), written under ``out_dir/.distributed-views`` and assembled here into
+    the same files (byte-identical on the same kind of device); an interrupted call resumes from
+    its finished chunks. ``loaded``: weights-free is enough; ``spec``: how workers load the model.
+    Returns (seconds, tokens forwarded, resumed passes, values clipped, {device, dtype, chunks, workers})."""
+    from llm_maps.jobs import TASK_VIEWS_CHUNK, celery_app
+    from pipelines.encode import batch_limits, encode_identity, pad_token_id, plan_batches
+    from pipelines.views import _fingerprint, segment_targets, target_file, view_dir
+
+    app = celery_app()
+    out_dir = Path(out_dir).resolve()
+    targets, all_layers = segment_targets(segments, layers, n_rows)
+    hidden = int(loaded.model.config.hidden_size)
+    lengths = np.array([len(s.ids) for s in segments], dtype=np.int64)
+    batch_tokens, max_batch = batch_limits(client_device(spec), batch_tokens, max_batch)
+    chunks = chunk_batches(plan_batches(lengths, batch_tokens=batch_tokens, max_batch=max_batch), max(1, chunk_size))
+    fp = _fingerprint(segments, {t: layers[t] for t in targets}, {t: n_rows[t] for t in targets},
+                      {**encode_identity(loaded), "spec": spec, "chunks": chunks})
+    dist = out_dir / VIEWS_DIR
+
+    def write(folder: Path) -> dict:
+        _save_sequences(folder, [s.ids for s in segments])
+        kept = [[(targets.index(t), r, p) for t, r, p in s.takes if t in layers] for s in segments]
+        take_offsets = np.zeros(len(segments) + 1, dtype=np.int64)
+        take_offsets[1:] = np.cumsum([len(k) for k in kept])
+        flat = np.array([x for k in kept for x in k], dtype=np.int64).reshape(-1, 3)  # (target, row, position)
+        np.save(folder / "take_offsets.npy", take_offsets)
+        np.save(folder / "takes.npy", flat)
+        return {"targets": targets, "layers": {t: [int(k) for k in layers[t]] for t in targets},
+                "all_layers": all_layers, "pad_id": pad_token_id(loaded.tokenizer), "chunks": chunks}
+
+    open_plan(dist, fp, write)
+    pending = [i for i in range(len(chunks)) if not chunk_path(dist, i).exists()]
+    resumed = int(sum(len(b) for i in set(range(len(chunks))) - set(pending) for b in chunks[i]))
+    start = time.perf_counter()
+    if pending:
+        log(f"distributed passes: {len(pending)} of {len(chunks)} chunks, work folder {dist}")
+        run_chunks(app, TASK_VIEWS_CHUNK, pending,
+                   lambda i: {"work": str(out_dir), "chunk": i, "fingerprint": fp, "spec": spec},
+                   desc="encode views (distributed)", progress=progress, poll=poll)
+    seconds = time.perf_counter() - start
+
+    # assemble: the files run_segments writes, every kept state written once
+    takes = np.load(dist / "takes.npy")
+    for t in targets:
+        view_dir(out_dir, t).mkdir(parents=True, exist_ok=True)
+        for stale in view_dir(out_dir, t).glob("layer_*.npy"):
+            stale.unlink()
+    arrays = {(t, k): np.lib.format.open_memmap(target_file(out_dir, t, k), mode="w+", dtype=np.float16,
+                                                shape=(n_rows[t], hidden)) for t in targets for k in layers[t]}
+    written = np.zeros(len(takes), dtype=bool)
+    clipped, devices, dtypes, workers = 0, set(), set(), set()
+    for i in range(len(chunks)):
+        with np.load(chunk_path(dist, i)) as data:
+            meta = json.loads(str(data["meta"]))
+            for k in all_layers:
+                idx = data[f"takes_{k}"]
+                states = data[f"layer_{k}"]
+                for j, t in enumerate(targets):
+                    here = takes[idx, 0] == j
+                    if k in layers[t] and here.any():
+                        arrays[(t, k)][takes[idx[here], 1]] = states[here]
+                written[idx] = True
+        clipped += int(meta["clipped"])
+        devices.add(meta["device"]), dtypes.add(meta["dtype"]), workers.add(meta["worker"])
+    for arr in arrays.values():
+        arr.flush()
+    arrays.clear()
+    if not written.all():
+        raise LLMMapsError(f"--distributed: {int((~written).sum())} states missing from the chunk files")
+    shutil.rmtree(dist, ignore_errors=True)
+    total = int(sum(lengths[b].sum() for i in pending for b in chunks[i]))
+    return seconds, total, resumed, clipped, {"device": ",".join(sorted(devices)), "dtype": ",".join(sorted(dtypes)),
+                                              "chunks": len(chunks), "workers": sorted(workers)}
+
+
+def views_chunk(*, work: str, chunk: int, fingerprint: str, spec: dict, worker: str = "?") -> dict:
+    """Forward one chunk of ``segments_distributed`` into ``chunk_<i>.npz`` (idempotent): per layer,
+    the kept states (float16, as ``run_segments`` stores them) and the indices of their takes."""
+    from pipelines.encode import states_to_fp16
+    from pipelines.views import states_at
+
+    dist = Path(work) / VIEWS_DIR
+    plan = _current_plan(dist, fingerprint, chunk, "views")
+    out = chunk_path(dist, chunk)
+    if out.exists():
+        with np.load(out) as data:
+            return json.loads(str(data["meta"]))
+    loaded = _encoder(spec)
+    tokens = np.load(dist / "tokens.npy", mmap_mode="r")
+    offsets = np.load(dist / "offsets.npy")
+    take_offsets = np.load(dist / "take_offsets.npy")
+    takes = np.load(dist / "takes.npy")
+    targets = plan["targets"]
+    wanted = {j: {int(k) for k in plan["layers"][t]} for j, t in enumerate(targets)}
+    all_layers = [int(k) for k in plan["all_layers"]]
+    start = time.perf_counter()
+    idx: dict[int, list[np.ndarray]] = {k: [] for k in all_layers}
+    parts: dict[int, list[np.ndarray]] = {k: [] for k in all_layers}
+    clipped = 0
+    for batch in plan["chunks"][chunk]:
+        seqs = [tokens[offsets[i]:offsets[i + 1]].tolist() for i in batch]
+        spans = [np.arange(take_offsets[i], take_offsets[i + 1]) for i in batch]
+        states = states_at(loaded.model, seqs, [takes[sp, 2].tolist() for sp in spans], all_layers,
+                           pad_id=int(plan["pad_id"]), device=loaded.device)
+        for k, per_seq in states.items():
+            for sp, st in zip(spans, per_seq):
+                half, n_clip = states_to_fp16({0: st})  # per pass and layer, as run_segments converts
+                clipped += n_clip
+                keep = np.array([int(k) in wanted[int(j)] for j in takes[sp, 0]], dtype=bool)
+                idx[k].append(sp[keep])
+                parts[k].append(half[0][keep])
+    hidden = int(loaded.model.config.hidden_size)
+    meta = {"chunk": chunk, "passes": int(sum(len(b) for b in plan["chunks"][chunk])), "clipped": clipped,
+            "device": loaded.device, "dtype": loaded.dtype, "worker": worker,
+            "seconds": round(time.perf_counter() - start, 3)}
+    arrays: dict[str, np.ndarray] = {}
+    for k in all_layers:
+        arrays[f"takes_{k}"] = np.concatenate(idx[k]) if idx[k] else np.zeros(0, dtype=np.int64)
+        arrays[f"layer_{k}"] = np.concatenate(parts[k]) if parts[k] else np.zeros((0, hidden), dtype=np.float16)
+    _save_chunk(dist, chunk, meta, **arrays)
     return meta

@@ -184,7 +184,7 @@ def load_model(model: str, *, gguf_file: str | None = None, revision: str | None
             if revision is None:
                 info["revision"] = getattr(config, "_commit_hash", None)
             try:
-                arch = AutoModelForCausalLM._model_mapping[type(config)].__name__
+                arch = (AutoModel if any_model else AutoModelForCausalLM)._model_mapping[type(config)].__name__
             except Exception:  # noqa: BLE001 - remote code or an unknown config: what the config says
                 arch = (getattr(config, "architectures", None) or ["?"])[0]
             info.update({"architecture": arch, "num_layers": n_layers, "hidden_size": int(config.hidden_size)})

@@ -166,8 +166,6 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
                             weights=not distributed)
         mode = "greedy" if temperature == 0 else f"temperature {temperature}, top-p {top_p}"
         if max_new_tokens == "auto":
-            if distributed:
-                raise LLMMapsError("--max-new-tokens auto with --distributed: not supported yet; give a number")
             from pipelines.budgets import BUDGET_RULE, row_budgets, task_budgets
 
             tasks_gen = set(frame["task"].to_numpy()[gen_rows].tolist())
@@ -189,7 +187,8 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
                     "dtype": dtype, "device": device}
             cols, mc_values, dist_info = score_distributed(
                 loaded, frame["prompt"].tolist(), gen_rows, {int(i): choices[i] for i in mc_rows}, run_dir,
-                spec=spec, gen_kwargs=gen_kwargs, chunk_size=chunk_size, progress=progress, log=log)
+                spec=spec, gen_kwargs=gen_kwargs, max_new_tokens=per_row, chunk_size=chunk_size, progress=progress,
+                log=log)
         else:
             if len(gen_rows):
                 log(f"generating {len(gen_rows)} outputs ({limit_text}, {mode}) on {loaded.device}")

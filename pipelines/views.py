@@ -304,6 +304,9 @@ class ViewsResult:
     tokens_forwarded: int  # tokens run through the model in this call (0 when all was resumed)
     resumed_segments: int
     clipped_values: int
+    device: str | None = None  # where the passes ran, when not the model's own device (distributed workers)
+    dtype: str | None = None
+    distributed: dict | None = None  # chunks and workers of distributed passes
 
     @property
     def tokens_per_second(self) -> float:
@@ -325,6 +328,13 @@ def target_file(out_dir: Path, target: str, layer: int) -> Path:
     return view_dir(out_dir, target) / f"layer_{int(layer)}.npy"
 
 
+def segment_targets(segments: list[Segment], layers: dict, n_rows: dict) -> tuple[list[str], list[int]]:
+    """(targets written, sorted, every layer any of them keeps): the files a set of passes fills."""
+    targets = sorted({t for s in segments for t, _, _ in s.takes} | {t for t in layers if n_rows.get(t)})
+    targets = [t for t in targets if t in layers]
+    return targets, sorted({int(k) for t in targets for k in layers[t]})
+
+
 def run_segments(loaded, segments: list[Segment], out_dir: str | Path, *, layers: dict, n_rows: dict,
                  batch_tokens: int | None = None, max_batch: int | None = None, progress: bool = True,
                  checkpoint_seconds: float = 10.0, desc: str = "encode views",
@@ -339,9 +349,7 @@ def run_segments(loaded, segments: list[Segment], out_dir: str | Path, *, layers
     enc_dir.mkdir(parents=True, exist_ok=True)
     state_path, done_path = enc_dir / ".views-state.json", enc_dir / ".views-done.npy"
     hidden = int(loaded.model.config.hidden_size)
-    targets = sorted({t for s in segments for t, _, _ in s.takes} | {t for t in layers if n_rows.get(t)})
-    targets = [t for t in targets if t in layers]
-    all_layers = sorted({k for t in targets for k in layers[t]})
+    targets, all_layers = segment_targets(segments, layers, n_rows)
     fp = _fingerprint(segments, {t: layers[t] for t in targets}, {t: n_rows[t] for t in targets},
                       encode_identity(loaded))
     resume = False
@@ -422,10 +430,13 @@ def encode_views_to_folder(loaded, frame, out_dir: str | Path, *, layers: Sequen
                            max_length: int | None = None, batch_tokens: int | None = None,
                            max_batch: int | None = None, progress: bool = True, checkpoint_seconds: float = 10.0,
                            on_batch: Callable[[int, np.ndarray], None] | None = None,
-                           completion_rows: np.ndarray | None = None) -> ViewsResult:
+                           completion_rows: np.ndarray | None = None, spec: dict | None = None,
+                           chunk_size: int = 512, log: Callable[[str], Any] = print) -> ViewsResult:
     """Encode ``views`` (prompt and/or completion) and, with ``atlas``, the token atlas of the
     frame's rows (columns example_id, split, prompt, reference, output, score) into
-    ``out_dir/encodings/`` in shared passes. ``atlas_layers`` default to ``layers``."""
+    ``out_dir/encodings/`` in shared passes. ``atlas_layers`` default to ``layers``. ``spec`` (how
+    workers load the model): the passes run in chunks of ``chunk_size`` on the Celery workers of
+    REDIS_URL (``pipelines.distributed.segments_distributed``; ``loaded`` may be weights-free)."""
     views = parse_views(list(views)) if views else []
     layers = normalize_layers(layers, loaded.num_layers)
     max_length = resolve_max_length(loaded, max_length)
@@ -434,6 +445,15 @@ def encode_views_to_folder(loaded, frame, out_dir: str | Path, *, layers: Sequen
     target_layers = {v: layers for v in views}
     if atlas:
         target_layers[TOKENS] = normalize_layers(atlas_layers, loaded.num_layers) if atlas_layers else layers
+    if spec is not None:
+        from pipelines.distributed import segments_distributed
+
+        seconds, total, resumed, clipped, info = segments_distributed(
+            loaded, plan.segments, out_dir, layers=target_layers, n_rows=plan.n_rows, spec=spec,
+            batch_tokens=batch_tokens, max_batch=max_batch, chunk_size=chunk_size, progress=progress, log=log)
+        return ViewsResult(plan=plan, layers=target_layers, seconds=seconds, tokens_forwarded=total,
+                           resumed_segments=resumed, clipped_values=clipped, device=info.pop("device"),
+                           dtype=info.pop("dtype"), distributed=info)
     seconds, total, resumed, clipped = run_segments(
         loaded, plan.segments, out_dir, layers=target_layers, n_rows=plan.n_rows, batch_tokens=batch_tokens,
         max_batch=max_batch, progress=progress, checkpoint_seconds=checkpoint_seconds, on_batch=on_batch)
@@ -448,4 +468,5 @@ def prompt_result(res: ViewsResult):
     plan = res.plan
     return EncodeResult(layers=res.layers["prompt"], n_tokens=plan.prompt_tokens, truncated=plan.prompt_truncated,
                         seconds=res.seconds, tokens_encoded=res.tokens_forwarded, resumed_rows=res.resumed_segments,
-                        clipped_values=res.clipped_values)
+                        clipped_values=res.clipped_values, device=res.device, dtype=res.dtype,
+                        distributed=res.distributed)

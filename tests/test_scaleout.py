@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import dolly_rows, free_port, poll_streaming, wait_job, write_jsonl
+from contract_helpers import assert_follows_contract
 from llm_maps.cli import main
 
 HEARTBEAT = 2  # seconds: the workers' heartbeat timeout in these tests
@@ -222,6 +223,178 @@ def test_distributed_score_equals_a_plain_score_and_resumes(workers, redis_url, 
         m["first_token"].pop("seconds")  # wall time of the first-token pass
         m.pop("choices", None)  # wall time of the local multiple-choice pass (chunks report theirs in generation)
     assert plain_scoring == dist_scoring
+
+
+def test_distributed_score_with_auto_budgets_equals_a_plain_score(workers, redis_url, monkeypatch, tmp_path,
+                                                                   tiny_models):
+    """``--max-new-tokens auto --distributed``: the per-task budgets, computed once here from the
+    references, travel with each chunk as per-row limits; outputs and manifest equal a local run."""
+    import numpy as np
+
+    from llm_maps.runfolder import Run
+
+    rows = dolly_rows(16, seed=5)
+    for i, r in enumerate(rows):  # two tasks with very different reference lengths (budgets)
+        r["response"] = "yes" if i % 2 else "the fox " * 6
+        r["category"] = "classification" if i % 2 else "creative_writing"
+    data = write_jsonl(tmp_path / "budgets.jsonl", rows)
+    plain = tmp_path / "runs" / "plain"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(plain),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--test-size", "0.5", "--no-progress"]) == 0
+    dist = tmp_path / "runs" / "dist"
+    shutil.copytree(plain, dist)
+    score = ["--max-new-tokens", "auto", "--no-progress"]
+    assert main(["score", str(plain)] + score) == 0
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["score", str(dist), "--distributed", "--chunk-size", "2"] + score) == 0
+
+    a, b = Run(plain).examples, Run(dist).examples
+    test = (b["split"] == "test").to_numpy()
+    assert test.sum() >= 6 and b.loc[test, "output"].notna().all()
+    for col in ("output", "stop_reason", "metric", "score", "correct"):
+        assert a[col].tolist() == b[col].tolist(), col
+    assert [None if v is None else list(v) for v in a["output_token_ids"]] == \
+        [None if v is None else list(v) for v in b["output_token_ids"]]
+    for x, y in zip(a["output_logprobs"][test], b["output_logprobs"][test]):
+        np.testing.assert_allclose(list(x), list(y), atol=1e-5)
+    g_plain, g_dist = Run(plain).manifest["scoring"]["generation"], Run(dist).manifest["scoring"]["generation"]
+    budgets = g_dist["token_budgets"]
+    assert g_dist["max_new_tokens"] == "auto" and len(set(budgets.values())) == 2, budgets
+    for task, ids, reason in zip(b["task"][test], b["output_token_ids"][test], b["stop_reason"][test]):
+        assert len(ids) <= budgets[task]  # each row's own limit applied on the worker
+        assert reason != "length" or len(ids) == budgets[task]
+    assert len({len(ids) for ids, r in zip(b["output_token_ids"][test], b["stop_reason"][test]) if r == "length"}) == 2
+    dist_info = g_dist.pop("distributed")
+    assert dist_info["chunks"] >= 4 and len(dist_info["workers"]) == 2, dist_info
+    for g in (g_plain, g_dist):  # wall times, rates and the local batch size differ; the rest is the same
+        for key in ("created", "seconds", "tokens_per_second", "batch_size"):
+            g.pop(key)
+    assert g_dist == g_plain
+    assert not (dist / ".distributed-score").exists()
+    assert_follows_contract(dist)  # max_new_tokens "auto" and the budgets are contract keys
+
+
+def _same_files(a: Path, b: Path, *subs: str) -> list[str]:
+    """Every file under ``subs`` of run ``a`` exists in run ``b`` with the same bytes; their names."""
+    names = sorted(p.relative_to(a).as_posix() for sub in subs for p in (a / sub).rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(b).as_posix() for sub in subs for p in (b / sub).rglob("*") if p.is_file())
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    return names
+
+
+def _without_wall_times(manifest: dict) -> tuple[dict, list]:
+    """(manifest, the distributed records popped) without the keys that differ between a local and a
+    distributed run of the same thing: wall times, rates, resumed rows and where it ran."""
+    m = json.loads(json.dumps(manifest))
+    popped = []
+    m.pop("created", None), m.pop("updated", None)
+    for key in ("seconds", "tokens_per_second", "resumed_rows"):
+        m["encoding"].pop(key)
+    popped.append(m["encoding"].pop("distributed", None))
+    for section in ("projection", "neighbours"):
+        m[section].pop("seconds", None)
+    for section in (m.get("token_atlas") or {}, (m.get("view_settings") or {}).get("completion") or {}):
+        for key in ("seconds", "tokens_per_second"):
+            section.pop(key, None)
+        popped.append(section.pop("distributed", None))
+    for h in m["history"]:
+        h.pop("created")
+        for key in ("distributed", "chunk_size"):
+            h["params"].pop(key, None)
+    return m, popped
+
+
+def test_distributed_views_and_atlas_build_equals_a_plain_build_and_resumes(workers, redis_url, monkeypatch,
+                                                                            tmp_path, tiny_models, capsys):
+    """``build --views prompt,completion --token-atlas --distributed``: the planned passes (prompt end,
+    every reference token, the completion EOS; separate passes where left truncation changes the
+    prefix) go to the workers in chunks; an interrupted build resumes from its finished chunks and
+    every file equals a plain build's."""
+    import pipelines.distributed as distributed
+
+    data = write_jsonl(tmp_path / "views.jsonl", dolly_rows(24, seed=3))
+    args = ["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--template", "dolly",
+            "--projection", "pca", "--k", "3", "--layers", "1,3", "--views", "prompt,completion", "--token-atlas",
+            "--atlas-layers", "2", "--max-length", "170", "--batch-tokens", "512", "--no-progress"]
+    plain, dist = tmp_path / "runs" / "plain", tmp_path / "runs" / "dist"
+    assert main(args + ["--out", str(plain)]) == 0
+    frame = pd.read_parquet(plain / "examples.parquet")
+    assert 0 < frame["truncated"].sum() < len(frame) and frame["truncated_completion"].sum() > frame["truncated"].sum()
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    real_run_chunks = distributed.run_chunks
+
+    def interrupted(app, task, pending, kwargs, **kw):  # chunk 0 finishes here, then the client dies
+        assert task == "llm_maps.views_chunk"
+        distributed.views_chunk(**kwargs(pending[0]), worker="before-the-interruption")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "run_chunks", interrupted)
+    capsys.readouterr()
+    assert main(args + ["--out", str(dist), "--distributed", "--chunk-size", "4"]) == 130
+    assert (dist.parent / "dist.partial" / distributed.VIEWS_DIR / "chunk_00000.npz").exists()
+    monkeypatch.setattr(distributed, "run_chunks", real_run_chunks)
+    capsys.readouterr()
+    assert main(args + ["--out", str(dist), "--distributed", "--chunk-size", "4"]) == 0
+    err = capsys.readouterr().err
+    m_plain, m_dist = (json.loads((r / "manifest.json").read_text()) for r in (plain, dist))
+    n_chunks = m_dist["encoding"]["distributed"]["chunks"]
+    assert n_chunks >= 4 and f"distributed passes: {n_chunks - 1} of {n_chunks} chunks" in err, err
+    assert m_dist["encoding"]["resumed_rows"] > 0 == m_plain["encoding"]["resumed_rows"]
+
+    names = _same_files(plain, dist, "encodings", "projection", "projection_completion", "projection_tokens")
+    assert {"encodings/layer_1.npy", "encodings/completion/layer_3.npy", "encodings/tokens/layer_2.npy",
+            "encodings/tokens/layer_3.npy"} <= set(names)
+    assert sorted(p.name for p in dist.iterdir()) == sorted(p.name for p in plain.iterdir())
+    pd.testing.assert_frame_equal(pd.read_parquet(dist / "examples.parquet"), frame)
+    pd.testing.assert_frame_equal(pd.read_parquet(dist / "tokens.parquet"), pd.read_parquet(plain / "tokens.parquet"))
+    (a, _), (b, ran) = _without_wall_times(m_plain), _without_wall_times(m_dist)
+    assert a == b
+    assert all(r == m_dist["encoding"]["distributed"] for r in ran), ran  # one set of passes, recorded each place
+    assert "before-the-interruption" in ran[0]["workers"] and len(ran[0]["workers"]) == 3, ran[0]  # + both workers
+    assert not (dist.parent / "dist.partial").exists()
+    assert_follows_contract(dist)
+
+
+def test_encode_view_and_atlas_of_an_existing_run_distributed_equal_local(workers, redis_url, monkeypatch, tmp_path,
+                                                                          tiny_models, capsys):
+    """``atlas RUN --distributed`` and ``encode RUN --view completion --completion-model M
+    --distributed`` (another model, loaded by the workers) write what the local commands write."""
+    data = write_jsonl(tmp_path / "existing.jsonl", dolly_rows(20, seed=4))
+    local, dist = tmp_path / "runs" / "local", tmp_path / "runs" / "dist"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(local),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--no-progress"]) == 0
+    shutil.copytree(local, dist)
+    other = ["--completion-model", str(tiny_models["llama"])]
+    assert main(["atlas", str(local), "--atlas-layers", "2", "--no-progress"]) == 0
+    assert main(["encode", str(local), "--view", "completion", "--no-progress"] + other) == 0
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    capsys.readouterr()
+    assert main(["atlas", str(dist), "--distributed", "--no-progress"]) == 2  # no Redis: one line, nothing written
+    assert capsys.readouterr().err == ("llm-maps atlas: error: --distributed: set REDIS_URL to the Redis the "
+                                       "`llm-maps worker` processes use\n")
+    assert not (dist / ".extras.partial").exists() and not (dist / "tokens.parquet").exists()
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["atlas", str(dist), "--atlas-layers", "2", "--distributed", "--chunk-size", "3", "--no-progress"]) == 0
+    assert main(["encode", str(dist), "--view", "completion", "--distributed", "--chunk-size", "3",
+                 "--no-progress"] + other) == 0
+    assert capsys.readouterr().err.count("distributed passes: ") == 2
+
+    names = _same_files(local, dist, "encodings", "projection", "projection_completion", "projection_tokens")
+    assert {"encodings/tokens/layer_2.npy", "encodings/tokens/layer_3.npy", "encodings/completion/layer_3.npy"} <= set(names)
+    pd.testing.assert_frame_equal(pd.read_parquet(dist / "examples.parquet"), pd.read_parquet(local / "examples.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(dist / "tokens.parquet"), pd.read_parquet(local / "tokens.parquet"))
+    m_local, m_dist = (json.loads((r / "manifest.json").read_text()) for r in (local, dist))
+    assert m_dist["view_settings"]["completion"]["model_info"]["architecture"] == "LlamaModel"
+    (a, _), (b, ran) = _without_wall_times(m_local), _without_wall_times(m_dist)
+    assert a == b
+    assert [h["params"]["distributed"] for h in m_dist["history"][-2:]] == [True, True]
+    atlas_ran, view_ran = ran[1], ran[2]
+    assert atlas_ran["chunks"] >= 3 and view_ran["chunks"] >= 3, ran
+    assert len(set(atlas_ran["workers"]) | set(view_ran["workers"])) == 2, ran  # both workers took chunks
+    assert not (dist / ".extras.partial").exists()
+    assert_follows_contract(dist)
 
 
 def test_killed_worker_fails_its_job_and_queued_jobs_survive_a_restart(workers, web, plain_run, redis_url):
