@@ -27,7 +27,7 @@ from llm_maps.conditions import (CONDITIONS_FILE, COT, DEFAULT_COT_CUE, DEFAULT_
 from llm_maps.errors import LLMMapsError
 from llm_maps.runfolder import EXAMPLES, Run, history_entry, now_iso, with_history, write_json_atomic, \
     write_parquet_atomic
-from pipelines.metrics import DEFAULT_THRESHOLDS, TEXT_METRIC_FUNCS, metric_for, parse_metric_spec
+from pipelines.metrics import TEXT_METRIC_FUNCS, example_metric, run_thresholds
 from pipelines.score import _choices, _null
 
 COLUMNS = ("example_id", "condition", "prompt", "output", "answer", "extraction", "metric", "score", "correct",
@@ -172,11 +172,11 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
     rows = select_rows(frame, limit_per_task=limit_per_task, tasks=tasks)
     if not len(rows):
         raise LLMMapsError(f"{run_dir / EXAMPLES}: no test examples with a reference to score")
-    default, overrides = parse_metric_spec(scoring.get("metric") or "auto")
-    thresholds = {**DEFAULT_THRESHOLDS, **(scoring.get("thresholds") or {})}
+    thresholds = run_thresholds(scoring)
     choices = [_choices(c) for c in (frame["choices"] if "choices" in frame.columns else [None] * len(frame))]
     stored_metric = frame["metric"].to_numpy(dtype=object) if "metric" in frame.columns else [None] * len(frame)
-    metrics = [str(m) if not _null(m) else metric_for(cat, task, ch is not None, default, overrides)
+    metrics = [example_metric(stored=None if _null(m) else m, category=str(cat), task=str(task),
+                              has_choices=ch is not None, scoring=scoring)
                for m, cat, task, ch in zip(stored_metric, frame["category"], frame["task"], choices)]
     mc_output = scoring.get("mc_output", "generate")
     layer = run.default_layer

@@ -156,7 +156,7 @@ class RunSession:
         prompt's distance to the example's stored encoding, at the map layer, in the run's metric,
         both fp16-rounded as ``dist_to_train`` is."""
         from llm_maps.conditions import MC_COT_SUFFIX, extract_answer, is_numeric
-        from pipelines.metrics import DEFAULT_THRESHOLDS, TEXT_METRIC_FUNCS, metric_for
+        from pipelines.metrics import TEXT_METRIC_FUNCS, example_metric, run_thresholds
         from pipelines.score import _choices, _null
 
         row = self.example_row(example_id)
@@ -176,15 +176,13 @@ class RunSession:
         ref = str(ref)
         choices = _choices(ex["choices"].iloc[row]) if "choices" in ex.columns else None
         scoring = self.manifest.get("scoring") or {}
-        metric = ex["metric"].iloc[row] if "metric" in ex.columns else None
-        if _null(metric) or not metric:
-            metric = metric_for(str(ex["category"].iloc[row]), str(ex["task"].iloc[row]), choices is not None,
-                                scoring.get("metric_default", "auto"), scoring.get("metric_overrides") or {})
-        metric = str(metric)
+        stored_metric = ex["metric"].iloc[row] if "metric" in ex.columns else None
+        metric = example_metric(stored=None if _null(stored_metric) else stored_metric, category=str(ex["category"].iloc[row]),
+                                task=str(ex["task"].iloc[row]), has_choices=choices is not None, scoring=scoring)
         if metric != "mc" and metric not in TEXT_METRIC_FUNCS:
             out["note"] = f"metric '{metric}' cannot be computed on a variation"
             return out
-        threshold = float({**DEFAULT_THRESHOLDS, **(scoring.get("thresholds") or {})}[metric])
+        threshold = float(run_thresholds(scoring)[metric])
         out.update(metric=metric, threshold=threshold)
         if metric == "mc":
             if choices is None:

@@ -102,3 +102,21 @@ def metric_for(category: str, task: str, has_choices: bool, default: str, overri
     if has_choices:
         return "mc"
     return "rougeL" if category in FREE_TEXT_CATEGORIES else "contains"
+
+
+def run_thresholds(scoring: dict | None) -> dict[str, float]:
+    """The thresholds a scored run decided ``correct`` with (defaults for metrics it did not set)."""
+    return {**DEFAULT_THRESHOLDS, **((scoring or {}).get("thresholds") or {})}
+
+
+def example_metric(*, stored, category: str, task: str, has_choices: bool, scoring: dict | None) -> str:
+    """The metric of one example of a run: the one `score` stored for it (examples.parquet
+    ``metric``), else the run's rule (``metric_for`` with the metric spec `score` was given)."""
+    if stored is not None and stored == stored and str(stored):  # not None / NaN / ""
+        return str(stored)
+    scoring = scoring or {}
+    default = scoring.get("metric_default")
+    overrides = scoring.get("metric_overrides")
+    if default is None:
+        default, overrides = parse_metric_spec(scoring.get("metric") or "auto")
+    return metric_for(category, task, has_choices, default, overrides or {})
