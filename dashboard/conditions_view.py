@@ -223,7 +223,7 @@ def conditions_falloff_figure(per_cond: dict[str, dict], conditions: list[str], 
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from dashboard.figures import plot_text, template_name
+    from dashboard.figures import falloff_layout, plot_text
     from llm_maps.falloff import format_slope
 
     side = layout == "side" and len(domains) > 1
@@ -259,15 +259,8 @@ def conditions_falloff_figure(per_cond: dict[str, dict], conditions: list[str], 
                 fig.add_trace(trace, row=1, col=j + 1)
             else:
                 fig.add_trace(trace)
-    fig.update_layout(template=template_name(dark), height=520, title={"text": plot_text(title)},
-                      margin={"l": 50, "r": 20, "t": 60, "b": 50}, legend={"orientation": "h", "y": -0.2})
-    fig.update_yaxes(range=[-0.02, 1.12])
-    if side:
-        fig.update_yaxes(title_text="accuracy (95 % interval)", col=1)
-    else:
-        fig.update_layout(yaxis_title="accuracy (95 % interval)")
-    fig.update_xaxes(title_text=f"the example's distance to the nearest train prompt ({metric}, bin median)")
-    return fig
+    return falloff_layout(fig, side=side, dark=dark, title=title, height=520, legend_y=-0.2,
+                          x_title=f"the example's distance to the nearest train prompt ({metric}, bin median)")
 
 
 def condition_colours(names: list[str]) -> dict[str, str]:

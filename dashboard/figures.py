@@ -375,12 +375,19 @@ def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", t
             fig.add_trace(trace, row=1, col=i + 1)
         else:
             fig.add_trace(trace)
-    fig.update_layout(template=template_name(dark), height=480, title={"text": plot_text(title)},
-                      margin={"l": 50, "r": 20, "t": 60, "b": 50}, legend={"orientation": "h", "y": -0.18})
+    return falloff_layout(fig, side=side, dark=dark, title=title, height=480, legend_y=-0.18,
+                          x_title=f"distance to nearest train prompt ({metric}, bin median)")
+
+
+def falloff_layout(fig: go.Figure, *, side: bool, dark: bool, title: str, height: int, legend_y: float,
+                   x_title: str) -> go.Figure:
+    """The layout every accuracy-vs-distance figure shares (one panel, or domains side by side)."""
+    fig.update_layout(template=template_name(dark), height=height, title={"text": plot_text(title)},
+                      margin={"l": 50, "r": 20, "t": 60, "b": 50}, legend={"orientation": "h", "y": legend_y})
     fig.update_yaxes(range=[-0.02, 1.12])
     if side:
         fig.update_yaxes(title_text="accuracy (95 % interval)", col=1)
     else:
         fig.update_layout(yaxis_title="accuracy (95 % interval)")
-    fig.update_xaxes(title_text=f"distance to nearest train prompt ({metric}, bin median)")
+    fig.update_xaxes(title_text=x_title)
     return fig
