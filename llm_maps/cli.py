@@ -491,7 +491,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "likely choice as output (faster)")
     p.add_argument("--distributed", action="store_true",
                    help="generate and score in chunks on the `llm-maps worker` processes of REDIS_URL (they must "
-                        "reach RUN_DIR); the result equals a single-process score")
+                        "reach RUN_DIR; with --conditions: every condition's passes); the result equals a "
+                        "single-process score")
     p.add_argument("--chunk-size", type=int, default=512, help="rows per distributed chunk (default 512)")
     g = p.add_argument_group("conditions", "the test set asked in other ways, into conditions.parquet "
                                            "(llm_maps/conditions.py; `llm-maps conditions RUN` summarises)")
