@@ -142,16 +142,14 @@ def _score_conditions(args: argparse.Namespace) -> int:
     from pipelines.score import score_run
 
     conds = parse_conditions(args.conditions)  # a bad list fails before any model is loaded
-    if args.distributed:
-        raise LLMMapsError("--conditions with --distributed: not supported; conditions run in this process")
     if "direct" in [c.name for c in conds] and (args.generate == "always" or not read_manifest(args.run).get("scoring")):
         score_run(args.run, **_score_args(args))
     score_conditions(args.run, conditions=[c.name for c in conds], cot_cue=args.cot_cue,
                      cot_max_new_tokens=args.cot_max_new_tokens, limit_per_task=args.limit_per_task,
                      tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
                      rescore=args.rescore or args.generate == "always", batch_size=args.batch_size,
-                     dtype=args.dtype, device=args.device, progress=not args.no_progress,
-                     log=lambda m: print(m, file=sys.stderr))
+                     dtype=args.dtype, device=args.device, distributed=args.distributed, chunk_size=args.chunk_size,
+                     progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     try:
         print(format_summary(summarize(with_examples(Run(args.run)), n_boot=1000, slopes=False)))
     except LLMMapsError as exc:
@@ -493,7 +491,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "likely choice as output (faster)")
     p.add_argument("--distributed", action="store_true",
                    help="generate and score in chunks on the `llm-maps worker` processes of REDIS_URL (they must "
-                        "reach RUN_DIR); the result equals a single-process score")
+                        "reach RUN_DIR; with --conditions: every condition's passes); the result equals a "
+                        "single-process score")
     p.add_argument("--chunk-size", type=int, default=512, help="rows per distributed chunk (default 512)")
     g = p.add_argument_group("conditions", "the test set asked in other ways, into conditions.parquet "
                                            "(llm_maps/conditions.py; `llm-maps conditions RUN` summarises)")

@@ -199,6 +199,11 @@ class ScoringInfo(TypedDict, total=False):
                                                   "null: none ran, e.g. --generate never)"]
 
 
+class ConditionDistributedInfo(TypedDict, total=False):
+    chunks: Annotated[int, "chunks its generation and multiple-choice passes ran in"]
+    workers: Annotated[list[str], "Celery workers that ran them"]
+
+
 class ConditionInfo(TypedDict, total=False):
     kind: Annotated[str, "direct | cot | neighbours"]
     k: Annotated[int, "neighbours:K: demonstrations per prompt"]
@@ -212,6 +217,9 @@ class ConditionInfo(TypedDict, total=False):
     tokens: Annotated[int, "tokens generated then"]
     tokens_per_second: Annotated[float, "their rate"]
     created: Annotated[str, "ISO time (UTC) it was last scored"]
+    distributed: Annotated[ConditionDistributedInfo, "score --conditions --distributed only (generation and multiple "
+                                                     "choice on the workers; the conditioned prompts' encodings and "
+                                                     "the token-atlas paths in the scoring process)"]
 
 
 class ConditionsInfo(TypedDict, total=False):
@@ -825,6 +833,7 @@ MANIFEST_SECTIONS.update({
     "neighbours": NeighboursInfo, "scoring": ScoringInfo, "scoring.generation": GenerationInfo,
     "scoring.per_task{}": LmevalTaskInfo, "scoring.first_token": FirstTokenInfo, "history[]": HistoryEntry,
     "conditions": ConditionsInfo, "conditions.conditions{}": ConditionInfo,
+    "conditions.conditions{}.distributed": ConditionDistributedInfo,
 })
 
 # ================================================================================ checking values

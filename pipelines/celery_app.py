@@ -67,10 +67,10 @@ def encode_chunk_task(*, work: str, chunk: int, fingerprint: str, spec: dict) ->
                         worker=_STATE.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
 
 
-def score_chunk_task(*, work: str, chunk: int, fingerprint: str) -> dict:
+def score_chunk_task(*, work: str, chunk: int, fingerprint: str, folder: str = ".distributed-score") -> dict:
     from pipelines.distributed import score_chunk
 
-    return score_chunk(work=work, chunk=chunk, fingerprint=fingerprint,
+    return score_chunk(work=work, chunk=chunk, fingerprint=fingerprint, folder=folder,
                        worker=_STATE.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
 
 

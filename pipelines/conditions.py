@@ -11,10 +11,18 @@ state against the atlas (``TokenAtlas.steps``). ``direct`` rows are what ``score
 
 Rows already in conditions.parquet are skipped unless ``rescore``; the file and then the manifest
 are rewritten atomically.
+
+``distributed=True`` (``score RUN --conditions ... --distributed``): each condition's generation and
+multiple-choice log-likelihoods go to the Celery workers of REDIS_URL in chunks
+(``pipelines.distributed.score_distributed``, one work folder per condition and pass under
+``RUN/.distributed-conditions``, kept until conditions.parquet is written, so that a re-run after an
+interruption resumes every finished pass and chunk); the conditioned prompts' encodings and the
+token-atlas paths stay in this process (they need the weights here).
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +38,7 @@ from llm_maps.runfolder import EXAMPLES, Run, history_entry, now_iso, with_histo
 from pipelines.metrics import TEXT_METRIC_FUNCS, example_metric, run_thresholds
 from pipelines.score import _choices, _null
 
+WORK_DIR = ".distributed-conditions"  # score --conditions --distributed: one sub-folder per condition and pass
 COLUMNS = ("example_id", "condition", "prompt", "output", "answer", "extraction", "metric", "score", "correct",
            "n_tokens", "mean_logprob", "stop_reason", "choice_logprobs", "dist_to_train", "path_dists",
            "path_mean_dist", "path_max_dist", "path_x", "path_y")
@@ -127,6 +136,69 @@ def continuation_states(loaded, prompts: Sequence[str], continuations: Sequence[
     return out
 
 
+class _Passes:
+    """Where a condition's generation and multiple-choice log-likelihoods run: in this process
+    (``score.generate_outputs`` / ``score.choice_scores``) or, ``distributed``, on the Celery workers
+    (``distributed.score_distributed`` in ``RUN/.distributed-conditions/<condition>.<pass>``, kept
+    for a re-run until ``done``); ``ran`` counts each condition's chunks and workers."""
+
+    def __init__(self, run_dir: Path, *, distributed: bool, chunk_size: int, spec: dict, progress: bool, log):
+        self.run_dir, self.distributed, self.chunk_size = run_dir, distributed, chunk_size
+        self.spec, self.progress, self.log = spec, progress, log
+        self.ran: dict[str, dict] = {}
+
+    def _dispatch(self, loaded, name: str, step: str, prompts: Sequence[str], gen_rows, mc_choices: dict, *,
+                  gen_kwargs: dict, max_new_tokens):
+        from pipelines.distributed import score_distributed
+
+        cols, mc_values, info = score_distributed(
+            loaded, prompts, gen_rows, mc_choices, self.run_dir, spec=self.spec, gen_kwargs=gen_kwargs,
+            max_new_tokens=max_new_tokens, chunk_size=self.chunk_size,
+            folder=f"{WORK_DIR}/{name.replace(':', '-')}.{step}", keep=True, progress=self.progress, log=self.log)
+        ran = self.ran.setdefault(name, {"chunks": 0, "workers": set()})
+        ran["chunks"] += int(info["chunks"])
+        ran["workers"] |= set(info["workers"])
+        return cols, mc_values
+
+    def generate(self, loaded, name: str, prompts: Sequence[str], rows: np.ndarray, *, stops: list[str],
+                 max_new_tokens: np.ndarray | int, batch_size: int | None, max_length: int | None) -> dict:
+        """Greedy outputs of ``prompts[rows]`` (``max_new_tokens``: one limit or one per prompt), as
+        ``score.generate_outputs`` returns them."""
+        import pandas as pd
+
+        from pipelines.score import generate_outputs
+
+        if not self.distributed:
+            return generate_outputs(loaded, pd.DataFrame({"prompt": list(prompts)}), rows, stop_strings=stops,
+                                    max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=0,
+                                    batch_size=batch_size, max_length=max_length, progress=self.progress)
+        gen_kwargs = {"max_new_tokens": max_new_tokens if isinstance(max_new_tokens, int) else "per row",
+                      "temperature": 0.0, "top_p": 1.0, "seed": 0, "stop_strings": stops, "batch_size": batch_size,
+                      "max_length": max_length}
+        cols, _ = self._dispatch(loaded, name, "generate", prompts, rows, {}, gen_kwargs=gen_kwargs,
+                                 max_new_tokens=max_new_tokens)
+        return cols
+
+    def choice_lls(self, loaded, name: str, prompts: Sequence[str], choices: Sequence[Sequence[str]]
+                   ) -> list[list[float]]:
+        """Each prompt's choice log-likelihoods (rounded as stored), as ``score.choice_scores`` gives them."""
+        from pipelines.score import choice_scores
+
+        if not self.distributed:
+            return choice_scores(loaded, prompts, choices, progress=self.progress)
+        _, values = self._dispatch(loaded, name, "choices", prompts, [], dict(enumerate(choices)), gen_kwargs={},
+                                   max_new_tokens=0)  # no generation in this pass
+        return [values[i] for i in range(len(prompts))]
+
+    def info(self, name: str) -> dict:
+        """The condition's manifest record of where it ran (nothing for a local run)."""
+        ran = self.ran.get(name)
+        return {"distributed": {"chunks": ran["chunks"], "workers": sorted(ran["workers"])}} if ran else {}
+
+    def done(self) -> None:
+        shutil.rmtree(self.run_dir / WORK_DIR, ignore_errors=True)
+
+
 class _Model:
     """The run's model, loaded on first use (a run of direct rows without an atlas needs none)."""
 
@@ -146,9 +218,11 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
                      cot_cue: str = DEFAULT_COT_CUE, cot_max_new_tokens: int = DEFAULT_COT_MAX_NEW_TOKENS,
                      limit_per_task: int | None = None, tasks: Sequence[str] | None = None,
                      rescore: bool = False, batch_size: int | None = None,
-                     dtype: str = "auto", device: str = "auto", progress: bool = True, log=print,
-                     loaded=None) -> dict:
-    """Score the run's test examples under ``conditions``; returns the manifest's conditions section."""
+                     dtype: str = "auto", device: str = "auto", distributed: bool = False, chunk_size: int = 512,
+                     progress: bool = True, log=print, loaded=None) -> dict:
+    """Score the run's test examples under ``conditions``; returns the manifest's conditions section.
+    ``distributed``: generation and multiple choice in chunks of ``chunk_size`` rows on the Celery
+    workers of REDIS_URL (the same results as here)."""
     import pandas as pd
 
     from pipelines.templates import PromptTemplate
@@ -160,6 +234,11 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
     conds = parse_conditions(conditions)
     if cot_max_new_tokens < 1:
         raise LLMMapsError(f"--cot-max-new-tokens: must be >= 1, got {cot_max_new_tokens}")
+    if distributed:
+        from llm_maps.jobs import redis_url
+
+        if not redis_url():
+            raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
     scoring = manifest.get("scoring") or {}
     if not scoring or "correct" not in frame.columns or frame["correct"].notna().sum() == 0:
         raise LLMMapsError(f"{run_dir / EXAMPLES}, field 'correct': no scored examples; the direct condition is "
@@ -191,8 +270,11 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
     if existing is not None and not rescore:
         done = set(zip(existing["example_id"].astype(str), existing["condition"].astype(str)))
     model = _Model(manifest, dtype, device, loaded)
+    from pipelines.distributed import score_spec
     from pipelines.nearest import TokenAtlas
 
+    passes = _Passes(run_dir, distributed=distributed, chunk_size=chunk_size, spec=score_spec(manifest, dtype, device),
+                     progress=progress, log=log)
     atlas = TokenAtlas.of(run, layer)
     train_rows = np.flatnonzero((frame["split"] == "train").to_numpy())
     train_enc = np.asarray(run.encodings(layer)[train_rows], dtype=np.float32)
@@ -207,10 +289,10 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
             log(f"{cond.name}: all {len(rows)} selected examples already scored (--rescore to score them again)")
             continue
         start = time.perf_counter()
-        part, gen = _score_condition(cond, frame, todo, model=model, template=template, metrics=metrics,
+        part, gen = _score_condition(cond, frame, todo, model=model, passes=passes, template=template, metrics=metrics,
                                      choices=choices, thresholds=thresholds, mc_output=mc_output, stops=stops,
                                      budgets=budgets, cot_cue=cot_cue, cot_max_new_tokens=cot_max_new_tokens,
-                                     batch_size=batch_size, max_length=max_length, progress=progress, log=log)
+                                     batch_size=batch_size, max_length=max_length, log=log)
         # the conditioned prompt's own distance to train (direct: the stored one)
         if cond.kind == DIRECT:
             part["dist_to_train"] = frame["dist_to_train"].to_numpy(dtype=float)[todo]
@@ -228,7 +310,7 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
                 "accuracy": float(table.loc[scored, "correct"].astype(float).mean()) if scored.any() else None,
                 "seconds": round(seconds, 2), "tokens": int(gen.get("tokens", 0)),
                 "tokens_per_second": round(gen.get("tokens", 0) / max(gen.get("seconds", 0.0), 1e-9), 1)
-                if gen.get("tokens") else 0.0, "created": now_iso()}
+                if gen.get("tokens") else 0.0, **passes.info(cond.name), "created": now_iso()}
         if cond.kind == COT:
             info.update({"cue": cot_cue, "max_new_tokens": int(cot_max_new_tokens),
                          "extraction": "extract_answer (last_number for a numeric reference, answer_is, last_line); "
@@ -244,6 +326,7 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
             + (f", accuracy {acc:.3f}" if acc is not None else "")
             + (f", {gen['tokens']} tokens at {info['tokens_per_second']:.1f} tok/s" if gen.get("tokens") else ""))
     if not new_parts:
+        passes.done()
         return dict(manifest.get("conditions") or {})
     table = pd.concat(new_parts, ignore_index=True)
     if existing is not None:
@@ -263,7 +346,8 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
         "conditions", {"conditions": [c.name for c in conds], "cot_cue": cot_cue,
                        "cot_max_new_tokens": int(cot_max_new_tokens), "limit_per_task": limit_per_task,
                        "tasks": sorted(set(tasks)) if tasks is not None else None,
-                       "rescore": bool(rescore), "batch_size": batch_size},
+                       "rescore": bool(rescore), "batch_size": batch_size, "distributed": bool(distributed),
+                       "chunk_size": int(chunk_size)},
         {"examples": f"{EXAMPLES}:prompt,instruction,context,reference,choices,nn_train_ids,metric,output,correct",
          "model": manifest["model"], "encodings": f"encodings/layer_{layer}.npy"},
         [CONDITIONS_FILE, "conditions"])
@@ -271,6 +355,7 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
     manifest["updated"] = entry["created"]
     write_parquet_atomic(run_dir / CONDITIONS_FILE, table)
     write_json_atomic(run_dir / "manifest.json", manifest)
+    passes.done()  # the results are stored: the distributed passes' work folders are no longer needed
     return section
 
 
@@ -305,14 +390,10 @@ def _direct_budgets(scoring: dict, frame) -> np.ndarray | int:
     return int(m) if isinstance(m, (int, float)) else 48
 
 
-def _score_condition(cond: Condition, frame, todo: np.ndarray, *, model, template, metrics, choices, thresholds,
-                     mc_output, stops, budgets, cot_cue, cot_max_new_tokens, batch_size, max_length, progress,
+def _score_condition(cond: Condition, frame, todo: np.ndarray, *, model, passes: _Passes, template, metrics, choices,
+                     thresholds, mc_output, stops, budgets, cot_cue, cot_max_new_tokens, batch_size, max_length,
                      log) -> tuple[dict, dict]:
     """Columns of one condition's rows (without dist_to_train and paths) and generation figures."""
-    from pipelines.score import choice_scores, generate_outputs
-
-    import pandas as pd
-
     n = len(todo)
     prompts = frame["prompt"].astype(str).to_numpy()
     refs = [str(frame["reference"].iloc[r]) for r in todo]
@@ -364,9 +445,8 @@ def _score_condition(cond: Condition, frame, todo: np.ndarray, *, model, templat
     stop: list[str | None] = [None] * n
     if len(generate_rows):
         log(f"{cond.name}: generating {len(generate_rows)} outputs")
-        cols = generate_outputs(loaded, pd.DataFrame({"prompt": cprompts}), generate_rows, stop_strings=stops,
-                                max_new_tokens=limits, temperature=0.0, top_p=1.0, seed=0, batch_size=batch_size,
-                                max_length=max_length, progress=progress)
+        cols = passes.generate(loaded, cond.name, cprompts, generate_rows, stops=stops, max_new_tokens=limits,
+                               batch_size=batch_size, max_length=max_length)
         for i in generate_rows:
             outputs[i] = cols["output"][i]
             token_ids[i] = list(cols["output_token_ids"][i])
@@ -383,7 +463,7 @@ def _score_condition(cond: Condition, frame, todo: np.ndarray, *, model, templat
             mc_prompts = [f"{cprompts[i]} {outputs[i] or ''}".rstrip() + MC_COT_SUFFIX for i in mc]
         else:
             mc_prompts = [cprompts[i] for i in mc]
-        scored = choice_scores(loaded, mc_prompts, [choices[todo[i]] for i in mc], progress=progress)
+        scored = passes.choice_lls(loaded, cond.name, mc_prompts, [choices[todo[i]] for i in mc])
         for i, lp in zip(mc, scored):
             choice_lps[i] = lp
             pick = choices[todo[i]][int(np.argmax(lp))]

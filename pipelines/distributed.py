@@ -256,6 +256,12 @@ def _save_chunk(dist: Path, chunk: int, meta: dict, **arrays: np.ndarray) -> Non
 SCORE_DIR = ".distributed-score"
 
 
+def score_spec(manifest: dict, dtype: str = "auto", device: str = "auto") -> dict:
+    """How the workers load a run's model for its score chunks."""
+    return {"model": manifest["model"], "gguf_file": None, "revision": manifest.get("model_revision"),
+            "dtype": dtype, "device": device}
+
+
 def score_chunk_path(dist: Path, chunk: int) -> Path:
     return dist / f"chunk_{chunk:05d}.json"
 
@@ -291,11 +297,16 @@ def plan_score_chunks(tokenizer, prompts: Sequence[str], gen_rows: Sequence[int]
 
 def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict, run_dir: str | Path, *, spec: dict,
                       gen_kwargs: dict, max_new_tokens: int | Sequence[int] | np.ndarray | None = None,
-                      chunk_size: int = 512, progress: bool = True, log=print, poll: float = 0.2):
+                      chunk_size: int = 512, folder: str = SCORE_DIR, keep: bool = False, progress: bool = True,
+                      log=print, poll: float = 0.2):
     """Generate for ``gen_rows`` and score the choices of ``mc_choices`` ({row: choices}) on the
     Celery workers (``max_new_tokens``: one limit or one per prompt, e.g. the per-task budgets of
-    ``--max-new-tokens auto``; default ``gen_kwargs["max_new_tokens"]``), in chunks (``plan_score_chunks``) written to ``run_dir/.distributed-score``; an
-    interrupted run resumes from its finished chunks. ``loaded``: weights-free is enough. Returns
+    ``--max-new-tokens auto``; default ``gen_kwargs["max_new_tokens"]``), in chunks
+    (``plan_score_chunks``) written to ``run_dir/<folder>`` (default ``.distributed-score``; one
+    folder per call that must survive the next, e.g. each pass of ``score --conditions``); an
+    interrupted run resumes from its finished chunks. The folder is removed once read unless
+    ``keep`` (the caller removes it after storing the results, so that a re-run of a multi-pass
+    command resumes every finished pass). ``loaded``: weights-free is enough. Returns
     (generation columns as ``score.generate_outputs`` gives them or None, {row: choice logprobs} or
     None, {device, dtype, chunks, workers})."""
     import hashlib
@@ -314,10 +325,10 @@ def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict
     plan = {"chunks": chunks, "generate": gen_kwargs, "spec": spec,
             "model": {k: loaded.info.get(k) for k in ("model", "revision", "file_sha256")}}
     fp = hashlib.sha256(json.dumps([plan, inputs], sort_keys=True, default=str).encode()).hexdigest()
-    dist = Path(run_dir).resolve() / SCORE_DIR
+    dist = Path(run_dir).resolve() / folder
 
-    def write(folder: Path) -> dict:
-        write_json_atomic(folder / "inputs.json", inputs)
+    def write(path: Path) -> dict:
+        write_json_atomic(path / "inputs.json", inputs)
         return plan
 
     open_plan(dist, fp, write)
@@ -326,8 +337,10 @@ def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict
     if pending:
         log(f"distributed scoring: {len(pending)} of {len(chunks)} chunks, work folder {dist}")
         run_chunks(app, TASK_SCORE_CHUNK, pending,
-                   lambda i: {"work": str(Path(run_dir).resolve()), "chunk": i, "fingerprint": fp},
+                   lambda i: {"work": str(Path(run_dir).resolve()), "chunk": i, "fingerprint": fp, "folder": folder},
                    desc="score (distributed)", progress=progress, poll=poll)
+    else:
+        log(f"distributed scoring: all {len(chunks)} chunks already finished, work folder {dist}")
     seconds = time.perf_counter() - start
 
     cols = None
@@ -354,16 +367,18 @@ def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict
         raise LLMMapsError(f"--distributed: {len(missing)} rows missing from the chunk files")
     if cols is not None:
         cols.update({"_seconds": seconds, "_tokens": tokens, "_slots": max(slots) if slots else None})
-    shutil.rmtree(dist, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(dist, ignore_errors=True)
     return cols, mc_values, {"device": ",".join(sorted(devices)), "dtype": ",".join(sorted(dtypes)),
                              "chunks": len(chunks), "workers": sorted(workers)}
 
 
-def score_chunk(*, work: str, chunk: int, fingerprint: str, worker: str = "?") -> dict:
-    """Run one chunk of a distributed ``score`` into ``chunk_<i>.json`` (idempotent). Returns its meta."""
+def score_chunk(*, work: str, chunk: int, fingerprint: str, folder: str = SCORE_DIR, worker: str = "?") -> dict:
+    """Run one chunk of a distributed ``score`` (work folder ``work/<folder>``) into ``chunk_<i>.json``
+    (idempotent). Returns its meta."""
     from pipelines.generate import choice_loglikelihoods_batch, generate
 
-    dist = Path(work) / SCORE_DIR
+    dist = Path(work) / folder
     plan = _current_plan(dist, fingerprint, chunk, "score")
     out = score_chunk_path(dist, chunk)
     if out.exists():

@@ -179,12 +179,11 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
             per_row = int(max_new_tokens)
             limit_text = f"max {per_row} new tokens"
         if distributed:
-            from pipelines.distributed import score_distributed
+            from pipelines.distributed import score_distributed, score_spec
 
             log(f"scoring on the workers of REDIS_URL: {len(gen_rows)} outputs to generate ({limit_text}, "
                 f"{mode}), {len(mc_rows)} multiple-choice examples")
-            spec = {"model": manifest["model"], "gguf_file": None, "revision": manifest.get("model_revision"),
-                    "dtype": dtype, "device": device}
+            spec = score_spec(manifest, dtype, device)
             cols, mc_values, dist_info = score_distributed(
                 loaded, frame["prompt"].tolist(), gen_rows, {int(i): choices[i] for i in mc_rows}, run_dir,
                 spec=spec, gen_kwargs=gen_kwargs, max_new_tokens=per_row, chunk_size=chunk_size, progress=progress,

@@ -274,6 +274,107 @@ def test_distributed_score_with_auto_budgets_equals_a_plain_score(workers, redis
     assert_follows_contract(dist)  # max_new_tokens "auto" and the budgets are contract keys
 
 
+def test_distributed_conditions_equal_a_local_run_and_resume(workers, redis_url, monkeypatch, tmp_path, tiny_models,
+                                                             capsys):
+    """``score RUN --conditions direct,cot,neighbours:2 --distributed``: direct through score's
+    distributed path, then each condition's generation and multiple-choice passes (cot: after its
+    reasoning) on the workers, one work folder per pass. Interrupted in the third pass, a re-run
+    resumes the finished passes and chunks; conditions.parquet equals a local run's."""
+    import re
+
+    import numpy as np
+
+    import pipelines.distributed as distributed
+    from llm_maps.conditions import CONDITIONS_FILE
+    from llm_maps.runfolder import Run
+    from pipelines.conditions import WORK_DIR
+
+    rows = dolly_rows(40, seed=6)
+    for i, row in enumerate(rows):  # short prompts: two demonstrations fit the tiny model's 256 positions
+        row.update(instruction=" ".join(row["instruction"].split()[:8]), context="",
+                   split="train" if i < 16 else "test")
+        if i % 3 == 1:
+            row["choices"] = [row["response"], "the sea", "a fox and a dog"]
+    data = write_jsonl(tmp_path / "cond.jsonl", rows)
+    plain, dist = tmp_path / "runs" / "plain", tmp_path / "runs" / "dist"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(plain),
+                 "--template", "plain", "--projection", "pca", "--k", "3", "--token-atlas", "--no-progress"]) == 0
+    shutil.copytree(plain, dist)
+    score = ["--conditions", "direct,cot,neighbours:2", "--limit-per-task", "2", "--cot-max-new-tokens", "5",
+             "--max-new-tokens", "4", "--no-progress"]
+    assert main(["score", str(plain)] + score) == 0
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    capsys.readouterr()
+    assert main(["score", str(dist), "--distributed"] + score) == 2  # no Redis: one line, nothing written
+    assert capsys.readouterr().err == ("llm-maps score: error: --distributed: set REDIS_URL to the Redis the "
+                                       "`llm-maps worker` processes use\n")
+    assert not (dist / CONDITIONS_FILE).exists() and not Run(dist).manifest.get("scoring")
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    real_run_chunks = distributed.run_chunks
+    folders = []
+
+    def interrupted(app, task, pending, kwargs, **kw):  # the neighbours' generation: chunk 0 here, then it dies
+        folders.append(kwargs(pending[0]).get("folder"))
+        if folders[-1] == f"{WORK_DIR}/neighbours-2.generate":
+            distributed.score_chunk(**kwargs(pending[0]), worker="before-the-interruption")
+            raise KeyboardInterrupt
+        return real_run_chunks(app, task, pending, kwargs, **kw)
+
+    monkeypatch.setattr(distributed, "run_chunks", interrupted)
+    args = ["score", str(dist), "--distributed", "--chunk-size", "2"] + score
+    assert main(args) == 130
+    assert folders == [distributed.SCORE_DIR] + [f"{WORK_DIR}/{p}" for p in ("cot.generate", "cot.choices",
+                                                                             "neighbours-2.generate")]
+    assert not (dist / CONDITIONS_FILE).exists() and not (dist / distributed.SCORE_DIR).exists()
+    assert (dist / WORK_DIR / "neighbours-2.generate" / "chunk_00000.json").exists()
+    monkeypatch.setattr(distributed, "run_chunks", real_run_chunks)
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    ran = {m[3]: (m[1], int(m[2])) for m in re.finditer(r"distributed scoring: (\w+) (?:of )?(\d+) chunks(?: already "
+                                                        r"finished)?, work folder \S+/([\w.-]+)", err)}
+    assert set(ran) == {"cot.generate", "cot.choices", "neighbours-2.generate", "neighbours-2.choices"}, err
+    assert ran["cot.generate"][0] == ran["cot.choices"][0] == "all"  # the finished passes were reused
+    n = ran["neighbours-2.generate"][1]
+    assert n >= 4 and ran["neighbours-2.generate"][0] == str(n - 1)  # and the finished chunk
+    assert not (dist / WORK_DIR).exists() and not (dist / distributed.SCORE_DIR).exists()
+
+    a, b = pd.read_parquet(plain / CONDITIONS_FILE), pd.read_parquet(dist / CONDITIONS_FILE)
+    assert len(b) == 3 * 8 and b["condition"].value_counts().to_dict() == {"direct": 8, "cot": 8, "neighbours:2": 8}
+    assert b["choice_logprobs"].notna().sum() == 3 * 3 and b["path_dists"].notna().all()
+    for col in ("example_id", "condition", "prompt", "output", "answer", "extraction", "metric", "score", "correct",
+                "n_tokens", "stop_reason", "dist_to_train", "path_mean_dist", "path_max_dist"):
+        assert a[col].tolist() == b[col].tolist(), col
+    for col in ("choice_logprobs", "path_dists", "path_x", "path_y"):
+        assert [None if v is None else list(v) for v in a[col]] == [None if v is None else list(v) for v in b[col]]
+    np.testing.assert_allclose(a["mean_logprob"].to_numpy(float), b["mean_logprob"].to_numpy(float), atol=1e-5)
+
+    m_plain, m_dist = Run(plain).manifest, Run(dist).manifest
+    assert m_dist["scoring"]["generation"]["distributed"]["chunks"] >= 4  # direct: score's distributed path
+    infos = {}
+    for m in (m_plain, m_dist):
+        section = json.loads(json.dumps(m["conditions"]))
+        for info in section["conditions"].values():
+            for key in ("seconds", "tokens_per_second", "created"):
+                info.pop(key)
+        infos[id(m)] = section
+    ran_on = {name: infos[id(m_dist)]["conditions"][name].pop("distributed") for name in ("cot", "neighbours:2")}
+    assert "distributed" not in infos[id(m_dist)]["conditions"]["direct"]  # stored rows: nothing ran
+    assert infos[id(m_plain)] == infos[id(m_dist)]
+    assert all(r["chunks"] >= 4 for r in ran_on.values()), ran_on
+    assert "before-the-interruption" in ran_on["neighbours:2"]["workers"]
+    pool = (set(ran_on["cot"]["workers"]) | set(ran_on["neighbours:2"]["workers"])) - {"before-the-interruption"}
+    assert len(pool) == 2, ran_on  # both workers took chunks
+    params = m_dist["history"][-1]["params"]
+    assert (params.pop("distributed"), params.pop("chunk_size")) == (True, 2)
+    assert (m_plain["history"][-1]["params"].pop("distributed"), m_plain["history"][-1]["params"].pop("chunk_size")) \
+        == (False, 512)
+    assert params == m_plain["history"][-1]["params"]
+    assert_follows_contract(dist)
+
+
 def _same_files(a: Path, b: Path, *subs: str) -> list[str]:
     """Every file under ``subs`` of run ``a`` exists in run ``b`` with the same bytes; their names."""
     names = sorted(p.relative_to(a).as_posix() for sub in subs for p in (a / sub).rglob("*") if p.is_file())
