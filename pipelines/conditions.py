@@ -309,7 +309,7 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
                 "n_tasks": int(frame["task"].iloc[todo].nunique()),
                 "accuracy": float(table.loc[scored, "correct"].astype(float).mean()) if scored.any() else None,
                 "seconds": round(seconds, 2), "tokens": int(gen.get("tokens", 0)),
-                "tokens_per_second": round(gen.get("tokens", 0) / max(gen.get("seconds", 0.0), 1e-9), 1)
+                "tokens_per_second": round(gen.get("new_tokens", 0) / max(gen.get("seconds", 0.0), 1e-9), 1)
                 if gen.get("tokens") else 0.0, **passes.info(cond.name), "created": now_iso()}
         if cond.kind == COT:
             info.update({"cue": cot_cue, "max_new_tokens": int(cot_max_new_tokens),
@@ -453,7 +453,8 @@ def _score_condition(cond: Condition, frame, todo: np.ndarray, *, model, passes:
             lp = cols["output_logprobs"][i]
             mean_lp[i] = float(np.mean(lp)) if len(lp) else None
             stop[i] = cols["stop_reason"][i]
-        gen.update({"tokens": int(cols["_tokens"]), "seconds": float(cols["_seconds"])})
+        gen.update({"tokens": int(cols["_tokens"]), "seconds": float(cols["_seconds"]),
+                    "new_tokens": int(cols.get("_new_tokens", cols["_tokens"]))})  # resumed chunks took no time now
     answers: list[str | None] = list(outputs)
     extraction = ["output"] * n
     choice_lps: list[list[float] | None] = [None] * n

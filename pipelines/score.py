@@ -217,7 +217,7 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
                     "temperature": temperature, "top_p": top_p, "seed": seed,
                     "batch_size": cols["_slots"], "stop_strings": stops, "device": where["device"],
                     "dtype": where["dtype"], "seconds": round(cols["_seconds"], 2), "tokens": cols["_tokens"],
-                    "tokens_per_second": round(cols["_tokens"] / max(cols["_seconds"], 1e-9), 1),
+                    "tokens_per_second": round(cols.get("_new_tokens", cols["_tokens"]) / max(cols["_seconds"], 1e-9), 1),
                     **({"distributed": {k: dist_info[k] for k in ("chunks", "workers")}} if dist_info else {}),
                     "created": now_iso()}
     if mc_values is not None:
