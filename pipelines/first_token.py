@@ -145,7 +145,8 @@ class FirstTokenCollector:
 
     def __init__(self, frame, rows: np.ndarray, *, loaded, max_length: int | None, mean: Any,
                  mean_over: tuple[int, int], progress: bool = True):
-        self.frame, self.rows, self.loaded, self.max_length = frame, np.asarray(rows, dtype=np.int64), loaded, max_length
+        self.frame, self.rows = frame, np.asarray(rows, dtype=np.int64)
+        self.loaded, self.max_length = loaded, max_length
         self.mean, self.mean_over, self.progress = mean, mean_over, progress
         self.values = {c: np.full(len(frame), np.nan) for c in COLUMNS}
         self.source = np.full(len(frame), "", dtype=object)

@@ -242,8 +242,9 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         from pipelines.models import load_model as _load_model
 
         try:
-            loaded, ran = add_first_token_columns(
-                frame, selected, loaded=loaded, always=generate == "always", max_length=manifest.get("max_length"),
+            loaded, ran = add_first_token_columns(  # (--distributed: the client's model has no weights)
+                frame, selected, loaded=None if distributed else loaded, always=generate == "always",
+                max_length=manifest.get("max_length"),
                 load=lambda: _load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype,
                                          device=device), progress=progress, log=log,
                 collector=collector, distributed=distributed)
