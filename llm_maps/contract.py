@@ -169,7 +169,13 @@ class LmevalTaskInfo(TypedDict, total=False):
     output_type: Annotated[str | None, "lm-eval output type"]
 
 
-class FirstTokenInfo(TypedDict):
+class _FirstTokenSources(TypedDict, total=False):
+    sources: Annotated[dict[str, int], "pass -> rows whose statistics it gave: generation (generate's prefill), "
+                                       "choices (the multiple-choice forward), separate (a pass of its own)"]
+    separate: Annotated[dict[str, list[str]], "why rows needed the separate pass -> their example_ids"]
+
+
+class FirstTokenInfo(_FirstTokenSources):
     columns: Annotated[list[str], "the columns written: first_entropy, first_top_prob, first_kl_to_mean"]
     units: Annotated[str, "nats (entropy, KL); probability (top)"]
     mean_over: Annotated[str, "the train prompts the mean next-token distribution is over (all, or a seeded sample)"]

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from llm_maps.errors import LLMMapsError
 from pipelines.encode import batch_limits, pad_left, pad_token_id, plan_batches, tokenize_prompts
+
+if TYPE_CHECKING:
+    import torch
 
 # Slots (rows decoded together): at most this many, and as many as the KV cache budget holds.
 # CPU: at 64 rows a decode step is already compute-bound (2·N FLOPs a row against the weights read
@@ -195,7 +198,8 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[i
              batch_size: int | None = None, keys: Sequence[int] | None = None,
              on_progress: Callable[[int, int], None] | None = None,
              stats: dict | None = None, share_prefix: bool = True,
-             forced_ids: Sequence[int] | None = None) -> list[Generation]:
+             forced_ids: Sequence[int] | None = None,
+             on_first: Callable[[np.ndarray, torch.Tensor, np.ndarray], None] | None = None) -> list[Generation]:
     """Generate a continuation for each prompt (any number: they are batched continuously).
 
     ``max_new_tokens``: one limit, or one per prompt. ``batch_size``: at most this many rows
@@ -208,6 +212,10 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[i
     ``MIN_SHARED_PREFIX``, e.g. a chat template's system turn) are computed once.
     ``forced_ids``: teacher forcing, these tokens are fed instead of chosen, in every row (their
     log-probabilities are recorded); a row stops after them (or earlier at EOS / its limit).
+    ``on_first(rows, logprobs, prompt_tokens)`` after every prefill: the model's next-token
+    log-probabilities at the end of those prompts ([b, V] float32, before temperature or forcing)
+    and the prompt tokens read (after truncation) — the first-token statistics without a pass of
+    their own (``pipelines.first_token.FirstTokenCollector``).
     """
     import torch
 
@@ -346,7 +354,10 @@ def generate(loaded, prompts: Sequence[str], *, max_new_tokens: int | Sequence[i
         state["A"] = a + k
         state["r0"] = int(start[:a + k].min())
         state["prefills"] += 1
-        return out.logits[:, -1, :].float()
+        logits = out.logits[:, -1, :].float()
+        if on_first is not None:
+            on_first(group, torch.log_softmax(logits, dim=-1), plen)
+        return logits
 
     def remove(keep: np.ndarray) -> np.ndarray:
         """Drop the active slots where ``keep`` is False: the last kept slots fill the holes.
@@ -563,7 +574,9 @@ def _lm_head(model, states):
 
 def choice_loglikelihoods_batch(loaded, prompts: Sequence[str], choices: Sequence[Sequence[str]], *,
                                 batch_tokens: int | None = None, max_batch: int | None = None,
-                                on_progress: Callable[[int], None] | None = None) -> list[list[dict]]:
+                                on_progress: Callable[[int], None] | None = None,
+                                on_first: Callable[[np.ndarray, torch.Tensor, np.ndarray], None] | None = None,
+                                ) -> list[list[dict]]:
     """For each prompt, the summed log-probability of each of its choices' tokens, and whether
     every choice token is the argmax (lm-eval's ``is_greedy``).
 
@@ -572,6 +585,9 @@ def choice_loglikelihoods_batch(loaded, prompts: Sequence[str], choices: Sequenc
     restarting after the prompt for every choice; rows are sorted by length and batched within a
     padded-token budget like ``encode`` (``batch_tokens``, ``max_batch``); the LM head runs only on
     the positions that predict a choice token. ``on_progress(n_examples)`` after every batch.
+    ``on_first(examples, logprobs, prompt_tokens)`` after every batch: the next-token
+    log-probabilities at the end of those prompts ([b, V] float32: the LM-head rows that predict
+    each example's first choice token, no extra work) and their prompt tokens (never truncated).
     """
     import torch
 
@@ -597,10 +613,11 @@ def choice_loglikelihoods_batch(loaded, prompts: Sequence[str], choices: Sequenc
             ids = np.full((len(rows), width), pad, dtype=np.int64)
             pos = np.zeros((len(rows), width), dtype=np.int64)
             seg = np.full((len(rows), width), -1, dtype=np.int64)  # -1 pad, 0 prompt, j + 1 choice j
-            pred_b, pred_t, target = [], [], []
+            pred_b, pred_t, target, first_at = [], [], [], []
             for b, i in enumerate(rows):
                 ctx, conts = packed[i]
                 p = len(ctx)
+                first_at.append(len(pred_b))  # the prediction at p - 1: the next token after the prompt
                 ids[b, :p], pos[b, :p], seg[b, :p] = ctx, np.arange(p), 0
                 at = p
                 for j, c in enumerate(conts):
@@ -622,6 +639,9 @@ def choice_loglikelihoods_batch(loaded, prompts: Sequence[str], choices: Sequenc
             tgt = torch.as_tensor(target, device=dev)
             lps = logp.gather(-1, tgt[:, None])[:, 0].double().cpu().numpy()
             hits = (logp.argmax(-1) == tgt).cpu().numpy()
+            if on_first is not None:
+                on_first(np.asarray(rows), logp[torch.as_tensor(first_at, device=dev)],
+                         np.array([len(packed[i][0]) for i in rows], dtype=np.int64))
             at = 0
             for b, i in enumerate(rows):
                 res = []

@@ -43,10 +43,10 @@ def _null(value) -> bool:
 
 def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[str], max_new_tokens: int | Sequence[int] | np.ndarray,
                      temperature: float, top_p: float, seed: int, batch_size: int | None, max_length: int | None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, on_first=None) -> dict:
     """Generate for ``rows`` of ``frame`` (one continuously batched ``generate``; each row samples
     with its own stream, keyed by its row); returns column -> {row: value}. ``max_new_tokens``: one
-    int, or an [N] array over the frame's rows (per-task budgets)."""
+    int, or an [N] array over the frame's rows (per-task budgets). ``on_first``: see ``generate``."""
     from tqdm.auto import tqdm
 
     from pipelines.generate import generate
@@ -66,7 +66,8 @@ def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[
     limits = np.broadcast_to(np.asarray(max_new_tokens, dtype=np.int64), (len(frame),))[rows]
     results = generate(loaded, [prompts[i] for i in rows], max_new_tokens=[int(v) for v in limits], temperature=temperature,
                        top_p=top_p, seed=seed, stop_strings=stop_strings, max_length=max_length,
-                       batch_size=batch_size, keys=[int(i) for i in rows], on_progress=on_progress, stats=stats)
+                       batch_size=batch_size, keys=[int(i) for i in rows], on_progress=on_progress, stats=stats,
+                       on_first=on_first)
     bar.close()
     for i, res in zip(rows, results):
         cols["output"][i] = res.text
@@ -80,14 +81,15 @@ def generate_outputs(loaded, frame, rows: np.ndarray, *, stop_strings: Sequence[
 
 
 def choice_scores(loaded, prompts: Sequence[str], choices: Sequence[Sequence[str]], *,
-                  progress: bool = True) -> list[list[float]]:
-    """Choice log-likelihoods (rounded as stored) of each example, batched across examples."""
+                  progress: bool = True, on_first=None) -> list[list[float]]:
+    """Choice log-likelihoods (rounded as stored) of each example, batched across examples.
+    ``on_first``: see ``choice_loglikelihoods_batch``."""
     from tqdm.auto import tqdm
 
     from pipelines.generate import choice_loglikelihoods_batch
 
     bar = tqdm(total=len(prompts), desc="choices", unit="ex", disable=not progress, dynamic_ncols=True)
-    res = choice_loglikelihoods_batch(loaded, prompts, choices, on_progress=bar.update)
+    res = choice_loglikelihoods_batch(loaded, prompts, choices, on_progress=bar.update, on_first=on_first)
     bar.close()
     return [[round(x["logprob"], 6) for x in r] for r in res]
 
@@ -152,7 +154,7 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
     stops = list(manifest["prompt_template"].get("stop_strings") or [])
     gen_kwargs = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                   "stop_strings": stops, "batch_size": batch_size, "max_length": manifest.get("max_length")}
-    cols, mc_values, dist_info = None, None, None
+    cols, mc_values, dist_info, collector = None, None, None, None
     budgets, choices_seconds = None, None
     if len(gen_rows) or len(mc_rows):
         from pipelines.models import load_model
@@ -189,15 +191,21 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
                 spec=spec, gen_kwargs=gen_kwargs, max_new_tokens=per_row, chunk_size=chunk_size, progress=progress,
                 log=log)
         else:
+            if generate != "never":  # first-token statistics from the passes below (train mean first)
+                from pipelines.first_token import FirstTokenCollector
+
+                collector = FirstTokenCollector.start(frame, selected, loaded=loaded, always=generate == "always",
+                                                      max_length=manifest.get("max_length"), progress=progress)
             if len(gen_rows):
                 log(f"generating {len(gen_rows)} outputs ({limit_text}, {mode}) on {loaded.device}")
                 cols = generate_outputs(loaded, frame, gen_rows, stop_strings=stops, max_new_tokens=per_row,
                                         temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
-                                        max_length=manifest.get("max_length"), progress=progress)
+                                        max_length=manifest.get("max_length"), progress=progress,
+                                        on_first=collector and collector.hook(gen_rows, "generation"))
             if len(mc_rows):
                 start = time.perf_counter()
                 scored = choice_scores(loaded, [frame["prompt"][i] for i in mc_rows], [choices[i] for i in mc_rows],
-                                       progress=progress)
+                                       progress=progress, on_first=collector and collector.hook(mc_rows, "choices"))
                 mc_values = dict(zip(mc_rows.tolist(), scored))
                 choices_seconds = time.perf_counter() - start
                 log(f"scored {len(mc_rows)} multiple-choice examples by log-likelihood in {choices_seconds:.1f} s")
@@ -232,10 +240,12 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
         from pipelines.models import load_model as _load_model
 
         try:
-            loaded, ran = add_first_token_columns(
-                frame, selected, loaded=loaded, always=generate == "always", max_length=manifest.get("max_length"),
+            loaded, ran = add_first_token_columns(  # (--distributed: the client's model has no weights)
+                frame, selected, loaded=None if distributed else loaded, always=generate == "always",
+                max_length=manifest.get("max_length"),
                 load=lambda: _load_model(manifest["model"], revision=manifest.get("model_revision"), dtype=dtype,
-                                         device=device), progress=progress, log=log)
+                                         device=device), progress=progress, log=log,
+                collector=collector, distributed=distributed)
             ft_info = ran or ft_info
         except (LLMMapsError, OSError) as exc:
             if loaded is not None or generate == "always":

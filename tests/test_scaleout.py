@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -216,7 +217,16 @@ def test_distributed_score_equals_a_plain_score_and_resumes(workers, redis_url, 
     gen = Run(dist).manifest["scoring"]["generation"]
     assert n_chunks >= 6 and "before-the-interruption" in gen["distributed"]["workers"]
     assert len(gen["distributed"]["workers"]) == 3, gen  # both workers took chunks, plus the interrupted client
+    for col in ("first_entropy", "first_top_prob", "first_kl_to_mean"):  # generate's prefill vs a separate pass
+        # (KL: a difference of two sums of the entropy's size, so an absolute tolerance)
+        np.testing.assert_allclose(a[col].to_numpy(float), b[col].to_numpy(float), rtol=1e-5,
+                                   atol=1e-5 if col == "first_kl_to_mean" else 1e-7, err_msg=col)
     plain_scoring, dist_scoring = Run(plain).manifest["scoring"], Run(dist).manifest["scoring"]
+    assert plain_scoring["first_token"].pop("sources") == {"generation": 30, "choices": 0, "separate": 0}
+    assert plain_scoring["first_token"].pop("separate") == {}
+    assert dist_scoring["first_token"].pop("sources") == {"generation": 0, "choices": 0, "separate": 30}
+    assert dist_scoring["first_token"].pop("separate") == {
+        "distributed scoring (the passes ran on the workers)": b["example_id"].tolist()}
     for m in (plain_scoring, dist_scoring):
         m.pop("created")
         m.pop("generation")
