@@ -151,9 +151,9 @@ def load_model(model: str, *, gguf_file: str | None = None, revision: str | None
         if not (path / "config.json").exists():
             raise LLMMapsError(f"{path}: not a model folder (no config.json)")
         load_from = path
-        weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-        if weights:
-            info["file_sha256"] = _sha256(weights[0]) if weights[0].stat().st_size < (1 << 30) else None
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        if files:
+            info["file_sha256"] = _sha256(files[0]) if files[0].stat().st_size < (1 << 30) else None
     elif _looks_local(spec):
         raise LLMMapsError(f"{spec}: model path does not exist")
     else:
