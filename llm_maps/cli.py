@@ -515,7 +515,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("conditions", help="accuracy per domain and condition, paired differences, falloff slopes",
                        description="From conditions.parquet (`llm-maps score RUN --conditions ...`): accuracy per "
-                                   "domain and condition with task-clustered 95%% intervals; each condition against "
+                                   "domain and condition with task-clustered 95 % intervals; each condition against "
                                    "the baseline on the same examples (difference with a task-clustered interval, "
                                    "McNemar's test, a verdict); the falloff slope per condition and domain on the "
                                    "Findings distance scale.")
@@ -529,7 +529,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_conditions)
 
     p = sub.add_parser("falloff", help="accuracy vs distance to train, per domain (writes falloff.json)",
-                       description="Equal-count distance bins with Wilson 95%% intervals and a logistic trend, per "
+                       description="Equal-count distance bins with Wilson 95 % intervals and a logistic trend, per "
                                    "domain and overall, for every stored layer and for cosine and euclidean distance.")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--bins", type=int, default=5, help="equal-count bins (default 5)")
@@ -542,7 +542,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("findings", help="does accuracy fall off more steeply in one domain? (writes findings.json)",
                        description="Logistic slope of correct on the distance percentile per domain with task-clustered "
-                                   "bootstrap 95%% intervals, the contrast between two domains with a task-level "
+                                   "bootstrap 95 % intervals, the contrast between two domains with a task-level "
                                    "permutation p-value, AUROC of distance for an error, within-task slopes, "
                                    "first-token confidence vs distance, a verdict, and the same contrast for every "
                                    "stored layer, metric and view on raw and train-mean-centred encodings.")
