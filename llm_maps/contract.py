@@ -216,7 +216,7 @@ class ConditionInfo(TypedDict, total=False):
     cue: Annotated[str, "cot: the cue after the prompt"]
     max_new_tokens: Annotated[int | str, "generation budget (cot: --cot-max-new-tokens; direct: as scored)"]
     extraction: Annotated[str, "how the scored answer is taken from the output (EXTRACTION_RULES)"]
-    examples: Annotated[int, "examples scored under this condition"]
+    examples: Annotated[int, "examples in conditions.parquet under this condition (earlier runs' rows included)"]
     n_tasks: Annotated[int, "their tasks"]
     accuracy: Annotated[float | None, "fraction correct among them"]
     seconds: Annotated[float, "generation + scoring time of the last run that scored it"]

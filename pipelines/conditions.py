@@ -339,6 +339,15 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
     table = table.assign(_r=table["example_id"].map(order), _c=table["condition"].map(lambda c: cond_order.get(c, 99)))
     table = table.sort_values(["_c", "_r"], kind="stable").drop(columns=["_r", "_c"]).reset_index(drop=True)
     table = _typed(table)
+    # examples, tasks and accuracy describe the file (rows kept from earlier runs included); seconds
+    # and tokens the run that last scored the condition
+    task_of = dict(zip(ids, frame["task"].astype(str)))
+    for name, info in infos.items():
+        rows_c = table[table["condition"] == name]
+        if len(rows_c):
+            scored_c = rows_c["correct"].dropna()
+            info.update({"examples": int(len(rows_c)), "n_tasks": int(rows_c["example_id"].map(task_of).nunique()),
+                         "accuracy": float(scored_c.astype(float).mean()) if len(scored_c) else None})
     section = {"file": CONDITIONS_FILE, "conditions": infos, "limit_per_task": limit_per_task,
                "tasks": sorted(set(tasks)) if tasks is not None else None, "split": "test",
                "layer": layer, "metric": metric_name, "atlas": atlas is not None}

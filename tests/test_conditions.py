@@ -234,7 +234,9 @@ def test_scored_conditions_are_skipped_unless_asked(cond_run, capsys):
     pd.testing.assert_frame_equal(new, old)  # rows scored before are kept as they were
     assert (after["condition"] == "direct").sum() == (before["condition"] == "direct").sum()
     manifest = json.loads((cond_run / "manifest.json").read_text())
-    assert manifest["conditions"]["conditions"]["cot"]["examples"] == added  # what this run scored
+    cot_info = manifest["conditions"]["conditions"]["cot"]
+    assert cot_info["examples"] == (after["condition"] == "cot").sum()  # the file's rows, earlier ones included
+    assert cot_info["accuracy"] == pytest.approx(after.loc[after["condition"] == "cot", "correct"].astype(float).mean())
     assert "neighbours:2" in manifest["conditions"]["conditions"]  # other conditions' entries stay
 
 
