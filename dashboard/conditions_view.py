@@ -223,7 +223,7 @@ def conditions_falloff_figure(per_cond: dict[str, dict], conditions: list[str], 
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from dashboard.figures import falloff_layout, plot_text
+    from dashboard.figures import bins_error_y, falloff_layout, plot_text
     from llm_maps.falloff import format_slope
 
     side = layout == "side" and len(domains) > 1
@@ -247,9 +247,7 @@ def conditions_falloff_figure(per_cond: dict[str, dict], conditions: list[str], 
                 name=legend, meta={"condition": name, "domain": dom},
                 line={"color": colours[name], "width": 2, "dash": "solid" if side else DOMAIN_DASHES[j % 6]},
                 marker={"size": 8, "color": colours[name], "symbol": "circle" if side else DOMAIN_SYMBOLS[j % 6]},
-                error_y={"type": "data", "symmetric": False, "array": [b["high"] - b["accuracy"] for b, _ in bins],
-                         "arrayminus": [b["accuracy"] - b["low"] for b, _ in bins], "color": colours[name],
-                         "thickness": 1.2},
+                error_y=bins_error_y([b for b, _ in bins], colours[name]),
                 customdata=[[b["lo"], b["hi"], b["n"], b["correct"], b["low"], b["high"], t] for b, t in bins],
                 hovertemplate=(f"{plot_text(name)} · {plot_text(dom)}<br>distance %{{customdata[0]:.4g}}–"
                                f"%{{customdata[1]:.4g}} ({metric}, the example's own prompt)<br>accuracy %{{y:.3f}} "

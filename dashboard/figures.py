@@ -365,8 +365,7 @@ def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", t
         trace = go.Scatter(
             x=x, y=y, mode="lines+markers", name=name, line={"color": colour, "width": 2},
             marker={"size": 8, "color": colour},
-            error_y={"type": "data", "symmetric": False, "array": [b["high"] - b["accuracy"] for b in bins],
-                     "arrayminus": [b["accuracy"] - b["low"] for b in bins], "color": colour, "thickness": 1.2},
+            error_y=bins_error_y(bins, colour),
             customdata=[[b["lo"], b["hi"], b["n"], b["correct"], b["low"], b["high"]] for b in bins],
             hovertemplate=("distance %{customdata[0]:.4g}–%{customdata[1]:.4g}<br>accuracy %{y:.3f} "
                            "[%{customdata[4]:.3f}, %{customdata[5]:.3f}]<br>%{customdata[3]} / %{customdata[2]} correct"
@@ -377,6 +376,12 @@ def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", t
             fig.add_trace(trace)
     return falloff_layout(fig, side=side, dark=dark, title=title, height=480, legend_y=-0.18,
                           x_title=f"distance to nearest train prompt ({metric}, bin median)")
+
+
+def bins_error_y(bins, colour: str) -> dict:
+    """Asymmetric error bars from each bin's accuracy to its interval (``low``, ``high``)."""
+    return {"type": "data", "symmetric": False, "array": [b["high"] - b["accuracy"] for b in bins],
+            "arrayminus": [b["accuracy"] - b["low"] for b in bins], "color": colour, "thickness": 1.2}
 
 
 def falloff_layout(fig: go.Figure, *, side: bool, dark: bool, title: str, height: int, legend_y: float,

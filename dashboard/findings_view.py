@@ -11,7 +11,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from dashboard.figures import FIXED_COLOURS, PALETTE, template_name
+from dashboard.figures import FIXED_COLOURS, PALETTE, bins_error_y, template_name
 
 STAT_LABELS = {"first_entropy": "entropy of the next-token distribution (nats)",
                "first_top_prob": "top next-token probability",
@@ -69,8 +69,7 @@ def curves_figure(result: dict, *, dark: bool = False) -> go.Figure:
             x=[b["x"] for b in bins], y=[b["accuracy"] for b in bins], mode="markers", legendgroup=name,
             name=f"{name}: accuracy per fifth" if curve else label, showlegend=not curve,
             marker={"color": colour, "size": 8},
-            error_y={"type": "data", "symmetric": False, "array": [b["high"] - b["accuracy"] for b in bins],
-                     "arrayminus": [b["accuracy"] - b["low"] for b in bins], "color": colour, "thickness": 1.2},
+            error_y=bins_error_y(bins, colour),
             customdata=[[b["n"], b["correct"], b["low"], b["high"]] for b in bins],
             hovertemplate=(f"{html.escape(name)}<br>accuracy %{{y:.3f}} [%{{customdata[2]:.3f}}, %{{customdata[3]:.3f}}]"
                            "<br>%{customdata[1]} / %{customdata[0]} correct<extra></extra>")))
