@@ -210,19 +210,31 @@ def _current_plan(dist: Path, fingerprint: str, chunk: int, kind: str) -> dict:
     return plan
 
 
+def _open_npz_chunk(dist: Path, fingerprint: str, chunk: int, kind: str) -> tuple[dict, dict | None]:
+    """(the chunk's current plan, the meta of its ``chunk_<i>.npz`` when already written, else None)."""
+    plan = _current_plan(dist, fingerprint, chunk, kind)
+    out = chunk_path(dist, chunk)
+    if not out.exists():
+        return plan, None
+    with np.load(out) as data:
+        return plan, json.loads(str(data["meta"]))
+
+
+def _sequences(dist: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The plan's token ids (memory-mapped, concatenated) and the offsets of each sequence in them."""
+    return np.load(dist / "tokens.npy", mmap_mode="r"), np.load(dist / "offsets.npy")
+
+
 def encode_chunk(*, work: str, chunk: int, fingerprint: str, spec: dict, worker: str = "?") -> dict:
     """Encode one chunk of a distributed build into ``chunk_<i>.npz`` (idempotent). Returns its meta."""
     from pipelines.encode import last_token_states, states_to_fp16
 
     dist = Path(work) / DIST_DIR
-    plan = _current_plan(dist, fingerprint, chunk, "build")
-    out = chunk_path(dist, chunk)
-    if out.exists():
-        with np.load(out) as data:
-            return json.loads(str(data["meta"]))
+    plan, done = _open_npz_chunk(dist, fingerprint, chunk, "build")
+    if done is not None:
+        return done
     loaded = _encoder(spec)
-    tokens = np.load(dist / "tokens.npy", mmap_mode="r")
-    offsets = np.load(dist / "offsets.npy")
+    tokens, offsets = _sequences(dist)
     layers = [int(k) for k in plan["layers"]]
     start = time.perf_counter()
     rows, parts, clipped = [], {k: [] for k in layers}, 0
@@ -507,14 +519,11 @@ def views_chunk(*, work: str, chunk: int, fingerprint: str, spec: dict, worker: 
     from pipelines.views import states_at
 
     dist = Path(work) / VIEWS_DIR
-    plan = _current_plan(dist, fingerprint, chunk, "views")
-    out = chunk_path(dist, chunk)
-    if out.exists():
-        with np.load(out) as data:
-            return json.loads(str(data["meta"]))
+    plan, done = _open_npz_chunk(dist, fingerprint, chunk, "views")
+    if done is not None:
+        return done
     loaded = _encoder(spec)
-    tokens = np.load(dist / "tokens.npy", mmap_mode="r")
-    offsets = np.load(dist / "offsets.npy")
+    tokens, offsets = _sequences(dist)
     take_offsets = np.load(dist / "take_offsets.npy")
     takes = np.load(dist / "takes.npy")
     targets = plan["targets"]
