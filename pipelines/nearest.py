@@ -209,9 +209,27 @@ class TokenAtlas:
         states = np.asarray(states, dtype=np.float32)
         if not len(states):
             return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros((0, 2))
-        dist, row = knn(states, self.states, k=1, metric=self.metric)
         if self.projection.method == "pca":
+            dist, row = knn(states, self.states, k=1, metric=self.metric)
             return dist[:, 0], row[:, 0], self.projection.transform(states)
+        # one search over [atlas | fitted prompts] gives the map's neighbours and, for almost every
+        # state, its nearest atlas row (atlas rows come first, so ties resolve as a search of the
+        # atlas alone would); only states with no atlas row among them search the atlas again
         base = np.concatenate([np.asarray(self.states), self.prompt_states])
         nd, nr = knn(states, base, k=self.n_neighbors, metric=self.metric)
-        return dist[:, 0], row[:, 0], self._map(states, nr, nd)
+        # the neighbours' distances measured again one state at a time, as ``step`` measures them:
+        # the map's weights hinge on which distances are exactly 0 (UMAP's rho), and a matrix
+        # product rounds a state's distance to itself to 1e-16 where a vector product gives 0
+        for i in range(len(states)):
+            d = self.index.exact(np.asarray(states[i], dtype=np.float64), nr[i])
+            order = np.lexsort((nr[i], d))
+            nd[i], nr[i] = d[order], nr[i][order]
+        in_atlas = (nr >= 0) & (nr < self.n)
+        first = in_atlas.argmax(axis=1)
+        at = np.arange(len(states))
+        dist, row = nd[at, first].copy(), nr[at, first].copy()
+        missing = ~in_atlas.any(axis=1)
+        if missing.any():
+            d2, r2 = knn(states[missing], self.states, k=1, metric=self.metric)
+            dist[missing], row[missing] = d2[:, 0], r2[:, 0]
+        return dist, row, self._map(states, nr, nd)

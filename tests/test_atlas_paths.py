@@ -143,6 +143,24 @@ def test_umap_token_map_placement_equals_the_saved_projection(tiny_models, tmp_p
         step = session.atlas_step(state)
         expected = proj.transform(state, fit)[0]
         assert [step["x"], step["y"]] == pytest.approx(expected.tolist(), abs=1e-6)
+    # the batch path (score --conditions) gives each state what the one-at-a-time path gives
+    train_prompts = prompts[np.flatnonzero(ex["split"] == "train")]
+    states = np.concatenate([np.stack([atlas[3], atlas[11], prompts[int(np.flatnonzero(ex["split"] == "test")[0])],
+                                       atlas[7] + rng.normal(0, 0.5, atlas.shape[1]).astype(np.float32)]),
+                             train_prompts]).astype(np.float16).astype(np.float32)
+    base = np.concatenate([atlas, prompts[proj.fit_rows[proj.fit_rows < len(ex)]]])
+    _, near = knn(states, base, k=int(proj.params["n_neighbors"]), metric=session.metric)
+    assert not (near < len(atlas)).any(axis=1).all()  # some states have no atlas row among the map's neighbours
+    dist, rows, xy = session.atlas.steps(states)
+    exact_d, exact_r = knn(states, atlas, k=1, metric=session.metric)
+    assert rows.tolist() == exact_r[:, 0].tolist() and dist == pytest.approx(exact_d[:, 0], abs=1e-12)
+    for state, d, r, (x, y) in zip(states, dist, rows, xy):
+        step = session.atlas_step(state)
+        assert step["dist"] == pytest.approx(d, rel=1e-6, abs=1e-9)
+        assert (step["nearest"]["example_id"], step["nearest"]["position"]) == \
+            (session.atlas.ids[r], session.atlas.positions[r])
+        assert [step["x"], step["y"]] == pytest.approx([x, y], abs=1e-6)
+        assert [x, y] == pytest.approx(proj.transform(state, fit)[0].tolist(), abs=1e-6)  # the saved map's own
     # a test prompt placed by the worker lands where the build put it
     row = ex[ex["split"] == "test"].iloc[0]
     placed = session.place(row["instruction"], row["context"])
