@@ -155,7 +155,7 @@ def test_playground_draws_paths_on_the_token_map(site, views_run):
     row = page.locator(".pg-compare-table tbody tr").first
     assert float(row.locator(".pg-cmp-max-dist").inner_text()) == pytest.approx(final["max_dist"], rel=1e-3)
     # the prompt map stays a choice: the point at its prompt-map place, no path there
-    page.locator("#pg-map").get_by_text("prompt map", exact=False).click()
+    page.locator("#pg-map input[value='prompt']").check()  # clicks, then verifies the radio took it
     page.wait_for_function(f"() => ({GD}.layout.meta || {{}}).pg_map === 'prompt' && "
                            f"{GD}.data.some((t) => t.meta && t.meta.pg === 'point')", timeout=20_000)
     page.wait_for_timeout(300)
