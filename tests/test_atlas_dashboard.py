@@ -156,8 +156,14 @@ def test_playground_draws_paths_on_the_token_map(site, views_run):
     assert float(row.locator(".pg-cmp-max-dist").inner_text()) == pytest.approx(final["max_dist"], rel=1e-3)
     # the prompt map stays a choice: the point at its prompt-map place, no path there
     page.locator("#pg-map input[value='prompt']").check()  # clicks, then verifies the radio took it
-    page.wait_for_function(f"() => ({GD}.layout.meta || {{}}).pg_map === 'prompt' && "
-                           f"{GD}.data.some((t) => t.meta && t.meta.pg === 'point')", timeout=20_000)
+    try:
+        page.wait_for_function(f"() => ({GD}.layout.meta || {{}}).pg_map === 'prompt' && "
+                               f"{GD}.data.some((t) => t.meta && t.meta.pg === 'point')", timeout=20_000)
+    except Exception as e:  # say what the page shows (this wait timed out in full-suite runs only)
+        state = page.evaluate(f"() => ({{meta: {GD}.layout.meta, traces: {GD}.data.map((t) => t.meta || null), "
+                              "radio: Array.from(document.querySelectorAll('#pg-map input')).map((i) => [i.value, i.checked]), "
+                              "url: location.href}})")
+        raise AssertionError(f"map switch not drawn: {state}; console: {log.take()}") from e
     page.wait_for_timeout(300)
     assert traces(page, "point")[0]["x"] == pytest.approx([final["x"]]) and traces(page, "path") == []
     page.wait_for_function("() => location.search.includes('map=prompt')", timeout=10_000)

@@ -116,7 +116,7 @@
       for (;;) {
         PG.drawPending = false;
         const started = performance.now();
-        await drawOnce(PG.wantBase);
+        await drawOnce();
         if (!PG.drawPending) break;
         // at most ~3 map redraws a second while tokens stream (the text updates on every token)
         const wait = MIN_REDRAW_MS - (performance.now() - started);
@@ -127,13 +127,20 @@
     }
   }
 
-  async function drawOnce(wantBase) {
+  // The figure wanted is read when it is checked (PG.wantBase), never kept from when the draw
+  // began: a draw asked for on the old figure (an overlay arriving just before the new map) must
+  // not wait for a figure that has been replaced, and must not draw the old one over the new.
+  const isWanted = (g) => !PG.wantBase || (g.layout.meta || {}).pg_base === PG.wantBase;
+
+  async function drawOnce() {
     let gd;
-    try {  // the figure the server drew for this colour
-      gd = await plotted('pg-graph', 30000, (g) => !wantBase || (g.layout.meta || {}).pg_base === wantBase);
+    try {  // the figure the server drew for this colour and map
+      gd = await plotted('pg-graph', 30000, isWanted);
     } catch (e) {
       return;
     }
+    // plotted resolved a moment ago: checked again here, in the same task as the react below
+    if (!isWanted(gd)) { PG.drawPending = true; return; }
     PG.map = (gd.layout.meta || {}).pg_map || 'prompt';
     const base = gd.data.filter((t) => !(t.meta && t.meta.pg));
     await Plotly.react(gd, base.concat(pgTraces()), gd.layout);
