@@ -269,6 +269,136 @@ def _domain_verdict(domain: str, runs_acc: list[dict[str, Any]], first: int, las
     return head + f"; not supported: sign test over tasks p = {p:.3g}"
 
 
+# --------------------------------------------------------------------------- train tasks vs held-out tasks
+
+TRAIN_TASKS, HELD_OUT = "train tasks", "held-out tasks"
+MIN_GAIN_TASKS = 5  # tasks a class needs before its change (or the difference) can be called supported
+GAIN_UNIT = ("accuracy on the test examples scored in every run (pooled over the class's tasks); 95 % intervals: "
+             "percentile bootstrap over tasks (a resampled task brings all its examples; the same tasks in "
+             "every run, so a change is paired); train tasks have examples in the train split, held-out tasks "
+             "none")
+
+
+def _boot_ratio(w: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Per replicate: sum(w * num) / sum(w * den) (NaN where no example was drawn)."""
+    d = w @ den
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, (w @ num) / np.where(d > 0, d, 1.0), np.nan)
+
+
+def _ci(point: float, reps: np.ndarray) -> dict[str, Any]:
+    from .findings import _interval
+
+    low, high = _interval(reps)
+    return {"value": float(point), "low": low, "high": high}
+
+
+def _excludes_zero(ci: dict[str, Any]) -> bool:
+    return ci["low"] is not None and (ci["low"] > 0 or ci["high"] < 0)
+
+
+def task_gain(group: RunGroup, x: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
+              min_tasks: int = MIN_GAIN_TASKS) -> dict[str, Any]:
+    """Accuracy of the tasks the train split holds (train tasks) and of the tasks it does not
+    (held-out tasks) in every run, the change from the first run to the last on the x axis (the
+    base model to the last checkpoint of a fine-tune) per class, and the difference of the two
+    changes, each with a task-clustered bootstrap interval (``n_boot`` replicates, ``seed``). Only
+    test examples scored in every run count, so every run is measured on the same examples."""
+    frame = group.frame
+    task = frame["task"].astype(str).to_numpy()
+    train_tasks = set(task[(frame["split"] == "train").to_numpy()].tolist())
+    return task_gain_arrays(_correct_matrix(group), task, np.array([t in train_tasks for t in task], dtype=bool), x,
+                            names=group.names, n_boot=n_boot, seed=seed, min_tasks=min_tasks)
+
+
+def task_gain_arrays(correct: np.ndarray, task: np.ndarray, train_task: np.ndarray, x: Sequence[float], *,
+                     names: Sequence[str], n_boot: int = 2000, seed: int = 0,
+                     min_tasks: int = MIN_GAIN_TASKS) -> dict[str, Any]:
+    """`task_gain` on arrays: ``correct`` [R, N] (1, 0, NaN = unscored or not a test example),
+    ``task`` [N], ``train_task`` [N] (the example's task has train examples), ``x`` [R]."""
+    from .findings import task_resample_counts
+
+    correct = np.asarray(correct, dtype=float)
+    task = np.asarray(task).astype(str)
+    keep = np.isfinite(correct).all(axis=0)
+    n_runs = correct.shape[0]
+    first, last = int(np.argmin(x)), int(np.argmax(x))
+    rng = np.random.default_rng(seed)
+    names = list(names)
+    out: dict[str, Any] = {"unit": GAIN_UNIT, "runs": names, "first": names[first], "last": names[last],
+                           "n_boot": int(n_boot), "seed": int(seed), "min_tasks": int(min_tasks), "classes": {}}
+    change_reps: dict[str, np.ndarray] = {}
+    for cls in (TRAIN_TASKS, HELD_OUT):
+        in_cls = keep & (train_task if cls == TRAIN_TASKS else ~np.asarray(train_task, dtype=bool))
+        tasks = sorted(set(task[in_cls].tolist()))
+        entry: dict[str, Any] = {"tasks": tasks, "n_tasks": len(tasks), "n_examples": int(in_cls.sum())}
+        if not tasks:
+            entry.update(runs=[], change=None, verdict=f"{cls}: not supported: no test examples scored in every run")
+            out["classes"][cls] = entry
+            continue
+        pos = {t: i for i, t in enumerate(tasks)}
+        col = np.array([pos[t] for t in task[in_cls]])
+        n_t = np.bincount(col, minlength=len(tasks)).astype(float)  # [T] examples per task
+        k_t = np.stack([np.bincount(col, weights=correct[r, in_cls], minlength=len(tasks))
+                        for r in range(n_runs)])  # [R, T] correct per task
+        w = task_resample_counts(n_tasks=len(tasks), n_boot=n_boot, rng=rng)  # [B, T]
+        entry["runs"] = [{"run": names[r], **_ci(k_t[r].sum() / n_t.sum(), _boot_ratio(w, k_t[r], n_t))}
+                         for r in range(n_runs)]
+        delta = k_t[last] - k_t[first]
+        change_reps[cls] = _boot_ratio(w, delta, n_t)
+        entry["change"] = _ci(delta.sum() / n_t.sum(), change_reps[cls])
+        entry["verdict"] = _gain_verdict(cls, entry, min_tasks)
+        out["classes"][cls] = entry
+    a, b = out["classes"][TRAIN_TASKS], out["classes"][HELD_OUT]
+    if a.get("change") is None or b.get("change") is None:
+        out["difference"] = None
+        out["verdict"] = "train tasks vs held-out tasks: not supported: a class has no test examples scored in every run"
+        return out
+    diff = _ci(a["change"]["value"] - b["change"]["value"], change_reps[TRAIN_TASKS] - change_reps[HELD_OUT])
+    out["difference"] = diff
+    head = (f"train tasks minus held-out tasks, change in accuracy {names[first]} -> {names[last]}: "
+            f"{_pp(diff['value'])} [{_pp(diff['low'])}, {_pp(diff['high'])}] percentage points "
+            f"({a['n_tasks']} vs {b['n_tasks']} tasks)")
+    if min(a["n_tasks"], b["n_tasks"]) < min_tasks:
+        out["verdict"] = head + f"; not supported: fewer than {min_tasks} tasks in a class"
+    elif not _excludes_zero(diff):
+        out["verdict"] = head + "; not supported: the interval includes 0"
+    else:
+        out["verdict"] = head + ("; supported: the train tasks gained more" if diff["value"] > 0 else
+                                 "; supported: the held-out tasks gained more")
+    return out
+
+
+def _pp(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:+.1f}"
+
+
+def _gain_verdict(cls: str, entry: dict[str, Any], min_tasks: int) -> str:
+    c = entry["change"]
+    head = (f"{cls}: change {_pp(c['value'])} [{_pp(c['low'])}, {_pp(c['high'])}] percentage points "
+            f"({entry['n_examples']} examples, {entry['n_tasks']} tasks)")
+    if entry["n_tasks"] < min_tasks:
+        return head + f"; not supported: fewer than {min_tasks} tasks"
+    if not _excludes_zero(c):
+        return head + "; not supported: the interval includes 0"
+    return head + ("; rises" if c["value"] > 0 else "; falls")
+
+
+def format_task_gain(result: dict[str, Any]) -> str:
+    """The train-tasks vs held-out-tasks table (runs as columns) and the verdicts."""
+    names = result["runs"]
+    lines = ["accuracy, train tasks vs held-out tasks (95 % task-bootstrap intervals; "
+             f"{result['n_boot']} replicates):",
+             f"  {'':<16}" + "".join(f"{n:>24}" for n in names)]
+    for cls, e in result["classes"].items():
+        cells = "".join(f"{r['value']:>7.3f} [{r['low'] if r['low'] is not None else float('nan'):.3f}, "
+                        f"{r['high'] if r['high'] is not None else float('nan'):.3f}]" .rjust(24) for r in e["runs"])
+        lines.append(f"  {cls:<16}{cells}   ({e['n_tasks']} tasks, {e['n_examples']} examples)")
+    lines += [f"  {e['verdict']}" for e in result["classes"].values()]
+    lines.append(f"  {result['verdict']}")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- falloff
 
 def distance_percentile(distance: np.ndarray) -> np.ndarray:
@@ -832,6 +962,7 @@ def compare_runs(runs: Sequence[Run], *, axis: str | None = None, n_bins: int = 
         "classes": curves["classes"],
         "class_rule": curves["rule"],
         "unit": curves["unit"],
+        "task_gain": task_gain(group, x),
         "falloff": falloff_curves(group, n_bins=n_bins),
         "loss_curve": loss_curve(group.runs),
         "alignment": {"method": "orthogonal Procrustes (translation, isotropic scale, rotation or reflection) "
@@ -864,6 +995,8 @@ def format_compare(result: dict[str, Any]) -> str:
         lines.append(e["verdict"])
         lines.append("  task classes: " + ", ".join(f"{k} {v}" for k, v in e["classes"].items()))
     lines.append("task classes (all): " + ", ".join(f"{k} {v}" for k, v in result["classes"].items()))
+    if result.get("task_gain"):
+        lines += ["", format_task_gain(result["task_gain"])]
     pairs = result["cka"]["layer_pairs"]
     if pairs:
         lines.append("")

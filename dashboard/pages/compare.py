@@ -179,6 +179,7 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
         html.Details([html.Summary(f"every task ({len(res['tasks'])}): class and accuracy per run", className="small"),
                       _tasks_table(res)], className="mt-1"),
         html.Div(res["unit"], className="small text-muted"),
+        *([g] if (g := _gain_table(res.get("task_gain"))) is not None else []),
     ])
     scale = "raw" if fscale == "raw" else "percentile"
     falloff = CF.falloff_overlay_figure(_falloff_result(cmp, scale), dark=dark)
@@ -275,6 +276,27 @@ def _classes_table(res) -> html.Table:
                     + [html.Td(str(res["classes"][c]), className="pe-3 fw-bold") for c in CLASSES]
                     + [html.Td(str(sum(res["classes"].values())), className="fw-bold")])
     return html.Table([head] + rows + [total], className="small mb-1", id="compare-classes")
+
+
+def _gain_table(gain) -> html.Div | None:
+    """Train tasks vs held-out tasks: accuracy per run with task-bootstrap intervals, the verdicts."""
+    if not gain:
+        return None
+
+    def cell(e):
+        if e.get("low") is None:
+            return f"{e['value']:.3f}"
+        return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+    head = html.Tr([html.Th("", className="pe-3")] + [html.Th(n, className="pe-3") for n in gain["runs"]]
+                   + [html.Th("tasks", className="pe-2"), html.Th("examples")])
+    rows = [html.Tr([html.Td(cls, className="pe-3")] + [html.Td(cell(r), className="pe-3") for r in e["runs"]]
+                    + [html.Td(str(e["n_tasks"]), className="pe-2"), html.Td(str(e["n_examples"]))])
+            for cls, e in gain["classes"].items() if e["runs"]]
+    verdicts = [e["verdict"] for e in gain["classes"].values()] + [gain["verdict"]]
+    return html.Div([html.Table([head] + rows, className="small mb-1"),
+                     html.Ul([html.Li(v, className="small") for v in verdicts], className="mb-1"),
+                     html.Div(gain["unit"], className="small text-muted")], id="compare-task-gain", className="mt-2")
 
 
 def _tasks_table(res) -> html.Table:
