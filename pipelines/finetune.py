@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from llm_maps.config import BuildConfig
+from llm_maps.contract import COLUMNS
 from llm_maps.errors import LLMMapsError
 from llm_maps.runfolder import EXAMPLES, MANIFEST, read_manifest, write_json_atomic
 
@@ -48,9 +49,12 @@ LORA_TARGETS: dict[str, list[str]] = {
 }
 FAN_IN_FAN_OUT = {"gpt2"}  # Conv1D weights are stored transposed
 
-# columns of the base run that a checkpoint run computes anew
-_RECOMPUTED = ("output", "score", "correct", "x", "y", "dist_to_train", "nn_train_ids", "nn_train_dists",
-               "n_tokens", "truncated", "domain")
+# columns of the base run that a checkpoint run computes anew (or, for a view or atlas the checkpoint
+# runs leave out, must not carry over from the base model): every column a stage after the build
+# writes, and the build's own per-model columns
+_DERIVED_STAGES = ("score", "project", "neighbours", "encode --view completion", "atlas")
+_RECOMPUTED = tuple(name for name, c in COLUMNS.items() if c.stage in _DERIVED_STAGES) + (
+    "n_tokens", "truncated", "domain")
 
 
 @dataclass
@@ -71,6 +75,10 @@ class FinetuneConfig:
     device: str = "auto"
     progress: bool = True
     build: bool = True  # turn checkpoints into runs
+    # the checkpoint runs' views and token atlas; None: the base run's (a lighter build, e.g. the
+    # demo's views="prompt", token_atlas=False, costs each checkpoint minutes less; training is the same)
+    views: str | None = None
+    token_atlas: bool | None = None
 
     def resolved_lr(self) -> float:
         return float(self.lr) if self.lr is not None else (2e-5 if self.full else 2e-4)
@@ -257,9 +265,12 @@ def _trainable_state(model: Any) -> dict[str, Any]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_merged(model: Any, base_model_dir: str, tokenizer: Any, out: Path, *, lora: bool) -> None:
+def save_merged(model: Any, base_model_dir: str, tokenizer: Any, out: Path, *, lora: bool,
+                revision: str | None = None) -> None:
     """Write the merged model (LoRA folded in by peft's ``merge_and_unload``) to ``out``, atomically.
-    The training model is not touched: the adapter is copied into a fresh base model."""
+    The training model is not touched: the adapter is copied into a fresh base model, loaded from
+    ``base_model_dir`` (what transformers loads: a folder, a hub id, or a GGUF file's converted
+    safetensors folder, ``LoadedModel.info["converted_to"]``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -271,7 +282,7 @@ def save_merged(model: Any, base_model_dir: str, tokenizer: Any, out: Path, *, l
         adapter = tmp.with_name(tmp.name + "-adapter")
         shutil.rmtree(adapter, ignore_errors=True)
         model.save_pretrained(str(adapter))
-        fresh = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+        fresh = AutoModelForCausalLM.from_pretrained(base_model_dir, revision=revision, dtype=torch.float32)
         with _quiet_peft():
             merged = PeftModel.from_pretrained(fresh, str(adapter)).merge_and_unload()
         merged.save_pretrained(str(tmp))
@@ -327,6 +338,7 @@ def finetune(run_dir: str | Path, out: str | Path, cfg: FinetuneConfig | None = 
     from transformers import get_cosine_schedule_with_warmup
 
     from pipelines.models import load_model
+    from pipelines.views import parse_views
 
     cfg = cfg or FinetuneConfig()
     base = Path(run_dir)
@@ -347,6 +359,8 @@ def finetune(run_dir: str | Path, out: str | Path, cfg: FinetuneConfig | None = 
     loaded = load_model(manifest["model"], revision=manifest.get("model_revision"), device=cfg.device,
                         dtype="float32")
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
+    # where transformers loads the base weights from (a GGUF file is converted once to a folder)
+    base_weights = str(loaded.info.get("converted_to") or manifest["model"])
     frame, data = load_train_rows(base, tokenizer, int(manifest["max_length"]))
     train_rows, eval_rows = eval_split(len(data.input_ids), cfg.eval_fraction, cfg.seed)
     n_train = len(train_rows)
@@ -360,8 +374,12 @@ def finetune(run_dir: str | Path, out: str | Path, cfg: FinetuneConfig | None = 
                 "base_run": str(base.resolve()), "base_model": str(manifest["model"]),
                 "train_rows": n_train, "eval_rows": len(eval_rows),
                 "precision": "bf16 autocast" if autocast else "float32"}
-    for key in ("progress", "device", "build", "epochs"):
+    for key in ("progress", "device", "build", "epochs", "views", "token_atlas"):  # not the training's
         settings.pop(key, None)
+    if cfg.views is not None:
+        bcfg = bcfg.replace(views=cfg.views)
+    if cfg.token_atlas is not None:
+        bcfg = bcfg.replace(token_atlas=bool(cfg.token_atlas))
 
     torch.manual_seed(cfg.seed)
     if not cfg.full:
@@ -430,7 +448,7 @@ def finetune(run_dir: str | Path, out: str | Path, cfg: FinetuneConfig | None = 
                         autocast=autocast)})
                     model.train()
                 _save_checkpoint(group, done, model, tokenizer, manifest, optimizer, scheduler, curve, settings,
-                                 lora=not cfg.full)
+                                 lora=not cfg.full, base_weights=base_weights, revision=loaded.info.get("revision"))
         bar.close()
     except BaseException:
         if created and _last_checkpoint(group) is None:
@@ -438,7 +456,9 @@ def finetune(run_dir: str | Path, out: str | Path, cfg: FinetuneConfig | None = 
         raise
     del model, optimizer
     write_json_atomic(previous, {"settings": settings, "curve": curve,
-                                 "checkpoints": [step_name(s) for s in _checkpoint_steps(group)]})
+                                 "checkpoints": [step_name(s) for s in _checkpoint_steps(group)],
+                                 "runs": {"views": list(dict.fromkeys(["prompt", *parse_views(bcfg.views)])),
+                                          "token_atlas": bool(bcfg.token_atlas)}})
     if cfg.build:
         build_checkpoint_runs(base, group, manifest, bcfg, frame, progress=cfg.progress, log=log)
     return group
@@ -450,14 +470,15 @@ def _checkpoint_steps(group: Path) -> list[int]:
 
 
 def _save_checkpoint(group: Path, step: int, model: Any, tokenizer: Any, manifest: dict[str, Any], optimizer: Any,
-                     scheduler: Any, curve: dict[str, Any], settings: dict[str, Any], *, lora: bool) -> None:
+                     scheduler: Any, curve: dict[str, Any], settings: dict[str, Any], *, lora: bool,
+                     base_weights: str, revision: str | None = None) -> None:
     import torch
 
     final = group / CHECKPOINTS / step_name(step)
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_merged(model, str(manifest["model"]), tokenizer, tmp / "model", lora=lora)
+    save_merged(model, base_weights, tokenizer, tmp / "model", lora=lora, revision=revision)
     torch.save({"step": step, "trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                 "curve": json.loads(json.dumps(curve)), "settings": settings}, tmp / "state.pt")
@@ -482,16 +503,19 @@ def build_checkpoint_runs(base: Path, group: Path, manifest: dict[str, Any], bcf
                       sources_info=manifest.get("sources") or [],
                       extra_manifest={"step": int(step), "base_run": str(base.resolve()),
                                       "split_rule": manifest.get("split_rule")}, log=log)
-        score_like_base(run, manifest, progress=progress, log=log)
+        score_like_base(run, manifest, base_run=base, progress=progress, log=log)
         out.append(run)
     return out
 
 
-def score_like_base(run: Path, base_manifest: dict[str, Any], *, progress: bool = True,
+def score_like_base(run: Path, base_manifest: dict[str, Any], *, base_run: Path | None = None, progress: bool = True,
                     log: Callable[[str], Any] = print) -> None:
     """Score ``run`` and compute its falloff as the base run was (same splits, metrics, thresholds,
-    generation settings, bins, layers), where the base run was and ``run`` is not yet."""
+    generation settings, bins, layers), where the base run was and ``run`` is not yet: then, as the
+    base run's were, the completion view of the test rows redone with their outputs and (from
+    ``base_run``'s findings.json) the findings of the same variant."""
     from llm_maps.falloff import FALLOFF_FILE
+    from llm_maps.findings import FINDINGS_FILE
     from pipelines.falloff_run import falloff_run
     from pipelines.score import score_run
 
@@ -506,5 +530,36 @@ def score_like_base(run: Path, base_manifest: dict[str, Any], *, progress: bool 
                   temperature=score["temperature"], top_p=score["top_p"], seed=score["seed"],
                   batch_size=score.get("batch_size"), mc_output=score.get("mc_output", "generate"),
                   progress=progress, log=log)
+    if score and "completion" in (read_manifest(run).get("views") or []) and _view_redone_after_scoring(history) \
+            and not _view_redone_after_scoring(read_manifest(run).get("history")):
+        from pipelines.atlas import encode_view_run  # the base run's test rows were re-encoded with their outputs
+
+        log(f"encoding {run.name}'s completion view with its outputs, as the base run's was")
+        encode_view_run(run, view="completion", progress=progress, log=log)
     if score and fall and not (run / FALLOFF_FILE).exists():
         falloff_run(run, n_bins=fall["n_bins"], layers=fall["layers"], metrics=fall["metrics"], split=fall["split"])
+    base_findings = Path(base_run) / FINDINGS_FILE if base_run is not None else None
+    if score and base_findings is not None and base_findings.is_file() and not (run / FINDINGS_FILE).exists():
+        _findings_like(run, json.loads(base_findings.read_text(encoding="utf-8")), progress=progress, log=log)
+
+
+def _view_redone_after_scoring(history: list[dict[str, Any]] | None) -> bool:
+    """A run's history has an ``encode-view`` (the completion view redone) after its ``score``."""
+    stages = [h.get("stage") for h in history or []]
+    return "score" in stages and "encode-view" in stages[stages.index("score"):]
+
+
+def _findings_like(run: Path, base: dict[str, Any], *, progress: bool, log: Callable[[str], Any]) -> None:
+    """findings.json of ``run`` with the base run's variant (layer, metric, view, raw/centred, contrast,
+    replicates, seed, with or without the robustness table)."""
+    from llm_maps.findings import findings_run
+
+    try:
+        contrast = base.get("contrast") or {}
+        findings_run(run, layer=base.get("layer"), metric=base.get("metric"), view=base.get("view") or "prompt",
+                     centred=bool(base.get("centred")), split=base.get("split") or "test", progress=progress,
+                     n_boot=int(base.get("bootstrap") or 2000), seed=int(base.get("seed") or 0),
+                     robustness=bool(base.get("robustness")),
+                     contrast=[contrast["a"], contrast["b"]] if contrast.get("a") and contrast.get("b") else None)
+    except LLMMapsError as exc:  # e.g. a domain with one scored task: the base run's findings said the same
+        log(f"findings of {run.name}: not computed: {exc}")

@@ -366,3 +366,116 @@ def test_compare_page_draws_the_loss_curve(group):
     saved = json.loads((group / "finetune.json").read_text())["curve"]
     assert list(graph.figure.data[0].y) == [e["loss"] for e in saved["train"]]
     assert list(graph.figure.data[1].x) == [0, 2, 4]
+
+
+# --------------------------------------------------------------------------- checkpoint runs: views, atlas, findings
+
+@pytest.fixture(scope="module")
+def views_base(tiny_models, tmp_path_factory) -> Path:
+    """A gpt_neox run with the completion view and the token atlas, scored, its test rows' completion
+    view redone with their outputs (as the demo does), with falloff and findings."""
+    root = tmp_path_factory.mktemp("vbase")
+    data = write_jsonl(root / "d.jsonl", dolly_rows(40))
+    run = root / "base"
+    assert main(["build", "--model", str(tiny_models["gpt_neox"]), "--data", str(data), "--out", str(run),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--views", "prompt,completion",
+                 "--token-atlas", "--no-progress"]) == 0
+    assert main(["score", str(run), "--max-new-tokens", "3", "--no-progress"]) == 0
+    assert main(["encode", str(run), "--view", "completion", "--no-progress"]) == 0
+    assert main(["falloff", str(run), "--bins", "2"]) == 0
+    assert main(["findings", str(run), "--bootstrap", "200", "--no-robustness", "--no-progress"]) == 0
+    return run
+
+
+def test_checkpoint_runs_keep_the_base_runs_views_atlas_and_findings(views_base, tmp_path):
+    import pandas as pd
+
+    from llm_maps.runfolder import read_manifest
+    from pipelines.finetune import FinetuneConfig, finetune
+
+    group = finetune(views_base, tmp_path / "g", FinetuneConfig(steps=2, save_every=2, lr=5e-3, batch_size=4,
+                                                                 progress=False), log=lambda m: None)
+    run = group / "step-000002"
+    m, base_m = read_manifest(run), read_manifest(views_base)
+    assert m["views"] == base_m["views"] == ["prompt", "completion"] and m["token_atlas"]
+    assert (run / "tokens.parquet").exists() and (run / "encodings" / "tokens").is_dir()
+    frame = pd.read_parquet(run / "examples.parquet")
+    base = pd.read_parquet(views_base / "examples.parquet")
+    # the scored test rows' completion view is their own outputs (the checkpoint's), as in the base run
+    scored = (frame["split"] == "test") & frame["score"].notna()
+    assert scored.any() and (frame.loc[scored, "completion_source"] == "output").all()
+    assert (frame.loc[frame["split"] == "train", "completion_source"] == "reference").all()
+    assert frame["x_completion"].notna().all() and frame["x_tokens"].notna().all()
+    assert not np.allclose(frame["dist_to_train_completion"], base["dist_to_train_completion"])
+    # the findings of the base run's variant
+    got, want = (json.loads((p / "findings.json").read_text()) for p in (run, views_base))
+    for key in ("layer", "metric", "view", "centred", "split"):
+        assert got[key] == want[key], key
+    assert got["contrast"]["a"] == want["contrast"]["a"] and got["n_test"] == want["n_test"]
+    assert json.loads((group / "finetune.json").read_text())["runs"] == {"views": ["prompt", "completion"],
+                                                                         "token_atlas": True}
+
+
+def test_checkpoint_runs_can_leave_out_the_completion_view_and_the_atlas(views_base, tmp_path):
+    """The demo's lighter checkpoint runs: the prompt view only; no base-model column is carried over."""
+    import pandas as pd
+
+    from llm_maps.runfolder import Run, read_manifest
+    from pipelines.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(steps=2, save_every=2, lr=5e-3, batch_size=4, progress=False, views="prompt",
+                         token_atlas=False)
+    group = finetune(views_base, tmp_path / "g", cfg, log=lambda m: None)
+    run = group / "step-000002"
+    m = read_manifest(run)
+    assert m.get("views", ["prompt"]) == ["prompt"] and not m.get("token_atlas")
+    assert not (run / "tokens.parquet").exists() and not (run / "encodings" / "completion").exists()
+    frame = pd.read_parquet(run / "examples.parquet")
+    stale = [c for c in frame.columns if c.endswith("_completion") or c in ("x_tokens", "y_tokens", "completion_source")]
+    assert stale == []
+    assert Run(run).examples["dist_to_train"].notna().all()
+    assert json.loads((group / "finetune.json").read_text())["runs"] == {"views": ["prompt"], "token_atlas": False}
+    # step 0 is the base run, views and atlas included
+    assert read_manifest(group / "step-000000")["views"] == ["prompt", "completion"]
+
+
+def test_demo_finetune_tunes_the_demo_run_and_prints_train_vs_held_out_tasks(tiny_models, tmp_path, capsys,
+                                                                           monkeypatch):
+    """`llm-maps demo --finetune` on a stand-in demo run (tiny model; one task with no train rows):
+    scored as the demo is, tuned, checkpoint runs of the prompt view only, and the table of train vs
+    held-out tasks that compare computes on the group."""
+    from llm_maps.compare import format_task_gain, match_runs, task_gain
+    from llm_maps.runfolder import Run, find_runs, read_manifest
+    from pipelines import demo
+
+    rows = dolly_rows(40)
+    for i, r in enumerate(rows):  # creative_writing: test only (a held-out task); the others 3:1
+        r["split"] = "test" if r["category"] == "creative_writing" or i % 5 == 1 else "train"
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    base = tmp_path / "demo"
+    assert main(["build", "--model", str(tiny_models["gpt_neox"]), "--data", str(data), "--out", str(base),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--split-by", "source",
+                 "--no-progress"]) == 0
+    monkeypatch.setattr(demo, "score_demo_conditions", lambda out, progress=True: None)  # not this test's subject
+    monkeypatch.setitem(demo.DEMO_SCORING, "max_new_tokens", 3)
+    capsys.readouterr()
+    group = tmp_path / "demo-ft"
+    assert demo.run_demo(base, progress=False, finetune=True, finetune_steps=2, group=group) == 0
+    out = capsys.readouterr().out
+    assert [p.name for p in find_runs(group)] == ["step-000000", "step-000001", "step-000002"]
+    ft = json.loads((group / "finetune.json").read_text())
+    assert ft["settings"]["steps"] == 2 and ft["settings"]["save_every"] == 1 and ft["settings"]["lr"] == 5e-4
+    assert ft["runs"] == {"views": ["prompt"], "token_atlas": False}
+    assert read_manifest(group / "step-000002")["scoring"]["scored"] == read_manifest(base)["scoring"]["scored"] > 0
+    runs = [Run(group / n) for n in ("step-000000", "step-000001", "step-000002")]
+    gain = task_gain(match_runs(runs), [0, 1, 2])
+    assert gain["classes"]["held-out tasks"]["tasks"] == ["creative_writing"]
+    assert gain["verdict"].endswith("not supported: fewer than 5 tasks in a class")
+    assert format_task_gain(gain) in out and "fine-tune ready in" in out
+    # run again: nothing is trained or built twice
+    stamp = (group / "step-000002" / "manifest.json").stat().st_mtime_ns
+    assert demo.run_demo(base, progress=False, finetune=True, finetune_steps=2, group=group) == 0
+    assert (group / "step-000002" / "manifest.json").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main(["demo", "--out", str(base), "--finetune-steps", "0", "--no-serve"]) == 2
+    assert capsys.readouterr().err.strip() == "llm-maps demo: error: --finetune-steps: must be at least 1, got 0"
