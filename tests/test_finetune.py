@@ -367,6 +367,25 @@ def test_compare_page_draws_the_loss_curve(group):
     assert list(graph.figure.data[0].y) == [e["loss"] for e in saved["train"]]
     assert list(graph.figure.data[1].x) == [0, 2, 4]
 
+    # the train-tasks vs held-out-tasks table: what compare computes, as text on the page
+    from llm_maps.compare import match_runs, task_gain
+    from llm_maps.runfolder import Run
+
+    def texts(node):
+        if isinstance(node, (str, int, float)):
+            yield str(node)
+            return
+        children = getattr(node, "children", None)
+        for child in children if isinstance(children, (list, tuple)) else [children]:
+            if child is not None:
+                yield from texts(child)
+
+    gain = task_gain(match_runs([Run(r) for r in runs]), [0, 2, 4])
+    shown = list(texts(find(tree, "compare-task-gain")))
+    assert gain["verdict"] in shown and gain["classes"]["train tasks"]["verdict"] in shown
+    first = gain["classes"]["train tasks"]["runs"][0]
+    assert f"{first['value']:.3f} [{first['low']:.3f}, {first['high']:.3f}]" in shown
+
 
 # --------------------------------------------------------------------------- checkpoint runs: views, atlas, findings
 
