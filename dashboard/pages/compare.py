@@ -294,7 +294,9 @@ def _gain_table(gain) -> html.Div | None:
                     + [html.Td(str(e["n_tasks"]), className="pe-2"), html.Td(str(e["n_examples"]))])
             for cls, e in gain["classes"].items() if e["runs"]]
     verdicts = [e["verdict"] for e in gain["classes"].values()] + [gain["verdict"]]
-    return html.Div([html.Table([head] + rows, className="small mb-1"),
+    return html.Div([html.Div(f"Train tasks vs held-out tasks, {gain['first']} → {gain['last']}",
+                              className="small fw-bold"),
+                     html.Table([head] + rows, className="small mb-1"),
                      html.Ul([html.Li(v, className="small") for v in verdicts], className="mb-1"),
                      html.Div(gain["unit"], className="small text-muted")], id="compare-task-gain", className="mt-2")
 
