@@ -498,3 +498,31 @@ def test_demo_finetune_tunes_the_demo_run_and_prints_train_vs_held_out_tasks(tin
     capsys.readouterr()
     assert main(["demo", "--out", str(base), "--finetune-steps", "0", "--no-serve"]) == 2
     assert capsys.readouterr().err.strip() == "llm-maps demo: error: --finetune-steps: must be at least 1, got 0"
+
+
+def test_checkpoints_of_a_gguf_model_merge_into_its_converted_weights(base_runs, tmp_path, monkeypatch):
+    """A GGUF model (the demo's) is loaded through its converted safetensors folder; the merged
+    checkpoint must start from that folder, since transformers cannot read the .gguf path itself."""
+    import pipelines.models as models
+    from pipelines.finetune import FinetuneConfig, finetune
+
+    base = _copy_run(base_runs["llama"], tmp_path / "base")
+    m = json.loads((base / "manifest.json").read_text())
+    folder = m["model"]
+    m["model"] = str(tmp_path / "shipped" / "model.Q4_1.gguf")  # what a GGUF run's manifest holds
+    (base / "manifest.json").write_text(json.dumps(m))
+    real = models.load_model
+
+    def load_gguf(spec, **kw):  # stands in for the GGUF conversion (tested in test_realmodel.py)
+        assert spec == m["model"]
+        loaded = real(folder, **kw)
+        loaded.info["converted_to"] = folder
+        return loaded
+
+    monkeypatch.setattr(models, "load_model", load_gguf)
+    group = finetune(base, tmp_path / "g", FinetuneConfig(steps=1, lr=5e-3, batch_size=4, build=False,
+                                                          progress=False), log=lambda m: None)
+    merged = _weights(group / "checkpoints" / "step-000001" / "model")
+    start = _weights(Path(folder))
+    assert merged.keys() == start.keys()
+    assert any(not np.array_equal(merged[k].numpy(), start[k].numpy()) for k in merged)
