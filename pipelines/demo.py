@@ -158,10 +158,11 @@ def format_stage_times(times: dict[str, float]) -> str:
 
 
 # `llm-maps demo --finetune`: LoRA on the demo's train split (1417 rows after the 10 % held out for
-# the eval loss, ~102 tokens each). 96 steps of 8 examples are ~0.55 epoch, ~78k tokens: ~10 min at
-# the ~130 training tokens/s of 2 CPU cores (benchmarks/bench_finetune.py). The learning rate is
-# LoRA's usual upper range, so a short run moves the model. Two checkpoints (48, 96) become runs of
-# the prompt view only (no completion view, no token atlas: ~4 min less each); step 0 is the demo.
+# the eval loss, ~102 tokens each). 96 steps of 8 examples are ~0.55 epoch, ~78k tokens: 12 min on 2
+# quiet CPU cores (~130 training tokens/s, benchmarks/bench_finetune.py; eval losses and merges
+# included). The learning rate is LoRA's usual upper range, so a short run moves the model. Two
+# checkpoints (48, 96) become runs of the prompt view only (no completion view, no token atlas: ~4 min
+# less each), ~9 min each; step 0 is the demo. Measured in all: 30.4 min (README, "The demo, tuned").
 DEMO_FINETUNE = dict(steps=96, save_every=48, batch_size=8, lr=5e-4, views="prompt", token_atlas=False)
 
 
@@ -186,14 +187,17 @@ def group_runs(group: Path) -> list[Path]:
 
 def finetune_table(group: Path) -> str:
     """What the fine-tune did: accuracy of the train split's tasks vs the held-out tasks before and
-    after (task-clustered intervals), and per domain, with the verdicts."""
-    from llm_maps.compare import format_task_gain, match_runs, task_gain, x_axis, run_info
+    after (task-bootstrap intervals), then per domain (Wilson intervals, sign test over tasks), with
+    the verdicts."""
+    from llm_maps.compare import accuracy_curves, format_task_gain, match_runs, run_info, task_gain, x_axis
     from llm_maps.runfolder import Run
 
     runs = [Run(p) for p in group_runs(group)]
     grp = match_runs(runs)
     _, x = x_axis([run_info(r) for r in runs], prefer="step")
-    return format_task_gain(task_gain(grp, x))
+    domains = accuracy_curves(grp, x)["domains"]
+    return "\n".join([format_task_gain(task_gain(grp, x)), "per domain:"]
+                     + [f"  {e['verdict']}" for e in domains.values()])
 
 
 def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool = True, serve: bool = False,
@@ -234,8 +238,8 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
         steps = group_runs(group)
         runs += steps
         if serve:
-            print("the trajectory on the Compare page: /compare?" + "&".join(f"runs={p.name}" for p in steps),
-                  flush=True)
+            print(f"the trajectory on the Compare page: http://127.0.0.1:{port}/compare?"
+                  + "&".join(f"runs={p.name}" for p in steps), flush=True)
     if not serve:
         return 0
     return serve_child([sys.executable, "-m", "llm_maps.cli", "serve", *map(str, runs), "--port", str(port),

@@ -463,7 +463,7 @@ def test_demo_finetune_tunes_the_demo_run_and_prints_train_vs_held_out_tasks(tin
     """`llm-maps demo --finetune` on a stand-in demo run (tiny model; one task with no train rows):
     scored as the demo is, tuned, checkpoint runs of the prompt view only, and the table of train vs
     held-out tasks that compare computes on the group."""
-    from llm_maps.compare import format_task_gain, match_runs, task_gain
+    from llm_maps.compare import accuracy_curves, format_task_gain, match_runs, task_gain
     from llm_maps.runfolder import Run, find_runs, read_manifest
     from pipelines import demo
 
@@ -491,6 +491,8 @@ def test_demo_finetune_tunes_the_demo_run_and_prints_train_vs_held_out_tasks(tin
     assert gain["classes"]["held-out tasks"]["tasks"] == ["creative_writing"]
     assert gain["verdict"].endswith("not supported: fewer than 5 tasks in a class")
     assert format_task_gain(gain) in out and "fine-tune ready in" in out
+    domains = accuracy_curves(match_runs(runs), [0, 1, 2])["domains"]
+    assert all(f"  {e['verdict']}" in out for e in domains.values()) and len(domains) == 2
     # run again: nothing is trained or built twice
     stamp = (group / "step-000002" / "manifest.json").stat().st_mtime_ns
     assert demo.run_demo(base, progress=False, finetune=True, finetune_steps=2, group=group) == 0
