@@ -233,8 +233,9 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
         t0 = time.perf_counter()
         finetune_demo(out, group, steps=finetune_steps, progress=progress)
         print(finetune_table(group), flush=True)
-        print(f"fine-tune ready in {(time.perf_counter() - t0) / 60:.1f} min (wall clock: training, checkpoint runs, "
-              "scoring)", flush=True)
+        if time.perf_counter() - t0 > 60:  # it trained or built something
+            print(f"fine-tune ready in {(time.perf_counter() - t0) / 60:.1f} min (wall clock: training, checkpoint "
+                  "runs, scoring)", flush=True)
         steps = group_runs(group)
         runs += steps
         if serve:

@@ -412,7 +412,8 @@ def finetune(run_dir: str | Path, out: str | Path, cfg: FinetuneConfig | None = 
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start, curve = int(state["step"]), state["curve"]
-        log(f"resuming {group} from step {start}")
+        log(f"{group}: trained to step {start} already; building the runs not built yet" if start >= steps
+            else f"resuming {group} from step {start}")
     try:
         link_base_run(base, group, manifest)
         if start == 0 and eval_rows:
