@@ -351,6 +351,9 @@ def verdict_line(contrast: dict[str, Any]) -> str:
         return (f"not supported: the slope difference {a} − {b} could not be estimated (a domain's accuracy is all "
                 f"right or all wrong, or its distances do not vary; {tasks})")
     ptxt = "" if p is None else f", p = {p:.3g}"
+    if (lo > 0 or hi < 0) and p is not None and p >= 0.05:  # the two tests disagree: no claim
+        return (f"not supported: the slope difference ({a} − {b}) {d:+.2f} has interval [{lo:+.2f}, {hi:+.2f}], "
+                f"which excludes 0, but the permutation test does not reject equal slopes (p = {p:.3g}) ({tasks})")
     if lo > 0 or hi < 0:
         steeper, flatter = (a, b) if d < 0 else (b, a)
         return (f"{steeper} falls off more steeply than {flatter}: slope difference ({a} − {b}) {d:+.2f} "
@@ -713,8 +716,8 @@ def format_findings(result: dict[str, Any]) -> str:
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
     if result.get("robustness"):
-        lines += ["", "robustness (slope difference, 95% interval):",
-                  f"  {'view':<10} {'layer':>5} {'metric':<9} {'encodings':<9} {'diff':>7}  {'interval':<18} supported"]
+        lines += ["", "robustness (slope difference, 95% interval; no permutation test per variant):",
+                  f"  {'view':<10} {'layer':>5} {'metric':<9} {'encodings':<9} {'diff':>7}  {'interval':<18} excludes 0"]
         for r in result["robustness"]:
             lines.append(f"  {r['view']:<10} {r['layer']:>5} {r['metric']:<9} {'centred' if r['centred'] else 'raw':<9} "
                          f"{f(r['slope_diff']):>7}  [{f(r['low'])}, {f(r['high'])}]{'':<4} {'yes' if r['supported'] else 'no'}")

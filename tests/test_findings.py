@@ -134,6 +134,22 @@ def test_steep_versus_flat_domain_is_detected_and_the_verdict_says_so():
     assert res["domains"]["Chollet"]["auroc_low"] > 0.5  # distance flags the steep domain's errors
 
 
+def test_the_verdict_claims_a_difference_only_when_interval_and_permutation_test_agree():
+    from llm_maps.findings import verdict_line
+
+    con = {"a": "Chollet", "b": "Reasoning", "slope_diff": -2.84, "low": -6.57, "high": -0.63, "p_value": 0.03,
+           "n_tasks_a": 23, "n_tasks_b": 18, "n_a": 448, "n_b": 426, "mdd": 4.2}
+    assert verdict_line(con).startswith("Chollet falls off more steeply than Reasoning: slope difference "
+                                        "(Chollet − Reasoning) -2.84 [-6.57, -0.63] per unit percentile, p = 0.03")
+    assert verdict_line({**con, "p_value": None}).startswith("Chollet falls off more steeply")  # no permutations run
+    assert verdict_line({**con, "p_value": 0.058}) == (
+        "not supported: the slope difference (Chollet − Reasoning) -2.84 has interval [-6.57, -0.63], which "
+        "excludes 0, but the permutation test does not reject equal slopes (p = 0.058) (23 vs 18 tasks, 448 vs "
+        "426 examples)")
+    assert verdict_line({**con, "high": 0.5, "p_value": 0.01}).startswith(
+        "not supported: the slope difference (Chollet − Reasoning) -2.84 has interval [-6.57, +0.50], which includes 0")
+
+
 def test_equal_slopes_give_an_interval_covering_zero_in_at_least_90_percent_of_seeds():
     covered, verdicts = 0, set()
     seeds = range(40)
