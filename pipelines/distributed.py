@@ -119,6 +119,23 @@ def run_chunks(app, task: str, pending: Sequence[int], kwargs, *, desc: str, pro
         bar.close()
 
 
+def run_plan(app, task: str, dist: Path, fingerprint: str, write: Callable[[Path], dict], n_chunks: int, kwargs, *,
+             what: str, desc: str, finished: Callable[[Path, int], Path] = chunk_path, progress: bool = True,
+             poll: float = 0.2, log=print) -> tuple[list[int], float]:
+    """One distributed stage: ``open_plan`` (a same-fingerprint plan keeps its finished chunks), then
+    ``run_chunks`` on the chunks whose ``finished(dist, i)`` file is missing. Returns (the chunks run
+    here, their wall seconds)."""
+    open_plan(dist, fingerprint, write)
+    pending = [i for i in range(n_chunks) if not finished(dist, i).exists()]
+    start = time.perf_counter()
+    if pending:
+        log(f"distributed {what}: {len(pending)} of {n_chunks} chunks, work folder {dist}")
+        run_chunks(app, task, pending, kwargs, desc=desc, progress=progress, poll=poll)
+    else:
+        log(f"distributed {what}: all {n_chunks} chunks already finished, work folder {dist}")
+    return pending, time.perf_counter() - start
+
+
 def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec: dict, layers: Sequence[int],
                        add_eos: bool = False, max_length: int | None = None, batch_tokens: int | None = None,
                        max_batch: int | None = None, chunk_size: int = 512, progress: bool = True,
@@ -146,16 +163,11 @@ def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec
         _save_sequences(folder, ids)
         return {"n": n, "hidden": hidden, "layers": layers, "pad_id": pad_token_id(loaded.tokenizer), "chunks": chunks}
 
-    open_plan(dist, fp, write)
-    pending = [i for i in range(len(chunks)) if not chunk_path(dist, i).exists()]
+    pending, seconds = run_plan(
+        app, TASK_ENCODE_CHUNK, dist, fp, write, len(chunks),
+        lambda i: {"work": str(Path(work).resolve()), "chunk": i, "fingerprint": fp, "spec": spec},
+        what="encoding", desc="encode (distributed)", progress=progress, poll=poll, log=log)
     resumed_rows = int(sum(len(b) for i in set(range(len(chunks))) - set(pending) for b in chunks[i]))
-    start = time.perf_counter()
-    if pending:
-        log(f"distributed encoding: {len(pending)} of {len(chunks)} chunks, work folder {dist}")
-        run_chunks(app, TASK_ENCODE_CHUNK, pending,
-                   lambda i: {"work": str(Path(work).resolve()), "chunk": i, "fingerprint": fp, "spec": spec},
-                   desc="encode (distributed)", progress=progress, poll=poll)
-    seconds = time.perf_counter() - start
 
     # assemble: every row written exactly once, in the order of examples.parquet
     enc_dir = Path(work) / ENCODINGS
@@ -343,17 +355,10 @@ def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict
         write_json_atomic(path / "inputs.json", inputs)
         return plan
 
-    open_plan(dist, fp, write)
-    pending = [i for i in range(len(chunks)) if not score_chunk_path(dist, i).exists()]
-    start = time.perf_counter()
-    if pending:
-        log(f"distributed scoring: {len(pending)} of {len(chunks)} chunks, work folder {dist}")
-        run_chunks(app, TASK_SCORE_CHUNK, pending,
-                   lambda i: {"work": str(Path(run_dir).resolve()), "chunk": i, "fingerprint": fp, "folder": folder},
-                   desc="score (distributed)", progress=progress, poll=poll)
-    else:
-        log(f"distributed scoring: all {len(chunks)} chunks already finished, work folder {dist}")
-    seconds = time.perf_counter() - start
+    pending, seconds = run_plan(
+        app, TASK_SCORE_CHUNK, dist, fp, write, len(chunks),
+        lambda i: {"work": str(Path(run_dir).resolve()), "chunk": i, "fingerprint": fp, "folder": folder},
+        what="scoring", desc="score (distributed)", finished=score_chunk_path, progress=progress, poll=poll, log=log)
 
     cols = None
     if len(gen_rows):
@@ -467,16 +472,11 @@ def segments_distributed(loaded, segments, out_dir: str | Path, *, layers: dict,
         return {"targets": targets, "layers": {t: [int(k) for k in layers[t]] for t in targets},
                 "all_layers": all_layers, "pad_id": pad_token_id(loaded.tokenizer), "chunks": chunks}
 
-    open_plan(dist, fp, write)
-    pending = [i for i in range(len(chunks)) if not chunk_path(dist, i).exists()]
+    pending, seconds = run_plan(
+        app, TASK_VIEWS_CHUNK, dist, fp, write, len(chunks),
+        lambda i: {"work": str(out_dir), "chunk": i, "fingerprint": fp, "spec": spec},
+        what="passes", desc="encode views (distributed)", progress=progress, poll=poll, log=log)
     resumed = int(sum(len(b) for i in set(range(len(chunks))) - set(pending) for b in chunks[i]))
-    start = time.perf_counter()
-    if pending:
-        log(f"distributed passes: {len(pending)} of {len(chunks)} chunks, work folder {dist}")
-        run_chunks(app, TASK_VIEWS_CHUNK, pending,
-                   lambda i: {"work": str(out_dir), "chunk": i, "fingerprint": fp, "spec": spec},
-                   desc="encode views (distributed)", progress=progress, poll=poll)
-    seconds = time.perf_counter() - start
 
     # assemble: the files run_segments writes, every kept state written once
     takes = np.load(dist / "takes.npy")
