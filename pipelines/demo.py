@@ -180,9 +180,10 @@ def finetune_demo(base: Path, group: Path, *, steps: int | None = None, progress
 
 
 def group_runs(group: Path) -> list[Path]:
-    """The runs of a finetune group, step 0 first."""
-    return sorted((p for p in group.glob("step-*") if (p / MANIFEST).exists() and not p.name.endswith(".partial")),
-                  key=lambda p: int(p.name.split("-")[1]))
+    """The runs of a finetune group (its finished ``step-*`` runs), step 0 first."""
+    from llm_maps.runfolder import find_runs
+
+    return sorted((p for p in find_runs(group) if p.name.startswith("step-")), key=lambda p: int(p.name.split("-")[1]))
 
 
 def finetune_table(group: Path) -> str:

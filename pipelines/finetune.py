@@ -531,8 +531,9 @@ def score_like_base(run: Path, base_manifest: dict[str, Any], *, base_run: Path 
                   temperature=score["temperature"], top_p=score["top_p"], seed=score["seed"],
                   batch_size=score.get("batch_size"), mc_output=score.get("mc_output", "generate"),
                   progress=progress, log=log)
-    if score and "completion" in (read_manifest(run).get("views") or []) and _view_redone_after_scoring(history) \
-            and not _view_redone_after_scoring(read_manifest(run).get("history")):
+    now = read_manifest(run)
+    if score and "completion" in (now.get("views") or []) and _view_redone_after_scoring(history) \
+            and not _view_redone_after_scoring(now.get("history")):
         from pipelines.atlas import encode_view_run  # the base run's test rows were re-encoded with their outputs
 
         log(f"encoding {run.name}'s completion view with its outputs, as the base run's was")
