@@ -30,8 +30,8 @@ import numpy as np
 from llm_maps.errors import LLMMapsError
 from llm_maps.runfolder import ENCODINGS, EXAMPLES, layer_file, read_manifest, replacing_dir, write_parquet_atomic
 from pipelines.views import (COMPLETION, DEFAULT_ATLAS_MAX_TOKENS, TOKENS, ViewsResult, completion_segments,
-                             completion_texts, encode_views_to_folder, parse_views, run_segments, target_file,
-                             view_dir)
+                             completion_texts, empty_completions, encode_views_to_folder, parse_views,
+                             run_segments, target_file, view_dir)
 
 TOKENS_FILE = "tokens.parquet"
 PROJECTION_COMPLETION = "projection_completion"
@@ -79,6 +79,9 @@ def encode_extras(loaded, frame, work: Path, *, views: Sequence[str], layers: Se
 
         other = _load_other(completion_model, dtype=dtype, device=device, weights=spec is None)
         texts, sources = completion_texts(frame)
+        n_empty = empty_completions(texts)
+        if n_empty:
+            log(f"completion view: {n_empty} of {len(frame)} rows have an empty completion (encoded as prompt + EOS)")
         max_len = resolve_max_length(other, max_length)
         segs, lengths, trunc = completion_segments(other.tokenizer, frame["prompt"].tolist(), texts,
                                                    max_length=max_len, eos_token_id=other.tokenizer.eos_token_id)
@@ -99,7 +102,7 @@ def encode_extras(loaded, frame, work: Path, *, views: Sequence[str], layers: Se
                                                 progress=progress, desc="encode completion")
         out["other"] = {"model": completion_model, "model_info": other.info, "layers": other_layers,
                         "default_layer": max(other_layers), "n_tokens": lengths, "truncated": trunc,
-                        "sources": sources, "seconds": seconds, "tokens": total,
+                        "sources": sources, "empty_completions": n_empty, "seconds": seconds, "tokens": total,
                         **({"distributed": {k: where[k] for k in ("chunks", "workers")}} if where else {})}
     return out
 
@@ -141,18 +144,20 @@ def finish_extras(folder: Path, frame, manifest: dict, extras: dict, *, project:
             n_tok, trunc, sources = other["n_tokens"], other["truncated"], other["sources"]
             layers, default = other["layers"], other["default_layer"]
             model_info = {"model": other["model"], "model_info": other["model_info"]}
+            n_empty = other["empty_completions"]
         else:
             plan = res.plan
             n_tok, trunc, sources = plan.completion_tokens, plan.completion_truncated, plan.completion_source
             layers, default = res.layers[COMPLETION], int(manifest["default_layer"])
             model_info = {"model": manifest["model"]}
+            n_empty = plan.completion_empty
         frame["completion_source"] = pd.Series(sources, dtype=object).to_numpy()
         frame["n_tokens_completion"] = np.asarray(n_tok, dtype=np.int64)
         frame["truncated_completion"] = np.asarray(trunc, dtype=bool)
         entry = {**model_info, "layers": [int(x) for x in layers], "default_layer": int(default),
                  "pooling": "eos", "path": f"{ENCODINGS}/{COMPLETION}",
                  "sources": {s: int(n) for s, n in pd.Series(sources).value_counts().sort_index().items()},
-                 "projection": None}
+                 "empty_completions": int(n_empty or 0), "projection": None}
         ran_on = other.get("distributed") if other else res.distributed
         if ran_on:  # --distributed: the chunks and the workers that encoded the view
             entry["distributed"] = ran_on

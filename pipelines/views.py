@@ -7,7 +7,8 @@ Three kinds of state, all from teacher-forced forward passes of the run's model:
   appended after prompt and completion. The ids are ``tokenizer(prompt).input_ids +
   tokenizer(completion, add_special_tokens=False).input_ids + [eos]``, the last ``max_length``
   kept. The completion of a train row is its ``reference``; of a test row its ``output`` when
-  scored, else its ``reference`` (``completion_source``).
+  scored, else its ``reference`` (``completion_source``). An empty completion ('') gives
+  ``prompt ids + [eos]`` (``ViewPlan.completion_empty`` counts those rows).
 - **tokens** (the atlas, ``encodings/tokens/layer_<k>.npy`` float16 ``[T, H]`` + ``tokens.parquet``):
   for every (sampled) train row, the state of each reference token at its own position in
   ``prompt ids + reference ids`` (no EOS; the last ``max_length`` kept) — the state the token has
@@ -79,8 +80,10 @@ def _text(value) -> str | None:
 
 def completion_texts(frame) -> tuple[list[str], list[str]]:
     """(completion text, source) per row: ``reference`` for train rows; ``output`` for scored test
-    rows, else ``reference``. A missing or empty reference is a one-line error; an empty output
-    is the model's own (empty) completion: the prompt followed by EOS."""
+    rows, else ``reference``. An empty completion (an empty output: the model said nothing; an empty
+    reference, e.g. Dolly's "Say nothing." rows) is well defined: the view encodes the prompt
+    followed by EOS (``empty_completions`` counts them). A null reference where the reference is the
+    completion is a one-line error: null means the row has none, so there is nothing to encode."""
     texts, sources = [], []
     has_score = "score" in frame.columns
     for i, row in enumerate(frame.itertuples(index=False)):
@@ -91,12 +94,18 @@ def completion_texts(frame) -> tuple[list[str], list[str]]:
             sources.append("output")
             continue
         text = _text(row.reference)
-        if not text or not text.strip():
-            raise LLMMapsError(f"examples row {i} (id '{row.example_id}'), field 'reference': empty completion "
-                               "(the completion view needs a non-empty reference, or an output when scored)")
+        if text is None:
+            raise LLMMapsError(f"examples row {i} (id '{row.example_id}'), field 'reference': null, no completion to "
+                               "encode (the completion view needs a reference, or an output when scored; an empty "
+                               "reference '' is encoded as prompt + EOS)")
         texts.append(text)
         sources.append("reference")
     return texts, sources
+
+
+def empty_completions(texts: Sequence[str]) -> int:
+    """Rows whose completion is empty (''): the completion view encodes them as prompt + EOS."""
+    return sum(1 for t in texts if t == "")
 
 
 # --------------------------------------------------------------------------- planning
@@ -137,6 +146,7 @@ class ViewPlan:
     completion_source: list[str] | None
     tokens: Any  # pandas frame of atlas tokens (row, example_id, position, token_id, token_text)
     atlas: dict | None  # what the manifest records about the atlas
+    completion_empty: int | None = None  # rows with an empty completion, encoded as prompt + EOS (completion view)
 
 
 def atlas_sample(n_tokens: np.ndarray, rows: np.ndarray, *, max_tokens: int, seed: int) -> tuple[np.ndarray, bool]:
@@ -188,10 +198,10 @@ def plan_views(tokenizer, frame, *, views: Sequence[str], atlas: bool, max_lengt
     if atlas:
         train_rows = np.flatnonzero(is_train)
         refs = [_text(frame["reference"].iloc[r]) for r in train_rows]
-        for r, text in zip(train_rows, refs):
-            if not text or not text.strip():
+        for r, text in zip(train_rows, refs):  # an empty reference ('') adds no tokens; a null one is an error
+            if text is None:
                 raise LLMMapsError(f"examples row {r} (id '{frame['example_id'].iloc[r]}'), field 'reference': "
-                                   "empty reference (the token atlas needs one per train row)")
+                                   "null (the token atlas needs a reference, possibly empty, for each train row)")
         encoded = tokenizer(refs, add_special_tokens=False)["input_ids"] if refs else []
         kept = np.zeros(n, dtype=np.int64)
         for r, ids in zip(train_rows, encoded):
@@ -256,7 +266,8 @@ def plan_views(tokenizer, frame, *, views: Sequence[str], atlas: bool, max_lengt
     n_rows = {"prompt": n, COMPLETION: n, TOKENS: t_count}
     return ViewPlan(segments=segments, n_rows=n_rows, prompt_tokens=p_tokens, prompt_truncated=p_trunc,
                     completion_tokens=c_tokens, completion_truncated=c_trunc, completion_source=comp_sources,
-                    tokens=tokens, atlas=atlas_info)
+                    tokens=tokens, atlas=atlas_info,
+                    completion_empty=empty_completions(comp_texts) if comp_texts is not None else None)
 
 
 def completion_segments(tokenizer, prompts: Sequence[str], texts: Sequence[str], *, max_length: int,
@@ -442,6 +453,9 @@ def encode_views_to_folder(loaded, frame, out_dir: str | Path, *, layers: Sequen
     max_length = resolve_max_length(loaded, max_length)
     plan = plan_views(loaded.tokenizer, frame, views=views, atlas=atlas, max_length=max_length, add_eos=add_eos,
                       atlas_max_tokens=atlas_max_tokens, seed=seed, completion_rows=completion_rows)
+    if plan.completion_empty:
+        log(f"completion view: {plan.completion_empty} of {len(frame)} rows have an empty completion "
+            "(encoded as prompt + EOS)")
     target_layers = {v: layers for v in views}
     if atlas:
         target_layers[TOKENS] = normalize_layers(atlas_layers, loaded.num_layers) if atlas_layers else layers

@@ -151,9 +151,11 @@ def test_bad_input_is_a_one_line_error(tiny_models, tmp_path):
     with pytest.raises(LLMMapsError, match="unknown view 'answer'"):
         parse_views("prompt,answer")
     frame = views_frame()
-    frame.loc[2, "reference"] = "  "
-    with pytest.raises(LLMMapsError, match=r"row 2 \(id 'e2'\), field 'reference': empty completion"):
-        encode_views_to_folder(loaded, frame, tmp_path, layers=[3], views=["completion"], progress=False)
+    for missing in (None, np.nan):  # null: the row has no reference (unlike '', an empty one)
+        frame["reference"] = frame["reference"].astype(object)
+        frame.loc[2, "reference"] = missing
+        with pytest.raises(LLMMapsError, match=r"row 2 \(id 'e2'\), field 'reference': null, no completion"):
+            encode_views_to_folder(loaded, frame, tmp_path, layers=[3], views=["completion"], progress=False)
     only_test = views_frame().assign(split="test")
     with pytest.raises(LLMMapsError, match="no train rows"):
         encode_views_to_folder(loaded, only_test, tmp_path, layers=[3], views=[], atlas=True, progress=False)
@@ -313,3 +315,79 @@ def test_encoding_the_completion_view_again_after_scoring_reencodes_only_outputs
         ids = tok(ex["prompt"][i])["input_ids"] + tok(ex["output"][i], add_special_tokens=False)["input_ids"] \
             + [tok.eos_token_id]
         assert rel_err(after[i], full_forward(loaded, ids, 3)[-1]) <= 1e-3
+
+
+def test_an_empty_reference_is_encoded_as_prompt_and_eos_and_counted(tiny_models, tmp_path):
+    """An empty reference (Dolly's "Say nothing." rows) is a legitimate empty completion: the
+    completion view encodes prompt + EOS, exactly the prompt view's state with add_eos, and the
+    rows are counted and said; only a null reference (none at all) is an error."""
+    loaded = load_model(str(tiny_models["llama"]))
+    tok = loaded.tokenizer
+    frame = views_frame()
+    frame.loc[1, "reference"] = ""  # a train row
+    frame.loc[4, "reference"] = ""  # an unscored test row (its completion is its reference)
+    frame.loc[5, "output"] = ""  # a scored test row whose output is empty
+    said = []
+    res = encode_views_to_folder(loaded, frame, tmp_path / "c", layers=[1, 3], views=["prompt", "completion"],
+                                 add_eos=True, batch_tokens=60, max_batch=3, progress=False, log=said.append)
+    assert res.plan.completion_empty == 3
+    assert res.plan.completion_source == ["reference"] * 5 + ["output"]
+    assert "completion view: 3 of 6 rows have an empty completion (encoded as prompt + EOS)" in said
+    comp = np.load(tmp_path / "c" / "encodings" / "completion" / "layer_3.npy")
+    prompt = np.load(tmp_path / "c" / "encodings" / "layer_3.npy")
+    eos = tok.eos_token_id
+    for i in (1, 4, 5):
+        ids = tok(PROMPTS[i])["input_ids"] + [eos]
+        assert res.plan.completion_tokens[i] == len(ids)
+        assert rel_err(comp[i], full_forward(loaded, ids, 3)[-1]) <= 1e-3, i
+        np.testing.assert_allclose(comp[i].astype(np.float32), prompt[i].astype(np.float32), rtol=2e-3, atol=1e-3)
+    for i in (0, 2, 3):  # the other rows as before
+        ids = tok(PROMPTS[i])["input_ids"] + tok(REFERENCES[i], add_special_tokens=False)["input_ids"] + [eos]
+        assert rel_err(comp[i], full_forward(loaded, ids, 3)[-1]) <= 1e-3, i
+    assert encode_views_to_folder(loaded, views_frame(), tmp_path / "n", layers=[3], views=["completion"],
+                                  progress=False, log=said.append).plan.completion_empty == 0
+
+
+def test_build_views_completion_with_an_empty_reference(tiny_models, tmp_path, capsys):
+    """`build --views completion` on Dolly data with an empty response builds; that row's completion
+    state is the state of tokenizer(prompt) + EOS run alone, and the build says how many rows had one."""
+    from conftest import dolly_rows, write_jsonl
+    from llm_maps.cli import main
+    from llm_maps.runfolder import Run
+
+    rows = dolly_rows(12)
+    rows[3]["instruction"], rows[3]["response"] = "Say nothing.", ""
+    rows[8]["response"] = ""
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "run"
+    assert main(["build", "--model", str(tiny_models["gpt2"]), "--data", str(data), "--out", str(out),
+                 "--template", "dolly", "--projection", "pca", "--k", "3", "--views", "completion",
+                 "--token-atlas", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "completion view: 2 of 12 rows have an empty completion (encoded as prompt + EOS)" in \
+        captured.out + captured.err
+    run = Run(out)
+    ex, m = run.examples, run.manifest
+    assert m["views"] == ["prompt", "completion"]
+    assert m["view_settings"]["completion"]["sources"] == {"reference": 12}
+    assert m["view_settings"]["completion"]["empty_completions"] == 2
+    empty = np.flatnonzero((ex["reference"] == "").to_numpy())
+    assert len(empty) == 2 and "Say nothing." in ex["prompt"][empty[0]]
+    assert ex["x_completion"].notna().all() and ex["dist_to_train_completion"].notna().all()
+    loaded = load_model(str(tiny_models["gpt2"]))
+    tok = loaded.tokenizer
+    k = m["default_layer"]
+    comp = np.load(out / "encodings" / "completion" / f"layer_{k}.npy")
+    for i in empty:
+        ids = tok(ex["prompt"][i])["input_ids"] + [tok.eos_token_id]
+        assert ex["n_tokens_completion"][i] == len(ids)
+        assert rel_err(comp[i], full_forward(loaded, ids, k)[-1]) <= 1e-3, i
+    # the token atlas holds every token of the non-empty train references and none of the empty ones
+    import pandas as pd
+
+    tokens = pd.read_parquet(out / "tokens.parquet")
+    train = ex[ex["split"] == "train"]
+    expected = {eid: len(tok(ref, add_special_tokens=False)["input_ids"])
+                for eid, ref in zip(train["example_id"], train["reference"])}
+    assert tokens.groupby("example_id").size().to_dict() == {e: n for e, n in expected.items() if n}
+    assert any(n == 0 for n in expected.values())  # an empty train reference was really there
