@@ -27,7 +27,7 @@ import numpy as np
 
 from llm_maps.csvsafe import neutralise_frame
 from llm_maps.errors import LLMMapsError
-from llm_maps.jobs import JobQueue, PointStore, QueueFull
+from llm_maps.jobs import FINAL, JobQueue, PointStore, QueueFull
 from llm_maps.runfolder import run_key
 
 LIMITS = {
@@ -97,7 +97,7 @@ def check_text(field: str, value: str) -> None:
 
 
 def validate_point(body, *, max_chars: int, max_new_tokens: int, max_length_tokens: int | None = None,
-                   token_count=None) -> dict:
+                   token_count=None, model_context: int | None = None) -> dict:
     """Check a POST body, every field; returns the job payload or raises ApiError (422 naming the
     field, 413 over-long text)."""
     if not isinstance(body, dict):
@@ -141,6 +141,9 @@ def validate_point(body, *, max_chars: int, max_new_tokens: int, max_length_toke
     if mnt is not None:
         if not 1 <= mnt <= max_new_tokens:
             raise ApiError(422, f"field 'max_new_tokens': must be between 1 and {max_new_tokens}")
+        if model_context is not None and mnt >= model_context:
+            raise ApiError(422, f"field 'max_new_tokens': {mnt} does not fit the model's context of "
+                                f"{model_context} tokens (the prompt needs some of it)")
         payload["max_new_tokens"] = mnt
     temp = body.get("temperature")
     if temp is not None:
@@ -165,6 +168,21 @@ def validate_point(body, *, max_chars: int, max_new_tokens: int, max_length_toke
     if body.get("cot"):
         payload["cot"] = True
     return payload
+
+
+def public_reason(reason: str) -> str:
+    """A liveness reason as anyone may read it: worker ids (``host:pid``) left out."""
+    import re
+
+    return re.sub(r"worker [^\s:]+:\d+", "worker", reason)
+
+
+def public_error(entry) -> str:
+    """Why a run cannot be read, with its folder said as the run's id instead of a local path."""
+    text = str(entry.error)
+    for path in (str(entry.path.resolve()), str(entry.path)):
+        text = text.replace(path, entry.id)
+    return text
 
 
 def check_example(data, run: str, example_id: str) -> None:
@@ -209,6 +227,28 @@ def _token_counter(manifest: dict):
                 return lambda text: len(tok.encode(text).ids)
             except Exception:  # noqa: BLE001 - the worker checks exactly anyway
                 return None
+    return None
+
+
+def model_context(manifest: dict) -> int | None:
+    """The model's context length in tokens (positions), from the manifest (``max_positions``) or the
+    model folder's config.json; None when neither says."""
+    import json
+    from pathlib import Path
+
+    if isinstance(manifest.get("max_positions"), int):
+        return int(manifest["max_positions"])
+    info = manifest.get("model_info") or {}
+    for folder in (info.get("converted_to"), manifest.get("model")):
+        path = Path(folder) / "config.json" if folder else None
+        if path is not None and path.is_file():
+            try:
+                config = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+                if isinstance(config.get(key), int) and config[key] > 0:
+                    return int(config[key])
     return None
 
 
@@ -265,6 +305,11 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
     def _api_error(exc: ApiError):
         return flask.jsonify({"error": exc.message}), exc.status, exc.headers
 
+    @bp.errorhandler(QueueFull)
+    def _queue_full(exc: QueueFull):
+        """A full queue, or its server unreachable (Redis down): 503 with Retry-After, on every route."""
+        return flask.jsonify({"error": str(exc)}), 503, {"Retry-After": str(exc.retry_after)}
+
     @bp.errorhandler(Exception)
     def _any_error(exc: Exception):
         """Every other error of the API is JSON too: HTTP errors with their code, the rest a 500 that
@@ -282,9 +327,14 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
         body = parse_body(flask.request.get_data(cache=False))  # the size was checked before (hardening)
         key = (str(entry.path), entry.manifest.get("created"))
         if key not in counters:
-            counters[key] = _token_counter(entry.manifest)
+            counters[key] = (_token_counter(entry.manifest), model_context(entry.manifest))
         payload = validate_point(body, max_chars=LIMITS["max_chars"], max_new_tokens=LIMITS["max_new_tokens"],
-                                 max_length_tokens=entry.manifest.get("max_length"), token_count=counters[key])
+                                 max_length_tokens=entry.manifest.get("max_length"), token_count=counters[key][0],
+                                 model_context=counters[key][1])
+        if flask.current_app.config.get("LLM_MAPS_EXPECT_WORKERS"):
+            refused = queue.refusal(entry.id)  # a job no worker would ever run is not taken
+            if refused:
+                raise ApiError(503, f"{refused}; retry later", {"Retry-After": "2"})
         if "example_id" in payload:  # try a variation: the example the prompt was edited from
             try:
                 data = registry.load(entry.id)
@@ -303,6 +353,10 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
         job = queue.get(job_id)
         if job is None:
             raise ApiError(404, f"unknown point '{job_id}'")
+        if registry.entry(job["run"]) is None:  # its run was removed (or renamed) while it waited
+            if job["status"] not in FINAL:
+                queue.fail(job_id, f"run '{job['run']}' is no longer served")
+            raise ApiError(404, f"run '{job['run']}' of point '{job_id}' is no longer served")
         out = {"id": job["id"], "run": job["run"], "kind": job["kind"], "status": job["status"],
                "created": job.get("created"), "started": job.get("started"), "finished": job.get("finished")}
         if job.get("cancel_requested"):
@@ -325,18 +379,24 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
     def health():
         """Readiness: 503 while the runs a first visit opens are still being loaded; where the app
         expects workers (``llm-maps serve``, LLM_MAPS_EXPECT_WORKERS=1), 503 naming the reason while
-        a served run has no live worker; else 200."""
-        warm = flask.current_app.config.get("LLM_MAPS_WARM")
+        a served run has no live worker; else 200. Probes carry no password, so the body names runs
+        only; worker ids (host:pid) and file paths only for a request with the app's credentials."""
+        app = flask.current_app
+        warm = app.config.get("LLM_MAPS_WARM")
         entries = registry.entries()
         body = {"status": "warming" if warm is not None and warm.is_alive() else "ready", "runs": len(entries)}
-        if flask.current_app.config.get("LLM_MAPS_EXPECT_WORKERS"):
+        if app.config.get("LLM_MAPS_EXPECT_WORKERS"):
+            details = bool(app.config.get("LLM_MAPS_AUTHORISED", lambda: False)())
             try:
                 live = queue.run_liveness([e.id for e in entries if e.ok])
             except Exception as exc:  # noqa: BLE001 - the queue's server is down: not ready either
                 live = {e.id: {"live": False, "workers": [], "reason": f"job queue unavailable ({type(exc).__name__})"}
                         for e in entries if e.ok}
+            if not details:
+                live = {run: {"live": v["live"], "workers": len(v["workers"]),
+                              "reason": v["reason"] and public_reason(v["reason"])} for run, v in live.items()}
             body["workers"] = live
-            body["broken"] = {e.id: e.error for e in entries if not e.ok}
+            body["broken"] = {e.id: (e.error if details else public_error(e)) for e in entries if not e.ok}
             dead = [f"run '{run}': {v['reason']}" for run, v in live.items() if not v["live"]]
             if dead and body["status"] == "ready":
                 body.update(status="no worker", reason="; ".join(dead))
@@ -404,7 +464,9 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
         return flask.jsonify({"deleted": point_id})
 
     @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-    def unknown(rest: str):
+    @bp.route("/", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    @bp.route("", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], strict_slashes=False)
+    def unknown(rest: str):  # the bare prefix too: it is the API's, never a page of the Dash app
         raise ApiError(404, f"no such API path '{url_prefix}/{rest}'")
 
     server.register_blueprint(bp)

@@ -28,6 +28,8 @@ from dashboard.bundle import PLOTLY_BUNDLE, bundle_path
 from dashboard.data import RunRegistry
 from dashboard.hardening import install_hardening
 from dashboard.points import install_routes
+from llm_maps.jobs import state_dir_for
+from llm_maps.runfolder import RunIds
 
 HERE = Path(__file__).resolve().parent
 _CREATE_LOCK = threading.Lock()
@@ -60,13 +62,19 @@ def _install_basic_auth(server, credentials: tuple[str, str], prefix: str = "/")
 
     expected = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
 
+    def authorised() -> bool:
+        scheme, _, given = flask.request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "basic":  # RFC 7617: the scheme name is case-insensitive
+            given = ""
+        return hmac.compare_digest(given.strip().encode(), expected.encode())
+
+    server.config["LLM_MAPS_AUTHORISED"] = authorised  # /api/health shows its details only then
+
     @server.before_request
     def _check_auth():
         if flask.request.path == f"{prefix}api/health":  # readiness probes carry no password
             return None
-        header = flask.request.headers.get("Authorization", "")
-        given = header[6:] if header.startswith("Basic ") else ""
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not authorised():
             return flask.Response("authentication required", 401, {"WWW-Authenticate": 'Basic realm="llm-maps"'})
         return None
 
@@ -80,15 +88,6 @@ def _navbar(prefix: str = "/") -> dbc.Navbar:
         dbc.Switch(id="theme-dark", label="dark", value=False, persistence=True, persistence_type="local",
                    className="mb-0"),
     ], fluid=True), color="primary", dark=True, className="mb-2")
-
-
-def state_dir_for(runs, data_dirs) -> Path:
-    """Where the job queue and user points live: LLM_MAPS_STATE, else beside the runs."""
-    from llm_maps.jobs import default_state_dir
-
-    if os.environ.get("LLM_MAPS_STATE") or runs:
-        return default_state_dir(runs)
-    return Path(data_dirs[0]) / ".llm-maps-state" if data_dirs else default_state_dir([])
 
 
 def _install_api(server, registry, state_dir: Path, prefix: str = "/") -> None:
@@ -176,11 +175,12 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
                         external_stylesheets=[], suppress_callback_exceptions=True, title=title,
                         serve_locally=True, update_title=None, eager_loading=False, url_base_pathname=prefix)
         app.index_string = index_string(app.config.requests_pathname_prefix, app.index_string)
-        registry = RunRegistry(runs, data_dirs)
+        state = Path(state_dir) if state_dir else state_dir_for(runs, data_dirs)
+        registry = RunRegistry(runs, data_dirs, ids=RunIds(state))  # the workers read the same ids
         app.server.config["LLM_MAPS_REGISTRY"] = registry
         app.server.config["LLM_MAPS_PREFIX"] = prefix
-        _install_api(app.server, registry, state_dir or state_dir_for(runs, data_dirs), prefix)
-        install_hardening(app.server, prefix)
+        _install_api(app.server, registry, state, prefix)
+        install_hardening(app.server, prefix, dash_app=app)
         app.layout = html.Div([
             html.Link(id="theme-css", rel="stylesheet", href=f"{prefix}assets/themes/flatly.min.css"),
             _navbar(prefix),

@@ -20,8 +20,8 @@ import numpy as np
 from llm_maps.errors import LLMMapsError
 from llm_maps.conditions import CONDITIONS_FILE
 from llm_maps.falloff import FALLOFF_FILE
-from llm_maps.runfolder import (ENCODINGS, EXAMPLES, MANIFEST, Run, check_run_files, find_runs,
-                                read_manifest, run_ids)
+from llm_maps.runfolder import (ENCODINGS, EXAMPLES, MANIFEST, Run, RunIds, check_run_files, find_runs,
+                                read_manifest)
 
 log = logging.getLogger("llm_maps.dashboard")
 CACHE_RUNS = int(os.environ.get("LLM_MAPS_CACHE_RUNS", "4"))
@@ -49,9 +49,10 @@ class RunEntry:
 class RunRegistry:
     """Runs given explicitly plus the finished (and unfinished) runs found in data folders."""
 
-    def __init__(self, runs=(), data_dirs=()):
+    def __init__(self, runs=(), data_dirs=(), *, ids: RunIds | None = None):
         self.runs = [Path(p) for p in runs]
         self.data_dirs = [Path(p) for p in data_dirs]
+        self.ids = ids or RunIds()  # ids stay put while runs come and go (shared with the workers)
 
     def entries(self) -> list[RunEntry]:
         paths: list[Path] = list(self.runs)
@@ -61,7 +62,7 @@ class RunRegistry:
                 paths += sorted(p for p in root.iterdir() if p.is_dir() and p.name.endswith(".partial")
                                 and not p.with_name(p.name[:-len(".partial")]).exists())
         out = []
-        for run_id, p in run_ids(paths):
+        for run_id, p in self.ids.assign(paths):
             try:
                 manifest = read_manifest(p)
                 _checked(str(p), _stamp(p, with_encodings=True))

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 SECURITY_HEADERS = {
@@ -66,8 +67,46 @@ def json_error_server(server) -> None:
         listener.channel_class = JSONErrorChannel
 
 
-def install_hardening(server, prefix: str = "/") -> None:
+def finite_json(value):
+    """``value`` with every NaN and infinity replaced by None: JSON has no such numbers, and a
+    response that holds a bare ``NaN`` is one that ``JSON.parse`` rejects."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def allowed_origins() -> set[str]:
+    """Origins (``scheme://host[:port]``) besides the app's own that may write to the API:
+    LLM_MAPS_ALLOWED_ORIGINS, separated by commas or spaces (for deployments that serve the API to
+    other sites on purpose)."""
+    return {o.rstrip("/") for o in os.environ.get("LLM_MAPS_ALLOWED_ORIGINS", "").replace(",", " ").split() if o}
+
+
+def cross_site_refusal(request) -> str | None:
+    """Why a write to the API from this request is refused, or None. A browser sends ``Origin`` (and
+    ``Sec-Fetch-Site``) with every cross-site POST, so a page on another site cannot queue jobs
+    from a visitor's browser; clients that are not browsers (curl, scripts) send neither."""
+    origin = request.headers.get("Origin")
+    if origin:
+        if origin.rstrip("/") in allowed_origins():
+            return None
+        own = f"{request.scheme}://{request.host}"
+        if origin.rstrip("/").lower() != own.lower():
+            return (f"cross-origin write from {origin[:100]!r} refused (the app is {own}; set "
+                    "LLM_MAPS_ALLOWED_ORIGINS to allow other sites)")
+        return None
+    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return "cross-site write refused (Sec-Fetch-Site: cross-site)"
+    return None
+
+
+def install_hardening(server, prefix: str = "/", dash_app=None) -> None:
     import flask
+    from flask.json.provider import DefaultJSONProvider
     from werkzeug.exceptions import HTTPException
 
     from dashboard.api import max_body_bytes
@@ -76,10 +115,45 @@ def install_hardening(server, prefix: str = "/") -> None:
     json_paths = (api, f"{prefix}_llm_maps/", f"{prefix}_dash-update-component")
     server.config["MAX_CONTENT_LENGTH"] = max_body()
 
+    class FiniteJSON(DefaultJSONProvider):
+        def dumps(self, obj, **kwargs):
+            return super().dumps(finite_json(obj), allow_nan=False, **kwargs)
+
+    server.json = FiniteJSON(server)
+
     def too_large(limit: int, length: int | None = None) -> flask.Response:
+        # (no Connection header: it is hop-by-hop, which a WSGI app may not set; waitress answered
+        # such a response with a 500. The server has read the body by now, so the connection is clean)
         size = f"{length} bytes" if length is not None else "over the limit"
         return flask.Response(flask.json.dumps({"error": f"body: {size}; the limit is {limit} bytes"}), 413,
-                              mimetype="application/json", headers={"Connection": "close"})
+                              mimetype="application/json")
+
+    def error(status: int, message: str) -> flask.Response:
+        return flask.Response(flask.json.dumps({"error": message}), status, mimetype="application/json")
+
+    @server.before_request
+    def _same_origin_writes():
+        req = flask.request
+        if req.method in ("GET", "HEAD", "OPTIONS") or not (req.path.startswith(api) or req.path == api[:-1]):
+            return None
+        refused = cross_site_refusal(req)
+        if refused:
+            return error(403, refused)
+        if req.content_length and req.mimetype != "application/json":  # a form or text/plain body: no
+            return error(415, f"body: Content-Type {req.mimetype or 'missing'!s}; send application/json")
+        return None
+
+    @server.after_request
+    def _cors(response):
+        origin = flask.request.headers.get("Origin")
+        if origin and flask.request.path.startswith(api) and origin.rstrip("/") in allowed_origins():
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            if flask.request.method == "OPTIONS":
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
+                response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        return response
+
 
     @server.before_request
     def _cap_body():
@@ -103,3 +177,38 @@ def install_hardening(server, prefix: str = "/") -> None:
                 return too_large(flask.request.max_content_length or max_body())
             return flask.jsonify({"error": exc.description or exc.name}), exc.code
         return exc
+
+    if dash_app is not None:  # (after the body cap: an oversize callback body is a 413)
+        _guard_dash(server, dash_app, prefix, error)
+
+
+def _guard_dash(server, dash_app, prefix: str, error) -> None:
+    """Dash's own routes answer malformed requests with 4xx, not 500: a callback request that is not
+    a callback of this app (400), a component-suites path that names no registered file (404)."""
+    import flask
+    from dash.exceptions import DependencyException
+
+    update = f"{prefix}_dash-update-component"
+
+    @server.before_request
+    def _callback_shape():
+        req = flask.request
+        if req.path != update or req.method != "POST":
+            return None
+        body = req.get_json(silent=True)
+        if not isinstance(body, dict):
+            return error(400, "callback: body must be a JSON object")
+        output = body.get("output")
+        if not isinstance(output, str) or output not in dash_app.callback_map:
+            return error(400, "callback: 'output' names no callback of this app")
+        for key in ("inputs", "state"):
+            value = body.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, (dict, list)) for v in value):
+                return error(400, f"callback: '{key}' must be a list of objects")
+        if "changedPropIds" in body and not isinstance(body["changedPropIds"], list):
+            return error(400, "callback: 'changedPropIds' must be a list")
+        return None
+
+    @server.errorhandler(DependencyException)
+    def _no_such_file(_exc):
+        return error(404, "no such file")

@@ -272,8 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for run in args.runs:
         if not Path(run).exists():
             raise LLMMapsError(f"{run}: no such run folder")
-    from dashboard.app import state_dir_for
-    from llm_maps.runfolder import find_runs
+    from llm_maps.jobs import state_dir_for
 
     runs = [Path(r) for r in args.runs]
     state = state_dir_for(runs, data_dirs)
@@ -281,9 +280,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_worker and not os.environ.get("REDIS_URL"):
         from llm_maps.supervisor import WorkerSupervisor
 
-        served = runs + [p for d in data_dirs for p in find_runs(d)]
-        if served:  # restarted (with back-off) whenever it dies; /api/health says when none is alive
-            worker = WorkerSupervisor(served, state).start()
+        # restarted (with back-off) whenever it dies or stops responding; it serves the runs given and
+        # those the data folders hold, now and later; /api/health says when none is alive
+        worker = WorkerSupervisor(runs, state, data_dirs=data_dirs).start()
     if not args.no_worker:  # workers expected (embedded, or Celery on REDIS_URL): /api/health checks them
         os.environ.setdefault("LLM_MAPS_EXPECT_WORKERS", "1")
     import signal
@@ -312,24 +311,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from llm_maps.runfolder import find_runs
     from pipelines.worker import main_worker
 
     for run in args.runs:
         if not Path(run).exists():
             raise LLMMapsError(f"{run}: no such run folder")
-    runs = [Path(r) for r in args.runs] + [p for d in (args.data or []) for p in find_runs(d)]
-    return int(main_worker(runs, state_dir=args.state, max_models=args.max_models, device=args.device,
-                           dtype=args.dtype) or 0)
+    return int(main_worker([Path(r) for r in args.runs], state_dir=args.state, max_models=args.max_models,
+                           device=args.device, dtype=args.dtype, data_dirs=[Path(d) for d in args.data or []]) or 0)
 
 
-def start_worker_process(runs: "Sequence[Path]", state_dir: "Path") -> "subprocess.Popen[bytes]":
+def start_worker_process(runs: "Sequence[Path]", state_dir: "Path",
+                         data_dirs: "Sequence[Path]" = ()) -> "subprocess.Popen[bytes]":
     """The embedded worker `llm-maps serve` starts when no other worker is configured."""
     import subprocess
 
     import os
 
-    cmd = [sys.executable, "-m", "llm_maps.cli", "worker", *map(str, runs), "--state", str(state_dir)]
+    cmd = [sys.executable, "-m", "llm_maps.cli", "worker", *map(str, runs), "--state", str(state_dir),
+           *(a for d in data_dirs for a in ("--data", str(d)))]
     return subprocess.Popen(cmd, env={**os.environ, "LLM_MAPS_PARENT_PID": str(os.getpid())})
 
 

@@ -284,6 +284,8 @@ class Manifest(ManifestRequired, total=False):
     model_file_sha256: Annotated[str | None, "sha256 of the weights file (GGUF: of the .gguf)"]
     model_info: Annotated[ModelInfo, "what loading the model reported"]
     hidden_size: Annotated[int, "width of an encoding"]
+    max_positions: Annotated[int | None, "the model's context in tokens (null: unknown); the API refuses a "
+                                         "max_new_tokens that does not fit it"]
     split_seed: Annotated[int, "seed of the train/test split"]
     map_seed: Annotated[int, "seed of the current map"]
     encoding: Annotated[EncodingInfo, "how the encoding went"]
@@ -297,7 +299,9 @@ class Manifest(ManifestRequired, total=False):
     base_run: Annotated[str, "the run a checkpoint run was fine-tuned from"]
     views: Annotated[list[str], "encoded views: prompt, completion (encodings/<view>/, pipelines/atlas.py)"]
     view_settings: Annotated[dict[str, dict[str, Any]], "per view other than prompt: model, layers, "
-                                                       "default_layer, pooling, path, sources, projection, neighbours, "
+                                                       "default_layer, pooling, path, sources, empty_completions (rows "
+                                                       "with an empty completion, encoded as prompt + EOS), "
+                                                       "projection, neighbours, "
                                                        "distributed (--distributed: chunks, workers)"]
     token_atlas: Annotated[dict[str, Any], "the token atlas: tokens, examples, train_examples, sampled, "
                                           "max_tokens, seed, layers, map_layer, path, file, projection (the token map), "

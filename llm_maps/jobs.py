@@ -31,7 +31,8 @@ from .contract import JobPayload, JobRecord, PointRecord
 from .errors import LLMMapsError
 
 DEFAULTS = {  # each overridable with LLM_MAPS_<NAME> in the environment, e.g. LLM_MAPS_MAX_QUEUED=200
-    "max_queued": float(os.environ.get("LLM_MAPS_MAX_QUEUED", 64)),
+    "max_queued": float(os.environ.get("LLM_MAPS_MAX_QUEUED", 64)),  # waiting jobs of one run
+    "max_queued_total": float(os.environ.get("LLM_MAPS_MAX_QUEUED_TOTAL", 1024)),  # of all runs together
     "heartbeat_timeout": float(os.environ.get("LLM_MAPS_HEARTBEAT_TIMEOUT", 20)),
     "job_timeout": float(os.environ.get("LLM_MAPS_JOB_TIMEOUT", 300)),
     "retention": float(os.environ.get("LLM_MAPS_RETENTION", 7 * 24 * 3600)),
@@ -42,8 +43,8 @@ FINAL = ("done", "failed", "cancelled")  # a job in one of these states never ch
 
 
 class QueueFull(LLMMapsError):
-    def __init__(self, queued: int, retry_after: int):
-        super().__init__(f"queue full ({queued} jobs waiting); retry later")
+    def __init__(self, queued: int, retry_after: int, run: str | None = None):
+        super().__init__(f"queue full ({queued} jobs waiting" + (f" for run '{run}'" if run else "") + "); retry later")
         self.retry_after = retry_after
 
 
@@ -64,6 +65,16 @@ def default_state_dir(run_dirs: Iterable[str | Path]) -> Path:
     return base / ".llm-maps-state"
 
 
+def state_dir_for(runs: Iterable[str | Path], data_dirs: Iterable[str | Path]) -> Path:
+    """Where the job queue, user points and run ids of a set of served runs live (the web process
+    and its workers use the same rule): LLM_MAPS_STATE, else beside the first run given, else in the
+    first data folder."""
+    runs, data_dirs = list(runs), list(data_dirs)
+    if os.environ.get("LLM_MAPS_STATE") or runs:
+        return default_state_dir(runs)
+    return Path(data_dirs[0]) / ".llm-maps-state" if data_dirs else default_state_dir([])
+
+
 class _Staleness:
     """What both queues share: the heartbeat rule and reason text, and the job transitions."""
 
@@ -72,7 +83,9 @@ class _Staleness:
     def get(self, job_id: str) -> JobRecord | None:
         raise NotImplementedError
 
-    def update(self, job_id: str, **fields: Any) -> None:
+    def update(self, job_id: str, **fields: Any) -> bool:
+        """Change a job that is not final yet (refreshing its heartbeat); False when it is final or
+        gone: a job in a final state never changes again (a frozen worker's late writes are dropped)."""
         raise NotImplementedError
 
     def workers(self) -> dict[str, Any]:
@@ -97,15 +110,16 @@ class _Staleness:
                          f"{self._timeout(job):g} s); the job did not finish"}
 
     # job transitions, the same for every queue: each is an ``update`` of the record
-    def heartbeat(self, job_id: str) -> None:
-        self.update(job_id)
+    # (each returns False when the job was already final: the caller's claim on it has ended)
+    def heartbeat(self, job_id: str) -> bool:
+        return self.update(job_id)
 
-    def finish(self, job_id: str, result: dict[str, Any]) -> None:
-        self.update(job_id, status="done", result=result, finished=time.time())
+    def finish(self, job_id: str, result: dict[str, Any]) -> bool:
+        return self.update(job_id, status="done", result=result, finished=time.time())
 
-    def fail(self, job_id: str, error: str, result: dict[str, Any] | None = None) -> None:
-        self.update(job_id, status="failed", error=error, finished=time.time(),
-                    **({"result": result} if result is not None else {}))
+    def fail(self, job_id: str, error: str, result: dict[str, Any] | None = None) -> bool:
+        return self.update(job_id, status="failed", error=error, finished=time.time(),
+                           **({"result": result} if result is not None else {}))
 
     # cancelling: a queued job is never run; a running one is asked to stop (its worker checks
     # ``cancel_requested`` between tokens and ends it with ``mark_cancelled``, keeping what it made)
@@ -120,10 +134,13 @@ class _Staleness:
     # worker liveness: each worker beats a record {runs, status (starting|ready|gone), beat, timeout,
     # reason} under its id; ``llm-maps serve``'s supervisor marks one it saw die as gone, with the
     # reason, at once; /api/health reads ``run_liveness``
-    def register_worker(self, worker_id: str, runs: Iterable[str], status: str = "ready") -> None:
-        """Record that ``worker_id`` serves ``runs`` (run ids) and is alive now."""
+    def register_worker(self, worker_id: str, runs: Iterable[str], status: str = "ready",
+                        broken: dict[str, str] | None = None) -> None:
+        """Record that ``worker_id`` serves ``runs`` (run ids) and is alive now; ``broken``: runs it
+        cannot serve, with the reason."""
         self._set_worker(worker_id, {"runs": sorted(runs), "status": status, "beat": time.time(),
-                                     "reason": None, "timeout": self.heartbeat_timeout})
+                                     "reason": None, "timeout": self.heartbeat_timeout,
+                                     **({"broken": dict(broken)} if broken else {})})
 
     def worker_gone(self, worker_id: str, reason: str) -> None:
         """Mark a worker dead (it exited, was killed) so health stops counting it at once."""
@@ -142,8 +159,12 @@ class _Staleness:
             live = [w for w, r in mine.items() if r.get("status") != "gone"
                     and now - float(r.get("beat") or 0) <= float(r.get("timeout") or self.heartbeat_timeout)]
             ready = [w for w in live if mine[w].get("status") == "ready"]
+            broken = {w: (mine[w].get("broken") or {}).get(run) for w in ready}
             reason = None
-            if not ready:
+            if ready and all(broken.values()):  # loaded, but its files do not fit its model
+                reason = f"worker {ready[0]} cannot serve it: {broken[ready[0]]}"
+                ready = []
+            elif not ready:
                 if live:
                     reason = f"worker {live[0]} is starting (loading the model)"
                 elif not mine:
@@ -153,8 +174,24 @@ class _Staleness:
                     reason = (f"worker {last_id} {last['reason']}" if last.get("status") == "gone" and last.get("reason")
                               else f"worker {last_id} stopped responding (no heartbeat for "
                                    f"{now - float(last.get('beat') or 0):.0f} s)")
-            out[run] = {"live": bool(ready), "workers": ready, "reason": reason}
+            out[run] = {"live": bool(ready), "workers": [w for w in ready if not broken.get(w)], "reason": reason}
         return out
+
+    def refusal(self, run: str) -> str | None:
+        """Why a job for ``run`` would never run, or None when it will (now, or once a worker that is
+        starting or restarting is ready): no worker serves the run (one that appeared after the
+        workers started, before one picks it up), or every live worker that serves it cannot (its
+        files do not fit its model). Said without worker ids or paths."""
+        now = time.time()
+        records = [r for r in self.workers().values() if run in (r.get("runs") or ())]
+        if not records:
+            return f"no worker serves run '{run}' yet"
+        fresh = [r for r in records if r.get("status") != "gone"
+                 and now - float(r.get("beat") or 0) <= float(r.get("timeout") or self.heartbeat_timeout)]
+        reasons = [(r.get("broken") or {}).get(run) for r in fresh]
+        if fresh and all(reasons):
+            return f"run '{run}' cannot be served: {reasons[0]}"
+        return None
 
     def fail_worker_jobs(self, worker_id: str, reason: str) -> int:
         """Fail the running jobs of a worker known to be dead (instead of waiting for the heartbeat
@@ -213,24 +250,34 @@ class JobQueue(_Staleness):
         self.cache = diskcache.Cache(str(self.directory / "jobs"), timeout=60, eviction_policy="none",
                                      disk_min_file_size=2**40)
         self.max_queued = int(max_queued or DEFAULTS["max_queued"])
+        self.max_queued_total = max(self.max_queued, int(DEFAULTS["max_queued_total"]))
         self.heartbeat_timeout = float(heartbeat_timeout or DEFAULTS["heartbeat_timeout"])
         self.job_timeout = float(job_timeout or DEFAULTS["job_timeout"])
         self.retention = float(retention or DEFAULTS["retention"])
 
     # ------------------------------------------------------------------ web side
     def submit(self, run: str, kind: str, payload: JobPayload, run_key: str | None = None) -> str:
+        """Queue a job. Each run has its own bound (``max_queued``), so one run's jobs that nobody
+        serves never starve the others; ``max_queued_total`` bounds all runs together."""
         with self.cache.transact():
-            waiting = self._count_waiting()
-            if waiting >= self.max_queued:
+            mine, waiting = self._count_waiting(run), self._count_waiting()
+            if mine >= self.max_queued:
+                raise QueueFull(mine, retry_after=max(1, int(self.heartbeat_timeout // 4)), run=run)
+            if waiting >= self.max_queued_total:
                 raise QueueFull(waiting, retry_after=max(1, int(self.heartbeat_timeout // 4)))
             job_id = uuid.uuid4().hex
             self.cache.set(f"job:{job_id}", _new_job(job_id, run, kind, payload, run_key), expire=self.retention)
             self.cache.push(job_id, prefix=_queue_prefix(run), side="back")
-            self.cache.incr("waiting", 1, default=0)
+            self._count(run, 1)
         return job_id
 
-    def _count_waiting(self) -> int:
-        return int(self.cache.get("waiting", 0))
+    def _count_waiting(self, run: str | None = None) -> int:
+        return max(0, int(self.cache.get("waiting" if run is None else f"waiting:{_queue_prefix(run)}", 0)))
+
+    def _count(self, run: str, step: int) -> None:
+        """Move the waiting counts (all runs, and ``run``'s) by ``step`` (inside a transaction)."""
+        self.cache.incr("waiting", step, default=0)
+        self.cache.incr(f"waiting:{_queue_prefix(run)}", step, default=0)
 
     def get(self, job_id: str) -> JobRecord | None:
         job: JobRecord | None = self.cache.get(f"job:{job_id}", retry=True)
@@ -273,7 +320,7 @@ class JobQueue(_Staleness):
                 return job
             if new["status"] == "cancelled":  # a queued job: its place in the queue is free now
                 new["slot_freed"] = True
-                self.cache.incr("waiting", -1, default=1)
+                self._count(job["run"], -1)
             self.cache.set(f"job:{job_id}", new, expire=self.retention)
             return new
 
@@ -308,13 +355,13 @@ class JobQueue(_Staleness):
                         break
                     job = self.cache.get(f"job:{job_id}")
                     if not (job or {}).get("slot_freed"):
-                        self.cache.incr("waiting", -1, default=1)
+                        self._count((job or {}).get("run", run), -1)
                     if job is None or job["status"] != "queued":
                         continue
                     job = cast(JobRecord, job)
                     if job["run"] != run:  # never run one run's job on another: back to its own queue
                         self.cache.push(job_id, prefix=_queue_prefix(job["run"]), side="front")
-                        self.cache.incr("waiting", 1, default=0)
+                        self._count(job["run"], 1)
                         continue
                     now = time.time()
                     job.update({"status": "running", "started": now, "heartbeat": now, "worker": worker,
@@ -335,17 +382,19 @@ class JobQueue(_Staleness):
                     return
                 job = self.cache.get(f"job:{job_id}")
                 self.cache.push(job_id, prefix=_queue_prefix(job["run"] if job else run), side="back")
+                self.cache.incr(f"waiting:{_queue_prefix(job['run'] if job else run)}", 1, default=0)  # counted per run now
 
-    def update(self, job_id: str, **fields: Any) -> None:
+    def update(self, job_id: str, **fields: Any) -> bool:
         with self.cache.transact():
             job = self.cache.get(f"job:{job_id}")
-            if job is None:
-                return
+            if job is None or job["status"] in FINAL:
+                return False
             job.update(fields)
             job["heartbeat"] = time.time()
             self.cache.set(f"job:{job_id}", job, expire=self.retention)
             if job["status"] in FINAL:
                 self._untrack(job_id)  # (a nested transaction: the same one)
+            return True
 
     def close(self) -> None:
         self.cache.close()
@@ -464,6 +513,31 @@ def celery_app(url: str | None = None) -> Any:
     return app
 
 
+def _unavailable_when_redis_is(cls: Any) -> Any:
+    """Every public method of ``cls`` raises ``QueueUnavailable`` (answered 503 + Retry-After) when
+    the Redis server cannot be reached, instead of redis-py's connection errors (a 500); redis-py
+    reconnects by itself once the server is back."""
+    import functools
+
+    def guard(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            import redis
+
+            try:
+                return method(*args, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
+        return guarded
+
+    for name in dir(cls):  # its own methods and those of _Staleness
+        value = getattr(cls, name)
+        if not name.startswith("_") and callable(value) and not isinstance(vars(cls).get(name), staticmethod):
+            setattr(cls, name, guard(value))
+    return cls
+
+
+@_unavailable_when_redis_is
 class RedisJobQueue(_Staleness):
     """``JobQueue``'s interface on Redis: records as JSON (expiring after ``retention``), a sorted
     set of waiting ids (bounded), a set of running ids (for the reaper); each submitted job is sent
@@ -479,6 +553,7 @@ class RedisJobQueue(_Staleness):
             raise LLMMapsError("REDIS_URL is not set")
         self.redis = redis.Redis.from_url(self.url)
         self.max_queued = int(max_queued or DEFAULTS["max_queued"])
+        self.max_queued_total = max(self.max_queued, int(DEFAULTS["max_queued_total"]))
         self.heartbeat_timeout = float(heartbeat_timeout or DEFAULTS["heartbeat_timeout"])
         self.job_timeout = float(job_timeout or DEFAULTS["job_timeout"])
         self.retention = float(retention or DEFAULTS["retention"])
@@ -487,6 +562,9 @@ class RedisJobQueue(_Staleness):
 
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
+
+    def _waiting_of(self, run: str) -> str:
+        return f"{self.prefix}:waiting:{_queue_prefix(run)}"
 
     @property
     def _ttl_ms(self) -> int:
@@ -512,9 +590,11 @@ class RedisJobQueue(_Staleness):
                     pipe.set(key, json.dumps(new), px=self._ttl_ms)
                     if new["status"] == "running":
                         pipe.zrem(self._waiting, job_id)
+                        pipe.zrem(self._waiting_of(new["run"]), job_id)
                         pipe.sadd(self._running, job_id)
                     elif new["status"] in FINAL:
                         pipe.zrem(self._waiting, job_id)
+                        pipe.zrem(self._waiting_of(new["run"]), job_id)
                         pipe.srem(self._running, job_id)
                     pipe.execute()
                     return new
@@ -535,18 +615,22 @@ class RedisJobQueue(_Staleness):
 
         job_id = uuid.uuid4().hex
         job = _new_job(job_id, run, kind, payload, run_key)
-        self.redis.zremrangebyscore(self._waiting, "-inf", time.time() - self.retention)
+        mine_key = self._waiting_of(run)
+        for key in (self._waiting, mine_key):
+            self.redis.zremrangebyscore(key, "-inf", time.time() - self.retention)
+        retry = max(1, int(self.heartbeat_timeout // 4))
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(self._waiting)  # type: ignore[no-untyped-call]
-                    waiting = int(pipe.zcard(self._waiting))
-                    if waiting >= self.max_queued:
+                    pipe.watch(self._waiting, mine_key)  # type: ignore[no-untyped-call]
+                    mine, waiting = int(pipe.zcard(mine_key)), int(pipe.zcard(self._waiting))
+                    if mine >= self.max_queued or waiting >= self.max_queued_total:
                         pipe.unwatch()
-                        raise QueueFull(waiting, retry_after=max(1, int(self.heartbeat_timeout // 4)))
+                        raise (QueueFull(mine, retry, run=run) if mine >= self.max_queued else QueueFull(waiting, retry))
                     pipe.multi()
                     pipe.set(self._key(job_id), json.dumps(job), px=self._ttl_ms)
                     pipe.zadd(self._waiting, {job_id: job["created"]})
+                    pipe.zadd(mine_key, {job_id: job["created"]})
                     pipe.execute()
                     break
                 except redis.WatchError:
@@ -611,8 +695,9 @@ class RedisJobQueue(_Staleness):
             self.redis.zrem(self._waiting, job_id)
         return job
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        self._modify(job_id, lambda job: cast(JobRecord, {**job, **fields, "heartbeat": time.time()}))
+    def update(self, job_id: str, **fields: Any) -> bool:
+        return self._modify(job_id, lambda job: None if job["status"] in FINAL
+                            else cast(JobRecord, {**job, **fields, "heartbeat": time.time()})) is not None
 
     def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a job (see ``_cancelled``); returns its record, None when unknown."""
@@ -622,6 +707,7 @@ class RedisJobQueue(_Staleness):
         self.redis.close()
 
 
+@_unavailable_when_redis_is
 class RedisPointStore:
     """``PointStore``'s interface in Redis (REDIS_URL): every web process and worker, on any machine,
     sees the same points. No expiry; durable as far as the Redis server persists (RDB/AOF)."""

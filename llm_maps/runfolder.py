@@ -34,7 +34,7 @@ from .contract import FORMAT_VERSION, MANIFEST_KEYS, REQUIRED_COLUMNS, HistoryEn
 from .errors import LLMMapsError
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_KEYS", "REQUIRED_COLUMNS", "MANIFEST", "EXAMPLES", "ENCODINGS",
-           "PROJECTION", "Run", "find_runs", "read_manifest", "publish", "replacing_dir", "write_json_atomic",
+           "PROJECTION", "Run", "RunIds", "find_runs", "read_manifest", "publish", "replacing_dir", "write_json_atomic",
            "write_parquet_atomic", "save_npy_atomic", "layer_file", "partial_dir", "package_versions", "now_iso",
            "history_entry", "with_history", "append_history"]
 
@@ -272,25 +272,91 @@ def find_runs(root: str | Path) -> list[Path]:
 def run_ids(paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
     """The one rule for run ids, shared by the web process, the worker and the point store: a run's
     id is its folder name; the second folder of the same name (in the order given, a folder seen
-    twice counted once) is ``name-2``, the third ``name-3``. Returns ``(id, path)`` in order."""
-    seen: dict[str, int] = {}
-    taken: set[str] = set()
-    out: list[tuple[str, Path]] = []
-    resolved: set[Path] = set()
-    for p in map(Path, paths):
-        key = p.resolve()
-        if key in resolved:
-            continue
-        resolved.add(key)
-        name = p.name or "run"
-        n = seen.get(name, 0) + 1
-        run_id = name if n == 1 else f"{name}-{n}"
-        while run_id in taken:  # a folder really named "tiny-2" beside two "tiny": "tiny-2-2"
-            run_id += "-2"
-        seen[name] = n
-        taken.add(run_id)
-        out.append((run_id, p))
-    return out
+    twice counted once) is ``name-2``, the third ``name-3``. Returns ``(id, path)`` in order.
+    (``RunIds`` keeps the ids of runs seen before when new ones appear.)"""
+    return RunIds().assign(paths)
+
+
+class RunIds:
+    """Run ids that stay put for the life of a run: the first time a folder is seen it gets an id by
+    the rule of ``run_ids`` (its name, or ``name-2``... when that id is taken), and it keeps that id
+    while it exists and after it is gone (a later run never takes the id of an earlier one, so points
+    saved on a run stay with it). With a ``state_dir`` the assignment is kept in
+    ``state_dir/run-ids.json`` (under a file lock), shared by the web process and its workers and
+    kept across restarts; without one, for the life of this object."""
+
+    FILE = "run-ids.json"
+
+    def __init__(self, state_dir: str | Path | None = None):
+        self.file = Path(state_dir) / self.FILE if state_dir is not None else None
+        self._ids: dict[str, str] = {}  # resolved folder -> id, in the order assigned
+        self._stamp: tuple[int, int] | None = None
+
+    def assign(self, paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
+        """``(id, path)`` for ``paths`` in order (a folder given twice counted once)."""
+        items: list[tuple[str, Path]] = []
+        seen: set[str] = set()
+        for p in map(Path, paths):
+            key = str(p.resolve())
+            if key not in seen:
+                seen.add(key)
+                items.append((key, p))
+        self._refresh()
+        if any(key not in self._ids for key, _ in items):
+            with self._locked():
+                self._refresh(force=True)
+                taken = set(self._ids.values())
+                for key, p in items:
+                    if key not in self._ids:
+                        name = p.name or "run"
+                        n, run_id = 1, p.name or "run"
+                        while run_id in taken:  # name-2, name-3...; "tiny-2" beside two "tiny": "tiny-2-2"
+                            n += 1
+                            run_id = f"{name}-{n}"
+                        self._ids[key] = run_id
+                        taken.add(run_id)
+                self._save()
+        return [(self._ids[key], p) for key, p in items]
+
+    def _refresh(self, force: bool = False) -> None:
+        if self.file is None:
+            return
+        try:
+            st = self.file.stat()
+        except FileNotFoundError:
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if force or stamp != self._stamp:
+            try:
+                data = json.loads(self.file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise LLMMapsError(f"{self.file}: unreadable run-id map ({exc})") from None
+            ids = data.get("ids") if isinstance(data, dict) else None
+            if not isinstance(ids, dict):
+                raise LLMMapsError(f"{self.file}, field 'ids': missing or not an object")
+            self._ids.update({str(k): str(v) for k, v in ids.items()})
+            self._stamp = stamp
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self.file is None:
+            yield
+            return
+        import fcntl
+
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.file.with_name(f".{self.FILE}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _save(self) -> None:
+        if self.file is not None:
+            write_json_atomic(self.file, {"ids": self._ids})
+            st = self.file.stat()
+            self._stamp = (st.st_mtime_ns, st.st_size)
 
 
 def run_key(manifest: Mapping[str, Any]) -> str:
@@ -331,6 +397,10 @@ def check_run_files(run_dir: str | Path, manifest: Mapping[str, Any]) -> None:
         if hidden is not None and arr.shape[1] != hidden:
             raise LLMMapsError(f"{path}: hidden size {arr.shape[1]}, other layers have {hidden}")
         hidden = arr.shape[1]
+        model_hidden = manifest.get("hidden_size") or (manifest.get("model_info") or {}).get("hidden_size")
+        if model_hidden is not None and hidden != int(model_hidden):
+            raise LLMMapsError(f"{path}: hidden size {hidden}, but the model's is {model_hidden} "
+                               "(manifest field 'hidden_size')")
 
 
 def model_name(manifest: Mapping[str, Any]) -> str:

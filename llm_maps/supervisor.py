@@ -1,4 +1,5 @@
-"""Supervision of the embedded worker of `llm-maps serve`: restart it when it dies, say so.
+"""Supervision of the embedded worker of `llm-maps serve`: restart it when it dies or stops
+responding, say so.
 
 ``WorkerSupervisor(runs, state_dir).start()`` starts ``llm-maps worker RUN... --state STATE`` and
 watches it from a thread. When the worker exits without being asked to (killed, crashed, out of
@@ -8,6 +9,8 @@ memory) the supervisor at once
   naming it instead of waiting for its heartbeat to age;
 * fails the job it was running with that reason (the job would otherwise wait for the heartbeat
   timeout);
+* kills a worker that stopped beating for longer than its heartbeat timeout (frozen, deadlocked),
+  as if it had died;
 * logs one line and starts a new worker after a back-off: 1 s, then doubling up to 30 s while
   workers keep dying young; a worker that lived 60 s resets it.
 
@@ -28,10 +31,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 
-def start_worker_process(runs: Iterable[str | Path], state_dir: str | Path) -> "subprocess.Popen[Any]":
+def start_worker_process(runs: Iterable[str | Path], state_dir: str | Path,
+                         data_dirs: Iterable[str | Path] = ()) -> "subprocess.Popen[Any]":
     from llm_maps.cli import start_worker_process as start
 
-    return start([Path(r) for r in runs], Path(state_dir))
+    return start([Path(r) for r in runs], Path(state_dir), [Path(d) for d in data_dirs])
 
 
 def exit_reason(returncode: int) -> str:
@@ -48,14 +52,16 @@ def exit_reason(returncode: int) -> str:
 class WorkerSupervisor:
     def __init__(self, runs: Iterable[str | Path], state_dir: str | Path, *, backoff: float | None = None,
                  max_backoff: float = 30.0, stable_after: float = 60.0,
-                 spawn: Callable[..., "subprocess.Popen[Any]"] = start_worker_process,
-                 log: Callable[[str], None] | None = None):
+                 spawn: Callable[..., "subprocess.Popen[Any]"] | None = None,
+                 log: Callable[[str], None] | None = None, data_dirs: Iterable[str | Path] = (),
+                 check_every: float = 0.5):
         from llm_maps.jobs import make_queue
 
         self.runs, self.state_dir = [Path(r) for r in runs], Path(state_dir)
+        self.data_dirs = [Path(d) for d in data_dirs]
         self.backoff = float(backoff if backoff is not None else os.environ.get("LLM_MAPS_RESTART_BACKOFF", 1.0))
-        self.max_backoff, self.stable_after = max_backoff, stable_after
-        self.spawn = spawn
+        self.max_backoff, self.stable_after, self.check_every = max_backoff, stable_after, check_every
+        self.spawn = spawn or (lambda runs, state: start_worker_process(runs, state, self.data_dirs))
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.queue = make_queue(self.state_dir)
         self.proc: subprocess.Popen[Any] | None = None
@@ -80,14 +86,23 @@ class WorkerSupervisor:
         while not self._stop.is_set():
             proc, started = self.proc, time.time()
             assert proc is not None  # set by start() before this thread runs
-            rc = proc.wait()
+            worker_id = f"{socket.gethostname()}:{proc.pid}"
+            hung = None
+            while (rc := proc.poll()) is None:
+                if self._stop.wait(self.check_every):
+                    return
+                hung = self._silent_for(worker_id)
+                if hung is not None:  # frozen (SIGSTOP, a deadlock, swapped out): its jobs are failed
+                    proc.kill()       # by now, and a late result must not come back: kill, then replace
+                    rc = proc.wait()
+                    break
             if self._stop.is_set():
                 return
             lived = time.time() - started
             failures = 1 if lived >= self.stable_after else failures + 1
             delay = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
-            worker_id = f"{socket.gethostname()}:{proc.pid}"
-            reason = exit_reason(rc)
+            reason = (f"stopped responding (no heartbeat for {hung:.0f} s) and was killed" if hung is not None
+                      else exit_reason(rc))
             self.log(f"llm-maps serve: embedded worker {worker_id} {reason} after {lived:.0f} s; "
                      f"restarting it in {delay:g} s (restart {self.restarts + 1})")
             try:
@@ -102,6 +117,19 @@ class WorkerSupervisor:
                     return
                 self.proc = self.spawn(self.runs, self.state_dir)
                 self.restarts += 1
+
+    def _silent_for(self, worker_id: str) -> float | None:
+        """Seconds since the worker's last liveness beat when that is over its heartbeat timeout
+        (it registered, then stopped beating), else None. A worker still starting up has not
+        registered yet and is left alone."""
+        try:
+            record = self.queue.workers().get(worker_id)
+        except Exception:  # noqa: BLE001 - the queue briefly unreadable: look again next time
+            return None
+        if not record or record.get("status") == "gone":
+            return None
+        silent = time.time() - float(record.get("beat") or 0)
+        return silent if silent > float(record.get("timeout") or self.queue.heartbeat_timeout) else None
 
     def terminate(self) -> None:
         """Stop supervising and send the worker SIGTERM without waiting (safe in a signal handler);

@@ -337,6 +337,7 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
         "layers": layer_list,
         "default_layer": int(default),
         "hidden_size": int(encoder.hidden_size),
+        "max_positions": encoder.max_positions,
         # counted at build time when the encoder knows it (TransformersEncoder.n_params); compare reads it
         **({"n_params": int(n_params)} if (n_params := getattr(encoder, "n_params", None)) is not None else {}),
         "projection": None,

@@ -21,7 +21,7 @@ import numpy as np
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE, expected_accuracy, falloff_stats
 from llm_maps.neighbours import knn, pairwise_distances
-from llm_maps.runfolder import PROJECTION, Run, check_run_files, run_ids
+from llm_maps.runfolder import PROJECTION, Run, RunIds, check_run_files
 
 
 class RunSession:
@@ -49,6 +49,7 @@ class RunSession:
         is_train = (ex["split"] == "train").to_numpy()
         self.train_rows = np.flatnonzero(is_train)
         self.train_enc = np.asarray(enc[self.train_rows], dtype=np.float32)  # [T, H]
+        _check_servable(self.run.path, self.layer, enc, self.train_enc, self.loaded)
         self.train_ids = ex["example_id"].to_numpy()[self.train_rows]
         self.train_domains = ex["domain"].to_numpy()[self.train_rows]
         self.falloff = self._falloff_stats(ex)
@@ -292,12 +293,27 @@ def path_summary(tokens: list[dict], start_dist: float, *, atlas: bool = False) 
     return out
 
 
+def _check_servable(run_dir: Path, layer: int, enc: np.ndarray, train_enc: np.ndarray, loaded) -> None:
+    """What the file check cannot see from headers: encodings as wide as the model's hidden states,
+    and train encodings that are all finite (a NaN would make every distance NaN). One-line errors."""
+    from llm_maps.runfolder import layer_file
+
+    width = getattr(loaded.model.config, "hidden_size", None)
+    if width is not None and enc.shape[1] != int(width):
+        raise LLMMapsError(f"{layer_file(run_dir, layer)}: hidden size {enc.shape[1]}, but the model's is {width}")
+    bad = ~np.isfinite(train_enc).all(axis=1)
+    if bad.any():
+        raise LLMMapsError(f"{layer_file(run_dir, layer)}: {int(bad.sum())} train rows hold NaN or infinite values "
+                           "(re-encode the run)")
+
+
 class SessionPool:
     """At most ``max_models`` RunSessions resident; the least recently used is evicted."""
 
     def __init__(self, run_dirs, *, max_models: int = 2, device: str = "auto", dtype: str = "auto",
-                 factory=RunSession):
-        self.paths = dict(run_ids(run_dirs))  # run id -> folder, by the rule the web process uses
+                 factory=RunSession, ids=None):
+        # run id -> folder, by the rule the web process uses (``ids``: a shared ``RunIds``)
+        self.paths = dict((ids or RunIds()).assign(run_dirs))
         self.max_models = max(1, int(max_models))
         self.device, self.dtype, self.factory = device, dtype, factory
         self._sessions: OrderedDict[str, RunSession] = OrderedDict()
@@ -315,6 +331,17 @@ class SessionPool:
             session = self.factory(self.paths[run], device=self.device, dtype=self.dtype)
             self._sessions[run] = session
             return session
+
+    def update(self, paths: dict) -> tuple[list[str], list[str]]:
+        """Serve the runs ``paths`` (run id -> folder) from now on: a run that left (or whose folder
+        changed) is dropped from memory. Returns the ids (added, removed)."""
+        with self._lock:
+            added = [r for r in paths if self.paths.get(r) != paths[r]]
+            removed = [r for r in self.paths if r not in paths]
+            for run in [*removed, *added]:
+                self._sessions.pop(run, None)
+            self.paths = dict(paths)
+        return added, removed
 
     @property
     def resident(self) -> list[str]:

@@ -29,6 +29,11 @@ class JobTimeout(Exception):
     pass
 
 
+class JobFenced(Exception):
+    """The job is no longer this worker's (it was failed meanwhile, e.g. while the worker was frozen):
+    stop, and keep nothing of it."""
+
+
 class JobCancelled(Exception):
     """The user cancelled a running job; ``partial`` is what it had produced."""
 
@@ -95,7 +100,10 @@ class _Heartbeat:
 
     def _run(self):
         while not self._stop.wait(self.every):
-            self.queue.heartbeat(self.job_id)
+            try:
+                self.queue.heartbeat(self.job_id)
+            except Exception as exc:  # noqa: BLE001 - the queue briefly unreachable: beat again next time
+                print(f"heartbeat of job {self.job_id} failed: {type(exc).__name__}", file=sys.stderr)
 
     def __enter__(self):
         self._thread.start()
@@ -108,18 +116,21 @@ class _Heartbeat:
 
 class Presence:
     """Keeps this worker's liveness record fresh from a side thread (``/api/health`` reads it), so a
-    worker busy with a long job still counts as alive; marks it gone on a clean stop."""
+    worker busy with a long job still counts as alive; marks it gone on a clean stop. ``broken``:
+    runs this worker cannot serve, with the reason (health and the API say so instead of taking jobs
+    that would fail)."""
 
     def __init__(self, queue, worker_id: str, runs, every: float | None = None):
         self.queue, self.worker_id, self.runs = queue, worker_id, list(runs)
         self.every = every or max(0.5, queue.heartbeat_timeout / 5)
         self.status = "starting"
+        self.broken: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="llm-maps-presence")
 
     def beat(self) -> None:
         try:
-            self.queue.register_worker(self.worker_id, self.runs, self.status)
+            self.queue.register_worker(self.worker_id, self.runs, self.status, broken=self.broken)
         except Exception as exc:  # noqa: BLE001 - a missed beat (queue briefly unreachable) is no crash
             print(f"worker {self.worker_id}: liveness beat failed: {type(exc).__name__}", file=sys.stderr)
 
@@ -144,15 +155,20 @@ class Presence:
             pass
 
 
-def warm_pool(pool, worker_id: str, log=print) -> None:
-    """Load + warm the first runs at start, not on the first request."""
-    for run in list(pool.paths)[: pool.max_models]:
+def warm_pool(pool, worker_id: str, log=print, runs=None, broken: dict | None = None) -> None:
+    """Load + warm the first runs at start (or ``runs``), not on the first request. A run that cannot
+    be served (its files do not match its model) goes into ``broken`` with the reason."""
+    for run in (list(pool.paths)[: pool.max_models] if runs is None else runs):
         start = time.perf_counter()
         try:
             session = pool.get(run)
         except Exception as exc:  # noqa: BLE001 - keep serving the other runs; its jobs fail with this
             log(f"worker {worker_id}: cannot load run {run}: {type(exc).__name__}: {exc}")
+            if broken is not None and isinstance(exc, LLMMapsError):  # said by run id, not by path
+                broken[run] = str(exc).replace(str(Path(pool.paths[run]).resolve()), run).replace(str(pool.paths[run]), run)
             continue
+        if broken is not None:
+            broken.pop(run, None)
         log(f"worker {worker_id}: {run} ready in {time.perf_counter() - start:.1f} s "
             f"(model {getattr(session, 'load_seconds', 0):.1f} s, warm-up {getattr(session, 'warm_seconds', 0):.2f} s)")
 
@@ -166,7 +182,8 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
     def publish(partial, job_id=job["id"]):
         now = time.time()
         if now - last[0] >= 0.05:  # at most 20 writes a second
-            queue.update(job_id, result=partial)
+            if not queue.update(job_id, result=partial):  # failed (or gone) meanwhile: not ours any more
+                raise JobFenced()
             last[0] = now
 
     checked = [0.0, False]
@@ -186,9 +203,16 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
                                    f"web process serves under that id ({pool.paths.get(job['run'])}); "
                                    "give the worker the same run folders, in the same order")
             result = run_job(session, job, publish=publish, deadline=deadline, cancelled=cancelled)
+        # done only if the job is still ours and running (fencing: a job a client was told failed
+        # stays failed); only then is its point kept (the point's id is the job's)
+        if not queue.finish(job["id"], result):
+            raise JobFenced()
         points.add(job["run"], point_record(job, result))
-        queue.finish(job["id"], result)
         return "done"
+    except JobFenced:
+        print(f"worker {worker_id}: job {job['id']} was ended meanwhile ({(queue.get(job['id']) or {}).get('status')}); "
+              "its result is dropped", file=sys.stderr)
+        return "fenced"
     except JobCancelled as exc:
         queue.mark_cancelled(job["id"], exc.partial)
         return "cancelled"
@@ -202,40 +226,83 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
     return "failed"
 
 
+class RunFinder:
+    """The runs a worker serves: the folders given plus the finished runs in data folders, looked
+    for again every ``every`` seconds (a run published while serving is picked up, one removed is
+    dropped), each with the id the web process gives it (``RunIds`` in the shared state folder)."""
+
+    def __init__(self, runs=(), data_dirs=(), *, ids=None, every: float = 2.0):
+        from llm_maps.runfolder import RunIds
+
+        self.runs, self.data_dirs = [Path(r) for r in runs], [Path(d) for d in data_dirs]
+        self.ids, self.every = ids or RunIds(), every
+        self._last = 0.0
+
+    def paths(self) -> dict[str, Path]:
+        from llm_maps.runfolder import find_runs
+
+        self._last = time.time()
+        return dict(self.ids.assign([*self.runs, *(p for d in self.data_dirs for p in find_runs(d))]))
+
+    def due(self) -> bool:
+        return bool(self.data_dirs) and time.time() - self._last >= self.every
+
+
 def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: str = "auto", dtype: str = "auto",
                poll: float = 0.1, stop: threading.Event | None = None, max_jobs: int | None = None,
-               log=print, pool=None, on_ready=None) -> int:
-    """Claim and run jobs for ``run_dirs`` until ``stop`` is set (or ``max_jobs`` are done);
-    ``on_ready()`` is called once the runs are loaded, before the first job is claimed."""
+               log=print, pool=None, on_ready=None, data_dirs=()) -> int:
+    """Claim and run jobs for ``run_dirs`` (and the runs in ``data_dirs``, looked for again while
+    serving) until ``stop`` is set (or ``max_jobs`` are done); ``on_ready()`` is called once the
+    runs are loaded, before the first job is claimed."""
+    from llm_maps.runfolder import RunIds
     from pipelines.engine import SessionPool
 
     queue = JobQueue(state_dir)
     points = PointStore(state_dir)
-    pool = pool or SessionPool(run_dirs, max_models=max_models, device=device, dtype=dtype)
-    runs = list(pool.paths)
-    if not runs:
+    finder = RunFinder(run_dirs, data_dirs, ids=RunIds(state_dir))
+    if pool is None:
+        pool = SessionPool([], max_models=max_models, device=device, dtype=dtype)
+        pool.update(finder.paths())
+    if not pool.paths and not data_dirs:
         raise LLMMapsError("worker: no runs to serve")
     worker_id = worker_name()
-    presence = Presence(queue, worker_id, runs).start()
+    presence = Presence(queue, worker_id, list(pool.paths)).start()
     try:
-        warm_pool(pool, worker_id, log)
+        warm_pool(pool, worker_id, log, broken=presence.broken)
         presence.ready()
         if on_ready is not None:
             on_ready()
-        return _job_loop(queue, points, pool, runs, worker_id, poll=poll, stop=stop or threading.Event(),
-                         max_jobs=max_jobs)
+        return _job_loop(queue, points, pool, presence, finder, worker_id, poll=poll,
+                         stop=stop or threading.Event(), max_jobs=max_jobs, log=log)
     finally:
         presence.stop()
 
 
-def _job_loop(queue, points, pool, runs, worker_id: str, *, poll: float, stop: threading.Event,
-              max_jobs: int | None) -> int:
+def _rescan(pool, presence, finder, worker_id: str, log) -> None:
+    """Serve the runs found now: new ones are loaded (a run that cannot be served is reported as
+    broken, with its reason), removed ones dropped; the liveness record lists them at once."""
+    added, removed = pool.update(finder.paths())
+    if not added and not removed:
+        return
+    for run in removed:
+        presence.broken.pop(run, None)
+    log(f"worker {worker_id}: runs now {', '.join(pool.paths) or 'none'}"
+        + (f" (new: {', '.join(added)})" if added else "") + (f" (gone: {', '.join(removed)})" if removed else ""))
+    warm_pool(pool, worker_id, log, runs=added[: pool.max_models], broken=presence.broken)
+    presence.runs = list(pool.paths)
+    presence.beat()
+
+
+def _job_loop(queue, points, pool, presence, finder, worker_id: str, *, poll: float, stop: threading.Event,
+              max_jobs: int | None, log=print) -> int:
     done, last_reap = 0, 0.0
     while not stop.is_set():
         if time.time() - last_reap > queue.heartbeat_timeout / 2:
             queue.reap()
             last_reap = time.time()
-        job = queue.claim(runs, worker_id)
+        if finder.due():
+            _rescan(pool, presence, finder, worker_id, log)
+        job = queue.claim(list(pool.paths), worker_id)  # a broken run's jobs fail naming why
         if job is None:
             stop.wait(poll)
             continue
@@ -246,8 +313,9 @@ def _job_loop(queue, points, pool, runs, worker_id: str, *, poll: float, stop: t
     return done
 
 
-def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, device: str, dtype: str) -> int:
-    from llm_maps.jobs import default_state_dir, redis_url
+def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, device: str, dtype: str,
+                data_dirs=()) -> int:
+    from llm_maps.jobs import redis_url, state_dir_for
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if redis_url():  # scale-out: a Celery worker on REDIS_URL (it handles SIGTERM/SIGINT itself)
@@ -255,10 +323,14 @@ def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, devi
 
         log(f"llm-maps worker: serving {', '.join(Path(r).name for r in run_dirs) or 'build chunks only'} "
             f"from Celery on REDIS_URL")
-        return serve_celery(run_dirs, max_models=max_models, device=device, dtype=dtype, log=log)
-    if not run_dirs:
-        raise LLMMapsError("worker: give at least one RUN_DIR (or set REDIS_URL to serve build chunks only)")
-    state = Path(state_dir) if state_dir else default_state_dir(run_dirs)
+        from llm_maps.runfolder import find_runs
+
+        return serve_celery([*run_dirs, *(p for d in data_dirs for p in find_runs(d))], max_models=max_models,
+                            device=device, dtype=dtype, log=log)
+    if not run_dirs and not data_dirs:
+        raise LLMMapsError("worker: give at least one RUN_DIR or --data folder (or set REDIS_URL to serve build "
+                           "chunks only)")
+    state = Path(state_dir) if state_dir else state_dir_for(run_dirs, data_dirs)
     stop, serving = threading.Event(), threading.Event()
 
     def on_signal(*_):
@@ -275,7 +347,8 @@ def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, devi
                 if os.getppid() != int(parent):
                     stop.set()
         threading.Thread(target=watch, daemon=True).start()
-    log(f"llm-maps worker: serving {', '.join(Path(r).name for r in run_dirs)} from queue {state}")
+    log(f"llm-maps worker: serving {', '.join([*(Path(r).name for r in run_dirs), *(f'the runs in {d}' for d in data_dirs)])} "
+        f"from queue {state}")
     serve_jobs(run_dirs, state_dir=state, max_models=max_models, device=device, dtype=dtype, stop=stop, log=log,
-               on_ready=serving.set)
+               on_ready=serving.set, data_dirs=data_dirs)
     return 0

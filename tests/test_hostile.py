@@ -206,7 +206,7 @@ def test_queued_cancelled_jobs_free_their_places(api):
     queue.max_queued = 3
     ids = [client.post("/api/runs/syn/points", json=GOOD).get_json()["id"] for _ in range(3)]
     r = client.post("/api/runs/syn/points", json=GOOD)
-    assert r.status_code == 503 and "queue full (3 jobs waiting)" in r.get_json()["error"]
+    assert r.status_code == 503 and "queue full (3 jobs waiting for run 'syn')" in r.get_json()["error"]
     for job_id in ids:
         assert client.post(f"/api/points/{job_id}/cancel").get_json()["status"] == "cancelled"
         assert client.post(f"/api/points/{job_id}/cancel").get_json()["status"] == "cancelled"  # counted once

@@ -5,6 +5,7 @@ embedded worker of a real `llm-maps serve`, and of a Celery worker on Redis), qu
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -146,10 +147,25 @@ def test_health_names_runs_without_a_live_worker_where_workers_are_expected(tmp_
     assert r.get_json()["status"] == "no worker"
     assert r.get_json()["reason"] == "run 'syn': no worker has registered for this run"
     queue.register_worker("h:9", ["syn"], "ready")
-    r = client.get("/api/health")
+    r = client.get("/api/health")  # probes carry no password: run names and counts, no worker ids
     assert r.status_code == 200 and r.get_json() == {
         "status": "ready", "runs": 1, "broken": {},
-        "workers": {"syn": {"live": True, "workers": ["h:9"], "reason": None}}}
+        "workers": {"syn": {"live": True, "workers": 1, "reason": None}}}
+    queue.worker_gone("h:9", "exited (killed by SIGKILL); restarting in 1 s")
+    assert client.get("/api/health").get_json()["reason"] == \
+        "run 'syn': worker exited (killed by SIGKILL); restarting in 1 s"
+    # with the app's credentials, the details: worker ids
+    app = create_app([run], [], state_dir=tmp_path / "state", auth="ann:secret")
+    client = app.server.test_client()
+    app.server.config["LLM_MAPS_QUEUE"].register_worker("h:9", ["syn"], "ready")
+    assert client.get("/api/health").get_json()["workers"]["syn"]["workers"] == 1
+    for scheme in ("Basic", "basic", "BASIC"):  # RFC 7617: the scheme is case-insensitive
+        r = client.get("/api/health", headers={"Authorization": f"{scheme} " + base64.b64encode(b"ann:secret").decode()})
+        assert r.get_json()["workers"] == {"syn": {"live": True, "workers": ["h:9"], "reason": None}}, scheme
+        assert client.get("/api/runs", headers={"Authorization": f"{scheme} "
+                                                + base64.b64encode(b"ann:secret").decode()}).status_code == 200
+    assert client.get("/api/runs", headers={"Authorization": "Bearer " + base64.b64encode(b"ann:secret").decode()}
+                      ).status_code == 401
 
 
 def test_supervisor_restarts_with_back_off_records_the_exit_and_stops_its_worker(tmp_path):

@@ -21,17 +21,22 @@ from llm_maps.jobs import JobQueue, PointStore, QueueFull
 # --- the queue and the point store ------------------------------------------------------------
 
 def test_queue_claims_in_order_atomically_and_is_bounded(tmp_path):
-    q = JobQueue(tmp_path, max_queued=3)
+    q = JobQueue(tmp_path, max_queued=2)
     ids = [q.submit("r1", "place", {"instruction": f"q{i}"}) for i in range(2)]
-    other = q.submit("r2", "place", {"instruction": "x"})
-    with pytest.raises(QueueFull) as info:
+    with pytest.raises(QueueFull) as info:  # each run has its own bound...
         q.submit("r1", "place", {"instruction": "too many"})
-    assert info.value.retry_after >= 1
+    assert info.value.retry_after >= 1 and "queue full (2 jobs waiting for run 'r1')" in str(info.value)
+    other = q.submit("r2", "place", {"instruction": "x"})  # ...so a run nobody serves never starves the others
+    q.max_queued_total = 3  # and all runs together have theirs
+    with pytest.raises(QueueFull) as info:
+        q.submit("r3", "place", {"instruction": "over the total"})
+    assert "queue full (3 jobs waiting)" in str(info.value)
+    q.max_queued = 3
     assert q.claim(["r1"], "w1")["id"] == ids[0]
     job = q.get(ids[0])
     assert job["status"] == "running" and job["worker"] == "w1"
     # a second queue object on the same folder (another process, a restart) sees the same state
-    q2 = JobQueue(tmp_path, max_queued=3)
+    q2 = JobQueue(tmp_path, max_queued=2)
     assert q2.claim(["r2", "r1"], "w2")["id"] == other
     assert q2.claim(["r1"], "w2")["id"] == ids[1]
     assert q2.claim(["r1", "r2"], "w2") is None
@@ -39,6 +44,8 @@ def test_queue_claims_in_order_atomically_and_is_bounded(tmp_path):
     assert q.get(ids[1])["status"] == "done" and q.get(ids[1])["result"] == {"x": 1.0}
     assert check(q.get(ids[1]), JobRecord) == [] and check(q.get(ids[0]), JobRecord) == []
     q.submit("r1", "place", {"instruction": "room again"})  # claimed jobs free their places
+    q.submit("r1", "place", {"instruction": "and again"})
+    assert (q._count_waiting("r1"), q._count_waiting("r2"), q._count_waiting()) == (2, 0, 2)
 
 
 def test_running_job_without_heartbeat_fails_with_reason(tmp_path):
