@@ -34,8 +34,10 @@ def call(url: str, method: str = "GET", body: dict | None = None, timeout: float
 class LiveServer:
     """`llm-maps serve RUN --port P` in a subprocess with a fresh state folder."""
 
-    def __init__(self, run: Path, *, env: dict | None = None):
+    def __init__(self, run: Path, *, env: dict | None = None, args: list[str] | None = None,
+                 wait_worker: bool = True):
         self.run = Path(run)
+        self.args, self.wait_worker = args or [str(self.run)], wait_worker
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = Path(tempfile.mkdtemp(prefix="llm-maps-bench-state-"))
@@ -44,8 +46,9 @@ class LiveServer:
 
     def __enter__(self):
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(self.run), "--port",
-                                      str(self.port), "--prefix", "/"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", *self.args, "--port",
+                                      str(self.port), "--prefix", "/"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # its own process group: stopped whole
         deadline = time.time() + 300
         while True:  # web up
             try:
@@ -56,7 +59,7 @@ class LiveServer:
             if self.proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError("server did not start:\n" + self.read_log())
             time.sleep(0.2)
-        while "ready in" not in self.read_log():  # worker loaded and warmed
+        while self.wait_worker and "ready in" not in self.read_log():  # worker loaded and warmed
             if self.proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError("worker did not start:\n" + self.read_log())
             time.sleep(0.2)
@@ -68,11 +71,17 @@ class LiveServer:
         return (self.state / "serve.log").read_text(errors="replace")
 
     def __exit__(self, *exc):
+        import signal
+
         self.proc.terminate()
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # a worker that outlived the server (frozen, say)
+        except ProcessLookupError:
+            pass
         self.log.close()
 
     def submit(self, body: dict):

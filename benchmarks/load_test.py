@@ -15,6 +15,14 @@ N clients submit for ``--duration`` seconds while the embedded worker is SIGKILL
 their reasons), lost (accepted but never final: must be 0), p50/p95 latency, the restarts seen and
 how long /api/health answered 503; then the web process's peak memory while clients send
 oversize bodies (200 MB declared, 20 MB sent each, 4 at once), against its resting memory.
+
+Fault suite:  python benchmarks/load_test.py RUN_DIR --fault-suite [--clients 20 --phase 10 --outage 5]
+
+N clients submit and poll while the embedded worker is SIGKILLed, then frozen with SIGSTOP, a run is
+added to the served folder, renamed and removed; then on Redis (serve + a Celery worker) Redis is
+stopped and started again. Checks that no answer is a 5xx other than 503 with Retry-After, no job is
+seen both failed and done, none is lost, and every done job has exactly one saved point
+(benchmarks/_faults.py; tests/test_fault_suite.py runs a short form in CI).
 """
 
 from __future__ import annotations
@@ -44,7 +52,20 @@ def main(argv=None) -> int:
     ap.add_argument("--deadline", type=float, default=900.0, help="seconds for the whole test")
     ap.add_argument("--duration", type=float, default=60.0, help="with --kill-every: seconds of load")
     ap.add_argument("--kill-every", type=float, default=None, help="SIGKILL the embedded worker every N seconds")
+    ap.add_argument("--fault-suite", action="store_true", help="kill -9, SIGSTOP, runs added/renamed/removed, "
+                    "Redis stopped and started, under load (see the module doc)")
+    ap.add_argument("--phase", type=float, default=10.0, help="with --fault-suite: seconds of load between faults")
+    ap.add_argument("--outage", type=float, default=5.0, help="with --fault-suite: seconds Redis stays down")
+    ap.add_argument("--no-redis", action="store_true", help="with --fault-suite: leave out the Redis phase")
     args = ap.parse_args(argv)
+    if args.fault_suite:
+        from _faults import run_suite
+
+        results = run_suite(Path(args.run), clients=args.clients, phase=args.phase, outage=args.outage,
+                            redis=not args.no_redis)
+        ok = all(r["ok"] for r in results)
+        print("OK" if ok else "PROBLEM")
+        return 0 if ok else 1
     if args.kill_every:
         return run_faults(args)
 

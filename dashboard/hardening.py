@@ -110,6 +110,7 @@ def install_hardening(server, prefix: str = "/", dash_app=None) -> None:
     from werkzeug.exceptions import HTTPException
 
     from dashboard.api import max_body_bytes
+    from llm_maps.jobs import QueueFull
 
     api = f"{prefix}api/"
     json_paths = (api, f"{prefix}_llm_maps/", f"{prefix}_dash-update-component")
@@ -177,6 +178,11 @@ def install_hardening(server, prefix: str = "/", dash_app=None) -> None:
                 return too_large(flask.request.max_content_length or max_body())
             return flask.jsonify({"error": exc.description or exc.name}), exc.code
         return exc
+
+    @server.errorhandler(QueueFull)
+    def _queue_unavailable(exc):  # a page or callback that reads saved points while Redis is down
+        return flask.Response(flask.json.dumps({"error": str(exc)}), 503, mimetype="application/json",
+                              headers={"Retry-After": str(exc.retry_after)})
 
     if dash_app is not None:  # (after the body cap: an oversize callback body is a 413)
         _guard_dash(server, dash_app, prefix, error)

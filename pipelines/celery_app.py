@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 import time
 
 from llm_maps.jobs import (BUILD_QUEUE, TASK_ENCODE_CHUNK, TASK_RUN_JOB, TASK_SCORE_CHUNK, TASK_VIEWS_CHUNK, celery_app,
@@ -104,12 +106,32 @@ def serve_celery(run_dirs, *, max_models: int = 2, device: str = "auto", dtype: 
         log(f"worker {worker_id}: ready, consuming {', '.join(queues)}")
 
     worker_ready.connect(on_ready, weak=False)
+    threading.Thread(target=_restart_after_outage, args=(queue, log), daemon=True,
+                     name="llm-maps-broker-watch").start()
     try:
         _worker_main(app, queues, loglevel)
     finally:
         if presence is not None:
             presence.stop()
     return 0
+
+
+def _restart_after_outage(queue, log, every: float = 1.0) -> None:
+    """Once Redis is reachable again after an outage, start this worker afresh in the same process
+    (same pid, so the same worker id): Celery 5's consumer reconnects to Redis but then stops taking
+    tasks (celery/celery#8091, #9054), which would leave every later job queued forever. A job running
+    at that moment is failed by its missed heartbeats, as when a worker dies."""
+    lost = False
+    while True:
+        time.sleep(every)
+        try:
+            queue.redis.ping()
+        except Exception:  # noqa: BLE001 - any failure to reach Redis is an outage
+            lost = True
+            continue
+        if lost:
+            log(f"worker {_STATE.get('worker_id')}: Redis is back after an outage; restarting this worker")
+            os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def _worker_main(app, queues, loglevel: str) -> None:

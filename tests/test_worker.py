@@ -230,6 +230,30 @@ def test_serve_starts_a_worker_and_stops_it_on_sigterm(live, tmp_path):
             serve.kill()
 
 
+def test_a_worker_whose_run_of_that_id_is_another_run_fails_the_job(tmp_path):
+    """Workers with their own state folders (Celery workers on other machines) may give a run id to
+    another run than the web process does: the job's run key tells, and the job fails naming it."""
+    from pipelines.worker import execute_job
+    from llm_maps.runfolder import run_key
+
+    queue, points = JobQueue(tmp_path), PointStore(tmp_path)
+
+    class Pool:
+        paths = {"tiny": tmp_path / "elsewhere" / "tiny"}
+
+        def get(self, run):
+            return type("Session", (), {"manifest": {"created": "2026-01-02", "model": "m", "counts": {"examples": 5}}})()
+
+    job_id = queue.submit("tiny", "place", {"instruction": "x"},
+                          run_key=run_key({"created": "2026-01-01", "model": "m", "counts": {"examples": 5}}))
+    assert execute_job(queue, points, Pool(), queue.claim(["tiny"], "w"), "w") == "failed"
+    job = queue.get(job_id)
+    assert job["status"] == "failed" and job["error"].startswith(
+        f"run 'tiny' of worker w is another run than the one the web process serves under that id "
+        f"({tmp_path / 'elsewhere' / 'tiny'})")
+    assert points.list("tiny") == []
+
+
 def test_job_timeout_and_errors_fail_the_job_but_not_the_worker(tmp_path):
     from llm_maps.errors import LLMMapsError
     from pipelines.worker import execute_job
