@@ -2,7 +2,9 @@
 // POST /api/runs/<run>/points and polls GET /api/points/<id>; the point, its neighbour lines and
 // each generation's path are drawn here on the run's map (Plotly.react on the figure the server
 // drew, with our traces tagged meta.pg), and the streamed tokens are rendered as text spans
-// tinted by probability. User text only ever goes into text nodes and title attributes.
+// tinted by probability; the compare table of the kept generations is built here too. A shared link's
+// saved points come with the page (pg-shared) and are drawn together. User text only ever goes into
+// text nodes and title attributes.
 (() => {
   const COT = "Let's think step by step.";
   const FINAL = ['done', 'failed', 'cancelled'];
@@ -13,7 +15,8 @@
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   // state of this page: full results (tokens) per id, the kept generations, timings for the benchmark
   const PG = {results: {}, gens: [], overlay: null, current: null, active: null, run: null, palette: [], map: 'prompt',
-              timing: {}, polling: {}, loading: {}, drawing: false, drawPending: false, wantBase: null};
+              timing: {}, polling: {}, loading: {}, drawing: false, drawPending: false, wantBase: null,
+              draws: 0, sharedKey: null, shared: null};
 
   const plotted = (...args) => window.llmMaps.plotted(...args);  // dashboard.js
   const plotText = (v) => window.llmMaps.plotText(v);  // user text drawn by plotly: escaped (figures.plot_text)
@@ -145,6 +148,11 @@
     const base = gd.data.filter((t) => !(t.meta && t.meta.pg));
     await Plotly.react(gd, base.concat(pgTraces()), gd.layout);
     const now = performance.now();
+    PG.draws += 1;
+    if (PG.shared && PG.shared.drawn === undefined) {  // a shared link's points: all on the map now
+      PG.shared.drawn = now;
+      PG.shared.draws = PG.draws - PG.shared.drawsBefore;
+    }
     for (const g of PG.gens) {
       const res = PG.results[g.id], tm = PG.timing[g.id];
       if (!tm || !res) continue;
@@ -320,8 +328,25 @@
     poll(id, body.generate ? (max || null) : 0);
   }
 
-  // a shared link: the server found saved points in the store (status 'done'); other ids
-  // ('loading') are jobs still queued, running or ended without a saved point: poll them
+  // A shared link: the server sent the saved points it found in the store with the page (pg-shared,
+  // one read for the whole list), so they are all drawn by one draw, not one request and redraw
+  // each. Taken once per page (its key): the last one becomes the current point (its neighbours,
+  // expected accuracy and text), as when it was submitted.
+  function adoptShared(shared) {
+    if (!shared || !shared.key || shared.key === PG.sharedKey) return;
+    PG.sharedKey = shared.key;
+    const points = shared.points || {};
+    const ids = Object.keys(points);
+    for (const id of ids) PG.results[id] = points[id];
+    PG.shared = {key: shared.key, ids, start: performance.now(), drawsBefore: PG.draws};
+    const last = PG.gens.filter((g) => g.status !== 'removed').slice(-1)[0];
+    // right after this callback (not a task later): the server's neighbour lines for it then often
+    // arrive while the map is still being drawn, and the first draw has them too
+    if (last && points[last.id]) queueMicrotask(() => { if (PG.sharedKey === shared.key) setCurrent(last.id); });
+  }
+
+  // ids of a shared link not in the store ('loading') are jobs still queued, running or ended
+  // without a saved point: poll them; a saved point not sent with the page is fetched
   async function load(run, g) {
     const id = g.id;
     if (PG.loading[id] || PG.results[id] || PG.polling[id]) return;
@@ -336,6 +361,102 @@
     if (last && last.id === id) setCurrent(id);
     drawNow();
   }
+
+  // ---------------------------------------------------------------- compare table
+  // One row per kept generation, built here as plain DOM (user text only in text nodes and title
+  // attributes); the markup is what the Dash components gave (dbc.Table, dbc.Button), row and
+  // button ids included. Hide/show and remove are one click listener on the page.
+  function fmtG(v, p) {  // Python's format(v, '.<p>g')
+    if (v === 0) return Object.is(v, -0) ? '-0' : '0';
+    if (!Number.isFinite(v)) return Number.isNaN(v) ? 'nan' : (v > 0 ? 'inf' : '-inf');
+    const strip = (s) => (s.includes('.') ? s.replace(/0+$/, '').replace(/\.$/, '') : s);
+    const [m, e] = v.toExponential(p - 1).split('e');
+    const exp = Number(e);
+    if (exp < -4 || exp >= p) return strip(m) + 'e' + (exp < 0 ? '-' : '+') + String(Math.abs(exp)).padStart(2, '0');
+    return strip(v.toFixed(p - 1 - exp));
+  }
+  function fmt(v) {  // components._fmt: '—' for missing, 4 significant digits
+    if (v === null || v === undefined || (typeof v === 'number' && Number.isNaN(v))) return '—';
+    return typeof v === 'number' ? fmtG(v, 4) : String(v);
+  }
+  const dashId = (type, id) => JSON.stringify({index: id, type});
+
+  function el(tag, props, children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (v === null || v === undefined) continue;
+      if (k === 'style') Object.assign(e.style, v); else if (k === 'data') Object.assign(e.dataset, v);
+      else e.setAttribute(k === 'className' ? 'class' : k, v);
+    }
+    for (const c of [].concat(children === undefined ? [] : children)) {
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  function compareTable(gens, palette) {
+    gens = (gens || []).filter((g) => g.status !== 'removed');
+    if (!gens.length) return el('div', {className: 'small text-muted'}, 'Generations you submit are kept here to compare.');
+    const has = (v) => v !== null && v !== undefined;
+    const atlas = gens.some((g) => has(g.mean_dist));
+    const head = ['', 'prompt', 'decoding', 'status', 'tokens', 'mean log-lik', 'perplexity', 'path length', 'final dist']
+      .concat(atlas ? ['mean step dist', 'max step dist'] : []).concat(['']);
+    const rows = gens.map((g, i) => {
+      const dec = g.kind === 'place' ? '—'
+        : (!g.temperature ? 'greedy' : 'T=' + fmtG(Number(g.temperature), 6) + ' seed ' + (has(g.seed) ? g.seed : 'None'));
+      const colour = palette.length ? palette[i % palette.length] : '#333';
+      const text = Array.from(String(g.instruction || g.id)).slice(0, 80).join('');
+      return el('tr', {id: dashId('pg-row', g.id), className: g.hidden ? 'pg-hidden' : '', data: {pgId: g.id}}, [
+        el('td', {}, el('span', {style: {color: colour}}, '●')),
+        el('td', {className: 'pg-cmp-prompt'}, el('span', {title: String(g.instruction || '')}, text)),
+        el('td', {}, dec), el('td', {className: 'pg-cmp-status'}, has(g.status) ? g.status : ''),
+        el('td', {}, has(g.n_tokens) ? String(g.n_tokens) : '—'),
+        el('td', {}, fmt(g.mean_logprob)), el('td', {}, fmt(g.perplexity)),
+        el('td', {}, fmt(g.path_length)), el('td', {}, fmt(g.final_dist)),
+        ...(atlas ? [el('td', {className: 'pg-cmp-mean-dist'}, fmt(g.mean_dist)),
+                     el('td', {className: 'pg-cmp-max-dist'}, fmt(g.max_dist))] : []),
+        el('td', {className: 'text-nowrap'}, [
+          el('button', {id: dashId('pg-hide', g.id), className: 'py-0 me-1 btn btn-outline-secondary btn-sm',
+                        type: 'button', data: {pgAction: 'hide', pgId: g.id}}, g.hidden ? 'show' : 'hide'),
+          el('button', {id: dashId('pg-remove', g.id), className: 'py-0 btn btn-outline-danger btn-sm',
+                        type: 'button', data: {pgAction: 'remove', pgId: g.id}}, 'remove')]),
+      ]);
+    });
+    return el('div', {className: 'table-responsive'},
+              el('table', {className: 'small pg-compare-table mb-0 table table-sm table-hover'}, [
+                el('thead', {}, el('tr', {}, head.map((h) => el('th', {}, h)))), el('tbody', {}, rows)]));
+  }
+
+  // Drawn into #pg-compare (a Div whose children React leaves alone) once the page has it; a newer
+  // list replaces a pending one.
+  const CMP = {gens: null, palette: [], waiting: false};
+  function renderCompare(since = performance.now()) {
+    const box = document.getElementById('pg-compare');
+    if (!box) {  // the callback ran before React mounted the page: a moment later (not forever)
+      if (!CMP.waiting && performance.now() - since < 10000) {
+        CMP.waiting = true;
+        setTimeout(() => { CMP.waiting = false; renderCompare(since); }, 20);
+      }
+      return;
+    }
+    const key = JSON.stringify([CMP.gens, CMP.palette]);
+    if (box.firstChild && box.__pgShown === key) return;
+    box.__pgShown = key;
+    box.replaceChildren(compareTable(CMP.gens, CMP.palette));
+  }
+
+  document.addEventListener('click', (ev) => {
+    const b = ev.target && ev.target.closest ? ev.target.closest('#pg-compare button[data-pg-action]') : null;
+    if (!b) return;
+    const id = b.dataset.pgId;
+    if (b.dataset.pgAction === 'hide') {
+      PG.gens = PG.gens.map((g) => (g.id === id ? Object.assign({}, g, {hidden: !g.hidden}) : g));
+    } else {
+      PG.gens = PG.gens.filter((g) => g.id !== id);
+      if (PG.current === id) { PG.current = null; PG.overlay = null; }
+    }
+    set('pg-gens', {data: PG.gens});
+  });
 
   // The Map page's "your points" layer: traces drawn by the server (dashboard/userpoints.py), kept on
   // the map across its redraws (a large run's server figures, colour changes) by re-adding them
@@ -390,25 +511,17 @@
         set('pg-status', {children: 'cancelling…'});
         return NO();
       },
-      edit(hideClicks, removeClicks, gens) {
-        const trig = window.dash_clientside.callback_context.triggered_id;
-        if (!trig || !trig.index) return NO();
-        const clicked = window.dash_clientside.callback_context.triggered.some((t) => t.value);
-        if (!clicked) return NO();
-        let out = (gens || []).slice();
-        if (trig.type === 'pg-hide') {
-          out = out.map((g) => (g.id === trig.index ? Object.assign({}, g, {hidden: !g.hidden}) : g));
-        } else {
-          out = out.filter((g) => g.id !== trig.index);
-          if (PG.current === trig.index) { PG.current = null; PG.overlay = null; }
-        }
-        PG.gens = out;
-        return out;
+      compare(gens, palette) {
+        CMP.gens = gens || [];
+        CMP.palette = palette || [];
+        renderCompare();
+        return NO();
       },
-      draw(gens, overlay, figure, run, palette) {
+      draw(gens, overlay, figure, run, palette, shared) {
         PG.gens = gens || [];
         PG.run = run;
         PG.palette = palette || PG.palette;
+        adoptShared(shared);
         const trig = (window.dash_clientside.callback_context.triggered || []).map((t) => t.prop_id);
         if (trig.some((t) => t.startsWith('pg-overlay'))) PG.overlay = overlay;
         for (const g of PG.gens) {

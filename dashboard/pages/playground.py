@@ -6,10 +6,17 @@ The page is a client of the JSON API (dashboard/api.py): the browser posts the f
 request never blocks a Dash callback and the page shows exactly the errors the API gives (413,
 422, 503, failed jobs). Streamed tokens and paths are drawn by the browser; the server draws what
 needs the run: the base map, the neighbour list and lines, the expected accuracy and its falloff
-plot, the compare table and the drill-down.
+plot and the drill-down. The compare table of the kept generations is drawn by the browser too.
+
+A shared link (``?ids=``) opens saved points: the ids are deduplicated (first appearance kept) and
+capped at MAX_SHARED_IDS (parse_ids), the points read from the store once and sent with the page
+(shared_points), and the browser draws them all in one go.
 """
 
 from __future__ import annotations
+
+import uuid
+from typing import NamedTuple
 
 import dash
 import dash_bootstrap_components as dbc
@@ -25,7 +32,7 @@ dash.register_page(__name__, path="/playground", name="Playground", title="LLM M
 
 COT_CUE = "Let's think step by step."
 DEFAULT_MAX_TOKENS = 48
-MAX_SHARED_IDS = 200  # saved points a shared link may open at once
+MAX_SHARED_IDS = 100  # saved points a shared link may open at once (the rest are dropped, with a message)
 SUMMARY_FIELDS = ("n_tokens", "mean_logprob", "perplexity", "path_length", "final_dist", "mean_dist", "max_dist")
 ATLAS_SAMPLE = 4000  # atlas tokens drawn faintly under the token map
 
@@ -47,16 +54,63 @@ def gen_entry(point: dict, status: str = "done") -> dict:
                                                           if point.get("variation") else {})}
 
 
-def stored_points(run: str, ids: list[str]) -> list[dict]:
-    """The saved points of a shared link, in its order (unknown ids are left to the browser)."""
+class SharedIds(NamedTuple):
+    ids: list[str]  # the ids opened: each once, in the order of first appearance, at most the cap
+    listed: int  # different ids in the link
+    duplicates: int  # repeats of an id already listed (opened once)
+    dropped: int  # different ids past the cap (not opened)
+    cap: int
+
+
+def parse_ids(ids, cap: int = MAX_SHARED_IDS) -> SharedIds:
+    """The ``ids=`` of a shared link (comma-separated): blanks skipped, each id once in the order
+    it first appears, the first ``cap`` of them kept."""
+    seen: dict[str, None] = {}
+    total = 0
+    for part in str(ids or "").split(","):
+        pid = part.strip()
+        if pid:
+            total += 1
+            seen.setdefault(pid, None)
+    unique = list(seen)
+    cap = max(0, int(cap))
+    return SharedIds(unique[:cap], len(unique), total - len(unique), max(0, len(unique) - cap), cap)
+
+
+def shared_points(run: str, ids: list[str]) -> tuple[list[dict], dict[str, dict]]:
+    """The saved points of a shared link, from one read of the store: the page's entries in the
+    link's order (ids not in the store are 'loading': jobs the browser polls) and the points found,
+    by id (sent with the page, so the browser draws them all at once instead of one request each)."""
     import flask
 
     store = flask.current_app.config.get("LLM_MAPS_POINTS")
     by_id = {p.get("id"): p for p in store.list(run)} if (store is not None and ids) else {}  # one read
-    out = []
+    gens, found = [], {}
     for pid in ids:
         point = by_id.get(pid)
-        out.append(gen_entry(point) if point else {"id": pid, "status": "loading", "hidden": False})
+        if point:
+            found[pid] = point
+        gens.append(gen_entry(point) if point else {"id": pid, "status": "loading", "hidden": False})
+    return gens, found
+
+
+def stored_points(run: str, ids: list[str]) -> list[dict]:
+    """The saved points of a shared link, in its order (unknown ids are left to the browser)."""
+    return shared_points(run, ids)[0]
+
+
+def shared_notice(shared: SharedIds):
+    """What a shared link lost on the way: ids past the cap (dropped) and repeated ids (opened once)."""
+    out = []
+    if shared.dropped:
+        out.append(dbc.Alert(
+            f"This link lists {shared.listed} saved points; the playground opens at most {shared.cap} at once, "
+            f"so the last {shared.dropped} were dropped.", color="warning", className="small py-2 mb-1",
+            id="pg-ids-capped"))
+    if shared.duplicates:
+        n = shared.duplicates
+        out.append(html.Div(f"{n} repeated id{'s' if n != 1 else ''} in the link opened once.",
+                            className="small text-muted mb-1", id="pg-ids-duplicates"))
     return out
 
 
@@ -118,7 +172,9 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
                   "prompt": "prompt map (neighbour lines)"}
     colour = F.colour_choice(data, colour)
     colour_opts = F.colour_dropdown(data)
-    id_list = [i for i in str(ids or "").split(",") if i.strip()][:MAX_SHARED_IDS]
+    shared = parse_ids(ids)
+    gens, found = shared_points(data.id, shared.ids)
+    notice = shared_notice(shared)
     form = [
         C.run_picker(data.id),
         html.Div(V.origin_card(origin) if origin else None, id="pg-origin"),
@@ -162,14 +218,18 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
     ]
     return dbc.Container([
         dcc.Store(id="pg-run", data=data.id), dcc.Store(id="pg-palette", data=F.PALETTE),
-        dcc.Store(id="pg-gens", data=stored_points(data.id, id_list)),
+        dcc.Store(id="pg-gens", data=gens),
+        # the saved points of a shared link, drawn at once (key: this page, so the browser knows a new one)
+        dcc.Store(id="pg-shared", data={"key": uuid.uuid4().hex, "points": found}),
         dcc.Store(id="pg-current"), dcc.Store(id="pg-overlay"), dcc.Store(id="pg-nbr-pick"),
         dcc.Store(id="pg-example", data=origin["example_id"] if origin else None),
         html.Div(id="pg-url-sync", hidden=True), html.Div(id="pg-drawn", hidden=True),
         html.Div(id="pg-submitted", hidden=True), html.Div(id="pg-cancelled", hidden=True),
+        html.Div(id="pg-compared", hidden=True),
         dbc.Row([
             dbc.Col(form, md=3, className="pt-2"),
             dbc.Col([
+                html.Div(notice, id="pg-ids-notice", className="pt-2" if notice else None),
                 dbc.Row([dbc.Col(dcc.Dropdown(id="pg-colour", options=colour_opts, value=colour, clearable=False),
                                  md=4),
                          dbc.Col(html.Div("★ your prompt · path: one arrow per generated token, coloured by its "
@@ -311,42 +371,6 @@ def drill(clicks, run_id):
     return C.drilldown(data, C.row_of(data, ctx.triggered_id["index"]))
 
 
-@callback(Output("pg-compare", "children"), Input("pg-gens", "data"))
-def compare_table(gens):
-    """One row per kept generation: mean log-likelihood, perplexity, tokens, path length in the
-    full space, final distance to train (with a token atlas: the mean and the largest distance of
-    the steps to their nearest training steps); show/hide and remove."""
-    gens = [g for g in gens or [] if g.get("status") != "removed"]
-    if not gens:
-        return html.Div("Generations you submit are kept here to compare.", className="small text-muted")
-    atlas = any(g.get("mean_dist") is not None for g in gens)
-    extra = ("mean step dist", "max step dist") if atlas else ()
-    head = html.Thead(html.Tr([html.Th(h) for h in ("", "prompt", "decoding", "status", "tokens", "mean log-lik",
-                                                     "perplexity", "path length", "final dist", *extra, "")]))
-    body = []
-    for i, g in enumerate(gens):
-        dec = "—" if g.get("kind") == "place" else (
-            "greedy" if not g.get("temperature") else f"T={g['temperature']:g} seed {g.get('seed')}")
-        colour = F.PALETTE[i % len(F.PALETTE)]
-        body.append(html.Tr([
-            html.Td(html.Span("●", style={"color": colour})),
-            html.Td(html.Span(str(g.get("instruction") or g["id"])[:80], title=str(g.get("instruction") or "")),
-                    className="pg-cmp-prompt"),
-            html.Td(dec), html.Td(g.get("status"), className="pg-cmp-status"),
-            html.Td(str(g["n_tokens"]) if g.get("n_tokens") is not None else "—"),
-            html.Td(C._fmt(g.get("mean_logprob"))), html.Td(C._fmt(g.get("perplexity"))),
-            html.Td(C._fmt(g.get("path_length"))), html.Td(C._fmt(g.get("final_dist"))),
-            *([html.Td(C._fmt(g.get("mean_dist")), className="pg-cmp-mean-dist"),
-               html.Td(C._fmt(g.get("max_dist")), className="pg-cmp-max-dist")] if atlas else []),
-            html.Td([dbc.Button("show" if g.get("hidden") else "hide", id={"type": "pg-hide", "index": g["id"]},
-                                size="sm", color="secondary", outline=True, className="py-0 me-1"),
-                     dbc.Button("remove", id={"type": "pg-remove", "index": g["id"]}, size="sm", color="danger",
-                                outline=True, className="py-0")], className="text-nowrap"),
-        ], id={"type": "pg-row", "index": g["id"]}, className="pg-hidden" if g.get("hidden") else ""))
-    return html.Div(dbc.Table([head, html.Tbody(body)], size="sm", hover=True, className="small pg-compare-table mb-0"),
-                    className="table-responsive")
-
-
 @callback(Output("pg-var-result", "children"), Output("pg-var-plot", "figure"), Output("pg-var-history", "children"),
           Input("pg-gens", "data"), Input("pg-example", "data"), State("pg-run", "data"), State("theme-dark", "value"))
 def variation_panel(gens, example_id, run_id, dark):
@@ -377,13 +401,15 @@ dash.clientside_callback(dash.ClientsideFunction("playground", "submit"), Output
                          prevent_initial_call=True)
 dash.clientside_callback(dash.ClientsideFunction("playground", "cancel"), Output("pg-cancelled", "children"),
                          Input("pg-cancel", "n_clicks"), prevent_initial_call=True)
-dash.clientside_callback(dash.ClientsideFunction("playground", "edit"), Output("pg-gens", "data"),
-                         Input({"type": "pg-hide", "index": ALL}, "n_clicks"),
-                         Input({"type": "pg-remove", "index": ALL}, "n_clicks"), State("pg-gens", "data"),
-                         prevent_initial_call=True)
+# the compare table: one row per kept generation (mean log-likelihood, perplexity, tokens, path length
+# in the full space, final distance to train; with a token atlas the mean and the largest distance of
+# the steps to their nearest training steps), show/hide and remove. Drawn by the browser: as Dash
+# components, a shared link's 100 rows (~1,500 components) took the renderer seconds to mount.
+dash.clientside_callback(dash.ClientsideFunction("playground", "compare"), Output("pg-compared", "children"),
+                         Input("pg-gens", "data"), State("pg-palette", "data"))
 dash.clientside_callback(dash.ClientsideFunction("playground", "draw"), Output("pg-drawn", "children"),
                          Input("pg-gens", "data"), Input("pg-overlay", "data"), Input("pg-graph", "figure"),
-                         State("pg-run", "data"), State("pg-palette", "data"))
+                         State("pg-run", "data"), State("pg-palette", "data"), State("pg-shared", "data"))
 dash.clientside_callback(dash.ClientsideFunction("playground", "syncUrl"), Output("pg-url-sync", "children"),
                          Input("pg-run", "data"), Input("pg-instruction", "value"), Input("pg-context", "value"),
                          Input("pg-mode", "value"), Input("pg-temperature", "value"), Input("pg-seed", "value"),
