@@ -51,12 +51,9 @@ def chunk_path(dist: Path, chunk: int) -> Path:
 def client_device(spec: dict) -> str:
     """The device kind the batches are planned for: the spec's, or this machine's kind for "auto"
     (pass --batch-tokens to choose)."""
-    device = spec.get("device") or "auto"
-    if device == "auto":
-        import torch
+    from pipelines.models import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    return resolve_device(spec.get("device") or "auto")
 
 
 def open_plan(dist: Path, fingerprint: str, write: Callable[[Path], dict]) -> None:

@@ -55,17 +55,30 @@ def with_cache(cache) -> dict:
     return {"cache": cache} if _new_cache_api() else {"past_key_values": cache}
 
 
+# The one place a device and a precision are chosen: every stage (build, score, views, atlas,
+# conditions, finetune, the worker, distributed chunks) goes through resolve_device / resolve_dtype.
 def resolve_device(device: str = "auto") -> str:
+    """"auto" -> "cuda" when CUDA is available, else "cpu"; a CUDA device that this machine does not
+    have is a one-line error."""
     import torch
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LLMMapsError(f"--device {device}: CUDA is not available on this machine")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LLMMapsError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise LLMMapsError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                               f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif device != "cpu":
+        raise LLMMapsError(f"--device {device}: unknown device (auto, cpu, cuda, cuda:N)")
     return device
 
 
 def resolve_dtype(dtype: str, device: str):
+    """"auto" -> bf16 on CUDA, fp32 on CPU; bf16 and fp16 can be asked for anywhere (CPU bf16 is
+    tested on every machine)."""
     import torch
 
     if dtype in (None, "", "auto"):
