@@ -116,6 +116,9 @@ def detector_figure(result: dict, *, dark: bool = False) -> go.Figure:
     return _layout(fig, "Distance as an error detector", dark)
 
 
+DIFF_COLOUR = {False: "#222222", True: "#f0f0f0"}  # the contrast rows: readable on either theme
+
+
 def contrast_figure(result: dict, *, dark: bool = False) -> go.Figure:
     """Slopes per domain (all examples, and within task) and the contrast, with 95 % intervals."""
     con = result["contrast"]
@@ -124,7 +127,11 @@ def contrast_figure(result: dict, *, dark: bool = False) -> go.Figure:
         rows.append((f"{name}: slope", st["slope"], st["slope_low"], st["slope_high"], _colour(name, i)))
         rows.append((f"{name}: within task", st["slope_within_task"], st["slope_within_task_low"],
                      st["slope_within_task_high"], _colour(name, i)))
-    rows.append((f"difference {con['a']} − {con['b']}", con["slope_diff"], con["low"], con["high"], "#222222"))
+    for part, label in (("pooled", "difference"), ("within", "difference within tasks"),
+                        ("between", "difference between tasks")):
+        q = con if part == "pooled" else con.get(part)
+        if q:
+            rows.append((f"{label} {con['a']} − {con['b']}", q["slope_diff"], q["low"], q["high"], DIFF_COLOUR[dark]))
     fig = go.Figure()
     for label, v, lo, hi, colour in rows:
         if v is None:
@@ -169,14 +176,51 @@ def confidence_figure(result: dict, *, dark: bool = False) -> go.Figure | None:
 
 
 def robustness_rows(result: dict) -> list[list[str]]:
-    """The robustness table as text cells (header first)."""
+    """The robustness table as text cells (header first): each variant's interval and permutation
+    p-value, Holm-adjusted across the table, and the directional verdict on the adjusted p."""
+    from llm_maps.findings import robust_excludes_0
+
     con = result["contrast"]
     out = [["view", "layer", "metric", "encodings", f"slope {con['a']}", f"slope {con['b']}", "difference",
-            "95 % interval", "interval excludes 0"]]
+            "95 % interval", "interval excludes 0", "p", "p (Holm)", "supported (adjusted)"]]
     for r in result.get("robustness") or []:
         out.append([r["view"], str(r["layer"]), r["metric"], "centred" if r["centred"] else "raw",
                     _f(r.get("slope_a")), _f(r.get("slope_b")), _f(r["slope_diff"]),
-                    f"[{_f(r['low'])}, {_f(r['high'])}]", "yes" if r["supported"] else "no"])
+                    f"[{_f(r['low'])}, {_f(r['high'])}]", "yes" if robust_excludes_0(r) else "no",
+                    _f(r.get("p_value"), ".3g"), _f(r.get("p_holm"), ".3g"),
+                    "yes" if r.get("supported_adjusted") else "no"])
+    return out
+
+
+PARTS = (("pooled", "pooled (all examples)"), ("within", "within tasks (task fixed effects)"),
+         ("between", "between tasks (task accuracy vs task distance)"))
+VERDICT_COLOURS = {"supported": "success", "reversed": "warning", "not supported": "secondary"}
+
+
+def verdict_colour(result: dict) -> str:
+    """The page's colour for the headline verdict: green only for the hypothesis supported; a
+    reversed difference is a warning, never green; older files without verdict_detail read their text."""
+    detail = (result.get("verdict_detail") or {}).get("pooled")
+    if detail is None:
+        text = result.get("verdict", "")
+        detail = "not supported" if text.startswith("not supported") else \
+            "reversed" if text.startswith("reversed") else "supported"
+    return VERDICT_COLOURS[detail]
+
+
+def parts_rows(result: dict) -> list[list[str]]:
+    """Pooled, within-task and between-task contrasts side by side, with their verdicts (header first)."""
+    con = result["contrast"]
+    detail = result.get("verdict_detail") or {}
+    out = [["part", f"slope {con['a']}", f"slope {con['b']}", f"difference {con['a']} − {con['b']} [95 %]", "p",
+            "minimum detectable", "verdict"]]
+    for part, label in PARTS:
+        q = con if part == "pooled" else con.get(part)
+        if not q:
+            continue
+        out.append([label, _f(q.get("slope_a")), _f(q.get("slope_b")),
+                    f"{_f(q.get('slope_diff'))} [{_f(q.get('low'))}, {_f(q.get('high'))}]", _f(q.get("p_value"), ".3g"),
+                    _f(q.get("mdd")), detail.get(part, "-")])
     return out
 
 
@@ -215,8 +259,10 @@ def findings_section_html(result: dict) -> str:
     parts = [f"<h3>Findings</h3><p class='verdict' id='findings-verdict'><strong>{html.escape(result['verdict'])}"
              f"</strong></p><p class='note'>{html.escape(describe(result))}. {html.escape(result.get('unit', ''))}. "
              f"{html.escape(result.get('interval', ''))}.</p>"]
-    if result.get("model"):
-        parts.append(f"<p class='note'>model {html.escape(str(result['model']))}</p>")
+    if result.get("model"):  # by its name: an export never holds the author's file system
+        from llm_maps.runfolder import model_name
+
+        parts.append(f"<p class='note'>model {html.escape(model_name({'model': result['model']}))}</p>")
     for note in result.get("notes") or []:
         parts.append(f"<p class='note'>Note: {html.escape(note)}</p>")
     figs = figures(result)
@@ -224,6 +270,8 @@ def findings_section_html(result: dict) -> str:
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False, config=config, div_id=div_id))
         if div_id == "findings-curves":
             parts.append(_html_table(domain_rows(result), "findings-domains"))
+        if div_id == "findings-contrast":
+            parts.append(_html_table(parts_rows(result), "findings-parts"))
     if "findings-confidence" not in figs:
         parts.append("<p class='note'>No first-token statistics in this run (re-run <code>llm-maps score</code>).</p>")
     if result.get("robustness"):

@@ -545,13 +545,34 @@ class CkaFile(TypedDict):
 # task-clustered bootstrap 95 %)
 
 
-class FindingsContrast(TypedDict):
-    a: Annotated[str, "first domain of the contrast (--contrast A,B)"]
+class FindingsPart(TypedDict):
+    slope_a: Annotated[float | None, "slope of domain a (within: conditional logit; between: logistic on the "
+                                     "task's mean distance percentile)"]
+    slope_b: Annotated[float | None, "slope of domain b"]
+    slope_diff: Annotated[float | None, "slope_a - slope_b"]
+    low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower (small-cluster corrected)"]
+    high: Annotated[float | None, "upper"]
+    p_value: Annotated[float | None, "two-sided, domain labels permuted across tasks"]
+    se: Annotated[float | None, "standard error the interval implies"]
+    mdd: Annotated[float | None, "minimum detectable difference (80% power, 5% level)"]
+    bootstrap_failed: Annotated[int, "replicates whose fit failed, left out"]
+    permutations: Annotated[int, "permutations that fitted"]
+
+
+class FindingsContrastParts(TypedDict, total=False):
+    within: Annotated[FindingsPart, "the within-task contrast (format 2)"]
+    between: Annotated[FindingsPart, "the between-task contrast (format 2)"]
+
+
+class FindingsContrast(FindingsContrastParts):
+    a: Annotated[str, "first domain of the contrast (--contrast A,B): the hypothesis is that a falls off more "
+                      "steeply than b"]
     b: Annotated[str, "second domain"]
     slope_a: Annotated[float | None, "logistic slope of domain a"]
     slope_b: Annotated[float | None, "logistic slope of domain b"]
     slope_diff: Annotated[float | None, "slope_a - slope_b (negative: a falls off more steeply)"]
-    low: Annotated[float | None, "task-clustered bootstrap 95% interval of slope_diff, lower"]
+    low: Annotated[float | None, "task-clustered bootstrap 95% interval of slope_diff, lower (small-cluster "
+                                 "corrected from format 2)"]
     high: Annotated[float | None, "upper"]
     p_value: Annotated[float | None, "two-sided, domain labels permuted across tasks (null: not computed)"]
     se: Annotated[float | None, "standard error the interval implies ((high - low) / 3.92)"]
@@ -652,7 +673,7 @@ class DistanceRaw(TypedDict):
     quartiles: Annotated[list[float], "25th, 50th, 75th percentiles of the raw distances"]
 
 
-class RobustnessRow(TypedDict):
+class _RobustnessOld(TypedDict):
     layer: Annotated[int, "stored layer"]
     metric: Annotated[str, "cosine | euclidean"]
     view: Annotated[str, "prompt | completion ..."]
@@ -662,16 +683,25 @@ class RobustnessRow(TypedDict):
     slope_diff: Annotated[float | None, "slope_a - slope_b"]
     low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower"]
     high: Annotated[float | None, "upper"]
-    supported: Annotated[bool, "the interval excludes 0"]
+
+
+class RobustnessRow(_RobustnessOld, total=False):
+    excludes_0: Annotated[bool, "the interval excludes 0 (format 2; format 1 called it 'supported')"]
+    p_value: Annotated[float | None, "permutation p-value of this variant"]
+    p_holm: Annotated[float | None, "p_value Holm-adjusted across the table"]
+    supported_adjusted: Annotated[bool, "the directional verdict on the Holm-adjusted p is 'supported'"]
 
 
 class _FindingsOptional(TypedDict, total=False):
+    verdict_detail: Annotated[dict[str, str], "pooled, within, between -> supported | not supported | reversed "
+                                              "(format 2)"]
     condition: Annotated[str, "the condition of conditions.parquet whose correctness was analysed (`findings "
                               "--condition`; absent: examples.parquet's, i.e. direct)"]
 
 
 class FindingsFile(_FindingsOptional):
-    format_version: Annotated[int, "findings.json format (1)"]
+    format_version: Annotated[int, "findings.json format (2: within/between contrasts, verdict_detail, "
+                                   "robustness p-values)"]
     split: Annotated[str, "rows analysed (test)"]
     layer: Annotated[int, "stored layer of the distances"]
     metric: Annotated[str, "cosine | euclidean"]

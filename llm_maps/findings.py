@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 FloatArray = npt.NDArray[np.float64]
 
 FINDINGS_FILE = "findings.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: contrast.within / .between, verdict_detail, robustness excludes_0 / p_holm
+MIN_TASKS_FOR_CLAIM = 5  # fewer tasks in a domain than this: no claim, whatever the interval says
+ALPHA = 0.05
+VERDICTS = ("supported", "not supported", "reversed")
 DEFAULT_CONTRAST = ("Chollet", "Reasoning")
 FIRST_TOKEN_COLUMNS = ("first_entropy", "first_top_prob", "first_kl_to_mean")
 METRICS = ("cosine", "euclidean")
@@ -179,6 +182,41 @@ def _cond_loglik(x: np.ndarray, y: np.ndarray, betas: np.ndarray) -> np.ndarray:
     return out
 
 
+def within_curves(*, x: np.ndarray, y: np.ndarray, task: np.ndarray, lim: float = 20.0,
+                  grid_step: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each task's conditional-logit log-likelihood on a grid of slopes: (grid [G], per-task [T, G] in
+    ``np.unique(task)`` order, informative [T]). A set of tasks' within-task slope is the argmax of
+    the sum of its rows, so bootstrap replicates and permutations are weightings of the rows. Tasks
+    where all or none are correct (or x does not vary) carry no information: their rows are 0."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    names, codes = np.unique(np.asarray(task), return_inverse=True)
+    grid = np.arange(-lim, lim + grid_step / 2, grid_step)
+    per_task = np.zeros((len(names), len(grid)))  # [T, G]
+    informative = np.zeros(len(names), dtype=bool)
+    for t in range(len(names)):
+        g = np.flatnonzero(codes == t)
+        if 0 < y[g].sum() < len(g) and np.ptp(x[g]) > 0:
+            informative[t] = True
+            per_task[t] = _cond_loglik(x[g], y[g], grid)
+    return grid, per_task, informative
+
+
+def curve_argmax(ll: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """[R] the slope maximising each row of summed log-likelihoods ``ll`` [R, G] (refined by a
+    parabola through the grid point and its neighbours); NaN where the maximum is at an end of the
+    grid (separation) or a row is all 0 (no informative task)."""
+    ll = np.atleast_2d(ll)
+    j = np.argmax(ll, axis=1)
+    interior = (j > 0) & (j < len(grid) - 1) & np.any(ll != 0, axis=1)
+    jj = np.clip(j, 1, len(grid) - 2)
+    rows = np.arange(len(j))
+    l0, l1, l2 = ll[rows, jj - 1], ll[rows, jj], ll[rows, jj + 1]
+    curv = l0 - 2 * l1 + l2
+    shift = np.where(curv < 0, 0.5 * (l0 - l2) / np.where(curv < 0, curv, -1), 0.0)
+    out: FloatArray = np.where(interior, grid[jj] + np.clip(shift, -0.5, 0.5) * (grid[1] - grid[0]), np.nan)
+    return out
+
+
 def conditional_logit_slope(*, x: np.ndarray, y: np.ndarray, task: np.ndarray,
                             task_weights: np.ndarray | None = None, lim: float = 20.0,
                             grid_step: float = 0.05) -> tuple[float, np.ndarray, int]:
@@ -191,14 +229,11 @@ def conditional_logit_slope(*, x: np.ndarray, y: np.ndarray, task: np.ndarray,
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     names, codes = np.unique(np.asarray(task), return_inverse=True)
     groups = [np.flatnonzero(codes == t) for t in range(len(names))]
-    informative = [t for t, g in enumerate(groups) if 0 < y[g].sum() < len(g) and np.ptp(x[g]) > 0]
+    grid, per_task, inf_mask = within_curves(x=x, y=y, task=task, lim=lim, grid_step=grid_step)
+    informative = list(np.flatnonzero(inf_mask))
     reps = np.full(0 if task_weights is None else np.atleast_2d(task_weights).shape[0], np.nan)
     if not informative:
         return math.nan, reps, 0
-    grid = np.arange(-lim, lim + grid_step / 2, grid_step)
-    per_task = np.zeros((len(names), len(grid)))  # [T, G]
-    for t in informative:
-        per_task[t] = _cond_loglik(x[groups[t]], y[groups[t]], grid)
     total = per_task.sum(0)
     i = int(np.argmax(total))
     slope = math.nan
@@ -214,15 +249,7 @@ def conditional_logit_slope(*, x: np.ndarray, y: np.ndarray, task: np.ndarray,
         curv = l0 - 2 * l1 + l2
         slope = float(fine[1] + (0.5 * (l0 - l2) / curv * (fine[1] - fine[0]) if curv < 0 else 0.0))
     if task_weights is not None:
-        ll = np.atleast_2d(np.asarray(task_weights, dtype=float)) @ per_task  # [R, G]
-        j = np.argmax(ll, axis=1)
-        interior = (j > 0) & (j < len(grid) - 1)
-        jj = np.clip(j, 1, len(grid) - 2)
-        rows = np.arange(len(j))
-        l0, l1, l2 = ll[rows, jj - 1], ll[rows, jj], ll[rows, jj + 1]
-        curv = l0 - 2 * l1 + l2
-        shift = np.where(curv < 0, 0.5 * (l0 - l2) / np.where(curv < 0, curv, -1), 0.0)
-        reps = np.where(interior, grid[jj] + np.clip(shift, -0.5, 0.5) * grid_step, np.nan)
+        reps = curve_argmax(np.atleast_2d(np.asarray(task_weights, dtype=float)) @ per_task, grid)
     return slope, reps, len(informative)
 
 
@@ -303,66 +330,169 @@ def check_contrast(*, domains: Sequence[str], tasks_per_domain: dict[str, int], 
     return a, b
 
 
-def contrast_bootstrap(*, da: DomainData, db: DomainData, n_boot: int, seed: int) -> dict[str, Any]:
-    """Slopes of two domains and their difference (a - b) with task-clustered bootstrap replicates."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {}
-    for key, dd in (("a", da), ("b", db)):
-        counts = task_resample_counts(n_tasks=dd.n_tasks, n_boot=n_boot, rng=rng)
-        ia, sa, _ = fit_logistic(x=dd.x, y=dd.y)
-        ib, sb, ok = fit_logistic(x=dd.x, y=dd.y, weights=dd.weights(counts))
-        out[key] = {"intercept": float(ia[0]), "slope": float(sa[0]), "boot_intercept": ib, "boot_slope": sb,
-                    "counts": counts}
-    diff = out["a"]["boot_slope"] - out["b"]["boot_slope"]
-    out["diff"] = out["a"]["slope"] - out["b"]["slope"]
-    out["boot_diff"] = diff
+def task_means(dd: "DomainData") -> np.ndarray:
+    """[n] each row's task mean of x (the between-task covariate of the hybrid model)."""
+    sums = np.bincount(dd.codes, weights=dd.x, minlength=dd.n_tasks)
+    sizes = np.bincount(dd.codes, minlength=dd.n_tasks)
+    out: FloatArray = (sums / np.maximum(sizes, 1))[dd.codes]
     return out
 
 
-def permutation_p_value(*, da: DomainData, db: DomainData, observed: float, n_perm: int, seed: int) -> tuple[float | None, int]:
-    """Two-sided p-value of the slope difference: domain labels shuffled across the pooled tasks
-    (each domain keeps its number of tasks). Returns (p, permutations that fitted)."""
-    if not np.isfinite(observed):
-        return None, 0
-    rng = np.random.default_rng(seed + 7919)
-    x = np.r_[da.x, db.x]
+def small_cluster(est: float, reps: np.ndarray, n_tasks: int) -> np.ndarray:
+    """Bootstrap replicates spread by sqrt(G / (G - 1)) around the estimate: the task bootstrap's
+    variance is (G - 1) / G of the unbiased one for G tasks (the CR1 correction of clustered
+    standard errors), which matters with few tasks."""
+    if n_tasks < 2 or not np.isfinite(est):
+        return np.asarray(reps, dtype=float)
+    out: FloatArray = est + math.sqrt(n_tasks / (n_tasks - 1)) * (np.asarray(reps, dtype=float) - est)
+    return out
+
+
+class Slopes:
+    """One part of the falloff (pooled, within or between tasks) for the two domains: the
+    estimates, the task-bootstrap replicates (the same draws for every part) and the slopes under
+    permuted domain labels (the same permutations for every part)."""
+
+    def __init__(self, est_a: float, est_b: float, boot_a: np.ndarray, boot_b: np.ndarray,
+                 perm_a: np.ndarray | None, perm_b: np.ndarray | None, fits: dict[str, Any] | None = None):
+        self.est_a, self.est_b, self.boot_a, self.boot_b = est_a, est_b, boot_a, boot_b
+        self.perm_a, self.perm_b = perm_a, perm_b
+        self.fits = fits or {}  # pooled: each domain's {intercept, slope, boot_intercept, boot_slope}
+
+
+def _fit_parts(da: "DomainData", db: "DomainData", counts_a: np.ndarray, counts_b: np.ndarray,
+               labels: np.ndarray | None) -> dict[str, Slopes]:
+    """Pooled (logistic on x), between (logistic on the task-mean x: task accuracy against the task's
+    distance) and within (conditional logit, task fixed effects) slopes of both domains, on the
+    given bootstrap counts [B, T] and permutation labels [P, Ta + Tb] (1 = the task goes to a)."""
+    out = {}
+    pooled_x = np.r_[da.x, db.x]
     y = np.r_[da.y, db.y]
     codes = np.r_[da.codes, db.codes + da.n_tasks]
-    n_all = da.n_tasks + db.n_tasks
-    labels = np.zeros((n_perm, n_all))
-    labels[:, :da.n_tasks] = 1.0
-    labels = rng.permuted(labels, axis=1)  # [P, T]: 1 = task goes to a
-    wa = labels[:, codes]
-    _, sa, oka = fit_logistic(x=x, y=y, weights=wa)
-    _, sb, okb = fit_logistic(x=x, y=y, weights=1.0 - wa)
-    good = oka & okb
-    d = (sa - sb)[good]
-    if len(d) == 0:
-        return None, 0
-    return float((1 + np.sum(np.abs(d) >= abs(observed) - 1e-12)) / (len(d) + 1)), int(len(d))
+    for part, xa, xb in (("pooled", da.x, db.x), ("between", task_means(da), task_means(db))):
+        fits = {}
+        for key, dd, xx, counts in (("a", da, xa, counts_a), ("b", db, xb, counts_b)):
+            ia, sa, _ = fit_logistic(x=xx, y=dd.y)
+            ib, sb, _ = fit_logistic(x=xx, y=dd.y, weights=dd.weights(counts))
+            fits[key] = {"intercept": float(ia[0]), "slope": float(sa[0]), "boot_intercept": ib, "boot_slope": sb,
+                         "counts": counts}
+        perm_a = perm_b = None
+        if labels is not None:
+            x_all = pooled_x if part == "pooled" else np.r_[xa, xb]
+            w = labels[:, codes]
+            perm_a = fit_logistic(x=x_all, y=y, weights=w)[1]
+            perm_b = fit_logistic(x=x_all, y=y, weights=1.0 - w)[1]
+        out[part] = Slopes(fits["a"]["slope"], fits["b"]["slope"], fits["a"]["boot_slope"], fits["b"]["boot_slope"],
+                           perm_a, perm_b, fits)
+    curves = {}
+    for key, dd in (("a", da), ("b", db)):
+        grid, per_task, _ = within_curves(x=dd.x, y=dd.y, task=dd.codes)
+        curves[key] = per_task
+    est_a = conditional_logit_slope(x=da.x, y=da.y, task=da.codes)[0]
+    est_b = conditional_logit_slope(x=db.x, y=db.y, task=db.codes)[0]
+    perm_a = perm_b = None
+    if labels is not None:
+        both = np.vstack([curves["a"], curves["b"]])
+        perm_a, perm_b = curve_argmax(labels @ both, grid), curve_argmax((1.0 - labels) @ both, grid)
+    out["within"] = Slopes(est_a, est_b, curve_argmax(counts_a @ curves["a"], grid),
+                           curve_argmax(counts_b @ curves["b"], grid), perm_a, perm_b)
+    return out
+
+
+def part_contrast(sl: Slopes, *, n_tasks_a: int, n_tasks_b: int) -> dict[str, Any]:
+    """slope_a, slope_b, slope_diff = a - b with its task-bootstrap 95 % interval (small-cluster
+    corrected), the two-sided permutation p-value (labels permuted across tasks), the standard error
+    the interval implies and the minimum detectable difference (80 % power, 5 % level)."""
+    diff = sl.est_a - sl.est_b
+    boot = small_cluster(sl.est_a, sl.boot_a, n_tasks_a) - small_cluster(sl.est_b, sl.boot_b, n_tasks_b)
+    lo, hi = _interval(boot)
+    se = None if lo is None or hi is None else float((hi - lo) / (2 * Z95))
+    p, n_perm = None, 0
+    if sl.perm_a is not None and sl.perm_b is not None and np.isfinite(diff):
+        d = sl.perm_a - sl.perm_b
+        d = d[np.isfinite(d)]
+        if len(d):
+            p, n_perm = float((1 + np.sum(np.abs(d) >= abs(diff) - 1e-12)) / (len(d) + 1)), int(len(d))
+    return {"slope_a": _num(sl.est_a), "slope_b": _num(sl.est_b), "slope_diff": _num(diff), "low": lo, "high": hi,
+            "p_value": p, "se": se, "mdd": None if se is None else float((Z95 + Z80) * se),
+            "bootstrap_failed": int((~np.isfinite(boot)).sum()), "permutations": n_perm}
+
+
+def part_verdict(part: Mapping[str, Any], *, n_tasks_a: int, n_tasks_b: int, p_value: float | None = None) -> str:
+    """The hypothesis is directional: "a falls off more steeply than b" (slope_a - slope_b < 0).
+    ``supported`` when the interval lies below 0, the permutation test rejects equal slopes and a's
+    slope is negative; ``reversed`` when the interval lies above 0 and the test rejects; otherwise
+    ``not supported`` (so too with no p-value, or fewer than MIN_TASKS_FOR_CLAIM tasks in a domain).
+    ``p_value``: use this one (e.g. Holm-adjusted) instead of the part's."""
+    lo, hi = part.get("low"), part.get("high")
+    p = part.get("p_value") if p_value is None else p_value
+    if lo is None or hi is None or p is None or min(n_tasks_a, n_tasks_b) < MIN_TASKS_FOR_CLAIM or p >= ALPHA:
+        return "not supported"
+    if hi < 0:
+        slope_a = part.get("slope_a")
+        return "supported" if slope_a is None or slope_a < 0 else "not supported"
+    if lo > 0:
+        return "reversed"
+    return "not supported"
 
 
 def verdict_line(contrast: dict[str, Any]) -> str:
-    """The plain verdict, generated from the contrast's numbers."""
+    """The plain verdict of the pooled contrast, generated from its numbers: a directional claim
+    ("a falls off more steeply than b") that may say "not supported" or "reversed"."""
     a, b = contrast["a"], contrast["b"]
     d, lo, hi, p = contrast["slope_diff"], contrast["low"], contrast["high"], contrast["p_value"]
-    tasks = f"{contrast['n_tasks_a']} vs {contrast['n_tasks_b']} tasks, {contrast['n_a']} vs {contrast['n_b']} examples"
+    ta, tb = contrast["n_tasks_a"], contrast["n_tasks_b"]
+    tasks = f"{ta} vs {tb} tasks, {contrast['n_a']} vs {contrast['n_b']} examples"
     if d is None or lo is None or hi is None:
         return (f"not supported: the slope difference {a} − {b} could not be estimated (a domain's accuracy is all "
                 f"right or all wrong, or its distances do not vary; {tasks})")
+    numbers = f"slope difference ({a} − {b}) {d:+.2f} [{lo:+.2f}, {hi:+.2f}] per unit percentile"
     ptxt = "" if p is None else f", p = {p:.3g}"
-    if (lo > 0 or hi < 0) and p is not None and p >= 0.05:  # the two tests disagree: no claim
+    if min(ta, tb) < MIN_TASKS_FOR_CLAIM:
+        few = a if ta <= tb else b
+        return (f"not supported: {few} has only {min(ta, tb)} tasks; no claim is made with fewer than "
+                f"{MIN_TASKS_FOR_CLAIM} tasks per domain ({numbers}{ptxt}; {tasks})")
+    if (lo > 0 or hi < 0) and p is None:
+        return (f"not supported: the {numbers} excludes 0, but no permutation test was run, and no claim is made "
+                f"without one ({tasks})")
+    if (lo > 0 or hi < 0) and p >= ALPHA:  # the two tests disagree: no claim
         return (f"not supported: the slope difference ({a} − {b}) {d:+.2f} has interval [{lo:+.2f}, {hi:+.2f}], "
                 f"which excludes 0, but the permutation test does not reject equal slopes (p = {p:.3g}) ({tasks})")
-    if lo > 0 or hi < 0:
-        steeper, flatter = (a, b) if d < 0 else (b, a)
-        return (f"{steeper} falls off more steeply than {flatter}: slope difference ({a} − {b}) {d:+.2f} "
-                f"[{lo:+.2f}, {hi:+.2f}] per unit percentile{ptxt} ({tasks})")
+    verdict = part_verdict(contrast, n_tasks_a=ta, n_tasks_b=tb)
+    if verdict == "supported":
+        return f"{a} falls off more steeply than {b}: {numbers}{ptxt} ({tasks})"
+    if verdict == "reversed":
+        sb = contrast.get("slope_b")
+        how = "falls off more steeply" if sb is None or sb < 0 else "has the lower slope"
+        return (f"reversed: {b} {how} than {a}, the opposite of the hypothesis that {a} falls off more steeply: "
+                f"{numbers}{ptxt} ({tasks})")
+    if hi < 0:  # significant, but a's slope is not negative: nothing falls off
+        return (f"not supported: {a}'s accuracy does not fall with distance (slope {contrast['slope_a']:+.2f}), so it "
+                f"cannot fall off more steeply than {b}'s, though its slope is the lower: {numbers}{ptxt} ({tasks})")
     mdd = contrast.get("mdd")
     tail = (f"; with these task counts a difference smaller than {mdd:.2f} cannot be detected (80 % power, "
             "5 % level)" if mdd is not None else "")
     return (f"not supported: the slope difference ({a} − {b}) {d:+.2f} has interval [{lo:+.2f}, {hi:+.2f}], "
             f"which includes 0{ptxt}{tail} ({tasks})")
+
+
+PART_WORDS = {  # (part, verdict) -> the sentence; {a}, {b}, {n}: domains and the part's numbers
+    ("within", "supported"): "within a task, distance matters more in {a} than in {b} ({n})",
+    ("within", "not supported"): "within a task, distance matters no more in {a} than in {b} ({n})",
+    ("within", "reversed"): "within a task, distance matters more in {b} than in {a}, the reverse ({n})",
+    ("between", "supported"): "far tasks are harder in {a} than in {b} ({n})",
+    ("between", "not supported"): "far tasks are no harder in {a} than in {b} ({n})",
+    ("between", "reversed"): "far tasks are harder in {b} than in {a}, the reverse ({n})",
+}
+
+
+def part_sentence(part: str, con: Mapping[str, Any], verdict: str) -> str:
+    """One part's plain sentence with its numbers."""
+    q = con.get(part) or {}
+    f = lambda v: "-" if v is None else f"{v:+.2f}"  # noqa: E731
+    n = (f"difference {f(q.get('slope_diff'))} [{f(q.get('low'))}, {f(q.get('high'))}]"
+         + ("" if q.get("p_value") is None else f", p = {q['p_value']:.3g}"))
+    return PART_WORDS[(part, verdict)].format(a=con["a"], b=con["b"], n=n)
 
 
 def _bins_on_scale(x: np.ndarray, y: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
@@ -414,7 +544,7 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
         intercept, slope = float(ia[0]), float(sa[0])
     else:
         intercept, slope, ib, sb = boot["intercept"], boot["slope"], boot["boot_intercept"], boot["boot_slope"]
-    lo, hi = _interval(sb) if dd.n_tasks >= 2 else (None, None)
+    lo, hi = _interval(small_cluster(slope, sb, dd.n_tasks)) if dd.n_tasks >= 2 else (None, None)
     _, raw_slope, _ = fit_logistic(x=dd.raw, y=dd.y)
     err = dd.y < 0.5
     auc = weighted_auroc(score=dd.x, positive=err)[0]
@@ -422,7 +552,7 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
     alo, ahi = _interval(auc_b)
     within, within_b, n_inf = conditional_logit_slope(x=dd.x, y=dd.y, task=dd.codes,
                                                       task_weights=counts if dd.n_tasks >= 2 else None)
-    wlo, whi = _interval(within_b) if n_inf >= 2 else (None, None)
+    wlo, whi = _interval(small_cluster(within, within_b, dd.n_tasks)) if n_inf >= 2 else (None, None)
     curve = None
     if np.isfinite(slope):
         p = expit(intercept + slope * curve_x)
@@ -484,26 +614,33 @@ def compute_findings(*, distance: np.ndarray, correct: Sequence[Any], domain: Se
                           where=where)
     data = {name: DomainData(name, pct[keep & (dom == name)], c[keep & (dom == name)], tsk[keep & (dom == name)],
                              d[keep & (dom == name)]) for name in sorted(tasks_per_domain)}
-    boot = contrast_bootstrap(da=data[a], db=data[b], n_boot=n_boot, seed=seed)
-    diff = boot["diff"] if np.isfinite(boot["diff"]) else None
-    lo, hi = _interval(boot["boot_diff"])
-    # the standard error the interval implies (robust to the odd near-separated replicate)
-    se = None if lo is None or hi is None else float((hi - lo) / (2 * Z95))
-    p, n_perm = (permutation_p_value(da=data[a], db=data[b], observed=boot["diff"], n_perm=n_boot, seed=seed)
-                 if permutation else (None, 0))
-    con = {"a": a, "b": b, "slope_a": _num(boot["a"]["slope"]), "slope_b": _num(boot["b"]["slope"]),
-           "slope_diff": _num(diff), "low": lo, "high": hi, "p_value": p, "se": se,
-           "mdd": None if se is None else float((Z95 + Z80) * se),
-           "n_tasks_a": data[a].n_tasks, "n_tasks_b": data[b].n_tasks, "n_a": len(data[a].y), "n_b": len(data[b].y),
-           "bootstrap_failed": int((~np.isfinite(boot["boot_diff"])).sum()), "permutations": n_perm}
+    da, db = data[a], data[b]
+    rng = np.random.default_rng(seed)
+    counts_a = task_resample_counts(n_tasks=da.n_tasks, n_boot=n_boot, rng=rng)
+    counts_b = task_resample_counts(n_tasks=db.n_tasks, n_boot=n_boot, rng=rng)
+    labels = None
+    if permutation:  # domain labels shuffled across the pooled tasks (each domain keeps its task count)
+        labels = np.zeros((n_boot, da.n_tasks + db.n_tasks))
+        labels[:, :da.n_tasks] = 1.0
+        labels = np.random.default_rng(seed + 7919).permuted(labels, axis=1)
+    parts = _fit_parts(da, db, counts_a, counts_b, labels)
+    sizes = {"n_tasks_a": da.n_tasks, "n_tasks_b": db.n_tasks}
+    pooled = part_contrast(parts["pooled"], **sizes)
+    con = {"a": a, "b": b, **pooled, **sizes, "n_a": len(da.y), "n_b": len(db.y),
+           **{part: part_contrast(parts[part], **sizes) for part in ("within", "between")}}
+    detail = {part: part_verdict(con if part == "pooled" else con[part], **sizes)
+              for part in ("pooled", "within", "between")}
     out = {"n_test": int(keep.sum()), "n_tasks": int(len(set(tsk[keep]))), "contrast": con,
-           "verdict": verdict_line(con)}
+           "verdict": verdict_line(con) + "; " + "; ".join(part_sentence(part, con, detail[part])
+                                                           for part in ("within", "between")),
+           "verdict_detail": detail}
     if not details:
         return out
     curve_x = np.linspace(0, 1, 21)
     domains = {}
     for name, dd in data.items():
-        shared = {"a": boot["a"], "b": boot["b"]}.get("a" if name == a else "b" if name == b else "", None)
+        fits = parts["pooled"].fits
+        shared = {a: fits["a"], b: fits["b"]}.get(name)
         domains[name] = _domain_stats(dd, shared, n_boot=n_boot, seed=seed, n_bins=n_bins,
                                       first_token={k: np.asarray(v, dtype=float)[keep & (dom == name)]
                                                    for k, v in (first_token or {}).items()},
@@ -512,8 +649,13 @@ def compute_findings(*, distance: np.ndarray, correct: Sequence[Any], domain: Se
     out.update({
         "unit": UNIT,
         "interval": (f"95 % percentile interval of a task-clustered bootstrap (tasks resampled with replacement "
-                     f"within each domain), B = {n_boot}, seed {seed}; p-value: {n_perm} permutations of domain "
-                     "labels across tasks; Wilson intervals for quartile accuracies"),
+                     f"within each domain; replicates spread by sqrt(G/(G-1)) for G tasks), B = {n_boot}, seed "
+                     f"{seed}; p-values: {con['permutations']} permutations of domain labels across tasks; a "
+                     f"difference is claimed only in the hypothesis' direction ({a} falls off more steeply), when "
+                     f"interval and permutation test agree, with at least {MIN_TASKS_FOR_CLAIM} tasks per domain; "
+                     "pooled = all examples, within = conditional logit (task fixed effects), between = task "
+                     "accuracy against the task's mean distance percentile; Wilson intervals for quartile "
+                     "accuracies"),
         "bootstrap": n_boot, "seed": seed,
         "distance_raw": {"n": int(len(finite)), "min": float(finite.min()), "max": float(finite.max()),
                          "quartiles": [float(v) for v in np.quantile(finite, [0.25, 0.5, 0.75])]},
@@ -653,11 +795,27 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
     return out
 
 
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None left out of the family and kept as
+    None): the k-th smallest of m is multiplied by m - k + 1, made monotone, capped at 1
+    (statsmodels' ``multipletests(method="holm")``)."""
+    idx = [i for i, v in enumerate(p_values) if v is not None]
+    m = len(idx)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for k, i in enumerate(sorted(idx, key=lambda i: float(p_values[i] or 0.0))):
+        running = max(running, min(1.0, (m - k) * float(p_values[i] or 0.0)))
+        out[i] = running
+    return out
+
+
 def robustness_table(run: Run, *, rows: np.ndarray, correct: Sequence[Any], domain: Sequence[Any],
                      task: Sequence[Any], contrast: Sequence[str], n_boot: int, seed: int, views: list[str],
                      progress: bool = True, where: str = "run") -> list[dict[str, Any]]:
-    """The contrast for every stored layer x metric x view, on raw and train-mean-centred encodings
-    (cosine only: euclidean distances do not change when every encoding moves by the same vector)."""
+    """The pooled contrast for every stored layer x metric x view, on raw and train-mean-centred
+    encodings (cosine only: euclidean distances do not change when every encoding moves by the same
+    vector), each with its permutation p-value; the p-values are Holm-adjusted across the table
+    (so many looks do not make a claim), ``supported_adjusted`` is the directional verdict on them."""
     from tqdm.auto import tqdm
 
     combos = [(k, m, v, c) for v in views for k in run.layers for m in METRICS for c in (False, True)
@@ -666,13 +824,24 @@ def robustness_table(run: Run, *, rows: np.ndarray, correct: Sequence[Any], doma
     for k, m, v, c in tqdm(combos, desc="robustness", unit="variant", disable=not progress, dynamic_ncols=True):
         dist = variant_distances(run, rows=rows, layer=k, metric=m, view=v, centred=c)
         res = compute_findings(distance=dist, correct=correct, domain=domain, task=task, contrast=contrast,
-                               n_boot=n_boot, seed=seed, permutation=False, details=False, where=where)
+                               n_boot=n_boot, seed=seed, details=False, where=where)
         con = res["contrast"]
         lo, hi = con["low"], con["high"]
         out.append({"layer": int(k), "metric": m, "view": v, "centred": bool(c), "slope_a": con["slope_a"],
                     "slope_b": con["slope_b"], "slope_diff": con["slope_diff"], "low": lo, "high": hi,
-                    "supported": bool(lo is not None and hi is not None and (lo > 0 or hi < 0))})
+                    "excludes_0": bool(lo is not None and hi is not None and (lo > 0 or hi < 0)),
+                    "p_value": con["p_value"], "_con": con})
+    for row, p_adj in zip(out, holm([r["p_value"] for r in out])):
+        con = row.pop("_con")
+        row["p_holm"] = p_adj
+        row["supported_adjusted"] = p_adj is not None and part_verdict(
+            con, n_tasks_a=con["n_tasks_a"], n_tasks_b=con["n_tasks_b"], p_value=p_adj) == "supported"
     return out
+
+
+def robust_excludes_0(row: Mapping[str, Any]) -> bool:
+    """A robustness row's "the interval excludes 0" (format 1 files called it ``supported``)."""
+    return bool(row.get("excludes_0", row.get("supported", False)))
 
 
 def read_findings(run_dir: str | Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -711,14 +880,24 @@ def format_findings(result: dict[str, Any]) -> str:
                          f"{f(st['near']['accuracy']):>10} {f(st['far']['accuracy']):>10}")
         lines.append(f"  ({result['unit']}; {result['interval']})")
     con = result["contrast"]
-    lines += ["", f"contrast {con['a']} − {con['b']}: {f(con['slope_diff'])} [{f(con['low'])}, {f(con['high'])}], "
-                  f"p = {f(con['p_value'], '.3g')}, minimum detectable difference {f(con['mdd'])}"]
+    detail = result.get("verdict_detail") or {}
+    lines += ["", f"contrast {con['a']} − {con['b']} (hypothesis: {con['a']} falls off more steeply):"]
+    for part in ("pooled", "within", "between"):
+        q = con if part == "pooled" else con.get(part)
+        if q is None:
+            continue
+        lines.append(f"  {part:<8} {f(q['slope_a'])} vs {f(q['slope_b'])}: difference {f(q['slope_diff'])} "
+                     f"[{f(q['low'])}, {f(q['high'])}], p = {f(q['p_value'], '.3g')}, minimum detectable "
+                     f"{f(q['mdd'])}  -> {detail.get(part, '-')}")
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
     if result.get("robustness"):
-        lines += ["", "robustness (slope difference, 95% interval; no permutation test per variant):",
-                  f"  {'view':<10} {'layer':>5} {'metric':<9} {'encodings':<9} {'diff':>7}  {'interval':<18} excludes 0"]
+        lines += ["", "robustness (pooled slope difference, 95% interval, permutation p Holm-adjusted across the table):",
+                  f"  {'view':<10} {'layer':>5} {'metric':<9} {'encodings':<9} {'diff':>7}  {'interval':<18} "
+                  f"{'excludes 0':<10} {'p':>6} {'p (Holm)':>8}  supported (adjusted)"]
         for r in result["robustness"]:
             lines.append(f"  {r['view']:<10} {r['layer']:>5} {r['metric']:<9} {'centred' if r['centred'] else 'raw':<9} "
-                         f"{f(r['slope_diff']):>7}  [{f(r['low'])}, {f(r['high'])}]{'':<4} {'yes' if r['supported'] else 'no'}")
+                         f"{f(r['slope_diff']):>7}  {'[' + f(r['low']) + ', ' + f(r['high']) + ']':<18} "
+                         f"{'yes' if robust_excludes_0(r) else 'no':<10} {f(r.get('p_value'), '.3g'):>6} "
+                         f"{f(r.get('p_holm'), '.3g'):>8}  {'yes' if r.get('supported_adjusted') else 'no'}")
     return "\n".join(lines)

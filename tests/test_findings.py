@@ -127,10 +127,14 @@ def test_steep_versus_flat_domain_is_detected_and_the_verdict_says_so():
     assert res["verdict"].startswith("Chollet falls off more steeply than Reasoning: slope difference "
                                      f"(Chollet − Reasoning) {con['slope_diff']:+.2f} [{con['low']:+.2f}, {con['high']:+.2f}]")
     assert "30 vs 30 tasks" in res["verdict"]
-    # the other order: the sign flips, the verdict does not
+    assert res["verdict_detail"]["pooled"] == "supported"
+    # the other order states the other hypothesis ("Reasoning falls off more steeply"): the data say
+    # the reverse, and the verdict says so (never a claim of the hypothesis)
     rev = compute_findings(**sim, contrast=("Reasoning", "Chollet"), n_boot=1000, seed=0)
     assert rev["contrast"]["slope_diff"] == pytest.approx(-con["slope_diff"]) and rev["contrast"]["low"] > 0
-    assert rev["verdict"].startswith("Chollet falls off more steeply than Reasoning")
+    assert rev["verdict_detail"]["pooled"] == "reversed"
+    assert rev["verdict"].startswith("reversed: Chollet falls off more steeply than Reasoning, the opposite of the "
+                                     "hypothesis that Reasoning falls off more steeply")
     assert res["domains"]["Chollet"]["auroc_low"] > 0.5  # distance flags the steep domain's errors
 
 
@@ -141,7 +145,15 @@ def test_the_verdict_claims_a_difference_only_when_interval_and_permutation_test
            "n_tasks_a": 23, "n_tasks_b": 18, "n_a": 448, "n_b": 426, "mdd": 4.2}
     assert verdict_line(con).startswith("Chollet falls off more steeply than Reasoning: slope difference "
                                         "(Chollet − Reasoning) -2.84 [-6.57, -0.63] per unit percentile, p = 0.03")
-    assert verdict_line({**con, "p_value": None}).startswith("Chollet falls off more steeply")  # no permutations run
+    assert verdict_line({**con, "p_value": None}).startswith(  # no permutations run: no claim
+        "not supported: the slope difference (Chollet − Reasoning) -2.84 [-6.57, -0.63] per unit percentile excludes "
+        "0, but no permutation test was run")
+    assert verdict_line({**con, "n_tasks_b": 4}).startswith(  # too few tasks: no claim
+        "not supported: Reasoning has only 4 tasks; no claim is made with fewer than 5 tasks per domain")
+    assert verdict_line({**con, "slope_a": 0.4, "slope_b": 3.2}).startswith(  # nothing falls off
+        "not supported: Chollet's accuracy does not fall with distance (slope +0.40)")
+    assert verdict_line({**con, "slope_diff": 2.84, "low": 0.63, "high": 6.57, "slope_b": -3.0}).startswith(
+        "reversed: Reasoning falls off more steeply than Chollet, the opposite of the hypothesis")
     assert verdict_line({**con, "p_value": 0.058}) == (
         "not supported: the slope difference (Chollet − Reasoning) -2.84 has interval [-6.57, -0.63], which "
         "excludes 0, but the permutation test does not reject equal slopes (p = 0.058) (23 vs 18 tasks, 448 vs "
@@ -283,10 +295,16 @@ def test_findings_command_writes_the_json_shape_html_and_run_file(syn_run, tmp_p
     assert combos == [(v, k, m, c) for v in ("prompt", "completion") for k in (1, 2)
                       for m, c in (("cosine", False), ("cosine", True), ("euclidean", False))]
     for r in res["robustness"]:
-        assert {"layer", "metric", "view", "centred", "slope_diff", "low", "high"} <= set(r)
+        assert {"layer", "metric", "view", "centred", "slope_diff", "low", "high", "excludes_0", "p_value", "p_holm",
+                "supported_adjusted"} <= set(r) and "supported" not in r
     own = next(r for r in res["robustness"] if (r["view"], r["layer"], r["metric"], r["centred"]) == ("prompt", 2, "cosine", False))
-    assert (own["slope_diff"], own["low"], own["high"]) == (res["contrast"]["slope_diff"], res["contrast"]["low"],
-                                                             res["contrast"]["high"])
+    assert (own["slope_diff"], own["low"], own["high"], own["p_value"]) == (
+        res["contrast"]["slope_diff"], res["contrast"]["low"], res["contrast"]["high"], res["contrast"]["p_value"])
+    from statsmodels.stats.multitest import multipletests
+
+    ps = [r["p_value"] for r in res["robustness"]]
+    assert [r["p_holm"] for r in res["robustness"]] == pytest.approx(list(multipletests(ps, method="holm")[1]))
+    assert set(res["verdict_detail"]) == {"pooled", "within", "between"} and res["format_version"] == 2
     html = out_html.read_text()
     assert "plotly.js v" in html and html.count("Plotly.newPlot") == 4 and "findings-robustness" in html
     assert "https://" not in html.split("</script>", 1)[1].split("made with")[0].replace("https://github.com", "")
@@ -473,3 +491,119 @@ def test_findings_page_in_the_browser(syn_run):
             assert log.take() == []
         finally:
             browser.close()
+
+
+# --- within vs between tasks, direction, multiplicity, few tasks -------------------------------------
+
+def simulate_hybrid(seed: int, *, within_a: float, within_b: float, between_a: float, between_b: float,
+                    n_tasks: int = 24, per_task: int = 20, spread: float = 0.25, task_sd: float = 0.3) -> dict:
+    """Two domains whose tasks sit at a mean distance m_t ~ U(0, 1), examples at m_t +/- spread;
+    log-odds = 0.5 + between * (m_t - 0.5) + within * (x - m_t) + task noise: ``between`` makes far
+    tasks harder (a between-task slope), ``within`` makes far examples of a task harder."""
+    rng = np.random.default_rng(seed)
+    cols = {"distance": [], "correct": [], "domain": [], "task": []}
+    for name, w, b in (("Chollet", within_a, between_a), ("Reasoning", within_b, between_b)):
+        for t in range(n_tasks):
+            m = rng.random()
+            x = m + rng.uniform(-spread, spread, per_task)
+            logit = 0.5 + b * (m - 0.5) + w * (x - m) + rng.normal(0, task_sd)
+            cols["distance"] += list(x)
+            cols["correct"] += list(rng.random(per_task) < 1 / (1 + np.exp(-logit)))
+            cols["domain"] += [name] * per_task
+            cols["task"] += [f"{name}/t{t}"] * per_task
+    return {k: np.array(v, dtype=object if k in ("domain", "task") else None) for k, v in cols.items()}
+
+
+def test_within_and_between_contrasts_equal_an_independent_recomputation():
+    """between = statsmodels Logit on the task-mean percentile; its permutation p = refits on the tasks a
+    permutation gives each domain; within's interval = per-domain conditional-logit replicates on the
+    same task draws, spread by sqrt(G/(G-1)), differenced, percentiles."""
+    import statsmodels.api as sm
+
+    from llm_maps.findings import small_cluster
+
+    sim = simulate_hybrid(4, within_a=-2.0, within_b=-1.0, between_a=-3.0, between_b=0.0, n_tasks=8, per_task=15)
+    res = compute_findings(**sim, n_boot=200, seed=3)
+    con = res["contrast"]
+    pct = percentile_scale(sim["distance"])
+    xbar, ys, codes = {}, {}, {}
+    for name in ("Chollet", "Reasoning"):
+        sel = sim["domain"] == name
+        x, y, task = pct[sel], sim["correct"][sel].astype(float), sim["task"][sel]
+        names, codes[name] = np.unique(task, return_inverse=True)
+        xbar[name] = np.array([x[codes[name] == t].mean() for t in range(len(names))])[codes[name]]
+        ys[name] = y
+        ref = sm.Logit(y, sm.add_constant(xbar[name])).fit(disp=0)
+        assert con["between"]["slope_a" if name == "Chollet" else "slope_b"] == pytest.approx(ref.params[1], rel=1e-7)
+        assert con["within"]["slope_a" if name == "Chollet" else "slope_b"] == pytest.approx(
+            res["domains"][name]["slope_within_task"])
+    # within: the same task draws (the seed's first two multinomial draws), replicate by replicate
+    rng = np.random.default_rng(3)
+    counts = {name: task_resample_counts(n_tasks=8, n_boot=200, rng=rng) for name in ("Chollet", "Reasoning")}
+    reps = {}
+    for name in ("Chollet", "Reasoning"):
+        sel = sim["domain"] == name
+        est, r, _ = conditional_logit_slope(x=pct[sel], y=ys[name], task=codes[name], task_weights=counts[name])
+        reps[name] = small_cluster(est, r, 8)
+    diff = reps["Chollet"] - reps["Reasoning"]
+    diff = diff[np.isfinite(diff)]
+    assert (con["within"]["low"], con["within"]["high"]) == (pytest.approx(np.percentile(diff, 2.5)),
+                                                           pytest.approx(np.percentile(diff, 97.5)))
+    # between's permutation p: each permutation's slopes refitted on the rows of the tasks it gives a domain
+    labels = np.zeros((200, 16))
+    labels[:, :8] = 1.0
+    labels = np.random.default_rng(3 + 7919).permuted(labels, axis=1)
+    x_all = np.r_[xbar["Chollet"], xbar["Reasoning"]]
+    y_all = np.r_[ys["Chollet"], ys["Reasoning"]]
+    c_all = np.r_[codes["Chollet"], codes["Reasoning"] + 8]
+    d = []
+    for row in labels:
+        mine = row[c_all] > 0.5
+        sa = fit_logistic(x=x_all[mine], y=y_all[mine])[1][0]
+        sb = fit_logistic(x=x_all[~mine], y=y_all[~mine])[1][0]
+        d.append(sa - sb)
+    d = np.array(d)
+    d = d[np.isfinite(d)]
+    expected = (1 + np.sum(np.abs(d) >= abs(con["between"]["slope_diff"]) - 1e-12)) / (len(d) + 1)
+    assert con["between"]["p_value"] == pytest.approx(expected) and con["between"]["permutations"] == len(d)
+
+
+def test_far_tasks_harder_in_one_domain_is_a_between_difference_not_a_within_one():
+    """Equal within-task slopes, far tasks harder only in Chollet: the pooled slope mixes the two; the
+    verdict says which part carries it."""
+    res = compute_findings(**simulate_hybrid(12, within_a=-1.0, within_b=-1.0, between_a=-6.0, between_b=0.0),
+                           n_boot=1000, seed=0)
+    assert res["verdict_detail"]["pooled"] == "supported"  # the pooled slope alone would claim a steeper falloff
+    assert res["verdict_detail"]["within"] == "not supported"
+    assert res["verdict_detail"]["between"] == "supported"
+    assert "far tasks are harder in Chollet than in Reasoning" in res["verdict"]
+    assert "within a task, distance matters no more in Chollet than in Reasoning" in res["verdict"]
+    within = res["contrast"]["within"]
+    assert within["low"] < 0 < within["high"]
+
+
+def test_a_within_task_difference_the_other_way_is_reversed():
+    res = compute_findings(**simulate_hybrid(5, within_a=0.0, within_b=-6.0, between_a=0.0, between_b=0.0,
+                                             spread=0.5), n_boot=1000, seed=0)
+    assert res["verdict_detail"]["within"] == "reversed"
+    assert "within a task, distance matters more in Reasoning than in Chollet, the reverse" in res["verdict"]
+    assert res["verdict_detail"]["pooled"] in ("reversed", "not supported")  # never "supported"
+
+
+def test_fewer_than_five_tasks_per_domain_make_no_claim():
+    res = compute_findings(**simulate(0, -6.0, 0.0, n_tasks=4, per_task=60), n_boot=500, seed=0)
+    con = res["contrast"]
+    assert con["high"] < 0  # the interval alone would claim it
+    assert res["verdict_detail"] == {"pooled": "not supported", "within": "not supported", "between": "not supported"}
+    assert res["verdict"].startswith("not supported: Chollet has only 4 tasks; no claim is made with fewer than 5")
+
+
+def test_holm_equals_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    from llm_maps.findings import holm
+
+    ps = [0.01, 0.04, 0.03, 0.2, 0.005, 0.5]
+    assert holm(ps) == pytest.approx(list(multipletests(ps, method="holm")[1]))
+    assert holm([0.01, None, 0.04]) == [pytest.approx(0.02), None, pytest.approx(0.04)]
+    assert holm([]) == []

@@ -167,8 +167,8 @@ def update_findings(layer, metric, view, centred, a, b, run_id, dark=False):
         return (dbc.Alert(str(exc), color="warning", id="findings-error"), "", *empty, *([True] * len(GRAPHS)),
                 None, None)
     figs = V.figures(result, dark=dark)
-    verdict = dbc.Alert([html.Strong(result["verdict"], id="findings-verdict-text")],
-                        color="success" if result["verdict"][:13] != "not supported" else "secondary")
+    verdict = dbc.Alert([html.Strong(result["verdict"], id="findings-verdict-text")], color=V.verdict_colour(result),
+                        id="findings-verdict-alert")
     notes = [html.Li(n) for n in result.get("notes") or []]
     src = html.Div([html.Span(f"{V.describe(result)}; statistics {source}. {result.get('unit', '')}. "
                               f"{result.get('interval', '')}.", id="findings-source-text"),
@@ -179,7 +179,8 @@ def update_findings(layer, metric, view, centred, a, b, run_id, dark=False):
     out_figs = [figs.get(g) or _empty("no first-token statistics in this run: re-run `llm-maps score`", dark)
                 for g in GRAPHS]
     return (verdict, src, *out_figs, *[g not in figs for g in GRAPHS],
-            _table(V.domain_rows(result), "findings-domain-table"), robust)
+            [_table(V.domain_rows(result), "findings-domain-table"), _table(V.parts_rows(result), "findings-parts-table")],
+            robust)
 
 
 dash.clientside_callback(
