@@ -191,7 +191,7 @@ def condition_falloff(data, cd: ConditionsData, names: list[str], *, dist: np.nd
         rows = sub["row"].to_numpy()
         x = np.asarray(dist, dtype=float)[rows]
         stats = falloff_stats(x, sub["correct"].astype(bool).tolist(), sub["domain"].astype(str).tolist(),
-                              n_bins=int(n_bins))
+                              n_bins=int(n_bins), tasks=sub["task"].astype(str).tolist())
         keep = np.isfinite(x)
         task = sub["task"].astype(str).to_numpy()
         dom = sub["domain"].astype(str).to_numpy()

@@ -456,7 +456,9 @@ class FalloffTrend(TypedDict, total=False):
     slope_low: Annotated[float | None, "95% Wald interval, lower"]
     slope_high: Annotated[float | None, "95% Wald interval, upper"]
     slope_se: Annotated[float, "standard error of the slope"]
-    note: Annotated[str, "why no slope was fitted"]
+    se_type: Annotated[str, "task-clustered (sandwich) | model-based (examples independent)"]
+    clusters: Annotated[int, "tasks the standard error is clustered on (fewer than 5: no claim)"]
+    note: Annotated[str, "why no slope (or no interval) was fitted"]
 
 
 class FalloffGroup(TypedDict):

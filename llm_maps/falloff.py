@@ -49,12 +49,20 @@ def assign_bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, len(edges) - 2)
 
 
-def logistic_trend(distance: np.ndarray, correct: np.ndarray, *, ridge: float = 1e-6,
-                   max_iter: int = 100) -> FalloffTrend:
-    """Logistic regression of correct on distance (IRLS); slope with its 95 % Wald interval."""
+MIN_CLUSTERS_FOR_CLAIM = 5  # fewer tasks than this: a trend is shown, never called a finding
+
+
+def logistic_trend(distance: np.ndarray, correct: np.ndarray, *, clusters: np.ndarray | None = None,
+                   ridge: float = 1e-6, max_iter: int = 100) -> FalloffTrend:
+    """Logistic regression of correct on distance (IRLS); slope with its 95 % Wald interval. With
+    ``clusters`` (each row's task), the standard error is task-clustered (the sandwich estimator
+    with statsmodels' small-sample factor G/(G-1) * (N-1)/(N-2)), since the examples of a task are
+    not independent: the ordinary one understates it. The one trend of the project: the Falloff
+    page, `llm-maps falloff`, the Compare curves and the summaries all use it."""
     x = np.asarray(distance, dtype=float)
     y = np.asarray(correct, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
+    g = None if clusters is None else np.asarray(clusters, dtype=object)[ok]
     x, y = x[ok], y[ok]
     n = len(x)
     if n < 3 or np.ptp(x) == 0 or y.min() == y.max():
@@ -71,15 +79,31 @@ def logistic_trend(distance: np.ndarray, correct: np.ndarray, *, ridge: float = 
         if np.max(np.abs(step)) < 1e-10:
             break
     p = 1 / (1 + np.exp(-(X @ beta)))
-    cov = np.linalg.inv(X.T @ (X * np.maximum(p * (1 - p), 1e-12)[:, None]) + ridge * np.eye(2))
+    bread = np.linalg.inv(X.T @ (X * np.maximum(p * (1 - p), 1e-12)[:, None]) + ridge * np.eye(2))
+    out: FalloffTrend = {"n": int(n), "intercept": float(beta[0]), "slope": float(beta[1])}
+    if g is None:
+        cov = bread
+        out["se_type"] = "model-based (examples independent)"
+    else:
+        names, codes = np.unique(g.astype(str), return_inverse=True)
+        n_g = len(names)
+        if n_g < 2:
+            return {**out, "slope_low": None, "slope_high": None, "clusters": int(n_g),
+                    "note": "one task only: no task-clustered interval"}
+        scores = np.zeros((n_g, 2))
+        np.add.at(scores, codes, X * (y - p)[:, None])  # each task's summed score
+        cov = bread @ (scores.T @ scores) @ bread * (n_g / (n_g - 1)) * ((n - 1) / (n - 2))
+        out["clusters"] = int(n_g)
+        out["se_type"] = "task-clustered (sandwich)"
     se = float(math.sqrt(max(cov[1, 1], 0.0)))
-    return {"n": int(n), "intercept": float(beta[0]), "slope": float(beta[1]),
-            "slope_low": float(beta[1] - Z95 * se), "slope_high": float(beta[1] + Z95 * se),
-            "slope_se": se}
+    out["slope_low"], out["slope_high"], out["slope_se"] = float(beta[1] - Z95 * se), float(beta[1] + Z95 * se), se
+    return out
 
 
-def group_falloff(distance: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> FalloffGroup:
-    """Accuracy per distance bin (given edges) with Wilson intervals, plus the logistic trend."""
+def group_falloff(distance: np.ndarray, correct: np.ndarray, edges: np.ndarray,
+                  tasks: np.ndarray | None = None) -> FalloffGroup:
+    """Accuracy per distance bin (given edges) with Wilson intervals, plus the logistic trend
+    (task-clustered when ``tasks`` are given)."""
     distance = np.asarray(distance, dtype=float)
     correct = np.asarray(correct, dtype=bool)
     bins: list[FalloffBin] = []
@@ -95,26 +119,29 @@ def group_falloff(distance: np.ndarray, correct: np.ndarray, edges: np.ndarray) 
     n, k = len(distance), int(correct.sum())
     low, high = wilson_interval(k, n)
     return {"n": n, "correct": k, "accuracy": (k / n) if n else None, "low": low if n else None,
-            "high": high if n else None, "bins": bins, "trend": logistic_trend(distance, correct)}
+            "high": high if n else None, "bins": bins, "trend": logistic_trend(distance, correct, clusters=tasks)}
 
 
 def falloff_stats(distance: np.ndarray, correct: np.ndarray, groups: Iterable[str] | None = None, *,
-                  n_bins: int = 5, per_group_bins: bool = True) -> dict[str, FalloffGroup]:
+                  n_bins: int = 5, per_group_bins: bool = True,
+                  tasks: Iterable[str] | None = None) -> dict[str, FalloffGroup]:
     """Falloff for all examples and per group (e.g. domain). Only rows with a finite distance and
-    a non-null ``correct`` count. Bins are equal-count, per group by default."""
+    a non-null ``correct`` count. Bins are equal-count, per group by default. ``tasks`` (each row's
+    task): the trends' intervals are task-clustered."""
     distance = np.asarray(distance, dtype=float)
     correct_arr = np.asarray([np.nan if c is None or (isinstance(c, float) and math.isnan(c)) else float(c)
                               for c in correct])
     keep = np.isfinite(distance) & np.isfinite(correct_arr)
     groups_arr = np.asarray(list(groups) if groups is not None else ["all"] * len(distance), dtype=object)
+    tasks_arr = None if tasks is None else np.asarray([str(t) for t in tasks], dtype=object)[keep]
     d, c, g = distance[keep], correct_arr[keep] > 0.5, groups_arr[keep]
     overall_edges = equal_count_edges(d, n_bins)
-    out = {"all": group_falloff(d, c, overall_edges)}
+    out = {"all": group_falloff(d, c, overall_edges, tasks_arr)}
     if groups is not None:
         for name in sorted(set(g.tolist())):
             sel = g == name
             edges = equal_count_edges(d[sel], n_bins) if per_group_bins else overall_edges
-            out[str(name)] = group_falloff(d[sel], c[sel], edges)
+            out[str(name)] = group_falloff(d[sel], c[sel], edges, None if tasks_arr is None else tasks_arr[sel])
     return out
 
 
@@ -137,6 +164,8 @@ def format_slope(trend: Mapping[str, Any] | None, *, unit: bool = False) -> str 
     distance's scale (euclidean slopes are small: -0.0123, not -0.00); None when not fitted."""
     if not trend or trend.get("slope") is None:
         return None
+    if trend.get("slope_low") is None or trend.get("slope_high") is None:
+        return f"{trend['slope']:.3g} [no interval]" + (f" {SLOPE_UNIT}" if unit else "")
     text = f"{trend['slope']:.3g} [{trend['slope_low']:.3g}, {trend['slope_high']:.3g}]"
     return text + (f" {SLOPE_UNIT}" if unit else "")
 
@@ -145,6 +174,11 @@ def slope_verdict(trend: Mapping[str, Any] | None) -> str:
     """A plain reading of the slope's 95 % interval."""
     if not trend or trend.get("slope") is None:
         return "not enough variation to fit"
+    if trend.get("slope_low") is None or trend.get("slope_high") is None:
+        return str(trend.get("note") or "no interval")
+    clusters = trend.get("clusters")
+    if clusters is not None and clusters < MIN_CLUSTERS_FOR_CLAIM:
+        return f"no claim: only {clusters} tasks"
     if trend["slope_high"] < 0:
         return "falls with distance"
     if trend["slope_low"] > 0:

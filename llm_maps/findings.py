@@ -370,7 +370,7 @@ def _fit_parts(da: "DomainData", db: "DomainData", counts_a: np.ndarray, counts_
     y = np.r_[da.y, db.y]
     codes = np.r_[da.codes, db.codes + da.n_tasks]
     for part, xa, xb in (("pooled", da.x, db.x), ("between", task_means(da), task_means(db))):
-        fits = {}
+        fits: dict[str, dict[str, Any]] = {}
         for key, dd, xx, counts in (("a", da, xa, counts_a), ("b", db, xb, counts_b)):
             ia, sa, _ = fit_logistic(x=xx, y=dd.y)
             ib, sb, _ = fit_logistic(x=xx, y=dd.y, weights=dd.weights(counts))
@@ -489,7 +489,10 @@ PART_WORDS = {  # (part, verdict) -> the sentence; {a}, {b}, {n}: domains and th
 def part_sentence(part: str, con: Mapping[str, Any], verdict: str) -> str:
     """One part's plain sentence with its numbers."""
     q = con.get(part) or {}
-    f = lambda v: "-" if v is None else f"{v:+.2f}"  # noqa: E731
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:+.2f}"
+
     n = (f"difference {f(q.get('slope_diff'))} [{f(q.get('low'))}, {f(q.get('high'))}]"
          + ("" if q.get("p_value") is None else f", p = {q['p_value']:.3g}"))
     return PART_WORDS[(part, verdict)].format(a=con["a"], b=con["b"], n=n)

@@ -46,6 +46,25 @@ def accuracy_lines(frame: pd.DataFrame) -> list[str]:
     return out
 
 
+def findings_lines(run_dir: str | Path) -> list[str]:
+    """The findings verdict first (findings.json): the directional claim with its numbers, and for
+    the pooled, within-task and between-task contrasts whether it is supported, not supported or
+    reversed; nothing when there are no findings yet."""
+    from .findings import read_findings
+
+    result, error = read_findings(run_dir)
+    if result is None:
+        return [f"findings   {error}"] if error else []
+    con = result["contrast"]
+    out = [f"findings   {result['verdict']}"]
+    detail = result.get("verdict_detail")
+    if detail:
+        out.append(f"           hypothesis: {con['a']} falls off more steeply than {con['b']}; "
+                   + ", ".join(f"{part}: {detail[part]}" for part in ("pooled", "within", "between") if part in detail)
+                   + f" (layer {result['layer']}, {result['metric']}, {result['n_tasks']} tasks)")
+    return out
+
+
 def falloff_lines(run_dir: str | Path, frame: pd.DataFrame, manifest: Mapping[str, Any]) -> list[str]:
     """The falloff per domain: logistic slope with its interval and verdict, and the accuracy of
     the nearest and the farthest distance bin (from falloff.json's default variant, else computed)."""
@@ -58,17 +77,21 @@ def falloff_lines(run_dir: str | Path, frame: pd.DataFrame, manifest: Mapping[st
             variant = next(v for v in data["variants"] if v.get("default"))
             stats, source, n_bins = variant["stats"], FALLOFF_FILE, data.get("n_bins", n_bins)
             layer, metric = variant["layer"], variant["metric"]
+            if any((st.get("trend") or {}).get("slope") is not None and "clusters" not in st["trend"]
+                   for st in stats.values()):
+                stats = None  # written before trends were task-clustered: recomputed below, clustered
         except (OSError, ValueError, KeyError, StopIteration):
             stats = None
     if stats is None:
+        source = "computed now from dist_to_train"
         name, rows = _split_scored(frame)
         if not rows.any():
             return []
         stats = falloff_stats(frame["dist_to_train"].to_numpy(dtype=float)[rows],
                               frame["correct"].to_numpy(dtype=object)[rows], frame["domain"].to_numpy()[rows],
-                              n_bins=n_bins)
+                              n_bins=n_bins, tasks=frame["task"].astype(str).to_numpy()[rows])
     out = [f"falloff    layer {layer}, {metric} distance, {n_bins} equal-count bins ({source}); "
-           f"slope in {SLOPE_UNIT} [95% interval]"]
+           f"slope in {SLOPE_UNIT} [95% interval, task-clustered]"]
     width = max(len(g) for g in stats)
     for group, st in stats.items():
         bins = [b for b in st["bins"] if b["n"]]

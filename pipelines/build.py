@@ -383,7 +383,9 @@ def summarize_run(run_dir: str | Path) -> str:
     manifest = read_manifest(run_dir)
     frame = pd.read_parquet(Path(run_dir) / EXAMPLES)
     c = manifest["counts"]
-    lines = [f"run        {Path(run_dir)}",
+    from llm_maps.report import accuracy_lines, falloff_lines, findings_lines
+
+    lines = [f"run        {Path(run_dir)}", *findings_lines(run_dir),  # the verdict first
              f"model      {manifest['model']} ({manifest['dtype']} on {manifest['device']})",
              f"template   {manifest['prompt_template']['name']}, pooling {manifest['pooling']}, "
              f"max_length {manifest['max_length']} (truncated: {c.get('truncated', 0)})",
@@ -414,8 +416,6 @@ def summarize_run(run_dir: str | Path) -> str:
     if enc:
         lines.append(f"encoding   {enc['tokens']} tokens in {enc['seconds']:.1f} s "
                      f"({enc['tokens_per_second']:.0f} tokens/s)")
-    from llm_maps.report import accuracy_lines, falloff_lines
-
     lines += accuracy_lines(frame)
     if frame["correct"].notna().any() and frame["dist_to_train"].notna().any():
         lines += falloff_lines(run_dir, frame, manifest)

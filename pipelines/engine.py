@@ -78,7 +78,8 @@ class RunSession:
         if len(test) == 0:
             return None
         return falloff_stats(test["dist_to_train"].to_numpy(dtype=float),
-                             test["correct"].astype(object).tolist(), test["domain"].tolist())
+                             test["correct"].astype(object).tolist(), test["domain"].tolist(),
+                             tasks=test["task"].astype(str).tolist())
 
     def _load_atlas(self, ex) -> None:
         """The token atlas of the map layer (when the run has one): generated tokens are measured

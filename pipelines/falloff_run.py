@@ -47,6 +47,7 @@ def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] |
         rows[cond_rows] = True
         correct = np.array(cond_correct, dtype=object)  # cond_rows are sorted, as rows' True entries
     domains = frame["domain"].to_numpy()[rows]
+    tasks = frame["task"].astype(str).to_numpy()[rows]  # the trends' intervals are task-clustered
     default_metric = manifest.get("distance_metric", "cosine")
     variants = []
     for k in layers:
@@ -59,7 +60,7 @@ def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] |
                 enc = run.encodings(k) if enc is None else enc
                 dist, _, _ = nearest_train(enc, is_train, k=1, metric=metric)
             variants.append({"layer": int(k), "metric": metric, "default": bool(is_default),
-                             "stats": falloff_stats(dist[rows], correct, domains, n_bins=n_bins)})
+                             "stats": falloff_stats(dist[rows], correct, domains, n_bins=n_bins, tasks=tasks)})
     out = {"format_version": FALLOFF_FORMAT_VERSION, "split": split, "n_bins": n_bins, "binning": "equal-count",
            "correct_threshold": (manifest.get("scoring") or {}).get("thresholds"),
            "default_layer": run.default_layer, "default_metric": default_metric, "variants": variants,

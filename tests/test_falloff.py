@@ -57,3 +57,30 @@ def test_logistic_trend_recovers_slope():
     assert t["slope_low"] < -4.0 < t["slope_high"]
     assert t["intercept"] == pytest.approx(2.0, abs=0.3)
     assert logistic_trend(x, np.ones_like(x))["slope"] is None
+
+
+def test_the_trend_is_task_clustered_as_statsmodels_clusters_it():
+    """With each row's task, the slope's standard error is the cluster-robust one statsmodels
+    computes (its default small-sample correction), wider than the model-based one when tasks
+    differ; with fewer than 5 tasks the trend makes no claim."""
+    import statsmodels.api as sm
+
+    from llm_maps.falloff import falloff_stats, logistic_trend, slope_verdict
+
+    rng = np.random.default_rng(0)
+    n, g = 600, rng.integers(0, 15, 600)
+    x = rng.random(n) + 0.3 * rng.normal(size=15)[g]
+    y = (rng.random(n) < 1 / (1 + np.exp(-(0.5 - 1.5 * x + rng.normal(0, 1.2, 15)[g])))).astype(float)
+    t = logistic_trend(x, y, clusters=g)
+    ref = sm.Logit(y, sm.add_constant(x)).fit(disp=0, cov_type="cluster", cov_kwds={"groups": g})
+    assert t["slope"] == pytest.approx(ref.params[1], rel=1e-6)
+    assert t["slope_se"] == pytest.approx(ref.bse[1], rel=1e-6)
+    assert (t["clusters"], t["se_type"]) == (15, "task-clustered (sandwich)")
+    plain = logistic_trend(x, y)
+    assert plain["se_type"] == "model-based (examples independent)" and plain["slope_se"] < t["slope_se"]
+    stats = falloff_stats(x, y.astype(bool).tolist(), ["A"] * n, n_bins=3, tasks=[f"t{v}" for v in g])
+    assert stats["A"]["trend"]["slope_se"] == pytest.approx(ref.bse[1], rel=1e-6)
+    few = logistic_trend(x[g < 4], y[g < 4], clusters=g[g < 4])
+    assert few["clusters"] == 4 and slope_verdict(few) == "no claim: only 4 tasks"
+    one = logistic_trend(x[g == 0], y[g == 0], clusters=g[g == 0])
+    assert one["slope_low"] is None and slope_verdict(one) == "one task only: no task-clustered interval"

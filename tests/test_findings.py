@@ -305,6 +305,15 @@ def test_findings_command_writes_the_json_shape_html_and_run_file(syn_run, tmp_p
     ps = [r["p_value"] for r in res["robustness"]]
     assert [r["p_holm"] for r in res["robustness"]] == pytest.approx(list(multipletests(ps, method="holm")[1]))
     assert set(res["verdict_detail"]) == {"pooled", "within", "between"} and res["format_version"] == 2
+    # `llm-maps info` leads with the verdict; its falloff trends are task-clustered
+    capsys.readouterr()
+    assert main(["info", str(syn_run)]) == 0
+    info = capsys.readouterr().out.splitlines()
+    assert info[1] == f"findings   {res['verdict']}"
+    assert info[2] == ("           hypothesis: Chollet falls off more steeply than Reasoning; "
+                       + ", ".join(f"{k}: {res['verdict_detail'][k]}" for k in ("pooled", "within", "between"))
+                       + f" (layer 2, cosine, {res['n_tasks']} tasks)")
+    assert any(line.startswith("falloff ") and "task-clustered" in line for line in info)
     html = out_html.read_text()
     assert "plotly.js v" in html and html.count("Plotly.newPlot") == 4 and "findings-robustness" in html
     assert "https://" not in html.split("</script>", 1)[1].split("made with")[0].replace("https://github.com", "")
@@ -497,21 +506,17 @@ def test_findings_page_in_the_browser(syn_run):
 
 def simulate_hybrid(seed: int, *, within_a: float, within_b: float, between_a: float, between_b: float,
                     n_tasks: int = 24, per_task: int = 20, spread: float = 0.25, task_sd: float = 0.3) -> dict:
-    """Two domains whose tasks sit at a mean distance m_t ~ U(0, 1), examples at m_t +/- spread;
-    log-odds = 0.5 + between * (m_t - 0.5) + within * (x - m_t) + task noise: ``between`` makes far
-    tasks harder (a between-task slope), ``within`` makes far examples of a task harder."""
-    rng = np.random.default_rng(seed)
-    cols = {"distance": [], "correct": [], "domain": [], "task": []}
-    for name, w, b in (("Chollet", within_a, between_a), ("Reasoning", within_b, between_b)):
-        for t in range(n_tasks):
-            m = rng.random()
-            x = m + rng.uniform(-spread, spread, per_task)
-            logit = 0.5 + b * (m - 0.5) + w * (x - m) + rng.normal(0, task_sd)
-            cols["distance"] += list(x)
-            cols["correct"] += list(rng.random(per_task) < 1 / (1 + np.exp(-logit)))
-            cols["domain"] += [name] * per_task
-            cols["task"] += [f"{name}/t{t}"] * per_task
-    return {k: np.array(v, dtype=object if k in ("domain", "task") else None) for k, v in cols.items()}
+    """benchmarks/calibration.py's simulation: tasks at a mean distance m_t ~ U(0, 1), examples at
+    m_t +/- spread; ``between`` makes far tasks harder, ``within`` far examples of a task."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import calibration
+
+    return calibration.simulate(calibration.Scenario("test", within=(within_a, within_b), between=(between_a, between_b),
+                                                     task_sd=(task_sd, task_sd), n_tasks=n_tasks, per_task=per_task,
+                                                     spread=spread), seed)
 
 
 def test_within_and_between_contrasts_equal_an_independent_recomputation():
