@@ -548,30 +548,10 @@ class CkaFile(TypedDict):
 
 
 class FindingsPart(TypedDict):
-    slope_a: Annotated[float | None, "slope of domain a (within: conditional logit; between: logistic on the "
-                                     "task's mean distance percentile)"]
+    slope_a: Annotated[float | None, "slope of domain a (pooled: logistic on the distance percentile; within: "
+                                     "conditional logit, task fixed effects; between: logistic on the task's mean "
+                                     "distance percentile)"]
     slope_b: Annotated[float | None, "slope of domain b"]
-    slope_diff: Annotated[float | None, "slope_a - slope_b"]
-    low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower (small-cluster corrected)"]
-    high: Annotated[float | None, "upper"]
-    p_value: Annotated[float | None, "two-sided, domain labels permuted across tasks"]
-    se: Annotated[float | None, "standard error the interval implies"]
-    mdd: Annotated[float | None, "minimum detectable difference (80% power, 5% level)"]
-    bootstrap_failed: Annotated[int, "replicates whose fit failed, left out"]
-    permutations: Annotated[int, "permutations that fitted"]
-
-
-class FindingsContrastParts(TypedDict, total=False):
-    within: Annotated[FindingsPart, "the within-task contrast (format 2)"]
-    between: Annotated[FindingsPart, "the between-task contrast (format 2)"]
-
-
-class FindingsContrast(FindingsContrastParts):
-    a: Annotated[str, "first domain of the contrast (--contrast A,B): the hypothesis is that a falls off more "
-                      "steeply than b"]
-    b: Annotated[str, "second domain"]
-    slope_a: Annotated[float | None, "logistic slope of domain a"]
-    slope_b: Annotated[float | None, "logistic slope of domain b"]
     slope_diff: Annotated[float | None, "slope_a - slope_b (negative: a falls off more steeply)"]
     low: Annotated[float | None, "task-clustered bootstrap 95% interval of slope_diff, lower (small-cluster "
                                  "corrected from format 2)"]
@@ -579,12 +559,25 @@ class FindingsContrast(FindingsContrastParts):
     p_value: Annotated[float | None, "two-sided, domain labels permuted across tasks (null: not computed)"]
     se: Annotated[float | None, "standard error the interval implies ((high - low) / 3.92)"]
     mdd: Annotated[float | None, "minimum detectable difference (80% power, 5% level)"]
+    bootstrap_failed: Annotated[int, "replicates whose fit failed (one class or separation), left out"]
+    permutations: Annotated[int, "permutations that fitted (0: no p-value)"]
+
+
+class FindingsContrastParts(TypedDict, total=False):
+    within: Annotated[FindingsPart, "the within-task contrast (format 2)"]
+    between: Annotated[FindingsPart, "the between-task contrast (format 2)"]
+
+
+class FindingsContrast(FindingsPart, FindingsContrastParts):
+    """The pooled contrast (its FindingsPart keys), the domains and sizes, and the other parts."""
+
+    a: Annotated[str, "first domain of the contrast (--contrast A,B): the hypothesis is that a falls off more "
+                      "steeply than b"]
+    b: Annotated[str, "second domain"]
     n_tasks_a: Annotated[int, "tasks in domain a"]
     n_tasks_b: Annotated[int, "tasks in domain b"]
     n_a: Annotated[int, "scored examples in domain a"]
     n_b: Annotated[int, "scored examples in domain b"]
-    bootstrap_failed: Annotated[int, "replicates whose fit failed (one class or separation), left out"]
-    permutations: Annotated[int, "permutations that fitted (0: no p-value)"]
 
 
 class FindingsQuartileRequired(TypedDict):
