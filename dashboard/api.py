@@ -8,7 +8,7 @@ examples and user points. Torch-free: it only talks to the job queue (llm_maps.j
                                           metric; cot: the instruction ends with the step-by-step cue)
     GET    /api/points/<id>               {"id", "run", "status", "error"?, "result"?}
     POST   /api/points/<id>/cancel        cancel a queued or running job -> {"id", "status"}
-    GET    /api/runs                      runs with their manifest summary
+    GET    /api/runs                      runs with their manifest summary and group (paths: owner only)
     GET    /api/runs/<run>/examples/<id>  one example
     GET    /api/runs/<run>/points         the run's user points (?format=csv or jsonl: a download)
     GET    /api/runs/<run>/points/<id>    one user point
@@ -28,7 +28,7 @@ import numpy as np
 from llm_maps.csvsafe import neutralise_frame
 from llm_maps.errors import LLMMapsError
 from llm_maps.jobs import FINAL, JobQueue, PointStore, QueueFull
-from llm_maps.runfolder import run_key
+from llm_maps.runfolder import model_label, run_key
 
 LIMITS = {
     "max_chars": int(os.environ.get("LLM_MAPS_MAX_CHARS", "8000")),
@@ -406,12 +406,19 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
 
     @bp.get("/runs")
     def runs():
+        """Every run: its id, its group (a fine-tuning group's name, else null), the model by name
+        (and step); the folder and the model's path only for a request with the app's credentials."""
+        owner = bool(flask.current_app.config.get("LLM_MAPS_AUTHORISED", lambda: False)())
         out = []
         for e in registry.entries():
-            item = {"run": e.id, "path": str(e.path), "ok": e.ok}
+            item = {"run": e.id, "group": e.group, "ok": e.ok}
+            if owner:
+                item["path"] = str(e.path)
             if e.ok:
                 m = e.manifest
-                item.update(model=m.get("model"), created=m.get("created"), counts=m.get("counts"),
+                if owner:
+                    item["model_path"] = m.get("model")
+                item.update(model=model_label(m), step=m.get("step"), created=m.get("created"), counts=m.get("counts"),
                             accuracy=(m.get("scoring") or {}).get("accuracy"), layers=m.get("layers"),
                             default_layer=m.get("default_layer"), distance_metric=m.get("distance_metric"),
                             prompt_template=(m.get("prompt_template") or {}).get("name"),

@@ -29,7 +29,7 @@ from dashboard.data import RunRegistry
 from dashboard.hardening import install_hardening
 from dashboard.points import install_routes
 from llm_maps.jobs import state_dir_for
-from llm_maps.runfolder import RunIds
+from llm_maps.runfolder import RunIds, split_run_args
 
 HERE = Path(__file__).resolve().parent
 _CREATE_LOCK = threading.Lock()
@@ -148,8 +148,11 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
     the app is served under (default LLM_MAPS_PREFIX, else "/"): pages, assets and the API all
     live below it."""
     runs = _env_paths("LLM_MAPS_RUNS") if runs is None else [Path(p) for p in runs]
+    given = bool(runs)
+    runs, folders = split_run_args(runs, strict=False)  # a folder of runs given as a run is one
     if data_dirs is None:
-        data_dirs = _env_paths("LLM_MAPS_DATA") or ([] if runs else [Path.cwd() / "data" / "runs"])
+        data_dirs = _env_paths("LLM_MAPS_DATA") or ([] if given else [Path.cwd() / "data" / "runs"])
+    data_dirs = [*folders, *(Path(d) for d in data_dirs if Path(d) not in folders)]
     if auth is None:
         auth = os.environ.get("LLM_MAPS_AUTH")
     credentials = parse_auth(auth) if isinstance(auth, str) else auth

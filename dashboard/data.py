@@ -20,8 +20,8 @@ import numpy as np
 from llm_maps.errors import LLMMapsError
 from llm_maps.conditions import CONDITIONS_FILE
 from llm_maps.falloff import FALLOFF_FILE
-from llm_maps.runfolder import (ENCODINGS, EXAMPLES, MANIFEST, Run, RunIds, check_run_files, find_runs,
-                                read_manifest)
+from llm_maps.runfolder import (ENCODINGS, EXAMPLES, MANIFEST, Run, RunIds, check_run_files, read_manifest,
+                                run_group, runs_in)
 
 log = logging.getLogger("llm_maps.dashboard")
 CACHE_RUNS = int(os.environ.get("LLM_MAPS_CACHE_RUNS", "4"))
@@ -35,11 +35,13 @@ CORRECTNESS_NAMES = ["train", "test: correct", "test: wrong", "test: unscored"]
 
 @dataclass(frozen=True)
 class RunEntry:
-    """One run the app knows about; ``error`` is set when it cannot be read."""
+    """One run the app knows about; ``error`` is set when it cannot be read; ``group``: the
+    fine-tuning group it belongs to (``runfolder.run_group``), else None."""
     id: str
     path: Path
     error: str | None = None
     manifest: dict | None = field(default=None, compare=False, repr=False)
+    group: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -47,7 +49,8 @@ class RunEntry:
 
 
 class RunRegistry:
-    """Runs given explicitly plus the finished (and unfinished) runs found in data folders."""
+    """Runs given explicitly plus the finished (and unfinished) runs found in data folders, those
+    of fine-tuning groups in them included (``runfolder.runs_in``)."""
 
     def __init__(self, runs=(), data_dirs=(), *, ids: RunIds | None = None):
         self.runs = [Path(p) for p in runs]
@@ -56,20 +59,38 @@ class RunRegistry:
 
     def entries(self) -> list[RunEntry]:
         paths: list[Path] = list(self.runs)
-        for root in self.data_dirs:
-            paths += find_runs(root)
-            if root.is_dir():  # unfinished builds show as such, not silently missing
-                paths += sorted(p for p in root.iterdir() if p.is_dir() and p.name.endswith(".partial")
-                                and not p.with_name(p.name[:-len(".partial")]).exists())
+        for root in self.data_dirs:  # unfinished builds show as such, not silently missing
+            paths += runs_in(root, unfinished=True)
         out = []
         for run_id, p in self.ids.assign(paths):
+            group = run_group(p)
             try:
                 manifest = read_manifest(p)
                 _checked(str(p), _stamp(p, with_encodings=True))
-                out.append(RunEntry(run_id, p, None, manifest))
+                out.append(RunEntry(run_id, p, None, manifest, group))
             except LLMMapsError as exc:
-                out.append(RunEntry(run_id, p, str(exc)))
+                out.append(RunEntry(run_id, p, str(exc), group=group))
         return out
+
+    def groups(self, entries: list[RunEntry] | None = None) -> dict[str, list[RunEntry]]:
+        """The fine-tuning groups among the runs: group name -> its runs, by step (readable runs
+        first in their order when a step is missing); in the order the groups first appear."""
+        folders: dict[Path, list[RunEntry]] = {}
+        for e in self.entries() if entries is None else entries:
+            if e.group is not None:
+                folders.setdefault(e.path.absolute().parent, []).append(e)
+        out: dict[str, list[RunEntry]] = {}
+        for runs in folders.values():  # two groups of one name in two folders: NAME, NAME (2)
+            name, n = runs[0].group or "", 1
+            while (name if n == 1 else f"{name} ({n})") in out:
+                n += 1
+            out[name if n == 1 else f"{name} ({n})"] = runs
+
+        def step(e: RunEntry):
+            value = (e.manifest or {}).get("step")
+            return (value is None, value if isinstance(value, (int, float)) else 0)
+
+        return {g: sorted(runs, key=step) for g, runs in out.items()}
 
     def entry(self, run_id: str | None) -> RunEntry | None:
         entries = self.entries()
@@ -524,5 +545,6 @@ def falloff_for(data: RunData, *, layer: int | None = None, metric: str | None =
     key = ("falloff", layer, metric, int(n_bins), tuple(sorted(tasks or ())))
     stats = data._cached(key, lambda: falloff_stats(
         dist[sel], data.correct.to_numpy(dtype=object, na_value=None)[sel],
-        data.frame["domain"].astype(str).to_numpy()[sel], n_bins=int(n_bins)))
+        data.frame["domain"].astype(str).to_numpy()[sel], n_bins=int(n_bins),
+        tasks=data.frame["task"].astype(str).to_numpy()[sel]))
     return stats, "computed on the fly"

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from dashboard import figures as F
 from dashboard.bundle import plotly_script
 from dashboard.data import RunData, falloff_for, load_run, _stamp
-from llm_maps.runfolder import model_name
+from llm_maps.runfolder import model_label, run_name
 
 
 def export_map_figure(data: RunData, *, max_points: int = 20_000, seed: int = 0) -> go.Figure:
@@ -54,7 +54,7 @@ def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_00
     from dashboard.userpoints import user_points_traces
 
     run_dir, out = Path(run_dir), Path(out)
-    data = load_run(str(run_dir), _stamp(run_dir), run_dir.name)
+    data = load_run(str(run_dir), _stamp(run_dir), run_name(run_dir))
     config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
     fig = export_map_figure(data, max_points=max_points)
     for trace in user_points_traces(points or [], kind="prompt"):
@@ -91,7 +91,7 @@ def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_00
     parts.append(export_section(run_dir))
     m = data.manifest
     c = m.get("counts", {})
-    head = (f"<h2>{html.escape(data.id)}</h2><p class='note'>model {html.escape(model_name(m))} · "
+    head = (f"<h2>{html.escape(data.id)}</h2><p class='note'>model {html.escape(model_label(m))} · "
             f"{c.get('examples', data.n)} examples ({c.get('train', '?')} train, {c.get('test', '?')} test) · "
             f"layer {m.get('default_layer')} · {html.escape(str(m.get('distance_metric')))} distance · made with LLM Maps</p>")
     doc = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(f"LLM Maps · {data.id}") +

@@ -268,13 +268,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not auth:
         print(f"llm-maps serve: warning: listening on {args.host} without a password; set "
               "LLM_MAPS_AUTH=user:password to require one", file=sys.stderr)
-    data_dirs = [Path(d) for d in args.data] if args.data else ([] if args.runs else [Path("data/runs")])
-    for run in args.runs:
-        if not Path(run).exists():
-            raise LLMMapsError(f"{run}: no such run folder")
     from llm_maps.jobs import state_dir_for
+    from llm_maps.runfolder import split_run_args
 
-    runs = [Path(r) for r in args.runs]
+    # a folder of runs (data/runs, a fine-tuning group) given as a run is served as the folder it is
+    runs, folders = split_run_args(args.runs)
+    data_dirs = [*folders, *(Path(d) for d in args.data or [])] or ([] if args.runs else [Path("data/runs")])
     state = state_dir_for(runs, data_dirs)
     worker = None
     if not args.no_worker and not os.environ.get("REDIS_URL"):
@@ -313,11 +312,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from pipelines.worker import main_worker
 
-    for run in args.runs:
-        if not Path(run).exists():
-            raise LLMMapsError(f"{run}: no such run folder")
-    return int(main_worker([Path(r) for r in args.runs], state_dir=args.state, max_models=args.max_models,
-                           device=args.device, dtype=args.dtype, data_dirs=[Path(d) for d in args.data or []]) or 0)
+    from llm_maps.runfolder import split_run_args
+
+    runs, folders = split_run_args(args.runs)
+    return int(main_worker(runs, state_dir=args.state, max_models=args.max_models, device=args.device,
+                           dtype=args.dtype, data_dirs=[*folders, *(Path(d) for d in args.data or [])]) or 0)
 
 
 def start_worker_process(runs: "Sequence[Path]", state_dir: "Path",
@@ -340,9 +339,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     points = None
     if args.points:
         from dashboard.userpoints import load_points
+        from llm_maps.jobs import default_state_dir
+        from llm_maps.runfolder import RunIds, run_name
 
         ids = None if args.points == "all" else [i for i in args.points.split(",") if i.strip()]
-        points = load_points(Path(args.run).name, args.state, ids, run_dirs=[args.run])
+        state = Path(args.state) if args.state else default_state_dir([args.run])
+        run_id = RunIds(state).known(args.run) or run_name(args.run)  # the id its points were saved under
+        points = load_points(run_id, state, ids, run_dirs=[args.run])
     out = export_html(args.run, args.html, max_points=args.max_points, plotlyjs=args.plotlyjs, points=points,
                       compare=args.compare)
     print(f"{out} ({out.stat().st_size / 1e6:.2f} MB)")
@@ -609,8 +612,10 @@ def make_parser() -> argparse.ArgumentParser:
                                    "the web process queues: the embedded diskcache queue in --state (default: "
                                    "beside the runs, or LLM_MAPS_STATE), or Celery on REDIS_URL when it is set.")
     p.add_argument("runs", nargs="*", metavar="RUN_DIR",
-                   help="runs to serve (with REDIS_URL and none given: only `build --distributed` chunks)")
-    p.add_argument("--data", action="append", metavar="DIR", help="also serve every run in this folder (repeatable)")
+                   help="runs (or folders of runs) to serve (with REDIS_URL and none given: only "
+                        "`build --distributed` chunks)")
+    p.add_argument("--data", action="append", metavar="DIR",
+                   help="also serve every run in this folder, fine-tuning groups included (repeatable)")
     p.add_argument("--state", default=None, help="queue/points folder (default: RUN_PARENT/.llm-maps-state)")
     p.add_argument("--max-models", type=int, default=2, help="models resident at once (LRU)")
     p.add_argument("--device", default="auto")
@@ -640,8 +645,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the dashboard over run folders",
                        description="Serve the Dash dashboard on 127.0.0.1:8050 (debug off). Set "
                                    "LLM_MAPS_AUTH=user:password to require HTTP basic auth (advised with --host).")
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders (default: the runs in data/runs)")
-    p.add_argument("--data", action="append", metavar="DIR", help="also list the runs in this folder (repeatable)")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="run folders, or folders of runs (default: the runs in data/runs, those of fine-tuning "
+                        "groups in it included)")
+    p.add_argument("--data", action="append", metavar="DIR",
+                   help="also list the runs in this folder, fine-tuning groups included, now and later (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--prefix", default=None, metavar="PATH",

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import LLMMapsError
 from .falloff import falloff_stats, wilson_interval
-from .runfolder import Run, write_json_atomic
+from .runfolder import FINETUNE_FILE, Run, model_label, write_json_atomic
 
 COMPARE_VERSION = 1
 ONLINE_CKA_LIMIT = 2e10  # multiply-adds of CKA done on request ("auto": about a second or two of BLAS)
@@ -141,7 +141,7 @@ def run_info(run: Run, name: str | None = None) -> dict[str, Any]:
     m = run.manifest
     step = m.get("step")
     n_params = m.get("n_params")
-    return {"name": name or run.name, "model": str(m.get("model")),
+    return {"name": name or run.name, "model": str(m.get("model")), "model_name": model_label(m),
             "n_params": int(n_params) if n_params is not None else None,
             "step": int(step) if step is not None else None, "base_run": m.get("base_run"),
             "path": str(run.path), "layers": run.layers, "default_layer": run.default_layer}
@@ -428,7 +428,8 @@ def falloff_curves(group: RunGroup, *, n_bins: int = 5, scale: str = "percentile
             out.append({"run": group.names[r], "scale": scale, "stats": None})
             continue
         values = distance_percentile(dist) if scale == "percentile" else dist
-        stats = falloff_stats(values, correct, f["domain"].astype(str).to_numpy()[test], n_bins=n_bins)
+        stats = falloff_stats(values, correct, f["domain"].astype(str).to_numpy()[test], n_bins=n_bins,
+                              tasks=f["task"].astype(str).to_numpy()[test])
         out.append({"run": group.names[r], "scale": scale, "metric": run.manifest.get("distance_metric"),
                     "stats": stats})
     return out
@@ -912,8 +913,6 @@ def read_probes(run: Run) -> dict[str, Any] | None:
 
 # --------------------------------------------------------------------------- everything
 
-FINETUNE_FILE = "finetune.json"  # written by `llm-maps finetune` beside its checkpoint runs
-
 
 def loss_curve(runs: Sequence[Run]) -> dict[str, Any] | None:
     """The fine-tuning loss curve of these runs: the ``finetune.json`` of the group folder holding
@@ -986,7 +985,8 @@ def format_compare(result: dict[str, Any]) -> str:
              f"({result['n_test']} test, {result['n_tasks']} tasks); axis: {result['axis']['kind']}"]
     for i, r in enumerate(result["runs"]):
         res = result["alignment"]["procrustes_residual"][i]
-        lines.append(f"  {r['name']:<20} {r['model']:<30} n_params {r['n_params'] or '-':>12}  step "
+        model = r.get("model_name") or r["model"]
+        lines.append(f"  {r['name']:<20} {model:<30} n_params {r['n_params'] or '-':>12}  step "
                      f"{r['step'] if r['step'] is not None else '-':>6}  map residual "
                      f"{'-' if res is None else format(res, '.3f')}  mean neighbour Jaccard "
                      f"{result['moved']['mean_jaccard'][i]}")

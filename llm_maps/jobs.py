@@ -56,23 +56,37 @@ class QueueUnavailable(QueueFull):
         self.retry_after = retry_after
 
 
+def _outside_group(folder: Path) -> Path:
+    """``folder``, or the folder holding it when it is a fine-tuning group: a group's runs share the
+    state folder of the runs beside the group (one served however it was given)."""
+    from .runfolder import is_group
+
+    return folder.parent if is_group(folder) else folder
+
+
 def default_state_dir(run_dirs: Iterable[str | Path]) -> Path:
     env = os.environ.get("LLM_MAPS_STATE")
     if env:
         return Path(env)
     first = next(iter(run_dirs), None)
-    base = Path(first).resolve().parent if first is not None else Path.cwd() / "data" / "runs"
+    base = _outside_group(Path(first).resolve().parent) if first is not None else Path.cwd() / "data" / "runs"
     return base / ".llm-maps-state"
 
 
 def state_dir_for(runs: Iterable[str | Path], data_dirs: Iterable[str | Path]) -> Path:
     """Where the job queue, user points and run ids of a set of served runs live (the web process
     and its workers use the same rule): LLM_MAPS_STATE, else beside the first run given, else in the
-    first data folder."""
+    first data folder (a run of a fine-tuning group, or a group given as the data folder: beside
+    the group)."""
     runs, data_dirs = list(runs), list(data_dirs)
     if os.environ.get("LLM_MAPS_STATE") or runs:
         return default_state_dir(runs)
-    return Path(data_dirs[0]) / ".llm-maps-state" if data_dirs else default_state_dir([])
+    if not data_dirs:
+        return default_state_dir([])
+    from .runfolder import is_group
+
+    first = Path(data_dirs[0])
+    return (first.resolve().parent if is_group(first) else first) / ".llm-maps-state"
 
 
 class _Staleness:

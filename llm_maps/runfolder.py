@@ -34,11 +34,14 @@ from .contract import FORMAT_VERSION, MANIFEST_KEYS, REQUIRED_COLUMNS, HistoryEn
 from .errors import LLMMapsError
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_KEYS", "REQUIRED_COLUMNS", "MANIFEST", "EXAMPLES", "ENCODINGS",
-           "PROJECTION", "Run", "RunIds", "find_runs", "read_manifest", "publish", "replacing_dir", "write_json_atomic",
-           "write_parquet_atomic", "save_npy_atomic", "layer_file", "partial_dir", "package_versions", "now_iso",
-           "history_entry", "with_history", "append_history"]
+           "PROJECTION", "FINETUNE_FILE", "CHECKPOINTS", "Run", "RunIds", "find_runs", "runs_in", "is_group",
+           "run_group", "run_name", "is_run_dir", "split_run_args", "model_name", "model_label", "read_manifest",
+           "publish", "replacing_dir", "write_json_atomic", "write_parquet_atomic", "save_npy_atomic", "layer_file",
+           "partial_dir", "package_versions", "now_iso", "history_entry", "with_history", "append_history"]
 
 MANIFEST = "manifest.json"
+FINETUNE_FILE = "finetune.json"  # a fine-tuning group's settings and loss curve (pipelines/finetune.py)
+CHECKPOINTS = "checkpoints"  # a fine-tuning group's checkpoints (merged models, training state)
 EXAMPLES = "examples.parquet"
 ENCODINGS = "encodings"
 PROJECTION = "projection"
@@ -269,10 +272,92 @@ def find_runs(root: str | Path) -> list[Path]:
                   and (p / MANIFEST).exists())
 
 
+def _unfinished(root: Path) -> list[Path]:
+    """Builds in progress (or interrupted) directly under ``root``: ``NAME.partial`` without ``NAME``."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and p.name.endswith(".partial") and not p.with_name(p.name[:-len(".partial")]).exists())
+
+
+def is_group(folder: str | Path) -> bool:
+    """A fine-tuning group (``llm-maps finetune --out GROUP``): not a run itself, it holds
+    ``finetune.json`` (written when training ends) or ``checkpoints/`` (while it trains)."""
+    folder = Path(folder)
+    return not (folder / MANIFEST).exists() and ((folder / FINETUNE_FILE).is_file()
+                                                 or (folder / CHECKPOINTS).is_dir())
+
+
+def run_group(run_dir: str | Path) -> str | None:
+    """The name of the group a run belongs to (the group folder holding it), else None."""
+    parent = Path(run_dir).absolute().parent
+    return parent.name if is_group(parent) else None
+
+
+def run_name(run_dir: str | Path) -> str:
+    """The id a run's folder asks for (``RunIds`` gives it unless it is taken): the folder's name;
+    for a run of a group, ``GROUP.NAME`` (``demo-ft.step-000048``): readable, unambiguous beside
+    other groups' ``step-*`` runs, and free of "/" (it is a URL path part and a file name)."""
+    run_dir = Path(run_dir)
+    group = run_group(run_dir)
+    return f"{group}.{run_dir.name}" if group else run_dir.name
+
+
+def runs_in(root: str | Path, *, unfinished: bool = False) -> list[Path]:
+    """The one rule for the runs a folder of runs holds, used by the dashboard, the worker and
+    ``llm-maps serve``: its finished runs (``find_runs``) and those of each fine-tuning group in it
+    (``is_group``: ``GROUP/step-*``), a group's runs at the group's place in name order; ``root``
+    a group itself: its runs. ``unfinished``: then the builds still in progress (``NAME.partial``
+    without a finished ``NAME``), top level and in groups, so they show as such."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    groups = [] if is_group(root) else sorted(p for p in root.iterdir()
+                                               if p.is_dir() and not p.name.startswith(".")
+                                               and not p.name.endswith(".partial") and is_group(p))
+    done = sorted([*find_runs(root), *groups])
+    out = [r for p in done for r in (find_runs(p) if p in groups else [p])]
+    if unfinished:
+        out += [p for folder in (root, *groups) for p in _unfinished(folder)]
+    return out
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A folder that is a run, or one being built: a manifest, a ``.partial`` name, or a
+    ``NAME.partial`` beside it."""
+    path = Path(path)
+    return (path / MANIFEST).exists() or path.name.endswith(".partial") or partial_dir(path).exists()
+
+
+def split_run_args(paths: Iterable[str | Path], *, strict: bool = True) -> tuple[list[Path], list[Path]]:
+    """(runs, folders of runs) among folders given where runs are expected (``llm-maps serve RUN...``,
+    ``llm-maps worker RUN...``): a folder that is no run but holds runs, or is a group, is the folder
+    of runs it is. ``strict``: a folder that does not exist, or is neither, is a one-line
+    LLMMapsError saying what to type; else it stays a run (shown as unreadable, with why)."""
+    runs: list[Path] = []
+    folders: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            if strict:
+                raise LLMMapsError(f"{p}: no such run folder")
+            runs.append(p)
+        elif not p.is_dir() or is_run_dir(p):
+            runs.append(p)
+        elif is_group(p) or runs_in(p, unfinished=True):
+            folders.append(p)
+        elif strict:
+            raise LLMMapsError(f"{p}: neither a run (no {MANIFEST}) nor a folder of runs; give a run folder, or "
+                               f"`--data {p}` to serve the runs built there later")
+        else:
+            runs.append(p)
+    return runs, folders
+
+
 def run_ids(paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
     """The one rule for run ids, shared by the web process, the worker and the point store: a run's
-    id is its folder name; the second folder of the same name (in the order given, a folder seen
-    twice counted once) is ``name-2``, the third ``name-3``. Returns ``(id, path)`` in order.
+    id is its folder name (a group's run: ``GROUP.NAME``, see ``run_name``); the second folder of the
+    same name (in the order given, a folder seen twice counted once) is ``name-2``, the third
+    ``name-3``. Returns ``(id, path)`` in order.
     (``RunIds`` keeps the ids of runs seen before when new ones appear.)"""
     return RunIds().assign(paths)
 
@@ -308,8 +393,8 @@ class RunIds:
                 taken = set(self._ids.values())
                 for key, p in items:
                     if key not in self._ids:
-                        name = p.name or "run"
-                        n, run_id = 1, p.name or "run"
+                        name = run_name(p) or "run"
+                        n, run_id = 1, name
                         while run_id in taken:  # name-2, name-3...; "tiny-2" beside two "tiny": "tiny-2-2"
                             n += 1
                             run_id = f"{name}-{n}"
@@ -317,6 +402,11 @@ class RunIds:
                         taken.add(run_id)
                 self._save()
         return [(self._ids[key], p) for key, p in items]
+
+    def known(self, path: str | Path) -> str | None:
+        """The id ``path`` was given before, if it was (nothing is assigned or written)."""
+        self._refresh()
+        return self._ids.get(str(Path(path).resolve()))
 
     def _refresh(self, force: bool = False) -> None:
         if self.file is None:
@@ -416,3 +506,28 @@ def model_name(manifest: Mapping[str, Any]) -> str:
         return model + (f" ({gguf})" if gguf else "")
     name = Path(model.rstrip("/\\")).name or model
     return name + (f" ({Path(gguf).name})" if gguf and Path(gguf).name != name else "")
+
+
+def model_label(manifest: Mapping[str, Any]) -> str:
+    """The model of a run as a reader should see it: ``model_name``, and for a run of a fine-tuning
+    group its step: ``pythia-70m, step 48``. A checkpoint's merged model (``GROUP/checkpoints/
+    step-N/model``) is named by the model it was tuned from (the base run's, else the group's
+    ``finetune.json``); never a path."""
+    step = manifest.get("step")
+    if step is None:
+        return model_name(manifest)
+    base: Mapping[str, Any] | None = None
+    if int(step) > 0 and manifest.get("base_run"):
+        try:
+            base = read_manifest(str(manifest["base_run"]))
+        except (LLMMapsError, OSError):
+            base = None
+    merged = Path(str(manifest.get("model") or ""))
+    if int(step) > 0 and base is None and merged.parent.parent.name == CHECKPOINTS:
+        group = merged.parent.parent.parent
+        try:
+            settings = json.loads((group / FINETUNE_FILE).read_text(encoding="utf-8")).get("settings") or {}
+            base = {"model": settings["base_model"]} if settings.get("base_model") else None
+        except (OSError, ValueError, AttributeError):
+            base = None
+    return f"{model_name(base or manifest)}, step {int(step)}"

@@ -239,9 +239,13 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
                   "runs, scoring)", flush=True)
         steps = group_runs(group)
         runs += steps
-        if serve:
+        if serve:  # the ids the server gives these runs (kept in the state folder it will use)
+            from llm_maps.jobs import state_dir_for
+            from llm_maps.runfolder import RunIds
+
+            ids = dict((p, i) for i, p in RunIds(state_dir_for(runs, [])).assign(runs))
             print(f"the trajectory on the Compare page: http://127.0.0.1:{port}/compare?"
-                  + "&".join(f"runs={p.name}" for p in steps), flush=True)
+                  + "&".join(f"runs={ids[p]}" for p in steps), flush=True)
     if not serve:
         return 0
     return serve_child([sys.executable, "-m", "llm_maps.cli", "serve", *map(str, runs), "--port", str(port),

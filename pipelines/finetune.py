@@ -36,10 +36,7 @@ import numpy as np
 from llm_maps.config import BuildConfig
 from llm_maps.contract import COLUMNS
 from llm_maps.errors import LLMMapsError
-from llm_maps.runfolder import EXAMPLES, MANIFEST, read_manifest, write_json_atomic
-
-FINETUNE_FILE = "finetune.json"
-CHECKPOINTS = "checkpoints"
+from llm_maps.runfolder import CHECKPOINTS, EXAMPLES, FINETUNE_FILE, MANIFEST, read_manifest, write_json_atomic
 
 # LoRA target modules per architecture (model_type); others: every linear layer ("all-linear")
 LORA_TARGETS: dict[str, list[str]] = {

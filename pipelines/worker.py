@@ -227,9 +227,10 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
 
 
 class RunFinder:
-    """The runs a worker serves: the folders given plus the finished runs in data folders, looked
-    for again every ``every`` seconds (a run published while serving is picked up, one removed is
-    dropped), each with the id the web process gives it (``RunIds`` in the shared state folder)."""
+    """The runs a worker serves: the folders given plus the finished runs in data folders (those of
+    fine-tuning groups in them included: ``runfolder.runs_in``), looked for again every ``every``
+    seconds (a run published while serving is picked up, one removed is dropped), each with the id
+    the web process gives it (``RunIds`` in the shared state folder)."""
 
     def __init__(self, runs=(), data_dirs=(), *, ids=None, every: float = 2.0):
         from llm_maps.runfolder import RunIds
@@ -239,10 +240,10 @@ class RunFinder:
         self._last = 0.0
 
     def paths(self) -> dict[str, Path]:
-        from llm_maps.runfolder import find_runs
+        from llm_maps.runfolder import runs_in
 
         self._last = time.time()
-        return dict(self.ids.assign([*self.runs, *(p for d in self.data_dirs for p in find_runs(d))]))
+        return dict(self.ids.assign([*self.runs, *(p for d in self.data_dirs for p in runs_in(d))]))
 
     def due(self) -> bool:
         return bool(self.data_dirs) and time.time() - self._last >= self.every
@@ -323,9 +324,9 @@ def main_worker(run_dirs, *, state_dir: str | Path | None, max_models: int, devi
 
         log(f"llm-maps worker: serving {', '.join(Path(r).name for r in run_dirs) or 'build chunks only'} "
             f"from Celery on REDIS_URL")
-        from llm_maps.runfolder import find_runs
+        from llm_maps.runfolder import runs_in
 
-        return serve_celery([*run_dirs, *(p for d in data_dirs for p in find_runs(d))], max_models=max_models,
+        return serve_celery([*run_dirs, *(p for d in data_dirs for p in runs_in(d))], max_models=max_models,
                             device=device, dtype=dtype, log=log)
     if not run_dirs and not data_dirs:
         raise LLMMapsError("worker: give at least one RUN_DIR or --data folder (or set REDIS_URL to serve build "

@@ -70,16 +70,17 @@ class Served:
 
 @contextmanager
 def serving(args: list[str], tmp_path: Path, *, env: dict | None = None, headers: dict | None = None,
-            ready: str | None = "runs"):
+            ready: str | None = "runs", cwd: Path | None = None):
     """`llm-maps serve ARGS --port P` in its own process group (killed whole in the end, whatever
-    happens); waits until /api/<ready> answers 200 (``ready="health"``: the worker is up too)."""
+    happens), in ``cwd`` (default: this process's); waits until /api/<ready> answers 200
+    (``ready="health"``: the worker is up too)."""
     port = free_port()
     log = tmp_path / f"serve-{port}.log"
     full_env = {**os.environ, "LLM_MAPS_STATE": str(tmp_path / "state"), **(env or {})}
     full_env.pop("LLM_MAPS_EXPECT_WORKERS", None) if "LLM_MAPS_EXPECT_WORKERS" not in (env or {}) else None
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", *args, "--port", str(port)],
-                                env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     srv = Served(proc, f"http://127.0.0.1:{port}", log, headers or {})
     try:

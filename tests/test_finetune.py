@@ -347,8 +347,10 @@ def test_compare_page_draws_the_loss_curve(group):
 
     page = sys.modules["pages.compare"]  # as Dash loaded it: importing dashboard.pages.compare would register it twice
 
-    with app.server.test_request_context("/compare"):
-        tree = page.layout(runs=[r.name for r in runs])
+    from llm_maps.runfolder import run_name
+
+    with app.server.test_request_context("/compare"):  # a group's runs are served as GROUP.step-N
+        tree = page.layout(runs=[run_name(r) for r in runs])
 
     def find(node, wanted):
         if getattr(node, "id", None) == wanted:

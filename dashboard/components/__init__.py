@@ -56,9 +56,24 @@ def banner(message: str, color: str = "danger", className: str = "", **kwargs) -
                      color=color, className=f"run-banner {className}".strip(), **kwargs)
 
 
+def is_owner() -> bool:
+    """Whether this request carries the app's credentials (``LLM_MAPS_AUTH`` set, and given): only
+    then do pages show local paths (folders, model files), as tooltips. Without credentials nobody
+    is known to be the owner, so no page holds a path of the machine serving it."""
+    try:
+        return bool(flask.current_app.config.get("LLM_MAPS_AUTHORISED", lambda: False)())
+    except RuntimeError:  # no request (e.g. called from a test)
+        return False
+
+
+def run_label(entry) -> str:
+    """A run as the run pickers list it: its id, the fine-tuning group it belongs to, unreadable."""
+    return entry.id + (f" · group {entry.group}" if entry.group else "") + ("" if entry.ok else " (unreadable)")
+
+
 def run_picker(current: str | None) -> html.Div:
     entries = registry().entries()
-    options = [{"label": e.id + ("" if e.ok else " (unreadable)"), "value": e.id} for e in entries]
+    options = [{"label": run_label(e), "value": e.id} for e in entries]
     return html.Div([dbc.Label("Run", html_for="run-picker", className="mb-0 small"),
                      dcc.Dropdown(id="run-picker", options=options, value=current, clearable=False)],
                     className="mb-2")

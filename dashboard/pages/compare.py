@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from urllib.parse import urlencode
 
 import dash
 import dash_bootstrap_components as dbc
@@ -58,7 +59,7 @@ class Comparison:
                 self.probe_notes[name] = "computed on the fly"
             else:
                 self.probes[name] = None
-                self.probe_notes[name] = (f"not computed yet: run `llm-maps probe {run.path}` "
+                self.probe_notes[name] = (f"not computed yet: run `llm-maps probe RUN_DIR` on run {name} "
                                           f"(or `llm-maps compare ... --probes`)")
 
 
@@ -88,10 +89,16 @@ def _extra_stamp(path) -> tuple:
     return tuple(out)
 
 
-def default_runs() -> list[str]:
-    """Without ?runs=: the first readable run and every other one with the same example counts
-    (a likely group: sizes of one model family, or checkpoints of a fine-tune)."""
-    entries = [e for e in C.registry().entries() if e.ok]
+def default_runs(entries=None) -> list[str]:
+    """Without ?runs=: the first fine-tuning group's readable runs (by step) when one has two or
+    more; else the first readable run and every other one with the same example counts (a likely
+    group: sizes of one model family)."""
+    entries = C.registry().entries() if entries is None else entries
+    for runs in C.registry().groups(entries).values():
+        ids = [e.id for e in runs if e.ok]
+        if len(ids) >= 2:
+            return ids
+    entries = [e for e in entries if e.ok]
     if not entries:
         return []
     def counts(e):
@@ -101,9 +108,24 @@ def default_runs() -> list[str]:
     return [e.id for e in entries if counts(e) == counts(first)]
 
 
-def _run_options():
-    return [{"label": e.id + ("" if e.ok else " (unreadable)"), "value": e.id, "disabled": not e.ok}
-            for e in C.registry().entries()]
+def _run_options(entries):
+    return [{"label": C.run_label(e), "value": e.id, "disabled": not e.ok} for e in entries]
+
+
+def _group_links(entries, current) -> html.Div:
+    """One click to compare each fine-tuning group (its readable runs, by step); the group shown now
+    is marked."""
+    links = []
+    for name, runs in C.registry().groups(entries).items():
+        ids = [e.id for e in runs if e.ok]
+        if len(ids) < 2:
+            continue
+        shown = list(current) == ids
+        links.append(html.Li(dcc.Link(f"compare this group: {name} ({len(ids)} runs)" + (" · shown" if shown else ""),
+                                      href=C.url("/compare?" + urlencode([("runs", i) for i in ids])),
+                                      className="compare-group-link small")))
+    return html.Ul(links, id="compare-groups", className="list-unstyled mb-2") if links else \
+        html.Div(id="compare-groups", hidden=True)
 
 
 def _label(text, **kw):
@@ -121,9 +143,11 @@ def _graph_block(graph_id, figure, note=None, extra=None):
 
 def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=None, probe=None, moved=None,
            fscale=None, **_):
-    run_ids = C.query_list(runs) or default_runs()
+    entries = C.registry().entries()
+    run_ids = C.query_list(runs) or default_runs(entries)
     picker = html.Div([_label("Runs to compare (the first is the reference map)", html_for="compare-runs"),
-                       dcc.Dropdown(id="compare-runs", options=_run_options(), value=run_ids, multi=True)],
+                       dcc.Dropdown(id="compare-runs", options=_run_options(entries), value=run_ids, multi=True),
+                       _group_links(entries, run_ids)],
                       className="mb-2")
     if len(run_ids) < 2:
         return dbc.Container([picker, dbc.Alert(
@@ -257,9 +281,14 @@ def _axes(res) -> list[str]:
 
 
 def _run_table(res) -> html.Table:
+    """The runs compared: name, the model by its name (a checkpoint's: the model tuned, and the
+    step), the model's path a tooltip for the owner only (``C.is_owner``)."""
+    owner = C.is_owner()
     rows = [html.Tr([html.Th(h, className="pe-2") for h in ("run", "model", "n_params", "step")])]
     for r in res["runs"]:
-        rows.append(html.Tr([html.Td(r["name"], className="pe-2"), html.Td(r["model"], className="pe-2 text-break"),
+        rows.append(html.Tr([html.Td(r["name"], className="pe-2"),
+                             html.Td(r.get("model_name") or r["model"], className="pe-2 text-break compare-model",
+                                     title=r["model"] if owner else None),
                              html.Td(f"{r['n_params']:,}" if r["n_params"] else "—", className="pe-2"),
                              html.Td("—" if r["step"] is None else str(r["step"]))]))
     return html.Table(rows, id="compare-run-table")
