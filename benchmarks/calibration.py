@@ -13,10 +13,11 @@ model-based one it replaced), and counts how often each verdict claims a differe
   pooled / within / between  verdict_detail is "supported" or "reversed"
   trend                      a domain's trend says "falls" or "rises with distance" (both domains
                              counted; clustered vs model-based standard errors)
+  probe                      a linear probe of the domain is "above chance" on encodings that carry
+                             the tasks but not the domain (a null in every scenario)
 
 Null scenarios should claim at most 6 % (printed with the Monte Carlo standard error); the others
-show power. tests/test_calibration.py runs a small version. (The probe verdicts of `llm-maps
-compare` are not simulated here yet.)
+show power. tests/test_calibration.py runs a small version.
 """
 
 from __future__ import annotations
@@ -71,35 +72,56 @@ def simulate(sc: Scenario, seed: int) -> dict:
     return {k: np.array(v, dtype=object if k in ("domain", "task") else None) for k, v in cols.items()}
 
 
-def claims(sc: Scenario, seed: int, n_boot: int) -> dict[str, float]:
+def probe_null(sc: Scenario, seed: int, n_boot: int) -> float:
+    """1.0 when a linear probe of the domain claims "above chance" on encodings that carry the
+    tasks but not the domain (each task its own random centre, 8 dimensions): a null for probes."""
+    from llm_maps.compare import probe_scores
+
+    data = simulate(sc, seed)
+    rng = np.random.default_rng(seed + 1)
+    names, codes = np.unique(data["task"], return_inverse=True)
+    x = rng.normal(size=(len(names), 8))[codes] + rng.normal(size=(len(codes), 8))
+    res = probe_scores(x, data["domain"].astype(str), data["task"].astype(str), folds=4, n_boot=n_boot, seed=seed)
+    return float(res["above_chance"])
+
+
+def claims(sc: Scenario, seed: int, n_boot: int, verdicts: tuple[str, ...] | None = None) -> dict[str, float]:
     """For one data set: 1.0 where a verdict claims a difference, else 0.0 (trends: the share of
-    the two domains whose trend claims one)."""
+    the two domains whose trend claims one). ``verdicts``: only these (default: all)."""
     from llm_maps.falloff import logistic_trend, slope_verdict
     from llm_maps.findings import compute_findings
 
+    verdicts = verdicts or COLUMNS
     data = simulate(sc, seed)
-    res = compute_findings(**data, n_boot=n_boot, seed=seed, details=False)
-    out = {part: float(res["verdict_detail"][part] != "not supported") for part in ("pooled", "within", "between")}
-    clustered = model = 0.0
-    for name in ("Chollet", "Reasoning"):
-        sel = data["domain"] == name
-        x, y = data["distance"][sel].astype(float), data["correct"][sel].astype(float)
-        clustered += slope_verdict(logistic_trend(x, y, clusters=data["task"][sel])).endswith("with distance") / 2
-        model += slope_verdict(logistic_trend(x, y)).endswith("with distance") / 2
-    out["trend"], out["trend (model-based SE)"] = clustered, model
+    out: dict[str, float] = {}
+    if {"pooled", "within", "between"} & set(verdicts):
+        res = compute_findings(**data, n_boot=n_boot, seed=seed, details=False)
+        out.update({part: float(res["verdict_detail"][part] != "not supported")
+                    for part in ("pooled", "within", "between")})
+    if "trend" in verdicts:
+        clustered = model = 0.0
+        for name in ("Chollet", "Reasoning"):
+            sel = data["domain"] == name
+            x, y = data["distance"][sel].astype(float), data["correct"][sel].astype(float)
+            clustered += slope_verdict(logistic_trend(x, y, clusters=data["task"][sel])).endswith("with distance") / 2
+            model += slope_verdict(logistic_trend(x, y)).endswith("with distance") / 2
+        out["trend"], out["trend (model-based SE)"] = clustered, model
+    if "probe" in verdicts:
+        out["probe"] = probe_null(sc, seed, n_boot)
     return out
 
 
-def rates(sc: Scenario, *, sets: int, n_boot: int, seed: int = 0) -> dict[str, float]:
-    """Claim rate of every verdict over ``sets`` data sets of ``sc``."""
+def rates(sc: Scenario, *, sets: int, n_boot: int, seed: int = 0,
+          verdicts: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Claim rate of every verdict (or of ``verdicts``) over ``sets`` data sets of ``sc``."""
     total: dict[str, float] = {}
     for k in range(sets):
-        for key, v in claims(sc, seed * 100_000 + k, n_boot).items():
+        for key, v in claims(sc, seed * 100_000 + k, n_boot, verdicts).items():
             total[key] = total.get(key, 0.0) + v
     return {key: v / sets for key, v in total.items()}
 
 
-COLUMNS = ("pooled", "within", "between", "trend", "trend (model-based SE)")
+COLUMNS = ("pooled", "within", "between", "trend", "trend (model-based SE)", "probe")
 
 
 def table(results: list[tuple[Scenario, dict[str, float]]], sets: int) -> str:
@@ -108,7 +130,8 @@ def table(results: list[tuple[Scenario, dict[str, float]]], sets: int) -> str:
              "* = a null (no true difference: aim ≤ 0.06), else power", "",
              "| scenario | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for sc, r in results:
-        cells = [f"{r[c]:.3f}{'*' if c.split(' ')[0] in sc.null else ''}" for c in COLUMNS]
+        cells = [("-" if c not in r else f"{r[c]:.3f}{'*' if c.split(' ')[0] in sc.null or c == 'probe' else ''}")
+                 for c in COLUMNS]
         lines.append(f"| {sc.name} ({sc.n_tasks} tasks x {sc.per_task}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -118,11 +141,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", type=int, default=200)
     ap.add_argument("--bootstrap", type=int, default=1000, help="replicates and permutations per data set")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verdicts", default=None, help="comma-separated, of: " + ", ".join(COLUMNS[:4]) + ", probe "
+                    "(default: all)")
     args = ap.parse_args(argv)
+    verdicts = tuple(v.strip() for v in args.verdicts.split(",")) if args.verdicts else None
     results = []
     for sc in SCENARIOS:
         start = time.perf_counter()
-        results.append((sc, rates(sc, sets=args.sets, n_boot=args.bootstrap, seed=args.seed)))
+        results.append((sc, rates(sc, sets=args.sets, n_boot=args.bootstrap, seed=args.seed, verdicts=verdicts)))
         print(f"  {sc.name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     print(table(results, args.sets))
     return 0

@@ -31,8 +31,9 @@ def _esc(text: object) -> str:
 
 def _errors(entries_acc, low, high) -> dict:
     return {"type": "data", "symmetric": False,
-            "array": [None if a is None else h - a for a, h in zip(entries_acc, high)],
-            "arrayminus": [None if a is None else a - lo for a, lo in zip(entries_acc, low)], "thickness": 1.2}
+            "array": [None if a is None or h is None else h - a for a, h in zip(entries_acc, high)],
+            "arrayminus": [None if a is None or lo is None else a - lo for a, lo in zip(entries_acc, low)],
+            "thickness": 1.2}
 
 
 def scaling_figure(result: dict, *, tasks: Sequence[str] = (), axis: str | None = None, dark: bool = False) -> go.Figure:
@@ -285,28 +286,33 @@ PROBE_COLOURS = {"domain": "#e6550d", "task": "#3182bd", "correct": "#2ca02c"}
 
 
 def probes_figure(probes: dict | None, *, dark: bool = False, title: str = "") -> go.Figure:
-    """Probe accuracy by layer per target (95 % Wilson intervals), with each target's majority
-    baseline dashed."""
+    """Probe accuracy minus chance (the class prior) by layer per target, with its task-clustered
+    95 % interval; 0 (chance) dashed. Rows of an older probes.json (no interval) are drawn without."""
     fig = go.Figure()
     rows = (probes or {}).get("layers", [])
+    layers = sorted({r["layer"] for r in rows})
     for target in [t for t in PROBE_COLOURS if any(r["target"] == t for r in rows)]:
         rs = sorted((r for r in rows if r["target"] == target), key=lambda r: r["layer"])
         colour = PROBE_COLOURS[target]
-        acc = [r["accuracy"] for r in rs]
+        diff = [r.get("minus_baseline", r["accuracy"] - r["baseline"]) for r in rs]
         fig.add_trace(go.Scatter(
-            x=[r["layer"] for r in rs], y=acc, mode="lines+markers", name=f"{target} (probe)",
+            x=[r["layer"] for r in rs], y=diff, mode="lines+markers", name=target,
             line={"color": colour, "width": 2}, marker={"color": colour, "size": 8},
-            error_y={**_errors(acc, [r["low"] for r in rs], [r["high"] for r in rs]), "color": colour},
-            customdata=[[r["n"], r["n_tasks"], r["cv"], r["baseline"]] for r in rs],
-            hovertemplate="layer %{x}<br>accuracy %{y:.3f} (baseline %{customdata[3]:.3f})<br>n=%{customdata[0]}, "
-                          f"%{{customdata[1]}} tasks, %{{customdata[2]}}<extra>{target}</extra>"))
-        fig.add_trace(go.Scatter(x=[r["layer"] for r in rs], y=[r["baseline"] for r in rs], mode="lines",
-                                 name=f"{target} (majority baseline)", line={"color": colour, "dash": "dash", "width": 1.5},
-                                 hovertemplate="layer %{x}<br>baseline %{y:.3f}" f"<extra>{target}</extra>"))
+            error_y={**_errors(diff, [r.get("minus_baseline_low") for r in rs],
+                               [r.get("minus_baseline_high") for r in rs]), "color": colour},
+            customdata=[[r["n"], r["n_tasks"], r["cv"], r["baseline"], r["accuracy"],
+                         "above chance" if r.get("above_chance") else "not above chance"] for r in rs],
+            hovertemplate="layer %{x}<br>probe − chance %{y:+.3f} (accuracy %{customdata[4]:.3f}, chance "
+                          "%{customdata[3]:.3f}): %{customdata[5]}<br>n=%{customdata[0]}, %{customdata[1]} tasks, "
+                          f"%{{customdata[2]}}<extra>{target}</extra>"))
+    if layers:
+        fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[0, 0], mode="lines", name="chance (class prior)",
+                                 line={"color": "#999999", "dash": "dash", "width": 1.5}, hoverinfo="skip"))
     fig.update_layout(template=template_name(dark), height=400, margin={"l": 50, "r": 20, "t": 50, "b": 40},
-                      title={"text": title or "Linear probes by layer (cross-validated accuracy, 95 % Wilson intervals)"},
+                      title={"text": title or "Linear probes by layer: accuracy minus chance (task-clustered 95 % "
+                                              "intervals)"},
                       xaxis={"title": "layer (hidden_states index)", "dtick": 1}, legend={"orientation": "h", "y": -0.2},
-                      yaxis={"title": "accuracy", "range": [-0.02, 1.05]})
+                      yaxis={"title": "probe accuracy − chance", "range": [-1.02, 1.02]})
     return fig
 
 

@@ -381,7 +381,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else list(PROBE_TARGETS)
     result = probe_run(Run(args.run), layers=args.layers, targets=targets, folds=args.folds, max_dim=args.max_dim,
-                       seed=args.seed, progress=not args.no_progress)
+                       seed=args.seed, progress=not args.no_progress, n_boot=args.bootstrap)
     if args.json:
         write_json_atomic(args.json, result)
     print(format_probes(result))
@@ -699,7 +699,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="linear probes for domain, task and correctness from each stored layer",
                        description="Cross-validated logistic-regression accuracy (grouped by task where the target "
                                    "is not the task) for predicting domain, task and correctness from each stored "
-                                   "layer, against the majority baseline; written to RUN/probes.json.")
+                                   "layer, against chance (the class prior) with task-clustered intervals; written to "
+                                   "RUN/probes.json with its settings.")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the result here")
     p.add_argument("--layers", type=_layers, default=None, help="stored layers (default: all stored)")
@@ -708,6 +709,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-dim", type=int, default=256,
                    help="PCA dimensions the probe sees when the hidden size is larger (fitted inside each fold)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="task-clustered bootstrap replicates for the probes' 95 %% intervals (default 1000)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_probe)
 

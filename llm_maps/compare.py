@@ -774,23 +774,27 @@ def _probe_target(frame: Any, target: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, folds: int = 5, max_dim: int = 256,
-                 c: float = 1.0, seed: int = 0, max_iter: int = 300) -> dict[str, Any]:
+                 c: float = 1.0, seed: int = 0, max_iter: int = 300, tasks: np.ndarray | None = None,
+                 n_boot: int = 1000) -> dict[str, Any]:
     """Cross-validated accuracy of a logistic-regression probe predicting ``y`` from ``x`` [N, H]
     (standardised, PCA to ``max_dim`` dimensions when H is larger, both fitted inside each fold),
-    and of the majority class of each training fold (the baseline), pooled over the folds.
-    ``groups`` (e.g. task): GroupKFold, so no group is in both the training and the test folds;
-    else StratifiedKFold. Returns accuracy, baseline, their Wilson intervals, n, folds, cv, and
-    whether every fold's fit converged within ``max_iter`` lbfgs iterations."""
+    judged against chance: the class prior (the share of the most frequent class, what always
+    answering it scores). ``groups`` (e.g. task): no group in both the training and the test folds
+    (StratifiedGroupKFold when every class spans enough groups, else GroupKFold); else
+    StratifiedKFold. Tasks are the unit of independence: the intervals of the accuracy, of the
+    chance level and of ``probe - chance`` come from a task-clustered bootstrap (``tasks``, default
+    ``groups``; small-cluster corrected), and ``above_chance`` says whether that difference's
+    interval lies above 0. Also n, folds, cv and whether every fold's fit converged."""
     from sklearn.base import clone
     from sklearn.decomposition import PCA
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold, StratifiedKFold
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     y = np.asarray(y)
-    classes = np.unique(y)
+    classes, class_counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
         raise ValueError("only one class")
     if groups is not None:
@@ -798,10 +802,15 @@ def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, fol
         k = min(folds, n_groups)
         if k < 2:
             raise ValueError("fewer than 2 groups")
-        cv = GroupKFold(n_splits=k)
-        cv_name = f"GroupKFold({k}) by task"
+        groups_per_class = min(len(np.unique(np.asarray(groups)[y == cl])) for cl in classes)
+        if groups_per_class >= k:  # every class can be in every fold: stratify too
+            cv: Any = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+            cv_name = f"StratifiedGroupKFold({k}) by task"
+        else:
+            cv = GroupKFold(n_splits=k)
+            cv_name = f"GroupKFold({k}) by task"
     else:
-        k = min(folds, int(np.min(np.unique(y, return_counts=True)[1])))
+        k = min(folds, int(np.min(class_counts)))
         if k < 2:
             raise ValueError("a class has fewer than 2 examples")
         cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -810,7 +819,6 @@ def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, fol
     if x.shape[1] > max_dim:
         steps.append(PCA(n_components=max_dim, svd_solver="auto", random_state=seed))
     pred = np.empty(len(y), dtype=y.dtype)
-    base = np.empty(len(y), dtype=y.dtype)
     iterations, converged = [], True
     for train, test in cv.split(x, y, groups):
         model = make_pipeline(*[clone(s_) for s_ in steps], LogisticRegression(C=c, max_iter=max_iter))
@@ -821,21 +829,49 @@ def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, fol
         iterations.append(n_iter)
         converged &= n_iter < max_iter
         pred[test] = model.predict(x[test])
-        values, counts = np.unique(y[train], return_counts=True)
-        base[test] = values[np.argmax(counts)]  # the training fold's majority (first in sort order on ties)
     n = len(y)
-    hits, base_hits = int((pred == y).sum()), int((base == y).sum())
-    lo, hi = wilson_interval(hits, n)
-    blo, bhi = wilson_interval(base_hits, n)
-    return {"accuracy": hits / n, "low": lo, "high": hi, "baseline": base_hits / n, "baseline_low": blo,
-            "baseline_high": bhi, "n": n, "n_classes": int(len(classes)), "folds": k, "cv": cv_name,
-            "features": f"standardised, PCA to {max_dim} dimensions inside each fold" if x.shape[1] > max_dim
-            else "standardised", "C": c, "iterations": max(iterations), "converged": bool(converged)}
+    hits = pred == y
+    out = {"accuracy": float(hits.mean()), "baseline": float(class_counts.max() / n), "n": n,
+           "n_classes": int(len(classes)), "folds": k, "cv": cv_name,
+           "features": f"standardised, PCA to {max_dim} dimensions inside each fold" if x.shape[1] > max_dim
+           else "standardised", "C": c, "iterations": max(iterations), "converged": bool(converged)}
+    return {**out, **probe_intervals(hits, y, tasks if tasks is not None else groups, n_boot=n_boot, seed=seed)}
+
+
+def probe_intervals(hits: np.ndarray, y: np.ndarray, tasks: np.ndarray | None, *, n_boot: int,
+                    seed: int) -> dict[str, Any]:
+    """Task-clustered bootstrap 95 % intervals of a probe's accuracy (the mean of ``hits``), of the
+    chance level (the largest class share) and of their difference, from the same replicates
+    (tasks resampled with replacement, spread by sqrt(G/(G-1))); without tasks, or with fewer
+    than 2, examples are resampled (and the result says so)."""
+    from .findings import _interval, small_cluster, task_resample_counts
+
+    hits = np.asarray(hits, dtype=float)
+    classes, codes = np.unique(np.asarray(y), return_inverse=True)
+    units = np.arange(len(hits)) if tasks is None else np.unique(np.asarray(tasks).astype(str), return_inverse=True)[1]
+    n_units = int(units.max()) + 1 if len(units) else 0
+    if n_units < 2:
+        units, n_units = np.arange(len(hits)), len(hits)
+    unit = "tasks" if tasks is not None and n_units < len(hits) else "examples"
+    rng = np.random.default_rng(seed + 31337)
+    w = task_resample_counts(n_tasks=n_units, n_boot=n_boot, rng=rng)[:, units]  # [B, N] row weights
+    total = w.sum(1)
+    acc = (w @ hits) / total
+    onehot = np.eye(len(classes))[codes]  # [N, K]
+    base = ((w @ onehot) / total[:, None]).max(1)
+    est_acc, est_base = float(hits.mean()), float(np.bincount(codes).max() / len(hits))
+    diff = small_cluster(est_acc - est_base, acc - base, n_units)
+    lo, hi = _interval(small_cluster(est_acc, acc, n_units))
+    blo, bhi = _interval(small_cluster(est_base, base, n_units))
+    dlo, dhi = _interval(diff)
+    return {"low": lo, "high": hi, "baseline_low": blo, "baseline_high": bhi, "minus_baseline": est_acc - est_base,
+            "minus_baseline_low": dlo, "minus_baseline_high": dhi,
+            "above_chance": bool(dlo is not None and dlo > 0), "interval_unit": f"{n_units} {unit}"}
 
 
 def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequence[str] = PROBE_TARGETS,
               folds: int = 5, max_dim: int = 256, seed: int = 0, progress: bool = False,
-              save: bool = True) -> dict[str, Any]:
+              save: bool = True, n_boot: int = 1000) -> dict[str, Any]:
     """Linear probes of every stored layer (or ``layers``) of one run for each target; one layer
     in memory at a time. Domain and correctness are cross-validated grouped by task (the probe
     must carry over to unseen tasks); task itself with stratified folds. Written to RUN/probes.json
@@ -868,7 +904,8 @@ def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequenc
         for target, rows, y in plan:
             groups = None if target == "task" else tasks[rows]
             try:
-                res = probe_scores(x_all[rows], y, groups, folds=folds, max_dim=max_dim, seed=seed)
+                res = probe_scores(x_all[rows], y, groups, folds=folds, max_dim=max_dim, seed=seed, tasks=tasks[rows],
+                                   n_boot=n_boot)
             except ValueError as exc:
                 if not any(s["target"] == target for s in skipped):
                     skipped.append({"target": target, "reason": str(exc)})
@@ -878,6 +915,9 @@ def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequenc
             out_rows.append({"layer": int(k), "target": target, "accuracy": round(res["accuracy"], 6),
                              "baseline": round(res["baseline"], 6), "low": res["low"], "high": res["high"],
                              "baseline_low": res["baseline_low"], "baseline_high": res["baseline_high"],
+                             "minus_baseline": round(res["minus_baseline"], 6),
+                             "minus_baseline_low": res["minus_baseline_low"],
+                             "minus_baseline_high": res["minus_baseline_high"], "above_chance": res["above_chance"],
                              "n": res["n"], "n_tasks": int(len(np.unique(tasks[rows]))),
                              "n_classes": res["n_classes"], "cv": res["cv"], "features": res["features"],
                              "converged": res["converged"]})
@@ -886,15 +926,20 @@ def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequenc
         del x_all
     if bar:
         bar.close()
-    result = {"format_version": 1, "run": run.name, "model": run.manifest.get("model"),
-              "probe": "logistic regression (scikit-learn, C=1), cross-validated; baseline: the majority class "
-                       "of each training fold; accuracy pooled over folds with 95 % Wilson intervals over examples",
+    result = {"format_version": 2, "run": run.name, "model": run.manifest.get("model"),
+              "probe": "logistic regression (scikit-learn, C=1), cross-validated (folds grouped by task for domain "
+                       "and correct); chance: the class prior (the largest class share); accuracy pooled over the "
+                       "folds; 95 % intervals of the accuracy, chance and probe - chance from a task-clustered "
+                       f"bootstrap (B = {n_boot}); above chance when probe - chance's interval lies above 0",
+              "settings": {"layers": [int(k) for k in layers], "targets": list(targets), "folds": folds,
+                           "max_dim": max_dim, "C": 1.0, "seed": seed, "bootstrap": n_boot},
               "layers": out_rows, "skipped": skipped, "fingerprint": run_fingerprint(run)}
     if save:
         try:
             write_json_atomic(run.path / PROBES_FILE, result)
-        except OSError:
-            pass
+        except OSError as exc:  # a read-only run: said, never silently lost
+            raise LLMMapsError(f"{run.path / PROBES_FILE}: cannot write ({exc.strerror or exc}); "
+                               "use --json FILE for a copy elsewhere") from None
     return result
 
 
@@ -1007,12 +1052,18 @@ def format_compare(result: dict[str, Any]) -> str:
 
 
 def format_probes(result: dict[str, Any]) -> str:
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
     lines = [f"linear probes of {result['run']} ({result['probe']})",
-             f"  {'layer':>5}  {'target':<8}  {'accuracy':>8}  {'95% interval':>15}  {'baseline':>8}  {'n':>6}  "
-             f"{'tasks':>5}  cv"]
+             f"  {'layer':>5}  {'target':<8}  {'accuracy':>8}  {'95% interval':>15}  {'chance':>6}  "
+             f"{'probe - chance [95%]':>24}  {'n':>6}  {'tasks':>5}  cv"]
     for r in result["layers"]:
-        lines.append(f"  {r['layer']:>5}  {r['target']:<8}  {r['accuracy']:>8.3f}  [{r['low']:.3f}, {r['high']:.3f}]  "
-                     f"{r['baseline']:>8.3f}  {r['n']:>6}  {r['n_tasks']:>5}  {r['cv']}")
+        minus = (f"{r['minus_baseline']:+.3f} [{f(r['minus_baseline_low'])}, {f(r['minus_baseline_high'])}]"
+                 + (" *" if r.get("above_chance") else "")) if "minus_baseline" in r else "-"
+        lines.append(f"  {r['layer']:>5}  {r['target']:<8}  {r['accuracy']:>8.3f}  [{f(r['low'])}, {f(r['high'])}]  "
+                     f"{r['baseline']:>6.3f}  {minus:>24}  {r['n']:>6}  {r['n_tasks']:>5}  {r['cv']}")
+    lines.append("  (* above chance: the task-clustered interval of probe - chance lies above 0)")
     for s in result["skipped"]:
         lines.append(f"  skipped {s['target']}: {s['reason']}")
     return "\n".join(lines)

@@ -504,21 +504,31 @@ class ProbeRow(TypedDict, total=False):
     layer: Annotated[int, "stored layer probed"]
     target: Annotated[str, "domain | task | correct"]
     accuracy: Annotated[float, "cross-validated accuracy, pooled over the folds"]
-    baseline: Annotated[float, "accuracy of each training fold's majority class, pooled"]
-    low: Annotated[float, "95 % Wilson interval of accuracy (over examples)"]
-    high: Annotated[float, "95 % Wilson interval of accuracy (over examples)"]
-    baseline_low: Annotated[float, "95 % Wilson interval of the baseline"]
-    baseline_high: Annotated[float, "95 % Wilson interval of the baseline"]
+    baseline: Annotated[float, "chance: the class prior, the largest class share (format 1: each training fold's "
+                               "majority class, pooled)"]
+    low: Annotated[float | None, "95 % interval of accuracy, task-clustered bootstrap (format 1: Wilson over examples)"]
+    high: Annotated[float | None, "upper"]
+    baseline_low: Annotated[float | None, "95 % interval of the chance level (same replicates)"]
+    baseline_high: Annotated[float | None, "upper"]
+    minus_baseline: Annotated[float, "accuracy - chance (format 2)"]
+    minus_baseline_low: Annotated[float | None, "its 95 % task-clustered bootstrap interval, lower"]
+    minus_baseline_high: Annotated[float | None, "upper"]
+    above_chance: Annotated[bool, "the interval of accuracy - chance lies above 0"]
     n: Annotated[int, "examples probed"]
     n_tasks: Annotated[int, "tasks among them"]
     n_classes: Annotated[int, "classes of the target"]
-    cv: Annotated[str, "GroupKFold(k) by task (domain, correct) | StratifiedKFold(k) (task)"]
+    cv: Annotated[str, "StratifiedGroupKFold(k) or GroupKFold(k) by task (domain, correct) | StratifiedKFold(k) "
+                       "(task)"]
     features: Annotated[str, "what the probe saw (standardised; PCA inside each fold when wider than --max-dim)"]
     converged: Annotated[bool, "every fold's lbfgs fit converged"]
 
 
-class ProbesFile(TypedDict):
-    format_version: Annotated[int, "probes.json format (1)"]
+class ProbesFileOptional(TypedDict, total=False):
+    settings: Annotated[dict[str, Any], "layers, targets, folds, max_dim, C, seed, bootstrap (format 2)"]
+
+
+class ProbesFile(ProbesFileOptional):
+    format_version: Annotated[int, "probes.json format (2: chance = class prior, task-clustered intervals)"]
     run: Annotated[str, "the run's folder name"]
     model: Annotated[str | None, "the run's model"]
     probe: Annotated[str, "how the probes were fitted and scored, in words"]

@@ -26,4 +26,6 @@ def test_small_calibration_run():
     text = cal.table([(by_name["equal domains, no falloff"], null)], 24)
     row = next(line for line in text.splitlines() if line.startswith("| equal domains, no falloff (24 tasks x 20) |"))
     assert row.split(" | ")[1:] == [f"{null['pooled']:.3f}*", f"{null['within']:.3f}*", f"{null['between']:.3f}*",
-                                    f"{null['trend']:.3f}*", f"{null['trend (model-based SE)']:.3f}* |"]
+                                    f"{null['trend']:.3f}*", f"{null['trend (model-based SE)']:.3f}*",
+                                    f"{null['probe']:.3f}* |"]
+    assert null["probe"] <= 2 / 24, null  # a probe judged at the task level: rarely "above chance" on null data

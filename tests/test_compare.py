@@ -98,20 +98,58 @@ def test_probes_reach_one_on_separable_encodings_and_the_baseline_on_shuffled_la
     x = rng.normal(size=(n, 10))
     x[:, 0] += np.where(domain == "Chollet", 6.0, -6.0)  # linearly separable along one direction
     res = CMP.probe_scores(x, domain, tasks.astype(str), folds=4)
-    assert res["accuracy"] == 1.0 and res["cv"] == "GroupKFold(4) by task" and res["n"] == n
-    # the majority baseline equals scikit-learn's most-frequent classifier under the same folds
-    from sklearn.dummy import DummyClassifier
-    from sklearn.model_selection import GroupKFold, cross_val_score
-
-    folds = GroupKFold(n_splits=4).split(x, domain, tasks)
-    per_fold = [(DummyClassifier(strategy="most_frequent").fit(x[tr], domain[tr]).predict(x[te]) == domain[te]).sum()
-                for tr, te in folds]
-    assert res["baseline"] == pytest.approx(sum(per_fold) / n)
+    assert res["accuracy"] == 1.0 and res["cv"] == "StratifiedGroupKFold(4) by task" and res["n"] == n
+    # chance is the class prior: the largest class share (8 of 12 tasks, 400 of 600 examples)
+    assert res["baseline"] == pytest.approx(400 / 600)
+    assert res["minus_baseline"] == pytest.approx(1 - 400 / 600) and res["above_chance"] is True
+    assert res["interval_unit"] == "12 tasks"
+    # a class in fewer groups than folds: GroupKFold, as before
+    assert CMP.probe_scores(x, domain, tasks.astype(str), folds=5)["cv"] == "GroupKFold(5) by task"
     shuffled = rng.permutation(np.where(rng.random(n) < 0.7, "a", "b"))
     noise = rng.normal(size=(n, 10))
     res = CMP.probe_scores(noise, shuffled, None, folds=5)
-    assert res["cv"] == "StratifiedKFold(5)"
+    assert res["cv"] == "StratifiedKFold(5)" and res["interval_unit"] == f"{n} examples"
     assert abs(res["accuracy"] - res["baseline"]) <= 0.04, res
+    assert res["above_chance"] is False
+
+
+def test_probe_intervals_are_a_task_bootstrap_of_the_same_replicates():
+    """Accuracy, chance and probe - chance from the same task draws, replicate by replicate, spread
+    by sqrt(G/(G-1)), percentiles: equal to a hand computation on materialised resamples."""
+    from llm_maps.findings import small_cluster, task_resample_counts
+
+    rng = np.random.default_rng(0)
+    tasks = np.repeat(np.arange(9), 7)
+    y = np.where(rng.random(63) < 0.4, "x", "y")
+    hits = rng.random(63) < 0.6
+    res = CMP.probe_intervals(hits, y, tasks, n_boot=300, seed=5)
+    counts = task_resample_counts(n_tasks=9, n_boot=300, rng=np.random.default_rng(5 + 31337))
+    acc, base = [], []
+    for r in range(300):
+        rows = np.concatenate([np.flatnonzero(tasks == t).repeat(1) for t in range(9) for _ in range(int(counts[r, t]))])
+        acc.append(hits[rows].mean())
+        base.append(max((y[rows] == "x").mean(), (y[rows] == "y").mean()))
+    est = hits.mean() - max((y == "x").mean(), (y == "y").mean())
+    diff = small_cluster(est, np.array(acc) - np.array(base), 9)
+    assert (res["minus_baseline_low"], res["minus_baseline_high"]) == (
+        pytest.approx(np.percentile(diff, 2.5)), pytest.approx(np.percentile(diff, 97.5)))
+    assert res["minus_baseline"] == pytest.approx(est)
+
+
+def test_probes_on_null_data_rarely_claim_above_chance():
+    """Encodings unrelated to the label (which is constant within a task, as domain is): the probe is
+    judged at the task level, so it claims 'above chance' in few data sets (it was 62 % with Wilson
+    intervals over examples and a training-fold baseline)."""
+    claims = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        tasks = np.repeat(np.arange(16), 20)
+        task_label = np.where(rng.random(16) < 0.5, "Chollet", "Reasoning")
+        task_mean = rng.normal(size=(16, 8))  # tasks differ, but not by domain
+        x = task_mean[tasks] + rng.normal(size=(320, 8))
+        res = CMP.probe_scores(x, task_label[tasks], tasks.astype(str), folds=4, n_boot=300, seed=seed)
+        claims += res["above_chance"]
+    assert claims <= 2, claims
 
 
 # --- curves ----------------------------------------------------------------------------------------

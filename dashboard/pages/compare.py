@@ -390,8 +390,9 @@ def _probe_note(cmp, name) -> str:
     rows = p.get("layers", [])
     n_tasks = max((r["n_tasks"] for r in rows), default=0)
     return (f"{base}. Logistic regression, cross-validated (domain and correctness grouped by task: unseen tasks in "
-            f"each test fold; task stratified); dashed: the majority class of each training fold; error bars: Wilson "
-            f"95 % over examples; {rows[0]['n'] if rows else 0} examples, {n_tasks} tasks." + (f" {skipped}." if skipped else ""))
+            f"each test fold; task stratified); plotted: accuracy minus chance (the class prior), dashed at 0; error "
+            f"bars: task-clustered bootstrap 95 % (a probe is above chance when its bar lies above 0); "
+            f"{rows[0]['n'] if rows else 0} examples, {n_tasks} tasks." + (f" {skipped}." if skipped else ""))
 
 
 def _load(key):
