@@ -524,16 +524,18 @@ def falloff_for(data: RunData, *, layer: int | None = None, metric: str | None =
                 tasks: list[str] | None = None) -> tuple[dict | None, str]:
     """Falloff statistics to draw and where they came from.
 
-    Uses falloff.json when it holds this layer/metric with the same bins and no task filter is set;
-    otherwise ``llm_maps.falloff.falloff_stats`` on the test rows. (None, reason) when impossible."""
-    from llm_maps.falloff import falloff_stats
+    Uses falloff.json when it holds this layer/metric with the same bins and task-clustered trends
+    and no task filter is set; otherwise ``llm_maps.falloff.falloff_stats`` on the test rows (trends
+    task-clustered). (None, reason) when impossible."""
+    from llm_maps.falloff import clustered_trends, falloff_stats
 
     layer = data.default_layer if layer is None else int(layer)
     metric = metric or data.metric
     if not data.has_scores:
         return None, "no scores yet"
     variant = falloff_variant(data.falloff_file, layer, metric)
-    if variant is not None and not tasks and int(data.falloff_file.get("n_bins", -1)) == int(n_bins):
+    if variant is not None and not tasks and int(data.falloff_file.get("n_bins", -1)) == int(n_bins) \
+            and clustered_trends(variant["stats"]):  # (an older file's trends are recomputed, task-clustered)
         return variant["stats"], f"from {FALLOFF_FILE}"
     try:
         dist = data.distances(layer, metric)

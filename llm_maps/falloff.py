@@ -100,6 +100,13 @@ def logistic_trend(distance: np.ndarray, correct: np.ndarray, *, clusters: np.nd
     return out
 
 
+def clustered_trends(stats: Mapping[str, Any]) -> bool:
+    """Whether every fitted trend of a falloff (e.g. a falloff.json variant's stats) has a
+    task-clustered interval: files written before trends were clustered do not, and readers
+    recompute them rather than show an interval that treats examples as independent."""
+    return all((st.get("trend") or {}).get("slope") is None or "clusters" in st["trend"] for st in stats.values())
+
+
 def group_falloff(distance: np.ndarray, correct: np.ndarray, edges: np.ndarray,
                   tasks: np.ndarray | None = None) -> FalloffGroup:
     """Accuracy per distance bin (given edges) with Wilson intervals, plus the logistic trend

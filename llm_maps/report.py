@@ -15,7 +15,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-from .falloff import FALLOFF_FILE, SLOPE_UNIT, falloff_stats, format_slope, slope_verdict, wilson_interval
+from .falloff import (FALLOFF_FILE, SLOPE_UNIT, clustered_trends, falloff_stats, format_slope, slope_verdict,
+                      wilson_interval)
 
 
 def _split_scored(frame: pd.DataFrame) -> tuple[str, np.ndarray]:
@@ -77,8 +78,7 @@ def falloff_lines(run_dir: str | Path, frame: pd.DataFrame, manifest: Mapping[st
             variant = next(v for v in data["variants"] if v.get("default"))
             stats, source, n_bins = variant["stats"], FALLOFF_FILE, data.get("n_bins", n_bins)
             layer, metric = variant["layer"], variant["metric"]
-            if any((st.get("trend") or {}).get("slope") is not None and "clusters" not in st["trend"]
-                   for st in stats.values()):
+            if not clustered_trends(stats):
                 stats = None  # written before trends were task-clustered: recomputed below, clustered
         except (OSError, ValueError, KeyError, StopIteration):
             stats = None

@@ -36,7 +36,8 @@ def runs(tmp_path_factory):
     data = RunRegistry([withfile]).load("withfile")
     test = ~data.is_train
     stats = falloff_stats(data.dist[test], data.correct.to_numpy(dtype=object, na_value=None)[test],
-                          data.frame["domain"].to_numpy()[test], n_bins=3)
+                          data.frame["domain"].to_numpy()[test], n_bins=3,
+                          tasks=data.frame["task"].astype(str).to_numpy()[test])
     (withfile / "falloff.json").write_text(json.dumps({
         "format_version": 1, "split": "test", "n_bins": 3, "binning": "equal-count", "correct_threshold": 0.5,
         "variants": [{"layer": 2, "metric": "cosine", "default": True, "stats": stats}]}))
@@ -295,6 +296,25 @@ def test_falloff_from_file_or_on_the_fly(runs, scored_data):
     assert source1 == "computed on the fly" and stats1["all"]["n"] == int(test.sum())
     unscored = RunRegistry([runs["unscored"]]).load("unscored")
     assert falloff_for(unscored) == (None, "no scores yet")
+
+
+def test_a_falloff_file_with_unclustered_trends_is_recomputed_clustered(tmp_path):
+    """falloff.json written before trends were task-clustered (no `clusters`): the page does not show
+    its examples-independent intervals, it recomputes the trends task-clustered."""
+    old = write_synthetic_run(tmp_path / "old", 150, seed=3)
+    data = RunRegistry([old]).load("old")
+    test = ~data.is_train
+    args = (data.dist[test], data.correct.to_numpy(dtype=object, na_value=None)[test],
+            data.frame["domain"].to_numpy()[test])
+    (old / "falloff.json").write_text(json.dumps({
+        "format_version": 1, "split": "test", "n_bins": 3, "binning": "equal-count", "correct_threshold": 0.5,
+        "variants": [{"layer": 2, "metric": "cosine", "default": True, "stats": falloff_stats(*args, n_bins=3)}]}))
+    stats, source = falloff_for(RunRegistry([old]).load("old"), n_bins=3)
+    clustered = falloff_stats(*args, n_bins=3, tasks=data.frame["task"].astype(str).to_numpy()[test])
+    assert source == "computed on the fly"
+    for group in ("all", "Chollet", "Reasoning"):
+        assert stats[group]["trend"]["slope_se"] == pytest.approx(clustered[group]["trend"]["slope_se"])
+        assert stats[group]["trend"]["clusters"] == clustered[group]["trend"]["clusters"] > 2
 
 
 def test_online_distances_match_brute_force(scored_data):
