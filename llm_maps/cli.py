@@ -751,9 +751,25 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_signals() -> None:
+    """SIGINT raises KeyboardInterrupt and SIGTERM ends the process, whatever the parent left: a
+    signal ignored by a parent (a shell's `nohup cmd &`, some CI runners) stays ignored in its
+    children, and then Ctrl-C or `kill -INT` could not stop a demo, its server or its worker.
+    Called by every `llm-maps` process (the demo's server and the embedded worker are ones too)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # a process of its own (not a call from Python code, e.g. a test)
+        default_signals()
     try:
         return int(args.func(args) or 0)
     except LLMMapsError as exc:

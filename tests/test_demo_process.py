@@ -60,12 +60,21 @@ def _descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_to_demo_stops_serve_and_worker_and_frees_the_port(scored_run, tmp_path, sig):
+def _ignoring(sig):
+    """A child that starts with ``sig`` ignored, as under `nohup ... &` or a CI runner that ignores it."""
+    return lambda: signal.signal(sig, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig, inherited", [(signal.SIGTERM, None), (signal.SIGINT, None),
+                                            (signal.SIGINT, signal.SIGINT)],
+                         ids=["SIGTERM", "SIGINT", "SIGINT-after-a-parent-ignored-it"])
+def test_signal_to_demo_stops_serve_and_worker_and_frees_the_port(scored_run, tmp_path, sig, inherited):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "demo", "--out", str(scored_run),
                              "--port", str(port), "--no-progress"], env=_env(), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_ignoring(inherited) if inherited else None)
+    kids: list = []
     try:
         _wait_ready(proc, port)
         kids = _descendants(proc.pid)
@@ -73,9 +82,13 @@ def test_signal_to_demo_stops_serve_and_worker_and_frees_the_port(scored_run, tm
         assert any(" serve " in c for c in cmdlines) and any(" worker " in c for c in cmdlines), cmdlines
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    finally:  # whatever happened, nothing of the demo is left running, holding the port
+        for p in [proc.pid]:
+            try:
+                os.killpg(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=10)
     assert proc.returncode == 0, err
     gone, alive = psutil.wait_procs(kids, timeout=5)
     assert alive == [], [" ".join(p.cmdline()) for p in alive]
