@@ -200,6 +200,7 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
     if credentials:
         _install_basic_auth(app.server, credentials, prefix)
     _install_home_redirect(app.server, prefix)
+    _install_not_found_status(app.server, prefix)
     _install_bundle_caching(app.server, prefix)
     install_routes(app.server, prefix)
     if warm:
@@ -237,6 +238,28 @@ def _install_bundle_caching(server, prefix: str = "/") -> None:
     def _cache_bundle(response):
         if flask.request.path == path and flask.request.args.get("m") and response.status_code == 200:
             response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        return response
+
+
+def _install_not_found_status(server, prefix: str = "/") -> None:
+    """A page path no page is registered at still gets Dash's page (which draws the 404 page), but
+    with the status 404, not 200: for crawlers, link checkers and anyone who reads the status."""
+    import flask
+
+    own = ("_dash-", "_reload-hash", "_favicon", "assets/", "api", "_llm_maps/")
+
+    @server.after_request
+    def _not_found(response):
+        req = flask.request
+        if req.method != "GET" or response.status_code != 200 or response.mimetype != "text/html" \
+                or not req.path.startswith(prefix):
+            return response
+        rest = req.path[len(prefix):]
+        if rest.startswith(own):
+            return response
+        pages = {str(page["path"]).strip("/") for page in dash.page_registry.values()}
+        if rest.strip("/") not in pages or rest.strip("/") == "404":
+            response.status_code = 404
         return response
 
 

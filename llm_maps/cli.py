@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from .config import (DATA, DISTANCES, MODEL, OUTPUT, PROJECTION, SCALE_OUT, SPLIT, VIEWS, BuildConfig,
                      add_arguments, config_values, from_args, parse_layers)
@@ -413,12 +413,44 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+class SuggestingParser(argparse.ArgumentParser):
+    """argparse with "did you mean": a mistyped command or flag is answered with the closest ones."""
+
+    def error(self, message: str) -> NoReturn:
+        import difflib
+        import re
+
+        hint = ""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = re.findall(r"'([^']*)'", choice.group(2)) or [c.strip() for c in choice.group(2).split(",")]
+            close = difflib.get_close_matches(choice.group(1), options, n=3, cutoff=0.5)
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            close = [m for arg in unknown.group(1).split() if arg.startswith("-")
+                     for m in difflib.get_close_matches(arg.split("=")[0], flags, n=1, cutoff=0.6)]
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        super().error(message + hint)
+
+    def parse_args(self, args: "Sequence[str] | None" = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """Unknown flags are reported by the command they were given to, so its flags are suggested."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+            command = subs[0].choices.get(str(getattr(ns, "command", ""))) if subs else None
+            (command or self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SuggestingParser(
         prog="llm-maps",
         description="Maps of where a language model's prompts live, and how accuracy falls off "
                     "away from its training data.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=SuggestingParser)
 
     p = sub.add_parser("build", help="the whole pipeline for one dataset: encode, project, distances",
                        description="Encode every example, fit the 2-D map and compute distances to train; "
