@@ -284,6 +284,8 @@ class Manifest(ManifestRequired, total=False):
     model_file_sha256: Annotated[str | None, "sha256 of the weights file (GGUF: of the .gguf)"]
     model_info: Annotated[ModelInfo, "what loading the model reported"]
     hidden_size: Annotated[int, "width of an encoding"]
+    notes: Annotated[list[str], "caveats about the run that every reader shows (runfolder.add_note; e.g. the "
+                                "demo's)"]
     max_positions: Annotated[int | None, "the model's context in tokens (null: unknown); the API refuses a "
                                          "max_new_tokens that does not fit it"]
     split_seed: Annotated[int, "seed of the train/test split"]

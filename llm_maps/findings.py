@@ -786,7 +786,7 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
     out = {"format_version": FORMAT_VERSION, "split": split, "layer": layer, "metric": metric, "view": view,
            "centred": bool(centred), "model": run.manifest.get("model"), **result,
            **({"condition": condition} if condition is not None else {})}
-    out["notes"] = list(notes) + out.get("notes", [])
+    out["notes"] = [*(run.manifest.get("notes") or []), *notes, *out.get("notes", [])]  # the run's own first
     if not first:
         out["notes"].append("first-token statistics (first_entropy, first_top_prob, first_kl_to_mean) "
                                            "are not stored: re-run `llm-maps score RUN` to add them")

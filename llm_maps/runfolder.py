@@ -37,7 +37,7 @@ __all__ = ["FORMAT_VERSION", "MANIFEST_KEYS", "REQUIRED_COLUMNS", "MANIFEST", "E
            "PROJECTION", "FINETUNE_FILE", "CHECKPOINTS", "Run", "RunIds", "find_runs", "runs_in", "is_group",
            "run_group", "run_name", "is_run_dir", "split_run_args", "model_name", "model_label", "read_manifest",
            "publish", "replacing_dir", "write_json_atomic", "write_parquet_atomic", "save_npy_atomic", "layer_file",
-           "partial_dir", "package_versions", "now_iso", "history_entry", "with_history", "append_history"]
+           "partial_dir", "package_versions", "now_iso", "history_entry", "with_history", "append_history", "add_note"]
 
 MANIFEST = "manifest.json"
 FINETUNE_FILE = "finetune.json"  # a fine-tuning group's settings and loss curve (pipelines/finetune.py)
@@ -89,6 +89,20 @@ def append_history(run_dir: str | Path, entry: HistoryEntry) -> None:
     files beside the manifest (falloff.json) rather than the manifest itself."""
     manifest = read_manifest(run_dir)
     write_json_atomic(Path(run_dir) / MANIFEST, {**with_history(manifest, entry), "updated": entry["created"]})
+
+
+def add_note(run_dir: str | Path, note: str) -> bool:
+    """Keep a caveat about a run in the run (``manifest.notes``), where every reader finds it (findings,
+    the Findings page, exports, `info`), not in one stage's output that a re-run replaces. Recorded
+    in the history; a note already there is not added twice. Returns whether it was added."""
+    manifest = read_manifest(run_dir)
+    notes = list(manifest.get("notes") or [])
+    if note in notes:
+        return False
+    entry = history_entry("note", {"note": note}, {}, [MANIFEST])
+    write_json_atomic(Path(run_dir) / MANIFEST, {**with_history(manifest, entry), "notes": [*notes, note],
+                                                 "updated": entry["created"]})
+    return True
 
 
 def partial_dir(run_dir: str | Path) -> Path:

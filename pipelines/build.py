@@ -386,6 +386,7 @@ def summarize_run(run_dir: str | Path) -> str:
     from llm_maps.report import accuracy_lines, falloff_lines, findings_lines
 
     lines = [f"run        {Path(run_dir)}", *findings_lines(run_dir),  # the verdict first
+             *(f"note       {n}" for n in manifest.get("notes") or []),
              f"model      {manifest['model']} ({manifest['dtype']} on {manifest['device']})",
              f"template   {manifest['prompt_template']['name']}, pooling {manifest['pooling']}, "
              f"max_length {manifest['max_length']} (truncated: {c.get('truncated', 0)})",

@@ -67,6 +67,7 @@ def score_demo(out: Path, *, progress: bool = True) -> None:
     output), ROUGE-L / answer-contained on generated text; then the falloff statistics and the
     findings (findings.json)."""
     from llm_maps.findings import findings_run
+    from llm_maps.runfolder import add_note
     from pipelines.falloff_run import falloff_run
     from pipelines.score import score_run
 
@@ -77,8 +78,9 @@ def score_demo(out: Path, *, progress: bool = True) -> None:
     if "completion" in (read_manifest(out).get("views") or []):  # test rows: their outputs now
         encode_view_run(out, view="completion", progress=progress, log=lambda m: print(m, file=sys.stderr))
     falloff_run(out)
+    add_note(out, DEMO_NOTE)  # in the run: `llm-maps findings`, the pages and exports show it on every re-run
     try:
-        findings_run(out, progress=progress, notes=[DEMO_NOTE])
+        findings_run(out, progress=progress)
     except LLMMapsError as exc:  # e.g. a domain with one task: the statistics say why, the demo goes on
         print(f"findings: not computed: {exc}", file=sys.stderr)
     score_demo_conditions(out, progress=progress)

@@ -612,3 +612,21 @@ def test_holm_equals_statsmodels():
     assert holm(ps) == pytest.approx(list(multipletests(ps, method="holm")[1]))
     assert holm([0.01, None, 0.04]) == [pytest.approx(0.02), None, pytest.approx(0.04)]
     assert holm([]) == []
+
+
+def test_a_note_about_the_run_stays_with_the_run_through_re_runs(tmp_path, capsys):
+    """The demo's caveat lives in the manifest: re-running `llm-maps findings` (as the README
+    suggests) keeps it, and `info` shows it; a note is added once, with a history entry."""
+    from llm_maps.runfolder import add_note
+
+    run = write_synthetic_run(tmp_path / "noted", 300, seed=2)
+    note = "a demonstration of the method, not evidence about the claim"
+    assert add_note(run, note) is True and add_note(run, note) is False
+    manifest = read_manifest(run)
+    assert manifest["notes"] == [note] and [h["stage"] for h in manifest["history"]].count("note") == 1
+    for _ in range(2):  # as the demo wrote it, then as a user re-runs it
+        assert main(["findings", str(run), "--bootstrap", "200", "--no-robustness", "--no-progress"]) == 0
+        assert json.loads((run / "findings.json").read_text())["notes"][0] == note
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 0
+    assert f"note       {note}" in capsys.readouterr().out.splitlines()
