@@ -224,8 +224,9 @@ def _reference_bins(run, name: str, domain: str, n_bins: int):
 def test_falloff_overlay_per_condition_and_domain_is_recomputed_exactly(app, runs, data):
     falloff = sys.modules["pages.falloff"]
     with app.server.test_request_context("/"):
-        page = falloff.layout(run="cond")
-        assert _by_id(page, "falloff-conditions")[0].value == NAMES and not _by_id(page, "falloff-conditions-box")[0].hidden
+        page = falloff.layout(run="cond")  # the run's own scores first; conditions are a choice in the URL
+        assert _by_id(page, "falloff-conditions")[0].value == [] and not _by_id(page, "falloff-conditions-box")[0].hidden
+        assert _by_id(falloff.layout(run="cond", cond=NAMES), "falloff-conditions")[0].value == NAMES
         assert _by_id(falloff.layout(run="cond", cond="none"), "falloff-conditions")[0].value == []
         assert _by_id(falloff.layout(run="cond", cond=["cot", "x"]), "falloff-conditions")[0].value == ["cot"]
         fig, source, table = falloff.update_falloff(2, "cosine", 4, None, None, "overlay", ["cot", "direct"], "cond")
@@ -383,7 +384,11 @@ def _overlay(page, n: int):
 
 def test_falloff_page_overlays_conditions_in_the_browser(browser, runs):
     url, page, log = browser
-    page.goto(f"{url}/falloff?run=cond&bins=4")
+    page.goto(f"{url}/falloff?run=cond&bins=4")  # opens on the run's own scores: no condition traces
+    page.wait_for_function(f"() => {FGD} && {FGD}._fullData && {FGD}._fullData.length > 0 && "
+                           f"{FGD}._fullData.every(t => !(t.meta && t.meta.condition))", timeout=30_000)
+    assert page.eval_on_selector("#falloff-conditions", "el => el.innerText").strip().startswith("none")
+    page.goto(f"{url}/falloff?run=cond&bins=4&" + "&".join(f"cond={c}" for c in NAMES))
     traces = _overlay(page, 6)
     assert [(c, d) for c, d, _ in traces] == [(c, d) for d in ("Chollet", "Reasoning") for c in NAMES]
     for c, d, y in traces:

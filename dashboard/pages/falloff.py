@@ -21,12 +21,13 @@ NO_SCORES = ("No scores yet: this run has no scored test examples, so there is n
 
 
 def condition_controls(data, cond) -> list:
-    """The conditions to overlay (all stored ones unless the URL picks some; ``none``: none), hidden
-    on a run without conditions; a conditions.parquet that cannot be read is said in one line."""
+    """The conditions to overlay: none unless the URL picks some (the run's own scores, every scored
+    test example, are what the page opens on; a condition covers a subset), hidden on a run without
+    conditions; a conditions.parquet that cannot be read is said in one line."""
     cd, error = data.conditions()
     names = cd.names if cd is not None and data.view == "prompt" else []
     picked = C.query_list(cond)
-    value = [] if picked == ["none"] else ([c for c in picked if c in names] if picked else list(names))
+    value = [c for c in picked if c in names]
     out = [html.Div([dbc.Label("Conditions (conditions.parquet)", className="mb-0 small"),
                      dcc.Dropdown(id="falloff-conditions", options=names, value=value, multi=True,
                                   placeholder="none: the run's own scores", className="mb-2")],
