@@ -76,6 +76,9 @@ def test_the_trend_is_task_clustered_as_statsmodels_clusters_it():
     assert t["slope"] == pytest.approx(ref.params[1], rel=1e-6)
     assert t["slope_se"] == pytest.approx(ref.bse[1], rel=1e-6)
     assert (t["clusters"], t["se_type"]) == (15, "task-clustered (sandwich)")
+    from scipy.stats import t as student  # the interval: Student's t with (tasks - 1) degrees of freedom
+
+    assert t["slope_high"] - t["slope"] == pytest.approx(student.ppf(0.975, 14) * ref.bse[1], rel=1e-6)
     plain = logistic_trend(x, y)
     assert plain["se_type"] == "model-based (examples independent)" and plain["slope_se"] < t["slope_se"]
     stats = falloff_stats(x, y.astype(bool).tolist(), ["A"] * n, n_bins=3, tasks=[f"t{v}" for v in g])
