@@ -171,10 +171,12 @@ def validate_point(body, *, max_chars: int, max_new_tokens: int, max_length_toke
 
 
 def public_reason(reason: str) -> str:
-    """A liveness reason as anyone may read it: worker ids (``host:pid``) left out."""
+    """A liveness reason as anyone may read it: worker ids (``host:pid``) left out, and an absolute
+    path said by its last part (``/home/ann/models/x`` -> ``x``)."""
     import re
 
-    return re.sub(r"worker [^\s:]+:\d+", "worker", reason)
+    reason = re.sub(r"worker [^\s:]+:\d+", "worker", reason)
+    return re.sub(r"(?<![\w.])(?:/[^\s/:'\"()]+)+/([^\s/:'\"()]+)", r"\1", reason)
 
 
 def public_error(entry) -> str:
@@ -334,7 +336,7 @@ def register_api(server, registry, queue: JobQueue, points: PointStore, url_pref
         if flask.current_app.config.get("LLM_MAPS_EXPECT_WORKERS"):
             refused = queue.refusal(entry.id)  # a job no worker would ever run is not taken
             if refused:
-                raise ApiError(503, f"{refused}; retry later", {"Retry-After": "2"})
+                raise ApiError(503, f"{public_reason(refused)}; retry later", {"Retry-After": "2"})
         if "example_id" in payload:  # try a variation: the example the prompt was edited from
             try:
                 data = registry.load(entry.id)

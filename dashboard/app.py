@@ -70,10 +70,15 @@ def _install_basic_auth(server, credentials: tuple[str, str], prefix: str = "/")
 
     server.config["LLM_MAPS_AUTHORISED"] = authorised  # /api/health shows its details only then
 
+    from dashboard.hardening import allowed_origins
+
     @server.before_request
     def _check_auth():
         if flask.request.path == f"{prefix}api/health":  # readiness probes carry no password
             return None
+        if flask.request.method == "OPTIONS" and \
+                (flask.request.headers.get("Origin") or "").rstrip("/") in allowed_origins():
+            return None  # a CORS preflight of an allowed site carries no credentials; the request itself will
         if not authorised():
             return flask.Response("authentication required", 401, {"WWW-Authenticate": 'Basic realm="llm-maps"'})
         return None

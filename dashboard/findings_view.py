@@ -199,12 +199,14 @@ VERDICT_COLOURS = {"supported": "success", "reversed": "warning", "not supported
 
 def verdict_colour(result: dict) -> str:
     """The page's colour for the headline verdict: green only for the hypothesis supported; a
-    reversed difference is a warning, never green; older files without verdict_detail read their text."""
+    reversed difference is a warning, never green; older files without verdict_detail are judged by
+    the same directional rule on their pooled numbers."""
+    from llm_maps.findings import part_verdict
+
     detail = (result.get("verdict_detail") or {}).get("pooled")
-    if detail is None:
-        text = result.get("verdict", "")
-        detail = "not supported" if text.startswith("not supported") else \
-            "reversed" if text.startswith("reversed") else "supported"
+    if detail is None:  # a format-1 file: the directional rule on its pooled numbers
+        con = result.get("contrast") or {}
+        detail = part_verdict(con, n_tasks_a=int(con.get("n_tasks_a") or 0), n_tasks_b=int(con.get("n_tasks_b") or 0))
     return VERDICT_COLOURS[detail]
 
 

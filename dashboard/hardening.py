@@ -90,17 +90,22 @@ def cross_site_refusal(request) -> str | None:
     """Why a write to the API from this request is refused, or None. A browser sends ``Origin`` (and
     ``Sec-Fetch-Site``) with every cross-site POST, so a page on another site cannot queue jobs
     from a visitor's browser; clients that are not browsers (curl, scripts) send neither."""
+    from urllib.parse import urlsplit
+
+    site = request.headers.get("Sec-Fetch-Site", "").lower()
     origin = request.headers.get("Origin")
-    if origin:
-        if origin.rstrip("/") in allowed_origins():
-            return None
-        own = f"{request.scheme}://{request.host}"
-        if origin.rstrip("/").lower() != own.lower():
-            return (f"cross-origin write from {origin[:100]!r} refused (the app is {own}; set "
-                    "LLM_MAPS_ALLOWED_ORIGINS to allow other sites)")
+    if origin and origin.rstrip("/") in allowed_origins():
         return None
-    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
-        return "cross-site write refused (Sec-Fetch-Site: cross-site)"
+    if site in ("same-origin", "none"):  # the browser says it is our own page (or the user typed it)
+        return None
+    if site in ("cross-site", "same-site"):
+        return f"cross-site write refused (Sec-Fetch-Site: {site}; set LLM_MAPS_ALLOWED_ORIGINS to allow other sites)"
+    if origin:  # a browser without Sec-Fetch-Site: the origin's host must be the one the request was sent to
+        # (by host, not scheme: behind a TLS-terminating proxy the app sees http where the page is https)
+        hosts = {request.host.lower(), request.headers.get("X-Forwarded-Host", "").split(",")[0].strip().lower()}
+        if (urlsplit(origin).netloc or origin).lower() not in hosts:
+            return (f"cross-origin write from {origin[:100]!r} refused (the app is {request.host}; set "
+                    "LLM_MAPS_ALLOWED_ORIGINS to allow other sites)")
     return None
 
 
@@ -149,6 +154,7 @@ def install_hardening(server, prefix: str = "/", dash_app=None) -> None:
         origin = flask.request.headers.get("Origin")
         if origin and flask.request.path.startswith(api) and origin.rstrip("/") in allowed_origins():
             response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"  # (with LLM_MAPS_AUTH: basic auth)
             response.headers["Vary"] = "Origin"
             if flask.request.method == "OPTIONS":
                 response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"

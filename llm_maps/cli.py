@@ -380,11 +380,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from llm_maps.runfolder import Run, write_json_atomic
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else list(PROBE_TARGETS)
-    result = probe_run(Run(args.run), layers=args.layers, targets=targets, folds=args.folds, max_dim=args.max_dim,
-                       seed=args.seed, progress=not args.no_progress, n_boot=args.bootstrap)
+    run = Run(args.run)
+    result = probe_run(run, layers=args.layers, targets=targets, folds=args.folds, max_dim=args.max_dim,
+                       seed=args.seed, progress=not args.no_progress, n_boot=args.bootstrap, save=False)
     if args.json:
         write_json_atomic(args.json, result)
     print(format_probes(result))
+    from llm_maps.compare import PROBES_FILE
+
+    try:
+        write_json_atomic(run.path / PROBES_FILE, result)
+    except OSError as exc:  # a read-only run: the result is printed (and in --json), said in one line
+        print(f"llm-maps probe: warning: {run.path / PROBES_FILE}: cannot write ({exc.strerror or exc})"
+              + ("" if args.json else "; use --json FILE for a copy elsewhere"), file=sys.stderr)
     return 0
 
 

@@ -951,6 +951,8 @@ def read_probes(run: Run) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
         return None
+    if int(data.get("format_version") or 1) < 2:  # chance and intervals were another rule: computed again
+        return None
     if data.get("fingerprint") not in (None, run_fingerprint(run)):
         return None
     return data

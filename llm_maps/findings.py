@@ -361,15 +361,16 @@ class Slopes:
 
 
 def _fit_parts(da: "DomainData", db: "DomainData", counts_a: np.ndarray, counts_b: np.ndarray,
-               labels: np.ndarray | None) -> dict[str, Slopes]:
+               labels: np.ndarray | None, decompose: bool = True) -> dict[str, Slopes]:
     """Pooled (logistic on x), between (logistic on the task-mean x: task accuracy against the task's
     distance) and within (conditional logit, task fixed effects) slopes of both domains, on the
-    given bootstrap counts [B, T] and permutation labels [P, Ta + Tb] (1 = the task goes to a)."""
+    given bootstrap counts [B, T] and permutation labels [P, Ta + Tb] (1 = the task goes to a).
+    ``decompose=False``: the pooled part only."""
     out = {}
     pooled_x = np.r_[da.x, db.x]
     y = np.r_[da.y, db.y]
     codes = np.r_[da.codes, db.codes + da.n_tasks]
-    for part, xa, xb in (("pooled", da.x, db.x), ("between", task_means(da), task_means(db))):
+    for part, xa, xb in (("pooled", da.x, db.x), ("between", task_means(da), task_means(db)))[:2 if decompose else 1]:
         fits: dict[str, dict[str, Any]] = {}
         for key, dd, xx, counts in (("a", da, xa, counts_a), ("b", db, xb, counts_b)):
             ia, sa, _ = fit_logistic(x=xx, y=dd.y)
@@ -384,6 +385,8 @@ def _fit_parts(da: "DomainData", db: "DomainData", counts_a: np.ndarray, counts_
             perm_b = fit_logistic(x=x_all, y=y, weights=1.0 - w)[1]
         out[part] = Slopes(fits["a"]["slope"], fits["b"]["slope"], fits["a"]["boot_slope"], fits["b"]["boot_slope"],
                            perm_a, perm_b, fits)
+    if not decompose:
+        return out
     curves = {}
     for key, dd in (("a", da), ("b", db)):
         grid, per_task, _ = within_curves(x=dd.x, y=dd.y, task=dd.codes)
@@ -599,7 +602,8 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
 def compute_findings(*, distance: np.ndarray, correct: Sequence[Any], domain: Sequence[Any], task: Sequence[Any],
                      contrast: Sequence[str] = DEFAULT_CONTRAST, n_boot: int = 2000, seed: int = 0,
                      first_token: dict[str, np.ndarray] | None = None, n_bins: int = 5,
-                     permutation: bool = True, details: bool = True, where: str = "run") -> dict[str, Any]:
+                     permutation: bool = True, details: bool = True, where: str = "run",
+                     decompose: bool = True) -> dict[str, Any]:
     """Findings for one distance variant of a split.
 
     ``distance`` [N] raw distances to train of the split's examples (NaN = none); ``correct`` [N]
@@ -626,16 +630,15 @@ def compute_findings(*, distance: np.ndarray, correct: Sequence[Any], domain: Se
         labels = np.zeros((n_boot, da.n_tasks + db.n_tasks))
         labels[:, :da.n_tasks] = 1.0
         labels = np.random.default_rng(seed + 7919).permuted(labels, axis=1)
-    parts = _fit_parts(da, db, counts_a, counts_b, labels)
+    parts = _fit_parts(da, db, counts_a, counts_b, labels, decompose)
     sizes = {"n_tasks_a": da.n_tasks, "n_tasks_b": db.n_tasks}
     pooled = part_contrast(parts["pooled"], **sizes)
+    others = ("within", "between") if decompose else ()
     con = {"a": a, "b": b, **pooled, **sizes, "n_a": len(da.y), "n_b": len(db.y),
-           **{part: part_contrast(parts[part], **sizes) for part in ("within", "between")}}
-    detail = {part: part_verdict(con if part == "pooled" else con[part], **sizes)
-              for part in ("pooled", "within", "between")}
+           **{part: part_contrast(parts[part], **sizes) for part in others}}
+    detail = {part: part_verdict(con if part == "pooled" else con[part], **sizes) for part in ("pooled", *others)}
     out = {"n_test": int(keep.sum()), "n_tasks": int(len(set(tsk[keep]))), "contrast": con,
-           "verdict": verdict_line(con) + "; " + "; ".join(part_sentence(part, con, detail[part])
-                                                           for part in ("within", "between")),
+           "verdict": "; ".join([verdict_line(con), *(part_sentence(part, con, detail[part]) for part in others)]),
            "verdict_detail": detail}
     if not details:
         return out
@@ -793,6 +796,11 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
     out["robustness"] = robustness_table(run, rows=rows, correct=correct, domain=domain, task=task,
                                          contrast=contrast, n_boot=n_boot, seed=seed, views=views,
                                          progress=progress, where=where) if robustness else []
+    m = len(out["robustness"])
+    if m and m / (n_boot + 1) >= ALPHA:  # the smallest Holm-adjusted p is m / (B + 1)
+        out["notes"].append(f"robustness: with {m} variants and {n_boot} permutations no Holm-adjusted p can fall "
+                            f"below {m / (n_boot + 1):.3f}: raise --bootstrap for 'supported (adjusted)' to be "
+                            "reachable")
     if write:
         write_json_atomic(run.path / FINDINGS_FILE, out)
     return out
@@ -827,7 +835,7 @@ def robustness_table(run: Run, *, rows: np.ndarray, correct: Sequence[Any], doma
     for k, m, v, c in tqdm(combos, desc="robustness", unit="variant", disable=not progress, dynamic_ncols=True):
         dist = variant_distances(run, rows=rows, layer=k, metric=m, view=v, centred=c)
         res = compute_findings(distance=dist, correct=correct, domain=domain, task=task, contrast=contrast,
-                               n_boot=n_boot, seed=seed, details=False, where=where)
+                               n_boot=n_boot, seed=seed, details=False, where=where, decompose=False)
         con = res["contrast"]
         lo, hi = con["low"], con["high"]
         out.append({"layer": int(k), "metric": m, "view": v, "centred": bool(c), "slope_a": con["slope_a"],

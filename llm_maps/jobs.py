@@ -403,6 +403,9 @@ class JobQueue(_Staleness):
             job = self.cache.get(f"job:{job_id}")
             if job is None or job["status"] in FINAL:
                 return False
+            if job["status"] == "queued" and fields.get("status") in FINAL:  # ended before a worker took it
+                fields = {**fields, "slot_freed": True}  # (e.g. its run was removed): its place is free
+                self._count(job["run"], -1)
             job.update(fields)
             job["heartbeat"] = time.time()
             self.cache.set(f"job:{job_id}", job, expire=self.retention)

@@ -405,13 +405,17 @@ class RunIds:
             with self._locked():
                 self._refresh(force=True)
                 taken = set(self._ids.values())
+                seen_names: dict[str, int] = {}  # how many folders of each name have an id
+                for known in self._ids:
+                    seen_names[run_name(Path(known))] = seen_names.get(run_name(Path(known)), 0) + 1
                 for key, p in items:
                     if key not in self._ids:
                         name = run_name(p) or "run"
-                        n, run_id = 1, name
-                        while run_id in taken:  # name-2, name-3...; "tiny-2" beside two "tiny": "tiny-2-2"
-                            n += 1
-                            run_id = f"{name}-{n}"
+                        n = seen_names.get(name, 0) + 1
+                        run_id = name if n == 1 else f"{name}-{n}"  # the second "tiny" is tiny-2, the third tiny-3
+                        while run_id in taken:  # a folder really named "tiny-2" beside two "tiny": "tiny-2-2"
+                            run_id += "-2"
+                        seen_names[name] = n
                         self._ids[key] = run_id
                         taken.add(run_id)
                 self._save()
@@ -427,7 +431,7 @@ class RunIds:
             return
         try:
             st = self.file.stat()
-        except FileNotFoundError:
+        except OSError:  # none yet (or no folder to hold one)
             return
         stamp = (st.st_mtime_ns, st.st_size)
         if force or stamp != self._stamp:
@@ -443,13 +447,18 @@ class RunIds:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        if self.file is not None:
+            try:
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                lock = open(self.file.with_name(f".{self.FILE}.lock"), "w")
+            except OSError:  # a read-only state folder (e.g. runs on a read-only volume): ids for the life
+                self.file = None  # of this process, as with no state folder, rather than no service
         if self.file is None:
             yield
             return
         import fcntl
 
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.file.with_name(f".{self.FILE}.lock"), "w") as lock:
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield

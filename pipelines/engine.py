@@ -333,6 +333,11 @@ class SessionPool:
             self._sessions[run] = session
             return session
 
+    def forget(self, run: str) -> None:
+        """Drop a run's loaded session (its files changed): the next ``get`` loads it again."""
+        with self._lock:
+            self._sessions.pop(run, None)
+
     def update(self, paths: dict) -> tuple[list[str], list[str]]:
         """Serve the runs ``paths`` (run id -> folder) from now on: a run that left (or whose folder
         changed) is dropped from memory. Returns the ids (added, removed)."""

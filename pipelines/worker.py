@@ -238,6 +238,7 @@ class RunFinder:
         self.runs, self.data_dirs = [Path(r) for r in runs], [Path(d) for d in data_dirs]
         self.ids, self.every = ids or RunIds(), every
         self._last = 0.0
+        self._stamps: dict[str, int | None] | None = None
 
     def paths(self) -> dict[str, Path]:
         from llm_maps.runfolder import runs_in
@@ -245,8 +246,24 @@ class RunFinder:
         self._last = time.time()
         return dict(self.ids.assign([*self.runs, *(p for d in self.data_dirs for p in runs_in(d))]))
 
+    def changed(self, paths: dict[str, Path]) -> list[str]:
+        """Runs whose manifest changed since the last look (rebuilt or fixed in place): the worker
+        loads them again instead of answering from the old build, and looks again at one it could
+        not serve. None on the first look."""
+        from llm_maps.runfolder import MANIFEST
+
+        def stamp(path: Path) -> int | None:
+            try:
+                return (path / MANIFEST).stat().st_mtime_ns
+            except OSError:
+                return None
+
+        now = {run: stamp(path) for run, path in paths.items()}
+        before, self._stamps = self._stamps, now
+        return [] if before is None else [r for r in now if r in before and before[r] != now[r]]
+
     def due(self) -> bool:
-        return bool(self.data_dirs) and time.time() - self._last >= self.every
+        return time.time() - self._last >= self.every
 
 
 def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: str = "auto", dtype: str = "auto",
@@ -263,7 +280,9 @@ def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: 
     finder = RunFinder(run_dirs, data_dirs, ids=RunIds(state_dir))
     if pool is None:
         pool = SessionPool([], max_models=max_models, device=device, dtype=dtype)
-        pool.update(finder.paths())
+        paths = finder.paths()
+        finder.changed(paths)  # (the first look: what later looks compare with)
+        pool.update(paths)
     if not pool.paths and not data_dirs:
         raise LLMMapsError("worker: no runs to serve")
     worker_id = worker_name()
@@ -282,10 +301,15 @@ def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: 
 def _rescan(pool, presence, finder, worker_id: str, log) -> None:
     """Serve the runs found now: new ones are loaded (a run that cannot be served is reported as
     broken, with its reason), removed ones dropped; the liveness record lists them at once."""
-    added, removed = pool.update(finder.paths())
+    paths = finder.paths()
+    changed = finder.changed(paths)
+    for run in changed:  # rebuilt or fixed in place: the next job loads it afresh
+        pool.forget(run)
+    added, removed = pool.update(paths)
+    added += [r for r in changed if r not in added]
     if not added and not removed:
         return
-    for run in removed:
+    for run in [*removed, *added]:
         presence.broken.pop(run, None)
     log(f"worker {worker_id}: runs now {', '.join(pool.paths) or 'none'}"
         + (f" (new: {', '.join(added)})" if added else "") + (f" (gone: {', '.join(removed)})" if removed else ""))

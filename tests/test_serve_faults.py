@@ -316,3 +316,74 @@ def test_a_job_failed_meanwhile_stays_failed_and_keeps_no_point(tmp_path):
         assert not queue.finish(job_id, {"x": 1}) and not queue.update(job_id, result={"x": 2})
         assert queue.get(job_id)["status"] == "failed" and queue.get(job_id).get("result") is None
     assert points.list("r") == []
+
+
+# --- details the review of this pass found ----------------------------------------------------------
+
+def test_a_queued_job_ended_before_a_worker_took_it_frees_its_place(tmp_path):
+    queue = JobQueue(tmp_path, max_queued=1)
+    job = queue.submit("gone", "place", {"instruction": "x"})
+    assert queue.fail(job, "run 'gone' is no longer served")
+    assert queue._count_waiting("gone") == 0 and queue._count_waiting() == 0
+    queue.submit("gone", "place", {"instruction": "room again"})  # (the bound is 1: it would be full)
+    assert queue.claim(["gone"], "w")["payload"]["instruction"] == "room again"
+
+
+def test_the_worker_loads_again_a_run_rebuilt_in_place(tmp_path):
+    import os as _os
+
+    from pipelines.worker import RunFinder
+
+    a = write_synthetic_run(tmp_path / "runs" / "a", 20, seed=1)
+    finder = RunFinder([], [tmp_path / "runs"])
+    paths = finder.paths()
+    assert finder.changed(paths) == []  # the first look
+    assert finder.changed(finder.paths()) == []
+    st = (a / "manifest.json").stat()
+    _os.utime(a / "manifest.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rebuilt (or fixed) in place
+    assert finder.changed(finder.paths()) == ["a"]
+    assert finder.changed(finder.paths()) == []
+
+
+def test_run_ids_follow_the_original_rule_and_survive_a_state_folder_that_cannot_be_written(tmp_path):
+    from llm_maps.runfolder import RunIds
+
+    a = write_synthetic_run(tmp_path / "1" / "tiny", 10, seed=1)
+    b = write_synthetic_run(tmp_path / "2" / "tiny-2", 10, seed=2)
+    c = write_synthetic_run(tmp_path / "3" / "tiny", 10, seed=3)
+    d = write_synthetic_run(tmp_path / "4" / "tiny", 10, seed=4)
+    ids = RunIds(tmp_path / "state")
+    assert ids.assign([a, b, c]) == [("tiny", a), ("tiny-2", b), ("tiny-2-2", c)]
+    assert RunIds(tmp_path / "state").assign([d, a]) == [("tiny-3", d), ("tiny", a)]  # kept, and the next one
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the state folder would be")
+    assert RunIds(blocked).assign([c, a]) == [("tiny", c), ("tiny-2", a)]  # in memory, still served
+
+
+def test_cross_origin_rule_behind_a_proxy_and_old_findings_colours():
+    import flask
+
+    from dashboard.findings_view import verdict_colour
+    from dashboard.hardening import cross_site_refusal
+
+    app = flask.Flask("t")
+    cases = [
+        ({"Origin": "https://maps.example", "Sec-Fetch-Site": "same-origin"}, None),  # TLS ended at a proxy
+        ({"Origin": "https://maps.example", "X-Forwarded-Host": "maps.example"}, None),
+        ({"Origin": "http://127.0.0.1:8050"}, None),  # no Sec-Fetch-Site: the host decides, not the scheme
+        ({"Origin": "https://ev.il"}, "refused"),
+        ({"Origin": "https://ev.il", "Sec-Fetch-Site": "cross-site"}, "refused"),
+        ({"Sec-Fetch-Site": "same-site"}, "refused"),
+        ({}, None),  # curl, scripts
+    ]
+    for headers, expected in cases:
+        with app.test_request_context("/api/runs/x/points", method="POST", headers=headers,
+                                      base_url="http://127.0.0.1:8050"):
+            got = cross_site_refusal(flask.request)
+            assert (got is None) if expected is None else (expected in got), (headers, got)
+    # a findings.json of format 1 (no verdict_detail) is judged by the directional rule on its numbers
+    old = {"verdict": "Reasoning falls off more steeply than Chollet: ...",
+           "contrast": {"slope_a": 0.5, "slope_b": -0.3, "slope_diff": 0.8, "low": 0.2, "high": 1.4, "p_value": 0.01,
+                        "n_tasks_a": 20, "n_tasks_b": 20}}
+    assert verdict_colour(old) == "warning"  # reversed: never green
+    assert verdict_colour({**old, "contrast": {**old["contrast"], "n_tasks_b": 3}}) == "secondary"
