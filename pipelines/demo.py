@@ -222,6 +222,9 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
         score_demo(out, progress=progress)
     elif "conditions" not in read_manifest(out):  # a demo run from before conditions
         score_demo_conditions(out, progress=progress)
+    from llm_maps.runfolder import add_note
+
+    add_note(out, DEMO_NOTE)  # (a demo run from before notes lived in the run gets it too)
     print(summarize_run(out), flush=True)
     table = conditions_table(out)
     if table:
