@@ -481,10 +481,10 @@ def verdict_line(contrast: dict[str, Any]) -> str:
 
 PART_WORDS = {  # (part, verdict) -> the sentence; {a}, {b}, {n}: domains and the part's numbers
     ("within", "supported"): "within a task, distance matters more in {a} than in {b} ({n})",
-    ("within", "not supported"): "within a task, distance matters no more in {a} than in {b} ({n})",
+    ("within", "not supported"): "within a task, distance is not shown to matter more in {a} than in {b} ({n})",
     ("within", "reversed"): "within a task, distance matters more in {b} than in {a}, the reverse ({n})",
     ("between", "supported"): "far tasks are harder in {a} than in {b} ({n})",
-    ("between", "not supported"): "far tasks are no harder in {a} than in {b} ({n})",
+    ("between", "not supported"): "far tasks are not shown to be harder in {a} than in {b} ({n})",
     ("between", "reversed"): "far tasks are harder in {b} than in {a}, the reverse ({n})",
 }
 

@@ -582,7 +582,7 @@ def test_far_tasks_harder_in_one_domain_is_a_between_difference_not_a_within_one
     assert res["verdict_detail"]["within"] == "not supported"
     assert res["verdict_detail"]["between"] == "supported"
     assert "far tasks are harder in Chollet than in Reasoning" in res["verdict"]
-    assert "within a task, distance matters no more in Chollet than in Reasoning" in res["verdict"]
+    assert "within a task, distance is not shown to matter more in Chollet than in Reasoning" in res["verdict"]
     within = res["contrast"]["within"]
     assert within["low"] < 0 < within["high"]
 
