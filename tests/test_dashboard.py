@@ -900,4 +900,5 @@ def test_runs_page_404_and_a_broken_run(browser_page):
     page.goto(f"{url}/no/such/page")
     page.wait_for_selector("#not-found", timeout=20_000)
     assert page.inner_text("#not-found") == "Page not found"
-    assert log.take() == []
+    # the page itself answers 404 (Chromium says so once, for the document); nothing else failed
+    assert log.take() == ["Failed to load resource: the server responded with a status of 404 (NOT FOUND)"]
