@@ -517,6 +517,10 @@ def score_like_base(run: Path, base_manifest: dict[str, Any], *, base_run: Path 
     from pipelines.falloff_run import falloff_run
     from pipelines.score import score_run
 
+    from llm_maps.runfolder import add_note
+
+    for note in base_manifest.get("notes") or []:  # caveats about the base run hold for its checkpoints
+        add_note(run, note)
     history = base_manifest.get("history") or []
     score = next((h["params"] for h in reversed(history) if h.get("stage") == "score"), None)
     fall = next((h["params"] for h in reversed(history) if h.get("stage") == "falloff"), None)

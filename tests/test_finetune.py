@@ -411,13 +411,15 @@ def views_base(tiny_models, tmp_path_factory) -> Path:
 def test_checkpoint_runs_keep_the_base_runs_views_atlas_and_findings(views_base, tmp_path):
     import pandas as pd
 
-    from llm_maps.runfolder import read_manifest
+    from llm_maps.runfolder import add_note, read_manifest
     from pipelines.finetune import FinetuneConfig, finetune
 
+    add_note(views_base, "a caveat about the base run")  # (the demo's: its model is tiny)
     group = finetune(views_base, tmp_path / "g", FinetuneConfig(steps=2, save_every=2, lr=5e-3, batch_size=4,
                                                                  progress=False), log=lambda m: None)
     run = group / "step-000002"
     m, base_m = read_manifest(run), read_manifest(views_base)
+    assert m["notes"] == ["a caveat about the base run"]  # the checkpoints carry the base run's caveats
     assert m["views"] == base_m["views"] == ["prompt", "completion"] and m["token_atlas"]
     assert (run / "tokens.parquet").exists() and (run / "encodings" / "tokens").is_dir()
     frame = pd.read_parquet(run / "examples.parquet")
@@ -433,6 +435,7 @@ def test_checkpoint_runs_keep_the_base_runs_views_atlas_and_findings(views_base,
     for key in ("layer", "metric", "view", "centred", "split"):
         assert got[key] == want[key], key
     assert got["contrast"]["a"] == want["contrast"]["a"] and got["n_test"] == want["n_test"]
+    assert got["notes"][0] == "a caveat about the base run"
     assert json.loads((group / "finetune.json").read_text())["runs"] == {"views": ["prompt", "completion"],
                                                                          "token_atlas": True}
 
