@@ -142,7 +142,7 @@ LISTED = [(i, None if i == "base" else "base-ft", m, None if i == "base" else in
 
 @pytest.mark.slow
 def test_serve_finds_every_run_grouped_and_shows_no_local_path(work, tmp_path, tmp_path_factory):
-    from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, require_browser
+    from dashboard_helpers import require_browser
     from live_helpers import http, serving, until
 
     require_browser()
@@ -166,9 +166,7 @@ def test_serve_finds_every_run_grouped_and_shows_no_local_path(work, tmp_path, t
         assert status == 200 and csv.decode().count("\r\n") == 2  # the header and the point
         _no_local_path(csv.decode(), tmp_path_factory)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
-            page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-            log = ConsoleLog(page)
+            browser, page, log = _open_page(pw)
             # the Runs page: the base run, then the group with its runs by step and one link comparing them
             page.goto(f"{srv.url}/runs")
             page.wait_for_selector(".run-card", timeout=30_000)
@@ -217,9 +215,7 @@ def test_serve_finds_every_run_grouped_and_shows_no_local_path(work, tmp_path, t
         assert _api_runs(srv) == LISTED
         assert srv.call("/api/health")[2]["status"] == "ready"
         assert "no such run" not in srv.log()
-        browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        log = ConsoleLog(page)
+        browser, page, log = _open_page(pw)
         page.goto(f"{srv.url}/runs")
         page.wait_for_selector(".run-card", timeout=30_000)
         assert page.locator(".run-card h5").all_inner_texts() == IDS
@@ -233,6 +229,15 @@ def test_serve_finds_every_run_grouped_and_shows_no_local_path(work, tmp_path, t
         _no_local_path(page.content(), tmp_path_factory)
         assert log.take() == []
         browser.close()
+
+
+def _open_page(pw):
+    """(browser, page, console log) of a fresh headless Chromium at 1400x1000."""
+    from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path
+
+    browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    return browser, page, ConsoleLog(page)
 
 
 def _runs_in_url(url: str) -> list[str]:
