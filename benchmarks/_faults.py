@@ -229,7 +229,7 @@ def redis_phases(run: Path, *, clients: int, phase: float, outage: float, log=pr
     redis_proc = start_redis()
     env = {"REDIS_URL": url, "LLM_MAPS_HEARTBEAT_TIMEOUT": "5", "LLM_MAPS_EXPECT_WORKERS": "1"}
     worker_log = open(folder / "worker.log", "w")
-    worker = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "worker", str(data / "main")],
+    worker = subprocess.Popen([sys.executable, "-m", "interfaces.cli", "worker", str(data / "main")],
                               env={**os.environ, **env}, stdout=worker_log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     tally, events = Tally(), []

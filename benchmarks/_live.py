@@ -46,7 +46,7 @@ class LiveServer:
 
     def __enter__(self):
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", *self.args, "--port",
+        self.proc = subprocess.Popen([sys.executable, "-m", "interfaces.cli", "serve", *self.args, "--port",
                                       str(self.port), "--prefix", "/"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # its own process group: stopped whole
         deadline = time.time() + 300

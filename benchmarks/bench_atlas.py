@@ -29,7 +29,7 @@ def bench_build(n: int, model: str | None) -> None:
     import pandas as pd
 
     from pipelines.build import load_sources
-    from pipelines.demo import DEMO_DATA, demo_model_path
+    from interfaces.demo import DEMO_DATA, demo_model_path
     from pipelines.encode import encode_to_folder
     from pipelines.models import load_model
     from pipelines.templates import get_template

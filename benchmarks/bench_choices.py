@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from pipelines.demo import DEMO_DATA, demo_model_path
+    from interfaces.demo import DEMO_DATA, demo_model_path
     from pipelines.encode import encode_to_folder, normalize_layers, tokenize_prompts
     from pipelines.generate import choice_loglikelihoods_batch, choice_tokens
     from pipelines.models import load_model

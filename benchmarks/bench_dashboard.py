@@ -48,7 +48,7 @@ def start_server(run: Path, port: int) -> subprocess.Popen:
     import urllib.request
 
     # --no-worker: the embedded job worker would be starting up (imports, CPU) while the page loads
-    proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(run), "--port", str(port), "--no-worker",
+    proc = subprocess.Popen([sys.executable, "-m", "interfaces.cli", "serve", str(run), "--port", str(port), "--no-worker",
                              "--prefix", "/"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     for _ in range(600):

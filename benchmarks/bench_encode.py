@@ -55,7 +55,7 @@ def useful_flops(model, lengths) -> float:
 def main(argv=None) -> int:
     import torch
 
-    from pipelines.demo import DEMO_DATA, demo_model_path
+    from interfaces.demo import DEMO_DATA, demo_model_path
     from pipelines.encode import encode_to_folder, normalize_layers, tokenize_prompts
     from pipelines.models import load_model
     from pipelines.templates import get_template

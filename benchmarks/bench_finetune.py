@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import torch
 
-    from pipelines.demo import DEMO_DATA, demo_model_path
+    from interfaces.demo import DEMO_DATA, demo_model_path
     from pipelines.finetune import (FinetuneConfig, TrainRows, _lora_model, batch_tensors, make_features,
                                     micro_batches, summed_loss)
     from pipelines.models import load_model

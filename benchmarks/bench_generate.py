@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     import torch
 
     from bench_encode import matmul_peak
-    from pipelines.demo import DEMO_DATA, demo_model_path
+    from interfaces.demo import DEMO_DATA, demo_model_path
     from pipelines.generate import generate
     from pipelines.models import load_model
     from pipelines.templates import get_template

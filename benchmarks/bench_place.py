@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(argv=None) -> int:
     from llm_maps.runfolder import PROJECTION, Run
-    from pipelines.demo import DEMO_RUN
+    from interfaces.demo import DEMO_RUN
     from pipelines.encode import encode_one
     from pipelines.models import load_model
     from llm_maps.neighbours import knn

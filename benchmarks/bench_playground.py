@@ -209,7 +209,7 @@ def main_shared(argv) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(run), "--no-worker",
+    proc = subprocess.Popen([sys.executable, "-m", "interfaces.cli", "serve", str(run), "--no-worker",
                              "--port", str(port), "--prefix", "/"], env={**os.environ, "LLM_MAPS_STATE": str(state)},
                             stdout=log, stderr=subprocess.STDOUT)
     results = {}

@@ -116,7 +116,7 @@ def demo_frame(n: int):
     """N rows of the demo set spread over its tasks (seeded): prompt, reference, split, task."""
     import pandas as pd
 
-    from pipelines.demo import DEMO_DATA
+    from interfaces.demo import DEMO_DATA
 
     rows = pd.read_json(DEMO_DATA, lines=True)
     rows = rows.sample(frac=1.0, random_state=0).groupby("task", sort=True).head(max(1, n // rows["task"].nunique() + 1))
@@ -236,7 +236,7 @@ def check_first_token(ctx: Context, dtype: str) -> dict:
 
 def base_run(ctx: Context) -> Path:
     """A small run of the demo rows (PCA map), built once on the device in its default precision."""
-    from llm_maps.cli import main as cli
+    from interfaces.cli import main as cli
 
     run = ctx.work / "runs" / "base"
     if not (run / "manifest.json").exists():
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     model = args.model
     if model is None:
-        from pipelines.demo import demo_model_path
+        from interfaces.demo import demo_model_path
 
         model = str(demo_model_path())
     only = [c.strip() for c in args.only.split(",")] if args.only else None

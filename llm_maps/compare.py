@@ -18,16 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import LLMMapsError
 from .falloff import falloff_stats, wilson_interval
-from .runfolder import FINETUNE_FILE, Run, model_label, write_json_atomic
+from .runfolder import ENCODINGS, EXAMPLES, FINETUNE_FILE, Run, check_writable, model_label, record_stage, write_json_atomic
 
 COMPARE_VERSION = 1
 ONLINE_CKA_LIMIT = 2e10  # multiply-adds of CKA done on request ("auto": about a second or two of BLAS)
@@ -756,8 +757,9 @@ def _write_cka_cache(run: Run, entries: list[dict[str, Any]]) -> None:
     try:
         write_json_atomic(run.path / CKA_FILE, {"format_version": 1, "self": run_fingerprint(run),
                                                 "measure": "linear CKA", "pairs": pairs})
-    except OSError:  # a read-only run still compares; the pairs are just not kept
-        pass
+    except OSError as exc:  # a read-only run still compares; its CKA cache is not kept, and that is said
+        print(f"llm-maps compare: note: {run.path / CKA_FILE}: not kept ({exc.strerror or exc}); CKA is "
+              "recomputed next time", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- probes
@@ -871,13 +873,15 @@ def probe_intervals(hits: np.ndarray, y: np.ndarray, tasks: np.ndarray | None, *
 
 def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequence[str] = PROBE_TARGETS,
               folds: int = 5, max_dim: int = 256, seed: int = 0, progress: bool = False,
-              save: bool = True, n_boot: int = 1000) -> dict[str, Any]:
+              save: bool = True, n_boot: int = 1000, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Linear probes of every stored layer (or ``layers``) of one run for each target; one layer
     in memory at a time. Domain and correctness are cross-validated grouped by task (the probe
     must carry over to unseen tasks); task itself with stratified folds. Written to RUN/probes.json
     when ``save``."""
     frame = run.examples
     layers = list(layers) if layers else run.layers
+    if save:  # a read-only run fails now, not after the probes
+        check_writable(run.path, [PROBES_FILE], hint="use --json FILE for a copy elsewhere")
     for k in layers:
         if int(k) not in run.layers:
             raise LLMMapsError(f"--layers: layer {k} is not stored in {run.path} (stored: {run.layers})")
@@ -926,20 +930,18 @@ def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequenc
         del x_all
     if bar:
         bar.close()
+    settings = {"layers": [int(k) for k in layers], "targets": list(targets), "folds": folds, "max_dim": max_dim,
+                "C": 1.0, "seed": seed, "bootstrap": n_boot}
     result = {"format_version": 2, "run": run.name, "model": run.manifest.get("model"),
               "probe": "logistic regression (scikit-learn, C=1), cross-validated (folds grouped by task for domain "
                        "and correct); chance: the class prior (the largest class share); accuracy pooled over the "
                        "folds; 95 % intervals of the accuracy, chance and probe - chance from a task-clustered "
                        f"bootstrap (B = {n_boot}); above chance when probe - chance's interval lies above 0",
-              "settings": {"layers": [int(k) for k in layers], "targets": list(targets), "folds": folds,
-                           "max_dim": max_dim, "C": 1.0, "seed": seed, "bootstrap": n_boot},
-              "layers": out_rows, "skipped": skipped, "fingerprint": run_fingerprint(run)}
+              "settings": settings, "layers": out_rows, "skipped": skipped, "fingerprint": run_fingerprint(run)}
     if save:
-        try:
-            write_json_atomic(run.path / PROBES_FILE, result)
-        except OSError as exc:  # a read-only run: said, never silently lost
-            raise LLMMapsError(f"{run.path / PROBES_FILE}: cannot write ({exc.strerror or exc}); "
-                               "use --json FILE for a copy elsewhere") from None
+        record_stage(run.path, "probe", {k: v for k, v in settings.items() if k != "seed"},
+                     outputs={PROBES_FILE: result}, seed=seed, given=given,
+                     inputs=[EXAMPLES, *(f"{ENCODINGS}/layer_{int(k)}.npy" for k in layers)])
     return result
 
 

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from .conditions_file import (CONDITIONS_FILE, DIRECT, condition_names, condition_rows, has_conditions,
+                              read_conditions, with_examples)
 from .errors import LLMMapsError
 
 if TYPE_CHECKING:
@@ -36,8 +38,7 @@ if TYPE_CHECKING:
 
     from .runfolder import Run
 
-CONDITIONS_FILE = "conditions.parquet"
-DIRECT, COT, NEIGHBOURS = "direct", "cot", "neighbours"
+COT, NEIGHBOURS = "cot", "neighbours"
 DEFAULT_COT_CUE = "Let's think step by step."
 DEFAULT_COT_MAX_NEW_TOKENS = 256
 MC_COT_SUFFIX = "\nSo the answer is "  # a CoT output + this, then each choice (lm-eval's CoT multiple choice)
@@ -51,6 +52,22 @@ EXTRACTION_RULES = {
     "empty": "the output is empty",
 }
 OUTCOMES = ("helped", "hurt", "both right", "both wrong")
+
+
+def cot_prompt(prompt: str, cue: str = DEFAULT_COT_CUE) -> str:
+    """The ``cot`` condition's prompt: ``prompt`` (as placed on the map) with the chain-of-thought
+    ``cue`` as the start of the response. The one construction behind ``llm-maps score --conditions
+    cot`` and the playground's "think step by step" (the worker generates from it; the point on the
+    map stays the plain prompt's)."""
+    if not cue:
+        return prompt
+    return prompt + cue if not prompt or prompt[-1].isspace() else f"{prompt} {cue}"
+
+
+def cot_choice_prompt(prompt: str, output: str | None, cue: str = DEFAULT_COT_CUE) -> str:
+    """What a multiple-choice answer is scored after under ``cot`` (lm-eval's CoT multiple choice):
+    the cot prompt, the generated reasoning, then ``So the answer is``."""
+    return f"{cot_prompt(prompt, cue)} {output or ''}".rstrip() + MC_COT_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -127,60 +144,6 @@ def extract_answer(output: str | None, *, numeric: bool = False) -> tuple[str, s
 
 
 # --- reading ---------------------------------------------------------------------------------------
-
-def has_conditions(manifest: Mapping[str, Any]) -> bool:
-    return bool((manifest.get("conditions") or {}).get("conditions"))
-
-
-def read_conditions(run_dir: str | Path) -> pd.DataFrame | None:
-    """RUN/conditions.parquet, or None when the run has none; required columns checked."""
-    import pandas as pd
-
-    from .contract import CONDITION_COLUMNS
-
-    path = Path(run_dir) / CONDITIONS_FILE
-    if not path.exists():
-        return None
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
-        raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
-    for name, col in CONDITION_COLUMNS.items():
-        if col.required and name not in frame.columns:
-            raise LLMMapsError(f"{path}, field '{name}': required column missing")
-    return frame
-
-
-def with_examples(run: Run, frame: pd.DataFrame | None = None) -> pd.DataFrame:
-    """conditions.parquet joined with the examples' ``row``, ``split``, ``task``, ``domain`` and
-    ``example_dist`` (the example's own distance to train, ``dist_to_train`` of examples.parquet:
-    the distance falloff and findings use for every condition, so conditions share one x)."""
-    import pandas as pd
-
-    cond = read_conditions(run.path) if frame is None else frame
-    if cond is None:
-        raise LLMMapsError(f"{run.path / CONDITIONS_FILE}: missing (run `llm-maps score {run.path} "
-                           "--conditions direct,cot` first)")
-    ex = run.examples
-    info = pd.DataFrame({"example_id": ex["example_id"].astype(str).to_numpy(), "row": np.arange(len(ex)),
-                         "split": ex["split"].astype(str).to_numpy(), "task": ex["task"].astype(str).to_numpy(),
-                         "domain": ex["domain"].astype(str).to_numpy(),
-                         "example_dist": ex["dist_to_train"].to_numpy(dtype=float, na_value=np.nan)})
-    out = cond.assign(example_id=cond["example_id"].astype(str)).merge(info, on="example_id", how="left",
-                                                                      validate="many_to_one")
-    unknown = out["row"].isna()
-    if unknown.any():
-        raise LLMMapsError(f"{run.path / CONDITIONS_FILE}, row {int(np.flatnonzero(unknown)[0]) + 1}, field "
-                           f"'example_id': '{out['example_id'][unknown].iloc[0]}' is not in examples.parquet")
-    out["row"] = out["row"].astype(int)
-    return out
-
-
-def condition_names(frame: pd.DataFrame) -> list[str]:
-    """Stored conditions, direct first, then in the order first seen."""
-    names = list(dict.fromkeys(frame["condition"].astype(str)))
-    return sorted(names, key=lambda n: (n != DIRECT, names.index(n)))
-
 
 def paired(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """One row per example scored under both ``a`` and ``b``: example columns plus ``correct_a``,
@@ -445,19 +408,3 @@ def format_summary(s: Mapping[str, Any]) -> str:
             lines.append(f"  {'':<14} {r['verdict']}")
     lines += ["", f"({s['interval']})"]
     return "\n".join(lines)
-
-
-
-def condition_rows(run: Run, condition: str, split: str = "test") -> tuple[np.ndarray, list[Any]]:
-    """(rows of examples.parquet, their correct under ``condition``): what falloff and findings use
-    with ``--condition`` (the example's own distance stays the x)."""
-    import pandas as pd
-
-    frame = with_examples(run)
-    names = condition_names(frame)
-    if condition not in names:
-        raise LLMMapsError(f"--condition: '{condition}' is not in {run.path / CONDITIONS_FILE} "
-                           f"(conditions: {', '.join(names)})")
-    sub = frame[(frame["condition"] == condition) & (frame["split"] == split)].sort_values("row")
-    correct = [None if pd.isna(v) else bool(v) for v in sub["correct"].astype(object)]
-    return sub["row"].to_numpy(dtype=np.int64), correct

@@ -16,8 +16,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-__all__ = ["Option", "option", "BuildConfig", "add_arguments", "from_args", "config_values",
-           "parse_layers", "parse_layers_or_all", "parse_list"]
+__all__ = ["Option", "option", "BuildConfig", "add_arguments", "from_args", "config_values", "record",
+           "fields_of", "flags_of", "parse_layers", "parse_layers_or_all", "parse_list"]
 
 
 def parse_layers(text: str) -> list[int]:
@@ -52,6 +52,9 @@ class Option:
     required: bool = False  # required on the command line (the API may leave it for later)
     action: str | None = None  # "store_true" / "store_false" for flags
     record: bool = True  # recorded in manifest.history (False: how the run was made, not what)
+    positional: bool = False  # an argument without a flag (RUN_DIR)
+    aliases: tuple[str, ...] = ()  # old spellings: still accepted, with a note naming the flag to use
+    cli: bool = True  # on the command line (False: a parameter of the Python API only)
 
 
 def option(default: Any, help: str, group: str, **kwargs: Any) -> Any:
@@ -125,7 +128,7 @@ class BuildConfig:
     min_dist: float = option(0.1, "UMAP min_dist", PROJECTION)
     # ---------------------------------------------------------------- distances
     metric: str = option("cosine", "distance metric of the map and of the distances to train", DISTANCES,
-                         choices=("cosine", "euclidean"))
+                         choices=("cosine", "euclidean"), flags=("--distance-metric",), aliases=("--metric",))
     k: int = option(10, "nearest train examples kept per example", DISTANCES, flags=("-k", "--k"))
     # ---------------------------------------------------------------- output
     out: str = option("", "run folder to write", OUTPUT, metavar="RUN_DIR", required=True, record=False)
@@ -167,15 +170,7 @@ class BuildConfig:
 
     def record(self, *, groups: Iterable[str] | None = None, exclude_groups: Iterable[str] = ()) -> dict[str, Any]:
         """The recorded fields (of ``groups``, default all but ``exclude_groups``) as JSON-ready values."""
-        wanted = None if groups is None else set(groups)
-        skip = set(exclude_groups)
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            opt = _option(f)
-            if not opt.record or (wanted is not None and opt.group not in wanted) or opt.group in skip:
-                continue
-            out[f.name] = _jsonable(getattr(self, f.name))
-        return out
+        return record(self, groups=groups, exclude_groups=exclude_groups)
 
     def replace(self, **changes: Any) -> "BuildConfig":
         return dataclasses.replace(self, **changes)
@@ -189,6 +184,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def option_of(f: "dataclasses.Field[Any]") -> Option:
+    """The command-line declaration of a config field."""
+    return _option(f)
+
+
 def _option(f: "dataclasses.Field[Any]") -> Option:
     opt = f.metadata.get("cli")
     if not isinstance(opt, Option):
@@ -199,27 +199,72 @@ def _option(f: "dataclasses.Field[Any]") -> Option:
 C = TypeVar("C")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], *, groups: Sequence[str] = (),
+class _OldSpelling(argparse.Action):
+    """An old flag that still works: stores like the new one and says which flag to use."""
+
+    def __init__(self, *args: Any, new_flag: str = "", **kwargs: Any) -> None:
+        self.new_flag = new_flag
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        import sys
+
+        print(f"{parser.prog}: note: {option_string} is now {self.new_flag}; the old spelling still works",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def fields_of(cls: type[Any]) -> list["dataclasses.Field[Any]"]:
+    """The fields of a config class that are on the command line, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if _option(f).cli]
+
+
+def record(config: Any, *, groups: Iterable[str] | None = None, exclude_groups: Iterable[str] = ()) -> dict[str, Any]:
+    """A config's recorded fields (of ``groups``, default all but ``exclude_groups``) as JSON-ready
+    values: what a stage's ``manifest.history`` entry keeps under ``params``."""
+    wanted = None if groups is None else set(groups)
+    skip = set(exclude_groups)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        opt = _option(f)
+        if not opt.record or (wanted is not None and opt.group not in wanted) or opt.group in skip:
+            continue
+        out[f.name] = _jsonable(getattr(config, f.name))
+    return out
+
+
+def flags_of(f: "dataclasses.Field[Any]") -> tuple[str, ...]:
+    """The command-line spelling of a field: its flags (``--field-name`` by default) or, for a
+    positional argument, its metavar."""
+    opt = _option(f)
+    if opt.positional:
+        return (opt.metavar or f.name.upper(),)
+    return opt.flags or ("--" + f.name.replace("_", "-"),)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], *, groups: Sequence[str] | None = (),
                   extra: Iterable[str] = (), defaults: Mapping[str, Any] | None = None,
                   required: bool = True) -> None:
-    """Add the fields of ``cls`` in ``groups``, and the fields named in ``extra``, to ``parser``:
-    one argparse group per config group, in field order. ``defaults`` overrides field defaults
-    (and makes the field optional); ``required=False`` makes every argument optional."""
+    """Add the fields of ``cls`` in ``groups`` (None: every group), and the fields named in ``extra``,
+    to ``parser``: one argparse group per config group, in field order. ``defaults`` overrides field
+    defaults (and makes the field optional); ``required=False`` makes every argument optional."""
     names = set(extra)
     arg_groups: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in fields_of(cls):
         opt = _option(f)
-        if opt.group not in groups and f.name not in names:
+        if groups is not None and opt.group not in groups and f.name not in names:
             continue
-        g = arg_groups.get(opt.group)
+        g = parser if opt.positional else arg_groups.get(opt.group)
         if g is None:
             g = arg_groups[opt.group] = parser.add_argument_group(opt.group)
-        flags = opt.flags or ("--" + f.name.replace("_", "-"),)
         default = (defaults or {}).get(f.name, f.default)
-        kwargs: dict[str, Any] = {"dest": f.name, "help": opt.help, "default": default}
-        if opt.action:
+        kwargs: dict[str, Any] = {"help": opt.help, "default": default}
+        if opt.action in ("store_true", "store_false"):
             kwargs["action"] = opt.action
         else:
+            if opt.action:
+                kwargs["action"] = opt.action
             kwargs["type"] = opt.type or (type(default) if isinstance(default, (int, float)) and
                                           not isinstance(default, bool) else str)
             if opt.choices:
@@ -228,14 +273,21 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], *, groups: Se
                 kwargs["nargs"] = opt.nargs
             if opt.metavar:
                 kwargs["metavar"] = opt.metavar
-            if opt.required and required and f.name not in (defaults or {}):
+            if opt.required and required and f.name not in (defaults or {}) and not opt.positional:
                 kwargs["required"] = True
-        g.add_argument(*flags, **kwargs)
+        if opt.positional:
+            g.add_argument(f.name, **kwargs)
+            continue
+        flags = flags_of(f)
+        g.add_argument(*flags, dest=f.name, **kwargs)
+        for old in opt.aliases:
+            alias = {k: v for k, v in kwargs.items() if k not in ("help", "required", "action")}
+            g.add_argument(old, dest=f.name, help=argparse.SUPPRESS, action=_OldSpelling, new_flag=flags[0], **alias)
 
 
 def config_values(cls: type[Any], args: argparse.Namespace) -> dict[str, Any]:
     """The fields of ``cls`` that ``args`` has (those its parser was given by ``add_arguments``)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return {f.name: getattr(args, f.name) for f in fields_of(cls) if hasattr(args, f.name)}
 
 
 def from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:

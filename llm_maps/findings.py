@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from .conditions_file import CONDITIONS_FILE, condition_rows
 from .errors import LLMMapsError
 from .falloff import Z95, wilson_interval
 
@@ -750,13 +751,17 @@ def variant_distances(run: Run, *, rows: np.ndarray, layer: int, metric: str, vi
 def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str | None = None, view: str = "prompt",
                  centred: bool = False, contrast: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0,
                  split: str = "test", robustness: bool = True, write: bool = True, progress: bool = True,
-                 run: Run | None = None, notes: Sequence[str] = (), condition: str | None = None) -> dict[str, Any]:
+                 run: Run | None = None, notes: Sequence[str] = (), condition: str | None = None,
+                 given: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Findings of a run (``llm-maps findings``): the chosen variant in full and, with
     ``robustness``, the contrast for every stored layer x metric x view x raw/centred. Written to
-    RUN/findings.json (atomically) when ``write``. ``notes``: caveats to show with the numbers."""
-    from .runfolder import EXAMPLES, Run, write_json_atomic
+    RUN/findings.json (atomically, with a history entry; ``given``: the command's config as given)
+    when ``write``. ``notes``: caveats to show with the numbers."""
+    from .runfolder import ENCODINGS, EXAMPLES, Run, check_writable, record_stage
 
     run = run or Run(run_dir)
+    if write and condition is None:  # a read-only run fails now, not after the bootstrap
+        check_writable(run.path, [FINDINGS_FILE], hint="use --json FILE for a copy elsewhere")
     frame = run.examples
     where = str(run.path / EXAMPLES)
     layer = run.default_layer if layer is None else int(layer)
@@ -771,8 +776,6 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
         raise LLMMapsError(f"--contrast: give two domains as A,B, got {','.join(contrast)!r}")
     rows = np.flatnonzero((frame["split"] == split).to_numpy())
     if condition is not None:  # correctness under a condition; the distances stay the examples' own
-        from .conditions import CONDITIONS_FILE, condition_rows
-
         rows, correct = condition_rows(run, condition, split)
         where = f"{run.path / CONDITIONS_FILE} ({condition})"
         write = False  # findings.json stays the run's direct findings
@@ -802,7 +805,12 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
                             f"below {m / (n_boot + 1):.3f}: raise --bootstrap for 'supported (adjusted)' to be "
                             "reachable")
     if write:
-        write_json_atomic(run.path / FINDINGS_FILE, out)
+        used = sorted({layer, *(r["layer"] for r in out["robustness"])})
+        record_stage(run.path, "findings", {"layer": layer, "metric": metric, "view": view, "centred": bool(centred),
+                                            "contrast": list(contrast), "n_boot": n_boot, "split": split,
+                                            "robustness": bool(robustness)},
+                     outputs={FINDINGS_FILE: out}, seed=seed, given=given,
+                     inputs=[EXAMPLES, *(f"{ENCODINGS}/layer_{k}.npy" for k in used)])
     return out
 
 

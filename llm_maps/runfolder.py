@@ -37,7 +37,8 @@ __all__ = ["FORMAT_VERSION", "MANIFEST_KEYS", "REQUIRED_COLUMNS", "MANIFEST", "E
            "PROJECTION", "FINETUNE_FILE", "CHECKPOINTS", "Run", "RunIds", "find_runs", "runs_in", "is_group",
            "run_group", "run_name", "is_run_dir", "split_run_args", "model_name", "model_label", "read_manifest",
            "publish", "replacing_dir", "write_json_atomic", "write_parquet_atomic", "save_npy_atomic", "layer_file",
-           "partial_dir", "package_versions", "now_iso", "history_entry", "with_history", "append_history", "add_note"]
+           "partial_dir", "package_versions", "now_iso", "history_entry", "with_history", "append_history", "add_note",
+           "file_digest", "check_writable", "record_stage"]
 
 MANIFEST = "manifest.json"
 FINETUNE_FILE = "finetune.json"  # a fine-tuning group's settings and loss curve (pipelines/finetune.py)
@@ -57,7 +58,7 @@ def package_versions() -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def _package_versions() -> tuple[tuple[str, str], ...]:  # read once per process (~30 ms)
-    from . import __version__
+    from ._version import __version__
 
     out = {"python": platform.python_version(), "llm-maps": __version__}
     for name in PACKAGES:
@@ -103,6 +104,72 @@ def add_note(run_dir: str | Path, note: str) -> bool:
     write_json_atomic(Path(run_dir) / MANIFEST, {**with_history(manifest, entry), "notes": [*notes, note],
                                                  "updated": entry["created"]})
     return True
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's content (streamed; remembered per size and modification time)."""
+    import hashlib
+
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = "sha256:" + h.hexdigest()
+    return _DIGESTS[key]
+
+
+def check_writable(run_dir: str | Path, files: Sequence[str], *, hint: str = "") -> None:
+    """Fail at once, in one line, when ``files`` cannot be written into the run (a read-only copy, a
+    shared folder): before a stage spends minutes on a result it could not keep."""
+    run_dir = Path(run_dir)
+    probe = run_dir / f".write-check.{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise LLMMapsError(f"{run_dir}: cannot write {', '.join(files)} into this run "
+                           f"({exc.strerror or exc}){'; ' + hint if hint else ''}") from None
+
+
+def record_stage(run_dir: str | Path, stage: str, params: Mapping[str, Any], *, outputs: Mapping[str, Any],
+                 inputs: Sequence[str] = (), given: Mapping[str, Any] | None = None,
+                 seed: int | None = None, sources: Mapping[str, Any] | None = None,
+                 manifest: Mapping[str, Any] | None = None) -> HistoryEntry:
+    """The one way a stage writes into a run: each of ``outputs`` (file name -> a JSON-ready value, or
+    a pandas DataFrame for ``.parquet``) written atomically, then a ``manifest.history`` entry with
+    the parameters (``params`` as resolved; ``given``: the stage's config as the user gave it), the seed, the input
+    files with their content hashes, the outputs and the package versions. Errors are raised (a
+    read-only run: one line naming the run and the files), never swallowed. ``manifest``: keys the
+    stage sets in the manifest (its section), written with the history entry in one replace."""
+    run_dir = Path(run_dir)
+    check_writable(run_dir, list(outputs))
+    digests = {name: file_digest(run_dir / name) for name in inputs if (run_dir / name).is_file()}
+    try:
+        for name, value in outputs.items():
+            if name.endswith(".parquet"):
+                write_parquet_atomic(run_dir / name, value)
+            else:
+                write_json_atomic(run_dir / name, value)
+    except OSError as exc:
+        raise LLMMapsError(f"{run_dir / name}: cannot write ({exc.strerror or exc})") from None
+    recorded = dict(params)
+    if seed is not None:
+        recorded["seed"] = int(seed)
+    if given is not None:
+        recorded["given"] = dict(given)
+    entry = history_entry(stage, recorded, {**(sources or {}), "files": digests},
+                          [*outputs, *([MANIFEST] if manifest else [])])
+    current = read_manifest(run_dir)
+    write_json_atomic(run_dir / MANIFEST, {**with_history({**current, **(manifest or {})}, entry),
+                                           "updated": entry["created"]})
+    return entry
 
 
 def partial_dir(run_dir: str | Path) -> Path:
@@ -232,6 +299,7 @@ class Run:
 
     @property
     def name(self) -> str:
+        """The run folder's name."""
         return self.path.name
 
     @property
@@ -255,10 +323,12 @@ class Run:
 
     @property
     def layers(self) -> list[int]:
+        """The stored layers (``hidden_states`` indices: 0 = embeddings .. the last layer)."""
         return [int(k) for k in self.manifest["layers"]]
 
     @property
     def default_layer(self) -> int:
+        """The layer of the map and of ``dist_to_train``."""
         return int(self.manifest["default_layer"])
 
     def encodings(self, layer: int | None = None) -> np.ndarray:

@@ -11,16 +11,17 @@ import numpy as np
 from llm_maps.contract import FALLOFF_FORMAT_VERSION
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE, SLOPE_UNIT, falloff_stats, format_slope, slope_verdict
-from llm_maps.runfolder import EXAMPLES, Run, append_history, history_entry, layer_file, write_json_atomic
+from llm_maps.runfolder import EXAMPLES, Run, layer_file, record_stage
 from llm_maps.neighbours import nearest_train
 
 
 def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] | None = None,
                 metrics: Sequence[str] = ("cosine", "euclidean"), split: str = "test",
-                condition: str | None = None) -> dict:
+                condition: str | None = None, write: bool = True) -> dict:
     """``condition``: correctness under that condition of conditions.parquet (the examples scored
     under it; the distance stays the example's own); the result is returned, falloff.json (the
-    run's direct falloff) is left as it is."""
+    run's direct falloff) is left as it is. ``write=False``: only returned (the Python API's
+    ``Run.falloff``), neither falloff.json nor the history is touched."""
     import time
 
     start = time.perf_counter()
@@ -67,12 +68,12 @@ def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] |
            "seconds": round(time.perf_counter() - start, 2)}
     if condition is not None:
         return {**out, "condition": condition}
-    write_json_atomic(run.path / FALLOFF_FILE, out)
-    append_history(run.path, history_entry(
-        "falloff", {"n_bins": n_bins, "layers": [int(k) for k in layers], "metrics": list(metrics), "split": split},
-        {"examples": f"{EXAMPLES}:split,domain,correct,dist_to_train",
-         "encodings": [str(layer_file(".", k)) for k in layers]},
-        [FALLOFF_FILE]))
+    if not write:
+        return out
+    record_stage(run.path, "falloff", {"n_bins": n_bins, "layers": [int(k) for k in layers], "metrics": list(metrics),
+                                       "split": split},
+                 outputs={FALLOFF_FILE: out}, inputs=[EXAMPLES, *(str(layer_file("", k)) for k in layers)],
+                 sources={"examples": f"{EXAMPLES}:split,domain,correct,dist_to_train"})
     return out
 
 

@@ -155,7 +155,7 @@ def poll_streaming(client, job_id: str, *, timeout: float = 90.0, every: float =
 def build_scored_run(root: Path, model: Path, n: int) -> Path:
     """A small run as the live-point tests use it: ``n`` Dolly rows, PCA map, k=3, scored, with
     falloff statistics (2 bins); at ``root/runs/tiny``."""
-    from llm_maps.cli import main
+    from interfaces.cli import main
 
     data = write_jsonl(root / "d.jsonl", dolly_rows(n))
     run = root / "runs" / "tiny"

@@ -79,7 +79,7 @@ def serving(args: list[str], tmp_path: Path, *, env: dict | None = None, headers
     full_env = {**os.environ, "LLM_MAPS_STATE": str(tmp_path / "state"), **(env or {})}
     full_env.pop("LLM_MAPS_EXPECT_WORKERS", None) if "LLM_MAPS_EXPECT_WORKERS" not in (env or {}) else None
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", *args, "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "interfaces.cli", "serve", *args, "--port", str(port)],
                                 env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     srv = Served(proc, f"http://127.0.0.1:{port}", log, headers or {})

@@ -49,7 +49,7 @@ def test_unknown_pages_answer_404_with_the_not_found_page_and_known_ones_200(tmp
 def test_mistyped_commands_and_flags_get_did_you_mean(capsys):
     import pytest
 
-    from llm_maps.cli import main
+    from interfaces.cli import main
 
     with pytest.raises(SystemExit) as info:
         main(["serv"])

@@ -14,7 +14,7 @@ import pytest
 from conftest import dolly_rows, write_jsonl
 from dashboard.data import RunRegistry, nearest_train_distance
 from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
-from llm_maps.cli import main
+from interfaces.cli import main
 from llm_maps.errors import LLMMapsError
 from test_playground import GD, job, submit, traces, wait_status
 

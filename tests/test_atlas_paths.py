@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import dolly_rows, write_jsonl
-from llm_maps.cli import main
+from interfaces.cli import main
 from llm_maps.contract import Manifest, PointRecord, check
 from llm_maps.neighbours import knn
 from pipelines.engine import RunSession

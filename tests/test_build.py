@@ -10,7 +10,7 @@ import pytest
 
 from conftest import dolly_rows, write_jsonl
 from contract_helpers import assert_follows_contract
-from llm_maps.cli import main
+from interfaces.cli import main
 from llm_maps.runfolder import MANIFEST_KEYS, REQUIRED_COLUMNS, Run, find_runs, partial_dir
 from pipelines.encode import encode_one
 from pipelines.models import load_model

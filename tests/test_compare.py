@@ -312,7 +312,7 @@ def test_runs_in_another_row_order_align_and_the_maps_are_procrustes_aligned(tmp
 
 
 def test_mismatched_runs_give_one_line_with_the_counts(tmp_path, capsys):
-    from llm_maps.cli import main
+    from interfaces.cli import main
 
     a, b = _pair(tmp_path)
     frame = pd.read_parquet(b / EXAMPLES)
@@ -336,7 +336,7 @@ def test_mismatched_runs_give_one_line_with_the_counts(tmp_path, capsys):
 def sized_runs(tmp_path_factory):
     """Two tiny GPT-NeoX models of different sizes over the same 40 Dolly rows, all layers, scored."""
     from conftest import build_tiny_model, dolly_rows, write_jsonl
-    from llm_maps.cli import main
+    from interfaces.cli import main
 
     root = tmp_path_factory.mktemp("compare")
     data = write_jsonl(root / "d.jsonl", dolly_rows(40))
@@ -355,7 +355,7 @@ def sized_runs(tmp_path_factory):
 def test_two_model_sizes_compare_through_the_cli(sized_runs, capsys):
     from transformers import AutoModelForCausalLM
 
-    from llm_maps.cli import main
+    from interfaces.cli import main
 
     root, runs = sized_runs
     (small, small_model, ls), (big, big_model, lb) = runs["small"], runs["big"]
@@ -495,7 +495,7 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
             == {"plotly-llm-maps.min.js"}
         assert log.take() == []
         # the standalone export's Compare section draws offline, with its animation frames and slider
-        from llm_maps.cli import main
+        from interfaces.cli import main
 
         export = root / "page-export.html"
         assert main(["export", str(small), "--html", str(export), "--compare", str(big)]) == 0

@@ -16,10 +16,11 @@ import pytest
 from conftest import dolly_rows, write_jsonl
 from fake_encoder import FakeEncoder
 from llm_maps import contract
-from llm_maps.cli import cmd_build, cmd_encode, make_parser
+from interfaces.cli import HANDLERS, make_parser
+from interfaces.cli.model import cmd_build, cmd_encode
 from llm_maps.config import BuildConfig, add_arguments, from_args, option
 from llm_maps.contract import COLUMNS, JSON_FILES, Manifest, check
-from llm_maps.runfolder import MANIFEST_KEYS, REQUIRED_COLUMNS, Run
+from llm_maps.runfolder import MANIFEST_KEYS, REQUIRED_COLUMNS, Run, file_digest
 from pipelines.build import build_run, restage_run, summarize_run
 from pipelines.encoder import Encoder
 from pipelines.falloff_run import falloff_run
@@ -70,6 +71,9 @@ def staged_run(tmp_path_factory):
     probe_run(Run(run), folds=2)
     group_cka(match_runs([Run(run)]))
     findings_run(run, n_boot=100, progress=False)  # Chollet vs Reasoning, two tasks each in test
+    from llm_maps.regions import run_regions
+
+    run_regions(run, min_size=3)  # regions.json, regions.parquet
     return run, data, first_xy
 
 
@@ -123,6 +127,7 @@ def test_every_stage_writes_only_what_the_contract_lists(staged_run):
         path = run / name
         assert path.exists(), name
         assert check(json.loads(path.read_text()), td) == []
+    assert list(pd.read_parquet(run / "regions.parquet").columns) == list(contract.REGION_COLUMNS)
 
 
 def test_a_new_column_outside_the_contract_is_caught(staged_run, tmp_path):
@@ -139,8 +144,16 @@ def test_each_stage_appends_history_and_reruns_keep_the_old_entries(staged_run):
     run, data, first_xy = staged_run
     manifest = Run(run).manifest
     history = manifest["history"]
-    assert [h["stage"] for h in history] == ["encode", "project", "neighbours", "project", "score", "falloff"]
-    encode, project1, neighbours, project2, score, falloff = history
+    assert [h["stage"] for h in history] == ["encode", "project", "neighbours", "project", "score", "falloff",
+                                             "probe", "findings", "regions"]
+    encode, project1, neighbours, project2, score, falloff, probe, findings, regions = history
+    assert regions["params"]["min_size"] == 3 and regions["outputs"] == ["regions.parquet", "regions.json"]
+    # probe and findings record their seeds, parameters and inputs with content hashes
+    assert probe["params"]["seed"] == 0 and probe["params"]["folds"] == 2 and probe["outputs"] == ["probes.json"]
+    assert findings["params"]["seed"] == 0 and findings["params"]["n_boot"] == 100
+    assert findings["params"]["layer"] == 4 and findings["outputs"] == ["findings.json"]
+    assert findings["inputs"]["files"]["examples.parquet"] == file_digest(run / "examples.parquet")
+    assert set(findings["inputs"]["files"]) == {"examples.parquet", "encodings/layer_2.npy", "encodings/layer_4.npy"}
     assert encode["params"]["seed"] == 5 and encode["params"]["split_seed"] is None
     assert encode["params"]["resolved"] == {"split_seed": 5, "map_seed": 5, "layers": [2, 4], "default_layer": 4,
                                             "max_length": 64}
@@ -157,16 +170,16 @@ def test_each_stage_appends_history_and_reruns_keep_the_old_entries(staged_run):
     assert falloff["params"] == {"n_bins": 2, "layers": [2, 4], "metrics": ["cosine"], "split": "test"}
     assert falloff["outputs"] == ["falloff.json"]
     assert all(h["versions"]["llm-maps"] and h["created"] for h in history)
-    assert manifest["updated"] == falloff["created"]
+    assert manifest["updated"] == regions["created"]
     summary = summarize_run(run).splitlines()
     assert "seeds      split 5, map 9" in summary
-    assert (f"history    encode, project, neighbours, project, score, falloff; last {falloff['created']} "
-            "(manifest.history)") in summary
+    assert (f"history    encode, project, neighbours, project, score, falloff, probe, findings, regions; last "
+            f"{regions['created']} (manifest.history)") in summary
     # re-scoring appends; the first scoring's entry stays
     score_run(run, splits=("test",), generate="never", metric="contains", progress=False, log=lambda m: None)
     again = Run(run).manifest["history"]
-    assert [h["stage"] for h in again][-2:] == ["falloff", "score"]
-    assert again[:6] == history and again[-1]["params"]["metric"] == "contains"
+    assert [h["stage"] for h in again][-2:] == ["regions", "score"]
+    assert again[:9] == history and again[-1]["params"]["metric"] == "contains"
 
 
 def test_a_rebuild_keeps_the_replaced_runs_history(tmp_path):
@@ -225,7 +238,7 @@ def test_build_arguments_are_generated_from_build_config():
     assert cfg == BuildConfig(data=["a.jsonl", "b.jsonl"], model="m", out="o", layers=[1, 3],
                               test_categories=["x", "y"], projection="pca", k=4, add_eos=True, progress=False,
                               data_format="jsonl", distributed=True, chunk_size=8)
-    assert args.func is cmd_build
+    assert HANDLERS[args.stage] is cmd_build
     # the defaults of the command line are BuildConfig's
     defaults = from_args(BuildConfig, parser.parse_args(["build", "--data", "d", "--model", "m", "--out", "o"]))
     assert defaults == BuildConfig(data=["d"], model="m", out="o")
@@ -235,7 +248,7 @@ def test_build_arguments_are_generated_from_build_config():
         flag = f.metadata["cli"].flags[-1] if f.metadata["cli"].flags else "--" + f.name.replace("_", "-")
         assert flag in build_help, f.name
     enc = parser.parse_args(["encode", "--data", "d", "--model", "m", "--out", "o", "--metric", "euclidean"])
-    assert enc.func is cmd_encode and not hasattr(enc, "projection") and not hasattr(enc, "k")
+    assert HANDLERS[enc.stage] is cmd_encode and not hasattr(enc, "projection") and not hasattr(enc, "k")
     assert from_args(BuildConfig, enc, projection=None).metric == "euclidean"
     with pytest.raises(SystemExit):
         parser.parse_args(["encode", "--data", "d", "--model", "m", "--out", "o", "--projection", "pca"])
@@ -364,7 +377,7 @@ def test_the_synthetic_runs_of_the_dashboard_tests_follow_the_contract(tmp_path)
 def test_encode_project_neighbours_commands_one_stage_at_a_time(tmp_path, monkeypatch, capsys):
     """`llm-maps encode` stops before the map; `project` and `neighbours` add it, each with its entry
     (the model is the fake encoder, put where `build_run` loads the real one)."""
-    from llm_maps.cli import main
+    from interfaces.cli import main
     from pipelines.encoder import TransformersEncoder
 
     monkeypatch.setattr(TransformersEncoder, "load", classmethod(lambda cls, config: FakeEncoder()))

@@ -70,7 +70,7 @@ def _ignoring(sig):
                          ids=["SIGTERM", "SIGINT", "SIGINT-after-a-parent-ignored-it"])
 def test_signal_to_demo_stops_serve_and_worker_and_frees_the_port(scored_run, tmp_path, sig, inherited):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "demo", "--out", str(scored_run),
+    proc = subprocess.Popen([sys.executable, "-m", "interfaces.cli", "demo", "--out", str(scored_run),
                              "--port", str(port), "--no-progress"], env=_env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=_ignoring(inherited) if inherited else None)
@@ -110,7 +110,7 @@ def test_serve_on_a_busy_port_is_one_clear_line(scored_run, tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        res = subprocess.run([sys.executable, "-m", "llm_maps.cli", "serve", str(scored_run), "--port", str(port),
+        res = subprocess.run([sys.executable, "-m", "interfaces.cli", "serve", str(scored_run), "--port", str(port),
                               "--no-worker"], env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import dolly_rows, write_jsonl
-from llm_maps.cli import main
+from interfaces.cli import main
 from llm_maps.neighbours import nearest_train
 from llm_maps.runfolder import Run
 from pipelines.engine import RunSession, SessionPool

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from dashboard.synthetic import write_synthetic_run
-from llm_maps.cli import main
+from interfaces.cli import main
 from llm_maps.errors import LLMMapsError
 from llm_maps.findings import (compute_findings, conditional_logit_slope, fit_logistic, fit_ols_slope,
                                percentile_scale, task_resample_counts, variant_distances, weighted_auroc)

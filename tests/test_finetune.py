@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import build_scored_run, dolly_rows, write_jsonl
-from llm_maps.cli import main
+from interfaces.cli import main
 from llm_maps.errors import LLMMapsError
 
 
@@ -470,7 +470,7 @@ def test_demo_finetune_tunes_the_demo_run_and_prints_train_vs_held_out_tasks(tin
     held-out tasks that compare computes on the group."""
     from llm_maps.compare import accuracy_curves, format_task_gain, match_runs, task_gain
     from llm_maps.runfolder import Run, find_runs, read_manifest
-    from pipelines import demo
+    from interfaces import demo
 
     rows = dolly_rows(40)
     for i, r in enumerate(rows):  # creative_writing: test only (a held-out task); the others 3:1

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import dolly_rows, write_jsonl
-from llm_maps.cli import main
+from interfaces.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_progress_order_keeps_the_longest_batch_first_and_permutes_the_rest():
 
 
 def test_demo_prints_every_stage_time_it_recorded(tiny_run, capsys):
-    from pipelines.demo import STAGES, format_stage_times, run_demo, stage_times
+    from interfaces.demo import STAGES, format_stage_times, run_demo, stage_times
 
     assert run_demo(tiny_run, progress=False, serve=False) == 0  # adds what the demo adds (conditions)
     out = capsys.readouterr().out

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_jsonl
-from llm_maps.cli import main
+from interfaces.cli import main
 from llm_maps.runfolder import EXAMPLES, Run
 from pipelines.first_token import COLUMNS, FirstTokenCollector, first_token_stats, logprob_stats
 from pipelines.generate import choice_loglikelihoods_batch, generate

@@ -78,7 +78,7 @@ def test_cpu_bf16_build_and_score(tiny_models, tmp_path):
     every test row scored."""
     import gpu_check
     from conftest import dolly_rows, write_jsonl
-    from llm_maps.cli import main
+    from interfaces.cli import main
     from llm_maps.runfolder import Run
 
     data = write_jsonl(tmp_path / "d.jsonl", dolly_rows(20))
@@ -133,7 +133,7 @@ def test_cpu_bf16_multiple_choice_equals_a_full_forward_per_choice(tiny_models):
 def test_a_cuda_device_this_machine_lacks_is_a_one_line_error(tiny_models, tmp_path, capsys):
     import torch
 
-    from llm_maps.cli import main
+    from interfaces.cli import main
     from pipelines.models import resolve_device
 
     if torch.cuda.is_available():

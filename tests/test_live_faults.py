@@ -171,7 +171,7 @@ def test_health_names_runs_without_a_live_worker_where_workers_are_expected(tmp_
 def test_supervisor_restarts_with_back_off_records_the_exit_and_stops_its_worker(tmp_path):
     import re
 
-    from llm_maps.supervisor import WorkerSupervisor
+    from interfaces.supervisor import WorkerSupervisor
 
     def supervise(code: str, n: int, **kw):
         logs, spawned = [], []
@@ -257,7 +257,7 @@ def test_serve_restarts_a_killed_worker_and_health_says_why_meanwhile(two_tiny, 
            "LLM_MAPS_RESTART_BACKOFF": "0.5"}
     env.pop("LLM_MAPS_EXPECT_WORKERS", None)
     log = open(tmp_path / "serve.log", "w+")
-    serve = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(run), "--port", str(port)],
+    serve = subprocess.Popen([sys.executable, "-m", "interfaces.cli", "serve", str(run), "--port", str(port)],
                              env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         def health():
@@ -327,7 +327,7 @@ def test_serve_restarts_a_killed_worker_and_health_says_why_meanwhile(two_tiny, 
 
 
 def _start_worker(runs, state: Path | None = None, **env) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "llm_maps.cli", "worker", *map(str, runs)] + (["--state", str(state)] if state else [])
+    cmd = [sys.executable, "-m", "interfaces.cli", "worker", *map(str, runs)] + (["--state", str(state)] if state else [])
     return subprocess.Popen(cmd, env={**os.environ, "LLM_MAPS_HEARTBEAT_TIMEOUT": str(HEARTBEAT),
                                       **{k: str(v) for k, v in env.items()}},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

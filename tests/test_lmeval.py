@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("lm_eval")
 
 from contract_helpers import assert_follows_contract  # noqa: E402
-from llm_maps.cli import main  # noqa: E402
+from interfaces.cli import main  # noqa: E402
 from llm_maps.errors import LLMMapsError  # noqa: E402
 from llm_maps.runfolder import Run  # noqa: E402
 from pipelines.generate import choice_loglikelihoods  # noqa: E402

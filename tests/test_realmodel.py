@@ -13,7 +13,7 @@ pytestmark = pytest.mark.realmodel
 
 
 def test_gguf_demo_model_encodes_exactly(tmp_path, monkeypatch):
-    from pipelines.demo import demo_model_path
+    from interfaces.demo import demo_model_path
     from pipelines.encode import encode_to_folder
     from pipelines.models import load_model
     from pipelines.templates import get_template

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_maps.cli import main
+from interfaces.cli import main
 from test_finetune import _base_run
 
 IDS = ["base", "base-ft.step-000000", "base-ft.step-000001", "base-ft.step-000002"]

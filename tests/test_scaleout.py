@@ -18,7 +18,7 @@ import pytest
 
 from conftest import dolly_rows, free_port, poll_streaming, wait_job, write_jsonl
 from contract_helpers import assert_follows_contract
-from llm_maps.cli import main
+from interfaces.cli import main
 
 HEARTBEAT = 2  # seconds: the workers' heartbeat timeout in these tests
 
@@ -36,7 +36,7 @@ def plain_run(tmp_path_factory, tiny_models):
 
 def _start_worker(run: Path, url: str) -> subprocess.Popen:
     env = {**os.environ, "REDIS_URL": url, "LLM_MAPS_HEARTBEAT_TIMEOUT": str(HEARTBEAT)}
-    return subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "worker", str(run)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "interfaces.cli", "worker", str(run)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -11,12 +11,12 @@ import pytest
 
 from conftest import write_jsonl
 from contract_helpers import assert_follows_contract
-from llm_maps.cli import main
+from interfaces.cli import main
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import falloff_stats
 from llm_maps.runfolder import Run
 from pipelines.generate import choice_loglikelihoods, generate
-from pipelines.metrics import answer_contained, exact_match, metric_for, normalize_answer, rouge_l
+from llm_maps.scoring import answer_contained, exact_match, metric_for, normalize_answer, rouge_l
 from pipelines.models import load_model
 
 

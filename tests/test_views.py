@@ -166,7 +166,7 @@ def test_build_with_views_and_atlas_matches_adding_them_later(tiny_models, tmp_p
     """`build --views prompt,completion --token-atlas` writes the files, columns and manifest entries;
     `encode RUN --view completion` and `atlas RUN` on a prompt-only run give the same encodings."""
     from conftest import dolly_rows, write_jsonl
-    from llm_maps.cli import main
+    from interfaces.cli import main
     from llm_maps.runfolder import Run
 
     data = write_jsonl(tmp_path / "d.jsonl", dolly_rows(24))
@@ -210,7 +210,7 @@ def test_build_with_views_and_atlas_matches_adding_them_later(tiny_models, tmp_p
 
 def test_cli_errors_are_one_line(tiny_models, tmp_path, capsys):
     from conftest import dolly_rows, write_jsonl
-    from llm_maps.cli import main
+    from interfaces.cli import main
 
     data = write_jsonl(tmp_path / "d.jsonl", dolly_rows(12))
     out = tmp_path / "run"
@@ -253,7 +253,7 @@ def test_completion_model_is_any_hidden_state_model_pooled_at_the_last_token(tin
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
     from conftest import dolly_rows, write_jsonl
-    from llm_maps.cli import main
+    from interfaces.cli import main
     from llm_maps.runfolder import Run
 
     reward = tmp_path / "reward"
@@ -292,7 +292,7 @@ def test_encoding_the_completion_view_again_after_scoring_reencodes_only_outputs
     import torch
 
     from conftest import dolly_rows, write_jsonl
-    from llm_maps.cli import main
+    from interfaces.cli import main
 
     data = write_jsonl(tmp_path / "d.jsonl", dolly_rows(20))
     run = tmp_path / "run"
@@ -352,7 +352,7 @@ def test_build_views_completion_with_an_empty_reference(tiny_models, tmp_path, c
     """`build --views completion` on Dolly data with an empty response builds; that row's completion
     state is the state of tokenizer(prompt) + EOS run alone, and the build says how many rows had one."""
     from conftest import dolly_rows, write_jsonl
-    from llm_maps.cli import main
+    from interfaces.cli import main
     from llm_maps.runfolder import Run
 
     rows = dolly_rows(12)

@@ -81,7 +81,7 @@ def live(tmp_path_factory, tiny_models):
 
 
 def _start_worker(run: Path, state: Path, **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "worker", str(run), "--state", str(state)],
+    return subprocess.Popen([sys.executable, "-m", "interfaces.cli", "worker", str(run), "--state", str(state)],
                             env={**os.environ, **{k: str(v) for k, v in env.items()}},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -210,7 +210,7 @@ def test_serve_starts_a_worker_and_stops_it_on_sigterm(live, tmp_path):
 
     run, _ = live
     port = free_port()
-    serve = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(run), "--port", str(port)],
+    serve = subprocess.Popen([sys.executable, "-m", "interfaces.cli", "serve", str(run), "--port", str(port)],
                              env={**os.environ, "LLM_MAPS_STATE": str(tmp_path / "state")},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

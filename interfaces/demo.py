@@ -9,8 +9,17 @@ from pathlib import Path
 
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE
-from llm_maps.findings import FINDINGS_FILE
-from llm_maps.runfolder import MANIFEST, read_manifest
+from llm_maps.compare import accuracy_curves, format_task_gain, match_runs, run_info, task_gain, x_axis
+from llm_maps.conditions import format_summary, read_conditions, summarize, with_examples
+from llm_maps.findings import FINDINGS_FILE, findings_run
+from llm_maps.jobs import state_dir_for
+from llm_maps.runfolder import MANIFEST, Run, RunIds, add_note, find_runs, read_manifest
+from pipelines.atlas import encode_view_run
+from pipelines.build import build_run, summarize_run
+from pipelines.conditions import score_conditions
+from pipelines.falloff_run import falloff_run
+from pipelines.finetune import FinetuneConfig, finetune
+from pipelines.score import score_run
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "data" / "demo" / "bigbench_demo.jsonl"
@@ -44,7 +53,6 @@ DEMO_SETTINGS = dict(template="chat", projection="umap", fit_on="train", metric=
 
 
 def build_demo(out: Path | None = None, *, progress: bool = True, limit: int | None = None) -> Path:
-    from pipelines.build import build_run
 
     out = Path(out) if out else DEMO_RUN
     gguf = demo_model_path()
@@ -66,12 +74,7 @@ def score_demo(out: Path, *, progress: bool = True) -> None:
     """Real scores from the demo model: multiple choice by log-likelihood (the choice is the
     output), ROUGE-L / answer-contained on generated text; then the falloff statistics and the
     findings (findings.json)."""
-    from llm_maps.findings import findings_run
-    from llm_maps.runfolder import add_note
-    from pipelines.falloff_run import falloff_run
-    from pipelines.score import score_run
 
-    from pipelines.atlas import encode_view_run
 
     print("scoring the demo run's test examples with the demo model...", file=sys.stderr)
     score_run(out, progress=progress, log=lambda m: print(m, file=sys.stderr), **DEMO_SCORING)
@@ -103,8 +106,6 @@ def demo_cot_tasks(out: Path) -> list[str]:
 
 def score_demo_conditions(out: Path, *, progress: bool = True) -> None:
     """direct and cot on the demo's fixed subset (DEMO_COT_PER_TASK per generated-answer task)."""
-    from pipelines.conditions import score_conditions
-
     tasks = demo_cot_tasks(out)
     if not tasks:
         return
@@ -117,9 +118,6 @@ def score_demo_conditions(out: Path, *, progress: bool = True) -> None:
 
 def conditions_table(out: Path) -> str | None:
     """The demo's per-domain conditions table (accuracy per condition, cot - direct with McNemar)."""
-    from llm_maps.conditions import format_summary, read_conditions, summarize, with_examples
-    from llm_maps.runfolder import Run
-
     if read_conditions(out) is None:
         return None
     try:
@@ -170,8 +168,6 @@ DEMO_FINETUNE = dict(steps=96, save_every=48, batch_size=8, lr=5e-4, views="prom
 
 def finetune_demo(base: Path, group: Path, *, steps: int | None = None, progress: bool = True) -> Path:
     """Tune the demo run's model on its train split into ``group`` (resumes; builds what is missing)."""
-    from pipelines.finetune import FinetuneConfig, finetune
-
     settings: dict = dict(DEMO_FINETUNE)
     if steps is not None:
         settings.update(steps=int(steps), save_every=max(1, int(steps) // 2))
@@ -183,8 +179,6 @@ def finetune_demo(base: Path, group: Path, *, steps: int | None = None, progress
 
 def group_runs(group: Path) -> list[Path]:
     """The runs of a finetune group (its finished ``step-*`` runs), step 0 first."""
-    from llm_maps.runfolder import find_runs
-
     return sorted((p for p in find_runs(group) if p.name.startswith("step-")), key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -192,8 +186,6 @@ def finetune_table(group: Path) -> str:
     """What the fine-tune did: accuracy of the train split's tasks vs the held-out tasks before and
     after (task-bootstrap intervals), then per domain (Wilson intervals, sign test over tasks), with
     the verdicts."""
-    from llm_maps.compare import accuracy_curves, format_task_gain, match_runs, run_info, task_gain, x_axis
-    from llm_maps.runfolder import Run
 
     runs = [Run(p) for p in group_runs(group)]
     grp = match_runs(runs)
@@ -208,7 +200,6 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
              group: Path | None = None) -> int:
     """Build the demo run if needed, print its summary and, with ``serve``, show it in the dashboard
     on 127.0.0.1:``port`` (in a fresh process, so the web server never holds torch)."""
-    from pipelines.build import summarize_run
 
     import time
 
@@ -222,7 +213,6 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
         score_demo(out, progress=progress)
     elif "conditions" not in read_manifest(out):  # a demo run from before conditions
         score_demo_conditions(out, progress=progress)
-    from llm_maps.runfolder import add_note
 
     add_note(out, DEMO_NOTE)  # (a demo run from before notes lived in the run gets it too)
     print(summarize_run(out), flush=True)
@@ -245,15 +235,13 @@ def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool =
         steps = group_runs(group)
         runs += steps
         if serve:  # the ids the server gives these runs (kept in the state folder it will use)
-            from llm_maps.jobs import state_dir_for
-            from llm_maps.runfolder import RunIds
 
             ids = dict((p, i) for i, p in RunIds(state_dir_for(runs, [])).assign(runs))
             print(f"the trajectory on the Compare page: http://127.0.0.1:{port}/compare?"
                   + "&".join(f"runs={ids[p]}" for p in steps), flush=True)
     if not serve:
         return 0
-    return serve_in_place([sys.executable, "-m", "llm_maps.cli", "serve", *map(str, runs), "--port", str(port),
+    return serve_in_place([sys.executable, "-m", "interfaces.cli", "serve", *map(str, runs), "--port", str(port),
                            "--prefix", "/"])
 
 

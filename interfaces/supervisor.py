@@ -30,12 +30,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from llm_maps.jobs import make_queue
+
 
 def start_worker_process(runs: Iterable[str | Path], state_dir: str | Path,
                          data_dirs: Iterable[str | Path] = ()) -> "subprocess.Popen[Any]":
-    from llm_maps.cli import start_worker_process as start
-
-    return start([Path(r) for r in runs], Path(state_dir), [Path(d) for d in data_dirs])
+    """The embedded worker `llm-maps serve` starts when no other worker is configured."""
+    cmd = [sys.executable, "-m", "interfaces.cli", "worker", *map(str, runs), "--state", str(state_dir),
+           *(a for d in data_dirs for a in ("--data", str(d)))]
+    return subprocess.Popen(cmd, env={**os.environ, "LLM_MAPS_PARENT_PID": str(os.getpid())})
 
 
 def exit_reason(returncode: int) -> str:
@@ -55,8 +58,6 @@ class WorkerSupervisor:
                  spawn: Callable[..., "subprocess.Popen[Any]"] | None = None,
                  log: Callable[[str], None] | None = None, data_dirs: Iterable[str | Path] = (),
                  check_every: float = 0.5):
-        from llm_maps.jobs import make_queue
-
         self.runs, self.state_dir = [Path(r) for r in runs], Path(state_dir)
         self.data_dirs = [Path(d) for d in data_dirs]
         self.backoff = float(backoff if backoff is not None else os.environ.get("LLM_MAPS_RESTART_BACKOFF", 1.0))
