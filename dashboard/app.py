@@ -24,6 +24,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html
 
+from dashboard import background
 from dashboard.bundle import PLOTLY_BUNDLE, bundle_path
 from dashboard.data import RunRegistry
 from dashboard.hardening import install_hardening
@@ -187,11 +188,13 @@ def create_app(runs=None, data_dirs=None, *, auth: str | tuple[str, str] | None 
         registry = RunRegistry(runs, data_dirs, ids=RunIds(state))  # the workers read the same ids
         app.server.config["LLM_MAPS_REGISTRY"] = registry
         app.server.config["LLM_MAPS_PREFIX"] = prefix
+        app.server.config["LLM_MAPS_STATE"] = state
         _install_api(app.server, registry, state, prefix)
         install_hardening(app.server, prefix, dash_app=app)
         app.layout = html.Div([
             html.Link(id="theme-css", rel="stylesheet", href=f"{prefix}assets/themes/flatly.min.css"),
             _navbar(prefix),
+            background.banner(),
             dash.page_container,
             html.Div(id="theme-sync", hidden=True), html.Div(id="run-nav", hidden=True),
             dcc.Store(id="plot-templates", data=plot_templates()),
@@ -251,7 +254,7 @@ def _install_not_found_status(server, prefix: str = "/") -> None:
     with the status 404, not 200: for crawlers, link checkers and anyone who reads the status."""
     import flask
 
-    own = ("_dash-", "_reload-hash", "_favicon", "assets/", "api", "_llm_maps/")
+    own = ("_dash-", "_reload-hash", "_favicon", "_alive_", "assets/", "api", "_llm_maps/")  # _alive_: Jupyter mode
 
     @server.after_request
     def _not_found(response):

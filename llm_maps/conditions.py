@@ -32,6 +32,8 @@ import numpy as np
 from .conditions_file import (CONDITIONS_FILE, DIRECT, condition_names, condition_rows, has_conditions,
                               read_conditions, with_examples)
 from .errors import LLMMapsError
+from .falloff import wilson_interval
+from .findings import UNIT, compute_findings, task_resample_counts, weighted_auroc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -190,8 +192,6 @@ def mcnemar(*, b: int, c: int, exact: bool | None = None) -> dict[str, Any]:
 
 def _task_boot(task: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """[B, n] row weights: tasks resampled with replacement (tasks are the unit of independence)."""
-    from .findings import task_resample_counts
-
     names, codes = np.unique(task, return_inverse=True)
     counts = task_resample_counts(n_tasks=len(names), n_boot=n_boot, rng=np.random.default_rng(seed))
     weights: np.ndarray = counts[:, codes]
@@ -209,7 +209,6 @@ def _percentile_interval(values: np.ndarray) -> tuple[float | None, float | None
 def accuracy_with_interval(correct: np.ndarray, task: np.ndarray, *, n_boot: int, seed: int) -> dict[str, Any]:
     """Accuracy with a task-clustered bootstrap 95 % interval (None with fewer than 2 tasks) and the
     Wilson interval (examples as independent) beside it."""
-    from .falloff import wilson_interval
 
     y = np.asarray(correct, dtype=float)
     n, k = len(y), int(y.sum())
@@ -261,7 +260,6 @@ def summarize(frame: pd.DataFrame, *, baseline: str | None = None, split: str = 
     direct, else the first) on the examples scored under both; per condition the falloff slope per
     domain and the Chollet - Reasoning contrast on the Findings scale (percentile of the example's
     distance among the compared examples). JSON-ready."""
-    from .findings import UNIT, compute_findings
 
     frame = frame[(frame["split"] == split) & frame["correct"].notna()]
     if frame.empty:
@@ -329,7 +327,6 @@ def path_stats(frame: pd.DataFrame, names: Sequence[str], domains: Sequence[str]
     and max distance to the atlas (task-clustered intervals), and the AUROC of the path's max
     distance for an error (does a chain that strays far from every training response go wrong
     more often?). Empty without an atlas."""
-    from .findings import weighted_auroc
 
     if "path_max_dist" not in frame.columns:
         return []

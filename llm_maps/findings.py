@@ -29,6 +29,8 @@ import numpy.typing as npt
 from .conditions_file import CONDITIONS_FILE, condition_rows
 from .errors import LLMMapsError
 from .falloff import Z95, wilson_interval
+from .neighbours import knn
+from .runfolder import ENCODINGS, EXAMPLES, Run, check_writable, record_stage
 
 if TYPE_CHECKING:
     from .runfolder import Run
@@ -703,8 +705,6 @@ def run_views(manifest: Mapping[str, Any]) -> list[str]:
 
 def view_encodings(run: Run, view: str, layer: int) -> np.ndarray:
     """Memory-mapped [N, H] encodings of one view and layer (``encodings/<view>/layer_<k>.npy``)."""
-    from .runfolder import ENCODINGS
-
     if view == "prompt":
         return run.encodings(layer)
     path = run.path / ENCODINGS / view / f"layer_{int(layer)}.npy"
@@ -719,7 +719,6 @@ def variant_distances(run: Run, *, rows: np.ndarray, layer: int, metric: str, vi
                       centred: bool = False) -> np.ndarray:
     """[len(rows)] distance of each of ``rows`` to its nearest train example in one layer, metric,
     view, on raw or train-mean-centred encodings. The stored column when it is that variant."""
-    from .neighbours import knn
 
     frame = run.examples
     default_metric = run.manifest.get("distance_metric", "cosine")
@@ -757,7 +756,6 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
     ``robustness``, the contrast for every stored layer x metric x view x raw/centred. Written to
     RUN/findings.json (atomically, with a history entry; ``given``: the command's config as given)
     when ``write``. ``notes``: caveats to show with the numbers."""
-    from .runfolder import ENCODINGS, EXAMPLES, Run, check_writable, record_stage
 
     run = run or Run(run_dir)
     if write and condition is None:  # a read-only run fails now, not after the bootstrap
@@ -882,6 +880,7 @@ def read_findings(run_dir: str | Path) -> tuple[dict[str, Any] | None, str | Non
 
 def format_findings(result: dict[str, Any]) -> str:
     """The findings as text: verdict, per-domain table, contrast, robustness."""
+
     def f(v: float | None, s: str = ".2f") -> str:
         return "-" if v is None else format(v, s)
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, cast
 
 from .contract import JobPayload, JobRecord, PointRecord
 from .errors import LLMMapsError
+from .runfolder import is_group
 
 DEFAULTS = {  # each overridable with LLM_MAPS_<NAME> in the environment, e.g. LLM_MAPS_MAX_QUEUED=200
     "max_queued": float(os.environ.get("LLM_MAPS_MAX_QUEUED", 64)),  # waiting jobs of one run
@@ -39,6 +40,7 @@ DEFAULTS = {  # each overridable with LLM_MAPS_<NAME> in the environment, e.g. L
 }
 
 
+BACKGROUND_FILE = "background.json"  # STATE/background.json: a build beside the server (contract.BackgroundStatus)
 FINAL = ("done", "failed", "cancelled")  # a job in one of these states never changes again
 
 
@@ -59,7 +61,6 @@ class QueueUnavailable(QueueFull):
 def _outside_group(folder: Path) -> Path:
     """``folder``, or the folder holding it when it is a fine-tuning group: a group's runs share the
     state folder of the runs beside the group (one served however it was given)."""
-    from .runfolder import is_group
 
     return folder.parent if is_group(folder) else folder
 
@@ -83,7 +84,6 @@ def state_dir_for(runs: Iterable[str | Path], data_dirs: Iterable[str | Path]) -
         return default_state_dir(runs)
     if not data_dirs:
         return default_state_dir([])
-    from .runfolder import is_group
 
     first = Path(data_dirs[0])
     return (first.resolve().parent if is_group(first) else first) / ".llm-maps-state"
@@ -91,7 +91,6 @@ def state_dir_for(runs: Iterable[str | Path], data_dirs: Iterable[str | Path]) -
 
 class _Staleness:
     """What both queues share: the heartbeat rule and reason text, and the job transitions."""
-
     heartbeat_timeout: float
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -778,3 +777,13 @@ def make_queue(state_dir: str | Path, **kwargs: Any) -> "JobQueue | RedisJobQueu
 def make_points(state_dir: str | Path) -> "PointStore | RedisPointStore":
     """Where user points live: Redis when REDIS_URL is set, else ``state_dir/points/<run>.jsonl``."""
     return RedisPointStore() if redis_url() else PointStore(state_dir)
+
+
+def read_background(state_dir: str | Path) -> dict[str, Any] | None:
+    """STATE/background.json (what a build beside the server is doing), or None when there is none
+    or it cannot be read (it is being replaced: the next poll reads it)."""
+    try:
+        data = json.loads((Path(state_dir) / BACKGROUND_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

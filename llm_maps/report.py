@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
+from .findings import read_findings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +52,6 @@ def findings_lines(run_dir: str | Path) -> list[str]:
     """The findings verdict first (findings.json): the directional claim with its numbers, and for
     the pooled, within-task and between-task contrasts whether it is supported, not supported or
     reversed; nothing when there are no findings yet."""
-    from .findings import read_findings
 
     result, error = read_findings(run_dir)
     if result is None:

@@ -32,6 +32,7 @@ import numpy as np
 
 from .contract import FORMAT_VERSION, MANIFEST_KEYS, REQUIRED_COLUMNS, HistoryEntry, Manifest
 from .errors import LLMMapsError
+from ._version import __version__
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_KEYS", "REQUIRED_COLUMNS", "MANIFEST", "EXAMPLES", "ENCODINGS",
            "PROJECTION", "FINETUNE_FILE", "CHECKPOINTS", "Run", "RunIds", "find_runs", "runs_in", "is_group",
@@ -58,8 +59,6 @@ def package_versions() -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def _package_versions() -> tuple[tuple[str, str], ...]:  # read once per process (~30 ms)
-    from ._version import __version__
-
     out = {"python": platform.python_version(), "llm-maps": __version__}
     for name in PACKAGES:
         try:

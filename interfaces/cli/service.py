@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,9 +61,7 @@ def cmd_serve(cfg: ServeConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
     try:
-        serve(runs, data_dirs, host=cfg.host, port=cfg.port, auth=auth, prefix=prefix,
-              announce=lambda url: print(f"llm-maps: dashboard on {url} (Ctrl-C to stop)", file=sys.stderr,
-                                         flush=True))
+        serve(runs, data_dirs, host=cfg.host, port=cfg.port, auth=auth, prefix=prefix, announce=announce)
     except KeyboardInterrupt:  # Ctrl-C: a clean stop, not an interrupted job
         pass
     finally:
@@ -71,6 +70,15 @@ def cmd_serve(cfg: ServeConfig) -> int:
         if worker is not None:
             worker.stop()
     return 0
+
+
+def announce(url: str) -> None:
+    """The one URL line; started by `llm-maps demo`: also how long the first map took."""
+    print(f"llm-maps: dashboard on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    started = os.environ.pop("LLM_MAPS_DEMO_STARTED", None)
+    if started:
+        print(f"llm-maps demo: first map served {(time.time() - float(started)) / 60:.1f} min after `llm-maps demo` "
+              "started", file=sys.stderr, flush=True)
 
 
 def cmd_worker(cfg: WorkerConfig) -> int:
