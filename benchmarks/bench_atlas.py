@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         del out
         bench_lookup(np.load(path, mmap_mode="r"), "synthetic atlas (memory-mapped)")
     if args.run:
-        from llm_maps.atlas import load_atlas
+        from llm_maps.tokens import load_atlas
         from llm_maps.runfolder import read_manifest
 
         m = read_manifest(args.run)

@@ -4,7 +4,7 @@
     python benchmarks/bench_compare.py --n 3000 --hidden 512 --layers 2
 
 Writes R synthetic run folders (float16 encodings, N x H per layer, memory-mapped when read) in a
-temporary folder, then times ``llm_maps.compare.group_cka`` (linear CKA between every stored layer
+temporary folder, then times ``llm_maps.comparison.group_cka`` (linear CKA between every stored layer
 of every pair of runs and within each run) and ``probe_run`` on every run (domain, task and
 correctness, grouped / stratified 5-fold CV). Reports wall time, throughput, the peak of memory
 allocated by the computation (tracemalloc: numpy reports its buffers to it) next to what holding
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default=None, help="write the runs here (and keep them) instead of a temp folder")
     args = ap.parse_args(argv)
 
-    from llm_maps.compare import group_cka, match_runs, probe_run
+    from llm_maps.comparison import group_cka, match_runs, probe_run
     from llm_maps.runfolder import Run
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-compare-"))

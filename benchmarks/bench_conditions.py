@@ -35,10 +35,10 @@ def main(argv=None) -> int:
     from llm_maps.neighbours import knn
     from llm_maps.runfolder import Run
     from pipelines.conditions import continuation_states, cot_prompt
-    from pipelines.demo import DEMO_RUN
+    from interfaces.demo import DEMO_RUN
     from pipelines.encode import encode_prompts
     from pipelines.generate import generate
-    from pipelines.metrics import TEXT_METRIC_FUNCS
+    from llm_maps.scoring import get_metric
     from pipelines.models import load_model
     from pipelines.nearest import TokenAtlas
     from pipelines.templates import PromptTemplate
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     for g, ref, metric in zip(batched, refs, metrics):
         answer, _ = extract_answer(g.text, numeric=is_numeric(ref))
-        TEXT_METRIC_FUNCS[metric if metric in TEXT_METRIC_FUNCS else "contains"](answer, ref)
+        get_metric(metric).score(answer, ref)  # text metrics (multiple choice left out above)
     score_s = time.perf_counter() - start
 
     layer = run.default_layer

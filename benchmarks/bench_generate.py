@@ -142,12 +142,36 @@ def matmul_params(model) -> tuple[int, int]:
 def main(argv=None) -> int:
     import torch
 
-    from bench_encode import matmul_peak
     from interfaces.demo import DEMO_DATA, demo_model_path
     from pipelines.generate import generate
     from pipelines.models import load_model
     from pipelines.templates import get_template
 
+    args = _parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    loaded = load_model(args.model or str(demo_model_path()), device=args.device, dtype=args.dtype)
+    rows = [json.loads(line) for line in DEMO_DATA.read_text(encoding="utf-8").splitlines()]
+    rows = random.Random(1).sample([r for r in rows if r["split"] == "test"], args.n)
+    tmpl = get_template("auto", loaded.tokenizer)
+    prompts = [tmpl.render(r["instruction"], r["context"], tokenizer=loaded.tokenizer) for r in rows]
+    stops = list(tmpl.stop_strings)
+    sync = torch.cuda.synchronize if loaded.device.startswith("cuda") else (lambda: None)
+    generate(loaded, prompts[:2], max_new_tokens=4)  # warm-up
+    baseline_generate(loaded, prompts[:2], max_new_tokens=4)
+
+    timed = _time_both(loaded, prompts, stops, args, sync)
+    figures = _batched_figures(loaded, prompts, args, timed)
+    figures.update(_single_figures(loaded, prompts, stops, args))
+    if args.compile:
+        figures.update(_compiled_figures(loaded, prompts, stops, args, sync, ours=timed["ours"],
+                                         ours_s=min(timed["ours_times"])))
+    report(figures, args.json)
+    return 0
+
+
+def _parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -162,20 +186,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (1 on a machine shared with other jobs: no waiting on descheduled threads)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return ap.parse_args(argv)
 
-    loaded = load_model(args.model or str(demo_model_path()), device=args.device, dtype=args.dtype)
-    rows = [json.loads(line) for line in DEMO_DATA.read_text(encoding="utf-8").splitlines()]
-    rows = random.Random(1).sample([r for r in rows if r["split"] == "test"], args.n)
-    tmpl = get_template("auto", loaded.tokenizer)
-    prompts = [tmpl.render(r["instruction"], r["context"], tokenizer=loaded.tokenizer) for r in rows]
-    stops = list(tmpl.stop_strings)
-    dev = loaded.device
-    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    generate(loaded, prompts[:2], max_new_tokens=4)  # warm-up
-    baseline_generate(loaded, prompts[:2], max_new_tokens=4)
+
+def _time_both(loaded, prompts, stops, args, sync) -> dict:
+    """The baseline (fixed batches, longest first) and ours (all prompts at once), each timed in
+    ``args.rounds`` rounds: their outputs, our stats and the times."""
+    from pipelines.generate import generate
 
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
 
@@ -207,8 +224,19 @@ def main(argv=None) -> int:
                 ours, stats = run_ours()
             sync()
             (base_times if which == "baseline" else ours_times).append(time.perf_counter() - start)
-    base_s, ours_s = min(base_times), min(ours_times)
+    return {"base": base, "ours": ours, "stats": stats, "base_times": base_times, "ours_times": ours_times}
 
+
+def _batched_figures(loaded, prompts, args, timed: dict) -> dict:
+    """Throughput of both, against the matmul and memory rooflines of the device."""
+    import torch
+
+    from bench_encode import matmul_peak
+
+    base, ours, stats = timed["base"], timed["ours"], timed["stats"]
+    base_times, ours_times = timed["base_times"], timed["ours_times"]
+    base_s, ours_s = min(base_times), min(ours_times)
+    dev = loaded.device
     tokens = sum(len(r.tokens) for r in ours)
     same = sum(ours[i].token_ids == base[i].token_ids for i in range(len(prompts)))
     n_params, weight_bytes = matmul_params(loaded.model)
@@ -219,7 +247,7 @@ def main(argv=None) -> int:
     compute_roof = peak / (2 * n_params)  # generated tokens/s if every FLOP ran at the matmul peak
     memory_roof = tokens / steps * bandwidth / weight_bytes  # at the mean rows a step, weights read once a step
     ours_tps, base_tps = tokens / ours_s, sum(len(r.tokens) for r in base.values()) / base_s
-    figures = {
+    return {
         "model": loaded.info.get("model"), "device": dev, "dtype": loaded.dtype, "threads": torch.get_num_threads(),
         "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "generated_tokens": tokens,
         "prompt_tokens": sum(r.prompt_tokens for r in ours),
@@ -238,7 +266,12 @@ def main(argv=None) -> int:
         "ours_mfu_incl_prompt": round((tokens + sum(r.prompt_tokens for r in ours)) * 2 * n_params / ours_s / peak, 3),
     }
 
-    # one prompt alone with hidden states (the worker's generate job)
+
+def _single_figures(loaded, prompts, stops, args) -> dict:
+    """One prompt alone with hidden states (the worker's generate job): first-token latency and rate."""
+    from pipelines.generate import generate
+
+    figures = {}
     layer = loaded.num_layers
     for name, fn in (("baseline", baseline_generate), ("ours", generate)):
         first, total_t, total_tok = [], 0.0, 0
@@ -253,30 +286,36 @@ def main(argv=None) -> int:
                 first.append(seen[0] - start)
         figures[f"single_{name}_first_token_ms"] = round(1000 * sum(first) / max(len(first), 1), 1)
         figures[f"single_{name}_tokens_per_s"] = round(total_tok / total_t, 1)
+    return figures
 
-    if args.compile:
-        forward = loaded.model.forward
-        loaded.model.forward = torch.compile(forward, dynamic=True)
-        try:
-            start = time.perf_counter()
-            generate(loaded, prompts[:8], max_new_tokens=4)
-            figures["compile_warmup_s"] = round(time.perf_counter() - start, 1)
-            start = time.perf_counter()
-            compiled = generate(loaded, prompts, max_new_tokens=args.max_new_tokens, stop_strings=stops,
-                                batch_size=args.batch_size)
-            sync()
-            comp_s = time.perf_counter() - start
-            figures["compiled_tokens_per_s"] = round(sum(len(r.tokens) for r in compiled) / comp_s, 1)
-            figures["compiled_vs_ours"] = round(ours_s / comp_s, 2)
-            figures["compiled_identical"] = \
-                f"{sum(c.token_ids == o.token_ids for c, o in zip(compiled, ours))}/{len(ours)}"
-        except Exception as exc:  # noqa: BLE001 - a compiler failure is a finding, reported with the figures
-            figures["compile_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        finally:
-            loaded.model.forward = forward
 
-    report(figures, args.json)
-    return 0
+def _compiled_figures(loaded, prompts, stops, args, sync, *, ours, ours_s: float) -> dict:
+    """Ours with ``torch.compile`` of the forward: warm-up, rate and whether the outputs stay the same."""
+    import torch
+
+    from pipelines.generate import generate
+
+    figures = {}
+    forward = loaded.model.forward
+    loaded.model.forward = torch.compile(forward, dynamic=True)
+    try:
+        start = time.perf_counter()
+        generate(loaded, prompts[:8], max_new_tokens=4)
+        figures["compile_warmup_s"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        compiled = generate(loaded, prompts, max_new_tokens=args.max_new_tokens, stop_strings=stops,
+                            batch_size=args.batch_size)
+        sync()
+        comp_s = time.perf_counter() - start
+        figures["compiled_tokens_per_s"] = round(sum(len(r.tokens) for r in compiled) / comp_s, 1)
+        figures["compiled_vs_ours"] = round(ours_s / comp_s, 2)
+        figures["compiled_identical"] = \
+            f"{sum(c.token_ids == o.token_ids for c, o in zip(compiled, ours))}/{len(ours)}"
+    except Exception as exc:  # noqa: BLE001 - a compiler failure is a finding, reported with the figures
+        figures["compile_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    finally:
+        loaded.model.forward = forward
+    return figures
 
 
 if __name__ == "__main__":

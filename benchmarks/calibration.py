@@ -75,7 +75,7 @@ def simulate(sc: Scenario, seed: int) -> dict:
 def probe_null(sc: Scenario, seed: int, n_boot: int) -> float:
     """1.0 when a linear probe of the domain claims "above chance" on encodings that carry the
     tasks but not the domain (each task its own random centre, 8 dimensions): a null for probes."""
-    from llm_maps.compare import probe_scores
+    from llm_maps.comparison import probe_scores
 
     data = simulate(sc, seed)
     rng = np.random.default_rng(seed + 1)

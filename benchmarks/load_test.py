@@ -253,27 +253,39 @@ def run_faults(args) -> int:
         wall = time.perf_counter() - start
         threads[-1].join()
         points = call(f"{srv.url}/api/runs/{srv.run.name}/points")[1]["points"]
-
-        # memory of the web process under oversize bodies, against its resting memory
-        rest = web.memory_info().rss
-        peak, answers, sampling = [rest], [], [True]
-
-        def sample():
-            while sampling[0]:
-                peak[0] = max(peak[0], web.memory_info().rss)
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        senders = [threading.Thread(target=lambda: answers.append(_oversize(srv.port))) for _ in range(4)]
-        for th in senders:
-            th.start()
-        for th in senders:
-            th.join()
-        sampling[0] = False
-        sampler.join()
+        rest, peak, answers = _memory_under_oversize(srv, web)
         healthy = call(f"{srv.url}/api/runs", timeout=10)[0] == 200
+    return _fault_report(args, accepted=accepted, finals=finals, errors=errors, answered_503=answered_503,
+                         kills=kills, restarts_seen=restarts_seen, wall=wall, points=points, health_503=health_503[0],
+                         rest=rest, peak=peak, answers=answers, healthy=healthy)
 
+
+def _memory_under_oversize(srv, web) -> tuple[int, int, list]:
+    """The web process's resting memory and its peak while 4 clients send oversize bodies, and
+    the answers they got."""
+    rest = web.memory_info().rss
+    peak, answers, sampling = [rest], [], [True]
+
+    def sample():
+        while sampling[0]:
+            peak[0] = max(peak[0], web.memory_info().rss)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    senders = [threading.Thread(target=lambda: answers.append(_oversize(srv.port))) for _ in range(4)]
+    for th in senders:
+        th.start()
+    for th in senders:
+        th.join()
+    sampling[0] = False
+    sampler.join()
+    return rest, peak[0], answers
+
+
+def _fault_report(args, *, accepted, finals, errors, answered_503, kills, restarts_seen, wall, points, health_503,
+                  rest, peak, answers, healthy) -> int:
+    """Print what the fault run saw; 0 when no job was lost and the server stayed healthy."""
     done = {j: f for j, f in finals.items() if f[0] == "done"}
     failed = {j: f for j, f in finals.items() if f[0] == "failed"}
     lost = [j for j in accepted if j not in finals]
@@ -292,8 +304,8 @@ def run_faults(args) -> int:
         if lat:
             print(f"{kind:<8} end-to-end latency  p50 {statistics.median(lat):.2f} s  "
                   f"p95 {lat[int(0.95 * (len(lat) - 1))]:.2f} s  max {lat[-1]:.2f} s  (n={len(lat)})")
-    print(f"/api/health answered 503 for {health_503[0]:.1f} s in all")
-    print(f"web process memory: resting {rest / 1e6:.0f} MB, peak {peak[0] / 1e6:.0f} MB under 4 concurrent "
+    print(f"/api/health answered 503 for {health_503:.1f} s in all")
+    print(f"web process memory: resting {rest / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB under 4 concurrent "
           f"200 MB-declared bodies (20 MB sent each); answers: {Counter(answers).most_common()}; "
           f"healthy after: {healthy}")
     ok = not lost and not errors and set(stored) == set(done) and healthy and all(" 413 " in a for a in answers)

@@ -5,7 +5,9 @@ examples and user points. Torch-free: it only talks to the job queue (llm_maps.j
                                            "temperature"?, "top_p"?, "seed"?, "domain"?, "example_id"?,
                                            "cot"?} -> 202 {"id"}
                                           (example_id: a variation of that example, scored with its
-                                          metric; cot: the instruction ends with the step-by-step cue)
+                                          metric; cot: "think step by step" as the cot condition
+                                          asks it: the answer starts with the cue, the prompt placed
+                                          is the plain one; llm_maps.conditions.cot_prompt)
     GET    /api/points/<id>               {"id", "run", "status", "error"?, "result"?}
     POST   /api/points/<id>/cancel        cancel a queued or running job -> {"id", "status"}
     GET    /api/runs                      runs with their manifest summary and group (paths: owner only)
@@ -23,7 +25,9 @@ from __future__ import annotations
 import math
 import os
 
+import flask
 import numpy as np
+from werkzeug.exceptions import HTTPException
 
 from llm_maps.csvsafe import neutralise_frame
 from llm_maps.errors import LLMMapsError
@@ -289,193 +293,234 @@ def export_points(points: list[dict], fmt: str) -> str:
     return neutralise_frame(frame).to_csv(index=False, lineterminator="\r\n")
 
 
-def register_api(server, registry, queue: JobQueue, points: PointStore, url_prefix: str = "/api") -> None:
-    import flask
+api = flask.Blueprint("llm_maps_api", __name__)  # registered by ``register_api`` under the app's prefix
 
-    bp = flask.Blueprint("llm_maps_api", __name__, url_prefix=url_prefix)
-    counters: dict = {}
 
-    def entry_or_404(run: str):
-        entry = registry.entry(run)
+class _ApiState:
+    """What the API's routes read, per app (``app.extensions["llm_maps_api"]``): the runs, the job
+    queue, the point store, where the API is mounted, and each run's token counter."""
+
+    def __init__(self, registry, queue: JobQueue, points: PointStore, url_prefix: str):
+        self.registry, self.queue, self.points, self.url_prefix = registry, queue, points, url_prefix
+        self.counters: dict = {}
+
+    def entry_or_404(self, run: str):
+        entry = self.registry.entry(run)
         if entry is None:
             raise ApiError(404, f"unknown run '{run}'")
         if not entry.ok:
             raise ApiError(404, f"run '{run}' cannot be read: {entry.error}")
         return entry
 
-    @bp.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
-        return flask.jsonify({"error": exc.message}), exc.status, exc.headers
-
-    @bp.errorhandler(QueueFull)
-    def _queue_full(exc: QueueFull):
-        """A full queue, or its server unreachable (Redis down): 503 with Retry-After, on every route."""
-        return flask.jsonify({"error": str(exc)}), 503, {"Retry-After": str(exc.retry_after)}
-
-    @bp.errorhandler(Exception)
-    def _any_error(exc: Exception):
-        """Every other error of the API is JSON too: HTTP errors with their code, the rest a 500 that
-        names the exception's type only (the details go to the log)."""
-        from werkzeug.exceptions import HTTPException
-
-        if isinstance(exc, HTTPException):
-            return flask.jsonify({"error": exc.description or exc.name}), exc.code or 500
-        flask.current_app.logger.exception("API error on %s", flask.request.path)
-        return flask.jsonify({"error": f"internal error ({type(exc).__name__})"}), 500
-
-    @bp.post("/runs/<run>/points")
-    def submit(run: str):
-        entry = entry_or_404(run)
-        body = parse_body(flask.request.get_data(cache=False))  # the size was checked before (hardening)
-        key = (str(entry.path), entry.manifest.get("created"))
-        if key not in counters:
-            counters[key] = (_token_counter(entry.manifest), model_context(entry.manifest))
-        payload = validate_point(body, max_chars=LIMITS["max_chars"], max_new_tokens=LIMITS["max_new_tokens"],
-                                 max_length_tokens=entry.manifest.get("max_length"), token_count=counters[key][0],
-                                 model_context=counters[key][1])
-        if flask.current_app.config.get("LLM_MAPS_EXPECT_WORKERS"):
-            refused = queue.refusal(entry.id)  # a job no worker would ever run is not taken
-            if refused:
-                raise ApiError(503, f"{public_reason(refused)}; retry later", {"Retry-After": "2"})
-        if "example_id" in payload:  # try a variation: the example the prompt was edited from
-            try:
-                data = registry.load(entry.id)
-            except LLMMapsError as exc:
-                raise ApiError(404, str(exc)) from None
-            check_example(data, run, payload["example_id"])
+    def run_data(self, entry):
         try:
-            job_id = queue.submit(entry.id, "generate" if payload["generate"] else "place", payload,
-                                  run_key=run_key(entry.manifest))
-        except QueueFull as exc:
-            raise ApiError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from None
-        return flask.jsonify({"id": job_id}), 202, {"Location": f"{url_prefix}/points/{job_id}"}
-
-    @bp.get("/points/<job_id>")
-    def status(job_id: str):
-        job = queue.get(job_id)
-        if job is None:
-            raise ApiError(404, f"unknown point '{job_id}'")
-        if registry.entry(job["run"]) is None:  # its run was removed (or renamed) while it waited
-            if job["status"] not in FINAL:
-                queue.fail(job_id, f"run '{job['run']}' is no longer served")
-            raise ApiError(404, f"run '{job['run']}' of point '{job_id}' is no longer served")
-        out = {"id": job["id"], "run": job["run"], "kind": job["kind"], "status": job["status"],
-               "created": job.get("created"), "started": job.get("started"), "finished": job.get("finished")}
-        if job.get("cancel_requested"):
-            out["cancel_requested"] = True
-        if job.get("error"):
-            out["error"] = job["error"]
-        if job.get("result") is not None:
-            out["result"] = job["result"]
-        return flask.jsonify(out)
-
-    @bp.post("/points/<job_id>/cancel")
-    def cancel(job_id: str):
-        job = queue.cancel(job_id)
-        if job is None:
-            raise ApiError(404, f"unknown point '{job_id}'")
-        return flask.jsonify({"id": job_id, "status": job["status"],
-                              "cancel_requested": bool(job.get("cancel_requested"))})
-
-    @bp.get("/health")
-    def health():
-        """Readiness: 503 while the runs a first visit opens are still being loaded; where the app
-        expects workers (``llm-maps serve``, LLM_MAPS_EXPECT_WORKERS=1), 503 naming the reason while
-        a served run has no live worker; else 200. Probes carry no password, so the body names runs
-        only; worker ids (host:pid) and file paths only for a request with the app's credentials."""
-        app = flask.current_app
-        warm = app.config.get("LLM_MAPS_WARM")
-        entries = registry.entries()
-        body = {"status": "warming" if warm is not None and warm.is_alive() else "ready", "runs": len(entries)}
-        if app.config.get("LLM_MAPS_EXPECT_WORKERS"):
-            details = bool(app.config.get("LLM_MAPS_AUTHORISED", lambda: False)())
-            try:
-                live = queue.run_liveness([e.id for e in entries if e.ok])
-            except Exception as exc:  # noqa: BLE001 - the queue's server is down: not ready either
-                live = {e.id: {"live": False, "workers": [], "reason": f"job queue unavailable ({type(exc).__name__})"}
-                        for e in entries if e.ok}
-            if not details:
-                live = {run: {"live": v["live"], "workers": len(v["workers"]),
-                              "reason": v["reason"] and public_reason(v["reason"])} for run, v in live.items()}
-            body["workers"] = live
-            body["broken"] = {e.id: (e.error if details else public_error(e)) for e in entries if not e.ok}
-            dead = [f"run '{run}': {v['reason']}" for run, v in live.items() if not v["live"]]
-            if dead and body["status"] == "ready":
-                body.update(status="no worker", reason="; ".join(dead))
-        if body["status"] != "ready":
-            return flask.jsonify(body), 503, {"Retry-After": "1"}
-        return flask.jsonify(body)
-
-    @bp.get("/runs")
-    def runs():
-        """Every run: its id, its group (a fine-tuning group's name, else null), the model by name
-        (and step); the folder and the model's path only for a request with the app's credentials."""
-        owner = bool(flask.current_app.config.get("LLM_MAPS_AUTHORISED", lambda: False)())
-        out = []
-        for e in registry.entries():
-            item = {"run": e.id, "group": e.group, "ok": e.ok}
-            if owner:
-                item["path"] = str(e.path)
-            if e.ok:
-                m = e.manifest
-                if owner:
-                    item["model_path"] = m.get("model")
-                item.update(model=model_label(m), step=m.get("step"), created=m.get("created"), counts=m.get("counts"),
-                            accuracy=(m.get("scoring") or {}).get("accuracy"), layers=m.get("layers"),
-                            default_layer=m.get("default_layer"), distance_metric=m.get("distance_metric"),
-                            prompt_template=(m.get("prompt_template") or {}).get("name"),
-                            views=m.get("views") or ["prompt"],
-                            # what a generation's per-token dist is measured against
-                            reference="atlas" if (m.get("token_atlas") or {}).get("tokens") else "prompts")
-            else:
-                item["error"] = e.error
-            out.append(item)
-        return flask.jsonify({"runs": out})
-
-    @bp.get("/runs/<run>/examples/<path:example_id>")
-    def example(run: str, example_id: str):
-        entry = entry_or_404(run)
-        try:
-            data = registry.load(entry.id)
+            return self.registry.load(entry.id)
         except LLMMapsError as exc:
             raise ApiError(404, str(exc)) from None
-        row = data.id_index.get(example_id)
-        if row is None:
-            raise ApiError(404, f"unknown example '{example_id}' in run '{run}'")
-        rec = data.frame.iloc[int(row)]
-        return flask.jsonify({k: _jsonable(v) for k, v in rec.items()})
 
-    @bp.get("/runs/<run>/points")
-    def list_points(run: str):
-        entry = entry_or_404(run)
-        fmt = flask.request.args.get("format", "json")
-        if fmt == "json":
-            return flask.jsonify({"points": points.list(entry.id)})
-        if fmt not in EXPORT_FORMATS:
-            raise ApiError(422, f"field 'format': unknown format '{fmt}' (json, csv, jsonl)")
-        body = export_points(points.list(entry.id), fmt)
-        return flask.Response(body, mimetype=EXPORT_FORMATS[fmt], headers={
-            "Content-Disposition": f'attachment; filename="{entry.id}-points.{fmt}"'})
+    def counter(self, entry):
+        """(token counter, model context) of a run, made once per run build."""
+        key = (str(entry.path), entry.manifest.get("created"))
+        if key not in self.counters:
+            self.counters[key] = (_token_counter(entry.manifest), model_context(entry.manifest))
+        return self.counters[key]
 
-    @bp.get("/runs/<run>/points/<point_id>")
-    def get_point(run: str, point_id: str):
-        entry = entry_or_404(run)
-        point = points.get(entry.id, point_id)
-        if point is None:
-            raise ApiError(404, f"unknown point '{point_id}' in run '{run}'")
-        return flask.jsonify(point)
 
-    @bp.delete("/runs/<run>/points/<point_id>")
-    def delete_point(run: str, point_id: str):
-        entry = entry_or_404(run)
-        if not points.delete(entry.id, point_id):
-            raise ApiError(404, f"unknown point '{point_id}' in run '{run}'")
-        return flask.jsonify({"deleted": point_id})
+def register_api(server, registry, queue: JobQueue, points: PointStore, url_prefix: str = "/api") -> None:
+    """Mount the API (``api``) on the Flask app ``server`` at ``url_prefix``, serving ``registry``'s
+    runs with ``queue`` and ``points``."""
+    server.extensions["llm_maps_api"] = _ApiState(registry, queue, points, url_prefix)
+    server.register_blueprint(api, url_prefix=url_prefix)
 
-    @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-    @bp.route("/", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-    @bp.route("", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], strict_slashes=False)
-    def unknown(rest: str):  # the bare prefix too: it is the API's, never a page of the Dash app
-        raise ApiError(404, f"no such API path '{url_prefix}/{rest}'")
 
-    server.register_blueprint(bp)
+def _state() -> _ApiState:
+    return flask.current_app.extensions["llm_maps_api"]
+
+
+def _owner() -> bool:
+    """The request carries the app's credentials (paths and worker ids are shown only then)."""
+    return bool(flask.current_app.config.get("LLM_MAPS_AUTHORISED", lambda: False)())
+
+
+@api.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    return flask.jsonify({"error": exc.message}), exc.status, exc.headers
+
+
+@api.errorhandler(QueueFull)
+def _queue_full(exc: QueueFull):
+    """A full queue, or its server unreachable (Redis down): 503 with Retry-After, on every route."""
+    return flask.jsonify({"error": str(exc)}), 503, {"Retry-After": str(exc.retry_after)}
+
+
+@api.errorhandler(Exception)
+def _any_error(exc: Exception):
+    """Every other error of the API is JSON too: HTTP errors with their code, the rest a 500 that
+    names the exception's type only (the details go to the log)."""
+    if isinstance(exc, HTTPException):
+        return flask.jsonify({"error": exc.description or exc.name}), exc.code or 500
+    flask.current_app.logger.exception("API error on %s", flask.request.path)
+    return flask.jsonify({"error": f"internal error ({type(exc).__name__})"}), 500
+
+
+@api.post("/runs/<run>/points")
+def submit(run: str):
+    st = _state()
+    entry = st.entry_or_404(run)
+    body = parse_body(flask.request.get_data(cache=False))  # the size was checked before (hardening)
+    token_count, context = st.counter(entry)
+    payload = validate_point(body, max_chars=LIMITS["max_chars"], max_new_tokens=LIMITS["max_new_tokens"],
+                             max_length_tokens=entry.manifest.get("max_length"), token_count=token_count,
+                             model_context=context)
+    if flask.current_app.config.get("LLM_MAPS_EXPECT_WORKERS"):
+        refused = st.queue.refusal(entry.id)  # a job no worker would ever run is not taken
+        if refused:
+            raise ApiError(503, f"{public_reason(refused)}; retry later", {"Retry-After": "2"})
+    if "example_id" in payload:  # try a variation: the example the prompt was edited from
+        check_example(st.run_data(entry), run, payload["example_id"])
+    try:
+        job_id = st.queue.submit(entry.id, "generate" if payload["generate"] else "place", payload,
+                                 run_key=run_key(entry.manifest))
+    except QueueFull as exc:
+        raise ApiError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from None
+    return flask.jsonify({"id": job_id}), 202, {"Location": f"{st.url_prefix}/points/{job_id}"}
+
+
+@api.get("/points/<job_id>")
+def status(job_id: str):
+    st = _state()
+    job = st.queue.get(job_id)
+    if job is None:
+        raise ApiError(404, f"unknown point '{job_id}'")
+    if st.registry.entry(job["run"]) is None:  # its run was removed (or renamed) while it waited
+        if job["status"] not in FINAL:
+            st.queue.fail(job_id, f"run '{job['run']}' is no longer served")
+        raise ApiError(404, f"run '{job['run']}' of point '{job_id}' is no longer served")
+    out = {"id": job["id"], "run": job["run"], "kind": job["kind"], "status": job["status"],
+           "created": job.get("created"), "started": job.get("started"), "finished": job.get("finished")}
+    if job.get("cancel_requested"):
+        out["cancel_requested"] = True
+    if job.get("error"):
+        out["error"] = job["error"]
+    if job.get("result") is not None:
+        out["result"] = job["result"]
+    return flask.jsonify(out)
+
+
+@api.post("/points/<job_id>/cancel")
+def cancel(job_id: str):
+    job = _state().queue.cancel(job_id)
+    if job is None:
+        raise ApiError(404, f"unknown point '{job_id}'")
+    return flask.jsonify({"id": job_id, "status": job["status"], "cancel_requested": bool(job.get("cancel_requested"))})
+
+
+@api.get("/health")
+def health():
+    """Readiness: 503 while the runs a first visit opens are still being loaded; where the app
+    expects workers (``llm-maps serve``, LLM_MAPS_EXPECT_WORKERS=1), 503 naming the reason while
+    a served run has no live worker; else 200. Probes carry no password, so the body names runs
+    only; worker ids (host:pid) and file paths only for a request with the app's credentials."""
+    app, st = flask.current_app, _state()
+    warm = app.config.get("LLM_MAPS_WARM")
+    entries = st.registry.entries()
+    body = {"status": "warming" if warm is not None and warm.is_alive() else "ready", "runs": len(entries)}
+    if app.config.get("LLM_MAPS_EXPECT_WORKERS"):
+        live, broken = _worker_health(st.queue, entries, details=_owner())
+        body.update(workers=live, broken=broken)
+        dead = [f"run '{run}': {v['reason']}" for run, v in live.items() if not v["live"]]
+        if dead and body["status"] == "ready":
+            body.update(status="no worker", reason="; ".join(dead))
+    if body["status"] != "ready":
+        return flask.jsonify(body), 503, {"Retry-After": "1"}
+    return flask.jsonify(body)
+
+
+def _worker_health(queue, entries, *, details: bool) -> tuple[dict, dict]:
+    """Each served run's liveness and the runs that cannot be served, with their reasons
+    (``details``: worker ids and errors as they are; else counts and public reasons)."""
+    try:
+        live = queue.run_liveness([e.id for e in entries if e.ok])
+    except Exception as exc:  # noqa: BLE001 - the queue's server is down: not ready either
+        live = {e.id: {"live": False, "workers": [], "reason": f"job queue unavailable ({type(exc).__name__})"}
+                for e in entries if e.ok}
+    if not details:
+        live = {run: {"live": v["live"], "workers": len(v["workers"]),
+                      "reason": v["reason"] and public_reason(v["reason"])} for run, v in live.items()}
+    return live, {e.id: (e.error if details else public_error(e)) for e in entries if not e.ok}
+
+
+@api.get("/runs")
+def runs():
+    """Every run: its id, its group (a fine-tuning group's name, else null), the model by name
+    (and step); the folder and the model's path only for a request with the app's credentials."""
+    owner = _owner()
+    out = []
+    for e in _state().registry.entries():
+        item = {"run": e.id, "group": e.group, "ok": e.ok}
+        if owner:
+            item["path"] = str(e.path)
+        if e.ok:
+            m = e.manifest
+            if owner:
+                item["model_path"] = m.get("model")
+            item.update(model=model_label(m), step=m.get("step"), created=m.get("created"), counts=m.get("counts"),
+                        accuracy=(m.get("scoring") or {}).get("accuracy"), layers=m.get("layers"),
+                        default_layer=m.get("default_layer"), distance_metric=m.get("distance_metric"),
+                        prompt_template=(m.get("prompt_template") or {}).get("name"),
+                        views=m.get("views") or ["prompt"],
+                        # what a generation's per-token dist is measured against
+                        reference="atlas" if (m.get("token_atlas") or {}).get("tokens") else "prompts")
+        else:
+            item["error"] = e.error
+        out.append(item)
+    return flask.jsonify({"runs": out})
+
+
+@api.get("/runs/<run>/examples/<path:example_id>")
+def example(run: str, example_id: str):
+    st = _state()
+    data = st.run_data(st.entry_or_404(run))
+    row = data.id_index.get(example_id)
+    if row is None:
+        raise ApiError(404, f"unknown example '{example_id}' in run '{run}'")
+    rec = data.frame.iloc[int(row)]
+    return flask.jsonify({k: _jsonable(v) for k, v in rec.items()})
+
+
+@api.get("/runs/<run>/points")
+def list_points(run: str):
+    st = _state()
+    entry = st.entry_or_404(run)
+    fmt = flask.request.args.get("format", "json")
+    if fmt == "json":
+        return flask.jsonify({"points": st.points.list(entry.id)})
+    if fmt not in EXPORT_FORMATS:
+        raise ApiError(422, f"field 'format': unknown format '{fmt}' (json, csv, jsonl)")
+    body = export_points(st.points.list(entry.id), fmt)
+    return flask.Response(body, mimetype=EXPORT_FORMATS[fmt], headers={
+        "Content-Disposition": f'attachment; filename="{entry.id}-points.{fmt}"'})
+
+
+@api.get("/runs/<run>/points/<point_id>")
+def get_point(run: str, point_id: str):
+    st = _state()
+    point = st.points.get(st.entry_or_404(run).id, point_id)
+    if point is None:
+        raise ApiError(404, f"unknown point '{point_id}' in run '{run}'")
+    return flask.jsonify(point)
+
+
+@api.delete("/runs/<run>/points/<point_id>")
+def delete_point(run: str, point_id: str):
+    st = _state()
+    if not st.points.delete(st.entry_or_404(run).id, point_id):
+        raise ApiError(404, f"unknown point '{point_id}' in run '{run}'")
+    return flask.jsonify({"deleted": point_id})
+
+
+@api.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@api.route("/", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@api.route("", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], strict_slashes=False)
+def unknown(rest: str):  # the bare prefix too: it is the API's, never a page of the Dash app
+    raise ApiError(404, f"no such API path '{_state().url_prefix}/{rest}'")

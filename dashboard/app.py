@@ -27,10 +27,13 @@ from dash import Input, Output, State, dcc, html
 from dashboard import background
 from dashboard.bundle import PLOTLY_BUNDLE, bundle_path
 from dashboard.data import RunRegistry
-from dashboard.hardening import install_hardening
-from dashboard.points import install_routes
-from llm_maps.jobs import state_dir_for
 from llm_maps.runfolder import RunIds, split_run_args
+from dashboard.api import register_api
+from dashboard.figures import LEGEND_BG, template_name
+from dashboard.hardening import allowed_origins, install_hardening, json_error_server, max_body
+from dashboard.points import install_routes, prepare_first_view
+from llm_maps.errors import LLMMapsError
+from llm_maps.jobs import make_points, make_queue, state_dir_for
 
 HERE = Path(__file__).resolve().parent
 _CREATE_LOCK = threading.Lock()
@@ -71,7 +74,6 @@ def _install_basic_auth(server, credentials: tuple[str, str], prefix: str = "/")
 
     server.config["LLM_MAPS_AUTHORISED"] = authorised  # /api/health shows its details only then
 
-    from dashboard.hardening import allowed_origins
 
     @server.before_request
     def _check_auth():
@@ -97,9 +99,6 @@ def _navbar(prefix: str = "/") -> dbc.Navbar:
 
 
 def _install_api(server, registry, state_dir: Path, prefix: str = "/") -> None:
-    from dashboard.api import register_api
-    from llm_maps.jobs import make_points, make_queue
-
     queue = make_queue(state_dir)  # RedisJobQueue (Celery workers) when REDIS_URL is set, else diskcache
     points = make_points(state_dir)
     server.config["LLM_MAPS_QUEUE"], server.config["LLM_MAPS_POINTS"] = queue, points
@@ -113,7 +112,6 @@ def plot_templates() -> dict:
     """The layouts of plotly's light and dark templates, which the browser switches figures between."""
     import plotly.io as pio
 
-    from dashboard.figures import LEGEND_BG, template_name
 
     return {key: {"template": {"layout": pio.templates[template_name(dark)].layout.to_plotly_json()},
                   "legend_bg": LEGEND_BG[dark]} for key, dark in (("light", False), ("dark", True))}
@@ -227,7 +225,6 @@ def _start_warm(server, registry) -> None:
     import plotly.graph_objects  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    from dashboard.points import prepare_first_view
 
     thread = threading.Thread(target=registry.warm, kwargs={"prepare": prepare_first_view},
                               name="llm-maps-warm", daemon=True)
@@ -307,7 +304,6 @@ def serve(runs=(), data_dirs=(), *, host: str = "127.0.0.1", port: int = 8050, a
     app = create_app(list(runs), list(data_dirs), auth=auth, warm=True, prefix=prefix)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" notes under load
     try:
-        from dashboard.hardening import json_error_server, max_body
 
         # waitress reads a request's whole body before the app sees it (spooled to a file): a body
         # over the cap must be refused by waitress itself, from its Content-Length, with a 413
@@ -315,7 +311,6 @@ def serve(runs=(), data_dirs=(), *, host: str = "127.0.0.1", port: int = 8050, a
                                max_request_body_size=max_body())
         json_error_server(server)
     except OSError as exc:
-        from llm_maps.errors import LLMMapsError
 
         raise LLMMapsError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (--port P for another port)") from None
     if announce is not None:

@@ -1,4 +1,4 @@
-"""Figures of a run comparison (llm_maps.compare), shared by the Compare page, `llm-maps compare
+"""Figures of a run comparison (llm_maps.comparison), shared by the Compare page, `llm-maps compare
 --html` and the compare section of `llm-maps export`: scaling / trajectory curves, falloff per run,
 aligned maps (morphing), CKA heatmaps and probes by layer. Pure: plotly objects from the result
 dict; user text (task names, example ids) goes into hover text HTML-escaped."""
@@ -12,7 +12,9 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboard.figures import FIXED_COLOURS, PALETTE, template_name
+from dashboard.figures import FIXED_COLOURS, PALETTE, REFERENCE_GREY, template_name
+from dashboard.bundle import plotly_script
+from llm_maps.comparison import CLASSES, aligned_maps, match_runs, read_probes
 
 MAP_POINTS = 4000  # points drawn on the aligned maps (a fixed sample above this)
 AXIS_TITLES = {"n_params": "parameters (log scale)", "step": "checkpoint step", "order": "run (order given)"}
@@ -144,6 +146,8 @@ def map_payload(group, coords: list[np.ndarray | None], *, limit: int = MAP_POIN
     to the first run), the example ids, hover text and colour (by domain)."""
     rows = map_sample(group.n, limit)
     frame = group.frame
+    train = frame["split"].astype(str).to_numpy()[rows] == "train"
+    rows = np.concatenate([rows[train], rows[~train]])  # test points drawn above train points (figures.draw_order)
     domains = frame["domain"].astype(str).to_numpy()[rows]
     names = sorted(set(domains.tolist()))
     colours = {d: FIXED_COLOURS["domain"].get(d, PALETTE[i % len(PALETTE)]) for i, d in enumerate(names)}
@@ -180,7 +184,7 @@ def aligned_map_figure(payload: dict, *, t: float = 0.0, arrows: Sequence[str] =
     x, y = interpolate(payload, t)
     fig = go.Figure(go.Scattergl(x=x, y=y, mode="markers", text=payload["text"], hovertemplate="%{text}<extra></extra>",
                                  marker={"color": payload["colour"], "size": 5 if payload["drawn"] > 2000 else 7,
-                                         "opacity": 0.8}, showlegend=False, name="examples"))
+                                         "opacity": 1}, showlegend=False, name="examples"))
     for name, colour in payload["legend"]:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=_esc(name), marker={"color": colour, "size": 9},
                                  hoverinfo="skip"))
@@ -307,7 +311,7 @@ def probes_figure(probes: dict | None, *, dark: bool = False, title: str = "") -
                           f"%{{customdata[2]}}<extra>{target}</extra>"))
     if layers:
         fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[0, 0], mode="lines", name="chance (class prior)",
-                                 line={"color": "#999999", "dash": "dash", "width": 1.5}, hoverinfo="skip"))
+                                 line={"color": REFERENCE_GREY, "dash": "dash", "width": 1.5}, hoverinfo="skip"))
     fig.update_layout(template=template_name(dark), height=400, margin={"l": 50, "r": 20, "t": 50, "b": 40},
                       title={"text": title or "Linear probes by layer: accuracy minus chance (task-clustered 95 % "
                                               "intervals)"},
@@ -318,8 +322,6 @@ def probes_figure(probes: dict | None, *, dark: bool = False, title: str = "") -
 
 def classes_table_html(result: dict) -> str:
     """Per domain: task counts per curve class (an HTML table for the standalone file)."""
-    from llm_maps.compare import CLASSES
-
     head = "<tr><th>domain</th>" + "".join(f"<th>{c}</th>" for c in CLASSES) + "<th>tasks</th></tr>"
     rows = "".join(f"<tr><td>{_esc(d)}</td>" + "".join(f"<td>{e['classes'][c]}</td>" for c in CLASSES)
                    + f"<td>{e['n_tasks']}</td></tr>" for d, e in result["domains"].items())
@@ -329,11 +331,9 @@ def classes_table_html(result: dict) -> str:
 def compare_section(runs, result: dict, *, include_plotlyjs=False, probes: dict | None = None) -> str:
     """The comparison as an HTML fragment (figures as divs, plotly.js not included): what the
     standalone export and `llm-maps compare --html` show."""
-    from llm_maps.compare import match_runs
 
     config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
     group = match_runs(runs)
-    from llm_maps.compare import aligned_maps
 
     payload = map_payload(group, aligned_maps(group)["coords"], limit=3000)
     names = [r["name"] for r in result["runs"]]
@@ -354,7 +354,6 @@ def compare_section(runs, result: dict, *, include_plotlyjs=False, probes: dict 
     if result["cka"]["layer_pairs"]:
         figs.append(("compare-cka", cka_figure(result["cka"]["layer_pairs"], names[0], names[-1])))
     for i, run in enumerate(runs):
-        from llm_maps.compare import read_probes
 
         p = read_probes(run) if probes is None else probes.get(names[i])
         if p:
@@ -377,8 +376,6 @@ def _movers_html(result: dict) -> str:
 
 def compare_html(runs, result: dict, out: str | Path, *, plotlyjs: str = "inline") -> Path:
     """`llm-maps compare --html`: the comparison as one standalone HTML file."""
-    from dashboard.bundle import plotly_script
-
     out = Path(out)
     body = ([plotly_script()] if plotlyjs == "inline" else []) + [
         compare_section(runs, result, include_plotlyjs=False if plotlyjs == "inline" else "cdn")]

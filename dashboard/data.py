@@ -19,9 +19,11 @@ import numpy as np
 
 from llm_maps.errors import LLMMapsError
 from llm_maps.conditions import CONDITIONS_FILE
-from llm_maps.falloff import FALLOFF_FILE
 from llm_maps.runfolder import (ENCODINGS, EXAMPLES, MANIFEST, Run, RunIds, check_run_files, read_manifest,
                                 run_group, runs_in)
+from dashboard.conditions_data import load_conditions
+from llm_maps.falloff import FALLOFF_FILE, clustered_trends, falloff_stats
+from llm_maps.neighbours import nearest_train
 
 log = logging.getLogger("llm_maps.dashboard")
 CACHE_RUNS = int(os.environ.get("LLM_MAPS_CACHE_RUNS", "4"))
@@ -163,7 +165,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _stamp(path: Path, with_encodings: bool = False) -> tuple:
     out = []
-    names = [MANIFEST, EXAMPLES, FALLOFF_FILE, CONDITIONS_FILE]
+    names = [MANIFEST, EXAMPLES, FALLOFF_FILE, CONDITIONS_FILE, "regions.json", "regions.parquet"]
     if with_encodings:
         try:
             names += sorted(f"{ENCODINGS}/{e.name}" for e in os.scandir(path / ENCODINGS))
@@ -339,7 +341,6 @@ class RunData:
         cannot be read (pages show the message, never fail)."""
         with self._shared_lock:
             if "conditions" not in self._shared:
-                from dashboard.conditions_view import load_conditions
 
                 try:
                     self._shared["conditions"] = (load_conditions(self), None)
@@ -494,7 +495,6 @@ class ViewData(RunData):
 def nearest_train_distance(enc: np.ndarray, is_train: np.ndarray, metric: str) -> np.ndarray:
     """[N] exact distance to the nearest train row (excluding the row itself), float32 —
     ``llm_maps.neighbours.nearest_train``, the same code the pipelines use."""
-    from llm_maps.neighbours import nearest_train
 
     return nearest_train(enc, is_train, k=1, metric=metric)[0].astype(np.float32)
 
@@ -527,7 +527,6 @@ def falloff_for(data: RunData, *, layer: int | None = None, metric: str | None =
     Uses falloff.json when it holds this layer/metric with the same bins and task-clustered trends
     and no task filter is set; otherwise ``llm_maps.falloff.falloff_stats`` on the test rows (trends
     task-clustered). (None, reason) when impossible."""
-    from llm_maps.falloff import clustered_trends, falloff_stats
 
     layer = data.default_layer if layer is None else int(layer)
     metric = metric or data.metric

@@ -12,24 +12,35 @@ import plotly.graph_objects as go
 from dashboard import figures as F
 from dashboard.bundle import plotly_script
 from dashboard.data import RunData, falloff_for, load_run, _stamp
-from llm_maps.runfolder import model_label, run_name
+from dashboard.regions_view import add_region_layer
+from dashboard.compare_figures import compare_section
+from dashboard.filters import view_rows
+from dashboard.findings_view import export_section
+from dashboard.userpoints import user_points_traces
+from llm_maps.comparison import compare_runs
+from llm_maps.runfolder import Run, model_label, model_name, run_name
 
 
 def export_map_figure(data: RunData, *, max_points: int = 20_000, seed: int = 0) -> go.Figure:
     """The map coloured by split and correctness (train / test correct / wrong / unscored), one trace
-    per group so the legend toggles them; at most ``max_points`` points (a fixed sample)."""
+    per group so the legend toggles them; at most ``max_points`` points (a fixed sample). The train
+    trace comes first, so test points are drawn above train points, as on the Map page
+    (``figures.draw_order``); users' points added after them are drawn above both."""
     rows, sampled = _sample_rows(data, max_points, seed)
     cat = data.cats["correct"]
     colours = F.category_colours("correct", cat.names)
+    order = sorted(range(len(cat.names)), key=lambda code: cat.names[code] != "train")  # train first
     traces = []
-    for code, (name, colour) in enumerate(zip(cat.names, colours)):
+    for code in order:
+        name, colour = cat.names[code], colours[code]
         r = rows[cat.codes[rows] == code]
         if len(r) == 0:
             continue
         label = "test" if (name == "test: unscored" and not data.has_scores) else name
         traces.append(go.Scattergl(x=np.round(data.x[r], 3), y=np.round(data.y[r], 3), mode="markers", name=label,
                                    text=data.hover[r], hovertemplate="%{text}<extra></extra>",
-                                   marker={"color": colour, "size": 4 if len(rows) > 5000 else 6, "opacity": 0.8}))
+                                   marker={"color": colour, "size": 4 if len(rows) > 5000 else 6,
+                                           "opacity": F.points_opacity(len(rows))}))
     fig = go.Figure(traces)
     title = f"{F.plot_text(data.id)}: {data.n:,} examples" + (f" ({len(rows):,} drawn)" if sampled else "")
     fig.update_layout(template="plotly_white", height=620, title=title, hovermode="closest",
@@ -38,9 +49,26 @@ def export_map_figure(data: RunData, *, max_points: int = 20_000, seed: int = 0)
     return fig
 
 
-def _sample_rows(data: RunData, max_points: int, seed: int):
-    from dashboard.filters import view_rows
+def local_paths_out(text: str, run_dir: Path, data: RunData) -> str:
+    """``text`` without the local paths of the machine that exported it: the run's folder (as given
+    and resolved) becomes the run's name, the model's file its name, the home folder ``~``. A note,
+    an error or a findings line that named a path then names what a reader can know."""
 
+    swaps: list[tuple[str, str]] = []
+    model = str(data.manifest.get("model") or "")
+    if model and Path(model).is_absolute():
+        swaps.append((model, model_name(data.manifest)))
+    for path in {str(run_dir.resolve()), str(run_dir.absolute()), str(run_dir)}:
+        if Path(path).is_absolute():
+            swaps.append((path, data.id))
+    swaps.append((str(Path.home()), "~"))
+    for path, name in sorted(swaps, key=lambda s: -len(s[0])):  # the longest first: a run inside home
+        if len(path) > 1:
+            text = text.replace(path, name)
+    return text
+
+
+def _sample_rows(data: RunData, max_points: int, seed: int):
     return view_rows(data.x, data.y, np.arange(data.n), max_points=max_points, seed=seed)
 
 
@@ -51,7 +79,6 @@ def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_00
     smaller file that loads the full plotly.js from the CDN). ``points``: users' saved
     points (playground results) drawn on the map as stars, generations with their paths.
     ``compare``: other runs over the same examples; adds the Compare section (this run first)."""
-    from dashboard.userpoints import user_points_traces
 
     run_dir, out = Path(run_dir), Path(out)
     data = load_run(str(run_dir), _stamp(run_dir), run_name(run_dir))
@@ -59,6 +86,7 @@ def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_00
     fig = export_map_figure(data, max_points=max_points)
     for trace in user_points_traces(points or [], kind="prompt"):
         fig.add_trace(trace)
+    add_region_layer(fig, data)  # the Regions layer (llm-maps regions), when the run has one
     parts = [plotly_script()] if plotlyjs == "inline" else []
     parts.append(fig.to_html(full_html=False, include_plotlyjs=False if plotlyjs == "inline" else "cdn",
                              config=config, div_id="map"))
@@ -80,15 +108,13 @@ def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_00
     else:
         parts.append(f"<p class='note' id='falloff'>No falloff plot: {html.escape(source)}.</p>")
     if compare:
-        from dashboard.compare_figures import compare_section
-        from llm_maps.compare import compare_runs
-        from llm_maps.runfolder import Run
 
         group = [Run(run_dir)] + [Run(p) for p in compare]
         parts.append(compare_section(group, compare_runs(group, cka="auto")))
-    from dashboard.findings_view import export_section
 
     parts.append(export_section(run_dir))
+    parts[1 if plotlyjs == "inline" else 0:] = [local_paths_out(p, run_dir, data) for p in
+                                                 parts[1 if plotlyjs == "inline" else 0:]]
     m = data.manifest
     c = m.get("counts", {})
     head = (f"<h2>{html.escape(data.id)}</h2><p class='note'>model {html.escape(model_label(m))} · "

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from dashboard.figures import FIXED_COLOURS, PALETTE, bins_error_y, template_name
+from dashboard.figures import ALL_GREY, FIXED_COLOURS, PALETTE, REFERENCE_GREY, bins_error_y, template_name
+from dashboard.bundle import plotly_script
+from llm_maps.findings import part_verdict, read_findings, robust_excludes_0
+from llm_maps.runfolder import model_name
 
 STAT_LABELS = {"first_entropy": "entropy of the next-token distribution (nats)",
                "first_top_prob": "top next-token probability",
@@ -106,9 +109,9 @@ def detector_figure(result: dict, *, dark: bool = False) -> go.Figure:
     rc = result.get("risk_coverage") or []
     if rc:
         fig.add_trace(go.Scatter(x=[r["coverage"] for r in rc], y=[r["accuracy"] for r in rc], mode="lines",
-                                 name="all", line={"color": "#555555", "dash": "dot"}), row=1, col=2)
+                                 name="all", line={"color": ALL_GREY, "dash": "dot"}), row=1, col=2)
     fig.add_trace(go.Scatter(x=[names[0], names[-1]] if names else [], y=[0.5, 0.5], mode="lines",
-                             line={"color": "#999999", "dash": "dash", "width": 1}, hoverinfo="skip",
+                             line={"color": REFERENCE_GREY, "dash": "dash", "width": 1}, hoverinfo="skip",
                              showlegend=False), row=1, col=1)
     fig.update_yaxes(range=[0, 1], title_text="AUROC (95 % interval)", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], title_text="accuracy", row=1, col=2)
@@ -116,7 +119,10 @@ def detector_figure(result: dict, *, dark: bool = False) -> go.Figure:
     return _layout(fig, "Distance as an error detector", dark)
 
 
-DIFF_COLOUR = {False: "#222222", True: "#f0f0f0"}  # the contrast rows: readable on either theme
+# the difference rows, the number the page exists for: one colour that reads on both themes (WCAG
+# 3:1 against white and #111111; a dark grey made for the light theme vanished when the browser
+# switched the figure to the dark one)
+DIFF_COLOUR = "#9467bd"
 
 
 def contrast_figure(result: dict, *, dark: bool = False) -> go.Figure:
@@ -131,7 +137,7 @@ def contrast_figure(result: dict, *, dark: bool = False) -> go.Figure:
                         ("between", "difference between tasks")):
         q = con if part == "pooled" else con.get(part)
         if q:
-            rows.append((f"{label} {con['a']} − {con['b']}", q["slope_diff"], q["low"], q["high"], DIFF_COLOUR[dark]))
+            rows.append((f"{label} {con['a']} − {con['b']}", q["slope_diff"], q["low"], q["high"], DIFF_COLOUR))
     fig = go.Figure()
     for label, v, lo, hi, colour in rows:
         if v is None:
@@ -142,7 +148,7 @@ def contrast_figure(result: dict, *, dark: bool = False) -> go.Figure:
             error_x={"type": "data", "symmetric": False, "array": [(hi - v) if hi is not None else 0],
                      "arrayminus": [(v - lo) if lo is not None else 0], "color": colour},
             hovertemplate=f"{html.escape(label)}: {_f(v)} [{_f(lo)}, {_f(hi)}]<extra></extra>"))
-    fig.add_shape(type="line", x0=0, x1=0, y0=0, y1=1, yref="paper", line={"color": "#999999", "dash": "dash"})
+    fig.add_shape(type="line", x0=0, x1=0, y0=0, y1=1, yref="paper", line={"color": REFERENCE_GREY, "dash": "dash"})
     fig.update_xaxes(title_text="logistic slope per unit distance percentile (negative = accuracy falls)")
     fig.update_yaxes(autorange="reversed")
     p = con.get("p_value")
@@ -178,7 +184,6 @@ def confidence_figure(result: dict, *, dark: bool = False) -> go.Figure | None:
 def robustness_rows(result: dict) -> list[list[str]]:
     """The robustness table as text cells (header first): each variant's interval and permutation
     p-value, Holm-adjusted across the table, and the directional verdict on the adjusted p."""
-    from llm_maps.findings import robust_excludes_0
 
     con = result["contrast"]
     out = [["view", "layer", "metric", "encodings", f"slope {con['a']}", f"slope {con['b']}", "difference",
@@ -201,7 +206,6 @@ def verdict_colour(result: dict) -> str:
     """The page's colour for the headline verdict: green only for the hypothesis supported; a
     reversed difference is a warning, never green; older files without verdict_detail are judged by
     the same directional rule on their pooled numbers."""
-    from llm_maps.findings import part_verdict
 
     detail = (result.get("verdict_detail") or {}).get("pooled")
     if detail is None:  # a format-1 file: the directional rule on its pooled numbers
@@ -262,7 +266,6 @@ def findings_section_html(result: dict) -> str:
              f"</strong></p><p class='note'>{html.escape(describe(result))}. {html.escape(result.get('unit', ''))}. "
              f"{html.escape(result.get('interval', ''))}.</p>"]
     if result.get("model"):  # by its name: an export never holds the author's file system
-        from llm_maps.runfolder import model_name
 
         parts.append(f"<p class='note'>model {html.escape(model_name({'model': result['model']}))}</p>")
     for note in result.get("notes") or []:
@@ -284,8 +287,6 @@ def findings_section_html(result: dict) -> str:
 
 def export_section(run_dir: str | Path) -> str:
     """The Findings section of ``llm-maps export``: RUN/findings.json as ``llm-maps findings`` wrote it."""
-    from llm_maps.findings import read_findings
-
     result, error = read_findings(run_dir)
     if result is None:
         return ("<h3 id='findings'>Findings</h3><p class='note'>" + html.escape(
@@ -303,7 +304,6 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:1rem aut
 def write_findings_html(result: dict, out: str | Path, *, title: str) -> Path:
     """One standalone HTML file with the findings, for a blog post: the app's plotly.js bundle
     inlined (works offline, nothing fetched), as ``llm-maps export`` does."""
-    from dashboard.bundle import plotly_script
 
     out = Path(out)
     script = plotly_script()

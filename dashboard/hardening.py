@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import os
+from dashboard.api import max_body_bytes
+from llm_maps.jobs import QueueFull
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -114,8 +116,6 @@ def install_hardening(server, prefix: str = "/", dash_app=None) -> None:
     from flask.json.provider import DefaultJSONProvider
     from werkzeug.exceptions import HTTPException
 
-    from dashboard.api import max_body_bytes
-    from llm_maps.jobs import QueueFull
 
     api = f"{prefix}api/"
     json_paths = (api, f"{prefix}_llm_maps/", f"{prefix}_dash-update-component")

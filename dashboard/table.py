@@ -5,18 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dashboard import regions_data as RD
+from dashboard.conditions_data import table_columns
+
 TEXT_COLUMNS = ["example_id", "split", "task", "category", "domain", "text", "reference", "output", "correctness"]
 NUMBER_COLUMNS = ["score", "dist_to_train"]
 CELL_CHARS = 300
 
 
 def table_frame(data) -> pd.DataFrame:
-    """The columns the table shows (text shortened), built once per run; with conditions, an answer
-    and a correct column per condition after them (``conditions_view.table_columns``)."""
-    from dashboard.conditions_view import table_columns
-
+    """The columns the table shows (text shortened), built once per run; with regions, the region
+    (``regions_data``; -1: none); with conditions, an answer and a correct column per condition after
+    them (``conditions_view.table_columns``)."""
     def build():
         f = data.frame
+        regions, _ = RD.regions_of(data)
+        region = {} if regions is None else {"region": regions.labels.astype(np.int64)}  # -1: in none
         text = pd.Series(data.texts, dtype="string")  # instruction, then context (not the template)
         return pd.DataFrame({
             "row": np.arange(data.n), "example_id": f["example_id"].astype(str), "split": f["split"].astype(str),
@@ -25,7 +29,7 @@ def table_frame(data) -> pd.DataFrame:
             "reference": f["reference"].astype("string").fillna("").str.slice(0, CELL_CHARS),
             "output": f["output"].astype("string").fillna("").str.slice(0, CELL_CHARS),
             "score": data.score.astype(float), "correctness": np.array(data.cats["correct"].names)[data.cats["correct"].codes],
-            "dist_to_train": data.dist.astype(float), **table_columns(data)})
+            "dist_to_train": data.dist.astype(float), **region, **table_columns(data)})
     return data._cached("table", build)
 
 

@@ -1,7 +1,12 @@
 """Users' points (the worker API's store) as map traces: the Map page's "your points" layer and the
 standalone HTML export. Each point is a star; a generation adds its path — the prompt's point, then
 one arrow per generated token, coloured and sized by the token's probability (as the playground
-draws it live in assets/playground.js)."""
+draws it live in assets/playground.js).
+
+The stars are WebGL traces (Scattergl), like the map's points: plotly.js draws every WebGL trace on
+one canvas above the SVG traces, so an SVG star would sit under the points; as a later WebGL trace
+it is drawn above them. Paths stay SVG (their arrows point along the path on screen, which only SVG
+markers can: ``angleref``), so dense points can cover them ("dim train points" on the Map page)."""
 
 from __future__ import annotations
 
@@ -12,14 +17,14 @@ import plotly.graph_objects as go
 
 from dashboard import components as C
 from dashboard import figures as F
+from dashboard.data import split_key
+from llm_maps.errors import LLMMapsError
+from llm_maps.jobs import default_state_dir, make_points
 
 
 def load_points(run: str, state_dir: str | Path | None = None, ids: list[str] | None = None,
                 run_dirs=()) -> list[dict]:
     """The run's saved points (all, or ``ids`` in that order; unknown ids are an error)."""
-    from llm_maps.errors import LLMMapsError
-    from llm_maps.jobs import default_state_dir, make_points
-
     store = make_points(Path(state_dir) if state_dir else default_state_dir(run_dirs))
     points = store.list(run)
     if not ids:
@@ -62,7 +67,7 @@ def path_map(point: dict) -> str:
     return "tokens" if point.get("reference") == "atlas" else "prompt"
 
 
-def user_points_traces(points: list[dict], *, paths: bool = True, kind: str = "prompt") -> list[go.Scatter]:
+def user_points_traces(points: list[dict], *, paths: bool = True, kind: str = "prompt") -> list:
     """Stars for the points and, for generations, their paths (SVG scatter: arrows need angleref) on
     the map ``kind`` (prompt | tokens | completion): a path is drawn on the map its tokens were
     placed on (the token map for runs with an atlas)."""
@@ -80,7 +85,7 @@ def user_points_traces(points: list[dict], *, paths: bool = True, kind: str = "p
                 name=f"path: {_label(p, 40)}", showlegend=False, line={"color": colour, "width": 1.5},
                 marker={"symbol": ["circle"] + ["arrow"] * len(toks), "angleref": "previous",
                         "size": [0] + [7 + 9 * q for q in probs], "color": [1.0] + probs, "cmin": 0, "cmax": 1,
-                        "colorscale": "RdYlGn", "line": {"color": colour, "width": 1}},
+                        "colorscale": F.SCORE_SCALE, "line": {"color": colour, "width": 1}, "opacity": 1},
                 text=["prompt"] + [f"token {k + 1}: {F.plot_text(repr(t['text']))} · p={q:.1%}{nearest_text(t)}"
                                    for k, (t, q) in enumerate(zip(toks, probs))],
                 hoverinfo="text", meta={"user": "path", "id": p["id"]}))
@@ -88,7 +93,7 @@ def user_points_traces(points: list[dict], *, paths: bool = True, kind: str = "p
         hover = (f"your point: {_label(p)}<br>distance to train {p.get('dist_to_train', float('nan')):.4g}"
                  + (f"<br>expected accuracy {exp['accuracy']:.2f} [{exp['low']:.2f}, {exp['high']:.2f}]" if exp else "")
                  + (f"<br>output: {F.plot_text(str(p.get('output'))[:100])}" if p.get("output") else ""))
-        traces.append(go.Scatter(x=[px], y=[py], mode="markers", name=_label(p, 40),
+        traces.append(go.Scattergl(x=[px], y=[py], mode="markers", name=_label(p, 40),
                                  legendgroup="user", legendgrouptitle={"text": "your points"},
                                  marker={"symbol": "star", "size": 18, "color": colour,
                                          "line": {"color": "#000000", "width": 1.5}},
@@ -123,8 +128,6 @@ def register_map_layer() -> None:
     @dash.callback(Output("map-user-layer", "data"), Output("map-user-count", "children"),
                    Input("map-user", "value"), State("map-run", "data"))
     def _user_layer(show, key):
-        from dashboard.data import split_key
-
         run_id, view = split_key(key)
         store = flask.current_app.config.get("LLM_MAPS_POINTS")
         points = store.list(run_id) if (store is not None and run_id) else []

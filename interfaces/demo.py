@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from llm_maps.compare import accuracy_curves, format_task_gain, match_runs, run_info, task_gain, x_axis
+from llm_maps.comparison import accuracy_curves, format_task_gain, match_runs, run_info, task_gain, x_axis
 from llm_maps.conditions import format_summary, read_conditions, summarize, with_examples
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE

@@ -1,5 +1,7 @@
 """The run folder's contract as types: manifest and its sections, example columns, the JSON files
-a run holds (falloff.json), stage history, and the records of the state folder (jobs, points).
+a run holds (falloff.json), stage history, and the records of the state folder (jobs, points); every
+file a run or a fine-tuning group may hold (``FILES``, with tokens.parquet, finetune.json and the
+working files of resumable and distributed stages) and the JSON of `compare --json`.
 
 docs/run-folder.md is written from this module: each key's type and meaning live here
 (``Annotated[type, "meaning"]``), and the tables between the ``<!-- generated: ... -->`` markers
@@ -17,7 +19,7 @@ import re
 import sys
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, TypedDict, Union
 
@@ -64,6 +66,8 @@ class ProjectionInfo(TypedDict, total=False):
     normalize: Annotated[bool, "rows scaled to unit length before PCA (cosine)"]
     explained_variance_ratio: Annotated[list[float], "PCA: variance share of the two axes"]
     seconds: Annotated[float, "wall time of the fit and placement"]
+    fit_set: Annotated[str, "the token map: what it was fitted on ('train prompts + atlas tokens')"]
+    n_prompt_rows: Annotated[int, "the token map: rows of its fit set that are prompts (the atlas tokens follow)"]
 
 
 class SplitCounts(TypedDict):
@@ -300,14 +304,9 @@ class Manifest(ManifestRequired, total=False):
     step: Annotated[int, "fine-tuning step of a checkpoint run (0 = the base model); the trajectory axis of compare"]
     base_run: Annotated[str, "the run a checkpoint run was fine-tuned from"]
     views: Annotated[list[str], "encoded views: prompt, completion (encodings/<view>/, pipelines/atlas.py)"]
-    view_settings: Annotated[dict[str, dict[str, Any]], "per view other than prompt: model, layers, "
-                                                       "default_layer, pooling, path, sources, empty_completions (rows "
-                                                       "with an empty completion, encoded as prompt + EOS), "
-                                                       "projection, neighbours, "
-                                                       "distributed (--distributed: chunks, workers)"]
-    token_atlas: Annotated[dict[str, Any], "the token atlas: tokens, examples, train_examples, sampled, "
-                                          "max_tokens, seed, layers, map_layer, path, file, projection (the token map), "
-                                          "distributed (--distributed: chunks, workers)"]
+    view_settings: Annotated[dict[str, ViewSettingsInfo], "per view other than prompt (completion): its model, "
+                                                         "layers, map and distances"]
+    token_atlas: Annotated[TokenAtlasInfo, "the token atlas (tokens.parquet, encodings/tokens/) and its map"]
     conditions: Annotated[ConditionsInfo, "conditions.parquet: the conditions scored (llm_maps/conditions.py)"]
     # New manifest keys go here (NotRequired), with their meaning; then regenerate the doc tables.
 
@@ -434,6 +433,12 @@ CONDITION_COLUMNS: dict[str, Column] = {
                      "score --conditions"),
     "path_y": Column("list[float]?", "y on the token map", False, "score --conditions"),
 }
+# ================================================================================ regions.parquet
+
+REGION_COLUMNS: dict[str, Column] = {
+    "example_id": Column("string", "the example (examples.parquet's example_id)", True, "regions"),
+    "region": Column("int", "its region in regions.json (-1: in none)", True, "regions"),
+}
 MANIFEST_KEYS: tuple[str, ...] = tuple(ManifestRequired.__annotations__)
 
 # ================================================================================ falloff.json
@@ -536,7 +541,7 @@ class ProbesFile(ProbesFileOptional):
     probe: Annotated[str, "how the probes were fitted and scored, in words"]
     layers: Annotated[list[ProbeRow], "one row per stored layer and target"]
     skipped: Annotated[list[dict[str, str]], "targets not probed, with the reason"]
-    fingerprint: Annotated[str, "the build of the run it belongs to (llm_maps.compare.run_fingerprint)"]
+    fingerprint: Annotated[str, "the build of the run it belongs to (llm_maps.comparison.run_fingerprint)"]
 
 
 class CkaPair(TypedDict):
@@ -731,13 +736,743 @@ class FindingsFile(_FindingsOptional):
                                                "raw/centred ([] with --no-robustness)"]
 
 
+# ================================================================================ regions.json
+# (llm_maps/regions.py: `llm-maps regions`; tasks are the unit of independence)
+
+
+class RegionShare(TypedDict):
+    name: Annotated[str, "a task or domain"]
+    n: Annotated[int, "the region's examples in it (train and test)"]
+    share: Annotated[float, "n / the region's examples"]
+
+
+class RegionRow(TypedDict):
+    region: Annotated[int, "region id (regions.parquet's region; 0 = the largest)"]
+    label: Annotated[str, "R<id> and its first keywords"]
+    n: Annotated[int, "examples (train and test)"]
+    n_train: Annotated[int, "train examples"]
+    n_test: Annotated[int, "test examples"]
+    n_scored: Annotated[int, "scored test examples"]
+    coverage: Annotated[float, "n_train / n: the share of train examples"]
+    uncovered: Annotated[bool, "coverage below params.uncovered_below (listed apart)"]
+    n_tasks: Annotated[int, "tasks among its examples"]
+    tasks: Annotated[list[RegionShare], "its tasks, most examples first (at most 10)"]
+    domains: Annotated[list[RegionShare], "its domains, most examples first"]
+    accuracy: Annotated[float | None, "accuracy of its scored test examples (null: none)"]
+    accuracy_low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower (null: fewer than 2 tasks)"]
+    accuracy_high: Annotated[float | None, "upper"]
+    n_tasks_scored: Annotated[int, "tasks of its scored test examples"]
+    expected_accuracy: Annotated[float | None, "each scored test example's task accuracy outside the region, averaged "
+                                               "(null: no task has scored test examples outside)"]
+    n_expected: Annotated[int, "scored test examples with an expected accuracy (their task has some outside)"]
+    n_tasks_compared: Annotated[int, "tasks with scored test examples inside and outside"]
+    difference: Annotated[float | None, "accuracy - expected on those examples (negative: worse than its tasks "
+                                        "predict)"]
+    difference_low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower (null: fewer than 2 "
+                                            "tasks compared)"]
+    difference_high: Annotated[float | None, "upper"]
+    p_value: Annotated[float | None, "one-sided: the compared tasks' differences sign-flipped (null: none compared)"]
+    q_value: Annotated[float | None, "Benjamini-Hochberg across the regions with a p-value"]
+    worse: Annotated[bool, "worse than its tasks predict: q < alpha, the interval below 0, at least min_tasks tasks "
+                           "compared"]
+    mean_dist_to_train: Annotated[float | None, "mean distance to train of its test examples (the run's metric, this "
+                                                "layer and view)"]
+    keywords: Annotated[list[str], "words that tell it apart (class-based TF-IDF over the instructions)"]
+    central_example: Annotated[str, "example_id of the member nearest its centre (in the PCA space)"]
+    central_text: Annotated[str, "that example's instruction (shortened)"]
+
+
+class RegionsParams(TypedDict):
+    method: Annotated[str, "'HDBSCAN' (sklearn.cluster.HDBSCAN)"]
+    min_size: Annotated[int, "min_cluster_size (--min-size; default 1 % of the examples, 10 to 200)"]
+    min_samples: Annotated[int, "HDBSCAN min_samples (on all rows; scaled like min_size on a sample)"]
+    pca_dims: Annotated[int, "PCA dimensions clustered in"]
+    pca_fit_rows: Annotated[int, "rows the PCA was fitted on (a seeded sample above 20,000)"]
+    cluster_rows: Annotated[int, "rows HDBSCAN clustered (a seeded sample above 30,000; the others take the region "
+                                 "of their nearest sampled row)"]
+    min_cluster_size: Annotated[int, "HDBSCAN's min_cluster_size on those rows (min_size scaled by their share)"]
+    seed: Annotated[int, "seed of the PCA, its sample, the bootstrap and the sign flips"]
+    centre: Annotated[str, "'train mean': encodings centred on the train mean before the PCA"]
+    normalize: Annotated[bool, "rows scaled to unit length after centring (cosine runs)"]
+    uncovered_below: Annotated[float, "a region with a smaller train share is uncovered"]
+    keywords: Annotated[int, "keywords kept per region"]
+    bootstrap: Annotated[int, "task bootstrap replicates"]
+    max_flips: Annotated[int, "sign patterns of the p-value (all of them up to log2 of this many tasks)"]
+    alpha: Annotated[float, "q-value threshold of a flag"]
+    min_tasks: Annotated[int, "tasks compared a flag needs"]
+
+
+class RegionsFile(TypedDict):
+    format_version: Annotated[int, "regions.json format (1)"]
+    view: Annotated[str, "encoding view clustered (prompt or another)"]
+    layer: Annotated[int, "stored layer clustered"]
+    metric: Annotated[str, "the run's distance metric (cosine: unit rows; mean_dist_to_train)"]
+    model: Annotated[str | None, "the run's model"]
+    params: Annotated[RegionsParams, "the clustering's and the statistics' parameters"]
+    explained_variance: Annotated[float, "variance share of the PCA dimensions"]
+    n_examples: Annotated[int, "examples clustered (train and test)"]
+    n_train: Annotated[int, "train examples"]
+    n_test: Annotated[int, "test examples"]
+    n_scored: Annotated[int, "scored test examples"]
+    n_regions: Annotated[int, "regions found"]
+    n_in_regions: Annotated[int, "examples in a region"]
+    n_noise: Annotated[int, "examples in none (region -1)"]
+    accuracy: Annotated[float | None, "accuracy of all scored test examples"]
+    mean_dist_to_train: Annotated[float | None, "mean distance to train of all test examples"]
+    regions: Annotated[list[RegionRow], "one per region, by id"]
+    worse: Annotated[list[int], "regions worse than their tasks predict"]
+    uncovered: Annotated[list[int], "regions with too few train examples"]
+    interval: Annotated[str, "how the intervals, p- and q-values were computed"]
+    expected: Annotated[str, "how the expected accuracy and the difference were computed"]
+    notes: Annotated[list[str], "caveats to read with the numbers"]
+    seconds: Annotated[float, "wall time (s)"]
+
+
 JSON_FILES: dict[str, Any] = {
     "falloff.json": FalloffFile,
     "projection/projection.json": ProjectionFile,
     "probes.json": ProbesFile,
     "cka.json": CkaFile,
     "findings.json": FindingsFile,
+    "regions.json": RegionsFile,
 }
+
+# ================================================================================ tokens.parquet
+# (the token atlas's rows: pipelines/views.py plans them, pipelines/atlas.py writes them)
+
+TOKEN_COLUMNS: dict[str, Column] = {
+    "row": Column("int", "row of encodings/tokens/layer_<k>.npy that holds this token's state", True, "atlas"),
+    "example_id": Column("string", "the train example whose reference the token is from", True, "atlas"),
+    "position": Column("int", "the token's position in that reference (0 = the first response token)", True,
+                       "atlas"),
+    "token_id": Column("int", "the token id", True, "atlas"),
+    "token_text": Column("string", "the token decoded on its own", True, "atlas"),
+    "x": Column("float", "x on the token map (absent when the run has no map)", False, "atlas"),
+    "y": Column("float", "y on the token map", False, "atlas"),
+}
+
+
+class TokenAtlasInfo(TypedDict, total=False):
+    """manifest.token_atlas: the token atlas (build --token-atlas, `llm-maps atlas`)."""
+
+    tokens: Annotated[int, "rows of tokens.parquet and of encodings/tokens/layer_<k>.npy"]
+    examples: Annotated[int, "train examples whose reference tokens are in the atlas"]
+    train_examples: Annotated[int, "train examples of the run"]
+    sampled: Annotated[bool, "the examples are a seeded sample (their tokens exceeded max_tokens)"]
+    max_tokens: Annotated[int, "--atlas-max-tokens"]
+    seed: Annotated[int, "seed of the sample"]
+    layers: Annotated[list[int], "stored atlas layers (the map layer and --atlas-layers)"]
+    map_layer: Annotated[int, "layer of the token map and of path distances (the run's default layer)"]
+    path: Annotated[str, "folder of the atlas layers, relative to the run (encodings/tokens)"]
+    file: Annotated[str, "tokens.parquet"]
+    tokens_per_second: Annotated[float, "tokens forwarded per second"]
+    seconds: Annotated[float, "wall time of the shared passes"]
+    projection: Annotated[ProjectionInfo | None, "the token map (projection_tokens/; null: no map)"]
+    distributed: Annotated[DistributedInfo, "--distributed only"]
+
+
+class ViewSettingsInfo(TypedDict, total=False):
+    """manifest.view_settings[view]: a view other than prompt (build --views, `llm-maps encode --view`)."""
+
+    model: Annotated[str, "model whose states the view holds (the run's, or --completion-model)"]
+    model_info: Annotated[ModelInfo, "what loading --completion-model reported (another model only)"]
+    layers: Annotated[list[int], "stored layers of the view"]
+    default_layer: Annotated[int, "layer of its map and distances"]
+    pooling: Annotated[str, "'eos': the state at the EOS after prompt + completion"]
+    path: Annotated[str, "folder of its layer files, relative to the run (encodings/<view>)"]
+    sources: Annotated[dict[str, int], "completion source (reference | output) -> rows"]
+    empty_completions: Annotated[int, "rows with an empty completion, encoded as prompt + EOS"]
+    projection: Annotated[ProjectionInfo | None, "its map (projection_<view>/; null: none)"]
+    neighbours: Annotated[NeighboursInfo, "its dist_to_train_<view> / nn_train_ids_<view>"]
+    distributed: Annotated[DistributedInfo, "--distributed only"]
+
+
+# ================================================================================ finetune.json
+# (a fine-tuning group's own file, pipelines/finetune.py: beside its step-* runs, not in a run)
+
+
+class FinetuneSettings(TypedDict, total=False):
+    steps: Annotated[int, "optimizer steps"]
+    lr: Annotated[float, "peak learning rate (resolved)"]
+    warmup: Annotated[float, "share of the steps warming up, then cosine decay"]
+    batch_size: Annotated[int, "examples per optimizer step"]
+    batch_tokens: Annotated[int, "padded tokens per micro-batch (resolved)"]
+    full: Annotated[bool, "every weight tuned (else LoRA)"]
+    lora_r: Annotated[int, "LoRA rank"]
+    lora_alpha: Annotated[int, "LoRA alpha"]
+    lora_dropout: Annotated[float, "LoRA dropout"]
+    seed: Annotated[int, "seed of the example order, held-out slice and LoRA init"]
+    save_every: Annotated[int, "a checkpoint every this many steps (resolved)"]
+    eval_fraction: Annotated[float, "share of the train split held out for the eval loss"]
+    mode: Annotated[str, "lora | full"]
+    base_run: Annotated[str, "absolute path of the base run"]
+    base_model: Annotated[str, "the base run's model"]
+    train_rows: Annotated[int, "train examples trained on"]
+    eval_rows: Annotated[int, "train examples held out for the eval loss"]
+    precision: Annotated[str, "bf16 autocast | float32"]
+    target_modules: Annotated[list[str], "LoRA target modules ([] with full)"]
+
+
+class TrainLossPoint(TypedDict):
+    step: Annotated[int, "optimizer step (1 = after the first)"]
+    loss: Annotated[float, "mean cross-entropy per reference token of the step's batch (nats)"]
+    lr: Annotated[float, "learning rate after the step"]
+
+
+class EvalLossPoint(TypedDict):
+    step: Annotated[int, "step of the checkpoint (0 = the base model)"]
+    loss: Annotated[float, "mean cross-entropy per reference token of the held-out slice (nats)"]
+
+
+class FinetuneCurve(TypedDict):
+    train: Annotated[list[TrainLossPoint], "one point per optimizer step"]
+    eval: Annotated[list[EvalLossPoint], "one point per checkpoint, and step 0"]
+
+
+class FinetuneRuns(TypedDict):
+    views: Annotated[list[str], "views the checkpoint runs were built with"]
+    token_atlas: Annotated[bool, "the checkpoint runs have a token atlas"]
+
+
+class _FinetuneFileOptional(TypedDict, total=False):
+    runs: Annotated[FinetuneRuns, "how the checkpoint runs were built (absent in groups from before it)"]
+
+
+class FinetuneFile(_FinetuneFileOptional):
+    settings: Annotated[FinetuneSettings, "the training's settings (a resumed finetune must match them)"]
+    curve: Annotated[FinetuneCurve, "the loss curve"]
+    checkpoints: Annotated[list[str], "saved checkpoints: step-NNNNNN (checkpoints/ and the runs of the group)"]
+
+
+GROUP_JSON_FILES: dict[str, Any] = {"finetune.json": FinetuneFile}
+
+# ================================================================================ working files
+# (resumable and distributed stages: kept while a stage runs and after it was interrupted, so that the
+# same command resumes; removed when it finishes)
+
+
+class EncodeState(TypedDict):
+    fingerprint: Annotated[str, "hash of the token ids, layers and model: a resume needs the same"]
+    n: Annotated[int, "prompts encoded"]
+    layers: Annotated[list[int], "layers written"]
+
+
+class ViewsState(TypedDict):
+    fingerprint: Annotated[str, "hash of the passes, their targets and layers, and the model"]
+    segments: Annotated[int, "forward passes planned (rows of .views-done.npy)"]
+
+
+class WorkerSpec(TypedDict, total=False):
+    model: Annotated[str, "model the workers load"]
+    gguf_file: Annotated[str | None, "GGUF file in it"]
+    revision: Annotated[str | None, "hub revision"]
+    dtype: Annotated[str, "dtype asked for"]
+    device: Annotated[str, "device asked for"]
+    any_model: Annotated[bool, "a backbone without a language-model head will do (--completion-model)"]
+
+
+class EncodePlan(TypedDict):
+    fingerprint: Annotated[str, "hash of the token ids, layers, model, dtype and chunks"]
+    n: Annotated[int, "prompts"]
+    hidden: Annotated[int, "width of an encoding"]
+    layers: Annotated[list[int], "layers to write"]
+    pad_id: Annotated[int, "padding token id"]
+    chunks: Annotated[list[list[list[int]]], "chunk -> batches -> prompt rows (the batches encode_to_folder plans)"]
+
+
+class ViewsPlan(TypedDict):
+    fingerprint: Annotated[str, "hash of the passes, targets, layers, model, spec and chunks"]
+    targets: Annotated[list[str], "what the passes fill: prompt, completion, tokens"]
+    layers: Annotated[dict[str, list[int]], "target -> layers"]
+    all_layers: Annotated[list[int], "every layer a target keeps"]
+    pad_id: Annotated[int, "padding token id"]
+    chunks: Annotated[list[list[list[int]]], "chunk -> batches -> passes"]
+
+
+class ScoreChunkPlan(TypedDict, total=False):
+    kind: Annotated[Literal["generate", "mc"], "generation or multiple-choice log-likelihoods"]
+    rows: Annotated[list[int], "generate: the rows (of the prompts given) to generate for"]
+    max_new_tokens: Annotated[list[int], "generate: each row's limit"]
+    batches: Annotated[list[list[int]], "mc: batches of rows, as a single process plans them"]
+
+
+class GenerateSettings(TypedDict, total=False):
+    max_new_tokens: Annotated[int | str, "limit given (int, 'auto', or 'per row')"]
+    temperature: Annotated[float, "0 = greedy"]
+    top_p: Annotated[float, "nucleus sampling"]
+    seed: Annotated[int, "sampling seed"]
+    stop_strings: Annotated[list[str], "generation stops at the first of these"]
+    batch_size: Annotated[int | None, "prompts per generation batch (null: the default)"]
+    max_length: Annotated[int | None, "prompts keep their last max_length tokens"]
+
+
+class PlanModel(TypedDict):
+    model: Annotated[str | None, "the model the client loaded"]
+    revision: Annotated[str | None, "its revision"]
+    file_sha256: Annotated[str | None, "its weights' hash"]
+
+
+class ScorePlan(TypedDict):
+    fingerprint: Annotated[str, "hash of the plan and the inputs"]
+    chunks: Annotated[list[ScoreChunkPlan], "the chunks"]
+    generate: Annotated[GenerateSettings, "generation settings ({} for a choices-only pass)"]
+    spec: Annotated[WorkerSpec, "how the workers load the model"]
+    model: Annotated[PlanModel, "the model the plan was made with"]
+
+
+class ScoreInputs(TypedDict):
+    prompts: Annotated[dict[str, str], "row -> prompt (the rows some chunk uses)"]
+    choices: Annotated[dict[str, list[str]], "row -> answer options (multiple choice)"]
+
+
+class ScoreChunkMeta(TypedDict, total=False):
+    chunk: Annotated[int, "chunk index"]
+    kind: Annotated[str, "generate | mc"]
+    device: Annotated[str, "where it ran"]
+    dtype: Annotated[str, "model dtype"]
+    worker: Annotated[str, "worker that ran it"]
+    slots: Annotated[int | None, "generate: continuous-batching slots used"]
+    seconds: Annotated[float, "wall time"]
+
+
+class GeneratedRow(TypedDict):
+    output: Annotated[str, "generated text"]
+    output_token_ids: Annotated[list[int], "its token ids"]
+    output_logprobs: Annotated[list[float], "their log-probabilities"]
+    stop_reason: Annotated[str, "eos | stop_string | length"]
+
+
+class ScoreChunkFile(TypedDict):
+    meta: Annotated[ScoreChunkMeta, "what ran it"]
+    rows: Annotated[dict[str, GeneratedRow | list[float]], "row -> its output (generate) or its choices' "
+                                                           "log-likelihoods (mc)"]
+
+
+class EncodeChunkMeta(TypedDict):
+    chunk: Annotated[int, "chunk index"]
+    rows: Annotated[int, "prompts encoded"]
+    clipped: Annotated[int, "values clipped to the float16 range"]
+    device: Annotated[str, "where it ran"]
+    dtype: Annotated[str, "model dtype"]
+    worker: Annotated[str, "worker that ran it"]
+    seconds: Annotated[float, "wall time"]
+
+
+class ViewsChunkMeta(TypedDict):
+    chunk: Annotated[int, "chunk index"]
+    passes: Annotated[int, "forward passes run"]
+    clipped: Annotated[int, "values clipped to the float16 range"]
+    device: Annotated[str, "where it ran"]
+    dtype: Annotated[str, "model dtype"]
+    worker: Annotated[str, "worker that ran it"]
+    seconds: Annotated[float, "wall time"]
+
+
+WORK_JSON_FILES: dict[str, Any] = {
+    "encodings/.state.json": EncodeState,
+    "encodings/.views-state.json": ViewsState,
+    ".distributed/plan.json": EncodePlan,
+    ".distributed/chunk_<i>.npz: meta": EncodeChunkMeta,
+    ".distributed-views/plan.json": ViewsPlan,
+    ".distributed-views/chunk_<i>.npz: meta": ViewsChunkMeta,
+    ".distributed-score/plan.json": ScorePlan,
+    ".distributed-score/inputs.json": ScoreInputs,
+    ".distributed-score/chunk_<i>.json": ScoreChunkFile,
+}
+
+# ================================================================================ compare --json FILE
+# (llm_maps/comparison.py compare_runs, written by `llm-maps compare --json FILE` outside any run)
+
+
+class CompareRunInfo(TypedDict):
+    name: Annotated[str, "the run's name in the comparison (unique)"]
+    model: Annotated[str, "manifest.model"]
+    model_name: Annotated[str, "the model as readers show it (runfolder.model_label)"]
+    n_params: Annotated[int | None, "manifest.n_params"]
+    step: Annotated[int | None, "manifest.step (fine-tuning checkpoints)"]
+    base_run: Annotated[str | None, "manifest.base_run"]
+    path: Annotated[str, "the run folder"]
+    layers: Annotated[list[int], "stored layers"]
+    default_layer: Annotated[int, "the run's default layer"]
+
+
+class CompareAxis(TypedDict):
+    kind: Annotated[str, "step | n_params | order"]
+    values: Annotated[list[float], "each run's x"]
+    log: Annotated[bool, "plot on a log scale (n_params)"]
+
+
+CompareTask = TypedDict("CompareTask", {  # functional form: "class" is a Python keyword
+    "domain": Annotated[str, "the task's (majority) domain"],
+    "accuracy": Annotated[list[float | None], "per run, accuracy on the task's scored test examples"],
+    "low": Annotated[list[float | None], "Wilson 95% interval, lower"],
+    "high": Annotated[list[float | None], "upper"],
+    "n": Annotated[list[int], "scored examples"],
+    "class": Annotated[str | None, "flat | smooth | emergent | inverse (null: a run without accuracy)"],
+})
+
+
+class CompareAccuracy(TypedDict):
+    accuracy: Annotated[float | None, "correct / n"]
+    low: Annotated[float | None, "Wilson 95% interval, lower"]
+    high: Annotated[float | None, "upper"]
+    n: Annotated[int, "scored test examples"]
+    correct: Annotated[int, "correct among them"]
+
+
+class SignTest(TypedDict):
+    up: Annotated[int, "tasks whose accuracy rose from the first run to the last"]
+    down: Annotated[int, "tasks whose accuracy fell"]
+    ties: Annotated[int, "tasks unchanged"]
+    p_value: Annotated[float | None, "two-sided sign test (null: no task changed)"]
+
+
+class CompareDomain(TypedDict):
+    runs: Annotated[list[CompareAccuracy], "per run"]
+    n_tasks: Annotated[int, "tasks of the domain"]
+    n_examples: Annotated[int, "scored test examples (first run)"]
+    classes: Annotated[dict[str, int], "curve class -> tasks"]
+    sign_test: Annotated[SignTest, "tasks up vs down"]
+    verdict: Annotated[str, "plain verdict"]
+
+
+class CompareInterval(TypedDict):
+    value: Annotated[float, "the estimate"]
+    low: Annotated[float | None, "task-bootstrap 95% interval, lower (null: too few replicates)"]
+    high: Annotated[float | None, "upper"]
+
+
+class TaskGainRun(CompareInterval):
+    run: Annotated[str, "run name"]
+
+
+class _TaskGainClassOptional(TypedDict, total=False):
+    runs: Annotated[list[TaskGainRun], "accuracy per run"]
+    change: Annotated[CompareInterval | None, "last run minus first (null: no examples)"]
+    verdict: Annotated[str, "plain verdict"]
+
+
+class TaskGainClass(_TaskGainClassOptional):
+    tasks: Annotated[list[str], "the class's tasks"]
+    n_tasks: Annotated[int, "their number"]
+    n_examples: Annotated[int, "test examples scored in every run"]
+
+
+class TaskGain(TypedDict):
+    unit: Annotated[str, "what the numbers are"]
+    runs: Annotated[list[str], "run names"]
+    first: Annotated[str, "the run with the smallest x"]
+    last: Annotated[str, "the run with the largest x"]
+    n_boot: Annotated[int, "bootstrap replicates"]
+    seed: Annotated[int, "bootstrap seed"]
+    min_tasks: Annotated[int, "tasks a class needs before a change is called supported"]
+    classes: Annotated[dict[str, TaskGainClass], "'train tasks' | 'held-out tasks' -> accuracy and change"]
+    difference: Annotated[CompareInterval | None, "change of train tasks minus change of held-out tasks"]
+    verdict: Annotated[str, "plain verdict"]
+
+
+class _CompareFalloffOptional(TypedDict, total=False):
+    metric: Annotated[str | None, "the run's distance metric (absent when stats is null)"]
+
+
+class CompareFalloff(_CompareFalloffOptional):
+    run: Annotated[str, "run name"]
+    scale: Annotated[str, "percentile | raw: the distance scale"]
+    stats: Annotated[dict[str, FalloffGroup] | None, "'all' and each domain -> falloff (null: nothing scored)"]
+
+
+class LossPoint(TypedDict):
+    step: Annotated[int, "step"]
+    loss: Annotated[float, "loss (nats)"]
+
+
+class CompareLossCurve(TypedDict):
+    path: Annotated[str, "the group's finetune.json"]
+    train: Annotated[list[LossPoint], "training loss per step"]
+    eval: Annotated[list[LossPoint], "held-out loss per checkpoint"]
+    mode: Annotated[str | None, "lora | full"]
+    unit: Annotated[str, "what the loss is"]
+
+
+class CompareAlignment(TypedDict):
+    method: Annotated[str, "how the maps were aligned"]
+    procrustes_residual: Annotated[list[float | None], "per run (0 for the first; null: too few shared points)"]
+
+
+class Mover(TypedDict):
+    example_id: Annotated[str, "the example"]
+    row: Annotated[int, "its row in the comparison"]
+    jaccard: Annotated[list[float | None], "per run, Jaccard index with the first run's neighbours"]
+    task: Annotated[str, "its task"]
+    domain: Annotated[str, "its domain"]
+    split: Annotated[str, "train | test"]
+
+
+class CompareMoved(TypedDict):
+    k: Annotated[int, "neighbours compared"]
+    measure: Annotated[str, "what the index is"]
+    mean_jaccard: Annotated[list[float | None], "per run"]
+    top: Annotated[list[Mover], "examples whose neighbours changed most"]
+
+
+class CkaLayerPair(TypedDict):
+    run_a: Annotated[str, "run name"]
+    run_b: Annotated[str, "run name (run_a for pairs within a run)"]
+    layer_a: Annotated[int, "layer of run_a"]
+    layer_b: Annotated[int, "layer of run_b"]
+    cka: Annotated[float | None, "linear CKA (null: a layer that does not vary)"]
+
+
+class CompareCka(TypedDict):
+    measure: Annotated[str, "what is measured"]
+    layer_pairs: Annotated[list[CkaLayerPair], "every pair computed ([] with --no-cka)"]
+
+
+class Provenance(TypedDict):
+    params: Annotated[dict[str, Any], "the command's parameters"]
+    inputs: Annotated[dict[str, Any], "what it read, with content hashes (runs: path -> manifest hash)"]
+    versions: Annotated[dict[str, str], "package versions"]
+    created: Annotated[str, "ISO time (UTC)"]
+
+
+class _CompareFileOptional(TypedDict, total=False):
+    provenance: Annotated[Provenance, "what produced the file: parameters, inputs, versions, time"]
+
+
+class CompareFile(_CompareFileOptional):
+    format_version: Annotated[int, "compare format (1)"]
+    runs: Annotated[list[CompareRunInfo], "the runs, in the order given"]
+    n_examples: Annotated[int, "examples shared by every run"]
+    n_test: Annotated[int, "test examples among them"]
+    n_tasks: Annotated[int, "their tasks"]
+    axis: Annotated[CompareAxis, "what the curves are drawn against"]
+    tasks: Annotated[dict[str, CompareTask], "task -> accuracy per run and curve class"]
+    domains: Annotated[dict[str, CompareDomain], "domain -> accuracy per run, classes, sign test"]
+    classes: Annotated[dict[str, int], "curve class -> tasks"]
+    class_rule: Annotated[str, "how a task's class follows from its curve"]
+    unit: Annotated[str, "what the accuracies are"]
+    task_gain: Annotated[TaskGain, "train tasks vs held-out tasks"]
+    falloff: Annotated[list[CompareFalloff], "per run, falloff against the distance percentile"]
+    loss_curve: Annotated[CompareLossCurve | None, "the fine-tuning loss curve (null: not a fine-tuning group)"]
+    alignment: Annotated[CompareAlignment, "the maps aligned to the first run's"]
+    moved: Annotated[CompareMoved, "how each example's neighbours changed"]
+    cka: Annotated[CompareCka, "linear CKA between layers"]
+
+
+OUTPUT_JSON_FILES: dict[str, Any] = {"compare --json FILE": CompareFile}
+
+# ================================================================================ every file
+# Every path a run or a fine-tuning group may hold, with the stage that writes it. Patterns: <name>
+# stands for a part of one path part (<k> a layer, <i> a chunk, <step>, <pid>, <ns>: digits), {a,b}
+# for one of the names, ** for any path below; a folder that `holds` "run" holds a run's files (its own patterns apply under it).
+# tests/test_contract_files.py fails on any file a stage writes that no pattern here matches.
+
+FileScope = Literal["run", "work", "group", "group work", "temporary"]
+
+
+@dataclass(frozen=True)
+class RunFile:
+    path: str
+    where: FileScope  # run: a finished run; work: a stage's working file; group: a fine-tuning group
+    stage: str  # the stage (command) that writes it
+    meaning: str
+    schema: str | None = None  # the generated block (in docs/run-folder.md) listing its keys or columns
+    holds: str | None = None  # "run": a folder whose files are a run's
+    arrays: tuple[str, ...] = ()  # .npz: the names of the arrays it holds (patterns)
+
+
+_ARRAYS = "{fit_rows,embedding,mean,components}"
+_VIEW_MAPS = "{projection,projection_completion,projection_tokens}"
+_SCORE_WORK = "{.distributed-score,.distributed-conditions/<condition>.<pass>}"
+
+FILES: tuple[RunFile, ...] = (
+    # ---------------------------------------------------------------- a finished run
+    RunFile("manifest.json", "run", "every stage", "provenance and parameters (written last)", "manifest"),
+    RunFile("examples.parquet", "run", "build (columns: later stages)", "one row per example", "columns"),
+    RunFile("encodings/layer_<k>.npy", "run", "build, encode", "float16 [N, H]: the prompt view, row i = example i"),
+    RunFile("encodings/completion/layer_<k>.npy", "run", "build --views completion, encode --view completion",
+            "float16 [N, H]: the completion view"),
+    RunFile("encodings/tokens/layer_<k>.npy", "run", "build --token-atlas, atlas",
+            "float16 [T, H]: the token atlas, row t = tokens.parquet's row t"),
+    RunFile(f"{_VIEW_MAPS}/projection.json", "run", "build, project (projection/); the views' and the token "
+            "map's with them", "a fitted 2-D map: projection/ of the prompt view, projection_completion/ of the "
+            "completion view, projection_tokens/ the token map", "projection/projection.json"),
+    RunFile(f"{_VIEW_MAPS}/{_ARRAYS}.npy", "run", "as projection.json",
+            "the map's arrays: fit_rows [F] and embedding [F, 2] (UMAP), mean [H] and components [2, H] (PCA)"),
+    RunFile("tokens.parquet", "run", "build --token-atlas, atlas", "the token atlas's tokens", "tokens.parquet"),
+    RunFile("falloff.json", "run", "falloff", "accuracy vs distance to train", "falloff.json"),
+    RunFile("probes.json", "run", "probe, compare --probes", "linear probes per layer", "probes.json"),
+    RunFile("cka.json", "run", "compare", "CKA between this run's layers and other runs'", "cka.json"),
+    RunFile("findings.json", "run", "findings", "does accuracy fall off more steeply in one domain", "findings.json"),
+    RunFile("conditions.parquet", "run", "score --conditions", "one row per example and condition",
+            "conditions.parquet"),
+    RunFile("regions.json", "run", "regions", "regions of the encoding space and how the model does in them",
+            "regions.json"),
+    RunFile("regions.parquet", "run", "regions", "each example's region", "regions.parquet"),
+    # ---------------------------------------------------------------- working files of a run
+    RunFile("encodings/.state.json", "work", "build, encode (resumable encoding)",
+            "what the encodings being written are of (in RUN.partial/)", "encodings/.state.json"),
+    RunFile("encodings/.done.npy", "work", "build, encode", "bool [N]: prompts encoded so far"),
+    RunFile("encodings/.views-state.json", "work", "build --views/--token-atlas, encode --view, atlas",
+            "what the shared passes being written are of", "encodings/.views-state.json"),
+    RunFile("encodings/.views-done.npy", "work", "as .views-state.json", "bool [S]: passes run so far"),
+    RunFile(".distributed/plan.json", "work", "build --distributed", "the chunks the workers encode (in "
+            "RUN.partial/, on storage every worker reaches)", ".distributed/plan.json"),
+    RunFile(".distributed/{tokens,offsets}.npy", "work", "build --distributed",
+            "int64: every prompt's token ids, concatenated, and where each starts ([N + 1])"),
+    RunFile(".distributed/chunk_<i>.npz", "work", "build --distributed (a worker)",
+            "a chunk's encodings: rows [R], layer_<k> float16 [R, H], meta (JSON)",
+            ".distributed/chunk_<i>.npz: meta", arrays=("meta", "rows", "layer_<k>")),
+    RunFile(".distributed-views/plan.json", "work", "build/encode --view/atlas --distributed",
+            "the chunks of the shared passes", ".distributed-views/plan.json"),
+    RunFile(".distributed-views/{tokens,offsets,take_offsets,takes}.npy", "work", "as plan.json",
+            "int64: the passes' token ids and offsets; the states the passes keep ([K, 3]: target, row, "
+            "position) and where each pass's states start"),
+    RunFile(".distributed-views/chunk_<i>.npz", "work", "as plan.json (a worker)",
+            "a chunk's states: takes_<k> (indices into takes.npy), layer_<k> float16, meta (JSON)",
+            ".distributed-views/chunk_<i>.npz: meta", arrays=("meta", "takes_<k>", "layer_<k>")),
+    RunFile(f"{_SCORE_WORK}/plan.json", "work", "score --distributed, score --conditions --distributed",
+            "the generation and multiple-choice chunks (one folder per condition and pass: generate, choices)",
+            ".distributed-score/plan.json"),
+    RunFile(f"{_SCORE_WORK}/inputs.json", "work", "as plan.json", "the prompts and choices the chunks read",
+            ".distributed-score/inputs.json"),
+    RunFile(f"{_SCORE_WORK}/chunk_<i>.json", "work", "as plan.json (a worker)", "a chunk's outputs",
+            ".distributed-score/chunk_<i>.json"),
+    RunFile(".extras.partial/", "work", "encode --view, atlas",
+            "the new view's or atlas's files (as in a run), swapped into the run when done", holds="run"),
+    # ---------------------------------------------------------------- a fine-tuning group
+    RunFile("finetune.json", "group", "finetune", "settings and loss curve (written when training ends)",
+            "finetune.json"),
+    RunFile("step-<step>/", "group", "finetune", "a run per checkpoint (step-000000: the base run's files "
+            "hard-linked, with step 0)", holds="run"),
+    RunFile("checkpoints/step-<step>/model/**", "group", "finetune",
+            "the merged transformers model (config, weights, tokenizer)"),
+    RunFile("checkpoints/step-<step>/state.pt", "group", "finetune", "torch.save: step, trainable weights, "
+            "optimizer, scheduler, RNG state, loss curve, settings (what a resumed finetune starts from)"),
+    RunFile("step-<step>.partial/", "group work", "finetune", "step 0 being linked, or a checkpoint run being "
+            "built", holds="run"),
+    RunFile("checkpoints/step-<step>.partial/**", "group work", "finetune", "a checkpoint being saved "
+            "(model.partial/, model.partial-adapter/: the LoRA adapter before merging)"),
+    # ---------------------------------------------------------------- temporaries of atomic writes
+    RunFile("**/.<name>.<pid>.tmp", "temporary", "every writer", "a file being written (os.replace'd into place)"),
+    RunFile("**/.<name>.<pid>.tmp.npy", "temporary", "every writer", "an array being written (save_npy_atomic)"),
+    RunFile("**/.<name>.<pid>.tmp/**", "temporary", "project, build, atlas", "a folder being written "
+            "(replacing_dir), swapped in whole"),
+    RunFile("**/.<name>.old-<pid>-<ns>/**", "temporary", "project, build, atlas", "the folder a swap replaced, "
+            "removed once the new one is in place"),
+    RunFile("**/.chunk_<i>.<pid>.tmp", "temporary", "a worker", "a chunk file being written"),
+    RunFile(".write-check.<pid>", "temporary", "every stage", "the check that a run is writable"),
+)
+
+# what each kind of folder may hold
+FOLDER_SCOPES: dict[str, tuple[str, ...]] = {"run": ("run", "work", "temporary"),
+                                             "group": ("group", "group work", "temporary")}
+
+
+_NUMBERS = {"k", "i", "step", "pid", "ns"}  # placeholders that stand for digits
+
+
+def _regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".+")
+            i += 2
+        elif pattern[i] == "<":
+            j = pattern.index(">", i)
+            out.append(r"\d+" if pattern[i + 1:j] in _NUMBERS else "[^/]+")
+            i = j + 1
+        elif pattern[i] == "{":
+            j = pattern.index("}", i)
+            out.append("(?:" + "|".join(_regex(p) for p in pattern[i + 1:j].split(",")) + ")")
+            i = j + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+def declared_file(relpath: str, folder: str = "run") -> RunFile | None:
+    """The entry of FILES that ``relpath`` (relative to a run, or to a group with ``folder="group"``)
+    matches; for a file under a folder that holds a run, the run's entry (``where`` the folder's when
+    that is a working folder). None: not in the contract."""
+    for f in FILES:
+        if f.where not in FOLDER_SCOPES[folder]:
+            continue
+        if f.holds:
+            m = re.fullmatch(_regex(f.path) + "(?P<rest>.+)", relpath)
+            inner = declared_file(m["rest"], f.holds) if m else None
+            if inner is not None:  # a run's file in a working folder (RUN/.extras.partial/) is a working file
+                return replace(inner, where=f.where) if f.where != "group" and inner.where == "run" else inner
+        elif re.fullmatch(_regex(f.path), relpath):
+            return f
+    return None
+
+
+def schemas() -> dict[str, Any]:
+    """Block name -> the TypedDict (JSON) or column table (Parquet) that RunFile.schema names."""
+    return {"manifest": Manifest, "columns": COLUMNS, "conditions.parquet": CONDITION_COLUMNS,
+            "regions.parquet": REGION_COLUMNS, "tokens.parquet": TOKEN_COLUMNS, **JSON_FILES, **GROUP_JSON_FILES,
+            **WORK_JSON_FILES, **OUTPUT_JSON_FILES}
+
+
+def check_file(path: str | Path, entry: RunFile, *, source_columns: Any = ()) -> list[str]:
+    """What in the file at ``path`` its entry does not declare: JSON keys (nested), Parquet columns
+    (and required columns missing), .npz arrays. ``source_columns``: columns of examples.parquet a
+    source had (kept as they are)."""
+    import json
+
+    path = Path(path)
+    schema = schemas()[entry.schema] if entry.schema else None
+    if path.suffix == ".json" and schema is not None:
+        return check(json.loads(path.read_text(encoding="utf-8")), schema)
+    if path.suffix == ".parquet" and schema is not None:
+        import pyarrow.parquet as pq
+
+        names = [n for n in pq.read_schema(path).names if not n.startswith("__index_level_")]
+        extra = set(source_columns) if entry.schema == "columns" else set()
+        return ([f"{c}: column not in the contract" for c in names if c not in schema and c not in extra]
+                + [f"{c}: required column missing" for c, col in schema.items() if col.required and c not in names])
+    if path.suffix == ".npz":
+        import numpy as np
+
+        with np.load(path) as data:
+            problems = [f"{k}: array not in the contract" for k in data.files
+                        if not any(re.fullmatch(_regex(a), k) for a in entry.arrays)]
+            if schema is not None and "meta" in data.files:
+                problems += check(json.loads(str(data["meta"])), schema, "meta")
+        return problems
+    return []
+
+
+def check_folder(folder: str | Path, kind: str = "run", *, source_columns: Any = ()) -> list[str]:
+    """Every file under a run (``kind="run"``; RUN.partial/ too) or a fine-tuning group (``"group"``)
+    that the contract does not declare, and every key, column or array of its files that it does not
+    list: [] when the folder follows the contract."""
+    folder = Path(folder)
+    problems: list[str] = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        entry = declared_file(rel, kind)
+        if entry is None:
+            problems.append(f"{rel}: file not in the contract")
+        else:
+            problems += [f"{rel}: {p}" for p in check_file(path, entry, source_columns=source_columns)]
+    return problems
+
+
+def files_table() -> str:
+    rows = ["| path | in | written by | keys | meaning |", "|---|---|---|---|---|"]
+    for f in FILES:
+        keys = f"`{f.schema}`" if f.schema else ("arrays " + ", ".join(f"`{a}`" for a in f.arrays) if f.arrays
+                                                 else "a run's files" if f.holds == "run" else "")
+        if f.schema and f.arrays:
+            keys += "; arrays " + ", ".join(f"`{a}`" for a in f.arrays)
+        rows.append(f"| `{f.path}` | {f.where} | {_cell(f.stage)} | {keys} | {_cell(f.meaning)} |")
+    return "\n".join(rows)
 
 # ================================================================================ state folder
 # (the job queue and user points: beside the runs, never inside them)
@@ -756,8 +1491,9 @@ class JobPayload(TypedDict, total=False):
     domain: Annotated[str, "domain to read the expected accuracy in"]
     example_id: Annotated[str, "a variation of this example of the run (try a variation): the answer is scored with "
                                "its metric and the run's threshold, and the prompt's distance to it is measured"]
-    cot: Annotated[bool, "the instruction ends with the step-by-step cue: a variation scores the answer extracted "
-                         "from the reasoning (llm_maps.conditions.extract_answer)"]
+    cot: Annotated[bool, "think step by step, as the cot condition (llm_maps.conditions.cot_prompt): the answer "
+                         "starts with the cue after the plain prompt (placed as typed); a variation scores the "
+                         "answer extracted from the reasoning (llm_maps.conditions.extract_answer)"]
 
 
 class JobRecord(TypedDict, total=False):
@@ -866,12 +1602,31 @@ class PointRecord(TypedDict, total=False):
     reference: Annotated[str, "what token distances are measured against: atlas | prompts"]
     mean_dist: Annotated[float | None, "mean of the tokens' atlas distances (token atlas)"]
     max_dist: Annotated[float | None, "the largest (the weakest step; token atlas)"]
+    response_prefix: Annotated[str, "think step by step: the cue the answer started with (as the cot condition); "
+                                    "output is what followed it"]
     x_tokens: Annotated[float | None, "the prompt's place on the token map (token atlas)"]
     y_tokens: Annotated[float | None, "y on the token map"]
     variation: Annotated[Variation, "a variation of a run's example: its score and distance to the original"]
 
 
-STATE_RECORDS: dict[str, Any] = {"job record": JobRecord, "points/<run>.jsonl line": PointRecord}
+class BackgroundStatus(TypedDict):
+    """STATE/background.json: a build running beside the server (the demo's full run after its first
+    slice); the pages show it."""
+
+    task: Annotated[str, "what is running (demo)"]
+    run: Annotated[str, "the run it will replace (folder name)"]
+    state: Annotated[Literal["running", "done", "failed", "stopped"], "running, then done, failed or stopped"]
+    stage: Annotated[str, "the stage now running (encode, score, publish)"]
+    stage_index: Annotated[int | None, "its place, 1-based"]
+    stages: Annotated[int, "how many stages"]
+    started: Annotated[float, "Unix time it started"]
+    updated: Annotated[float, "Unix time of this record"]
+    pid: Annotated[int, "its process"]
+    error: Annotated[str | None, "why it failed or stopped"]
+
+
+STATE_RECORDS: dict[str, Any] = {"job record": JobRecord, "points/<run>.jsonl line": PointRecord,
+                                 "background.json": BackgroundStatus}
 
 MANIFEST_SECTIONS.update({
     "prompt_template": PromptTemplateInfo, "model_info": ModelInfo, "projection": ProjectionInfo,
@@ -881,6 +1636,7 @@ MANIFEST_SECTIONS.update({
     "scoring.per_task{}": LmevalTaskInfo, "scoring.first_token": FirstTokenInfo, "history[]": HistoryEntry,
     "conditions": ConditionsInfo, "conditions.conditions{}": ConditionInfo,
     "conditions.conditions{}.distributed": ConditionDistributedInfo,
+    "view_settings{}": ViewSettingsInfo, "token_atlas": TokenAtlasInfo,
 })
 
 # ================================================================================ checking values
@@ -1004,7 +1760,8 @@ def columns_table(columns: dict[str, Column] | None = None) -> str:
 def generated_blocks() -> dict[str, str]:
     """name -> Markdown of every generated block of docs/run-folder.md."""
     blocks = {"manifest": table(Manifest), "columns": columns_table(),
-              "conditions.parquet": columns_table(CONDITION_COLUMNS)}
+              "conditions.parquet": columns_table(CONDITION_COLUMNS),
+              "regions.parquet": columns_table(REGION_COLUMNS)}
     for name, td in MANIFEST_SECTIONS.items():
         blocks[f"manifest.{name}"] = table(td)
     for name, td in JSON_FILES.items():
@@ -1015,6 +1772,16 @@ def generated_blocks() -> dict[str, str]:
         blocks[name] = table(td)
         for sub in _nested_typeddicts(td):
             blocks[f"{name}: {sub.__name__}"] = table(sub)
+    blocks["files"] = files_table()
+    blocks["tokens.parquet"] = columns_table(TOKEN_COLUMNS)
+    # the group's, the working and the output files: a nested object documented above is not repeated
+    documented = {*MANIFEST_SECTIONS.values(), *(s for td in JSON_FILES.values() for s in _nested_typeddicts(td))}
+    for registry in (GROUP_JSON_FILES, WORK_JSON_FILES, OUTPUT_JSON_FILES):
+        for name, td in registry.items():
+            blocks[name] = table(td)
+            for sub in _nested_typeddicts(td, set(documented)):
+                blocks[f"{name}: {sub.__name__}"] = table(sub)
+                documented.add(sub)
     return blocks
 
 

@@ -438,6 +438,23 @@ class ExportConfig:
                                            nargs="+", metavar="RUN_DIR")
 
 
+@stage("regions", "regions of the encoding space with their accuracy, against what their tasks predict",
+       description="Density-based clusters (HDBSCAN after a PCA, over train and test together) of a stored layer: "
+                   "per region its tasks and domains, accuracy with a task-clustered interval, the accuracy its tasks "
+                   "predict (their accuracy outside the region) and the difference, distance to train and coverage, "
+                   "keywords and the instruction nearest its centre; regions worse than their tasks predict are "
+                   "flagged with Benjamini-Hochberg q-values. Written to RUN/regions.parquet and RUN/regions.json.")
+@dataclass(frozen=True)
+class RegionsConfig:
+    run: str = _run()
+    layer: int | None = option(None, "stored layer (default: the run's)", "regions", type=int)
+    view: str = option("prompt", "encoding view (prompt, or one manifest.views lists)", "regions")
+    min_size: int | None = option(None, "smallest region, in examples (default: grows with the run's size)",
+                                  "regions", type=int, metavar="N")
+    seed: int = option(0, "seed of the PCA sample and the bootstrap", "regions")
+    json: str | None = option(None, "also write the result to FILE", "output", metavar="FILE", record=False)
+
+
 # ================================================================================ serving
 
 @stage("serve", "serve the dashboard over run folders", group="service",

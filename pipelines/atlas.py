@@ -28,7 +28,15 @@ from typing import Sequence
 import numpy as np
 
 from llm_maps.errors import LLMMapsError
-from llm_maps.runfolder import ENCODINGS, EXAMPLES, layer_file, read_manifest, replacing_dir, write_parquet_atomic
+from llm_maps.jobs import redis_url
+from llm_maps.neighbours import nearest_train
+from llm_maps.runfolder import (ENCODINGS, EXAMPLES, _swap_in, history_entry, layer_file, now_iso, read_manifest,
+                                replacing_dir, with_history, write_parquet_atomic)
+from pipelines.distributed import encode_views_distributed, segments_distributed
+from pipelines.encode import default_layers, resolve_max_length
+from pipelines.models import load_model
+from pipelines.project import fit_projection
+from pipelines.runwrite import write_run_files
 from pipelines.views import (COMPLETION, DEFAULT_ATLAS_MAX_TOKENS, TOKENS, ViewsResult, completion_segments,
                              completion_texts, empty_completions, encode_views_to_folder, parse_views,
                              run_segments, target_file, view_dir)
@@ -43,8 +51,6 @@ def wants_extras(views: Sequence[str] | str | None, token_atlas: bool) -> bool:
 
 
 def _load_other(model: str, *, dtype: str, device: str, weights: bool = True):
-    from pipelines.models import load_model
-
     return load_model(model, dtype=dtype, device=device, any_model=True, weights=weights)
 
 
@@ -68,15 +74,14 @@ def encode_extras(loaded, frame, work: Path, *, views: Sequence[str], layers: Se
     out: dict = {"views": views, "completion_model": completion_model}
     if shared_views or token_atlas:
         log(f"encoding {', '.join(shared_views + (['token atlas'] if token_atlas else []))} in shared passes")
-        res = encode_views_to_folder(loaded, frame, work, layers=layers, views=shared_views, atlas=token_atlas,
-                                     atlas_layers=atlas_layers, atlas_max_tokens=atlas_max_tokens, seed=seed,
-                                     add_eos=add_eos, max_length=max_length, batch_tokens=batch_tokens,
-                                     progress=progress, completion_rows=completion_rows, spec=spec,
-                                     chunk_size=chunk_size, log=log)
-        out["result"] = res
+        passes = dict(layers=layers, views=shared_views, atlas=token_atlas, atlas_layers=atlas_layers,
+                      atlas_max_tokens=atlas_max_tokens, seed=seed, add_eos=add_eos, max_length=max_length,
+                      batch_tokens=batch_tokens, progress=progress, completion_rows=completion_rows, log=log)
+        if spec is not None:
+            out["result"] = encode_views_distributed(loaded, frame, work, spec=spec, chunk_size=chunk_size, **passes)
+        else:
+            out["result"] = encode_views_to_folder(loaded, frame, work, **passes)
     if COMPLETION in views and completion_model:
-        from pipelines.encode import default_layers, resolve_max_length
-
         other = _load_other(completion_model, dtype=dtype, device=device, weights=spec is None)
         texts, sources = completion_texts(frame)
         n_empty = empty_completions(texts)
@@ -89,8 +94,6 @@ def encode_extras(loaded, frame, work: Path, *, views: Sequence[str], layers: Se
         log(f"encoding the completion view with {completion_model}, layers {other_layers}")
         where: dict = {}
         if spec is not None:
-            from pipelines.distributed import segments_distributed
-
             other_spec = {"model": completion_model, "gguf_file": None, "revision": None, "dtype": dtype,
                           "device": device, "any_model": True}
             seconds, total, _, _, where = segments_distributed(
@@ -109,8 +112,6 @@ def encode_extras(loaded, frame, work: Path, *, views: Sequence[str], layers: Se
 
 def _fit_view_projection(enc: np.ndarray, fit_rows: np.ndarray, projection: dict | None, seed: int,
                          layer: int, metric: str):
-    from pipelines.project import fit_projection
-
     p = projection or {}
     return fit_projection(enc, fit_rows, method=p.get("method", "umap"), metric=metric, seed=int(p.get("seed", seed)),
                           n_neighbors=int(p.get("n_neighbors", 15)), min_dist=float(p.get("min_dist", 0.1)),
@@ -123,8 +124,6 @@ def finish_extras(folder: Path, frame, manifest: dict, extras: dict, *, project:
     ``folder`` (a build's work folder, or an existing run's, whose prompt encodings are in
     ``prompt_folder``). Returns (frame, manifest)."""
     import pandas as pd
-
-    from llm_maps.neighbours import nearest_train
 
     frame = frame.copy()
     manifest = dict(manifest)
@@ -215,10 +214,6 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
                 distributed: bool = False, chunk_size: int = 512, progress: bool = True, log=print) -> dict:
     import pandas as pd
 
-    from pipelines.build import _write_run_files, now_iso
-    from pipelines.models import load_model
-    from llm_maps.runfolder import _swap_in
-
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     frame = pd.read_parquet(run_dir / EXAMPLES)
@@ -235,8 +230,6 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
             f"re-encoding {int((~reuse).sum())}")
     spec = None
     if distributed:
-        from llm_maps.jobs import redis_url
-
         if not redis_url():
             raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
         spec = {"model": manifest["model"], "gguf_file": None, "revision": manifest.get("model_revision"),
@@ -268,8 +261,6 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
             _swap_in(work / name, run_dir / name)
     if token_atlas:
         (work / TOKENS_FILE).replace(run_dir / TOKENS_FILE)
-    from llm_maps.runfolder import history_entry, with_history
-
     params = {"views": views, "token_atlas": bool(token_atlas), "completion_model": completion_model,
               "atlas_layers": atlas_layers, "atlas_max_tokens": int(atlas_max_tokens), "seed": seed,
               "reused_rows": int(reuse.sum()) if reuse is not None else 0, "distributed": bool(distributed),
@@ -281,7 +272,7 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
                           {"examples": EXAMPLES, "encodings": f"{ENCODINGS}/"}, outputs)
     manifest_out = with_history(manifest_out, entry)
     manifest_out["updated"] = now_iso()
-    _write_run_files(run_dir, frame_out, manifest_out)
+    write_run_files(run_dir, frame_out, manifest_out)
     shutil.rmtree(work, ignore_errors=True)
     return manifest_out
 

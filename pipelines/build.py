@@ -7,21 +7,30 @@ publishes the folder with one ``os.replace`` when everything is written.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from llm_maps.config import DISTANCES, PROJECTION as PROJECTION_GROUP, BuildConfig
 from llm_maps.domains import UNKNOWN_DOMAIN, DomainMap
 from llm_maps.errors import LLMMapsError
+from llm_maps.neighbours import nearest_train
+from llm_maps.report import accuracy_lines, falloff_lines, findings_lines
 from llm_maps.runfolder import (EXAMPLES, FORMAT_VERSION, MANIFEST, PROJECTION, history_entry, layer_file,
                                 now_iso, package_versions, partial_dir, publish, read_manifest, replacing_dir,
-                                with_history, write_json_atomic, write_parquet_atomic)
-
-if TYPE_CHECKING:
-    from pipelines.encoder import Encoder
+                                with_history)
+from pipelines.atlas import encode_extras, finish_extras, wants_extras
+from pipelines.encode import normalize_layers
+from pipelines.encoder import Encoder, TransformersEncoder
+from pipelines.project import fit_projection
+from pipelines.runwrite import write_run_files
+from pipelines.sources import load_source, parse_columns
+from pipelines.splits import assign_splits
+from pipelines.templates import get_template
+from pipelines.views import parse_views, prompt_result
 
 __all__ = ["BuildConfig", "build_run", "restage_run", "project_folder", "neighbours_folder", "summarize_run",
            "load_sources", "assign_domains", "package_versions", "now_iso"]
@@ -43,41 +52,6 @@ def assign_domains(frame, domain_map: DomainMap):
     return frame, {"unknown_categories": {str(k): int(v) for k, v in unknown.items()}}
 
 
-def _counts(frame) -> dict:
-    def vc(col):
-        return {str(k): int(v) for k, v in frame[col].value_counts().sort_index().items()}
-
-    by_split_domain = {f"{s}/{d}": int(n) for (s, d), n in
-                       frame.groupby(["split", "domain"]).size().sort_index().items()}
-    return {"examples": int(len(frame)), "train": int((frame["split"] == "train").sum()),
-            "test": int((frame["split"] == "test").sum()), "by_domain": vc("domain"),
-            "by_split_domain": by_split_domain, "by_category": vc("category"),
-            "tasks": int(frame["task"].nunique()),
-            "truncated": int(frame["truncated"].sum()) if "truncated" in frame.columns else 0}
-
-
-def _frame_for_parquet(frame):
-    """Make columns Arrow-friendly: nullable outputs/scores, JSON for ragged extra columns."""
-    import pandas as pd
-    import pyarrow as pa
-
-    frame = frame.copy()
-    for col in frame.columns:
-        if frame[col].dtype == object:
-            # missing keys in ragged sources come back as float NaN: make them nulls
-            # (an explicit object Series: pandas would otherwise infer a str dtype with NaN holes)
-            values = [None if v is pd.NA or (isinstance(v, float) and v != v) else v for v in frame[col]]
-            try:
-                pa.array(values)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-                values = [None if v is None else json.dumps(v, default=str) for v in values]
-            frame[col] = pd.Series(values, index=frame.index, dtype=object)
-    frame["output"] = frame["output"].astype("string")
-    frame["score"] = pd.to_numeric(frame["score"]).astype("Float64")
-    frame["correct"] = frame["correct"].astype("boolean")
-    return frame
-
-
 # --------------------------------------------------------------------------- stages
 
 def project_folder(folder: Path, frame, manifest: dict, *, method: str = "umap", fit_on: str = "train",
@@ -87,8 +61,6 @@ def project_folder(folder: Path, frame, manifest: dict, *, method: str = "umap",
 
     The manifest's ``projection`` and ``map_seed`` describe the new map; ``history`` gains a
     ``project`` entry (earlier ones are kept)."""
-    from pipelines.project import fit_projection
-
     layer = int(manifest["default_layer"] if layer is None else layer)
     if layer not in manifest["layers"]:
         raise LLMMapsError(f"--layer: layer {layer} is not stored in this run (stored: {manifest['layers']})")
@@ -116,8 +88,6 @@ def project_folder(folder: Path, frame, manifest: dict, *, method: str = "umap",
 def neighbours_folder(folder: Path, frame, manifest: dict, *, k: int = 10, metric: str | None = None,
                       layer: int | None = None):
     """Distance to train and k nearest train ids in the full space of one stored layer."""
-    from llm_maps.neighbours import nearest_train
-
     layer = int(manifest["default_layer"] if layer is None else layer)
     if layer not in manifest["layers"]:
         raise LLMMapsError(f"--layer: layer {layer} is not stored in this run (stored: {manifest['layers']})")
@@ -140,12 +110,6 @@ def neighbours_folder(folder: Path, frame, manifest: dict, *, k: int = 10, metri
     return frame, manifest
 
 
-def _write_run_files(folder: Path, frame, manifest: dict) -> None:
-    manifest = {**manifest, "counts": _counts(frame)}
-    write_parquet_atomic(folder / EXAMPLES, _frame_for_parquet(frame))
-    write_json_atomic(folder / MANIFEST, manifest)
-
-
 def restage_run(run_dir: str | Path, *, stage: str, **kwargs) -> dict:
     """Re-run ``project`` or ``neighbours`` on a finished run, in place (files swapped atomically)."""
     import pandas as pd
@@ -160,7 +124,7 @@ def restage_run(run_dir: str | Path, *, stage: str, **kwargs) -> dict:
     else:
         raise ValueError(stage)
     manifest["updated"] = now_iso()
-    _write_run_files(run_dir, frame, manifest)
+    write_run_files(run_dir, frame, manifest)
     return manifest
 
 
@@ -168,8 +132,6 @@ def load_sources(data: str | Path | Sequence[str | Path], *, columns: dict | Non
                  source_split: str | None = None, data_format: str | None = None):
     """Load and concatenate sources; returns (frame, [source info]). Ids stay unique."""
     import pandas as pd
-
-    from pipelines.sources import load_source
 
     datas = [data] if isinstance(data, (str, Path)) else list(data or [])
     if not datas:
@@ -216,12 +178,55 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
     / ``completion_model``: the completion view and the token atlas (pipelines/atlas.py), encoded
     in the same passes as the prompt view (needs the transformers encoder; distributed too).
     """
-    from pipelines.atlas import encode_extras, finish_extras, wants_extras
-    from pipelines.encode import normalize_layers
-    from pipelines.views import parse_views, prompt_result
-    from pipelines.splits import assign_splits
-    from pipelines.templates import get_template
+    cfg = _resolve_config(config, options, log)
+    out = Path(cfg.out)
+    split_seed, map_seed = cfg.resolved_split_seed, cfg.resolved_map_seed
+    if frame is None:
+        columns = parse_columns(cfg.columns) if isinstance(cfg.columns, str) else cfg.columns
+        frame, sources_info = load_sources(cfg.data or [], columns=dict(columns) if columns else None,
+                                           source_split=cfg.source_split, data_format=cfg.data_format)
+    if cfg.limit:
+        frame = frame.iloc[:cfg.limit].reset_index(drop=True)
+    frame, split_rule = assign_splits(frame, test_size=cfg.test_size, seed=split_seed, by=cfg.split_by,
+                                      test_categories=cfg.test_categories, n_test_categories=cfg.n_test_categories)
+    dmap = DomainMap.load(cfg.domain_map)
+    frame, domain_report = assign_domains(frame, dmap)
+    if domain_report["unknown_categories"]:
+        unknown_cats = ", ".join(f"{c} ({n})" for c, n in domain_report["unknown_categories"].items())
+        log(f"warning: categories with no domain in {dmap.path} (kept as '{UNKNOWN_DOMAIN}'): {unknown_cats}")
 
+    extras_wanted = wants_extras(cfg.views, cfg.token_atlas)
+    if encoder is None:
+        encoder = TransformersEncoder.load(cfg)
+    layer_list, default = _layers(cfg, encoder)
+    max_length = cfg.max_length
+    if max_length is not None and encoder.max_positions is not None and max_length > encoder.max_positions:
+        raise LLMMapsError(f"--max-length: {max_length} exceeds the model's maximum positions ({encoder.max_positions})")
+    tmpl = get_template(cfg.template, encoder.tokenizer)
+    given = frame["prompt"].tolist() if "prompt" in frame.columns else [None] * len(frame)
+    frame["prompt"] = [p if isinstance(p, str) and p else tmpl.render(i, c, tokenizer=encoder.tokenizer)
+                       for p, i, c in zip(given, frame["instruction"], frame["context"])]
+
+    work = partial_dir(out)
+    work.mkdir(parents=True, exist_ok=True)
+    result, extras = _encode(cfg, encoder, frame, work, layer_list=layer_list, default=default,
+                             max_length=max_length, split_seed=split_seed, extras_wanted=extras_wanted, log=log)
+    max_len = max_length or min(encoder.max_positions or 2048, 2048)
+    frame = _run_columns(frame, result)
+    manifest = _build_manifest(cfg, encoder, result, out=out, template=tmpl, layer_list=layer_list, default=default,
+                               max_len=max_len, split_rule=split_rule, dmap=dmap, domain_report=domain_report,
+                               sources_info=sources_info)
+    manifest.update(extra_manifest or {})
+    if cfg.projection:
+        frame, manifest = _project_and_neighbours(work, frame, manifest, cfg, map_seed, log)
+    if extras_wanted:
+        frame, manifest = finish_extras(work, frame, manifest, extras, project=bool(cfg.projection), k=cfg.k)
+    write_run_files(work, frame, manifest)
+    return publish(work, out)
+
+
+def _resolve_config(config: BuildConfig | None, options: dict, log: Callable[[str], Any]) -> BuildConfig:
+    """``config`` with ``options`` applied, checked (one-line errors), its seed note said."""
     unknown = sorted(set(options) - _CONFIG_FIELDS)
     if unknown:
         raise TypeError(f"build_run: unknown option(s) {', '.join(unknown)} (see llm_maps.config.BuildConfig)")
@@ -238,68 +243,53 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
     note = cfg.seed_note()
     if note:
         log(note)
-    split_seed, map_seed = cfg.resolved_split_seed, cfg.resolved_map_seed
-    if frame is None:
-        columns = cfg.columns
-        if isinstance(columns, str):
-            from pipelines.sources import parse_columns
+    return cfg
 
-            columns = parse_columns(columns)
-        frame, sources_info = load_sources(cfg.data or [], columns=dict(columns) if columns else None,
-                                           source_split=cfg.source_split, data_format=cfg.data_format)
-    if cfg.limit:
-        frame = frame.iloc[:cfg.limit].reset_index(drop=True)
-    frame, split_rule = assign_splits(frame, test_size=cfg.test_size, seed=split_seed, by=cfg.split_by,
-                                      test_categories=cfg.test_categories, n_test_categories=cfg.n_test_categories)
-    dmap = DomainMap.load(cfg.domain_map)
-    frame, domain_report = assign_domains(frame, dmap)
-    if domain_report["unknown_categories"]:
-        unknown_cats = ", ".join(f"{c} ({n})" for c, n in domain_report["unknown_categories"].items())
-        log(f"warning: categories with no domain in {dmap.path} (kept as '{UNKNOWN_DOMAIN}'): {unknown_cats}")
 
-    extras_wanted = wants_extras(cfg.views, cfg.token_atlas)
-    if encoder is None:
-        from pipelines.encoder import TransformersEncoder
-
-        encoder = TransformersEncoder.load(cfg)
+def _layers(cfg: BuildConfig, encoder: Encoder) -> tuple[list[int], int]:
+    """The stored layers (the default one included) and the default (map) layer."""
     layer_list = normalize_layers(cfg.layers, encoder.num_layers)
     if cfg.default_layer is None:
-        default = max(layer_list)
-    else:
-        default = normalize_layers([cfg.default_layer], encoder.num_layers)[0]
-        if default not in layer_list:
-            layer_list = sorted(set(layer_list) | {default})
-    limit_positions = encoder.max_positions
-    max_length = cfg.max_length
-    if max_length is not None and limit_positions is not None and max_length > limit_positions:
-        raise LLMMapsError(f"--max-length: {max_length} exceeds the model's maximum positions ({limit_positions})")
-    tmpl = get_template(cfg.template, encoder.tokenizer)
-    given = frame["prompt"].tolist() if "prompt" in frame.columns else [None] * len(frame)
-    frame["prompt"] = [p if isinstance(p, str) and p else tmpl.render(i, c, tokenizer=encoder.tokenizer)
-                       for p, i, c in zip(given, frame["instruction"], frame["context"])]
+        return layer_list, max(layer_list)
+    default = normalize_layers([cfg.default_layer], encoder.num_layers)[0]
+    if default not in layer_list:
+        layer_list = sorted(set(layer_list) | {default})
+    return layer_list, default
 
-    work = partial_dir(out)
-    work.mkdir(parents=True, exist_ok=True)
-    if extras_wanted:
-        loaded = getattr(encoder, "loaded", None)
-        if loaded is None:
-            raise LLMMapsError("--views completion / --token-atlas: need the transformers encoder "
-                               f"(got {type(encoder).__name__})")
-        where = "the workers of REDIS_URL" if cfg.distributed else f"{loaded.device} ({loaded.dtype})"
-        log(f"encoding {len(frame)} examples with {cfg.model} on {where}, layers {layer_list}, into {work}")
-        extras = encode_extras(loaded, frame, work, views=["prompt", *parse_views(cfg.views)], layers=layer_list,
-                               default_layer=default, token_atlas=cfg.token_atlas, atlas_layers=cfg.atlas_layers,
-                               atlas_max_tokens=cfg.atlas_max_tokens, seed=split_seed, add_eos=cfg.add_eos,
-                               max_length=max_length, batch_tokens=cfg.batch_tokens,
-                               completion_model=cfg.completion_model, dtype=cfg.dtype, device=cfg.device,
-                               progress=cfg.progress, log=log,
-                               spec=getattr(encoder, "spec", None) if cfg.distributed else None,
-                               chunk_size=cfg.chunk_size)
-        result = prompt_result(extras["result"])
-    else:
-        result = encoder.encode(frame["prompt"].tolist(), work, layers=layer_list, add_eos=cfg.add_eos,
-                                max_length=max_length, batch_tokens=cfg.batch_tokens, progress=cfg.progress, log=log)
-    max_len = max_length or min(encoder.max_positions or 2048, 2048)
+
+def _encode(cfg: BuildConfig, encoder: Encoder, frame, work: Path, *, layer_list: list[int], default: int,
+            max_length: int | None, split_seed: int, extras_wanted: bool, log: Callable[[str], Any]):
+    """Encode the prompts into ``work`` (with the completion view and the token atlas in the same
+    passes when wanted); returns (the prompt view's EncodeResult, the extras or None)."""
+    if not extras_wanted:
+        return encoder.encode(frame["prompt"].tolist(), work, layers=layer_list, add_eos=cfg.add_eos,
+                              max_length=max_length, batch_tokens=cfg.batch_tokens, progress=cfg.progress,
+                              log=log), None
+    loaded = getattr(encoder, "loaded", None)
+    if loaded is None:
+        raise LLMMapsError("--views completion / --token-atlas: need the transformers encoder "
+                           f"(got {type(encoder).__name__})")
+    where = "the workers of REDIS_URL" if cfg.distributed else f"{loaded.device} ({loaded.dtype})"
+    log(f"encoding {len(frame)} examples with {cfg.model} on {where}, layers {layer_list}, into {work}")
+    extras = encode_extras(loaded, frame, work, views=["prompt", *parse_views(cfg.views)], layers=layer_list,
+                           default_layer=default, token_atlas=cfg.token_atlas, atlas_layers=cfg.atlas_layers,
+                           atlas_max_tokens=cfg.atlas_max_tokens, seed=split_seed, add_eos=cfg.add_eos,
+                           max_length=max_length, batch_tokens=cfg.batch_tokens,
+                           completion_model=cfg.completion_model, dtype=cfg.dtype, device=cfg.device,
+                           progress=cfg.progress, log=log,
+                           spec=getattr(encoder, "spec", None) if cfg.distributed else None,
+                           chunk_size=cfg.chunk_size)
+    return prompt_result(extras["result"]), extras
+
+
+RUN_FRONT = ["example_id", "split", "task", "category", "domain", "prompt", "reference", "output", "score",
+             "correct", "x", "y", "dist_to_train", "nn_train_ids", "instruction", "context", "n_tokens",
+             "truncated"]  # examples.parquet's first columns, in this order
+
+
+def _run_columns(frame, result):
+    """examples.parquet's columns after encoding: token counts, empty map and distance columns,
+    outputs and scores kept where given, ``RUN_FRONT`` first."""
     frame["n_tokens"] = result.n_tokens
     frame["truncated"] = result.truncated
     for col in ("output", "score", "correct"):
@@ -308,12 +298,15 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
     for col in ("x", "y", "dist_to_train"):
         frame[col] = np.nan
     frame["nn_train_ids"] = [[] for _ in range(len(frame))]
-    front = ["example_id", "split", "task", "category", "domain", "prompt", "reference", "output", "score",
-             "correct", "x", "y", "dist_to_train", "nn_train_ids", "instruction", "context", "n_tokens",
-             "truncated"]
-    frame = frame[front + [c for c in frame.columns if c not in front]]
+    return frame[RUN_FRONT + [c for c in frame.columns if c not in RUN_FRONT]]
 
+
+def _build_manifest(cfg: BuildConfig, encoder: Encoder, result, *, out: Path, template, layer_list: list[int],
+                    default: int, max_len: int, split_rule, dmap: DomainMap, domain_report: dict,
+                    sources_info: list | None) -> dict:
+    """The new run's manifest, its history the replaced run's and an ``encode`` entry."""
     info = encoder.info
+    split_seed, map_seed = cfg.resolved_split_seed, cfg.resolved_map_seed
     encode_entry = history_entry(
         "encode", {**cfg.record(exclude_groups=(PROJECTION_GROUP, DISTANCES)),
                    "resolved": {"split_seed": split_seed, "map_seed": map_seed, "layers": layer_list,
@@ -321,7 +314,7 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
         {"sources": sources_info or [], "model": str(cfg.model), "model_revision": info.get("revision"),
          "model_file_sha256": info.get("file_sha256")},
         [EXAMPLES, *(str(layer_file(".", k)) for k in layer_list)])
-    manifest = {
+    return {
         "format_version": FORMAT_VERSION,
         "model": str(cfg.model),
         "model_revision": info.get("revision"),
@@ -329,7 +322,7 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
         "model_info": info,
         "dtype": result.dtype or encoder.dtype,
         "device": result.device or encoder.device,
-        "prompt_template": tmpl.describe(),
+        "prompt_template": template.describe(),
         "pooling": "eos" if cfg.add_eos else "last",
         "add_eos": bool(cfg.add_eos),
         "max_length": int(max_len),
@@ -356,24 +349,22 @@ def build_run(config: BuildConfig | None = None, *, encoder: "Encoder | None" = 
                      **({"distributed": result.distributed} if result.distributed else {})},
         "history": [*_previous_history(out), encode_entry],
     }
-    manifest.update(extra_manifest or {})
-    if cfg.projection:
-        import time
 
-        log(f"projecting with {cfg.projection} (fit on {cfg.fit_on})")
-        t0 = time.perf_counter()
-        frame, manifest = project_folder(work, frame, manifest, method=cfg.projection, fit_on=cfg.fit_on,
-                                         seed=map_seed, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist)
-        t1 = time.perf_counter()
-        frame, manifest = neighbours_folder(work, frame, manifest, k=cfg.k, metric=cfg.metric)
-        t2 = time.perf_counter()
-        manifest["projection"]["seconds"] = round(t1 - t0, 2)
-        manifest["neighbours"]["seconds"] = round(t2 - t1, 2)
-        log(f"projected in {t1 - t0:.1f} s, distances to train in {t2 - t1:.1f} s")
-    if extras_wanted:
-        frame, manifest = finish_extras(work, frame, manifest, extras, project=bool(cfg.projection), k=cfg.k)
-    _write_run_files(work, frame, manifest)
-    return publish(work, out)
+
+def _project_and_neighbours(work: Path, frame, manifest: dict, cfg: BuildConfig, map_seed: int,
+                            log: Callable[[str], Any]):
+    """The map and the distances to train of a new run (timed into the manifest)."""
+    log(f"projecting with {cfg.projection} (fit on {cfg.fit_on})")
+    t0 = time.perf_counter()
+    frame, manifest = project_folder(work, frame, manifest, method=cfg.projection, fit_on=cfg.fit_on,
+                                     seed=map_seed, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist)
+    t1 = time.perf_counter()
+    frame, manifest = neighbours_folder(work, frame, manifest, k=cfg.k, metric=cfg.metric)
+    t2 = time.perf_counter()
+    manifest["projection"]["seconds"] = round(t1 - t0, 2)
+    manifest["neighbours"]["seconds"] = round(t2 - t1, 2)
+    log(f"projected in {t1 - t0:.1f} s, distances to train in {t2 - t1:.1f} s")
+    return frame, manifest
 
 
 def summarize_run(run_dir: str | Path) -> str:
@@ -383,8 +374,6 @@ def summarize_run(run_dir: str | Path) -> str:
     manifest = read_manifest(run_dir)
     frame = pd.read_parquet(Path(run_dir) / EXAMPLES)
     c = manifest["counts"]
-    from llm_maps.report import accuracy_lines, falloff_lines, findings_lines
-
     lines = [f"run        {Path(run_dir)}", *findings_lines(run_dir),  # the verdict first
              *(f"note       {n}" for n in manifest.get("notes") or []),
              f"model      {manifest['model']} ({manifest['dtype']} on {manifest['device']})",

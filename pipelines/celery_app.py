@@ -20,8 +20,11 @@ import sys
 import threading
 import time
 
-from llm_maps.jobs import (BUILD_QUEUE, TASK_ENCODE_CHUNK, TASK_RUN_JOB, TASK_SCORE_CHUNK, TASK_VIEWS_CHUNK, celery_app,
-                           run_queue_name)
+from llm_maps.jobs import (BUILD_QUEUE, TASK_ENCODE_CHUNK, TASK_RUN_JOB, TASK_SCORE_CHUNK, TASK_VIEWS_CHUNK,
+                           RedisJobQueue, RedisPointStore, celery_app, run_queue_name, worker_name)
+from pipelines.distributed import encode_chunk, score_chunk, views_chunk
+from pipelines.engine import SessionPool
+from pipelines.jobrun import Presence, execute_job, warm_pool
 
 _STATE: dict = {}  # set by serve_celery: pool, queue, points, worker id
 
@@ -40,17 +43,12 @@ def make_app(url: str | None = None):
 
 def _state() -> dict:
     if not _STATE:  # a task executed outside serve_celery (e.g. eagerly in a test): serve no runs
-        from llm_maps.jobs import RedisJobQueue, RedisPointStore
-        from pipelines.engine import SessionPool
-
         _STATE.update(pool=SessionPool([]), queue=RedisJobQueue(), points=RedisPointStore(),
                       worker_id=f"{socket.gethostname()}:{os.getpid()}", last_reap=0.0)
     return _STATE
 
 
 def run_job_task(job_id: str) -> dict:
-    from pipelines.worker import execute_job
-
     st = _state()
     queue = st["queue"]
     if time.time() - st["last_reap"] > queue.heartbeat_timeout / 2:
@@ -63,22 +61,16 @@ def run_job_task(job_id: str) -> dict:
 
 
 def encode_chunk_task(*, work: str, chunk: int, fingerprint: str, spec: dict) -> dict:
-    from pipelines.distributed import encode_chunk
-
     return encode_chunk(work=work, chunk=chunk, fingerprint=fingerprint, spec=spec,
                         worker=_STATE.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
 
 
 def score_chunk_task(*, work: str, chunk: int, fingerprint: str, folder: str = ".distributed-score") -> dict:
-    from pipelines.distributed import score_chunk
-
     return score_chunk(work=work, chunk=chunk, fingerprint=fingerprint, folder=folder,
                        worker=_STATE.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
 
 
 def views_chunk_task(*, work: str, chunk: int, fingerprint: str, spec: dict) -> dict:
-    from pipelines.distributed import views_chunk
-
     return views_chunk(work=work, chunk=chunk, fingerprint=fingerprint, spec=spec,
                        worker=_STATE.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
 
@@ -86,10 +78,6 @@ def views_chunk_task(*, work: str, chunk: int, fingerprint: str, spec: dict) -> 
 def serve_celery(run_dirs, *, max_models: int = 2, device: str = "auto", dtype: str = "auto", log=print,
                  loglevel: str = "WARNING") -> int:
     """Load + warm the runs, then run a solo-pool Celery worker on their queues and the build queue."""
-    from llm_maps.jobs import RedisJobQueue, RedisPointStore
-    from pipelines.engine import SessionPool
-    from pipelines.worker import Presence, warm_pool, worker_name
-
     app = make_app()
     pool = SessionPool(run_dirs, max_models=max_models, device=device, dtype=dtype)
     worker_id = worker_name()

@@ -30,25 +30,25 @@ from typing import Sequence
 import numpy as np
 
 from llm_maps.conditions import (CONDITIONS_FILE, COT, DEFAULT_COT_CUE, DEFAULT_COT_MAX_NEW_TOKENS, DIRECT,
-                                 MC_COT_SUFFIX, Condition, extract_answer, is_numeric, parse_conditions,
+                                 Condition, cot_choice_prompt, cot_prompt, extract_answer, is_numeric, parse_conditions,
                                  read_conditions)
 from llm_maps.errors import LLMMapsError
-from llm_maps.runfolder import EXAMPLES, Run, history_entry, now_iso, with_history, write_json_atomic, \
-    write_parquet_atomic
-from pipelines.metrics import TEXT_METRIC_FUNCS, example_metric, run_thresholds
-from pipelines.score import _choices, _null
+from llm_maps.jobs import redis_url
+from llm_maps.neighbours import knn
+from llm_maps.runfolder import EXAMPLES, Run, now_iso, record_stage
+from llm_maps.scoring import example_metric, get_metric, run_thresholds
+from pipelines.distributed import score_distributed, score_spec
+from pipelines.encode import batch_limits, encode_prompts, pad_token_id, plan_batches, tokenize_prompts
+from pipelines.models import load_model
+from pipelines.nearest import TokenAtlas
+from pipelines.score import _choices, _null, choice_scores, generate_outputs
+from pipelines.templates import PromptTemplate
+from pipelines.views import states_at
 
 WORK_DIR = ".distributed-conditions"  # score --conditions --distributed: one sub-folder per condition and pass
 COLUMNS = ("example_id", "condition", "prompt", "output", "answer", "extraction", "metric", "score", "correct",
            "n_tokens", "mean_logprob", "stop_reason", "choice_logprobs", "dist_to_train", "path_dists",
            "path_mean_dist", "path_max_dist", "path_x", "path_y")
-
-
-def cot_prompt(prompt: str, cue: str) -> str:
-    """The prompt with the chain-of-thought cue as the start of the response."""
-    if not cue:
-        return prompt
-    return prompt + cue if not prompt or prompt[-1].isspace() else f"{prompt} {cue}"
 
 
 def select_rows(frame, *, split: str = "test", limit_per_task: int | None = None,
@@ -113,9 +113,6 @@ def continuation_states(loaded, prompts: Sequence[str], continuations: Sequence[
     token at ``layer`` as it is fed back after the prompt (the path a generation takes: what
     ``generate(hidden_layer=...)`` records), teacher-forced in length-sorted batches. Tokens cut
     off by ``max_length`` (the last ``max_length`` of prompt + output kept) are absent."""
-    from pipelines.encode import batch_limits, pad_token_id, plan_batches, tokenize_prompts
-    from pipelines.views import states_at
-
     ids, _ = tokenize_prompts(loaded.tokenizer, prompts)
     seqs, positions = [], []
     for p, c in zip(ids, continuations):
@@ -149,8 +146,6 @@ class _Passes:
 
     def _dispatch(self, loaded, name: str, step: str, prompts: Sequence[str], gen_rows, mc_choices: dict, *,
                   gen_kwargs: dict, max_new_tokens):
-        from pipelines.distributed import score_distributed
-
         cols, mc_values, info = score_distributed(
             loaded, prompts, gen_rows, mc_choices, self.run_dir, spec=self.spec, gen_kwargs=gen_kwargs,
             max_new_tokens=max_new_tokens, chunk_size=self.chunk_size,
@@ -166,8 +161,6 @@ class _Passes:
         ``score.generate_outputs`` returns them."""
         import pandas as pd
 
-        from pipelines.score import generate_outputs
-
         if not self.distributed:
             return generate_outputs(loaded, pd.DataFrame({"prompt": list(prompts)}), rows, stop_strings=stops,
                                     max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=0,
@@ -182,8 +175,6 @@ class _Passes:
     def choice_lls(self, loaded, name: str, prompts: Sequence[str], choices: Sequence[Sequence[str]]
                    ) -> list[list[float]]:
         """Each prompt's choice log-likelihoods (rounded as stored), as ``score.choice_scores`` gives them."""
-        from pipelines.score import choice_scores
-
         if not self.distributed:
             return choice_scores(loaded, prompts, choices, progress=self.progress)
         _, values = self._dispatch(loaded, name, "choices", prompts, [], dict(enumerate(choices)), gen_kwargs={},
@@ -207,8 +198,6 @@ class _Model:
 
     def __call__(self):
         if self._loaded is None:
-            from pipelines.models import load_model
-
             self._loaded = load_model(self.manifest["model"], revision=self.manifest.get("model_revision"),
                                       dtype=self.dtype, device=self.device)
         return self._loaded
@@ -223,22 +212,62 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
     """Score the run's test examples under ``conditions``; returns the manifest's conditions section.
     ``distributed``: generation and multiple choice in chunks of ``chunk_size`` rows on the Celery
     workers of REDIS_URL (the same results as here)."""
-    import pandas as pd
-
-    from pipelines.templates import PromptTemplate
-
     run_dir = Path(run_dir)
     run = Run(run_dir)
     manifest = dict(run.manifest)
     frame = run.examples.reset_index(drop=True)
     conds = parse_conditions(conditions)
+    _check_request(run_dir, manifest, frame, conds, cot_max_new_tokens=cot_max_new_tokens, distributed=distributed)
+    rows = select_rows(frame, limit_per_task=limit_per_task, tasks=tasks)
+    if not len(rows):
+        raise LLMMapsError(f"{run_dir / EXAMPLES}: no test examples with a reference to score")
+    scorer = _ConditionScorer(run, frame, manifest, cot_cue=cot_cue, cot_max_new_tokens=cot_max_new_tokens,
+                              batch_size=batch_size, progress=progress, log=log)
+    ids = scorer.ids
+    existing = read_conditions(run_dir)
+    done: set[tuple[str, str]] = set()
+    if existing is not None and not rescore:
+        done = set(zip(existing["example_id"].astype(str), existing["condition"].astype(str)))
+    scorer.start(_Model(manifest, dtype, device, loaded),
+                 _Passes(run_dir, distributed=distributed, chunk_size=chunk_size,
+                         spec=score_spec(manifest, dtype, device), progress=progress, log=log))
+    new_parts, infos = [], dict((manifest.get("conditions") or {}).get("conditions") or {})
+    for cond in conds:
+        todo = np.array([r for r in rows if (ids[r], cond.name) not in done], dtype=int)
+        if cond.kind == DIRECT:
+            todo = np.array([r for r in todo if not _null(frame["correct"].iloc[r])], dtype=int)
+        if not len(todo):
+            log(f"{cond.name}: all {len(rows)} selected examples already scored (--rescore to score them again)")
+            continue
+        table, infos[cond.name] = scorer.score(cond, todo)
+        new_parts.append(table)
+    if not new_parts:
+        scorer.passes.done()
+        return dict(manifest.get("conditions") or {})
+    table = _merged_table(new_parts, existing, frame, infos)
+    section = {"file": CONDITIONS_FILE, "conditions": infos, "limit_per_task": limit_per_task,
+               "tasks": sorted(set(tasks)) if tasks is not None else None, "split": "test",
+               "layer": scorer.layer, "metric": scorer.metric_name, "atlas": scorer.atlas is not None}
+    record_stage(run_dir, "conditions",
+                 {"conditions": [c.name for c in conds], "cot_cue": cot_cue, "cot_max_new_tokens": int(cot_max_new_tokens),
+                  "limit_per_task": limit_per_task, "tasks": sorted(set(tasks)) if tasks is not None else None,
+                  "rescore": bool(rescore), "batch_size": batch_size, "distributed": bool(distributed),
+                  "chunk_size": int(chunk_size), "decoding": "greedy"},
+                 outputs={CONDITIONS_FILE: table}, manifest={"conditions": section},
+                 inputs=[EXAMPLES, f"encodings/layer_{scorer.layer}.npy"],
+                 sources={"examples": f"{EXAMPLES}:prompt,instruction,context,reference,choices,nn_train_ids,metric,"
+                                      "output,correct", "model": manifest["model"]})
+    scorer.passes.done()  # the results are stored: the distributed passes' work folders are no longer needed
+    return section
+
+
+def _check_request(run_dir: Path, manifest: dict, frame, conds: Sequence[Condition], *, cot_max_new_tokens: int,
+                   distributed: bool) -> None:
+    """One-line errors before any work: settings, a scored run, enough stored neighbours."""
     if cot_max_new_tokens < 1:
         raise LLMMapsError(f"--cot-max-new-tokens: must be >= 1, got {cot_max_new_tokens}")
-    if distributed:
-        from llm_maps.jobs import redis_url
-
-        if not redis_url():
-            raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
+    if distributed and not redis_url():
+        raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
     scoring = manifest.get("scoring") or {}
     if not scoring or "correct" not in frame.columns or frame["correct"].notna().sum() == 0:
         raise LLMMapsError(f"{run_dir / EXAMPLES}, field 'correct': no scored examples; the direct condition is "
@@ -248,99 +277,107 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
         if c.kind == "neighbours" and k_max and c.k > k_max:
             raise LLMMapsError(f"--conditions: {c.name} needs {c.k} neighbours but the run stores {k_max} "
                                f"(re-run `llm-maps neighbours {run_dir} --k {c.k}`)")
-    rows = select_rows(frame, limit_per_task=limit_per_task, tasks=tasks)
-    if not len(rows):
-        raise LLMMapsError(f"{run_dir / EXAMPLES}: no test examples with a reference to score")
-    thresholds = run_thresholds(scoring)
-    choices = [_choices(c) for c in (frame["choices"] if "choices" in frame.columns else [None] * len(frame))]
-    stored_metric = frame["metric"].to_numpy(dtype=object) if "metric" in frame.columns else [None] * len(frame)
-    metrics = [example_metric(stored=None if _null(m) else m, category=str(cat), task=str(task),
-                              has_choices=ch is not None, scoring=scoring)
-               for m, cat, task, ch in zip(stored_metric, frame["category"], frame["task"], choices)]
-    mc_output = scoring.get("mc_output", "generate")
-    layer = run.default_layer
-    metric_name = manifest.get("distance_metric", "cosine")
-    template = PromptTemplate.from_manifest(manifest["prompt_template"])
-    stops = list(template.stop_strings)
-    max_length = manifest.get("max_length")
-    ids = frame["example_id"].astype(str).to_numpy()
 
-    existing = read_conditions(run_dir)
-    done: set[tuple[str, str]] = set()
-    if existing is not None and not rescore:
-        done = set(zip(existing["example_id"].astype(str), existing["condition"].astype(str)))
-    model = _Model(manifest, dtype, device, loaded)
-    from pipelines.distributed import score_spec
-    from pipelines.nearest import TokenAtlas
 
-    passes = _Passes(run_dir, distributed=distributed, chunk_size=chunk_size, spec=score_spec(manifest, dtype, device),
-                     progress=progress, log=log)
-    atlas = TokenAtlas.of(run, layer)
-    train_rows = np.flatnonzero((frame["split"] == "train").to_numpy())
-    train_enc = np.asarray(run.encodings(layer)[train_rows], dtype=np.float32)
+class _ConditionScorer:
+    """Scores one condition's rows of a run at a time (``score``): what every condition shares, the
+    examples' metrics, choices and thresholds, the template, the direct budgets, the map layer and
+    the train encodings, the model and where its passes run (``start``)."""
 
-    budgets = _direct_budgets(scoring, frame)
-    new_parts, infos = [], dict((manifest.get("conditions") or {}).get("conditions") or {})
-    for cond in conds:
-        todo = np.array([r for r in rows if (ids[r], cond.name) not in done], dtype=int)
-        if cond.kind == DIRECT:
-            todo = np.array([r for r in todo if not _null(frame["correct"].iloc[r])], dtype=int)
-        if not len(todo):
-            log(f"{cond.name}: all {len(rows)} selected examples already scored (--rescore to score them again)")
-            continue
+    def __init__(self, run: Run, frame, manifest: dict, *, cot_cue: str, cot_max_new_tokens: int,
+                 batch_size: int | None, progress: bool, log):
+        self.run, self.frame, self.manifest, self.log, self.progress = run, frame, manifest, log, progress
+        self.cot_cue, self.cot_max_new_tokens, self.batch_size = cot_cue, cot_max_new_tokens, batch_size
+        self.scoring = scoring = manifest.get("scoring") or {}
+        self.thresholds = run_thresholds(scoring)
+        self.choices = [_choices(c) for c in (frame["choices"] if "choices" in frame.columns else [None] * len(frame))]
+        stored = frame["metric"].to_numpy(dtype=object) if "metric" in frame.columns else [None] * len(frame)
+        self.metrics = [example_metric(stored=None if _null(m) else m, category=str(cat), task=str(task),
+                                       has_choices=ch is not None, scoring=scoring)
+                        for m, cat, task, ch in zip(stored, frame["category"], frame["task"], self.choices)]
+        self.mc_output = scoring.get("mc_output", "generate")
+        self.layer = run.default_layer
+        self.metric_name = manifest.get("distance_metric", "cosine")
+        self.template = PromptTemplate.from_manifest(manifest["prompt_template"])
+        self.stops = list(self.template.stop_strings)
+        self.max_length = manifest.get("max_length")
+        self.ids = frame["example_id"].astype(str).to_numpy()
+
+    def start(self, model: _Model, passes: _Passes) -> None:
+        """The model (loaded on first use), where the passes run, the token atlas, the train encodings."""
+        self.model, self.passes = model, passes
+        self.atlas = TokenAtlas.of(self.run, self.layer)
+        train_rows = np.flatnonzero((self.frame["split"] == "train").to_numpy())
+        self.train_enc = np.asarray(self.run.encodings(self.layer)[train_rows], dtype=np.float32)
+        self.budgets = _direct_budgets(self.scoring, self.frame)
+
+    def score(self, cond: Condition, todo: np.ndarray):
+        """The rows ``todo`` under ``cond``: (their table, the condition's manifest record)."""
+        import pandas as pd
+
+        frame, model = self.frame, self.model
         start = time.perf_counter()
-        part, gen = _score_condition(cond, frame, todo, model=model, passes=passes, template=template, metrics=metrics,
-                                     choices=choices, thresholds=thresholds, mc_output=mc_output, stops=stops,
-                                     budgets=budgets, cot_cue=cot_cue, cot_max_new_tokens=cot_max_new_tokens,
-                                     batch_size=batch_size, max_length=max_length, log=log)
+        part, gen = _score_condition(cond, frame, todo, model=model, passes=self.passes, template=self.template,
+                                     metrics=self.metrics, choices=self.choices, thresholds=self.thresholds,
+                                     mc_output=self.mc_output, stops=self.stops, budgets=self.budgets,
+                                     cot_cue=self.cot_cue, cot_max_new_tokens=self.cot_max_new_tokens,
+                                     batch_size=self.batch_size, max_length=self.max_length, log=self.log)
         # the conditioned prompt's own distance to train (direct: the stored one)
         if cond.kind == DIRECT:
             part["dist_to_train"] = frame["dist_to_train"].to_numpy(dtype=float)[todo]
         else:
-            part["dist_to_train"] = _prompt_distances(model(), part["prompt"], layer=layer, train_enc=train_enc,
-                                                      metric=metric_name, add_eos=bool(manifest.get("add_eos")),
-                                                      max_length=max_length, progress=progress)
-        _add_paths(part, atlas, model, layer=layer, max_length=max_length, log=log)
+            part["dist_to_train"] = _prompt_distances(model(), part["prompt"], layer=self.layer,
+                                                      train_enc=self.train_enc, metric=self.metric_name,
+                                                      add_eos=bool(self.manifest.get("add_eos")),
+                                                      max_length=self.max_length, progress=self.progress)
+        _add_paths(part, self.atlas, model, layer=self.layer, max_length=self.max_length, log=self.log)
         seconds = time.perf_counter() - start
         table = pd.DataFrame(part)
-        new_parts.append(table)
+        info = self._info(cond, table, todo, gen, seconds)
+        acc = info["accuracy"]
+        self.log(f"{cond.name}: {len(table)} examples in {info['n_tasks']} tasks scored in {seconds:.1f} s"
+                 + (f", accuracy {acc:.3f}" if acc is not None else "")
+                 + (f", {gen['tokens']} tokens at {info['tokens_per_second']:.1f} tok/s" if gen.get("tokens") else ""))
+        return table, info
+
+    def _info(self, cond: Condition, table, todo: np.ndarray, gen: dict, seconds: float) -> dict:
         scored = table["correct"].notna()
         info = {"kind": cond.kind, "examples": int(len(table)),
-                "n_tasks": int(frame["task"].iloc[todo].nunique()),
+                "n_tasks": int(self.frame["task"].iloc[todo].nunique()),
                 "accuracy": float(table.loc[scored, "correct"].astype(float).mean()) if scored.any() else None,
                 "seconds": round(seconds, 2), "tokens": int(gen.get("tokens", 0)),
                 "tokens_per_second": round(gen.get("new_tokens", 0) / max(gen.get("seconds", 0.0), 1e-9), 1)
-                if gen.get("tokens") else 0.0, **passes.info(cond.name), "created": now_iso()}
+                if gen.get("tokens") else 0.0, **self.passes.info(cond.name), "created": now_iso()}
         if cond.kind == COT:
-            info.update({"cue": cot_cue, "max_new_tokens": int(cot_max_new_tokens),
+            info.update({"cue": self.cot_cue, "max_new_tokens": int(self.cot_max_new_tokens),
                          "extraction": "extract_answer (last_number for a numeric reference, answer_is, last_line); "
                                        "multiple choice: choice_after_reasoning"})
         elif cond.kind == "neighbours":
             info.update({"k": cond.k, "max_new_tokens": gen.get("max_new_tokens", "as direct"), "extraction": "output"})
         else:
-            info.update({"max_new_tokens": (scoring.get("generation") or {}).get("max_new_tokens", "as scored"),
+            info.update({"max_new_tokens": (self.scoring.get("generation") or {}).get("max_new_tokens", "as scored"),
                          "extraction": "output"})
-        infos[cond.name] = info
-        acc = info["accuracy"]
-        log(f"{cond.name}: {len(table)} examples in {info['n_tasks']} tasks scored in {seconds:.1f} s"
-            + (f", accuracy {acc:.3f}" if acc is not None else "")
-            + (f", {gen['tokens']} tokens at {info['tokens_per_second']:.1f} tok/s" if gen.get("tokens") else ""))
-    if not new_parts:
-        passes.done()
-        return dict(manifest.get("conditions") or {})
+        return info
+
+
+def _merged_table(new_parts: list, existing, frame, infos: dict):
+    """conditions.parquet: the rows scored now, then those kept from the file, in condition order
+    (direct first) and row order; ``infos``' examples, tasks and accuracy then describe the file
+    (rows kept from earlier runs included; seconds and tokens the run that last scored the condition)."""
+    import pandas as pd
+
     table = pd.concat(new_parts, ignore_index=True)
     if existing is not None:
         replaced = set(zip(table["example_id"], table["condition"]))
         keep = [(e, c) not in replaced for e, c in zip(existing["example_id"].astype(str),
                                                        existing["condition"].astype(str))]
         table = pd.concat([existing[keep], table], ignore_index=True)
+    ids = frame["example_id"].astype(str).to_numpy()
     order = {e: i for i, e in enumerate(ids)}
     cond_order = {c: i for i, c in enumerate(dict.fromkeys([DIRECT] + list(infos)))}
     table = table.assign(_r=table["example_id"].map(order), _c=table["condition"].map(lambda c: cond_order.get(c, 99)))
     table = table.sort_values(["_c", "_r"], kind="stable").drop(columns=["_r", "_c"]).reset_index(drop=True)
     table = _typed(table)
-    # examples, tasks and accuracy describe the file (rows kept from earlier runs included); seconds
-    # and tokens the run that last scored the condition
     task_of = dict(zip(ids, frame["task"].astype(str)))
     for name, info in infos.items():
         rows_c = table[table["condition"] == name]
@@ -348,24 +385,7 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
             scored_c = rows_c["correct"].dropna()
             info.update({"examples": int(len(rows_c)), "n_tasks": int(rows_c["example_id"].map(task_of).nunique()),
                          "accuracy": float(scored_c.astype(float).mean()) if len(scored_c) else None})
-    section = {"file": CONDITIONS_FILE, "conditions": infos, "limit_per_task": limit_per_task,
-               "tasks": sorted(set(tasks)) if tasks is not None else None, "split": "test",
-               "layer": layer, "metric": metric_name, "atlas": atlas is not None}
-    entry = history_entry(
-        "conditions", {"conditions": [c.name for c in conds], "cot_cue": cot_cue,
-                       "cot_max_new_tokens": int(cot_max_new_tokens), "limit_per_task": limit_per_task,
-                       "tasks": sorted(set(tasks)) if tasks is not None else None,
-                       "rescore": bool(rescore), "batch_size": batch_size, "distributed": bool(distributed),
-                       "chunk_size": int(chunk_size)},
-        {"examples": f"{EXAMPLES}:prompt,instruction,context,reference,choices,nn_train_ids,metric,output,correct",
-         "model": manifest["model"], "encodings": f"encodings/layer_{layer}.npy"},
-        [CONDITIONS_FILE, "conditions"])
-    manifest = with_history({**manifest, "conditions": section}, entry)
-    manifest["updated"] = entry["created"]
-    write_parquet_atomic(run_dir / CONDITIONS_FILE, table)
-    write_json_atomic(run_dir / "manifest.json", manifest)
-    passes.done()  # the results are stored: the distributed passes' work folders are no longer needed
-    return section
+    return table
 
 
 def _typed(table):
@@ -407,6 +427,7 @@ def _score_condition(cond: Condition, frame, todo: np.ndarray, *, model, passes:
     prompts = frame["prompt"].astype(str).to_numpy()
     refs = [str(frame["reference"].iloc[r]) for r in todo]
     row_metrics = [metrics[r] for r in todo]
+    by_choice = [i for i in range(n) if get_metric(row_metrics[i]).uses_choices]  # model-based: multiple choice
     out: dict = {"example_id": [str(frame["example_id"].iloc[r]) for r in todo], "condition": [cond.name] * n,
                  "metric": row_metrics}
     gen: dict = {}
@@ -433,15 +454,14 @@ def _score_condition(cond: Condition, frame, todo: np.ndarray, *, model, passes:
     else:
         cprompts = neighbour_prompts(frame, todo, cond.k, template, tokenizer=loaded.tokenizer)
         limits = budgets[todo] if isinstance(budgets, np.ndarray) else int(budgets)
-        is_mc = np.array([m == "mc" for m in row_metrics])
-        generate_rows = np.flatnonzero(~is_mc) if mc_output == "choice" else np.arange(n)
+        is_choice = np.isin(np.arange(n), by_choice)
+        generate_rows = np.flatnonzero(~is_choice) if mc_output == "choice" else np.arange(n)
         gen["max_new_tokens"] = "as direct" if isinstance(budgets, np.ndarray) else int(budgets)
     limit = loaded.max_positions
-    mc_rows = [i for i in range(n) if row_metrics[i] == "mc"]
-    if limit and mc_rows:  # fail before any generation, naming the example
-        lengths = [len(x) for x in loaded.tokenizer([cprompts[i] for i in mc_rows])["input_ids"]]
+    if limit and by_choice:  # fail before any generation, naming the example
+        lengths = [len(x) for x in loaded.tokenizer([cprompts[i] for i in by_choice])["input_ids"]]
         extra = int(cot_max_new_tokens) + 16 if cond.kind == COT else 0
-        for i, length in zip(mc_rows, lengths):
+        for i, length in zip(by_choice, lengths):
             longest = max(len(loaded.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in choices[todo[i]])
             if length + extra + longest > limit:
                 raise LLMMapsError(f"{EXAMPLES}, row {todo[i] + 1} ({frame['example_id'].iloc[todo[i]]}), condition "
@@ -467,30 +487,27 @@ def _score_condition(cond: Condition, frame, todo: np.ndarray, *, model, passes:
     answers: list[str | None] = list(outputs)
     extraction = ["output"] * n
     choice_lps: list[list[float] | None] = [None] * n
-    mc = [i for i in range(n) if row_metrics[i] == "mc"]
-    if mc:
+    if by_choice:
         if cond.kind == COT:
-            mc_prompts = [f"{cprompts[i]} {outputs[i] or ''}".rstrip() + MC_COT_SUFFIX for i in mc]
+            mc_prompts = [cot_choice_prompt(prompts[todo[i]], outputs[i], cot_cue) for i in by_choice]
         else:
-            mc_prompts = [cprompts[i] for i in mc]
-        scored = passes.choice_lls(loaded, cond.name, mc_prompts, [choices[todo[i]] for i in mc])
-        for i, lp in zip(mc, scored):
+            mc_prompts = [cprompts[i] for i in by_choice]
+        scored = passes.choice_lls(loaded, cond.name, mc_prompts, [choices[todo[i]] for i in by_choice])
+        for i, lp in zip(by_choice, scored):
             choice_lps[i] = lp
-            pick = choices[todo[i]][int(np.argmax(lp))]
+            pick = get_metric(row_metrics[i]).answer(choices[todo[i]], lp)
             answers[i] = pick
             extraction[i] = "choice_after_reasoning" if cond.kind == COT else "output"
             if outputs[i] is None:
                 outputs[i] = pick
     if cond.kind == COT:
-        for i in range(n):
-            if row_metrics[i] != "mc":
-                answers[i], extraction[i] = extract_answer(outputs[i], numeric=is_numeric(refs[i]))
+        for i in sorted(set(range(n)) - set(by_choice)):
+            answers[i], extraction[i] = extract_answer(outputs[i], numeric=is_numeric(refs[i]))
     scores = np.full(n, np.nan)
     for i in range(n):
-        if row_metrics[i] == "mc":
-            scores[i] = float(str(answers[i]).strip() == refs[i].strip())
-        elif answers[i] is not None:
-            scores[i] = TEXT_METRIC_FUNCS[row_metrics[i]](str(answers[i]), refs[i])
+        metric = get_metric(row_metrics[i])
+        if metric.uses_choices or answers[i] is not None:
+            scores[i] = metric.score(str(answers[i]), refs[i])
     out.update({"prompt": cprompts, "output": outputs, "answer": answers, "extraction": extraction, "score": scores,
                 "correct": [None if np.isnan(s) else bool(s >= thresholds[m]) for s, m in zip(scores, row_metrics)],
                 "n_tokens": [None if t is None else len(t) for t in token_ids], "mean_logprob": mean_lp,
@@ -508,9 +525,6 @@ def _lists(frame, col: str, rows: np.ndarray) -> list:
 def _prompt_distances(loaded, prompts: Sequence[str], *, layer: int, train_enc: np.ndarray, metric: str,
                       add_eos: bool, max_length: int | None, progress: bool) -> np.ndarray:
     """Each prompt's distance to the nearest train example, encoded as build encodes prompts."""
-    from llm_maps.neighbours import knn
-    from pipelines.encode import encode_prompts
-
     enc = encode_prompts(loaded, list(prompts), layers=[layer], add_eos=add_eos, max_length=max_length,
                          progress=progress, desc="encode prompts")[layer]
     dist, _ = knn(enc.astype(np.float32), train_enc, k=1, metric=metric)

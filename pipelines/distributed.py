@@ -23,7 +23,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from llm_maps.errors import LLMMapsError
+from llm_maps.jobs import BUILD_QUEUE, TASK_ENCODE_CHUNK, TASK_SCORE_CHUNK, TASK_VIEWS_CHUNK, celery_app
 from llm_maps.runfolder import ENCODINGS, write_json_atomic
+from pipelines.encode import (EncodeResult, _fingerprint as _encode_fingerprint, batch_limits, encode_identity,
+                              last_token_states, normalize_layers, pad_token_id, plan_batches, resolve_max_length,
+                              states_to_fp16, tokenize_prompts)
+from pipelines.generate import choice_loglikelihoods_batch, choice_tokens, generate
+from pipelines.models import load_model, resolve_device
+from pipelines.views import (DEFAULT_ATLAS_MAX_TOKENS, COMPLETION, ViewsResult, _fingerprint as _views_fingerprint,
+                             plan_view_passes, segment_targets, states_at, target_file, view_dir)
 
 DIST_DIR = ".distributed"
 PLAN = "plan.json"
@@ -51,8 +59,6 @@ def chunk_path(dist: Path, chunk: int) -> Path:
 def client_device(spec: dict) -> str:
     """The device kind the batches are planned for: the spec's, or this machine's kind for "auto"
     (pass --batch-tokens to choose)."""
-    from pipelines.models import resolve_device
-
     return resolve_device(spec.get("device") or "auto")
 
 
@@ -92,8 +98,6 @@ def run_chunks(app, task: str, pending: Sequence[int], kwargs, *, desc: str, pro
     a chunk that fails on a worker is a clear error. Chunks are acked late and idempotent: a chunk of a
     worker that dies comes back after the broker's visibility timeout."""
     from tqdm.auto import tqdm
-
-    from llm_maps.jobs import BUILD_QUEUE
 
     listening = _workers_listening(app, BUILD_QUEUE)
     if not listening:
@@ -140,10 +144,6 @@ def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec
     """Encode ``prompts`` into ``work/encodings`` with the Celery workers. ``loaded`` may be a
     weights-free ``load_model(..., weights=False)``; ``spec`` = how workers load the model
     (model, gguf_file, revision, dtype, device). Returns (EncodeResult, {device, dtype, chunks, workers})."""
-    from llm_maps.jobs import TASK_ENCODE_CHUNK, celery_app
-    from pipelines.encode import (EncodeResult, _fingerprint, batch_limits, encode_identity, normalize_layers,
-                                  pad_token_id, plan_batches, resolve_max_length, tokenize_prompts)
-
     app = celery_app()
     layers = normalize_layers(layers, loaded.num_layers)
     max_length = resolve_max_length(loaded, max_length)
@@ -152,7 +152,7 @@ def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec
     lengths = np.array([len(s) for s in ids], dtype=np.int64)
     n, hidden = len(ids), int(loaded.model.config.hidden_size)
     chunks = chunk_batches(plan_batches(lengths, batch_tokens=batch_tokens, max_batch=max_batch), max(1, chunk_size))
-    fp = _fingerprint(ids, layers, {**encode_identity(loaded), "dtype": spec.get("dtype"), "chunks": chunks})
+    fp = _encode_fingerprint(ids, layers, {**encode_identity(loaded), "dtype": spec.get("dtype"), "chunks": chunks})
 
     dist = Path(work).resolve() / DIST_DIR
 
@@ -200,8 +200,6 @@ def encode_distributed(loaded, prompts: Sequence[str], work: str | Path, *, spec
 # ------------------------------------------------------------------------------ worker side
 
 def _encoder(spec: dict):
-    from pipelines.models import load_model
-
     key = json.dumps(spec, sort_keys=True)
     if key not in _ENCODERS:
         _ENCODERS.clear()  # one build model resident at a time (beside the runs' sessions)
@@ -236,8 +234,6 @@ def _sequences(dist: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def encode_chunk(*, work: str, chunk: int, fingerprint: str, spec: dict, worker: str = "?") -> dict:
     """Encode one chunk of a distributed build into ``chunk_<i>.npz`` (idempotent). Returns its meta."""
-    from pipelines.encode import last_token_states, states_to_fp16
-
     dist = Path(work) / DIST_DIR
     plan, done = _open_npz_chunk(dist, fingerprint, chunk, "build")
     if done is not None:
@@ -293,9 +289,6 @@ def plan_score_chunks(tokenizer, prompts: Sequence[str], gen_rows: Sequence[int]
     each with its rows' limits (``max_new_tokens``: one int, or one per prompt: per-task budgets);
     multiple-choice rows in the batches ``choice_loglikelihoods_batch`` plans for the whole set (same
     order, same padding), grouped like ``build --distributed`` groups encoding batches."""
-    from pipelines.encode import batch_limits, plan_batches, tokenize_prompts
-    from pipelines.generate import choice_tokens
-
     chunks: list[dict] = []
     gen_rows = [int(i) for i in gen_rows]
     if gen_rows:
@@ -331,8 +324,6 @@ def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict
     (generation columns as ``score.generate_outputs`` gives them or None, {row: choice logprobs} or
     None, {device, dtype, chunks, workers})."""
     import hashlib
-
-    from llm_maps.jobs import TASK_SCORE_CHUNK, celery_app
 
     app = celery_app()
     device = client_device(spec)
@@ -393,8 +384,6 @@ def score_distributed(loaded, prompts: Sequence[str], gen_rows, mc_choices: dict
 def score_chunk(*, work: str, chunk: int, fingerprint: str, folder: str = SCORE_DIR, worker: str = "?") -> dict:
     """Run one chunk of a distributed ``score`` (work folder ``work/<folder>``) into ``chunk_<i>.json``
     (idempotent). Returns its meta."""
-    from pipelines.generate import choice_loglikelihoods_batch, generate
-
     dist = Path(work) / folder
     plan = _current_plan(dist, fingerprint, chunk, "score")
     out = score_chunk_path(dist, chunk)
@@ -443,10 +432,6 @@ def segments_distributed(loaded, segments, out_dir: str | Path, *, layers: dict,
     the same files (byte-identical on the same kind of device); an interrupted call resumes from
     its finished chunks. ``loaded``: weights-free is enough; ``spec``: how workers load the model.
     Returns (seconds, tokens forwarded, resumed passes, values clipped, {device, dtype, chunks, workers})."""
-    from llm_maps.jobs import TASK_VIEWS_CHUNK, celery_app
-    from pipelines.encode import batch_limits, encode_identity, pad_token_id, plan_batches
-    from pipelines.views import _fingerprint, segment_targets, target_file, view_dir
-
     app = celery_app()
     out_dir = Path(out_dir).resolve()
     targets, all_layers = segment_targets(segments, layers, n_rows)
@@ -454,7 +439,7 @@ def segments_distributed(loaded, segments, out_dir: str | Path, *, layers: dict,
     lengths = np.array([len(s.ids) for s in segments], dtype=np.int64)
     batch_tokens, max_batch = batch_limits(client_device(spec), batch_tokens, max_batch)
     chunks = chunk_batches(plan_batches(lengths, batch_tokens=batch_tokens, max_batch=max_batch), max(1, chunk_size))
-    fp = _fingerprint(segments, {t: layers[t] for t in targets}, {t: n_rows[t] for t in targets},
+    fp = _views_fingerprint(segments, {t: layers[t] for t in targets}, {t: n_rows[t] for t in targets},
                       {**encode_identity(loaded), "spec": spec, "chunks": chunks})
     dist = out_dir / VIEWS_DIR
 
@@ -509,12 +494,30 @@ def segments_distributed(loaded, segments, out_dir: str | Path, *, layers: dict,
                                               "chunks": len(chunks), "workers": sorted(workers)}
 
 
+def encode_views_distributed(loaded, frame, out_dir: str | Path, *, spec: dict, layers: Sequence[int],
+                             views: Sequence[str] = (COMPLETION,), atlas: bool = False,
+                             atlas_layers: Sequence[int] | None = None,
+                             atlas_max_tokens: int = DEFAULT_ATLAS_MAX_TOKENS, seed: int = 0, add_eos: bool = False,
+                             max_length: int | None = None, batch_tokens: int | None = None,
+                             max_batch: int | None = None, completion_rows: np.ndarray | None = None,
+                             chunk_size: int = 512, progress: bool = True, log=print) -> ViewsResult:
+    """``views.encode_views_to_folder`` on the Celery workers of REDIS_URL (``segments_distributed``;
+    ``loaded`` may be weights-free, ``spec``: how workers load the model); the same files."""
+    plan, target_layers = plan_view_passes(loaded, frame, layers=layers, views=views, atlas=atlas,
+                                           atlas_layers=atlas_layers, atlas_max_tokens=atlas_max_tokens, seed=seed,
+                                           add_eos=add_eos, max_length=max_length, completion_rows=completion_rows,
+                                           log=log)
+    seconds, total, resumed, clipped, info = segments_distributed(
+        loaded, plan.segments, out_dir, layers=target_layers, n_rows=plan.n_rows, spec=spec,
+        batch_tokens=batch_tokens, max_batch=max_batch, chunk_size=chunk_size, progress=progress, log=log)
+    return ViewsResult(plan=plan, layers=target_layers, seconds=seconds, tokens_forwarded=total,
+                       resumed_segments=resumed, clipped_values=clipped, device=info.pop("device"),
+                       dtype=info.pop("dtype"), distributed=info)
+
+
 def views_chunk(*, work: str, chunk: int, fingerprint: str, spec: dict, worker: str = "?") -> dict:
     """Forward one chunk of ``segments_distributed`` into ``chunk_<i>.npz`` (idempotent): per layer,
     the kept states (float16, as ``run_segments`` stores them) and the indices of their takes."""
-    from pipelines.encode import states_to_fp16
-    from pipelines.views import states_at
-
     dist = Path(work) / VIEWS_DIR
     plan, done = _open_npz_chunk(dist, fingerprint, chunk, "views")
     if done is not None:

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 from llm_maps.errors import LLMMapsError
+from llm_maps.jobs import redis_url
+from pipelines.distributed import encode_distributed
+from pipelines.encode import EncodeResult, encode_to_folder
+from pipelines.models import LoadedModel, load_model
 
 if TYPE_CHECKING:
     from llm_maps.config import BuildConfig
-    from pipelines.encode import EncodeResult
-    from pipelines.models import LoadedModel
 
 
 @runtime_checkable
@@ -70,11 +72,7 @@ class TransformersEncoder:
     @classmethod
     def load(cls, config: "BuildConfig") -> "TransformersEncoder":
         """Load ``config.model`` (weights only when encoding here, not ``--distributed``)."""
-        from pipelines.models import load_model
-
         if config.distributed:
-            from llm_maps.jobs import redis_url
-
             if not redis_url():
                 raise LLMMapsError("--distributed: set REDIS_URL to the Redis the `llm-maps worker` processes use")
         layers = [] if isinstance(config.layers, str) else list(config.layers or [])  # "all": every layer
@@ -132,8 +130,6 @@ class TransformersEncoder:
                max_length: int | None, batch_tokens: int | None, progress: bool,
                log: Callable[[str], Any]) -> "EncodeResult":
         if self.distributed:
-            from pipelines.distributed import encode_distributed
-
             log(f"encoding {len(prompts)} prompts with {self.model_spec} on the workers of REDIS_URL, "
                 f"layers {list(layers)}, into {out_dir}")
             result, info = encode_distributed(self.loaded, list(prompts), out_dir, layers=layers, add_eos=add_eos,
@@ -143,8 +139,6 @@ class TransformersEncoder:
             result.device, result.dtype = info.pop("device"), info.pop("dtype")
             result.distributed = info
             return result
-        from pipelines.encode import encode_to_folder
-
         log(f"encoding {len(prompts)} prompts with {self.model_spec} on {self.device} ({self.dtype}), "
             f"layers {list(layers)}, into {out_dir}")
         return encode_to_folder(self.loaded, list(prompts), out_dir, layers=layers, add_eos=add_eos,

@@ -18,18 +18,23 @@ from typing import Callable
 
 import numpy as np
 
+from llm_maps.conditions import DEFAULT_COT_CUE, cot_choice_prompt, cot_prompt, extract_answer, is_numeric
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE, expected_accuracy, falloff_stats
 from llm_maps.neighbours import knn, pairwise_distances
-from llm_maps.runfolder import PROJECTION, Run, RunIds, check_run_files
+from llm_maps.runfolder import PROJECTION, Run, RunIds, check_run_files, layer_file
+from llm_maps.scoring import example_metric, get_metric, metric_names, run_thresholds
+from pipelines.encode import encode_one
+from pipelines.generate import choice_loglikelihoods, generate
+from pipelines.models import load_model
+from pipelines.nearest import TokenAtlas
+from pipelines.project import Projection
+from pipelines.score import _choices, _null
+from pipelines.templates import PromptTemplate
 
 
 class RunSession:
     def __init__(self, run_dir: str | Path, *, device: str = "auto", dtype: str = "auto", warm: bool = True):
-        from pipelines.models import load_model
-        from pipelines.project import Projection
-        from pipelines.templates import PromptTemplate
-
         start = time.perf_counter()
         self.run = Run(run_dir)
         m = self.manifest = self.run.manifest
@@ -84,8 +89,6 @@ class RunSession:
     def _load_atlas(self, ex) -> None:
         """The token atlas of the map layer (when the run has one): generated tokens are measured
         against it and placed on the token map (fitted on train prompts + atlas tokens)."""
-        from pipelines.nearest import TokenAtlas
-
         self.atlas = TokenAtlas.of(self.run, self.layer)
 
     def atlas_step(self, state: np.ndarray) -> dict:
@@ -124,8 +127,6 @@ class RunSession:
 
     # ------------------------------------------------------------------ jobs
     def place(self, instruction: str, context: str = "", *, domain: str | None = None) -> dict:
-        from pipelines.encode import encode_one
-
         prompt = self.prompt_for(instruction, context)
         with self._lock:
             state = encode_one(self.loaded, prompt, layers=[self.layer], add_eos=self.manifest["add_eos"],
@@ -157,10 +158,6 @@ class RunSession:
         "So the answer is", as ``score --conditions cot`` does). ``dist_to_original``: the edited
         prompt's distance to the example's stored encoding, at the map layer, in the run's metric,
         both fp16-rounded as ``dist_to_train`` is."""
-        from llm_maps.conditions import MC_COT_SUFFIX, extract_answer, is_numeric
-        from pipelines.metrics import TEXT_METRIC_FUNCS, example_metric, run_thresholds
-        from pipelines.score import _choices, _null
-
         row = self.example_row(example_id)
         ex = self.run.examples
         state = self._state_of(placed)
@@ -181,32 +178,31 @@ class RunSession:
         stored_metric = ex["metric"].iloc[row] if "metric" in ex.columns else None
         metric = example_metric(stored=None if _null(stored_metric) else stored_metric, category=str(ex["category"].iloc[row]),
                                 task=str(ex["task"].iloc[row]), has_choices=choices is not None, scoring=scoring)
-        if metric != "mc" and metric not in TEXT_METRIC_FUNCS:
+        if metric not in metric_names():
             out["note"] = f"metric '{metric}' cannot be computed on a variation"
             return out
+        scorer = get_metric(metric)
         threshold = float(run_thresholds(scoring)[metric])
         out.update(metric=metric, threshold=threshold)
-        if metric == "mc":
+        if scorer.uses_choices:
             if choices is None:
                 out["note"] = "the example has no choices"
                 return out
             if cot and output is None:
                 out["note"] = "generate the reasoning to score a step-by-step variation"
                 return out
-            from pipelines.generate import choice_loglikelihoods
-
-            prompt = placed["prompt"] + (output + MC_COT_SUFFIX if cot and output is not None else "")
+            prompt = cot_choice_prompt(placed["prompt"], output) if cot else placed["prompt"]
             with self._lock:
                 lls = choice_loglikelihoods(self.loaded, prompt, choices)
-            answer = choices[int(np.argmax([c["logprob"] for c in lls]))]
-            score = float(answer.strip() == ref.strip())
+            answer = scorer.answer(choices, [c["logprob"] for c in lls])
+            score = float(scorer.score(answer, ref))
             rule = "choice_after_reasoning" if cot else "output"
         else:
             if output is None:
                 out["note"] = "placed only: generate an answer to score it"
                 return out
             answer, rule = extract_answer(output, numeric=is_numeric(ref)) if cot else (output, "output")
-            score = float(TEXT_METRIC_FUNCS[metric](answer, ref))
+            score = float(scorer.score(answer, ref))
         out.update(answer=answer, extraction=rule, score=score, correct=bool(score >= threshold))
         return out
 
@@ -220,7 +216,7 @@ class RunSession:
     def generate(self, instruction: str, context: str = "", *, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, domain: str | None = None, top: int = 5,
                  on_token: Callable[[dict], None] | None = None, placed: dict | None = None,
-                 teacher_force: str | None = None) -> dict:
+                 teacher_force: str | None = None, cot: bool = False) -> dict:
         """Place the prompt (unless ``placed`` is given), then generate; every token with its
         logprob, top alternatives and its position on the map (its hidden state at the default
         layer, projected).
@@ -229,9 +225,10 @@ class RunSession:
         atlas state, ``nearest`` names that training step and ``x``, ``y`` are on the token map;
         without one (``"reference": "prompts"``) ``dist`` is to the nearest train prompt end and
         ``x``, ``y`` on the prompt map. ``teacher_force``: feed this text's tokens instead of
-        choosing them (what a training reference looks like on the same path)."""
-        from pipelines.generate import generate
-
+        choosing them (what a training reference looks like on the same path). ``cot``: "think step
+        by step" as ``score --conditions cot`` asks it (``llm_maps.conditions.cot_prompt``): the
+        answer starts with the cue; the prompt (its place, neighbours, expected accuracy) stays the
+        plain one, the result's ``response_prefix`` is the cue and ``output`` what follows it."""
         forced = None
         if teacher_force is not None:
             forced = list(self.loaded.tokenizer(teacher_force, add_special_tokens=False)["input_ids"])
@@ -261,8 +258,11 @@ class RunSession:
             if on_token is not None:
                 on_token(item)
 
+        text = cot_prompt(result["prompt"], DEFAULT_COT_CUE) if cot else result["prompt"]
+        if cot:
+            result["response_prefix"] = DEFAULT_COT_CUE
         with self._lock:
-            res = generate(self.loaded, [result["prompt"]], max_new_tokens=max_new_tokens, temperature=temperature,
+            res = generate(self.loaded, [text], max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p, seed=seed, stop_strings=self.template.stop_strings, top_alternatives=top,
                            hidden_layer=self.layer, max_length=self.manifest["max_length"], on_token=each,
                            forced_ids=forced)[0]
@@ -297,8 +297,6 @@ def path_summary(tokens: list[dict], start_dist: float, *, atlas: bool = False) 
 def _check_servable(run_dir: Path, layer: int, enc: np.ndarray, train_enc: np.ndarray, loaded) -> None:
     """What the file check cannot see from headers: encodings as wide as the model's hidden states,
     and train encodings that are all finite (a NaN would make every distance NaN). One-line errors."""
-    from llm_maps.runfolder import layer_file
-
     width = getattr(loaded.model.config, "hidden_size", None)
     if width is not None and enc.shape[1] != int(width):
         raise LLMMapsError(f"{layer_file(run_dir, layer)}: hidden size {enc.shape[1]}, but the model's is {width}")

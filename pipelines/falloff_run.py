@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from llm_maps.conditions import condition_rows
 from llm_maps.contract import FALLOFF_FORMAT_VERSION
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import FALLOFF_FILE, SLOPE_UNIT, falloff_stats, format_slope, slope_verdict
@@ -29,8 +30,6 @@ def falloff_run(run_dir: str | Path, *, n_bins: int = 5, layers: Sequence[int] |
     frame = run.examples
     manifest = run.manifest
     if condition is not None:
-        from llm_maps.conditions import condition_rows
-
         cond_rows, cond_correct = condition_rows(run, condition, split)
     if condition is None and frame["correct"].notna().sum() == 0:
         raise LLMMapsError(f"{run.path / EXAMPLES}, field 'correct': no scored examples (run `llm-maps score` first)")

@@ -33,10 +33,21 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from llm_maps import model_stack
 from llm_maps.config import BuildConfig
 from llm_maps.contract import COLUMNS
 from llm_maps.errors import LLMMapsError
-from llm_maps.runfolder import CHECKPOINTS, EXAMPLES, FINETUNE_FILE, MANIFEST, read_manifest, write_json_atomic
+from llm_maps.falloff import FALLOFF_FILE
+from llm_maps.findings import FINDINGS_FILE, findings_run
+from llm_maps.stages import FinetuneConfig
+from llm_maps.runfolder import (CHECKPOINTS, EXAMPLES, FINETUNE_FILE, MANIFEST, add_note, read_manifest,
+                                write_json_atomic)
+from pipelines import models  # (models.load_model: looked up when called)
+from pipelines.atlas import encode_view_run
+from pipelines.build import build_run
+from pipelines.falloff_run import falloff_run
+from pipelines.score import score_run
+from pipelines.views import parse_views
 
 # LoRA target modules per architecture (model_type); others: every linear layer ("all-linear")
 LORA_TARGETS: dict[str, list[str]] = {
@@ -52,33 +63,6 @@ FAN_IN_FAN_OUT = {"gpt2"}  # Conv1D weights are stored transposed
 _DERIVED_STAGES = ("score", "project", "neighbours", "encode --view completion", "atlas")
 _RECOMPUTED = tuple(name for name, c in COLUMNS.items() if c.stage in _DERIVED_STAGES) + (
     "n_tokens", "truncated", "domain")
-
-
-@dataclass
-class FinetuneConfig:
-    steps: int | None = None  # optimizer steps (default: one epoch when epochs is None too)
-    epochs: float | None = None
-    lr: float | None = None  # default 2e-4 with LoRA, 2e-5 full
-    warmup: float = 0.1  # fraction of the steps spent warming up (linear), then cosine decay to 0
-    batch_size: int = 8  # examples per optimizer step
-    batch_tokens: int | None = None  # padded tokens per micro-batch (default 1024 CPU, 16384 CUDA)
-    full: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    seed: int = 0
-    save_every: int | None = None  # default: steps // 4 (four checkpoints), at least 1
-    eval_fraction: float = 0.1  # share of the train split held out for the eval loss (at least 1 row)
-    device: str = "auto"
-    progress: bool = True
-    build: bool = True  # turn checkpoints into runs
-    # the checkpoint runs' views and token atlas; None: the base run's (a lighter build, e.g. the
-    # demo's views="prompt", token_atlas=False, costs each checkpoint minutes less; training is the same)
-    views: str | None = None
-    token_atlas: bool | None = None
-
-    def resolved_lr(self) -> float:
-        return float(self.lr) if self.lr is not None else (2e-5 if self.full else 2e-4)
 
 
 @dataclass
@@ -330,16 +314,45 @@ def finetune(run_dir: str | Path, out: str | Path, cfg: FinetuneConfig | None = 
     """Fine-tune the model of ``run_dir`` on its train split; checkpoints become runs in ``out``.
 
     Resumes from the last checkpoint in ``out`` when there is one (same settings required)."""
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
-    from pipelines.models import load_model
-    from pipelines.views import parse_views
-
+    model_stack.require("llm-maps finetune", ("torch", "transformers", *(() if cfg is not None and cfg.full else ("peft",))))
     cfg = cfg or FinetuneConfig()
     base = Path(run_dir)
     group = Path(out)
+    _check_finetune(cfg, base, group)
+    manifest, bcfg = base_settings(base)
+    loaded = models.load_model(manifest["model"], revision=manifest.get("model_revision"), device=cfg.device,
+                               dtype="float32")
+    frame, data = load_train_rows(base, loaded.tokenizer, int(manifest["max_length"]))
+    train_rows, eval_rows = eval_split(len(data.input_ids), cfg.eval_fraction, cfg.seed)
+    trainer = _Trainer(loaded, data, train_rows, eval_rows, cfg, base=base, manifest=manifest)
+    if cfg.views is not None:
+        bcfg = bcfg.replace(views=cfg.views)
+    if cfg.token_atlas is not None:
+        bcfg = bcfg.replace(token_atlas=bool(cfg.token_atlas))
+    trainer.prepare()
+    created = not group.exists()
+    group.mkdir(parents=True, exist_ok=True)
+    start, curve = trainer.resume(group, log)
+    try:
+        link_base_run(base, group, manifest)
+        trainer.train(group, start, curve)
+    except BaseException:
+        if created and _last_checkpoint(group) is None:
+            shutil.rmtree(group, ignore_errors=True)
+        raise
+    settings = trainer.settings
+    del trainer
+    write_json_atomic(group / FINETUNE_FILE, {"settings": settings, "curve": curve,
+                                              "checkpoints": [step_name(s) for s in _checkpoint_steps(group)],
+                                              "runs": {"views": list(dict.fromkeys(["prompt", *parse_views(bcfg.views)])),
+                                                       "token_atlas": bool(bcfg.token_atlas)}})
+    if cfg.build:
+        build_checkpoint_runs(base, group, manifest, bcfg, frame, progress=cfg.progress, log=log)
+    return group
+
+
+def _check_finetune(cfg: FinetuneConfig, base: Path, group: Path) -> None:
+    """One-line errors for settings that cannot train (before the model is loaded)."""
     if cfg.steps is not None and cfg.steps < 1:
         raise LLMMapsError(f"--steps: must be at least 1, got {cfg.steps}")
     if cfg.epochs is not None and cfg.epochs <= 0:
@@ -352,114 +365,131 @@ def finetune(run_dir: str | Path, out: str | Path, cfg: FinetuneConfig | None = 
         raise LLMMapsError(f"--warmup: must be in [0, 1), got {cfg.warmup}")
     if group.resolve() == base.resolve() or base.resolve() in group.resolve().parents:
         raise LLMMapsError(f"--out {group}: must not be the base run or inside it")
-    manifest, bcfg = base_settings(base)
-    loaded = load_model(manifest["model"], revision=manifest.get("model_revision"), device=cfg.device,
-                        dtype="float32")
-    model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
-    # where transformers loads the base weights from (a GGUF file is converted once to a folder)
-    base_weights = str(loaded.info.get("converted_to") or manifest["model"])
-    frame, data = load_train_rows(base, tokenizer, int(manifest["max_length"]))
-    train_rows, eval_rows = eval_split(len(data.input_ids), cfg.eval_fraction, cfg.seed)
-    n_train = len(train_rows)
-    steps = cfg.steps if cfg.steps is not None else max(1, math.ceil((cfg.epochs or 1.0) * n_train / cfg.batch_size))
-    save_every = cfg.save_every or max(1, steps // 4)
-    batch_tokens = cfg.batch_tokens or (16384 if device.startswith("cuda") else 1024)
-    autocast = device.startswith("cuda")
-    pad_id = int(tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id)
-    settings = {**asdict(cfg), "lr": cfg.resolved_lr(), "steps": steps, "save_every": save_every,
-                "batch_tokens": batch_tokens, "mode": "full" if cfg.full else "lora",
-                "base_run": str(base.resolve()), "base_model": str(manifest["model"]),
-                "train_rows": n_train, "eval_rows": len(eval_rows),
-                "precision": "bf16 autocast" if autocast else "float32"}
-    for key in ("progress", "device", "build", "epochs", "views", "token_atlas"):  # not the training's
-        settings.pop(key, None)
-    if cfg.views is not None:
-        bcfg = bcfg.replace(views=cfg.views)
-    if cfg.token_atlas is not None:
-        bcfg = bcfg.replace(token_atlas=bool(cfg.token_atlas))
 
-    torch.manual_seed(cfg.seed)
-    if not cfg.full:
-        model = _lora_model(model, cfg)
-        target_modules = sorted(model.peft_config["default"].target_modules)
-    else:
-        target_modules = []
-    settings["target_modules"] = target_modules
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.resolved_lr(), weight_decay=0.0)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(round(cfg.warmup * steps)), steps)
 
-    created = not group.exists()
-    group.mkdir(parents=True, exist_ok=True)
-    previous = group / FINETUNE_FILE
-    start, curve = 0, {"train": [], "eval": []}
-    last = _last_checkpoint(group)
-    if last is not None:
+class _Trainer:
+    """One fine-tuning: the model (LoRA or full), its optimizer and schedule, the train and eval rows
+    and the settings a resumed run must share (``settings``); ``train`` runs the steps from a
+    checkpoint's step, evaluating and saving a checkpoint every ``save_every`` steps."""
+
+    def __init__(self, loaded: Any, data: TrainRows, train_rows: list[int], eval_rows: list[int],
+                 cfg: FinetuneConfig, *, base: Path, manifest: dict[str, Any]):
+        self.loaded, self.data, self.cfg, self.manifest = loaded, data, cfg, manifest
+        self.train_rows, self.eval_rows = train_rows, eval_rows
+        self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, loaded.device
+        # where transformers loads the base weights from (a GGUF file is converted once to a folder)
+        self.base_weights = str(loaded.info.get("converted_to") or manifest["model"])
+        n_train = len(train_rows)
+        self.steps = (cfg.steps if cfg.steps is not None
+                      else max(1, math.ceil((cfg.epochs or 1.0) * n_train / cfg.batch_size)))
+        self.save_every = cfg.save_every or max(1, self.steps // 4)
+        self.batch_tokens = cfg.batch_tokens or (16384 if self.device.startswith("cuda") else 1024)
+        self.autocast = self.device.startswith("cuda")
+        tok = self.tokenizer
+        self.pad_id = int(tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id)
+        self.settings = {**asdict(cfg), "lr": cfg.resolved_lr(), "steps": self.steps, "save_every": self.save_every,
+                         "batch_tokens": self.batch_tokens, "mode": "full" if cfg.full else "lora",
+                         "base_run": str(base.resolve()), "base_model": str(manifest["model"]),
+                         "train_rows": n_train, "eval_rows": len(eval_rows),
+                         "precision": "bf16 autocast" if self.autocast else "float32"}
+        for key in ("run", "out", "progress", "device", "build", "epochs", "views", "token_atlas"):  # not the training's
+            self.settings.pop(key, None)
+
+    def prepare(self) -> None:
+        """The seeded model to train (LoRA adapters unless ``full``), AdamW and the cosine schedule."""
+        import torch
+        from transformers import get_cosine_schedule_with_warmup
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        if not cfg.full:
+            self.model = _lora_model(self.model, cfg)
+            target_modules = sorted(self.model.peft_config["default"].target_modules)
+        else:
+            target_modules = []
+        self.settings["target_modules"] = target_modules
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.resolved_lr(), weight_decay=0.0)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, int(round(cfg.warmup * self.steps)),
+                                                         self.steps)
+
+    def resume(self, group: Path, log: Callable[[str], Any]) -> tuple[int, dict[str, Any]]:
+        """(the step to start from, the loss curve so far): the last checkpoint's state in ``group``
+        (same settings required), else step 0."""
+        import torch
+
+        last = _last_checkpoint(group)
+        if last is None:
+            return 0, {"train": [], "eval": []}
         state = torch.load(last[1] / "state.pt", weights_only=False)
+        settings = self.settings
         if state["settings"] != settings:
             changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
             raise LLMMapsError(f"--out {group}: holds a finetune with other settings ({', '.join(changed)}); "
                                "give another --out or the same settings to resume")
-        named = dict(model.named_parameters())
+        named = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, value in state["trainable"].items():
                 named[name].copy_(value.to(named[name].device))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        start, curve = int(state["step"]), state["curve"]
-        log(f"{group}: trained to step {start} already; building the runs not built yet" if start >= steps
+        start = int(state["step"])
+        log(f"{group}: trained to step {start} already; building the runs not built yet" if start >= self.steps
             else f"resuming {group} from step {start}")
-    try:
-        link_base_run(base, group, manifest)
-        if start == 0 and eval_rows:
-            model.eval()
-            curve["eval"] = [{"step": 0, "loss": mean_loss(model, data, eval_rows, batch_tokens=batch_tokens,
-                                                           pad_id=pad_id, device=device, autocast=autocast)}]
-            model.train()
-        bar = tqdm(total=steps, initial=start, disable=not cfg.progress, desc="finetune", unit="step")
+        return start, state["curve"]
+
+    def eval_loss(self) -> float:
+        self.model.eval()
+        loss = mean_loss(self.model, self.data, self.eval_rows, batch_tokens=self.batch_tokens, pad_id=self.pad_id,
+                         device=self.device, autocast=self.autocast)
+        self.model.train()
+        return loss
+
+    def train(self, group: Path, start: int, curve: dict[str, Any]) -> None:
+        """Steps ``start`` .. ``steps`` (``curve`` gains their losses), saving checkpoints into ``group``."""
+        from tqdm.auto import tqdm
+
+        if start == 0 and self.eval_rows:
+            curve["eval"] = [{"step": 0, "loss": self.eval_loss()}]
+        bar = tqdm(total=self.steps, initial=start, disable=not self.cfg.progress, desc="finetune", unit="step")
         tokens_seen, t0 = 0, time.perf_counter()
-        for step in range(start, steps):
-            rows = [train_rows[i] for i in step_rows(step, n_train, cfg.batch_size, cfg.seed)]
-            n_ref = sum(sum(1 for t in data.labels[r][1:] if t != -100) for r in rows)
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for mb in micro_batches(rows, data, batch_tokens):
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                    loss, _ = summed_loss(model, *batch_tensors(mb, data, pad_id, device))
-                (loss / max(n_ref, 1)).backward()
-                total += float(loss.detach())
-                tokens_seen += sum(len(data.input_ids[r]) for r in mb)
-            optimizer.step()
-            scheduler.step()
+        for step in range(start, self.steps):
+            loss, tokens = self._step(step)
+            tokens_seen += tokens
             done = step + 1
-            curve["train"].append({"step": done, "loss": total / max(n_ref, 1), "lr": scheduler.get_last_lr()[0]})
+            curve["train"].append({"step": done, "loss": loss, "lr": self.scheduler.get_last_lr()[0]})
             rate = tokens_seen / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{total / max(n_ref, 1):.4f}", tok_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:.0f}")
             bar.update(1)
-            if done % save_every == 0 or done == steps:
-                if eval_rows:
-                    model.eval()
-                    curve["eval"].append({"step": done, "loss": mean_loss(
-                        model, data, eval_rows, batch_tokens=batch_tokens, pad_id=pad_id, device=device,
-                        autocast=autocast)})
-                    model.train()
-                _save_checkpoint(group, done, model, tokenizer, manifest, optimizer, scheduler, curve, settings,
-                                 lora=not cfg.full, base_weights=base_weights, revision=loaded.info.get("revision"))
+            if done % self.save_every == 0 or done == self.steps:
+                if self.eval_rows:
+                    curve["eval"].append({"step": done, "loss": self.eval_loss()})
+                _save_checkpoint(group, done, self.model, self.tokenizer, self.manifest, self.optimizer,
+                                 self.scheduler, curve, self.settings, lora=not self.cfg.full,
+                                 base_weights=self.base_weights, revision=self.loaded.info.get("revision"))
         bar.close()
-    except BaseException:
-        if created and _last_checkpoint(group) is None:
-            shutil.rmtree(group, ignore_errors=True)
-        raise
-    del model, optimizer
-    write_json_atomic(previous, {"settings": settings, "curve": curve,
-                                 "checkpoints": [step_name(s) for s in _checkpoint_steps(group)],
-                                 "runs": {"views": list(dict.fromkeys(["prompt", *parse_views(bcfg.views)])),
-                                          "token_atlas": bool(bcfg.token_atlas)}})
-    if cfg.build:
-        build_checkpoint_runs(base, group, manifest, bcfg, frame, progress=cfg.progress, log=log)
-    return group
+
+    def _step(self, step: int) -> tuple[float, int]:
+        """One optimizer step over the step's rows (in micro-batches); (mean loss per reference
+        token, tokens forwarded)."""
+        import torch
+
+        cfg, data = self.cfg, self.data
+        rows = [self.train_rows[i] for i in step_rows(step, len(self.train_rows), cfg.batch_size, cfg.seed)]
+        n_ref = sum(sum(1 for t in data.labels[r][1:] if t != -100) for r in rows)
+        self.optimizer.zero_grad(set_to_none=True)
+        total, tokens = 0.0, 0
+        for mb in micro_batches(rows, data, self.batch_tokens):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                loss, _ = summed_loss(self.model, *batch_tensors(mb, data, self.pad_id, self.device))
+            (loss / max(n_ref, 1)).backward()
+            total += float(loss.detach())
+            tokens += sum(len(data.input_ids[r]) for r in mb)
+        self.optimizer.step()
+        self.scheduler.step()
+        return total / max(n_ref, 1), tokens
 
 
 def _checkpoint_steps(group: Path) -> list[int]:
@@ -488,8 +518,6 @@ def build_checkpoint_runs(base: Path, group: Path, manifest: dict[str, Any], bcf
                           progress: bool = True, log: Callable[[str], Any] = print) -> list[Path]:
     """A run per checkpoint (those not built yet): the base run's examples and settings on the merged
     model, with ``step`` and ``base_run`` in the manifest."""
-    from pipelines.build import build_run
-
     keep = frame[[c for c in frame.columns if c not in _RECOMPUTED]].copy()
     out = []
     for step in _checkpoint_steps(group):
@@ -512,13 +540,6 @@ def score_like_base(run: Path, base_manifest: dict[str, Any], *, base_run: Path 
     generation settings, bins, layers), where the base run was and ``run`` is not yet: then, as the
     base run's were, the completion view of the test rows redone with their outputs and (from
     ``base_run``'s findings.json) the findings of the same variant."""
-    from llm_maps.falloff import FALLOFF_FILE
-    from llm_maps.findings import FINDINGS_FILE
-    from pipelines.falloff_run import falloff_run
-    from pipelines.score import score_run
-
-    from llm_maps.runfolder import add_note
-
     for note in base_manifest.get("notes") or []:  # caveats about the base run hold for its checkpoints
         add_note(run, note)
     history = base_manifest.get("history") or []
@@ -535,8 +556,7 @@ def score_like_base(run: Path, base_manifest: dict[str, Any], *, base_run: Path 
     now = read_manifest(run)
     if score and "completion" in (now.get("views") or []) and _view_redone_after_scoring(history) \
             and not _view_redone_after_scoring(now.get("history")):
-        from pipelines.atlas import encode_view_run  # the base run's test rows were re-encoded with their outputs
-
+        # the base run's test rows were re-encoded with their outputs
         log(f"encoding {run.name}'s completion view with its outputs, as the base run's was")
         encode_view_run(run, view="completion", progress=progress, log=log)
     if score and fall and not (run / FALLOFF_FILE).exists():
@@ -555,8 +575,6 @@ def _view_redone_after_scoring(history: list[dict[str, Any]] | None) -> bool:
 def _findings_like(run: Path, base: dict[str, Any], *, progress: bool, log: Callable[[str], Any]) -> None:
     """findings.json of ``run`` with the base run's variant (layer, metric, view, raw/centred, contrast,
     replicates, seed, with or without the robustness table)."""
-    from llm_maps.findings import findings_run
-
     try:
         contrast = base.get("contrast") or {}
         findings_run(run, layer=base.get("layer"), metric=base.get("metric"), view=base.get("view") or "prompt",

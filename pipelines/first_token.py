@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from pipelines.encode import batch_limits, pad_left, pad_token_id, plan_batches, resolve_max_length, tokenize_prompts
+
 COLUMNS = ("first_entropy", "first_top_prob", "first_kl_to_mean")
 # the passes a row's statistics can come from (manifest scoring.first_token.sources)
 SOURCES = ("generation", "choices", "separate")
@@ -36,7 +38,6 @@ def next_token_logprobs(loaded, prompts: Sequence[str], *, max_length: int | Non
     import torch
     from tqdm.auto import tqdm
 
-    from pipelines.encode import batch_limits, pad_left, pad_token_id, plan_batches
 
     ids = prompt_ids(loaded, prompts, max_length=max_length)
     lengths = [len(s) for s in ids]
@@ -58,8 +59,6 @@ def next_token_logprobs(loaded, prompts: Sequence[str], *, max_length: int | Non
 def prompt_ids(loaded, prompts: Sequence[str], *, max_length: int | None = None) -> list[list[int]]:
     """The token ids the statistics are of: the prompt as the encoder reads it (no EOS), its last
     ``max_length`` tokens (default: the model's limit, at most 2048)."""
-    from pipelines.encode import resolve_max_length, tokenize_prompts
-
     ids, _ = tokenize_prompts(loaded.tokenizer, prompts, add_eos=False,
                               max_length=resolve_max_length(loaded, max_length))
     return ids

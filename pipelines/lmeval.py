@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 from llm_maps.errors import LLMMapsError
-from pipelines.sources import read_jsonl_objects
+from pipelines.build import build_run, load_sources
+from pipelines.models import resolve_device
+from pipelines.sources import read_jsonl_objects, sha256_file
 
 SAMPLES_RE = re.compile(r"^samples_(?P<task>.+)_(?P<time>\d{4}-\d{2}-\d{2}T[\d\-.]+)\.jsonl$")
 PRIMARY_METRICS = ("acc", "exact_match", "acc_norm", "em", "f1", "mcc", "bleu", "rouge1", "rougeL")
@@ -162,7 +164,6 @@ def read_lmeval(samples_files: Sequence[str | Path], *, results: str | Path | No
     """Read samples files into one test frame; check per-task means against the aggregates."""
     import pandas as pd
 
-    from pipelines.sources import sha256_file
 
     if not samples_files:
         raise LLMMapsError("import-lmeval: no samples files given")
@@ -217,8 +218,6 @@ def run_lmeval(*, model: str, tasks: Sequence[str], output_dir: str | Path, incl
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise LLMMapsError("running lm-eval needs the lmeval extra: pip install -e '.[lmeval]'") from None
-    from pipelines.models import resolve_device
-
     output_dir = Path(output_dir)
     tracker = EvaluationTracker(output_path=str(output_dir))
     results = lm_eval.simple_evaluate(
@@ -243,7 +242,6 @@ def build_lmeval_run(*, samples_files: Sequence[str | Path], model: str, out: st
     documents themselves, and encode everything into a run with ``model``."""
     import pandas as pd
 
-    from pipelines.build import build_run, load_sources
 
     frame, infos, scoring = read_lmeval(samples_files, results=results, metric=lmeval_metric, threshold=threshold)
     split_by = "source"

@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llm_maps import model_stack
 from llm_maps.errors import LLMMapsError
 
 
@@ -147,6 +148,7 @@ def load_model(model: str, *, gguf_file: str | None = None, revision: str | None
     device and dtype are left as given) — what a ``build --distributed`` client needs.
     ``any_model=True``: the backbone of any architecture (``AutoModel``: e.g. a sequence-classification
     reward model without its head), for hidden states only."""
+    model_stack.require("loading a model")  # one line, not an ImportError from deep inside a stage
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 

@@ -18,7 +18,9 @@ from typing import Sequence
 import numpy as np
 
 from llm_maps.errors import LLMMapsError
-from llm_maps.neighbours import METRICS
+from llm_maps.neighbours import METRICS, knn
+from llm_maps.tokens import has_atlas, load_atlas, read_tokens
+from pipelines.project import Projection, _smooth_knn_weights
 
 
 class StateIndex:
@@ -119,9 +121,6 @@ class TokenAtlas:
     fitted points, or the PCA's linear map."""
 
     def __init__(self, run, layer: int):
-        from llm_maps.atlas import load_atlas, read_tokens
-        from pipelines.project import Projection
-
         m = run.manifest
         info = m.get("token_atlas") or {}
         ex = run.examples
@@ -146,8 +145,6 @@ class TokenAtlas:
     @classmethod
     def of(cls, run, layer: int) -> "TokenAtlas | None":
         """The run's atlas at ``layer``, or None when it has none there (or no token map)."""
-        from llm_maps.atlas import has_atlas
-
         info = run.manifest.get("token_atlas") or {}
         if not has_atlas(run.manifest) or int(layer) not in [int(k) for k in info.get("layers", [])] \
                 or not info.get("projection"):
@@ -171,8 +168,6 @@ class TokenAtlas:
         proj = self.projection
         if proj.method == "pca":
             return proj.transform(states)
-        from pipelines.project import _smooth_knn_weights
-
         k = self.n_neighbors
         w = _smooth_knn_weights(dists[:, :k])
         w = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
@@ -204,8 +199,6 @@ class TokenAtlas:
     def steps(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For states [M, H] (fp16-rounded): (distance to the nearest atlas state [M], that atlas
         row [M], position on the token map [M, 2]), exact, in chunks."""
-        from llm_maps.neighbours import knn
-
         states = np.asarray(states, dtype=np.float32)
         if not len(states):
             return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros((0, 2))

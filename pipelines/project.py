@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_maps import model_stack
 from llm_maps.contract import PROJECTION_FORMAT_VERSION
 from llm_maps.errors import LLMMapsError
 from llm_maps.neighbours import knn
@@ -145,6 +146,7 @@ def fit_projection(encodings: np.ndarray, fit_rows: np.ndarray, *, method: str =
                                           "explained_variance_ratio": (pca.explained_variance_ratio_).tolist()},
                           fit_rows=fit_rows, mean=pca.mean_, components=comps)
         return proj, proj.transform(x_all)
+    model_stack.require("--projection umap (or use --projection pca)", ("umap",))
     import umap  # slow import (numba); only here
 
     n_neighbors = max(2, min(n_neighbors, n_fit - 1))

@@ -38,7 +38,7 @@ import numpy as np
 
 from llm_maps.errors import LLMMapsError
 from llm_maps.runfolder import ENCODINGS, save_npy_atomic, write_json_atomic
-from pipelines.encode import (batch_limits, encode_identity, normalize_layers, pad_left, pad_token_id,
+from pipelines.encode import (EncodeResult, batch_limits, encode_identity, normalize_layers, pad_left, pad_token_id,
                               plan_batches, progress_order, resolve_max_length, states_to_fp16)
 
 VIEWS = ("prompt", "completion")
@@ -434,20 +434,12 @@ def run_segments(loaded, segments: list[Segment], out_dir: str | Path, *, layers
     return seconds, total, resumed, clipped
 
 
-def encode_views_to_folder(loaded, frame, out_dir: str | Path, *, layers: Sequence[int],
-                           views: Sequence[str] = (COMPLETION,), atlas: bool = False,
-                           atlas_layers: Sequence[int] | None = None,
-                           atlas_max_tokens: int = DEFAULT_ATLAS_MAX_TOKENS, seed: int = 0, add_eos: bool = False,
-                           max_length: int | None = None, batch_tokens: int | None = None,
-                           max_batch: int | None = None, progress: bool = True, checkpoint_seconds: float = 10.0,
-                           on_batch: Callable[[int, np.ndarray], None] | None = None,
-                           completion_rows: np.ndarray | None = None, spec: dict | None = None,
-                           chunk_size: int = 512, log: Callable[[str], Any] = print) -> ViewsResult:
-    """Encode ``views`` (prompt and/or completion) and, with ``atlas``, the token atlas of the
-    frame's rows (columns example_id, split, prompt, reference, output, score) into
-    ``out_dir/encodings/`` in shared passes. ``atlas_layers`` default to ``layers``. ``spec`` (how
-    workers load the model): the passes run in chunks of ``chunk_size`` on the Celery workers of
-    REDIS_URL (``pipelines.distributed.segments_distributed``; ``loaded`` may be weights-free)."""
+def plan_view_passes(loaded, frame, *, layers: Sequence[int], views: Sequence[str] = (COMPLETION,),
+                     atlas: bool = False, atlas_layers: Sequence[int] | None = None,
+                     atlas_max_tokens: int = DEFAULT_ATLAS_MAX_TOKENS, seed: int = 0, add_eos: bool = False,
+                     max_length: int | None = None, completion_rows: np.ndarray | None = None,
+                     log: Callable[[str], Any] = print) -> tuple[ViewPlan, dict]:
+    """The passes of ``encode_views_to_folder`` (``plan_views``) and the layers each target keeps."""
     views = parse_views(list(views)) if views else []
     layers = normalize_layers(layers, loaded.num_layers)
     max_length = resolve_max_length(loaded, max_length)
@@ -459,15 +451,26 @@ def encode_views_to_folder(loaded, frame, out_dir: str | Path, *, layers: Sequen
     target_layers = {v: layers for v in views}
     if atlas:
         target_layers[TOKENS] = normalize_layers(atlas_layers, loaded.num_layers) if atlas_layers else layers
-    if spec is not None:
-        from pipelines.distributed import segments_distributed
+    return plan, target_layers
 
-        seconds, total, resumed, clipped, info = segments_distributed(
-            loaded, plan.segments, out_dir, layers=target_layers, n_rows=plan.n_rows, spec=spec,
-            batch_tokens=batch_tokens, max_batch=max_batch, chunk_size=chunk_size, progress=progress, log=log)
-        return ViewsResult(plan=plan, layers=target_layers, seconds=seconds, tokens_forwarded=total,
-                           resumed_segments=resumed, clipped_values=clipped, device=info.pop("device"),
-                           dtype=info.pop("dtype"), distributed=info)
+
+def encode_views_to_folder(loaded, frame, out_dir: str | Path, *, layers: Sequence[int],
+                           views: Sequence[str] = (COMPLETION,), atlas: bool = False,
+                           atlas_layers: Sequence[int] | None = None,
+                           atlas_max_tokens: int = DEFAULT_ATLAS_MAX_TOKENS, seed: int = 0, add_eos: bool = False,
+                           max_length: int | None = None, batch_tokens: int | None = None,
+                           max_batch: int | None = None, progress: bool = True, checkpoint_seconds: float = 10.0,
+                           on_batch: Callable[[int, np.ndarray], None] | None = None,
+                           completion_rows: np.ndarray | None = None,
+                           log: Callable[[str], Any] = print) -> ViewsResult:
+    """Encode ``views`` (prompt and/or completion) and, with ``atlas``, the token atlas of the
+    frame's rows (columns example_id, split, prompt, reference, output, score) into
+    ``out_dir/encodings/`` in shared passes. ``atlas_layers`` default to ``layers``. The same on
+    the Celery workers of REDIS_URL: ``pipelines.distributed.encode_views_distributed``."""
+    plan, target_layers = plan_view_passes(loaded, frame, layers=layers, views=views, atlas=atlas,
+                                           atlas_layers=atlas_layers, atlas_max_tokens=atlas_max_tokens, seed=seed,
+                                           add_eos=add_eos, max_length=max_length, completion_rows=completion_rows,
+                                           log=log)
     seconds, total, resumed, clipped = run_segments(
         loaded, plan.segments, out_dir, layers=target_layers, n_rows=plan.n_rows, batch_tokens=batch_tokens,
         max_batch=max_batch, progress=progress, checkpoint_seconds=checkpoint_seconds, on_batch=on_batch)
@@ -477,8 +480,6 @@ def encode_views_to_folder(loaded, frame, out_dir: str | Path, *, layers: Sequen
 
 def prompt_result(res: ViewsResult):
     """The prompt view's part of shared passes, as ``encode_to_folder`` reports it."""
-    from pipelines.encode import EncodeResult
-
     plan = res.plan
     return EncodeResult(layers=res.layers["prompt"], n_tokens=plan.prompt_tokens, truncated=plan.prompt_truncated,
                         seconds=res.seconds, tokens_encoded=res.tokens_forwarded, resumed_rows=res.resumed_segments,

@@ -1,5 +1,5 @@
-"""``assert_follows_contract``: a finished run holds only manifest keys, nested keys, columns and
-JSON files that llm_maps/contract.py (and so docs/run-folder.md) lists."""
+"""``assert_follows_contract``: a finished run holds only files, manifest keys, nested keys, columns
+and JSON keys that llm_maps/contract.py (and so docs/run-folder.md) lists."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from llm_maps.contract import CONDITION_COLUMNS, COLUMNS, JSON_FILES, Manifest, check
+from llm_maps.contract import CONDITION_COLUMNS, COLUMNS, JSON_FILES, Manifest, check, check_folder, declared_file
 
 
 def assert_follows_contract(run_dir: Path, source_columns: Iterable[str] = ()) -> None:
@@ -26,3 +26,7 @@ def assert_follows_contract(run_dir: Path, source_columns: Iterable[str] = ()) -
         columns = list(pd.read_parquet(run_dir / "conditions.parquet").columns)
         assert [c for c in columns if c not in CONDITION_COLUMNS] == []
         assert [c for c, col in CONDITION_COLUMNS.items() if col.required and c not in columns] == []
+    # every file is declared (FILES), with its keys, columns and arrays; none is a leftover working file
+    assert check_folder(run_dir, source_columns=extra) == []
+    left = [p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()]
+    assert [f for f in left if getattr(declared_file(f), "where", None) != "run"] == []

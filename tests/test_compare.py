@@ -1,4 +1,4 @@
-"""Comparing runs (llm_maps.compare, `llm-maps compare`, `llm-maps probe`, the Compare page):
+"""Comparing runs (llm_maps.comparison, `llm-maps compare`, `llm-maps probe`, the Compare page):
 statistics against reference formulas and libraries on data with a known answer, then two tiny
 models of different sizes built here compared end to end through the CLI and the page in Chromium."""
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from dashboard.synthetic import write_synthetic_run
-from llm_maps import compare as CMP
+from llm_maps import comparison as CMP
 from llm_maps.runfolder import EXAMPLES, Run, layer_file
 
 
@@ -256,7 +256,7 @@ def test_the_comparison_and_its_figures_never_import_torch(tmp_path):
     import sys
 
     a, b = _pair(tmp_path, n=120)
-    code = ("import sys; from llm_maps.compare import compare_runs, probe_run; from llm_maps.runfolder import Run; "
+    code = ("import sys; from llm_maps.comparison import compare_runs, probe_run; from llm_maps.runfolder import Run; "
             "import dashboard.compare_figures as CF; import dashboard.app as A; A.create_app([], []); "
             f"runs = [Run({str(a)!r}), Run({str(b)!r})]; res = compare_runs(runs, cka='auto'); probe_run(runs[0], save=False); "
             "CF.compare_section(runs, res); "
@@ -426,6 +426,9 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
     small, big = runs["small"][0], runs["big"][0]
     group = CMP.match_runs([Run(small), Run(big)])
     coords = CMP.aligned_maps(group)["coords"]
+    train = (group.frame["split"].astype(str) == "train").to_numpy()
+    order = np.concatenate([np.flatnonzero(train), np.flatnonzero(~train)])  # test points drawn above train points
+    coords = [c[order] for c in coords]
     res_tasks = sorted(CMP.compare_runs([Run(small), Run(big)], cka="off")["tasks"])
     other = write_synthetic_run(root / "other", 40, seed=3)  # other examples: cannot compare
     app = create_app([small, big, other], [])

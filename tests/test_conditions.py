@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import dolly_rows, write_jsonl
-from llm_maps.cli import main
+from interfaces.cli import main
 from llm_maps.conditions import (CONDITIONS_FILE, MC_COT_SUFFIX, extract_answer, format_summary, is_numeric,
                                  mcnemar, outcomes, paired, paired_difference, parse_conditions, summarize,
                                  with_examples)
@@ -146,7 +146,7 @@ def test_cot_rows_equal_a_recomputation_with_the_model(cond_run):
     from llm_maps.neighbours import knn
     from pipelines.encode import encode_one
     from pipelines.generate import generate
-    from pipelines.metrics import TEXT_METRIC_FUNCS
+    from llm_maps.scoring import get_metric
     from pipelines.models import load_model
 
     run = Run(cond_run)
@@ -170,7 +170,7 @@ def test_cot_rows_equal_a_recomputation_with_the_model(cond_run):
         ref = ex.at[e, "reference"]
         assert (row["answer"], row["extraction"]) == extract_answer(g.text, numeric=is_numeric(ref))
         assert row["metric"] == ex.at[e, "metric"]
-        assert row["score"] == pytest.approx(TEXT_METRIC_FUNCS[row["metric"]](row["answer"], ref))
+        assert row["score"] == pytest.approx(get_metric(row["metric"]).score(row["answer"], ref))
         assert bool(row["correct"]) == (row["score"] >= m["scoring"]["thresholds"][row["metric"]])
         state = encode_one(loaded, row["prompt"], layers=[layer], add_eos=m["add_eos"],
                            max_length=m["max_length"])[layer].astype(np.float16).astype(np.float32)

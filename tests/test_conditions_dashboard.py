@@ -97,8 +97,10 @@ def test_conditions_are_read_once_per_run_and_match_the_file(runs, data):
 def test_the_file_is_read_once_and_again_when_it_changes(tmp_path, monkeypatch):
     run = write_synthetic_run(tmp_path / "fresh", 90, seed=21, conditions=("direct", "cot", "neighbours:2"))
     reads = []
-    real = CV.read_conditions
-    monkeypatch.setattr(CV, "read_conditions", lambda path: reads.append(path) or real(path))
+    from dashboard import conditions_data
+
+    real = conditions_data.read_conditions
+    monkeypatch.setattr(conditions_data, "read_conditions", lambda path: reads.append(path) or real(path))
     reg = RunRegistry([run])
     data = reg.load("fresh")
     for _ in range(3):  # the map, the table and the drill-down of one run
@@ -180,7 +182,11 @@ def test_map_page_and_payload_offer_the_outcome_colour(app, data):
         assert _by_id(page, "map-cond-a")[0].options == NAMES and not _by_id(page, "map-cond-box")[0].hidden
         fig = _by_id(page, "map-graph")[0].figure
         want = CV.outcome_codes(CV.conditions_of(data), "cot", "neighbours:2")
-        assert np.asarray(fig.data[F.POINTS].marker.color).tolist() == want.tolist()
+        # only the examples scored under both, test points drawn above train points
+        rows = np.asarray(fig.data[F.POINTS].customdata)
+        assert rows.tolist() == F.draw_order(data, np.flatnonzero(want != 4)).tolist()
+        assert np.asarray(fig.data[F.POINTS].marker.color).tolist() == want[rows].tolist()
+        assert fig.layout.title.text == f"{len(rows)} of {N} examples scored under both conditions"
         # unknown conditions in the URL: the default pair (direct -> cot)
         page = map_.layout(run="cond", colour="outcome", ca="nope")
         assert (_by_id(page, "map-cond-a")[0].value, _by_id(page, "map-cond-b")[0].value) == ("direct", "cot")
@@ -188,9 +194,9 @@ def test_map_page_and_payload_offer_the_outcome_colour(app, data):
         fig = map_.server_figure({"colour": "outcome", "ca": "neighbours:2", "cb": "direct", "split": ["test"]},
                                  None, "cond")
         rows = np.asarray(fig.data[F.POINTS].customdata)
-        assert rows.tolist() == np.flatnonzero(~data.is_train).tolist()
-        assert np.asarray(fig.data[F.POINTS].marker.color).tolist() == \
-            CV.outcome_codes(CV.conditions_of(data), "neighbours:2", "direct")[rows].tolist()
+        codes = CV.outcome_codes(CV.conditions_of(data), "neighbours:2", "direct")
+        assert rows.tolist() == np.flatnonzero(~data.is_train & (codes != 4)).tolist()
+        assert np.asarray(fig.data[F.POINTS].marker.color).tolist() == codes[rows].tolist()
     header, arrays = unpack(app.server.test_client().get("/_llm_maps/points?run=cond").data)
     assert header["conditions"] == NAMES and header["default_pair"] == ["direct", "cot"]
     assert header["options"]["outcome"]["names"] == CV.OUTCOME_NAMES
@@ -293,8 +299,10 @@ def test_examples_table_has_an_answer_and_correct_column_per_condition(app, runs
         grid = _by_id(examples.layout(run="cond"), "examples-grid")[0]
         fields = [c["field"] for c in grid.columnDefs]
         plain = [c["field"] for c in _by_id(examples.layout(run="plain"), "examples-grid")[0].columnDefs]
-    assert fields == plain + [x for n in NAMES for x in (f"answer · {n}", f"✓ · {n}")]
-    assert plain == [c for c, _ in examples.COLUMNS]
+    # each condition's correct column right after the run's own scores (in view on a 1400 px window),
+    # its answer column last
+    assert fields == plain[:4] + [f"✓ · {n}" for n in NAMES] + plain[4:] + [f"answer · {n}" for n in NAMES]
+    assert plain == [c for c, _ in examples.COLUMNS] and plain[:4] == ["example_id", "split", "score", "correctness"]
 
 
 def test_drilldown_shows_every_condition_side_by_side_with_its_path(app, runs, data):
@@ -419,13 +427,17 @@ def test_map_colours_by_condition_outcome_in_the_browser(browser, data):
     cd = CV.conditions_of(data)
 
     def check(a, b):
-        want = CV.outcome_codes(cd, a, b)
-        legend = [n for n, _ in CV.outcome_legend(want)]
+        codes = CV.outcome_codes(cd, a, b)
+        rows = F.draw_order(data, np.flatnonzero(codes != 4))  # scored under both only, test above train
+        legend = [n for n, _ in CV.outcome_legend(codes[rows])]
         page.wait_for_function(f"() => {GD} && {GD}._fullData && {GD}.layout.legend.title.text === "
-                               f"'condition outcome: {b} vs {a}'",
+                               f"'condition outcome: {b} vs {a}' && {GD}._fullData[0]._length === {len(rows)}",
                                timeout=20_000)
-        assert page.evaluate(f"() => Array.from({GD}._fullData[0].marker.color)") == want.tolist()
+        assert page.evaluate(f"() => Array.from({GD}._fullData[0].customdata)") == rows.tolist()
+        assert page.evaluate(f"() => Array.from({GD}._fullData[0].marker.color)") == codes[rows].tolist()
         assert page.evaluate(f"() => {GD}._fullData.filter(t => t.showlegend).map(t => t.name)") == legend
+        assert page.evaluate(f"() => {GD}._fullLayout.title.text") == \
+            f"{len(rows)} of {N} examples scored under both conditions"
 
     check("direct", "cot")
     page.click("#map-cond-b")
@@ -460,16 +472,17 @@ def test_examples_table_shows_the_condition_columns_in_the_browser(browser, data
     # the grid draws only the columns in view (column virtualisation): ask it for its columns, then
     # bring the last one into view and read the drawn header
     headers = page.evaluate("() => dash_ag_grid.getApi('examples-grid').getColumnDefs().map(c => c.headerName || c.field)")
-    assert headers[-6:] == [x for n in NAMES for x in (f"answer · {n}", f"✓ · {n}")]
-    page.wait_for_function("""() => {
-        dash_ag_grid.getApi('examples-grid').ensureColumnVisible('✓ · neighbours:2', 'end');
-        return document.querySelector(".ag-header-cell[col-id='✓ · neighbours:2'] .ag-header-cell-text"); }""",
+    assert headers[4:7] == [f"✓ · {n}" for n in NAMES] and headers[-3:] == [f"answer · {n}" for n in NAMES]
+    # the score columns are in view without scrolling sideways (1400 px window)
+    page.wait_for_function("""() => document.querySelector(".ag-header-cell[col-id='✓ · neighbours:2'] .ag-header-cell-text")""",
                            timeout=10_000)
     assert page.locator(".ag-header-cell[col-id='✓ · neighbours:2'] .ag-header-cell-text").inner_text() == \
         "✓ · neighbours:2"
     first = query_table(data, {"startRow": 0, "endRow": 1})["rowData"][0]
-    page.wait_for_function("() => (document.querySelector(\".ag-row[row-index='0'] [col-id='answer · cot']\") || {})"
-                           ".innerText !== undefined", timeout=10_000)
-    for col in ("answer · cot", "✓ · cot", "✓ · neighbours:2"):
+    for col in ("✓ · cot", "✓ · neighbours:2", "answer · cot"):
+        # the grid draws only the columns in view (column virtualisation): the answers come last
+        page.wait_for_function(f"""() => {{ dash_ag_grid.getApi('examples-grid').ensureColumnVisible('{col}', 'end');
+            return (document.querySelector(".ag-row[row-index='0'] [col-id='{col}']") || {{}}).innerText !== undefined; }}""",
+                               timeout=10_000)
         assert page.locator(f".ag-row[row-index='0'] [col-id='{col}']").first.inner_text() == first[col]
     assert log.take() == []

@@ -64,7 +64,7 @@ def staged_run(tmp_path_factory):
     restage_run(run, stage="project", method="pca", fit_on="all", seed=9)
     score_run(run, splits=("test", "train"), generate="never", metric="exact", progress=False, log=lambda m: None)
     falloff_run(run, n_bins=2, metrics=("cosine",))
-    from llm_maps.compare import group_cka, match_runs, probe_run
+    from llm_maps.comparison import group_cka, match_runs, probe_run
     from llm_maps.findings import findings_run
     from llm_maps.runfolder import Run
 
@@ -173,8 +173,8 @@ def test_each_stage_appends_history_and_reruns_keep_the_old_entries(staged_run):
     assert manifest["updated"] == regions["created"]
     summary = summarize_run(run).splitlines()
     assert "seeds      split 5, map 9" in summary
-    assert (f"history    encode, project, neighbours, project, score, falloff, probe, findings, regions; last "
-            f"{regions['created']} (manifest.history)") in summary
+    assert (f"history    project, neighbours, project, score, falloff, probe, findings, regions (and 1 earlier); "
+            f"last {regions['created']} (manifest.history)") in summary
     # re-scoring appends; the first scoring's entry stays
     score_run(run, splits=("test",), generate="never", metric="contains", progress=False, log=lambda m: None)
     again = Run(run).manifest["history"]

@@ -349,7 +349,7 @@ def test_basic_auth_from_environment(runs, monkeypatch):
 
 
 def test_export_writes_one_small_standalone_file(runs, tmp_path):
-    from llm_maps.cli import main
+    from interfaces.cli import main
 
     out = tmp_path / "scored.html"
     assert main(["export", str(runs["scored"]), "--html", str(out), "--plotlyjs", "cdn"]) == 0
@@ -380,7 +380,7 @@ def test_serve_command_binds_localhost(runs):
     from conftest import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llm_maps.cli", "serve", str(runs["scored"]), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "interfaces.cli", "serve", str(runs["scored"]), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
@@ -462,11 +462,13 @@ def test_map_page_loads_colours_and_filters(browser_page, scored_data):
     page.get_by_role("option", name="domain", exact=True).click()
     page.wait_for_function(f"() => JSON.stringify({GD}._fullData[0].marker.colorscale).includes('#e6550d')")
     colours = page.evaluate(f"() => Array.from({GD}._fullData[0].marker.color)")
-    assert colours == scored_data.cats["domain"].codes.tolist()
+    order = F.draw_order(scored_data, np.arange(N))  # train rows first: test points drawn above them
+    assert _drawn_rows(page) == order.tolist()
+    assert colours == scored_data.cats["domain"].codes[order].tolist()
     legend = page.evaluate(f"() => {GD}._fullData.filter(t => t.showlegend).map(t => t.name)")
     assert legend == ["Chollet", "Reasoning"]
     # filter: only test points, only one domain -> exactly those rows, still coloured by domain
-    page.get_by_label("train").uncheck()
+    page.get_by_label("train", exact=True).uncheck()
     n_test = int((~scored_data.is_train).sum())
     assert _wait_points(page, n_test) == n_test
     page.click("#map-domain")
@@ -809,7 +811,7 @@ def test_bundle_colours_every_point_exactly_as_stock_plotly(browser_page, tmp_pa
 
 
 def test_exported_html_draws_offline_with_the_inlined_bundle(browser_page, runs, tmp_path):
-    from llm_maps.cli import main
+    from interfaces.cli import main
 
     from dashboard.bundle import PLOTLY_BUNDLE, bundle_version
 
@@ -836,7 +838,7 @@ def test_the_app_works_under_a_url_prefix(runs, browser_page, scored_data):
     """Behind a proxy at /team/maps/: pages, assets, the API, the points payload and every link
     live below the prefix."""
     from dashboard.app import create_app, normalise_prefix
-    from llm_maps.cli import main
+    from interfaces.cli import main
 
     assert [normalise_prefix(p) for p in (None, "", "/", "team/maps", "//team//maps/")] == \
         ["/", "/", "/", "/team/maps/", "/team/maps/"]
@@ -868,7 +870,7 @@ def test_the_app_works_under_a_url_prefix(runs, browser_page, scored_data):
             page.get_by_role("option", name="domain", exact=True).click()
             page.wait_for_function(f"() => {GD}._fullLayout.legend.title.text === 'domain'")
             assert page.evaluate(f"() => Array.from({GD}._fullData[0].marker.color)") == \
-                scored_data.cats["domain"].codes.tolist()
+                scored_data.cats["domain"].codes[F.draw_order(scored_data, np.arange(N))].tolist()
             assert page.get_attribute("#nav-runs", "href") == "/team/maps/runs"
             assert page.get_attribute("#map-user-csv", "href") == "/team/maps/api/runs/scored/points?format=csv"
             runs_seen = "() => fetch(llmMaps.url('/api/runs')).then(r => r.json()).then(j => j.runs.map(r => r.run))"

@@ -275,7 +275,7 @@ def test_checkpoint_encodings_equal_a_fresh_encode(group):
 
 
 def test_checkpoint_runs_compare_with_the_base_run(group, scored_base):
-    from llm_maps.compare import compare_runs
+    from llm_maps.comparison import compare_runs
     from llm_maps.runfolder import Run
 
     runs = [Run(group / n) for n in ("step-000000", "step-000002", "step-000004")]
@@ -370,7 +370,7 @@ def test_compare_page_draws_the_loss_curve(group):
     assert list(graph.figure.data[1].x) == [0, 2, 4]
 
     # the train-tasks vs held-out-tasks table: what compare computes, as text on the page
-    from llm_maps.compare import match_runs, task_gain
+    from llm_maps.comparison import match_runs, task_gain
     from llm_maps.runfolder import Run
 
     def texts(node):
@@ -468,7 +468,7 @@ def test_demo_finetune_tunes_the_demo_run_and_prints_train_vs_held_out_tasks(tin
     """`llm-maps demo --finetune` on a stand-in demo run (tiny model; one task with no train rows):
     scored as the demo is, tuned, checkpoint runs of the prompt view only, and the table of train vs
     held-out tasks that compare computes on the group."""
-    from llm_maps.compare import accuracy_curves, format_task_gain, match_runs, task_gain
+    from llm_maps.comparison import accuracy_curves, format_task_gain, match_runs, task_gain
     from llm_maps.runfolder import Run, find_runs, read_manifest
     from interfaces import demo
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import build_scored_run
 from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
-from llm_maps.cli import main
+from interfaces.cli import main
 from llm_maps.errors import LLMMapsError
 
 XSS = "<script>alert(1)</script> **not bold** <b>tag</b>"
@@ -210,7 +210,12 @@ def test_cancel_compare_hide_remove_and_the_link_restores_the_view(site):
     wait_status(page, a)
     b = submit(page, "Name three colours.", max_tokens=6, sampled=True, cot=True)
     wait_status(page, b)
-    assert job(url, b)["result"]["prompt"].count("Let's think step by step.") == 1
+    # step by step is the cot condition: the answer starts with the cue, the prompt placed is the
+    # plain one (the same point as the direct question's)
+    ra, rb = job(url, a)["result"], job(url, b)["result"]
+    assert rb["response_prefix"] == "Let's think step by step." and "response_prefix" not in ra
+    assert rb["prompt"] == ra["prompt"] and "step by step" not in rb["prompt"]
+    assert (rb["x"], rb["y"], rb["dist_to_train"]) == (ra["x"], ra["y"], ra["dist_to_train"])
     page.wait_for_function(f"() => {GD}.data.filter((t) => t.meta && t.meta.pg === 'point').length === 3",
                            timeout=20_000)
     rows = page.locator(".pg-compare-table tbody tr")
@@ -321,7 +326,7 @@ def test_try_a_variation_from_an_examples_drill_down(site, tiny_run):
     import numpy as np
 
     from llm_maps.runfolder import Run
-    from pipelines.metrics import TEXT_METRIC_FUNCS
+    from llm_maps.scoring import get_metric
 
     url, page, log = site["url"], site["page"], site["log"]
     ex = Run(tiny_run).examples
@@ -361,7 +366,7 @@ def test_try_a_variation_from_an_examples_drill_down(site, tiny_run):
     res2 = job(url, second)["result"]
     v2 = res2["variation"]
     assert v2["dist_to_original"] > 1e-4
-    assert v2["score"] == TEXT_METRIC_FUNCS[metric](res2["output"], ref)
+    assert v2["score"] == get_metric(metric).score(res2["output"], ref)
     assert v2["correct"] == (v2["score"] >= v2["threshold"])
     shown("#pg-var-badge", "right" if v2["correct"] else "wrong")
     shown("#pg-var-dists", f"distance to train {res2['dist_to_train']:.4g} · to the original "

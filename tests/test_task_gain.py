@@ -1,4 +1,4 @@
-"""Train tasks vs held-out tasks across runs (llm_maps.compare.task_gain): the numbers against a
+"""Train tasks vs held-out tasks across runs (llm_maps.comparison.task_gain): the numbers against a
 direct computation on the same rows, the intervals against a replicate-by-replicate bootstrap, and
 simulated data with a known answer (verdicts, coverage)."""
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dashboard.synthetic import write_synthetic_run
-from llm_maps import compare as CMP
+from llm_maps import comparison as CMP
 from llm_maps.runfolder import EXAMPLES, Run
 
 

@@ -86,9 +86,11 @@ def test_map_hovers_show_the_instruction_not_the_template(page, chat_data):
     page.goto(f"{page.base}/map?run=chat")
     _wait_map(page)
     texts = page.evaluate(f"() => Array.from({GD}._fullData[0].text || [])")
-    assert len(texts) == N
+    rows = page.evaluate(f"() => Array.from({GD}._fullData[0].customdata || [])")  # test rows drawn after train
+    assert len(texts) == N and sorted(rows) == list(range(N))
     for i in (0, 1, 3):
-        assert texts[i].startswith(f"Question {i}: how many legs does animal number {i} have?<br>"), texts[i]
+        text = texts[rows.index(i)]
+        assert text.startswith(f"Question {i}: how many legs does animal number {i} have?<br>"), text
     assert not any("im_start" in t or "SmolLM" in t for t in texts)
     _set(page, "map-hover-row", {"data": 3})  # the hover line below the map (large runs' hover)
     page.wait_for_function("() => document.querySelector('#map-hover').innerText.includes('Question 3:')")
@@ -194,15 +196,17 @@ def test_falloff_page_labels_slopes_and_bins_table(page, chat_data):
     names = page.evaluate(f"() => {fgd}._fullData.map(t => t.name)")
     for name in names:
         assert "slope " in name and "log-odds per unit distance" in name and "[" in name, name
-    # n= labels sit above each bin's error bar, never on the marker or the bar
+    # n= labels: one per bin, at its bin's x, on its group's colour, in rows above the data (never on
+    # a marker or a bar, never on each other: tests/test_presenter.py)
     check = page.evaluate(f"""() => {{
         const gd = {fgd}; const out = [];
         for (const a of gd.layout.annotations.filter(a => a.text.startsWith('n='))) {{
-          const t = gd._fullData.find(t => t.x.some((x, i) => Math.abs(x - a.x) < 1e-12 && Math.abs(t.y[i] + t.error_y.array[i] - a.y) < 1e-9));
-          out.push([a.text, !!t, a.yshift]);
+          const t = gd._fullData.find(t => t.line.color === a.bgcolor && t.x.some((x) => Math.abs(x - a.x) < 1e-12));
+          const top = Math.max(...gd._fullData.map(t => Math.max(...t.y.map((y, i) => y + t.error_y.array[i]))));
+          out.push([a.text, !!t, a.y > top && a.yanchor === 'top']);
         }}
         return out; }}""")
-    assert len(check) == 3 * 4 and all(found and shift > 0 for _, found, shift in check), check
+    assert len(check) == 3 * 4 and all(found and above for _, found, above in check), check
     rows = page.locator("#falloff-bins-table tr.falloff-bin-row")
     assert rows.count() == 3 * 4
     first = rows.nth(0).locator("td").all_inner_texts()

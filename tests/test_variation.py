@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import write_jsonl
-from llm_maps.cli import main
-from llm_maps.conditions import EXTRACTION_RULES, MC_COT_SUFFIX, extract_answer, is_numeric
+from interfaces.cli import main
+from llm_maps.conditions import EXTRACTION_RULES, cot_choice_prompt, extract_answer, is_numeric
 from llm_maps.contract import PointRecord, check
 from llm_maps.errors import LLMMapsError
 from llm_maps.runfolder import Run
-from pipelines.metrics import TEXT_METRIC_FUNCS
+from llm_maps.scoring import get_metric
 from pipelines.worker import point_record, run_job
 
 THRESHOLDS = {"contains": 0.5, "rougeL": 0.2, "mc": 0.5, "exact": 0.5}  # rougeL: not the default 0.4
@@ -79,7 +79,7 @@ def test_the_unedited_prompt_is_the_example_itself(run, session):
         if v["metric"] != "mc":
             ref = ex["reference"][i]
             assert v["answer"] == ex["output"][i] and v["extraction"] == "output"
-            assert v["score"] == TEXT_METRIC_FUNCS[v["metric"]](ex["output"][i], ref)
+            assert v["score"] == get_metric(v["metric"]).score(ex["output"][i], ref)
         seen.add(v["metric"])
     assert seen == {"contains", "rougeL", "mc"}
     # a train example: its metric comes from the run's rule (train rows are not scored)
@@ -87,7 +87,7 @@ def test_the_unedited_prompt_is_the_example_itself(run, session):
                            & ex["choices"].isna().to_numpy())[0])
     v = session.variation(ex["example_id"][j], session.place(ex["instruction"][j], ex["context"][j]), "the sea")
     assert v["metric"] == "rougeL" and v["threshold"] == 0.2
-    assert v["score"] == TEXT_METRIC_FUNCS["rougeL"]("the sea", ex["reference"][j])
+    assert v["score"] == get_metric("rougeL").score("the sea", ex["reference"][j])
     assert v["dist_to_original"] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -108,7 +108,7 @@ def test_an_edited_prompt_is_scored_with_the_examples_metric_and_threshold(run, 
         res = run_job(session, job)
         v, metric = res["variation"], ex["metric"][i]
         assert res["prompt"] != ex["prompt"][i] and v["metric"] == metric
-        assert v["score"] == TEXT_METRIC_FUNCS[metric](res["output"], ex["reference"][i])
+        assert v["score"] == get_metric(metric).score(res["output"], ex["reference"][i])
         assert v["correct"] == (v["score"] >= THRESHOLDS[metric])
         # distances by hand: the edited prompt's encoding, fp16 as stored, to the original and to train
         state = _fp16(session.place(edited, ex["context"][i])["state"])
@@ -146,9 +146,10 @@ def test_multiple_choice_takes_the_choice_the_edited_prompt_makes_most_likely(ru
     # step by step: the choice most likely after the prompt, the reasoning and "So the answer is"
     i = int(rows[0])
     choices = list(ex["choices"][i])
-    res = run_job(session, _job("generate", ex["instruction"][i] + "\nLet's think step by step.", ex["context"][i],
+    res = run_job(session, _job("generate", ex["instruction"][i], ex["context"][i],
                                 ex["example_id"][i], cot=True, max_new_tokens=5))
-    lls = [c["logprob"] for c in choice_loglikelihoods(session.loaded, res["prompt"] + res["output"] + MC_COT_SUFFIX,
+    # as `score --conditions cot` does it: the prompt, the cue, the reasoning, "So the answer is"
+    lls = [c["logprob"] for c in choice_loglikelihoods(session.loaded, cot_choice_prompt(res["prompt"], res["output"]),
                                                        choices)]
     v = res["variation"]
     assert v["answer"] == choices[int(np.argmax(lls))] and v["extraction"] == "choice_after_reasoning"
@@ -158,12 +159,12 @@ def test_multiple_choice_takes_the_choice_the_edited_prompt_makes_most_likely(ru
 def test_a_step_by_step_variation_scores_the_extracted_answer(run, session):
     ex = Run(run).examples
     i = int(np.flatnonzero((ex["split"] == "test").to_numpy() & (ex["metric"] == "contains").to_numpy())[0])
-    res = run_job(session, _job("generate", ex["instruction"][i] + "\nLet's think step by step.", ex["context"][i],
+    res = run_job(session, _job("generate", ex["instruction"][i], ex["context"][i],
                                 ex["example_id"][i], cot=True, max_new_tokens=8))
     v, ref = res["variation"], ex["reference"][i]
     answer, rule = extract_answer(res["output"], numeric=is_numeric(ref))
     assert is_numeric(ref) and v["answer"] == answer and v["extraction"] == rule and rule in EXTRACTION_RULES
-    assert v["score"] == TEXT_METRIC_FUNCS["contains"](answer, ref)
+    assert v["score"] == get_metric("contains").score(answer, ref)
 
 
 def test_an_unknown_example_fails_the_job_and_the_api_answers_422(run, session, tmp_path):
@@ -180,8 +181,48 @@ def test_an_unknown_example_fails_the_job_and_the_api_answers_422(run, session, 
     for body, message in cases:
         r = client.post("/api/runs/run/points", json=body)
         assert r.status_code == 422 and r.get_json()["error"].startswith(message), (body, r.get_json())
-    r = client.post("/api/runs/run/points", json={"instruction": "x\nLet's think step by step.", "example_id": "q15",
+    r = client.post("/api/runs/run/points", json={"instruction": "x", "example_id": "q15",
                                                   "cot": True, "generate": True})
     assert r.status_code == 202
     payload = app.server.config["LLM_MAPS_QUEUE"].get(r.get_json()["id"])["payload"]
     assert payload["example_id"] == "q15" and payload["cot"] is True
+
+
+def test_think_step_by_step_is_the_cot_condition(run, session, tmp_path):
+    """The playground's "think step by step" and `score --conditions cot` are one construction
+    (llm_maps.conditions.cot_prompt): the answer starts with the cue after the plain prompt, so the
+    point on the map is the plain prompt's, and the generated answer is the cot condition's."""
+    import shutil
+
+    import pandas as pd
+
+    import pipelines.conditions as PC
+    from llm_maps.conditions import DEFAULT_COT_CUE, cot_prompt
+    from pipelines.conditions import score_conditions
+
+    assert PC.cot_prompt is cot_prompt  # the pipeline uses the shared function, not a copy
+    assert cot_prompt("Q: 2 + 2?\nA:") == "Q: 2 + 2?\nA: Let's think step by step."
+    assert cot_prompt("### Response:\n") == "### Response:\nLet's think step by step."
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    score_conditions(copy, conditions="direct,cot", cot_max_new_tokens=6, progress=False, log=lambda m: None)
+    cond = pd.read_parquet(copy / "conditions.parquet")
+    cot = cond[cond["condition"] == "cot"].set_index("example_id")
+    ex = Run(run).examples
+    checked = 0
+    for i in np.flatnonzero((ex["split"] == "test").to_numpy())[:4]:
+        plain = run_job(session, _job("place", ex["instruction"][i], ex["context"][i], None))
+        res = run_job(session, _job("generate", ex["instruction"][i], ex["context"][i], None, cot=True,
+                                    max_new_tokens=6))
+        # placed as the plain prompt: the same prompt, point and distance as without the cue
+        assert res["prompt"] == plain["prompt"] == ex["prompt"][i] and DEFAULT_COT_CUE not in res["prompt"]
+        assert (res["x"], res["y"], res["dist_to_train"]) == (plain["x"], plain["y"], plain["dist_to_train"])
+        assert res["response_prefix"] == DEFAULT_COT_CUE
+        # generated as the cot condition generated it: from the same text, the same answer
+        row = cot.loc[ex["example_id"][i]]
+        assert row["prompt"] == cot_prompt(res["prompt"]) and row["output"] == res["output"]
+        record = point_record(_job("generate", ex["instruction"][i], ex["context"][i], None, cot=True), res)
+        assert record["response_prefix"] == DEFAULT_COT_CUE and record["options"]["cot"] is True
+        assert check(record, PointRecord) == []
+        checked += 1
+    assert checked == 4

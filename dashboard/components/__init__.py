@@ -10,7 +10,11 @@ import flask
 import numpy as np
 from dash import dcc, html
 
+from dashboard.conditions_view import drill_section, path_figure
+from dashboard.figures import EXPORT_CONFIG
+from dashboard.formatting import fmt as _fmt
 from llm_maps.errors import LLMMapsError
+from dashboard.data import VIEW_LABELS, preview, run_views, split_key, view_key
 
 
 def registry():
@@ -35,14 +39,26 @@ def dark_cookie() -> bool:
 def load(run_id, view: str | None = None):
     """(RunData, None) or (None, error message) — pages show the message as a banner. ``run_id`` may
     be a page's run key (``RUN::VIEW``), or give ``view``."""
-    from dashboard.data import view_key
 
+    if view not in (None, "", "prompt") and not split_key(run_id)[0]:
+        # a view belongs to a run: without run= the page would silently show another view of another run
+        label = VIEW_LABELS.get(str(view), str(view))
+        having = [e.id for e in registry().entries() if e.ok and view in _views_of(e)]
+        return None, (f"The {label} view needs a run: add run=RUN to the address (view={view} alone names no run)"
+                      + (f"; runs with this view: {', '.join(having)}" if having else "; no run here has this view"))
     try:
         return registry().load(view_key(run_id, view) if view else (run_id or None)), None
     except LLMMapsError as exc:
         return None, str(exc)
     except Exception as exc:  # a corrupt file can raise anything; never take the app down
         return None, f"could not read run '{run_id}': {type(exc).__name__}: {exc}"
+
+
+def _views_of(entry) -> list[str]:
+    try:
+        return run_views(entry.manifest or {})
+    except Exception:  # noqa: BLE001 - an odd manifest: no views to offer
+        return []
 
 
 def no_run_page(run, error: str) -> dbc.Container:
@@ -82,7 +98,6 @@ def run_picker(current: str | None) -> html.Div:
 def view_picker(data, allowed=("prompt", "completion", "tokens")):
     """The view switch (prompt | completion | token map) of a run that has more than the prompt
     view; changing it reloads the page with ``view=`` in the URL."""
-    from dashboard.data import VIEW_LABELS
 
     views = [v for v in data.views if v in allowed]
     if len(views) < 2:
@@ -130,19 +145,6 @@ def _text_block(label: str, value, cls: str) -> html.Div:
                      html.Pre(text if text else "—", className=f"drill-text {cls}")], className="mb-2")
 
 
-def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "—"
-    try:
-        if value != value:
-            return "—"
-    except (TypeError, ValueError):
-        pass
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
 def drilldown(data, row: int | None) -> html.Div:
     """Everything about one example and its nearest training examples (text + distance)."""
     if row is None:
@@ -187,8 +189,6 @@ def drilldown(data, row: int | None) -> html.Div:
 
 def condition_blocks(data, row: int) -> list:
     """Every condition the example was asked under, side by side (dashboard/conditions_view.py)."""
-    from dashboard.conditions_view import drill_section
-
     return drill_section(data, row)
 
 
@@ -206,7 +206,6 @@ def known_answer(data, row: int, chars: int = 120, **kwargs) -> html.Div | None:
     it when it was scored; None when nothing is."""
     import pandas as pd
 
-    from dashboard.data import preview
 
     ref = data.frame["reference"].iloc[row] if "reference" in data.frame else None
     ref = None if ref is None or (np.ndim(ref) == 0 and pd.isna(ref)) or not str(ref).strip() else str(ref)
@@ -246,3 +245,30 @@ def register_export(graph_id: str) -> None:
                              Output(f"{graph_id}-exported", "children"),
                              Input(f"{graph_id}-png", "n_clicks"), Input(f"{graph_id}-svg", "n_clicks"),
                              prevent_initial_call=True)
+
+
+def register_path_callback() -> None:
+    """The drill-down's "path on the token map" buttons (one callback for every page showing the
+    drill-down; called once, by the Map page)."""
+    import dash
+    from dash import MATCH, Input, Output, State, dcc, html
+    from dash.exceptions import PreventUpdate
+
+    @dash.callback(Output({"type": "cond-path-out", "run": MATCH, "ex": MATCH, "cond": MATCH}, "children"),
+                   Input({"type": "cond-path", "run": MATCH, "ex": MATCH, "cond": MATCH}, "n_clicks"),
+                   State({"type": "cond-path", "run": MATCH, "ex": MATCH, "cond": MATCH}, "id"),
+                   State("theme-dark", "value"), prevent_initial_call=True)
+    def _draw_path(clicks, key, dark=False):
+        if not clicks or not key:
+            raise PreventUpdate
+        if clicks % 2 == 0:  # a second click hides it again
+            return None
+        data, error = load(key.get("run"))
+        row = row_of(data, key.get("ex")) if data is not None else None
+        if data is None or row is None:
+            return html.Div(error or f"no example '{key.get('ex')}'", className="small text-danger")
+        try:
+            fig = path_figure(data, row, str(key.get("cond")), dark=bool(dark))
+        except LLMMapsError as exc:
+            return html.Div(str(exc), className="small text-danger")
+        return dcc.Graph(figure=fig, config=EXPORT_CONFIG, className="cond-path-graph")

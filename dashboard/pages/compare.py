@@ -1,4 +1,4 @@
-"""Compare page: several runs over the same examples side by side (llm_maps.compare).
+"""Compare page: several runs over the same examples side by side (llm_maps.comparison).
 
 Scaling / trajectory curves per domain and task with curve classes, falloff per run, maps aligned
 to the first run that morph from run to run (slider and play: assets/compare.js, in the browser),
@@ -25,6 +25,8 @@ from dashboard import compare_figures as CF
 from dashboard import components as C
 from dashboard.figures import EXPORT_CONFIG
 from llm_maps.errors import LLMMapsError
+from dashboard.data import _stamp
+from llm_maps.comparison import CLASSES, aligned_maps, available_axes, compare_runs, falloff_curves, match_runs, neighbour_jaccard, probe_run, read_probes, top_movers
 
 dash.register_page(__name__, path="/compare", name="Compare", title="LLM Maps · compare", order=2)
 
@@ -38,9 +40,6 @@ class Comparison:
     """One set of runs compared: the result dict, the group, Jaccard matrix, map payload, probes."""
 
     def __init__(self, datas):
-        from llm_maps.compare import (aligned_maps, compare_runs, match_runs, neighbour_jaccard, probe_run,
-                                      read_probes)
-
         runs = [d.run for d in datas]
         self.ids = [d.id for d in datas]
         self.result = compare_runs(runs, cka="auto")
@@ -70,8 +69,6 @@ def _comparison_cached(key: tuple) -> Comparison:
 
 def comparison(run_ids) -> Comparison:
     """The (cached) comparison of these runs; LLMMapsError when they cannot be compared."""
-    from dashboard.data import _stamp
-
     datas = [C.registry().load(r) for r in run_ids]
     key = tuple((d.id, (str(d.path), _stamp(d.path), _extra_stamp(d.path))) for d in datas)
     with _LOCK:
@@ -165,9 +162,8 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
     axes = _axes(res)
     axis = axis if axis in axes else res["axis"]["kind"]
     tasks = [t_ for t_ in C.query_list(task) if t_ in res["tasks"]]
-    last = len(names) - 1
     try:
-        t_value = min(max(float(t), 0.0), float(last))
+        t_value = min(max(float(t), 0.0), float(len(names) - 1))
     except (TypeError, ValueError):
         t_value = 0.0
     cka_a = cka_a if cka_a in names else names[0]
@@ -196,40 +192,12 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
         html.Div(_run_table(res), className="small"),
     ]
     scaling = CF.scaling_figure(res, tasks=tasks, axis=axis, dark=dark)
-    verdicts = html.Div([
-        html.Ul([html.Li(e["verdict"], className="small") for e in res["domains"].values()], id="compare-verdicts"),
-        _classes_table(res),
-        html.Div(res["class_rule"], className="small text-muted", id="compare-class-rule"),
-        html.Details([html.Summary(f"every task ({len(res['tasks'])}): class and accuracy per run", className="small"),
-                      _tasks_table(res)], className="mt-1"),
-        html.Div(res["unit"], className="small text-muted"),
-        *([g] if (g := _gain_table(res.get("task_gain"))) is not None else []),
-    ])
+    verdicts = _verdicts(res)
     scale = "raw" if fscale == "raw" else "percentile"
     falloff = CF.falloff_overlay_figure(_falloff_result(cmp, scale), dark=dark)
     map_fig = CF.aligned_map_figure(cmp.payload, t=t_value, arrows=arrow_ids, dark=dark)
-    marks = {i: {"label": n} for i, n in enumerate(names)}
-    residuals = res["alignment"]["procrustes_residual"]
-    map_note = ("Orthogonal Procrustes of each run's 2-D map onto the first run's (all shared examples); "
-                "residual (0 = same shape): " + ", ".join(f"{n} {'-' if r is None else format(r, '.3f')}"
-                                                          for n, r in zip(names, residuals))
-                + ". Colour: domain. Arrows: from an example's place in the first run to its place now.")
-    map_extra = [
-        dbc.Row([
-            dbc.Col(dbc.Button("▶ play", id="compare-play", size="sm", color="primary", n_clicks=0), width="auto"),
-            dbc.Col(dcc.Slider(id="compare-t", min=0, max=last, step=0.05, value=t_value, marks=marks,
-                               updatemode="drag"), className="pt-1"),
-        ], className="align-items-center mb-2"),
-        dcc.Interval(id="compare-tick", interval=80, disabled=True),
-        _label("Arrows for"),
-        dcc.Dropdown(id="compare-arrows", options=_arrow_options(cmp, movers, arrow_ids), value=arrow_ids,
-                     multi=True, placeholder="examples (top movers listed)", className="mb-2"),
-        dbc.Row([dbc.Col(_label(f"Examples whose {res['moved']['k']} nearest train examples changed most, "
-                                f"{names[0]} →"), width="auto"),
-                 dbc.Col(dcc.Dropdown(id="compare-moved-run", options=names[1:], value=moved_run, clearable=False),
-                         md=4)], className="align-items-center mb-1"),
-        html.Div(_movers_table(movers, names), id="compare-movers"),
-    ]
+    map_note = _map_note(res, names)
+    map_extra = _map_controls(cmp, names, t_value=t_value, arrow_ids=arrow_ids, movers=movers, moved_run=moved_run)
     cka_fig = CF.cka_figure(res["cka"]["layer_pairs"], cka_a, cka_b, dark=dark)
     cka_note = _cka_note(res, names)
     probes_fig = CF.probes_figure(cmp.probes.get(probe), dark=dark, title=f"Linear probes of {probe} by layer")
@@ -265,18 +233,59 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
     ], fluid=True)
 
 
+def _verdicts(res: dict):
+    """Under the scaling plot: each domain's verdict, the task classes, every task's accuracy per run."""
+    return html.Div([
+        html.Ul([html.Li(e["verdict"], className="small") for e in res["domains"].values()], id="compare-verdicts"),
+        _classes_table(res),
+        html.Div(res["class_rule"], className="small text-muted", id="compare-class-rule"),
+        html.Details([html.Summary(f"every task ({len(res['tasks'])}): class and accuracy per run", className="small"),
+                      _tasks_table(res)], className="mt-1"),
+        html.Div(res["unit"], className="small text-muted"),
+        *([g] if (g := _gain_table(res.get("task_gain"))) is not None else []),
+    ])
+
+
+def _map_note(res: dict, names: list[str]) -> str:
+    residuals = res["alignment"]["procrustes_residual"]
+    return ("Orthogonal Procrustes of each run's 2-D map onto the first run's (all shared examples); "
+            "residual (0 = same shape): " + ", ".join(f"{n} {'-' if r is None else format(r, '.3f')}"
+                                                      for n, r in zip(names, residuals))
+            + ". Colour: domain. Arrows: from an example's place in the first run to its place now.")
+
+
+def _map_controls(cmp: Comparison, names: list[str], *, t_value: float, arrow_ids: list, movers: list,
+                  moved_run: str) -> list:
+    """Under the aligned maps: play and the morph slider, the arrows, the top movers."""
+    res = cmp.result
+    marks = {i: {"label": n} for i, n in enumerate(names)}
+    return [
+        dbc.Row([
+            dbc.Col(dbc.Button("▶ play", id="compare-play", size="sm", color="primary", n_clicks=0), width="auto"),
+            dbc.Col(dcc.Slider(id="compare-t", min=0, max=len(names) - 1, step=0.05, value=t_value, marks=marks,
+                               updatemode="drag"), className="pt-1"),
+        ], className="align-items-center mb-2"),
+        dcc.Interval(id="compare-tick", interval=80, disabled=True),
+        _label("Arrows for"),
+        dcc.Dropdown(id="compare-arrows", options=_arrow_options(cmp, movers, arrow_ids), value=arrow_ids,
+                     multi=True, placeholder="examples (top movers listed)", className="mb-2"),
+        dbc.Row([dbc.Col(_label(f"Examples whose {res['moved']['k']} nearest train examples changed most, "
+                                f"{names[0]} →"), width="auto"),
+                 dbc.Col(dcc.Dropdown(id="compare-moved-run", options=names[1:], value=moved_run, clearable=False),
+                         md=4)], className="align-items-center mb-1"),
+        html.Div(_movers_table(movers, names), id="compare-movers"),
+    ]
+
+
 def _falloff_result(cmp: Comparison, scale: str) -> dict:
     """The comparison with its falloff curves on ``scale`` (the result holds the percentile ones)."""
     if scale == "percentile":
         return cmp.result
-    from llm_maps.compare import falloff_curves
 
     return {**cmp.result, "falloff": falloff_curves(cmp.group, scale="raw")}
 
 
 def _axes(res) -> list[str]:
-    from llm_maps.compare import available_axes
-
     return available_axes(res["runs"])
 
 
@@ -295,8 +304,6 @@ def _run_table(res) -> html.Table:
 
 
 def _classes_table(res) -> html.Table:
-    from llm_maps.compare import CLASSES
-
     head = html.Tr([html.Th("domain", className="pe-3")] + [html.Th(c, className="pe-3") for c in CLASSES]
                    + [html.Th("tasks")])
     rows = [html.Tr([html.Td(d, className="pe-3")] + [html.Td(str(e["classes"][c]), className="pe-3") for c in CLASSES]
@@ -331,8 +338,6 @@ def _gain_table(gain) -> html.Div | None:
 
 
 def _tasks_table(res) -> html.Table:
-    from llm_maps.compare import CLASSES
-
     names = [r["name"] for r in res["runs"]]
     order = {c: i for i, c in enumerate(CLASSES)}
     tasks = sorted(res["tasks"].items(), key=lambda kv: (order.get(kv[1]["class"], 9), kv[1]["domain"], kv[0]))
@@ -346,8 +351,6 @@ def _tasks_table(res) -> html.Table:
 
 
 def _movers(cmp: Comparison, run: int) -> list[dict]:
-    from llm_maps.compare import top_movers
-
     return top_movers(cmp.group, cmp.jaccard, run=run, limit=20)
 
 

@@ -10,7 +10,7 @@ from dash.exceptions import PreventUpdate
 from dashboard import components as C
 from dashboard import conditions_view as CV
 from dashboard import figures as F
-from dashboard.data import falloff_for
+from dashboard.falloff_view import falloff_view
 from llm_maps.errors import LLMMapsError
 from llm_maps.falloff import SLOPE_UNIT, format_slope, slope_verdict
 
@@ -124,14 +124,10 @@ def update_falloff(layer, metric, bins, domains, tasks, mode, conditions=None, r
     if cd is not None and conditions:
         return condition_overlay(data, cd, [c for c in cd.names if c in conditions], layer=layer, metric=metric,
                                  bins=int(bins or 5), domains=domains, tasks=tasks, mode=mode, dark=bool(dark))
-    stats, source = falloff_for(data, layer=layer, metric=metric, n_bins=int(bins or 5), tasks=tasks or None)
+    fig, stats, groups, source = falloff_view(data, layer=layer, metric=metric, n_bins=int(bins or 5),
+                                                domains=domains, tasks=tasks, mode=mode, dark=bool(dark))
     if stats is None:
-        fig = F.falloff_figure({}, [], title="no falloff to show", dark=bool(dark))
         return fig, dbc.Alert(NO_SCORES if source == "no scores yet" else source, color="warning", className="mt-2"), None
-    groups = F.falloff_groups(stats, domains or None, include_all=not domains)
-    view = "" if data.view == "prompt" else f", {data.view} view"
-    title = f"{data.base_id}: accuracy vs distance to train (layer {layer}, {metric}{view})"
-    fig = F.falloff_figure(stats, groups, layout=mode, title=title, metric=metric, dark=bool(dark))
     return (fig, html.Span(f"Statistics {source}; bins of equal count per group; error bars: Wilson 95 % "
                            f"intervals; n = test examples per bin; slope: logistic regression of correct on "
                            f"distance, in {SLOPE_UNIT}, with its 95 % interval.", id="falloff-source-text"),

@@ -19,8 +19,7 @@ from dashboard import components as C
 from dashboard import figures as F
 from dashboard import findings_view as V
 from llm_maps.errors import LLMMapsError
-from llm_maps.findings import (DEFAULT_CONTRAST, FIRST_TOKEN_COLUMNS, compute_findings, read_findings,
-                               run_views, variant_distances)
+from llm_maps.findings import DEFAULT_CONTRAST, FINDINGS_FILE, FIRST_TOKEN_COLUMNS, compute_findings, read_findings, run_views, variant_distances
 
 dash.register_page(__name__, path="/findings", name="Findings", title="LLM Maps · findings", order=2)
 
@@ -32,8 +31,6 @@ NO_SCORES = ("No scores yet: this run has no scored test examples. Score it with
 
 def _stored(data) -> tuple[dict | None, str | None]:
     """RUN/findings.json, read again when the file changes."""
-    from llm_maps.findings import FINDINGS_FILE
-
     try:
         st = (data.path / FINDINGS_FILE).stat()
         stamp = (st.st_mtime_ns, st.st_size)

@@ -25,12 +25,21 @@ from dash.exceptions import PreventUpdate
 
 from dashboard import components as C
 from dashboard import figures as F
+from dashboard import regions_view as RV
 from dashboard import variation as V
 from dashboard.data import falloff_for
+from llm_maps.conditions import DEFAULT_COT_CUE
+from llm_maps import model_stack
+from llm_maps.jobs import redis_url
+from llm_maps.tokens import read_tokens
 
 dash.register_page(__name__, path="/playground", name="Playground", title="LLM Maps · playground", order=1.5)
 
-COT_CUE = "Let's think step by step."
+COT_CUE = DEFAULT_COT_CUE  # "think step by step" is the `cot` condition: llm_maps.conditions.cot_prompt
+# the label says what the switch does: the same construction as `llm-maps score --conditions cot`
+COT_LABEL = (f"think step by step: the answer starts with “{COT_CUE}” (as the cot condition); the prompt's "
+             "place on the map does not change")
+YOUR_PROMPT_COLOUR = F.NEIGHBOUR_COLOUR  # your prompt on the small falloff plot (reads on both themes)
 DEFAULT_MAX_TOKENS = 48
 MAX_SHARED_IDS = 100  # saved points a shared link may open at once (the rest are dropped, with a message)
 SUMMARY_FIELDS = ("n_tokens", "mean_logprob", "perplexity", "path_length", "final_dist", "mean_dist", "max_dist")
@@ -49,7 +58,7 @@ def gen_entry(point: dict, status: str = "done") -> dict:
     opts = point.get("options") or {}
     return {"id": point["id"], "status": status, "hidden": False, "kind": point.get("kind"),
             "instruction": point.get("instruction", ""), "temperature": opts.get("temperature"),
-            "seed": opts.get("seed"), "dist_to_train": point.get("dist_to_train"),
+            "seed": opts.get("seed"), "cot": bool(opts.get("cot")), "dist_to_train": point.get("dist_to_train"),
             **{k: point.get(k) for k in SUMMARY_FIELDS}, **({"variation": point["variation"]}
                                                           if point.get("variation") else {})}
 
@@ -120,11 +129,11 @@ def map_choices(data) -> list[str]:
 
 
 def atlas_trace(data):
-    """A fixed sample of the atlas tokens, faint, under the token map (their text on hover)."""
+    """A fixed sample of the atlas tokens, as open circles under the token map's points (their text
+    on hover)."""
     import numpy as np
     import plotly.graph_objects as go
 
-    from llm_maps.atlas import read_tokens
 
     def build():
         tokens = read_tokens(data.path, data.manifest)
@@ -136,9 +145,12 @@ def atlas_trace(data):
         t = tokens.iloc[rows]
         text = [f"training step {F.plot_text(e)} #{p}: {F.plot_text(repr(s))}"
                 for e, p, s in zip(t["example_id"], t["position"], t["token_text"])]
-        return go.Scattergl(x=t["x"].to_numpy(), y=t["y"].to_numpy(), mode="markers", name="atlas tokens",
-                            text=text, hoverinfo="text", marker={"size": 3, "color": "#9e9e9e", "opacity": 0.35},
-                            meta={"atlas": True})
+        # an SVG trace: drawn under the map's WebGL points (the prompts, test ones on top), as thin
+        # open circles in the train grey (3:1 on both themes)
+        return go.Scatter(x=t["x"].to_numpy(), y=t["y"].to_numpy(), mode="markers", name="atlas tokens",
+                          text=text, hoverinfo="text",
+                          marker={"size": 4, "color": F.TRAIN_GREY, "symbol": "circle-open", "line": {"width": 1}},
+                          meta={"atlas": True})
     return data._cached("pg_atlas_trace", build)
 
 
@@ -158,6 +170,15 @@ def base_figure(data, colour: str, dark: bool, map_kind: str = "prompt"):
     return fig
 
 
+def unavailable() -> str | None:
+    """Why the playground cannot run here, or None: no model stack in this install (the view-only
+    ``pip install llm-maps``) and no Celery workers elsewhere (REDIS_URL), so no worker can run jobs."""
+
+    if redis_url() or model_stack.available():
+        return None
+    return model_stack.message("The playground (placing and generating prompts)")
+
+
 def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8", seed="0", max=None, cot=None,
            colour="split", ids=None, map=None, example=None, **_):
     data, error = C.load(run)
@@ -175,8 +196,10 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
     shared = parse_ids(ids)
     gens, found = shared_points(data.id, shared.ids)
     notice = shared_notice(shared)
+    off = unavailable()
     form = [
         C.run_picker(data.id),
+        *([dbc.Alert(off, color="secondary", className="small py-2", id="pg-unavailable")] if off else []),
         html.Div(V.origin_card(origin) if origin else None, id="pg-origin"),
         html.Div(dbc.Button("detach (edit freely, unscored)", id="pg-detach", size="sm", color="secondary",
                             outline=True, className="py-0"), id="pg-detach-box", hidden=origin is None,
@@ -188,7 +211,7 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
                      placeholder="Ask the model something…"),
         dbc.Label("Context (optional)", html_for="pg-context", className="mb-0 small"),
         dbc.Textarea(id="pg-context", value=context or "", rows=2, className="mb-2"),
-        dbc.Switch(id="pg-cot", label=f"think step by step (appends “{COT_CUE}”)", value=cot in ("1", "true", True),
+        dbc.Switch(id="pg-cot", label=COT_LABEL, value=cot in ("1", "true", True),
                    className="mb-2"),
         dbc.RadioItems(id="pg-mode", options=[{"label": "greedy", "value": "greedy"},
                                               {"label": "sampled", "value": "sampled"}],
@@ -204,7 +227,7 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
                                value=C.query_int(max, DEFAULT_MAX_TOKENS))]),
         ], className="g-2 mb-2"),
         html.Div("0 new tokens: only place the prompt.", className="small text-muted mb-2"),
-        html.Div([dbc.Button("Submit", id="pg-submit", color="primary", className="me-2"),
+        html.Div([dbc.Button("Submit", id="pg-submit", color="primary", className="me-2", disabled=bool(off)),
                   dbc.Button("Cancel", id="pg-cancel", color="secondary", outline=True, disabled=True)],
                  className="mb-2"),
         dbc.Alert(id="pg-error", color="danger", is_open=False, className="small py-2"),
@@ -255,13 +278,13 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
                               "Edit the prompt and submit: each answer is scored against the attached reference.",
                               className="small text-muted")),
                           dcc.Graph(id="pg-var-plot", config={"displaylogo": False}, style={"height": "200px"},
-                                    figure=V.history_figure([], origin)),
+                                    figure=V.history_figure([], origin, C.dark_cookie())),
                           html.Div(id="pg-var-history", className="table-responsive")],
                          id="pg-variation", hidden=origin is None),
                 html.H6("Expected accuracy", className="mt-2 mb-1"),
                 html.Div(id="pg-expected", className="small", children="—"),
                 dcc.Graph(id="pg-falloff", config={"displaylogo": False}, style={"height": "260px"},
-                          figure=_empty_falloff()),
+                          figure=_empty_falloff(C.dark_cookie())),
                 html.H6("Nearest training examples", className="mt-2 mb-1"),
                 html.Div(id="pg-neighbours", className="small"),
                 dbc.Card(dbc.CardBody(html.Div(id="pg-drill")), className="mt-2", id="pg-drill-card"),
@@ -270,13 +293,15 @@ def layout(run=None, instruction="", context="", mode="greedy", temperature="0.8
     ], fluid=True)
 
 
-def _empty_falloff():
+def _empty_falloff(dark: bool = False):
+    """The expected-accuracy box before a prompt: in the page's theme (its template; the text in the
+    template's colour, which reads on either)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.update_layout(height=260, margin={"l": 40, "r": 10, "t": 10, "b": 40},
+    fig.update_layout(template=F.template_name(dark), height=260, margin={"l": 40, "r": 10, "t": 10, "b": 40},
                       xaxis={"visible": False}, yaxis={"visible": False},
-                      annotations=[{"text": "submit a prompt", "showarrow": False, "font": {"color": "#888"}}])
+                      annotations=[{"text": "submit a prompt", "showarrow": False}])
     return fig
 
 
@@ -332,7 +357,9 @@ def show_current(current, map_kind, run_id, dark):
     else:
         text = ["no falloff statistics for this run (score it first); distance to train ",
                 html.Strong(f"{dist:.4g}" if dist is not None else "—")]
-    return (html.Ol(items, className="ps-3 mb-0", id="pg-neighbour-list"), overlay, html.Div(text, id="pg-expected-text"),
+    # the region it falls in: its nearest training example's (dashboard/regions_view.py)
+    expected = html.Div([html.Div(text, id="pg-expected-text"), RV.playground_region(data, current)])
+    return (html.Ol(items, className="ps-3 mb-0", id="pg-neighbour-list"), overlay, expected,
             _falloff_with_marker(data, current, bool(dark)))
 
 
@@ -343,16 +370,19 @@ def _falloff_with_marker(data, current: dict, dark: bool):
     stats, _ = falloff_for(data, n_bins=n_bins)
     exp = current.get("expected_accuracy")
     if not stats:
-        return _empty_falloff()
+        return _empty_falloff(dark)
     group = exp["domain"] if exp else (current.get("domain") if current.get("domain") in stats else "all")
-    fig = F.falloff_figure(stats, [group], dark=dark, metric=data.metric)
+    fig = F.falloff_figure(stats, [group], dark=dark, metric=data.metric, min_width=320)
     if exp:
         fig.add_trace(go.Scatter(
             x=[current["dist_to_train"]], y=[exp["accuracy"]], mode="markers", name="your prompt",
-            marker={"symbol": "star", "size": 16, "color": "#111111", "line": {"color": "#ffd400", "width": 1.5}},
+            marker={"symbol": "star", "size": 16, "color": YOUR_PROMPT_COLOUR},
             error_y={"type": "data", "symmetric": False, "array": [exp["high"] - exp["accuracy"]],
-                     "arrayminus": [exp["accuracy"] - exp["low"]], "color": "#111111"},
+                     "arrayminus": [exp["accuracy"] - exp["low"]], "color": YOUR_PROMPT_COLOUR},
             hovertemplate="your prompt<br>distance %{x:.4g}<br>expected accuracy %{y:.3f}<extra></extra>"))
+        lo, hi = fig.layout.xaxis.range or (current["dist_to_train"], current["dist_to_train"])
+        pad = (hi - lo) * 0.05
+        fig.update_xaxes(range=[min(lo, current["dist_to_train"] - pad), max(hi, current["dist_to_train"] + pad)])
     fig.update_layout(height=260, margin={"l": 45, "r": 10, "t": 10, "b": 40}, showlegend=False, title=None,
                       meta={"pg_marker": current.get("id")})
     fig.update_xaxes(title_text="distance to train")

@@ -12,15 +12,16 @@ from dashboard.compare_figures import compare_html
 from dashboard.export import export_html
 from dashboard.findings_view import write_findings_html
 from dashboard.userpoints import load_points
-from llm_maps.compare import PROBE_TARGETS, compare_runs, format_compare, format_probes, probe_run
+from llm_maps.comparison import PROBE_TARGETS, compare_runs, format_compare, format_probes, probe_run
 from llm_maps.conditions import format_summary, summarize, with_examples
 from llm_maps.config import record
 from llm_maps.errors import LLMMapsError
 from llm_maps.findings import findings_run, format_findings
 from llm_maps.jobs import default_state_dir
 from llm_maps.runfolder import MANIFEST, Run, RunIds, check_writable, file_digest, history_entry, run_name, write_json_atomic
+from llm_maps.regions import format_regions, run_regions
 from llm_maps.stages import (CompareConfig, ConditionsConfig, ExportConfig, FalloffConfig, FindingsConfig,
-                             InfoConfig, ProbeConfig)
+                             InfoConfig, ProbeConfig, RegionsConfig)
 from pipelines.build import summarize_run
 from pipelines.falloff_run import falloff_run, format_falloff
 
@@ -132,7 +133,14 @@ def cmd_export(cfg: ExportConfig) -> int:
     return 0
 
 
+def cmd_regions(cfg: RegionsConfig) -> int:
+    result = run_regions(cfg.run, layer=cfg.layer, view=cfg.view, min_size=cfg.min_size, seed=cfg.seed,
+                         json_path=cfg.json, given=record(cfg))
+    print(format_regions(result))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Any], int]] = {
-    "info": cmd_info, "falloff": cmd_falloff, "findings": cmd_findings, "conditions": cmd_conditions,
+    "regions": cmd_regions, "info": cmd_info, "falloff": cmd_falloff, "findings": cmd_findings, "conditions": cmd_conditions,
     "probe": cmd_probe, "compare": cmd_compare, "export": cmd_export,
 }

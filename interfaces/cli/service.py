@@ -13,6 +13,7 @@ from typing import Any, Callable
 from dashboard.app import normalise_prefix, parse_auth, serve
 from interfaces.demo import run_demo
 from interfaces.supervisor import WorkerSupervisor
+from llm_maps import model_stack
 from llm_maps.errors import LLMMapsError
 from llm_maps.jobs import state_dir_for
 from llm_maps.runfolder import split_run_args
@@ -44,7 +45,12 @@ def cmd_serve(cfg: ServeConfig) -> int:
     data_dirs = [*folders, *(Path(d) for d in cfg.data or [])] or ([] if cfg.runs else [Path("data/runs")])
     state = state_dir_for(runs, data_dirs)
     worker = None
-    if cfg.worker and not os.environ.get("REDIS_URL"):
+    embedded = cfg.worker and not os.environ.get("REDIS_URL")
+    if embedded and not model_stack.available():  # a view-only install: the pages, without live points
+        print(f"llm-maps serve: note: no embedded worker (the playground is off): "
+              f"{model_stack.message('the worker')}", file=sys.stderr)
+        embedded = False
+    if embedded:
         # restarted (with back-off) whenever it dies or stops responding; it serves the runs given and
         # those the data folders hold, now and later; /api/health says when none is alive
         worker = WorkerSupervisor(runs, state, data_dirs=data_dirs).start()
@@ -82,6 +88,7 @@ def announce(url: str) -> None:
 
 
 def cmd_worker(cfg: WorkerConfig) -> int:
+    model_stack.require("llm-maps worker")
     runs, folders = split_run_args(cfg.runs)
     return int(main_worker(runs, state_dir=cfg.state, max_models=cfg.max_models, device=cfg.device, dtype=cfg.dtype,
                            data_dirs=[*folders, *(Path(d) for d in cfg.data or [])]) or 0)
