@@ -41,6 +41,19 @@ def start_worker_process(runs: Iterable[str | Path], state_dir: str | Path,
     return subprocess.Popen(cmd, env={**os.environ, "LLM_MAPS_PARENT_PID": str(os.getpid())})
 
 
+def stop_group(proc: "subprocess.Popen[Any]", timeout: float = 30.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything under it: SIGTERM to its
+    group, SIGKILL when it has not ended after ``timeout`` seconds; one already gone is fine."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def exit_reason(returncode: int) -> str:
     """``-9`` -> "exited (killed by SIGKILL)", ``1`` -> "exited with code 1"."""
     if returncode < 0:

@@ -1831,15 +1831,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help="rewrite the document's generated blocks")
     args = p.parse_args(argv)
     path = Path(args.doc)
-    text = path.read_text(encoding="utf-8")
-    new = render_document(text)
-    if args.write:
-        if new != text:
+    return sync_generated(path, render_document(path.read_text(encoding="utf-8")), write=args.write,
+                          how=f"python -m llm_maps.contract --write {path}")
+
+
+def sync_generated(path: Path, new: str, *, write: bool, how: str) -> int:
+    """A generated document: rewrite it with ``new`` (``write``), or exit status 1 with one line
+    saying how to regenerate it when it differs (the check the tests run)."""
+    current = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if write:
+        if new != current:
             path.write_text(new, encoding="utf-8")
-            print(f"{path}: tables regenerated")
+            print(f"{path}: regenerated")
         return 0
-    if new != text:
-        print(f"{path}: tables are out of date; run python -m llm_maps.contract --write {path}")
+    if new != current:
+        print(f"{path}: out of date; run {how}")
         return 1
     return 0
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from .conditions import DEFAULT_COT_CUE, DEFAULT_COT_MAX_NEW_TOKENS
+from .contract import sync_generated
 from .config import (DATA, DISTANCES, MODEL, OUTPUT, PROJECTION, SCALE_OUT, SPLIT, VIEWS, BuildConfig, option_of,
                      fields_of, flags_of, option, parse_layers)
 
@@ -560,18 +561,8 @@ COMMANDS_DOC = Path(__file__).resolve().parents[1] / "docs" / "commands.md"
 def main(argv: list[str] | None = None) -> int:
     """``python -m llm_maps.stages --write``: regenerate docs/commands.md; without it: exit 1 when stale."""
     args = sys.argv[1:] if argv is None else argv
-    text = commands_document()
-    current = COMMANDS_DOC.read_text(encoding="utf-8") if COMMANDS_DOC.is_file() else ""
-    if "--write" in args:
-        if text != current:
-            COMMANDS_DOC.write_text(text, encoding="utf-8")
-            print(f"{COMMANDS_DOC}: regenerated")
-        return 0
-    if text != current:
-        print(f"{COMMANDS_DOC}: out of date; run python -m llm_maps.stages --write")
-        return 1
-    return 0
-
+    return sync_generated(COMMANDS_DOC, commands_document(), write="--write" in args,
+                          how="python -m llm_maps.stages --write")
 
 if __name__ == "__main__":
     sys.exit(main())

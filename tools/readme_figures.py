@@ -45,10 +45,8 @@ WIDTH = 115  # the verdict is wrapped to this many characters, as the README sho
 
 def stage_times_line(run: Path) -> str:
     """The stage-time line of ``llm-maps demo``, as it prints it for ``run``."""
-    try:
-        from interfaces.demo import format_stage_times, stage_times
-    except ImportError:  # before the command line moved to interfaces/
-        from pipelines.demo import format_stage_times, stage_times  # type: ignore[no-redef]
+    from interfaces.demo import format_stage_times, stage_times
+
     return format_stage_times(stage_times(Path(run)))
 
 
@@ -129,6 +127,8 @@ def idle_memory(*, command: list[str] | None = None, port: int | None = None, se
 
     import psutil
 
+    from interfaces.supervisor import stop_group
+
     if port is None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -173,14 +173,7 @@ def idle_memory(*, command: list[str] | None = None, port: int | None = None, se
                 break
         return last
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_group(proc)
 
 
 def memory_line(mem: dict[str, float]) -> str:

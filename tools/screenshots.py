@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from interfaces.supervisor import stop_group
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 VIEWPORT = {"width": 1400, "height": 900}
@@ -152,14 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
     finally:
         if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            stop_group(proc)
         if state:
             shutil.rmtree(state, ignore_errors=True)
     return 0
