@@ -39,7 +39,7 @@ __all__ = ["FORMAT_VERSION", "MANIFEST_KEYS", "REQUIRED_COLUMNS", "MANIFEST", "E
            "run_group", "run_name", "is_run_dir", "split_run_args", "model_name", "model_label", "read_manifest",
            "publish", "replacing_dir", "write_json_atomic", "write_parquet_atomic", "save_npy_atomic", "layer_file",
            "partial_dir", "package_versions", "now_iso", "history_entry", "with_history", "append_history", "add_note",
-           "file_digest", "check_writable", "record_stage"]
+           "file_digest", "check_writable", "record_stage", "commit_stage"]
 
 MANIFEST = "manifest.json"
 FINETUNE_FILE = "finetune.json"  # a fine-tuning group's settings and loss curve (pipelines/finetune.py)
@@ -141,33 +141,51 @@ def record_stage(run_dir: str | Path, stage: str, params: Mapping[str, Any], *, 
                  inputs: Sequence[str] = (), given: Mapping[str, Any] | None = None,
                  seed: int | None = None, sources: Mapping[str, Any] | None = None,
                  manifest: Mapping[str, Any] | None = None) -> HistoryEntry:
-    """The one way a stage writes into a run: each of ``outputs`` (file name -> a JSON-ready value, or
-    a pandas DataFrame for ``.parquet``) written atomically, then a ``manifest.history`` entry with
-    the parameters (``params`` as resolved; ``given``: the stage's config as the user gave it), the seed, the input
-    files with their content hashes, the outputs and the package versions. Errors are raised (a
-    read-only run: one line naming the run and the files), never swallowed. ``manifest``: keys the
-    stage sets in the manifest (its section), written with the history entry in one replace."""
-    run_dir = Path(run_dir)
-    check_writable(run_dir, list(outputs))
-    digests = {name: file_digest(run_dir / name) for name in inputs if (run_dir / name).is_file()}
-    try:
-        for name, value in outputs.items():
-            if name.endswith(".parquet"):
-                write_parquet_atomic(run_dir / name, value)
-            else:
-                write_json_atomic(run_dir / name, value)
-    except OSError as exc:
-        raise LLMMapsError(f"{run_dir / name}: cannot write ({exc.strerror or exc})") from None
+    """A stage's files written into a run with its history entry (``commit_stage``): the entry keeps
+    the parameters (``params`` as resolved; ``given``: the stage's config as the user gave it), the
+    seed, ``sources`` and the input files with their content hashes, the outputs (the files, and
+    ``manifest.json`` when the stage sets ``manifest`` keys) and the package versions."""
     recorded = dict(params)
     if seed is not None:
         recorded["seed"] = int(seed)
     if given is not None:
         recorded["given"] = dict(given)
-    entry = history_entry(stage, recorded, {**(sources or {}), "files": digests},
-                          [*outputs, *([MANIFEST] if manifest else [])])
-    current = read_manifest(run_dir)
-    write_json_atomic(run_dir / MANIFEST, {**with_history({**current, **(manifest or {})}, entry),
-                                           "updated": entry["created"]})
+    entry = history_entry(stage, recorded, dict(sources or {}), [*outputs, *([MANIFEST] if manifest else [])])
+    return commit_stage(run_dir, entry, outputs=outputs, manifest=manifest, inputs=inputs)
+
+
+def commit_stage(run_dir: str | Path, entry: HistoryEntry, *, outputs: Mapping[str, Any],
+                 manifest: Mapping[str, Any] | None = None, inputs: Sequence[str] = ()) -> HistoryEntry:
+    """The one way a stage writes into a finished run. First a check that the run can be written (a
+    read-only run: one line naming it and the files, before anything changes); the content hashes
+    of ``inputs`` (files relative to the run) go into the entry's ``inputs.files``. Then each of
+    ``outputs`` (file name -> a pandas DataFrame for ``.parquet``, a prepared file or folder (a
+    ``Path``) moved into place, or a JSON-ready value), each atomically; last the manifest, with
+    ``manifest`` keys set and ``entry`` appended to its history, in one replace: a reader sees the
+    old run or the new one. Errors are raised, never swallowed. Returns the entry as recorded."""
+    run_dir = Path(run_dir)
+    check_writable(run_dir, list(outputs) or [MANIFEST])
+    digests = {name: file_digest(run_dir / name) for name in inputs if (run_dir / name).is_file()}
+    entry = cast(HistoryEntry, {**entry, "inputs": {**entry["inputs"], "files": digests}})
+    name = MANIFEST
+    try:
+        for name, value in outputs.items():
+            target = run_dir / name
+            if isinstance(value, Path):
+                if value.is_dir():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    _swap_in(value, target)
+                else:
+                    os.replace(value, target)
+            elif name.endswith(".parquet"):
+                write_parquet_atomic(target, value)
+            else:
+                write_json_atomic(target, value)
+        current = read_manifest(run_dir)
+        write_json_atomic(run_dir / MANIFEST, {**with_history({**current, **(manifest or {})}, entry),
+                                               "updated": entry["created"]})
+    except OSError as exc:
+        raise LLMMapsError(f"{run_dir / name}: cannot write ({exc.strerror or exc})") from None
     return entry
 
 

@@ -30,13 +30,13 @@ import numpy as np
 from llm_maps.errors import LLMMapsError
 from llm_maps.jobs import redis_url
 from llm_maps.neighbours import nearest_train
-from llm_maps.runfolder import (ENCODINGS, EXAMPLES, _swap_in, history_entry, layer_file, now_iso, read_manifest,
-                                replacing_dir, with_history, write_parquet_atomic)
+from llm_maps.runfolder import (ENCODINGS, EXAMPLES, history_entry, layer_file, read_manifest, replacing_dir,
+                                write_parquet_atomic)
 from pipelines.distributed import encode_views_distributed, segments_distributed
 from pipelines.encode import default_layers, resolve_max_length
 from pipelines.models import load_model
 from pipelines.project import fit_projection
-from pipelines.runwrite import write_run_files
+from pipelines.runwrite import commit_run_files
 from pipelines.views import (COMPLETION, DEFAULT_ATLAS_MAX_TOKENS, TOKENS, ViewsResult, completion_segments,
                              completion_texts, empty_completions, encode_views_to_folder, parse_views,
                              run_segments, target_file, view_dir)
@@ -253,14 +253,15 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
             del new
     # projections, distances and tokens.parquet in the work folder too, then the pieces are swapped in
     frame_out, manifest_out = finish_extras(work, frame, manifest, extras, prompt_folder=run_dir)
+    files = {}  # the prepared views, maps and tokens table, moved in by commit_run_files
     for sub in ([COMPLETION] if COMPLETION in views else []) + ([TOKENS] if token_atlas else []):
-        _swap_in(work / ENCODINGS / sub, view_dir(run_dir, sub))
+        files[f"{ENCODINGS}/{sub}"] = work / ENCODINGS / sub
     for name in ([PROJECTION_COMPLETION] if COMPLETION in views else []) + \
                 ([PROJECTION_TOKENS] if token_atlas else []):
         if (work / name).exists():
-            _swap_in(work / name, run_dir / name)
+            files[name] = work / name
     if token_atlas:
-        (work / TOKENS_FILE).replace(run_dir / TOKENS_FILE)
+        files[TOKENS_FILE] = work / TOKENS_FILE
     params = {"views": views, "token_atlas": bool(token_atlas), "completion_model": completion_model,
               "atlas_layers": atlas_layers, "atlas_max_tokens": int(atlas_max_tokens), "seed": seed,
               "reused_rows": int(reuse.sum()) if reuse is not None else 0, "distributed": bool(distributed),
@@ -270,9 +271,8 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
                            if token_atlas else [])
     entry = history_entry("atlas" if token_atlas and not views else "encode-view", params,
                           {"examples": EXAMPLES, "encodings": f"{ENCODINGS}/"}, outputs)
-    manifest_out = with_history(manifest_out, entry)
-    manifest_out["updated"] = now_iso()
-    write_run_files(run_dir, frame_out, manifest_out)
+    commit_run_files(run_dir, frame_out, manifest_out, entry, files=files,
+                     inputs=[EXAMPLES, *(str(layer_file("", k)) for k in manifest["layers"])])
     shutil.rmtree(work, ignore_errors=True)
     return manifest_out
 

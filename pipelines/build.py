@@ -19,14 +19,14 @@ from llm_maps.domains import UNKNOWN_DOMAIN, DomainMap
 from llm_maps.errors import LLMMapsError
 from llm_maps.neighbours import nearest_train
 from llm_maps.report import accuracy_lines, falloff_lines, findings_lines
-from llm_maps.runfolder import (EXAMPLES, FORMAT_VERSION, MANIFEST, PROJECTION, history_entry, layer_file,
+from llm_maps.runfolder import (ENCODINGS, EXAMPLES, FORMAT_VERSION, MANIFEST, PROJECTION, history_entry, layer_file,
                                 now_iso, package_versions, partial_dir, publish, read_manifest, replacing_dir,
                                 with_history)
 from pipelines.atlas import encode_extras, finish_extras, wants_extras
 from pipelines.encode import normalize_layers
 from pipelines.encoder import Encoder, TransformersEncoder
 from pipelines.project import fit_projection
-from pipelines.runwrite import write_run_files
+from pipelines.runwrite import commit_run_files, write_run_files
 from pipelines.sources import load_source, parse_columns
 from pipelines.splits import assign_splits
 from pipelines.templates import get_template
@@ -123,9 +123,10 @@ def restage_run(run_dir: str | Path, *, stage: str, **kwargs) -> dict:
         frame, manifest = neighbours_folder(run_dir, frame, manifest, **kwargs)
     else:
         raise ValueError(stage)
-    manifest["updated"] = now_iso()
-    write_run_files(run_dir, frame, manifest)
-    return manifest
+    *history, entry = manifest["history"]  # the stage's own entry, appended by project/neighbours_folder
+    commit_run_files(run_dir, frame, {**manifest, "history": history}, entry,
+                     inputs=[EXAMPLES, entry["inputs"]["encodings"]])
+    return read_manifest(run_dir)
 
 
 def load_sources(data: str | Path | Sequence[str | Path], *, columns: dict | None = None,
@@ -269,6 +270,10 @@ def _encode(cfg: BuildConfig, encoder: Encoder, frame, work: Path, *, layer_list
     if loaded is None:
         raise LLMMapsError("--views completion / --token-atlas: need the transformers encoder "
                            f"(got {type(encoder).__name__})")
+    # an earlier attempt of this build in the plain encoder (without views) left its resume state: the
+    # views pass encodes the prompts itself, so that state is stale and must not reach the run
+    for stale in (work / ENCODINGS / ".state.json", work / ENCODINGS / ".done.npy"):
+        stale.unlink(missing_ok=True)
     where = "the workers of REDIS_URL" if cfg.distributed else f"{loaded.device} ({loaded.dtype})"
     log(f"encoding {len(frame)} examples with {cfg.model} on {where}, layers {layer_list}, into {work}")
     extras = encode_extras(loaded, frame, work, views=["prompt", *parse_views(cfg.views)], layers=layer_list,

@@ -1,14 +1,19 @@
-"""Writing a run's examples and manifest: what `build`, `score`, `encode --view` and `atlas` write
-when they (re)write examples.parquet, with the manifest's counts."""
+"""Writing a run's examples and manifest, with the manifest's counts: a new run's work folder
+(``write_run_files``, published whole by the build) and a finished run that `score`, `project`,
+`neighbours`, `encode --view` and `atlas` rewrite (``commit_run_files``, through the core's one
+way into a run, ``llm_maps.runfolder.commit_stage``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from llm_maps.runfolder import EXAMPLES, MANIFEST, write_json_atomic, write_parquet_atomic
+from typing import Any, Mapping, Sequence
 
-__all__ = ["write_run_files", "run_counts", "frame_for_parquet"]
+from llm_maps.contract import HistoryEntry
+from llm_maps.runfolder import EXAMPLES, MANIFEST, commit_stage, write_json_atomic, write_parquet_atomic
+
+__all__ = ["write_run_files", "commit_run_files", "run_counts", "frame_for_parquet"]
 
 
 def run_counts(frame) -> dict:
@@ -52,3 +57,15 @@ def write_run_files(folder: Path, frame, manifest: dict) -> None:
     manifest = {**manifest, "counts": run_counts(frame)}
     write_parquet_atomic(folder / EXAMPLES, frame_for_parquet(frame))
     write_json_atomic(folder / MANIFEST, manifest)
+
+
+def commit_run_files(run_dir: Path, frame, manifest: Mapping[str, Any], entry: HistoryEntry, *,
+                     files: Mapping[str, Path] | None = None, inputs: Sequence[str] = (EXAMPLES,)) -> HistoryEntry:
+    """A stage that rewrites a finished run's examples.parquet: ``files`` (prepared files and folders,
+    e.g. a view's encodings) moved in, then examples.parquet, then the manifest (``manifest``'s keys
+    and the frame's counts) with ``entry`` appended, through ``commit_stage`` (a read-only run is one
+    line; ``inputs`` hashed into the entry before anything changes)."""
+    changed = {k: v for k, v in manifest.items() if k != "history"}
+    changed["counts"] = run_counts(frame)
+    return commit_stage(run_dir, entry, outputs={**(files or {}), EXAMPLES: frame_for_parquet(frame)},
+                        manifest=changed, inputs=inputs)

@@ -17,14 +17,14 @@ import numpy as np
 
 from llm_maps.errors import LLMMapsError
 from llm_maps.jobs import redis_url
-from llm_maps.runfolder import EXAMPLES, history_entry, now_iso, read_manifest, with_history
+from llm_maps.runfolder import EXAMPLES, history_entry, now_iso, read_manifest
 from llm_maps.scoring import get_metric, metric_for, parse_metric_spec, parse_thresholds
 from pipelines.budgets import BUDGET_RULE, row_budgets, task_budgets
 from pipelines.distributed import score_distributed, score_spec
 from pipelines.first_token import FirstTokenCollector, add_first_token_columns
 from pipelines.generate import choice_loglikelihoods_batch, generate
 from pipelines.models import load_model
-from pipelines.runwrite import write_run_files
+from pipelines.runwrite import commit_run_files
 
 
 def _choices(value) -> list[str] | None:
@@ -402,9 +402,7 @@ def record_scoring(plan: ScorePlan, gen: GenerationSettings, passes: ModelPasses
         [f"{EXAMPLES}:{c}" for c in ("output", "output_token_ids", "output_logprobs", "stop_reason",
                                       "choice_logprobs", "metric", "score", "correct",
                                       "first_entropy", "first_top_prob", "first_kl_to_mean")] + ["scoring"])
-    manifest = with_history(manifest, entry)
-    manifest["updated"] = entry["created"]
-    write_run_files(plan.run_dir, plan.frame, manifest)
+    commit_run_files(plan.run_dir, plan.frame, manifest, entry)
     return manifest["scoring"]
 
 

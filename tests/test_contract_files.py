@@ -218,9 +218,6 @@ def test_an_interrupted_build_leaves_only_declared_working_files(tiny_models, tm
     assert _finished(run) == [] and check_folder(run, source_columns=_source_columns(data)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="known: a build interrupted in the plain encoder and run again with "
-                                       "--views/--token-atlas publishes the first attempt's encodings/.state.json "
-                                       "and .done.npy into the run (pipelines/build.py does not clear them)")
 def test_a_build_resumed_with_other_views_leaves_no_working_files(tiny_models, tmp_path, monkeypatch):
     import pipelines.encode as encode
 
