@@ -1,10 +1,13 @@
 """Dashboard speed on a synthetic run, in real headless Chromium, next to the shared Plotly baseline.
 
-    python benchmarks/bench_dashboard.py                 # 100k points (hidden 576) + the 1M check
-    python benchmarks/bench_dashboard.py --sizes 100000 --no-baseline
+    python benchmarks/bench_dashboard.py                 # 100k (hidden 576) and 1M, both renderers, the baseline
+    python benchmarks/bench_dashboard.py --sizes 100000 --renderers webgl --no-baseline
 
-For each size: writes a synthetic run (dashboard.synthetic), starts `llm-maps serve` in its own
-process, waits until /api/health says it is ready (the run loaded), opens /map in Chromium with software WebGL (the baseline's flags) and measures
+For each size: writes a synthetic run (dashboard.synthetic); for each renderer of the Map page
+(``renderer=plotly``: the Plotly map, which samples 200k points above 200k; ``renderer=webgl``:
+every point on the GPU, assets/mapgl.js) starts `llm-maps serve` in its own process, waits until
+/api/health says it is ready (the run loaded), opens /map in Chromium with software WebGL (the
+baseline's flags) and measures
   first paint     navigation start -> the frame after the map holds every (or the sampled) point
                   (the figure comes with the page layout); bytes of the layout and callbacks
   points payload  the per-point arrays the browser fetches once after the first paint (runs up to
@@ -14,8 +17,12 @@ process, waits until /api/health says it is ready (the run loaded), opens /map i
                   server requests, server time (request start -> first byte) and bytes
   filter          untick "train" (the click event) -> frame after only the test points are drawn; same fields
   memory          resident memory of the web process after these
-then runs /work/shared/bench/plotly_baseline.py (plain Plotly HTML) in the same session and prints
-ratios (ours / baseline). Each figure is the median over --reps fresh browsers (3). Needs playwright (pip) and chromium (apt); no `playwright install`.
+(the WebGL map: first paint when every point is drawn, recolour and filter when the GPU has drawn
+the new colours or rows; the arrays come as raw bytes, after the page), then runs
+/work/shared/bench/plotly_baseline.py (plain Plotly HTML) in the same session and prints ratios
+(ours / baseline) and issue 31's table (WebGL map, Plotly map and plain Plotly side by side). Each
+figure is the median over --reps fresh browsers (3). Needs playwright (pip) and chromium (apt); no
+`playwright install`.
 """
 
 from __future__ import annotations
@@ -31,8 +38,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from dashboard import figures as F  # noqa: E402 - after the repository is on the path
+from dashboard.synthetic import write_synthetic_run  # noqa: E402
 BASELINE = Path(os.environ.get("LLM_MAPS_BASELINE", "/work/shared/bench/plotly_baseline.py"))
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu-sandbox", "--use-gl=angle", "--use-angle=swiftshader"]
 GD = "document.querySelector('#map-graph .js-plotly-plot')"
@@ -135,7 +146,7 @@ def measure(pw, chromium: str, url: str, n_expected: int, n_test: int, sampled: 
         traffic.reset()
         page.evaluate(f"() => {{ window.__prevTrace = {GD}._fullData[0]; }}")
         page.evaluate(CLICK_CLOCK)
-        page.get_by_label("train").uncheck()
+        page.get_by_label("train", exact=True).uncheck()
         t0 = page.evaluate("() => window.__clickAt")
         # a sampled view keeps drawing MAX_POINTS points: wait for the new figure itself
         cond = (f"{GD}._fullData[0]._length === {n_test}" if not sampled
@@ -175,9 +186,133 @@ def run_baseline(sizes, chromium, reps: int) -> dict:
         return {int(k): v for k, v in json.loads(out.read_text()).items()}
 
 
+RENDERERS = ("plotly", "webgl")
+GL = "window.llmMapGL && window.llmMapGL.state.last"
+
+
+def measure_webgl(pw, chromium: str, url: str, n_expected: int, n_test: int) -> dict:
+    """The WebGL map (renderer=webgl): first paint (every point), recolour and filter, clocked in the
+    page as the plain Plotly baseline clocks itself: to two animation frames after the draw call
+    (``presented``), from navigation start or from the click event. ``*_cdp_ms``: the same moment
+    as this script's other figures see it (the condition polled from here, then two frames)."""
+    browser = pw.chromium.launch(executable_path=chromium, headless=True, args=FLAGS)
+    try:
+        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        traffic = Traffic(page)
+        page.goto(url, wait_until="commit", timeout=600_000)
+        cdp = frame_after(page, f"{GL} && {GL}.m === {n_expected} && {GL}.presented")
+        last = page.evaluate(f"() => {GL}")
+        out = {"first_paint_ms": round(last["presented"], 1), "first_paint_cdp_ms": round(cdp, 1),
+               "first_paint_payload_bytes": traffic.summary()["bytes"], "points_drawn": last["m"],
+               "backend": last["backend"], "draw_ms": last["ms"]}
+        page.wait_for_timeout(1500)
+        for name, act, cond in (
+                ("recolour", lambda: (page.click("#map-colour"), page.evaluate(CLICK_CLOCK),
+                                      page.get_by_role("option", name="task", exact=True).click()),
+                 f"{GL}.legendTitle === 'task'"),
+                ("filter", lambda: (page.evaluate(CLICK_CLOCK), page.get_by_label("train", exact=True).uncheck()),
+                 f"{GL}.m === {n_test} && {GL}.legendTitle === 'task'")):
+            traffic.reset()
+            act()
+            cdp = frame_after(page, f"{cond} && {GL}.presented")
+            got = page.evaluate(f"() => [window.__clickAt, {GL}.presented, {GL}.ms]")
+            page.wait_for_timeout(300)
+            out[f"{name}_ms"] = round(got[1] - got[0], 1)
+            out[f"{name}_cdp_ms"] = round(cdp - got[0], 1)
+            out[f"{name}_draw_ms"] = got[2]
+            out[f"{name}_server"] = traffic.summary()
+        return out
+    finally:
+        browser.close()
+
+
+def bench_size(pw, args, tmp: Path, n: int) -> dict:
+    """One synthetic run of ``n`` points, measured with each renderer, each in a fresh server (so
+    each renderer's web process memory is its own)."""
+    t = time.time()
+    hidden = args.hidden if n <= 200_000 else 16  # the map never reads encodings
+    run = write_synthetic_run(tmp / f"synthetic_{n}", n, hidden=hidden, layers=(30,), n_tasks=48)
+    n_test = int((pd.read_parquet(run / "examples.parquet", columns=["split"])["split"] == "test").sum())
+    write_s = time.time() - t
+    out = {}
+    for renderer in args.renderers:
+        port = free_port()
+        t = time.time()
+        proc = start_server(run, port)
+        try:
+            start_s = time.time() - t
+            url = f"http://127.0.0.1:{port}/map?run={run.name}&renderer={renderer}"
+            if renderer == "webgl":
+                sampled, n_drawn = False, n
+                reps = [measure_webgl(pw, args.chromium, url, n, n_test) for _ in range(args.reps)]
+            else:
+                sampled, n_drawn = n > F.MAX_POINTS, min(n, F.MAX_POINTS)
+                reps = [measure(pw, args.chromium, url, n_drawn, min(n_test, F.MAX_POINTS), sampled)
+                        for _ in range(args.reps)]
+            res = median_of(reps)
+            res["first_paint_ms_each"] = [r["first_paint_ms"] for r in reps]
+            res.update(renderer=renderer, points=n, drawn=n_drawn, sampled=sampled, hidden=hidden,
+                       write_run_s=round(write_s, 1), server_start_s=round(start_s, 1),
+                       web_rss_mb=round(rss_mb(proc.pid), 1))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        out[renderer] = res
+        print(json.dumps({"dashboard": res}), flush=True)
+    return out
+
+
+def _s(ms: float | None) -> str:
+    return "—" if ms is None else f"{ms / 1000:.2f} s"
+
+
+def issue_table(results: dict, base: dict) -> str:
+    """The table of issue 31: the WebGL map next to the Plotly map and the plain Plotly page, all
+    measured in this run; "ratio" is WebGL over what the aim compares with."""
+    def get(n, renderer, key):
+        return (results.get(n) or {}).get(renderer, {}).get(key)
+
+    def restyle(n):
+        b = base.get(n) or {}
+        vals = [b[k] for k in ("recolour_strings_ms", "recolour_numeric_ms") if b.get(k) is not None]
+        return min(vals) if vals else None
+
+    b100, b1m = base.get(100_000) or {}, base.get(1_000_000) or {}
+    rows = [  # figure, aim, WebGL, Plotly map, plain Plotly, reference of the aim (ms), aim as ratio or absolute
+        ("100k first paint", "≤ 0.5× plain Plotly", get(100_000, "webgl", "first_paint_ms"),
+         get(100_000, "plotly", "first_paint_ms"), b100.get("first_paint_ms"), b100.get("first_paint_ms"), 0.5),
+        ("100k recolour (click → frame)", "≤ 0.1× Plotly restyle", get(100_000, "webgl", "recolour_ms"),
+         get(100_000, "plotly", "recolour_ms"), restyle(100_000), restyle(100_000), 0.1),
+        ("100k filter (click → frame)", "≤ 0.1× Plotly restyle", get(100_000, "webgl", "filter_ms"),
+         get(100_000, "plotly", "filter_ms"), restyle(100_000), restyle(100_000), 0.1),
+        ("1M first paint, every point", "≤ plain Plotly at 100k", get(1_000_000, "webgl", "first_paint_ms"),
+         get(1_000_000, "plotly", "first_paint_ms"), b1m.get("first_paint_ms"), b100.get("first_paint_ms"), 1.0),
+        ("1M recolour", "≤ 0.3 s", get(1_000_000, "webgl", "recolour_ms"), get(1_000_000, "plotly", "recolour_ms"),
+         restyle(1_000_000), 300.0, 1.0),
+        ("1M filter", "(no aim)", get(1_000_000, "webgl", "filter_ms"), get(1_000_000, "plotly", "filter_ms"),
+         None, None, None),
+    ]
+    lines = ["| figure | aim | WebGL map | Plotly map (sampled above 200k) | plain Plotly | ratio | met |",
+             "|---|---|---|---|---|---|---|"]
+    for name, aim, gl, pl, plain, ref, goal in rows:
+        ratio = gl / ref if gl is not None and ref else None
+        met = "—" if ratio is None or goal is None else ("yes" if ratio <= goal else "no")
+        lines.append(f"| {name} | {aim} | {_s(gl)} | {_s(pl)} | {_s(plain)} | "
+                     f"{'—' if ratio is None else f'{ratio:.2f}'} | {met} |")
+    mem_gl, mem_pl = get(1_000_000, "webgl", "web_rss_mb"), get(1_000_000, "plotly", "web_rss_mb")
+    if mem_gl is not None:
+        ratio = mem_gl / (mem_pl or 1180.0)
+        lines.append(f"| web process memory at 1M | ≤ 0.5× today's (1.18 GB) | {mem_gl / 1024:.2f} GB | "
+                     f"{'—' if mem_pl is None else f'{mem_pl / 1024:.2f} GB'} | — | {ratio:.2f} | "
+                     f"{'yes' if ratio <= 0.5 else 'no'} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--renderers", nargs="+", choices=RENDERERS, default=list(RENDERERS),
+                    help="the Map page's renderers to measure (renderer= in its URL)")
     ap.add_argument("--hidden", type=int, default=576)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--reps", type=int, default=3, help="fresh browsers per size (here and in the baseline); medians")
@@ -187,51 +322,26 @@ def main(argv=None) -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from dashboard import figures as F
-    from dashboard.synthetic import write_synthetic_run
-
-    results = {}
+    results, base = {}, {}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         for n in args.sizes:
-            t = time.time()
-            hidden = args.hidden if n <= 200_000 else 16  # the map never reads encodings
-            run = write_synthetic_run(Path(tmp) / f"synthetic_{n}", n, hidden=hidden, layers=(30,), n_tasks=48)
-            import pandas as pd
-
-            n_test = int((pd.read_parquet(run / "examples.parquet", columns=["split"])["split"] == "test").sum())
-            write_s = time.time() - t
-            port = free_port()
-            t = time.time()
-            proc = start_server(run, port)
-            try:
-                start_s = time.time() - t
-                sampled = n > F.MAX_POINTS
-                n_drawn = min(n, F.MAX_POINTS)
-                reps = [measure(pw, args.chromium, f"http://127.0.0.1:{port}/map?run={run.name}", n_drawn,
-                                min(n_test, F.MAX_POINTS), sampled) for _ in range(args.reps)]
-                res = median_of(reps)
-                res["first_paint_ms_each"] = [r["first_paint_ms"] for r in reps]
-                res.update(points=n, drawn=n_drawn, sampled=sampled, hidden=hidden, write_run_s=round(write_s, 1),
-                           server_start_s=round(start_s, 1), web_rss_mb=round(rss_mb(proc.pid), 1))
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-            results[n] = res
-            print(json.dumps({"dashboard": res}), flush=True)
+            results[n] = bench_size(pw, args, Path(tmp), n)
         if not args.no_baseline:
             base = run_baseline(args.sizes, args.chromium, args.reps)
             for n, b in base.items():
                 print(json.dumps({"baseline": b}), flush=True)
-                ours = results[n]
-                ratios = {"first_paint": ours["first_paint_ms"] / b["first_paint_ms"],
-                          "recolour_vs_strings": ours["recolour_ms"] / b["recolour_strings_ms"],
-                          "recolour_vs_numeric": ours["recolour_ms"] / b["recolour_numeric_ms"],
-                          "filter_vs_numeric_restyle": ours["filter_ms"] / b["recolour_numeric_ms"]}
-                results[n]["baseline"] = b
-                results[n]["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
-                print(json.dumps({"points": n, "ratios_ours_over_baseline": results[n]["ratios"]}), flush=True)
+                for renderer, ours in results[n].items():
+                    ratios = {"first_paint": ours["first_paint_ms"] / b["first_paint_ms"],
+                              "recolour_vs_strings": ours["recolour_ms"] / b["recolour_strings_ms"],
+                              "recolour_vs_numeric": ours["recolour_ms"] / b["recolour_numeric_ms"],
+                              "filter_vs_numeric_restyle": ours["filter_ms"] / b["recolour_numeric_ms"]}
+                    ours["baseline"] = b
+                    ours["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
+                    print(json.dumps({"points": n, "renderer": renderer, "ratios_ours_over_baseline": ours["ratios"]}),
+                          flush=True)
+    print(issue_table(results, base), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        Path(args.out).write_text(json.dumps({str(k): v for k, v in results.items()} | {"baseline": base}, indent=1))
     return 0
 
 

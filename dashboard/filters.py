@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dashboard import regions_data as RD
 from llm_maps.falloff import wilson_interval
 
 
@@ -18,16 +19,19 @@ class Filters:
     score: tuple[float, float] | None = None
     dist: tuple[float, float] | None = None
     search: str = ""
+    region: int | None = None  # a region of regions.json (dashboard/regions_data.py)
 
     @classmethod
-    def make(cls, *, split=None, domain=None, task=None, score=None, dist=None, search=None) -> "Filters":
+    def make(cls, *, split=None, domain=None, task=None, score=None, dist=None, search=None,
+             region=None) -> "Filters":
         def tup(v):
             return tuple(v) if v else None
 
         def rng(v):
             return (float(v[0]), float(v[1])) if v and len(v) == 2 and None not in v else None
 
-        return cls(tup(split), tup(domain), tup(task), rng(score), rng(dist), (search or "").strip())
+        return cls(tup(split), tup(domain), tup(task), rng(score), rng(dist), (search or "").strip(),
+                   RD.region_value(region))
 
 
 def value_bounds(values: np.ndarray) -> tuple[float, float]:
@@ -65,6 +69,8 @@ def filter_mask(data, f: Filters, dist: np.ndarray | None = None) -> np.ndarray:
             mask &= (d >= f.dist[0]) & (d <= f.dist[1])
     if f.search:
         mask &= data.search_mask(f.search)
+    if f.region is not None:
+        mask &= RD.region_mask(data, f.region)
     return mask
 
 
@@ -98,6 +104,19 @@ def selection_summary(data, rows: np.ndarray, *, max_tasks: int = 8) -> dict:
     return {"count": int(len(rows)), "train": int(data.is_train[rows].sum()), "scored": n, "correct": k,
             "accuracy": (k / n) if n else None, "low": low, "high": high, "tasks": tasks,
             "n_tasks": int((counts > 0).sum())}
+
+
+def selected_rows(spec, n: int) -> np.ndarray:
+    """The rows of a selection sent as a little-endian bitmask ({"bits": base64, "n": N}, as the
+    WebGL map sends it; the inverse of the packing in ``search_hits``). A malformed mask or one for
+    another number of rows selects nothing."""
+    try:
+        if int(spec.get("n", -1)) != n:
+            return np.zeros(0, dtype=np.int64)
+        bits = np.frombuffer(base64.b64decode(str(spec.get("bits", "")), validate=True), dtype=np.uint8)
+    except (ValueError, TypeError, AttributeError):
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.unpackbits(bits, bitorder="little")[:n]).astype(np.int64)
 
 
 def search_hits(data, q: str) -> dict | None:

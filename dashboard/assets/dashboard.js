@@ -111,6 +111,7 @@
     const tOK = allowed(P.h.names.task, f.task, true);
     const cs = a.cat_split, cd = a.cat_domain, ct = a.cat_task, score = a.score;
     const sr = f.score, dr = f.dist, bits = f.bits;
+    const rg = f.region === null || f.region === undefined ? null : Number(f.region), reg = a.region;
     const out = new Int32Array(n);
     let m = 0;
     for (let i = 0; i < n; i++) {
@@ -120,6 +121,7 @@
       if (sr !== null) { const v = score[i]; if (!(v >= sr[0] && v <= sr[1])) continue; }
       if (dr !== null) { const v = dist[i]; if (!(v >= dr[0] && v <= dr[1])) continue; }
       if (bits !== null && !((bits[i >> 3] >> (i & 7)) & 1)) continue;
+      if (rg !== null && (!reg || reg[i] !== rg)) continue;  // a region of regions.json (regions_view.region_mask)
       out[m++] = i;
     }
     return out.slice(0, m);
@@ -194,11 +196,34 @@
             continuous: true};
   }
 
-  function pointsMarker(spec, m) {  // figures.points_marker
+  function pointsMarker(spec, m, dim) {  // figures.points_marker (dim: per point, 1 = faint)
+    const opacity = m < 50000 ? 1 : 0.7;
     const marker = {color: spec.values, colorscale: spec.colorscale, cmin: spec.cmin, cmax: spec.cmax,
-                    size: m < 5000 ? 6 : m < 50000 ? 4 : 3, opacity: m < 50000 ? 0.85 : 0.7, showscale: spec.continuous};
+                    size: m < 5000 ? 6 : m < 50000 ? 4 : 3, opacity, showscale: spec.continuous};
+    if (dim && dim.some((v) => v)) marker.opacity = Float32Array.from(dim, (v) => (v ? DIM_OPACITY : opacity));
     if (spec.continuous) marker.colorbar = {title: {text: spec.title}, thickness: 14};
     return marker;
+  }
+
+  const DIM_OPACITY = 0.2;  // figures.DIM_OPACITY
+
+  // figures.draw_order: train rows first, then the test rows, each in row order (test points are
+  // drawn above train points in every colouring)
+  function drawOrder(P, rows) {
+    const train = P.h.names.split.indexOf('train'), cs = P.a.cat_split;
+    if (train < 0) return rows;
+    const out = new Int32Array(rows.length);
+    let k = 0;
+    for (let i = 0; i < rows.length; i++) if (cs[rows[i]] === train) out[k++] = rows[i];
+    if (k === 0 || k === rows.length) return rows;
+    for (let i = 0; i < rows.length; i++) if (cs[rows[i]] !== train) out[k++] = rows[i];
+    return out;
+  }
+
+  function inOrder(rows, n) {  // every row, in row order (the trace then needs no customdata)
+    if (rows.length !== n) return false;
+    for (let i = 0; i < n; i++) if (rows[i] !== i) return false;
+    return true;
   }
 
   // figures.plot_text: text plotly draws (legend, hover, titles) with & < > escaped, so a name such
@@ -231,13 +256,15 @@
   // One Plotly.update of trace 0 (marker; points only when the rows changed) and the legend slots
   // (3..3+legend_slots), plus the title and legend title: the same figure Plotly.react of the
   // whole figure made, without diffing it.
-  function drawPoints(gd, P, rows, colour, dist, pair) {
-    const n = P.h.n, m = rows.length, identity = m === n;
+  function drawPoints(gd, P, rows, colour, dist, pair, dimTrain) {
+    const n = P.h.n, m = rows.length, identity = inOrder(rows, n);
     const spec = colourSpec(P, colour, rows, identity, dist, pair);
     const traces = [0], slots = [];
     for (let i = 0; i < P.h.legend_slots; i++) { traces.push(3 + i); slots.push(legendTrace(spec.legend[i])); }
+    const train = P.h.names.split.indexOf('train');
+    const dim = dimTrain ? Array.from(rows, (r) => P.a.cat_split[r] === train) : null;
     const upd = {
-      marker: [pointsMarker(spec, m)].concat(slots.map((t) => t.marker || null)),
+      marker: [pointsMarker(spec, m, dim)].concat(slots.map((t) => t.marker || null)),
       name: [gd.data[0].name].concat(slots.map((t) => t.name)),
       showlegend: [false].concat(slots.map((t) => t.showlegend)),
     };
@@ -254,7 +281,8 @@
         upd.hovertemplate = [P.h.short_hover].concat(nulls);
       }
     }
-    const title = m.toLocaleString('en-US') + ' of ' + n.toLocaleString('en-US') + ' examples';
+    const note = P.h.options[colour] && P.h.options[colour].note;  // condition outcome: scored under both
+    const title = m.toLocaleString('en-US') + ' of ' + n.toLocaleString('en-US') + ' examples' + (note || '');
     return Plotly.update(gd, upd, {'title.text': title, 'legend.title.text': spec.title}, traces);
   }
 
@@ -295,14 +323,17 @@
         const i = (key || '').lastIndexOf('::');
         return i < 0 ? {run: key, view: null} : {run: key.slice(0, i), view: key.slice(i + 2)};
       },
-      syncMapUrl(key, colour, layer, split, domain, task, score, dist, q, sel, mine, ca, cb, smin, smax, dmin, dmax, splitOpts) {
+      syncMapUrl(key, colour, layer, split, domain, task, score, dist, q, sel, mine, ca, cb, dim, regions, region, density,
+                 smin, smax, dmin, dmax, splitOpts, renderer) {
         const L = window.dash_clientside.llm_maps;
         const {run, view} = L._key(key);
         const allSplits = (splitOpts || []).length === (split || []).length;
         const outcome = colour === 'outcome';
         return L._write({run, view, colour: colour === 'split' ? null : colour, layer, split: allSplits ? null : (split.length ? split : ['none']),
           domain, task, score: L._range(score, smin, smax), dist: L._range(dist, dmin, dmax), q, sel, mine: mine ? '1' : null,
-          ca: outcome ? ca : null, cb: outcome ? cb : null});
+          ca: outcome ? ca : null, cb: outcome ? cb : null, dim: dim ? '1' : null, regions: regions ? '1' : null,
+          region: region === null || region === undefined ? null : region, density: density ? '1' : null,
+          renderer: renderer || null, glbackend: new URLSearchParams(window.location.search).get('glbackend')});
       },
       syncFalloffUrl(key, layer, metric, bins, domain, task, mode, cond, condOpts) {
         const L = window.dash_clientside.llm_maps;
@@ -311,10 +342,12 @@
         return L._write({run, view, layer, metric, bins, domain, task, mode,
           cond: all ? null : ((cond || []).length ? cond : ['none'])});
       },
-      syncExamplesUrl(key, sel) {
+      syncExamplesUrl(key, sel, filterModel) {
         const L = window.dash_clientside.llm_maps;
         const {run, view} = L._key(key);
-        return L._write({run, view, sel});
+        const f = (filterModel || {}).region;  // a region (regions_view): the table's region column, equals K
+        const region = f && f.type === 'equals' && f.filter !== null && f.filter !== undefined ? f.filter : null;
+        return L._write({run, view, sel, region});
       },
       pickView(view) {  // the view switch: the same page and run in another view (other settings reset)
         if (!view) return NO();
@@ -343,6 +376,7 @@
         // the server reads this to build figures in the right template from the start
         document.cookie = 'llm_maps_theme=' + (dark ? 'dark' : 'light') + '; path=' + url('/') + '; max-age=31536000; SameSite=Lax';
         document.querySelectorAll('.js-plotly-plot').forEach((gd) => { applyTemplate(gd, dark, templates).catch(onError); });
+        if (window.llmMapGL) window.llmMapGL.theme(dark, templates);
         return NO();
       },
       exportFigure() {
@@ -352,6 +386,10 @@
         const format = id.endsWith('-svg') ? 'svg' : 'png';
         const graph = id.replace(/-(png|svg)$/, '');
         const gd = gdOf(graph);
+        if (!gd && graph === 'map-graph' && window.llmMapGL && window.llmMapGL.active()) {  // the WebGL map
+          window.llmMapGL.download(format).catch(onError);
+          return NO();
+        }
         if (!gd) return NO();
         const opts = {format, scale: format === 'png' ? 2 : 1, width: gd._fullLayout.width, height: gd._fullLayout.height};
         Plotly.toImage(gd, opts).then((dataUrl) => {  // PNG base64, SVG URL-encoded
@@ -366,13 +404,19 @@
       },
       // Colour/filter changes. Client mode: redraw here and return no_update. Server mode (large
       // runs): return a request the server answers with a new (sampled) figure.
-      mapApply(colour, layer, split, domain, task, score, dist, q, hits, relayout, ca, cb, run, mode, smin, smax, dmin, dmax,
-               dark, templates) {
+      mapApply(colour, layer, split, domain, task, score, dist, q, hits, relayout, ca, cb, dim, region, density, run, mode,
+               smin, smax, dmin, dmax, dark, templates, meta) {
+        if (mode === 'webgl') {  // every point on the GPU: assets/mapgl.js
+          window.llmMapGL.apply({colour, layer, split, domain, task, score, dist, q, hits, ca, cb, dim, density, run, smin,
+                                 smax, dmin, dmax, dark, templates, meta, region: region === undefined ? null : region});
+          return NO();
+        }
         const trig = (window.dash_clientside.callback_context.triggered || []).map((t) => t.prop_id);
         const byRelayout = trig.length === 1 && trig[0].startsWith('map-graph.');
         const query = (q || '').trim();
         const pair = colour === 'outcome' ? [ca, cb] : null;  // the conditions matter only to that colour
-        const key = JSON.stringify([colour, layer, split, domain, task, score, dist, query, pair]);
+        if (region === undefined) region = null;
+        const key = JSON.stringify([colour, layer, split, domain, task, score, dist, query, pair, !!dim, region]);
         const gdNow = gdOf('map-graph');
         if (!gdNow || gdNow.__llmView === undefined) {
           // the first call for this graph: the figure built into the page already shows this view
@@ -395,7 +439,8 @@
             } else if (!r['xaxis.autorange']) return NO();
           } else if (key === gdNow.__llmView) return NO();
           gdNow.__llmView = key;
-          return {colour, layer, split, domain, task, score, dist, q, dark: !!dark, xrange, yrange, ca, cb};
+          return {colour, layer, split, domain, task, score, dist, q, dark: !!dark, xrange, yrange, ca, cb, dim: !!dim,
+                  region};
         }
         if (byRelayout || key === gdNow.__llmView) return NO();
         if (query && (!hits || hits.q !== query)) return NO();  // the server's hits come next
@@ -405,15 +450,22 @@
           const P = await payload(run);
           const d = await layerDist(run, P, layer);
           if (seq !== MAP.seq) return;
-          const rows = filterRows(P, {split, domain, task, score: P.h.has_scores ? activeRange(score, smin, smax) : null,
-                                      dist: activeRange(dist, dmin, dmax), bits: query ? decodeBits(hits.bits) : null}, d);
+          let rows = filterRows(P, {split, domain, task, score: P.h.has_scores ? activeRange(score, smin, smax) : null,
+                                    dist: activeRange(dist, dmin, dmax), bits: query ? decodeBits(hits.bits) : null,
+                                    region}, d);
+          if (pair) {  // conditions_view.scored_under_both: the outcome colour draws only these
+            const codes = outcomeCodes(P, pair).codes;
+            rows = rows.filter((r) => codes[r] !== 4);
+          }
+          rows = drawOrder(P, rows);
           const gd = await plotted('map-graph');
           if (seq !== MAP.seq) return;
-          await drawPoints(gd, P, rows, colour, d, pair);
+          await drawPoints(gd, P, rows, colour, d, pair, !!dim);
         })().catch(onError);
         return NO();
       },
       mapOverlay(o) {
+        if (window.llmMapGL) window.llmMapGL.overlay(o);  // the WebGL map draws it too (mapgl.js)
         const gd = gdOf('map-graph');
         if (!gd || !o) return NO();
         Plotly.restyle(gd, {x: [o.x], y: [o.y], text: [o.text], 'marker.size': [o.size], 'marker.color': [o.color]}, [1])
@@ -433,5 +485,6 @@
     },
   });
   window.llmMapsState = MAP;  // for tests and benchmarks
-  window.llmMaps = {url, plotted, plotText};  // for playground.js
+  // for playground.js and the WebGL map (mapgl.js), which filters and colours as this file does
+  window.llmMaps = {url, plotted, plotText, fetchBinary, filterRows, drawOrder, outcomeCodes, activeRange, decodeBits};
 })();

@@ -3,6 +3,8 @@
 //   data-plen  length of the URL prefix the app lives under ("/" -> 1)
 //   data-url   URL of our plotly.js bundle (dashboard/assets/vendor/plotly-llm-maps.min.js, ?m=mtime)
 //   data-dcc   URL of dcc's component chunks (PREFIX_dash-component-suites/dash/dcc/)
+//   data-gl    (the Map page, when its map is the WebGL one: dashboard/points.py gl_page_hint) the
+//              run key, and data-gl-arrays the arrays its first frame needs
 // Dash itself does not load this file (assets_ignore in create_app).
 //
 // (1) Keep the browser's own String.prototype.trim, which Dash's polyfill replaces with a slow one
@@ -13,12 +15,26 @@
 // the first `then` loads the bundle. On the pages with graphs (map, falloff, playground) its
 // download also starts with the page (preload), and it is run while the server answers the first
 // callback (the page layout), so neither waits for the other.
+// (3) The WebGL map (data-gl): its first arrays are fetched from here, while Dash's scripts load
+// (assets/mapgl.js takes them from window.__llmGL), and plotly.js is not loaded for it.
 (function () {
   var el = document.currentScript, cfg = {plen: +el.dataset.plen, url: el.dataset.url, dcc: el.dataset.dcc};
   window.__llmNativeTrim = String.prototype.trim;
+  var gl = el.dataset.gl;
+  if (gl) {
+    var base = location.pathname.slice(0, cfg.plen).replace(/\/$/, '') + '/_llm_maps/array?run=' + encodeURIComponent(gl);
+    window.__llmGL = {run: gl, arrays: {}};
+    (el.dataset.glArrays || '').split(',').forEach(function (name) {
+      if (!name) return;
+      var p = fetch(base + '&name=' + encodeURIComponent(name), {credentials: 'same-origin'})
+        .then(function (r) { if (!r.ok) throw new Error(String(r.status)); return r.arrayBuffer(); });
+      p.catch(function () {});
+      window.__llmGL.arrays[name] = p;
+    });
+  }
   if (window.Plotly) return;
   var path = location.pathname.slice(cfg.plen);
-  var eager = /^(map|falloff|findings|playground|compare)?\/?$/.test(path);
+  var eager = !gl && /^(map|falloff|findings|playground|compare)?\/?$/.test(path);
   var url = cfg.url, state = 0, waiting = [], fetch0 = window.fetch;
   function preload(href) {
     var link = document.createElement('link');

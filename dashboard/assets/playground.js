@@ -6,7 +6,9 @@
 // saved points come with the page (pg-shared) and are drawn together. User text only ever goes into
 // text nodes and title attributes.
 (() => {
-  const COT = "Let's think step by step.";
+  // figures.NEIGHBOUR_COLOUR and figures.SCORE_SCALE: colours that read on both themes
+  const NEIGHBOUR = '#d81b9c';
+  const PROB_SCALE = [[0.0, '#d02c2a'], [0.25, '#cf5500'], [0.5, '#bd7800'], [0.75, '#9c8a00'], [1.0, '#2d9a00']];
   const FINAL = ['done', 'failed', 'cancelled'];
   const MIN_REDRAW_MS = 300;
   const MAX_MISSES = 10;  // a poll answered 404/5xx this many times in a row: the job is reported failed
@@ -77,8 +79,8 @@
       });
       traces.push({type: 'scatter', mode: 'lines+markers', x: xs, y: ys, text, hoverinfo: 'text', showlegend: false,
                    name: 'neighbours', meta: {pg: 'neighbours', id: o.id},
-                   line: {color: '#ff7f0e', width: 1.5, dash: 'dot'},
-                   marker: {size, symbol: 'circle-open', color: '#ff7f0e', line: {width: 2}}});
+                   line: {color: NEIGHBOUR, width: 1.5, dash: 'dot'},
+                   marker: {size, symbol: 'circle-open', color: NEIGHBOUR, line: {width: 2}, opacity: 1}});
     }
     gens.forEach((g, i) => {
       const res = PG.results[g.id];
@@ -95,10 +97,11 @@
           line: {color: colour, width: 1.5},
           marker: {symbol: ['circle'].concat(toks.map(() => 'arrow')), angleref: 'previous',
                    size: [0].concat(probs.map((p) => 7 + 9 * p)), color: [1].concat(probs), cmin: 0, cmax: 1,
-                   colorscale: 'RdYlGn', line: {color: colour, width: 1}},
+                   colorscale: PROB_SCALE, line: {color: colour, width: 1}, opacity: 1},
           text: ['prompt'].concat(toks.map((t, k) => plotText(tokenTip(t, k)))), hoverinfo: 'text'});
       }
-      traces.push({type: 'scatter', mode: 'markers', name: 'your prompt', showlegend: false,
+      // a WebGL trace, so it is drawn above the map's WebGL points (SVG traces are drawn under them)
+      traces.push({type: 'scattergl', mode: 'markers', name: 'your prompt', showlegend: false,
                    meta: {pg: 'point', id: g.id}, x: [sx], y: [sy],
                    text: ['your prompt: ' + plotText(String(g.instruction || '').slice(0, 120))
                           + '\ndistance to train ' + (res.dist_to_train || 0).toPrecision(4)],
@@ -165,10 +168,12 @@
     const res = PG.results[id];
     if (!res) return;
     const toks = res.tokens || [];
-    const children = toks.map((t, k) => ({
+    const cue = res.response_prefix ? [{type: 'Span', namespace: 'dash_html_components',
+      props: {children: res.response_prefix + ' ', className: 'text-muted pg-cue', title: 'the cue the answer starts with (think step by step)'}}] : [];
+    const children = cue.concat(toks.map((t, k) => ({
       type: 'Span', namespace: 'dash_html_components',
       props: {children: t.text, title: tokenTip(t, k), className: 'pg-tok',
-              style: {backgroundColor: 'hsla(' + Math.round(120 * Math.exp(t.logprob)) + ', 75%, 50%, 0.35)'}}}));
+              style: {backgroundColor: 'hsla(' + Math.round(120 * Math.exp(t.logprob)) + ', 75%, 50%, 0.35)'}}})));
     if (!toks.length) {
       children.push({type: 'Span', namespace: 'dash_html_components',
                      props: {children: res.tokens ? 'waiting for the first token…' : 'placed (no generation).',
@@ -286,13 +291,15 @@
 
   async function submitJob(run, instruction, context, mode, temperature, seed, maxTokens, cot, example) {
     set('pg-error', {is_open: false});
-    let text = instruction || '';
+    const text = instruction || '';
+    // "think step by step" is the cot condition (llm_maps.conditions.cot_prompt): the worker starts
+    // the answer with the cue; the instruction, and so the prompt's place on the map, stay as typed
     const stepByStep = Boolean(cot && text.trim());
-    if (stepByStep) text = text.replace(/\s+$/, '') + '\n' + COT;
     const max = num(maxTokens);
     const body = {instruction: text, context: context || ''};
+    if (stepByStep) body.cot = true;
     // try a variation: the worker scores the answer against this example's reference
-    if (example) { body.example_id = example; if (stepByStep) body.cot = true; }
+    if (example) body.example_id = example;
     if (max === null || max > 0) {
       body.generate = true;
       if (max !== null) body.max_new_tokens = max;
@@ -323,7 +330,7 @@
     set('pg-cancel', {disabled: false});
     PG.gens = PG.gens.concat([{id, status: 'queued', hidden: false, kind: body.generate ? 'generate' : 'place',
                                instruction: text, temperature: body.generate ? (body.temperature || 0) : null,
-                               seed: body.seed === undefined ? null : body.seed}]);
+                               seed: body.seed === undefined ? null : body.seed, cot: stepByStep}]);
     set('pg-gens', {data: PG.gens});
     poll(id, body.generate ? (max || null) : 0);
   }
@@ -403,7 +410,8 @@
       .concat(atlas ? ['mean step dist', 'max step dist'] : []).concat(['']);
     const rows = gens.map((g, i) => {
       const dec = g.kind === 'place' ? '—'
-        : (!g.temperature ? 'greedy' : 'T=' + fmtG(Number(g.temperature), 6) + ' seed ' + (has(g.seed) ? g.seed : 'None'));
+        : (!g.temperature ? 'greedy' : 'T=' + fmtG(Number(g.temperature), 6) + ' seed ' + (has(g.seed) ? g.seed : 'None'))
+          + (g.cot ? ' · step by step' : '');
       const colour = palette.length ? palette[i % palette.length] : '#333';
       const text = Array.from(String(g.instruction || g.id)).slice(0, 80).join('');
       return el('tr', {id: dashId('pg-row', g.id), className: g.hidden ? 'pg-hidden' : '', data: {pgId: g.id}}, [
@@ -487,6 +495,7 @@
       userLayer(traces) {
         USER.traces = traces || [];
         USER.key += 1;
+        if (window.llmMapGL) window.llmMapGL.user(USER.traces);  // the WebGL map draws them itself (mapgl.js)
         plotted('map-graph', 60000).then((gd) => {
           if (!gd.__llmUserHook) {
             gd.__llmUserHook = true;
