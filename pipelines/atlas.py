@@ -211,7 +211,8 @@ def finish_extras(folder: Path, frame, manifest: dict, extras: dict, *, project:
 def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool, atlas_layers=None,
                 atlas_max_tokens: int = DEFAULT_ATLAS_MAX_TOKENS, completion_model: str | None = None,
                 batch_tokens: int | None = None, dtype: str = "auto", device: str = "auto", seed: int | None = None,
-                distributed: bool = False, chunk_size: int = 512, progress: bool = True, log=print) -> dict:
+                distributed: bool = False, chunk_size: int = 512, progress: bool = True, log=print,
+                given: dict | None = None) -> dict:
     import pandas as pd
 
     run_dir = Path(run_dir)
@@ -265,7 +266,7 @@ def _run_extras(run_dir: str | Path, *, views: Sequence[str], token_atlas: bool,
     params = {"views": views, "token_atlas": bool(token_atlas), "completion_model": completion_model,
               "atlas_layers": atlas_layers, "atlas_max_tokens": int(atlas_max_tokens), "seed": seed,
               "reused_rows": int(reuse.sum()) if reuse is not None else 0, "distributed": bool(distributed),
-              "chunk_size": int(chunk_size)}
+              "chunk_size": int(chunk_size), **({"given": dict(given)} if given is not None else {})}
     outputs = ([f"{ENCODINGS}/{COMPLETION}/", f"{PROJECTION_COMPLETION}/", "view_settings"] if COMPLETION in views
                else []) + ([f"{ENCODINGS}/{TOKENS}/", TOKENS_FILE, f"{PROJECTION_TOKENS}/", "token_atlas"]
                            if token_atlas else [])

@@ -110,8 +110,9 @@ def neighbours_folder(folder: Path, frame, manifest: dict, *, k: int = 10, metri
     return frame, manifest
 
 
-def restage_run(run_dir: str | Path, *, stage: str, **kwargs) -> dict:
-    """Re-run ``project`` or ``neighbours`` on a finished run, in place (files swapped atomically)."""
+def restage_run(run_dir: str | Path, *, stage: str, given: dict | None = None, **kwargs) -> dict:
+    """Re-run ``project`` or ``neighbours`` on a finished run, in place (files swapped atomically);
+    ``given``: the command's config as given, kept in the history entry."""
     import pandas as pd
 
     run_dir = Path(run_dir)
@@ -124,6 +125,8 @@ def restage_run(run_dir: str | Path, *, stage: str, **kwargs) -> dict:
     else:
         raise ValueError(stage)
     *history, entry = manifest["history"]  # the stage's own entry, appended by project/neighbours_folder
+    if given is not None:
+        entry = {**entry, "params": {**entry["params"], "given": dict(given)}}
     commit_run_files(run_dir, frame, {**manifest, "history": history}, entry,
                      inputs=[EXAMPLES, entry["inputs"]["encodings"]])
     return read_manifest(run_dir)

@@ -208,7 +208,7 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
                      limit_per_task: int | None = None, tasks: Sequence[str] | None = None,
                      rescore: bool = False, batch_size: int | None = None,
                      dtype: str = "auto", device: str = "auto", distributed: bool = False, chunk_size: int = 512,
-                     progress: bool = True, log=print, loaded=None) -> dict:
+                     progress: bool = True, log=print, loaded=None, given: dict | None = None) -> dict:
     """Score the run's test examples under ``conditions``; returns the manifest's conditions section.
     ``distributed``: generation and multiple choice in chunks of ``chunk_size`` rows on the Celery
     workers of REDIS_URL (the same results as here)."""
@@ -253,7 +253,7 @@ def score_conditions(run_dir: str | Path, *, conditions: str | Sequence[str] = "
                   "limit_per_task": limit_per_task, "tasks": sorted(set(tasks)) if tasks is not None else None,
                   "rescore": bool(rescore), "batch_size": batch_size, "distributed": bool(distributed),
                   "chunk_size": int(chunk_size), "decoding": "greedy"},
-                 outputs={CONDITIONS_FILE: table}, manifest={"conditions": section},
+                 outputs={CONDITIONS_FILE: table}, manifest={"conditions": section}, given=given,
                  inputs=[EXAMPLES, f"encodings/layer_{scorer.layer}.npy"],
                  sources={"examples": f"{EXAMPLES}:prompt,instruction,context,reference,choices,nn_train_ids,metric,"
                                       "output,correct", "model": manifest["model"]})

@@ -379,7 +379,7 @@ def score_examples(plan: ScorePlan) -> dict:
 
 
 def record_scoring(plan: ScorePlan, gen: GenerationSettings, passes: ModelPasses, *, generation: dict | None,
-                   first_token: dict | None, counts: dict) -> dict:
+                   first_token: dict | None, counts: dict, given: dict | None = None) -> dict:
     """The manifest's ``scoring`` section and a ``score`` history entry; examples.parquet and the
     manifest written atomically. Returns the section."""
     manifest, old = plan.manifest, plan.manifest.get("scoring", {})
@@ -396,7 +396,8 @@ def record_scoring(plan: ScorePlan, gen: GenerationSettings, passes: ModelPasses
         "score", {"splits": plan.splits, "generate": plan.generate, "metric": plan.metric,
                   "thresholds": plan.thresholds, "mc_output": plan.mc_output, "max_new_tokens": gen.max_new_tokens,
                   "temperature": gen.temperature, "top_p": gen.top_p, "seed": gen.seed, "batch_size": gen.batch_size,
-                  "generated_rows": int(len(plan.gen_rows)), "choice_rows": int(len(plan.choice_rows))},
+                  "generated_rows": int(len(plan.gen_rows)), "choice_rows": int(len(plan.choice_rows)),
+                  **({"given": dict(given)} if given is not None else {})},
         {"examples": f"{EXAMPLES}:prompt,reference,output,choices", "model": manifest["model"],
          "model_revision": manifest.get("model_revision")},
         [f"{EXAMPLES}:{c}" for c in ("output", "output_token_ids", "output_logprobs", "stop_reason",
@@ -410,7 +411,7 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
               metric: str | None = "auto", thresholds: str | None = None, max_new_tokens: int | str = 48,
               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int | None = None,
               mc_output: str = "generate", dtype: str = "auto", device: str = "auto", progress: bool = True,
-              distributed: bool = False, chunk_size: int = 512, log=print) -> dict:
+              distributed: bool = False, chunk_size: int = 512, log=print, given: dict | None = None) -> dict:
     """Generate (when needed) and score; rewrites examples.parquet and the manifest atomically:
     ``plan_score`` → ``run_model_passes`` → ``score_examples`` → ``record_scoring``.
 
@@ -431,4 +432,5 @@ def score_run(run_dir: str | Path, *, splits: Sequence[str] = ("test",), generat
     generation = store_passes(plan, passes, gen)
     first_token = first_token_statistics(plan, passes, gen, log=log)
     counts = score_examples(plan)
-    return record_scoring(plan, gen, passes, generation=generation, first_token=first_token, counts=counts)
+    return record_scoring(plan, gen, passes, generation=generation, first_token=first_token, counts=counts,
+                          given=given)

@@ -78,6 +78,26 @@ def test_a_field_added_to_a_config_appears_in_flags_history_and_docs(tiny_run, t
     assert "run" not in entry["params"]["given"] and "json" not in entry["params"]["given"]  # how, not what
 
 
+def test_every_stage_that_writes_into_a_run_keeps_its_config_as_given(tiny_run, tmp_path, monkeypatch):
+    """Through the command line: a field added to a stage's config reaches its history entry too."""
+    from llm_maps.stages import ProjectConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class ProjectPlus(ProjectConfig):
+        spread: float = option(1.0, "UMAP spread", "projection")
+
+    monkeypatch.setitem(STAGES, "project", dataclasses.replace(STAGES["project"], config=ProjectPlus))
+    run = shutil.copytree(tiny_run, tmp_path / "r")
+    assert main(["project", str(run), "--projection", "pca", "--spread", "2.5", "--map-seed", "3"]) == 0
+    entry = read_manifest(run)["history"][-1]
+    assert entry["stage"] == "project" and entry["params"]["seed"] == 3
+    assert entry["params"]["given"] == {"projection": "pca", "fit_on": "train", "n_neighbors": 15, "min_dist": 0.1,
+                                        "layer": None, "seed": 3, "spread": 2.5}
+    assert entry["inputs"]["files"]["examples.parquet"].startswith("sha256:")
+    assert main(["neighbours", str(run), "-k", "2"]) == 0
+    assert read_manifest(run)["history"][-1]["params"]["given"] == {"metric": "cosine", "k": 2, "layer": None}
+
+
 def test_the_two_metrics_have_their_own_names_and_the_old_spelling_says_which(capsys):
     parser = make_parser()
     score = parser.parse_args(["score", "R", "--score-metric", "exact"])

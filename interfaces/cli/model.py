@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llm_maps.conditions import format_summary, parse_conditions, summarize, with_examples
-from llm_maps.config import BuildConfig, option_of
+from llm_maps.config import BuildConfig, option_of, record
 from llm_maps.errors import LLMMapsError
 from llm_maps.runfolder import Run, read_manifest
 from llm_maps.stages import (STAGES, AtlasConfig, DemoDataConfig, EncodeConfig, FinetuneConfig, ImportLmevalConfig,
@@ -51,7 +51,7 @@ def _encode_view(cfg: EncodeConfig) -> int:
     assert cfg.run is not None
     encode_view_run(cfg.run, view=cfg.view, completion_model=cfg.completion_model, batch_tokens=cfg.batch_tokens,
                     dtype=cfg.dtype, device=cfg.device, distributed=cfg.distributed, chunk_size=cfg.chunk_size,
-                    progress=cfg.progress, log=log)
+                    progress=cfg.progress, log=log, given=record(cfg))
     print(summarize_run(cfg.run))
     return 0
 
@@ -59,20 +59,21 @@ def _encode_view(cfg: EncodeConfig) -> int:
 def cmd_atlas(cfg: AtlasConfig) -> int:
     atlas_run(cfg.run, atlas_layers=cfg.atlas_layers, atlas_max_tokens=cfg.atlas_max_tokens,
               batch_tokens=cfg.batch_tokens, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed,
-              distributed=cfg.distributed, chunk_size=cfg.chunk_size, progress=cfg.progress, log=log)
+              distributed=cfg.distributed, chunk_size=cfg.chunk_size, progress=cfg.progress, log=log,
+              given=record(cfg))
     print(summarize_run(cfg.run))
     return 0
 
 
 def cmd_project(cfg: ProjectConfig) -> int:
     restage_run(cfg.run, stage="project", method=cfg.projection, fit_on=cfg.fit_on, seed=cfg.seed,
-                layer=cfg.layer, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist)
+                layer=cfg.layer, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, given=record(cfg))
     print(summarize_run(cfg.run))
     return 0
 
 
 def cmd_neighbours(cfg: NeighboursConfig) -> int:
-    restage_run(cfg.run, stage="neighbours", k=cfg.k, metric=cfg.metric, layer=cfg.layer)
+    restage_run(cfg.run, stage="neighbours", k=cfg.k, metric=cfg.metric, layer=cfg.layer, given=record(cfg))
     print(summarize_run(cfg.run))
     return 0
 
@@ -82,7 +83,8 @@ def score_arguments(cfg: ScoreConfig) -> dict[str, Any]:
     return dict(splits=cfg.split_list, generate=cfg.generate, metric=cfg.metric, thresholds=cfg.threshold,
                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
                 batch_size=cfg.batch_size, mc_output=cfg.mc_output, dtype=cfg.dtype, device=cfg.device,
-                distributed=cfg.distributed, chunk_size=cfg.chunk_size, progress=cfg.progress, log=log)
+                distributed=cfg.distributed, chunk_size=cfg.chunk_size, progress=cfg.progress, log=log,
+                given=record(cfg))
 
 
 def cmd_score(cfg: ScoreConfig) -> int:
@@ -106,7 +108,7 @@ def _score_conditions(cfg: ScoreConfig) -> int:
                      tasks=[t.strip() for t in cfg.tasks.split(",") if t.strip()] if cfg.tasks else None,
                      rescore=cfg.rescore or cfg.generate == "always", batch_size=cfg.batch_size,
                      dtype=cfg.dtype, device=cfg.device, distributed=cfg.distributed, chunk_size=cfg.chunk_size,
-                     progress=cfg.progress, log=log)
+                     progress=cfg.progress, log=log, given=record(cfg))
     try:
         print(format_summary(summarize(with_examples(Run(cfg.run)), n_boot=1000, slopes=False)))
     except LLMMapsError as exc:
