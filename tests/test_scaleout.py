@@ -377,11 +377,13 @@ def test_distributed_conditions_equal_a_local_run_and_resume(workers, redis_url,
     assert "before-the-interruption" in ran_on["neighbours:2"]["workers"]
     pool = (set(ran_on["cot"]["workers"]) | set(ran_on["neighbours:2"]["workers"])) - {"before-the-interruption"}
     assert len(pool) == 2, ran_on  # both workers took chunks
-    params = m_dist["history"][-1]["params"]
+    params, plain = m_dist["history"][-1]["params"], m_plain["history"][-1]["params"]
     assert (params.pop("distributed"), params.pop("chunk_size")) == (True, 2)
-    assert (m_plain["history"][-1]["params"].pop("distributed"), m_plain["history"][-1]["params"].pop("chunk_size")) \
-        == (False, 512)
-    assert params == m_plain["history"][-1]["params"]
+    assert (plain.pop("distributed"), plain.pop("chunk_size")) == (False, 512)
+    # the command as given says where it ran, and the rest is the same
+    assert (params["given"].pop("distributed"), params["given"].pop("chunk_size")) == (True, 2)
+    assert (plain["given"].pop("distributed"), plain["given"].pop("chunk_size")) == (False, 512)
+    assert params == plain
     assert_follows_contract(dist)
 
 
@@ -413,6 +415,7 @@ def _without_wall_times(manifest: dict) -> tuple[dict, list]:
         h.pop("created")
         for key in ("distributed", "chunk_size"):
             h["params"].pop(key, None)
+            (h["params"].get("given") or {}).pop(key, None)  # the command as given says where it ran
     return m, popped
 
 
