@@ -4,8 +4,9 @@
     python benchmarks/bench_dashboard.py --sizes 100000 --renderers webgl --no-baseline
 
 For each size: writes a synthetic run (dashboard.synthetic); for each renderer of the Map page
-(``renderer=plotly``: the Plotly map, which samples 200k points above 200k; ``renderer=webgl``:
-every point on the GPU, assets/mapgl.js) starts `llm-maps serve` in its own process, waits until
+(``plotly``: the Plotly map, which samples 200k points above 200k; ``webgl``: every point,
+assets/mapgl.js, with the backend the browser picks, the CPU where WebGL is software as on these
+machines; ``webgl-gpu``: the same with its WebGL2 backend forced, ``glbackend=gpu``) starts `llm-maps serve` in its own process, waits until
 /api/health says it is ready (the run loaded), opens /map in Chromium with software WebGL (the
 baseline's flags) and measures
   first paint     navigation start -> the frame after the map holds every (or the sampled) point
@@ -17,12 +18,13 @@ baseline's flags) and measures
                   server requests, server time (request start -> first byte) and bytes
   filter          untick "train" (the click event) -> frame after only the test points are drawn; same fields
   memory          resident memory of the web process after these
-(the WebGL map: first paint when every point is drawn, recolour and filter when the GPU has drawn
-the new colours or rows; the arrays come as raw bytes, after the page), then runs
-/work/shared/bench/plotly_baseline.py (plain Plotly HTML) in the same session and prints ratios
-(ours / baseline) and issue 31's table (WebGL map, Plotly map and plain Plotly side by side). Each
-figure is the median over --reps fresh browsers (3). Needs playwright (pip) and chromium (apt); no
-`playwright install`.
+(the WebGL map: first paint when every point is drawn, recolour and filter when the new colours
+or rows are drawn, clocked in the page as the baseline clocks itself: measure_webgl), and runs
+/work/shared/bench/plotly_baseline.py (plain Plotly HTML) for the same size: repetition by
+repetition, each in a fresh browser, so that the load of a shared machine falls on all alike. Then
+prints ratios (ours / baseline) and issue 31's table (WebGL map, its forced WebGL2 backend, Plotly
+map and plain Plotly side by side). Each figure is the median over --reps repetitions (3). Needs
+playwright (pip) and chromium (apt); no `playwright install`.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def measure(pw, chromium: str, url: str, n_expected: int, n_test: int, sampled: 
         painted = frame_after(page, f"{GD} && {GD}._fullData && {GD}._fullData[0] && {GD}._fullData[0]._length === {n_expected}")
         out = {"first_paint_ms": round(painted, 1), "first_paint_payload_bytes": traffic.summary()["bytes"]}
         if not sampled:  # the browser fetches the run's arrays once, after the first paint
-            run = url.split("run=")[1]
+            run = url.split("run=")[1].split("&")[0]
             got = page.evaluate("async (run) => { const P = await window.llmMapsState.payloads[run]; "
                                 "return [P.bytes, performance.now()]; }", run)
             out["points_payload_bytes"], out["points_loaded_ms"] = got[0], round(got[1], 1)
@@ -186,18 +188,23 @@ def run_baseline(sizes, chromium, reps: int) -> dict:
         return {int(k): v for k, v in json.loads(out.read_text()).items()}
 
 
-RENDERERS = ("plotly", "webgl")
+# renderer=plotly, renderer=webgl (its backend chosen by the browser: the CPU where WebGL is software,
+# as here), and renderer=webgl with its WebGL2 backend forced (glbackend=gpu: SwiftShader here)
+RENDERERS = ("plotly", "webgl", "webgl-gpu")
 GL = "window.llmMapGL && window.llmMapGL.state.last"
 
 
 def measure_webgl(pw, chromium: str, url: str, n_expected: int, n_test: int) -> dict:
     """The WebGL map (renderer=webgl): first paint (every point), recolour and filter, clocked in the
-    page as the plain Plotly baseline clocks itself: to two animation frames after the draw call
-    (``presented``), from navigation start or from the click event. ``*_cdp_ms``: the same moment
-    as this script's other figures see it (the condition polled from here, then two frames)."""
+    page as the plain Plotly baseline clocks itself: to two animation frames after the draw
+    (``presented``), from navigation start or from the click event; with one difference that can
+    only make ours slower: the draw is waited for (``__llmSyncDraw``: a one-pixel read makes a
+    software GPU finish it; animation frames do not wait for SwiftShader). ``*_cdp_ms``: the same
+    moment as this script's other figures see it (the condition polled from here, then two frames)."""
     browser = pw.chromium.launch(executable_path=chromium, headless=True, args=FLAGS)
     try:
         page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        page.add_init_script("window.__llmSyncDraw = true;")
         traffic = Traffic(page)
         page.goto(url, wait_until="commit", timeout=600_000)
         cdp = frame_after(page, f"{GL} && {GL}.m === {n_expected} && {GL}.presented")
@@ -215,9 +222,10 @@ def measure_webgl(pw, chromium: str, url: str, n_expected: int, n_test: int) -> 
             traffic.reset()
             act()
             cdp = frame_after(page, f"{cond} && {GL}.presented")
-            got = page.evaluate(f"() => [window.__clickAt, {GL}.presented, {GL}.ms]")
+            got = page.evaluate(f"() => [window.__clickAt, {GL}.presented, {GL}.ms, {GL}.called]")
             page.wait_for_timeout(300)
             out[f"{name}_ms"] = round(got[1] - got[0], 1)
+            out[f"{name}_dash_ms"] = round(got[3] - got[0], 1)  # click -> Dash calls the page's callback
             out[f"{name}_cdp_ms"] = round(cdp - got[0], 1)
             out[f"{name}_draw_ms"] = got[2]
             out[f"{name}_server"] = traffic.summary()
@@ -226,40 +234,50 @@ def measure_webgl(pw, chromium: str, url: str, n_expected: int, n_test: int) -> 
         browser.close()
 
 
-def bench_size(pw, args, tmp: Path, n: int) -> dict:
-    """One synthetic run of ``n`` points, measured with each renderer, each in a fresh server (so
-    each renderer's web process memory is its own)."""
+def _url(port: int, run: Path, renderer: str) -> str:
+    return (f"http://127.0.0.1:{port}/map?run={run.name}&renderer={renderer.split('-')[0]}"
+            + ("&glbackend=gpu" if renderer == "webgl-gpu" else ""))
+
+
+def bench_size(pw, args, tmp: Path, n: int) -> tuple[dict, dict]:
+    """One synthetic run of ``n`` points, measured with each renderer, each in its own server (so
+    each renderer's web process memory is its own), and the plain Plotly page: repetition by
+    repetition, each in a fresh browser, so that the load of a shared machine falls on all of
+    them alike. Returns (ours by renderer, the baseline)."""
     t = time.time()
     hidden = args.hidden if n <= 200_000 else 16  # the map never reads encodings
     run = write_synthetic_run(tmp / f"synthetic_{n}", n, hidden=hidden, layers=(30,), n_tasks=48)
     n_test = int((pd.read_parquet(run / "examples.parquet", columns=["split"])["split"] == "test").sum())
     write_s = time.time() - t
-    out = {}
-    for renderer in args.renderers:
-        port = free_port()
-        t = time.time()
-        proc = start_server(run, port)
-        try:
-            start_s = time.time() - t
-            url = f"http://127.0.0.1:{port}/map?run={run.name}&renderer={renderer}"
-            if renderer == "webgl":
-                sampled, n_drawn = False, n
-                reps = [measure_webgl(pw, args.chromium, url, n, n_test) for _ in range(args.reps)]
-            else:
-                sampled, n_drawn = n > F.MAX_POINTS, min(n, F.MAX_POINTS)
-                reps = [measure(pw, args.chromium, url, n_drawn, min(n_test, F.MAX_POINTS), sampled)
-                        for _ in range(args.reps)]
-            res = median_of(reps)
-            res["first_paint_ms_each"] = [r["first_paint_ms"] for r in reps]
-            res.update(renderer=renderer, points=n, drawn=n_drawn, sampled=sampled, hidden=hidden,
-                       write_run_s=round(write_s, 1), server_start_s=round(start_s, 1),
-                       web_rss_mb=round(rss_mb(proc.pid), 1))
-        finally:
+    servers, reps, base = {}, {r: [] for r in args.renderers}, []
+    try:
+        for renderer in args.renderers:
+            t = time.time()
+            port = free_port()
+            servers[renderer] = (start_server(run, port), port, round(time.time() - t, 1))
+        for _ in range(args.reps):
+            for renderer in args.renderers:
+                url = _url(servers[renderer][1], run, renderer)
+                reps[renderer].append(measure_webgl(pw, args.chromium, url, n, n_test) if renderer.startswith("webgl")
+                                      else measure(pw, args.chromium, url, min(n, F.MAX_POINTS),
+                                                   min(n_test, F.MAX_POINTS), n > F.MAX_POINTS))
+            if not args.no_baseline:
+                base += [b for b in [run_baseline([n], args.chromium, 1).get(n)] if b]
+        out = {}
+        for renderer, got in reps.items():
+            res = median_of(got)
+            res["first_paint_ms_each"] = [r["first_paint_ms"] for r in got]
+            sampled = not renderer.startswith("webgl") and n > F.MAX_POINTS
+            res.update(renderer=renderer, points=n, drawn=min(n, F.MAX_POINTS) if sampled else n, sampled=sampled,
+                       hidden=hidden, write_run_s=round(write_s, 1), server_start_s=servers[renderer][2],
+                       web_rss_mb=round(rss_mb(servers[renderer][0].pid), 1))
+            out[renderer] = res
+            print(json.dumps({"dashboard": res}), flush=True)
+    finally:
+        for proc, _, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=30)
-        out[renderer] = res
-        print(json.dumps({"dashboard": res}), flush=True)
-    return out
+    return out, ({**median_of(base), "reps": len(base)} if base else {})
 
 
 def _s(ms: float | None) -> str:
@@ -278,33 +296,32 @@ def issue_table(results: dict, base: dict) -> str:
         return min(vals) if vals else None
 
     b100, b1m = base.get(100_000) or {}, base.get(1_000_000) or {}
-    rows = [  # figure, aim, WebGL, Plotly map, plain Plotly, reference of the aim (ms), aim as ratio or absolute
-        ("100k first paint", "≤ 0.5× plain Plotly", get(100_000, "webgl", "first_paint_ms"),
-         get(100_000, "plotly", "first_paint_ms"), b100.get("first_paint_ms"), b100.get("first_paint_ms"), 0.5),
-        ("100k recolour (click → frame)", "≤ 0.1× Plotly restyle", get(100_000, "webgl", "recolour_ms"),
-         get(100_000, "plotly", "recolour_ms"), restyle(100_000), restyle(100_000), 0.1),
-        ("100k filter (click → frame)", "≤ 0.1× Plotly restyle", get(100_000, "webgl", "filter_ms"),
-         get(100_000, "plotly", "filter_ms"), restyle(100_000), restyle(100_000), 0.1),
-        ("1M first paint, every point", "≤ plain Plotly at 100k", get(1_000_000, "webgl", "first_paint_ms"),
-         get(1_000_000, "plotly", "first_paint_ms"), b1m.get("first_paint_ms"), b100.get("first_paint_ms"), 1.0),
-        ("1M recolour", "≤ 0.3 s", get(1_000_000, "webgl", "recolour_ms"), get(1_000_000, "plotly", "recolour_ms"),
-         restyle(1_000_000), 300.0, 1.0),
-        ("1M filter", "(no aim)", get(1_000_000, "webgl", "filter_ms"), get(1_000_000, "plotly", "filter_ms"),
-         None, None, None),
+    rows = [  # figure, aim, key, size, plain Plotly, reference of the aim (ms), aim as a ratio of it
+        ("100k first paint", "≤ 0.5× plain Plotly", "first_paint_ms", 100_000, b100.get("first_paint_ms"),
+         b100.get("first_paint_ms"), 0.5),
+        ("100k recolour (click → frame)", "≤ 0.1× Plotly restyle", "recolour_ms", 100_000, restyle(100_000),
+         restyle(100_000), 0.1),
+        ("100k filter (click → frame)", "≤ 0.1× Plotly restyle", "filter_ms", 100_000, restyle(100_000),
+         restyle(100_000), 0.1),
+        ("1M first paint, every point", "≤ plain Plotly at 100k", "first_paint_ms", 1_000_000, b1m.get("first_paint_ms"),
+         b100.get("first_paint_ms"), 1.0),
+        ("1M recolour", "≤ 0.3 s", "recolour_ms", 1_000_000, restyle(1_000_000), 300.0, 1.0),
+        ("1M filter", "(no aim)", "filter_ms", 1_000_000, None, None, None),
     ]
-    lines = ["| figure | aim | WebGL map | Plotly map (sampled above 200k) | plain Plotly | ratio | met |",
-             "|---|---|---|---|---|---|---|"]
-    for name, aim, gl, pl, plain, ref, goal in rows:
+    lines = ["| figure | aim | WebGL map | ratio | met | its WebGL2 backend (forced) | Plotly map (sampled above 200k) "
+             "| plain Plotly |", "|---|---|---|---|---|---|---|---|"]
+    for name, aim, key, n, plain, ref, goal in rows:
+        gl = get(n, "webgl", key)
         ratio = gl / ref if gl is not None and ref else None
         met = "—" if ratio is None or goal is None else ("yes" if ratio <= goal else "no")
-        lines.append(f"| {name} | {aim} | {_s(gl)} | {_s(pl)} | {_s(plain)} | "
-                     f"{'—' if ratio is None else f'{ratio:.2f}'} | {met} |")
-    mem_gl, mem_pl = get(1_000_000, "webgl", "web_rss_mb"), get(1_000_000, "plotly", "web_rss_mb")
-    if mem_gl is not None:
-        ratio = mem_gl / (mem_pl or 1180.0)
-        lines.append(f"| web process memory at 1M | ≤ 0.5× today's (1.18 GB) | {mem_gl / 1024:.2f} GB | "
-                     f"{'—' if mem_pl is None else f'{mem_pl / 1024:.2f} GB'} | — | {ratio:.2f} | "
-                     f"{'yes' if ratio <= 0.5 else 'no'} |")
+        lines.append(f"| {name} | {aim} | {_s(gl)} | {'—' if ratio is None else f'{ratio:.2f}'} | {met} | "
+                     f"{_s(get(n, 'webgl-gpu', key))} | {_s(get(n, 'plotly', key))} | {_s(plain)} |")
+    mem = {r: get(1_000_000, r, "web_rss_mb") for r in RENDERERS}
+    if mem["webgl"] is not None:
+        ratio = mem["webgl"] / (mem["plotly"] or 1180.0)
+        gb = {r: "—" if v is None else f"{v / 1024:.2f} GB" for r, v in mem.items()}
+        lines.append(f"| web process memory at 1M | ≤ 0.5× today's (the Plotly map's) | {gb['webgl']} | {ratio:.2f} | "
+                     f"{'yes' if ratio <= 0.5 else 'no'} | {gb['webgl-gpu']} | {gb['plotly']} | — |")
     return "\n".join(lines)
 
 
@@ -325,20 +342,20 @@ def main(argv=None) -> int:
     results, base = {}, {}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         for n in args.sizes:
-            results[n] = bench_size(pw, args, Path(tmp), n)
-        if not args.no_baseline:
-            base = run_baseline(args.sizes, args.chromium, args.reps)
-            for n, b in base.items():
+            results[n], b = bench_size(pw, args, Path(tmp), n)
+            if b:
+                base[n] = b
                 print(json.dumps({"baseline": b}), flush=True)
-                for renderer, ours in results[n].items():
-                    ratios = {"first_paint": ours["first_paint_ms"] / b["first_paint_ms"],
-                              "recolour_vs_strings": ours["recolour_ms"] / b["recolour_strings_ms"],
-                              "recolour_vs_numeric": ours["recolour_ms"] / b["recolour_numeric_ms"],
-                              "filter_vs_numeric_restyle": ours["filter_ms"] / b["recolour_numeric_ms"]}
-                    ours["baseline"] = b
-                    ours["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
-                    print(json.dumps({"points": n, "renderer": renderer, "ratios_ours_over_baseline": ours["ratios"]}),
-                          flush=True)
+        for n, b in base.items():
+            for renderer, ours in results[n].items():
+                ratios = {"first_paint": ours["first_paint_ms"] / b["first_paint_ms"],
+                          "recolour_vs_strings": ours["recolour_ms"] / b["recolour_strings_ms"],
+                          "recolour_vs_numeric": ours["recolour_ms"] / b["recolour_numeric_ms"],
+                          "filter_vs_numeric_restyle": ours["filter_ms"] / b["recolour_numeric_ms"]}
+                ours["baseline"] = b
+                ours["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
+                print(json.dumps({"points": n, "renderer": renderer, "ratios_ours_over_baseline": ours["ratios"]}),
+                      flush=True)
     print(issue_table(results, base), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({str(k): v for k, v in results.items()} | {"baseline": base}, indent=1))

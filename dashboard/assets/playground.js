@@ -496,6 +496,7 @@
         USER.traces = traces || [];
         USER.key += 1;
         if (window.llmMapGL) window.llmMapGL.user(USER.traces);  // the WebGL map draws them itself (mapgl.js)
+        if (document.querySelector('.map-gl-host')) return NO();  // no Plotly map on this page
         plotted('map-graph', 60000).then((gd) => {
           if (!gd.__llmUserHook) {
             gd.__llmUserHook = true;

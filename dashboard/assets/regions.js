@@ -54,6 +54,7 @@
         R.layer = spec || {shapes: [], annotations: []};
         R.key += 1;
         if (window.llmMapGL) window.llmMapGL.regions(R.layer);  // the WebGL map draws it itself (mapgl.js)
+        if (document.querySelector('.map-gl-host')) return NO();  // no Plotly map on this page
         window.llmMaps.plotted('map-graph', 60000).then((gd) => {
           if (!gd.__llmRegionHook) {
             gd.__llmRegionHook = true;

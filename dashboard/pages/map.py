@@ -57,14 +57,14 @@ def renderer_controls(mode: str, density) -> list:
     """The renderer switch (reloads the page with renderer=webgl|plotly) and the WebGL map's
     density layer option (the Plotly map draws one by itself above CLIENT_MAX_POINTS)."""
     return [
-        dbc.Switch(id="map-webgl", label="WebGL: every point on the GPU", value=mode == "webgl",
+        dbc.Switch(id="map-webgl", label="WebGL renderer: every point", value=mode == "webgl",
                    className="mb-0 small"),
         html.Div(dbc.Switch(id="map-density", label="density layer", value=density in ("1", "true"),
                             className="mb-0 small"), hidden=mode != "webgl"),
     ]
 
 
-def map_area(data, mode: str, figure, row):
+def map_area(mode: str, figure):
     """The map itself: a dcc.Graph holding the first figure (Plotly), or the WebGL map's element
     (assets/mapgl.js draws into it; same id, so every callback on the page serves both)."""
     if mode != "webgl":
@@ -146,7 +146,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
         dbc.Row([
             dbc.Col(controls, md=3, className="pt-2"),
             dbc.Col([
-                map_area(data, mode, figure, row),
+                map_area(mode, figure),
                 html.Div([html.Div(id="map-hover", className="small text-muted hover-line flex-grow-1"),
                           C.export_buttons("map-graph")], className="d-flex align-items-start"),
                 dbc.Row([

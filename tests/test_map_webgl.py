@@ -1,0 +1,396 @@
+"""The Map page's WebGL renderer (renderer=webgl: assets/mapgl.js, mapgl-ui.js, glscatter.js): the
+raw-bytes array endpoints behind the app's auth and prefix, which renderer a page gets, and in real
+headless Chromium (software GL, SwiftShader) both of its backends drawing every point with the
+colours, legends, filters and drawing order of the Plotly map; hover, click (drill-down and
+neighbour lines), box and lasso selection with their summaries, the dark theme, PNG/SVG export,
+the density option, your points and paths, the Regions layer, condition outcomes, the renderer
+switch and the fall back to Plotly where WebGL2 is missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dashboard import figures as F
+from dashboard.data import RunRegistry
+from dashboard.filters import Filters, filter_mask, selected_rows
+from dashboard.points import CLIENT_MAX_POINTS, gl_page_hint, map_mode
+from dashboard.synthetic import write_synthetic_run
+from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
+from llm_maps.falloff import wilson_interval
+
+XSS = "<img src=x onerror=alert(1)> & <b>not bold</b>"
+N = 240
+LAST = "window.llmMapGL && window.llmMapGL.state.last"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gl_runs")
+    scored = write_synthetic_run(root / "scored", N, layers=(1, 2), prompts={0: XSS}, seed=1)
+    cond = write_synthetic_run(root / "cond", 150, conditions=("direct", "cot"), seed=5)
+    return {"root": root, "scored": scored, "cond": cond, "state": root / "state"}
+
+
+@pytest.fixture(scope="module")
+def scored_data(runs):
+    return RunRegistry([runs["scored"]]).load("scored")
+
+
+def _app(runs, **kw):
+    from dashboard.app import create_app
+
+    return create_app([runs["scored"], runs["cond"]], [], state_dir=runs["state"], **kw)
+
+
+# --- without a browser -----------------------------------------------------------------------------
+
+def test_arrays_come_as_raw_bytes_behind_the_apps_auth_and_prefix(runs, scored_data):
+    client = _app(runs, auth="ann:pw", prefix="/team/").server.test_client()
+    head = {"Authorization": "Basic " + __import__("base64").b64encode(b"ann:pw").decode()}
+    assert client.get("/team/_llm_maps/array?run=scored&name=x").status_code == 401
+    r = client.get("/team/_llm_maps/array?run=scored&name=x", headers=head)
+    assert r.status_code == 200 and r.mimetype == "application/octet-stream"
+    assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["X-LLM-Maps-Dtype"] == "f4"
+    assert np.array_equal(np.frombuffer(r.data, dtype=np.float32), scored_data.x, equal_nan=True)
+    r = client.get("/team/_llm_maps/array?run=scored&name=cat_task", headers=head)
+    assert np.frombuffer(r.data, dtype=np.uint8).tolist() == scored_data.cats["task"].codes.tolist()
+    assert client.get("/team/_llm_maps/array?run=scored&name=prompt", headers=head).status_code == 404
+    assert client.get("/team/_llm_maps/array?run=nope&name=x", headers=head).status_code == 404
+    hover = client.get("/team/_llm_maps/hover?run=scored", headers=head)
+    assert hover.mimetype == "application/json" and hover.json == scored_data.hover.tolist()
+    # the page head starts fetching the first frame's arrays when the map is the WebGL one
+    page = client.get("/team/map?run=scored&renderer=webgl&colour=task", headers=head).get_data(as_text=True)
+    assert 'data-gl="scored" data-gl-arrays="x,y,cat_split,cat_task" data-plen=' in page
+    assert "data-gl=" not in client.get("/team/map?run=scored", headers=head).get_data(as_text=True)
+
+
+def test_the_renderer_a_page_gets():
+    big = CLIENT_MAX_POINTS + 1
+    assert [map_mode(100, None), map_mode(100, "webgl"), map_mode(100, "plotly")] == ["client", "webgl", "client"]
+    assert [map_mode(big, None), map_mode(big, "webgl"), map_mode(big, "plotly")] == ["webgl", "webgl", "server"]
+
+    class Entry:
+        ok, id = True, "big"
+        manifest = {"counts": {"examples": big}}
+
+    class Registry:
+        def entry(self, run_id):
+            return Entry()
+
+    assert gl_page_hint(Registry(), {}) == ("big", ["x", "y", "cat_split"])
+    assert gl_page_hint(Registry(), {"renderer": "plotly"}) is None
+    assert gl_page_hint(Registry(), {"view": "tokens", "colour": "score"}) == ("big::tokens", ["x", "y", "cat_split", "score"])
+    Entry.manifest = {"counts": {"examples": 10}}
+    assert gl_page_hint(Registry(), {}) is None and gl_page_hint(Registry(), {"renderer": "webgl"})[0] == "big"
+
+
+def test_a_selection_bitmask_decodes_to_its_rows():
+    import base64
+
+    mask = np.zeros(21, dtype=bool)
+    mask[[0, 5, 20]] = True
+    bits = base64.b64encode(np.packbits(mask, bitorder="little").tobytes()).decode()
+    assert selected_rows({"bits": bits, "n": 21}, 21).tolist() == [0, 5, 20]
+    assert selected_rows({"bits": bits, "n": 20}, 21).tolist() == []  # another run's mask
+    assert selected_rows({"bits": "not base64!", "n": 21}, 21).tolist() == []
+
+
+# --- in the browser --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser(runs):
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    from llm_maps.jobs import PointStore
+
+    store = PointStore(runs["state"])
+    store.add("scored", {"id": "p-star", "run": "scored", "instruction": "<b>my</b> question", "x": 0.5, "y": 0.5,
+                         "dist_to_train": 0.1})
+    store.add("scored", {"id": "p-path", "run": "scored", "instruction": "a generation", "x": -5.0, "y": -5.0,
+                         "reference": "prompt", "output": "ok",
+                         "tokens": [{"x": -4.0, "y": -4.0, "logprob": -0.1, "text": "o"},
+                                    {"x": -3.0, "y": -4.5, "logprob": -2.0, "text": "k"}]})
+    app = _app(runs)
+    with live_server(app) as url, sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        log = ConsoleLog(page)
+        page.callbacks = []  # the Dash callbacks the page asked the server for: their outputs
+        page.on("request", lambda r: page.callbacks.append(json.loads(r.post_data or "{}").get("output", ""))
+                if "_dash-update-component" in r.url else None)
+        page.chromium = chromium
+        yield url, page, log
+        chromium.close()
+
+
+def _open(page, url: str, n: int, timeout: int = 30_000) -> dict:
+    page.goto(url)
+    page.wait_for_function(f"() => {LAST} && {LAST}.m === {n}", timeout=timeout)
+    page.wait_for_function("() => !document.querySelector('._dash-loading-callback')", timeout=20_000)
+    page.wait_for_timeout(300)
+    return page.evaluate("() => window.llmMapGL.drawn()")
+
+
+def _wait_drawn(page, cond: str, timeout: int = 20_000) -> dict:
+    page.wait_for_function(f"() => {LAST} && (() => {{ const d = window.llmMapGL.drawn(); return {cond}; }})()",
+                           timeout=timeout)
+    return page.evaluate("() => window.llmMapGL.drawn()")
+
+
+def _mask(data, **kw):
+    return np.flatnonzero(filter_mask(data, Filters.make(**kw))).tolist()
+
+
+def _rgb(colour: str) -> list[int]:
+    h = colour.lstrip("#")
+    return [int(h[i:i + 2], 16) for i in (0, 2, 4)]
+
+
+@pytest.mark.parametrize("backend", ["gpu", "cpu"])
+def test_every_point_drawn_recoloured_and_filtered_in_the_browser(browser, scored_data, backend):
+    url, page, log = browser
+    d = _open(page, f"{url}/map?run=scored&renderer=webgl&glbackend={backend}", N)
+    assert page.evaluate("() => window.llmMapGL.backend()") == backend
+    order = F.draw_order(scored_data, np.arange(N))  # train rows first: test points drawn above them
+    assert d["rows"] == order.tolist() and d["values"] == scored_data.cats["split"].codes[order].tolist()
+    assert d["legend"] == ["test", "train"] and d["title"] == f"{N} of {N} examples" and d["size"] == 6
+    page.callbacks.clear()
+    page.click("#map-colour")
+    page.get_by_role("option", name="domain", exact=True).click()
+    d = _wait_drawn(page, "d.legendTitle === 'domain'")
+    assert d["values"] == scored_data.cats["domain"].codes[order].tolist() and d["legend"] == ["Chollet", "Reasoning"]
+    page.get_by_label("train", exact=True).uncheck()
+    page.click("#map-domain")
+    page.get_by_role("option", name="Reasoning", exact=True).click()
+    expect = _mask(scored_data, split=["test"], domain=["Reasoning"])
+    d = _wait_drawn(page, f"d.rows.length === {len(expect)}")
+    assert d["rows"] == expect and d["values"] == scored_data.cats["domain"].codes[expect].tolist()
+    assert d["title"] == f"{len(expect)} of {N} examples"
+    page.wait_for_function("() => location.search.includes('domain=Reasoning')")
+    assert "renderer=webgl" in page.url and "split=test" in page.url and "colour=domain" in page.url
+    assert page.callbacks == []  # recolour and filter never asked the server
+    # a continuous colour on another layer: the server's colour scale bounds
+    page.click("#map-layer")
+    page.get_by_role("option", name="layer 1", exact=True).click()
+    page.click("#map-colour")
+    page.get_by_role("option", name="distance to train", exact=True).click()
+    d = _wait_drawn(page, "d.legendTitle === 'distance to train'")
+    spec = F.colour_spec(scored_data, "dist", np.array(expect), scored_data.distances(1))
+    assert d["continuous"] and d["values"] == pytest.approx(spec.values.tolist())
+    assert (d["lo"], d["hi"]) == pytest.approx((spec.cmin, spec.cmax))
+    # text search (the server's bitmask of hits); the point is drawn in its category's colour
+    row = next(r for r in expect if r != 0)  # row 0 holds the XSS prompt
+    page.fill("#map-search", f"Prompt {row} of")
+    page.press("#map-search", "Enter")
+    page.get_by_label("train", exact=True).check()
+    page.click("#map-colour")
+    page.get_by_role("option", name="domain", exact=True).click()
+    d = _wait_drawn(page, "d.rows.length === 1 && d.legendTitle === 'domain'")
+    assert d["rows"] == [row]
+    colour = F.FIXED_COLOURS["domain"][scored_data.frame["domain"].iloc[row]]
+    assert page.evaluate(f"() => window.llmMapGL.colourAt({row})")[:3] == _rgb(colour)
+    assert log.take() == []
+
+
+def test_hover_click_and_the_neighbour_lines(browser, scored_data):
+    url, page, log = browser
+    _open(page, f"{url}/map?run=scored&renderer=webgl", N)
+    pos = page.evaluate("() => window.llmMapGL.pixel(0)")
+    page.mouse.move(pos[0] + 1, pos[1] + 1)
+    page.wait_for_function("() => { const t = document.querySelector('.llm-gl-tip'); return t && !t.hidden "
+                           "&& t.textContent.length > 3 && t.textContent !== '…'; }", timeout=10_000)
+    tip = page.inner_text(".llm-gl-tip")
+    assert tip.startswith(XSS)  # the prompt's text as text, never HTML
+    page.wait_for_function("() => document.querySelector('#map-hover').innerText.startsWith('ex-0000000')")
+    page.mouse.click(pos[0] + 1, pos[1] + 1)
+    page.wait_for_selector("#drill-panel-content", timeout=15_000)
+    assert page.inner_text("#drill-panel-content h6") == "Example ex-0000000"
+    nbrs = scored_data.neighbours(0)
+    page.wait_for_function(f"() => (window.llmMapGL.state.overlay || {{x: []}}).x.length === {3 * len(nbrs)}")
+    ends = page.evaluate("() => window.llmMapGL.state.overlay.x")
+    assert ends[1::3] == pytest.approx([float(scored_data.x[j]) for j, _ in nbrs])
+    page.wait_for_function("() => location.search.includes('sel=ex-0000000')")
+    # the link opens the same example with its lines, drawn from the page's first frame
+    _open(page, page.url, N)
+    assert len(page.evaluate("() => window.llmMapGL.state.overlay.x")) == 3 * len(nbrs)
+    assert page.evaluate("() => document.querySelector('#map-drill h6').innerText") == "Example ex-0000000"
+    assert log.dialogs == [] and log.take() == []
+
+
+def _summary(d, rows: np.ndarray) -> str:
+    f = d.frame.iloc[rows]
+    test = f[f["split"] == "test"]
+    k, n = int(test["correct"].sum()), int(test["correct"].notna().sum())
+    low, high = wilson_interval(k, n)
+    return (f"{len(rows)} selected ({int((f['split'] == 'train').sum())} train) · accuracy {k / n:.3f} "
+            f"[{low:.3f}, {high:.3f}] on {n} scored test points")
+
+
+def _inside(xs, ys, poly) -> np.ndarray:
+    inside = np.zeros(len(xs), dtype=bool)
+    for (xi, yi), (xj, yj) in zip(poly, poly[-1:] + poly[:-1]):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cross = ((yi > ys) != (yj > ys)) & (xs < (xj - xi) * (ys - yi) / (yj - yi) + xi)
+        inside ^= cross
+    return inside
+
+
+def test_box_and_lasso_selection_summaries(browser, scored_data):
+    url, page, log = browser
+    _open(page, f"{url}/map?run=scored&renderer=webgl", N)
+    d = scored_data
+    xs, ys = d.x.astype(np.float64), d.y.astype(np.float64)
+    page.click(".llm-gl-modebar [data-mode=select]")
+    a = page.evaluate(f"() => window.llmMapGL.toPage({np.quantile(xs, 0.2)}, {np.quantile(ys, 0.8)})")
+    b = page.evaluate(f"() => window.llmMapGL.toPage({np.quantile(xs, 0.8)}, {np.quantile(ys, 0.2)})")
+    page.mouse.move(*a)
+    page.mouse.down()
+    page.mouse.move(*b, steps=8)
+    page.mouse.up()
+    page.wait_for_selector("#selection-count", timeout=15_000)
+    box = page.evaluate("() => window.llmMapGL.state.sel.shape")
+    rows = np.flatnonzero((xs > box["x0"]) & (xs < box["x1"]) & (ys > box["y0"]) & (ys < box["y1"]))
+    assert 10 < len(rows) < N
+    assert page.inner_text("#selection-count") == _summary(d, rows)
+    assert page.evaluate("() => window.llmMapGL.drawn().selected") == len(rows)
+    # lasso: a triangle
+    page.click(".llm-gl-modebar [data-mode=lasso]")
+    corners = [(np.quantile(xs, 0.1), np.quantile(ys, 0.1)), (np.quantile(xs, 0.9), np.quantile(ys, 0.2)),
+               (np.quantile(xs, 0.5), np.quantile(ys, 0.95))]
+    pts = [page.evaluate(f"() => window.llmMapGL.toPage({x}, {y})") for x, y in corners]
+    page.mouse.move(*pts[0])
+    page.mouse.down()
+    for p in pts[1:] + pts[:1]:
+        page.mouse.move(*p, steps=6)
+    page.mouse.up()
+    page.wait_for_function("() => window.llmMapGL.state.sel && window.llmMapGL.state.sel.shape.type === 'lasso'")
+    poly = [tuple(p) for p in page.evaluate("() => window.llmMapGL.state.sel.shape.points")]
+    rows = np.flatnonzero(_inside(xs, ys, poly))
+    assert 10 < len(rows) < N
+    page.wait_for_function(f"() => document.querySelector('#selection-count').innerText.startsWith('{len(rows)} selected')")
+    assert page.inner_text("#selection-count") == _summary(d, rows)
+    # a double click clears it
+    page.mouse.dblclick(*pts[0])
+    page.wait_for_function("() => document.querySelector('#map-selection').innerText.startsWith('Lasso or box-select')")
+    assert log.take() == []
+
+
+def test_dark_theme_export_and_the_density_option(browser):
+    import plotly.io as pio
+
+    url, page, log = browser
+    dark_bg = pio.templates["plotly_dark"].layout.paper_bgcolor
+    _open(page, f"{url}/map?run=scored&renderer=webgl", N)
+    try:
+        page.locator("#theme-dark").check()
+        page.wait_for_function(f"() => window.llmMapGL.drawn().theme === '{dark_bg}'")
+        bg = page.evaluate("() => getComputedStyle(document.querySelector('.llm-gl')).backgroundColor")
+        assert bg.replace(" ", "") == dark_bg.replace(" ", "")
+    finally:
+        page.locator("#theme-dark").uncheck()
+    page.wait_for_function("() => window.llmMapGL.drawn().theme === 'white'")
+    for button, fmt in (("#map-graph-png", "png"), ("#map-graph-svg", "svg")):
+        with page.expect_download() as dl:
+            page.click(button)
+        body = open(dl.value.path(), "rb").read()
+        assert dl.value.suggested_filename == f"llm-maps-map.{fmt}"
+        if fmt == "png":
+            assert body[:8] == b"\x89PNG\r\n\x1a\n"
+            assert int.from_bytes(body[16:20], "big") == 2 * page.evaluate(
+                "() => Math.round(document.querySelector('.llm-gl').getBoundingClientRect().width)")
+        else:
+            assert body.startswith(b"<svg") and b"<image" in body and f"{N} of {N} examples".encode() in body
+    # the density layer (an option): counts of the drawn points under them, kept in the URL
+    page.click("#map-density")
+    page.wait_for_function("() => location.search.includes('density=1')")
+    page.wait_for_function("""() => { const c = window.llmMapGL.state.dens, d = c.getContext('2d')
+        .getImageData(0, 0, c.width, c.height).data; let k = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) k++;
+        return k > 1000; }""", timeout=10_000)
+    assert log.take() == []
+
+
+def test_your_points_condition_outcomes_and_the_renderer_switch(browser, runs):
+    url, page, log = browser
+    _open(page, f"{url}/map?run=scored&renderer=webgl", N)
+    page.click("#map-user")
+    page.wait_for_function("() => (window.llmMapGL.state.user || []).length === 3")  # 2 stars, 1 path
+    kinds = page.evaluate("() => window.llmMapGL.state.user.map((t) => t.meta.user + ':' + t.meta.id)")
+    assert sorted(kinds) == ["path:p-path", "point:p-path", "point:p-star"]
+    # the star is drawn over the points (on the layer above them, at its place)
+    page.wait_for_function("""() => { const [x, y] = window.llmMapGL.toPage(0.5, 0.5), c = window.llmMapGL.state.over,
+        r = c.getBoundingClientRect(); return c.getContext('2d').getImageData(Math.round(x - r.left),
+        Math.round(y - r.top), 1, 1).data[3] === 255; }""", timeout=10_000)
+    page.wait_for_function("() => location.search.includes('mine=1')")
+    # condition outcomes: only the examples scored under both, their outcome codes, counted legend
+    data = RunRegistry([runs["cond"]]).load("cond")
+    from dashboard.conditions_data import conditions_of, outcome_codes, scored_under_both
+
+    d = _open(page, f"{url}/map?run=cond&renderer=webgl&colour=outcome&ca=direct&cb=cot",
+              len(scored_under_both(data, np.arange(data.n), ("direct", "cot"))))
+    rows = F.draw_order(data, scored_under_both(data, np.arange(data.n), ("direct", "cot")))
+    codes = outcome_codes(conditions_of(data), "direct", "cot")
+    assert d["rows"] == rows.tolist() and d["values"] == codes[rows].tolist()
+    assert d["legendTitle"].endswith("cot vs direct") and all("(" in name for name in d["legend"])
+    # the switch draws the same view with Plotly
+    page.click("#map-webgl")
+    page.wait_for_url("**renderer=plotly**", timeout=20_000)
+    gd = "document.querySelector('#map-graph .js-plotly-plot')"
+    page.wait_for_function(f"() => {gd} && {gd}._fullData && {gd}._fullData[0]._length === {len(rows)}", timeout=30_000)
+    assert "colour=outcome" in page.url
+    assert log.take() == []
+
+
+def test_without_webgl2_the_cpu_draws_or_plotly_does(browser):
+    url, first, _ = browser
+    no_webgl2 = ("(() => { const get = HTMLCanvasElement.prototype.getContext; HTMLCanvasElement.prototype.getContext ="
+                 " function (kind, ...rest) { return kind === 'webgl2' ? null : get.call(this, kind, ...rest); }; })()")
+    context = first.chromium.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        page.add_init_script(no_webgl2)
+        log = ConsoleLog(page)
+        _open(page, f"{url}/map?run=scored&renderer=webgl", N)
+        assert page.evaluate("() => window.llmMapGL.backend()") == "cpu"
+        page.goto(f"{url}/map?run=scored&renderer=webgl&glbackend=gpu")  # the GPU asked for: the Plotly map instead
+        page.wait_for_url("**renderer=plotly**", timeout=20_000)
+        gd = "document.querySelector('#map-graph .js-plotly-plot')"
+        page.wait_for_function(f"() => {gd} && {gd}._fullData && {gd}._fullData[0]._length === {N}", timeout=30_000)
+        assert log.take() == []
+    finally:
+        context.close()
+
+
+def test_the_regions_layer_on_the_webgl_map(browser, tmp_path):
+    from dashboard.app import create_app
+    from dashboard.regions_view import region_layer, regions_of
+    from llm_maps.regions import run_regions
+    from test_regions import write_planted_run
+
+    run_dir = write_planted_run(tmp_path / "planted")
+    run_regions(run_dir, min_size=15, seed=0)
+    data = RunRegistry([run_dir]).load("planted")
+    layer = region_layer(data)
+    context = browser[1].chromium.new_context(viewport={"width": 1400, "height": 1100})
+    with live_server(create_app([run_dir], [], state_dir=tmp_path / "state")) as url:
+        page = context.new_page()
+        log = ConsoleLog(page)
+        _open(page, f"{url}/map?run=planted&renderer=webgl&regions=1", data.n)
+        page.wait_for_function(f"() => window.llmMapGL.state.labels.length === {len(layer['annotations'])}",
+                               timeout=20_000)
+        label = page.evaluate("() => window.llmMapGL.state.labels[0]")
+        box = page.evaluate("() => window.llmMapGL.state.over.getBoundingClientRect().toJSON()")
+        page.mouse.click(box["x"] + (label["x0"] + label["x1"]) / 2, box["y"] + (label["y0"] + label["y1"]) / 2)
+        rid = label["region"]  # clicking a label shows only that region, as its row in the table does
+        page.wait_for_function(f"() => location.search.includes('region={rid}')", timeout=20_000)
+        rd, _ = regions_of(data)
+        members = np.flatnonzero(rd.labels == rid).tolist()
+        d = _wait_drawn(page, f"d.rows.length === {len(members)}")
+        assert sorted(d["rows"]) == members
+        assert log.take() == []
+    context.close()
