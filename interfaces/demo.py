@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -280,7 +281,7 @@ def build_full_in_background(out: Path, *, progress: bool = False) -> int:
             score_demo(staging, progress=progress)
         status.write("publish")
         publish(staging, out)
-        staging.parent.rmdir()
+        shutil.rmtree(staging.parent, ignore_errors=True)  # the (now empty) staging folder
         status.write("publish", state="done")
     except BaseException as exc:  # noqa: BLE001 - said in the pages, then raised
         status.write("", state="failed" if not isinstance(exc, KeyboardInterrupt) else "stopped",
