@@ -186,10 +186,6 @@ def _jsonable(value: Any) -> Any:
 
 def option_of(f: "dataclasses.Field[Any]") -> Option:
     """The command-line declaration of a config field."""
-    return _option(f)
-
-
-def _option(f: "dataclasses.Field[Any]") -> Option:
     opt = f.metadata.get("cli")
     if not isinstance(opt, Option):
         raise TypeError(f"config field '{f.name}' has no Option (declare it with option(...))")
@@ -217,7 +213,7 @@ class _OldSpelling(argparse.Action):
 
 def fields_of(cls: type[Any]) -> list["dataclasses.Field[Any]"]:
     """The fields of a config class that are on the command line, in declaration order."""
-    return [f for f in dataclasses.fields(cls) if _option(f).cli]
+    return [f for f in dataclasses.fields(cls) if option_of(f).cli]
 
 
 def record(config: Any, *, groups: Iterable[str] | None = None, exclude_groups: Iterable[str] = ()) -> dict[str, Any]:
@@ -227,7 +223,7 @@ def record(config: Any, *, groups: Iterable[str] | None = None, exclude_groups: 
     skip = set(exclude_groups)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):
-        opt = _option(f)
+        opt = option_of(f)
         if not opt.record or (wanted is not None and opt.group not in wanted) or opt.group in skip:
             continue
         out[f.name] = _jsonable(getattr(config, f.name))
@@ -237,7 +233,7 @@ def record(config: Any, *, groups: Iterable[str] | None = None, exclude_groups: 
 def flags_of(f: "dataclasses.Field[Any]") -> tuple[str, ...]:
     """The command-line spelling of a field: its flags (``--field-name`` by default) or, for a
     positional argument, its metavar."""
-    opt = _option(f)
+    opt = option_of(f)
     if opt.positional:
         return (opt.metavar or f.name.upper(),)
     return opt.flags or ("--" + f.name.replace("_", "-"),)
@@ -252,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], *, groups: Se
     names = set(extra)
     arg_groups: dict[str, Any] = {}
     for f in fields_of(cls):
-        opt = _option(f)
+        opt = option_of(f)
         if groups is not None and opt.group not in groups and f.name not in names:
             continue
         g = parser if opt.positional else arg_groups.get(opt.group)

@@ -38,7 +38,7 @@ __all__ = ["FORMAT_VERSION", "MANIFEST_KEYS", "REQUIRED_COLUMNS", "MANIFEST", "E
            "PROJECTION", "FINETUNE_FILE", "CHECKPOINTS", "Run", "RunIds", "find_runs", "runs_in", "is_group",
            "run_group", "run_name", "is_run_dir", "split_run_args", "model_name", "model_label", "read_manifest",
            "publish", "replacing_dir", "write_json_atomic", "write_parquet_atomic", "save_npy_atomic", "layer_file",
-           "partial_dir", "package_versions", "now_iso", "history_entry", "with_history", "append_history", "add_note",
+           "partial_dir", "package_versions", "now_iso", "history_entry", "with_history", "add_note",
            "file_digest", "check_writable", "record_stage", "commit_stage"]
 
 MANIFEST = "manifest.json"
@@ -84,13 +84,6 @@ def with_history(manifest: Mapping[str, Any], *entries: HistoryEntry) -> dict[st
     return {**manifest, "history": [*(manifest.get("history") or []), *entries]}
 
 
-def append_history(run_dir: str | Path, entry: HistoryEntry) -> None:
-    """Append one entry to a finished run's manifest (rewritten atomically); for stages that write
-    files beside the manifest (falloff.json) rather than the manifest itself."""
-    manifest = read_manifest(run_dir)
-    write_json_atomic(Path(run_dir) / MANIFEST, {**with_history(manifest, entry), "updated": entry["created"]})
-
-
 def add_note(run_dir: str | Path, note: str) -> bool:
     """Keep a caveat about a run in the run (``manifest.notes``), where every reader finds it (findings,
     the Findings page, exports, `info`), not in one stage's output that a re-run replaces. Recorded
@@ -99,9 +92,8 @@ def add_note(run_dir: str | Path, note: str) -> bool:
     notes = list(manifest.get("notes") or [])
     if note in notes:
         return False
-    entry = history_entry("note", {"note": note}, {}, [MANIFEST])
-    write_json_atomic(Path(run_dir) / MANIFEST, {**with_history(manifest, entry), "notes": [*notes, note],
-                                                 "updated": entry["created"]})
+    commit_stage(run_dir, history_entry("note", {"note": note}, {}, [MANIFEST]), outputs={},
+                 manifest={"notes": [*notes, note]})
     return True
 
 
