@@ -88,19 +88,26 @@ def test_demo_serves_a_first_slice_then_the_full_run(tiny_models, tmp_path):
     base = f"http://127.0.0.1:{port}"
     state = tmp_path / "runs" / ".llm-maps-state" / "background.json"
     kids: list = []
+    builder = None
     try:
+        # the tiny full build takes seconds: it is paused once it says it runs, so that the page is
+        # sure to see it running (and resumed once it has)
+        _wait(lambda: json.loads(state.read_text())["state"] == "running", 180, "the background build", proc)
+        builder = psutil.Process(json.loads(state.read_text())["pid"])
+        builder.suspend()
         _wait(lambda: _get(f"{base}/api/health")[0] == 200, 180, "the first map to be served", proc)
         first = json.loads((out / "manifest.json").read_text())
         assert first["counts"]["examples"] < 48  # the slice, not the 48 rows
         assert any("first slice" in n for n in first["notes"])
         kids = psutil.Process(proc.pid).children(recursive=True)
-        assert any("build-full" in " ".join(k.cmdline()) for k in kids)
+        assert builder in kids and "build-full" in " ".join(builder.cmdline())
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
             page = browser.new_page()
             page.goto(f"{base}/map")
             page.wait_for_function("document.querySelector('#background-status')?.textContent"
                                    ".includes('Building the full demo run')", timeout=20_000)
+            builder.resume()
             _wait(lambda: json.loads(state.read_text())["state"] == "done", 300, "the full run", proc)
             # the page opened on the slice says the full run is ready; a refresh shows it
             page.wait_for_function("document.querySelector('#background-status')?.textContent"
