@@ -193,7 +193,7 @@ def public_error(entry) -> str:
 
 def check_example(data, run: str, example_id: str) -> None:
     """A variation's ``example_id`` must be one of the run's examples: else 422 naming the field."""
-    if example_id not in data.id_index:
+    if data.row_of(example_id) is None:
         shown = example_id if len(example_id) <= 80 else example_id[:80] + "…"
         raise ApiError(422, f"field 'example_id': unknown example {shown!r} in run '{run}'")
 
@@ -481,7 +481,7 @@ def runs():
 def example(run: str, example_id: str):
     st = _state()
     data = st.run_data(st.entry_or_404(run))
-    row = data.id_index.get(example_id)
+    row = data.row_of(example_id)
     if row is None:
         raise ApiError(404, f"unknown example '{example_id}' in run '{run}'")
     rec = data.frame.iloc[int(row)]

@@ -242,7 +242,7 @@ def playground_region(data, current: dict):
         return html.Div(error or "regions: none for this run (`llm-maps regions RUN`)",
                         className="small text-muted mt-1", id="pg-region")
     nbrs = current.get("neighbours") or []
-    row = data.id_index.get(str(nbrs[0].get("example_id"))) if nbrs else None
+    row = data.row_of(nbrs[0].get("example_id")) if nbrs else None
     if row is None:
         return html.Div("region: unknown (no nearest training example)", className="small text-muted mt-1",
                         id="pg-region")

@@ -35,7 +35,7 @@ def origin(data, example_id) -> dict | None:
     """What the page needs of the example a variation starts from; None when not in the run."""
     if not example_id:
         return None
-    row = data.id_index.get(str(example_id))
+    row = data.row_of(example_id)
     if row is None:
         return None
     frame = data.frame

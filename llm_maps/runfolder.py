@@ -298,13 +298,33 @@ def read_manifest(run_dir: str | Path) -> Manifest:
     return cast(Manifest, manifest)
 
 
+def _read_arrow_lists(path: Path) -> Any:
+    """A Parquet file as pandas reads it, but for its list columns: Arrow arrays (``pd.ArrowDtype``)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    names = schema.names
+    lists = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
+    frame = pd.read_parquet(path, columns=[n for n in names if n not in lists])
+    table = pq.read_table(path, columns=lists)
+    for name in lists:
+        frame[name] = pd.Series(pd.arrays.ArrowExtensionArray(table[name]), index=frame.index)
+    return frame[[n for n in names if n in frame.columns]]
+
+
 class Run:
     """Read-only view of a finished run: manifest, examples, memory-mapped encodings."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, *, arrow_lists: bool = False):
+        """``arrow_lists``: list columns (``nn_train_ids``...) stay Arrow arrays in ``examples``
+        (``pd.ArrowDtype``; a row's value is a Python list) rather than a NumPy array per row: a
+        run of a million rows holds ~250 MB less (the dashboard reads runs so)."""
         self.path = Path(run_dir)
         self.manifest: Manifest = read_manifest(self.path)
         self._examples: Any = None
+        self._arrow_lists = arrow_lists
 
     @property
     def name(self) -> str:
@@ -319,7 +339,7 @@ class Run:
 
             path = self.path / EXAMPLES
             try:
-                frame = pd.read_parquet(path)
+                frame = _read_arrow_lists(path) if self._arrow_lists else pd.read_parquet(path)
             except FileNotFoundError:
                 raise LLMMapsError(f"{path}: missing") from None
             except Exception as exc:  # pyarrow raises several types for corrupt files

@@ -44,7 +44,7 @@ def test_views_in_the_data_layer(views_run):
     ex = base.frame
     np.testing.assert_array_equal(comp.x, ex["x_completion"].to_numpy(dtype=np.float32))
     np.testing.assert_array_equal(comp.dist, ex["dist_to_train_completion"].to_numpy(dtype=np.float32))
-    assert comp.frame["nn_train_ids"].iloc[5].tolist() == ex["nn_train_ids_completion"].iloc[5].tolist()
+    assert list(comp.frame["nn_train_ids"].iloc[5]) == list(ex["nn_train_ids_completion"].iloc[5])
     # scored test rows are encoded with their outputs
     scored = (ex["split"] == "test") & ex["score"].notna()
     assert scored.any() and (ex.loc[scored, "completion_source"] == "output").all()

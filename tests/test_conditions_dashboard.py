@@ -310,7 +310,7 @@ def test_drilldown_shows_every_condition_side_by_side_with_its_path(app, runs, d
     f = _file(runs["cond"])
     counts = f[f["correct"].notna()].groupby("example_id")["condition"].nunique()
     ex_id = counts[counts == 3].index[0]  # scored under all three
-    row = data.id_index[ex_id]
+    row = data.row_of(ex_id)
     with app.server.test_request_context("/"):
         drill = C.drilldown(data, row)
     for name in NAMES:

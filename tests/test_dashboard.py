@@ -520,7 +520,7 @@ def test_clicking_a_point_shows_its_neighbours(browser_page, scored_data):
     page.mouse.click(pos[0], pos[1])
     page.wait_for_selector("#drill-panel-content", timeout=15_000)
     clicked = page.inner_text("#drill-panel-content h6")
-    clicked_row = scored_data.id_index[clicked.replace("Example", "").strip()]
+    clicked_row = scored_data.row_of(clicked.replace("Example", "").strip())
     assert np.hypot(scored_data.x[clicked_row] - scored_data.x[row], scored_data.y[clicked_row] - scored_data.y[row]) < 1.0
     nbrs = scored_data.neighbours(clicked_row)
     items = page.locator(".drill-neighbours li code").all_inner_texts()
@@ -572,7 +572,7 @@ def test_box_selection_summarises_exactly_the_points_in_the_box(browser_page, sc
     text = page.inner_text("#selection-count")
     assert text == (f"{len(rows)} selected ({int((f['split'] == 'train').sum())} train) · accuracy {k / n:.3f} "
                     f"[{low:.3f}, {high:.3f}] on {n} scored test points")
-    tasks = f["task"].value_counts()
+    tasks = f["task"].astype(str).value_counts()  # the tasks present (the frame holds them as categories)
     top = sorted(tasks.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
     assert page.locator("#selection-tasks li").all_inner_texts() == [f"{t} ({c})" for t, c in top]
     assert log.take() == []

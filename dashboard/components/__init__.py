@@ -167,7 +167,7 @@ def drilldown(data, row: int | None) -> html.Div:
                                                                                   className="small text-muted")]),
             html.Pre(data.text_preview(j), className="drill-text drill-neighbour small"),
             known_answer(data, j, className="small text-muted drill-neighbour-answer")], className="mb-1"))
-    own = data.texts[row]
+    own = data.text_of(row)
     if own == str(r["prompt"]).strip():  # no template around it: the prompt is the example's text
         text = [_text_block("prompt", r["prompt"], "drill-prompt")]
     else:  # the example's own text first; the exact templated prompt one click away
@@ -223,7 +223,7 @@ def known_answer(data, row: int, chars: int = 120, **kwargs) -> html.Div | None:
 def row_of(data, example_id) -> int | None:
     if example_id is None:
         return None
-    return data.id_index.get(str(example_id))
+    return data.row_of(example_id)
 
 
 def export_buttons(graph_id: str) -> html.Div:

@@ -315,9 +315,9 @@ def recolour(colour, map_kind, run_id, dark):
 
 
 def neighbour_rows(data, neighbours) -> list[tuple[int, float]]:
-    out = []
+    out, rows = [], data.rows_of(n.get("example_id") for n in neighbours or [])
     for n in neighbours or []:
-        row = data.id_index.get(str(n.get("example_id")))
+        row = rows.get(str(n.get("example_id")))
         if row is not None:
             out.append((int(row), float(n.get("distance") or 0.0)))
     return out

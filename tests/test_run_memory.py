@@ -1,0 +1,77 @@
+"""How the dashboard holds a run in memory (dashboard/data.py, llm_maps.runfolder ``arrow_lists``):
+list columns as Arrow arrays, category columns as codes, example ids looked up without a dict,
+one example's text without the whole column; each read back equal to the plain pandas read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard.data import RunData, own_texts
+from dashboard.synthetic import synthetic_frame, write_synthetic_run
+from llm_maps.runfolder import EXAMPLES, Run, write_parquet_atomic
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = write_synthetic_run(tmp_path_factory.mktemp("mem") / "run", 300, seed=3)
+    frame = pd.read_parquet(path / EXAMPLES)
+    # instruction/context as Dolly has them: both, one of them, neither (then the prompt is the text)
+    frame["instruction"] = pd.array([["  Add them. ", "Name it", "", None][i % 4] for i in range(len(frame))],
+                                    dtype="string")
+    frame["context"] = pd.array([["1 and 2", "", " ctx ", None, ""][i % 5] for i in range(len(frame))], dtype="string")
+    frame.loc[7, "nn_train_ids"] = None  # a row without neighbours
+    write_parquet_atomic(path / EXAMPLES, frame)
+    return path
+
+
+def test_arrow_lists_read_the_same_values_as_pandas(run):
+    plain, arrow = Run(run).examples, Run(run, arrow_lists=True).examples
+    assert list(arrow.columns) == list(plain.columns)
+    assert isinstance(arrow["nn_train_ids"].dtype, pd.ArrowDtype) and not isinstance(plain["nn_train_ids"].dtype,
+                                                                                       pd.ArrowDtype)
+    for col in ("nn_train_ids", "nn_train_dists"):
+        for a, b in zip(arrow[col], plain[col]):
+            assert (a is pd.NA) if b is None else list(a) == list(b)  # a missing list: pd.NA in Arrow
+    others = [c for c in plain.columns if c not in ("nn_train_ids", "nn_train_dists")]
+    pd.testing.assert_frame_equal(arrow[others], plain[others])
+
+
+def test_the_dashboard_frame_keeps_every_value(run):
+    data, plain = RunData(run, "run"), Run(run).examples
+    for col in ("split", "domain", "task", "category"):
+        assert isinstance(data.frame[col].dtype, pd.CategoricalDtype)
+        assert data.frame[col].astype(str).tolist() == plain[col].astype(str).tolist()
+        assert (data.frame[col] == plain[col].iloc[5]).tolist() == (plain[col] == plain[col].iloc[5]).tolist()
+    assert data.is_train.tolist() == (plain["split"] == "train").tolist()
+
+
+def test_rows_of_example_ids_as_a_dict_over_the_column_gives_them(run):
+    data = RunData(run, "run")
+    index = {v: i for i, v in enumerate(data.frame["example_id"].astype(str))}
+    ids = ["ex-0000299", "ex-0000000", "nope", "ex-0000150", "ex-0000000"]
+    assert data.rows_of(ids) == {i: index[i] for i in ids if i in index} == {"ex-0000299": 299, "ex-0000000": 0,
+                                                                             "ex-0000150": 150}
+    assert data.rows_of([]) == {} and data.row_of(None) is None and data.row_of("nope") is None
+    assert data.row_of("ex-0000042") == 42
+    plain = Run(run).examples
+    for row in (0, 7, 11):
+        want = [] if plain["nn_train_ids"].iloc[row] is None else [index[i] for i in plain["nn_train_ids"].iloc[row]]
+        assert [r for r, _ in data.neighbours(row)] == want
+        assert [d for _, d in data.neighbours(row)] == pytest.approx(
+            [] if not want else list(plain["nn_train_dists"].iloc[row][:len(want)]))
+
+
+def test_one_examples_text_is_the_texts_columns_row(run):
+    fresh = RunData(run, "run")
+    singles = [fresh.text_of(r) for r in range(fresh.n)]  # before ``texts`` is built
+    assert "texts" not in fresh._lazy
+    texts = fresh.texts
+    assert singles == list(texts)
+    # the rule itself: instruction, a blank line, context; either alone; else the prompt
+    assert texts[0] == "Add them.\n\n1 and 2" and texts[1] == "Name it" and texts[2] == "ctx"
+    assert texts[3] == str(fresh.frame["prompt"].iloc[3]).strip() and texts[5] == "Name it\n\n1 and 2"
+    frame = synthetic_frame(4, seed=1).drop(columns=["nn_train_ids"])
+    assert list(own_texts(frame)) == [p.strip() for p in frame["prompt"]]  # a run with neither column
+    assert np.array_equal(own_texts(frame.iloc[[2]]), own_texts(frame)[[2]])
