@@ -32,6 +32,9 @@ from dashboard.data import view_key
 DTYPES = {np.dtype(np.uint8): "u1", np.dtype(np.uint16): "u2", np.dtype(np.int32): "i4",
           np.dtype(np.float32): "f4"}
 CLIENT_MAX_POINTS = F.MAX_POINTS  # larger runs are sampled and drawn by the server
+# Runs above this many rows open in the WebGL map by default: from here on it is faster at every
+# step (benchmarks/bench_dashboard.py at 100k: first paint 0.98 s against the Plotly map's 1.77 s)
+WEBGL_FROM_POINTS = 50_000
 
 
 def pack(header: dict, arrays: dict[str, np.ndarray]) -> bytes:
@@ -115,7 +118,7 @@ def prepare_first_view(data) -> None:
     """What the map's first view of a run needs: its default figure built once (which also brings
     in plotly's figure classes and templates, ~50 ms the first time in a process) and the arrays
     the browser fetches after it."""
-    if data.n > CLIENT_MAX_POINTS:  # the WebGL map (pages/map.py): the arrays are the run's own
+    if map_mode(data.n, None) == "webgl":  # the WebGL map (pages/map.py): the arrays are the run's own
         client_columns(data)
         return
     F.view_figure(data)
@@ -128,17 +131,17 @@ def dist_payload(data, layer: int) -> bytes:
 
 def map_mode(n: int, renderer: str | None) -> str:
     """How the Map page draws a run of ``n`` rows: "webgl" (every point, assets/mapgl.js: asked for
-    with renderer=webgl, or by default above CLIENT_MAX_POINTS), "client" (Plotly, recoloured in
+    with renderer=webgl, or by default above WEBGL_FROM_POINTS), "client" (Plotly, recoloured in
     the browser) or "server" (Plotly, a sample and a density layer drawn by the server:
-    renderer=plotly above the limit)."""
-    if renderer == "webgl" or (renderer != "plotly" and n > CLIENT_MAX_POINTS):
+    renderer=plotly above CLIENT_MAX_POINTS)."""
+    if renderer == "webgl" or (renderer != "plotly" and n > WEBGL_FROM_POINTS):
         return "webgl"
     return "client" if n <= CLIENT_MAX_POINTS else "server"
 
 
 def gl_page_hint(registry, args) -> tuple[str, list[str]] | None:
     """For a request of the Map page's HTML (query ``args``): (run key, arrays) when its map will be
-    the WebGL one (pages/map.py ``map_mode``: asked for, or a run above CLIENT_MAX_POINTS rows by
+    the WebGL one (pages/map.py ``map_mode``: asked for, or a run above WEBGL_FROM_POINTS rows by
     its manifest's counts), so that the page head starts fetching the arrays of its first frame and
     leaves plotly.js alone (assets/early.js); None otherwise or when that is not known cheaply."""
     renderer = args.get("renderer")

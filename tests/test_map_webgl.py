@@ -17,7 +17,7 @@ import pytest
 from dashboard import figures as F
 from dashboard.data import RunRegistry
 from dashboard.filters import Filters, filter_mask, selected_rows
-from dashboard.points import CLIENT_MAX_POINTS, gl_page_hint, map_mode
+from dashboard.points import CLIENT_MAX_POINTS, WEBGL_FROM_POINTS, gl_page_hint, map_mode
 from dashboard.synthetic import write_synthetic_run
 from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
 from llm_maps.falloff import wilson_interval
@@ -69,8 +69,10 @@ def test_arrays_come_as_raw_bytes_behind_the_apps_auth_and_prefix(runs, scored_d
 
 
 def test_the_renderer_a_page_gets():
-    big = CLIENT_MAX_POINTS + 1
+    big, mid = CLIENT_MAX_POINTS + 1, WEBGL_FROM_POINTS + 1
     assert [map_mode(100, None), map_mode(100, "webgl"), map_mode(100, "plotly")] == ["client", "webgl", "client"]
+    assert [map_mode(WEBGL_FROM_POINTS, None), map_mode(mid, None), map_mode(mid, "plotly")] == ["client", "webgl",
+                                                                                                "client"]
     assert [map_mode(big, None), map_mode(big, "webgl"), map_mode(big, "plotly")] == ["webgl", "webgl", "server"]
 
     class Entry:
@@ -196,6 +198,39 @@ def test_every_point_drawn_recoloured_and_filtered_in_the_browser(browser, score
     colour = F.FIXED_COLOURS["domain"][scored_data.frame["domain"].iloc[row]]
     assert page.evaluate(f"() => window.llmMapGL.colourAt({row})")[:3] == _rgb(colour)
     assert log.take() == []
+
+
+def test_a_click_on_colour_split_or_dim_draws_at_once_and_dash_finds_it_drawn(browser, scored_data):
+    """Recolour and filter from the click itself (mapgl.js directChange), then Dash's callback with
+    the same view: one draw per click, the same rows and colours as Dash's view, no server call."""
+    url, page, log = browser
+    _open(page, f"{url}/map?run=scored&renderer=webgl&glbackend=cpu", N)
+    order = F.draw_order(scored_data, np.arange(N))
+    state = "window.llmMapGL.state"
+
+    def click_then_dash(act, cond):
+        seq = page.evaluate(f"() => {state}.seq")
+        act()
+        d = _wait_drawn(page, cond)
+        assert page.evaluate(f"() => {LAST}.direct") is True  # drawn from the click, before Dash's call
+        page.wait_for_function(f"() => {state}.s && !{state}.s.direct")  # Dash's call has come since
+        page.wait_for_timeout(200)
+        assert page.evaluate(f"() => {state}.seq") == seq + 1  # ... and found the view drawn
+        return d
+
+    page.callbacks.clear()
+    d = click_then_dash(lambda: (page.click("#map-colour"), page.get_by_role("option", name="task", exact=True).click()),
+                        "d.legendTitle === 'task'")
+    assert d["rows"] == order.tolist() and d["values"] == scored_data.cats["task"].codes[order].tolist()
+    d = click_then_dash(lambda: page.get_by_label("train", exact=True).uncheck(), f"d.rows.length < {N}")
+    expect = _mask(scored_data, split=["test"])
+    assert d["rows"] == expect and d["values"] == scored_data.cats["task"].codes[expect].tolist()
+    d = click_then_dash(lambda: page.get_by_label("train", exact=True).check(), f"d.rows.length === {N}")
+    assert d["rows"] == order.tolist() and d["train"] == -1
+    d = click_then_dash(lambda: page.get_by_text("dim train points").click(), "d.train >= 0")
+    assert d["train"] == scored_data.cats["split"].names.index("train") and d["rows"] == order.tolist()
+    page.wait_for_function("() => location.search.includes('colour=task') && location.search.includes('dim=1')")
+    assert page.callbacks == [] and log.take() == []
 
 
 def test_hover_click_and_the_neighbour_lines(browser, scored_data):

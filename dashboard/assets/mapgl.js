@@ -229,7 +229,8 @@
       const rowsKey = JSON.stringify([s.split, s.domain, s.task, f.score, f.dist, f.dist && GL.distLayer, query, s.region,
                                       pair]);
       draw(P, f, dist, s.colour, pair, !!s.dim, rowsKey);
-      GL.last.called = s.calledAt;  // when Dash called the page's callback for this view
+      GL.last.called = s.calledAt;  // when the page's callback (or a direct click) asked for this view
+      GL.last.direct = !!s.direct;
     } finally {
       GL.pending -= 1;
     }
@@ -535,6 +536,8 @@
   // Every array the first view needs is asked for at once, before the map's element exists; the
   // rest of the run's arrays after the first frame (so a recolour or filter finds them here).
   const applyReady = async (s) => {
+    for (const k of ['split', 'domain', 'task']) if (Array.isArray(s[k])) s[k] = s[k].slice().sort();  // order-free
+    GL.s = s;
     const want = needed(Object.assign({}, s, {scoreRange: s.meta.has_scores ? L().activeRange(s.score, s.smin, s.smax) : null}));
     want.forEach((n) => array(s.run, n, s.meta).catch(() => {}));
     const el = await container();
@@ -549,6 +552,35 @@
     await apply(s);
     if (fresh) afterPaint(() => prefetch(s.run, s.meta));
   };
+
+  // --- the controls drawn from at once --------------------------------------------------------------
+  // A click on a colour option, a split box or the dim switch changes the view here, from the
+  // arrays already in the page, in the click's own task; Dash's callback (mapApply) follows with
+  // the same view and finds it drawn. Anything else (keyboard, the other controls) goes through
+  // Dash only.
+  function directChange(target) {
+    const s = GL.s;
+    if (!s || !target || !target.closest || !GL.el || !document.body.contains(GL.el)) return null;
+    // a label passes its click on to its box: the box's click is the one change (split, dim)
+    if (target.tagName === 'INPUT' && target.name === 'map-split' && target.closest('#map-split')) {
+      const cur = s.split || [], v = target.value;
+      return {split: cur.includes(v) ? cur.filter((x) => x !== v) : cur.concat([v])};
+    }
+    const opt = target.closest('[role=option]'), colour = document.getElementById('map-colour');
+    if (opt) {
+      const pop = opt.closest('[role=dialog]'), input = opt.querySelector('input');
+      if (!colour || !pop || !input || colour.getAttribute('aria-controls') !== pop.id) return null;
+      return s.meta.options[input.value] ? {colour: input.value} : null;
+    }
+    return target.id === 'map-dim' ? {dim: !s.dim} : null;
+  }
+
+  document.addEventListener('click', (e) => {
+    const change = directChange(e.target);
+    if (!change) return;
+    const s = Object.assign({}, GL.s, change, {calledAt: performance.now(), direct: true});
+    applyReady(s).catch(onError);
+  }, true);
 
   function afterPaint(fn) { requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(fn, 0))); }
 

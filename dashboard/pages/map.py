@@ -8,7 +8,7 @@ search (a bitmask of hits), the drill-down and neighbour lines, hover details, s
 and, for larger runs, drawing a sample plus a density layer for the current view.
 
 The WebGL renderer (``renderer=webgl`` in the URL, and by default for runs above
-``CLIENT_MAX_POINTS``; ``renderer=plotly`` keeps the Plotly map) draws every point of any run
+``WEBGL_FROM_POINTS``; ``renderer=plotly`` keeps the Plotly map) draws every point of any run
 (assets/mapgl.js, glscatter.js): the page holds no figure, only the run's description
 (``points.gl_meta``), and the browser fetches the arrays it needs as raw bytes. The same callbacks
 serve both: hover, click and selection reach the same stores (``map-hover-row``, ``map-click-row``,
