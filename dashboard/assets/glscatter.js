@@ -270,6 +270,9 @@ void main() {
       this.view = {x0: 0, x1: 1, y0: 0, y1: 1};
       this.selection = null;
       this.backend = 'cpu';
+      this.background = null;  // an opaque colour under the points (nothing drawn below them): faster
+      this.pos = null;         // each drawn row's pixel, kept while the view, size and rows stay
+      this.posKey = null;
     }
 
     column(name, arr) {
@@ -327,9 +330,21 @@ void main() {
         this.pixels = new Uint32Array(this.image.data.buffer);
       }
       const px = this.pixels;
-      px.fill(0);
+      if (this.background !== this.bgName) {  // any CSS colour, as the canvas reads it; a see-through one: none
+        this.bgName = this.background;
+        this.ctx.fillStyle = '#000';
+        if (this.background) this.ctx.fillStyle = this.background;
+        const rgba = parseColour(this.ctx.fillStyle);
+        this.bg = this.background && rgba[3] >= 1 ? CPUScatter.packed(rgba) : 0;
+      }
+      px.fill(this.bg);
       const x = this.columns.get('x'), y = this.columns.get('y'), col = this.columns.get(this.colour.column);
       if (this.m && x && y && col) this._splat(px, W, H, x.arr, y.arr, col.arr, scale);
+      if (!this.bg) this._straight(px);
+      this.ctx.putImageData(this.image, 0, 0);
+    }
+
+    _straight(px) {
       for (let i = 0; i < px.length; i++) {  // blended premultiplied; ImageData holds straight alpha
         const p = px[i], a = p >>> 24;
         if (a === 0 || a === 255) continue;
@@ -337,21 +352,36 @@ void main() {
         px[i] = ((a << 24) | (Math.min(255, ((p >>> 16) & 255) * f) << 16) | (Math.min(255, ((p >>> 8) & 255) * f) << 8)
                  | Math.min(255, (p & 255) * f)) >>> 0;
       }
-      this.ctx.putImageData(this.image, 0, 0);
+    }
+
+    // Where each drawn row's disc is centred (a pixel index; -1: off the canvas), built again only
+    // when the view, the canvas, the disc or the rows change (a recolour reuses it).
+    _positions(W, H, xs, ys, reach) {
+      const v = this.view, rows = this.rows, key = [v.x0, v.x1, v.y0, v.y1, W, H, reach, rows, xs, ys];
+      if (this.posKey && key.every((k, i) => k === this.posKey[i])) return this.pos;
+      const pos = this.pos && this.pos.length === rows.length ? this.pos : new Int32Array(rows.length);
+      const sx = W / (v.x1 - v.x0), sy = H / (v.y1 - v.y0);
+      for (let j = 0; j < rows.length; j++) {
+        const r = rows[j], cx = Math.floor((xs[r] - v.x0) * sx), cy = Math.floor((v.y1 - ys[r]) * sy);
+        pos[j] = cx >= reach && cy >= reach && cx < W - reach && cy < H - reach ? cy * W + cx : -1;
+      }
+      this.pos = pos; this.posKey = key;
+      return pos;
     }
 
     _splat(px, W, H, xs, ys, vals, scale) {
-      const c = this.colour, s = this.style, v = this.view, rows = this.rows, lut = this.lut;
+      const c = this.colour, s = this.style, rows = this.rows, lut = this.lut;
       const {offsets, part, weight, reach} = CPUScatter.disc(Math.max(1, s.size * (this.ratio || 1) * scale), W);
-      const sx = W / (v.x1 - v.x0), sy = H / (v.y1 - v.y0), k = offsets.length;
+      const pos = this._positions(W, H, xs, ys, reach), k = offsets.length, opaque = this.bg !== 0;
+      const blend = opaque ? CPUScatter.blendOpaque : CPUScatter.blend;
       const split = s.train >= 0 && this.columns.get('split') ? this.columns.get('split').arr : null;
       const sel = this.selection && this.columns.get(this.selection) ? this.columns.get(this.selection).arr : null;
       const missing = CPUScatter.packed(c.missing), span = Math.max(c.hi - c.lo, 1e-30), steps = c.steps;
       const a0 = Math.round(s.alpha * 256), aDim = Math.round(s.dimAlpha * 256);
       for (let j = 0; j < rows.length; j++) {
+        const o = pos[j];
+        if (o < 0) continue;
         const r = rows[j];
-        const cx = Math.floor((xs[r] - v.x0) * sx), cy = Math.floor((v.y1 - ys[r]) * sy);
-        if (!(cx >= reach && cy >= reach && cx < W - reach && cy < H - reach)) continue;
         let rgba;
         if (c.kind === 0) rgba = lut[vals[r]];
         else {
@@ -360,10 +390,9 @@ void main() {
         }
         let a = split !== null && split[r] === s.train ? aDim : a0;
         if (sel !== null && !sel[r]) a = a >> 2;
-        const o = cy * W + cx;
         if (a >= 256) for (let q = 0; q < k; q++) px[o + offsets[q]] = rgba | 0xff000000;
-        else for (let q = 0; q < k; q++) CPUScatter.blend(px, o + offsets[q], rgba, a);
-        for (let q = 0; q < part.length; q++) CPUScatter.blend(px, o + part[q], rgba, (a * weight[q]) >> 8);
+        else for (let q = 0; q < k; q++) blend(px, o + offsets[q], rgba, a);
+        for (let q = 0; q < part.length; q++) blend(px, o + part[q], rgba, (a * weight[q]) >> 8);
       }
     }
 
@@ -374,7 +403,14 @@ void main() {
                | (((d >>> 8) & 255) * na + ((rgba >>> 8) & 255) * a) >> 8 << 8 | ((d & 255) * na + (rgba & 255) * a) >> 8) >>> 0;
     }
 
-    readPixel(x, y) {  // CSS pixels of the plot -> [r, g, b, a] as drawn (premultiplied over nothing)
+    // The same over an opaque pixel (the background): the alpha stays 255.
+    static blendOpaque(px, i, rgba, a) {
+      const na = 256 - a, d = px[i];
+      px[i] = (0xff000000 | (((d >>> 16) & 255) * na + ((rgba >>> 16) & 255) * a) >> 8 << 16
+               | (((d >>> 8) & 255) * na + ((rgba >>> 8) & 255) * a) >> 8 << 8 | ((d & 255) * na + (rgba & 255) * a) >> 8) >>> 0;
+    }
+
+    readPixel(x, y) {  // CSS pixels of the plot -> [r, g, b, a] as drawn (over the background, if any)
       const r = this.ratio || 1, i = Math.round(y * r) * this.canvas.width + Math.round(x * r), p = this.pixels[i];
       return [p & 255, (p >>> 8) & 255, (p >>> 16) & 255, p >>> 24];
     }

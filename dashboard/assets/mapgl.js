@@ -170,6 +170,8 @@
     if (!GL.map) return;
     const s = plotSize(), ratio = window.devicePixelRatio || 1;
     GL.map.resize(s.w, s.h, ratio);
+    // the CPU backend paints the plot's own colour under the points when nothing is drawn below them
+    GL.map.background = GL.density || !GL.theme ? null : GL.theme.plot;
     GL.map.render();
     for (const c of [GL.over, GL.dens]) {
       const w = Math.round(s.w * ratio), h = Math.round(s.h * ratio);
