@@ -401,6 +401,39 @@ def test_without_webgl2_the_cpu_draws_or_plotly_does(browser):
         context.close()
 
 
+def test_the_first_frame_is_the_cpus_then_a_real_gpu_takes_over(browser, scored_data):
+    """Unless a backend is asked for, the CPU draws the first frame (no WebGL context in front of
+    it); the worker's answer then decides: here SwiftShader, so the CPU stays; a browser whose
+    WebGL is a real GPU (the probe's answer replaced) moves the same view to the GPU."""
+    url, first, _ = browser
+    order = F.draw_order(scored_data, np.arange(N)).tolist()
+    view = f"{url}/map?run=scored&renderer=webgl&colour=task"
+    gpu = ("Object.defineProperty(window, 'GLScatter', {configurable: true, get() { return this.__gls; },"
+           " set(v) { v.probeSoftware = () => Promise.resolve(false); this.__gls = v; }});")
+    for script, backend in ((None, "cpu"), (gpu, "gpu")):
+        context = first.chromium.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            if script:
+                page.add_init_script(script)
+            log = ConsoleLog(page)
+            page.add_init_script("window.__backends = []; setInterval(() => { const m = window.llmMapGL &&"
+                                 " window.llmMapGL.state.last; if (m && !window.__backends.includes(m.backend))"
+                                 " window.__backends.push(m.backend); }, 5);")
+            _open(page, view, N)
+            page.wait_for_function(f"() => !window.llmMapGL.state.upgrade && {LAST}.backend === '{backend}'")
+            page.wait_for_timeout(300)
+            assert page.evaluate("() => window.__backends") == (["cpu"] if backend == "cpu" else ["cpu", "gpu"])
+            d = page.evaluate("() => window.llmMapGL.drawn()")
+            assert d["rows"] == order and d["values"] == scored_data.cats["task"].codes[order].tolist()
+            row = order[-1]  # drawn last, so on top: its task's colour where it is
+            colour = F.category_colours("task", scored_data.cats["task"].names)[scored_data.cats["task"].codes[row]]
+            assert page.evaluate(f"() => window.llmMapGL.colourAt({row})")[:3] == _rgb(colour)
+            assert log.take() == []
+        finally:
+            context.close()
+
+
 def test_the_regions_layer_on_the_webgl_map(browser, tmp_path):
     from dashboard.app import create_app
     from dashboard.regions_view import region_layer, regions_of

@@ -16,7 +16,8 @@
 // download also starts with the page (preload), and it is run while the server answers the first
 // callback (the page layout), so neither waits for the other.
 // (3) The WebGL map (data-gl): its first arrays are fetched from here, while Dash's scripts load
-// (assets/mapgl.js takes them from window.__llmGL), and plotly.js is not loaded for it.
+// (assets/mapgl.js takes them from window.__llmGL), with dcc's dropdown and slider chunks (Dash
+// waits for them before it calls the map's callback), and plotly.js is not loaded for it.
 (function () {
   var el = document.currentScript, cfg = {plen: +el.dataset.plen, url: el.dataset.url, dcc: el.dataset.dcc};
   window.__llmNativeTrim = String.prototype.trim;
@@ -31,6 +32,9 @@
       p.catch(function () {});
       window.__llmGL.arrays[name] = p;
     });
+  }
+  if (gl) {  // Dash calls the map's callback once the chunks of the controls it reads have loaded
+    ['dropdown', 'slider'].forEach(function (name) { preload(cfg.dcc + 'async-' + name + '.js'); });
   }
   if (window.Plotly) return;
   var path = location.pathname.slice(cfg.plen);

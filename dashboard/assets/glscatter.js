@@ -440,11 +440,42 @@ void main() {
       const name = String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
       const lose = gl.getExtension('WEBGL_lose_context');
       if (lose) lose.loseContext();
-      return /swiftshader|llvmpipe|softpipe|software/i.test(name);
+      return GLScatter.softwareName(name);
     } catch (e) {
       return true;
     }
   }
+
+  // Whether a WebGL renderer's name (UNMASKED_RENDERER_WEBGL) is a software rasteriser.
+  GLScatter.softwareName = (name) => /swiftshader|llvmpipe|softpipe|software/i.test(String(name));
+
+  // The same question asked in a worker (a promise of true/false): the first WebGL context of a
+  // page starts the browser's GPU process, ~0.25 s with SwiftShader, which the page's own thread
+  // need not wait for; where a worker cannot tell, asked here.
+  GLScatter.probeSoftware = function () {
+    return new Promise((resolve) => {
+      let worker = null, url = null, settled = false;
+      const done = (software) => {
+        if (settled) return;
+        settled = true;
+        if (worker) worker.terminate();
+        if (url) URL.revokeObjectURL(url);
+        resolve(software === undefined ? softwareGL() : software);
+      };
+      try {
+        const src = "let gl = null; try { gl = new OffscreenCanvas(1, 1).getContext('webgl2'); } catch (e) {}\n" +
+          "const ext = gl && gl.getExtension('WEBGL_debug_renderer_info');\n" +
+          "postMessage(gl ? String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER)) : null);";
+        url = URL.createObjectURL(new Blob([src], {type: 'text/javascript'}));
+        worker = new Worker(url);
+        worker.onmessage = (e) => done(e.data === null || GLScatter.softwareName(e.data));
+        worker.onerror = () => done(undefined);
+        setTimeout(() => done(undefined), 10000);
+      } catch (e) {
+        done(undefined);
+      }
+    });
+  };
 
   // A renderer on ``canvas``: "gpu" (WebGL2: the data in GPU buffers), "cpu", or "auto": the GPU
   // unless WebGL is a software rasteriser (or missing).

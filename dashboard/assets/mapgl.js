@@ -517,8 +517,13 @@
     GL.legend = part(root, 'div', 'llm-gl-legend');
     GL.tip = part(root, 'div', 'llm-gl-tip');
     GL.tip.hidden = true;
-    try {  // the GPU; the CPU where WebGL is software (?glbackend=gpu|cpu chooses)
-      GL.map = window.GLScatter.create(canvas, new URLSearchParams(window.location.search).get('glbackend') || 'auto');
+    // the GPU; the CPU where WebGL is software (?glbackend=gpu|cpu chooses). Unless chosen, the
+    // first frame is the CPU's (asking whether WebGL here is a GPU would start the browser's GPU
+    // process in front of it: ~0.25 s with SwiftShader); upgrade() then moves to a real GPU
+    const backend = new URLSearchParams(window.location.search).get('glbackend') || 'auto';
+    GL.upgrade = backend === 'auto';
+    try {
+      GL.map = window.GLScatter.create(canvas, backend === 'auto' ? 'cpu' : backend);
     } catch (e) {  // no WebGL2 here: the Plotly map instead
       console.warn('llm-maps map: ' + e.message + '; drawing with Plotly');
       const q = new URLSearchParams(window.location.search);
@@ -552,7 +557,7 @@
       GL.map.view = Object.assign({}, h.view);
     }
     await apply(s);
-    if (fresh) afterPaint(() => prefetch(s.run, s.meta));
+    if (fresh) afterPaint(() => { prefetch(s.run, s.meta); upgrade().catch(onError); });
   };
 
   // --- the controls drawn from at once --------------------------------------------------------------
@@ -583,6 +588,22 @@
     const s = Object.assign({}, GL.s, change, {calledAt: performance.now(), direct: true});
     applyReady(s).catch(onError);
   }, true);
+
+  // After the first frame: where WebGL is a real GPU (asked in a worker), the map moves to it.
+  async function upgrade() {
+    if (!GL.upgrade || !GL.map) return;
+    GL.upgrade = false;
+    const cpu = GL.map;
+    if (await window.GLScatter.probeSoftware() || GL.map !== cpu) return;
+    const canvas = cpu.canvas.cloneNode(false);
+    let map;
+    try { map = window.GLScatter.create(canvas, 'gpu'); } catch (e) { return; }
+    cpu.canvas.replaceWith(canvas);
+    map.view = cpu.view;
+    clearSelection(true);
+    Object.assign(GL, {map, key: null, rows: null, rowsKey: null, outcomeName: null});
+    if (GL.s) applyReady(GL.s).catch(onError);
+  }
 
   function afterPaint(fn) { requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(fn, 0))); }
 
