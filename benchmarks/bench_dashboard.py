@@ -341,6 +341,61 @@ def issue_table(results: dict, base: dict) -> str:
     return "\n".join(lines)
 
 
+def write_atlas(run: Path, tokens: int, seed: int = 0) -> None:
+    """Give a synthetic run with a token map (write_synthetic_run(token_map=True)) an atlas of
+    ``tokens`` tokens spread over its token map (tokens.parquet and the manifest's count)."""
+    import numpy as np
+
+    from llm_maps.runfolder import EXAMPLES, MANIFEST, write_json_atomic, write_parquet_atomic
+
+    ex = pd.read_parquet(run / EXAMPLES, columns=["example_id", "split", "x_tokens", "y_tokens"])
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(np.flatnonzero(ex["split"].to_numpy() == "train"), tokens)
+    write_parquet_atomic(run / "tokens.parquet", pd.DataFrame({
+        "row": rows.astype(np.int64), "example_id": ex["example_id"].to_numpy()[rows],
+        "position": np.zeros(tokens, dtype=np.int64), "token_id": np.arange(tokens, dtype=np.int64),
+        "token_text": np.full(tokens, "tok"),
+        "x": ex["x_tokens"].to_numpy()[rows] + rng.normal(0, 0.3, tokens),
+        "y": ex["y_tokens"].to_numpy()[rows] + rng.normal(0, 0.3, tokens)}))
+    manifest = json.loads((run / MANIFEST).read_text())
+    manifest["token_atlas"].update(tokens=tokens, examples=int(len(set(rows.tolist()))))
+    write_json_atomic(run / MANIFEST, manifest)
+
+
+def bench_atlas(pw, args, tmp: Path, examples: int, tokens: int) -> dict:
+    """The token map (view=tokens) of a run of ``examples`` prompts whose atlas holds ``tokens``
+    tokens (a 15k-example Dolly run's atlas reaches a million): when every atlas token is drawn
+    (from navigation start), and one pan frame with them (prompts and tokens drawn again)."""
+    run = write_synthetic_run(tmp / f"atlas_{tokens}", examples, hidden=16, layers=(30,), n_tasks=48, token_map=True)
+    write_atlas(run, tokens)
+    port = free_port()
+    server = start_server(run, port)
+    try:
+        browser = pw.chromium.launch(executable_path=args.chromium, headless=True, args=FLAGS)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.goto(f"http://127.0.0.1:{port}/map?run={run.name}&view=tokens", wait_until="commit", timeout=600_000)
+            state = "window.llmMapGL && window.llmMapGL.state"
+            page.wait_for_function(f"() => {state}.atlas && {state}.atlas.m === {tokens} && {state}.atlasKey",
+                                   polling="raf", timeout=180_000)
+            drawn = page.evaluate("() => performance.now()")
+            page.wait_for_timeout(1000)
+            pan, frame = page.evaluate(f"""() => {{ const GL = {state}, v = GL.map.view, d = (v.x1 - v.x0) * 0.1;
+                const t0 = performance.now();
+                GL.map.view = {{x0: v.x0 + d, x1: v.x1 + d, y0: v.y0, y1: v.y1}};
+                GL.api.schedule();
+                return new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(
+                    () => r([performance.now() - t0, GL.atlasFrameMs])))); }}""")
+        finally:
+            browser.close()
+        return {"atlas_tokens": tokens, "examples": examples, "atlas_drawn_ms": round(drawn, 1),
+                "pan_two_frames_ms": round(pan, 1), "atlas_frame_ms": frame,
+                "web_rss_mb": round(rss_mb(server.pid), 1)}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -350,6 +405,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--reps", type=int, default=3, help="fresh browsers per size (here and in the baseline); medians")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    ap.add_argument("--atlas-tokens", type=int, nargs="*", default=[],
+                    help="also the token map of a 15k-prompt run with an atlas of this many tokens (e.g. 1000000)")
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -372,6 +429,9 @@ def main(argv=None) -> int:
                 ours["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
                 print(json.dumps({"points": n, "renderer": renderer, "ratios_ours_over_baseline": ours["ratios"]}),
                       flush=True)
+        for tokens in args.atlas_tokens:
+            results[f"atlas_{tokens}"] = got = bench_atlas(pw, args, Path(tmp), 15_000, tokens)
+            print(json.dumps({"token_map": got}), flush=True)
     print(issue_table(results, base), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({str(k): v for k, v in results.items()} | {"baseline": base}, indent=1))

@@ -24,6 +24,7 @@ from llm_maps.runfolder import (ENCODINGS, EXAMPLES, MANIFEST, Run, RunIds, chec
 from dashboard.conditions_data import load_conditions
 from llm_maps.falloff import FALLOFF_FILE, clustered_trends, falloff_stats
 from llm_maps.neighbours import nearest_train
+from llm_maps.tokens import TOKENS_FILE, has_atlas
 
 log = logging.getLogger("llm_maps.dashboard")
 CACHE_RUNS = int(os.environ.get("LLM_MAPS_CACHE_RUNS", "4"))
@@ -185,6 +186,20 @@ def _checked(path: str, stamp: tuple) -> None:
     """``check_run_files`` once per version of a run's files (raises LLMMapsError naming the file;
     a failure is not cached, so a fixed run is seen at once)."""
     check_run_files(path, read_manifest(path))
+
+def _read_atlas_points(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    import pandas as pd
+
+    if not has_atlas(manifest):
+        return None
+    try:
+        tokens = pd.read_parquet(path / TOKENS_FILE, columns=["x", "y"])
+    except Exception as exc:  # noqa: BLE001 - missing, corrupt or without x/y: the map goes on without them
+        log.warning("%s: atlas tokens not drawn (%s: %s)", path / TOKENS_FILE, type(exc).__name__, exc)
+        return None
+    return (tokens["x"].to_numpy(dtype=np.float32, na_value=np.nan),
+            tokens["y"].to_numpy(dtype=np.float32, na_value=np.nan))
+
 
 def _listed(value) -> list:
     """A list cell (a list, an array, or missing: None, NaN or pd.NA as Arrow lists have it) as a list."""
@@ -374,6 +389,15 @@ class RunData:
                     + " · " + self.frame["split"].astype("string").fillna("") + dist.to_numpy() + score.to_numpy())
             return text.to_numpy(dtype=object)
         return self._cached("hover", build)
+
+    def atlas_points(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """[T] x and y (float32) of the run's token atlas on the token map (tokens.parquet), read once
+        per run and shared by its views; None when the run has no atlas or its tokens are not placed
+        (or the file cannot be read: logged, the map goes on without them)."""
+        with self._shared_lock:
+            if "atlas_points" not in self._shared:
+                self._shared["atlas_points"] = _read_atlas_points(self.path, self.manifest)
+            return self._shared["atlas_points"]
 
     def conditions(self):
         """The run's conditions (conditions.parquet joined with the examples, see

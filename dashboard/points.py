@@ -98,13 +98,29 @@ def points_payload(data) -> bytes:
     return data._cached("points_payload", build)
 
 
+def atlas_count(data) -> int:
+    """How many atlas tokens the Map page draws under the prompts of this view (``atlas_columns``)."""
+    xy = data.atlas_points() if data.view == "tokens" else None
+    return 0 if xy is None else int(xy[0].size)
+
+
+def atlas_columns(data) -> dict[str, np.ndarray]:
+    """The token map's own points, in its view: every atlas token (``atlas_x``, ``atlas_y``), which the
+    WebGL map draws faintly under the prompts; {} in other views or without placed atlas tokens."""
+    xy = data.atlas_points() if data.view == "tokens" else None
+    return {} if xy is None else {"atlas_x": xy[0], "atlas_y": xy[1]}
+
+
 def gl_meta(data) -> dict:
     """The WebGL map's description of a run (assets/mapgl.js): ``client_meta`` plus each array's
-    dtype and length (fetched one by one from ``/_llm_maps/array``) and whether per-point hover
-    texts can be fetched (``/_llm_maps/hover``, runs of at most HOVER_TEXT_MAX rows)."""
+    dtype and length (fetched one by one from ``/_llm_maps/array``), whether per-point hover texts
+    can be fetched (``/_llm_maps/hover``, runs of at most HOVER_TEXT_MAX rows) and how many atlas
+    tokens the token map draws under the prompts (0: none)."""
+    atlas = atlas_columns(data)
     arrays = {name: {"dtype": DTYPES[np.dtype(a.dtype)], "length": int(a.size)}
-              for name, a in client_columns(data).items()}
-    return {**client_meta(data), "arrays": arrays, "hover": data.n <= F.HOVER_TEXT_MAX}
+              for name, a in {**client_columns(data), **atlas}.items()}
+    return {**client_meta(data), "arrays": arrays, "hover": data.n <= F.HOVER_TEXT_MAX,
+            "atlas": int(atlas["atlas_x"].size) if atlas else 0}
 
 
 def array_chunks(values: np.ndarray, chunk: int = 1 << 20):
@@ -129,20 +145,21 @@ def dist_payload(data, layer: int) -> bytes:
     return np.ascontiguousarray(data.distances(layer), dtype=np.float32).tobytes()
 
 
-def map_mode(n: int, renderer: str | None) -> str:
+def map_mode(n: int, renderer: str | None, atlas: int = 0) -> str:
     """How the Map page draws a run of ``n`` rows: "webgl" (every point, assets/mapgl.js: asked for
-    with renderer=webgl, or by default above WEBGL_FROM_POINTS), "client" (Plotly, recoloured in
-    the browser) or "server" (Plotly, a sample and a density layer drawn by the server:
-    renderer=plotly above CLIENT_MAX_POINTS)."""
-    if renderer == "webgl" or (renderer != "plotly" and n > WEBGL_FROM_POINTS):
+    with renderer=webgl, or by default above WEBGL_FROM_POINTS, and for a token map with ``atlas``
+    tokens to draw under its prompts, which only it draws), "client" (Plotly, recoloured in the
+    browser) or "server" (Plotly, a sample and a density layer drawn by the server: renderer=plotly
+    above CLIENT_MAX_POINTS)."""
+    if renderer == "webgl" or (renderer != "plotly" and (n > WEBGL_FROM_POINTS or atlas > 0)):
         return "webgl"
     return "client" if n <= CLIENT_MAX_POINTS else "server"
 
 
 def gl_page_hint(registry, args) -> tuple[str, list[str]] | None:
     """For a request of the Map page's HTML (query ``args``): (run key, arrays) when its map will be
-    the WebGL one (pages/map.py ``map_mode``: asked for, or a run above WEBGL_FROM_POINTS rows by
-    its manifest's counts), so that the page head starts fetching the arrays of its first frame and
+    the WebGL one (pages/map.py ``map_mode``: asked for, or a run above WEBGL_FROM_POINTS rows or a
+    token map with atlas tokens, by its manifest), so that the page head starts fetching the arrays of its first frame and
     leaves plotly.js alone (assets/early.js); None otherwise or when that is not known cheaply."""
     renderer = args.get("renderer")
     if renderer == "plotly":
@@ -151,7 +168,8 @@ def gl_page_hint(registry, args) -> tuple[str, list[str]] | None:
     if entry is None or not entry.ok:
         return None
     n = ((entry.manifest or {}).get("counts") or {}).get("examples")
-    if map_mode(n if isinstance(n, int) else 0, renderer) != "webgl":
+    atlas = ((entry.manifest or {}).get("token_atlas") or {}).get("tokens") if args.get("view") == "tokens" else 0
+    if map_mode(n if isinstance(n, int) else 0, renderer, atlas if isinstance(atlas, int) else 0) != "webgl":
         return None
     colour = args.get("colour") or "split"
     names = ["x", "y", "cat_split"] + ([f"cat_{colour}"] if F.COLOUR_KIND.get(colour) == "categorical" else
@@ -186,7 +204,7 @@ def install_routes(server, prefix: str = "/") -> None:
         """One per-point array (``gl_meta`` names them) as raw bytes: no JSON, no copy of the array."""
         data = _load()
         name = flask.request.args.get("name", "")
-        values = client_columns(data).get(name)
+        values = (atlas_columns(data) if name.startswith("atlas_") else client_columns(data)).get(name)
         if values is None:
             return flask.Response(json.dumps({"error": f"no array {name!r}"}), 404, mimetype="application/json")
         return flask.Response(array_chunks(values), mimetype="application/octet-stream",

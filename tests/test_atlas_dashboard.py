@@ -112,7 +112,7 @@ def test_view_switch_on_map_falloff_and_examples_is_kept_in_the_url(site, views_
     page.get_by_text("domain", exact=True).click()
     page.wait_for_function("() => location.search.includes('colour=domain')", timeout=20_000)
     assert "view=completion" in page.url and "run=tiny" in page.url
-    page.goto(f"{url}/map?run=tiny&view=tokens")
+    page.goto(f"{url}/map?run=tiny&view=tokens&renderer=plotly")  # the WebGL map's default: tests/test_map_webgl.py
     page.wait_for_function(f"() => {MGD} && {MGD}._fullData && {MGD}._fullData[0]._length === 40", timeout=30_000)
     assert sorted(map_xy(page)) == pytest.approx(sorted(ex["x_tokens"]), abs=1e-3)
     # examples: the table's distances are the view's
@@ -178,7 +178,7 @@ def test_saved_points_layer_and_export_draw_paths_on_the_token_map(site, views_r
     assert saved and saved[0]["reference"] == "atlas"
     user = (f"(kind) => {{ const gd = {MGD}; return gd && gd.data ? "
             "gd.data.filter((t) => t.meta && t.meta.user === kind).map((t) => Array.from(t.x)) : []; }")
-    page.goto(f"{url}/map?run=tiny&view=tokens&mine=1")
+    page.goto(f"{url}/map?run=tiny&view=tokens&mine=1&renderer=plotly")
     page.wait_for_function(f"() => ({user})('path').length === {len(saved)}", timeout=30_000)
     p = saved[0]
     assert page.evaluate(user, "path")[0] == pytest.approx([p["x_tokens"]] + [t["x"] for t in p["tokens"]])

@@ -74,6 +74,8 @@ def test_the_renderer_a_page_gets():
     assert [map_mode(WEBGL_FROM_POINTS, None), map_mode(mid, None), map_mode(mid, "plotly")] == ["client", "webgl",
                                                                                                 "client"]
     assert [map_mode(big, None), map_mode(big, "webgl"), map_mode(big, "plotly")] == ["webgl", "webgl", "server"]
+    # a token map with atlas tokens to draw under its prompts: only the WebGL map draws them
+    assert [map_mode(100, None, atlas=5), map_mode(100, "plotly", atlas=5)] == ["webgl", "client"]
 
     class Entry:
         ok, id = True, "big"
@@ -88,6 +90,8 @@ def test_the_renderer_a_page_gets():
     assert gl_page_hint(Registry(), {"view": "tokens", "colour": "score"}) == ("big::tokens", ["x", "y", "cat_split", "score"])
     Entry.manifest = {"counts": {"examples": 10}}
     assert gl_page_hint(Registry(), {}) is None and gl_page_hint(Registry(), {"renderer": "webgl"})[0] == "big"
+    Entry.manifest = {"counts": {"examples": 10}, "token_atlas": {"tokens": 7}}  # the token map draws its atlas
+    assert gl_page_hint(Registry(), {"view": "tokens"})[0] == "big::tokens" and gl_page_hint(Registry(), {}) is None
 
 
 def test_a_selection_bitmask_decodes_to_its_rows():
@@ -460,5 +464,64 @@ def test_the_regions_layer_on_the_webgl_map(browser, tmp_path):
         members = np.flatnonzero(rd.labels == rid).tolist()
         d = _wait_drawn(page, f"d.rows.length === {len(members)}")
         assert sorted(d["rows"]) == members
+        assert log.take() == []
+    context.close()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_the_token_map_draws_every_atlas_token_under_the_prompts(browser, tmp_path, backend):
+    """view=tokens: every token of the atlas (tokens.parquet) drawn faintly by its own renderer on the
+    canvas below the prompts', its arrays as raw bytes; a recolour does not draw them again."""
+    import pandas as pd
+
+    from dashboard.app import create_app
+    from llm_maps.runfolder import EXAMPLES, MANIFEST, write_json_atomic, write_parquet_atomic
+
+    run = write_synthetic_run(tmp_path / "tok", 200, token_map=True, seed=4)
+    ex = pd.read_parquet(run / EXAMPLES)
+    train = ex[ex["split"] == "train"]
+    T, rng = 3000, np.random.default_rng(0)
+    rows = rng.choice(train.index.to_numpy(), T)
+    tokens = pd.DataFrame({"row": rows.astype(np.int64), "example_id": ex["example_id"].to_numpy()[rows],
+                           "position": np.arange(T, dtype=np.int64) % 7, "token_id": np.arange(T, dtype=np.int64),
+                           "token_text": [f"t{i}" for i in range(T)],
+                           "x": rng.uniform(ex["x_tokens"].min(), ex["x_tokens"].max(), T),
+                           "y": rng.uniform(ex["y_tokens"].min(), ex["y_tokens"].max(), T)})
+    write_parquet_atomic(run / "tokens.parquet", tokens)
+    manifest = json.loads((run / MANIFEST).read_text())
+    manifest["token_atlas"].update(tokens=T, examples=int(len(set(rows))))
+    write_json_atomic(run / MANIFEST, manifest)
+    app = create_app([run], [], state_dir=tmp_path / "state")
+    client = app.server.test_client()
+    got = client.get("/_llm_maps/array?run=tok::tokens&name=atlas_y")
+    assert np.array_equal(np.frombuffer(got.data, dtype=np.float32), tokens["y"].to_numpy(dtype=np.float32))
+    assert client.get("/_llm_maps/array?run=tok&name=atlas_y").status_code == 404  # the prompt view has none
+    context = browser[1].chromium.new_context(viewport={"width": 1400, "height": 1000})
+    with live_server(app) as url:
+        page = context.new_page()
+        log = ConsoleLog(page)
+        _open(page, f"{url}/map?run=tok&view=tokens&renderer=webgl&glbackend={backend}", 200)
+        state = "window.llmMapGL.state"
+        page.wait_for_function(f"() => {state}.atlas && {state}.atlas.m === {T} && {state}.atlasKey")
+        assert page.evaluate(f"() => {state}.atlas.backend") == backend
+        assert page.inner_text(".llm-gl-title") == f"200 of 200 examples · {T:,} atlas tokens under them"
+        below = page.evaluate(f"() => !!({state}.atlasCanvas.compareDocumentPosition({state}.map.canvas)"
+                              " & Node.DOCUMENT_POSITION_FOLLOWING)")
+        assert below  # the prompts' canvas comes after (is drawn above) the atlas tokens' one
+        # a token's pixel on the atlas canvas is its grey; the plot's corner is not
+        pick = f"""(xy) => {{ const r = {state}.plot.getBoundingClientRect(), p = window.llmMapGL.toPage(xy[0], xy[1]);
+                    let best = null;  // the most covered pixel next to the token's centre (a 2-pixel point)
+                    for (const dx of [-1, 0, 1]) for (const dy of [-1, 0, 1]) {{
+                      const px = {state}.atlas.readPixel(p[0] - r.left + dx, p[1] - r.top + dy);
+                      if (!best || px[3] > best[3] || (px[3] === best[3] && px[0] < best[0])) best = px; }}
+                    return best; }}"""
+        token = page.evaluate(pick, [float(tokens["x"].iloc[0]), float(tokens["y"].iloc[0])])
+        corner = page.evaluate(f"() => {state}.atlas.readPixel(1, 1)")
+        assert token != corner and token[3] > 0
+        key = page.evaluate(f"() => {{ window.__atlasKey = {state}.atlasKey; return true; }}")
+        page.click("#map-colour")
+        page.get_by_role("option", name="task", exact=True).click()
+        _wait_drawn(page, "d.legendTitle === 'task'")
+        assert key and page.evaluate(f"() => window.__atlasKey === {state}.atlasKey")  # not drawn again
         assert log.take() == []
     context.close()

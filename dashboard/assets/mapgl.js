@@ -170,9 +170,12 @@
     if (!GL.map) return;
     const s = plotSize(), ratio = window.devicePixelRatio || 1;
     GL.map.resize(s.w, s.h, ratio);
-    // the CPU backend paints the plot's own colour under the points when nothing is drawn below them
-    GL.map.background = GL.density || !GL.theme ? null : GL.theme.plot;
+    // the CPU backend paints the plot's own colour under what is drawn lowest (the atlas tokens, else
+    // the points) when nothing is drawn below that
+    const bg = GL.density || !GL.theme ? null : GL.theme.plot;
+    GL.map.background = GL.atlas ? null : bg;
     GL.map.render();
+    if (GL.atlas) paintAtlas(s, ratio, bg);
     for (const c of [GL.over, GL.dens]) {
       const w = Math.round(s.w * ratio), h = Math.round(s.h * ratio);
       if (c.width !== w) c.width = w;
@@ -196,6 +199,41 @@
       GL.overKey = overKey;
       GL.overDrag = !!GL.drag;  // once more after a drag, to take its outline away
     }
+  }
+
+  // The token map's atlas tokens, under the points: drawn again only when the view, size or theme changed.
+  function paintAtlas(size, ratio, bg) {
+    const a = GL.atlas, v = GL.map.view, dark = !!(GL.theme && GL.theme.dark);
+    const key = [v.x0, v.x1, v.y0, v.y1, size.w, size.h, ratio, bg, dark];
+    if (same(key, GL.atlasKey)) return;
+    a.view = v;
+    a.resize(size.w, size.h, ratio);
+    a.background = bg;
+    a.setCategorical('c', [dark ? '#9aa0a6' : '#8a8f98']);
+    const t0 = performance.now();
+    a.render();
+    GL.atlasKey = key;
+    GL.atlasFrameMs = Math.round(performance.now() - t0);
+  }
+
+  // After the first frame, in the tokens view: every atlas token, faint, under the prompts (their
+  // own renderer on the canvas below the points'; no hover: the prompts are what is pointed at).
+  async function loadAtlas(run, meta) {
+    if (!meta.atlas || GL.run !== run || GL.atlas) return;
+    const [x, y] = await Promise.all([array(run, 'atlas_x', meta), array(run, 'atlas_y', meta)]);
+    if (GL.run !== run || GL.atlas || !GL.map) return;
+    const a = window.GLScatter.create(GL.atlasCanvas, GL.map.backend);
+    a.column('x', x);
+    a.column('y', y);
+    a.column('c', new Uint8Array(x.length));
+    const order = new Uint32Array(x.length);
+    for (let i = 0; i < order.length; i++) order[i] = i;
+    a.setOrder(order);
+    a.style = {size: 2, alpha: 0.45, dimAlpha: 0.45, train: -1};
+    GL.atlas = a; GL.atlasKey = null;
+    GL.atlasNote = ' · ' + x.length.toLocaleString('en-US') + ' atlas tokens under them';
+    GL.title.textContent = (GL.titleBase || '') + GL.atlasNote;
+    schedule();
   }
 
   function same(a, b) { return !!b && a.length === b.length && a.every((x, i) => x === b[i]); }
@@ -276,7 +314,8 @@
     GL.rows = rows; GL.spec = spec;
     const t2 = performance.now();
     const note = (P.h.options[colour] && P.h.options[colour].note) || '';
-    GL.title.textContent = m.toLocaleString('en-US') + ' of ' + n.toLocaleString('en-US') + ' examples' + note;
+    GL.titleBase = m.toLocaleString('en-US') + ' of ' + n.toLocaleString('en-US') + ' examples' + note;
+    GL.title.textContent = GL.titleBase + (GL.atlasNote || '');
     legend(spec);
     paint();
     if (window.__llmSyncDraw) map.finish();  // benchmarks: the drawing done, not only asked for
@@ -504,7 +543,7 @@
   function init(el, s) {
     if (GL.map && GL.map.gl) { const ext = GL.map.gl.getExtension('WEBGL_lose_context'); if (ext) ext.loseContext(); }
     Object.assign(GL, {el, run: s.run, meta: s.meta, map: null, key: null, rows: null, rowsKey: null, grid: null, vis: null, sel: null,
-                       densKey: null, overKey: null,
+                       densKey: null, overKey: null, atlas: null, atlasKey: null, atlasNote: '', titleBase: '',
                        theme: null, P: null, densityImg: null, hoverRow: null});
     el.textContent = '';
     const root = part(el, 'div', 'llm-gl');
@@ -512,6 +551,7 @@
     GL.title = part(root, 'div', 'llm-gl-title');
     GL.plot = part(root, 'div', 'llm-gl-plot');
     GL.dens = part(GL.plot, 'canvas', 'llm-gl-layer');
+    GL.atlasCanvas = part(GL.plot, 'canvas', 'llm-gl-layer llm-gl-atlas');
     const canvas = part(GL.plot, 'canvas', 'llm-gl-layer llm-gl-points');
     GL.over = part(GL.plot, 'canvas', 'llm-gl-layer llm-gl-over');
     GL.legend = part(root, 'div', 'llm-gl-legend');
@@ -557,7 +597,7 @@
       GL.map.view = Object.assign({}, h.view);
     }
     await apply(s);
-    if (fresh) afterPaint(() => { prefetch(s.run, s.meta); upgrade().catch(onError); });
+    if (fresh) afterPaint(() => { prefetch(s.run, s.meta); upgrade().catch(onError); loadAtlas(s.run, s.meta).catch(onError); });
   };
 
   // --- the controls drawn from at once --------------------------------------------------------------
@@ -602,6 +642,12 @@
     map.view = cpu.view;
     clearSelection(true);
     Object.assign(GL, {map, key: null, rows: null, rowsKey: null, outcomeName: null});
+    if (GL.atlas) {  // the atlas tokens move too (a canvas with a 2-D context cannot take a WebGL one)
+      const c = GL.atlasCanvas.cloneNode(false);
+      GL.atlasCanvas.replaceWith(c);
+      Object.assign(GL, {atlasCanvas: c, atlas: null, atlasKey: null});
+      loadAtlas(GL.run, GL.meta).catch(onError);
+    }
     if (GL.s) applyReady(GL.s).catch(onError);
   }
 
@@ -629,11 +675,18 @@
     ctx.fillStyle = th.plot; ctx.fillRect(ox, oy, s.w, s.h);
     ctx.save(); ctx.translate(ox, oy); ctx.beginPath(); ctx.rect(0, 0, s.w, s.h); ctx.clip();
     drawDensity(ctx, s);
+    if (GL.atlas) {
+      GL.atlasKey = null;
+      paintAtlas(s, scale, GL.density ? null : th.plot);
+      ctx.drawImage(GL.atlas.canvas, 0, 0, s.w, s.h);
+      GL.atlasKey = null;
+    }
     GL.map.resize(s.w, s.h, scale);
     GL.map.render();
     ctx.drawImage(GL.map.canvas, 0, 0, s.w, s.h);
     GL.map.resize(s.w, s.h, window.devicePixelRatio || 1);
     GL.map.render();
+    if (GL.atlas) schedule();  // its canvas back to the page's scale
     window.llmMapGLOverlay.draw(ctx, s, GL);
     ctx.restore();
     window.llmMapGLOverlay.chrome(ctx, GL, th, root);

@@ -30,7 +30,7 @@ from dashboard import regions_view as RV
 from dashboard.components import register_path_callback
 from dashboard.conditions_view import map_controls
 from dashboard.filters import search_hits, selected_rows, selection_summary, value_bounds
-from dashboard.points import gl_meta, map_mode
+from dashboard.points import atlas_count, gl_meta, map_mode
 from dashboard.userpoints import map_layer_controls, register_map_layer
 
 dash.register_page(__name__, path="/map", name="Map", title="LLM Maps · map", order=0)
@@ -119,7 +119,7 @@ def layout(run=None, colour="split", layer=None, split=None, domain=None, task=N
         *map_layer_controls(data.base_id, show=mine in ("1", "true")),
         *RV.regions_controls(data, rd, show=regions in ("1", "true"), region=region_id),
     ]
-    mode = map_mode(data.n, renderer)
+    mode = map_mode(data.n, renderer, atlas_count(data))
     controls += renderer_controls(mode, density)
     row = C.row_of(data, sel)
     try:
