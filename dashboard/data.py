@@ -187,6 +187,7 @@ def _checked(path: str, stamp: tuple) -> None:
     a failure is not cached, so a fixed run is seen at once)."""
     check_run_files(path, read_manifest(path))
 
+
 def _read_atlas_points(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray] | None:
     import pandas as pd
 
@@ -218,10 +219,11 @@ def release_freed_memory() -> None:
 
     pa.default_memory_pool().release_unused()
     libc = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(libc).malloc_trim(0) if libc else None
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            pass
 
 
 def own_texts(frame) -> np.ndarray:

@@ -98,12 +98,6 @@ def points_payload(data) -> bytes:
     return data._cached("points_payload", build)
 
 
-def atlas_count(data) -> int:
-    """How many atlas tokens the Map page draws under the prompts of this view (``atlas_columns``)."""
-    xy = data.atlas_points() if data.view == "tokens" else None
-    return 0 if xy is None else int(xy[0].size)
-
-
 def atlas_columns(data) -> dict[str, np.ndarray]:
     """The token map's own points, in its view: every atlas token (``atlas_x``, ``atlas_y``), which the
     WebGL map draws faintly under the prompts; {} in other views or without placed atlas tokens."""
@@ -111,16 +105,19 @@ def atlas_columns(data) -> dict[str, np.ndarray]:
     return {} if xy is None else {"atlas_x": xy[0], "atlas_y": xy[1]}
 
 
+def atlas_count(data) -> int:
+    """How many atlas tokens the Map page draws under the prompts of this view."""
+    return int(atlas_columns(data).get("atlas_x", np.zeros(0)).size)
+
+
 def gl_meta(data) -> dict:
     """The WebGL map's description of a run (assets/mapgl.js): ``client_meta`` plus each array's
     dtype and length (fetched one by one from ``/_llm_maps/array``), whether per-point hover texts
     can be fetched (``/_llm_maps/hover``, runs of at most HOVER_TEXT_MAX rows) and how many atlas
     tokens the token map draws under the prompts (0: none)."""
-    atlas = atlas_columns(data)
     arrays = {name: {"dtype": DTYPES[np.dtype(a.dtype)], "length": int(a.size)}
-              for name, a in {**client_columns(data), **atlas}.items()}
-    return {**client_meta(data), "arrays": arrays, "hover": data.n <= F.HOVER_TEXT_MAX,
-            "atlas": int(atlas["atlas_x"].size) if atlas else 0}
+              for name, a in {**client_columns(data), **atlas_columns(data)}.items()}
+    return {**client_meta(data), "arrays": arrays, "hover": data.n <= F.HOVER_TEXT_MAX, "atlas": atlas_count(data)}
 
 
 def array_chunks(values: np.ndarray, chunk: int = 1 << 20):
@@ -158,9 +155,10 @@ def map_mode(n: int, renderer: str | None, atlas: int = 0) -> str:
 
 def gl_page_hint(registry, args) -> tuple[str, list[str]] | None:
     """For a request of the Map page's HTML (query ``args``): (run key, arrays) when its map will be
-    the WebGL one (pages/map.py ``map_mode``: asked for, or a run above WEBGL_FROM_POINTS rows or a
-    token map with atlas tokens, by its manifest), so that the page head starts fetching the arrays of its first frame and
-    leaves plotly.js alone (assets/early.js); None otherwise or when that is not known cheaply."""
+    the WebGL one (pages/map.py ``map_mode``: asked for, or by its manifest a run above
+    WEBGL_FROM_POINTS rows or a token map with atlas tokens), so that the page head starts fetching
+    the arrays of its first frame and leaves plotly.js alone (assets/early.js); None otherwise or
+    when that is not known cheaply."""
     renderer = args.get("renderer")
     if renderer == "plotly":
         return None

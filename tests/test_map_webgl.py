@@ -223,8 +223,8 @@ def test_a_click_on_colour_split_or_dim_draws_at_once_and_dash_finds_it_drawn(br
         return d
 
     page.callbacks.clear()
-    d = click_then_dash(lambda: (page.click("#map-colour"), page.get_by_role("option", name="task", exact=True).click()),
-                        "d.legendTitle === 'task'")
+    choose_task = lambda: (page.click("#map-colour"), page.get_by_role("option", name="task", exact=True).click())  # noqa: E731
+    d = click_then_dash(choose_task, "d.legendTitle === 'task'")
     assert d["rows"] == order.tolist() and d["values"] == scored_data.cats["task"].codes[order].tolist()
     d = click_then_dash(lambda: page.get_by_label("train", exact=True).uncheck(), f"d.rows.length < {N}")
     expect = _mask(scored_data, split=["test"])

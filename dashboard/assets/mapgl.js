@@ -597,7 +597,13 @@
       GL.map.view = Object.assign({}, h.view);
     }
     await apply(s);
-    if (fresh) afterPaint(() => { prefetch(s.run, s.meta); upgrade().catch(onError); loadAtlas(s.run, s.meta).catch(onError); });
+    if (fresh) {
+      afterPaint(() => {
+        prefetch(s.run, s.meta);
+        upgrade().catch(onError);
+        loadAtlas(s.run, s.meta).catch(onError);
+      });
+    }
   };
 
   // --- the controls drawn from at once --------------------------------------------------------------
