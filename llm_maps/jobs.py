@@ -439,10 +439,20 @@ class PointStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def add(self, run: str, point: PointRecord) -> None:
-        with self._locked(run), open(self._path(run), "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(point, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Keep ``point``; one of the same id (a job run again after its worker died) is replaced."""
+        with self._locked(run):
+            if str(point.get("id")) in self._read(run)[1]:
+                self._rewrite(run, [point if p.get("id") == point.get("id") else p for p in self.list(run)])
+                return
+            with open(self._path(run), "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(point, ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def _rewrite(self, run: str, points: list[PointRecord]) -> None:
+        tmp = self._path(run).with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in points), encoding="utf-8")
+        os.replace(tmp, self._path(run))
 
     def _read(self, run: str) -> tuple[list[PointRecord], dict[str, PointRecord]]:
         """The run's points and an index by id, parsed again only when the file changed (its size,
@@ -479,9 +489,7 @@ class PointStore:
             keep = [p for p in points if p.get("id") != point_id]
             if len(keep) == len(points):
                 return False
-            tmp = self._path(run).with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in keep), encoding="utf-8")
-            os.replace(tmp, self._path(run))
+            self._rewrite(run, keep)
             return True
 
 

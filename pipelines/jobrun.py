@@ -203,11 +203,13 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
                                    f"web process serves under that id ({pool.paths.get(job['run'])}); "
                                    "give the worker the same run folders, in the same order")
             result = run_job(session, job, publish=publish, deadline=deadline, cancelled=cancelled)
+        # the point first (its id is the job's), so that a client told "done" finds it listed; then
         # done only if the job is still ours and running (fencing: a job a client was told failed
-        # stays failed); only then is its point kept (the point's id is the job's)
-        if not queue.finish(job["id"], result):
-            raise JobFenced()
+        # stays failed, and keeps no point)
         points.add(job["run"], point_record(job, result))
+        if not queue.finish(job["id"], result):
+            points.delete(job["run"], job["id"])
+            raise JobFenced()
         return "done"
     except JobFenced:
         print(f"worker {worker_id}: job {job['id']} was ended meanwhile ({(queue.get(job['id']) or {}).get('status')}); "

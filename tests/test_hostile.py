@@ -376,3 +376,43 @@ def test_the_wsgi_servers_own_errors_are_json(listen):
     finally:
         server.close()
         thread.join(timeout=10)
+
+
+# --- a finished job and its point -------------------------------------------------------------------
+
+class _Pool:
+    def get(self, run):
+        return object()  # run_job is replaced below: no model
+
+
+def test_a_job_is_done_only_once_its_point_is_listed_and_a_fenced_one_keeps_none(tmp_path, monkeypatch):
+    """A client told "done" lists the job's point at once (it was kept before the job was marked
+    done, and a client polling in between used to miss it); a job failed meanwhile keeps no point."""
+    import pipelines.jobrun as jobrun
+    from pipelines.worker import execute_job
+
+    queue, points = JobQueue(tmp_path), PointStore(tmp_path)
+    result = {"prompt": "q", "x": 0.5, "y": -0.5, "dist_to_train": 0.1, "neighbours": []}
+    monkeypatch.setattr(jobrun, "run_job", lambda session, job, **kw: dict(result))
+    listed_when_done = []
+    finish = queue.finish
+
+    def finishing(job_id, res):
+        listed_when_done.append([p["id"] for p in points.list("syn")])
+        return finish(job_id, res)
+
+    monkeypatch.setattr(queue, "finish", finishing)
+    first = queue.submit("syn", "place", {"instruction": "q"})
+    assert execute_job(queue, points, _Pool(), queue.claim(["syn"], "w"), "w") == "done"
+    assert listed_when_done == [[first]] and queue.get(first)["status"] == "done"
+    assert [(p["id"], p["x"]) for p in points.list("syn")] == [(first, 0.5)]
+    # failed meanwhile (its client was told so): fenced, and its point taken back
+    second = queue.submit("syn", "place", {"instruction": "q2"})
+    job = queue.claim(["syn"], "w")
+    monkeypatch.setattr(jobrun, "run_job", lambda session, job, **kw: (queue.fail(second, "told failed"), result)[1])
+    assert execute_job(queue, points, _Pool(), job, "w") == "fenced"
+    assert queue.get(second)["status"] == "failed" and [p["id"] for p in points.list("syn")] == [first]
+    # a job run again (its worker died between the two): one point, the later one
+    points.add("syn", {**points.list("syn")[0], "x": 9.0})
+    assert [(p["id"], p["x"]) for p in points.list("syn")] == [(first, 9.0)]
+    assert [(p["id"], p["x"]) for p in PointStore(tmp_path).list("syn")] == [(first, 9.0)]
