@@ -350,6 +350,13 @@ class RunData:
                 self._lazy[key] = build()
             return self._lazy[key]
 
+    def _shared_cached(self, key, build):
+        """``build()`` once per run, shared by its views (``_cached`` is per view)."""
+        with self._shared_lock:
+            if key not in self._shared:
+                self._shared[key] = build()
+            return self._shared[key]
+
     @property
     def texts(self) -> np.ndarray:
         """[N] each example's own text, what people scan: its instruction, then its context (a blank
@@ -396,27 +403,21 @@ class RunData:
         """[T] x and y (float32) of the run's token atlas on the token map (tokens.parquet), read once
         per run and shared by its views; None when the run has no atlas or its tokens are not placed
         (or the file cannot be read: logged, the map goes on without them)."""
-        with self._shared_lock:
-            if "atlas_points" not in self._shared:
-                self._shared["atlas_points"] = _read_atlas_points(self.path, self.manifest)
-            return self._shared["atlas_points"]
+        return self._shared_cached("atlas_points", lambda: _read_atlas_points(self.path, self.manifest))
 
     def conditions(self):
         """The run's conditions (conditions.parquet joined with the examples, see
         ``dashboard.conditions_view.ConditionsData``), read once per run and shared by its views:
         (data, None); (None, None) when the run has none; (None, one-line message) when the file
         cannot be read (pages show the message, never fail)."""
-        with self._shared_lock:
-            if "conditions" not in self._shared:
-
-                try:
-                    self._shared["conditions"] = (load_conditions(self), None)
-                except LLMMapsError as exc:
-                    self._shared["conditions"] = (None, str(exc))
-                except Exception as exc:  # noqa: BLE001 - a corrupt file can raise anything
-                    self._shared["conditions"] = (None, f"{self.path / CONDITIONS_FILE}: cannot be read "
-                                                        f"({type(exc).__name__}: {exc})")
-            return self._shared["conditions"]
+        def build():
+            try:
+                return load_conditions(self), None
+            except LLMMapsError as exc:
+                return None, str(exc)
+            except Exception as exc:  # noqa: BLE001 - a corrupt file can raise anything
+                return None, f"{self.path / CONDITIONS_FILE}: cannot be read ({type(exc).__name__}: {exc})"
+        return self._shared_cached("conditions", build)
 
     def rows_of(self, ids) -> dict[str, int]:
         """example_id -> row, for those of ``ids`` in the run: one vectorised pass over the id column

@@ -439,15 +439,12 @@ class PointStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def add(self, run: str, point: PointRecord) -> None:
-        """Keep ``point``; one of the same id (a job run again after its worker died) is replaced."""
-        with self._locked(run):
-            if str(point.get("id")) in self._read(run)[1]:
-                self._rewrite(run, [point if p.get("id") == point.get("id") else p for p in self.list(run)])
-                return
-            with open(self._path(run), "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(point, ensure_ascii=False) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+        """Keep ``point`` (appended: one of the same id, a job run again after its worker died,
+        replaces the earlier one where it stood, as ``_read`` reads them)."""
+        with self._locked(run), open(self._path(run), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(point, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def _rewrite(self, run: str, points: list[PointRecord]) -> None:
         tmp = self._path(run).with_suffix(".tmp")
@@ -466,14 +463,15 @@ class PointStore:
         cached = self._index.get(run)
         if cached is not None and cached[0] == stamp:
             return cached[1], cached[2]
-        out: list[PointRecord] = []
+        by_id: dict[str, PointRecord] = {}  # a later line of an id replaces the earlier one in its place
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 try:
-                    out.append(json.loads(line))
+                    point = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line from a crash: skip it, keep the rest
-        by_id = {str(p.get("id")): p for p in out}
+                by_id[str(point.get("id"))] = point
+        out = list(by_id.values())
         self._index[run] = (stamp, out, by_id)
         return out, by_id
 
