@@ -100,7 +100,7 @@ def _navbar(prefix: str = "/") -> dbc.Navbar:
 
 def _install_api(server, registry, state_dir: Path, prefix: str = "/") -> None:
     queue = make_queue(state_dir)  # RedisJobQueue (Celery workers) when REDIS_URL is set, else diskcache
-    points = make_points(state_dir)
+    points = make_points(state_dir, jobs=queue)
     server.config["LLM_MAPS_QUEUE"], server.config["LLM_MAPS_POINTS"] = queue, points
     # /api/health reports workers' liveness (503 when a run has none) where workers are expected:
     # `llm-maps serve` sets this; a gunicorn deployment with workers sets LLM_MAPS_EXPECT_WORKERS=1

@@ -1581,6 +1581,7 @@ class PointRecord(TypedDict, total=False):
     id: Annotated[str, "the job id"]
     created: Annotated[float, "epoch seconds"]
     kind: Annotated[str, "place | generate"]
+    pending: Annotated[bool, "kept before its job was marked done: shown only once the job is done"]
     instruction: Annotated[str, "typed instruction"]
     context: Annotated[str, "typed context"]
     options: Annotated[dict[str, JSONScalar], "generation options given"]

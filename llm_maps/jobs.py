@@ -416,10 +416,60 @@ class JobQueue(_Staleness):
         self.cache.close()
 
 
-class PointStore:
+class _CommittedPoints:
+    """What both point stores share: a job's point is kept ``pending`` (``keep_pending``) before the
+    job is marked done and ``commit``-ted after, and a pending point is shown only once its job is
+    done, so that the point and the job's "done" appear together whatever happens between the two
+    writes: a reader that finds a pending point of a done job commits it (its worker died after
+    marking it done), one of a failed or cancelled job removes it (its worker died, or froze, before;
+    the job was failed without it); one of a job still running, or unknown, is not shown."""
+
+    def __init__(self, jobs: Any = None):
+        self._jobs = jobs  # the queue of the same state (``get(job_id)``); opened when first needed
+
+    def add(self, run: str, point: PointRecord) -> None:
+        raise NotImplementedError
+
+    def delete(self, run: str, point_id: str) -> bool:
+        raise NotImplementedError
+
+    def _job_queue(self) -> Any:
+        raise NotImplementedError
+
+    def keep_pending(self, run: str, point: PointRecord) -> None:
+        self.add(run, cast(PointRecord, {**point, "pending": True}))
+
+    def commit(self, run: str, point: PointRecord) -> None:
+        self.add(run, cast(PointRecord, {k: v for k, v in point.items() if k != "pending"}))
+
+    def _settled(self, run: str, points: list[PointRecord]) -> list[PointRecord]:
+        """``points`` as readers see them: pending ones shown only once their job is done."""
+        if not any(p.get("pending") for p in points):
+            return points
+        if self._jobs is None:
+            self._jobs = self._job_queue()
+        out = []
+        for point in points:
+            if point.get("pending"):
+                status = (self._jobs.get(str(point.get("id"))) or {}).get("status")
+                if status == "done":
+                    self.commit(run, point)
+                    point = cast(PointRecord, {k: v for k, v in point.items() if k != "pending"})
+                elif status in FINAL:
+                    self.delete(run, str(point.get("id")))
+                    continue
+                else:
+                    continue
+            out.append(point)
+        return out
+
+
+class PointStore(_CommittedPoints):
     """User points of each run in their own JSONL file (``points/<run>.jsonl``), never in the run."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, jobs: Any = None):
+        super().__init__(jobs)
+        self.state = Path(directory)
         self.directory = Path(directory) / "points"
         self.directory.mkdir(parents=True, exist_ok=True)
         self._index: dict[str, tuple[tuple[int, int, int], list[PointRecord], dict[str, PointRecord]]] = {}  # run -> (file stamp, points, {id: point}): parsed once per change
@@ -475,15 +525,20 @@ class PointStore:
         self._index[run] = (stamp, out, by_id)
         return out, by_id
 
+    def _job_queue(self) -> "JobQueue":
+        return JobQueue(self.state)
+
     def list(self, run: str) -> list[PointRecord]:
-        return list(self._read(run)[0])
+        return self._settled(run, list(self._read(run)[0]))
 
     def get(self, run: str, point_id: str) -> PointRecord | None:
-        return self._read(run)[1].get(point_id)
+        point = self._read(run)[1].get(point_id)
+        shown = self._settled(run, [point]) if point else []
+        return shown[0] if shown else None
 
     def delete(self, run: str, point_id: str) -> bool:
         with self._locked(run):
-            points = self.list(run)
+            points = self._read(run)[0]
             keep = [p for p in points if p.get("id") != point_id]
             if len(keep) == len(points):
                 return False
@@ -730,18 +785,23 @@ class RedisJobQueue(_Staleness):
 
 
 @_unavailable_when_redis_is
-class RedisPointStore:
+class RedisPointStore(_CommittedPoints):
     """``PointStore``'s interface in Redis (REDIS_URL): every web process and worker, on any machine,
     sees the same points. No expiry; durable as far as the Redis server persists (RDB/AOF)."""
 
-    def __init__(self, url: str | None = None, *, prefix: str = "llm-maps"):
+    def __init__(self, url: str | None = None, *, prefix: str = "llm-maps", jobs: Any = None):
         import redis
 
+        super().__init__(jobs)
         url = url or redis_url()
         if not url:
             raise LLMMapsError("REDIS_URL is not set")
+        self.url = url
         self.redis = redis.Redis.from_url(url)
         self.prefix = prefix
+
+    def _job_queue(self) -> "RedisJobQueue":
+        return RedisJobQueue(self.url, prefix=self.prefix)
 
     def _keys(self, run: str) -> tuple[str, str]:
         if "/" in run or run.startswith("."):
@@ -760,11 +820,12 @@ class RedisPointStore:
         ids = self.redis.zrange(order, 0, -1)
         if not ids:
             return []
-        return [json.loads(raw) for raw in self.redis.hmget(data, cast(Any, ids)) if raw]
+        return self._settled(run, [json.loads(raw) for raw in self.redis.hmget(data, cast(Any, ids)) if raw])
 
     def get(self, run: str, point_id: str) -> PointRecord | None:
         raw = self.redis.hget(self._keys(run)[0], point_id)
-        return json.loads(raw) if raw else None
+        shown = self._settled(run, [json.loads(raw)]) if raw else []
+        return shown[0] if shown else None
 
     def delete(self, run: str, point_id: str) -> bool:
         data, order = self._keys(run)
@@ -780,9 +841,10 @@ def make_queue(state_dir: str | Path, **kwargs: Any) -> "JobQueue | RedisJobQueu
     return RedisJobQueue(**kwargs) if redis_url() else JobQueue(state_dir, **kwargs)
 
 
-def make_points(state_dir: str | Path) -> "PointStore | RedisPointStore":
-    """Where user points live: Redis when REDIS_URL is set, else ``state_dir/points/<run>.jsonl``."""
-    return RedisPointStore() if redis_url() else PointStore(state_dir)
+def make_points(state_dir: str | Path, jobs: Any = None) -> "PointStore | RedisPointStore":
+    """Where user points live: Redis when REDIS_URL is set, else ``state_dir/points/<run>.jsonl``;
+    ``jobs``: the queue of the same state, when the caller has one open."""
+    return RedisPointStore(jobs=jobs) if redis_url() else PointStore(state_dir, jobs=jobs)
 
 
 def read_background(state_dir: str | Path) -> dict[str, Any] | None:

@@ -43,7 +43,8 @@ def make_app(url: str | None = None):
 
 def _state() -> dict:
     if not _STATE:  # a task executed outside serve_celery (e.g. eagerly in a test): serve no runs
-        _STATE.update(pool=SessionPool([]), queue=RedisJobQueue(), points=RedisPointStore(),
+        queue = RedisJobQueue()
+        _STATE.update(pool=SessionPool([]), queue=queue, points=RedisPointStore(jobs=queue),
                       worker_id=f"{socket.gethostname()}:{os.getpid()}", last_reap=0.0)
     return _STATE
 
@@ -82,7 +83,7 @@ def serve_celery(run_dirs, *, max_models: int = 2, device: str = "auto", dtype: 
     pool = SessionPool(run_dirs, max_models=max_models, device=device, dtype=dtype)
     worker_id = worker_name()
     queue = RedisJobQueue()
-    _STATE.update(pool=pool, queue=queue, points=RedisPointStore(), worker_id=worker_id, last_reap=0.0)
+    _STATE.update(pool=pool, queue=queue, points=RedisPointStore(jobs=queue), worker_id=worker_id, last_reap=0.0)
     presence = Presence(queue, worker_id, list(pool.paths)).start() if pool.paths else None  # for /api/health
     warm_pool(pool, worker_id, log)
     queues = [run_queue_name(run) for run in pool.paths] + [BUILD_QUEUE]

@@ -203,13 +203,16 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
                                    f"web process serves under that id ({pool.paths.get(job['run'])}); "
                                    "give the worker the same run folders, in the same order")
             result = run_job(session, job, publish=publish, deadline=deadline, cancelled=cancelled)
-        # the point first (its id is the job's), so that a client told "done" finds it listed; then
-        # done only if the job is still ours and running (fencing: a job a client was told failed
-        # stays failed, and keeps no point)
-        points.add(job["run"], point_record(job, result))
+        # the point first, pending (its id is the job's: shown once the job is done, so a client
+        # told "done" finds it listed, and one whose job ends failed, whatever stops us in between,
+        # is never shown); then done only if the job is still ours and running (fencing: a job a
+        # client was told failed stays failed, and keeps no point); then the point committed
+        point = point_record(job, result)
+        points.keep_pending(job["run"], point)
         if not queue.finish(job["id"], result):
             points.delete(job["run"], job["id"])
             raise JobFenced()
+        points.commit(job["run"], point)
         return "done"
     except JobFenced:
         print(f"worker {worker_id}: job {job['id']} was ended meanwhile ({(queue.get(job['id']) or {}).get('status')}); "

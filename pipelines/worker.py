@@ -70,7 +70,7 @@ def serve_jobs(run_dirs, *, state_dir: str | Path, max_models: int = 2, device: 
     serving) until ``stop`` is set (or ``max_jobs`` are done); ``on_ready()`` is called once the
     runs are loaded, before the first job is claimed."""
     queue = JobQueue(state_dir)
-    points = PointStore(state_dir)
+    points = PointStore(state_dir, jobs=queue)
     finder = RunFinder(run_dirs, data_dirs, ids=RunIds(state_dir))
     if pool is None:
         pool = SessionPool([], max_models=max_models, device=device, dtype=dtype)

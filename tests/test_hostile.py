@@ -12,6 +12,8 @@ import csv
 import io
 import json
 import shutil
+import time
+import uuid
 
 import numpy as np
 import pytest
@@ -385,34 +387,116 @@ class _Pool:
         return object()  # run_job is replaced below: no model
 
 
-def test_a_job_is_done_only_once_its_point_is_listed_and_a_fenced_one_keeps_none(tmp_path, monkeypatch):
-    """A client told "done" lists the job's point at once (it was kept before the job was marked
-    done, and a client polling in between used to miss it); a job failed meanwhile keeps no point."""
+def _stores(kind, tmp_path, redis_url=None, heartbeat_timeout=None):
+    """A queue and a point store of one state, and a second point store of it (another process's
+    view: it opens its own queue)."""
+    if kind == "file":
+        queue = JobQueue(tmp_path, heartbeat_timeout=heartbeat_timeout)
+        return queue, PointStore(tmp_path, jobs=queue), PointStore(tmp_path)
+    from llm_maps.jobs import RedisJobQueue, RedisPointStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    queue = RedisJobQueue(redis_url, heartbeat_timeout=heartbeat_timeout, prefix=prefix)
+    return queue, RedisPointStore(redis_url, prefix=prefix, jobs=queue), RedisPointStore(redis_url, prefix=prefix)
+
+
+def _stored(kind, points, run):
+    """What the store holds, pending points included: (id, pending) per point."""
+    if kind == "file":
+        lines = (points.directory / f"{run}.jsonl").read_text().splitlines()
+        last = {json.loads(line)["id"]: json.loads(line) for line in lines if line.strip()}
+    else:
+        last = {k.decode(): json.loads(v) for k, v in points.redis.hgetall(points._keys(run)[0]).items()}
+    return sorted((i, bool(p.get("pending"))) for i, p in last.items())
+
+
+@pytest.fixture(params=["file", "redis"])
+def store_kind(request):
+    return request.param
+
+
+@pytest.fixture
+def redis_if(store_kind, request):
+    return request.getfixturevalue("redis_url") if store_kind == "redis" else None
+
+
+def test_a_job_is_done_only_once_its_point_is_listed_and_a_fenced_one_keeps_none(tmp_path, monkeypatch,
+                                                                                  store_kind, redis_if):
+    """A job's point is kept pending before the job is marked done and shown from the moment it is
+    done (a client told "done" lists it; one polling in between used to miss it); a job failed
+    meanwhile keeps no point."""
     import pipelines.jobrun as jobrun
     from pipelines.worker import execute_job
 
-    queue, points = JobQueue(tmp_path), PointStore(tmp_path)
+    queue, points, reader = _stores(store_kind, tmp_path, redis_if)
     result = {"prompt": "q", "x": 0.5, "y": -0.5, "dist_to_train": 0.1, "neighbours": []}
     monkeypatch.setattr(jobrun, "run_job", lambda session, job, **kw: dict(result))
-    listed_when_done = []
+    seen_at_finish = []
     finish = queue.finish
 
     def finishing(job_id, res):
-        listed_when_done.append([p["id"] for p in points.list("syn")])
+        seen_at_finish.append((_stored(store_kind, points, "syn"), reader.list("syn"), reader.get("syn", job_id)))
         return finish(job_id, res)
 
     monkeypatch.setattr(queue, "finish", finishing)
     first = queue.submit("syn", "place", {"instruction": "q"})
-    assert execute_job(queue, points, _Pool(), queue.claim(["syn"], "w"), "w") == "done"
-    assert listed_when_done == [[first]] and queue.get(first)["status"] == "done"
-    assert [(p["id"], p["x"]) for p in points.list("syn")] == [(first, 0.5)]
+    assert execute_job(queue, points, _Pool(), queue.claim_id(first, "w") if store_kind == "redis"
+                       else queue.claim(["syn"], "w"), "w") == "done"
+    # kept, pending, before "done"; not shown while the job runs
+    assert seen_at_finish == [([(first, True)], [], None)]
+    assert queue.get(first)["status"] == "done" and _stored(store_kind, points, "syn") == [(first, False)]
+    assert [(p["id"], p["x"], "pending" in p) for p in reader.list("syn")] == [(first, 0.5, False)]
     # failed meanwhile (its client was told so): fenced, and its point taken back
     second = queue.submit("syn", "place", {"instruction": "q2"})
-    job = queue.claim(["syn"], "w")
+    job = queue.claim_id(second, "w") if store_kind == "redis" else queue.claim(["syn"], "w")
     monkeypatch.setattr(jobrun, "run_job", lambda session, job, **kw: (queue.fail(second, "told failed"), result)[1])
     assert execute_job(queue, points, _Pool(), job, "w") == "fenced"
-    assert queue.get(second)["status"] == "failed" and [p["id"] for p in points.list("syn")] == [first]
+    assert queue.get(second)["status"] == "failed" and [p["id"] for p in reader.list("syn")] == [first]
+    assert _stored(store_kind, points, "syn") == [(first, False)]
     # a job run again (its worker died between the two): one point, the later one
     points.add("syn", {**points.list("syn")[0], "x": 9.0})
     assert [(p["id"], p["x"]) for p in points.list("syn")] == [(first, 9.0)]
-    assert [(p["id"], p["x"]) for p in PointStore(tmp_path).list("syn")] == [(first, 9.0)]
+    assert [(p["id"], p["x"]) for p in reader.list("syn")] == [(first, 9.0)]
+
+
+class _Killed(BaseException):
+    """The worker process ending mid-step (kill -9, os.execv after a Redis outage): no handler runs."""
+
+
+def test_a_worker_that_dies_between_the_point_and_done_leaves_no_point_of_a_failed_job(tmp_path, monkeypatch,
+                                                                                      store_kind, redis_if):
+    """The fault suite's Redis phase found a point of a job that was failed: the worker kept it and
+    then died (restarting after the outage) before marking the job done; the job was failed by its
+    missed heartbeats. Now such a point is pending: never shown, and removed once its job is failed.
+    And the other way round: a worker that dies after "done" leaves a point that readers commit."""
+    import pipelines.jobrun as jobrun
+    from pipelines.worker import execute_job
+
+    queue, points, reader = _stores(store_kind, tmp_path, redis_if, heartbeat_timeout=0.3)
+    result = {"prompt": "q", "x": 0.5, "y": -0.5, "dist_to_train": 0.1, "neighbours": []}
+    monkeypatch.setattr(jobrun, "run_job", lambda session, job, **kw: dict(result))
+    claim = (lambda job_id: queue.claim_id(job_id, "w")) if store_kind == "redis" else (lambda _: queue.claim(["syn"], "w"))
+
+    def killed(*args, **kwargs):
+        raise _Killed()
+
+    # dies before "done"
+    lost = queue.submit("syn", "place", {"instruction": "q"})
+    monkeypatch.setattr(queue, "finish", killed)
+    with pytest.raises(_Killed):
+        execute_job(queue, points, _Pool(), claim(lost), "w")
+    monkeypatch.undo()
+    monkeypatch.setattr(jobrun, "run_job", lambda session, job, **kw: dict(result))
+    assert _stored(store_kind, points, "syn") == [(lost, True)]
+    assert reader.list("syn") == [] and reader.get("syn", lost) is None  # running: not shown
+    time.sleep(0.5)  # its heartbeats stopped: failed by the next reader
+    assert reader.list("syn") == [] and queue.get(lost)["status"] == "failed"
+    assert _stored(store_kind, points, "syn") == []  # and removed
+    # dies after "done", before the point is committed
+    done = queue.submit("syn", "place", {"instruction": "q2"})
+    monkeypatch.setattr(points, "commit", killed)
+    with pytest.raises(_Killed):
+        execute_job(queue, points, _Pool(), claim(done), "w")
+    assert queue.get(done)["status"] == "done" and _stored(store_kind, points, "syn") == [(done, True)]
+    assert reader.get("syn", done)["x"] == 0.5 and "pending" not in reader.get("syn", done)
+    assert [p["id"] for p in reader.list("syn")] == [done] and _stored(store_kind, points, "syn") == [(done, False)]
