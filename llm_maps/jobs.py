@@ -772,6 +772,20 @@ class RedisJobQueue(_Staleness):
             self.redis.zrem(self._waiting, job_id)
         return job
 
+    def resend_queued(self, runs: Iterable[str]) -> int:
+        """Send the task of every job of ``runs`` still queued again; returns how many. A worker calls
+        it when it starts: a task it had received but not yet claimed when it stopped (killed, or
+        restarted after a Redis outage) is gone with it, and its job would wait forever. A task sent
+        twice runs once (``claim_id`` skips a job that is no longer queued)."""
+        n = 0
+        for run in runs:
+            for raw_id in self.redis.zrange(self._waiting_of(run), 0, -1):
+                job_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                if (self.get(job_id) or {}).get("status") == "queued":
+                    celery_app(self.url).send_task(TASK_RUN_JOB, args=[job_id], queue=run_queue_name(run))
+                    n += 1
+        return n
+
     def update(self, job_id: str, **fields: Any) -> bool:
         return self._modify(job_id, lambda job: None if job["status"] in FINAL
                             else cast(JobRecord, {**job, **fields, "heartbeat": time.time()})) is not None

@@ -86,6 +86,10 @@ def serve_celery(run_dirs, *, max_models: int = 2, device: str = "auto", dtype: 
     _STATE.update(pool=pool, queue=queue, points=RedisPointStore(jobs=queue), worker_id=worker_id, last_reap=0.0)
     presence = Presence(queue, worker_id, list(pool.paths)).start() if pool.paths else None  # for /api/health
     warm_pool(pool, worker_id, log)
+    resent = queue.resend_queued(pool.paths)
+    if resent:
+        log(f"worker {worker_id}: sent the tasks of {resent} queued job(s) again (one a worker received but "
+            "had not started when it stopped would wait forever; a job sent twice runs once)")
     queues = [run_queue_name(run) for run in pool.paths] + [BUILD_QUEUE]
     from celery.signals import worker_ready
 

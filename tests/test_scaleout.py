@@ -595,3 +595,33 @@ def test_redis_queue_cancels_like_the_embedded_one(redis_url):
     job = q.get(running)
     assert job["status"] == "cancelled" and job["result"]["tokens"] == [{"text": "a"}]
     assert not q.redis.sismember(q._running, running) and q.cancel("nope") is None
+
+
+def test_a_starting_worker_sends_the_tasks_of_queued_jobs_again(redis_url):
+    """A task a worker received but had not claimed when it stopped (killed, or restarted in place
+    after a Redis outage) is gone from the broker, and its job would stay queued forever: a starting
+    worker sends the task of every job of its runs still queued again (``claim_id`` runs a job sent
+    twice once); running, cancelled and other runs' jobs get none."""
+    import redis
+
+    from llm_maps.jobs import RedisJobQueue, run_queue_name
+
+    q = RedisJobQueue(redis_url, prefix="resend")
+    broker = redis.Redis.from_url(redis_url)
+    run, other = "resend-run", "resend-other"
+
+    def sent(queue_run):  # the job ids of the tasks waiting in a run's Celery queue, oldest first
+        return [json.loads(m)["headers"]["argsrepr"].strip("[]'") for m in reversed(broker.lrange(run_queue_name(queue_run), 0, -1))]
+
+    lost, running, cancelled, waiting = (q.submit(run, "place", {"instruction": f"q{i}"}) for i in range(4))
+    theirs = q.submit(other, "place", {"instruction": "theirs"})
+    assert sent(run) == [lost, running, cancelled, waiting] and sent(other) == [theirs]
+    broker.rpop(run_queue_name(run))  # received by a worker that then stopped before claiming it
+    assert sent(run) == [running, cancelled, waiting]
+    q.claim_id(running, "w")
+    q.cancel(cancelled)
+    assert q.resend_queued([run]) == 2
+    assert sent(run) == [running, cancelled, waiting, lost, waiting] and sent(other) == [theirs]
+    assert q.claim_id(waiting, "w")["status"] == "running" and q.claim_id(waiting, "w2") is None  # runs once
+    assert q.claim_id(lost, "w")["status"] == "running"
+    assert q.resend_queued([run]) == 0
