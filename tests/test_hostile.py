@@ -472,7 +472,7 @@ def test_a_worker_that_dies_between_the_point_and_done_leaves_no_point_of_a_fail
     import pipelines.jobrun as jobrun
     from pipelines.worker import execute_job
 
-    queue, points, reader = _stores(store_kind, tmp_path, redis_if, heartbeat_timeout=0.3)
+    queue, points, reader = _stores(store_kind, tmp_path, redis_if, heartbeat_timeout=1.0)
     result = {"prompt": "q", "x": 0.5, "y": -0.5, "dist_to_train": 0.1, "neighbours": []}
     monkeypatch.setattr(jobrun, "run_job", lambda session, job, **kw: dict(result))
     claim = (lambda job_id: queue.claim_id(job_id, "w")) if store_kind == "redis" else (lambda _: queue.claim(["syn"], "w"))
@@ -489,7 +489,7 @@ def test_a_worker_that_dies_between_the_point_and_done_leaves_no_point_of_a_fail
     monkeypatch.setattr(jobrun, "run_job", lambda session, job, **kw: dict(result))
     assert _stored(store_kind, points, "syn") == [(lost, True)]
     assert reader.list("syn") == [] and reader.get("syn", lost) is None  # running: not shown
-    time.sleep(0.5)  # its heartbeats stopped: failed by the next reader
+    time.sleep(1.2)  # its heartbeats stopped: failed by the next reader
     assert reader.list("syn") == [] and queue.get(lost)["status"] == "failed"
     assert _stored(store_kind, points, "syn") == []  # and removed
     # dies after "done", before the point is committed
