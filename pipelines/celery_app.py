@@ -86,10 +86,7 @@ def serve_celery(run_dirs, *, max_models: int = 2, device: str = "auto", dtype: 
     _STATE.update(pool=pool, queue=queue, points=RedisPointStore(jobs=queue), worker_id=worker_id, last_reap=0.0)
     presence = Presence(queue, worker_id, list(pool.paths)).start() if pool.paths else None  # for /api/health
     warm_pool(pool, worker_id, log)
-    resent = queue.resend_queued(pool.paths)
-    if resent:
-        log(f"worker {worker_id}: sent the tasks of {resent} queued job(s) again (one a worker received but "
-            "had not started when it stopped would wait forever; a job sent twice runs once)")
+    recover(queue, worker_id, list(pool.paths), log)
     queues = [run_queue_name(run) for run in pool.paths] + [BUILD_QUEUE]
     from celery.signals import worker_ready
 
@@ -109,11 +106,31 @@ def serve_celery(run_dirs, *, max_models: int = 2, device: str = "auto", dtype: 
     return 0
 
 
+RESTARTED = "LLM_MAPS_RESTARTED_WORKER"  # set by _restart_after_outage: the id of the process restarted
+
+
+def recover(queue, worker_id: str, runs: list[str], log=print) -> tuple[int, int]:
+    """What a starting worker puts right (returns how many of each): where this process restarted
+    itself in place (``_restart_after_outage``: same pid, same id), a job still running under its id
+    was its own, cut off, and is failed now rather than when its heartbeats lapse; and the task of
+    every job of its runs still queued is sent again (one it had received but not claimed when it
+    stopped would wait forever; ``claim_id`` runs a job sent twice once)."""
+    failed = 0
+    if os.environ.pop(RESTARTED, None) == worker_id:
+        failed = queue.fail_worker_jobs(worker_id, f"worker {worker_id} restarted after a Redis outage while "
+                                                   "running it; the job did not finish")
+    resent = queue.resend_queued(runs)
+    if failed or resent:
+        log(f"worker {worker_id}: failed {failed} job(s) it was running before it restarted; sent the tasks of "
+            f"{resent} queued job(s) again")
+    return failed, resent
+
+
 def _restart_after_outage(queue, log, every: float = 1.0) -> None:
     """Once Redis is reachable again after an outage, start this worker afresh in the same process
     (same pid, so the same worker id): Celery 5's consumer reconnects to Redis but then stops taking
     tasks (celery/celery#8091, #9054), which would leave every later job queued forever. A job running
-    at that moment is failed by its missed heartbeats, as when a worker dies."""
+    at that moment is failed when the new process starts (``recover``)."""
     lost = False
     while True:
         time.sleep(every)
@@ -124,6 +141,7 @@ def _restart_after_outage(queue, log, every: float = 1.0) -> None:
             continue
         if lost:
             log(f"worker {_STATE.get('worker_id')}: Redis is back after an outage; restarting this worker")
+            os.environ[RESTARTED] = str(_STATE.get("worker_id"))
             os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 

@@ -625,3 +625,29 @@ def test_a_starting_worker_sends_the_tasks_of_queued_jobs_again(redis_url):
     assert q.claim_id(waiting, "w")["status"] == "running" and q.claim_id(waiting, "w2") is None  # runs once
     assert q.claim_id(lost, "w")["status"] == "running"
     assert q.resend_queued([run]) == 0
+
+
+def test_a_worker_restarted_in_place_fails_the_job_it_was_running_at_once(redis_url, monkeypatch):
+    """After a Redis outage a Celery worker restarts itself in the same process (same pid, so the same
+    id): the job it was running was cut off, and the new process fails it at once instead of leaving
+    it to its lapsed heartbeats (20 s by default). Only its own jobs, and only after such a restart."""
+    from llm_maps.jobs import RedisJobQueue
+    from pipelines.celery_app import RESTARTED, recover
+
+    q = RedisJobQueue(redis_url, prefix="recover", heartbeat_timeout=60)
+    run = "recover-run"
+    mine, theirs, queued = (q.submit(run, "place", {"instruction": f"q{i}"}) for i in range(3))
+    q.claim_id(mine, "host:1")
+    q.claim_id(theirs, "host:2")
+    said: list[str] = []
+    monkeypatch.delenv(RESTARTED, raising=False)  # a first start: its id may be an old process's
+    assert recover(q, "host:1", [run], said.append) == (0, 1)
+    assert q.get(mine)["status"] == "running"
+    monkeypatch.setenv(RESTARTED, "host:1")  # what _restart_after_outage leaves for the new process
+    assert recover(q, "host:1", [run], said.append) == (1, 1)
+    failed = q.get(mine)
+    assert failed["status"] == "failed" and failed["error"] == ("worker host:1 restarted after a Redis outage while "
+                                                                "running it; the job did not finish")
+    assert q.get(theirs)["status"] == "running" and q.get(queued)["status"] == "queued"
+    assert RESTARTED not in os.environ
+    assert said[-1] == "worker host:1: failed 1 job(s) it was running before it restarted; sent the tasks of 1 queued job(s) again"
