@@ -717,6 +717,13 @@ class RedisJobQueue(_Staleness):
         except Exception as exc:  # noqa: BLE001 - the broker refused: never leave a job queued forever
             self.fail(job_id, f"could not queue the job ({type(exc).__name__})")
             raise QueueUnavailable(f"broker: {type(exc).__name__}") from None
+        # marked sent (while still queued): only a sent job's task is sent again (resend_queued); one
+        # whose send failed, and whose fail above failed too (Redis gone between the two), stays
+        # unsent, so it never runs: its client was told 503. The task is out: a failed mark is no 503.
+        try:
+            self._modify(job_id, lambda j: {**j, "sent": True} if j["status"] == "queued" else None)
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
         return job_id
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -773,15 +780,17 @@ class RedisJobQueue(_Staleness):
         return job
 
     def resend_queued(self, runs: Iterable[str]) -> int:
-        """Send the task of every job of ``runs`` still queued again; returns how many. A worker calls
-        it when it starts: a task it had received but not yet claimed when it stopped (killed, or
-        restarted after a Redis outage) is gone with it, and its job would wait forever. A task sent
-        twice runs once (``claim_id`` skips a job that is no longer queued)."""
+        """Send the task of every job of ``runs`` still queued again (of those whose task was sent:
+        never one whose client was told 503); returns how many. A worker calls it when it starts: a
+        task it had received but not yet claimed when it stopped (killed, or restarted after a Redis
+        outage) is gone with it, and its job would wait forever. A task sent twice runs once
+        (``claim_id`` skips a job that is no longer queued)."""
         n = 0
         for run in runs:
             for raw_id in self.redis.zrange(self._waiting_of(run), 0, -1):
                 job_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-                if (self.get(job_id) or {}).get("status") == "queued":
+                job = self.get(job_id) or {}
+                if job.get("status") == "queued" and job.get("sent"):
                     celery_app(self.url).send_task(TASK_RUN_JOB, args=[job_id], queue=run_queue_name(run))
                     n += 1
         return n

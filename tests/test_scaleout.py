@@ -597,7 +597,7 @@ def test_redis_queue_cancels_like_the_embedded_one(redis_url):
     assert not q.redis.sismember(q._running, running) and q.cancel("nope") is None
 
 
-def test_a_starting_worker_sends_the_tasks_of_queued_jobs_again(redis_url):
+def test_a_starting_worker_sends_the_tasks_of_queued_jobs_again(redis_url, monkeypatch):
     """A task a worker received but had not claimed when it stopped (killed, or restarted in place
     after a Redis outage) is gone from the broker, and its job would stay queued forever: a starting
     worker sends the task of every job of its runs still queued again (``claim_id`` runs a job sent
@@ -616,6 +616,26 @@ def test_a_starting_worker_sends_the_tasks_of_queued_jobs_again(redis_url):
     lost, running, cancelled, waiting = (q.submit(run, "place", {"instruction": f"q{i}"}) for i in range(4))
     theirs = q.submit(other, "place", {"instruction": "theirs"})
     assert sent(run) == [lost, running, cancelled, waiting] and sent(other) == [theirs]
+    assert all(q.get(j)["sent"] for j in (lost, waiting))
+    # a job whose task could not be sent, nor the job failed (Redis gone between): its client is
+    # told 503, it stays queued unsent, and it is never sent again (it would make an unasked point)
+    import llm_maps.jobs as jobs
+
+    class _Broken:
+        def send_task(self, *a, **k):
+            raise ConnectionError("broker gone")
+
+    def gone(*a, **k):
+        raise jobs.QueueUnavailable("Redis: ConnectionError")
+
+    with monkeypatch.context() as m:
+        m.setattr(jobs, "celery_app", lambda url=None: _Broken())
+        m.setattr(q, "fail", gone)
+        with pytest.raises(jobs.QueueUnavailable):
+            q.submit(run, "place", {"instruction": "told 503"})
+    told = next(j for j in (i.decode() for i in broker.zrange(q._waiting_of(run), 0, -1))
+                if j not in (lost, running, cancelled, waiting))
+    assert q.get(told)["status"] == "queued" and "sent" not in q.get(told)
     broker.rpop(run_queue_name(run))  # received by a worker that then stopped before claiming it
     assert sent(run) == [running, cancelled, waiting]
     q.claim_id(running, "w")
