@@ -85,8 +85,8 @@ def serve_celery(run_dirs, *, max_models: int = 2, device: str = "auto", dtype: 
     queue = RedisJobQueue()
     _STATE.update(pool=pool, queue=queue, points=RedisPointStore(jobs=queue), worker_id=worker_id, last_reap=0.0)
     presence = Presence(queue, worker_id, list(pool.paths)).start() if pool.paths else None  # for /api/health
+    recover(queue, worker_id, list(pool.paths), log)  # before the models load: a cut-off job fails at once
     warm_pool(pool, worker_id, log)
-    recover(queue, worker_id, list(pool.paths), log)
     queues = [run_queue_name(run) for run in pool.paths] + [BUILD_QUEUE]
     from celery.signals import worker_ready
 
@@ -115,11 +115,17 @@ def recover(queue, worker_id: str, runs: list[str], log=print) -> tuple[int, int
     was its own, cut off, and is failed now rather than when its heartbeats lapse; and the task of
     every job of its runs still queued is sent again (one it had received but not claimed when it
     stopped would wait forever; ``claim_id`` runs a job sent twice once)."""
-    failed = 0
-    if os.environ.pop(RESTARTED, None) == worker_id:
-        failed = queue.fail_worker_jobs(worker_id, f"worker {worker_id} restarted after a Redis outage while "
-                                                   "running it; the job did not finish")
-    resent = queue.resend_queued(runs)
+    failed = resent = 0
+    try:
+        if os.environ.pop(RESTARTED, None) == worker_id:
+            failed = queue.fail_worker_jobs(worker_id, f"worker {worker_id} restarted after a Redis outage while "
+                                                       "running it; the job did not finish")
+        resent = queue.resend_queued(runs)
+    except Exception as exc:  # noqa: BLE001 - Redis not up (yet): Celery waits for it, and the outage watch
+        # restarts this process once it is back, which comes here again
+        log(f"worker {worker_id}: Redis unreachable at start ({type(exc).__name__}); what an earlier process "
+            "left is put right once it is back")
+        return failed, resent
     if failed or resent:
         log(f"worker {worker_id}: failed {failed} job(s) it was running before it restarted; sent the tasks of "
             f"{resent} queued job(s) again")

@@ -671,3 +671,17 @@ def test_a_worker_restarted_in_place_fails_the_job_it_was_running_at_once(redis_
     assert q.get(theirs)["status"] == "running" and q.get(queued)["status"] == "queued"
     assert RESTARTED not in os.environ
     assert said[-1] == "worker host:1: failed 1 job(s) it was running before it restarted; sent the tasks of 1 queued job(s) again"
+    # Redis not up when a worker starts: it starts all the same (Celery waits for Redis, and the
+    # outage watch restarts the process once Redis is back)
+    from llm_maps.jobs import QueueUnavailable
+
+    class _Down:
+        def fail_worker_jobs(self, *a):
+            raise QueueUnavailable("Redis: ConnectionError")
+
+        resend_queued = fail_worker_jobs
+
+    monkeypatch.setenv(RESTARTED, "host:1")
+    assert recover(_Down(), "host:1", [run], said.append) == (0, 0)
+    assert said[-1] == ("worker host:1: Redis unreachable at start (QueueUnavailable); what an earlier process "
+                        "left is put right once it is back")
