@@ -1513,7 +1513,7 @@ class JobRecord(TypedDict, total=False):
     cancel_requested: Annotated[bool, "a user asked a running job to stop"]
     run_key: Annotated[str | None, "runfolder.run_key of the run the web process meant; a worker whose run of that id differs fails the job"]
     slot_freed: Annotated[bool, "a cancelled queued job already gave back its place in the queue"]
-    sent: Annotated[bool, "scale-out: its Celery task reached the broker (only such a job's task is sent again by a starting worker)"]
+    sent: Annotated[bool, "scale-out: confirmed by the web process once its Celery task was sent (a worker runs, and sends again, only confirmed jobs)"]
 
 
 class Neighbour(TypedDict):

@@ -717,13 +717,20 @@ class RedisJobQueue(_Staleness):
         except Exception as exc:  # noqa: BLE001 - the broker refused: never leave a job queued forever
             self.fail(job_id, f"could not queue the job ({type(exc).__name__})")
             raise QueueUnavailable(f"broker: {type(exc).__name__}") from None
-        # marked sent (while still queued): only a sent job's task is sent again (resend_queued); one
-        # whose send failed, and whose fail above failed too (Redis gone between the two), stays
-        # unsent, so it never runs: its client was told 503. The task is out: a failed mark is no 503.
+        # confirmed (``sent``, while still queued) before the client is told 202: a worker runs only a
+        # confirmed job (``claim_id`` waits a moment for it), and only a confirmed job's task is sent
+        # again (``resend_queued``), so a job whose client was told 503 never runs, even where its
+        # task reached the broker (Redis gone before its reply, or before this mark)
         try:
-            self._modify(job_id, lambda j: {**j, "sent": True} if j["status"] == "queued" else None)
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass
+            confirmed = self._modify(job_id, lambda j: {**j, "sent": True} if j["status"] == "queued" else None)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            try:
+                self.fail(job_id, "its submission could not be confirmed (Redis unreachable); it was refused")
+            except QueueUnavailable:
+                pass
+            raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
+        if confirmed is None:  # failed meanwhile by a worker that waited for the confirmation in vain
+            raise QueueUnavailable("the job could not be confirmed in time")
         return job_id
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -764,20 +771,35 @@ class RedisJobQueue(_Staleness):
             pipe.execute()
 
     # ------------------------------------------------------------------ worker side
-    def claim_id(self, job_id: str, worker: str) -> JobRecord | None:
-        """Mark a queued job running for ``worker``; None when it is not queued (expired, already
-        claimed by a redelivered message, failed)."""
+    def claim_id(self, job_id: str, worker: str, confirm_wait: float = 5.0) -> JobRecord | None:
+        """Mark a queued, confirmed job running for ``worker``; None when it is not queued (expired,
+        already claimed by a redelivered message, failed). A job not confirmed yet (its task can
+        arrive before the web process marks it ``sent``) is waited for up to ``confirm_wait`` s, then
+        failed: its client was answered 503 (``_submit``)."""
         def change(job: JobRecord) -> JobRecord | None:
-            if job["status"] != "queued":
+            if job["status"] != "queued" or not job.get("sent"):
                 return None
             now = time.time()
             return {**job, "status": "running", "started": now, "heartbeat": now, "worker": worker,
                     "heartbeat_timeout": self.heartbeat_timeout}
 
-        job = self._modify(job_id, change)
-        if job is None:
+        def refused(job: JobRecord) -> JobRecord | None:  # (confirmed meanwhile: claimed on the next turn)
+            return None if job["status"] != "queued" or job.get("sent") else cast(JobRecord, {
+                **job, "status": "failed", "finished": time.time(),
+                "error": "its submission was never confirmed (the web process answered 503)"})
+
+        deadline = time.time() + confirm_wait
+        while True:
+            job = self._modify(job_id, change)
+            if job is not None:
+                return job
+            current = self.get(job_id)
+            if current is not None and current["status"] == "queued":
+                if time.time() < deadline or self._modify(job_id, refused) is None:
+                    time.sleep(0.02)
+                    continue
             self.redis.zrem(self._waiting, job_id)
-        return job
+            return None
 
     def resend_queued(self, runs: Iterable[str]) -> int:
         """Send the task of every job of ``runs`` still queued again (of those whose task was sent:

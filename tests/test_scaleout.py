@@ -636,6 +636,35 @@ def test_a_starting_worker_sends_the_tasks_of_queued_jobs_again(redis_url, monke
     told = next(j for j in (i.decode() for i in broker.zrange(q._waiting_of(run), 0, -1))
                 if j not in (lost, running, cancelled, waiting))
     assert q.get(told)["status"] == "queued" and "sent" not in q.get(told)
+    # its task did reach the broker, but Redis went before the job was confirmed: 503, and the task,
+    # when a worker gets it, runs nothing (the worker waits for the confirmation, then fails the job)
+    import redis as redis_lib
+
+    def unreachable(*a, **k):
+        raise redis_lib.ConnectionError("gone")
+
+    with monkeypatch.context() as m:
+        m.setattr(q, "_modify", unreachable)
+        with pytest.raises(jobs.QueueUnavailable):
+            q.submit(run, "place", {"instruction": "told 503 too"})
+    arrived = sent(run)[-1]
+    assert arrived not in (lost, running, cancelled, waiting, told) and "sent" not in q.get(arrived)
+    assert q.claim_id(arrived, "w", confirm_wait=0.1) is None
+    refused = q.get(arrived)
+    assert refused["status"] == "failed" and refused["error"] == ("its submission was never confirmed (the web "
+                                                                  "process answered 503)")
+    broker.lrem(run_queue_name(run), 1, broker.lindex(run_queue_name(run), 0))  # (that task is spent)
+    # a task that arrives before its job is confirmed (the web process a moment behind) waits for it
+    import threading
+
+    with monkeypatch.context() as m:
+        m.setattr(q, "_modify", unreachable)
+        with pytest.raises(jobs.QueueUnavailable):
+            q.submit(run, "place", {"instruction": "confirmed late"})
+    late = sent(run)[-1]
+    broker.lrem(run_queue_name(run), 1, broker.lindex(run_queue_name(run), 0))
+    threading.Timer(0.3, lambda: q._modify(late, lambda j: {**j, "sent": True})).start()
+    assert q.claim_id(late, "w", confirm_wait=5)["status"] == "running"
     broker.rpop(run_queue_name(run))  # received by a worker that then stopped before claiming it
     assert sent(run) == [running, cancelled, waiting]
     q.claim_id(running, "w")
