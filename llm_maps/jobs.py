@@ -802,8 +802,8 @@ class RedisJobQueue(_Staleness):
             return None
 
     def resend_queued(self, runs: Iterable[str]) -> int:
-        """Send the task of every job of ``runs`` still queued again (of those whose task was sent:
-        never one whose client was told 503); returns how many. A worker calls it when it starts: a
+        """Send the task of every job of ``runs`` still queued again (confirmed ones only: never one
+        whose client was told 503); returns how many. A worker calls it when it starts: a
         task it had received but not yet claimed when it stopped (killed, or restarted after a Redis
         outage) is gone with it, and its job would wait forever. A task sent twice runs once
         (``claim_id`` skips a job that is no longer queued)."""
