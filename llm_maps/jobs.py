@@ -439,8 +439,11 @@ class _CommittedPoints:
     def keep_pending(self, run: str, point: PointRecord) -> None:
         self.add(run, cast(PointRecord, {**point, "pending": True}))
 
-    def commit(self, run: str, point: PointRecord) -> None:
-        self.add(run, cast(PointRecord, {k: v for k, v in point.items() if k != "pending"}))
+    def commit(self, run: str, point: PointRecord) -> PointRecord:
+        """Keep ``point`` as done (without ``pending``); returns what was kept."""
+        kept = cast(PointRecord, {k: v for k, v in point.items() if k != "pending"})
+        self.add(run, kept)
+        return kept
 
     def _settled(self, run: str, points: list[PointRecord]) -> list[PointRecord]:
         """``points`` as readers see them: pending ones shown only once their job is done."""
@@ -453,8 +456,7 @@ class _CommittedPoints:
             if point.get("pending"):
                 status = (self._jobs.get(str(point.get("id"))) or {}).get("status")
                 if status == "done":
-                    self.commit(run, point)
-                    point = cast(PointRecord, {k: v for k, v in point.items() if k != "pending"})
+                    point = self.commit(run, point)
                 elif status in FINAL:
                     self.delete(run, str(point.get("id")))
                     continue
