@@ -8,10 +8,15 @@ phase after another,
     redis     `llm-maps serve --data DIR` on REDIS_URL with a Celery `llm-maps worker`:
               Redis stopped for a while, then started again (its append-only file keeps the jobs).
 
+Each submission carries an ``Idempotency-Key``; one answered 503 or 409, or whose answer was lost,
+is sent again with its key until it is answered otherwise (so a job made although its client was
+told 503 is found, not left as a point nobody asked for).
+
 Checked, for every request and every job: no answer in the 5xx range other than a 503 with a
 Retry-After; no job seen failed and later done (or done and later failed); every accepted job ends
 (done, failed, cancelled) or belongs to a run that was renamed or removed (a 404 naming that); every
-done job of a run still served has exactly one saved point. Bounded in time; loopback only.
+done job of a run still served has exactly one saved point, and every saved point is a done job's.
+Bounded in time; loopback only.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +50,7 @@ class Tally:
     bad: list = field(default_factory=list)           # (method, path, status, body): 5xx but 503+Retry-After
     answers: Counter = field(default_factory=Counter)  # status code -> count
     refused_503: int = 0
+    replayed: int = 0                                  # answered 202 with the job of an earlier try (its key)
     reasons: Counter = field(default_factory=Counter)  # why jobs failed (host:pid left out)
 
     def answer(self, method: str, path: str, status: int, body, headers: dict) -> None:
@@ -64,11 +71,11 @@ class Load:
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._client, args=(k,), daemon=True) for k in range(clients)]
 
-    def _call(self, path: str, method: str = "GET", body=None):
+    def _call(self, path: str, method: str = "GET", body=None, headers: dict | None = None):
         from _live import call
 
         try:
-            status, reply, headers = call(self.url + path, method, body, timeout=30)
+            status, reply, headers = call(self.url + path, method, body, timeout=30, headers=headers)
         except (OSError, ValueError) as exc:  # a connection refused or reset counts as a bad answer
             status, reply, headers = 599, {"error": f"{type(exc).__name__}: {exc}"}, {}
         self.tally.answer(method, path, status, reply, headers)
@@ -86,16 +93,19 @@ class Load:
             body = {"instruction": f"Fault suite {k}.{i}: what is {i} plus {k}?"}
             if i % self.generate_every == 0:
                 body.update(generate=True, max_new_tokens=self.max_new_tokens)
-            status, reply, headers = self._call(f"/api/runs/{run}/points", "POST", body)
-            if status == 503:
+            key = {"Idempotency-Key": uuid.uuid4().hex}
+            for _ in range(120):  # sent again with its key while refused (503, 409) or its answer lost
+                status, reply, headers = self._call(f"/api/runs/{run}/points", "POST", body, key)
+                if status not in (503, 409, 599):
+                    break
                 with self.tally.lock:
-                    self.tally.refused_503 += 1
-                self.stop.wait(min(1.0, float(headers.get("Retry-After") or 1)))
-                continue
+                    self.tally.refused_503 += status == 503
+                time.sleep(min(1.0, float(headers.get("Retry-After") or 1)))
             if status != 202:
                 continue  # a 404 for a run just renamed or removed; anything else is in the tally
             with self.tally.lock:
                 self.tally.accepted[reply["id"]] = run
+                self.tally.replayed += headers.get("Idempotent-Replayed") == "true"
             self._follow(reply["id"])
 
     def _follow(self, job: str, timeout: float = 120.0) -> None:
@@ -286,13 +296,15 @@ def _report(name: str, tally: Tally, events: list, points: set, kept_runs: set, 
     out = {"phase": name, "events": events, "accepted": len(tally.accepted), "done": len(done),
            "failed": sum(s == "failed" for s in tally.finals.values()), "gone": len(tally.gone), "lost": len(lost),
            "flips": tally.flips, "bad_answers": tally.bad, "refused_503": tally.refused_503,
+           "replayed": tally.replayed,
            "answers": dict(sorted(tally.answers.items())),
            "points_missing": len(done_kept - points), "points_extra": len(points - done_kept), "healthy": healthy}
     out["ok"] = (not lost and not tally.flips and not tally.bad and not out["points_missing"]
                  and not out["points_extra"] and healthy and len(done) > 0)
     log(f"{name}: {' -> '.join(events)}")
     log(f"  jobs accepted {out['accepted']}, done {out['done']}, failed {out['failed']}, of a run gone "
-        f"{out['gone']}, lost {out['lost']}; submissions refused 503 (retried) {out['refused_503']}")
+        f"{out['gone']}, lost {out['lost']}; submissions refused 503 (sent again with their key) "
+        f"{out['refused_503']}, answered with the job of an earlier try {out['replayed']}")
     log(f"  answers by status {out['answers']}; 5xx other than 503 + Retry-After: {len(tally.bad)}; "
         f"jobs failed then done (or the reverse): {len(tally.flips)}")
     log(f"  saved points vs done jobs of the runs still served: missing {out['points_missing']}, "

@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 
 from llm_maps.csvsafe import neutralise_frame
 from llm_maps.errors import LLMMapsError
-from llm_maps.jobs import FINAL, JobQueue, PointStore, QueueFull
+from llm_maps.jobs import FINAL, JobQueue, KeyInFlight, KeyReused, PointStore, QueueFull, request_fingerprint
 from llm_maps.runfolder import model_label, run_key
 
 LIMITS = {
@@ -353,6 +353,16 @@ def _queue_full(exc: QueueFull):
     return flask.jsonify({"error": str(exc)}), 503, {"Retry-After": str(exc.retry_after)}
 
 
+@api.errorhandler(KeyReused)
+def _key_reused(exc: KeyReused):
+    return flask.jsonify({"error": str(exc)}), 422
+
+
+@api.errorhandler(KeyInFlight)
+def _key_in_flight(exc: KeyInFlight):
+    return flask.jsonify({"error": str(exc)}), 409, {"Retry-After": str(exc.retry_after)}
+
+
 @api.errorhandler(Exception)
 def _any_error(exc: Exception):
     """Every other error of the API is JSON too: HTTP errors with their code, the rest a 500 that
@@ -372,18 +382,39 @@ def submit(run: str):
     payload = validate_point(body, max_chars=LIMITS["max_chars"], max_new_tokens=LIMITS["max_new_tokens"],
                              max_length_tokens=entry.manifest.get("max_length"), token_count=token_count,
                              model_context=context)
+    key = idempotency_key(flask.request.headers.get("Idempotency-Key"))
+    kind = "generate" if payload["generate"] else "place"
     if flask.current_app.config.get("LLM_MAPS_EXPECT_WORKERS"):
         refused = st.queue.refusal(entry.id)  # a job no worker would ever run is not taken
-        if refused:
+        again = st.queue.replay(key, request_fingerprint(entry.id, kind, payload)) if refused and key else None
+        if refused and again is None:
             raise ApiError(503, f"{public_reason(refused)}; retry later", {"Retry-After": "2"})
     if "example_id" in payload:  # try a variation: the example the prompt was edited from
         check_example(st.run_data(entry), run, payload["example_id"])
     try:
-        job_id = st.queue.submit(entry.id, "generate" if payload["generate"] else "place", payload,
-                                 run_key=run_key(entry.manifest))
+        if key is None:
+            job_id, replayed = st.queue.submit(entry.id, kind, payload, run_key=run_key(entry.manifest)), False
+        else:
+            job_id, replayed = st.queue.submit_once(entry.id, kind, payload, key, run_key=run_key(entry.manifest))
     except QueueFull as exc:
         raise ApiError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from None
-    return flask.jsonify({"id": job_id}), 202, {"Location": f"{st.url_prefix}/points/{job_id}"}
+    headers = {"Location": f"{st.url_prefix}/points/{job_id}"}
+    if replayed:  # the job this key's earlier request made (its answer may have been lost)
+        headers["Idempotent-Replayed"] = "true"
+    return flask.jsonify({"id": job_id}), 202, headers
+
+
+def idempotency_key(raw: str | None) -> str | None:
+    """The ``Idempotency-Key`` header's value (quotes of a structured-field string dropped), or
+    None when absent; ApiError 400 unless 1-255 printable ASCII characters."""
+    if raw is None:
+        return None
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not 1 <= len(key) <= 255 or any(not " " <= c <= "~" for c in key):
+        raise ApiError(400, "Idempotency-Key: 1 to 255 printable ASCII characters (e.g. a UUID)")
+    return key
 
 
 @api.get("/points/<job_id>")

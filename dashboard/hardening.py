@@ -156,9 +156,10 @@ def install_hardening(server, prefix: str = "/", dash_app=None) -> None:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"  # (with LLM_MAPS_AUTH: basic auth)
             response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After, Idempotent-Replayed"
             if flask.request.method == "OPTIONS":
                 response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
-                response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+                response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, Idempotency-Key"
         return response
 
 

@@ -1514,6 +1514,7 @@ class JobRecord(TypedDict, total=False):
     run_key: Annotated[str | None, "runfolder.run_key of the run the web process meant; a worker whose run of that id differs fails the job"]
     slot_freed: Annotated[bool, "a cancelled queued job already gave back its place in the queue"]
     sent: Annotated[bool, "scale-out: confirmed by the web process once its Celery task was sent (a worker runs, and sends again, only confirmed jobs)"]
+    refused: Annotated[bool, "scale-out: failed while being submitted (its client was answered 503): its Idempotency-Key, sent again, makes a new job"]
 
 
 class Neighbour(TypedDict):
@@ -1627,8 +1628,14 @@ class BackgroundStatus(TypedDict):
     error: Annotated[str | None, "why it failed or stopped"]
 
 
+class KeyBinding(TypedDict):
+    job: Annotated[str, "the job the key's first request made (uuid hex); kept as long as jobs are (LLM_MAPS_RETENTION)"]
+    fp: Annotated[str, "sha256 of the request it was made for ([run, kind, payload] as canonical JSON): the key sent with another request is answered 422"]
+
+
 STATE_RECORDS: dict[str, Any] = {"job record": JobRecord, "points/<run>.jsonl line": PointRecord,
-                                 "background.json": BackgroundStatus}
+                                 "background.json": BackgroundStatus,
+                                 "idempotency key binding": KeyBinding}
 
 MANIFEST_SECTIONS.update({
     "prompt_template": PromptTemplateInfo, "model_info": ModelInfo, "projection": ProjectionInfo,

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, cast
 
-from .contract import JobPayload, JobRecord, PointRecord
+from .contract import JobPayload, JobRecord, KeyBinding, PointRecord
 from .errors import LLMMapsError
 from .runfolder import is_group
 
@@ -56,6 +56,35 @@ class QueueUnavailable(QueueFull):
     def __init__(self, reason: str, retry_after: int = 5):
         LLMMapsError.__init__(self, f"job queue unavailable ({reason}); retry later")
         self.retry_after = retry_after
+
+
+class KeyReused(LLMMapsError):
+    """An idempotency key sent again with another request (another run or body): answered 422."""
+
+    def __init__(self) -> None:
+        super().__init__("Idempotency-Key was already used for another request (another run or body); "
+                         "use a new key for a new request")
+
+
+class KeyInFlight(LLMMapsError):
+    """The first request with an idempotency key is still being submitted: answered 409 + Retry-After."""
+    retry_after = 1
+
+    def __init__(self) -> None:
+        super().__init__("a request with this Idempotency-Key is still being submitted; retry in a moment")
+
+
+CONFIRM_WAIT = 5.0  # scale-out: how long a job's task may wait for the web process's confirmation
+
+
+def request_fingerprint(run: str, kind: str, payload: JobPayload) -> str:
+    """What an idempotency key is bound to: the run, the kind and the (validated) payload."""
+    text = json.dumps([run, kind, payload], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _outside_group(folder: Path) -> Path:
@@ -133,6 +162,40 @@ class _Staleness:
     def fail(self, job_id: str, error: str, result: dict[str, Any] | None = None) -> bool:
         return self.update(job_id, status="failed", error=error, finished=time.time(),
                            **({"result": result} if result is not None else {}))
+
+    # idempotency keys (``Idempotency-Key`` on POST /api/runs/<run>/points): a request sent again with
+    # the key of one answered 202 (or whose answer was lost) gets the same job, never a second one
+    def submit_once(self, run: str, kind: str, payload: JobPayload, key: str,
+                    run_key: str | None = None) -> tuple[str, bool]:
+        """``submit`` under an idempotency key: (job id, True) when the key's earlier request made a
+        job that stands (queued, running or final), else a new job bound to the key (False). Raises
+        ``KeyReused`` for a key bound to another request, ``KeyInFlight`` while the key's first
+        request is still being submitted."""
+        raise NotImplementedError
+
+    def replay(self, key: str, fingerprint: str) -> str | None:
+        """The job ``submit_once`` would answer with again for ``key`` (None: it would submit anew);
+        read-only, for a request refused before it reaches the queue (no worker serves its run)."""
+        raise NotImplementedError
+
+    def _standing(self, bound: KeyBinding | None, fingerprint: str, job: JobRecord | None) -> str | None:
+        """Of a key's binding ``{"job", "fp"}`` and its job: the job id to answer with again, or None
+        (no binding, the job expired, or it was refused: its client was answered 503)."""
+        if bound is None:
+            return None
+        if bound["fp"] != fingerprint:
+            raise KeyReused()
+        if job is None or job.get("refused"):
+            return None
+        if self._unconfirmed(job):
+            if time.time() - float(job.get("created") or 0) < CONFIRM_WAIT:
+                raise KeyInFlight()
+            return None  # never confirmed: it never runs (its submitter crashed, or Redis went away)
+        return str(bound["job"])
+
+    def _unconfirmed(self, job: JobRecord) -> bool:
+        """A queued job whose submission was not confirmed (scale-out only: ``sent``)."""
+        return False
 
     # cancelling: a queued job is never run; a running one is asked to stop (its worker checks
     # ``cancel_requested`` between tokens and ends it with ``mark_cancelled``, keeping what it made)
@@ -273,16 +336,35 @@ class JobQueue(_Staleness):
         """Queue a job. Each run has its own bound (``max_queued``), so one run's jobs that nobody
         serves never starve the others; ``max_queued_total`` bounds all runs together."""
         with self.cache.transact():
-            mine, waiting = self._count_waiting(run), self._count_waiting()
-            if mine >= self.max_queued:
-                raise QueueFull(mine, retry_after=max(1, int(self.heartbeat_timeout // 4)), run=run)
-            if waiting >= self.max_queued_total:
-                raise QueueFull(waiting, retry_after=max(1, int(self.heartbeat_timeout // 4)))
-            job_id = uuid.uuid4().hex
-            self.cache.set(f"job:{job_id}", _new_job(job_id, run, kind, payload, run_key), expire=self.retention)
-            self.cache.push(job_id, prefix=_queue_prefix(run), side="back")
-            self._count(run, 1)
+            return self._enqueue(run, kind, payload, run_key)
+
+    def _enqueue(self, run: str, kind: str, payload: JobPayload, run_key: str | None) -> str:
+        mine, waiting = self._count_waiting(run), self._count_waiting()
+        if mine >= self.max_queued:
+            raise QueueFull(mine, retry_after=max(1, int(self.heartbeat_timeout // 4)), run=run)
+        if waiting >= self.max_queued_total:
+            raise QueueFull(waiting, retry_after=max(1, int(self.heartbeat_timeout // 4)))
+        job_id = uuid.uuid4().hex
+        self.cache.set(f"job:{job_id}", _new_job(job_id, run, kind, payload, run_key), expire=self.retention)
+        self.cache.push(job_id, prefix=_queue_prefix(run), side="back")
+        self._count(run, 1)
         return job_id
+
+    def submit_once(self, run: str, kind: str, payload: JobPayload, key: str,
+                    run_key: str | None = None) -> tuple[str, bool]:
+        fingerprint = request_fingerprint(run, kind, payload)
+        with self.cache.transact():  # the key's lookup and its new job in one transaction
+            again = self.replay(key, fingerprint)
+            if again is not None:
+                return again, True
+            job_id = self._enqueue(run, kind, payload, run_key)
+            binding: KeyBinding = {"job": job_id, "fp": fingerprint}
+            self.cache.set(f"key:{_key_digest(key)}", binding, expire=self.retention)
+        return job_id, False
+
+    def replay(self, key: str, fingerprint: str) -> str | None:
+        bound = self.cache.get(f"key:{_key_digest(key)}")
+        return self._standing(bound, fingerprint, self.cache.get(f"job:{bound['job']}") if bound else None)
 
     def _count_waiting(self, run: str | None = None) -> int:
         return max(0, int(self.cache.get("waiting" if run is None else f"waiting:{_queue_prefix(run)}", 0)))
@@ -685,31 +767,84 @@ class RedisJobQueue(_Staleness):
         import redis
 
         try:
-            return self._submit(run, kind, payload, run_key)
+            return self._submit(run, kind, payload, run_key)[0]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
 
-    def _submit(self, run: str, kind: str, payload: JobPayload, run_key: str | None = None) -> str:
+    def submit_once(self, run: str, kind: str, payload: JobPayload, key: str,
+                    run_key: str | None = None) -> tuple[str, bool]:
+        import redis
+
+        try:
+            return self._submit(run, kind, payload, run_key, key)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
+
+    def _bound_key(self, key: str) -> str:
+        return f"{self.prefix}:key:{_key_digest(key)}"
+
+    def replay(self, key: str, fingerprint: str) -> str | None:
+        raw = self.redis.get(self._bound_key(key))
+        bound = json.loads(raw) if raw else None
+        return self._standing(bound, fingerprint, self.get(bound["job"]) if bound else None)
+
+    def _unconfirmed(self, job: JobRecord) -> bool:
+        return job["status"] == "queued" and not job.get("sent")
+
+    def _refuse(self, job_id: str, error: str) -> None:
+        """Fail a job whose client is answered 503 (``refused``: its idempotency key, sent again,
+        makes a new job), best effort: Redis may be gone, and a job never confirmed never runs anyway."""
+        try:
+            self.update(job_id, status="failed", error=error, finished=time.time(), refused=True)
+        except QueueUnavailable:
+            pass
+
+    def _submit(self, run: str, kind: str, payload: JobPayload, run_key: str | None = None,
+                key: str | None = None) -> tuple[str, bool]:
         import redis
 
         job_id = uuid.uuid4().hex
         job = _new_job(job_id, run, kind, payload, run_key)
+        fingerprint = request_fingerprint(run, kind, payload) if key is not None else ""
+        bound_key = self._bound_key(key) if key is not None else None
         mine_key = self._waiting_of(run)
-        for key in (self._waiting, mine_key):
-            self.redis.zremrangebyscore(key, "-inf", time.time() - self.retention)
+        for k in (self._waiting, mine_key):
+            self.redis.zremrangebyscore(k, "-inf", time.time() - self.retention)
         retry = max(1, int(self.heartbeat_timeout // 4))
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(self._waiting, mine_key)  # type: ignore[no-untyped-call]
+                    pipe.watch(self._waiting, mine_key, *([bound_key] if bound_key else []))  # type: ignore[no-untyped-call]
+                    stale = None  # the key's earlier job, never confirmed: refused in the same transaction
+                    if bound_key:
+                        raw = pipe.get(bound_key)
+                        bound = json.loads(raw) if raw else None
+                        earlier = None
+                        if bound:
+                            pipe.watch(self._key(bound["job"]))  # type: ignore[no-untyped-call]
+                            got = pipe.get(self._key(bound["job"]))
+                            earlier = json.loads(got) if got else None
+                        again = self._standing(bound, fingerprint, earlier)
+                        if again is not None:
+                            pipe.unwatch()
+                            return again, True
+                        if earlier is not None and self._unconfirmed(earlier):
+                            stale = earlier
                     mine, waiting = int(pipe.zcard(mine_key)), int(pipe.zcard(self._waiting))
                     if mine >= self.max_queued or waiting >= self.max_queued_total:
                         pipe.unwatch()
                         raise (QueueFull(mine, retry, run=run) if mine >= self.max_queued else QueueFull(waiting, retry))
                     pipe.multi()
+                    if stale is not None:
+                        pipe.set(self._key(stale["id"]), json.dumps(self._never_confirmed(stale)), px=self._ttl_ms)
+                        pipe.zrem(self._waiting, stale["id"])
+                        pipe.zrem(self._waiting_of(stale["run"]), stale["id"])
                     pipe.set(self._key(job_id), json.dumps(job), px=self._ttl_ms)
                     pipe.zadd(self._waiting, {job_id: job["created"]})
                     pipe.zadd(mine_key, {job_id: job["created"]})
+                    if bound_key:
+                        binding: KeyBinding = {"job": job_id, "fp": fingerprint}
+                        pipe.set(bound_key, json.dumps(binding), px=self._ttl_ms)
                     pipe.execute()
                     break
                 except redis.WatchError:
@@ -717,23 +852,27 @@ class RedisJobQueue(_Staleness):
         try:
             celery_app(self.url).send_task(TASK_RUN_JOB, args=[job_id], queue=run_queue_name(run))
         except Exception as exc:  # noqa: BLE001 - the broker refused: never leave a job queued forever
-            self.fail(job_id, f"could not queue the job ({type(exc).__name__})")
+            self._refuse(job_id, f"could not queue the job ({type(exc).__name__})")
             raise QueueUnavailable(f"broker: {type(exc).__name__}") from None
         # confirmed (``sent``, while still queued) before the client is told 202: a worker runs only a
         # confirmed job (``claim_id`` waits a moment for it), and only a confirmed job's task is sent
         # again (``resend_queued``), so a job whose client was told 503 never runs, even where its
-        # task reached the broker (Redis gone before its reply, or before this mark)
+        # task reached the broker (Redis gone before its reply, or before this mark). The one case
+        # left: Redis took the mark and its reply was lost; the client, told 503, that sends its
+        # request again with the same Idempotency-Key gets this job (``_standing``).
         try:
             confirmed = self._modify(job_id, lambda j: {**j, "sent": True} if j["status"] == "queued" else None)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            try:
-                self.fail(job_id, "its submission could not be confirmed (Redis unreachable); it was refused")
-            except QueueUnavailable:
-                pass
+            self._refuse(job_id, "its submission could not be confirmed (Redis unreachable); it was refused")
             raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
         if confirmed is None:  # failed meanwhile by a worker that waited for the confirmation in vain
             raise QueueUnavailable("the job could not be confirmed in time")
-        return job_id
+        return job_id, False
+
+    @staticmethod
+    def _never_confirmed(job: JobRecord) -> JobRecord:
+        return cast(JobRecord, {**job, "status": "failed", "finished": time.time(), "refused": True,
+                                "error": "its submission was never confirmed (the web process answered 503)"})
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.get(self._key(job_id))
@@ -773,7 +912,7 @@ class RedisJobQueue(_Staleness):
             pipe.execute()
 
     # ------------------------------------------------------------------ worker side
-    def claim_id(self, job_id: str, worker: str, confirm_wait: float = 5.0) -> JobRecord | None:
+    def claim_id(self, job_id: str, worker: str, confirm_wait: float = CONFIRM_WAIT) -> JobRecord | None:
         """Mark a queued, confirmed job running for ``worker``; None when it is not queued (expired,
         already claimed by a redelivered message, failed). A job not confirmed yet (its task can
         arrive before the web process marks it ``sent``) is waited for up to ``confirm_wait`` s, then
@@ -786,9 +925,7 @@ class RedisJobQueue(_Staleness):
                     "heartbeat_timeout": self.heartbeat_timeout}
 
         def refused(job: JobRecord) -> JobRecord | None:  # (confirmed meanwhile: claimed on the next turn)
-            return None if job["status"] != "queued" or job.get("sent") else cast(JobRecord, {
-                **job, "status": "failed", "finished": time.time(),
-                "error": "its submission was never confirmed (the web process answered 503)"})
+            return self._never_confirmed(job) if self._unconfirmed(job) else None
 
         deadline = time.time() + confirm_wait
         while True:
@@ -808,15 +945,20 @@ class RedisJobQueue(_Staleness):
         whose client was told 503); returns how many. A worker calls it when it starts: a
         task it had received but not yet claimed when it stopped (killed, or restarted after a Redis
         outage) is gone with it, and its job would wait forever. A task sent twice runs once
-        (``claim_id`` skips a job that is no longer queued)."""
+        (``claim_id`` skips a job that is no longer queued). A job left unconfirmed for longer than
+        ``CONFIRM_WAIT`` (its client was answered 503) is failed, giving back its place in the queue."""
         n = 0
         for run in runs:
             for raw_id in self.redis.zrange(self._waiting_of(run), 0, -1):
                 job_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-                job = self.get(job_id) or {}
-                if job.get("status") == "queued" and job.get("sent"):
+                job = self.get(job_id)
+                if job is None or job["status"] != "queued":
+                    continue
+                if job.get("sent"):
                     celery_app(self.url).send_task(TASK_RUN_JOB, args=[job_id], queue=run_queue_name(run))
                     n += 1
+                elif time.time() - float(job.get("created") or 0) >= CONFIRM_WAIT:
+                    self._modify(job_id, lambda j: self._never_confirmed(j) if self._unconfirmed(j) else None)
         return n
 
     def update(self, job_id: str, **fields: Any) -> bool:

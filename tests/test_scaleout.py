@@ -630,7 +630,7 @@ def test_a_starting_worker_sends_the_tasks_of_queued_jobs_again(redis_url, monke
 
     with monkeypatch.context() as m:
         m.setattr(jobs, "celery_app", lambda url=None: _Broken())
-        m.setattr(q, "fail", gone)
+        m.setattr(q, "update", gone)
         with pytest.raises(jobs.QueueUnavailable):
             q.submit(run, "place", {"instruction": "told 503"})
     told = next(j for j in (i.decode() for i in broker.zrange(q._waiting_of(run), 0, -1))
@@ -651,8 +651,8 @@ def test_a_starting_worker_sends_the_tasks_of_queued_jobs_again(redis_url, monke
     assert arrived not in (lost, running, cancelled, waiting, told) and "sent" not in q.get(arrived)
     assert q.claim_id(arrived, "w", confirm_wait=0.1) is None
     refused = q.get(arrived)
-    assert refused["status"] == "failed" and refused["error"] == ("its submission was never confirmed (the web "
-                                                                  "process answered 503)")
+    assert refused["status"] == "failed" and refused["refused"] is True
+    assert refused["error"] == "its submission was never confirmed (the web process answered 503)"
     broker.lrem(run_queue_name(run), 1, broker.lindex(run_queue_name(run), 0))  # (that task is spent)
     # a task that arrives before its job is confirmed (the web process a moment behind) waits for it
     import threading

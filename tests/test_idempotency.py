@@ -1,0 +1,228 @@
+"""Idempotency keys on POST /api/runs/<run>/points: a request sent again with the ``Idempotency-Key``
+of one that made a job gets that job (202, ``Idempotent-Replayed: true``), never a second one, so a
+client told 503 whose job was made after all (Redis took the confirmation and its reply was lost)
+can find out by sending it again. Both queues, on a real Redis, and through the real server."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from dashboard.synthetic import write_synthetic_run
+from live_helpers import http, serving, strict_json
+from llm_maps.jobs import (CONFIRM_WAIT, JobQueue, KeyInFlight, KeyReused, QueueUnavailable, RedisJobQueue,
+                           request_fingerprint)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def queue(request, tmp_path):
+    if request.param == "embedded":
+        return JobQueue(tmp_path / "state")
+    import redis
+
+    url = request.getfixturevalue("redis_url")
+    redis.Redis.from_url(url).flushdb()
+    return RedisJobQueue(url, prefix="idem")
+
+
+def _waiting(queue) -> int:
+    return queue._count_waiting() if isinstance(queue, JobQueue) else int(queue.redis.zcard(queue._waiting))
+
+
+def test_the_same_key_and_request_get_the_same_job_and_another_request_is_refused(queue):
+    body = {"instruction": "what is 2 plus 2?"}
+    first = queue.submit_once("syn", "place", body, "k-1")
+    assert first[1] is False and queue.get(first[0])["status"] == "queued"
+    assert queue.submit_once("syn", "place", dict(body), "k-1") == (first[0], True)
+    assert queue.replay("k-1", request_fingerprint("syn", "place", body)) == first[0]
+    assert queue.replay("k-2", request_fingerprint("syn", "place", body)) is None
+    assert _waiting(queue) == 1
+    # the same key with another body, kind or run: 422, nothing made
+    for run, kind, other in (("syn", "place", {"instruction": "what is 3 plus 3?"}),
+                             ("syn", "generate", body), ("other", "place", body)):
+        with pytest.raises(KeyReused, match="^Idempotency-Key was already used for another request"):
+            queue.submit_once(run, kind, other, "k-1")
+    assert _waiting(queue) == 1
+    # another key: another job; a job that ran (done, failed, cancelled) is answered again as it is
+    second = queue.submit_once("syn", "place", body, "k-2")
+    assert second[1] is False and second[0] != first[0] and _waiting(queue) == 2
+    job = queue.claim_id(first[0], "w") if isinstance(queue, RedisJobQueue) else queue.claim(["syn"], "w")
+    assert job["id"] == first[0]
+    queue.finish(first[0], {"x": 1.0})
+    assert queue.submit_once("syn", "place", body, "k-1") == (first[0], True)
+    queue.cancel(second[0])
+    assert queue.submit_once("syn", "place", body, "k-2") == (second[0], True)
+    # a job gone from the store (its retention passed) no longer holds its key: a new job
+    if isinstance(queue, JobQueue):
+        queue.cache.delete(f"job:{first[0]}")
+    else:
+        queue.redis.delete(queue._key(first[0]))
+    third = queue.submit_once("syn", "place", body, "k-1")
+    assert third[1] is False and third[0] not in (first[0], second[0])
+
+
+def test_concurrent_requests_with_one_key_make_one_job(queue):
+    """Eight requests at once with one key: one job; every other request is answered with it, or (on
+    Redis, while the first is still being confirmed) 409, to be sent again."""
+    got, lock = [], threading.Lock()
+
+    def send():
+        try:
+            job, replayed = queue.submit_once("syn", "place", {"instruction": "once"}, "same")
+            out = ("again" if replayed else "made", job)
+        except KeyInFlight:
+            out = ("in flight", None)
+        with lock:
+            got.append(out)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = [job for what, job in got if what == "made"]
+    assert len(got) == 8 and len(made) == 1 and _waiting(queue) == 1
+    assert all(job == made[0] for what, job in got if what == "again")
+    if isinstance(queue, JobQueue):  # one transaction: never in flight
+        assert [what for what, _ in got].count("again") == 7
+    assert queue.submit_once("syn", "place", {"instruction": "once"}, "same") == (made[0], True)
+
+
+def test_a_refused_or_lost_submission_sent_again_with_its_key(redis_url, monkeypatch):
+    """Scale-out: a submission answered 503 whose job was refused makes a new job when sent again; one
+    whose confirmation Redis took (its reply lost, the client told 503) is answered with its job, which
+    runs; one still being submitted is answered 409; one never confirmed (its submitter gone) gives
+    way to a new job, and a starting worker fails such a job left without a key."""
+    import redis
+
+    import llm_maps.jobs as jobs
+
+    redis.Redis.from_url(redis_url).flushdb()
+    q = RedisJobQueue(redis_url, prefix="idem-faults")
+    body = {"instruction": "sent again"}
+
+    class _Broken:
+        def send_task(self, *a, **k):
+            raise ConnectionError("broker gone")
+
+    # 1. the broker refused the task: the job is refused; the same key then makes a new job
+    with monkeypatch.context() as m:
+        m.setattr(jobs, "celery_app", lambda url=None: _Broken())
+        with pytest.raises(QueueUnavailable, match=r"^job queue unavailable \(broker: ConnectionError\)"):
+            q.submit_once("r", "place", body, "a")
+    assert q.redis.zcard(q._waiting_of("r")) == 0  # a refused job gives back its place at once
+    (refused,) = [json.loads(q.redis.get(k))["id"] for k in q.redis.keys("idem-faults:job:*")]
+    assert q.get(refused)["refused"] is True and q.get(refused)["error"] == "could not queue the job (ConnectionError)"
+    new, replayed = q.submit_once("r", "place", body, "a")
+    assert not replayed and new != refused and q.get(new)["sent"] is True
+    assert q.submit_once("r", "place", body, "a") == (new, True)
+
+    # 2. Redis took the confirmation, then went before its reply: the client is told 503 (and the
+    # job cannot be refused, Redis being gone); the same key then answers with that job, which runs
+    real_modify = q._modify
+
+    def applied_then_lost(job_id, change):
+        real_modify(job_id, change)
+        raise redis.ConnectionError("Connection closed by server.")
+
+    def gone(*a, **k):
+        raise QueueUnavailable("Redis: ConnectionError")
+
+    with monkeypatch.context() as m:
+        m.setattr(q, "_modify", applied_then_lost)
+        m.setattr(q, "update", gone)
+        with pytest.raises(QueueUnavailable, match=r"^job queue unavailable \(Redis: ConnectionError\)"):
+            q.submit_once("r", "place", {"instruction": "lost reply"}, "b")
+    lost = q.redis.zrange(q._waiting_of("r"), -1, -1)[0].decode()
+    assert q.get(lost)["sent"] is True and q.get(lost)["status"] == "queued"
+    assert q.submit_once("r", "place", {"instruction": "lost reply"}, "b") == (lost, True)
+    assert q.claim_id(lost, "w")["status"] == "running"
+
+    # 3. a submission not confirmed yet: the same key is answered 409 while it may still be; once it
+    # cannot be any more (CONFIRM_WAIT), that job is refused and a new one made in its place
+    def unreachable(*a, **k):
+        raise redis.ConnectionError("gone")
+
+    with monkeypatch.context() as m:
+        m.setattr(q, "_modify", unreachable)
+        with pytest.raises(QueueUnavailable):
+            q.submit_once("r", "place", {"instruction": "in flight"}, "c")
+    flight = q.redis.zrange(q._waiting_of("r"), -1, -1)[0].decode()
+    assert q.get(flight)["status"] == "queued" and "sent" not in q.get(flight)
+    with pytest.raises(KeyInFlight, match="^a request with this Idempotency-Key is still being submitted"):
+        q.submit_once("r", "place", {"instruction": "in flight"}, "c")
+    record = json.loads(q.redis.get(q._key(flight)))
+    q.redis.set(q._key(flight), json.dumps({**record, "created": record["created"] - CONFIRM_WAIT - 1}))
+    again, replayed = q.submit_once("r", "place", {"instruction": "in flight"}, "c")
+    assert not replayed and again != flight and q.get(again)["sent"] is True
+    old = q.get(flight)
+    assert old["status"] == "failed" and old["refused"] is True
+    assert old["error"] == "its submission was never confirmed (the web process answered 503)"
+    assert q.redis.zscore(q._waiting_of("r"), flight) is None and q.redis.zscore(q._waiting, flight) is None
+
+    # 4. without a key, such a job would hold its place until its retention: a starting worker fails it
+    with monkeypatch.context() as m:
+        m.setattr(q, "_modify", unreachable)
+        with pytest.raises(QueueUnavailable):
+            q.submit("r", "place", {"instruction": "no key"})
+    orphan = q.redis.zrange(q._waiting_of("r"), -1, -1)[0].decode()
+    assert q.resend_queued(["r"]) == 2 and q.get(orphan)["status"] == "queued"  # (new, again: sent again)
+    record = json.loads(q.redis.get(q._key(orphan)))
+    q.redis.set(q._key(orphan), json.dumps({**record, "created": record["created"] - CONFIRM_WAIT - 1}))
+    assert q.resend_queued(["r"]) == 2
+    assert q.get(orphan)["status"] == "failed" and q.get(orphan)["refused"] is True
+    assert q.redis.zscore(q._waiting_of("r"), orphan) is None
+
+
+def test_idempotency_keys_through_the_real_server(tmp_path):
+    data = tmp_path / "runs"
+    write_synthetic_run(data / "syn", 30, seed=4)
+    env = {"LLM_MAPS_EXPECT_WORKERS": "1", "LLM_MAPS_ALLOWED_ORIGINS": "https://partner.example"}
+    with serving(["--data", str(data), "--no-worker"], tmp_path, env=env) as srv:
+        queue = JobQueue(tmp_path / "state")
+        body = {"instruction": "what is 4 plus 4?"}
+        key = {"Idempotency-Key": "2f1c6d3e-0b9a-4c1e-9d5f-7a8b9c0d1e2f"}
+        status, headers, reply = srv.call("/api/runs/syn/points", "POST", body, key)
+        assert status == 503 and reply == {"error": "no worker serves run 'syn' yet; retry later"}
+        queue.register_worker("h:1", ["syn"], "ready")
+        status, headers, reply = srv.call("/api/runs/syn/points", "POST", body, key)
+        assert status == 202 and "Idempotent-Replayed" not in headers
+        job = reply["id"]
+        assert headers["Location"].endswith(f"/api/points/{job}")
+        # sent again (the header as a structured-field string too): the same job
+        for k in (key, {"Idempotency-Key": f'"{key["Idempotency-Key"]}"'}):
+            status, headers, reply = srv.call("/api/runs/syn/points", "POST", body, k)
+            assert (status, reply, headers["Idempotent-Replayed"]) == (202, {"id": job}, "true")
+            assert headers["Location"].endswith(f"/api/points/{job}")
+        # without a key, or with another: new jobs
+        assert srv.call("/api/runs/syn/points", "POST", body)[2]["id"] != job
+        assert srv.call("/api/runs/syn/points", "POST", body, {"Idempotency-Key": "other"})[2]["id"] != job
+        # the key with another request: 422, nothing made
+        status, _, reply = srv.call("/api/runs/syn/points", "POST", {"instruction": "what is 5 plus 5?"}, key)
+        assert status == 422 and reply == {"error": "Idempotency-Key was already used for another request (another "
+                                                    "run or body); use a new key for a new request"}
+        assert queue._count_waiting("syn") == 3
+        # keys that are not 1-255 printable ASCII characters: 400, named
+        for bad in ("", "  ", '""', "k" * 256, "tab\there", "caf\u00e9"):
+            status, _, reply = srv.call("/api/runs/syn/points", "POST", body, {"Idempotency-Key": bad})
+            assert status == 400 and reply == {"error": "Idempotency-Key: 1 to 255 printable ASCII characters "
+                                                        "(e.g. a UUID)"}, (bad, status, reply)
+        assert srv.call("/api/runs/syn/points", "POST", body, {"Idempotency-Key": "k" * 255})[0] == 202
+        # a run no worker can serve takes no new job, but a request already answered 202 gets its job
+        queue.register_worker("h:1", ["syn"], "ready", broken={"syn": "its files do not fit its model"})
+        status, headers, reply = srv.call("/api/runs/syn/points", "POST", body, key)
+        assert (status, reply, headers["Idempotent-Replayed"]) == (202, {"id": job}, "true")
+        status, _, reply = srv.call("/api/runs/syn/points", "POST", body, {"Idempotency-Key": "new"})
+        assert status == 503 and reply["error"].startswith("run 'syn' cannot be served")
+        # another site allowed in may send the header and read the answer's
+        status, headers, _ = http(f"{srv.url}/api/runs/syn/points", "OPTIONS", None,
+                                  {"Origin": "https://partner.example", "Access-Control-Request-Method": "POST",
+                                   "Access-Control-Request-Headers": "content-type, idempotency-key"})
+        assert "Idempotency-Key" in headers["Access-Control-Allow-Headers"].split(", ")
+        status, headers, raw = http(f"{srv.url}/api/runs/syn/points", "POST", body,
+                                    {**key, "Origin": "https://partner.example"})
+        assert status == 202 and strict_json(raw) == {"id": job}
+        assert "Idempotent-Replayed" in headers["Access-Control-Expose-Headers"].split(", ")
+        assert "Traceback" not in srv.log()
