@@ -211,8 +211,9 @@ def embedded_phases(run: Path, *, clients: int, phase: float, log=print) -> dict
         load.finish()
         points = {p["id"] for p in call(f"{srv.url}/api/runs/main/points")[1]["points"]}
         healthy = _until(lambda: call(f"{srv.url}/api/health", timeout=10)[0] == 200, 60) is not None
+        odd = _odd_points(srv.url, tally, points)
     shutil.rmtree(data, ignore_errors=True)
-    return _report("embedded", tally, events, points, {"main"}, healthy, log)
+    return _report("embedded", tally, events, points, {"main"}, healthy, log, odd)
 
 
 def redis_phases(run: Path, *, clients: int, phase: float, outage: float, log=print) -> dict:
@@ -263,6 +264,7 @@ def redis_phases(run: Path, *, clients: int, phase: float, outage: float, log=pr
             load.finish()
             points = {p["id"] for p in call(f"{srv.url}/api/runs/main/points")[1]["points"]}
             healthy = _until(lambda: call(f"{srv.url}/api/health", timeout=10)[0] == 200, 60) is not None
+            odd = _odd_points(srv.url, tally, points)
     finally:
         for proc in (worker,):
             try:
@@ -274,7 +276,7 @@ def redis_phases(run: Path, *, clients: int, phase: float, outage: float, log=pr
         worker_log.close()
         worker_said = (folder / "worker.log").read_text(errors="replace")
         shutil.rmtree(folder, ignore_errors=True)
-    out = _report("redis", tally, events, points, {"main"}, healthy, log)
+    out = _report("redis", tally, events, points, {"main"}, healthy, log, odd)
     if not out["ok"]:
         log("  the Celery worker's log ends:\n" + worker_said[-3000:])
     return out
@@ -289,7 +291,23 @@ def _pings(url: str) -> bool:
         return False
 
 
-def _report(name: str, tally: Tally, events: list, points: set, kept_runs: set, healthy: bool, log) -> dict:
+def _odd_points(url: str, tally: Tally, points: set, most: int = 5) -> list[str]:
+    """For a saved point whose job no client saw done (or that no client was answered 202 for): the
+    job as the server tells it now, one line each (at most ``most``), so that a failed run says
+    where an extra point came from."""
+    from _live import call
+
+    out = []
+    for job in sorted(j for j in points if tally.finals.get(j) != "done")[:most]:
+        status, reply, _ = call(f"{url}/api/points/{job}", timeout=10)
+        seen = ("accepted, seen " + tally.finals[job] if job in tally.finals
+                else "accepted, never seen final" if job in tally.accepted else "never answered 202 to a client")
+        out.append(f"point {job}: {seen}; the server says {status} {reply.get('status')} {reply.get('error') or ''}")
+    return out
+
+
+def _report(name: str, tally: Tally, events: list, points: set, kept_runs: set, healthy: bool, log,
+            odd: list[str] | None = None) -> dict:
     done = {j for j, s in tally.finals.items() if s == "done"}
     lost = [j for j in tally.accepted if j not in tally.finals and j not in tally.gone]
     done_kept = {j for j in done if tally.accepted[j] in kept_runs}
@@ -313,6 +331,8 @@ def _report(name: str, tally: Tally, events: list, points: set, kept_runs: set, 
         log(f"  failed x{n}: {reason}")
     for item in (tally.bad[:3] + tally.flips[:3]):
         log(f"    {item}")
+    for line in odd or []:
+        log(f"  {line}")
     return out
 
 
