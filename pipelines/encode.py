@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -199,6 +198,69 @@ def encode_identity(loaded) -> dict:
             "hidden": int(loaded.model.config.hidden_size)}
 
 
+class Resumable:
+    """Float16 arrays filled batch by batch into memory-mapped ``.npy`` files, with a ``done`` mask of
+    the units written (prompts, or the passes of the views). The arrays are flushed and the mask
+    saved every ``checkpoint_seconds`` and when the loop ends, however it ends; a later run whose
+    ``fingerprint`` (what decides the values) is the same resumes from the last checkpoint, any other
+    starts over. ``files``: key -> (path, shape); ``stale``: files to delete when starting over;
+    ``state``: kept beside the fingerprint in ``.<prefix>state.json`` (contract.EncodeState, ViewsState)."""
+
+    def __init__(self, enc_dir: Path, prefix: str, fingerprint: str, n: int,
+                 files: dict[Hashable, tuple[Path, tuple[int, int]]], stale: Iterable[Path], state: dict[str, Any]):
+        self.state_path, self.done_path = enc_dir / f".{prefix}state.json", enc_dir / f".{prefix}done.npy"
+        resume = False
+        if self.state_path.exists() and self.done_path.exists():
+            try:
+                resume = json.loads(self.state_path.read_text())["fingerprint"] == fingerprint
+            except (json.JSONDecodeError, KeyError):
+                resume = False
+        if resume:
+            self.done = np.load(self.done_path)
+            self.arrays = {key: np.lib.format.open_memmap(path, mode="r+") for key, (path, _) in files.items()}
+        else:
+            for old in list(stale):
+                old.unlink()
+            for path, _ in files.values():
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self.done = np.zeros(n, dtype=bool)
+            self.arrays = {key: np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+                           for key, (path, shape) in files.items()}
+            write_json_atomic(self.state_path, {"fingerprint": fingerprint, **state})
+            save_npy_atomic(self.done_path, self.done)
+        self.resumed = int(self.done.sum())
+
+    def checkpoint(self) -> None:
+        for arr in self.arrays.values():
+            arr.flush()
+        save_npy_atomic(self.done_path, self.done)
+
+    def run(self, batches: Sequence[np.ndarray], bar, step: Callable[[int, np.ndarray], int], *,
+            on_batch: Callable[[int, np.ndarray], None] | None = None, checkpoint_seconds: float = 10.0) -> float:
+        """``step(b, rows)`` forwards batch ``b`` and writes its ``rows`` into ``arrays``, returning
+        how far the bar moves; then the rows count as done. Returns the seconds it took; once every
+        batch is done the mask and state files go (the arrays are complete)."""
+        start = last = time.perf_counter()
+        try:
+            for b, rows in enumerate(batches):
+                advance = step(b, rows)
+                self.done[rows] = True
+                bar.update(advance)
+                if on_batch is not None:
+                    on_batch(b, rows)
+                if time.perf_counter() - last > checkpoint_seconds:
+                    self.checkpoint()
+                    last = time.perf_counter()
+        finally:
+            self.checkpoint()
+            bar.close()
+        seconds = time.perf_counter() - start
+        self.arrays.clear()
+        self.state_path.unlink(missing_ok=True)
+        self.done_path.unlink(missing_ok=True)
+        return seconds
+
+
 def encode_to_folder(loaded, prompts: Sequence[str], out_dir: str | Path, *, layers: Sequence[int],
                      add_eos: bool = False, max_length: int | None = None,
                      batch_tokens: int | None = None, max_batch: int | None = None,
@@ -217,74 +279,39 @@ def encode_to_folder(loaded, prompts: Sequence[str], out_dir: str | Path, *, lay
     n, hidden = len(ids), int(model.config.hidden_size)
     enc_dir = Path(out_dir) / ENCODINGS
     enc_dir.mkdir(parents=True, exist_ok=True)
-    state_path, done_path = enc_dir / ".state.json", enc_dir / ".done.npy"
-    fp = _fingerprint(ids, layers, encode_identity(loaded))
-    resume = False
-    if state_path.exists() and done_path.exists():
-        try:
-            resume = json.loads(state_path.read_text())["fingerprint"] == fp
-        except (json.JSONDecodeError, KeyError):
-            resume = False
-    if resume:
-        done = np.load(done_path)
-        arrays = {k: np.lib.format.open_memmap(enc_dir / f"layer_{k}.npy", mode="r+") for k in layers}
-    else:
-        for stale in enc_dir.glob("layer_*.npy"):
-            stale.unlink()
-        done = np.zeros(n, dtype=bool)
-        arrays = {k: np.lib.format.open_memmap(enc_dir / f"layer_{k}.npy", mode="w+",
-                                               dtype=np.float16, shape=(n, hidden)) for k in layers}
-        write_json_atomic(state_path, {"fingerprint": fp, "n": n, "layers": layers})
-        save_npy_atomic(done_path, done)
-    resumed_rows = int(done.sum())
+    store = Resumable(enc_dir, "", _fingerprint(ids, layers, encode_identity(loaded)), n,
+                      {k: (enc_dir / f"layer_{k}.npy", (n, hidden)) for k in layers},
+                      stale=enc_dir.glob("layer_*.npy"), state={"n": n, "layers": layers})
 
-    def checkpoint():
-        for arr in arrays.values():
-            arr.flush()
-        save_npy_atomic(done_path, done)
-
-    todo = np.flatnonzero(~done)
+    todo = np.flatnonzero(~store.done)
     batches = plan_batches(lengths[todo], batch_tokens=batch_tokens, max_batch=max_batch)
     batches = [todo[b] for b in progress_order(batches)]
     pad_id = pad_token_id(tokenizer)
     total_tokens = int(lengths[todo].sum())
-    clipped = 0
-    start = last_ckpt = time.perf_counter()
+    clipped = examples_done = 0
+    start = time.perf_counter()
     # one bar over the work itself: padded tokens forwarded, batches in an order whose running
     # rate is representative (see progress_order), so the percentage and the ETA mean what they say
     bar = tqdm(total=sum(padded_tokens(lengths, rows) for rows in batches), unit="tok", unit_scale=True,
                disable=not progress, desc="encode", dynamic_ncols=True, smoothing=0.05)
-    examples_done = 0
-    try:
-        for b, rows in enumerate(batches):
-            states = last_token_states(model, [ids[i] for i in rows], layers, pad_id=pad_id,
-                                       device=loaded.device)
-            half, n_clipped = states_to_fp16(states)
-            clipped += n_clipped
-            order = np.argsort(rows)
-            for k, arr in half.items():
-                arrays[k][rows[order]] = arr[order]
-            done[rows] = True
-            examples_done += len(rows)
-            elapsed = time.perf_counter() - start
-            bar.set_postfix_str(f"{resumed_rows + examples_done}/{n} prompts, "
-                                f"{examples_done / max(elapsed, 1e-9):.1f} prompts/s", refresh=False)
-            bar.update(padded_tokens(lengths, rows))
-            if on_batch is not None:
-                on_batch(b, rows)
-            if time.perf_counter() - last_ckpt > checkpoint_seconds:
-                checkpoint()
-                last_ckpt = time.perf_counter()
-    finally:
-        checkpoint()
-        bar.close()
-    seconds = time.perf_counter() - start
-    for arr in arrays.values():
-        del arr
-    state_path.unlink(missing_ok=True)
-    done_path.unlink(missing_ok=True)
+
+    def step(b: int, rows: np.ndarray) -> int:
+        nonlocal clipped, examples_done
+        states = last_token_states(model, [ids[i] for i in rows], layers, pad_id=pad_id, device=loaded.device)
+        half, n_clipped = states_to_fp16(states)
+        clipped += n_clipped
+        order = np.argsort(rows)
+        for k, arr in half.items():
+            store.arrays[k][rows[order]] = arr[order]
+        examples_done += len(rows)
+        elapsed = time.perf_counter() - start
+        bar.set_postfix_str(f"{store.resumed + examples_done}/{n} prompts, "
+                            f"{examples_done / max(elapsed, 1e-9):.1f} prompts/s", refresh=False)
+        return padded_tokens(lengths, rows)
+
+    seconds = store.run(batches, bar, step, on_batch=on_batch, checkpoint_seconds=checkpoint_seconds)
     return EncodeResult(layers=layers, n_tokens=lengths, truncated=truncated, seconds=seconds,
-                        tokens_encoded=total_tokens, resumed_rows=resumed_rows, clipped_values=clipped)
+                        tokens_encoded=total_tokens, resumed_rows=store.resumed, clipped_values=clipped)
 
 
 def encode_one(loaded, prompt: str, *, layers: Sequence[int], add_eos: bool = False,

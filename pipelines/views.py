@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,9 +36,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from llm_maps.errors import LLMMapsError
-from llm_maps.runfolder import ENCODINGS, save_npy_atomic, write_json_atomic
-from pipelines.encode import (EncodeResult, batch_limits, encode_identity, normalize_layers, pad_left, pad_token_id,
-                              plan_batches, progress_order, resolve_max_length, states_to_fp16)
+from llm_maps.runfolder import ENCODINGS
+from pipelines.encode import (EncodeResult, Resumable, batch_limits, encode_identity, normalize_layers, pad_left,
+                              pad_token_id, plan_batches, progress_order, resolve_max_length, states_to_fp16)
 
 VIEWS = ("prompt", "completion")
 COMPLETION = "completion"
@@ -358,41 +357,17 @@ def run_segments(loaded, segments: list[Segment], out_dir: str | Path, *, layers
     out_dir = Path(out_dir)
     enc_dir = out_dir / ENCODINGS
     enc_dir.mkdir(parents=True, exist_ok=True)
-    state_path, done_path = enc_dir / ".views-state.json", enc_dir / ".views-done.npy"
     hidden = int(loaded.model.config.hidden_size)
     targets, all_layers = segment_targets(segments, layers, n_rows)
     fp = _fingerprint(segments, {t: layers[t] for t in targets}, {t: n_rows[t] for t in targets},
                       encode_identity(loaded))
-    resume = False
-    if state_path.exists() and done_path.exists():
-        try:
-            resume = json.loads(state_path.read_text())["fingerprint"] == fp
-        except (json.JSONDecodeError, KeyError):
-            resume = False
-    files = {(t, k): target_file(out_dir, t, k) for t in targets for k in layers[t]}
-    if resume:
-        done = np.load(done_path)
-        arrays = {key: np.lib.format.open_memmap(path, mode="r+") for key, path in files.items()}
-    else:
-        for (t, _k), path in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        for t in targets:
-            for stale in view_dir(out_dir, t).glob("layer_*.npy"):
-                stale.unlink()
-        done = np.zeros(len(segments), dtype=bool)
-        arrays = {(t, k): np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n_rows[t], hidden))
-                  for (t, k), path in files.items()}
-        write_json_atomic(state_path, {"fingerprint": fp, "segments": len(segments)})
-        save_npy_atomic(done_path, done)
-    resumed = int(done.sum())
-
-    def checkpoint():
-        for arr in arrays.values():
-            arr.flush()
-        save_npy_atomic(done_path, done)
+    store = Resumable(enc_dir, "views-", fp, len(segments),
+                      {(t, k): (target_file(out_dir, t, k), (n_rows[t], hidden)) for t in targets for k in layers[t]},
+                      stale=(old for t in targets for old in view_dir(out_dir, t).glob("layer_*.npy")),
+                      state={"segments": len(segments)})
 
     lengths = np.array([len(s.ids) for s in segments], dtype=np.int64)
-    todo = np.flatnonzero(~done)
+    todo = np.flatnonzero(~store.done)
     batch_tokens, max_batch = batch_limits(loaded.device, batch_tokens, max_batch)
     batches = [todo[b] for b in plan_batches(lengths[todo], batch_tokens=batch_tokens, max_batch=max_batch)]
     # longest batch first, then a seeded shuffle: the rate so far predicts the rest (honest ETA)
@@ -400,38 +375,26 @@ def run_segments(loaded, segments: list[Segment], out_dir: str | Path, *, layers
     pad_id = pad_token_id(loaded.tokenizer)
     total = int(lengths[todo].sum())
     clipped = 0
-    start = last = time.perf_counter()
     bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True,
                desc=f"{desc} ({len(todo)} of {len(segments)} passes to run)")
-    try:
-        for b, rows in enumerate(batches):
-            segs = [segments[i] for i in rows]
-            want = [[p for t, _, p in s.takes if t in layers] for s in segs]
-            states = states_at(loaded.model, [s.ids for s in segs], want, all_layers, pad_id=pad_id,
-                               device=loaded.device)
-            for k, per_seq in states.items():
-                for s, st in zip(segs, per_seq):
-                    kept = [(t, r) for t, r, _ in s.takes if t in layers]
-                    half, n_clip = states_to_fp16({0: st})
-                    clipped += n_clip
-                    for (t, r), vec in zip(kept, half[0]):
-                        if k in layers[t]:
-                            arrays[(t, k)][r] = vec
-            done[rows] = True
-            bar.update(int(lengths[rows].sum()))
-            if on_batch is not None:
-                on_batch(b, rows)
-            if time.perf_counter() - last > checkpoint_seconds:
-                checkpoint()
-                last = time.perf_counter()
-    finally:
-        checkpoint()
-        bar.close()
-    seconds = time.perf_counter() - start
-    arrays.clear()
-    state_path.unlink(missing_ok=True)
-    done_path.unlink(missing_ok=True)
-    return seconds, total, resumed, clipped
+
+    def step(b: int, rows: np.ndarray) -> int:
+        nonlocal clipped
+        segs = [segments[i] for i in rows]
+        want = [[p for t, _, p in s.takes if t in layers] for s in segs]
+        states = states_at(loaded.model, [s.ids for s in segs], want, all_layers, pad_id=pad_id, device=loaded.device)
+        for k, per_seq in states.items():
+            for s, st in zip(segs, per_seq):
+                kept = [(t, r) for t, r, _ in s.takes if t in layers]
+                half, n_clip = states_to_fp16({0: st})
+                clipped += n_clip
+                for (t, r), vec in zip(kept, half[0]):
+                    if k in layers[t]:
+                        store.arrays[(t, k)][r] = vec
+        return int(lengths[rows].sum())
+
+    seconds = store.run(batches, bar, step, on_batch=on_batch, checkpoint_seconds=checkpoint_seconds)
+    return seconds, total, store.resumed, clipped
 
 
 def plan_view_passes(loaded, frame, *, layers: Sequence[int], views: Sequence[str] = (COMPLETION,),
