@@ -8,7 +8,6 @@ Nothing here imports torch or the ``pipelines`` package.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import threading
@@ -20,7 +19,7 @@ import numpy as np
 from llm_maps.errors import LLMMapsError
 from llm_maps.conditions import CONDITIONS_FILE
 from llm_maps.runfolder import (ENCODINGS, EXAMPLES, MANIFEST, Run, RunIds, check_run_files, read_manifest,
-                                run_group, runs_in)
+                                read_result_json, run_group, runs_in)
 from dashboard.conditions_data import load_conditions
 from llm_maps.falloff import FALLOFF_FILE, clustered_trends, falloff_stats
 from llm_maps.neighbours import nearest_train
@@ -583,16 +582,8 @@ def nearest_train_distance(enc: np.ndarray, is_train: np.ndarray, metric: str) -
 
 
 def _read_falloff(path: Path) -> tuple[dict | None, str | None]:
-    file = path / FALLOFF_FILE
-    if not file.exists():
-        return None, None
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-        if not isinstance(data.get("variants"), list):
-            raise ValueError("no 'variants' list")
-        return data, None
-    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
-        return None, f"{file}: unreadable falloff statistics ({exc}); computing them on the fly"
+    data, error = read_result_json(path / FALLOFF_FILE, "falloff statistics", {"variants": list})
+    return data, error and f"{error}; computing them on the fly"
 
 
 def falloff_variant(falloff: dict | None, layer: int, metric: str) -> dict | None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from .contract import CONDITION_COLUMNS
 from .errors import LLMMapsError
+from .runfolder import parquet_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,10 +37,8 @@ def read_conditions(run_dir: str | Path) -> pd.DataFrame | None:
     path = Path(run_dir) / CONDITIONS_FILE
     if not path.exists():
         return None
-    try:
+    with parquet_errors(path):
         frame = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
-        raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
     for name, col in CONDITION_COLUMNS.items():
         if col.required and name not in frame.columns:
             raise LLMMapsError(f"{path}, field '{name}': required column missing")

@@ -30,7 +30,7 @@ from .conditions_file import CONDITIONS_FILE, condition_rows
 from .errors import LLMMapsError
 from .falloff import Z95, wilson_interval
 from .neighbours import knn
-from .runfolder import ENCODINGS, EXAMPLES, Run, check_writable, record_stage
+from .runfolder import ENCODINGS, EXAMPLES, Run, check_writable, read_result_json, record_stage
 
 if TYPE_CHECKING:
     from .runfolder import Run
@@ -864,18 +864,7 @@ def robust_excludes_0(row: Mapping[str, Any]) -> bool:
 def read_findings(run_dir: str | Path) -> tuple[dict[str, Any] | None, str | None]:
     """RUN/findings.json as ``llm-maps findings`` wrote it: (result, None), (None, None) when there is
     none, or (None, reason) when it cannot be read."""
-    import json
-
-    path = Path(run_dir) / FINDINGS_FILE
-    if not path.exists():
-        return None, None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data.get("domains"), dict) or not isinstance(data.get("contrast"), dict):
-            raise ValueError("no 'domains' or 'contrast'")
-        return data, None
-    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
-        return None, f"{path}: unreadable findings ({exc})"
+    return read_result_json(Path(run_dir) / FINDINGS_FILE, "findings", {"domains": dict, "contrast": dict})
 
 
 def format_findings(result: dict[str, Any]) -> str:

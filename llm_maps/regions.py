@@ -42,7 +42,8 @@ import numpy.typing as npt
 from .errors import LLMMapsError
 from .findings import (ALPHA, MIN_TASKS_FOR_CLAIM, _interval, run_views, small_cluster, task_resample_counts,
                        variant_distances, view_encodings)
-from .runfolder import ENCODINGS, EXAMPLES, Run, check_writable, record_stage, write_json_atomic
+from .runfolder import (ENCODINGS, EXAMPLES, Run, check_writable, parquet_errors, read_result_json, record_stage,
+                        write_json_atomic)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -483,20 +484,7 @@ def write_regions(run_dir: str | Path, regions: Regions, *, given: Mapping[str, 
 def read_regions(run_dir: str | Path) -> tuple[dict[str, Any] | None, str | None]:
     """RUN/regions.json: (result, None), (None, None) when there is none, (None, reason) when it
     cannot be read."""
-    import json
-
-    path = Path(run_dir) / REGIONS_FILE
-    if not path.exists():
-        return None, None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data.get("regions"), list):
-            raise ValueError("no 'regions' list")
-        if int(data.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"format_version {data.get('format_version')} is newer than this reader's ({FORMAT_VERSION})")
-        return data, None
-    except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
-        return None, f"{path}: unreadable regions ({exc})"
+    return read_result_json(Path(run_dir) / REGIONS_FILE, "regions", {"regions": list}, newest=FORMAT_VERSION)
 
 
 def read_region_labels(run_dir: str | Path, example_ids: Sequence[str]) -> np.ndarray:
@@ -505,12 +493,8 @@ def read_region_labels(run_dir: str | Path, example_ids: Sequence[str]) -> np.nd
     import pandas as pd
 
     path = Path(run_dir) / REGIONS_TABLE
-    try:
+    with parquet_errors(path, f"missing (run `llm-maps regions {Path(run_dir)}`)"):
         table = pd.read_parquet(path, columns=["example_id", "region"])
-    except FileNotFoundError:
-        raise LLMMapsError(f"{path}: missing (run `llm-maps regions {Path(run_dir)}`)") from None
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
-        raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
     lookup = dict(zip(table["example_id"].astype(str), table["region"].astype(int)))
     return np.array([lookup.get(str(e), -1) for e in example_ids], dtype=np.int64)
 

@@ -190,6 +190,42 @@ def layer_file(run_dir: str | Path, layer: int) -> Path:
     return Path(run_dir) / ENCODINGS / f"layer_{int(layer)}.npy"
 
 
+@contextmanager
+def parquet_errors(path: str | Path, missing: str = "missing") -> Iterator[None]:
+    """Around the reading of a Parquet file: a missing file raises LLMMapsError ``"{path}: {missing}"``,
+    any other failure (pyarrow raises several types for corrupt files) ``"{path}: unreadable
+    Parquet (Type: message)"``, one line each."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise LLMMapsError(f"{path}: {missing}") from None
+    except LLMMapsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+        raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
+
+
+def read_result_json(path: str | Path, what: str, required: Mapping[str, type],
+                     newest: int | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """A JSON result a stage wrote (falloff.json, regions.json, findings.json): (data, None); (None,
+    None) when there is none; (None, ``"{path}: unreadable {what} (why)"``) when it is not JSON, one
+    of ``required`` (key -> type) is missing or of another type, or its ``format_version`` is newer
+    than ``newest``."""
+    path = Path(path)
+    if not path.exists():
+        return None, None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for key, kind in required.items():
+            if not isinstance(data.get(key), kind):
+                raise ValueError(f"no '{key}' {'list' if kind is list else 'object' if kind is dict else kind.__name__}")
+        if newest is not None and int(data.get("format_version", 0)) > newest:
+            raise ValueError(f"format_version {data.get('format_version')} is newer than this reader's ({newest})")
+        return data, None
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+        return None, f"{path}: unreadable {what} ({exc})"
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -338,12 +374,8 @@ class Run:
             import pandas as pd
 
             path = self.path / EXAMPLES
-            try:
+            with parquet_errors(path):
                 frame = _read_arrow_lists(path) if self._arrow_lists else pd.read_parquet(path)
-            except FileNotFoundError:
-                raise LLMMapsError(f"{path}: missing") from None
-            except Exception as exc:  # pyarrow raises several types for corrupt files
-                raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
             missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
             if missing:
                 raise LLMMapsError(f"{path}, field '{missing[0]}': required column missing")
@@ -584,14 +616,10 @@ def check_run_files(run_dir: str | Path, manifest: Mapping[str, Any]) -> None:
     run_dir = Path(run_dir)
     n = (manifest.get("counts") or {}).get("examples")
     path = run_dir / EXAMPLES
-    try:
+    with parquet_errors(path):
         import pyarrow.parquet as pq
 
         rows = pq.ParquetFile(path).metadata.num_rows
-    except FileNotFoundError:
-        raise LLMMapsError(f"{path}: missing") from None
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
-        raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
     if n is not None and rows != int(n):
         raise LLMMapsError(f"{path}: {rows} rows, but the manifest says {n} examples")
     hidden = None

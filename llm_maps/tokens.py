@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from .errors import LLMMapsError
+from .runfolder import parquet_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,12 +28,8 @@ def read_tokens(run_dir: str | Path, manifest: Mapping[str, Any]) -> pd.DataFram
     import pandas as pd
 
     path = Path(run_dir) / TOKENS_FILE
-    try:
+    with parquet_errors(path, "missing (the manifest lists a token atlas; re-run `llm-maps atlas`)"):
         tokens = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise LLMMapsError(f"{path}: missing (the manifest lists a token atlas; re-run `llm-maps atlas`)") from None
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
-        raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
     for col in ("row", "example_id", "position", "token_id", "token_text"):
         if col not in tokens.columns:
             raise LLMMapsError(f"{path}, field '{col}': required column missing")

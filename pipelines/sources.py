@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from llm_maps.errors import LLMMapsError
+from llm_maps.runfolder import parquet_errors
 
 # canonical field -> accepted source column names, first match wins
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -141,10 +142,8 @@ def _read_csv(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]:
 def _read_parquet(path: Path) -> list[tuple[int, dict]]:
     import pyarrow.parquet as pq
 
-    try:
+    with parquet_errors(path):
         table = pq.read_table(path)
-    except Exception as exc:
-        raise LLMMapsError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc})") from None
     return [(i, rec) for i, rec in enumerate(table.to_pylist(), start=1)]
 
 

@@ -322,3 +322,50 @@ def test_a_fine_tuning_group_holds_only_declared_files(tiny_models, tmp_path, mo
                  "--no-progress"]) == 0
     result = json.loads(out.read_text())
     assert result["loss_curve"] is not None and check(result, CompareFile) == []
+
+
+def test_the_result_readers_name_the_file_and_why_it_cannot_be_read(tmp_path):
+    """falloff.json, regions.json and findings.json share one reader (runfolder.read_result_json):
+    none is (None, None); one that is not JSON, not UTF-8, not an object, lacks a required key or
+    is of a newer format is (None, one line naming the file and why), never an exception."""
+    from dashboard.data import _read_falloff
+    from llm_maps.findings import read_findings
+    from llm_maps.regions import FORMAT_VERSION, read_regions
+
+    assert read_regions(tmp_path) == (None, None) and read_findings(tmp_path) == (None, None)
+    assert _read_falloff(tmp_path) == (None, None)
+    regions, findings, falloff = tmp_path / "regions.json", tmp_path / "findings.json", tmp_path / "falloff.json"
+    cases = [
+        (read_regions, regions, b"{not json", "unreadable regions (Expecting property name enclosed in double quotes: "
+                                              "line 1 column 2 (char 1))"),
+        (read_regions, regions, b'{"regions": {}}', "unreadable regions (no 'regions' list)"),
+        (read_regions, regions, json.dumps({"regions": [], "format_version": FORMAT_VERSION + 1}).encode(),
+         f"unreadable regions (format_version {FORMAT_VERSION + 1} is newer than this reader's ({FORMAT_VERSION}))"),
+        (read_findings, findings, b'{"domains": {}, "contrast": []}', "unreadable findings (no 'contrast' object)"),
+        (read_findings, findings, b"\xff\xfe", "unreadable findings ('utf-8' codec can't decode byte 0xff in "
+                                              "position 0: invalid start byte)"),
+        (_read_falloff, falloff, b"[1, 2]", "unreadable falloff statistics ('list' object has no attribute 'get'); "
+                                           "computing them on the fly"),
+    ]
+    for reader, path, raw, why in cases:
+        path.write_bytes(raw)
+        assert reader(tmp_path) == (None, f"{path}: {why}"), raw
+    regions.write_text(json.dumps({"regions": [{"region": 0}], "format_version": FORMAT_VERSION}))
+    assert read_regions(tmp_path) == ({"regions": [{"region": 0}], "format_version": FORMAT_VERSION}, None)
+
+
+def test_parquet_errors_are_one_line_naming_the_file(tmp_path):
+    from llm_maps.errors import LLMMapsError
+    from llm_maps.runfolder import parquet_errors
+
+    path = tmp_path / "t.parquet"
+    with pytest.raises(LLMMapsError) as got, parquet_errors(path, "missing (run `llm-maps x`)"):
+        pd.read_parquet(path)
+    assert str(got.value) == f"{path}: missing (run `llm-maps x`)"
+    path.write_bytes(b"PAR1 this is no Parquet file")
+    with pytest.raises(LLMMapsError) as got, parquet_errors(path):
+        pd.read_parquet(path)
+    assert str(got.value).startswith(f"{path}: unreadable Parquet (ArrowInvalid: ") and "\n" not in str(got.value)
+    with pytest.raises(LLMMapsError) as got, parquet_errors(path):  # our own errors pass as they are
+        raise LLMMapsError(f"{path}, field 'x': required column missing")
+    assert str(got.value) == f"{path}, field 'x': required column missing"
