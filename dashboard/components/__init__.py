@@ -108,6 +108,18 @@ def view_picker(data, allowed=("prompt", "completion", "tokens")):
                      html.Div(id="view-nav", hidden=True)], className="mb-2")
 
 
+def layer_and_metric(page: str, data, layer: int, metric: str) -> list:
+    """The layer and distance-metric pickers of a statistics page (ids ``<page>-layer``, ``<page>-metric``)."""
+    return [
+        dbc.Label("Layer", className="mb-0 small"),
+        dcc.Dropdown(id=f"{page}-layer", options=[{"label": f"layer {k}", "value": k} for k in data.layers],
+                     value=layer, clearable=False, className="mb-2"),
+        dbc.Label("Distance metric", className="mb-0 small"),
+        dcc.Dropdown(id=f"{page}-metric", options=["cosine", "euclidean"], value=metric, clearable=False,
+                     className="mb-2"),
+    ]
+
+
 def register_view_picker() -> None:
     import dash
     from dash import Input, Output

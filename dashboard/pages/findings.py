@@ -105,12 +105,7 @@ def layout(run=None, layer=None, metric=None, view="prompt", centred="raw", a=No
     b = b if b in domains else (base.get("contrast") or {}).get("b", DEFAULT_CONTRAST[1])
     controls = [
         C.run_picker(data.id),
-        dbc.Label("Layer", className="mb-0 small"),
-        dcc.Dropdown(id="findings-layer", options=[{"label": f"layer {k}", "value": k} for k in data.layers],
-                     value=layer, clearable=False, className="mb-2"),
-        dbc.Label("Distance metric", className="mb-0 small"),
-        dcc.Dropdown(id="findings-metric", options=["cosine", "euclidean"], value=metric, clearable=False,
-                     className="mb-2"),
+        *C.layer_and_metric("findings", data, layer, metric),
         dbc.Label("View", className="mb-0 small"),
         dcc.Dropdown(id="findings-view", options=views, value=view, clearable=False, className="mb-2"),
         dbc.Label("Encodings", className="mb-0 small"),
