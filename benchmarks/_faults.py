@@ -94,9 +94,10 @@ class Load:
             if i % self.generate_every == 0:
                 body.update(generate=True, max_new_tokens=self.max_new_tokens)
             key = {"Idempotency-Key": uuid.uuid4().hex}
-            for _ in range(120):  # sent again with its key while refused (503, 409) or its answer lost
+            deadline = time.time() + 30  # (bounded: finish() waits for the clients)
+            while True:  # sent again with its key while refused (503, 409) or its answer lost
                 status, reply, headers = self._call(f"/api/runs/{run}/points", "POST", body, key)
-                if status not in (503, 409, 599):
+                if status not in (503, 409, 599) or time.time() > deadline:
                     break
                 with self.tally.lock:
                     self.tally.refused_503 += status == 503
@@ -321,7 +322,7 @@ def _report(name: str, tally: Tally, events: list, points: set, kept_runs: set, 
                  and not out["points_extra"] and healthy and len(done) > 0)
     log(f"{name}: {' -> '.join(events)}")
     log(f"  jobs accepted {out['accepted']}, done {out['done']}, failed {out['failed']}, of a run gone "
-        f"{out['gone']}, lost {out['lost']}; submissions refused 503 (sent again with their key) "
+        f"{out['gone']}, lost {out['lost']}; 503 answers to submissions (each sent again with its key) "
         f"{out['refused_503']}, answered with the job of an earlier try {out['replayed']}")
     log(f"  answers by status {out['answers']}; 5xx other than 503 + Retry-After: {len(tally.bad)}; "
         f"jobs failed then done (or the reverse): {len(tally.flips)}")

@@ -384,11 +384,12 @@ def submit(run: str):
                              model_context=context)
     key = idempotency_key(flask.request.headers.get("Idempotency-Key"))
     kind = "generate" if payload["generate"] else "place"
-    if flask.current_app.config.get("LLM_MAPS_EXPECT_WORKERS"):
-        refused = st.queue.refusal(entry.id)  # a job no worker would ever run is not taken
-        again = st.queue.replay(key, request_fingerprint(entry.id, kind, payload)) if refused and key else None
-        if refused and again is None:
+    refused = flask.current_app.config.get("LLM_MAPS_EXPECT_WORKERS") and st.queue.refusal(entry.id)
+    if refused:  # a job no worker would ever run is not taken; one this key made already is answered
+        again = st.queue.replay(key, request_fingerprint(entry.id, kind, payload)) if key else None
+        if again is None:
             raise ApiError(503, f"{public_reason(refused)}; retry later", {"Retry-After": "2"})
+        return _accepted(st, again, replayed=True)
     if "example_id" in payload:  # try a variation: the example the prompt was edited from
         check_example(st.run_data(entry), run, payload["example_id"])
     try:
@@ -398,8 +399,14 @@ def submit(run: str):
             job_id, replayed = st.queue.submit_once(entry.id, kind, payload, key, run_key=run_key(entry.manifest))
     except QueueFull as exc:
         raise ApiError(503, str(exc), {"Retry-After": str(exc.retry_after)}) from None
+    return _accepted(st, job_id, replayed)
+
+
+def _accepted(st: _ApiState, job_id: str, replayed: bool):
+    """202 with the job's address; ``replayed``: the job this key's earlier request made (its answer
+    may have been lost)."""
     headers = {"Location": f"{st.url_prefix}/points/{job_id}"}
-    if replayed:  # the job this key's earlier request made (its answer may have been lost)
+    if replayed:
         headers["Idempotent-Replayed"] = "true"
     return flask.jsonify({"id": job_id}), 202, headers
 

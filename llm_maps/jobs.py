@@ -819,6 +819,11 @@ class RedisJobQueue(_Staleness):
                     if bound_key:
                         raw = pipe.get(bound_key)
                         bound = json.loads(raw) if raw else None
+                        if bound and bound.get("job") == job_id:
+                            # this very transaction landed, and its reply was lost (redis-py then
+                            # raises WatchError, not ConnectionError): the job is made; go on
+                            pipe.unwatch()
+                            break
                         earlier = None
                         if bound:
                             pipe.watch(self._key(bound["job"]))  # type: ignore[no-untyped-call]
@@ -831,6 +836,9 @@ class RedisJobQueue(_Staleness):
                         if earlier is not None and self._unconfirmed(earlier):
                             stale = earlier
                     mine, waiting = int(pipe.zcard(mine_key)), int(pipe.zcard(self._waiting))
+                    if stale is not None and pipe.zscore(self._waiting, stale["id"]) is not None:
+                        waiting -= 1  # the stale job gives its place to this one
+                        mine -= stale["run"] == run
                     if mine >= self.max_queued or waiting >= self.max_queued_total:
                         pipe.unwatch()
                         raise (QueueFull(mine, retry, run=run) if mine >= self.max_queued else QueueFull(waiting, retry))
@@ -862,10 +870,12 @@ class RedisJobQueue(_Staleness):
         # request again with the same Idempotency-Key gets this job (``_standing``).
         try:
             confirmed = self._modify(job_id, lambda j: {**j, "sent": True} if j["status"] == "queued" else None)
+            if confirmed is None:  # not queued any more: a lost reply of our mark, then a worker ran it
+                confirmed = self.get(job_id) or {}  # (or failed, unconfirmed, by a worker)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._refuse(job_id, "its submission could not be confirmed (Redis unreachable); it was refused")
             raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
-        if confirmed is None:  # failed meanwhile by a worker that waited for the confirmation in vain
+        if not confirmed.get("sent"):  # failed meanwhile by a worker that waited for the confirmation in vain
             raise QueueUnavailable("the job could not be confirmed in time")
         return job_id, False
 

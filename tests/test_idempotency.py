@@ -12,6 +12,7 @@ import pytest
 
 from dashboard.synthetic import write_synthetic_run
 from live_helpers import http, serving, strict_json
+import llm_maps.jobs as jobs
 from llm_maps.jobs import (CONFIRM_WAIT, JobQueue, KeyInFlight, KeyReused, QueueUnavailable, RedisJobQueue,
                            request_fingerprint)
 
@@ -54,13 +55,16 @@ def test_the_same_key_and_request_get_the_same_job_and_another_request_is_refuse
     assert queue.submit_once("syn", "place", body, "k-1") == (first[0], True)
     queue.cancel(second[0])
     assert queue.submit_once("syn", "place", body, "k-2") == (second[0], True)
+    failed = queue.submit_once("syn", "place", body, "k-3")[0]
+    queue.fail(failed, "the worker could not place it")
+    assert queue.submit_once("syn", "place", body, "k-3") == (failed, True)
     # a job gone from the store (its retention passed) no longer holds its key: a new job
     if isinstance(queue, JobQueue):
         queue.cache.delete(f"job:{first[0]}")
     else:
         queue.redis.delete(queue._key(first[0]))
     third = queue.submit_once("syn", "place", body, "k-1")
-    assert third[1] is False and third[0] not in (first[0], second[0])
+    assert third[1] is False and third[0] not in (first[0], second[0], failed)
 
 
 def test_concurrent_requests_with_one_key_make_one_job(queue):
@@ -226,3 +230,146 @@ def test_idempotency_keys_through_the_real_server(tmp_path):
         assert status == 202 and strict_json(raw) == {"id": job}
         assert "Idempotent-Replayed" in headers["Access-Control-Expose-Headers"].split(", ")
         assert "Traceback" not in srv.log()
+
+
+def _lose_reply_once(monkeypatch, match, meanwhile=None):
+    """The first MULTI/EXEC whose commands ``match`` lands in Redis and its reply is lost, as when the
+    connection drops while the reply is read (redis-py, watching keys, then raises WatchError and
+    the caller retries); ``meanwhile(commands)``: what another client does in between."""
+    import redis
+    from redis.client import Pipeline
+
+    real, state = Pipeline._execute_transaction, {"lost": 0}
+
+    def lossy(self, connection, commands, raise_on_error):
+        out = real(self, connection, commands, raise_on_error)
+        if not state["lost"] and match(commands):
+            state["lost"] += 1
+            if meanwhile is not None:
+                meanwhile(commands)
+            self.watching = True  # (it is, while EXEC's reply is read)
+            raise redis.ConnectionError("Connection closed by server.")
+        return out
+
+    monkeypatch.setattr(Pipeline, "_execute_transaction", lossy)
+    return state
+
+
+def _sets(commands, part: str) -> list:
+    return [c[0] for c in commands if c[0][0] == "SET" and part in str(c[0][1])]
+
+
+def test_a_lost_reply_of_a_redis_transaction_is_neither_409_nor_503(redis_url, monkeypatch):
+    """redis-py answers a reply lost while watching with WatchError: the submission's own transaction
+    (job and key binding) is then found already made, and its confirmation found already taken, even
+    where a worker claimed the job in between; the request is answered 202 with its one job."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    q = RedisJobQueue(redis_url, prefix="idem-lost")
+    made = _lose_reply_once(monkeypatch, lambda cmds: bool(_sets(cmds, ":key:")))
+    job, replayed = q.submit_once("r", "place", {"instruction": "made once"}, "k")
+    assert made["lost"] == 1 and not replayed and q.get(job)["sent"] is True
+    assert [i.decode() for i in q.redis.zrange(q._waiting_of("r"), 0, -1)] == [job]
+    # the same without a key: the transaction written again is the same job
+    monkeypatch.undo()
+    made = _lose_reply_once(monkeypatch, lambda cmds: any(c[0][0] == "ZADD" for c in cmds))
+    plain = q.submit("r", "place", {"instruction": "no key"})
+    assert made["lost"] == 1 and q.get(plain)["sent"] is True and q.redis.zcard(q._waiting_of("r")) == 2
+    # the confirmation taken, its reply lost, and a worker (its task already there) claims the job
+    monkeypatch.undo()
+    claimed = []
+    confirm = _lose_reply_once(
+        monkeypatch, lambda cmds: any('"sent": true' in str(c[2]) for c in _sets(cmds, ":job:")),
+        meanwhile=lambda cmds: claimed.append(RedisJobQueue(redis_url, prefix="idem-lost").claim_id(
+            json.loads(_sets(cmds, ":job:")[0][2])["id"], "w", confirm_wait=0.1)))
+    job, replayed = q.submit_once("r", "place", {"instruction": "claimed meanwhile"}, "k2")
+    assert confirm["lost"] == 1 and not replayed
+    assert claimed[0]["id"] == job and q.get(job)["status"] == "running" and q.get(job)["worker"] == "w"
+
+
+def test_a_stale_job_confirmed_while_its_key_is_sent_again_is_answered_not_refused(redis_url, monkeypatch):
+    """The key's first job looks never confirmed (older than CONFIRM_WAIT) to a request sent again,
+    and its submitter confirms it at that moment: the transaction that would refuse it fails (the
+    job's key is watched), and the retry answers with that job, which stays confirmed."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    q = RedisJobQueue(redis_url, prefix="idem-race")
+
+    def unreachable(*a, **k):
+        raise redis.ConnectionError("gone")
+
+    with monkeypatch.context() as m:
+        m.setattr(q, "_modify", unreachable)
+        with pytest.raises(QueueUnavailable):
+            q.submit_once("r", "place", {"instruction": "slow"}, "k")
+    first = q.redis.zrange(q._waiting_of("r"), 0, -1)[0].decode()
+    record = json.loads(q.redis.get(q._key(first)))
+    q.redis.set(q._key(first), json.dumps({**record, "created": record["created"] - CONFIRM_WAIT - 1}))
+    other = RedisJobQueue(redis_url, prefix="idem-race")
+    real_standing, calls = RedisJobQueue._standing, []
+
+    def standing_then_confirmed(self, bound, fingerprint, job):
+        out = real_standing(self, bound, fingerprint, job)
+        calls.append(out)
+        if len(calls) == 1:  # read as stale; the submitter's confirmation lands now
+            other._modify(first, lambda j: {**j, "sent": True})
+        return out
+
+    monkeypatch.setattr(RedisJobQueue, "_standing", standing_then_confirmed)
+    assert q.submit_once("r", "place", {"instruction": "slow"}, "k") == (first, True)
+    assert calls == [None, first]
+    job = q.get(first)
+    assert job["status"] == "queued" and job["sent"] is True and "refused" not in job
+    assert [i.decode() for i in q.redis.zrange(q._waiting_of("r"), 0, -1)] == [first]
+
+
+def test_409_while_a_submission_is_in_flight_through_the_real_server_on_redis(tmp_path, redis_url):
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    data = tmp_path / "runs"
+    write_synthetic_run(data / "syn", 30, seed=5)
+    with serving(["--data", str(data), "--no-worker"], tmp_path, env={"REDIS_URL": redis_url}) as srv:
+        q = RedisJobQueue(redis_url)  # the server's queue (default prefix)
+        body, key = {"instruction": "in flight"}, {"Idempotency-Key": "flight-1"}
+        status, _, reply = srv.call("/api/runs/syn/points", "POST", body, key)
+        assert status == 202
+        job = reply["id"]
+        record = json.loads(q.redis.get(q._key(job)))  # as if its submission were not confirmed yet
+        q.redis.set(q._key(job), json.dumps({k: v for k, v in record.items() if k != "sent"}))
+        status, headers, reply = srv.call("/api/runs/syn/points", "POST", body, key)
+        assert (status, headers["Retry-After"]) == (409, "1")
+        assert reply == {"error": "a request with this Idempotency-Key is still being submitted; retry in a moment"}
+        record = json.loads(q.redis.get(q._key(job)))  # ... and now never to be
+        q.redis.set(q._key(job), json.dumps({**record, "created": record["created"] - CONFIRM_WAIT - 1}))
+        status, headers, reply = srv.call("/api/runs/syn/points", "POST", body, key)
+        assert status == 202 and reply["id"] != job and "Idempotent-Replayed" not in headers
+        assert q.get(job)["status"] == "failed" and q.get(job)["refused"] is True
+        assert srv.call(f"/api/points/{job}")[2]["error"] == ("its submission was never confirmed (the web process "
+                                                              "answered 503)")
+        assert "Traceback" not in srv.log()
+
+
+def test_a_stale_job_gives_its_place_in_a_full_queue_to_its_retry(redis_url, monkeypatch):
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    q = RedisJobQueue(redis_url, prefix="idem-full", max_queued=1)
+
+    def unreachable(*a, **k):
+        raise redis.ConnectionError("gone")
+
+    with monkeypatch.context() as m:
+        m.setattr(q, "_modify", unreachable)
+        with pytest.raises(QueueUnavailable):
+            q.submit_once("r", "place", {"instruction": "x"}, "k")
+    stale = q.redis.zrange(q._waiting_of("r"), 0, -1)[0].decode()
+    with pytest.raises(jobs.QueueFull, match=r"^queue full \(1 jobs waiting for run 'r'\)"):
+        q.submit("r", "place", {"instruction": "another"})  # the run's one place is taken
+    record = json.loads(q.redis.get(q._key(stale)))
+    q.redis.set(q._key(stale), json.dumps({**record, "created": record["created"] - CONFIRM_WAIT - 1}))
+    job, replayed = q.submit_once("r", "place", {"instruction": "x"}, "k")
+    assert not replayed and [i.decode() for i in q.redis.zrange(q._waiting_of("r"), 0, -1)] == [job]
+    assert q.get(stale)["refused"] is True
