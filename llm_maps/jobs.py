@@ -733,22 +733,30 @@ class RedisJobQueue(_Staleness):
 
     def _modify(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
         """Read-modify-write one record atomically (optimistic WATCH). ``change(job)`` returns the new
-        record, or None to leave it alone. Returns the new record or None."""
+        record, or None to leave it alone. Returns the new record or None. A write whose reply was
+        lost (the connection dropped while it was read: redis-py raises WatchError, and this tries
+        again) is found in place and counts as done, not as a job changed meanwhile (a worker's
+        ``finish`` would otherwise read its own "done" as fenced and drop the point)."""
         import redis
 
         key = self._key(job_id)
+        written: bytes | None = None
         with self.redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key)  # type: ignore[no-untyped-call]  # (redis-py leaves it unannotated)
                     raw = pipe.get(key)
+                    if written is not None and raw == written:
+                        pipe.unwatch()
+                        return cast(JobRecord, json.loads(raw))
                     job = json.loads(raw) if raw else None
                     new = change(job) if job is not None else None
                     if new is None:
                         pipe.unwatch()
                         return None
                     pipe.multi()
-                    pipe.set(key, json.dumps(new), px=self._ttl_ms)
+                    written = json.dumps(new).encode()
+                    pipe.set(key, written, px=self._ttl_ms)
                     if new["status"] == "running":
                         pipe.zrem(self._waiting, job_id)
                         pipe.zrem(self._waiting_of(new["run"]), job_id)

@@ -1,7 +1,8 @@
 """Idempotency keys on POST /api/runs/<run>/points: a request sent again with the ``Idempotency-Key``
 of one that made a job gets that job (202, ``Idempotent-Replayed: true``), never a second one, so a
 client told 503 whose job was made after all (Redis took the confirmation and its reply was lost)
-can find out by sending it again. Both queues, on a real Redis, and through the real server."""
+can find out by sending it again. Both queues, on a real Redis, and through the real server; and
+the Redis queue's writes whose reply was lost (made once, found in place)."""
 
 from __future__ import annotations
 
@@ -373,3 +374,28 @@ def test_a_stale_job_gives_its_place_in_a_full_queue_to_its_retry(redis_url, mon
     job, replayed = q.submit_once("r", "place", {"instruction": "x"}, "k")
     assert not replayed and [i.decode() for i in q.redis.zrange(q._waiting_of("r"), 0, -1)] == [job]
     assert q.get(stale)["refused"] is True
+
+
+def test_a_workers_transition_whose_reply_was_lost_counts_as_made(redis_url, monkeypatch):
+    """The same lost reply on a worker's writes: a claim, a heartbeat and the "done" that landed are
+    found in place (before, ``finish`` read its own "done" as a job ended meanwhile, and the worker
+    dropped the point of a done job)."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    q = RedisJobQueue(redis_url, prefix="idem-worker")
+    job = q.submit("r", "place", {"instruction": "x"})
+    for status, act in (("running", lambda: q.claim_id(job, "w")), ("running", lambda: q.heartbeat(job)),
+                        ("done", lambda: q.finish(job, {"x": 1.0}))):
+        monkeypatch.undo()
+        lost = _lose_reply_once(monkeypatch, lambda cmds, s=status: any(
+            f'"status": "{s}"' in str(c[2]) for c in _sets(cmds, ":job:")))
+        got = act()
+        assert lost["lost"] == 1, status
+        assert got is True or (got["status"] == status and got["worker"] == "w"), (status, got)
+    monkeypatch.undo()
+    done = q.get(job)
+    assert done["status"] == "done" and done["result"] == {"x": 1.0} and q.redis.zcard(q._waiting_of("r")) == 0
+    assert not q.redis.sismember(q._running, job)
+    # and a job already final still refuses a later write
+    assert q.finish(job, {"x": 2.0}) is False and q.get(job)["result"] == {"x": 1.0}
