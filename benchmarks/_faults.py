@@ -300,7 +300,10 @@ def _odd_points(url: str, tally: Tally, points: set, most: int = 5) -> list[str]
 
     out = []
     for job in sorted(j for j in points if tally.finals.get(j) != "done")[:most]:
-        status, reply, _ = call(f"{url}/api/points/{job}", timeout=10)
+        try:
+            status, reply, _ = call(f"{url}/api/points/{job}", timeout=10)
+        except (OSError, ValueError) as exc:  # the report is still made
+            status, reply = 599, {"error": f"{type(exc).__name__}: {exc}"}
         seen = ("accepted, seen " + tally.finals[job] if job in tally.finals
                 else "accepted, never seen final" if job in tally.accepted else "never answered 202 to a client")
         out.append(f"point {job}: {seen}; the server says {status} {reply.get('status')} {reply.get('error') or ''}")
