@@ -33,6 +33,29 @@ def _waiting(queue) -> int:
     return queue._count_waiting() if isinstance(queue, JobQueue) else int(queue.redis.zcard(queue._waiting))
 
 
+def _unconfirmed(q, monkeypatch, run: str, body: dict, key: str | None) -> str:
+    """A job whose submission wrote it and sent its task, but whose confirmation never landed (Redis
+    gone): its client was told 503. Returns its id (the run's newest waiting job)."""
+    import redis
+
+    def unreachable(*a, **k):
+        raise redis.ConnectionError("gone")
+
+    with monkeypatch.context() as m:
+        m.setattr(q, "_modify", unreachable)
+        with pytest.raises(QueueUnavailable):
+            q.submit_once(run, "place", body, key) if key else q.submit(run, "place", body)
+    job = q.redis.zrange(q._waiting_of(run), -1, -1)[0].decode()
+    assert q.get(job)["status"] == "queued" and "sent" not in q.get(job)
+    return job
+
+
+def _age(q, job: str) -> None:
+    """Make ``job`` older than a submission can still be in flight."""
+    record = json.loads(q.redis.get(q._key(job)))
+    q.redis.set(q._key(job), json.dumps({**record, "created": record["created"] - CONFIRM_WAIT - 1}))
+
+
 def test_the_same_key_and_request_get_the_same_job_and_another_request_is_refused(queue):
     body = {"instruction": "what is 2 plus 2?"}
     first = queue.submit_once("syn", "place", body, "k-1")
@@ -147,19 +170,10 @@ def test_a_refused_or_lost_submission_sent_again_with_its_key(redis_url, monkeyp
 
     # 3. a submission not confirmed yet: the same key is answered 409 while it may still be; once it
     # cannot be any more (CONFIRM_WAIT), that job is refused and a new one made in its place
-    def unreachable(*a, **k):
-        raise redis.ConnectionError("gone")
-
-    with monkeypatch.context() as m:
-        m.setattr(q, "_modify", unreachable)
-        with pytest.raises(QueueUnavailable):
-            q.submit_once("r", "place", {"instruction": "in flight"}, "c")
-    flight = q.redis.zrange(q._waiting_of("r"), -1, -1)[0].decode()
-    assert q.get(flight)["status"] == "queued" and "sent" not in q.get(flight)
+    flight = _unconfirmed(q, monkeypatch, "r", {"instruction": "in flight"}, "c")
     with pytest.raises(KeyInFlight, match="^a request with this Idempotency-Key is still being submitted"):
         q.submit_once("r", "place", {"instruction": "in flight"}, "c")
-    record = json.loads(q.redis.get(q._key(flight)))
-    q.redis.set(q._key(flight), json.dumps({**record, "created": record["created"] - CONFIRM_WAIT - 1}))
+    _age(q, flight)
     again, replayed = q.submit_once("r", "place", {"instruction": "in flight"}, "c")
     assert not replayed and again != flight and q.get(again)["sent"] is True
     old = q.get(flight)
@@ -168,14 +182,9 @@ def test_a_refused_or_lost_submission_sent_again_with_its_key(redis_url, monkeyp
     assert q.redis.zscore(q._waiting_of("r"), flight) is None and q.redis.zscore(q._waiting, flight) is None
 
     # 4. without a key, such a job would hold its place until its retention: a starting worker fails it
-    with monkeypatch.context() as m:
-        m.setattr(q, "_modify", unreachable)
-        with pytest.raises(QueueUnavailable):
-            q.submit("r", "place", {"instruction": "no key"})
-    orphan = q.redis.zrange(q._waiting_of("r"), -1, -1)[0].decode()
+    orphan = _unconfirmed(q, monkeypatch, "r", {"instruction": "no key"}, None)
     assert q.resend_queued(["r"]) == 2 and q.get(orphan)["status"] == "queued"  # (new, again: sent again)
-    record = json.loads(q.redis.get(q._key(orphan)))
-    q.redis.set(q._key(orphan), json.dumps({**record, "created": record["created"] - CONFIRM_WAIT - 1}))
+    _age(q, orphan)
     assert q.resend_queued(["r"]) == 2
     assert q.get(orphan)["status"] == "failed" and q.get(orphan)["refused"] is True
     assert q.redis.zscore(q._waiting_of("r"), orphan) is None
@@ -297,17 +306,8 @@ def test_a_stale_job_confirmed_while_its_key_is_sent_again_is_answered_not_refus
 
     redis.Redis.from_url(redis_url).flushdb()
     q = RedisJobQueue(redis_url, prefix="idem-race")
-
-    def unreachable(*a, **k):
-        raise redis.ConnectionError("gone")
-
-    with monkeypatch.context() as m:
-        m.setattr(q, "_modify", unreachable)
-        with pytest.raises(QueueUnavailable):
-            q.submit_once("r", "place", {"instruction": "slow"}, "k")
-    first = q.redis.zrange(q._waiting_of("r"), 0, -1)[0].decode()
-    record = json.loads(q.redis.get(q._key(first)))
-    q.redis.set(q._key(first), json.dumps({**record, "created": record["created"] - CONFIRM_WAIT - 1}))
+    first = _unconfirmed(q, monkeypatch, "r", {"instruction": "slow"}, "k")
+    _age(q, first)
     other = RedisJobQueue(redis_url, prefix="idem-race")
     real_standing, calls = RedisJobQueue._standing, []
 
@@ -358,19 +358,10 @@ def test_a_stale_job_gives_its_place_in_a_full_queue_to_its_retry(redis_url, mon
 
     redis.Redis.from_url(redis_url).flushdb()
     q = RedisJobQueue(redis_url, prefix="idem-full", max_queued=1)
-
-    def unreachable(*a, **k):
-        raise redis.ConnectionError("gone")
-
-    with monkeypatch.context() as m:
-        m.setattr(q, "_modify", unreachable)
-        with pytest.raises(QueueUnavailable):
-            q.submit_once("r", "place", {"instruction": "x"}, "k")
-    stale = q.redis.zrange(q._waiting_of("r"), 0, -1)[0].decode()
+    stale = _unconfirmed(q, monkeypatch, "r", {"instruction": "x"}, "k")
     with pytest.raises(jobs.QueueFull, match=r"^queue full \(1 jobs waiting for run 'r'\)"):
         q.submit("r", "place", {"instruction": "another"})  # the run's one place is taken
-    record = json.loads(q.redis.get(q._key(stale)))
-    q.redis.set(q._key(stale), json.dumps({**record, "created": record["created"] - CONFIRM_WAIT - 1}))
+    _age(q, stale)
     job, replayed = q.submit_once("r", "place", {"instruction": "x"}, "k")
     assert not replayed and [i.decode() for i in q.redis.zrange(q._waiting_of("r"), 0, -1)] == [job]
     assert q.get(stale)["refused"] is True
