@@ -177,3 +177,40 @@ def test_the_playground_retries_transient_misses_and_gives_up_on_a_job_that_stay
         assert "Not found (404): unknown point" in page.inner_text("#pg-error")
         page.unroute(f"{url}/api/points/{job_id}")
     log.take()  # the browser logs each 404/503 it was answered
+
+
+def test_a_submission_whose_answer_was_lost_is_sent_again_and_made_once(browser_page, tmp_path):
+    """The playground's POST reaches the server, which makes the job, but the answer never reaches
+    the browser (the connection reset): the playground sends it again with the same Idempotency-Key
+    and is answered with that job (Idempotent-Replayed), so the prompt is placed once."""
+    from dashboard.app import create_app
+
+    page, log = browser_page
+    run = write_synthetic_run(tmp_path / "syn", 40, seed=7)
+    app = create_app([run], [], state_dir=tmp_path / "state")
+    queue = app.server.config["LLM_MAPS_QUEUE"]
+    sent, answers = [], []
+
+    def lost_once(route):
+        sent.append(route.request.headers.get("idempotency-key"))
+        if len(sent) == 1:
+            route.fetch()  # the server makes the job ...
+            return route.abort("connectionreset")  # ... and its answer is lost
+        return route.continue_()
+
+    with live_server(app) as url:
+        page.route(f"{url}/api/runs/syn/points", lost_once)
+        page.on("response", lambda r: answers.append((r.status, r.headers.get("idempotent-replayed")))
+                if r.request.method == "POST" and r.url.endswith("/api/runs/syn/points") else None)
+        page.goto(f"{url}/playground?run=syn")
+        page.wait_for_selector("#pg-submit")
+        page.fill("#pg-instruction", "placed once")
+        page.fill("#pg-max", "0")
+        page.click("#pg-submit")
+        page.wait_for_function("() => (window.llmPlayground.gens || []).length === 1", timeout=30_000)
+        job = page.evaluate("() => window.llmPlayground.gens[0].id")
+        page.unroute(f"{url}/api/runs/syn/points")
+    assert len(sent) == 2 and sent[0] == sent[1] and sent[0]
+    assert answers == [(202, "true")]
+    assert queue._count_waiting("syn") == 1 and queue.get(job)["payload"]["instruction"] == "placed once"
+    log.take()  # the browser logs the reset connection

@@ -175,24 +175,38 @@ def test_rejected_input_and_failed_jobs_show_their_message(site):
     page.wait_for_function("() => ((document.querySelector('#pg-error') || {}).innerText || '').includes('413')", timeout=20_000)
     assert page.inner_text("#pg-error") == ("Input too long (413): field 'instruction': input is 8001 characters; "
                                             "the limit is 8000")
+    # a full queue: the playground says so and sends the prompt again (with its Idempotency-Key) as
+    # the answer's Retry-After says; once a place is free the job is made, once
     queue = site["app"].server.config["LLM_MAPS_QUEUE"]
-    queue.max_queued, saved = 0, queue.max_queued  # a full queue
+    queue.max_queued, saved = 0, queue.max_queued
+    keys = []
+    page.on("request", lambda req: keys.append(req.headers.get("idempotency-key"))
+            if req.method == "POST" and req.url.endswith("/api/runs/tiny/points") else None)
     try:
         page.fill("#pg-instruction", "a fine prompt")
+        page.fill("#pg-max", "0")  # (placed only)
         page.click("#pg-submit")
-        page.wait_for_function("() => ((document.querySelector('#pg-error') || {}).innerText || '').includes('503')", timeout=20_000)
-        assert page.inner_text("#pg-error").startswith("The server is busy (503): queue full")
-        assert "Try again in" in page.inner_text("#pg-error")
+        page.wait_for_function("() => ((document.querySelector('#pg-status') || {}).innerText || '')"
+                               ".includes('trying again')", timeout=20_000)
+        assert page.inner_text("#pg-status").startswith("queue full (0 jobs waiting for run 'tiny'); retry later; "
+                                                        "trying again in 3 s")
     finally:
         queue.max_queued = saved
+    page.wait_for_function("() => (window.llmPlayground.gens || []).some((g) => g.instruction === 'a fine prompt')",
+                           timeout=20_000)
+    made = [g["id"] for g in page.evaluate("() => window.llmPlayground.gens") if g["instruction"] == "a fine prompt"]
+    assert len(made) == 1 and len(keys) >= 2 and len(set(keys)) == 1 and len(keys[0]) == 36, keys
+    assert queue.get(made[0])["payload"]["instruction"] == "a fine prompt"
+    wait_status(page, made[0])
     job_id = submit(page, "PLEASE FAIL now", max_tokens=5)
     wait_status(page, job_id)
     page.wait_for_function("() => ((document.querySelector('#pg-error') || {}).innerText || '').includes('failed')", timeout=20_000)
     assert page.inner_text("#pg-error") == "The job failed: the model refused this prompt"
     assert page.inner_text("#pg-status") == "failed"
-    # the browser logs the three refused requests themselves; nothing else went wrong
-    errors = log.take()
-    assert [e.split("status of ")[1][:3] for e in errors] == ["422", "413", "503"], errors
+    # the browser logs the refused requests themselves (a 503 each time the full queue was tried);
+    # nothing else went wrong
+    errors = [e.split("status of ")[1][:3] for e in log.take()]
+    assert errors[:3] == ["422", "413", "503"] and set(errors[3:]) <= {"503"}, errors
 
 
 def test_cancel_compare_hide_remove_and_the_link_restores_the_view(site):

@@ -43,6 +43,14 @@
 
   async function readJson(r) { try { return await r.json(); } catch (e) { return null; } }
 
+  const RETRY_FOR_MS = 15000;  // how long a submission is sent again while the server is busy or away
+
+  function idempotencyKey() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+  }
+
   // ---------------------------------------------------------------- drawing
   function nearestTip(t) {  // the training step nearest to this token (runs with a token atlas)
     const n = t.nearest;
@@ -308,17 +316,34 @@
     }
     const t0 = performance.now();
     progress('submitting…', 0);
-    let r;
-    try {
-      r = await fetch(window.llmMaps.url('/api/runs/') + encodeURIComponent(run) + '/points', {
-        method: 'POST', credentials: 'same-origin', headers: {'Content-Type': 'application/json'},
-        body: JSON.stringify(body)});
-    } catch (e) {
-      showError('Could not reach the server: ' + (e && e.message ? e.message : e));
+    // one key for this submission: sent again with it after a 503 or 409 (as Retry-After says) or a
+    // lost answer, for up to RETRY_FOR_MS, the server answers with the job it made, if it made one,
+    // never a second (Idempotency-Key)
+    const key = idempotencyKey(), until = t0 + RETRY_FOR_MS;
+    let r = null, out = null, failure = null;
+    for (;;) {
+      let wait = null;
+      try {
+        r = await fetch(window.llmMaps.url('/api/runs/') + encodeURIComponent(run) + '/points', {
+          method: 'POST', credentials: 'same-origin',
+          headers: {'Content-Type': 'application/json', 'Idempotency-Key': key}, body: JSON.stringify(body)});
+        failure = null;
+        out = await readJson(r);
+        if (r.status === 503 || r.status === 409) wait = Math.min(3, Math.max(0.5, Number(r.headers.get('Retry-After')) || 1));
+      } catch (e) {
+        r = null;
+        failure = e;
+        wait = 1;
+      }
+      if (wait === null || performance.now() + wait * 1000 > until) break;
+      progress(((out && out.error) || 'the server did not answer') + '; trying again in ' + wait + ' s…', 0);
+      await new Promise((done) => setTimeout(done, wait * 1000));
+    }
+    if (r === null) {
+      showError('Could not reach the server: ' + (failure && failure.message ? failure.message : failure));
       progress('not submitted', 0);
       return;
     }
-    const out = await readJson(r);
     if (r.status !== 202 || !out || !out.id) {
       showError(apiMessage(r.status, out, r.headers.get('Retry-After')));
       progress('not submitted', 0);
