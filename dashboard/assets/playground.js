@@ -331,7 +331,7 @@
         out = await readJson(r);
         if (r.status === 503 || r.status === 409) wait = Math.min(3, Math.max(0.5, Number(r.headers.get('Retry-After')) || 1));
       } catch (e) {
-        r = null;
+        r = out = null;
         failure = e;
         wait = 1;
       }
