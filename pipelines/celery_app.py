@@ -55,10 +55,14 @@ def run_job_task(job_id: str) -> dict:
     if time.time() - st["last_reap"] > queue.heartbeat_timeout / 2:
         queue.reap()  # jobs of workers that died, even when nobody polls them
         st["last_reap"] = time.time()
-    job = queue.claim_id(job_id, st["worker_id"])
-    if job is None:  # expired, failed, or already taken by another delivery of the same message
-        return {"id": job_id, "status": "skipped"}
-    return {"id": job_id, "status": execute_job(queue, st["points"], st["pool"], job, st["worker_id"])}
+    st["running"] = job_id  # (a restart after a Redis outage waits for it: _restart_after_outage)
+    try:
+        job = queue.claim_id(job_id, st["worker_id"])
+        if job is None:  # expired, failed, or already taken by another delivery of the same message
+            return {"id": job_id, "status": "skipped"}
+        return {"id": job_id, "status": execute_job(queue, st["points"], st["pool"], job, st["worker_id"])}
+    finally:
+        st["running"] = None
 
 
 def encode_chunk_task(*, work: str, chunk: int, fingerprint: str, spec: dict) -> dict:
@@ -136,7 +140,9 @@ def _restart_after_outage(queue, log, every: float = 1.0) -> None:
     """Once Redis is reachable again after an outage, start this worker afresh in the same process
     (same pid, so the same worker id): Celery 5's consumer reconnects to Redis but then stops taking
     tasks (celery/celery#8091, #9054), which would leave every later job queued forever. A job running
-    at that moment is failed when the new process starts (``recover``)."""
+    then is let finish first (it outlived an outage shorter than its heartbeat timeout: its partial
+    results and heartbeats resume), for up to the job timeout; one still running is failed when the
+    new process starts (``recover``)."""
     lost = False
     while True:
         time.sleep(every)
@@ -146,8 +152,14 @@ def _restart_after_outage(queue, log, every: float = 1.0) -> None:
             lost = True
             continue
         if lost:
-            log(f"worker {_STATE.get('worker_id')}: Redis is back after an outage; restarting this worker")
-            os.environ[RESTARTED] = str(_STATE.get("worker_id"))
+            worker, job = _STATE.get("worker_id"), _STATE.get("running")
+            if job:
+                log(f"worker {worker}: Redis is back after an outage; restarting once job {job} ends")
+                deadline = time.time() + queue.job_timeout
+                while _STATE.get("running") and time.time() < deadline:
+                    time.sleep(min(every, 0.1))
+            log(f"worker {worker}: Redis is back after an outage; restarting this worker")
+            os.environ[RESTARTED] = str(worker)
             os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from llm_maps.conditions import DEFAULT_COT_CUE
 from llm_maps.errors import LLMMapsError
-from llm_maps.jobs import JobQueue
+from llm_maps.jobs import JobQueue, QueueUnavailable
 from llm_maps.runfolder import run_key
 
 PLACE_FIELDS = ("prompt", "x", "y", "dist_to_train", "neighbours", "domain", "expected_accuracy", "x_tokens",
@@ -173,16 +173,33 @@ def warm_pool(pool, worker_id: str, log=print, runs=None, broken: dict | None = 
             f"(model {getattr(session, 'load_seconds', 0):.1f} s, warm-up {getattr(session, 'warm_seconds', 0):.2f} s)")
 
 
+def _through_outage(step, until: float, every: float = 0.2):
+    """``step()``, tried again while the queue is unreachable (QueueUnavailable), until ``until``."""
+    while True:
+        try:
+            return step()
+        except QueueUnavailable:
+            if time.time() >= until:
+                raise
+            time.sleep(every)
+
+
 def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
     """Run one claimed job to its end on either queue (JobQueue or RedisJobQueue): heart-beat while it
     runs, stream partial results, keep the point, record done/failed. Returns the final status."""
     deadline = time.time() + queue.job_timeout
     last = [0.0]
 
+    # the queue briefly unreachable (a Redis outage) does not end the job: a partial result not
+    # written is written with the next one (or the end), a cancel not read is read next time
     def publish(partial, job_id=job["id"]):
         now = time.time()
         if now - last[0] >= 0.05:  # at most 20 writes a second
-            if not queue.update(job_id, result=partial):  # failed (or gone) meanwhile: not ours any more
+            try:
+                ours = queue.update(job_id, result=partial)
+            except QueueUnavailable:
+                return
+            if not ours:  # failed (or gone) meanwhile: not ours any more
                 raise JobFenced()
             last[0] = now
 
@@ -191,7 +208,10 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
     def cancelled(job_id=job["id"]):
         now = time.time()
         if not checked[1] and now - checked[0] >= 0.1:  # at most 10 reads a second
-            checked[0], checked[1] = now, queue.cancel_requested(job_id)
+            try:
+                checked[0], checked[1] = now, queue.cancel_requested(job_id)
+            except QueueUnavailable:
+                checked[0] = now
         return checked[1]
 
     try:
@@ -203,16 +223,19 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
                                    f"web process serves under that id ({pool.paths.get(job['run'])}); "
                                    "give the worker the same run folders, in the same order")
             result = run_job(session, job, publish=publish, deadline=deadline, cancelled=cancelled)
-        # the point first, pending (its id is the job's: shown once the job is done, so a client
-        # told "done" finds it listed, and one whose job ends failed, whatever stops us in between,
-        # is never shown); then done only if the job is still ours and running (fencing: a job a
-        # client was told failed stays failed, and keeps no point); then the point committed
-        point = point_record(job, result)
-        points.keep_pending(job["run"], point)
-        if not queue.finish(job["id"], result):
-            points.delete(job["run"], job["id"])
-            raise JobFenced()
-        points.commit(job["run"], point)
+            # the point first, pending (its id is the job's: shown once the job is done, so a client
+            # told "done" finds it listed, and one whose job ends failed, whatever stops us in between,
+            # is never shown); then done only if the job is still ours and running (fencing: a job a
+            # client was told failed stays failed, and keeps no point); then the point committed.
+            # Each step is tried again while the queue is unreachable (a Redis outage), heart-beating,
+            # for up to the heartbeat timeout: past it the job is failed by its readers anyway
+            point = point_record(job, result)
+            until = time.time() + queue.heartbeat_timeout
+            _through_outage(lambda: points.keep_pending(job["run"], point), until)
+            if not _through_outage(lambda: queue.finish(job["id"], result), until):
+                _through_outage(lambda: points.delete(job["run"], job["id"]), until)
+                raise JobFenced()
+            _through_outage(lambda: points.commit(job["run"], point), until)
         return "done"
     except JobFenced:
         print(f"worker {worker_id}: job {job['id']} was ended meanwhile ({(queue.get(job['id']) or {}).get('status')}); "

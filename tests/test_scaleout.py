@@ -714,3 +714,115 @@ def test_a_worker_restarted_in_place_fails_the_job_it_was_running_at_once(redis_
     assert recover(_Down(), "host:1", [run], said.append) == (0, 0)
     assert said[-1] == ("worker host:1: Redis unreachable at start (QueueUnavailable); what an earlier process "
                         "left is put right once it is back")
+
+
+def test_after_a_redis_outage_the_worker_restarts_once_its_running_job_has_ended(monkeypatch):
+    """Redis back after an outage: the worker restarts in place (Celery 5 takes no tasks after it
+    reconnects) only once the job it is running has ended, so a job that outlived the outage
+    finishes instead of being cut off; with no job running it restarts at once."""
+    import threading
+
+    import pipelines.celery_app as celery_app
+
+    class _Restarted(Exception):
+        pass
+
+    class _Redis:
+        def __init__(self, down: int):
+            self.down = down
+
+        def ping(self):
+            if self.down > 0:
+                self.down -= 1
+                raise ConnectionError("Redis is down")
+            return True
+
+    class _Queue:
+        job_timeout = 30.0
+
+        def __init__(self, down: int):
+            self.redis = _Redis(down)
+
+    restarts, said = [], []
+
+    def execv(path, args):
+        restarts.append(time.time())
+        raise _Restarted()
+
+    monkeypatch.setattr(celery_app.os, "execv", execv)
+    monkeypatch.setattr(celery_app, "_STATE", {"worker_id": "host:1", "running": "job-1"})
+    monkeypatch.delenv(celery_app.RESTARTED, raising=False)
+    ended = []
+
+    def end_the_job():
+        ended.append(time.time())
+        celery_app._STATE["running"] = None
+
+    threading.Timer(0.6, end_the_job).start()
+    with pytest.raises(_Restarted):
+        celery_app._restart_after_outage(_Queue(down=2), said.append, every=0.05)
+    assert restarts[0] >= ended[0] and os.environ[celery_app.RESTARTED] == "host:1"
+    assert said == ["worker host:1: Redis is back after an outage; restarting once job job-1 ends",
+                    "worker host:1: Redis is back after an outage; restarting this worker"]
+    # nothing running: at once; and no restart without an outage first
+    said.clear()
+    with pytest.raises(_Restarted):
+        celery_app._restart_after_outage(_Queue(down=1), said.append, every=0.05)
+    assert said == ["worker host:1: Redis is back after an outage; restarting this worker"]
+    monkeypatch.delenv(celery_app.RESTARTED)
+
+
+def test_a_job_outlives_a_queue_briefly_unreachable(tmp_path, monkeypatch):
+    """A partial result that cannot be written, or a cancel that cannot be read, while the queue is
+    unreachable (a Redis outage) does not end the job: it goes on; its point and its "done", which
+    cannot be written at first either, are written once the queue is back, and it ends done."""
+    import pipelines.jobrun as jobrun
+    from llm_maps.jobs import JobQueue, PointStore, QueueUnavailable
+    from pipelines.jobrun import execute_job
+
+    queue = JobQueue(tmp_path)
+    points = PointStore(tmp_path, jobs=queue)
+    result = {"prompt": "q", "x": 0.5, "y": -0.5, "dist_to_train": 0.1, "neighbours": [], "tokens": [{"text": "a"}]}
+    update, asked = queue.update, []
+
+    refusals = {"done": 1, "keep_pending": 2}
+
+    def down_for_partials(job_id, **fields):
+        if ("status" not in fields and "result" in fields) or (fields.get("status") == "done" and refusals["done"]):
+            refusals["done"] -= fields.get("status") == "done"
+            raise QueueUnavailable("Redis: ConnectionError")
+        return update(job_id, **fields)
+
+    keep_pending = points.keep_pending
+
+    def keep_pending_later(run, point):
+        if refusals["keep_pending"]:
+            refusals["keep_pending"] -= 1
+            raise QueueUnavailable("Redis: ConnectionError")
+        return keep_pending(run, point)
+
+    def unreadable(job_id):
+        asked.append(job_id)
+        raise QueueUnavailable("Redis: ConnectionError")
+
+    def run(session, job, publish, cancelled, **kw):
+        for k in range(3):
+            publish({"tokens": [{"text": "a"}] * k})
+            assert cancelled() is False
+            time.sleep(0.12)
+        return dict(result)
+
+    monkeypatch.setattr(queue, "update", down_for_partials)
+    monkeypatch.setattr(queue, "cancel_requested", unreadable)
+    monkeypatch.setattr(points, "keep_pending", keep_pending_later)
+    monkeypatch.setattr(jobrun, "run_job", run)
+    job_id = queue.submit("syn", "generate", {"instruction": "q"})
+
+    class _Pool:
+        def get(self, run):
+            return object()
+
+    assert execute_job(queue, points, _Pool(), queue.claim(["syn"], "w"), "w") == "done"
+    assert queue.get(job_id)["status"] == "done" and queue.get(job_id)["result"]["tokens"] == [{"text": "a"}]
+    assert [p["id"] for p in points.list("syn")] == [job_id] and len(asked) >= 2
+    assert refusals == {"done": 0, "keep_pending": 0}
