@@ -228,14 +228,19 @@ def execute_job(queue, points, pool, job: dict, worker_id: str) -> str:
             # is never shown); then done only if the job is still ours and running (fencing: a job a
             # client was told failed stays failed, and keeps no point); then the point committed.
             # Each step is tried again while the queue is unreachable (a Redis outage), heart-beating,
-            # for up to the heartbeat timeout: past it the job is failed by its readers anyway
+            # for up to twice the heartbeat timeout (a reader that finds the job's heartbeat older
+            # than the timeout fails it meanwhile, and the fencing then drops its point)
             point = point_record(job, result)
-            until = time.time() + queue.heartbeat_timeout
-            _through_outage(lambda: points.keep_pending(job["run"], point), until)
-            if not _through_outage(lambda: queue.finish(job["id"], result), until):
-                _through_outage(lambda: points.delete(job["run"], job["id"]), until)
-                raise JobFenced()
-            _through_outage(lambda: points.commit(job["run"], point), until)
+            until = time.time() + 2 * queue.heartbeat_timeout
+            try:
+                _through_outage(lambda: points.keep_pending(job["run"], point), until)
+                if not _through_outage(lambda: queue.finish(job["id"], result), until):
+                    _through_outage(lambda: points.delete(job["run"], job["id"]), until)
+                    raise JobFenced()
+                _through_outage(lambda: points.commit(job["run"], point), until)
+            except QueueUnavailable:
+                raise LLMMapsError(f"its result could not be saved: the job queue stayed unreachable for "
+                                   f"{2 * queue.heartbeat_timeout:g} s") from None
         return "done"
     except JobFenced:
         print(f"worker {worker_id}: job {job['id']} was ended meanwhile ({(queue.get(job['id']) or {}).get('status')}); "

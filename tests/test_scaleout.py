@@ -826,3 +826,31 @@ def test_a_job_outlives_a_queue_briefly_unreachable(tmp_path, monkeypatch):
     assert queue.get(job_id)["status"] == "done" and queue.get(job_id)["result"]["tokens"] == [{"text": "a"}]
     assert [p["id"] for p in points.list("syn")] == [job_id] and len(asked) >= 2
     assert refusals == {"done": 0, "keep_pending": 0}
+
+
+def test_a_job_whose_result_cannot_be_saved_for_long_fails_saying_so(tmp_path, monkeypatch):
+    import pipelines.jobrun as jobrun
+    from llm_maps.jobs import JobQueue, PointStore, QueueUnavailable
+    from pipelines.jobrun import execute_job
+
+    queue = JobQueue(tmp_path, heartbeat_timeout=0.25)
+    points = PointStore(tmp_path, jobs=queue)
+
+    def down(run, point):
+        raise QueueUnavailable("Redis: BusyLoadingError")
+
+    monkeypatch.setattr(points, "keep_pending", down)
+    monkeypatch.setattr(jobrun, "run_job", lambda session, job, **kw: {"prompt": "q", "x": 0.0, "y": 0.0})
+    job_id = queue.submit("syn", "place", {"instruction": "q"})
+
+    class _Pool:
+        def get(self, run):
+            return object()
+
+    t0 = time.time()
+    assert execute_job(queue, points, _Pool(), queue.claim(["syn"], "w"), "w") == "failed"
+    assert 0.5 <= time.time() - t0 < 5
+    job = queue.get(job_id)
+    assert job["status"] == "failed" and job["error"] == ("its result could not be saved: the job queue stayed "
+                                                          "unreachable for 0.5 s")
+    assert points.list("syn") == []
