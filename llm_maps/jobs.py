@@ -755,38 +755,31 @@ class RedisJobQueue(_Staleness):
                         pipe.unwatch()
                         return None
                     pipe.multi()
-                    written = json.dumps(new).encode()
-                    pipe.set(key, written, px=self._ttl_ms)
-                    if new["status"] == "running":
-                        pipe.zrem(self._waiting, job_id)
-                        pipe.zrem(self._waiting_of(new["run"]), job_id)
-                        pipe.sadd(self._running, job_id)
-                    elif new["status"] in FINAL:
-                        pipe.zrem(self._waiting, job_id)
-                        pipe.zrem(self._waiting_of(new["run"]), job_id)
-                        pipe.srem(self._running, job_id)
+                    written = self._put(pipe, job_id, new)
                     pipe.execute()
                     return new
                 except redis.WatchError:
                     continue
 
     # ------------------------------------------------------------------ web side
-    def submit(self, run: str, kind: str, payload: JobPayload, run_key: str | None = None) -> str:
-        import redis
+    def _put(self, pipe: Any, job_id: str, new: JobRecord) -> bytes:
+        """Queue (in ``pipe``'s transaction) the write of a job's record and of the indexes its status
+        puts it in (running: the running set; final: out of every index). Returns the bytes written."""
+        written = json.dumps(new).encode()
+        pipe.set(self._key(job_id), written, px=self._ttl_ms)
+        if new["status"] == "running" or new["status"] in FINAL:
+            pipe.zrem(self._waiting, job_id)
+            pipe.zrem(self._waiting_of(new["run"]), job_id)
+            (pipe.sadd if new["status"] == "running" else pipe.srem)(self._running, job_id)
+        return written
 
-        try:
-            return self._submit(run, kind, payload, run_key)[0]
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
+    # (Redis errors become QueueUnavailable in every public method: _unavailable_when_redis_is)
+    def submit(self, run: str, kind: str, payload: JobPayload, run_key: str | None = None) -> str:
+        return self._submit(run, kind, payload, run_key)[0]
 
     def submit_once(self, run: str, kind: str, payload: JobPayload, key: str,
                     run_key: str | None = None) -> tuple[str, bool]:
-        import redis
-
-        try:
-            return self._submit(run, kind, payload, run_key, key)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise QueueUnavailable(f"Redis: {type(exc).__name__}") from None
+        return self._submit(run, kind, payload, run_key, key)
 
     def _bound_key(self, key: str) -> str:
         return f"{self.prefix}:key:{_key_digest(key)}"
@@ -852,9 +845,7 @@ class RedisJobQueue(_Staleness):
                         raise (QueueFull(mine, retry, run=run) if mine >= self.max_queued else QueueFull(waiting, retry))
                     pipe.multi()
                     if stale is not None:
-                        pipe.set(self._key(stale["id"]), json.dumps(self._never_confirmed(stale)), px=self._ttl_ms)
-                        pipe.zrem(self._waiting, stale["id"])
-                        pipe.zrem(self._waiting_of(stale["run"]), stale["id"])
+                        self._put(pipe, stale["id"], self._never_confirmed(stale))
                     pipe.set(self._key(job_id), json.dumps(job), px=self._ttl_ms)
                     pipe.zadd(self._waiting, {job_id: job["created"]})
                     pipe.zadd(mine_key, {job_id: job["created"]})
@@ -891,6 +882,10 @@ class RedisJobQueue(_Staleness):
     def _never_confirmed(job: JobRecord) -> JobRecord:
         return cast(JobRecord, {**job, "status": "failed", "finished": time.time(), "refused": True,
                                 "error": "its submission was never confirmed (the web process answered 503)"})
+
+    def _refuse_unconfirmed(self, job_id: str) -> JobRecord | None:
+        """Fail the job if it is still unconfirmed (``_never_confirmed``); None when it is not (any more)."""
+        return self._modify(job_id, lambda j: self._never_confirmed(j) if self._unconfirmed(j) else None)
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.get(self._key(job_id))
@@ -942,9 +937,6 @@ class RedisJobQueue(_Staleness):
             return {**job, "status": "running", "started": now, "heartbeat": now, "worker": worker,
                     "heartbeat_timeout": self.heartbeat_timeout}
 
-        def refused(job: JobRecord) -> JobRecord | None:  # (confirmed meanwhile: claimed on the next turn)
-            return self._never_confirmed(job) if self._unconfirmed(job) else None
-
         deadline = time.time() + confirm_wait
         while True:
             job = self._modify(job_id, change)
@@ -952,7 +944,8 @@ class RedisJobQueue(_Staleness):
                 return job
             current = self.get(job_id)
             if current is not None and current["status"] == "queued":
-                if time.time() < deadline or self._modify(job_id, refused) is None:
+                # (confirmed meanwhile, so not refused: claimed on the next turn)
+                if time.time() < deadline or self._refuse_unconfirmed(job_id) is None:
                     time.sleep(0.02)
                     continue
             self.redis.zrem(self._waiting, job_id)
@@ -976,7 +969,7 @@ class RedisJobQueue(_Staleness):
                     celery_app(self.url).send_task(TASK_RUN_JOB, args=[job_id], queue=run_queue_name(run))
                     n += 1
                 elif time.time() - float(job.get("created") or 0) >= CONFIRM_WAIT:
-                    self._modify(job_id, lambda j: self._never_confirmed(j) if self._unconfirmed(j) else None)
+                    self._refuse_unconfirmed(job_id)
         return n
 
     def update(self, job_id: str, **fields: Any) -> bool:
