@@ -528,7 +528,7 @@ def test_clicking_a_point_shows_its_neighbours(browser_page, scored_data):
     page.wait_for_function(f"() => {GD}._fullData[1].x.length === {3 * len(nbrs)}")
     ends = page.evaluate(f"() => Array.from({GD}._fullData[1].x)")
     assert ends[1::3] == pytest.approx([float(scored_data.x[j]) for j, _ in nbrs])
-    assert f"sel={clicked.split()[-1]}" in page.url.replace("%2F", "/")
+    page.wait_for_function("(sel) => new URLSearchParams(location.search).get('sel') === sel", arg=clicked.split()[-1])
     assert log.take() == []
 
 
@@ -691,6 +691,46 @@ def test_url_restores_the_view_and_user_text_is_literal(browser_page, scored_dat
     assert log.take() == []
 
 
+def test_page_state_reaches_the_url_after_the_frame_last_write_wins(browser_page):
+    """The URL is written once the frame a change draws is on screen: of several writes before it,
+    only the last, with one replaceState; what reads the URL meanwhile sees the state last written;
+    navigating drops a write still waiting; a hidden tab (no animation frames) still gets it."""
+    url, page, log = browser_page
+    page.goto(f"{url}/map?run=scored")
+    _wait_points(page, N)
+    page.wait_for_timeout(500)  # the page's own first write
+    page.evaluate("""() => { window.__writes = [];
+      const r = history.replaceState.bind(history);
+      history.replaceState = (s, t, u) => { window.__writes.push(String(u)); return r(s, t, u); }; }""")
+    L = "window.dash_clientside.llm_maps"
+    before = page.evaluate("() => location.search")
+    got = page.evaluate(f"""() => {{
+      {L}._write({{run: 'scored', colour: 'domain'}});
+      {L}._write({{run: 'scored', colour: 'task', split: ['test']}});
+      return [location.search, {L}._search(), window.__writes.length]; }}""")
+    assert got == [before, "?run=scored&colour=task&split=test", 0]
+    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)))")
+    assert page.evaluate("() => [location.search, window.__writes]") == \
+        ["?run=scored&colour=task&split=test", ["/map?run=scored&colour=task&split=test"]]
+    # the same state again: nothing to write
+    page.evaluate(f"() => {L}._write({{run: 'scored', colour: 'task', split: ['test']}})")
+    assert page.evaluate(f"() => {L}._search()") == "?run=scored&colour=task&split=test"
+    page.wait_for_timeout(400)
+    assert page.evaluate("() => window.__writes.length") == 1
+    # no animation frames (a hidden tab): written all the same, a moment later
+    page.evaluate(f"""() => {{ window.__raf = window.requestAnimationFrame; window.requestAnimationFrame = () => 0;
+      {L}._write({{run: 'scored', colour: 'domain'}}); window.requestAnimationFrame = window.__raf; }}""")
+    page.wait_for_function("() => location.search === '?run=scored&colour=domain'", timeout=2_000)
+    assert page.evaluate("() => window.__writes.length") == 2
+    # a navigation goes where it was sent, not where a waiting write would have put the page
+    page.evaluate(f"""() => {{ {L}._write({{run: 'scored', colour: 'correct'}});
+      {L}._go(location.pathname + '?run=scored&colour=task'); }}""")
+    page.wait_for_url("**/map?run=scored&colour=task", timeout=20_000)
+    _wait_points(page, N)
+    assert page.inner_text("#map-colour").strip() == "task"
+    assert log.take() == []
+
+
 def _falloff_traces(page, n: int):
     page.wait_for_function(f"() => {FGD} && {FGD}._fullData && {FGD}._fullData.length === {n}", timeout=20_000)
     return page.evaluate(f"() => {FGD}._fullData.map(t => [t.name.split(' ')[0], t.x.length])")
@@ -723,7 +763,7 @@ def test_examples_table_and_drilldown(browser_page, scored_data):
     page.locator(".ag-row[row-index='0'] [col-id='task']").first.click()
     page.wait_for_selector("#drill-panel-content", timeout=15_000)
     assert page.locator(".drill-prompt").inner_text() == XSS
-    assert "sel=" in page.url
+    page.wait_for_function("() => new URLSearchParams(location.search).get('sel') !== null")
     assert log.take() == []
 
 

@@ -75,11 +75,12 @@
       },
       pickRuns(runs) {
         if (!runs || runs.length < 2) return NO();
-        const current = new URLSearchParams(window.location.search).getAll('runs');
+        const L = window.dash_clientside.llm_maps;
+        const current = new URLSearchParams(L._search()).getAll('runs');
         if (JSON.stringify(current) === JSON.stringify(runs)) return NO();
         const q = new URLSearchParams();
         runs.forEach((r) => q.append('runs', r));
-        window.location.assign(window.location.pathname + '?' + q.toString());
+        L._go(window.location.pathname + '?' + q.toString());
         return NO();
       },
     },

@@ -753,9 +753,10 @@
     llm_map_gl: {
       pickRenderer(webgl) {  // the renderer switch: the same view, drawn by the other renderer
         if (webgl === null || webgl === undefined) return NO();
-        const q = new URLSearchParams(window.location.search);
+        const L = window.dash_clientside.llm_maps;
+        const q = new URLSearchParams(L._search());
         q.set('renderer', webgl ? 'webgl' : 'plotly');
-        window.location.assign(window.location.pathname + '?' + q.toString());
+        L._go(window.location.pathname + '?' + q.toString());
         return NO();
       },
     },
