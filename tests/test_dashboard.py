@@ -722,6 +722,14 @@ def test_page_state_reaches_the_url_after_the_frame_last_write_wins(browser_page
       {L}._write({{run: 'scored', colour: 'domain'}}); window.requestAnimationFrame = window.__raf; }}""")
     page.wait_for_function("() => location.search === '?run=scored&colour=domain'", timeout=2_000)
     assert page.evaluate("() => window.__writes.length") == 2
+    # a move to another page of the app (the navigation bar's links: pushState) before the write
+    page.evaluate(f"""() => {{ {L}._write({{run: 'scored', colour: 'correct'}});
+      history.pushState(null, '', '/falloff?run=scored'); }}""")
+    page.wait_for_timeout(400)
+    assert page.evaluate("() => [location.pathname + location.search, window.__writes.length]") == \
+        ["/falloff?run=scored", 2]
+    page.evaluate("() => history.back()")
+    page.wait_for_function("() => location.pathname === '/map'")
     # a navigation goes where it was sent, not where a waiting write would have put the page
     page.evaluate(f"""() => {{ {L}._write({{run: 'scored', colour: 'correct'}});
       {L}._go(location.pathname + '?run=scored&colour=task'); }}""")

@@ -302,15 +302,16 @@
 
   // Page state goes into the URL once the frame that shows a change has been drawn: a same-document
   // URL change holds back the browser's next frame (in the benchmark's Chromium, ~8 ms of a 100k-point
-  // recolour: median 42 -> 34 ms click to frame), and of several writes before then only the last is
-  // made. What reads the page's URL reads through here (search(): the state last written) and
-  // navigation drops a write still waiting (go()).
+  // recolour: median 42 -> 36 ms click to frame), and of several writes before then only the last is
+  // made. What reads the page's URL reads through here (search(): the state last written); navigating
+  // drops a write still waiting (go(), or a move to another page of the app before it is made).
   const URLS = {pending: null, timer: null};
   function flushUrl() {
     if (URLS.pending === null) return;
     const next = URLS.pending;
     URLS.pending = null;
     clearTimeout(URLS.timer);
+    if (next.split('?')[0] !== window.location.pathname) return;  // the app went to another page meanwhile
     if (next !== window.location.pathname + window.location.search) {
       window.history.replaceState(window.history.state, '', next);
     }
