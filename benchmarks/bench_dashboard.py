@@ -18,6 +18,8 @@ baseline's flags) and measures
                   browser: one Plotly.update with typed arrays; for larger runs a server figure);
                   server requests, server time (request start -> first byte) and bytes
   filter          untick "train" (the click event) -> frame after only the test points are drawn; same fields
+  click floor     the same click clock on a page whose click changes one colour and nothing else
+                  (FLOOR_PAGE, a fresh browser each repetition): no click -> frame can be shorter
   memory          resident memory of the web process after these (the WebGL map: and a click on a
                   point, its drill-down)
 (the WebGL map: first paint when every point is drawn, recolour and filter when the new colours
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import shutil
 import socket
@@ -177,10 +180,34 @@ def measure(pw, chromium: str, url: str, n_expected: int, n_test: int, sampled: 
         browser.close()
 
 
+# The click clock's floor: the same browser, flags and Playwright click on a page whose click only
+# changes one colour. Playwright clicks just after a frame (its checks wait for animation frames),
+# so the first frame after a click comes ~12 ms later and the frame after it another 16.7 ms on:
+# no page's click -> frame can be shorter than this.
+FLOOR_PAGE = ("<div role=listbox><div id=opt role=option aria-selected=false style='width:240px;height:40px'>task</div>"
+              "</div><script>document.getElementById('opt').addEventListener('click', (e) => { const t = e.timeStamp;"
+              " e.currentTarget.style.background = e.currentTarget.style.background ? '' : '#1f77b4';"
+              " requestAnimationFrame(() => requestAnimationFrame(() => { window.__floor.push(performance.now() - t); }));"
+              " }); window.__floor = [];</script>")
+
+
+def measure_floor(pw, chromium: str, clicks: int = 5) -> float:
+    """Click -> the frame after the next one on FLOOR_PAGE (ms): the median of ``clicks`` clicks."""
+    browser = pw.chromium.launch(executable_path=chromium, headless=True, args=FLAGS)
+    try:
+        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        page.set_content(FLOOR_PAGE)
+        for i in range(clicks):
+            page.wait_for_timeout(MENU_SETTLE_MS)
+            page.get_by_role("option", name="task", exact=True).click()
+            page.wait_for_function(f"() => window.__floor.length === {i + 1}")
+        return round(statistics.median(page.evaluate("() => window.__floor")), 1)
+    finally:
+        browser.close()
+
+
 def median_of(reps: list[dict]) -> dict:
     """Each number the median over the repetitions (nested dicts too); anything else from the first."""
-    import statistics
-
     out = {}
     for key, first in reps[0].items():
         if isinstance(first, dict):
@@ -272,7 +299,7 @@ def bench_size(pw, args, tmp: Path, n: int) -> tuple[dict, dict]:
     run = write_synthetic_run(tmp / f"synthetic_{n}", n, hidden=hidden, layers=(30,), n_tasks=48)
     n_test = int((pd.read_parquet(run / "examples.parquet", columns=["split"])["split"] == "test").sum())
     write_s = time.time() - t
-    servers, reps, base = {}, {r: [] for r in args.renderers}, []
+    servers, reps, base, floors = {}, {r: [] for r in args.renderers}, [], []
     try:
         for renderer in args.renderers:
             t = time.time()
@@ -286,12 +313,14 @@ def bench_size(pw, args, tmp: Path, n: int) -> tuple[dict, dict]:
                                       if renderer.startswith("webgl")
                                       else measure(pw, args.chromium, url, min(n, F.MAX_POINTS),
                                                    min(n_test, F.MAX_POINTS), n > F.MAX_POINTS))
+            floors.append(measure_floor(pw, args.chromium))
             if not args.no_baseline:
                 base += [b for b in [run_baseline([n], args.chromium, 1).get(n)] if b]
         out = {}
         for renderer, got in reps.items():
             res = median_of(got)
             res["first_paint_ms_each"] = [r["first_paint_ms"] for r in got]
+            res["click_floor_ms"] = round(statistics.median(floors), 1)
             sampled = not renderer.startswith("webgl") and n > F.MAX_POINTS
             res.update(renderer=renderer, points=n, drawn=min(n, F.MAX_POINTS) if sampled else n, sampled=sampled,
                        hidden=hidden, write_run_s=round(write_s, 1), server_start_s=servers[renderer][2],
@@ -331,6 +360,8 @@ def issue_table(results: dict, base: dict) -> str:
          restyle(100_000), 0.1),
         ("100k filter (click → frame)", "≤ 0.1× Plotly restyle", "filter_ms", 100_000, restyle(100_000),
          restyle(100_000), 0.1),
+        ("click → frame on an empty page (the clock's floor)", "(no aim)", "click_floor_ms", 100_000, None,
+         restyle(100_000), None),
         ("1M first paint, every point", "≤ plain Plotly at 100k", "first_paint_ms", 1_000_000, b1m.get("first_paint_ms"),
          b100.get("first_paint_ms"), 1.0),
         ("1M recolour", "≤ 0.3 s", "recolour_ms", 1_000_000, restyle(1_000_000), 300.0, 1.0),
