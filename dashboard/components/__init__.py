@@ -9,6 +9,7 @@ import dash_bootstrap_components as dbc
 import flask
 import numpy as np
 from dash import dcc, html
+from dash.exceptions import PreventUpdate
 
 from dashboard.conditions_view import drill_section, path_figure
 from dashboard.figures import EXPORT_CONFIG
@@ -52,6 +53,15 @@ def load(run_id, view: str | None = None):
         return None, str(exc)
     except Exception as exc:  # a corrupt file can raise anything; never take the app down
         return None, f"could not read run '{run_id}': {type(exc).__name__}: {exc}"
+
+
+def loaded(run_id):
+    """The run a callback works on, or no update (PreventUpdate) where it cannot be read: the page's
+    layout, which loaded it first, already shows why."""
+    data, _ = load(run_id)
+    if data is None:
+        raise PreventUpdate
+    return data
 
 
 def _views_of(entry) -> list[str]:

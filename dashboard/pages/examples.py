@@ -75,8 +75,8 @@ def layout(run=None, sel=None, view=None, region=None, **_):
 @callback(Output("examples-grid", "getRowsResponse"), Input("examples-grid", "getRowsRequest"),
           State("examples-run", "data"))
 def rows(request, run_id):
-    data, _ = C.load(run_id)
-    if data is None or not request:
+    data = C.loaded(run_id)
+    if not request:
         raise PreventUpdate
     return query_table(data, request)
 
@@ -91,9 +91,7 @@ def on_row(cell):
 
 @callback(Output("examples-drill", "children"), Input("examples-selected", "data"), State("examples-run", "data"))
 def show(sel, run_id):
-    data, _ = C.load(run_id)
-    if data is None:
-        raise PreventUpdate
+    data = C.loaded(run_id)
     return C.drilldown(data, C.row_of(data, sel))
 
 

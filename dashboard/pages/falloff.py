@@ -5,7 +5,6 @@ from __future__ import annotations
 import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html
-from dash.exceptions import PreventUpdate
 
 from dashboard import components as C
 from dashboard import conditions_view as CV
@@ -112,9 +111,7 @@ def bins_table(stats: dict, groups: list[str], metric: str) -> html.Div:
           Input("falloff-domain", "value"), Input("falloff-task", "value"), Input("falloff-mode", "value"),
           Input("falloff-conditions", "value"), State("falloff-run", "data"), State("theme-dark", "value"))
 def update_falloff(layer, metric, bins, domains, tasks, mode, conditions=None, run_id=None, dark=False):
-    data, error = C.load(run_id)
-    if data is None:
-        raise PreventUpdate
+    data = C.loaded(run_id)
     cd = CV.conditions_of(data) if data.view == "prompt" else None
     if cd is not None and conditions:
         return condition_overlay(data, cd, [c for c in cd.names if c in conditions], layer=layer, metric=metric,

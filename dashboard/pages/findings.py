@@ -13,7 +13,6 @@ import dash
 import dash_bootstrap_components as dbc
 import numpy as np
 from dash import Input, Output, State, callback, dcc, html
-from dash.exceptions import PreventUpdate
 
 from dashboard import components as C
 from dashboard import figures as F
@@ -147,9 +146,7 @@ def _empty(title: str, dark: bool):
           Input("findings-centred", "value"), Input("findings-a", "value"), Input("findings-b", "value"),
           State("findings-run", "data"), State("theme-dark", "value"))
 def update_findings(layer, metric, view, centred, a, b, run_id, dark=False):
-    data, _ = C.load(run_id)
-    if data is None:
-        raise PreventUpdate
+    data = C.loaded(run_id)
     dark = bool(dark)
     try:
         result, source = findings_for(data, layer=int(layer), metric=metric, view=view or "prompt",

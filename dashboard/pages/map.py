@@ -181,8 +181,8 @@ dash.clientside_callback(dash.ClientsideFunction("llm_map_gl", "pickRenderer"), 
           State("map-run", "data"), prevent_initial_call=True)
 def server_figure(req, selected, run_id):
     """A new figure for a large run (sampled + density), drawn by the server."""
-    data, _ = C.load(run_id)
-    if data is None or not req:
+    data = C.loaded(run_id)
+    if not req:
         raise PreventUpdate
     xr = tuple(req["xrange"]) if req.get("xrange") else None
     yr = tuple(req["yrange"]) if req.get("yrange") else None
@@ -197,8 +197,8 @@ def server_figure(req, selected, run_id):
           State("map-mode", "data"), prevent_initial_call=True)
 def on_search(q, run_id, mode):
     """Text search stays on the server (prompts are not sent to the browser): a bitmask of hits."""
-    data, _ = C.load(run_id)
-    if data is None or mode not in ("client", "webgl"):
+    data = C.loaded(run_id)
+    if mode not in ("client", "webgl"):
         raise PreventUpdate
     return search_hits(data, q)
 
@@ -207,9 +207,7 @@ def on_search(q, run_id, mode):
           prevent_initial_call=True)
 def on_selected(selected, run_id):
     """Neighbour lines for the selected point (the browser restyles data[1] with them)."""
-    data, _ = C.load(run_id)
-    if data is None:
-        raise PreventUpdate
+    data = C.loaded(run_id)
     row = C.row_of(data, selected)
     return F.overlay_spec(data, row, data.neighbours(row) if row is not None else [])
 
@@ -227,8 +225,8 @@ dash.clientside_callback(dash.ClientsideFunction("llm_maps", "mapSelectRows"), O
 @callback(Output("map-selected", "data"), Input("map-click-row", "data"), State("map-run", "data"),
           prevent_initial_call=True)
 def on_click(row, run_id):
-    data, _ = C.load(run_id)
-    if data is None or row is None or not 0 <= int(row) < data.n:
+    data = C.loaded(run_id)
+    if row is None or not 0 <= int(row) < data.n:
         raise PreventUpdate
     return str(data.frame["example_id"].iloc[int(row)])
 
@@ -236,9 +234,7 @@ def on_click(row, run_id):
 @callback(Output("map-drill", "children"), Input("map-selected", "data"), State("map-run", "data"),
           prevent_initial_call=True)
 def show_selected(selected, run_id):
-    data, _ = C.load(run_id)
-    if data is None:
-        raise PreventUpdate
+    data = C.loaded(run_id)
     return C.drilldown(data, C.row_of(data, selected))
 
 
@@ -272,8 +268,8 @@ def on_select(rows, run_id):
 @callback(Output("map-hover", "children"), Input("map-hover-row", "data"), State("map-run", "data"),
           prevent_initial_call=True)
 def on_hover(row, run_id):
-    data, _ = C.load(run_id)
-    if data is None or row is None or not 0 <= int(row) < data.n:
+    data = C.loaded(run_id)
+    if row is None or not 0 <= int(row) < data.n:
         raise PreventUpdate
     r = data.frame.iloc[int(row)]
     first = data.text_preview(int(row), 200).split("\n", 1)[0]
@@ -323,9 +319,7 @@ def on_region_row(cell, current):
 @callback(Output("map-region-link", "children"), Input("map-region", "value"), State("map-run", "data"),
           prevent_initial_call=True)
 def region_link(region, run_id):
-    data, _ = C.load(run_id)
-    if data is None:
-        raise PreventUpdate
+    data = C.loaded(run_id)
     return RV.region_link(data, RV.region_value(region))
 
 

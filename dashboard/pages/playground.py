@@ -308,9 +308,7 @@ def _empty_falloff(dark: bool = False):
 @callback(Output("pg-graph", "figure"), Input("pg-colour", "value"), Input("pg-map", "value"), State("pg-run", "data"),
           State("theme-dark", "value"), prevent_initial_call=True)
 def recolour(colour, map_kind, run_id, dark):
-    data, _ = C.load(run_id)
-    if data is None:
-        raise PreventUpdate
+    data = C.loaded(run_id)
     return base_figure(data, colour or "split", bool(dark), map_kind if map_kind in map_choices(data) else "prompt")
 
 
@@ -328,8 +326,8 @@ def neighbour_rows(data, neighbours) -> list[tuple[int, float]]:
           State("pg-run", "data"), State("theme-dark", "value"), prevent_initial_call=True)
 def show_current(current, map_kind, run_id, dark):
     """The current point's neighbours (list + line ends on the map shown) and its expected accuracy."""
-    data, _ = C.load(run_id)
-    if data is None or not current:
+    data = C.loaded(run_id)
+    if not current:
         raise PreventUpdate
     shown = data.for_view("tokens") if map_kind == "tokens" and "tokens" in data.views else data
     nbrs = neighbour_rows(data, current.get("neighbours"))
@@ -395,9 +393,7 @@ def _falloff_with_marker(data, current: dict, dark: bool):
 def drill(clicks, run_id):
     if not any(clicks or []) or not isinstance(ctx.triggered_id, dict):
         raise PreventUpdate
-    data, _ = C.load(run_id)
-    if data is None:
-        raise PreventUpdate
+    data = C.loaded(run_id)
     return C.drilldown(data, C.row_of(data, ctx.triggered_id["index"]))
 
 
@@ -405,8 +401,8 @@ def drill(clicks, run_id):
           Input("pg-gens", "data"), Input("pg-example", "data"), State("pg-run", "data"), State("theme-dark", "value"))
 def variation_panel(gens, example_id, run_id, dark):
     """Try a variation: the latest variation's badge and distances, and every variation tried."""
-    data, _ = C.load(run_id)
-    if data is None or not example_id:
+    data = C.loaded(run_id)
+    if not example_id:
         raise PreventUpdate
     items = V.variations(gens, example_id)
     if not items:
