@@ -1831,8 +1831,8 @@ def render_document(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m llm_maps.contract --write docs/run-folder.md``: regenerate its tables;
-    ``--check``: exit 1 when they are out of date."""
+    """``python -m llm_maps.contract --write docs/run-folder.md``: regenerate its tables; without
+    ``--write``: exit 1 when they are out of date."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m llm_maps.contract")
