@@ -19,6 +19,7 @@ export`` share. The result is JSON-ready (see ``compute_findings``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -357,19 +358,43 @@ class Slopes:
     permuted domain labels (the same permutations for every part)."""
 
     def __init__(self, est_a: float, est_b: float, boot_a: np.ndarray, boot_b: np.ndarray,
-                 perm_a: np.ndarray | None, perm_b: np.ndarray | None, fits: dict[str, Any] | None = None):
+                 perm_a: np.ndarray | None, perm_b: np.ndarray | None, fits: dict[str, Any] | None = None,
+                 observed: float | None = None, exact: bool = False):
         self.est_a, self.est_b, self.boot_a, self.boot_b = est_a, est_b, boot_a, boot_b
         self.perm_a, self.perm_b = perm_a, perm_b
         self.fits = fits or {}  # pooled: each domain's {intercept, slope, boot_intercept, boot_slope}
+        # the observed difference as the permutations compute theirs (the same estimator: the
+        # within-task estimate above is refined further than the permutations' grid), and whether
+        # the permutations are every assignment of the tasks to the domains (an exact test)
+        self.observed, self.exact = observed, exact
+
+
+def domain_labellings(n_a: int, n_b: int, n_perm: int, seed: int) -> tuple[np.ndarray, bool]:
+    """Domain labels for the permutation test [P, n_a + n_b] (1 = the task goes to domain a; each
+    domain keeps its number of tasks): every assignment when there are at most ``n_perm`` of them
+    (the test is then exact), else ``n_perm`` drawn at random. Returns (labels, exact)."""
+    total = math.comb(n_a + n_b, n_a)
+    if total <= n_perm:
+        labels = np.zeros((total, n_a + n_b))
+        for i, chosen in enumerate(itertools.combinations(range(n_a + n_b), n_a)):
+            labels[i, list(chosen)] = 1.0
+        return labels, True
+    labels = np.zeros((n_perm, n_a + n_b))
+    labels[:, :n_a] = 1.0
+    return np.random.default_rng(seed + 7919).permuted(labels, axis=1), False
 
 
 def _fit_parts(da: "DomainData", db: "DomainData", counts_a: np.ndarray, counts_b: np.ndarray,
-               labels: np.ndarray | None, decompose: bool = True) -> dict[str, Slopes]:
+               labels: np.ndarray | None, decompose: bool = True, exact: bool = False) -> dict[str, Slopes]:
     """Pooled (logistic on x), between (logistic on the task-mean x: task accuracy against the task's
     distance) and within (conditional logit, task fixed effects) slopes of both domains, on the
-    given bootstrap counts [B, T] and permutation labels [P, Ta + Tb] (1 = the task goes to a).
+    given bootstrap counts [B, T] and permutation labels [P, Ta + Tb] (1 = the task goes to a;
+    ``exact``: every assignment). The observed labelling goes through the permutations' own
+    estimator too (its first row), so that the p-value compares like with like.
     ``decompose=False``: the pooled part only."""
     out = {}
+    if labels is not None:
+        labels = np.vstack([np.r_[np.ones(da.n_tasks), np.zeros(db.n_tasks)], labels])
     pooled_x = np.r_[da.x, db.x]
     y = np.r_[da.y, db.y]
     codes = np.r_[da.codes, db.codes + da.n_tasks]
@@ -386,8 +411,8 @@ def _fit_parts(da: "DomainData", db: "DomainData", counts_a: np.ndarray, counts_
             w = labels[:, codes]
             perm_a = fit_logistic(x=x_all, y=y, weights=w)[1]
             perm_b = fit_logistic(x=x_all, y=y, weights=1.0 - w)[1]
-        out[part] = Slopes(fits["a"]["slope"], fits["b"]["slope"], fits["a"]["boot_slope"], fits["b"]["boot_slope"],
-                           perm_a, perm_b, fits)
+        out[part] = _with_permutations(fits["a"]["slope"], fits["b"]["slope"], fits["a"]["boot_slope"],
+                                       fits["b"]["boot_slope"], perm_a, perm_b, exact, fits)
     if not decompose:
         return out
     curves = {}
@@ -400,9 +425,19 @@ def _fit_parts(da: "DomainData", db: "DomainData", counts_a: np.ndarray, counts_
     if labels is not None:
         both = np.vstack([curves["a"], curves["b"]])
         perm_a, perm_b = curve_argmax(labels @ both, grid), curve_argmax((1.0 - labels) @ both, grid)
-    out["within"] = Slopes(est_a, est_b, curve_argmax(counts_a @ curves["a"], grid),
-                           curve_argmax(counts_b @ curves["b"], grid), perm_a, perm_b)
+    out["within"] = _with_permutations(est_a, est_b, curve_argmax(counts_a @ curves["a"], grid),
+                                       curve_argmax(counts_b @ curves["b"], grid), perm_a, perm_b, exact)
     return out
+
+
+def _with_permutations(est_a: float, est_b: float, boot_a: np.ndarray, boot_b: np.ndarray,
+                       perm_a: np.ndarray | None, perm_b: np.ndarray | None, exact: bool,
+                       fits: dict[str, Any] | None = None) -> Slopes:
+    """A part's Slopes, the first row of the permutation slopes (the observed labelling) split off."""
+    if perm_a is None or perm_b is None:
+        return Slopes(est_a, est_b, boot_a, boot_b, None, None, fits)
+    return Slopes(est_a, est_b, boot_a, boot_b, perm_a[1:], perm_b[1:], fits,
+                  observed=float(perm_a[0] - perm_b[0]), exact=exact)
 
 
 def part_contrast(sl: Slopes, *, n_tasks_a: int, n_tasks_b: int) -> dict[str, Any]:
@@ -414,11 +449,16 @@ def part_contrast(sl: Slopes, *, n_tasks_a: int, n_tasks_b: int) -> dict[str, An
     lo, hi = _interval(boot)
     se = None if lo is None or hi is None else float((hi - lo) / (2 * Z95))
     p, n_perm = None, 0
-    if sl.perm_a is not None and sl.perm_b is not None and np.isfinite(diff):
+    obs = diff if sl.observed is None else sl.observed
+    if sl.perm_a is not None and sl.perm_b is not None and np.isfinite(diff) and np.isfinite(obs):
         d = sl.perm_a - sl.perm_b
         d = d[np.isfinite(d)]
         if len(d):
-            p, n_perm = float((1 + np.sum(np.abs(d) >= abs(diff) - 1e-12)) / (len(d) + 1)), int(len(d))
+            # as extreme as observed, up to rounding (the observed labelling itself counts)
+            hits = int(np.sum(np.abs(d) >= abs(obs) - 1e-9 * max(1.0, abs(obs))))
+            # every assignment: the observed one is among them; random ones: add it (Phipson-Smyth)
+            p = hits / len(d) if sl.exact else (1 + hits) / (len(d) + 1)
+            p, n_perm = float(p), int(len(d))
     return {"slope_a": _num(sl.est_a), "slope_b": _num(sl.est_b), "slope_diff": _num(diff), "low": lo, "high": hi,
             "p_value": p, "se": se, "mdd": None if se is None else float((Z95 + Z80) * se),
             "bootstrap_failed": int((~np.isfinite(boot)).sum()), "permutations": n_perm}
@@ -628,12 +668,10 @@ def compute_findings(*, distance: np.ndarray, correct: Sequence[Any], domain: Se
     rng = np.random.default_rng(seed)
     counts_a = task_resample_counts(n_tasks=da.n_tasks, n_boot=n_boot, rng=rng)
     counts_b = task_resample_counts(n_tasks=db.n_tasks, n_boot=n_boot, rng=rng)
-    labels = None
+    labels, exact = None, False
     if permutation:  # domain labels shuffled across the pooled tasks (each domain keeps its task count)
-        labels = np.zeros((n_boot, da.n_tasks + db.n_tasks))
-        labels[:, :da.n_tasks] = 1.0
-        labels = np.random.default_rng(seed + 7919).permuted(labels, axis=1)
-    parts = _fit_parts(da, db, counts_a, counts_b, labels, decompose)
+        labels, exact = domain_labellings(da.n_tasks, db.n_tasks, n_boot, seed)
+    parts = _fit_parts(da, db, counts_a, counts_b, labels, decompose, exact)
     sizes = {"n_tasks_a": da.n_tasks, "n_tasks_b": db.n_tasks}
     pooled = part_contrast(parts["pooled"], **sizes)
     others = ("within", "between") if decompose else ()
@@ -659,7 +697,11 @@ def compute_findings(*, distance: np.ndarray, correct: Sequence[Any], domain: Se
         "unit": UNIT,
         "interval": (f"95 % percentile interval of a task-clustered bootstrap (tasks resampled with replacement "
                      f"within each domain; replicates spread by sqrt(G/(G-1)) for G tasks), B = {n_boot}, seed "
-                     f"{seed}; p-values: {con['permutations']} permutations of domain labels across tasks; a "
+                     f"{seed}; p-values: "
+                     + (f"every one of the {math.comb(da.n_tasks + db.n_tasks, da.n_tasks)} assignments of the tasks "
+                        "to the two domains (exact)" if exact else
+                        f"{con['permutations']} permutations of domain labels across tasks")
+                     + "; a "
                      f"difference is claimed only in the hypothesis' direction ({a} falls off more steeply), when "
                      f"interval and permutation test agree, with at least {MIN_TASKS_FOR_CLAIM} tasks per domain; "
                      "pooled = all examples, within = conditional logit (task fixed effects), between = task "
@@ -798,7 +840,13 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
                                          contrast=contrast, n_boot=n_boot, seed=seed, views=views,
                                          progress=progress, where=where) if robustness else []
     m = len(out["robustness"])
-    if m and m / (n_boot + 1) >= ALPHA:  # the smallest Holm-adjusted p is m / (B + 1)
+    ta, tb = out["contrast"]["n_tasks_a"], out["contrast"]["n_tasks_b"]
+    assignments = math.comb(ta + tb, ta)
+    if m and assignments <= n_boot and m / assignments >= ALPHA:  # exact tests: the smallest p is 1 / K
+        out["notes"].append(f"robustness: with {m} variants and only {assignments} ways to assign the {ta + tb} tasks "
+                            f"to the two domains, no Holm-adjusted p can fall below {m / assignments:.3f}: more tasks "
+                            "are needed for 'supported (adjusted)' to be reachable")
+    elif m and assignments > n_boot and m / (n_boot + 1) >= ALPHA:  # the smallest Holm-adjusted p is m / (B + 1)
         out["notes"].append(f"robustness: with {m} variants and {n_boot} permutations no Holm-adjusted p can fall "
                             f"below {m / (n_boot + 1):.3f}: raise --bootstrap for 'supported (adjusted)' to be "
                             "reachable")

@@ -573,6 +573,48 @@ def test_within_and_between_contrasts_equal_an_independent_recomputation():
     assert con["between"]["p_value"] == pytest.approx(expected) and con["between"]["permutations"] == len(d)
 
 
+def test_with_few_tasks_the_permutation_test_is_exact_and_equals_refits_over_every_assignment():
+    """3 + 3 tasks have 20 assignments to the two domains (fewer than the permutations asked for):
+    each part's p is the share of all 20 whose slope difference is as large as the observed one,
+    refitted with statsmodels (Logit; ConditionalLogit for within), so it can never fall below
+    2 / 20 (an assignment and its mirror tie). The within part once compared a finer estimate of the
+    observed slope with grid estimates of the permuted ones, and printed p = 0.002 for 3 + 3 tasks."""
+    import itertools
+
+    import statsmodels.api as sm
+    from statsmodels.discrete.conditional_models import ConditionalLogit
+
+    sim = simulate_hybrid(5, within_a=-4.0, within_b=0.0, between_a=-2.0, between_b=0.0, n_tasks=3, per_task=60,
+                          spread=0.3)
+    res = compute_findings(**sim, n_boot=200, seed=1)
+    con = res["contrast"]
+    assert "every one of the 20 assignments of the tasks to the two domains (exact)" in res["interval"]
+    pct = percentile_scale(sim["distance"])
+    y = sim["correct"].astype(float)
+    names = list(np.unique(sim["task"][sim["domain"] == "Chollet"])) + \
+        list(np.unique(sim["task"][sim["domain"] == "Reasoning"]))
+    code = np.array([names.index(t) for t in sim["task"]])
+    xbar = np.array([pct[code == t].mean() for t in range(6)])[code]
+
+    def slope(part, rows):
+        if part == "within":
+            return ConditionalLogit(y[rows], pct[rows][:, None], groups=code[rows]).fit(disp=0).params[0]
+        x = pct if part == "pooled" else xbar
+        return sm.Logit(y[rows], sm.add_constant(x[rows])).fit(disp=0).params[1]
+
+    for part in ("pooled", "between", "within"):
+        d = []
+        for chosen in itertools.combinations(range(6), 3):  # the first is the observed: tasks 0-2 to a
+            mine = np.isin(code, chosen)
+            d.append(slope(part, mine) - slope(part, ~mine))
+        d = np.array(d)
+        expected = np.mean(np.abs(d) >= abs(d[0]) - 1e-9 * max(1.0, abs(d[0])))
+        got = con if part == "pooled" else con[part]
+        assert got["permutations"] == 20 and got["p_value"] == pytest.approx(expected, abs=1e-12), part
+        assert got["p_value"] >= 2 / 20
+        assert got["slope_diff"] == pytest.approx(d[0], rel=1e-3 if part == "within" else 1e-6), part
+
+
 def test_far_tasks_harder_in_one_domain_is_a_between_difference_not_a_within_one():
     """Equal within-task slopes, far tasks harder only in Chollet: the pooled slope mixes the two; the
     verdict says which part carries it."""
