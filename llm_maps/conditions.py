@@ -33,7 +33,7 @@ from .conditions_file import (CONDITIONS_FILE, DIRECT, condition_names, conditio
                               read_conditions, with_examples)
 from .errors import LLMMapsError
 from .falloff import wilson_interval
-from .findings import UNIT, compute_findings, task_resample_counts, weighted_auroc
+from .findings import MIN_TASKS_FOR_CLAIM, UNIT, compute_findings, small_cluster, task_resample_counts, weighted_auroc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -198,7 +198,13 @@ def _task_boot(task: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return weights
 
 
-def _percentile_interval(values: np.ndarray) -> tuple[float | None, float | None]:
+def _percentile_interval(values: np.ndarray, est: float | None = None, n_tasks: int = 0,
+                         bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float | None, float | None]:
+    """The 2.5th and 97.5th percentiles of bootstrap ``values``; with ``est`` and ``n_tasks``, the
+    replicates first spread by sqrt(G / (G - 1)) around the estimate (findings.small_cluster: the
+    task bootstrap's variance is (G - 1) / G of the unbiased one with G tasks), kept within ``bounds``."""
+    if est is not None and n_tasks >= 2 and np.isfinite(est):
+        values = np.clip(small_cluster(est, values, n_tasks), *bounds)
     v = values[np.isfinite(values)]
     if len(v) < 10:
         return None, None
@@ -217,7 +223,7 @@ def accuracy_with_interval(correct: np.ndarray, task: np.ndarray, *, n_boot: int
     if n_tasks >= 2:
         w = _task_boot(task, n_boot, seed)
         with np.errstate(invalid="ignore", divide="ignore"):
-            lo, hi = _percentile_interval((w @ y) / w.sum(axis=1))
+            lo, hi = _percentile_interval((w @ y) / w.sum(axis=1), k / n if n else None, n_tasks, (0.0, 1.0))
     wlo, whi = wilson_interval(k, n)
     return {"n": n, "n_tasks": n_tasks, "correct": k, "accuracy": k / n if n else None, "low": lo, "high": hi,
             "wilson_low": wlo, "wilson_high": whi}
@@ -226,8 +232,8 @@ def accuracy_with_interval(correct: np.ndarray, task: np.ndarray, *, n_boot: int
 def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, task: np.ndarray, *, n_boot: int,
                       seed: int) -> dict[str, Any]:
     """Accuracy of b minus accuracy of a on the same examples: the difference, a task-clustered
-    bootstrap 95 % interval, McNemar's test and a verdict ("supported" only when the interval
-    excludes 0 and McNemar's p < 0.05)."""
+    bootstrap 95 % interval, McNemar's test and a verdict ("supported" only with at least
+    MIN_TASKS_FOR_CLAIM tasks, when the interval excludes 0 and McNemar's p < 0.05)."""
     a = np.asarray(correct_a, dtype=bool)
     b = np.asarray(correct_b, dtype=bool)
     n = len(a)
@@ -237,12 +243,15 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, task: np.nda
     if n_tasks >= 2:
         w = _task_boot(task, n_boot, seed)
         with np.errstate(invalid="ignore", divide="ignore"):
-            lo, hi = _percentile_interval((w @ (b.astype(float) - a.astype(float))) / w.sum(axis=1))
+            lo, hi = _percentile_interval((w @ (b.astype(float) - a.astype(float))) / w.sum(axis=1), diff, n_tasks,
+                                          (-1.0, 1.0))
     test = mcnemar(b=int((a & ~b).sum()), c=int((~a & b).sum()))
     table = {"both_right": int((a & b).sum()), "a_only": int((a & ~b).sum()), "b_only": int((~a & b).sum()),
              "both_wrong": int((~a & ~b).sum())}
     if lo is None or hi is None:
         verdict = f"not supported: {n_tasks} task{'s' if n_tasks != 1 else ''} (a task-clustered interval needs 2)"
+    elif n_tasks < MIN_TASKS_FOR_CLAIM:
+        verdict = f"not supported: only {n_tasks} tasks (a claim needs {MIN_TASKS_FOR_CLAIM})"
     elif (lo > 0 or hi < 0) and test["p_value"] < 0.05:
         verdict = "supported: " + ("helps" if lo > 0 else "hurts")
     else:
@@ -316,9 +325,11 @@ def summarize(frame: pd.DataFrame, *, baseline: str | None = None, split: str = 
                      "path": "distance (the run's metric, default layer) of a generated token's state to the "
                              "nearest token-atlas state (a training response step); per example its mean and "
                              "max over the generated tokens"},
-            "interval": (f"95 % percentile interval of a task-clustered bootstrap (tasks resampled with replacement), "
-                         f"B = {n_boot}, seed {seed}; McNemar's test on the discordant examples (exact binomial when "
-                         "fewer than 25, else chi-square with continuity correction)")}
+            "interval": (f"95 % percentile interval of a task-clustered bootstrap (tasks resampled with replacement; "
+                         f"replicates spread by sqrt(G/(G-1)) for G tasks), B = {n_boot}, seed {seed}; McNemar's test "
+                         "on the discordant examples (exact binomial when fewer than 25, else chi-square with "
+                         f"continuity correction); a difference is claimed only with at least {MIN_TASKS_FOR_CLAIM} "
+                         "tasks, when the interval excludes 0 and McNemar's p < 0.05")}
 
 
 def path_stats(frame: pd.DataFrame, names: Sequence[str], domains: Sequence[str], *, n_boot: int,
@@ -350,10 +361,13 @@ def path_stats(frame: pd.DataFrame, names: Sequence[str], domains: Sequence[str]
             if row["n_tasks"] >= 2:
                 w = _task_boot(task, n_boot, seed)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    row["mean_dist_low"], row["mean_dist_high"] = _percentile_interval((w @ mean_d) / w.sum(axis=1))
-                    row["max_dist_low"], row["max_dist_high"] = _percentile_interval((w @ max_d) / w.sum(axis=1))
+                    row["mean_dist_low"], row["mean_dist_high"] = _percentile_interval(
+                        (w @ mean_d) / w.sum(axis=1), row["mean_dist"], row["n_tasks"])
+                    row["max_dist_low"], row["max_dist_high"] = _percentile_interval(
+                        (w @ max_d) / w.sum(axis=1), row["max_dist"], row["n_tasks"])
                 row["auroc_low"], row["auroc_high"] = _percentile_interval(
-                    weighted_auroc(score=max_d, positive=err, weights=w))
+                    weighted_auroc(score=max_d, positive=err, weights=w), row["auroc_max_dist_error"], row["n_tasks"],
+                    (0.0, 1.0))
             out.append(row)
     return out
 

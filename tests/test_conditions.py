@@ -13,9 +13,9 @@ import pytest
 
 from conftest import dolly_rows, write_jsonl
 from interfaces.cli import main
-from llm_maps.conditions import (CONDITIONS_FILE, MC_COT_SUFFIX, extract_answer, format_summary, is_numeric,
-                                 mcnemar, outcomes, paired, paired_difference, parse_conditions, summarize,
-                                 with_examples)
+from llm_maps.conditions import (CONDITIONS_FILE, MC_COT_SUFFIX, accuracy_with_interval, extract_answer,
+                                 format_summary, is_numeric, mcnemar, outcomes, paired, paired_difference,
+                                 parse_conditions, summarize, with_examples)
 from llm_maps.contract import CONDITION_COLUMNS, Manifest, check
 from llm_maps.errors import LLMMapsError
 from llm_maps.runfolder import Run
@@ -85,6 +85,36 @@ def test_paired_difference_on_simulated_data_with_a_known_answer():
     assert null["low"] < 0 < null["high"] and null["verdict"].startswith("not supported")
     one_task = paired_difference(a[:30], b[:30], task[:30], n_boot=200, seed=0)
     assert one_task["low"] is None and one_task["verdict"].startswith("not supported: 1 task")
+
+
+def test_with_few_tasks_no_claim_and_intervals_spread_as_the_other_verbs_spread_them():
+    """3 tasks with a large gain: the interval excludes 0 and McNemar rejects, yet no claim (fewer
+    than MIN_TASKS_FOR_CLAIM tasks, as findings, regions and compare require). The interval is the
+    task bootstrap's percentiles after findings.small_cluster, recomputed here on the same draws."""
+    from llm_maps.findings import MIN_TASKS_FOR_CLAIM, small_cluster, task_resample_counts
+
+    rng = np.random.default_rng(1)
+    task = np.repeat(np.arange(3), 60).astype(str)
+    a = rng.random(len(task)) < 0.4
+    b = a | (rng.random(len(task)) < 0.5)
+    res = paired_difference(a, b, task, n_boot=500, seed=7)
+    assert res["low"] > 0 and res["mcnemar"]["p_value"] < 0.05
+    assert res["verdict"] == f"not supported: only 3 tasks (a claim needs {MIN_TASKS_FOR_CLAIM})"
+    codes = np.unique(task, return_inverse=True)[1]
+    w = task_resample_counts(n_tasks=3, n_boot=500, rng=np.random.default_rng(7))[:, codes]
+    reps = (w @ (b.astype(float) - a.astype(float))) / w.sum(axis=1)
+    spread = np.clip(small_cluster(float(b.mean() - a.mean()), reps, 3), -1, 1)
+    assert (res["low"], res["high"]) == (pytest.approx(np.percentile(spread, 2.5)),
+                                         pytest.approx(np.percentile(spread, 97.5)))
+    acc = accuracy_with_interval(a, task, n_boot=500, seed=7)
+    spread = np.clip(small_cluster(float(a.mean()), (w @ a.astype(float)) / w.sum(axis=1), 3), 0, 1)
+    assert (acc["low"], acc["high"]) == (pytest.approx(np.percentile(spread, 2.5)),
+                                         pytest.approx(np.percentile(spread, 97.5)))
+    # the same gain over 8 tasks is claimed
+    task8 = np.repeat(np.arange(8), 60).astype(str)
+    a8 = rng.random(len(task8)) < 0.4
+    assert paired_difference(a8, a8 | (rng.random(len(task8)) < 0.5), task8, n_boot=500, seed=7)["verdict"] == \
+        "supported: helps"
 
 
 def test_outcomes():
