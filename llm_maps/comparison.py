@@ -840,10 +840,13 @@ def probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, fol
 
 def probe_intervals(hits: np.ndarray, y: np.ndarray, tasks: np.ndarray | None, *, n_boot: int,
                     seed: int) -> dict[str, Any]:
-    """Task-clustered bootstrap 95 % intervals of a probe's accuracy (the mean of ``hits``), of the
-    chance level (the largest class share) and of their difference, from the same replicates
-    (tasks resampled with replacement, spread by sqrt(G/(G-1))); without tasks, or with fewer
-    than 2, examples are resampled (and the result says so)."""
+    """Bootstrap 95 % intervals of a probe's accuracy (the mean of ``hits``), of the chance level
+    (the share of the data's largest class) and of their difference, from the same replicates.
+    Tasks are resampled with replacement (spread by sqrt(G/(G-1))); where each class is one task
+    (the target is the task itself), resampling tasks would resample the classes, so examples are
+    resampled within each task instead (chance is then fixed); without tasks, or with fewer than 2,
+    examples are resampled. The chance level of a replicate is the share of the data's largest
+    class in it: the largest share of each replicate would sit above the estimate."""
 
     hits = np.asarray(hits, dtype=float)
     classes, codes = np.unique(np.asarray(y), return_inverse=True)
@@ -851,21 +854,31 @@ def probe_intervals(hits: np.ndarray, y: np.ndarray, tasks: np.ndarray | None, *
     n_units = int(units.max()) + 1 if len(units) else 0
     if n_units < 2:
         units, n_units = np.arange(len(hits)), len(hits)
-    unit = "tasks" if tasks is not None and n_units < len(hits) else "examples"
     rng = np.random.default_rng(seed + 31337)
-    w = task_resample_counts(n_tasks=n_units, n_boot=n_boot, rng=rng)[:, units]  # [B, N] row weights
+    one_class_per_unit = n_units < len(hits) and len(classes) == n_units and \
+        len(set(zip(units.tolist(), codes.tolist()))) == n_units
+    if one_class_per_unit:  # examples resampled within their task: each task (class) keeps its size
+        w = np.zeros((n_boot, len(hits)))
+        for t in range(n_units):
+            idx = np.flatnonzero(units == t)
+            w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_boot)
+        unit, spread_over = f"examples within {n_units} tasks", len(hits)
+    else:
+        w = task_resample_counts(n_tasks=n_units, n_boot=n_boot, rng=rng)[:, units]  # [B, N] row weights
+        unit = f"{n_units} " + ("tasks" if tasks is not None and n_units < len(hits) else "examples")
+        spread_over = n_units
     total = w.sum(1)
     acc = (w @ hits) / total
-    onehot = np.eye(len(classes))[codes]  # [N, K]
-    base = ((w @ onehot) / total[:, None]).max(1)
-    est_acc, est_base = float(hits.mean()), float(np.bincount(codes).max() / len(hits))
-    diff = small_cluster(est_acc - est_base, acc - base, n_units)
-    lo, hi = _interval(small_cluster(est_acc, acc, n_units))
-    blo, bhi = _interval(small_cluster(est_base, base, n_units))
+    major = int(np.argmax(np.bincount(codes)))
+    base = (w @ (codes == major).astype(float)) / total
+    est_acc, est_base = float(hits.mean()), float(np.mean(codes == major))
+    diff = small_cluster(est_acc - est_base, acc - base, spread_over)
+    lo, hi = _interval(small_cluster(est_acc, acc, spread_over))
+    blo, bhi = _interval(small_cluster(est_base, base, spread_over))
     dlo, dhi = _interval(diff)
     return {"low": lo, "high": hi, "baseline_low": blo, "baseline_high": bhi, "minus_baseline": est_acc - est_base,
             "minus_baseline_low": dlo, "minus_baseline_high": dhi,
-            "above_chance": bool(dlo is not None and dlo > 0), "interval_unit": f"{n_units} {unit}"}
+            "above_chance": bool(dlo is not None and dlo > 0), "interval_unit": unit}
 
 
 def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequence[str] = PROBE_TARGETS,

@@ -515,7 +515,9 @@ class ProbeRow(TypedDict, total=False):
                                "majority class, pooled)"]
     low: Annotated[float | None, "95 % interval of accuracy, task-clustered bootstrap (format 1: Wilson over examples)"]
     high: Annotated[float | None, "upper"]
-    baseline_low: Annotated[float | None, "95 % interval of the chance level (same replicates)"]
+    baseline_low: Annotated[float | None, "95 % interval of the chance level (same replicates: the share of the "
+                                          "data's largest class in each; fixed for the task target, whose "
+                                          "examples are resampled within their task)"]
     baseline_high: Annotated[float | None, "upper"]
     minus_baseline: Annotated[float, "accuracy - chance (format 2)"]
     minus_baseline_low: Annotated[float | None, "its 95 % task-clustered bootstrap interval, lower"]

@@ -124,16 +124,38 @@ def test_probe_intervals_are_a_task_bootstrap_of_the_same_replicates():
     hits = rng.random(63) < 0.6
     res = CMP.probe_intervals(hits, y, tasks, n_boot=300, seed=5)
     counts = task_resample_counts(n_tasks=9, n_boot=300, rng=np.random.default_rng(5 + 31337))
+    major = "x" if (y == "x").mean() > 0.5 else "y"
     acc, base = [], []
     for r in range(300):
         rows = np.concatenate([np.flatnonzero(tasks == t).repeat(1) for t in range(9) for _ in range(int(counts[r, t]))])
         acc.append(hits[rows].mean())
-        base.append(max((y[rows] == "x").mean(), (y[rows] == "y").mean()))
-    est = hits.mean() - max((y == "x").mean(), (y == "y").mean())
+        base.append((y[rows] == major).mean())  # the data's largest class, in each replicate
+    est = hits.mean() - (y == major).mean()
     diff = small_cluster(est, np.array(acc) - np.array(base), 9)
     assert (res["minus_baseline_low"], res["minus_baseline_high"]) == (
         pytest.approx(np.percentile(diff, 2.5)), pytest.approx(np.percentile(diff, 97.5)))
     assert res["minus_baseline"] == pytest.approx(est)
+
+
+def test_a_probes_chance_level_interval_holds_its_estimate_and_a_task_target_resamples_within_tasks():
+    """Chance is the share of the data's largest class: its replicates take that class's share, so
+    the interval holds the estimate (the largest share of each replicate sat above it: for the task
+    target, 0.094 with an interval of [0.171, 0.377]). Where each class is one task, examples are
+    resampled within their task: class shares, and so chance, stay fixed."""
+    rng = np.random.default_rng(2)
+    tasks = np.repeat(np.arange(11), rng.integers(20, 40, 11))
+    hits = rng.random(len(tasks)) < 0.3
+    res = CMP.probe_intervals(hits, tasks.astype(str), tasks.astype(str), n_boot=400, seed=1)
+    share = np.bincount(tasks).max() / len(tasks)
+    assert res["baseline_low"] == pytest.approx(share) and res["baseline_high"] == pytest.approx(share)
+    assert res["interval_unit"] == "examples within 11 tasks"
+    assert res["minus_baseline_low"] < res["minus_baseline"] < res["minus_baseline_high"]
+    assert res["low"] < hits.mean() < res["high"]
+    # a label shared by several tasks (domain): tasks resampled; chance's interval holds chance
+    domain = np.where(tasks % 3 == 0, "a", "b")
+    res = CMP.probe_intervals(hits, domain, tasks.astype(str), n_boot=400, seed=1)
+    chance = (domain == "b").mean()
+    assert res["interval_unit"] == "11 tasks" and res["baseline_low"] < chance < res["baseline_high"]
 
 
 def test_probes_on_null_data_rarely_claim_above_chance():
