@@ -87,17 +87,21 @@ def format_falloff(result: dict, *, all_variants: bool = True) -> str:
     lines.append(f"accuracy vs distance to train ({result['split']}"
                  + (f", condition {result['condition']}" if result.get("condition") else "")
                  + f", layer {default['layer']}, "
-                 f"{default['metric']}, {result['n_bins']} equal-count bins, 95% Wilson intervals)")
+                 f"{default['metric']}, {result['n_bins']} equal-count bins; accuracies with 95% Wilson intervals "
+                 "over examples, slopes with task-clustered ones)")
     for group, st in default["stats"].items():
         lines.append("")
-        lines.append(f"{group}: accuracy {_fmt(st['accuracy'])} [{_fmt(st['low'])}, {_fmt(st['high'])}], n={st['n']}")
+        tasks = (st.get("trend") or {}).get("clusters")
+        lines.append(f"{group}: accuracy {_fmt(st['accuracy'])} [{_fmt(st['low'])}, {_fmt(st['high'])}], n={st['n']}"
+                     + (f" in {tasks} tasks" if tasks is not None else ""))
         lines.append(f"  {'distance':>23}  {'n':>5}  {'acc':>6}  {'95% interval':>15}")
         for b in st["bins"]:
             lines.append(f"  {b['lo']:>10.4f} – {b['hi']:<10.4f}  {b['n']:>5}  {_fmt(b['accuracy']):>6}  "
                          f"[{_fmt(b['low'])}, {_fmt(b['high'])}]")
         t = st["trend"]
         if t.get("slope") is not None:
-            lines.append(f"  logistic slope {format_slope(t)} {SLOPE_UNIT} (95% interval; {slope_verdict(t)})")
+            lines.append(f"  logistic slope {format_slope(t)} {SLOPE_UNIT} (95% interval; {slope_verdict(t)}; "
+                         "pooled: between and within tasks, which `llm-maps findings` separates)")
     if all_variants and len(result["variants"]) > 1:
         groups = [g for g in default["stats"] if g != "all"]
         lines.append("")
