@@ -273,6 +273,24 @@ def _interval(values: np.ndarray) -> tuple[float | None, float | None]:
     return float(lo), float(hi)
 
 
+def task_ratio_interval(num: np.ndarray, den: np.ndarray, estimate: float, *, n_boot: int,
+                        rng: np.random.Generator, bounds: tuple[float, float]) -> tuple[float | None, float | None]:
+    """Task-clustered bootstrap 95 % interval of sum(num) / sum(den) over tasks (num, den [G]: e.g.
+    each task's correct and scored examples), replicates spread by sqrt(G/(G-1)) (small_cluster) and
+    the interval clipped to ``bounds`` (the spread can carry it past them). None with fewer than 2 tasks."""
+    g = len(num)
+    if g < 2 or not np.isfinite(estimate):
+        return None, None
+    counts = task_resample_counts(n_tasks=g, n_boot=n_boot, rng=rng)  # [B, G]
+    d = counts @ den
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = np.where(d > 0, (counts @ num) / np.where(d > 0, d, 1.0), np.nan)
+    lo, hi = _interval(small_cluster(estimate, reps, g))
+    if lo is None or hi is None:
+        return None, None
+    return float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
+
+
 def _num(v: float | None) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
 

@@ -40,8 +40,8 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import LLMMapsError
-from .findings import (ALPHA, MIN_TASKS_FOR_CLAIM, _interval, run_views, small_cluster, task_resample_counts,
-                       variant_distances, view_encodings)
+from .findings import (ALPHA, MIN_TASKS_FOR_CLAIM, run_views, task_ratio_interval, variant_distances,
+                       view_encodings)
 from .runfolder import (ENCODINGS, EXAMPLES, Run, check_writable, parquet_errors, read_result_json, record_stage,
                         write_json_atomic)
 
@@ -220,23 +220,6 @@ def bh_qvalues(p_values: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-def _ratio_interval(num: np.ndarray, den: np.ndarray, estimate: float, *, n_boot: int, rng: np.random.Generator,
-                    bounds: tuple[float, float]) -> tuple[float | None, float | None]:
-    """Task-clustered bootstrap 95 % interval of sum(num) / sum(den) over tasks (num, den [G]),
-    clipped to ``bounds`` (the small-cluster spread can carry it past them)."""
-    g = len(num)
-    if g < 2 or not np.isfinite(estimate):
-        return None, None
-    counts = task_resample_counts(n_tasks=g, n_boot=n_boot, rng=rng)  # [B, G]
-    d = counts @ den
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reps = np.where(d > 0, (counts @ num) / np.where(d > 0, d, 1.0), np.nan)
-    lo, hi = _interval(small_cluster(estimate, reps, g))
-    if lo is None or hi is None:
-        return None, None
-    return float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
-
-
 def _shares(values: np.ndarray, limit: int | None = None) -> list[dict[str, Any]]:
     names, counts = np.unique(values, return_counts=True)
     order = sorted(range(len(names)), key=lambda i: (-int(counts[i]), str(names[i])))
@@ -273,16 +256,17 @@ def region_statistics(*, labels: np.ndarray, is_train: np.ndarray, task: Sequenc
         scored_tasks = np.flatnonzero(n_in > 0)
         n_sc = int(sc.sum())
         acc = float(k_in.sum() / n_sc) if n_sc else None
-        acc_lo, acc_hi = _ratio_interval(k_in[scored_tasks], n_in[scored_tasks], acc if acc is not None else math.nan,
-                                         n_boot=n_boot, rng=rng, bounds=(0.0, 1.0))
+        acc_lo, acc_hi = task_ratio_interval(k_in[scored_tasks], n_in[scored_tasks],
+                                             acc if acc is not None else math.nan, n_boot=n_boot, rng=rng,
+                                             bounds=(0.0, 1.0))
         comp = np.flatnonzero((n_in > 0) & (n_out > 0))  # tasks with scored test examples in and outside
         w = n_in[comp]
         diff_t = k_in[comp] / np.maximum(w, 1) - k_out[comp] / np.maximum(n_out[comp], 1)  # [G]
         n_exp = int(w.sum())
         expected = float((w * (k_out[comp] / np.maximum(n_out[comp], 1))).sum() / n_exp) if n_exp else None
         diff = float((w * diff_t).sum() / n_exp) if n_exp else None
-        d_lo, d_hi = _ratio_interval(w * diff_t, w, diff if diff is not None else math.nan, n_boot=n_boot,
-                                    rng=rng, bounds=(-1.0, 1.0))
+        d_lo, d_hi = task_ratio_interval(w * diff_t, w, diff if diff is not None else math.nan, n_boot=n_boot,
+                                         rng=rng, bounds=(-1.0, 1.0))
         p = sign_flip_p(w * diff_t, seed=seed + r) if len(comp) else None
         n = int(inside.sum())
         n_train = int((inside & is_train).sum())

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-from .findings import read_findings
+from .findings import read_findings, task_ratio_interval
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,19 +27,33 @@ def _split_scored(frame: pd.DataFrame) -> tuple[str, np.ndarray]:
     return ("test", test) if test.any() else ("scored", scored)
 
 
+ACCURACY_BOOT = 2000  # task-bootstrap replicates of `info`'s accuracy intervals (seed 0)
+
+
 def accuracy_lines(frame: pd.DataFrame) -> list[str]:
-    """Accuracy overall and per domain, each with its Wilson 95 % interval, examples and tasks."""
+    """Accuracy overall and per domain, each with its task-clustered 95 % interval (tasks resampled:
+    examples within a task are not independent) and its Wilson interval over examples, examples
+    and tasks."""
     name, rows = _split_scored(frame)
     if not rows.any():
         return []
     sub = frame.loc[rows]
     correct = sub["correct"].astype(bool).to_numpy()
+    codes = np.unique(sub["task"].astype(str).to_numpy(), return_inverse=True)[1]
 
     def line(label: str, sel: np.ndarray) -> str:
         k, n = int(correct[sel].sum()), int(sel.sum())
         lo, hi = wilson_interval(k, n)
-        return (f"{label} {k / n:.3f} [{lo:.3f}, {hi:.3f}] on {n} {name} examples, "
-                f"{sub.loc[sel, 'task'].nunique()} tasks")
+        k_t = np.bincount(codes[sel], weights=correct[sel].astype(float))
+        n_t = np.bincount(codes[sel]).astype(float)
+        used = n_t > 0
+        tlo, thi = task_ratio_interval(k_t[used], n_t[used], k / n, n_boot=ACCURACY_BOOT,
+                                       rng=np.random.default_rng(0), bounds=(0.0, 1.0))
+        tasks = int(used.sum())
+        clustered = (f"[{tlo:.3f}, {thi:.3f}] over tasks" if tlo is not None and thi is not None
+                     else "(no interval over tasks: 1 task)")
+        return (f"{label} {k / n:.3f} {clustered}, [{lo:.3f}, {hi:.3f}] Wilson over examples; "
+                f"{n} {name} examples in {tasks} task{'s' if tasks != 1 else ''}")
 
     out = [line("accuracy  ", np.ones(len(sub), dtype=bool))]
     domains = sub["domain"].astype(str).to_numpy()
@@ -91,11 +105,19 @@ def falloff_lines(run_dir: str | Path, frame: pd.DataFrame, manifest: Mapping[st
                               frame["correct"].to_numpy(dtype=object)[rows], frame["domain"].to_numpy()[rows],
                               n_bins=n_bins, tasks=frame["task"].astype(str).to_numpy()[rows])
     out = [f"falloff    layer {layer}, {metric} distance, {n_bins} equal-count bins ({source}); "
-           f"slope in {SLOPE_UNIT} [95% interval, task-clustered]"]
+           f"slope in {SLOPE_UNIT} [95% interval, task-clustered], pooled between and within tasks "
+           "(`llm-maps findings` separates them); bin accuracies with Wilson intervals over examples"]
     width = max(len(g) for g in stats)
     for group, st in stats.items():
         bins = [b for b in st["bins"] if b["n"]]
-        ends = (f"; accuracy {bins[0]['accuracy']:.2f} in the nearest bin (n={bins[0]['n']}), "
-                f"{bins[-1]['accuracy']:.2f} in the farthest (n={bins[-1]['n']})") if len(bins) > 1 else ""
+        ends = (f"; accuracy {_acc(bins[0])} in the nearest bin (n={bins[0]['n']}), "
+                f"{_acc(bins[-1])} in the farthest (n={bins[-1]['n']})") if len(bins) > 1 else ""
         out.append(f"  {group:<{width}} {format_slope(st['trend']) or '-'}: {slope_verdict(st['trend'])}{ends}")
     return out
+
+
+def _acc(b: Mapping[str, Any]) -> str:
+    """A bin's accuracy with its interval, when it has one."""
+    if b.get("low") is None or b.get("high") is None:
+        return f"{b['accuracy']:.2f}"
+    return f"{b['accuracy']:.2f} [{b['low']:.2f}, {b['high']:.2f}]"

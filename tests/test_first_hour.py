@@ -166,7 +166,11 @@ def test_pytest_turns_future_warnings_from_our_code_into_errors(pytestconfig):
 # --- info, falloff text, export ---------------------------------------------------------------------
 
 def test_info_prints_accuracy_per_domain_with_intervals_and_the_falloff(tiny_run, capsys):
+    """Each accuracy with a task-clustered interval (tasks resampled, recomputed here on the same
+    draws) and the Wilson interval over examples (statsmodels)."""
     from statsmodels.stats.proportion import proportion_confint
+
+    from llm_maps.findings import small_cluster, task_resample_counts
 
     assert main(["info", str(tiny_run)]) == 0
     out = capsys.readouterr().out
@@ -176,7 +180,14 @@ def test_info_prints_accuracy_per_domain_with_intervals_and_the_falloff(tiny_run
     for label, g in groups:
         k, n = int(g["correct"].sum()), len(g)
         lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
-        line = f"{label} {k / n:.3f} [{lo:.3f}, {hi:.3f}] on {n} test examples, {g['task'].nunique()} tasks"
+        per_task = g.groupby("task")["correct"].agg(["sum", "count"]).sort_index()
+        counts = task_resample_counts(n_tasks=len(per_task), n_boot=2000, rng=np.random.default_rng(0))
+        reps = (counts @ per_task["sum"].to_numpy(float)) / (counts @ per_task["count"].to_numpy(float))
+        tlo, thi = np.clip(np.percentile(small_cluster(k / n, reps, len(per_task)), [2.5, 97.5]), 0, 1)
+        clustered = f"[{tlo:.3f}, {thi:.3f}] over tasks" if len(per_task) > 1 else "(no interval over tasks: 1 task)"
+        tasks = g["task"].nunique()
+        line = (f"{label} {k / n:.3f} {clustered}, [{lo:.3f}, {hi:.3f}] Wilson over examples; "
+                f"{n} test examples in {tasks} task{'s' if tasks != 1 else ''}")
         assert line in out, (line, out)
     falloff = json.loads((tiny_run / "falloff.json").read_text())
     stats = next(v for v in falloff["variants"] if v["default"])["stats"]
@@ -184,6 +195,31 @@ def test_info_prints_accuracy_per_domain_with_intervals_and_the_falloff(tiny_run
             "slope in log-odds") in out
     for group in stats:
         assert re.search(rf"^  {re.escape(group)} +\S", out, re.M), group
+
+
+def test_info_accuracy_interval_over_tasks_is_a_task_bootstrap_and_wider_than_wilson_when_tasks_differ():
+    """12 tasks whose accuracies differ (0.1 to 0.9): the interval over tasks equals a task bootstrap
+    recomputed on the same draws and is wider than Wilson's over examples, which treats the 600
+    examples as independent."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from llm_maps.findings import small_cluster, task_resample_counts
+    from llm_maps.report import accuracy_lines
+
+    rng = np.random.default_rng(4)
+    task = np.repeat([f"t{i:02d}" for i in range(12)], 50)
+    p_task = np.repeat(np.linspace(0.1, 0.9, 12), 50)
+    frame = pd.DataFrame({"task": task, "domain": "A", "split": "test", "correct": rng.random(600) < p_task})
+    line = accuracy_lines(frame)[0]
+    k = int(frame["correct"].sum())
+    per_task = frame.groupby("task")["correct"].agg(["sum", "count"]).sort_index()
+    counts = task_resample_counts(n_tasks=12, n_boot=2000, rng=np.random.default_rng(0))
+    reps = (counts @ per_task["sum"].to_numpy(float)) / (counts @ per_task["count"].to_numpy(float))
+    tlo, thi = np.percentile(small_cluster(k / 600, reps, 12), [2.5, 97.5])
+    wlo, whi = proportion_confint(k, 600, alpha=0.05, method="wilson")
+    assert line == (f"accuracy   {k / 600:.3f} [{tlo:.3f}, {thi:.3f}] over tasks, [{wlo:.3f}, {whi:.3f}] Wilson over "
+                    "examples; 600 test examples in 12 tasks")
+    assert thi - tlo > 2 * (whi - wlo)
 
 
 def test_falloff_prints_small_slopes_with_significant_digits():
