@@ -29,7 +29,7 @@ import numpy as np
 from .errors import LLMMapsError
 from .falloff import falloff_stats, wilson_interval
 from .runfolder import ENCODINGS, EXAMPLES, FINETUNE_FILE, Run, check_writable, model_label, record_stage, write_json_atomic
-from .findings import _interval, small_cluster, task_resample_counts
+from .findings import _interval, small_cluster, task_ratio_interval, task_resample_counts
 from .neighbours import nearest_train
 
 COMPARE_VERSION = 1
@@ -204,10 +204,12 @@ def _acc_entry(k: int, n: int) -> dict[str, Any]:
             "n": int(n), "correct": int(k)}
 
 
-def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHANGE) -> dict[str, Any]:
+def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHANGE, n_boot: int = 2000,
+                    seed: int = 0) -> dict[str, Any]:
     """Per task and per domain: accuracy of every run (Wilson 95 % over examples), the task's
     curve class, class counts per domain, and per domain a sign test over tasks between the
-    first and the last run on the x axis."""
+    first and the last run on the x axis, and the change of accuracy between them on the examples
+    scored in both, with a task-clustered bootstrap 95 % interval (``n_boot`` replicates, ``seed``)."""
     from scipy.stats import binomtest
 
     correct = _correct_matrix(group)  # [R, N]
@@ -243,14 +245,24 @@ def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHAN
         up = sum(1 for t in dtasks if _delta(tasks[t], first, last) > 0)
         down = sum(1 for t in dtasks if _delta(tasks[t], first, last) < 0)
         p = float(binomtest(up, up + down, 0.5).pvalue) if up + down else None
+        both = rows & np.isfinite(correct[first]) & np.isfinite(correct[last])
+        codes = np.unique(task[both], return_inverse=True)[1]
+        num = np.bincount(codes, weights=correct[last, both] - correct[first, both])
+        den = np.bincount(codes).astype(float)
+        est = float(num.sum() / den.sum()) if den.sum() else math.nan
+        lo, hi = task_ratio_interval(num, den, est, n_boot=n_boot, rng=np.random.default_rng(seed),
+                                     bounds=(-1.0, 1.0))
+        moved = {"value": est, "low": lo, "high": hi} if np.isfinite(est) else None
         domains[d] = {"runs": runs_acc, "n_tasks": len(dtasks), "n_examples": int(runs_acc[0]["n"]),
                       "classes": class_counts, "sign_test": {"up": up, "down": down, "ties": len(dtasks) - up - down,
-                                                       "p_value": p},
-                      "verdict": _domain_verdict(d, runs_acc, first, last, up, down, len(dtasks), p)}
+                                                       "p_value": p}, "change": moved,
+                      "verdict": _domain_verdict(d, runs_acc, first, last, up, down, len(dtasks), p, moved)}
     return {"tasks": tasks, "domains": domains,
             "classes": {k: sum(1 for e in tasks.values() if e["class"] == k) for k in CLASSES},
             "rule": CLASS_RULE, "unit": "accuracy on scored test examples; 95 % Wilson intervals over examples; "
-                                        "verdicts: sign test over tasks (tasks are the unit of independence)"}
+                                        "a domain's change from the first run to the last: task-clustered 95 % "
+                                        "interval; verdicts: sign test over tasks (tasks are the unit of "
+                                        "independence)"}
 
 
 def _delta(entry: dict[str, Any], first: int, last: int) -> float:
@@ -259,12 +271,18 @@ def _delta(entry: dict[str, Any], first: int, last: int) -> float:
 
 
 def _domain_verdict(domain: str, runs_acc: list[dict[str, Any]], first: int, last: int, up: int, down: int,
-                    n_tasks: int, p: float | None) -> str:
+                    n_tasks: int, p: float | None, moved: Mapping[str, Any] | None = None) -> str:
     a, b = runs_acc[first], runs_acc[last]
     if a["accuracy"] is None or b["accuracy"] is None:
         return f"{domain}: not supported: no scored test examples in some run"
+    change = ""
+    if moved is not None:
+        change = f"; change {moved['value']:+.2f}" + (
+            f" [{moved['low']:+.2f}, {moved['high']:+.2f}] over tasks" if moved["low"] is not None
+            and moved["high"] is not None else " (no interval over tasks)")
     head = (f"{domain}: accuracy {a['accuracy']:.2f} [{a['low']:.2f}, {a['high']:.2f}] -> {b['accuracy']:.2f} "
-            f"[{b['low']:.2f}, {b['high']:.2f}] ({b['n']} examples, {n_tasks} tasks); {up} tasks up, {down} down")
+            f"[{b['low']:.2f}, {b['high']:.2f}] ({b['n']} examples, {n_tasks} tasks){change}; "
+            f"{up} tasks up, {down} down")
     if p is None:
         return head + "; not supported: no task changed"
     if p < 0.05:

@@ -1129,7 +1129,13 @@ class SignTest(TypedDict):
     p_value: Annotated[float | None, "two-sided sign test (null: no task changed)"]
 
 
-class CompareDomain(TypedDict):
+class CompareDomainChange(TypedDict, total=False):
+    change: Annotated["CompareInterval | None", "accuracy of the last run on the x axis minus the first, on the "
+                                                "test examples scored in both, with a task-clustered bootstrap 95% "
+                                                "interval (null: no example scored in both)"]
+
+
+class CompareDomain(CompareDomainChange):
     runs: Annotated[list[CompareAccuracy], "per run"]
     n_tasks: Annotated[int, "tasks of the domain"]
     n_examples: Annotated[int, "scored test examples (first run)"]

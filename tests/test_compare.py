@@ -251,6 +251,23 @@ def test_accuracy_curves_match_direct_counts_and_statsmodels_wilson(tmp_path):
     assert chollet["runs"][1]["accuracy"] == 1.0 and chollet["n_tasks"] == 6
     assert sum(res["classes"].values()) == len(tasks)
     assert res["tasks"][reasoning[0]]["accuracy"][1] == 0.0
+    # each domain's change, first run to last, on the examples scored in both: a task bootstrap of
+    # the per-task sums (recomputed on the same draws), spread by sqrt(G/(G-1)), in the verdict too
+    from llm_maps.findings import small_cluster, task_resample_counts
+
+    for name in ("Chollet", "Reasoning"):
+        sel = test & (frame["domain"] == name) & frame["correct"].notna() & cb.notna()
+        g = pd.DataFrame({"task": frame.loc[sel, "task"],
+                          "d": cb[sel].astype(float) - frame.loc[sel, "correct"].astype(float)})
+        per_task = g.groupby("task")["d"].agg(["sum", "count"]).sort_index()
+        est = per_task["sum"].sum() / per_task["count"].sum()
+        counts = task_resample_counts(n_tasks=len(per_task), n_boot=2000, rng=np.random.default_rng(0))
+        reps = (counts @ per_task["sum"].to_numpy()) / (counts @ per_task["count"].to_numpy(float))
+        lo, hi = np.clip(np.percentile(small_cluster(est, reps, len(per_task)), [2.5, 97.5]), -1, 1)
+        got = res["domains"][name]["change"]
+        assert (got["value"], got["low"], got["high"]) == (pytest.approx(est), pytest.approx(lo), pytest.approx(hi))
+        assert f"; change {est:+.2f} [{lo:+.2f}, {hi:+.2f}] over tasks; " in res["domains"][name]["verdict"]
+    assert res["domains"]["Chollet"]["change"]["low"] > 0
 
 
 def test_checkpoints_use_the_step_axis_and_runs_without_either_the_order_given(tmp_path):
