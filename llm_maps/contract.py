@@ -610,6 +610,10 @@ class FindingsQuartileRequired(TypedDict):
 class FindingsQuartile(FindingsQuartileRequired, total=False):
     percentile_max: Annotated[float, "near: the quarter's largest distance percentile"]
     percentile_min: Annotated[float, "far: the quarter's smallest distance percentile"]
+    task_low: Annotated[float | None, "task-clustered bootstrap 95% interval of accuracy, lower (null: fewer than "
+                                      "2 tasks)"]
+    task_high: Annotated[float | None, "upper"]
+    n_tasks: Annotated[int, "tasks among the quarter's examples"]
 
 
 class FindingsBin(TypedDict):
@@ -651,7 +655,13 @@ class FindingsConfidence(TypedDict):
     bins: Annotated[list[ConfidenceBin], "means in equal-width percentile bins"]
 
 
-class FindingsDomain(TypedDict):
+class FindingsDomainTaskInterval(TypedDict, total=False):
+    accuracy_task_low: Annotated[float | None, "task-clustered bootstrap 95% interval of accuracy, lower (null: "
+                                               "fewer than 2 tasks)"]
+    accuracy_task_high: Annotated[float | None, "upper"]
+
+
+class FindingsDomain(FindingsDomainTaskInterval):
     n: Annotated[int, "scored test examples in the domain"]
     n_tasks: Annotated[int, "their tasks"]
     correct: Annotated[int, "correct examples"]

@@ -579,13 +579,27 @@ def _bins_on_scale(x: np.ndarray, y: np.ndarray, n_bins: int) -> list[dict[str, 
     return out
 
 
-def _quartile(dd: DomainData, which: str) -> dict[str, Any]:
-    """Accuracy in the domain's nearest or farthest quarter of examples (by distance), Wilson 95 %."""
+def _task_accuracy_interval(dd: DomainData, sel: np.ndarray, *, n_boot: int,
+                            seed: int) -> tuple[float | None, float | None]:
+    """Task-clustered 95 % interval of the accuracy of the rows ``sel`` of a domain."""
+    k_t = np.bincount(dd.codes[sel], weights=dd.y[sel], minlength=dd.n_tasks)
+    n_t = np.bincount(dd.codes[sel], minlength=dd.n_tasks).astype(float)
+    used = n_t > 0
+    est = float(k_t.sum() / n_t.sum()) if n_t.sum() else math.nan
+    return task_ratio_interval(k_t[used], n_t[used], est, n_boot=n_boot, rng=np.random.default_rng(seed),
+                               bounds=(0.0, 1.0))
+
+
+def _quartile(dd: DomainData, which: str, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Accuracy in the domain's nearest or farthest quarter of examples (by distance): Wilson 95 %
+    over examples, and task-clustered."""
     q = np.quantile(dd.x, 0.25 if which == "near" else 0.75)
     sel = dd.x <= q if which == "near" else dd.x >= q
     n, k = int(sel.sum()), int(dd.y[sel].sum())
     lo, hi = wilson_interval(k, n)
+    tlo, thi = _task_accuracy_interval(dd, sel, n_boot=n_boot, seed=seed)
     return {"n": n, "correct": k, "accuracy": k / n if n else None, "low": _num(lo), "high": _num(hi),
+            "task_low": tlo, "task_high": thi, "n_tasks": int(len(np.unique(dd.codes[sel]))),
             "percentile_max" if which == "near" else "percentile_min": float(q)}
 
 
@@ -646,14 +660,17 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
                      "bins": bins}
     n, k = len(dd.y), int(dd.y.sum())
     alow, ahigh = wilson_interval(k, n)
+    tlow, thigh = _task_accuracy_interval(dd, np.ones(n, dtype=bool), n_boot=n_boot, seed=seed)
     return {
         "n": n, "n_tasks": dd.n_tasks, "correct": k, "accuracy": k / n, "accuracy_low": alow, "accuracy_high": ahigh,
+        "accuracy_task_low": tlow, "accuracy_task_high": thigh,
         "slope": _num(slope), "slope_low": lo, "slope_high": hi, "intercept": _num(intercept),
         "slope_raw": _num(raw_slope[0]),
         "auroc": _num(auc), "auroc_low": alo, "auroc_high": ahi,
         "slope_within_task": _num(within), "slope_within_task_low": wlo, "slope_within_task_high": whi,
         "n_tasks_within": n_inf,
-        "near": _quartile(dd, "near"), "far": _quartile(dd, "far"),
+        "near": _quartile(dd, "near", n_boot=n_boot, seed=seed + 1), "far": _quartile(dd, "far", n_boot=n_boot,
+                                                                                       seed=seed + 2),
         "bins": _bins_on_scale(dd.x, dd.y, n_bins), "curve": curve,
         "risk_coverage": risk_coverage(x=dd.x, y=dd.y), "confidence": conf,
         "bootstrap_failed": int((~np.isfinite(sb)).sum()) if len(sb) else None,
@@ -723,8 +740,8 @@ def compute_findings(*, distance: np.ndarray, correct: Sequence[Any], domain: Se
                      f"difference is claimed only in the hypothesis' direction ({a} falls off more steeply), when "
                      f"interval and permutation test agree, with at least {MIN_TASKS_FOR_CLAIM} tasks per domain; "
                      "pooled = all examples, within = conditional logit (task fixed effects), between = task "
-                     "accuracy against the task's mean distance percentile; Wilson intervals for quartile "
-                     "accuracies"),
+                     "accuracy against the task's mean distance percentile; accuracies (acc, nearest and "
+                     "farthest quarter) with task-clustered intervals (and Wilson's over examples in the JSON)"),
         "bootstrap": n_boot, "seed": seed,
         "distance_raw": {"n": int(len(finite)), "min": float(finite.min()), "max": float(finite.max()),
                          "quartiles": [float(v) for v in np.quantile(finite, [0.25, 0.5, 0.75])]},
@@ -943,14 +960,23 @@ def format_findings(result: dict[str, Any]) -> str:
              f"{', centred' if result.get('centred') else ''}): {result['n_test']} scored examples in "
              f"{result['n_tasks']} tasks", "", result["verdict"], ""]
     if result.get("domains"):
-        lines.append(f"  {'domain':<12} {'n':>5} {'tasks':>5} {'acc':>5}  {'slope [95% CI]':<22} {'within-task':<22} "
-                     f"{'AUROC(error) [95% CI]':<22} {'near q acc':>10} {'far q acc':>10}")
+        def acc(a: float | None, lo: float | None, hi: float | None) -> str:
+            return f(a) + (f" [{f(lo)}, {f(hi)}]" if lo is not None and hi is not None else "")
+
+        lines.append(f"  {'domain':<12} {'n':>5} {'tasks':>5} {'acc [95% CI]':<17} {'slope [95% CI]':<22} "
+                     f"{'within-task':<22} {'AUROC(error) [95% CI]':<22} {'near q acc':<17} far q acc")
         for name, st in result["domains"].items():
-            lines.append(f"  {name:<12} {st['n']:>5} {st['n_tasks']:>5} {st['accuracy']:>5.2f}  "
+            near, far = st["near"], st["far"]
+            few = (f"  (no claim: only {st['n_tasks']} tasks)" if st["n_tasks"] < MIN_TASKS_FOR_CLAIM else "")
+            failed = (f"  ({st['bootstrap_failed']} of {result.get('bootstrap', '?')} replicates failed to fit, "
+                      "left out)" if st.get("bootstrap_failed") else "")
+            lines.append(f"  {name:<12} {st['n']:>5} {st['n_tasks']:>5} "
+                         f"{acc(st['accuracy'], st.get('accuracy_task_low'), st.get('accuracy_task_high')):<17} "
                          f"{f(st['slope']) + ' [' + f(st['slope_low']) + ', ' + f(st['slope_high']) + ']':<22} "
                          f"{f(st['slope_within_task']) + ' [' + f(st['slope_within_task_low']) + ', ' + f(st['slope_within_task_high']) + ']':<22} "
                          f"{f(st['auroc'], '.3f') + ' [' + f(st['auroc_low'], '.3f') + ', ' + f(st['auroc_high'], '.3f') + ']':<22} "
-                         f"{f(st['near']['accuracy']):>10} {f(st['far']['accuracy']):>10}")
+                         f"{acc(near['accuracy'], near.get('task_low'), near.get('task_high')):<17} "
+                         f"{acc(far['accuracy'], far.get('task_low'), far.get('task_high'))}{few}{failed}")
         lines.append(f"  ({result['unit']}; {result['interval']})")
     con = result["contrast"]
     detail = result.get("verdict_detail") or {}
@@ -959,9 +985,11 @@ def format_findings(result: dict[str, Any]) -> str:
         q = con if part == "pooled" else con.get(part)
         if q is None:
             continue
+        failed = (f"; {q['bootstrap_failed']} of {result.get('bootstrap', '?')} replicates failed to fit, left out"
+                  if q.get("bootstrap_failed") else "")
         lines.append(f"  {part:<8} {f(q['slope_a'])} vs {f(q['slope_b'])}: difference {f(q['slope_diff'])} "
                      f"[{f(q['low'])}, {f(q['high'])}], p = {f(q['p_value'], '.3g')}, minimum detectable "
-                     f"{f(q['mdd'])}  -> {detail.get(part, '-')}")
+                     f"{f(q['mdd'])}{failed}  -> {detail.get(part, '-')}")
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
     if result.get("robustness"):
