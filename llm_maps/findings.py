@@ -385,6 +385,9 @@ class Slopes:
         # within-task estimate above is refined further than the permutations' grid), and whether
         # the permutations are every assignment of the tasks to the domains (an exact test)
         self.observed, self.exact = observed, exact
+        # the tasks that carry information, where fewer than all do (within: a task all right or all
+        # wrong drops out of the conditional logit): the small-cluster spread counts these
+        self.clusters: tuple[int, int] | None = None
 
 
 def domain_labellings(n_a: int, n_b: int, n_perm: int, seed: int) -> tuple[np.ndarray, bool]:
@@ -433,9 +436,9 @@ def _fit_parts(da: "DomainData", db: "DomainData", counts_a: np.ndarray, counts_
                                        fits["b"]["boot_slope"], perm_a, perm_b, exact, fits)
     if not decompose:
         return out
-    curves = {}
+    curves, informative = {}, {}
     for key, dd in (("a", da), ("b", db)):
-        grid, per_task, _ = within_curves(x=dd.x, y=dd.y, task=dd.codes)
+        grid, per_task, informative[key] = within_curves(x=dd.x, y=dd.y, task=dd.codes)
         curves[key] = per_task
     est_a = conditional_logit_slope(x=da.x, y=da.y, task=da.codes)[0]
     est_b = conditional_logit_slope(x=db.x, y=db.y, task=db.codes)[0]
@@ -445,6 +448,7 @@ def _fit_parts(da: "DomainData", db: "DomainData", counts_a: np.ndarray, counts_
         perm_a, perm_b = curve_argmax(labels @ both, grid), curve_argmax((1.0 - labels) @ both, grid)
     out["within"] = _with_permutations(est_a, est_b, curve_argmax(counts_a @ curves["a"], grid),
                                        curve_argmax(counts_b @ curves["b"], grid), perm_a, perm_b, exact)
+    out["within"].clusters = (int(informative["a"].sum()), int(informative["b"].sum()))
     return out
 
 
@@ -463,7 +467,8 @@ def part_contrast(sl: Slopes, *, n_tasks_a: int, n_tasks_b: int) -> dict[str, An
     corrected), the two-sided permutation p-value (labels permuted across tasks), the standard error
     the interval implies and the minimum detectable difference (80 % power, 5 % level)."""
     diff = sl.est_a - sl.est_b
-    boot = small_cluster(sl.est_a, sl.boot_a, n_tasks_a) - small_cluster(sl.est_b, sl.boot_b, n_tasks_b)
+    g_a, g_b = sl.clusters or (n_tasks_a, n_tasks_b)
+    boot = small_cluster(sl.est_a, sl.boot_a, g_a) - small_cluster(sl.est_b, sl.boot_b, g_b)
     lo, hi = _interval(boot)
     se = None if lo is None or hi is None else float((hi - lo) / (2 * Z95))
     p, n_perm = None, 0
@@ -633,7 +638,7 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
     alo, ahi = _interval(auc_b)
     within, within_b, n_inf = conditional_logit_slope(x=dd.x, y=dd.y, task=dd.codes,
                                                       task_weights=counts if dd.n_tasks >= 2 else None)
-    wlo, whi = _interval(small_cluster(within, within_b, dd.n_tasks)) if n_inf >= 2 else (None, None)
+    wlo, whi = _interval(small_cluster(within, within_b, n_inf)) if n_inf >= 2 else (None, None)
     curve = None
     if np.isfinite(slope):
         p = expit(intercept + slope * curve_x)

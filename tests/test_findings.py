@@ -615,6 +615,36 @@ def test_with_few_tasks_the_permutation_test_is_exact_and_equals_refits_over_eve
         assert got["slope_diff"] == pytest.approx(d[0], rel=1e-3 if part == "within" else 1e-6), part
 
 
+def test_the_within_task_spread_counts_the_tasks_that_carry_information():
+    """Tasks all right (or all wrong) drop out of the conditional logit: the sqrt(G/(G-1)) spread of
+    the within-task interval uses the G tasks left (6 of 8 here), for a domain and in the contrast."""
+    from llm_maps.findings import small_cluster
+
+    sim = simulate_hybrid(7, within_a=-3.0, within_b=-1.0, between_a=0.0, between_b=0.0, n_tasks=8, per_task=30)
+    for name in ("Chollet", "Reasoning"):  # two tasks of each domain answered right throughout
+        for t in sorted(set(sim["task"][sim["domain"] == name]))[:2]:
+            sim["correct"][sim["task"] == t] = True
+    res = compute_findings(**sim, n_boot=200, seed=3)
+    pct = percentile_scale(sim["distance"])
+    rng = np.random.default_rng(3)
+    counts = {name: task_resample_counts(n_tasks=8, n_boot=200, rng=rng) for name in ("Chollet", "Reasoning")}
+    reps = {}
+    for name in ("Chollet", "Reasoning"):
+        sel = sim["domain"] == name
+        codes = np.unique(sim["task"][sel], return_inverse=True)[1]
+        est, r, informative = conditional_logit_slope(x=pct[sel], y=sim["correct"][sel].astype(float), task=codes,
+                                                      task_weights=counts[name])
+        assert informative == 6 and res["domains"][name]["n_tasks_within"] == 6
+        reps[name] = small_cluster(est, r, 6)
+        d = res["domains"][name]
+        lo, hi = np.percentile(reps[name][np.isfinite(reps[name])], [2.5, 97.5])
+        assert (d["slope_within_task_low"], d["slope_within_task_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    diff = reps["Chollet"] - reps["Reasoning"]
+    diff = diff[np.isfinite(diff)]
+    assert (res["contrast"]["within"]["low"], res["contrast"]["within"]["high"]) == (
+        pytest.approx(np.percentile(diff, 2.5)), pytest.approx(np.percentile(diff, 97.5)))
+
+
 def test_far_tasks_harder_in_one_domain_is_a_between_difference_not_a_within_one():
     """Equal within-task slopes, far tasks harder only in Chollet: the pooled slope mixes the two; the
     verdict says which part carries it."""
