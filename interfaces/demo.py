@@ -127,7 +127,7 @@ def score_demo_conditions(out: Path, *, progress: bool = True) -> None:
 
 
 def conditions_table(out: Path) -> str | None:
-    """The demo's per-domain conditions table (accuracy per condition, cot - direct with McNemar)."""
+    """The demo's per-domain conditions table (accuracy per condition, cot - direct with its task-level test)."""
     if read_conditions(out) is None:
         return None
     try:

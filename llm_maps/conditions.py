@@ -33,7 +33,8 @@ from .conditions_file import (CONDITIONS_FILE, DIRECT, condition_names, conditio
                               read_conditions, with_examples)
 from .errors import LLMMapsError
 from .falloff import wilson_interval
-from .findings import MIN_TASKS_FOR_CLAIM, UNIT, compute_findings, small_cluster, task_resample_counts, weighted_auroc
+from .findings import (MIN_TASKS_FOR_CLAIM, UNIT, compute_findings, sign_flip_p, small_cluster, task_resample_counts,
+                       weighted_auroc)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -232,8 +233,11 @@ def accuracy_with_interval(correct: np.ndarray, task: np.ndarray, *, n_boot: int
 def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, task: np.ndarray, *, n_boot: int,
                       seed: int) -> dict[str, Any]:
     """Accuracy of b minus accuracy of a on the same examples: the difference, a task-clustered
-    bootstrap 95 % interval, McNemar's test and a verdict ("supported" only with at least
-    MIN_TASKS_FOR_CLAIM tasks, when the interval excludes 0 and McNemar's p < 0.05)."""
+    bootstrap 95 % interval, a two-sided sign-flip test over tasks (each task's summed difference,
+    as likely negative as positive under the null: tasks are the unit of independence), McNemar's
+    test on the discordant examples beside it (examples as independent: shown, not used), and a
+    verdict ("supported" only with at least MIN_TASKS_FOR_CLAIM tasks, when the interval excludes 0
+    and the task-level p < 0.05)."""
     a = np.asarray(correct_a, dtype=bool)
     b = np.asarray(correct_b, dtype=bool)
     n = len(a)
@@ -246,19 +250,22 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, task: np.nda
             lo, hi = _percentile_interval((w @ (b.astype(float) - a.astype(float))) / w.sum(axis=1), diff, n_tasks,
                                           (-1.0, 1.0))
     test = mcnemar(b=int((a & ~b).sum()), c=int((~a & b).sum()))
+    codes = np.unique(task, return_inverse=True)[1]
+    per_task = np.bincount(codes, weights=b.astype(float) - a.astype(float)) if n else np.zeros(0)
+    p_task = sign_flip_p(per_task, seed=seed, two_sided=True)
     table = {"both_right": int((a & b).sum()), "a_only": int((a & ~b).sum()), "b_only": int((~a & b).sum()),
              "both_wrong": int((~a & ~b).sum())}
     if lo is None or hi is None:
         verdict = f"not supported: {n_tasks} task{'s' if n_tasks != 1 else ''} (a task-clustered interval needs 2)"
     elif n_tasks < MIN_TASKS_FOR_CLAIM:
         verdict = f"not supported: only {n_tasks} tasks (a claim needs {MIN_TASKS_FOR_CLAIM})"
-    elif (lo > 0 or hi < 0) and test["p_value"] < 0.05:
+    elif (lo > 0 or hi < 0) and p_task is not None and p_task < 0.05:
         verdict = "supported: " + ("helps" if lo > 0 else "hurts")
     else:
         verdict = "not supported: the interval includes 0" if lo <= 0 <= hi else \
-            f"not supported: McNemar p = {test['p_value']:.3g}"
-    return {"n": n, "n_tasks": n_tasks, "diff": diff, "low": lo, "high": hi, "table": table, "mcnemar": test,
-            "verdict": verdict}
+            f"not supported: sign-flip test over tasks p = {p_task:.3g}"
+    return {"n": n, "n_tasks": n_tasks, "diff": diff, "low": lo, "high": hi, "table": table, "p_value": p_task,
+            "mcnemar": test, "verdict": verdict}
 
 
 def summarize(frame: pd.DataFrame, *, baseline: str | None = None, split: str = "test", n_boot: int = 2000,
@@ -326,10 +333,12 @@ def summarize(frame: pd.DataFrame, *, baseline: str | None = None, split: str = 
                              "nearest token-atlas state (a training response step); per example its mean and "
                              "max over the generated tokens"},
             "interval": (f"95 % percentile interval of a task-clustered bootstrap (tasks resampled with replacement; "
-                         f"replicates spread by sqrt(G/(G-1)) for G tasks), B = {n_boot}, seed {seed}; McNemar's test "
-                         "on the discordant examples (exact binomial when fewer than 25, else chi-square with "
-                         f"continuity correction); a difference is claimed only with at least {MIN_TASKS_FOR_CLAIM} "
-                         "tasks, when the interval excludes 0 and McNemar's p < 0.05")}
+                         f"replicates spread by sqrt(G/(G-1)) for G tasks), B = {n_boot}, seed {seed}; task p: a two-sided "
+                         "sign-flip test of the tasks' summed differences (every sign pattern up to 12 tasks); "
+                         "McNemar's test on the discordant examples beside it (examples as independent; exact "
+                         "binomial when fewer than 25, else chi-square with continuity correction); a difference is "
+                         f"claimed only with at least {MIN_TASKS_FOR_CLAIM} tasks, when the interval excludes 0 and "
+                         "the task p < 0.05")}
 
 
 def path_stats(frame: pd.DataFrame, names: Sequence[str], domains: Sequence[str], *, n_boot: int,
@@ -391,11 +400,12 @@ def format_summary(s: Mapping[str, Any]) -> str:
     if s["paired"]:
         lines += ["", f"paired difference against {s['baseline']} (accuracy of b - a on the same examples):",
                   f"  {'domain':<12} {'b':<14} {'n':>5} {'tasks':>5} {'diff':>6}  {'interval':<16} {'b only':>6} "
-                  f"{'a only':>6} {'McNemar p':>9}  verdict"]
+                  f"{'a only':>6} {'task p':>7} {'McNemar p':>9}  verdict"]
         for r in s["paired"]:
             lines.append(f"  {r['domain']:<12} {r['b']:<14} {r['n']:>5} {r['n_tasks']:>5} {_f(r['diff'], '+.2f'):>6}  "
                          f"{'[' + _f(r['low'], '+.2f') + ', ' + _f(r['high'], '+.2f') + ']':<16} "
-                         f"{r['table']['b_only']:>6} {r['table']['a_only']:>6} {_f(r['mcnemar']['p_value'], '.3g'):>9}"
+                         f"{r['table']['b_only']:>6} {r['table']['a_only']:>6} {_f(r.get('p_value'), '.3g'):>7} "
+                         f"{_f(r['mcnemar']['p_value'], '.3g'):>9}"
                          f"  {r['verdict']}")
     if s.get("paths"):
         lines += ["", "chain distance to the training responses (token atlas; mean over examples of each path's "

@@ -41,6 +41,7 @@ FloatArray = npt.NDArray[np.float64]
 FINDINGS_FILE = "findings.json"
 FORMAT_VERSION = 2  # 2: contrast.within / .between, verdict_detail, robustness excludes_0 / p_holm
 MIN_TASKS_FOR_CLAIM = 5  # fewer tasks in a domain than this: no claim, whatever the interval says
+MAX_FLIPS = 4096  # sign patterns of a sign-flip p-value: every one up to 12 tasks, else this many at random
 ALPHA = 0.05
 VERDICTS = ("supported", "not supported", "reversed")
 DEFAULT_CONTRAST = ("Chollet", "Reasoning")
@@ -289,6 +290,31 @@ def task_ratio_interval(num: np.ndarray, den: np.ndarray, estimate: float, *, n_
     if lo is None or hi is None:
         return None, None
     return float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
+
+
+def sign_flip_p(values: np.ndarray, *, seed: int = 0, max_flips: int = MAX_FLIPS,
+                two_sided: bool = False) -> float | None:
+    """P-value of the sum of ``values`` (one per task) under sign flips: one-sided, the share of
+    sign patterns whose flipped sum is at most the observed one; ``two_sided``, whose flipped sum is
+    at least as far from 0 (every pattern when there are at most ``max_flips``, counting the identity;
+    else ``max_flips`` seeded ones, plus one). None without values. Under the null each task's
+    difference is as likely negative as positive."""
+    v = np.asarray(values, dtype=float)
+    g = len(v)
+    if g == 0:
+        return None
+    observed = float(v.sum())
+    tol = 1e-12 * max(1.0, float(np.abs(v).sum()))
+
+    def hits(sums: np.ndarray) -> np.ndarray:
+        return np.abs(sums) >= abs(observed) - tol if two_sided else sums <= observed + tol
+
+    if 2 ** g <= max_flips:
+        signs = 1.0 - 2.0 * ((np.arange(2 ** g)[:, None] >> np.arange(g)[None, :]) & 1)  # [2^g, g]
+        return float(np.mean(hits(signs @ v)))
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(max_flips, g))
+    return float((1 + np.sum(hits(signs @ v))) / (max_flips + 1))
 
 
 def _num(v: float | None) -> float | None:

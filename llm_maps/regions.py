@@ -40,8 +40,8 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import LLMMapsError
-from .findings import (ALPHA, MIN_TASKS_FOR_CLAIM, run_views, task_ratio_interval, variant_distances,
-                       view_encodings)
+from .findings import (ALPHA, MAX_FLIPS, MIN_TASKS_FOR_CLAIM, run_views, sign_flip_p, task_ratio_interval,
+                       variant_distances, view_encodings)
 from .runfolder import (ENCODINGS, EXAMPLES, Run, check_writable, parquet_errors, read_result_json, record_stage,
                         write_json_atomic)
 
@@ -57,7 +57,6 @@ CLUSTER_MAX = 30_000  # rows HDBSCAN clusters (quadratic time); beyond, the rest
 UNCOVERED_BELOW = 0.1  # a region with a smaller share of train examples is "uncovered"
 N_KEYWORDS = 6
 N_BOOT = 2000
-MAX_FLIPS = 4096  # sign patterns of the p-value: every one up to 12 tasks, else this many at random
 CHUNK_ROWS = 8192
 TEXT_CHARS = 300
 INTERVAL = ("accuracy and difference: 95 % percentile interval of a task-clustered bootstrap (the region's tasks "
@@ -185,25 +184,6 @@ def expected_accuracy(*, labels: np.ndarray, task: Sequence[Any], correct: np.nd
     inside = scored & (labels == region)
     out[inside] = task_out[codes[inside]]
     return out
-
-
-def sign_flip_p(values: np.ndarray, *, seed: int = 0, max_flips: int = MAX_FLIPS) -> float | None:
-    """One-sided p-value that the sum of ``values`` (one per task) is this low by chance: the share of
-    sign patterns whose flipped sum is at most the observed one (every pattern when there are at most
-    ``max_flips``, counting the identity; else ``max_flips`` seeded ones, plus one). None without
-    values. Under the null each task's difference is as likely negative as positive."""
-    v = np.asarray(values, dtype=float)
-    g = len(v)
-    if g == 0:
-        return None
-    observed = float(v.sum())
-    tol = 1e-12 * max(1.0, float(np.abs(v).sum()))
-    if 2 ** g <= max_flips:
-        signs = 1.0 - 2.0 * ((np.arange(2 ** g)[:, None] >> np.arange(g)[None, :]) & 1)  # [2^g, g]
-        return float(np.mean(signs @ v <= observed + tol))
-    rng = np.random.default_rng(seed)
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(max_flips, g))
-    return float((1 + np.sum(signs @ v <= observed + tol)) / (max_flips + 1))
 
 
 def bh_qvalues(p_values: Sequence[float | None]) -> list[float | None]:

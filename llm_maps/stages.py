@@ -361,8 +361,9 @@ class FindingsConfig:
 @stage("conditions", "accuracy per domain and condition, paired differences, falloff slopes",
        description="From conditions.parquet (`llm-maps score RUN --conditions ...`): accuracy per domain and "
                    "condition with task-clustered 95 % intervals; each condition against the baseline on the same "
-                   "examples (difference with a task-clustered interval, McNemar's test, a verdict); the falloff "
-                   "slope per condition and domain on the Findings distance scale.")
+                   "examples (difference with a task-clustered interval, a sign-flip test over tasks, McNemar's test "
+                   "beside it, a verdict); the falloff slope per condition and domain on the Findings distance "
+                   "scale.")
 @dataclass(frozen=True)
 class ConditionsConfig:
     run: str = _run()

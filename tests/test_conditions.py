@@ -117,6 +117,27 @@ def test_with_few_tasks_no_claim_and_intervals_spread_as_the_other_verbs_spread_
         "supported: helps"
 
 
+def test_the_verdict_tests_tasks_not_examples_with_a_sign_flip_test_equal_to_scipys():
+    """Three of six tasks gain 10 answers and three lose one: McNemar, counting 30 examples against 3
+    as independent, rejects; the sign-flip test of the tasks' summed differences (scipy's
+    permutation_test over every sign pattern, two-sided) gives p = 0.25, and no claim is made."""
+    from scipy.stats import permutation_test
+
+    task = np.repeat([f"t{i}" for i in range(6)], 30)
+    a = np.zeros(180, dtype=bool)
+    b = a.copy()
+    for i in range(3):  # tasks 0-2: 10 answers fixed; tasks 3-5: one answer broken
+        b[i * 30:i * 30 + 10] = True
+        a[(i + 3) * 30] = True
+    res = paired_difference(a, b, task, n_boot=500, seed=0)
+    per_task = np.array([(b[task == t].astype(int) - a[task == t].astype(int)).sum() for t in sorted(set(task))])
+    ref = permutation_test((per_task,), np.sum, permutation_type="samples", alternative="two-sided",
+                           n_resamples=np.inf).pvalue
+    assert res["p_value"] == pytest.approx(ref) == pytest.approx(0.25)
+    assert res["mcnemar"]["p_value"] < 1e-5
+    assert res["low"] > 0 and res["verdict"] == "not supported: sign-flip test over tasks p = 0.25"
+
+
 def test_outcomes():
     a = np.array([True, True, False, False])
     b = np.array([True, False, True, False])
