@@ -232,11 +232,19 @@ def parts_rows(result: dict) -> list[list[str]]:
 
 def domain_rows(result: dict) -> list[list[str]]:
     """Per-domain numbers as text cells (header first)."""
-    out = [["domain", "examples", "tasks", "accuracy", "slope [95 %]", "within task [95 %]", "AUROC error [95 %]",
-            "nearest quarter", "farthest quarter", "slope per raw unit"]]
+    out = [["domain", "examples", "tasks", "accuracy [95 %]", "slope [95 %]", "within task [95 %]",
+            "AUROC error [95 %]", "nearest quarter [95 %]", "farthest quarter [95 %]", "slope per raw unit"]]
+
+    def acc(a, lo, hi, wlo, whi, n=None):  # task-clustered where the file has it (Wilson's over examples before)
+        over = f"[{_f(lo)}, {_f(hi)}]" if lo is not None and hi is not None else f"[{_f(wlo)}, {_f(whi)}] Wilson"
+        return f"{_f(a)} {over}" + (f" (n={n})" if n is not None else "")
+
     for name, st in result["domains"].items():
-        q = lambda s: f"{_f(s['accuracy'])} [{_f(s['low'])}, {_f(s['high'])}] (n={s['n']})"
-        out.append([name, str(st["n"]), str(st["n_tasks"]), _f(st["accuracy"]),
+        def q(s):
+            return acc(s["accuracy"], s.get("task_low"), s.get("task_high"), s["low"], s["high"], s["n"])
+        out.append([name, str(st["n"]), str(st["n_tasks"]),
+                    acc(st["accuracy"], st.get("accuracy_task_low"), st.get("accuracy_task_high"),
+                        st.get("accuracy_low"), st.get("accuracy_high")),
                     f"{_f(st['slope'])} [{_f(st['slope_low'])}, {_f(st['slope_high'])}]",
                     f"{_f(st['slope_within_task'])} [{_f(st['slope_within_task_low'])}, {_f(st['slope_within_task_high'])}]",
                     f"{_f(st['auroc'], '.3f')} [{_f(st['auroc_low'], '.3f')}, {_f(st['auroc_high'], '.3f')}]",

@@ -588,8 +588,13 @@ def part_sentence(part: str, con: Mapping[str, Any], verdict: str) -> str:
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:+.2f}"
 
-    n = (f"difference {f(q.get('slope_diff'))} [{f(q.get('low'))}, {f(q.get('high'))}]"
-         + ("" if q.get("p_value") is None else f", p = {q['p_value']:.3g}"))
+    if q.get("slope_diff") is None:  # a part that could not be fitted (e.g. separation)
+        n = "no difference could be fitted"
+    else:
+        n = (f"difference {f(q.get('slope_diff'))} "
+             + ("[no interval]" if q.get("low") is None or q.get("high") is None
+                else f"[{f(q.get('low'))}, {f(q.get('high'))}]")
+             + ("" if q.get("p_value") is None else f", p = {q['p_value']:.3g}"))
     return PART_WORDS[(part, verdict)].format(a=con["a"], b=con["b"], n=n)
 
 

@@ -675,6 +675,36 @@ def test_fewer_than_five_tasks_per_domain_make_no_claim():
     assert res["verdict"].startswith("not supported: Chollet has only 4 tasks; no claim is made with fewer than 5")
 
 
+def test_a_part_that_could_not_be_fitted_says_so_in_words():
+    from llm_maps.findings import part_sentence
+
+    con = {"a": "Chollet", "b": "Reasoning",
+           "between": {"slope_diff": None, "low": None, "high": None, "p_value": None},
+           "within": {"slope_diff": -0.5, "low": None, "high": None, "p_value": 0.4}}
+    assert part_sentence("between", con, "not supported") == \
+        "far tasks are not shown to be harder in Chollet than in Reasoning (no difference could be fitted)"
+    assert part_sentence("within", con, "not supported").endswith("(difference -0.50 [no interval], p = 0.4)")
+
+
+def test_the_findings_pages_domain_table_shows_task_clustered_accuracies_and_labels_old_files_wilson():
+    from dashboard.findings_view import domain_rows
+
+    res = compute_findings(**simulate(8, -2.0, -1.0, n_tasks=6, per_task=20), n_boot=200, seed=0)
+    rows = domain_rows(res)
+    assert rows[0][3] == "accuracy [95 %]" and rows[0][7] == "nearest quarter [95 %]"
+    st = res["domains"]["Chollet"]
+    chollet = next(r for r in rows if r[0] == "Chollet")
+    assert chollet[3] == f"{st['accuracy']:.2f} [{st['accuracy_task_low']:.2f}, {st['accuracy_task_high']:.2f}]"
+    near = st["near"]
+    assert chollet[7] == f"{near['accuracy']:.2f} [{near['task_low']:.2f}, {near['task_high']:.2f}] (n={near['n']})"
+    # a findings.json written before the task-clustered keys: Wilson's interval, said to be Wilson's
+    old = {"domains": {"Chollet": {k: v for k, v in st.items() if k not in ("accuracy_task_low", "accuracy_task_high")}
+                       | {"near": {k: v for k, v in near.items() if k not in ("task_low", "task_high")}}}}
+    cell = domain_rows(old)[1]
+    assert cell[3] == f"{st['accuracy']:.2f} [{st['accuracy_low']:.2f}, {st['accuracy_high']:.2f}] Wilson"
+    assert cell[7] == f"{near['accuracy']:.2f} [{near['low']:.2f}, {near['high']:.2f}] Wilson (n={near['n']})"
+
+
 def test_holm_equals_statsmodels():
     from statsmodels.stats.multitest import multipletests
 
