@@ -29,7 +29,7 @@ import numpy as np
 from .errors import LLMMapsError
 from .falloff import falloff_stats, wilson_interval
 from .runfolder import ENCODINGS, EXAMPLES, FINETUNE_FILE, Run, check_writable, model_label, record_stage, write_json_atomic
-from .findings import _interval, small_cluster, task_ratio_interval, task_resample_counts
+from .resample import interval_95 as _interval, small_cluster, task_ratio_interval, task_resample_counts
 from .neighbours import nearest_train
 
 COMPARE_VERSION = 1

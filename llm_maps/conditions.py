@@ -33,8 +33,8 @@ from .conditions_file import (CONDITIONS_FILE, DIRECT, condition_names, conditio
                               read_conditions, with_examples)
 from .errors import LLMMapsError
 from .falloff import wilson_interval
-from .findings import (MIN_TASKS_FOR_CLAIM, UNIT, compute_findings, sign_flip_p, small_cluster, task_resample_counts,
-                       weighted_auroc)
+from .findings import MIN_TASKS_FOR_CLAIM, UNIT, compute_findings, weighted_auroc
+from .resample import sign_flip_p, small_cluster, task_resample_counts
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -40,8 +40,8 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import LLMMapsError
-from .findings import (ALPHA, MAX_FLIPS, MIN_TASKS_FOR_CLAIM, run_views, sign_flip_p, task_ratio_interval,
-                       variant_distances, view_encodings)
+from .findings import ALPHA, MIN_TASKS_FOR_CLAIM, run_views, variant_distances, view_encodings
+from .resample import MAX_FLIPS, sign_flip_p, task_ratio_interval
 from .runfolder import (ENCODINGS, EXAMPLES, Run, check_writable, parquet_errors, read_result_json, record_stage,
                         write_json_atomic)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-from .findings import read_findings, task_ratio_interval
+from .findings import read_findings
+from .resample import task_ratio_interval
 
 if TYPE_CHECKING:
     import pandas as pd

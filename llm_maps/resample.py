@@ -1,0 +1,81 @@
+"""The task bootstrap and the sign-flip test every verdict uses: tasks, not examples, are the unit of
+independence. Torch-free, numpy only (llm_maps.falloff, findings, conditions, regions and comparison
+build on it)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+MAX_FLIPS = 4096  # sign patterns of a sign-flip p-value: every one up to 12 tasks, else this many at random
+
+
+def task_resample_counts(*, n_tasks: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[B, T] how often each of ``n_tasks`` tasks is drawn in each of ``n_boot`` replicates."""
+    return rng.multinomial(n_tasks, np.full(n_tasks, 1.0 / n_tasks), size=n_boot).astype(float)
+
+
+def interval_95(values: np.ndarray) -> tuple[float | None, float | None]:
+    """The 2.5th and 97.5th percentiles of the finite ``values`` (None with fewer than 10)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 10:
+        return None, None
+    lo, hi = np.percentile(v, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def task_ratio_interval(num: np.ndarray, den: np.ndarray, estimate: float, *, n_boot: int,
+                        rng: np.random.Generator, bounds: tuple[float, float]) -> tuple[float | None, float | None]:
+    """Task-clustered bootstrap 95 % interval of sum(num) / sum(den) over tasks (num, den [G]: e.g.
+    each task's correct and scored examples), replicates spread by sqrt(G/(G-1)) (small_cluster) and
+    the interval clipped to ``bounds`` (the spread can carry it past them). None with fewer than 2 tasks."""
+    g = len(num)
+    if g < 2 or not np.isfinite(estimate):
+        return None, None
+    counts = task_resample_counts(n_tasks=g, n_boot=n_boot, rng=rng)  # [B, G]
+    d = counts @ den
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = np.where(d > 0, (counts @ num) / np.where(d > 0, d, 1.0), np.nan)
+    lo, hi = interval_95(small_cluster(estimate, reps, g))
+    if lo is None or hi is None:
+        return None, None
+    return float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
+
+
+def sign_flip_p(values: np.ndarray, *, seed: int = 0, max_flips: int = MAX_FLIPS,
+                two_sided: bool = False) -> float | None:
+    """P-value of the sum of ``values`` (one per task) under sign flips: one-sided, the share of
+    sign patterns whose flipped sum is at most the observed one; ``two_sided``, whose flipped sum is
+    at least as far from 0 (every pattern when there are at most ``max_flips``, counting the identity;
+    else ``max_flips`` seeded ones, plus one). None without values. Under the null each task's
+    difference is as likely negative as positive."""
+    v = np.asarray(values, dtype=float)
+    g = len(v)
+    if g == 0:
+        return None
+    observed = float(v.sum())
+    tol = 1e-12 * max(1.0, float(np.abs(v).sum()))
+
+    def hits(sums: np.ndarray) -> np.ndarray:
+        return np.abs(sums) >= abs(observed) - tol if two_sided else sums <= observed + tol
+
+    if 2 ** g <= max_flips:
+        signs = 1.0 - 2.0 * ((np.arange(2 ** g)[:, None] >> np.arange(g)[None, :]) & 1)  # [2^g, g]
+        return float(np.mean(hits(signs @ v)))
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(max_flips, g))
+    return float((1 + np.sum(hits(signs @ v))) / (max_flips + 1))
+
+
+def small_cluster(est: float, reps: np.ndarray, n_tasks: int) -> np.ndarray:
+    """Bootstrap replicates spread by sqrt(G / (G - 1)) around the estimate: the task bootstrap's
+    variance is (G - 1) / G of the unbiased one for G tasks (the CR1 correction of clustered
+    standard errors), which matters with few tasks."""
+    if n_tasks < 2 or not np.isfinite(est):
+        return np.asarray(reps, dtype=float)
+    out: FloatArray = est + math.sqrt(n_tasks / (n_tasks - 1)) * (np.asarray(reps, dtype=float) - est)
+    return out
