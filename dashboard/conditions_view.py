@@ -27,7 +27,7 @@ from dashboard.conditions_data import (CELL_CHARS, CONDITION_PALETTE, DOMAIN_DAS
 from dashboard.formatting import fmt as _fmt
 from llm_maps.conditions import CONDITIONS_FILE, DIRECT, EXTRACTION_RULES, OUTCOMES, condition_names
 from llm_maps.errors import LLMMapsError
-from dashboard.figures import DIST_SCALE, REFERENCE_GREY, bins_error_y, falloff_layout, outcome_spec, plot_text, template_name, view_figure
+from dashboard.figures import DIST_SCALE, REFERENCE_GREY, bin_interval, bins_error_y, falloff_layout, outcome_spec, plot_text, template_name, view_figure
 from llm_maps.falloff import format_slope
 
 __all__ = ["ConditionsData", "load_conditions", "conditions_of", "outcome_codes", "outcome_legend", "outcome_title",
@@ -59,7 +59,7 @@ def map_controls(data, ca=None, cb=None) -> list:
 def conditions_falloff_figure(per_cond: dict[str, dict], conditions: list[str], domains: list[str], *,
                               layout: str = "overlay", title: str = "", dark: bool = False,
                               metric: str = "cosine", colours: dict[str, str] | None = None):
-    """Accuracy per distance bin with Wilson 95 % intervals, one trace per condition and domain:
+    """Accuracy per distance bin with 95 % intervals (figures.bin_interval), one trace per condition and domain:
     overlaid (colour: condition, dash and marker: domain) or one panel per domain side by side."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -87,10 +87,11 @@ def conditions_falloff_figure(per_cond: dict[str, dict], conditions: list[str], 
                 line={"color": colours[name], "width": 2, "dash": "solid" if side else DOMAIN_DASHES[j % 6]},
                 marker={"size": 8, "color": colours[name], "symbol": "circle" if side else DOMAIN_SYMBOLS[j % 6]},
                 error_y=bins_error_y([b for b, _ in bins], colours[name]),
-                customdata=[[b["lo"], b["hi"], b["n"], b["correct"], b["low"], b["high"], t] for b, t in bins],
+                customdata=[[b["lo"], b["hi"], b["n"], b["correct"], *bin_interval(b)[:2], t, bin_interval(b)[2]]
+                            for b, t in bins],
                 hovertemplate=(f"{plot_text(name)} · {plot_text(dom)}<br>distance %{{customdata[0]:.4g}}–"
                                f"%{{customdata[1]:.4g}} ({metric}, the example's own prompt)<br>accuracy %{{y:.3f}} "
-                               "[%{customdata[4]:.3f}, %{customdata[5]:.3f}] (Wilson 95 %)<br>%{customdata[3]} / "
+                               "[%{customdata[4]:.3f}, %{customdata[5]:.3f}] (95 %, %{customdata[7]})<br>%{customdata[3]} / "
                                "%{customdata[2]} examples correct, in %{customdata[6]} tasks<extra></extra>"))
             if side:
                 fig.add_trace(trace, row=1, col=j + 1)

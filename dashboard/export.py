@@ -104,7 +104,8 @@ def export_html(run_dir: str | Path, out: str | Path, *, max_points: int = 20_00
         fig = F.falloff_figure(stats, groups, title="Accuracy vs distance to the nearest training prompt",
                                metric=data.metric)
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False, config=config, div_id="falloff"))
-        parts.append(f"<p class='note'>Falloff statistics {html.escape(source)}; error bars: Wilson 95 % intervals.</p>")
+        parts.append(f"<p class='note'>Falloff statistics {html.escape(source)}; error bars: "
+                     f"{html.escape(F.interval_words(stats))}.</p>")
     else:
         parts.append(f"<p class='note' id='falloff'>No falloff plot: {html.escape(source)}.</p>")
     if compare:

@@ -428,7 +428,8 @@ def count_lanes(groups: list[list[tuple[float, str]]], *, span: float, plot_px: 
 
 def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", title: str = "",
                    dark: bool = False, metric: str = "cosine", min_width: int = 700) -> go.Figure:
-    """Accuracy per distance bin with Wilson 95 % intervals, one line per group (overlaid) or one
+    """Accuracy per distance bin with 95 % intervals (over tasks where the stats have them, else
+    Wilson's over examples), one line per group (overlaid) or one
     panel per group (side by side). Bin counts are shown above the plot in the group's colour, one
     row of labels per group (more when they would touch on a figure ``min_width`` pixels wide: no
     two overlap), and in the hover."""
@@ -455,10 +456,10 @@ def falloff_figure(stats: dict, groups: list[str], *, layout: str = "overlay", t
             x=x, y=y, mode="lines+markers", name=name, line={"color": colour, "width": 2},
             marker={"size": 8, "color": colour},
             error_y=bins_error_y(bins, colour),
-            customdata=[[b["lo"], b["hi"], b["n"], b["correct"], b["low"], b["high"]] for b in bins],
+            customdata=[[b["lo"], b["hi"], b["n"], b["correct"], *bin_interval(b)] for b in bins],
             hovertemplate=("distance %{customdata[0]:.4g}–%{customdata[1]:.4g}<br>accuracy %{y:.3f} "
-                           "[%{customdata[4]:.3f}, %{customdata[5]:.3f}]<br>%{customdata[3]} / %{customdata[2]} correct"
-                           f"<extra>{plot_text(g)}</extra>"))
+                           "[%{customdata[4]:.3f}, %{customdata[5]:.3f}] (%{customdata[6]})<br>%{customdata[3]} / "
+                           f"%{{customdata[2]}} correct<extra>{plot_text(g)}</extra>"))
         if side:
             fig.add_trace(trace, row=1, col=i + 1)
         else:
@@ -507,10 +508,26 @@ def add_bin_counts(fig: go.Figure, counts: list[tuple[str, str, list[tuple[float
     return fig
 
 
+def bin_interval(b) -> tuple[float, float, str]:
+    """A bin's 95 % interval to draw: over tasks (task_low, task_high) where the stats have it, else
+    Wilson's over examples (low, high); and which it is."""
+    if b.get("task_low") is not None and b.get("task_high") is not None:
+        return b["task_low"], b["task_high"], "over tasks"
+    return b["low"], b["high"], "Wilson, over examples"
+
+
+def interval_words(stats) -> str:
+    """What the error bars of these falloff statistics are (every bin has the same kind)."""
+    over = any(b.get("task_low") is not None for g in stats.values() for b in g.get("bins", []))
+    return ("95 % intervals over tasks (a task bootstrap: examples within a task are not independent)" if over
+            else "Wilson 95 % intervals (examples as independent)")
+
+
 def bins_error_y(bins, colour: str) -> dict:
-    """Asymmetric error bars from each bin's accuracy to its interval (``low``, ``high``)."""
-    return {"type": "data", "symmetric": False, "array": [b["high"] - b["accuracy"] for b in bins],
-            "arrayminus": [b["accuracy"] - b["low"] for b in bins], "color": colour, "thickness": 1.2}
+    """Asymmetric error bars from each bin's accuracy to its interval (bin_interval)."""
+    iv = [bin_interval(b) for b in bins]
+    return {"type": "data", "symmetric": False, "array": [hi - b["accuracy"] for b, (_, hi, _) in zip(bins, iv)],
+            "arrayminus": [b["accuracy"] - lo for b, (lo, _, _) in zip(bins, iv)], "color": colour, "thickness": 1.2}
 
 
 def falloff_layout(fig: go.Figure, *, side: bool, dark: bool, title: str, height: int, legend_y: float,

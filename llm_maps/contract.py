@@ -444,7 +444,14 @@ MANIFEST_KEYS: tuple[str, ...] = tuple(ManifestRequired.__annotations__)
 # ================================================================================ falloff.json
 
 
-class FalloffBin(TypedDict):
+class OverTasks(TypedDict, total=False):
+    task_low: Annotated[float | None, "task-clustered bootstrap 95% interval of accuracy, lower (tasks resampled; "
+                                      "null: fewer than 2 tasks); written when the rows' tasks are known"]
+    task_high: Annotated[float | None, "upper"]
+    n_tasks: Annotated[int, "tasks among the examples"]
+
+
+class FalloffBin(OverTasks):
     bin: Annotated[int, "bin index, nearest first"]
     lo: Annotated[float, "lower distance edge"]
     hi: Annotated[float, "upper distance edge"]
@@ -468,7 +475,7 @@ class FalloffTrend(TypedDict, total=False):
     note: Annotated[str, "why no slope (or no interval) was fitted"]
 
 
-class FalloffGroup(TypedDict):
+class FalloffGroup(OverTasks):
     n: Annotated[int, "examples (with a distance and a correct value)"]
     correct: Annotated[int, "correct examples"]
     accuracy: Annotated[float | None, "correct / n"]

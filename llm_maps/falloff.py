@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
-from .contract import ExpectedAccuracy, FalloffBin, FalloffGroup, FalloffTrend
+from .contract import ExpectedAccuracy, FalloffBin, FalloffGroup, FalloffTrend, OverTasks
+from .resample import task_ratio_interval
 
 import numpy as np
 
@@ -118,26 +119,50 @@ def clustered_trends(stats: Mapping[str, Any]) -> bool:
     return all((st.get("trend") or {}).get("slope") is None or "clusters" in st["trend"] for st in stats.values())
 
 
+FALLOFF_BOOT = 2000  # task-bootstrap replicates of the accuracies' intervals over tasks
+
+
+def _add_over_tasks(target: OverTasks, correct: np.ndarray, codes: np.ndarray, sel: np.ndarray, seed: int) -> None:
+    """Set task_low, task_high (a task-clustered bootstrap 95 % interval of the accuracy of rows
+    ``sel``; None with fewer than 2 tasks) and n_tasks on ``target``."""
+    k_t = np.bincount(codes[sel], weights=correct[sel].astype(float))
+    n_t = np.bincount(codes[sel]).astype(float)
+    used = n_t > 0
+    est = float(k_t.sum() / n_t.sum()) if n_t.sum() else math.nan
+    target["task_low"], target["task_high"] = task_ratio_interval(
+        k_t[used], n_t[used], est, n_boot=FALLOFF_BOOT, rng=np.random.default_rng(seed), bounds=(0.0, 1.0))
+    target["n_tasks"] = int(used.sum())
+
+
 def group_falloff(distance: np.ndarray, correct: np.ndarray, edges: np.ndarray,
                   tasks: np.ndarray | None = None) -> FalloffGroup:
-    """Accuracy per distance bin (given edges) with Wilson intervals, plus the logistic trend
-    (task-clustered when ``tasks`` are given)."""
+    """Accuracy per distance bin (given edges) with Wilson intervals, plus the logistic trend.
+    With ``tasks``: the trend's interval is task-clustered, and every accuracy also gets a
+    task-clustered interval (task_low, task_high: examples within a task are not independent)."""
     distance = np.asarray(distance, dtype=float)
     correct = np.asarray(correct, dtype=bool)
+    codes = None if tasks is None else np.unique(np.asarray(tasks).astype(str), return_inverse=True)[1]
     bins: list[FalloffBin] = []
     idx = assign_bins(distance, edges)
     for b in range(max(len(edges) - 1, 0)):
         sel = idx == b
         n, k = int(sel.sum()), int(correct[sel].sum())
         low, high = wilson_interval(k, n)
-        bins.append({"bin": b, "lo": float(edges[b]), "hi": float(edges[b + 1]),
-                     "median": float(np.median(distance[sel])) if n else None,
-                     "n": n, "correct": k, "accuracy": (k / n) if n else None,
-                     "low": low if n else None, "high": high if n else None})
+        entry: FalloffBin = {"bin": b, "lo": float(edges[b]), "hi": float(edges[b + 1]),
+                             "median": float(np.median(distance[sel])) if n else None,
+                             "n": n, "correct": k, "accuracy": (k / n) if n else None,
+                             "low": low if n else None, "high": high if n else None}
+        if codes is not None and n:
+            _add_over_tasks(entry, correct, codes, sel, seed=b + 1)
+        bins.append(entry)
     n, k = len(distance), int(correct.sum())
     low, high = wilson_interval(k, n)
-    return {"n": n, "correct": k, "accuracy": (k / n) if n else None, "low": low if n else None,
-            "high": high if n else None, "bins": bins, "trend": logistic_trend(distance, correct, clusters=tasks)}
+    out: FalloffGroup = {"n": n, "correct": k, "accuracy": (k / n) if n else None, "low": low if n else None,
+                         "high": high if n else None, "bins": bins,
+                         "trend": logistic_trend(distance, correct, clusters=tasks)}
+    if codes is not None and n:
+        _add_over_tasks(out, correct, codes, np.ones(n, dtype=bool), seed=0)
+    return out
 
 
 def falloff_stats(distance: np.ndarray, correct: np.ndarray, groups: Iterable[str] | None = None, *,

@@ -80,6 +80,13 @@ def _fmt(v, spec=".3f"):
     return "-" if v is None else format(v, spec)
 
 
+def _over(st: dict) -> str:
+    """An accuracy's interval over tasks, when it has one, and a separator."""
+    if st.get("task_low") is None or st.get("task_high") is None:
+        return ""
+    return f"[{_fmt(st['task_low'])}, {_fmt(st['task_high'])}] over tasks, "
+
+
 def format_falloff(result: dict, *, all_variants: bool = True) -> str:
     """The default variant as a table per domain, then the trend slope of every variant."""
     lines = []
@@ -87,17 +94,19 @@ def format_falloff(result: dict, *, all_variants: bool = True) -> str:
     lines.append(f"accuracy vs distance to train ({result['split']}"
                  + (f", condition {result['condition']}" if result.get("condition") else "")
                  + f", layer {default['layer']}, "
-                 f"{default['metric']}, {result['n_bins']} equal-count bins; accuracies with 95% Wilson intervals "
-                 "over examples, slopes with task-clustered ones)")
+                 f"{default['metric']}, {result['n_bins']} equal-count bins; accuracies with 95% intervals over "
+                 "tasks (a task bootstrap) and Wilson's over examples; slopes with task-clustered ones)")
     for group, st in default["stats"].items():
         lines.append("")
-        tasks = (st.get("trend") or {}).get("clusters")
-        lines.append(f"{group}: accuracy {_fmt(st['accuracy'])} [{_fmt(st['low'])}, {_fmt(st['high'])}], n={st['n']}"
-                     + (f" in {tasks} tasks" if tasks is not None else ""))
-        lines.append(f"  {'distance':>23}  {'n':>5}  {'acc':>6}  {'95% interval':>15}")
+        tasks = st.get("n_tasks", (st.get("trend") or {}).get("clusters"))
+        lines.append(f"{group}: accuracy {_fmt(st['accuracy'])} {_over(st)}[{_fmt(st['low'])}, {_fmt(st['high'])}] "
+                     f"Wilson, n={st['n']}" + (f" in {tasks} tasks" if tasks is not None else ""))
+        lines.append(f"  {'distance':>23}  {'n':>5}  {'acc':>6}  {'over tasks':<15} Wilson")
         for b in st["bins"]:
+            over = (f"[{_fmt(b['task_low'])}, {_fmt(b['task_high'])}]" if b.get("task_low") is not None
+                    and b.get("task_high") is not None else "-")
             lines.append(f"  {b['lo']:>10.4f} – {b['hi']:<10.4f}  {b['n']:>5}  {_fmt(b['accuracy']):>6}  "
-                         f"[{_fmt(b['low'])}, {_fmt(b['high'])}]")
+                         f"{over:<15} [{_fmt(b['low'])}, {_fmt(b['high'])}]")
         t = st["trend"]
         if t.get("slope") is not None:
             lines.append(f"  logistic slope {format_slope(t)} {SLOPE_UNIT} (95% interval; {slope_verdict(t)}; "

@@ -208,8 +208,11 @@ def test_map_page_and_payload_offer_the_outcome_colour(app, data):
 
 def _reference_bins(run, name: str, domain: str, n_bins: int):
     """Equal-count bins of the example's own distance for one condition and domain, with statsmodels'
-    Wilson intervals and the tasks per bin, recomputed from the files."""
+    Wilson intervals, the intervals over tasks (a task bootstrap on the bin's tasks, seed bin + 1,
+    spread by sqrt(G/(G-1))) and the tasks per bin, recomputed from the files."""
     from statsmodels.stats.proportion import proportion_confint
+
+    from llm_maps.resample import small_cluster, task_resample_counts
 
     f = _file(run)
     sub = f[(f["condition"] == name) & f["correct"].notna() & (f["split"] == "test") & (f["domain"] == domain)]
@@ -222,8 +225,16 @@ def _reference_bins(run, name: str, domain: str, n_bins: int):
         sel = idx == b
         k, n = int(y[sel].sum()), int(sel.sum())
         lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
+        tasks = sub["task"].to_numpy()[sel]
+        names = sorted(set(tasks))
+        k_t = np.array([y[sel][tasks == t].sum() for t in names], dtype=float)
+        n_t = np.array([(tasks == t).sum() for t in names], dtype=float)
+        counts = task_resample_counts(n_tasks=len(names), n_boot=2000, rng=np.random.default_rng(b + 1))
+        reps = (counts @ k_t) / (counts @ n_t)
+        tlo, thi = np.clip(np.percentile(small_cluster(k / n, reps, len(names)), [2.5, 97.5]), 0, 1) \
+            if len(names) > 1 else (None, None)
         out.append({"n": n, "correct": k, "accuracy": k / n, "low": lo, "high": hi, "median": float(np.median(x[sel])),
-                    "tasks": sub["task"].to_numpy()[sel].tolist()})
+                    "tasks": tasks.tolist(), "task_low": tlo, "task_high": thi})
     return out, len(sub), sub["task"].nunique()
 
 
@@ -243,8 +254,10 @@ def test_falloff_overlay_per_condition_and_domain_is_recomputed_exactly(app, run
         bins, n, n_tasks = _reference_bins(runs["cond"], t.meta["condition"], t.meta["domain"], 4)
         assert list(t.y) == pytest.approx([b["accuracy"] for b in bins])
         assert list(t.x) == pytest.approx([b["median"] for b in bins])
-        assert list(t.error_y.array) == pytest.approx([b["high"] - b["accuracy"] for b in bins])
-        assert list(t.error_y.arrayminus) == pytest.approx([b["accuracy"] - b["low"] for b in bins])
+        # error bars: the interval over tasks (Wilson's where a bin holds one task)
+        over = [(b["task_low"], b["task_high"]) if b["task_low"] is not None else (b["low"], b["high"]) for b in bins]
+        assert list(t.error_y.array) == pytest.approx([hi - b["accuracy"] for b, (_, hi) in zip(bins, over)])
+        assert list(t.error_y.arrayminus) == pytest.approx([b["accuracy"] - lo for b, (lo, _) in zip(bins, over)])
         assert [c[2] for c in t.customdata] == [b["n"] for b in bins]
         assert [c[6] for c in t.customdata] == [len(set(b["tasks"])) for b in bins]
         assert f"n={n} examples in {n_tasks} tasks" in t.name
@@ -253,7 +266,7 @@ def test_falloff_overlay_per_condition_and_domain_is_recomputed_exactly(app, run
     for name in ("direct", "cot"):
         sub = f[(f["condition"] == name) & f["correct"].notna()]
         assert f"{name}: {len(sub)} examples in {sub['task'].nunique()} tasks" in text
-    assert "each example's own distance" in text and "Wilson 95 %" in text
+    assert "each example's own distance" in text and "95 % intervals over tasks (a task bootstrap" in text
     assert _texts(table).count("cot · Chollet") == 1 + 4  # its group row, then one row per bin
     # another layer: the example's distance in that layer, computed from the encodings
     with app.server.test_request_context("/"):

@@ -87,3 +87,43 @@ def test_the_trend_is_task_clustered_as_statsmodels_clusters_it():
     assert few["clusters"] == 4 and slope_verdict(few) == "no claim: only 4 tasks"
     one = logistic_trend(x[g == 0], y[g == 0], clusters=g[g == 0])
     assert one["slope_low"] is None and slope_verdict(one) == "one task only: no task-clustered interval"
+
+
+def test_with_tasks_every_accuracy_gets_an_interval_over_tasks_and_the_figure_draws_it():
+    """Each bin's and each group's accuracy: a task bootstrap (recomputed here on the same draws:
+    seed 0 for the group, bin + 1 for a bin), spread by sqrt(G/(G-1)); the Falloff figure's error
+    bars and hover use it, and stats without it (an older falloff.json) keep Wilson's, said so."""
+    from dashboard.figures import bin_interval, bins_error_y
+    from llm_maps.resample import small_cluster, task_resample_counts
+
+    rng = np.random.default_rng(5)
+    task = np.repeat([f"t{i:02d}" for i in range(10)], 40)
+    skill = np.repeat(np.linspace(0.2, 0.9, 10), 40)
+    dist = rng.random(400)
+    correct = rng.random(400) < skill - 0.3 * dist
+    stats = falloff_stats(dist, correct.tolist(), ["A"] * 400, n_bins=4, tasks=task)
+    st = stats["A"]
+    edges = equal_count_edges(dist, 4)
+    idx = np.clip(np.searchsorted(edges, dist, side="right") - 1, 0, 3)
+
+    def over_tasks(sel, seed):
+        names = sorted(set(task[sel]))
+        k = np.array([correct[sel & (task == t)].sum() for t in names], dtype=float)
+        n = np.array([(sel & (task == t)).sum() for t in names], dtype=float)
+        counts = task_resample_counts(n_tasks=len(names), n_boot=2000, rng=np.random.default_rng(seed))
+        reps = (counts @ k) / (counts @ n)
+        return tuple(np.clip(np.percentile(small_cluster(k.sum() / n.sum(), reps, len(names)), [2.5, 97.5]), 0, 1))
+
+    assert (st["task_low"], st["task_high"]) == pytest.approx(over_tasks(np.ones(400, dtype=bool), 0))
+    assert st["n_tasks"] == 10
+    for b in st["bins"]:
+        sel = idx == b["bin"]
+        assert b["n"] == int(sel.sum())
+        assert (b["task_low"], b["task_high"]) == pytest.approx(over_tasks(sel, b["bin"] + 1))
+    bars = bins_error_y(st["bins"], "#000")
+    assert bars["array"] == pytest.approx([b["task_high"] - b["accuracy"] for b in st["bins"]])
+    assert bin_interval(st["bins"][0])[2] == "over tasks"
+    old = {k: v for k, v in st["bins"][0].items() if k not in ("task_low", "task_high", "n_tasks")}
+    assert bin_interval(old) == (old["low"], old["high"], "Wilson, over examples")
+    # without tasks: Wilson's only, as before
+    assert "task_low" not in falloff_stats(dist, correct.tolist(), n_bins=4)["all"]["bins"][0]

@@ -241,7 +241,8 @@ def test_falloff_prints_small_slopes_with_significant_digits():
     assert format_slope(trend) in text
     assert f"logistic slope {format_slope(trend)} log-odds of correct per unit of distance" in text
     # what the intervals are over, and that the slope pools between- and within-task falloff
-    assert "accuracies with 95% Wilson intervals over examples, slopes with task-clustered ones)" in text
+    assert ("accuracies with 95% intervals over tasks (a task bootstrap) and Wilson's over examples; slopes with "
+            "task-clustered ones)") in text
     assert "pooled: between and within tasks, which `llm-maps findings` separates)" in text
     assert slope_verdict({"slope": 1.0, "slope_low": -0.5, "slope_high": 2.0}) == "no clear trend (interval spans 0)"
 

@@ -82,15 +82,17 @@ def layout(run=None, layer=None, metric=None, bins="5", domain=None, task=None, 
 
 def bins_table(stats: dict, groups: list[str], metric: str) -> html.Div:
     """The plotted numbers as a table: per group its trend (slope, interval, verdict) and per bin
-    the distance range, examples, correct, accuracy and its Wilson 95 % interval."""
+    the distance range, examples, correct, accuracy and its 95 % interval (over tasks where the
+    statistics have it: F.bin_interval)."""
     head = html.Thead(html.Tr([html.Th(h) for h in ("group", "bin", f"{metric} distance", "examples", "correct",
                                                     "accuracy", "95 % interval")]))
     rows = []
     for g in groups:
         entry = stats[g]
         slope = format_slope(entry.get("trend"))
+        glo, ghi, _ = F.bin_interval(entry)
         rows.append(html.Tr(html.Td([html.Strong(g), f" · accuracy {entry['accuracy']:.3f} "
-                                     f"[{entry['low']:.3f}, {entry['high']:.3f}], n={entry['n']} · "
+                                     f"[{glo:.3f}, {ghi:.3f}], n={entry['n']} · "
                                      + (f"logistic slope {slope} {SLOPE_UNIT} (95 % interval): "
                                         f"{slope_verdict(entry.get('trend'))}" if slope else
                                         "logistic slope: not enough variation to fit")],
@@ -99,7 +101,7 @@ def bins_table(stats: dict, groups: list[str], metric: str) -> html.Div:
             rows.append(html.Tr([html.Td(g), html.Td(b["bin"] + 1), html.Td(f"{b['lo']:.4g} – {b['hi']:.4g}"),
                                  html.Td(b["n"]), html.Td(b["correct"]),
                                  html.Td("—" if b["accuracy"] is None else f"{b['accuracy']:.3f}"),
-                                 html.Td("—" if b["low"] is None else f"[{b['low']:.3f}, {b['high']:.3f}]")],
+                                 html.Td("—" if b["low"] is None else "[{:.3f}, {:.3f}]".format(*F.bin_interval(b)[:2]))],
                                 className="falloff-bin-row"))
     return html.Div([html.H6("Bins", className="mb-1"),
                      dbc.Table([head, html.Tbody(rows)], size="sm", bordered=False, hover=True,
@@ -120,8 +122,8 @@ def update_falloff(layer, metric, bins, domains, tasks, mode, conditions=None, r
                                                 domains=domains, tasks=tasks, mode=mode, dark=bool(dark))
     if stats is None:
         return fig, dbc.Alert(NO_SCORES if source == "no scores yet" else source, color="warning", className="mt-2"), None
-    return (fig, html.Span(f"Statistics {source}; bins of equal count per group; error bars: Wilson 95 % "
-                           f"intervals; n = test examples per bin; slope: logistic regression of correct on "
+    return (fig, html.Span(f"Statistics {source}; bins of equal count per group; error bars: "
+                           f"{F.interval_words(stats)}; n = test examples per bin; slope: logistic regression of correct on "
                            f"distance, in {SLOPE_UNIT}, with its 95 % interval.", id="falloff-source-text"),
             bins_table(stats, [g for g in groups if g in stats], metric))
 
@@ -147,9 +149,8 @@ def condition_overlay(data, cd, conditions: list[str], *, layer, metric, bins: i
     flat, keys = CV.flat_stats(per_cond, conditions, groups)
     return (fig, html.Span(f"Conditions from conditions.parquet ({counts}). x: each example's own distance to "
                            f"the nearest train prompt ({metric}, layer {layer}), the same for every condition; bins "
-                           f"of equal count per condition and domain; error bars: Wilson 95 % intervals "
-                           f"(examples as independent; tasks are the unit of independence: see `llm-maps "
-                           f"conditions`); slope: logistic regression of correct on distance, in {SLOPE_UNIT}.",
+                           f"of equal count per condition and domain; error bars: {F.interval_words(flat)}; "
+                           f"slope: logistic regression of correct on distance, in {SLOPE_UNIT}.",
                            id="falloff-source-text"),
             bins_table(flat, keys, metric))
 
