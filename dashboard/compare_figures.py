@@ -313,8 +313,8 @@ def probes_figure(probes: dict | None, *, dark: bool = False, title: str = "") -
         fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[0, 0], mode="lines", name="chance (class prior)",
                                  line={"color": REFERENCE_GREY, "dash": "dash", "width": 1.5}, hoverinfo="skip"))
     fig.update_layout(template=template_name(dark), height=400, margin={"l": 50, "r": 20, "t": 50, "b": 40},
-                      title={"text": title or "Linear probes by layer: accuracy minus chance (task-clustered 95 % "
-                                              "intervals)"},
+                      title={"text": title or "Linear probes by layer: accuracy minus chance (95 % intervals: "
+                                              "tasks resampled; for the task target, examples within their task)"},
                       xaxis={"title": "layer (hidden_states index)", "dtick": 1}, legend={"orientation": "h", "y": -0.2},
                       yaxis={"title": "probe accuracy − chance", "range": [-1.02, 1.02]})
     return fig

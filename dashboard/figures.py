@@ -517,10 +517,15 @@ def bin_interval(b) -> tuple[float, float, str]:
 
 
 def interval_words(stats) -> str:
-    """What the error bars of these falloff statistics are (every bin has the same kind)."""
-    over = any(b.get("task_low") is not None for g in stats.values() for b in g.get("bins", []))
-    return ("95 % intervals over tasks (a task bootstrap: examples within a task are not independent)" if over
-            else "Wilson 95 % intervals (examples as independent)")
+    """What the error bars of these falloff statistics are: over tasks, Wilson's over examples, or
+    both (a bin holding one task has no interval over tasks)."""
+    kinds = {bin_interval(b)[2] for g in stats.values() for b in g.get("bins", []) if b.get("n")}
+    if kinds == {"over tasks"}:
+        return "95 % intervals over tasks (a task bootstrap: examples within a task are not independent)"
+    if "over tasks" in kinds:
+        return ("95 % intervals over tasks (a task bootstrap), Wilson's over examples where a bin holds a single "
+                "task (the hover and the table say which)")
+    return "Wilson 95 % intervals (examples as independent)"
 
 
 def bins_error_y(bins, colour: str) -> dict:

@@ -964,7 +964,9 @@ def probe_run(run: Run, *, layers: Sequence[int] | None = None, targets: Sequenc
               "probe": "logistic regression (scikit-learn, C=1), cross-validated (folds grouped by task for domain "
                        "and correct); chance: the class prior (the largest class share); accuracy pooled over the "
                        "folds; 95 % intervals of the accuracy, chance and probe - chance from a task-clustered "
-                       f"bootstrap (B = {n_boot}); above chance when probe - chance's interval lies above 0",
+                       f"bootstrap (B = {n_boot}; for the task target, whose classes are the tasks, examples are "
+                       "resampled within their task instead: each row's interval_unit says which); above chance "
+                       "when probe - chance's interval lies above 0",
               "settings": settings, "layers": out_rows, "skipped": skipped, "fingerprint": run_fingerprint(run)}
     if save:
         record_stage(run.path, "probe", {k: v for k, v in settings.items() if k != "seed"},
@@ -1095,7 +1097,8 @@ def format_probes(result: dict[str, Any]) -> str:
                  + (" *" if r.get("above_chance") else "")) if "minus_baseline" in r else "-"
         lines.append(f"  {r['layer']:>5}  {r['target']:<8}  {r['accuracy']:>8.3f}  [{f(r['low'])}, {f(r['high'])}]  "
                      f"{r['baseline']:>6.3f}  {minus:>24}  {r['n']:>6}  {r['n_tasks']:>5}  {r['cv']}")
-    lines.append("  (* above chance: the task-clustered interval of probe - chance lies above 0)")
+    lines.append("  (* above chance: the interval of probe - chance lies above 0; intervals resample tasks, for the "
+                 "task target examples within their task)")
     for s in result["skipped"]:
         lines.append(f"  skipped {s['target']}: {s['reason']}")
     return "\n".join(lines)

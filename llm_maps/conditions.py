@@ -259,6 +259,9 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, task: np.nda
         verdict = f"not supported: {n_tasks} task{'s' if n_tasks != 1 else ''} (a task-clustered interval needs 2)"
     elif n_tasks < MIN_TASKS_FOR_CLAIM:
         verdict = f"not supported: only {n_tasks} tasks (a claim needs {MIN_TASKS_FOR_CLAIM})"
+    elif 2.0 ** (1 - n_tasks) >= 0.05:  # the two-sided sign-flip test's smallest p: 2 of 2^G patterns
+        verdict = (f"not supported: with {n_tasks} tasks the sign-flip test over tasks cannot reach p < 0.05 "
+                   f"(its smallest p is {2.0 ** (1 - n_tasks):.3g})")
     elif (lo > 0 or hi < 0) and p_task is not None and p_task < 0.05:
         verdict = "supported: " + ("helps" if lo > 0 else "hurts")
     else:

@@ -851,17 +851,10 @@ def findings_run(run_dir: str | Path, *, layer: int | None = None, metric: str |
     out["robustness"] = robustness_table(run, rows=rows, correct=correct, domain=domain, task=task,
                                          contrast=contrast, n_boot=n_boot, seed=seed, views=views,
                                          progress=progress, where=where) if robustness else []
-    m = len(out["robustness"])
-    ta, tb = out["contrast"]["n_tasks_a"], out["contrast"]["n_tasks_b"]
-    assignments = math.comb(ta + tb, ta)
-    if m and assignments <= n_boot and m / assignments >= ALPHA:  # exact tests: the smallest p is 1 / K
-        out["notes"].append(f"robustness: with {m} variants and only {assignments} ways to assign the {ta + tb} tasks "
-                            f"to the two domains, no Holm-adjusted p can fall below {m / assignments:.3f}: more tasks "
-                            "are needed for 'supported (adjusted)' to be reachable")
-    elif m and assignments > n_boot and m / (n_boot + 1) >= ALPHA:  # the smallest Holm-adjusted p is m / (B + 1)
-        out["notes"].append(f"robustness: with {m} variants and {n_boot} permutations no Holm-adjusted p can fall "
-                            f"below {m / (n_boot + 1):.3f}: raise --bootstrap for 'supported (adjusted)' to be "
-                            "reachable")
+    note = robustness_floor_note(len(out["robustness"]), out["contrast"]["n_tasks_a"], out["contrast"]["n_tasks_b"],
+                                 n_boot)
+    if note:
+        out["notes"].append(note)
     if write:
         used = sorted({layer, *(r["layer"] for r in out["robustness"])})
         record_stage(run.path, "findings", {"layer": layer, "metric": metric, "view": view, "centred": bool(centred),
@@ -925,6 +918,27 @@ def read_findings(run_dir: str | Path) -> tuple[dict[str, Any] | None, str | Non
     """RUN/findings.json as ``llm-maps findings`` wrote it: (result, None), (None, None) when there is
     none, or (None, reason) when it cannot be read."""
     return read_result_json(Path(run_dir) / FINDINGS_FILE, "findings", {"domains": dict, "contrast": dict})
+
+
+def robustness_floor_note(m: int, ta: int, tb: int, n_boot: int) -> str | None:
+    """A note when no Holm-adjusted p of ``m`` robustness rows can fall below ALPHA: the smallest p
+    of one row is 1 / (B + 1) with B random permutations; with every assignment of the ta + tb tasks
+    (K of them, at most B), it counts the observed one, and its mirror too when ta == tb (swapping
+    the domains gives exactly the opposite difference)."""
+    if not m:
+        return None
+    assignments = math.comb(ta + tb, ta)
+    if assignments <= n_boot:
+        floor = (2 if ta == tb else 1) / assignments
+        if m * floor < ALPHA:
+            return None
+        return (f"robustness: with {m} variants and only {assignments} ways to assign the {ta + tb} tasks to the two "
+                f"domains, no Holm-adjusted p can fall below {m * floor:.3f}: more tasks are needed for "
+                "'supported (adjusted)' to be reachable")
+    if m / (n_boot + 1) < ALPHA:
+        return None
+    return (f"robustness: with {m} variants and {n_boot} permutations no Holm-adjusted p can fall below "
+            f"{m / (n_boot + 1):.3f}: raise --bootstrap for 'supported (adjusted)' to be reachable")
 
 
 def format_findings(result: dict[str, Any]) -> str:

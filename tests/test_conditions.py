@@ -110,6 +110,13 @@ def test_with_few_tasks_no_claim_and_intervals_spread_as_the_other_verbs_spread_
     spread = np.clip(small_cluster(float(a.mean()), (w @ a.astype(float)) / w.sum(axis=1), 3), 0, 1)
     assert (acc["low"], acc["high"]) == (pytest.approx(np.percentile(spread, 2.5)),
                                          pytest.approx(np.percentile(spread, 97.5)))
+    # 5 tasks, all gaining: the two-sided sign-flip test's smallest p is 2/32 = 0.0625, so no claim, said so
+    task5 = np.repeat(np.arange(5), 60).astype(str)
+    a5 = rng.random(len(task5)) < 0.4
+    five = paired_difference(a5, a5 | (rng.random(len(task5)) < 0.5), task5, n_boot=500, seed=7)
+    assert five["low"] > 0 and five["p_value"] == pytest.approx(0.0625)
+    assert five["verdict"] == ("not supported: with 5 tasks the sign-flip test over tasks cannot reach p < 0.05 "
+                               "(its smallest p is 0.0625)")
     # the same gain over 8 tasks is claimed
     task8 = np.repeat(np.arange(8), 60).astype(str)
     a8 = rng.random(len(task8)) < 0.4

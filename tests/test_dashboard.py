@@ -730,6 +730,18 @@ def test_page_state_reaches_the_url_after_the_frame_last_write_wins(browser_page
         ["/falloff?run=scored", 2]
     page.evaluate("() => history.back()")
     page.wait_for_function("() => location.pathname === '/map'")
+    # a write waiting on /map, a move to /falloff, then the same parameters written there: written there
+    page.evaluate(f"""() => {{ {L}._write({{run: 'scored', colour: 'correct'}});
+      history.pushState(null, '', '/falloff?run=scored'); {L}._write({{run: 'scored', colour: 'correct'}}); }}""")
+    page.wait_for_function("() => location.search === '?run=scored&colour=correct'", timeout=2_000)
+    assert page.evaluate("() => location.pathname") == "/falloff"
+    # a move within the same page (a link to it with another query, Back) before the write: left alone
+    page.evaluate(f"""() => {{ {L}._write({{run: 'scored', colour: 'domain'}});
+      history.pushState(null, '', location.pathname + '?run=scored&colour=task'); }}""")
+    page.wait_for_timeout(400)
+    assert page.evaluate("() => location.search") == "?run=scored&colour=task"
+    page.evaluate("() => history.go(-2)")
+    page.wait_for_function("() => location.pathname === '/map'")
     # a navigation goes where it was sent, not where a waiting write would have put the page
     page.evaluate(f"""() => {{ {L}._write({{run: 'scored', colour: 'correct'}});
       {L}._go(location.pathname + '?run=scored&colour=task'); }}""")

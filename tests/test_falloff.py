@@ -127,3 +127,19 @@ def test_with_tasks_every_accuracy_gets_an_interval_over_tasks_and_the_figure_dr
     assert bin_interval(old) == (old["low"], old["high"], "Wilson, over examples")
     # without tasks: Wilson's only, as before
     assert "task_low" not in falloff_stats(dist, correct.tolist(), n_bins=4)["all"]["bins"][0]
+
+
+def test_the_error_bars_are_named_for_what_they_are_when_some_bins_hold_one_task():
+    from dashboard.figures import interval_words
+
+    rng = np.random.default_rng(1)
+    dist = rng.random(300)
+    correct = (rng.random(300) < 0.6).tolist()
+    domain = ["A"] * 100 + ["B"] * 200
+    task = ["a0"] * 100 + [f"b{i}" for i in rng.integers(0, 5, 200)]  # A: one task; B: five
+    stats = falloff_stats(dist, correct, domain, n_bins=3, tasks=task)
+    assert all(b.get("task_low") is None for b in stats["A"]["bins"])
+    assert interval_words({"B": stats["B"]}).startswith("95 % intervals over tasks (a task bootstrap:")
+    assert interval_words({"A": stats["A"]}) == "Wilson 95 % intervals (examples as independent)"
+    assert interval_words(stats) == ("95 % intervals over tasks (a task bootstrap), Wilson's over examples where a "
+                                     "bin holds a single task (the hover and the table say which)")

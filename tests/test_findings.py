@@ -705,6 +705,23 @@ def test_the_findings_pages_domain_table_shows_task_clustered_accuracies_and_lab
     assert cell[7] == f"{near['accuracy']:.2f} [{near['low']:.2f}, {near['high']:.2f}] Wilson (n={near['n']})"
 
 
+def test_the_robustness_note_gives_the_floor_an_exact_test_really_has():
+    """5 + 5 tasks: 252 assignments, and the observed one ties with its mirror, so no p is below
+    2/252 and 9 Holm-adjusted rows cannot go below 0.071 (with 1/252 the note was not printed);
+    4 + 6 tasks: 210 assignments and no mirror, 1/210; many tasks: random permutations, 1/(B+1)."""
+    from llm_maps.findings import robustness_floor_note
+
+    assert robustness_floor_note(9, 5, 5, 300) == ("robustness: with 9 variants and only 252 ways to assign the 10 tasks "
+                                                   "to the two domains, no Holm-adjusted p can fall below 0.071: more "
+                                                   "tasks are needed for 'supported (adjusted)' to be reachable")
+    assert robustness_floor_note(9, 4, 6, 300) is None  # 9 / 210 = 0.043
+    assert robustness_floor_note(11, 4, 6, 300).endswith("below 0.052: more tasks are needed for 'supported (adjusted)' "
+                                                         "to be reachable")
+    assert robustness_floor_note(120, 20, 20, 2000).startswith("robustness: with 120 variants and 2000 permutations no "
+                                                              "Holm-adjusted p can fall below 0.060")
+    assert robustness_floor_note(0, 5, 5, 300) is None
+
+
 def test_holm_equals_statsmodels():
     from statsmodels.stats.multitest import multipletests
 

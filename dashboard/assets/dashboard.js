@@ -305,27 +305,32 @@
   // recolour: median 42 -> 36 ms click to frame), and of several writes before then only the last is
   // made. What reads the page's URL reads through here (search(): the state last written); navigating
   // drops a write still waiting (go(), or a move to another page of the app before it is made).
-  const URLS = {pending: null, timer: null};
+  const URLS = {pending: null, timer: null, from: null};
+  const here = () => window.location.pathname + window.location.search;
+  // a write still waiting counts only while the page is where it was when the write was asked for
+  const waiting = () => URLS.pending !== null && URLS.from === here();
   function flushUrl() {
     if (URLS.pending === null) return;
-    const next = URLS.pending;
+    const next = URLS.pending, moved = URLS.from !== here();
     URLS.pending = null;
     clearTimeout(URLS.timer);
-    if (next.split('?')[0] !== window.location.pathname) return;  // the app went to another page meanwhile
-    if (next !== window.location.pathname + window.location.search) {
+    if (moved) return;  // the page went elsewhere meanwhile (a link, Back, another page of the app)
+    if (next !== here()) {
       window.history.replaceState(window.history.state, '', next);
     }
   }
   function writeUrl(next) {
-    const waiting = URLS.pending !== null;
+    const queued = waiting();
+    if (!queued) URLS.from = here();
     URLS.pending = next;
-    if (waiting) return;
+    if (queued) return;
     requestAnimationFrame(() => setTimeout(flushUrl, 0));
     URLS.timer = setTimeout(flushUrl, 250);  // animation frames wait while the tab is hidden
   }
   function search() {
+    if (!waiting()) return window.location.search;
     const p = URLS.pending;
-    return p === null ? window.location.search : (p.includes('?') ? p.slice(p.indexOf('?')) : '');
+    return p.includes('?') ? p.slice(p.indexOf('?')) : '';
   }
   function go(href) {
     URLS.pending = null;

@@ -566,7 +566,8 @@
       GL.map = window.GLScatter.create(canvas, backend === 'auto' ? 'cpu' : backend);
     } catch (e) {  // no WebGL2 here: the Plotly map instead
       console.warn('llm-maps map: ' + e.message + '; drawing with Plotly');
-      const q = new URLSearchParams(window.location.search);
+      const L = window.dash_clientside && window.dash_clientside.llm_maps;
+      const q = new URLSearchParams(L && L._search ? L._search() : window.location.search);
       q.set('renderer', 'plotly');
       window.location.replace(window.location.pathname + '?' + q.toString());
       return false;

@@ -394,7 +394,8 @@ def _probe_note(cmp, name) -> str:
     n_tasks = max((r["n_tasks"] for r in rows), default=0)
     return (f"{base}. Logistic regression, cross-validated (domain and correctness grouped by task: unseen tasks in "
             f"each test fold; task stratified); plotted: accuracy minus chance (the class prior), dashed at 0; error "
-            f"bars: task-clustered bootstrap 95 % (a probe is above chance when its bar lies above 0); "
+            f"bars: bootstrap 95 %, tasks resampled (for the task target, whose classes are the tasks, examples within "
+            f"their task) (a probe is above chance when its bar lies above 0); "
             f"{rows[0]['n'] if rows else 0} examples, {n_tasks} tasks." + (f" {skipped}." if skipped else ""))
 
 

@@ -90,9 +90,9 @@ def bins_table(stats: dict, groups: list[str], metric: str) -> html.Div:
     for g in groups:
         entry = stats[g]
         slope = format_slope(entry.get("trend"))
-        glo, ghi, _ = F.bin_interval(entry)
+        glo, ghi, kind = F.bin_interval(entry)
         rows.append(html.Tr(html.Td([html.Strong(g), f" · accuracy {entry['accuracy']:.3f} "
-                                     f"[{glo:.3f}, {ghi:.3f}], n={entry['n']} · "
+                                     f"[{glo:.3f}, {ghi:.3f}] ({kind}), n={entry['n']} · "
                                      + (f"logistic slope {slope} {SLOPE_UNIT} (95 % interval): "
                                         f"{slope_verdict(entry.get('trend'))}" if slope else
                                         "logistic slope: not enough variation to fit")],
@@ -101,7 +101,7 @@ def bins_table(stats: dict, groups: list[str], metric: str) -> html.Div:
             rows.append(html.Tr([html.Td(g), html.Td(b["bin"] + 1), html.Td(f"{b['lo']:.4g} – {b['hi']:.4g}"),
                                  html.Td(b["n"]), html.Td(b["correct"]),
                                  html.Td("—" if b["accuracy"] is None else f"{b['accuracy']:.3f}"),
-                                 html.Td("—" if b["low"] is None else "[{:.3f}, {:.3f}]".format(*F.bin_interval(b)[:2]))],
+                                 html.Td("—" if b["low"] is None else "[{:.3f}, {:.3f}] ({})".format(*F.bin_interval(b)))],
                                 className="falloff-bin-row"))
     return html.Div([html.H6("Bins", className="mb-1"),
                      dbc.Table([head, html.Tbody(rows)], size="sm", bordered=False, hover=True,
