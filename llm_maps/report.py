@@ -107,7 +107,7 @@ def falloff_lines(run_dir: str | Path, frame: pd.DataFrame, manifest: Mapping[st
                               n_bins=n_bins, tasks=frame["task"].astype(str).to_numpy()[rows])
     out = [f"falloff    layer {layer}, {metric} distance, {n_bins} equal-count bins ({source}); "
            f"slope in {SLOPE_UNIT} [95% interval, task-clustered], pooled between and within tasks "
-           "(`llm-maps findings` separates them); bin accuracies with Wilson intervals over examples"]
+           "(`llm-maps findings` separates them); bin accuracies with 95% intervals"]
     width = max(len(g) for g in stats)
     for group, st in stats.items():
         bins = [b for b in st["bins"] if b["n"]]
@@ -118,7 +118,10 @@ def falloff_lines(run_dir: str | Path, frame: pd.DataFrame, manifest: Mapping[st
 
 
 def _acc(b: Mapping[str, Any]) -> str:
-    """A bin's accuracy with its interval, when it has one."""
+    """A bin's accuracy with its interval, when it has one: over tasks where the statistics have it,
+    else Wilson's over examples, said which."""
+    if b.get("task_low") is not None and b.get("task_high") is not None:
+        return f"{b['accuracy']:.2f} [{b['task_low']:.2f}, {b['task_high']:.2f}] over tasks"
     if b.get("low") is None or b.get("high") is None:
         return f"{b['accuracy']:.2f}"
-    return f"{b['accuracy']:.2f} [{b['low']:.2f}, {b['high']:.2f}]"
+    return f"{b['accuracy']:.2f} [{b['low']:.2f}, {b['high']:.2f}] Wilson"

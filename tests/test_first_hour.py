@@ -222,6 +222,15 @@ def test_info_accuracy_interval_over_tasks_is_a_task_bootstrap_and_wider_than_wi
     assert thi - tlo > 2 * (whi - wlo)
 
 
+def test_info_names_the_interval_of_a_bins_accuracy():
+    from llm_maps.report import _acc
+
+    assert _acc({"accuracy": 0.5, "low": 0.4, "high": 0.6, "task_low": 0.3, "task_high": 0.7}) == \
+        "0.50 [0.30, 0.70] over tasks"
+    assert _acc({"accuracy": 0.5, "low": 0.4, "high": 0.6}) == "0.50 [0.40, 0.60] Wilson"
+    assert _acc({"accuracy": 0.5, "low": None, "high": None}) == "0.50"
+
+
 def test_falloff_prints_small_slopes_with_significant_digits():
     from llm_maps.falloff import falloff_stats, format_slope, logistic_trend, slope_verdict
     from pipelines.falloff_run import format_falloff
