@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboard.figures import FIXED_COLOURS, PALETTE, REFERENCE_GREY, template_name
+from dashboard.figures import FIXED_COLOURS, PALETTE, REFERENCE_GREY, bin_interval, template_name
 from dashboard.bundle import plotly_script
 from llm_maps.comparison import CLASSES, aligned_maps, match_runs, read_probes
 
@@ -118,9 +118,11 @@ def falloff_overlay_figure(result: dict, *, dark: bool = False) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=[b["median"] for b in bins], y=acc, mode="lines+markers", name=_esc(c["run"]), legendgroup=c["run"],
                 showlegend=j == 0, line={"color": colours[i], "width": 2}, marker={"color": colours[i], "size": 7},
-                error_y={**_errors(acc, [b["low"] for b in bins], [b["high"] for b in bins]), "color": colours[i]},
-                customdata=[[b["n"], b["correct"]] for b in bins],
-                hovertemplate="percentile %{x:.2f}<br>accuracy %{y:.3f}<br>%{customdata[1]} / %{customdata[0]} correct"
+                error_y={**_errors(acc, [bin_interval(b)[0] for b in bins], [bin_interval(b)[1] for b in bins]),
+                         "color": colours[i]},
+                customdata=[[b["n"], b["correct"], *bin_interval(b)] for b in bins],
+                hovertemplate="percentile %{x:.2f}<br>accuracy %{y:.3f} [%{customdata[2]:.3f}, %{customdata[3]:.3f}] "
+                              "(%{customdata[4]})<br>%{customdata[1]} / %{customdata[0]} correct"
                               f"<extra>{_esc(c['run'])} · {_esc(d)}</extra>"), row=1, col=j + 1)
     scale = (result["falloff"][0].get("scale") if result["falloff"] else "percentile") or "percentile"
     metric = next((c.get("metric") for c in result["falloff"] if c.get("metric")), None)

@@ -554,3 +554,23 @@ def test_compare_page_morphs_draws_the_heatmap_and_keeps_its_state(sized_runs):
         assert "runs 'small' and 'other' do not hold the same examples" in banner and "0 matched, 80 missing" in banner
         assert log.take() == []
         browser.close()
+
+
+def test_the_falloff_per_run_figure_draws_intervals_over_tasks(tmp_path):
+    """Each run's falloff bins carry intervals over tasks (falloff_stats with the tasks); the
+    Compare page's figure draws and hovers those, named, not Wilson's."""
+    from dashboard.compare_figures import falloff_overlay_figure
+
+    a, b = _pair(tmp_path)
+    res = CMP.compare_runs([Run(a), Run(b)], cka="off")
+    fig = falloff_overlay_figure(res)
+    traces = [t for t in fig.data if t.error_y and t.error_y.array is not None]
+    assert traces
+    first = res["falloff"][0]["stats"]
+    domain = sorted(d for d in first if d != "all")[0]
+    bins = [x for x in first[domain]["bins"] if x["n"]]
+    assert all(x.get("task_low") is not None for x in bins)
+    t = traces[0]
+    assert list(t.error_y.array) == pytest.approx([x["task_high"] - x["accuracy"] for x in bins])
+    assert list(t.error_y.arrayminus) == pytest.approx([x["accuracy"] - x["task_low"] for x in bins])
+    assert [c[4] for c in t.customdata] == ["over tasks"] * len(bins)

@@ -23,7 +23,7 @@ from dash.exceptions import PreventUpdate
 
 from dashboard import compare_figures as CF
 from dashboard import components as C
-from dashboard.figures import EXPORT_CONFIG
+from dashboard.figures import EXPORT_CONFIG, interval_words
 from llm_maps.errors import LLMMapsError
 from dashboard.data import _stamp
 from llm_maps.comparison import CLASSES, aligned_maps, available_axes, compare_runs, falloff_curves, match_runs, neighbour_jaccard, probe_run, read_probes, top_movers
@@ -194,7 +194,10 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
     scaling = CF.scaling_figure(res, tasks=tasks, axis=axis, dark=dark)
     verdicts = _verdicts(res)
     scale = "raw" if fscale == "raw" else "percentile"
-    falloff = CF.falloff_overlay_figure(_falloff_result(cmp, scale), dark=dark)
+    fres = _falloff_result(cmp, scale)
+    falloff = CF.falloff_overlay_figure(fres, dark=dark)
+    bars = interval_words({f"{c['run']}/{d}": e for c in fres["falloff"] if c.get("stats")
+                          for d, e in c["stats"].items()})
     map_fig = CF.aligned_map_figure(cmp.payload, t=t_value, arrows=arrow_ids, dark=dark)
     map_note = _map_note(res, names)
     map_extra = _map_controls(cmp, names, t_value=t_value, arrow_ids=arrow_ids, movers=movers, moved_run=moved_run)
@@ -217,7 +220,7 @@ def layout(runs=None, axis=None, task=None, t="0", ids=None, cka_a=None, cka_b=N
         _graph_block("compare-falloff-graph", falloff,
                      note="Percentile: each test example's distance to train as its percentile among the run's test "
                           "distances (0-1; raw distances differ in scale between models and metrics); equal-count bins "
-                          "per domain and run; error bars: Wilson 95 % intervals."),
+                          f"per domain and run; error bars: {bars}."),
         html.H5("Aligned maps"),
         _graph_block("compare-map-graph", map_fig, note=map_note, extra=map_extra),
         html.H5("Representation similarity"),
