@@ -312,8 +312,9 @@ class InfoConfig:
 
 
 @stage("falloff", "accuracy vs distance to train, per domain (writes falloff.json)",
-       description="Equal-count distance bins with Wilson 95 % intervals and a logistic trend, per domain and "
-                   "overall, for every stored layer and for cosine and euclidean distance.")
+       description="Equal-count distance bins with 95 % intervals over tasks (a task bootstrap) and Wilson's over "
+                   "examples, and a logistic trend with a task-clustered interval, per domain and overall, for every "
+                   "stored layer and for cosine and euclidean distance.")
 @dataclass(frozen=True)
 class FalloffConfig:
     run: str = _run()
