@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
-from llm_maps.falloff import format_slope
+from llm_maps.falloff import bin_interval, format_slope
 from dashboard.conditions_data import OUTCOME_COLOURS, OUTCOME_NOTE, OUTCOME_TITLE, client_option, conditions_of, outcome_codes, outcome_legend, outcome_title, scored_under_both
 from dashboard.filters import Filters, active_range, filter_mask, value_bounds, view_rows
 
@@ -506,14 +506,6 @@ def add_bin_counts(fig: go.Figure, counts: list[tuple[str, str, list[tuple[float
     for axis, (lo, hi) in ranges.items():
         fig.update_layout({("xaxis" + axis[1:]): {"range": [lo, hi]}})
     return fig
-
-
-def bin_interval(b) -> tuple[float, float, str]:
-    """A bin's 95 % interval to draw: over tasks (task_low, task_high) where the stats have it, else
-    Wilson's over examples (low, high); and which it is."""
-    if b.get("task_low") is not None and b.get("task_high") is not None:
-        return b["task_low"], b["task_high"], "over tasks"
-    return b["low"], b["high"], "Wilson, over examples"
 
 
 def interval_words(stats) -> str:

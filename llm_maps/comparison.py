@@ -29,7 +29,7 @@ import numpy as np
 from .errors import LLMMapsError
 from .falloff import falloff_stats, wilson_interval
 from .runfolder import ENCODINGS, EXAMPLES, FINETUNE_FILE, Run, check_writable, model_label, record_stage, write_json_atomic
-from .resample import interval_95 as _interval, small_cluster, task_ratio_interval, task_resample_counts
+from .resample import interval_95 as _interval, small_cluster, task_mean_interval, task_resample_counts
 from .neighbours import nearest_train
 
 COMPARE_VERSION = 1
@@ -246,12 +246,8 @@ def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHAN
         down = sum(1 for t in dtasks if _delta(tasks[t], first, last) < 0)
         p = float(binomtest(up, up + down, 0.5).pvalue) if up + down else None
         both = rows & np.isfinite(correct[first]) & np.isfinite(correct[last])
-        codes = np.unique(task[both], return_inverse=True)[1]
-        num = np.bincount(codes, weights=correct[last, both] - correct[first, both])
-        den = np.bincount(codes).astype(float)
-        est = float(num.sum() / den.sum()) if den.sum() else math.nan
-        lo, hi = task_ratio_interval(num, den, est, n_boot=n_boot, rng=np.random.default_rng(seed),
-                                     bounds=(-1.0, 1.0))
+        est, lo, hi, _ = task_mean_interval(correct[last, both] - correct[first, both], task[both], n_boot=n_boot,
+                                            rng=np.random.default_rng(seed), bounds=(-1.0, 1.0))
         moved = {"value": est, "low": lo, "high": hi} if np.isfinite(est) else None
         domains[d] = {"runs": runs_acc, "n_tasks": len(dtasks), "n_examples": int(runs_acc[0]["n"]),
                       "classes": class_counts, "sign_test": {"up": up, "down": down, "ties": len(dtasks) - up - down,

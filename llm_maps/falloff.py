@@ -11,7 +11,7 @@ import math
 from typing import Any, Iterable, Mapping
 
 from .contract import ExpectedAccuracy, FalloffBin, FalloffGroup, FalloffTrend, OverTasks
-from .resample import task_ratio_interval
+from .resample import task_mean_interval
 
 import numpy as np
 
@@ -125,23 +125,28 @@ FALLOFF_BOOT = 2000  # task-bootstrap replicates of the accuracies' intervals ov
 def _add_over_tasks(target: OverTasks, correct: np.ndarray, codes: np.ndarray, sel: np.ndarray, seed: int) -> None:
     """Set task_low, task_high (a task-clustered bootstrap 95 % interval of the accuracy of rows
     ``sel``; None with fewer than 2 tasks) and n_tasks on ``target``."""
-    k_t = np.bincount(codes[sel], weights=correct[sel].astype(float))
-    n_t = np.bincount(codes[sel]).astype(float)
-    used = n_t > 0
-    est = float(k_t.sum() / n_t.sum()) if n_t.sum() else math.nan
-    target["task_low"], target["task_high"] = task_ratio_interval(
-        k_t[used], n_t[used], est, n_boot=FALLOFF_BOOT, rng=np.random.default_rng(seed), bounds=(0.0, 1.0))
-    target["n_tasks"] = int(used.sum())
+    _, target["task_low"], target["task_high"], target["n_tasks"] = task_mean_interval(
+        correct[sel], codes[sel], n_boot=FALLOFF_BOOT, rng=np.random.default_rng(seed), bounds=(0.0, 1.0))
+
+
+def bin_interval(b: Mapping[str, Any]) -> tuple[float | None, float | None, str]:
+    """A bin's (or group's) 95 % interval to show: over tasks (task_low, task_high) where the
+    statistics have it, else Wilson's over examples (low, high); and which it is."""
+    if b.get("task_low") is not None and b.get("task_high") is not None:
+        return b["task_low"], b["task_high"], "over tasks"
+    return b.get("low"), b.get("high"), "Wilson, over examples"
 
 
 def group_falloff(distance: np.ndarray, correct: np.ndarray, edges: np.ndarray,
-                  tasks: np.ndarray | None = None) -> FalloffGroup:
+                  tasks: np.ndarray | None = None, codes: np.ndarray | None = None) -> FalloffGroup:
     """Accuracy per distance bin (given edges) with Wilson intervals, plus the logistic trend.
     With ``tasks``: the trend's interval is task-clustered, and every accuracy also gets a
-    task-clustered interval (task_low, task_high: examples within a task are not independent)."""
+    task-clustered interval (task_low, task_high: examples within a task are not independent);
+    ``codes``: the tasks as integer codes, when the caller has them already."""
     distance = np.asarray(distance, dtype=float)
     correct = np.asarray(correct, dtype=bool)
-    codes = None if tasks is None else np.unique(np.asarray(tasks).astype(str), return_inverse=True)[1]
+    if codes is None and tasks is not None:
+        codes = np.unique(np.asarray(tasks).astype(str), return_inverse=True)[1]
     bins: list[FalloffBin] = []
     idx = assign_bins(distance, edges)
     for b in range(max(len(edges) - 1, 0)):
@@ -177,14 +182,16 @@ def falloff_stats(distance: np.ndarray, correct: np.ndarray, groups: Iterable[st
     keep = np.isfinite(distance) & np.isfinite(correct_arr)
     groups_arr = np.asarray(list(groups) if groups is not None else ["all"] * len(distance), dtype=object)
     tasks_arr = None if tasks is None else np.asarray([str(t) for t in tasks], dtype=object)[keep]
+    codes = None if tasks_arr is None else np.unique(tasks_arr.astype(str), return_inverse=True)[1]
     d, c, g = distance[keep], correct_arr[keep] > 0.5, groups_arr[keep]
     overall_edges = equal_count_edges(d, n_bins)
-    out = {"all": group_falloff(d, c, overall_edges, tasks_arr)}
+    out = {"all": group_falloff(d, c, overall_edges, tasks_arr, codes)}
     if groups is not None:
         for name in sorted(set(g.tolist())):
             sel = g == name
             edges = equal_count_edges(d[sel], n_bins) if per_group_bins else overall_edges
-            out[str(name)] = group_falloff(d[sel], c[sel], edges, None if tasks_arr is None else tasks_arr[sel])
+            out[str(name)] = group_falloff(d[sel], c[sel], edges, None if tasks_arr is None else tasks_arr[sel],
+                                           None if codes is None else codes[sel])
     return out
 
 

@@ -34,6 +34,7 @@ from .resample import interval_95 as _interval
 # re-exported: the task bootstrap's home is llm_maps.resample; scripts and tests import these from here too
 from .resample import MAX_FLIPS as MAX_FLIPS, sign_flip_p as sign_flip_p, small_cluster as small_cluster
 from .resample import task_ratio_interval as task_ratio_interval, task_resample_counts as task_resample_counts
+from .resample import task_mean_interval
 from .neighbours import knn
 from .runfolder import ENCODINGS, EXAMPLES, Run, check_writable, read_result_json, record_stage
 
@@ -556,17 +557,6 @@ def _bins_on_scale(x: np.ndarray, y: np.ndarray, n_bins: int) -> list[dict[str, 
     return out
 
 
-def _task_accuracy_interval(dd: DomainData, sel: np.ndarray, *, n_boot: int,
-                            seed: int) -> tuple[float | None, float | None]:
-    """Task-clustered 95 % interval of the accuracy of the rows ``sel`` of a domain."""
-    k_t = np.bincount(dd.codes[sel], weights=dd.y[sel], minlength=dd.n_tasks)
-    n_t = np.bincount(dd.codes[sel], minlength=dd.n_tasks).astype(float)
-    used = n_t > 0
-    est = float(k_t.sum() / n_t.sum()) if n_t.sum() else math.nan
-    return task_ratio_interval(k_t[used], n_t[used], est, n_boot=n_boot, rng=np.random.default_rng(seed),
-                               bounds=(0.0, 1.0))
-
-
 def _quartile(dd: DomainData, which: str, *, n_boot: int, seed: int) -> dict[str, Any]:
     """Accuracy in the domain's nearest or farthest quarter of examples (by distance): Wilson 95 %
     over examples, and task-clustered."""
@@ -574,9 +564,10 @@ def _quartile(dd: DomainData, which: str, *, n_boot: int, seed: int) -> dict[str
     sel = dd.x <= q if which == "near" else dd.x >= q
     n, k = int(sel.sum()), int(dd.y[sel].sum())
     lo, hi = wilson_interval(k, n)
-    tlo, thi = _task_accuracy_interval(dd, sel, n_boot=n_boot, seed=seed)
+    _, tlo, thi, tasks = task_mean_interval(dd.y[sel], dd.codes[sel], n_boot=n_boot, rng=np.random.default_rng(seed),
+                                            bounds=(0.0, 1.0))
     return {"n": n, "correct": k, "accuracy": k / n if n else None, "low": _num(lo), "high": _num(hi),
-            "task_low": tlo, "task_high": thi, "n_tasks": int(len(np.unique(dd.codes[sel]))),
+            "task_low": tlo, "task_high": thi, "n_tasks": tasks,
             "percentile_max" if which == "near" else "percentile_min": float(q)}
 
 
@@ -637,7 +628,8 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
                      "bins": bins}
     n, k = len(dd.y), int(dd.y.sum())
     alow, ahigh = wilson_interval(k, n)
-    tlow, thigh = _task_accuracy_interval(dd, np.ones(n, dtype=bool), n_boot=n_boot, seed=seed)
+    _, tlow, thigh, _ = task_mean_interval(dd.y, dd.codes, n_boot=n_boot, rng=np.random.default_rng(seed),
+                                           bounds=(0.0, 1.0))
     return {
         "n": n, "n_tasks": dd.n_tasks, "correct": k, "accuracy": k / n, "accuracy_low": alow, "accuracy_high": ahigh,
         "accuracy_task_low": tlow, "accuracy_task_high": thigh,

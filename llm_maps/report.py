@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from .findings import read_findings
-from .resample import task_ratio_interval
+from .falloff import bin_interval
+from .resample import task_mean_interval
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,12 +46,8 @@ def accuracy_lines(frame: pd.DataFrame) -> list[str]:
     def line(label: str, sel: np.ndarray) -> str:
         k, n = int(correct[sel].sum()), int(sel.sum())
         lo, hi = wilson_interval(k, n)
-        k_t = np.bincount(codes[sel], weights=correct[sel].astype(float))
-        n_t = np.bincount(codes[sel]).astype(float)
-        used = n_t > 0
-        tlo, thi = task_ratio_interval(k_t[used], n_t[used], k / n, n_boot=ACCURACY_BOOT,
-                                       rng=np.random.default_rng(0), bounds=(0.0, 1.0))
-        tasks = int(used.sum())
+        _, tlo, thi, tasks = task_mean_interval(correct[sel], codes[sel], n_boot=ACCURACY_BOOT,
+                                                rng=np.random.default_rng(0), bounds=(0.0, 1.0))
         clustered = (f"[{tlo:.3f}, {thi:.3f}] over tasks" if tlo is not None and thi is not None
                      else "(no interval over tasks: 1 task)")
         return (f"{label} {k / n:.3f} {clustered}, [{lo:.3f}, {hi:.3f}] Wilson over examples; "
@@ -118,10 +115,9 @@ def falloff_lines(run_dir: str | Path, frame: pd.DataFrame, manifest: Mapping[st
 
 
 def _acc(b: Mapping[str, Any]) -> str:
-    """A bin's accuracy with its interval, when it has one: over tasks where the statistics have it,
-    else Wilson's over examples, said which."""
-    if b.get("task_low") is not None and b.get("task_high") is not None:
-        return f"{b['accuracy']:.2f} [{b['task_low']:.2f}, {b['task_high']:.2f}] over tasks"
-    if b.get("low") is None or b.get("high") is None:
+    """A bin's accuracy with its interval, when it has one (falloff.bin_interval: over tasks where the
+    statistics have it, else Wilson's over examples), said which."""
+    lo, hi, kind = bin_interval(b)
+    if lo is None or hi is None:
         return f"{b['accuracy']:.2f}"
-    return f"{b['accuracy']:.2f} [{b['low']:.2f}, {b['high']:.2f}] Wilson"
+    return f"{b['accuracy']:.2f} [{lo:.2f}, {hi:.2f}] " + ("over tasks" if kind == "over tasks" else "Wilson")

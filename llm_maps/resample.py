@@ -46,6 +46,22 @@ def task_ratio_interval(num: np.ndarray, den: np.ndarray, estimate: float, *, n_
     return float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
 
 
+def task_mean_interval(values: np.ndarray, task: np.ndarray, *, n_boot: int, rng: np.random.Generator,
+                       bounds: tuple[float, float]) -> tuple[float, float | None, float | None, int]:
+    """The mean of ``values`` over the rows (e.g. correct, or one condition's minus another's), with
+    its task-clustered bootstrap 95 % interval (task_ratio_interval of each task's sum over its rows;
+    ``task`` [n] any labels, or integer codes as they are), and the number of tasks: (mean, low,
+    high, tasks)."""
+    task = np.asarray(task)
+    codes = task if np.issubdtype(task.dtype, np.integer) else np.unique(task, return_inverse=True)[1]
+    num = np.bincount(codes, weights=np.asarray(values, dtype=float))
+    den = np.bincount(codes).astype(float)
+    num, den = num[den > 0], den[den > 0]  # codes no row of these has
+    est = float(num.sum() / den.sum()) if den.sum() else math.nan
+    lo, hi = task_ratio_interval(num, den, est, n_boot=n_boot, rng=rng, bounds=bounds)
+    return est, lo, hi, len(den)
+
+
 def sign_flip_p(values: np.ndarray, *, seed: int = 0, max_flips: int = MAX_FLIPS,
                 two_sided: bool = False) -> float | None:
     """P-value of the sum of ``values`` (one per task) under sign flips: one-sided, the share of
