@@ -115,12 +115,12 @@ def falloff_overlay_figure(result: dict, *, dark: bool = False) -> go.Figure:
                 continue
             bins = [b for b in entry["bins"] if b["n"]]
             acc = [b["accuracy"] for b in bins]
+            iv = [bin_interval(b) for b in bins]  # (low, high, which)
             fig.add_trace(go.Scatter(
                 x=[b["median"] for b in bins], y=acc, mode="lines+markers", name=_esc(c["run"]), legendgroup=c["run"],
                 showlegend=j == 0, line={"color": colours[i], "width": 2}, marker={"color": colours[i], "size": 7},
-                error_y={**_errors(acc, [bin_interval(b)[0] for b in bins], [bin_interval(b)[1] for b in bins]),
-                         "color": colours[i]},
-                customdata=[[b["n"], b["correct"], *bin_interval(b)] for b in bins],
+                error_y={**_errors(acc, [lo for lo, _, _ in iv], [hi for _, hi, _ in iv]), "color": colours[i]},
+                customdata=[[b["n"], b["correct"], *v] for b, v in zip(bins, iv)],
                 hovertemplate="percentile %{x:.2f}<br>accuracy %{y:.3f} [%{customdata[2]:.3f}, %{customdata[3]:.3f}] "
                               "(%{customdata[4]})<br>%{customdata[1]} / %{customdata[0]} correct"
                               f"<extra>{_esc(c['run'])} · {_esc(d)}</extra>"), row=1, col=j + 1)
