@@ -237,6 +237,62 @@ def test_a_click_on_colour_split_or_dim_draws_at_once_and_dash_finds_it_drawn(br
     assert page.callbacks == [] and log.take() == []
 
 
+def test_a_colour_click_reaches_dash_after_its_frame_the_last_choice_wins(browser, scored_data):
+    """mapgl.js holds a colour option's click from Dash until the frame with the new colours has
+    been presented, then gives it back: Dash's dropdown (its value, the menu closing, mapApply, the
+    URL) follows the frame; two choices in one task give Dash the last only; a menu closed in
+    between still gets its value (set_props)."""
+    url, page, log = browser
+    _open(page, f"{url}/map?run=scored&renderer=webgl&glbackend=cpu", N)
+    page.callbacks.clear()
+    page.evaluate("""() => {  // each call Dash makes to the map's callback, and when
+      const C = window.dash_clientside.llm_maps, f = C.mapApply;
+      window.__dash = [];
+      C.mapApply = function (colour, ...rest) { window.__dash.push([colour, performance.now()]); return f.call(this, colour, ...rest); };
+      const sp = window.dash_clientside.set_props;
+      window.__setProps = [];
+      window.dash_clientside.set_props = (id, props) => { window.__setProps.push([id, props]); return sp(id, props); };
+    }""")
+    trigger = "document.getElementById('map-colour')"
+    pick = "(name) => [...document.querySelectorAll('[role=option]')].find((o) => o.textContent.trim() === name)"
+
+    def dash_heard(colour):
+        page.wait_for_function(f"() => window.__dash.some((c) => c[0] === '{colour}')")
+        page.wait_for_timeout(200)
+        return page.evaluate("() => window.__dash.splice(0)")
+
+    page.click("#map-colour")
+    page.get_by_role("option", name="task", exact=True).click()
+    d = _wait_drawn(page, "d.legendTitle === 'task'")
+    assert d["values"] == scored_data.cats["task"].codes[F.draw_order(scored_data, np.arange(N))].tolist()
+    page.wait_for_function(f"() => {LAST}.presented")
+    heard = dash_heard("task")
+    assert [c for c, _ in heard] == ["task"]
+    assert heard[0][1] > page.evaluate(f"() => {LAST}.presented")  # Dash heard after the frame was on screen
+    assert page.evaluate(f"() => [{trigger}.getAttribute('aria-expanded'), {trigger}.textContent]") == ["false", "task"]
+    page.wait_for_function("() => location.search.includes('colour=task')")
+    # two choices in one task: the map draws each, Dash hears of the last only
+    page.click("#map-colour")
+    page.get_by_role("option", name="split (train / test)", exact=True).wait_for()
+    page.evaluate(f"() => {{ const pick = {pick}; pick('split (train / test)').click(); pick('domain').click(); }}")
+    assert _wait_drawn(page, "d.legendTitle === 'domain'")["legendTitle"] == "domain"
+    assert [c for c, _ in dash_heard("domain")] == ["domain"]
+    assert page.evaluate(f"() => [{trigger}.getAttribute('aria-expanded'), {trigger}.textContent]") == ["false", "domain"]
+    page.wait_for_function("() => location.search.includes('colour=domain')")
+    assert page.evaluate("() => window.__setProps") == []
+    # the menu closed before the click is given back (its option is gone): Dash gets the value itself
+    page.click("#map-colour")
+    page.get_by_role("option", name="task", exact=True).wait_for()
+    page.evaluate(f"() => {{ ({pick})('task').click(); "
+                  "document.activeElement.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true})); }")
+    page.wait_for_function(f"() => {trigger}.getAttribute('aria-expanded') === 'false'")
+    assert [c for c, _ in dash_heard("task")] == ["task"]
+    assert page.evaluate("() => window.__setProps") == [["map-colour", {"value": "task"}]]
+    page.wait_for_function("() => location.search.includes('colour=task')")
+    assert _wait_drawn(page, "d.legendTitle === 'task'")["legendTitle"] == "task"
+    assert page.callbacks == [] and log.take() == []
+
+
 def test_hover_click_and_the_neighbour_lines(browser, scored_data):
     url, page, log = browser
     _open(page, f"{url}/map?run=scored&renderer=webgl", N)

@@ -629,11 +629,38 @@
     return target.id === 'map-dim' ? {dim: !s.dim} : null;
   }
 
+  // A colour option's click is held from Dash until the frame with the new colours is on screen,
+  // then given back as the same element's click: Dash's handling of it (the menu closing, its store,
+  // the callbacks after; 15-25 ms on these machines) would otherwise run in front of that frame and
+  // show the new colours a frame later. The menu closes those ~30 ms later; a second choice made in
+  // between replaces the first. (A split box or the dim switch is not held: their own handling is
+  // short, and a box must show its new state at once.)
+  const held = {el: null, value: null};
+  let replaying = false;
+  function giveBack() {
+    const {el, value} = held;
+    held.el = null;
+    if (!el) return;
+    if (el.isConnected) {
+      replaying = true;
+      try { el.click(); } finally { replaying = false; }
+    } else if (window.dash_clientside && window.dash_clientside.set_props) {  // the menu went meanwhile
+      window.dash_clientside.set_props('map-colour', {value});
+    }
+  }
+
   document.addEventListener('click', (e) => {
+    if (replaying) return;  // Dash's turn
     const change = directChange(e.target);
     if (!change) return;
     const s = Object.assign({}, GL.s, change, {calledAt: performance.now(), direct: true});
     applyReady(s).catch(onError);
+    if (change.colour === undefined) return;
+    e.preventDefault();  // the option's box keeps its state until Dash hears of the click
+    e.stopImmediatePropagation();
+    const first = !held.el;
+    Object.assign(held, {el: e.target, value: change.colour});
+    if (first) afterPaint(giveBack);
   }, true);
 
   // After the first frame: where WebGL is a real GPU (asked in a worker), the map moves to it.
