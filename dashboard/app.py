@@ -26,7 +26,7 @@ from dash import Input, Output, State, dcc, html
 
 from dashboard import background
 from dashboard.bundle import PLOTLY_BUNDLE, bundle_path
-from dashboard.data import RunRegistry
+from dashboard.data import RunRegistry, limit_malloc_arenas
 from llm_maps.runfolder import RunIds, split_run_args
 from dashboard.api import register_api
 from dashboard.figures import LEGEND_BG, template_name
@@ -301,6 +301,7 @@ def serve(runs=(), data_dirs=(), *, host: str = "127.0.0.1", port: int = 8050, a
 
     from waitress.server import create_server
 
+    limit_malloc_arenas()  # before the warming thread and waitress's threads start
     app = create_app(list(runs), list(data_dirs), auth=auth, warm=True, prefix=prefix)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" notes under load
     try:

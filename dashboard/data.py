@@ -225,6 +225,29 @@ def release_freed_memory() -> None:
             pass
 
 
+# glibc's mallopt parameter for the number of malloc arenas
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """For a long-lived web process, before its threads start: at most ``arenas`` glibc malloc
+    arenas (each thread that allocates gets its own arena up to 8 per core, and what a run's load
+    in the warming thread freed stays in that arena; with the C library's allocator for Arrow, 2
+    arenas hold ~60 MB less at a million rows). A MALLOC_ARENA_MAX set by the user wins. False
+    where there is no glibc."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    libc = ctypes.util.find_library("c")
+    try:
+        return bool(libc) and ctypes.CDLL(libc).mallopt(_M_ARENA_MAX, int(arenas)) == 1
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def own_texts(frame) -> np.ndarray:
     """[rows of ``frame``] each example's own text: its instruction, then its context (a blank line
     between); its templated prompt when it stores neither (``RunData.texts``)."""

@@ -75,3 +75,53 @@ def test_one_examples_text_is_the_texts_columns_row(run):
     frame = synthetic_frame(4, seed=1).drop(columns=["nn_train_ids"])
     assert list(own_texts(frame)) == [p.strip() for p in frame["prompt"]]  # a run with neither column
     assert np.array_equal(own_texts(frame.iloc[[2]]), own_texts(frame)[[2]])
+
+
+def test_the_command_line_gives_arrow_the_c_librarys_allocator_unless_told_otherwise():
+    """`llm-maps` (interfaces.cli) sets Arrow's allocator before pyarrow loads: the C library's, whose
+    freed memory release_freed_memory gives back (mimalloc kept ~60 MB of a million-row read); a
+    value set in the environment wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import interfaces.cli, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+
+    def backend(**extra):
+        return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert backend() == "system"
+    assert backend(ARROW_DEFAULT_MEMORY_POOL="mimalloc") == "mimalloc"
+    # without the command line, pyarrow's own default (what this process, the test runner, has)
+    assert subprocess.run([sys.executable, "-c", "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip() != "system"
+
+
+def test_the_web_process_limits_its_malloc_arenas_unless_told_otherwise():
+    """dashboard.app.serve calls limit_malloc_arenas before its threads start: glibc's mallopt takes
+    it (True); a MALLOC_ARENA_MAX in the environment wins (nothing set, False). Run in a child
+    process: the setting is the process's own."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    code = "from dashboard.data import limit_malloc_arenas; print(limit_malloc_arenas())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+
+    def limited(**extra):
+        return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert limited() == "True"
+    assert limited(MALLOC_ARENA_MAX="4") == "False"
+    import inspect
+
+    from dashboard import app
+
+    source = inspect.getsource(app.serve)
+    assert source.index("limit_malloc_arenas()") < source.index("create_app(")
