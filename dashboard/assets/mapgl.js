@@ -610,8 +610,8 @@
   // --- the controls drawn from at once --------------------------------------------------------------
   // A click on a colour option, a split box or the dim switch changes the view here, from the
   // arrays already in the page, in the click's own task; Dash's callback (mapApply) follows with
-  // the same view and finds it drawn. Anything else (keyboard, the other controls) goes through
-  // Dash only.
+  // the same view and finds it drawn (for a colour option: after the frame, see below). Anything
+  // else (keyboard, the other controls) goes through Dash only.
   function directChange(target) {
     const s = GL.s;
     if (!s || !target || !target.closest || !GL.el || !document.body.contains(GL.el)) return null;
