@@ -241,7 +241,7 @@ def test_a_colour_click_reaches_dash_after_its_frame_the_last_choice_wins(browse
     """mapgl.js holds a colour option's click from Dash until the frame with the new colours has
     been presented, then gives it back: Dash's dropdown (its value, the menu closing, mapApply, the
     URL) follows the frame; two choices in one task give Dash the last only; a menu closed in
-    between still gets its value (set_props)."""
+    between still gets its value (set_props); without animation frames Dash hears of it anyway."""
     url, page, log = browser
     _open(page, f"{url}/map?run=scored&renderer=webgl&glbackend=cpu", N)
     page.callbacks.clear()
@@ -290,6 +290,15 @@ def test_a_colour_click_reaches_dash_after_its_frame_the_last_choice_wins(browse
     assert page.evaluate("() => window.__setProps") == [["map-colour", {"value": "task"}]]
     page.wait_for_function("() => location.search.includes('colour=task')")
     assert _wait_drawn(page, "d.legendTitle === 'task'")["legendTitle"] == "task"
+    # no animation frames (a hidden tab): the click is given back all the same, 250 ms on
+    page.click("#map-colour")
+    page.get_by_role("option", name="domain", exact=True).wait_for()
+    page.evaluate("() => { window.__raf = window.requestAnimationFrame; window.requestAnimationFrame = () => 0; }")
+    page.evaluate(f"() => ({pick})('domain').click()")
+    assert [c for c, _ in dash_heard("domain")] == ["domain"]
+    page.evaluate("() => { window.requestAnimationFrame = window.__raf; }")
+    assert page.evaluate(f"() => [{trigger}.getAttribute('aria-expanded'), {trigger}.textContent]") == ["false", "domain"]
+    assert _wait_drawn(page, "d.legendTitle === 'domain'")["legendTitle"] == "domain"
     assert page.callbacks == [] and log.take() == []
 
 

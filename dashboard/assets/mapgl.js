@@ -660,7 +660,9 @@
     e.stopImmediatePropagation();
     const first = !held.el;
     Object.assign(held, {el: e.target, value: change.colour});
-    if (first) afterPaint(giveBack);
+    if (!first) return;
+    afterPaint(giveBack);
+    setTimeout(giveBack, 250);  // no animation frames (a hidden tab): Dash hears of it all the same
   }, true);
 
   // After the first frame: where WebGL is a real GPU (asked in a worker), the map moves to it.
