@@ -301,7 +301,7 @@ def serve(runs=(), data_dirs=(), *, host: str = "127.0.0.1", port: int = 8050, a
 
     from waitress.server import create_server
 
-    limit_malloc_arenas()  # before the warming thread and waitress's threads start
+    limit_malloc_arenas()  # before the run-loading thread and waitress's threads make their arenas
     app = create_app(list(runs), list(data_dirs), auth=auth, warm=True, prefix=prefix)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" notes under load
     try:

@@ -241,7 +241,8 @@ def test_a_colour_click_reaches_dash_after_its_frame_the_last_choice_wins(browse
     """mapgl.js holds a colour option's click from Dash until the frame with the new colours has
     been presented, then gives it back: Dash's dropdown (its value, the menu closing, mapApply, the
     URL) follows the frame; two choices in one task give Dash the last only; a menu closed in
-    between still gets its value (set_props); without animation frames Dash hears of it anyway."""
+    between still gets its value (set_props); without animation frames Dash hears of it anyway; a
+    colour Dash chose meanwhile stands."""
     url, page, log = browser
     _open(page, f"{url}/map?run=scored&renderer=webgl&glbackend=cpu", N)
     page.callbacks.clear()
@@ -262,10 +263,15 @@ def test_a_colour_click_reaches_dash_after_its_frame_the_last_choice_wins(browse
         return page.evaluate("() => window.__dash.splice(0)")
 
     page.click("#map-colour")
+    # at the first frame after the click: the new colours drawn, the menu still open, Dash not told
+    page.evaluate(f"""() => window.addEventListener('click', () => requestAnimationFrame(() => {{
+      window.__atFrame = [{LAST}.legendTitle, {trigger}.getAttribute('aria-expanded'), window.__dash.length]; }}),
+      {{capture: true, once: true}})""")
     page.get_by_role("option", name="task", exact=True).click()
     d = _wait_drawn(page, "d.legendTitle === 'task'")
     assert d["values"] == scored_data.cats["task"].codes[F.draw_order(scored_data, np.arange(N))].tolist()
     page.wait_for_function(f"() => {LAST}.presented")
+    assert page.evaluate("() => window.__atFrame") == ["task", "true", 0]
     heard = dash_heard("task")
     assert [c for c, _ in heard] == ["task"]
     assert heard[0][1] > page.evaluate(f"() => {LAST}.presented")  # Dash heard after the frame was on screen
@@ -299,6 +305,15 @@ def test_a_colour_click_reaches_dash_after_its_frame_the_last_choice_wins(browse
     page.evaluate("() => { window.requestAnimationFrame = window.__raf; }")
     assert page.evaluate(f"() => [{trigger}.getAttribute('aria-expanded'), {trigger}.textContent]") == ["false", "domain"]
     assert _wait_drawn(page, "d.legendTitle === 'domain'")["legendTitle"] == "domain"
+    # Dash chose another colour while a click was held (as the keyboard does): Dash's choice stands
+    page.click("#map-colour")
+    page.get_by_role("option", name="task", exact=True).wait_for()
+    page.evaluate(f"() => {{ ({pick})('task').click(); window.dash_clientside.set_props('map-colour', {{value: 'split'}}); }}")
+    assert [c for c, _ in dash_heard("split")] == ["split"]
+    page.wait_for_timeout(300)  # past both of the held click's timers
+    assert _wait_drawn(page, "d.legendTitle.startsWith('split')")["legendTitle"].startswith("split")
+    assert page.evaluate("() => window.__dash") == [] and "colour=" not in page.evaluate("() => location.search")
+    page.keyboard.press("Escape")
     assert page.callbacks == [] and log.take() == []
 
 

@@ -77,10 +77,11 @@ def test_one_examples_text_is_the_texts_columns_row(run):
     assert np.array_equal(own_texts(frame.iloc[[2]]), own_texts(frame)[[2]])
 
 
-def test_the_command_line_gives_arrow_the_c_librarys_allocator_unless_told_otherwise():
-    """`llm-maps` (interfaces.cli) sets Arrow's allocator before pyarrow loads: the C library's, whose
-    freed memory release_freed_memory gives back (mimalloc kept ~60 MB of a million-row read); a
-    value set in the environment wins."""
+def test_serve_gives_arrow_the_c_librarys_allocator_unless_told_otherwise():
+    """`llm-maps serve` (interfaces.cli, imported with "serve" as its first argument) sets Arrow's
+    allocator before pyarrow loads: the C library's, whose freed memory release_freed_memory gives
+    back (mimalloc kept ~60 MB of a million-row read); a value set in the environment wins; the
+    other verbs, and Python code importing the module, keep pyarrow's own."""
     import os
     import subprocess
     import sys
@@ -88,15 +89,16 @@ def test_the_command_line_gives_arrow_the_c_librarys_allocator_unless_told_other
     code = "import interfaces.cli, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
 
-    def backend(**extra):
-        return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
-                              check=True).stdout.strip()
+    def backend(*argv, **extra):
+        return subprocess.run([sys.executable, "-c", code, *argv], env={**env, **extra}, capture_output=True,
+                              text=True, check=True).stdout.strip()
 
-    assert backend() == "system"
-    assert backend(ARROW_DEFAULT_MEMORY_POOL="mimalloc") == "mimalloc"
-    # without the command line, pyarrow's own default (what this process, the test runner, has)
-    assert subprocess.run([sys.executable, "-c", "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"],
-                          env=env, capture_output=True, text=True, check=True).stdout.strip() != "system"
+    own = subprocess.run([sys.executable, "-c", "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert own != "system"
+    assert backend("serve", "data/runs") == "system"
+    assert backend("serve", ARROW_DEFAULT_MEMORY_POOL="mimalloc") == "mimalloc"
+    assert backend("build", "--help") == backend() == own
 
 
 def test_the_web_process_limits_its_malloc_arenas_unless_told_otherwise():

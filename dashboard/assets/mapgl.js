@@ -624,6 +624,7 @@
     if (opt) {
       const pop = opt.closest('[role=dialog]'), input = opt.querySelector('input');
       if (!colour || !pop || !input || colour.getAttribute('aria-controls') !== pop.id) return null;
+      if (input.disabled || opt.getAttribute('aria-disabled') === 'true') return null;  // Dash refuses it too
       return s.meta.options[input.value] ? {colour: input.value} : null;
     }
     return target.id === 'map-dim' ? {dim: !s.dim} : null;
@@ -632,37 +633,44 @@
   // A colour option's click is held from Dash until the frame with the new colours is on screen,
   // then given back as the same element's click: Dash's handling of it (the menu closing, its store,
   // the callbacks after; 15-25 ms on these machines) would otherwise run in front of that frame and
-  // show the new colours a frame later. The menu closes those ~30 ms later; a second choice made in
-  // between replaces the first. (A split box or the dim switch is not held: their own handling is
-  // short, and a box must show its new state at once.)
-  const held = {el: null, value: null};
+  // show the new colours a frame later. The menu closes those ~30 ms later. A second choice made in
+  // between replaces the first (each hold's own timers, ``turn``); a colour Dash chose meanwhile
+  // (the keyboard) wins over the held one; a map or run gone meanwhile drops it. (A split box or the
+  // dim switch is not held: their own handling is short, and a box must show its new state at once.)
+  const held = {el: null, value: null, before: null, run: null, turn: 0};
   let replaying = false;
   function giveBack() {
-    const {el, value} = held;
+    const {el, value, run} = held;
     held.el = null;
-    if (!el) return;
-    if (el.isConnected) {
+    if (!el || !document.getElementById('map-colour') || GL.run !== run) return;
+    const opt = el.closest('[role=option]'), input = opt && opt.querySelector('input');
+    if (el.isConnected && input && input.value === value) {
       replaying = true;
       try { el.click(); } finally { replaying = false; }
-    } else if (window.dash_clientside && window.dash_clientside.set_props) {  // the menu went meanwhile
-      window.dash_clientside.set_props('map-colour', {value});
+    } else {  // the menu went meanwhile, or its rows now show other options
+      try { window.dash_clientside.set_props('map-colour', {value}); } catch (err) { onError(err); }
     }
+  }
+
+  function dashChose(colour) {  // Dash's own call for a view while a click is held
+    if (held.el && colour !== held.value && colour !== held.before) held.el = null;
   }
 
   document.addEventListener('click', (e) => {
     if (replaying) return;  // Dash's turn
     const change = directChange(e.target);
     if (!change) return;
+    if (change.colour !== undefined && !held.el) held.before = GL.s.colour;  // what Dash has
     const s = Object.assign({}, GL.s, change, {calledAt: performance.now(), direct: true});
     applyReady(s).catch(onError);
     if (change.colour === undefined) return;
     e.preventDefault();  // the option's box keeps its state until Dash hears of the click
     e.stopImmediatePropagation();
-    const first = !held.el;
-    Object.assign(held, {el: e.target, value: change.colour});
-    if (!first) return;
-    afterPaint(giveBack);
-    setTimeout(giveBack, 250);  // no animation frames (a hidden tab): Dash hears of it all the same
+    const turn = held.turn + 1;
+    Object.assign(held, {el: e.target, value: change.colour, run: s.run, turn});
+    const give = () => { if (held.turn === turn) giveBack(); };
+    afterPaint(give);
+    setTimeout(give, 250);  // no animation frames (a hidden tab): Dash hears of it all the same
   }, true);
 
   // After the first frame: where WebGL is a real GPU (asked in a worker), the map moves to it.
@@ -749,7 +757,7 @@
   function onError(e) { console.warn('llm-maps map (WebGL):', e && e.message ? e.message : e); }
 
   window.llmMapGL = {
-    apply(s) { s.calledAt = performance.now(); applyReady(s).catch(onError); },
+    apply(s) { dashChose(s.colour); s.calledAt = performance.now(); applyReady(s).catch(onError); },
     active() { return !!(GL.map && GL.el && document.body.contains(GL.el)); },
     overlay(o) { GL.overlay = o; if (GL.map) schedule(); },
     user(traces) { GL.user = traces || []; if (GL.map) schedule(); },

@@ -12,10 +12,12 @@ import os
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
-# Before anything loads pyarrow: its allocator is the C library's, not its own mimalloc, which keeps
-# what reading a large Parquet file needed for the life of the process (the web process: ~60 MB more
-# at a million rows, resident after dashboard.data.release_freed_memory). A value set by the user wins.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+# `llm-maps serve`, before anything loads pyarrow: Arrow's allocator is the C library's, not its own
+# mimalloc, which keeps what reading a large Parquet file needed for the life of the web process
+# (~60 MB more at a million rows, after dashboard.data.release_freed_memory). Only there (the other
+# verbs, and Python code importing this module, keep Arrow's own); a value set by the user wins.
+if sys.argv[1:2] == ["serve"]:
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from llm_maps.config import add_arguments, from_args
 from llm_maps.errors import LLMMapsError
