@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 from llm_maps.falloff import bin_interval, format_slope
+from llm_maps.resample import MIN_TASKS_FOR_INTERVAL
 from dashboard.conditions_data import OUTCOME_COLOURS, OUTCOME_NOTE, OUTCOME_TITLE, client_option, conditions_of, outcome_codes, outcome_legend, outcome_title, scored_under_both
 from dashboard.filters import Filters, active_range, filter_mask, value_bounds, view_rows
 
@@ -510,13 +511,13 @@ def add_bin_counts(fig: go.Figure, counts: list[tuple[str, str, list[tuple[float
 
 def interval_words(stats) -> str:
     """What the error bars of these falloff statistics are: over tasks, Wilson's over examples, or
-    both (a bin holding one task has no interval over tasks)."""
+    both (a bin holding fewer than MIN_TASKS_FOR_INTERVAL tasks has no interval over tasks)."""
     kinds = {bin_interval(b)[2] for g in stats.values() for b in g.get("bins", []) if b.get("n")}
     if kinds == {"over tasks"}:
         return "95 % intervals over tasks (a task bootstrap: examples within a task are not independent)"
     if "over tasks" in kinds:
-        return ("95 % intervals over tasks (a task bootstrap), Wilson's over examples where a bin holds a single "
-                "task (the hover and the table say which)")
+        return ("95 % intervals over tasks (a task bootstrap), Wilson's over examples where a bin holds fewer than "
+                f"{MIN_TASKS_FOR_INTERVAL} tasks (the hover and the table say which)")
     return "Wilson 95 % intervals (examples as independent)"
 
 

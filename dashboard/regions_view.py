@@ -27,6 +27,7 @@ from dashboard import components as C
 from dashboard import figures as F
 from dashboard.regions_data import RegionsData, region_mask, region_value, regions_of
 from llm_maps.regions import REGIONS_FILE, REGIONS_TABLE, sorted_regions
+from llm_maps.resample import MIN_TASKS_FOR_INTERVAL
 
 WORSE, UNCOVERED, PLAIN = "#d62728", "#7b3294", "#3a3a3a"
 ELLIPSE_SIGMA = 2.0  # outline: the 2-sigma ellipse of the members' map positions (about 86 % of a normal cloud)
@@ -47,7 +48,9 @@ def region_summary(r: dict) -> str:
     if r.get("expected_accuracy") is None:
         exp = "no expected accuracy (its tasks have no scored test examples outside it)"
     else:
-        exp = f"its tasks predict {_num(r['expected_accuracy'])}, difference {_num(r['difference'], '+.2f')}"
+        outside = f" from {r['n_outside']} outside" if r.get("n_outside") is not None else ""
+        exp = (f"its tasks predict {_num(r['expected_accuracy'])} (on {r['n_expected']} examples{outside}), "
+               f"difference {_num(r['difference'], '+.2f')}")
         if r.get("difference_low") is not None:
             exp += f" [{_num(r['difference_low'], '+.2f')}, {_num(r['difference_high'], '+.2f')}]"
         if r.get("q_value") is not None:
@@ -145,7 +148,7 @@ def table_rows(rd: RegionsData) -> list[dict]:
             "train": r["n_train"], "test": r["n_test"], "tasks": r["n_tasks"],
             "top_task": f"{top['name']} ({top['share']:.0%})" if top else "",
             "accuracy": r["accuracy"], "accuracy_ci": _ci(r["accuracy_low"], r["accuracy_high"]),
-            "expected": r["expected_accuracy"], "difference": r["difference"],
+            "expected": r["expected_accuracy"], "outside": r.get("n_outside"), "difference": r["difference"],
             "difference_ci": _ci(r["difference_low"], r["difference_high"], "+.2f"),
             "compared": r["n_tasks_compared"], "q": r["q_value"], "status": _status(r), "coverage": r["coverage"],
             "dist": r["mean_dist_to_train"], "central": r["central_text"],
@@ -158,6 +161,8 @@ def _ci(lo, hi, spec: str = ".2f") -> str:
 
 
 NUMBER = "params.value == null ? '' : d3.format('{}')(params.value)"
+INTERVAL_TIP = (f"a task bootstrap (the region's tasks resampled): none with fewer than {MIN_TASKS_FOR_INTERVAL} "
+                "tasks; an accuracy's never narrower than Wilson's over its examples")
 # numbers sort with the rows that have none last, ascending or descending (AG Grid puts nulls first);
 # the function is assets/regions.js's
 NULLS_LAST = "regionsNullsLast"
@@ -175,8 +180,10 @@ def column_defs() -> list[dict]:
 
     return [num("region", "region", 100, "d", pinned="left"), text("status", "flag", 190),
             text("keywords", "keywords", 220),
-            num("difference", "difference", 150, "+.2f", sort="asc"), text("difference_ci", "95% CI", 150),
-            num("accuracy", "accuracy", 120), text("accuracy_ci", "95% CI", 130), num("expected", "expected", 120),
+            num("difference", "difference", 150, "+.2f", sort="asc"),
+            text("difference_ci", "95% CI over tasks", 170, headerTooltip=INTERVAL_TIP),
+            num("accuracy", "accuracy", 120), text("accuracy_ci", "95% CI over tasks", 170, headerTooltip=INTERVAL_TIP),
+            num("expected", "expected", 120), num("outside", "expected from (outside)", 190, "d"),
             num("compared", "tasks compared", 150, "d"), num("q", "q", 90, ".3f"), num("train", "train", 90, "d"),
             num("test", "test", 90, "d"), num("tasks", "tasks", 90, "d"), text("top_task", "top task", 220),
             num("coverage", "train share", 120), num("dist", "mean distance", 140, ".4g"),

@@ -34,7 +34,7 @@ from .conditions_file import (CONDITIONS_FILE, DIRECT, condition_names, conditio
 from .errors import LLMMapsError
 from .falloff import wilson_interval
 from .findings import MIN_TASKS_FOR_CLAIM, UNIT, compute_findings, weighted_auroc
-from .resample import sign_flip_p, small_cluster, task_resample_counts
+from .resample import MIN_TASKS_FOR_INTERVAL, at_least_wilson, sign_flip_p, small_cluster, task_resample_counts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -214,17 +214,19 @@ def _percentile_interval(values: np.ndarray, est: float | None = None, n_tasks: 
 
 
 def accuracy_with_interval(correct: np.ndarray, task: np.ndarray, *, n_boot: int, seed: int) -> dict[str, Any]:
-    """Accuracy with a task-clustered bootstrap 95 % interval (None with fewer than 2 tasks) and the
-    Wilson interval (examples as independent) beside it."""
+    """Accuracy with a task-clustered bootstrap 95 % interval (never narrower than Wilson's; None
+    with fewer than MIN_TASKS_FOR_INTERVAL tasks) and the Wilson interval (examples as independent)
+    beside it."""
 
     y = np.asarray(correct, dtype=float)
     n, k = len(y), int(y.sum())
     n_tasks = len(set(task.tolist()))
     lo = hi = None
-    if n_tasks >= 2:
+    if n_tasks >= MIN_TASKS_FOR_INTERVAL:
         w = _task_boot(task, n_boot, seed)
         with np.errstate(invalid="ignore", divide="ignore"):
             lo, hi = _percentile_interval((w @ y) / w.sum(axis=1), k / n if n else None, n_tasks, (0.0, 1.0))
+        lo, hi = at_least_wilson(lo, hi, k, n)
     wlo, whi = wilson_interval(k, n)
     return {"n": n, "n_tasks": n_tasks, "correct": k, "accuracy": k / n if n else None, "low": lo, "high": hi,
             "wilson_low": wlo, "wilson_high": whi}
@@ -244,7 +246,7 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, task: np.nda
     n_tasks = len(set(task.tolist()))
     diff = float(b.mean() - a.mean()) if n else None
     lo = hi = None
-    if n_tasks >= 2:
+    if n_tasks >= MIN_TASKS_FOR_INTERVAL:
         w = _task_boot(task, n_boot, seed)
         with np.errstate(invalid="ignore", divide="ignore"):
             lo, hi = _percentile_interval((w @ (b.astype(float) - a.astype(float))) / w.sum(axis=1), diff, n_tasks,
@@ -256,7 +258,8 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, task: np.nda
     table = {"both_right": int((a & b).sum()), "a_only": int((a & ~b).sum()), "b_only": int((~a & b).sum()),
              "both_wrong": int((~a & ~b).sum())}
     if lo is None or hi is None:
-        verdict = f"not supported: {n_tasks} task{'s' if n_tasks != 1 else ''} (a task-clustered interval needs 2)"
+        verdict = (f"not supported: {n_tasks} task{'s' if n_tasks != 1 else ''} (a task-clustered interval needs "
+                   f"{MIN_TASKS_FOR_INTERVAL})")
     elif n_tasks < MIN_TASKS_FOR_CLAIM:
         verdict = f"not supported: only {n_tasks} tasks (a claim needs {MIN_TASKS_FOR_CLAIM})"
     elif 2.0 ** (1 - n_tasks) >= 0.05:  # the two-sided sign-flip test's smallest p: 2 of 2^G patterns
@@ -370,7 +373,7 @@ def path_stats(frame: pd.DataFrame, names: Sequence[str], domains: Sequence[str]
                                    "max_dist_high": None,
                                    "auroc_max_dist_error": _num(weighted_auroc(score=max_d, positive=err)[0]),
                                    "auroc_low": None, "auroc_high": None}
-            if row["n_tasks"] >= 2:
+            if row["n_tasks"] >= MIN_TASKS_FOR_INTERVAL:
                 w = _task_boot(task, n_boot, seed)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     row["mean_dist_low"], row["mean_dist_high"] = _percentile_interval(

@@ -446,7 +446,8 @@ MANIFEST_KEYS: tuple[str, ...] = tuple(ManifestRequired.__annotations__)
 
 class OverTasks(TypedDict, total=False):
     task_low: Annotated[float | None, "task-clustered bootstrap 95% interval of accuracy, lower (tasks resampled; "
-                                      "null: fewer than 2 tasks); written when the rows' tasks are known"]
+                                      "never narrower than Wilson's; null: fewer than 5 tasks); written when the "
+                                      "rows' tasks are known"]
     task_high: Annotated[float | None, "upper"]
     n_tasks: Annotated[int, "tasks among the examples"]
 
@@ -617,8 +618,8 @@ class FindingsQuartileRequired(TypedDict):
 class FindingsQuartile(FindingsQuartileRequired, total=False):
     percentile_max: Annotated[float, "near: the quarter's largest distance percentile"]
     percentile_min: Annotated[float, "far: the quarter's smallest distance percentile"]
-    task_low: Annotated[float | None, "task-clustered bootstrap 95% interval of accuracy, lower (null: fewer than "
-                                      "2 tasks)"]
+    task_low: Annotated[float | None, "task-clustered bootstrap 95% interval of accuracy, lower (never narrower "
+                                      "than Wilson's; null: fewer than 5 tasks)"]
     task_high: Annotated[float | None, "upper"]
     n_tasks: Annotated[int, "tasks among the quarter's examples"]
 
@@ -663,8 +664,8 @@ class FindingsConfidence(TypedDict):
 
 
 class FindingsDomainTaskInterval(TypedDict, total=False):
-    accuracy_task_low: Annotated[float | None, "task-clustered bootstrap 95% interval of accuracy, lower (null: "
-                                               "fewer than 2 tasks)"]
+    accuracy_task_low: Annotated[float | None, "task-clustered bootstrap 95% interval of accuracy, lower (never "
+                                               "narrower than Wilson's; null: fewer than 5 tasks)"]
     accuracy_task_high: Annotated[float | None, "upper"]
 
 
@@ -765,7 +766,12 @@ class RegionShare(TypedDict):
     share: Annotated[float, "n / the region's examples"]
 
 
-class RegionRow(TypedDict):
+class RegionRowOutside(TypedDict, total=False):
+    n_outside: Annotated[int, "scored test examples outside it that expected_accuracy rests on (the compared tasks'); "
+                              "written by newer versions"]
+
+
+class RegionRow(RegionRowOutside):
     region: Annotated[int, "region id (regions.parquet's region; 0 = the largest)"]
     label: Annotated[str, "R<id> and its first keywords"]
     n: Annotated[int, "examples (train and test)"]
@@ -778,7 +784,8 @@ class RegionRow(TypedDict):
     tasks: Annotated[list[RegionShare], "its tasks, most examples first (at most 10)"]
     domains: Annotated[list[RegionShare], "its domains, most examples first"]
     accuracy: Annotated[float | None, "accuracy of its scored test examples (null: none)"]
-    accuracy_low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower (null: fewer than 2 tasks)"]
+    accuracy_low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower (never narrower than "
+                                          "Wilson's; null: fewer than 5 tasks)"]
     accuracy_high: Annotated[float | None, "upper"]
     n_tasks_scored: Annotated[int, "tasks of its scored test examples"]
     expected_accuracy: Annotated[float | None, "each scored test example's task accuracy outside the region, averaged "
@@ -787,7 +794,7 @@ class RegionRow(TypedDict):
     n_tasks_compared: Annotated[int, "tasks with scored test examples inside and outside"]
     difference: Annotated[float | None, "accuracy - expected on those examples (negative: worse than its tasks "
                                         "predict)"]
-    difference_low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower (null: fewer than 2 "
+    difference_low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower (null: fewer than 5 "
                                             "tasks compared)"]
     difference_high: Annotated[float | None, "upper"]
     p_value: Annotated[float | None, "one-sided: the compared tasks' differences sign-flipped (null: none compared)"]

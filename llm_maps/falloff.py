@@ -11,24 +11,11 @@ import math
 from typing import Any, Iterable, Mapping
 
 from .contract import ExpectedAccuracy, FalloffBin, FalloffGroup, FalloffTrend, OverTasks
-from .resample import task_mean_interval
+from .resample import Z95 as Z95, task_mean_interval, wilson_interval as wilson_interval
 
 import numpy as np
 
-Z95 = 1.959963984540054
 FALLOFF_FILE = "falloff.json"
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes out of n (95 % by default)."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # the interval always contains p (guards float error at k = 0 and k = n)
-    return (max(0.0, min(centre - half, p)), min(1.0, max(centre + half, p)))
 
 
 def equal_count_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -124,9 +111,11 @@ FALLOFF_BOOT = 2000  # task-bootstrap replicates of the accuracies' intervals ov
 
 def _add_over_tasks(target: OverTasks, correct: np.ndarray, codes: np.ndarray, sel: np.ndarray, seed: int) -> None:
     """Set task_low, task_high (a task-clustered bootstrap 95 % interval of the accuracy of rows
-    ``sel``; None with fewer than 2 tasks) and n_tasks on ``target``."""
+    ``sel``, never narrower than Wilson's; None with fewer than MIN_TASKS_FOR_INTERVAL tasks) and
+    n_tasks on ``target``."""
     _, target["task_low"], target["task_high"], target["n_tasks"] = task_mean_interval(
-        correct[sel], codes[sel], n_boot=FALLOFF_BOOT, rng=np.random.default_rng(seed), bounds=(0.0, 1.0))
+        correct[sel], codes[sel], n_boot=FALLOFF_BOOT, rng=np.random.default_rng(seed), bounds=(0.0, 1.0),
+        proportion=True)
 
 
 def bin_interval(b: Mapping[str, Any]) -> tuple[float | None, float | None, str]:

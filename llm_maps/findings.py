@@ -34,7 +34,7 @@ from .resample import interval_95 as _interval
 # re-exported: the task bootstrap's home is llm_maps.resample; scripts and tests import these from here too
 from .resample import MAX_FLIPS as MAX_FLIPS, sign_flip_p as sign_flip_p, small_cluster as small_cluster
 from .resample import task_ratio_interval as task_ratio_interval, task_resample_counts as task_resample_counts
-from .resample import task_mean_interval
+from .resample import MIN_TASKS_FOR_INTERVAL, task_mean_interval
 from .neighbours import knn
 from .runfolder import ENCODINGS, EXAMPLES, Run, check_writable, read_result_json, record_stage
 
@@ -565,7 +565,7 @@ def _quartile(dd: DomainData, which: str, *, n_boot: int, seed: int) -> dict[str
     n, k = int(sel.sum()), int(dd.y[sel].sum())
     lo, hi = wilson_interval(k, n)
     _, tlo, thi, tasks = task_mean_interval(dd.y[sel], dd.codes[sel], n_boot=n_boot, rng=np.random.default_rng(seed),
-                                            bounds=(0.0, 1.0))
+                                            bounds=(0.0, 1.0), proportion=True)
     return {"n": n, "correct": k, "accuracy": k / n if n else None, "low": _num(lo), "high": _num(hi),
             "task_low": tlo, "task_high": thi, "n_tasks": tasks,
             "percentile_max" if which == "near" else "percentile_min": float(q)}
@@ -593,7 +593,7 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
         intercept, slope = float(ia[0]), float(sa[0])
     else:
         intercept, slope, ib, sb = boot["intercept"], boot["slope"], boot["boot_intercept"], boot["boot_slope"]
-    lo, hi = _interval(small_cluster(slope, sb, dd.n_tasks)) if dd.n_tasks >= 2 else (None, None)
+    lo, hi = _interval(small_cluster(slope, sb, dd.n_tasks)) if dd.n_tasks >= MIN_TASKS_FOR_INTERVAL else (None, None)
     _, raw_slope, _ = fit_logistic(x=dd.raw, y=dd.y)
     err = dd.y < 0.5
     auc = weighted_auroc(score=dd.x, positive=err)[0]
@@ -601,7 +601,7 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
     alo, ahi = _interval(auc_b)
     within, within_b, n_inf = conditional_logit_slope(x=dd.x, y=dd.y, task=dd.codes,
                                                       task_weights=counts if dd.n_tasks >= 2 else None)
-    wlo, whi = _interval(small_cluster(within, within_b, n_inf)) if n_inf >= 2 else (None, None)
+    wlo, whi = _interval(small_cluster(within, within_b, n_inf)) if n_inf >= MIN_TASKS_FOR_INTERVAL else (None, None)
     curve = None
     if np.isfinite(slope):
         p = expit(intercept + slope * curve_x)
@@ -629,7 +629,7 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
     n, k = len(dd.y), int(dd.y.sum())
     alow, ahigh = wilson_interval(k, n)
     _, tlow, thigh, _ = task_mean_interval(dd.y, dd.codes, n_boot=n_boot, rng=np.random.default_rng(seed),
-                                           bounds=(0.0, 1.0))
+                                           bounds=(0.0, 1.0), proportion=True)
     return {
         "n": n, "n_tasks": dd.n_tasks, "correct": k, "accuracy": k / n, "accuracy_low": alow, "accuracy_high": ahigh,
         "accuracy_task_low": tlow, "accuracy_task_high": thigh,

@@ -41,7 +41,7 @@ import numpy.typing as npt
 
 from .errors import LLMMapsError
 from .findings import ALPHA, MIN_TASKS_FOR_CLAIM, run_views, variant_distances, view_encodings
-from .resample import MAX_FLIPS, sign_flip_p, task_ratio_interval
+from .resample import MAX_FLIPS, MIN_TASKS_FOR_INTERVAL, at_least_wilson, sign_flip_p, task_ratio_interval
 from .runfolder import (ENCODINGS, EXAMPLES, Run, check_writable, parquet_errors, read_result_json, record_stage,
                         write_json_atomic)
 
@@ -60,8 +60,8 @@ N_BOOT = 2000
 CHUNK_ROWS = 8192
 TEXT_CHARS = 300
 INTERVAL = ("accuracy and difference: 95 % percentile interval of a task-clustered bootstrap (the region's tasks "
-            "resampled with replacement, replicates spread by sqrt(G/(G-1)) for G tasks; none with fewer than 2 "
-            "tasks); p-value: one-sided, the compared tasks' differences sign-flipped (every pattern up to "
+            "resampled with replacement, replicates spread by sqrt(G/(G-1)) for G tasks; none with fewer than "
+            f"{MIN_TASKS_FOR_INTERVAL} tasks; an accuracy's never narrower than Wilson's over its examples); p-value: one-sided, the compared tasks' differences sign-flipped (every pattern up to "
             f"{int(math.log2(MAX_FLIPS))} tasks), so with G tasks no p-value is below 2^-G; q-values: "
             "Benjamini-Hochberg across the regions with a p-value")
 EXPECTED = ("expected accuracy: each scored test example's task accuracy outside the region (scored test examples of "
@@ -236,9 +236,9 @@ def region_statistics(*, labels: np.ndarray, is_train: np.ndarray, task: Sequenc
         scored_tasks = np.flatnonzero(n_in > 0)
         n_sc = int(sc.sum())
         acc = float(k_in.sum() / n_sc) if n_sc else None
-        acc_lo, acc_hi = task_ratio_interval(k_in[scored_tasks], n_in[scored_tasks],
-                                             acc if acc is not None else math.nan, n_boot=n_boot, rng=rng,
-                                             bounds=(0.0, 1.0))
+        acc_lo, acc_hi = at_least_wilson(*task_ratio_interval(k_in[scored_tasks], n_in[scored_tasks],
+                                                              acc if acc is not None else math.nan, n_boot=n_boot,
+                                                              rng=rng, bounds=(0.0, 1.0)), k_in.sum(), n_sc)
         comp = np.flatnonzero((n_in > 0) & (n_out > 0))  # tasks with scored test examples in and outside
         w = n_in[comp]
         diff_t = k_in[comp] / np.maximum(w, 1) - k_out[comp] / np.maximum(n_out[comp], 1)  # [G]
@@ -262,7 +262,8 @@ def region_statistics(*, labels: np.ndarray, is_train: np.ndarray, task: Sequenc
             "n_tasks": int(len(np.unique(task_arr[inside]))), "tasks": _shares(task_arr[inside], 10),
             "domains": _shares(dom_arr[inside]),
             "accuracy": acc, "accuracy_low": acc_lo, "accuracy_high": acc_hi, "n_tasks_scored": int(len(scored_tasks)),
-            "expected_accuracy": expected, "n_expected": n_exp, "n_tasks_compared": int(len(comp)),
+            "expected_accuracy": expected, "n_expected": n_exp, "n_outside": int(n_out[comp].sum()),
+            "n_tasks_compared": int(len(comp)),
             "difference": diff, "difference_low": d_lo, "difference_high": d_hi,
             "p_value": p, "q_value": None, "worse": False, "mean_dist_to_train": test_d,
             "keywords": [], "central_example": "", "central_text": "",
@@ -499,15 +500,20 @@ def format_regions(result: Mapping[str, Any], *, limit: int | None = 30) -> str:
              f"{p['seed']}): {result['n_regions']} regions hold {result['n_in_regions']:,} of {result['n_examples']:,} "
              f"examples ({result['n_noise']:,} in none)", ""]
     regions = sorted_regions(result["regions"])
-    head = (f"  {'region':<6} {'train':>6} {'test':>5} {'tasks':>5} {'accuracy [95% CI]':<20} {'expected':>8} "
-            f"{'difference [95% CI]':<24} {'cmp':>3} {'q':>6} {'cover':>5} {'dist':>7}  keywords")
+    head = (f"  {'region':<6} {'train':>6} {'test':>5} {'tasks':>5} {'accuracy [95% CI] (n)':<26} "
+            f"{'expected (n in, out)':<20} {'difference [95% CI]':<24} {'cmp':>3} {'q':>6} {'cover':>5} {'dist':>7}  "
+            "keywords")
+
+    def ci(v: float | None, lo: float | None, hi: float | None, spec: str = ".2f") -> str:
+        return _f(v, spec) + (f" [{_f(lo, spec)}, {_f(hi, spec)}]" if lo is not None and hi is not None else "")
 
     def line(r: Mapping[str, Any]) -> str:
-        acc = f"{_f(r['accuracy'])} [{_f(r['accuracy_low'])}, {_f(r['accuracy_high'])}]"
-        diff = f"{_f(r['difference'], '+.2f')} [{_f(r['difference_low'], '+.2f')}, {_f(r['difference_high'], '+.2f')}]"
+        acc = f"{ci(r['accuracy'], r['accuracy_low'], r['accuracy_high'])} ({r['n_scored']})"
+        exp = f"{_f(r['expected_accuracy'])} ({r['n_expected']}, {r.get('n_outside', '?')})"
+        diff = ci(r["difference"], r["difference_low"], r["difference_high"], "+.2f")
         flag = " worse" if r["worse"] else ""
-        return (f"  R{r['region']:<5} {r['n_train']:>6} {r['n_test']:>5} {r['n_tasks']:>5} {acc:<20} "
-                f"{_f(r['expected_accuracy']):>8} {diff:<24} {r['n_tasks_compared']:>3} {_f(r['q_value'], '.3f'):>6} "
+        return (f"  R{r['region']:<5} {r['n_train']:>6} {r['n_test']:>5} {r['n_tasks']:>5} {acc:<26} "
+                f"{exp:<20} {diff:<24} {r['n_tasks_compared']:>3} {_f(r['q_value'], '.3f'):>6} "
                 f"{r['coverage']:>5.2f} "
                 f"{_f(r['mean_dist_to_train'], '.4g'):>7}  {', '.join(r['keywords'][:4])}{flag}")
 
@@ -526,7 +532,10 @@ def format_regions(result: Mapping[str, Any], *, limit: int | None = 30) -> str:
     if uncovered:
         lines.append(head)
         lines += [line(r) for r in uncovered]
-    lines += ["", f"(cmp: tasks compared, with scored test examples inside and outside; cover: train share; dist: mean "
+    lines += ["", f"(tasks: of all its examples; n: its scored test examples; expected (n in, out): over the scored "
+                  "test examples inside whose task has some outside, from that many outside; cmp: tasks compared, "
+                  "with scored test examples inside and outside; an interval over tasks needs "
+                  f"{MIN_TASKS_FOR_INTERVAL}; cover: train share; dist: mean "
                   f"distance to train of its test examples; {result['expected']}; {result['interval']})"]
     lines += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(lines)

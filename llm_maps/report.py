@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 from .findings import read_findings
 from .falloff import bin_interval
-from .resample import task_mean_interval
+from .resample import MIN_TASKS_FOR_INTERVAL, task_mean_interval
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,9 +47,10 @@ def accuracy_lines(frame: pd.DataFrame) -> list[str]:
         k, n = int(correct[sel].sum()), int(sel.sum())
         lo, hi = wilson_interval(k, n)
         _, tlo, thi, tasks = task_mean_interval(correct[sel], codes[sel], n_boot=ACCURACY_BOOT,
-                                                rng=np.random.default_rng(0), bounds=(0.0, 1.0))
+                                                rng=np.random.default_rng(0), bounds=(0.0, 1.0), proportion=True)
         clustered = (f"[{tlo:.3f}, {thi:.3f}] over tasks" if tlo is not None and thi is not None
-                     else "(no interval over tasks: 1 task)")
+                     else f"(no interval over tasks: {tasks} task{'s' if tasks != 1 else ''}, fewer than "
+                          f"{MIN_TASKS_FOR_INTERVAL})")
         return (f"{label} {k / n:.3f} {clustered}, [{lo:.3f}, {hi:.3f}] Wilson over examples; "
                 f"{n} {name} examples in {tasks} task{'s' if tasks != 1 else ''}")
 

@@ -11,6 +11,32 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 MAX_FLIPS = 4096  # sign patterns of a sign-flip p-value: every one up to 12 tasks, else this many at random
+# Fewer tasks than this: no interval over tasks. Resampling 2, 3 or 4 tasks gives only 3, 10 or 35
+# distinct replicates, whose percentiles say little (the same count a claim needs: findings).
+MIN_TASKS_FOR_INTERVAL = 5
+Z95 = 1.959963984540054
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n (95 % by default)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # the interval always contains p (guards float error at k = 0 and k = n)
+    return (max(0.0, min(centre - half, p)), min(1.0, max(centre + half, p)))
+
+
+def at_least_wilson(lo: float | None, hi: float | None, k: float, n: float) -> tuple[float | None, float | None]:
+    """An accuracy's interval over tasks, never narrower than Wilson's over its examples (k of n):
+    the task bootstrap collapses to a point when every task scores 0 (or 1), and so can any
+    interval from a few tasks of like accuracy. None stays None."""
+    if lo is None or hi is None or n <= 0:
+        return lo, hi
+    wlo, whi = wilson_interval(int(round(k)), int(round(n)))
+    return min(lo, wlo), max(hi, whi)
 
 
 def task_resample_counts(*, n_tasks: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -32,9 +58,10 @@ def task_ratio_interval(num: np.ndarray, den: np.ndarray, estimate: float, *, n_
                         rng: np.random.Generator, bounds: tuple[float, float]) -> tuple[float | None, float | None]:
     """Task-clustered bootstrap 95 % interval of sum(num) / sum(den) over tasks (num, den [G]: e.g.
     each task's correct and scored examples), replicates spread by sqrt(G/(G-1)) (small_cluster) and
-    the interval clipped to ``bounds`` (the spread can carry it past them). None with fewer than 2 tasks."""
+    the interval clipped to ``bounds`` (the spread can carry it past them). None with fewer than
+    MIN_TASKS_FOR_INTERVAL tasks (no replicate is drawn then)."""
     g = len(num)
-    if g < 2 or not np.isfinite(estimate):
+    if g < MIN_TASKS_FOR_INTERVAL or not np.isfinite(estimate):
         return None, None
     counts = task_resample_counts(n_tasks=g, n_boot=n_boot, rng=rng)  # [B, G]
     d = counts @ den
@@ -47,11 +74,13 @@ def task_ratio_interval(num: np.ndarray, den: np.ndarray, estimate: float, *, n_
 
 
 def task_mean_interval(values: np.ndarray, task: np.ndarray, *, n_boot: int, rng: np.random.Generator,
-                       bounds: tuple[float, float]) -> tuple[float, float | None, float | None, int]:
+                       bounds: tuple[float, float], proportion: bool = False) -> tuple[float, float | None,
+                                                                                       float | None, int]:
     """The mean of ``values`` over the rows (e.g. correct, or one condition's minus another's), with
     its task-clustered bootstrap 95 % interval (task_ratio_interval of each task's sum over its rows;
     ``task`` [n] any labels, or integer codes as they are), and the number of tasks: (mean, low,
-    high, tasks)."""
+    high, tasks). ``proportion`` (values 0/1: an accuracy): the interval never narrower than
+    Wilson's over the rows (at_least_wilson)."""
     task = np.asarray(task)
     codes = task if np.issubdtype(task.dtype, np.integer) else np.unique(task, return_inverse=True)[1]
     num = np.bincount(codes, weights=np.asarray(values, dtype=float))
@@ -59,6 +88,8 @@ def task_mean_interval(values: np.ndarray, task: np.ndarray, *, n_boot: int, rng
     num, den = num[den > 0], den[den > 0]  # codes no row of these has
     est = float(num.sum() / den.sum()) if den.sum() else math.nan
     lo, hi = task_ratio_interval(num, den, est, n_boot=n_boot, rng=rng, bounds=bounds)
+    if proportion:
+        lo, hi = at_least_wilson(lo, hi, num.sum(), den.sum())
     return est, lo, hi, len(den)
 
 

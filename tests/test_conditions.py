@@ -88,33 +88,40 @@ def test_paired_difference_on_simulated_data_with_a_known_answer():
 
 
 def test_with_few_tasks_no_claim_and_intervals_spread_as_the_other_verbs_spread_them():
-    """3 tasks with a large gain: the interval excludes 0 and McNemar rejects, yet no claim (fewer
-    than MIN_TASKS_FOR_CLAIM tasks, as findings, regions and compare require). The interval is the
-    task bootstrap's percentiles after findings.small_cluster, recomputed here on the same draws."""
-    from llm_maps.findings import MIN_TASKS_FOR_CLAIM, small_cluster, task_resample_counts
+    """3 tasks with a large gain: McNemar rejects, yet no interval over tasks (fewer than
+    MIN_TASKS_FOR_INTERVAL) and no claim (as findings, regions and compare require 5 tasks). With 5:
+    the interval is the task bootstrap's percentiles after findings.small_cluster, recomputed here on
+    the same draws (an accuracy's never narrower than Wilson's)."""
+    from llm_maps.falloff import wilson_interval
+    from llm_maps.findings import small_cluster, task_resample_counts
 
     rng = np.random.default_rng(1)
     task = np.repeat(np.arange(3), 60).astype(str)
     a = rng.random(len(task)) < 0.4
     b = a | (rng.random(len(task)) < 0.5)
     res = paired_difference(a, b, task, n_boot=500, seed=7)
-    assert res["low"] > 0 and res["mcnemar"]["p_value"] < 0.05
-    assert res["verdict"] == f"not supported: only 3 tasks (a claim needs {MIN_TASKS_FOR_CLAIM})"
-    codes = np.unique(task, return_inverse=True)[1]
-    w = task_resample_counts(n_tasks=3, n_boot=500, rng=np.random.default_rng(7))[:, codes]
-    reps = (w @ (b.astype(float) - a.astype(float))) / w.sum(axis=1)
-    spread = np.clip(small_cluster(float(b.mean() - a.mean()), reps, 3), -1, 1)
-    assert (res["low"], res["high"]) == (pytest.approx(np.percentile(spread, 2.5)),
-                                         pytest.approx(np.percentile(spread, 97.5)))
-    acc = accuracy_with_interval(a, task, n_boot=500, seed=7)
-    spread = np.clip(small_cluster(float(a.mean()), (w @ a.astype(float)) / w.sum(axis=1), 3), 0, 1)
-    assert (acc["low"], acc["high"]) == (pytest.approx(np.percentile(spread, 2.5)),
-                                         pytest.approx(np.percentile(spread, 97.5)))
+    assert res["mcnemar"]["p_value"] < 0.05 and b.mean() - a.mean() > 0.2
+    # no interval over 3 tasks (3 tasks resampled: 10 distinct replicates), so no claim either
+    assert res["low"] is None and res["high"] is None
+    assert res["verdict"] == "not supported: 3 tasks (a task-clustered interval needs 5)"
+    assert accuracy_with_interval(a, task, n_boot=500, seed=7)["low"] is None
     # 5 tasks, all gaining: the two-sided sign-flip test's smallest p is 2/32 = 0.0625, so no claim, said so
     task5 = np.repeat(np.arange(5), 60).astype(str)
     a5 = rng.random(len(task5)) < 0.4
-    five = paired_difference(a5, a5 | (rng.random(len(task5)) < 0.5), task5, n_boot=500, seed=7)
+    b5 = a5 | (rng.random(len(task5)) < 0.5)
+    five = paired_difference(a5, b5, task5, n_boot=500, seed=7)
     assert five["low"] > 0 and five["p_value"] == pytest.approx(0.0625)
+    codes = np.unique(task5, return_inverse=True)[1]
+    w = task_resample_counts(n_tasks=5, n_boot=500, rng=np.random.default_rng(7))[:, codes]
+    reps = (w @ (b5.astype(float) - a5.astype(float))) / w.sum(axis=1)
+    spread = np.clip(small_cluster(float(b5.mean() - a5.mean()), reps, 5), -1, 1)
+    assert (five["low"], five["high"]) == (pytest.approx(np.percentile(spread, 2.5)),
+                                           pytest.approx(np.percentile(spread, 97.5)))
+    acc = accuracy_with_interval(a5, task5, n_boot=500, seed=7)
+    spread = np.clip(small_cluster(float(a5.mean()), (w @ a5.astype(float)) / w.sum(axis=1), 5), 0, 1)
+    wlo, whi = wilson_interval(int(a5.sum()), len(a5))
+    assert (acc["low"], acc["high"]) == (pytest.approx(min(np.percentile(spread, 2.5), wlo)),
+                                         pytest.approx(max(np.percentile(spread, 97.5), whi)))
     assert five["verdict"] == ("not supported: with 5 tasks the sign-flip test over tasks cannot reach p < 0.05 "
                                "(its smallest p is 0.0625)")
     # the same gain over 8 tasks is claimed

@@ -209,7 +209,8 @@ def test_map_page_and_payload_offer_the_outcome_colour(app, data):
 def _reference_bins(run, name: str, domain: str, n_bins: int):
     """Equal-count bins of the example's own distance for one condition and domain, with statsmodels'
     Wilson intervals, the intervals over tasks (a task bootstrap on the bin's tasks, seed bin + 1,
-    spread by sqrt(G/(G-1))) and the tasks per bin, recomputed from the files."""
+    spread by sqrt(G/(G-1)); from 5 tasks, never narrower than Wilson's) and the tasks per bin,
+    recomputed from the files."""
     from statsmodels.stats.proportion import proportion_confint
 
     from llm_maps.resample import small_cluster, task_resample_counts
@@ -232,7 +233,8 @@ def _reference_bins(run, name: str, domain: str, n_bins: int):
         counts = task_resample_counts(n_tasks=len(names), n_boot=2000, rng=np.random.default_rng(b + 1))
         reps = (counts @ k_t) / (counts @ n_t)
         tlo, thi = np.clip(np.percentile(small_cluster(k / n, reps, len(names)), [2.5, 97.5]), 0, 1) \
-            if len(names) > 1 else (None, None)
+            if len(names) >= 5 else (None, None)  # 5 tasks or more, and never narrower than Wilson's
+        tlo, thi = (None, None) if tlo is None else (min(tlo, lo), max(thi, hi))
         out.append({"n": n, "correct": k, "accuracy": k / n, "low": lo, "high": hi, "median": float(np.median(x[sel])),
                     "tasks": tasks.tolist(), "task_low": tlo, "task_high": thi})
     return out, len(sub), sub["task"].nunique()
@@ -254,7 +256,7 @@ def test_falloff_overlay_per_condition_and_domain_is_recomputed_exactly(app, run
         bins, n, n_tasks = _reference_bins(runs["cond"], t.meta["condition"], t.meta["domain"], 4)
         assert list(t.y) == pytest.approx([b["accuracy"] for b in bins])
         assert list(t.x) == pytest.approx([b["median"] for b in bins])
-        # error bars: the interval over tasks (Wilson's where a bin holds one task)
+        # error bars: the interval over tasks (Wilson's where a bin holds fewer than 5 tasks)
         over = [(b["task_low"], b["task_high"]) if b["task_low"] is not None else (b["low"], b["high"]) for b in bins]
         assert list(t.error_y.array) == pytest.approx([hi - b["accuracy"] for b, (_, hi) in zip(bins, over)])
         assert list(t.error_y.arrayminus) == pytest.approx([b["accuracy"] - lo for b, (lo, _) in zip(bins, over)])

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from llm_maps.falloff import (equal_count_edges, expected_accuracy, falloff_stats, logistic_trend,
+from llm_maps.falloff import (bin_interval, equal_count_edges, expected_accuracy, falloff_stats, logistic_trend,
                               wilson_interval)
 
 
@@ -142,4 +142,34 @@ def test_the_error_bars_are_named_for_what_they_are_when_some_bins_hold_one_task
     assert interval_words({"B": stats["B"]}).startswith("95 % intervals over tasks (a task bootstrap:")
     assert interval_words({"A": stats["A"]}) == "Wilson 95 % intervals (examples as independent)"
     assert interval_words(stats) == ("95 % intervals over tasks (a task bootstrap), Wilson's over examples where a "
-                                     "bin holds a single task (the hover and the table say which)")
+                                     "bin holds fewer than 5 tasks (the hover and the table say which)")
+
+
+def test_an_interval_over_tasks_needs_five_tasks_and_an_accuracys_is_never_narrower_than_wilsons():
+    """Resampling 2-4 tasks gives 3-35 distinct replicates: no interval over tasks below 5 tasks (the
+    figures then show Wilson's, named). When every task scores 0 the task bootstrap collapses to
+    [0, 0]; an accuracy's interval is then Wilson's (statsmodels). A difference is not widened."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from llm_maps.resample import MIN_TASKS_FOR_INTERVAL, task_mean_interval
+
+    assert MIN_TASKS_FOR_INTERVAL == 5
+    task = np.repeat(np.arange(6), 10)
+    zeros = np.zeros(60)
+    raw = task_mean_interval(zeros, task, n_boot=500, rng=np.random.default_rng(0), bounds=(0.0, 1.0))
+    assert raw == (0.0, 0.0, 0.0, 6)  # the task bootstrap alone: a point
+    got = task_mean_interval(zeros, task, n_boot=500, rng=np.random.default_rng(0), bounds=(0.0, 1.0), proportion=True)
+    assert got[:3] == pytest.approx((0.0, *proportion_confint(0, 60, alpha=0.05, method="wilson"))) and got[2] > 0.05
+    four = task_mean_interval(np.ones(40), np.repeat(np.arange(4), 10), n_boot=500, rng=np.random.default_rng(0),
+                              bounds=(0.0, 1.0), proportion=True)
+    assert four == (1.0, None, None, 4)
+    diff = np.tile([1.0, 0.0, -1.0, 0.0, 1.0], 12)  # a difference of two accuracies: never widened to Wilson's
+    plain = task_mean_interval(diff, task, n_boot=500, rng=np.random.default_rng(0), bounds=(-1.0, 1.0))
+    assert task_mean_interval(diff, task, n_boot=500, rng=np.random.default_rng(0), bounds=(-1.0, 1.0)) == plain
+    # a falloff bin of 4 tasks: Wilson's, named so
+    rng = np.random.default_rng(3)
+    stats = falloff_stats(rng.random(80), (rng.random(80) < 0.5).tolist(), n_bins=2,
+                          tasks=np.repeat(["a", "b", "c", "d"], 20))
+    b = stats["all"]["bins"][0]
+    assert b["task_low"] is None and b["n_tasks"] == 4
+    assert bin_interval(b) == (b["low"], b["high"], "Wilson, over examples")

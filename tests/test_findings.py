@@ -735,11 +735,12 @@ def test_holm_equals_statsmodels():
 
 def test_domain_and_quarter_accuracies_have_task_clustered_intervals_and_few_tasks_say_no_claim():
     """Each domain's accuracy, and its nearest and farthest quarter's, with a task bootstrap interval
-    (recomputed here on the same draws); the printed table shows them, says 'no claim' for a domain
-    of fewer than MIN_TASKS_FOR_CLAIM tasks, and says how many replicates failed to fit."""
-    from llm_maps.findings import MIN_TASKS_FOR_CLAIM, format_findings, small_cluster
+    (recomputed here on the same draws, never narrower than Wilson's); the printed table shows them;
+    a domain of fewer than MIN_TASKS_FOR_CLAIM tasks gets no interval over tasks and 'no claim'; the
+    table says how many replicates failed to fit."""
+    from llm_maps.findings import MIN_TASKS_FOR_CLAIM, format_findings, small_cluster, wilson_interval
 
-    sim = simulate(6, -2.0, -1.0, n_tasks=3, per_task=40)
+    sim = simulate(6, -2.0, -1.0, n_tasks=6, per_task=40)
     res = compute_findings(**sim, n_boot=200, seed=2)
     for name, st in res["domains"].items():
         sel = sim["domain"] == name
@@ -748,20 +749,29 @@ def test_domain_and_quarter_accuracies_have_task_clustered_intervals_and_few_tas
         codes = np.unique(task, return_inverse=True)[1]
         for key, rows, seed in (("domain", np.ones(len(y), dtype=bool), 2),
                                 ("near", pct <= np.quantile(pct, 0.25), 3), ("far", pct >= np.quantile(pct, 0.75), 4)):
-            k_t = np.bincount(codes[rows], weights=y[rows], minlength=3)
-            n_t = np.bincount(codes[rows], minlength=3).astype(float)
+            k_t = np.bincount(codes[rows], weights=y[rows], minlength=6)
+            n_t = np.bincount(codes[rows], minlength=6).astype(float)
             counts = task_resample_counts(n_tasks=int((n_t > 0).sum()), n_boot=200, rng=np.random.default_rng(seed))
             reps = (counts @ k_t[n_t > 0]) / (counts @ n_t[n_t > 0])
             est = k_t.sum() / n_t.sum()
             lo, hi = np.clip(np.percentile(small_cluster(est, reps, int((n_t > 0).sum())), [2.5, 97.5]), 0, 1)
+            wlo, whi = wilson_interval(int(k_t.sum()), int(n_t.sum()))
             got = ((st["accuracy_task_low"], st["accuracy_task_high"]) if key == "domain"
                    else (st[key]["task_low"], st[key]["task_high"]))
-            assert got == (pytest.approx(lo), pytest.approx(hi)), (name, key)
+            assert got == (pytest.approx(min(lo, wlo)), pytest.approx(max(hi, whi))), (name, key)
     text = format_findings({**res, "split": "test", "layer": 1, "metric": "cosine", "view": "prompt"})
     st = res["domains"]["Chollet"]
     row = next(line for line in text.splitlines() if line.startswith("  Chollet "))
     assert f"{st['accuracy']:.2f} [{st['accuracy_task_low']:.2f}, {st['accuracy_task_high']:.2f}]" in row
     assert f"{st['near']['accuracy']:.2f} [{st['near']['task_low']:.2f}, {st['near']['task_high']:.2f}]" in row
+    assert "no claim" not in row
+    # 3 tasks a domain: no interval over tasks (3 tasks resampled: 10 distinct replicates), no claim
+    few = compute_findings(**simulate(6, -2.0, -1.0, n_tasks=3, per_task=40), n_boot=200, seed=2)
+    st = few["domains"]["Chollet"]
+    assert st["accuracy_task_low"] is None and st["near"]["task_low"] is None and st["slope_low"] is None
+    row = next(line for line in format_findings({**few, "split": "test", "layer": 1, "metric": "cosine",
+                                                 "view": "prompt"}).splitlines() if line.startswith("  Chollet "))
+    assert f" {st['accuracy']:.2f} " in row and f"{st['accuracy']:.2f} [" not in row
     assert row.endswith("(no claim: only 3 tasks)") and MIN_TASKS_FOR_CLAIM > 3
     failed = {**res, "contrast": {**res["contrast"], "bootstrap_failed": 17}}
     assert "; 17 of 200 replicates failed to fit, left out" in format_findings(

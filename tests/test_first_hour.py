@@ -184,8 +184,10 @@ def test_info_prints_accuracy_per_domain_with_intervals_and_the_falloff(tiny_run
         counts = task_resample_counts(n_tasks=len(per_task), n_boot=2000, rng=np.random.default_rng(0))
         reps = (counts @ per_task["sum"].to_numpy(float)) / (counts @ per_task["count"].to_numpy(float))
         tlo, thi = np.clip(np.percentile(small_cluster(k / n, reps, len(per_task)), [2.5, 97.5]), 0, 1)
-        clustered = f"[{tlo:.3f}, {thi:.3f}] over tasks" if len(per_task) > 1 else "(no interval over tasks: 1 task)"
+        tlo, thi = min(tlo, lo), max(thi, hi)  # never narrower than Wilson's
         tasks = g["task"].nunique()
+        clustered = (f"[{tlo:.3f}, {thi:.3f}] over tasks" if tasks >= 5 else
+                     f"(no interval over tasks: {tasks} task{'s' if tasks != 1 else ''}, fewer than 5)")
         line = (f"{label} {k / n:.3f} {clustered}, [{lo:.3f}, {hi:.3f}] Wilson over examples; "
                 f"{n} test examples in {tasks} task{'s' if tasks != 1 else ''}")
         assert line in out, (line, out)

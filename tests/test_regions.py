@@ -154,6 +154,17 @@ def test_expected_accuracy_equals_a_hand_computation():
     r0 = rows[0]
     assert r0["accuracy"] == pytest.approx(2 / 4) and r0["n_scored"] == 4
     assert r0["expected_accuracy"] == pytest.approx((1.0 + 1.0 + 0.5) / 3) and r0["n_expected"] == 3
+    assert r0["n_outside"] == 3  # a: one outside, b: two; c none
+    assert r0["accuracy_low"] is None and r0["difference_low"] is None  # 3 and 2 tasks: no interval over tasks
+    line = next(t for t in format_regions({"params": {"min_size": 2, "pca_dims": 2, "seed": 0, "alpha": 0.05,
+                                                      "min_tasks": 5, "uncovered_below": 0.0},
+                                           "view": "prompt", "layer": 1, "metric": "cosine", "explained_variance": 1.0,
+                                           "n_regions": 2, "n_in_regions": 7, "n_examples": 8, "n_noise": 1,
+                                           "expected": "", "interval": "",
+                                           "regions": [{**r, "n_train": 0, "n_test": r["n"], "coverage": 0.0,
+                                                        "uncovered": False, "keywords": []} for r in rows]}
+                                          ).splitlines() if t.startswith("  R0 "))
+    assert " 0.50 (4) " in line and "0.83 (3, 3)" in line and " -0.17 " in line and "[" not in line
     assert r0["difference"] == pytest.approx(((1 - 1.0) + (0 - 1.0) + (1 - 0.5)) / 3)
     assert r0["n_tasks_compared"] == 2
     # region 1: a (1) against a outside [1, 0] -> 0.5; b (0) against b outside [1, 1] -> 1.0; c unscored
