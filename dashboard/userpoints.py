@@ -19,6 +19,7 @@ from dashboard import components as C
 from dashboard import figures as F
 from dashboard.data import split_key
 from llm_maps.errors import LLMMapsError
+from llm_maps.falloff import expected_words
 from llm_maps.jobs import default_state_dir, make_points
 
 
@@ -91,7 +92,7 @@ def user_points_traces(points: list[dict], *, paths: bool = True, kind: str = "p
                 hoverinfo="text", meta={"user": "path", "id": p["id"]}))
         exp = p.get("expected_accuracy") or {}
         hover = (f"your point: {_label(p)}<br>distance to train {p.get('dist_to_train', float('nan')):.4g}"
-                 + (f"<br>expected accuracy {exp['accuracy']:.2f} [{exp['low']:.2f}, {exp['high']:.2f}]" if exp else "")
+                 + (f"<br>expected accuracy {expected_words(exp)}" if exp else "")
                  + (f"<br>output: {F.plot_text(str(p.get('output'))[:100])}" if p.get("output") else ""))
         traces.append(go.Scattergl(x=[px], y=[py], mode="markers", name=_label(p, 40),
                                  legendgroup="user", legendgrouptitle={"text": "your points"},

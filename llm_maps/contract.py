@@ -1554,7 +1554,14 @@ class Neighbour(TypedDict):
     distance: Annotated[float, "its distance to the point"]
 
 
-class ExpectedAccuracy(TypedDict):
+class ExpectedAccuracyOverTasks(TypedDict, total=False):
+    task_low: Annotated[float | None, "the bin's interval over tasks, lower (falloff.json's task_low: null with "
+                                      "fewer than 5 tasks); absent when the falloff has none"]
+    task_high: Annotated[float | None, "upper"]
+    n_tasks: Annotated[int, "tasks in that bin"]
+
+
+class ExpectedAccuracy(ExpectedAccuracyOverTasks):
     domain: Annotated[str, "domain whose falloff was read ('all' when unknown)"]
     accuracy: Annotated[float | None, "accuracy of the distance bin the point falls in"]
     low: Annotated[float | None, "Wilson 95% interval, lower"]

@@ -185,14 +185,31 @@ def falloff_stats(distance: np.ndarray, correct: np.ndarray, groups: Iterable[st
 
 
 def expected_accuracy(stats: Mapping[str, FalloffGroup], group: str, distance: float) -> ExpectedAccuracy | None:
-    """Accuracy (and interval) of the bin ``distance`` falls in, for one group of falloff stats."""
+    """Accuracy (and intervals: Wilson's, and over tasks where the stats have it) of the bin
+    ``distance`` falls in, for one group of falloff stats."""
     entry = stats.get(group) or stats.get("all")
     if not entry or not entry["bins"]:
         return None
     edges = np.array([b["lo"] for b in entry["bins"]] + [entry["bins"][-1]["hi"]])
     b = entry["bins"][int(assign_bins(np.array([distance]), edges)[0])]
-    return {"domain": group if group in stats else "all", "accuracy": b["accuracy"], "low": b["low"],
-            "high": b["high"], "n": b["n"], "bin": b["bin"]}
+    out: ExpectedAccuracy = {"domain": group if group in stats else "all", "accuracy": b["accuracy"], "low": b["low"],
+                             "high": b["high"], "n": b["n"], "bin": b["bin"]}
+    if "n_tasks" in b:
+        out["task_low"], out["task_high"], out["n_tasks"] = b.get("task_low"), b.get("task_high"), b["n_tasks"]
+    return out
+
+
+def expected_words(exp: Mapping[str, Any]) -> str:
+    """An expected accuracy with the interval to show (bin_interval) and what it rests on:
+    "0.35 [0.11, 0.56] (95 % over 9 tasks, n=86)", or Wilson's with why there is none over tasks."""
+    lo, hi, kind = bin_interval(exp)
+    head = f"{exp['accuracy']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
+    n, tasks = exp.get("n"), exp.get("n_tasks")
+    if kind == "over tasks":
+        return f"{head} (95 % over {tasks} tasks, n={n})"
+    why = ("no falloff intervals over tasks here: re-run llm-maps falloff" if tasks is None else
+           f"{tasks} task{'s' if tasks != 1 else ''}, too few for an interval over tasks")
+    return f"{head} (95 % Wilson over {n} examples; {why})"
 
 
 SLOPE_UNIT = "log-odds of correct per unit of distance"

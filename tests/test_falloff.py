@@ -145,6 +145,31 @@ def test_the_error_bars_are_named_for_what_they_are_when_some_bins_hold_one_task
                                      "bin holds fewer than 5 tasks (the hover and the table say which)")
 
 
+def test_an_expected_accuracy_carries_its_bins_intervals_and_says_which_it_shows():
+    """falloff.expected_accuracy: the bin's Wilson interval and, where the stats have them, its
+    interval over tasks and tasks; expected_words shows the one bin_interval picks, and why not the
+    other."""
+    from llm_maps.falloff import expected_words
+
+    rng = np.random.default_rng(2)
+    task = np.repeat([f"t{i}" for i in range(8)], 30)
+    dist = rng.random(240)
+    stats = falloff_stats(dist, (rng.random(240) < 0.6).tolist(), ["A"] * 240, n_bins=2, tasks=task)
+    b = stats["A"]["bins"][1]
+    exp = expected_accuracy(stats, "A", 0.99)
+    assert exp == {"domain": "A", "accuracy": b["accuracy"], "low": b["low"], "high": b["high"], "n": b["n"], "bin": 1,
+                   "task_low": b["task_low"], "task_high": b["task_high"], "n_tasks": 8}
+    assert expected_words(exp) == (f"{b['accuracy']:.2f} [{b['task_low']:.2f}, {b['task_high']:.2f}] "
+                                   f"(95 % over 8 tasks, n={b['n']})")
+    four = {**exp, "task_low": None, "task_high": None, "n_tasks": 4}
+    assert expected_words(four) == (f"{b['accuracy']:.2f} [{b['low']:.2f}, {b['high']:.2f}] (95 % Wilson over "
+                                    f"{b['n']} examples; 4 tasks, too few for an interval over tasks)")
+    old = {k: v for k, v in exp.items() if k not in ("task_low", "task_high", "n_tasks")}  # an older falloff.json
+    assert expected_words(old).endswith("examples; no falloff intervals over tasks here: re-run llm-maps falloff)")
+    assert set(expected_accuracy(falloff_stats(dist, [True] * 240, n_bins=2), "A", 0.5)) == \
+        {"domain", "accuracy", "low", "high", "n", "bin"}
+
+
 def test_an_interval_over_tasks_needs_five_tasks_and_an_accuracys_is_never_narrower_than_wilsons():
     """Resampling 2-4 tasks gives 3-35 distinct replicates: no interval over tasks below 5 tasks (the
     figures then show Wilson's, named). When every task scores 0 the task bootstrap collapses to

@@ -29,6 +29,7 @@ from dashboard import regions_view as RV
 from dashboard import variation as V
 from dashboard.data import falloff_for
 from llm_maps.conditions import DEFAULT_COT_CUE
+from llm_maps.falloff import expected_words
 from llm_maps import model_stack
 from llm_maps.jobs import redis_url
 from llm_maps.tokens import read_tokens
@@ -349,9 +350,9 @@ def show_current(current, map_kind, run_id, dark):
     exp = current.get("expected_accuracy")
     dist = current.get("dist_to_train")
     if exp:
-        text = [html.Strong(f"{exp['accuracy']:.2f}"), f" [{exp['low']:.2f}, {exp['high']:.2f}] (95 %) — ",
-                f"test accuracy of {exp['domain']} prompts at this distance ({dist:.4g}; bin {exp['bin'] + 1}, "
-                f"n={exp['n']})"]
+        words = expected_words(exp)
+        text = [html.Strong(words.split(" ", 1)[0]), " " + words.split(" ", 1)[1] + " — ",
+                f"test accuracy of {exp['domain']} prompts at this distance ({dist:.4g}; bin {exp['bin'] + 1})"]
     else:
         text = ["no falloff statistics for this run (score it first); distance to train ",
                 html.Strong(f"{dist:.4g}" if dist is not None else "—")]
