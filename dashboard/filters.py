@@ -9,6 +9,9 @@ import numpy as np
 
 from dashboard import regions_data as RD
 from llm_maps.falloff import wilson_interval
+from llm_maps.resample import MIN_TASKS_FOR_INTERVAL, task_mean_interval
+
+SELECTION_BOOT = 2000  # task-bootstrap replicates of a selection's accuracy
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,10 @@ def view_rows(x: np.ndarray, y: np.ndarray, rows: np.ndarray, *, max_points: int
 
 
 def selection_summary(data, rows: np.ndarray, *, max_tasks: int = 8) -> dict:
-    """Count, test accuracy with its Wilson interval, and the most frequent tasks of some rows."""
+    """Count, test accuracy with its Wilson interval (low, high) and its interval over the tasks of
+    the scored test rows (task_low, task_high: a task bootstrap, seed 0, never narrower than Wilson's;
+    None below MIN_TASKS_FOR_INTERVAL tasks; n_tasks_scored), and the most frequent tasks of some rows
+    (n_tasks: of all of them)."""
     rows = np.asarray(rows, dtype=np.int64)
     cat = data.cats["correct"]
     codes = cat.codes[rows]
@@ -98,12 +104,33 @@ def selection_summary(data, rows: np.ndarray, *, max_tasks: int = 8) -> dict:
     n = k + wrong
     low, high = wilson_interval(k, n) if n else (None, None)
     task = data.cats["task"]
+    scored = (codes == 1) | (codes == 2)
+    tlo = thi = None
+    g = 0
+    if n:
+        _, tlo, thi, g = task_mean_interval((codes[scored] == 1).astype(float), task.codes[rows][scored],
+                                            n_boot=SELECTION_BOOT, rng=np.random.default_rng(0), bounds=(0.0, 1.0),
+                                            proportion=True)
     counts = np.bincount(task.codes[rows], minlength=len(task.names))
     order = np.argsort(-counts, kind="stable")
     tasks = [(task.names[i], int(counts[i])) for i in order[:max_tasks] if counts[i] > 0]
     return {"count": int(len(rows)), "train": int(data.is_train[rows].sum()), "scored": n, "correct": k,
-            "accuracy": (k / n) if n else None, "low": low, "high": high, "tasks": tasks,
-            "n_tasks": int((counts > 0).sum())}
+            "accuracy": (k / n) if n else None, "low": low, "high": high, "task_low": tlo, "task_high": thi,
+            "n_tasks_scored": g, "tasks": tasks, "n_tasks": int((counts > 0).sum())}
+
+
+def accuracy_words(s: dict) -> str:
+    """A selection's accuracy as the Map page says it: over tasks and Wilson's, or Wilson's alone
+    with why (selection_summary's dict)."""
+    if s["accuracy"] is None:
+        return "no scored test points"
+    g = s["n_tasks_scored"]
+    on = f"on {s['scored']} scored test points in {g} task{'s' if g != 1 else ''}"
+    if s["task_low"] is not None and s["task_high"] is not None:
+        return (f"accuracy {s['accuracy']:.3f} [{s['task_low']:.3f}, {s['task_high']:.3f}] over tasks "
+                f"([{s['low']:.3f}, {s['high']:.3f}] Wilson) {on}")
+    return (f"accuracy {s['accuracy']:.3f} [{s['low']:.3f}, {s['high']:.3f}] Wilson over examples (too few tasks for "
+            f"an interval over tasks: {MIN_TASKS_FOR_INTERVAL} needed) {on}")
 
 
 def selected_rows(spec, n: int) -> np.ndarray:

@@ -66,3 +66,29 @@ class ConsoleLog:
     def take(self) -> list[str]:
         out, self.errors = self.errors, []
         return out
+
+
+def selection_text(d, rows) -> str:
+    """The Map page's selection line, recomputed from the frame: accuracy with its interval over the
+    scored test rows' tasks (a task bootstrap, seed 0, 2000 replicates; never narrower than Wilson's;
+    none below 5 tasks) and statsmodels' Wilson interval."""
+    import numpy as np
+    from statsmodels.stats.proportion import proportion_confint
+
+    from llm_maps.resample import small_cluster, task_resample_counts
+
+    f = d.frame.iloc[rows]
+    test = f[(f["split"] == "test") & f["correct"].notna()]
+    k, n = int(test["correct"].astype(bool).sum()), len(test)
+    low, high = proportion_confint(k, n, alpha=0.05, method="wilson")
+    per_task = test.groupby(test["task"].astype(str))["correct"].agg(lambda c: [int(c.astype(bool).sum()), len(c)])
+    g = len(per_task)
+    on = f"on {n} scored test points in {g} task{'s' if g != 1 else ''}"
+    head = f"{len(rows)} selected ({int((f['split'] == 'train').sum())} train) · accuracy {k / n:.3f} "
+    if g < 5:
+        return head + f"[{low:.3f}, {high:.3f}] Wilson over examples (too few tasks for an interval over tasks: 5 needed) {on}"
+    kt = np.array([v[0] for v in per_task], dtype=float)
+    nt = np.array([v[1] for v in per_task], dtype=float)
+    counts = task_resample_counts(n_tasks=g, n_boot=2000, rng=np.random.default_rng(0))
+    tlo, thi = np.clip(np.percentile(small_cluster(k / n, (counts @ kt) / (counts @ nt), g), [2.5, 97.5]), 0, 1)
+    return head + f"[{min(tlo, low):.3f}, {max(thi, high):.3f}] over tasks ([{low:.3f}, {high:.3f}] Wilson) {on}"

@@ -19,7 +19,7 @@ from dashboard.data import RunRegistry, falloff_for, load_run, nearest_train_dis
 from dashboard.filters import Filters, filter_mask, selection_summary, view_rows
 from dashboard.synthetic import write_synthetic_run
 from dashboard.table import query_table
-from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
+from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser, selection_text
 from llm_maps.falloff import falloff_stats, wilson_interval
 
 XSS = "<script>alert(1)</script> **not bold** <b>raw tag</b> [link](http://example.com)\nsecond line"
@@ -268,6 +268,13 @@ def test_selection_summary_accuracy_and_interval(scored_data):
     assert s["count"] == 60 and s["scored"] == n and s["correct"] == k
     assert (s["low"], s["high"]) == pytest.approx(wilson_interval(k, n))
     assert sum(c for _, c in s["tasks"]) <= 60 and s["n_tasks"] >= len(s["tasks"])
+    # the interval over the scored rows' tasks (a task bootstrap, recomputed): selection_text's numbers
+    from dashboard.filters import accuracy_words
+    from dashboard_helpers import selection_text
+
+    assert f"{s['count']} selected ({s['train']} train) · {accuracy_words(s)}" == selection_text(scored_data, rows)
+    scored = (codes == 1) | (codes == 2)
+    assert s["n_tasks_scored"] == len(set(scored_data.frame["task"].astype(str).to_numpy()[rows][scored]))
 
 
 def test_table_query_sorts_filters_and_pages_on_the_server(scored_data):
@@ -566,12 +573,7 @@ def test_box_selection_summarises_exactly_the_points_in_the_box(browser_page, sc
     assert 10 < len(rows) < N
     # the exact numbers, computed here from the frame
     f = d.frame.iloc[rows]
-    test = f[f["split"] == "test"]
-    k, n = int(test["correct"].sum()), int(test["correct"].notna().sum())
-    low, high = wilson_interval(k, n)
-    text = page.inner_text("#selection-count")
-    assert text == (f"{len(rows)} selected ({int((f['split'] == 'train').sum())} train) · accuracy {k / n:.3f} "
-                    f"[{low:.3f}, {high:.3f}] on {n} scored test points")
+    assert page.inner_text("#selection-count") == selection_text(d, rows)
     tasks = f["task"].astype(str).value_counts()  # the tasks present (the frame holds them as categories)
     top = sorted(tasks.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
     assert page.locator("#selection-tasks li").all_inner_texts() == [f"{t} ({c})" for t, c in top]

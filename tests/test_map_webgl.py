@@ -19,8 +19,7 @@ from dashboard.data import RunRegistry
 from dashboard.filters import Filters, filter_mask, selected_rows
 from dashboard.points import CLIENT_MAX_POINTS, WEBGL_FROM_POINTS, gl_page_hint, map_mode
 from dashboard.synthetic import write_synthetic_run
-from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser
-from llm_maps.falloff import wilson_interval
+from dashboard_helpers import CHROMIUM_FLAGS, ConsoleLog, chromium_path, live_server, require_browser, selection_text
 
 XSS = "<img src=x onerror=alert(1)> & <b>not bold</b>"
 N = 240
@@ -343,12 +342,7 @@ def test_hover_click_and_the_neighbour_lines(browser, scored_data):
 
 
 def _summary(d, rows: np.ndarray) -> str:
-    f = d.frame.iloc[rows]
-    test = f[f["split"] == "test"]
-    k, n = int(test["correct"].sum()), int(test["correct"].notna().sum())
-    low, high = wilson_interval(k, n)
-    return (f"{len(rows)} selected ({int((f['split'] == 'train').sum())} train) · accuracy {k / n:.3f} "
-            f"[{low:.3f}, {high:.3f}] on {n} scored test points")
+    return selection_text(d, rows)
 
 
 def _inside(xs, ys, poly) -> np.ndarray:

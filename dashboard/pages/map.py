@@ -29,7 +29,7 @@ from dashboard import figures as F
 from dashboard import regions_view as RV
 from dashboard.components import register_path_callback
 from dashboard.conditions_view import map_controls
-from dashboard.filters import search_hits, selected_rows, selection_summary, value_bounds
+from dashboard.filters import accuracy_words, search_hits, selected_rows, selection_summary, value_bounds
 from dashboard.points import atlas_count, gl_meta, map_mode
 from dashboard.userpoints import map_layer_controls, register_map_layer
 
@@ -240,11 +240,10 @@ def show_selected(selected, run_id):
 
 def summary_block(data, rows: np.ndarray):
     s = selection_summary(data, rows)
-    acc = ("no scored test points" if s["accuracy"] is None else
-           f"accuracy {s['accuracy']:.3f} [{s['low']:.3f}, {s['high']:.3f}] on {s['scored']} scored test points")
     return html.Div([
-        html.Div([html.Strong(f"{s['count']:,} selected"), f" ({s['train']:,} train) · {acc}"], id="selection-count"),
-        html.Div(f"{s['n_tasks']} tasks:", className="text-muted mt-1"),
+        html.Div([html.Strong(f"{s['count']:,} selected"), f" ({s['train']:,} train) · {accuracy_words(s)}"],
+                 id="selection-count"),
+        html.Div(f"{s['n_tasks']} tasks (train and test):", className="text-muted mt-1"),
         html.Ul([html.Li(f"{name} ({n})") for name, n in s["tasks"]], className="mb-0 ps-3", id="selection-tasks"),
     ])
 
