@@ -431,8 +431,14 @@
     if (!gens.length) return el('div', {className: 'small text-muted'}, 'Generations you submit are kept here to compare.');
     const has = (v) => v !== null && v !== undefined;
     const atlas = gens.some((g) => has(g.mean_dist));
-    const head = ['', 'prompt', 'decoding', 'status', 'tokens', 'mean log-lik', 'perplexity', 'path length', 'final dist']
-      .concat(atlas ? ['mean step dist', 'max step dist'] : []).concat(['']);
+    // [header, what it is and its unit] (distances: the run's metric on its hidden states, not the map)
+    const head = [['', ''], ['prompt', ''], ['decoding', ''], ['status', ''], ['tokens', 'generated tokens'],
+      ['mean log-lik (nats/token)', "mean natural-log probability of each generated token"],
+      ['perplexity', 'exp(−mean log-lik): per token, no unit'],
+      ['path length', "sum of the distances between successive tokens' hidden states (the run's metric)"],
+      ['final dist', "the last token's hidden state's distance to the nearest training prompt (the run's metric)"]]
+      .concat(atlas ? [['mean step dist', "mean distance of each token's state to the training responses (token atlas)"],
+                       ['max step dist', 'the farthest of those']] : []).concat([['', '']]);
     const rows = gens.map((g, i) => {
       const dec = g.kind === 'place' ? '—'
         : (!g.temperature ? 'greedy' : 'T=' + fmtG(Number(g.temperature), 6) + ' seed ' + (has(g.seed) ? g.seed : 'None'))
@@ -457,7 +463,8 @@
     });
     return el('div', {className: 'table-responsive'},
               el('table', {className: 'small pg-compare-table mb-0 table table-sm table-hover'}, [
-                el('thead', {}, el('tr', {}, head.map((h) => el('th', {}, h)))), el('tbody', {}, rows)]));
+                el('thead', {}, el('tr', {}, head.map(([h, tip]) => el('th', tip ? {title: tip} : {}, h)))),
+                el('tbody', {}, rows)]));
   }
 
   // Drawn into #pg-compare (a Div whose children React leaves alone) once the page has it; a newer
