@@ -508,7 +508,11 @@ def runs():
             if owner:
                 item["model_path"] = m.get("model")
             item.update(model=model_label(m), step=m.get("step"), created=m.get("created"), counts=m.get("counts"),
-                        accuracy=(m.get("scoring") or {}).get("accuracy"), layers=m.get("layers"),
+                        accuracy=(m.get("scoring") or {}).get("accuracy"),
+                        # what that accuracy pools: the splits scored and their scored rows (the Runs page
+                        # gives the test accuracy with its interval over tasks)
+                        accuracy_splits=(m.get("scoring") or {}).get("splits"),
+                        accuracy_n=(m.get("scoring") or {}).get("scored"), layers=m.get("layers"),
                         default_layer=m.get("default_layer"), distance_metric=m.get("distance_metric"),
                         prompt_template=(m.get("prompt_template") or {}).get("name"),
                         views=m.get("views") or ["prompt"],

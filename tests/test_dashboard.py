@@ -968,3 +968,37 @@ def test_runs_page_404_and_a_broken_run(browser_page):
     assert page.inner_text("#not-found") == "Page not found"
     # the page itself answers 404 (Chromium says so once, for the document); nothing else failed
     assert log.take() == ["Failed to load resource: the server responded with a status of 404 (NOT FOUND)"]
+
+
+def test_the_runs_page_gives_test_accuracy_with_its_interval_over_tasks_and_the_api_what_its_accuracy_pools(runs,
+                                                                                                           scored_data):
+    """A run's card: its test accuracy with the interval over tasks beside Wilson's (the Map page's
+    selection words over every row, recomputed from the frame); /api/runs: the manifest's pooled
+    accuracy with the splits and rows it pools."""
+    import sys
+
+    from dashboard.app import create_app
+    from dashboard_helpers import selection_text
+
+    app = create_app([runs["scored"], runs["unscored"]], [])
+    rows = app.server.test_client().get("/api/runs").get_json()["runs"]
+    scored = next(r for r in rows if r["run"] == "scored")
+    scoring = json.loads((runs["scored"] / "manifest.json").read_text()).get("scoring") or {}
+    assert (scored["accuracy"], scored["accuracy_splits"], scored["accuracy_n"]) == \
+        (scoring.get("accuracy"), scoring.get("splits"), scoring.get("scored"))
+    with app.server.test_request_context("/runs"):
+        page = sys.modules["pages.runs"].layout()
+    cells: dict[str, list] = {"accuracy": []}
+
+    def walk(node):
+        children = getattr(node, "children", None)
+        if "run-accuracy" in str(getattr(node, "className", "") or ""):
+            cells["accuracy"].append(children)
+        for child in children if isinstance(children, (list, tuple)) else [children]:
+            if child is not None and not isinstance(child, (str, int, float)):
+                walk(child)
+    walk(page)
+    words = selection_text(scored_data, np.arange(scored_data.n)).split(" · accuracy ", 1)[1]
+    expect = words.replace("points", "examples") + f" ({int((scored_data.cats['correct'].codes == 1).sum())} right)"
+    assert expect in cells["accuracy"] and "not scored yet" in cells["accuracy"]
+    assert " over tasks ([" in expect and "Wilson) on " in expect

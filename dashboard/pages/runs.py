@@ -9,9 +9,11 @@ from urllib.parse import urlencode
 
 import dash
 import dash_bootstrap_components as dbc
+import numpy as np
 from dash import dcc, html
 
 from dashboard import components as C
+from dashboard.filters import accuracy_words, selection_summary
 from llm_maps.runfolder import model_label
 
 dash.register_page(__name__, path="/runs", name="Runs", title="LLM Maps · runs", order=3)
@@ -40,9 +42,8 @@ def _card(entry, owner: bool) -> dbc.Card:
     data, error = C.load(entry.id)
     accuracy = "not scored yet"
     if data is not None and data.has_scores:
-        s = data.cats["correct"].codes
-        k, n = int((s == 1).sum()), int(((s == 1) | (s == 2)).sum())
-        accuracy = f"{k / n:.3f} ({k} / {n} scored test examples)"
+        s = selection_summary(data, np.arange(data.n))
+        accuracy = accuracy_words(s)[len("accuracy "):].replace("points", "examples") + f" ({s['correct']} right)"
     sources = ", ".join(_source(s, owner) for s in m.get("sources", []))
     proj = m.get("projection") or {}
     rows = [("model", model_label(m)), ("data", sources),
