@@ -38,14 +38,16 @@ PROBES_FILE = "probes.json"
 CKA_FILE = "cka.json"
 CHANGE = 0.10  # accuracy change (fraction) below which a task's curve counts as flat
 EMERGENT_SHARE = 2 / 3  # share of the rise in one step that makes a rising curve "emergent"
-CLASSES = ("flat", "smooth", "emergent", "inverse")
+CLASSES = ("flat", "smooth", "emergent", "inverse", "unclear")
 CLASS_RULE = ("Each task's curve runs from the smallest (or earliest) run to the largest (or latest). "
               f"flat: the last run's accuracy is within {CHANGE:.2f} of the first's; inverse: it is lower by "
               f"{CHANGE:.2f} or more; smooth: it is higher by {CHANGE:.2f} or more and no single step between "
               f"consecutive runs carries {EMERGENT_SHARE:.0%} of the rise; emergent: higher by {CHANGE:.2f} or more "
               f"and one step carries at least {EMERGENT_SHARE:.0%} of the rise (needs 3 or more runs; with 2 runs a "
-              "rise is smooth). Classes describe the measured curves; with few test examples per task a class can "
-              "come from noise (see n).")
+              "rise is smooth). A class is given only when the task's change from the first run to the last (on its "
+              "test examples scored in both: a 95 % percentile bootstrap over them, paired) lies wholly on the "
+              f"class's side: within ±{CHANGE:.2f} for flat, at most -{CHANGE:.2f} for inverse, at least "
+              f"+{CHANGE:.2f} for smooth and emergent; otherwise unclear (measured_class keeps the curve's own).")
 PROBE_TARGETS = ("domain", "task", "correct")
 
 
@@ -198,6 +200,34 @@ def classify_curve(x: Sequence[float], accuracy: Sequence[float | None], *, chan
     return "smooth"
 
 
+def paired_change(a: np.ndarray, b: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> dict[str, Any]:
+    """mean(b - a) over one task's examples scored in both runs (0/1 each), with a 95 % percentile
+    bootstrap over those examples (independent within a task); low/high None with fewer than 2."""
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    n = len(d)
+    if n == 0:
+        return {"value": None, "low": None, "high": None, "n": 0}
+    lo = hi = None
+    if n >= 2:
+        idx = rng.integers(0, n, size=(n_boot, n))
+        lo, hi = _interval(d[idx].mean(axis=1))
+    return {"value": float(d.mean()), "low": lo, "high": hi, "n": n}
+
+
+def settled_class(measured: str | None, interval: Mapping[str, Any], *, threshold: float = CHANGE) -> str | None:
+    """The measured class where the change's interval (paired_change) lies wholly on its side of the
+    boundary (CLASS_RULE), else "unclear"; None stays None."""
+    lo, hi = interval.get("low"), interval.get("high")
+    if measured is None:
+        return None
+    if lo is None or hi is None:
+        return "unclear"
+    eps = 1e-12
+    clear = {"flat": -threshold < lo and hi < threshold, "inverse": hi <= -threshold + eps}.get(
+        measured, lo >= threshold - eps)
+    return measured if clear else "unclear"
+
+
 def _acc_entry(k: int, n: int) -> dict[str, Any]:
     low, high = wilson_interval(k, n)
     return {"accuracy": (k / n) if n else None, "low": low if n else None, "high": high if n else None,
@@ -213,6 +243,7 @@ def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHAN
     from scipy.stats import binomtest
 
     correct = _correct_matrix(group)  # [R, N]
+    first, last = int(np.argmin(x)), int(np.argmax(x))
     task = group.frame["task"].astype(str).to_numpy()
     domain = group.frame["domain"].astype(str).to_numpy()
     scored_any = np.isfinite(correct).any(axis=0)
@@ -229,9 +260,12 @@ def accuracy_curves(group: RunGroup, x: Sequence[float], *, change: float = CHAN
             e = _acc_entry(int(c.sum()), len(c))
             for key in ("accuracy", "low", "high", "n"):
                 entry[key].append(e[key])
-        entry["class"] = classify_curve(x, entry["accuracy"], change=change)
+        entry["measured_class"] = classify_curve(x, entry["accuracy"], change=change)
+        both = rows & np.isfinite(correct[first]) & np.isfinite(correct[last])
+        entry["change"] = paired_change(correct[first, both], correct[last, both], n_boot=n_boot,
+                                        rng=np.random.default_rng([seed, len(tasks)]))
+        entry["class"] = settled_class(entry["measured_class"], entry["change"], threshold=change)
         tasks[t] = entry
-    first, last = int(np.argmin(x)), int(np.argmax(x))
     domains: dict[str, Any] = {}
     for d in sorted(set(domain[scored_any].tolist())):
         rows = domain == d

@@ -1128,14 +1128,29 @@ class CompareAxis(TypedDict):
     log: Annotated[bool, "plot on a log scale (n_params)"]
 
 
-CompareTask = TypedDict("CompareTask", {  # functional form: "class" is a Python keyword
+_CompareTaskRequired = TypedDict("_CompareTaskRequired", {  # functional form: "class" is a Python keyword
     "domain": Annotated[str, "the task's (majority) domain"],
     "accuracy": Annotated[list[float | None], "per run, accuracy on the task's scored test examples"],
     "low": Annotated[list[float | None], "Wilson 95% interval, lower"],
     "high": Annotated[list[float | None], "upper"],
     "n": Annotated[list[int], "scored examples"],
-    "class": Annotated[str | None, "flat | smooth | emergent | inverse (null: a run without accuracy)"],
+    "class": Annotated[str | None, "flat | smooth | emergent | inverse, or unclear when its change's interval "
+                                   "crosses the class's boundary (CLASS_RULE; null: a run without accuracy)"],
 })
+
+
+class CompareTaskChange(TypedDict):
+    value: Annotated[float | None, "accuracy of the last run minus the first, on the task's test examples scored in "
+                                   "both (null: none)"]
+    low: Annotated[float | None, "95% percentile bootstrap over those examples (paired), lower (null: fewer than 2)"]
+    high: Annotated[float | None, "upper"]
+    n: Annotated[int, "those examples"]
+
+
+class CompareTask(_CompareTaskRequired, total=False):
+    measured_class: Annotated[str | None, "the class of the measured curve, before the interval is asked "
+                                          "(written by newer versions)"]
+    change: Annotated[CompareTaskChange, "the change a class is judged on (written by newer versions)"]
 
 
 class CompareAccuracy(TypedDict):

@@ -241,7 +241,17 @@ def test_accuracy_curves_match_direct_counts_and_statsmodels_wilson(tmp_path):
             assert e["n"][r] == n and e["accuracy"][r] == pytest.approx(k / n)
             lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
             assert (e["low"][r], e["high"][r]) == pytest.approx((lo, hi), abs=1e-9)
-        assert e["class"] == CMP.classify_curve([1000, 50000], e["accuracy"])
+        assert e["measured_class"] == CMP.classify_curve([1000, 50000], e["accuracy"])
+        # the class stands only when the paired change's bootstrap interval (recomputed: the task's
+        # examples scored in both runs, seed [0, the task's index]) is clear of the boundary
+        sel = test & (frame["task"] == t) & frame["correct"].notna() & cb.notna()
+        d = cb[sel].astype(float).to_numpy() - frame["correct"][sel].astype(float).to_numpy()
+        idx = np.random.default_rng([0, tasks.index(t)]).integers(0, len(d), size=(2000, len(d)))
+        lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+        assert e["change"] == {"value": pytest.approx(d.mean()), "low": pytest.approx(lo), "high": pytest.approx(hi),
+                               "n": len(d)}
+        clear = {"flat": -0.1 < lo and hi < 0.1, "inverse": hi <= -0.1}.get(e["measured_class"], lo >= 0.1)
+        assert e["class"] == (e["measured_class"] if clear else "unclear")
         assert e["domain"] == frame.loc[frame["task"] == t, "domain"].iloc[0]
     chollet = res["domains"]["Chollet"]
     up = sum(1 for t in tasks if res["tasks"][t]["domain"] == "Chollet"
@@ -286,7 +296,7 @@ def test_checkpoints_use_the_step_axis_and_runs_without_either_the_order_given(t
     with pytest.raises(CMP.LLMMapsError, match="--axis step: run 'mid' has no 'step' in its manifest"):
         CMP.compare_runs([Run(a), Run(c), Run(b)], cka="off", axis="step")
     # the first and last runs on the axis (step 0 and 100) are the ends of each curve
-    assert all(e["class"] == CMP.classify_curve([0, 100, 50], e["accuracy"]) for e in res["tasks"].values())
+    assert all(e["measured_class"] == CMP.classify_curve([0, 100, 50], e["accuracy"]) for e in res["tasks"].values())
 
 
 def test_the_comparison_and_its_figures_never_import_torch(tmp_path):
@@ -574,3 +584,26 @@ def test_the_falloff_per_run_figure_draws_intervals_over_tasks(tmp_path):
     assert list(t.error_y.array) == pytest.approx([x["task_high"] - x["accuracy"] for x in bins])
     assert list(t.error_y.arrayminus) == pytest.approx([x["accuracy"] - x["task_low"] for x in bins])
     assert [c[4] for c in t.customdata] == ["over tasks"] * len(bins)
+
+
+def test_a_task_class_stands_only_when_its_change_is_clear_of_the_boundary():
+    """settled_class on known intervals (the boundary counts), and paired_change on simulated tasks
+    with a known answer: 150 of 200 examples going right stays smooth, 2 of 10 is unclear, no change
+    at all is flat."""
+    rule = CMP.settled_class
+    assert rule("flat", {"low": -0.05, "high": 0.09}) == "flat" and rule("flat", {"low": -0.12, "high": 0.0}) == "unclear"
+    assert rule("inverse", {"low": -0.6, "high": -0.1}) == "inverse" and rule("inverse", {"low": -0.6, "high": -0.05}) == "unclear"
+    assert rule("smooth", {"low": 0.1, "high": 0.4}) == "smooth" and rule("emergent", {"low": 0.09, "high": 0.9}) == "unclear"
+    assert rule(None, {"low": 0.2, "high": 0.3}) is None and rule("flat", {"low": None, "high": None}) == "unclear"
+    rng = np.random.default_rng(0)
+    a = np.zeros(200)
+    b = np.r_[np.ones(150), np.zeros(50)]
+    big = CMP.paired_change(a, b, n_boot=2000, rng=rng)
+    assert big["value"] == pytest.approx(0.75) and 0.6 < big["low"] < 0.75 < big["high"] < 0.9
+    assert rule("smooth", big) == "smooth"
+    small = CMP.paired_change(np.r_[np.ones(3), np.zeros(7)], np.r_[np.ones(5), np.zeros(5)], n_boot=2000, rng=rng)
+    assert small["value"] == pytest.approx(0.2) and small["low"] < 0.1 and rule("smooth", small) == "unclear"
+    same = CMP.paired_change(b, b, n_boot=2000, rng=rng)
+    assert (same["value"], same["low"], same["high"]) == (0.0, 0.0, 0.0) and rule("flat", same) == "flat"
+    assert CMP.paired_change(np.zeros(0), np.zeros(0), n_boot=10, rng=rng) == {"value": None, "low": None,
+                                                                              "high": None, "n": 0}
