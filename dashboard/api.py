@@ -31,7 +31,6 @@ from werkzeug.exceptions import HTTPException
 
 from llm_maps.csvsafe import neutralise_frame
 from llm_maps.errors import LLMMapsError
-from llm_maps.falloff import bin_interval
 from llm_maps.jobs import FINAL, JobQueue, KeyInFlight, KeyReused, PointStore, QueueFull, request_fingerprint
 from llm_maps.runfolder import model_label, run_key
 
@@ -261,15 +260,15 @@ def model_context(manifest: dict) -> int | None:
 
 EXPORT_FORMATS = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
 CSV_COLUMNS = ["id", "created", "kind", "instruction", "context", "x", "y", "dist_to_train", "domain",
-               "expected_accuracy", "expected_low", "expected_high", "expected_interval", "expected_tasks", "neighbours", "output", "stop_reason",
+               "expected_accuracy", "expected_low", "expected_high", "neighbours", "output", "stop_reason",
                "n_tokens", "mean_logprob", "perplexity", "path_length", "final_dist", "temperature", "seed",
-               "max_new_tokens", "prompt"]
+               "max_new_tokens", "prompt", "expected_task_low", "expected_task_high", "expected_tasks"]
 
 
 def export_points(points: list[dict], fmt: str) -> str:
     """User points as JSONL (every field, tokens included) or CSV (one row per point: coordinates,
-    expected accuracy with the interval shown (falloff.bin_interval: over tasks where the falloff has
-    it, else Wilson's; ``expected_interval`` says which, ``expected_tasks`` the bin's tasks),
+    expected accuracy with its bin's Wilson interval (expected_low, expected_high) and, appended last,
+    its interval over tasks where the falloff has one and the bin's tasks,
     neighbours as ``id:distance`` joined by ``;``, output and path summary)."""
     import json
 
@@ -282,8 +281,8 @@ def export_points(points: list[dict], fmt: str) -> str:
         exp = p.get("expected_accuracy") or {}
         opts = p.get("options") or {}
         row = {k: p.get(k) for k in CSV_COLUMNS}
-        lo, hi, kind = bin_interval(exp) if exp else (None, None, None)
-        row.update(expected_accuracy=exp.get("accuracy"), expected_low=lo, expected_high=hi, expected_interval=kind,
+        row.update(expected_accuracy=exp.get("accuracy"), expected_low=exp.get("low"), expected_high=exp.get("high"),
+                   expected_task_low=exp.get("task_low"), expected_task_high=exp.get("task_high"),
                    expected_tasks=exp.get("n_tasks"),
                    neighbours=";".join(f"{n['example_id']}:{n['distance']:.6g}" for n in p.get("neighbours") or []),
                    temperature=opts.get("temperature"), seed=opts.get("seed"), max_new_tokens=opts.get("max_new_tokens"))

@@ -401,8 +401,11 @@ def format_summary(s: Mapping[str, Any]) -> str:
              f"{s['n_tasks']} tasks", "", "accuracy per domain and condition (95% task-clustered interval):",
              f"  {'domain':<12} {'condition':<14} {'n':>5} {'tasks':>5} {'acc':>5}  interval"]
     for r in s["accuracy"]:
+        interval = (f"[{_f(r['low'])}, {_f(r['high'])}]" if r["low"] is not None and r["high"] is not None else
+                    f"[{_f(r.get('wilson_low'))}, {_f(r.get('wilson_high'))}] Wilson over examples ({r['n_tasks']} tasks: "
+                    f"too few for an interval over tasks)")
         lines.append(f"  {r['domain']:<12} {r['condition']:<14} {r['n']:>5} {r['n_tasks']:>5} {_f(r['accuracy']):>5}  "
-                     f"[{_f(r['low'])}, {_f(r['high'])}]")
+                     f"{interval}")
     if s["paired"]:
         lines += ["", f"paired difference against {s['baseline']} (accuracy of b - a on the same examples):",
                   f"  {'domain':<12} {'b':<14} {'n':>5} {'tasks':>5} {'diff':>6}  {'interval':<16} {'b only':>6} "

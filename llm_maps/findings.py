@@ -324,8 +324,9 @@ def check_contrast(*, domains: Sequence[str], tasks_per_domain: dict[str, int], 
     for name in (a, b):
         if tasks_per_domain[name] < 2:
             raise LLMMapsError(f"{where}, field 'task': domain '{name}' has only {tasks_per_domain[name]} task "
-                               "among the scored test examples; a task-clustered interval needs at least 2 tasks "
-                               "per domain (tasks, not examples, are the unit of independence)")
+                               "among the scored test examples; the contrast needs at least 2 tasks per domain "
+                               f"(tasks, not examples, are the unit of independence; an interval over tasks needs "
+                               f"{MIN_TASKS_FOR_INTERVAL}, a claim {MIN_TASKS_FOR_CLAIM})")
     return a, b
 
 
@@ -437,7 +438,7 @@ def part_contrast(sl: Slopes, *, n_tasks_a: int, n_tasks_b: int) -> dict[str, An
     diff = sl.est_a - sl.est_b
     g_a, g_b = sl.clusters or (n_tasks_a, n_tasks_b)
     boot = small_cluster(sl.est_a, sl.boot_a, g_a) - small_cluster(sl.est_b, sl.boot_b, g_b)
-    lo, hi = _interval(boot)
+    lo, hi = _interval(boot) if min(g_a, g_b) >= MIN_TASKS_FOR_INTERVAL else (None, None)
     se = None if lo is None or hi is None else float((hi - lo) / (2 * Z95))
     p, n_perm = None, 0
     obs = diff if sl.observed is None else sl.observed
@@ -480,11 +481,17 @@ def verdict_line(contrast: dict[str, Any]) -> str:
     d, lo, hi, p = contrast["slope_diff"], contrast["low"], contrast["high"], contrast["p_value"]
     ta, tb = contrast["n_tasks_a"], contrast["n_tasks_b"]
     tasks = f"{ta} vs {tb} tasks, {contrast['n_a']} vs {contrast['n_b']} examples"
+    ptxt = "" if p is None else f", p = {p:.3g}"
+    if d is not None and min(ta, tb) < MIN_TASKS_FOR_CLAIM:  # with too few tasks for an interval over them
+        few = a if ta <= tb else b
+        iv = f"[{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else "[no interval over tasks]"
+        return (f"not supported: {few} has only {min(ta, tb)} tasks; no claim is made with fewer than "
+                f"{MIN_TASKS_FOR_CLAIM} tasks per domain (slope difference ({a} − {b}) {d:+.2f} {iv} per unit "
+                f"percentile{ptxt}; {tasks})")
     if d is None or lo is None or hi is None:
         return (f"not supported: the slope difference {a} − {b} could not be estimated (a domain's accuracy is all "
                 f"right or all wrong, or its distances do not vary; {tasks})")
     numbers = f"slope difference ({a} − {b}) {d:+.2f} [{lo:+.2f}, {hi:+.2f}] per unit percentile"
-    ptxt = "" if p is None else f", p = {p:.3g}"
     if min(ta, tb) < MIN_TASKS_FOR_CLAIM:
         few = a if ta <= tb else b
         return (f"not supported: {few} has only {min(ta, tb)} tasks; no claim is made with fewer than "
@@ -598,7 +605,7 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
     err = dd.y < 0.5
     auc = weighted_auroc(score=dd.x, positive=err)[0]
     auc_b = weighted_auroc(score=dd.x, positive=err, weights=w) if dd.n_tasks >= 2 else np.full(0, np.nan)
-    alo, ahi = _interval(auc_b)
+    alo, ahi = _interval(auc_b) if dd.n_tasks >= MIN_TASKS_FOR_INTERVAL else (None, None)
     within, within_b, n_inf = conditional_logit_slope(x=dd.x, y=dd.y, task=dd.codes,
                                                       task_weights=counts if dd.n_tasks >= 2 else None)
     wlo, whi = _interval(small_cluster(within, within_b, n_inf)) if n_inf >= MIN_TASKS_FOR_INTERVAL else (None, None)
@@ -606,7 +613,7 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
     if np.isfinite(slope):
         p = expit(intercept + slope * curve_x)
         band_lo = band_hi = None
-        if ib is not None and np.isfinite(sb).sum() >= 10:
+        if ib is not None and dd.n_tasks >= MIN_TASKS_FOR_INTERVAL and np.isfinite(sb).sum() >= 10:
             good = np.isfinite(sb)
             pb = expit(ib[good, None] + sb[good, None] * curve_x[None, :])
             band_lo, band_hi = np.percentile(pb, 2.5, axis=0).tolist(), np.percentile(pb, 97.5, axis=0).tolist()
@@ -619,7 +626,7 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
             continue
         s = float(fit_ols_slope(x=dd.x[ok], y=v[ok])[0])
         sb_ = fit_ols_slope(x=dd.x[ok], y=v[ok], weights=w[:, ok]) if dd.n_tasks >= 2 else np.full(0, np.nan)
-        clo, chi = _interval(sb_)
+        clo, chi = _interval(sb_) if dd.n_tasks >= MIN_TASKS_FOR_INTERVAL else (None, None)
         edges = np.linspace(0, 1, n_bins + 1)
         idx = np.clip(np.searchsorted(edges, dd.x[ok], side="right") - 1, 0, n_bins - 1)
         bins = [{"x": float(dd.x[ok][idx == b].mean()), "n": int((idx == b).sum()), "mean": float(v[ok][idx == b].mean())}
@@ -943,8 +950,12 @@ def format_findings(result: dict[str, Any]) -> str:
              f"{', centred' if result.get('centred') else ''}): {result['n_test']} scored examples in "
              f"{result['n_tasks']} tasks", "", result["verdict"], ""]
     if result.get("domains"):
-        def acc(a: float | None, lo: float | None, hi: float | None) -> str:
-            return f(a) + (f" [{f(lo)}, {f(hi)}]" if lo is not None and hi is not None else "")
+        def acc(a: float | None, lo: float | None, hi: float | None, wlo: float | None = None,
+                whi: float | None = None) -> str:
+            if lo is not None and hi is not None:
+                return f(a) + f" [{f(lo)}, {f(hi)}]"
+            # too few tasks for an interval over tasks: Wilson's over examples, marked w
+            return f(a) + (f" [{f(wlo)}, {f(whi)}]w" if wlo is not None and whi is not None else "")
 
         lines.append(f"  {'domain':<12} {'n':>5} {'tasks':>5} {'acc [95% CI]':<17} {'slope [95% CI]':<22} "
                      f"{'within-task':<22} {'AUROC(error) [95% CI]':<22} {'near q acc':<17} far q acc")
@@ -954,13 +965,14 @@ def format_findings(result: dict[str, Any]) -> str:
             failed = (f"  ({st['bootstrap_failed']} of {result.get('bootstrap', '?')} replicates failed to fit, "
                       "left out)" if st.get("bootstrap_failed") else "")
             lines.append(f"  {name:<12} {st['n']:>5} {st['n_tasks']:>5} "
-                         f"{acc(st['accuracy'], st.get('accuracy_task_low'), st.get('accuracy_task_high')):<17} "
+                         f"{acc(st['accuracy'], st.get('accuracy_task_low'), st.get('accuracy_task_high'), st.get('accuracy_low'), st.get('accuracy_high')):<17} "
                          f"{f(st['slope']) + ' [' + f(st['slope_low']) + ', ' + f(st['slope_high']) + ']':<22} "
                          f"{f(st['slope_within_task']) + ' [' + f(st['slope_within_task_low']) + ', ' + f(st['slope_within_task_high']) + ']':<22} "
                          f"{f(st['auroc'], '.3f') + ' [' + f(st['auroc_low'], '.3f') + ', ' + f(st['auroc_high'], '.3f') + ']':<22} "
-                         f"{acc(near['accuracy'], near.get('task_low'), near.get('task_high')):<17} "
-                         f"{acc(far['accuracy'], far.get('task_low'), far.get('task_high'))}{few}{failed}")
-        lines.append(f"  ({result['unit']}; {result['interval']})")
+                         f"{acc(near['accuracy'], near.get('task_low'), near.get('task_high'), near.get('low'), near.get('high')):<17} "
+                         f"{acc(far['accuracy'], far.get('task_low'), far.get('task_high'), far.get('low'), far.get('high'))}{few}{failed}")
+        lines.append(f"  ({result['unit']}; {result['interval']}; an accuracy's [..]w: Wilson's over examples, where "
+                     f"it holds fewer than {MIN_TASKS_FOR_INTERVAL} tasks)")
     con = result["contrast"]
     detail = result.get("verdict_detail") or {}
     lines += ["", f"contrast {con['a']} − {con['b']} (hypothesis: {con['a']} falls off more steeply):"]

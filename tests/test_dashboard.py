@@ -980,7 +980,15 @@ def test_the_runs_page_gives_test_accuracy_with_its_interval_over_tasks_and_the_
     from dashboard.app import create_app
     from dashboard_helpers import selection_text
 
-    app = create_app([runs["scored"], runs["unscored"]], [])
+    # a run whose scored rows are all train rows: said so, not garbled
+    import pandas as pd
+
+    only_train = write_synthetic_run(runs["root"] / "only_train", 60, seed=9)
+    frame = pd.read_parquet(only_train / "examples.parquet")
+    frame.loc[frame["split"] == "test", "correct"] = None
+    frame.loc[frame["split"] == "train", "correct"] = True
+    frame.to_parquet(only_train / "examples.parquet")
+    app = create_app([runs["scored"], runs["unscored"], only_train], [])
     rows = app.server.test_client().get("/api/runs").get_json()["runs"]
     scored = next(r for r in rows if r["run"] == "scored")
     scoring = json.loads((runs["scored"] / "manifest.json").read_text()).get("scoring") or {}
@@ -1001,4 +1009,5 @@ def test_the_runs_page_gives_test_accuracy_with_its_interval_over_tasks_and_the_
     words = selection_text(scored_data, np.arange(scored_data.n)).split(" · accuracy ", 1)[1]
     expect = words.replace("points", "examples") + f" ({int((scored_data.cats['correct'].codes == 1).sum())} right)"
     assert expect in cells["accuracy"] and "not scored yet" in cells["accuracy"]
+    assert "no scored test examples (only train rows are scored)" in cells["accuracy"]
     assert " over tasks ([" in expect and "Wilson) on " in expect

@@ -188,9 +188,18 @@ def test_an_interval_over_tasks_needs_five_tasks_and_an_accuracys_is_never_narro
     four = task_mean_interval(np.ones(40), np.repeat(np.arange(4), 10), n_boot=500, rng=np.random.default_rng(0),
                               bounds=(0.0, 1.0), proportion=True)
     assert four == (1.0, None, None, 4)
-    diff = np.tile([1.0, 0.0, -1.0, 0.0, 1.0], 12)  # a difference of two accuracies: never widened to Wilson's
-    plain = task_mean_interval(diff, task, n_boot=500, rng=np.random.default_rng(0), bounds=(-1.0, 1.0))
-    assert task_mean_interval(diff, task, n_boot=500, rng=np.random.default_rng(0), bounds=(-1.0, 1.0)) == plain
+    # a difference of two accuracies is not widened: the task bootstrap alone, recomputed here
+    from llm_maps.resample import small_cluster, task_resample_counts
+
+    diff = np.zeros(60)
+    diff[::7] = 1.0  # tasks of unlike means, every one known to the bootstrap
+    est, lo, hi, g = task_mean_interval(diff, task, n_boot=500, rng=np.random.default_rng(0), bounds=(-1.0, 1.0))
+    counts = task_resample_counts(n_tasks=6, n_boot=500, rng=np.random.default_rng(0))
+    sums = np.bincount(task, weights=diff)
+    reps = (counts @ sums) / (counts @ np.full(6, 10.0))
+    want = np.clip(np.percentile(small_cluster(diff.mean(), reps, 6), [2.5, 97.5]), -1, 1)
+    assert (est, g) == (pytest.approx(diff.mean()), 6) and (lo, hi) == pytest.approx(tuple(want))
+    assert hi - lo < np.subtract(*proportion_confint(int(diff.sum()), 60, alpha=0.05, method="wilson")[::-1])
     # a falloff bin of 4 tasks: Wilson's, named so
     rng = np.random.default_rng(3)
     stats = falloff_stats(rng.random(80), (rng.random(80) < 0.5).tolist(), n_bins=2,

@@ -670,7 +670,8 @@ def test_a_within_task_difference_the_other_way_is_reversed():
 def test_fewer_than_five_tasks_per_domain_make_no_claim():
     res = compute_findings(**simulate(0, -6.0, 0.0, n_tasks=4, per_task=60), n_boot=500, seed=0)
     con = res["contrast"]
-    assert con["high"] < 0  # the interval alone would claim it
+    # 4 tasks a domain: no interval over tasks (the task bootstrap's would have excluded 0), no claim
+    assert con["low"] is None and con["high"] is None and con["slope_diff"] < 0 and con["p_value"] is not None
     assert res["verdict_detail"] == {"pooled": "not supported", "within": "not supported", "between": "not supported"}
     assert res["verdict"].startswith("not supported: Chollet has only 4 tasks; no claim is made with fewer than 5")
 
@@ -771,7 +772,8 @@ def test_domain_and_quarter_accuracies_have_task_clustered_intervals_and_few_tas
     assert st["accuracy_task_low"] is None and st["near"]["task_low"] is None and st["slope_low"] is None
     row = next(line for line in format_findings({**few, "split": "test", "layer": 1, "metric": "cosine",
                                                  "view": "prompt"}).splitlines() if line.startswith("  Chollet "))
-    assert f" {st['accuracy']:.2f} " in row and f"{st['accuracy']:.2f} [" not in row
+    assert f" {st['accuracy']:.2f} [{st['accuracy_low']:.2f}, {st['accuracy_high']:.2f}]w " in row  # Wilson's, marked
+    assert f"[{st['far']['low']:.2f}, {st['far']['high']:.2f}]w" in row and st["auroc_low"] is None
     assert row.endswith("(no claim: only 3 tasks)") and MIN_TASKS_FOR_CLAIM > 3
     failed = {**res, "contrast": {**res["contrast"], "bootstrap_failed": 17}}
     assert "; 17 of 200 replicates failed to fit, left out" in format_findings(

@@ -383,7 +383,8 @@ def test_cancel_export_and_single_point_through_the_api(live, tmp_path):
     assert rows[0]["instruction"] == gen["instruction"] and rows[0]["neighbours"] == "d-1:0.25;d-2:0.5"
     assert (rows[0]["x"], rows[0]["expected_accuracy"], rows[0]["seed"], rows[0]["path_length"]) == ("1.5", "0.5", "3", "0.3")
     # a falloff.json without intervals over tasks: Wilson's, named so
-    assert [rows[0][k] for k in ("expected_low", "expected_high", "expected_interval", "expected_tasks")] == \
-        ["0.2", "0.8", "Wilson, over examples", ""]
+    assert [rows[0][k] for k in ("expected_low", "expected_high", "expected_task_low", "expected_tasks")] == \
+        ["0.2", "0.8", "", ""]
+    assert list(rows[0])[-3:] == ["expected_task_low", "expected_task_high", "expected_tasks"]  # appended last
     assert rows[1]["instruction"] == "<script>x</script>" and rows[1]["output"] == "" and rows[1]["neighbours"] == ""
     assert client.get("/api/runs/tiny/points?format=xml").status_code == 422

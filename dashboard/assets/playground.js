@@ -435,8 +435,10 @@
     const head = [['', ''], ['prompt', ''], ['decoding', ''], ['status', ''], ['tokens', 'generated tokens'],
       ['mean log-lik (nats/token)', "mean natural-log probability of each generated token"],
       ['perplexity', 'exp(−mean log-lik): per token, no unit'],
-      ['path length', "sum of the distances between successive tokens' hidden states (the run's metric)"],
-      ['final dist', "the last token's hidden state's distance to the nearest training prompt (the run's metric)"]]
+      ['path length', "sum of the distances between successive hidden states, from the prompt's to the last token's "
+                      + "(the run's metric)"],
+      ['final dist', "the last state's distance to training: to the nearest training prompt, or with a token atlas to "
+                     + "the nearest training response step; a placed prompt's own (the run's metric)"]]
       .concat(atlas ? [['mean step dist', "mean distance of each token's state to the training responses (token atlas)"],
                        ['max step dist', 'the farthest of those']] : []).concat([['', '']]);
     const rows = gens.map((g, i) => {
