@@ -1123,12 +1123,14 @@ def format_probes(result: dict[str, Any]) -> str:
              f"  {'layer':>5}  {'target':<8}  {'accuracy':>8}  {'95% interval':>15}  {'chance':>6}  "
              f"{'probe - chance [95%]':>24}  {'n':>6}  {'tasks':>5}  cv"]
     for r in result["layers"]:
+        below = r.get("minus_baseline_high") is not None and r["minus_baseline_high"] < 0
         minus = (f"{r['minus_baseline']:+.3f} [{f(r['minus_baseline_low'])}, {f(r['minus_baseline_high'])}]"
-                 + (" *" if r.get("above_chance") else "")) if "minus_baseline" in r else "-"
+                 + (" *" if r.get("above_chance") else " !" if below else "")) if "minus_baseline" in r else "-"
         lines.append(f"  {r['layer']:>5}  {r['target']:<8}  {r['accuracy']:>8.3f}  [{f(r['low'])}, {f(r['high'])}]  "
                      f"{r['baseline']:>6.3f}  {minus:>24}  {r['n']:>6}  {r['n_tasks']:>5}  {r['cv']}")
-    lines.append("  (* above chance: the interval of probe - chance lies above 0; intervals resample tasks, for the "
-                 "task target examples within their task)")
+    lines.append("  (* above chance: the interval of probe - chance lies above 0; ! below chance: it lies below 0, "
+                 "the probe does worse than always answering the largest class, so the layer shows no usable "
+                 "signal for that target; intervals resample tasks, for the task target examples within their task)")
     for s in result["skipped"]:
         lines.append(f"  skipped {s['target']}: {s['reason']}")
     return "\n".join(lines)

@@ -607,3 +607,20 @@ def test_a_task_class_stands_only_when_its_change_is_clear_of_the_boundary():
     assert (same["value"], same["low"], same["high"]) == (0.0, 0.0, 0.0) and rule("flat", same) == "flat"
     assert CMP.paired_change(np.zeros(0), np.zeros(0), n_boot=10, rng=rng) == {"value": None, "low": None,
                                                                               "high": None, "n": 0}
+
+
+def test_the_probe_table_marks_above_and_below_chance():
+    """format_probes: * where probe - chance's interval lies above 0, ! where it lies below, nothing
+    where it holds 0; the footer says what each means."""
+    base = {"target": "correct", "accuracy": 0.5, "low": 0.4, "high": 0.6, "baseline": 0.6, "n": 100, "n_tasks": 8,
+            "cv": "4-fold"}
+    rows = [{**base, "layer": 1, "minus_baseline": 0.2, "minus_baseline_low": 0.1, "minus_baseline_high": 0.3,
+             "above_chance": True},
+            {**base, "layer": 2, "minus_baseline": -0.073, "minus_baseline_low": -0.129, "minus_baseline_high": -0.024,
+             "above_chance": False},
+            {**base, "layer": 3, "minus_baseline": 0.01, "minus_baseline_low": -0.05, "minus_baseline_high": 0.07,
+             "above_chance": False}]
+    text = CMP.format_probes({"run": "r", "probe": "logistic", "layers": rows, "skipped": []}).splitlines()
+    assert "+0.200 [0.100, 0.300] *" in text[2] and "-0.073 [-0.129, -0.024] !" in text[3]
+    assert "+0.010 [-0.050, 0.070] " in text[4] and "0.070] *" not in text[4] and "0.070] !" not in text[4]
+    assert "! below chance: it lies below 0" in text[5]
