@@ -789,9 +789,10 @@ class RegionRow(RegionRowOutside):
     accuracy_high: Annotated[float | None, "upper"]
     n_tasks_scored: Annotated[int, "tasks of its scored test examples"]
     expected_accuracy: Annotated[float | None, "each scored test example's task accuracy outside the region, averaged "
-                                               "(null: no task has scored test examples outside)"]
-    n_expected: Annotated[int, "scored test examples with an expected accuracy (their task has some outside)"]
-    n_tasks_compared: Annotated[int, "tasks with scored test examples inside and outside"]
+                                               "(null: no task has params.min_outside scored test examples outside)"]
+    n_expected: Annotated[int, "scored test examples with an expected accuracy (their task has params.min_outside "
+                               "or more outside)"]
+    n_tasks_compared: Annotated[int, "tasks with scored test examples inside and params.min_outside or more outside"]
     difference: Annotated[float | None, "accuracy - expected on those examples (negative: worse than its tasks "
                                         "predict)"]
     difference_low: Annotated[float | None, "task-clustered bootstrap 95% interval, lower (null: fewer than 5 "
@@ -808,7 +809,7 @@ class RegionRow(RegionRowOutside):
     central_text: Annotated[str, "that example's instruction (shortened)"]
 
 
-class RegionsParams(TypedDict):
+class _RegionsParamsRequired(TypedDict):
     method: Annotated[str, "'HDBSCAN' (sklearn.cluster.HDBSCAN)"]
     min_size: Annotated[int, "min_cluster_size (--min-size; default 1 % of the examples, 10 to 200)"]
     min_samples: Annotated[int, "HDBSCAN min_samples (on all rows; scaled like min_size on a sample)"]
@@ -826,6 +827,11 @@ class RegionsParams(TypedDict):
     max_flips: Annotated[int, "sign patterns of the p-value (all of them up to log2 of this many tasks)"]
     alpha: Annotated[float, "q-value threshold of a flag"]
     min_tasks: Annotated[int, "tasks compared a flag needs"]
+
+
+class RegionsParams(_RegionsParamsRequired, total=False):
+    min_outside: Annotated[int, "scored test examples a task needs outside a region to be compared (written by "
+                                "newer versions; older files compared a task with any)"]
 
 
 class RegionsFile(TypedDict):

@@ -64,9 +64,10 @@ INTERVAL = ("accuracy and difference: 95 % percentile interval of a task-cluster
             f"{MIN_TASKS_FOR_INTERVAL} tasks; an accuracy's never narrower than Wilson's over its examples); p-value: one-sided, the compared tasks' differences sign-flipped (every pattern up to "
             f"{int(math.log2(MAX_FLIPS))} tasks), so with G tasks no p-value is below 2^-G; q-values: "
             "Benjamini-Hochberg across the regions with a p-value")
+MIN_OUTSIDE = 5  # scored test examples a task needs outside a region before its accuracy there is an expectation
 EXPECTED = ("expected accuracy: each scored test example's task accuracy outside the region (scored test examples of "
             "the same task in other regions or in none), averaged over the region's scored test examples whose task "
-            "has such examples; difference = accuracy - expected on those examples")
+            f"has at least {MIN_OUTSIDE} such examples; difference = accuracy - expected on those examples")
 
 
 def default_min_size(n: int) -> int:
@@ -167,10 +168,10 @@ def cluster(coords: np.ndarray, *, min_size: int, min_samples: int | None = None
 # --- statistics ------------------------------------------------------------------------------------
 
 def expected_accuracy(*, labels: np.ndarray, task: Sequence[Any], correct: np.ndarray,
-                      region: int) -> FloatArray:
+                      region: int, min_outside: int = MIN_OUTSIDE) -> FloatArray:
     """[N] for each scored example of ``region`` (``correct`` finite), the accuracy of the scored
-    examples of its task outside the region (NaN where the task has none, and for every other row).
-    ``correct`` [N]: 1 / 0 for scored test examples, NaN for the rest."""
+    examples of its task outside the region (NaN where the task has fewer than ``min_outside``, and
+    for every other row). ``correct`` [N]: 1 / 0 for scored test examples, NaN for the rest."""
     labels = np.asarray(labels)
     y = np.asarray(correct, dtype=float)
     names, codes = np.unique(np.asarray([str(t) for t in task], dtype=object), return_inverse=True)
@@ -179,7 +180,7 @@ def expected_accuracy(*, labels: np.ndarray, task: Sequence[Any], correct: np.nd
     n_out = np.bincount(codes[out_sel], minlength=len(names)).astype(float)
     k_out = np.bincount(codes[out_sel], weights=y[out_sel], minlength=len(names))
     with np.errstate(invalid="ignore", divide="ignore"):
-        task_out = np.where(n_out > 0, k_out / np.where(n_out > 0, n_out, 1.0), np.nan)
+        task_out = np.where(n_out >= max(min_outside, 1), k_out / np.where(n_out > 0, n_out, 1.0), np.nan)
     out = np.full(len(y), np.nan)
     inside = scored & (labels == region)
     out[inside] = task_out[codes[inside]]
@@ -211,7 +212,7 @@ def _shares(values: np.ndarray, limit: int | None = None) -> list[dict[str, Any]
 def region_statistics(*, labels: np.ndarray, is_train: np.ndarray, task: Sequence[Any], domain: Sequence[Any],
                       correct: np.ndarray, dist: np.ndarray | None = None, n_boot: int = N_BOOT, seed: int = 0,
                       uncovered_below: float = UNCOVERED_BELOW, alpha: float = ALPHA,
-                      min_tasks: int = MIN_TASKS_FOR_CLAIM) -> list[dict[str, Any]]:
+                      min_tasks: int = MIN_TASKS_FOR_CLAIM, min_outside: int = MIN_OUTSIDE) -> list[dict[str, Any]]:
     """The statistics of every region (labels >= 0), in region order, without keywords and central
     examples (``find_regions`` adds those). ``correct`` [N]: 1 / 0 for scored test examples, NaN
     otherwise (train rows never count); ``dist`` [N] distance to train (NaN: none)."""
@@ -239,7 +240,8 @@ def region_statistics(*, labels: np.ndarray, is_train: np.ndarray, task: Sequenc
         acc_lo, acc_hi = at_least_wilson(*task_ratio_interval(k_in[scored_tasks], n_in[scored_tasks],
                                                               acc if acc is not None else math.nan, n_boot=n_boot,
                                                               rng=rng, bounds=(0.0, 1.0)), k_in.sum(), n_sc)
-        comp = np.flatnonzero((n_in > 0) & (n_out > 0))  # tasks with scored test examples in and outside
+        # tasks with scored test examples inside and at least min_outside outside
+        comp = np.flatnonzero((n_in > 0) & (n_out >= max(min_outside, 1)))
         w = n_in[comp]
         diff_t = k_in[comp] / np.maximum(w, 1) - k_out[comp] / np.maximum(n_out[comp], 1)  # [G]
         n_exp = int(w.sum())
@@ -410,7 +412,7 @@ def find_regions(run: Run | str | Path, *, layer: int | None = None, view: str =
               "seed": int(seed),
               "centre": "train mean", "normalize": metric == "cosine", "uncovered_below": float(uncovered_below),
               "keywords": int(n_keywords), "bootstrap": int(n_boot), "max_flips": MAX_FLIPS, "alpha": ALPHA,
-              "min_tasks": MIN_TASKS_FOR_CLAIM}
+              "min_tasks": MIN_TASKS_FOR_CLAIM, "min_outside": MIN_OUTSIDE}
     out = Regions({
         "format_version": FORMAT_VERSION, "view": view, "layer": int(layer), "metric": metric,
         "model": run.manifest.get("model"), "params": params, "explained_variance": float(info["explained_variance"]),

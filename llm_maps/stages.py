@@ -444,9 +444,10 @@ class ExportConfig:
 @stage("regions", "regions of the encoding space with their accuracy, against what their tasks predict",
        description="Density-based clusters (HDBSCAN after a PCA, over train and test together) of a stored layer: "
                    "per region its tasks and domains, accuracy with a task-clustered interval, the accuracy its tasks "
-                   "predict (their accuracy outside the region) and the difference, distance to train and coverage, "
-                   "keywords and the instruction nearest its centre; regions worse than their tasks predict are "
-                   "flagged with Benjamini-Hochberg q-values. Written to RUN/regions.parquet and RUN/regions.json.")
+                   "predict (their accuracy outside the region, on 5 or more examples) and the difference, distance "
+                   "to train and coverage, keywords and the instruction nearest its centre; regions worse than their "
+                   "tasks predict are flagged with Benjamini-Hochberg q-values. Written to RUN/regions.parquet and "
+                   "RUN/regions.json.")
 @dataclass(frozen=True)
 class RegionsConfig:
     run: str = _run()

@@ -147,10 +147,15 @@ def test_expected_accuracy_equals_a_hand_computation():
     task = ["a", "a", "b", "a", "b", "b", "c", "c"]
     correct = np.array([1, 0, 1, 1, 0, 1, 0, np.nan])  # NaN: not scored
     # region 0: task a outside = [1] -> 1.0; task b outside = [0, 1] -> 0.5; task c outside: none
-    exp = expected_accuracy(labels=labels, task=task, correct=correct, region=0)
+    exp = expected_accuracy(labels=labels, task=task, correct=correct, region=0, min_outside=1)
     assert np.array_equal(exp, [1.0, 1.0, 0.5, np.nan, np.nan, np.nan, np.nan, np.nan], equal_nan=True)
+    # by default a task needs 5 scored test examples outside before they make an expectation: none here
+    assert np.isnan(expected_accuracy(labels=labels, task=task, correct=correct, region=0)).all()
+    default = region_statistics(labels=labels, is_train=np.zeros(8, bool), task=task, domain=["d"] * 8,
+                                correct=correct, n_boot=200)
+    assert default[0]["expected_accuracy"] is None and default[0]["n_tasks_compared"] == 0
     rows = region_statistics(labels=labels, is_train=np.zeros(8, bool), task=task, domain=["d"] * 8,
-                             correct=correct, n_boot=200)
+                             correct=correct, n_boot=200, min_outside=1)
     r0 = rows[0]
     assert r0["accuracy"] == pytest.approx(2 / 4) and r0["n_scored"] == 4
     assert r0["expected_accuracy"] == pytest.approx((1.0 + 1.0 + 0.5) / 3) and r0["n_expected"] == 3
@@ -172,7 +177,7 @@ def test_expected_accuracy_equals_a_hand_computation():
     assert r1["expected_accuracy"] == pytest.approx(0.75) and r1["difference"] == pytest.approx(((1 - .5) + (0 - 1)) / 2)
     # a train row never counts as scored
     rows_t = region_statistics(labels=labels, is_train=np.array([1, 0, 0, 0, 0, 0, 0, 0], bool), task=task,
-                               domain=["d"] * 8, correct=correct, n_boot=200)
+                               domain=["d"] * 8, correct=correct, n_boot=200, min_outside=1)
     assert rows_t[0]["n_scored"] == 3 and rows_t[0]["n_train"] == 1
 
 
