@@ -61,7 +61,8 @@ CHUNK_ROWS = 8192
 TEXT_CHARS = 300
 INTERVAL = ("accuracy and difference: 95 % percentile interval of a task-clustered bootstrap (the region's tasks "
             "resampled with replacement, replicates spread by sqrt(G/(G-1)) for G tasks; none with fewer than "
-            f"{MIN_TASKS_FOR_INTERVAL} tasks; an accuracy's never narrower than Wilson's over its examples); p-value: one-sided, the compared tasks' differences sign-flipped (every pattern up to "
+            f"{MIN_TASKS_FOR_INTERVAL} tasks; an accuracy's never narrower than Wilson's over its examples); "
+            "p-value: one-sided, the compared tasks' differences sign-flipped (every pattern up to "
             f"{int(math.log2(MAX_FLIPS))} tasks), so with G tasks no p-value is below 2^-G; q-values: "
             "Benjamini-Hochberg across the regions with a p-value")
 MIN_OUTSIDE = 5  # scored test examples a task needs outside a region before its accuracy there is an expectation
@@ -535,9 +536,9 @@ def format_regions(result: Mapping[str, Any], *, limit: int | None = 30) -> str:
         lines.append(head)
         lines += [line(r) for r in uncovered]
     lines += ["", f"(tasks: of all its examples; n: its scored test examples; expected (n in, out): over the scored "
-                  "test examples inside whose task has some outside, from that many outside; cmp: tasks compared, "
-                  "with scored test examples inside and outside; an interval over tasks needs "
-                  f"{MIN_TASKS_FOR_INTERVAL}; cover: train share; dist: mean "
+                  f"test examples inside whose task has {p.get('min_outside', 1)} or more outside, from that many "
+                  f"outside; cmp: tasks compared so; an interval over tasks needs {MIN_TASKS_FOR_INTERVAL}; cover: "
+                  "train share; dist: mean "
                   f"distance to train of its test examples; {result['expected']}; {result['interval']})"]
     lines += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(lines)
