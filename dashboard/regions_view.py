@@ -26,7 +26,7 @@ from dash import dcc, html
 from dashboard import components as C
 from dashboard import figures as F
 from dashboard.regions_data import RegionsData, region_mask, region_value, regions_of
-from llm_maps.regions import REGIONS_FILE, REGIONS_TABLE, sorted_regions
+from llm_maps.regions import MIN_OUTSIDE, REGIONS_FILE, REGIONS_TABLE, sorted_regions
 from llm_maps.resample import MIN_TASKS_FOR_INTERVAL
 
 WORSE, UNCOVERED, PLAIN = "#d62728", "#7b3294", "#3a3a3a"
@@ -46,7 +46,8 @@ def region_summary(r: dict) -> str:
         acc += f" [{_num(r['accuracy_low'])}, {_num(r['accuracy_high'])}]"
     acc += f" on {r['n_scored']} scored test examples ({r['n_tasks_scored']} tasks)"
     if r.get("expected_accuracy") is None:
-        exp = "no expected accuracy (its tasks have no scored test examples outside it)"
+        need = f"{MIN_OUTSIDE} or more" if r.get("n_outside") is not None else "any"  # older files: any
+        exp = f"no expected accuracy (none of its tasks has {need} scored test examples outside it)"
     else:
         outside = f" from {r['n_outside']} outside" if r.get("n_outside") is not None else ""
         exp = (f"its tasks predict {_num(r['expected_accuracy'])} (on {r['n_expected']} examples{outside}), "

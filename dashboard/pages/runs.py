@@ -44,7 +44,8 @@ def _card(entry, owner: bool) -> dbc.Card:
     if data is not None and data.has_scores:
         s = selection_summary(data, np.arange(data.n))
         accuracy = ("no scored test examples (only train rows are scored)" if s["accuracy"] is None else
-                    accuracy_words(s).removeprefix("accuracy ").replace("points", "examples") + f" ({s['correct']} right)")
+                    accuracy_words(s).removeprefix("accuracy ").replace("points", "examples")
+                    + f" ({s['correct']} right)")
     sources = ", ".join(_source(s, owner) for s in m.get("sources", []))
     proj = m.get("projection") or {}
     rows = [("model", model_label(m)), ("data", sources),
