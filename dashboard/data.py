@@ -212,17 +212,14 @@ def release_freed_memory() -> None:
     """Give memory freed after a large read back to the system: Arrow's pool, and on glibc the
     C heap (malloc_trim), which otherwise keeps the peak of a load for the life of the process."""
     import ctypes
-    import ctypes.util
 
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
-    libc = ctypes.util.find_library("c")
-    if libc:
-        try:
-            ctypes.CDLL(libc).malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc: nothing to trim
-            pass
+    try:  # the process's own symbols (no ctypes.util.find_library: it starts ldconfig in a child process)
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 # glibc's mallopt parameter for the number of malloc arenas
@@ -236,14 +233,12 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     arenas hold ~60 MB less at a million rows). A MALLOC_ARENA_MAX set by the user wins. False
     where there is no glibc."""
     import ctypes
-    import ctypes.util
     import os
 
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    libc = ctypes.util.find_library("c")
-    try:
-        return bool(libc) and ctypes.CDLL(libc).mallopt(_M_ARENA_MAX, int(arenas)) == 1
+    try:  # the process's own symbols (no ctypes.util.find_library: it starts ldconfig in a child process)
+        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, int(arenas)) == 1)
     except (OSError, AttributeError):  # not glibc
         return False
 

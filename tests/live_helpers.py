@@ -60,12 +60,7 @@ class Served:
         return self.log_path.read_text(errors="replace")
 
     def workers(self) -> list:
-        import psutil
-
-        try:
-            return [c for c in psutil.Process(self.proc.pid).children() if "worker" in " ".join(c.cmdline())]
-        except psutil.NoSuchProcess:
-            return []
+        return worker_children(self.proc.pid)
 
 
 @contextmanager
@@ -102,3 +97,20 @@ def serving(args: list[str], tmp_path: Path, *, env: dict | None = None, headers
             os.killpg(proc.pid, signal.SIGKILL)  # the worker too, if it outlived the server
         except ProcessLookupError:
             pass
+
+
+def worker_children(pid: int) -> list:
+    """The worker processes among ``pid``'s children; a child that has just exited (a zombie, or
+    gone) is none of them; [] when ``pid`` itself is gone."""
+    import psutil
+
+    def cmdline(c) -> str:
+        try:
+            return " ".join(c.cmdline())
+        except (psutil.ZombieProcess, psutil.NoSuchProcess, psutil.AccessDenied):
+            return ""
+
+    try:
+        return [c for c in psutil.Process(pid).children() if "worker" in cmdline(c)]
+    except psutil.NoSuchProcess:
+        return []

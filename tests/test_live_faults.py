@@ -208,9 +208,9 @@ def two_tiny(tmp_path_factory, tiny_models):
 
 
 def _children(pid: int) -> list:
-    import psutil
+    from live_helpers import worker_children
 
-    return [c for c in psutil.Process(pid).children() if "worker" in " ".join(c.cmdline())]
+    return worker_children(pid)
 
 
 def _get(url: str):

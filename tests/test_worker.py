@@ -208,6 +208,8 @@ def test_killed_worker_leaves_the_job_failed(live, tmp_path):
 def test_serve_starts_a_worker_and_stops_it_on_sigterm(live, tmp_path):
     import psutil
 
+    from live_helpers import worker_children
+
     run, _ = live
     port = free_port()
     serve = subprocess.Popen([sys.executable, "-m", "interfaces.cli", "serve", str(run), "--port", str(port)],
@@ -218,8 +220,7 @@ def test_serve_starts_a_worker_and_stops_it_on_sigterm(live, tmp_path):
         workers = []
         while not workers:
             assert serve.poll() is None and time.time() < deadline
-            workers = [c for c in psutil.Process(serve.pid).children()
-                       if "worker" in " ".join(c.cmdline())]
+            workers = worker_children(serve.pid)
             time.sleep(0.2)
         serve.terminate()
         serve.wait(timeout=20)
