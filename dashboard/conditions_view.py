@@ -78,8 +78,9 @@ def conditions_falloff_figure(per_cond: dict[str, dict], conditions: list[str], 
             bin_tasks = per_cond[name]["bin_tasks"].get(dom, [])
             bins = [(b, t) for b, t in zip(entry["bins"], bin_tasks) if b["n"]]
             slope = format_slope(entry.get("trend"))
+            glo, ghi, kind = bin_interval(entry)  # over tasks where the statistics have it, else Wilson's
             legend = (f"{plot_text(name)} · {plot_text(dom)} · acc {entry['accuracy']:.2f} "
-                      f"[{entry['low']:.2f}, {entry['high']:.2f}], n={entry['n']} examples in {n_tasks} tasks"
+                      f"[{glo:.2f}, {ghi:.2f}] ({kind}), n={entry['n']} examples in {n_tasks} tasks"
                       + (f" · slope {slope} log-odds per unit distance" if slope else ""))
             trace = go.Scatter(
                 x=[b["median"] for b, _ in bins], y=[b["accuracy"] for b, _ in bins], mode="lines+markers",

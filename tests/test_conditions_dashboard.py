@@ -241,6 +241,8 @@ def _reference_bins(run, name: str, domain: str, n_bins: int):
 
 
 def test_falloff_overlay_per_condition_and_domain_is_recomputed_exactly(app, runs, data):
+    from statsmodels.stats.proportion import proportion_confint
+
     falloff = sys.modules["pages.falloff"]
     with app.server.test_request_context("/"):
         page = falloff.layout(run="cond")  # the run's own scores first; conditions are a choice in the URL
@@ -263,6 +265,13 @@ def test_falloff_overlay_per_condition_and_domain_is_recomputed_exactly(app, run
         assert [c[2] for c in t.customdata] == [b["n"] for b in bins]
         assert [c[6] for c in t.customdata] == [len(set(b["tasks"])) for b in bins]
         assert f"n={n} examples in {n_tasks} tasks" in t.name
+        # the legend's accuracy: over tasks from 5 tasks on, else Wilson's (statsmodels), named either way
+        k = sum(b["correct"] for b in bins)
+        if n_tasks >= 5:
+            assert "] (over tasks), n=" in t.name
+        else:
+            lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
+            assert f"acc {k / n:.2f} [{lo:.2f}, {hi:.2f}] (Wilson, over examples), n={n}" in t.name
     text = _texts(source)
     f = _file(runs["cond"])
     for name in ("direct", "cot"):
