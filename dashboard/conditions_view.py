@@ -88,8 +88,8 @@ def conditions_falloff_figure(per_cond: dict[str, dict], conditions: list[str], 
                 line={"color": colours[name], "width": 2, "dash": "solid" if side else DOMAIN_DASHES[j % 6]},
                 marker={"size": 8, "color": colours[name], "symbol": "circle" if side else DOMAIN_SYMBOLS[j % 6]},
                 error_y=bins_error_y([b for b, _ in bins], colours[name]),
-                customdata=[[b["lo"], b["hi"], b["n"], b["correct"], *bin_interval(b)[:2], t, bin_interval(b)[2]]
-                            for b, t in bins],
+                customdata=[[b["lo"], b["hi"], b["n"], b["correct"], lo, hi, t, kind]
+                            for (b, t), (lo, hi, kind) in zip(bins, (bin_interval(b) for b, _ in bins))],
                 hovertemplate=(f"{plot_text(name)} · {plot_text(dom)}<br>distance %{{customdata[0]:.4g}}–"
                                f"%{{customdata[1]:.4g}} ({metric}, the example's own prompt)<br>accuracy %{{y:.3f}} "
                                "[%{customdata[4]:.3f}, %{customdata[5]:.3f}] (95 %, %{customdata[7]})<br>%{customdata[3]} / "

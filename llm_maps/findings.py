@@ -262,12 +262,6 @@ def conditional_logit_slope(*, x: np.ndarray, y: np.ndarray, task: np.ndarray,
     return slope, reps, len(informative)
 
 
-# --- clustered resampling --------------------------------------------------------------------------
-
-
-
-
-
 def _num(v: float | None) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
 
@@ -482,7 +476,7 @@ def verdict_line(contrast: dict[str, Any]) -> str:
     ta, tb = contrast["n_tasks_a"], contrast["n_tasks_b"]
     tasks = f"{ta} vs {tb} tasks, {contrast['n_a']} vs {contrast['n_b']} examples"
     ptxt = "" if p is None else f", p = {p:.3g}"
-    if d is not None and min(ta, tb) < MIN_TASKS_FOR_CLAIM:  # with too few tasks for an interval over them
+    if d is not None and min(ta, tb) < MIN_TASKS_FOR_CLAIM:  # too few tasks: no claim, with or without an interval
         few = a if ta <= tb else b
         iv = f"[{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else "[no interval over tasks]"
         return (f"not supported: {few} has only {min(ta, tb)} tasks; no claim is made with fewer than "
@@ -492,10 +486,6 @@ def verdict_line(contrast: dict[str, Any]) -> str:
         return (f"not supported: the slope difference {a} − {b} could not be estimated (a domain's accuracy is all "
                 f"right or all wrong, or its distances do not vary; {tasks})")
     numbers = f"slope difference ({a} − {b}) {d:+.2f} [{lo:+.2f}, {hi:+.2f}] per unit percentile"
-    if min(ta, tb) < MIN_TASKS_FOR_CLAIM:
-        few = a if ta <= tb else b
-        return (f"not supported: {few} has only {min(ta, tb)} tasks; no claim is made with fewer than "
-                f"{MIN_TASKS_FOR_CLAIM} tasks per domain ({numbers}{ptxt}; {tasks})")
     if (lo > 0 or hi < 0) and p is None:
         return (f"not supported: the {numbers} excludes 0, but no permutation test was run, and no claim is made "
                 f"without one ({tasks})")
@@ -600,20 +590,21 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
         intercept, slope = float(ia[0]), float(sa[0])
     else:
         intercept, slope, ib, sb = boot["intercept"], boot["slope"], boot["boot_intercept"], boot["boot_slope"]
-    lo, hi = _interval(small_cluster(slope, sb, dd.n_tasks)) if dd.n_tasks >= MIN_TASKS_FOR_INTERVAL else (None, None)
+    # the replicates below are drawn only where an interval is given from them (MIN_TASKS_FOR_INTERVAL)
+    boot_ok = dd.n_tasks >= MIN_TASKS_FOR_INTERVAL
+    lo, hi = _interval(small_cluster(slope, sb, dd.n_tasks)) if boot_ok else (None, None)
     _, raw_slope, _ = fit_logistic(x=dd.raw, y=dd.y)
     err = dd.y < 0.5
     auc = weighted_auroc(score=dd.x, positive=err)[0]
-    auc_b = weighted_auroc(score=dd.x, positive=err, weights=w) if dd.n_tasks >= 2 else np.full(0, np.nan)
-    alo, ahi = _interval(auc_b) if dd.n_tasks >= MIN_TASKS_FOR_INTERVAL else (None, None)
+    alo, ahi = _interval(weighted_auroc(score=dd.x, positive=err, weights=w)) if boot_ok else (None, None)
     within, within_b, n_inf = conditional_logit_slope(x=dd.x, y=dd.y, task=dd.codes,
-                                                      task_weights=counts if dd.n_tasks >= 2 else None)
+                                                      task_weights=counts if boot_ok else None)
     wlo, whi = _interval(small_cluster(within, within_b, n_inf)) if n_inf >= MIN_TASKS_FOR_INTERVAL else (None, None)
     curve = None
     if np.isfinite(slope):
         p = expit(intercept + slope * curve_x)
         band_lo = band_hi = None
-        if ib is not None and dd.n_tasks >= MIN_TASKS_FOR_INTERVAL and np.isfinite(sb).sum() >= 10:
+        if ib is not None and boot_ok and np.isfinite(sb).sum() >= 10:
             good = np.isfinite(sb)
             pb = expit(ib[good, None] + sb[good, None] * curve_x[None, :])
             band_lo, band_hi = np.percentile(pb, 2.5, axis=0).tolist(), np.percentile(pb, 97.5, axis=0).tolist()
@@ -625,8 +616,7 @@ def _domain_stats(dd: DomainData, boot: dict[str, Any] | None, *, n_boot: int, s
         if ok.sum() < 3:
             continue
         s = float(fit_ols_slope(x=dd.x[ok], y=v[ok])[0])
-        sb_ = fit_ols_slope(x=dd.x[ok], y=v[ok], weights=w[:, ok]) if dd.n_tasks >= 2 else np.full(0, np.nan)
-        clo, chi = _interval(sb_) if dd.n_tasks >= MIN_TASKS_FOR_INTERVAL else (None, None)
+        clo, chi = _interval(fit_ols_slope(x=dd.x[ok], y=v[ok], weights=w[:, ok])) if boot_ok else (None, None)
         edges = np.linspace(0, 1, n_bins + 1)
         idx = np.clip(np.searchsorted(edges, dd.x[ok], side="right") - 1, 0, n_bins - 1)
         bins = [{"x": float(dd.x[ok][idx == b].mean()), "n": int((idx == b).sum()), "mean": float(v[ok][idx == b].mean())}
